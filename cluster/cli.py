@@ -1,0 +1,294 @@
+"""The ``cluster`` command line (see DESIGN.md for the contract).
+
+Exit status: 0 on success, 2 for bad input or usage, 1 for a cluster failure.
+Errors are one line on stderr.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from cluster import launcher
+from cluster.config import ClusterInfo, ConfigError, default_cluster_file, find_cluster, token_from_env
+from cluster.output import dumps_exact, human, json_document
+from coordinator.job import JobFailed, ping_all, run_job
+from worker.shuffle import STRATEGIES
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def run_async(coro):
+    try:
+        import uvloop
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+@click.group()
+@click.version_option("0.1.0", prog_name="cluster")
+def main() -> None:
+    """An asyncio TCP cluster computing exact statistics over sharded integer data."""
+
+
+# -- the daemon ------------------------------------------------------------
+@main.command()
+@click.option("--id", "worker_id", type=int, required=True, help="This worker's index into --peers.")
+@click.option("--listen", required=True, help="HOST:PORT to serve on.")
+@click.option("--peers", required=True, help="Every worker's address, comma-separated, in id order.")
+@click.option("--token-file", type=click.Path(dir_okay=False), help="File holding the cluster token "
+              "(default: $CLUSTER_TOKEN or $CLUSTER_TOKEN_FILE).")
+@click.option("--root", default=".", show_default=True, help="Directory relative input paths are resolved against.")
+@click.option("--job-timeout", type=float, default=120.0, show_default=True, help="Seconds any wait inside a job may take.")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+def worker(worker_id: int, listen: str, peers: str, token_file: str | None, root: str, job_timeout: float,
+           log_level: str) -> None:
+    """Run one worker daemon (what `cluster up` and docker compose start)."""
+    from worker import logs
+    from worker.server import WorkerServer
+    try:
+        token = Path(token_file).read_text().strip() if token_file else token_from_env()
+    except (OSError, ConfigError) as exc:
+        fail(f"cannot read the cluster token: {exc}", 2)
+    if not token:
+        fail("no cluster token: set CLUSTER_TOKEN or CLUSTER_TOKEN_FILE, or pass --token-file", 2)
+    addrs = [a.strip() for a in peers.split(",") if a.strip()]
+    logs.setup(log_level, worker=worker_id)
+    try:
+        server = WorkerServer(worker_id, listen, addrs, token.encode(), root=root, job_timeout=job_timeout)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    try:
+        run_async(server.serve())
+    except OSError as exc:
+        fail(f"worker {worker_id} cannot listen on {listen}: {exc.strerror or exc}", 1)
+
+
+# -- local launcher ------------------------------------------------------------
+def _cluster_file(path: str | None) -> Path:
+    return Path(path) if path else default_cluster_file()
+
+
+def _running(info: ClusterInfo) -> bool:
+    return any(launcher.alive(p) for p in info.pids)
+
+
+@main.command()
+@click.option("--workers", type=int, default=10, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--base-port", type=int, default=7000, show_default=True)
+@click.option("--detach", is_flag=True, help="Start the workers in the background and return.")
+@click.option("--cluster-file", type=click.Path(dir_okay=False), help="Where to record the cluster.")
+@click.option("--log-dir", type=click.Path(file_okay=False), help="Worker logs (default: a temporary directory).")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+def up(workers: int, host: str, base_port: int, detach: bool, cluster_file: str | None, log_dir: str | None,
+       log_level: str) -> None:
+    """Start a local cluster of worker processes."""
+    path = _cluster_file(cluster_file)
+    if path.exists():
+        try:
+            old = ClusterInfo.load(path)
+        except ConfigError:
+            old = None
+        if old is not None and _running(old):
+            fail(f"a cluster is already running ({path}); stop it with `cluster down`", 2)
+    t = time.perf_counter()
+    try:
+        info = launcher.start(workers, host, base_port, log_dir, log_level)
+    except launcher.LaunchError as exc:
+        fail(str(exc), 1)
+    info.save(path)
+    click.echo(f"cluster of {workers} workers up on {info.workers[0]} .. {info.workers[-1]} "
+               f"in {time.perf_counter() - t:.2f} s (logs: {info.log_dir}, cluster file: {path})")
+    if detach:
+        return
+    click.echo("press Ctrl-C to stop")
+    try:
+        while _running(info):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    launcher.stop(info)
+    path.unlink(missing_ok=True)
+    click.echo("cluster stopped")
+
+
+@main.command()
+@click.option("--cluster-file", type=click.Path(dir_okay=False))
+def down(cluster_file: str | None) -> None:
+    """Stop the local cluster `cluster up` started."""
+    path = _cluster_file(cluster_file)
+    if not path.exists():
+        click.echo("no cluster is running")
+        return
+    try:
+        info = ClusterInfo.load(path)
+    except ConfigError as exc:
+        fail(str(exc), 1)
+    if not info.local:
+        fail(f"{path} describes a cluster this host did not start; stop it where it runs", 2)
+    killed = launcher.stop(info)
+    path.unlink(missing_ok=True)
+    click.echo(f"stopped {len(info.pids)} workers" + (f" ({len(killed)} needed SIGKILL)" if killed else ""))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--cluster-file", type=click.Path(dir_okay=False))
+def status(as_json: bool, cluster_file: str | None) -> None:
+    """Show every worker: address, up/down, version, jobs run, last job."""
+    try:
+        info, source = find_cluster(cluster_file)
+    except ConfigError as exc:
+        fail(str(exc), 1)
+    rows = run_async(ping_all(info.workers, info.token.encode()))
+    if as_json:
+        click.echo(json.dumps({"source": source, "workers": rows}))
+    else:
+        click.echo(f"cluster from {source}")
+        click.echo(f"{'id':>3}  {'address':<22} {'state':<5} {'version':<8} {'jobs':>5}  last job")
+        for r in rows:
+            last = r.get("last_job") or {}
+            desc = (f"{last.get('op')} {last.get('bytes_sent', 0):,} B sent, {last.get('seconds', 0):.3f} s"
+                    if last else "-")
+            click.echo(f"{r['id']:>3}  {r['addr']:<22} {'up' if r['up'] else 'DOWN':<5} "
+                       f"{r.get('version', '-'):<8} {r.get('jobs_run', '-'):>5}  "
+                       f"{desc if r['up'] else r.get('error', '')}")
+    if not all(r["up"] for r in rows):
+        sys.exit(1)
+
+
+# -- jobs ------------------------------------------------------------------------
+def _common_job_options(f):
+    opts = [
+        click.option("--input", "input_path", required=True, help="Directory, file or glob of .txt/.npy shards."),
+        click.option("--local", "local_workers", type=int, help="Run on an ephemeral local cluster of N workers."),
+        click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object."),
+        click.option("--timeout", type=float, default=300.0, show_default=True, help="Deadline for each phase."),
+        click.option("--cluster-file", type=click.Path(dir_okay=False)),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _submit(op: str, input_path: str, local_workers: int | None, as_json: bool, timeout: float,
+            cluster_file: str | None, params: dict) -> None:
+    startup = None
+    info = None
+    if local_workers is not None:
+        if local_workers < 1:
+            fail("--local needs at least 1 worker", 2)
+        t = time.perf_counter()
+        try:
+            info = launcher.start(local_workers, "127.0.0.1", None, None, "warning")
+        except launcher.LaunchError as exc:
+            fail(str(exc), 1)
+        startup = time.perf_counter() - t
+    else:
+        try:
+            info, _ = find_cluster(cluster_file)
+        except ConfigError as exc:
+            fail(str(exc), 1)
+    assert info is not None
+    try:
+        rep = run_async(run_job(info.workers, info.token.encode(), op, input_path, params,
+                                absolute_paths=info.local, timeout=timeout))
+    except JobFailed as exc:
+        fail(str(exc), exc.exit_code)
+    finally:
+        if local_workers is not None:
+            launcher.stop(info)
+    click.echo(json_document(rep, startup) if as_json else human(rep, startup))
+
+
+def _shuffle_options(f):
+    opts = [
+        click.option("--shuffle", type=click.Choice(STRATEGIES), default="credit", show_default=True,
+                     help="credit: receiver-driven admission; naive: everyone sends at once; gather: all to one."),
+        click.option("--fan-in", type=int, default=1, show_default=True, help="Concurrent inbound streams per worker."),
+        click.option("--credits", type=int, default=4, show_default=True, help="Chunks in flight per stream."),
+        click.option("--chunk-bytes", type=int, default=1 << 20, show_default=True),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+@main.group()
+def submit() -> None:
+    """Run a job on the cluster."""
+
+
+@submit.command("mode")
+@_common_job_options
+@click.option("--ties", type=click.Choice(["smallest", "all"]), default="smallest", show_default=True,
+              help="smallest: the smallest tied value wins; all: list every tied value (up to 100,000).")
+@_shuffle_options
+def submit_mode(input_path, local_workers, as_json, timeout, cluster_file, ties, shuffle, fan_in, credits,
+                chunk_bytes) -> None:
+    """The exact mode (most frequent value) and its count."""
+    from worker.mode import DEFAULT_TIE_LIMIT, MAX_TIE_LIMIT
+    params = {"shuffle": shuffle, "fan_in": fan_in, "credits": credits, "chunk_bytes": chunk_bytes,
+              "tie_limit": MAX_TIE_LIMIT if ties == "all" else DEFAULT_TIE_LIMIT}
+    _check_positive(fan_in=fan_in, credits=credits, chunk_bytes=chunk_bytes)
+    _submit("mode", input_path, local_workers, as_json, timeout, cluster_file, params)
+
+
+@submit.command("median")
+@_common_job_options
+@click.option("--even", type=click.Choice(["mean", "lower", "upper"]), default="mean", show_default=True,
+              help="For an even count: the exact mean of the two middle values, or one of them.")
+@click.option("--quantiles", help="Also these quantiles, e.g. 0.9,0.99 (numpy's linear definition, exact).")
+def submit_median(input_path, local_workers, as_json, timeout, cluster_file, even, quantiles) -> None:
+    """The exact median (and optional quantiles)."""
+    params: dict = {"even": even}
+    if quantiles:
+        try:
+            qs = [q.strip() for q in quantiles.split(",") if q.strip()]
+            if not all(0 <= float(q) <= 1 for q in qs):
+                raise ValueError
+        except ValueError:
+            fail(f"--quantiles: {quantiles!r} is not a list of numbers between 0 and 1", 2)
+        params["quantiles"] = qs
+    _submit("median", input_path, local_workers, as_json, timeout, cluster_file, params)
+
+
+def _check_positive(**kw: int) -> None:
+    for k, v in kw.items():
+        if v < 1:
+            fail(f"--{k.replace('_', '-')} must be at least 1", 2)
+
+
+# -- data -----------------------------------------------------------------------
+@main.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--shards", type=int, default=10, show_default=True)
+@click.option("--rows", type=int, default=1_000_000, show_default=True)
+@click.option("--dist", type=click.Choice(["unique-dup", "zipf", "uniform"]), default="unique-dup", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["txt", "npy"]), default="npy", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def gen(out: str, shards: int, rows: int, dist: str, fmt: str, seed: int) -> None:
+    """Generate sample shards (seeded, reproducible)."""
+    from cluster.gen import generate, write_shards
+    if shards < 1 or rows < 0:
+        fail("--shards must be >= 1 and --rows >= 0", 2)
+    try:
+        parts = generate(rows, shards, dist, seed)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    paths = write_shards(parts, Path(out), fmt)
+    click.echo(f"wrote {sum(len(p) for p in parts):,} values ({dist}) in {len(paths)} {fmt} shards to {out}")
+
+
+if __name__ == "__main__":
+    main()

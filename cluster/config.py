@@ -1,0 +1,83 @@
+"""Where a command finds its cluster: ``--cluster-file``, ``$CLUSTER_WORKERS``, or the file ``cluster up`` wrote.
+
+The cluster file holds the worker addresses, the token, and (for local clusters)
+the pids and log directory.  It is written with mode 0600 because of the token.
+Environment variables, for clusters started by other means (docker compose):
+``CLUSTER_WORKERS=host:port,host:port,...`` and ``CLUSTER_TOKEN`` (or
+``CLUSTER_TOKEN_FILE``).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+class ConfigError(Exception):
+    pass
+
+
+def default_cluster_file() -> Path:
+    env = os.environ.get("CLUSTER_FILE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "cluster" / "cluster.json"
+
+
+@dataclass
+class ClusterInfo:
+    workers: list[str]
+    token: str
+    local: bool = False
+    pids: list[int] = field(default_factory=list)
+    log_dir: str | None = None
+    root: str | None = None
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(self), f, indent=2)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "ClusterInfo":
+        try:
+            data = json.loads(path.read_text())
+            return cls(**data)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigError(f"{path}: unreadable cluster file ({exc})") from None
+
+
+def token_from_env() -> str | None:
+    if os.environ.get("CLUSTER_TOKEN"):
+        return os.environ["CLUSTER_TOKEN"]
+    tf = os.environ.get("CLUSTER_TOKEN_FILE")
+    if tf:
+        try:
+            return Path(tf).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{tf}: cannot read the token file ({exc.strerror})") from None
+    return None
+
+
+def find_cluster(cluster_file: str | None = None) -> tuple[ClusterInfo, str]:
+    """The cluster to talk to and a description of where it came from."""
+    if cluster_file:
+        p = Path(cluster_file)
+        if not p.exists():
+            raise ConfigError(f"{p}: no such cluster file")
+        return ClusterInfo.load(p), str(p)
+    env = os.environ.get("CLUSTER_WORKERS")
+    if env:
+        token = token_from_env()
+        if not token:
+            raise ConfigError("CLUSTER_WORKERS is set but CLUSTER_TOKEN (or CLUSTER_TOKEN_FILE) is not")
+        return ClusterInfo(workers=[a.strip() for a in env.split(",") if a.strip()], token=token), "$CLUSTER_WORKERS"
+    p = default_cluster_file()
+    if not p.exists():
+        raise ConfigError("no cluster is running: start one with `cluster up --detach` (or set CLUSTER_WORKERS "
+                          "and CLUSTER_TOKEN), or run a one-off job with --local N")
+    return ClusterInfo.load(p), str(p)

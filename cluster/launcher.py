@@ -1,0 +1,135 @@
+"""The local multi-process launcher: N ``cluster worker`` processes on one host.
+
+The token reaches the workers through the environment (not argv), so it does not
+show in process listings.  Ports are probed free before the workers start.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cluster.config import ClusterInfo
+from coordinator.job import ping_all
+
+
+class LaunchError(Exception):
+    pass
+
+
+def free_ports(host: str, n: int) -> list[int]:
+    socks, ports = [], []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind((host, 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def ports_in_use(host: str, ports: list[int]) -> list[int]:
+    busy = []
+    for p in ports:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, p))
+            except OSError:
+                busy.append(p)
+    return busy
+
+
+def start(workers: int, host: str = "127.0.0.1", base_port: int | None = None, log_dir: str | None = None,
+          log_level: str = "info", extra_args: list[str] | None = None, ready_timeout: float = 30.0) -> ClusterInfo:
+    if workers < 1:
+        raise LaunchError("--workers must be at least 1")
+    ports = free_ports(host, workers) if base_port is None else list(range(base_port, base_port + workers))
+    if base_port is not None:
+        busy = ports_in_use(host, ports)
+        if busy:
+            raise LaunchError(f"port {busy[0]} on {host} is in use; pick another --base-port or run `cluster down`")
+    addrs = [f"{host}:{p}" for p in ports]
+    token = secrets.token_hex(32)
+    logs = Path(log_dir or tempfile.mkdtemp(prefix="cluster-logs-"))
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "CLUSTER_TOKEN": token}
+    pids = []
+    procs = []
+    for i, addr in enumerate(addrs):
+        cmd = [sys.executable, "-m", "cluster.cli", "worker", "--id", str(i), "--listen", addr,
+               "--peers", ",".join(addrs), "--log-level", log_level, *(extra_args or [])]
+        with open(logs / f"worker{i}.log", "ab") as log:
+            p = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                 start_new_session=True)
+        procs.append(p)
+        pids.append(p.pid)
+    info = ClusterInfo(workers=addrs, token=token, local=True, pids=pids, log_dir=str(logs), root=os.getcwd())
+    try:
+        wait_ready(info, ready_timeout, procs)
+    except BaseException:
+        stop(info)
+        raise
+    return info
+
+
+def wait_ready(info: ClusterInfo, timeout: float, procs: list[subprocess.Popen] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        for i, p in enumerate(procs or []):
+            if p.poll() is not None:
+                raise LaunchError(f"worker {i} exited with status {p.returncode}; see {info.log_dir}/worker{i}.log")
+        rows = asyncio.run(ping_all(info.workers, info.token.encode(), timeout=1.0))
+        down = [r for r in rows if not r["up"]]
+        if not down:
+            return
+        if time.monotonic() > deadline:
+            raise LaunchError(f"worker at {down[0]['addr']} did not come up within {timeout:g}s "
+                              f"({down[0].get('error')}); logs in {info.log_dir}")
+        time.sleep(0.1)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours counts as gone
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def stop(info: ClusterInfo, timeout: float = 10.0) -> list[int]:
+    """SIGTERM every worker, SIGKILL what is still there after ``timeout``; returns the pids that needed SIGKILL."""
+    for pid in info.pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(alive(p) for p in info.pids):
+        time.sleep(0.05)
+    killed = [p for p in info.pids if alive(p)]
+    for pid in killed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for pid in killed:
+        while alive(pid):
+            time.sleep(0.02)
+    return killed

@@ -1,0 +1,129 @@
+"""What a job prints: a short human summary, or exactly one JSON object with exact numbers.
+
+Exact numbers: a median of two middle values is a ``Fraction``; it is written as a
+plain JSON number with all its digits (…5.5), never through a float, so it stays
+exact beyond 2**53.
+"""
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from typing import Any
+
+from coordinator.job import JobReport
+
+
+def exact_decimal(x: Fraction | int) -> str:
+    """The exact decimal text of a rational whose denominator divides a power of 10 (else the float's repr)."""
+    x = Fraction(x)
+    if x.denominator == 1:
+        return str(x.numerator)
+    den, twos, fives = x.denominator, 0, 0
+    while den % 2 == 0:
+        den //= 2
+        twos += 1
+    while den % 5 == 0:
+        den //= 5
+        fives += 1
+    if den != 1:
+        return repr(float(x))
+    k = max(twos, fives)
+    scaled = abs(x.numerator) * (10 ** k // x.denominator)
+    digits = str(scaled).rjust(k + 1, "0")
+    text = f"{digits[:-k]}.{digits[-k:]}".rstrip("0").rstrip(".")
+    return ("-" if x < 0 else "") + text
+
+
+def dumps_exact(obj: Any, **kw) -> str:
+    """json.dumps where Fractions become raw exact numbers."""
+    raw: list[str] = []
+
+    def conv(o: Any) -> Any:
+        if isinstance(o, Fraction):
+            if o.denominator == 1:
+                return o.numerator
+            raw.append(exact_decimal(o))
+            return f"\x00{len(raw) - 1}\x00"
+        if isinstance(o, dict):
+            return {str(k): conv(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [conv(v) for v in o]
+        return o
+
+    text = json.dumps(conv(obj), **kw)
+    for i, r in enumerate(raw):
+        text = text.replace(f'"\\u0000{i}\\u0000"', r)
+    return text
+
+
+def summarize_stats(rep: JobReport, startup_seconds: float | None = None) -> dict:
+    ws = rep.workers
+    matrix = [w["bytes_sent"] for w in ws]
+    stats: dict[str, Any] = {
+        "workers": len(ws),
+        "values": sum(w["values"] for w in ws),
+        "seconds": round(rep.load_seconds + rep.seconds, 4),
+        "load_seconds": round(rep.load_seconds, 4),
+        "run_seconds": round(rep.seconds, 4),
+        "rounds": max(w.get("rounds", 0) for w in ws),
+        "bytes_sent": sum(map(sum, matrix)),
+        "messages_sent": sum(w["messages_sent"] for w in ws),
+        "busiest_link_bytes": max((max(r) for r in matrix), default=0),
+        "max_inbound_streams": max(w["max_inbound_streams"] for w in ws),
+        "peak_buffered_bytes": max(w["peak_buffered_bytes"] for w in ws),
+        "peak_send_queue_bytes": max(w["peak_send_queue_bytes"] for w in ws),
+        "max_tree_messages_received": max(w["tree_messages_received"] for w in ws),
+        "peak_worker_rss_bytes": max(w["peak_rss_bytes"] for w in ws),
+        "traffic_matrix": matrix,
+        "job": rep.job,
+    }
+    if "distinct_keys" in ws[0]:
+        stats["distinct_values"] = sum(w["distinct_keys"] for w in ws)
+    for key in ("shuffle", "fan_in", "credits", "chunk_bytes"):
+        if key in rep.params:
+            stats[key] = rep.params[key]
+    if startup_seconds is not None:
+        stats["startup_seconds"] = round(startup_seconds, 4)
+    stats["per_worker"] = [
+        {k: (round(v, 4) if isinstance(v, float) else v) for k, v in w.items()
+         if k not in ("bytes_sent",)} | {"bytes_sent": sum(w["bytes_sent"])}
+        for w in ws]
+    return stats
+
+
+def json_document(rep: JobReport, startup_seconds: float | None = None) -> str:
+    result = {k: v for k, v in rep.result.items()}
+    return dumps_exact({"op": rep.op, "result": result, "stats": summarize_stats(rep, startup_seconds)})
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def human(rep: JobReport, startup_seconds: float | None = None) -> str:
+    s = summarize_stats(rep, startup_seconds)
+    r = rep.result
+    if rep.op == "mode":
+        more = ""
+        if r["tie_count"] > 1:
+            shown = ", ".join(map(str, r["ties"]))
+            more = f"  ({r['tie_count']} values tie: {shown}{', ...' if r['tie_count'] > len(r['ties']) else ''})"
+        head = f"mode: {r['value']}  (count {r['count']}){more}"
+    else:
+        head = f"median: {exact_decimal(r['value'])}  (lower {r['lower']}, upper {r['upper']})"
+        for q, v in (r.get("quantiles") or {}).items():
+            head += f"\n  q{q}: {exact_decimal(v['value'])}"
+    lines = [head,
+             f"  {s['values']:,} values on {s['workers']} workers in {s['seconds']:.3f} s "
+             f"(load {s['load_seconds']:.3f} s, run {s['run_seconds']:.3f} s)",
+             f"  rounds {s['rounds']}, moved {_human_bytes(s['bytes_sent'])} in {s['messages_sent']:,} messages, "
+             f"busiest link {_human_bytes(s['busiest_link_bytes'])}",
+             f"  max inbound streams {s['max_inbound_streams']}, peak buffered {_human_bytes(s['peak_buffered_bytes'])}"
+             f", peak worker RSS {_human_bytes(s['peak_worker_rss_bytes'])}"]
+    if startup_seconds is not None:
+        lines.append(f"  (ephemeral cluster start-up {startup_seconds:.2f} s, not included)")
+    return "\n".join(lines)

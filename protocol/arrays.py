@@ -1,0 +1,62 @@
+"""numpy arrays on the wire: msgpack ``bin`` of raw little-endian bytes plus a dtype tag.
+
+Encoding hands msgpack a memoryview of the array (no intermediate list); decoding
+uses ``np.frombuffer`` over the received bytes, so the data is not copied again.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+
+# Only plain numeric dtypes may cross the wire: an object or structured dtype from
+# a hostile peer must never reach np.frombuffer.
+_ALLOWED = {"<i8", "<u8", "<i4", "<u4", "<i2", "<u2", "|i1", "|u1", "<f8"}
+ARRAY_KEY = "__nd__"
+FRACTION_KEY = "__frac__"   # exact rationals (a median of two middle values) as "num/den" text
+
+
+def encode_array(a: np.ndarray) -> dict:
+    a = np.ascontiguousarray(a)
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    tag = a.dtype.str
+    if tag not in _ALLOWED:
+        raise TypeError(f"dtype {a.dtype} cannot travel on the wire")
+    return {ARRAY_KEY: tag, "b": memoryview(a).cast("B")}
+
+
+def decode_array(obj: dict) -> np.ndarray:
+    tag = obj.get(ARRAY_KEY)
+    data = obj.get("b")
+    if tag not in _ALLOWED or not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ValueError(f"bad array encoding (dtype tag {tag!r})")
+    dt = np.dtype(tag)
+    if len(data) % dt.itemsize:
+        raise ValueError(f"array byte length {len(data)} is not a multiple of {dt.itemsize}")
+    return np.frombuffer(data, dtype=dt)
+
+
+def default(obj):
+    """msgpack ``default`` hook: arrays and numpy scalars."""
+    if isinstance(obj, np.ndarray):
+        return encode_array(obj)
+    if isinstance(obj, Fraction):
+        return {FRACTION_KEY: f"{obj.numerator}/{obj.denominator}"}
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+def object_hook(obj: dict):
+    """msgpack ``object_hook``: turn encoded arrays back into ndarrays."""
+    if ARRAY_KEY in obj:
+        return decode_array(obj)
+    if FRACTION_KEY in obj and isinstance(obj[FRACTION_KEY], str) and len(obj[FRACTION_KEY]) < 100:
+        try:
+            return Fraction(obj[FRACTION_KEY])
+        except (ValueError, ZeroDivisionError):
+            raise ValueError("bad fraction encoding") from None
+    return obj

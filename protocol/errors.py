@@ -1,0 +1,17 @@
+"""Errors raised by the sans-IO protocol layer; the I/O layer closes the connection on any of them."""
+
+
+class ProtocolError(Exception):
+    """The peer broke the wire protocol; the connection cannot be trusted any more."""
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame header announced more bytes than the limit; its body is never read."""
+
+
+class BadMessage(ProtocolError):
+    """A frame decoded, but not into a message of a known, well-formed shape."""
+
+
+class HandshakeFailed(ProtocolError):
+    """The peer did not prove knowledge of the cluster token, or spoke another version."""

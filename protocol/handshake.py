@@ -1,0 +1,81 @@
+"""Mutual HMAC challenge-response over the cluster token; the token never crosses the wire.
+
+The server speaks first with a random nonce.  The client answers with its role,
+id, its own nonce and HMAC(token, "hello" | server nonce | client nonce | role | id).
+The server checks it and answers with HMAC(token, "welcome" | client nonce | server
+nonce | id), which proves to the client that the server knows the token too.
+Both sides are plain objects: the I/O layer moves their messages.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+
+from protocol.errors import HandshakeFailed
+from protocol.messages import PROTOCOL_VERSION, make
+
+NONCE_BYTES = 16
+ROLES = ("peer", "coord")
+
+
+def _mac(token: bytes, *parts: bytes) -> bytes:
+    return hmac.new(token, b"\x00".join(parts), hashlib.sha256).digest()
+
+
+class ServerHandshake:
+    def __init__(self, token: bytes, server_id: int) -> None:
+        self.token = token
+        self.server_id = server_id
+        self.nonce = os.urandom(NONCE_BYTES)
+        self.peer_role: str | None = None
+        self.peer_id: int | None = None
+
+    def challenge(self) -> dict:
+        return make("challenge", nonce=self.nonce)
+
+    def receive_hello(self, msg: dict) -> dict:
+        """Checks the hello; returns the welcome to send, or raises HandshakeFailed."""
+        if msg.get("t") != "hello":
+            raise HandshakeFailed(f"expected hello, got {msg.get('t')!r}")
+        if msg.get("v") != PROTOCOL_VERSION:
+            raise HandshakeFailed(f"peer speaks protocol version {msg.get('v')!r}, we speak {PROTOCOL_VERSION}")
+        role, pid, cnonce = msg["role"], msg["id"], msg["nonce"]
+        if role not in ROLES:
+            raise HandshakeFailed(f"unknown role {role!r}")
+        expect = _mac(self.token, b"hello", self.nonce, cnonce, role.encode(), str(pid).encode())
+        if not hmac.compare_digest(expect, msg["mac"]):
+            raise HandshakeFailed(f"bad token proof from {role} {pid}")
+        self.peer_role, self.peer_id = role, pid
+        return make("welcome", id=self.server_id,
+                    mac=_mac(self.token, b"welcome", cnonce, self.nonce, str(self.server_id).encode()))
+
+
+class ClientHandshake:
+    def __init__(self, token: bytes, role: str, client_id: int) -> None:
+        if role not in ROLES:
+            raise ValueError(role)
+        self.token = token
+        self.role = role
+        self.client_id = client_id
+        self.nonce = os.urandom(NONCE_BYTES)
+        self._server_nonce: bytes | None = None
+
+    def receive_challenge(self, msg: dict) -> dict:
+        if msg.get("t") != "challenge":
+            raise HandshakeFailed(f"expected challenge, got {msg.get('t')!r}")
+        if msg.get("v") != PROTOCOL_VERSION:
+            raise HandshakeFailed(f"server speaks protocol version {msg.get('v')!r}, we speak {PROTOCOL_VERSION}")
+        self._server_nonce = msg["nonce"]
+        mac = _mac(self.token, b"hello", self._server_nonce, self.nonce, self.role.encode(),
+                   str(self.client_id).encode())
+        return make("hello", role=self.role, id=self.client_id, nonce=self.nonce, mac=mac)
+
+    def receive_welcome(self, msg: dict) -> int:
+        """Checks the server's proof; returns the server's worker id."""
+        if msg.get("t") != "welcome" or self._server_nonce is None:
+            raise HandshakeFailed(f"expected welcome, got {msg.get('t')!r}")
+        expect = _mac(self.token, b"welcome", self.nonce, self._server_nonce, str(msg["id"]).encode())
+        if not hmac.compare_digest(expect, msg["mac"]):
+            raise HandshakeFailed("server could not prove the cluster token")
+        return msg["id"]

@@ -1,0 +1,64 @@
+"""The message schema: every message is a map with a type ``t`` and version ``v``.
+
+``validate`` is the single gate between decoded bytes and the rest of the
+program: a message of an unknown type, a missing field or a field of the wrong
+type raises ``BadMessage`` and never reaches worker code.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from protocol.errors import BadMessage
+
+PROTOCOL_VERSION = 1
+
+_INT = (int,)
+_STR = (str,)
+_MAP = (dict,)
+_LIST = (list,)
+_ARR = (np.ndarray,)
+_BYTES = (bytes,)
+_ANY: tuple = ()
+
+# type -> {field: allowed python types}; fields not listed are allowed and ignored.
+SCHEMA: dict[str, dict[str, tuple]] = {
+    # handshake
+    "challenge": {"nonce": _BYTES},
+    "hello": {"role": _STR, "id": _INT, "nonce": _BYTES, "mac": _BYTES},
+    "welcome": {"id": _INT, "mac": _BYTES},
+    # coordinator -> worker
+    "ping": {"seq": _INT},
+    "load": {"job": _STR, "files": _LIST},
+    "run": {"job": _STR, "op": _STR, "params": _MAP, "ranks": _LIST},
+    "abort": {"job": _STR},
+    # worker -> coordinator
+    "pong": {"seq": _INT, "id": _INT, "info": _MAP},
+    "loaded": {"job": _STR, "values": _INT, "seconds": (int, float)},
+    "done": {"job": _STR, "stats": _MAP},
+    "error": {"job": _STR, "kind": _STR, "message": _STR},
+    "aborted": {"job": _STR},
+    # worker <-> worker: everything inside a job travels as a tagged peer message
+    "peer": {"job": _STR, "tag": _STR, "src": _INT, "body": _MAP},
+}
+
+
+def make(type_: str, **fields: Any) -> dict:
+    msg = {"t": type_, "v": PROTOCOL_VERSION}
+    msg.update(fields)
+    return msg
+
+
+def validate(msg: dict) -> dict:
+    t = msg.get("t")
+    if not isinstance(t, str) or t not in SCHEMA:
+        raise BadMessage(f"unknown message type {t!r}")
+    if msg.get("v") != PROTOCOL_VERSION:
+        raise BadMessage(f"protocol version {msg.get('v')!r} is not {PROTOCOL_VERSION}")
+    for field, types in SCHEMA[t].items():
+        if field not in msg:
+            raise BadMessage(f"{t} message lacks field {field!r}")
+        if types and (not isinstance(msg[field], types) or isinstance(msg[field], bool) and bool not in types):
+            raise BadMessage(f"{t}.{field} has type {type(msg[field]).__name__}")
+    return msg

@@ -1,0 +1,1 @@
+"""The worker daemon and everything a job runs on: communicator, collectives, ops."""

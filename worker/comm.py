@@ -1,0 +1,105 @@
+"""The communicator: the two primitives of the problem, ``send(peer, body)`` and ``recv(tag)``.
+
+Ops and collectives are written against ``Communicator`` only.  A transport
+supplies ``_transmit``; ``TcpComm`` (worker/peers.py) sends frames over TCP links,
+``InMemoryComm`` (below) passes them between communicators in one process, so the
+same op code runs in unit tests and in the cluster.  Ranks are positions in the
+job's list of workers, so a job re-run on survivors just gets a shorter list.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from protocol.frames import decode_body, encode_frame, HEADER
+from protocol.messages import make, validate
+from worker.mailbox import Mailbox
+
+DEFAULT_TIMEOUT = 60.0
+
+
+@dataclass
+class CommStats:
+    size: int
+    bytes_sent: list[int] = field(default_factory=list)
+    bytes_received: list[int] = field(default_factory=list)
+    messages_sent: int = 0
+    messages_received: int = 0
+    tree_messages_received: int = 0     # the most any one tree reduction delivered here
+    max_inbound_streams: int = 0
+    send_wait_seconds: float = 0.0
+    credit_wait_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.bytes_sent = [0] * self.size
+        self.bytes_received = [0] * self.size
+
+
+class Communicator:
+    """Base: mailbox-backed recv, counted sends.  Subclasses move the frames."""
+
+    def __init__(self, job: str, rank: int, size: int, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.job = job
+        self.rank = rank
+        self.size = size
+        self.timeout = timeout
+        self.mailbox = Mailbox()
+        self.stats = CommStats(size)
+        self._seq = 0
+
+    def new_tag(self, name: str) -> str:
+        """A tag unique to this call site and invocation; every rank derives the same sequence."""
+        self._seq += 1
+        return f"{name}#{self._seq}"
+
+    async def send(self, dest: int, tag: str, body: dict) -> None:
+        if dest == self.rank:
+            self.mailbox.put(tag, self.rank, body)
+            return
+        frame = encode_frame(make("peer", job=self.job, tag=tag, src=self.rank, body=body))
+        self.stats.bytes_sent[dest] += len(frame)
+        self.stats.messages_sent += 1
+        t0 = time.perf_counter()
+        await self._transmit(dest, frame)
+        self.stats.send_wait_seconds += time.perf_counter() - t0
+
+    async def recv(self, tag: str, timeout: float | None = None) -> tuple[int, dict]:
+        return await self.mailbox.get(tag, self.timeout if timeout is None else timeout)
+
+    def deliver(self, src: int, tag: str, body: dict, nbytes: int) -> None:
+        """Called by the transport when a peer message for this job arrives."""
+        if 0 <= src < self.size:
+            self.stats.bytes_received[src] += nbytes
+        self.stats.messages_received += 1
+        self.mailbox.put(tag, src, body)
+
+    async def _transmit(self, dest: int, frame: bytes) -> None:
+        raise NotImplementedError
+
+
+class InMemoryComm(Communicator):
+    """Frames go through the real codec, then straight into the destination's mailbox."""
+
+    def __init__(self, net: "InMemoryNetwork", rank: int) -> None:
+        super().__init__(net.job, rank, net.size, net.timeout)
+        self.net = net
+
+    async def _transmit(self, dest: int, frame: bytes) -> None:
+        await asyncio.sleep(0)  # let other ranks run, as a socket write would
+        delay = self.net.delays.get(dest)
+        if delay:
+            await asyncio.sleep(delay)
+        msg = validate(decode_body(memoryview(frame)[HEADER.size:]))
+        self.net.comms[dest].deliver(msg["src"], msg["tag"], msg["body"], len(frame))
+
+
+class InMemoryNetwork:
+    """W communicators in one event loop; ``delays`` slows delivery to chosen ranks."""
+
+    def __init__(self, size: int, job: str = "test", timeout: float = 30.0) -> None:
+        self.job = job
+        self.size = size
+        self.timeout = timeout
+        self.delays: dict[int, float] = {}
+        self.comms = [InMemoryComm(self, r) for r in range(size)]

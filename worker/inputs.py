@@ -1,0 +1,213 @@
+"""Reading shard files into int64 arrays: ``.txt`` with a vectorised parser, ``.npy`` of any integer dtype.
+
+The text parser never calls ``int()`` per line.  It classifies every byte with
+numpy, finds the tokens, checks the grammar (one optional sign, 1-19 significant
+digits, at most one value per line) and builds the values column by column for
+tokens of equal length.  A violation raises ``InputError`` naming file and line.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from worker.errors import InputError
+
+SUFFIXES = (".txt", ".npy")
+INT64_MAX = 2 ** 63 - 1
+_BLOCK = 32 << 20            # parse text in blocks of about this many bytes, cut at a newline
+
+
+
+def read_shard(path: str | os.PathLike) -> np.ndarray:
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix == ".npy":
+        return read_npy(p)
+    if suffix == ".txt":
+        return read_txt(p)
+    raise InputError(f"{p}: unsupported file type {suffix or '(none)'!r} (expected .txt or .npy)")
+
+
+def read_npy(path: Path) -> np.ndarray:
+    try:
+        a = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except PermissionError:
+        raise InputError(f"{path}: permission denied") from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{path}: not a readable .npy file ({_short(exc)})") from None
+    if a.dtype.kind not in "iu":
+        raise InputError(f"{path}: .npy holds {a.dtype} values, expected an integer dtype")
+    a = a.reshape(-1)
+    if a.dtype.kind == "u" and a.dtype.itemsize == 8 and len(a) and a.max() > INT64_MAX:
+        bad = int(np.argmax(a > INT64_MAX))
+        raise InputError(f"{path}: element {bad} ({int(a[bad])}) is beyond the int64 range")
+    return a.astype(np.int64, copy=False)
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+
+
+def read_txt(path: Path) -> np.ndarray:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory") from None
+    except PermissionError:
+        raise InputError(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({_short(exc)})") from None
+    return parse_text(raw, str(path))
+
+
+def parse_text(raw: bytes, name: str = "<text>") -> np.ndarray:
+    """All integers of a text, one per line; errors name the 1-based line."""
+    out = []
+    start, line0 = 0, 1
+    while start < len(raw):
+        end = min(len(raw), start + _BLOCK)
+        if end < len(raw):
+            nl = raw.rfind(b"\n", start, end)
+            end = nl + 1 if nl >= start else (raw.find(b"\n", end) + 1 or len(raw))
+        block = np.frombuffer(raw, dtype=np.uint8, count=end - start, offset=start)
+        out.append(_parse_block(block, name, line0))
+        line0 += int(np.count_nonzero(block == 10))
+        start = end
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def _line_of(block: np.ndarray, pos: int, line0: int) -> int:
+    return line0 + int(np.count_nonzero(block[:pos] == 10))
+
+
+def _fail(block: np.ndarray, pos: int, name: str, line0: int, what: str) -> InputError:
+    line = _line_of(block, pos, line0)
+    lo = pos
+    while lo > 0 and block[lo - 1] != 10:
+        lo -= 1
+    hi = pos
+    while hi < len(block) and block[hi] != 10 and hi - lo < 60:
+        hi += 1
+    text = bytes(block[lo:hi]).decode("utf-8", "replace").strip()
+    return InputError(f"{name}:{line}: {what}: {text!r}")
+
+
+def _parse_block(block: np.ndarray, name: str, line0: int) -> np.ndarray:
+    """Checks the grammar with whole-array operations, then lets numpy's C parser read the values."""
+    isdig = (block - np.uint8(48)) < 10
+    issign = (block == 45) | (block == 43)
+    tok = isdig | issign
+    isnl = block == 10
+    ok = tok | isnl | (block == 32) | (block == 13) | (block == 9)
+    if not ok.all():
+        return _raise(_fail(block, int(np.argmin(ok)), name, line0, "not an integer"))
+    starts = np.flatnonzero(tok[1:] & ~tok[:-1]) + 1
+    ends = np.flatnonzero(tok[:-1] & ~tok[1:]) + 1
+    if len(block) and tok[0]:
+        starts = np.concatenate(([0], starts))
+    if len(block) and tok[-1]:
+        ends = np.append(ends, len(block))
+    if len(starts) == 0:
+        return np.zeros(0, dtype=np.int64)
+    _check_one_per_line(block, isnl, starts, ends, name, line0)
+    signs = np.flatnonzero(issign)
+    if len(signs):
+        not_first = (signs > 0) & tok[np.maximum(signs - 1, 0)]
+        no_digit = (signs + 1 >= len(block)) | ~isdig[np.minimum(signs + 1, len(block) - 1)]
+        bad = np.flatnonzero(not_first | no_digit)
+        if len(bad):
+            return _raise(_fail(block, int(signs[bad[0]]), name, line0, "not an integer"))
+    _check_range(block, starts, ends, name, line0)
+    values = np.fromstring(block.tobytes(), dtype=np.int64, sep=" ")
+    if len(values) != len(starts):                    # cannot happen once the grammar holds
+        return _raise(InputError(f"{name}: parsed {len(values)} values from {len(starts)} tokens"))
+    _check_saturated(block, values, starts, ends, name, line0)
+    return values
+
+
+def _check_one_per_line(block, isnl, starts, ends, name, line0) -> None:
+    """Every token but the last must be followed by a newline before the next token starts.
+
+    Most tokens end right at a newline (or "\r\n"); only the others pay for a search.
+    """
+    n = len(block)
+    follow = np.minimum(ends[:-1], n - 1)
+    odd = np.flatnonzero(~isnl[follow])
+    if len(odd):
+        follow2 = np.minimum(ends[:-1][odd] + 1, n - 1)
+        odd = odd[~((block[follow[odd]] == 13) & isnl[follow2])]
+    if len(odd):
+        newlines = np.append(np.flatnonzero(isnl), n)   # a sentinel newline past the end
+        nxt = np.searchsorted(newlines, ends[:-1][odd])
+        nl_at = newlines[nxt]
+        bad = np.flatnonzero(nl_at > starts[1:][odd])
+        if len(bad):
+            raise _fail(block, int(starts[odd[bad[0]] + 1]), name, line0, "more than one value on a line")
+
+
+_MAX_DIGITS = np.frombuffer(str(INT64_MAX).encode(), dtype=np.uint8)
+_MIN_DIGITS = np.frombuffer(str(INT64_MAX + 1).encode(), dtype=np.uint8)
+
+
+def _check_range(block: np.ndarray, starts: np.ndarray, ends: np.ndarray, name: str, line0: int) -> None:
+    """Tokens longer than sign + 19 digits are out of range unless the excess is leading zeros (rare)."""
+    for i in np.flatnonzero(ends - starts > 20):
+        s, e = int(starts[i]), int(ends[i])
+        s += block[s] in (ord("-"), ord("+"))
+        nz = np.flatnonzero(block[s:e] != ord("0"))
+        if len(nz) and e - (s + int(nz[0])) > 19:
+            raise _fail(block, int(starts[i]), name, line0, "value beyond the int64 range")
+
+
+def _check_saturated(block, values, starts, ends, name, line0) -> None:
+    """numpy saturates out-of-range text at the int64 limits: re-check only the tokens that read as a limit."""
+    for limit, digits in ((INT64_MAX, _MAX_DIGITS), (-INT64_MAX - 1, _MIN_DIGITS)):
+        idx = np.flatnonzero(values == limit)
+        if not len(idx):
+            continue
+        e = ends[idx]
+        mat = block[(e - 19)[:, None] + np.arange(19)]      # the last 19 characters of each token
+        longer = (e - starts[idx]) > 20 if limit < 0 else (e - starts[idx]) > 19
+        bad = np.flatnonzero(np.any(mat != digits, axis=1))
+        for i in bad.tolist() + np.flatnonzero(longer).tolist():
+            tok = bytes(block[starts[idx[i]]:e[i]]).lstrip(b"+-").lstrip(b"0")
+            if len(tok) != 19 or tok != digits.tobytes():
+                raise _fail(block, int(starts[idx[i]]), name, line0, "value beyond the int64 range")
+
+
+def _raise(exc: Exception):
+    raise exc
+
+
+def list_shards(path: str) -> list[str]:
+    """The shard files a user's --input names: a directory, a file, or a glob."""
+    import glob
+    p = Path(path)
+    if any(ch in path for ch in "*?["):
+        files = sorted(f for f in glob.glob(path, recursive=True) if Path(f).is_file())
+        if not files:
+            raise InputError(f"{path}: the pattern matches no files")
+    elif p.is_dir():
+        try:
+            files = sorted(str(f) for f in p.iterdir() if f.is_file() and f.suffix.lower() in SUFFIXES)
+        except PermissionError:
+            raise InputError(f"{path}: permission denied") from None
+        if not files:
+            raise InputError(f"{path}: directory holds no shard files (.txt or .npy)")
+    elif p.is_file():
+        files = [path]
+    elif p.exists():
+        raise InputError(f"{path}: not a regular file or directory")
+    else:
+        raise InputError(f"{path}: no such file or directory")
+    wrong = [f for f in files if Path(f).suffix.lower() not in SUFFIXES]
+    if wrong:
+        raise InputError(f"{wrong[0]}: unsupported file type (expected .txt or .npy)")
+    return files

@@ -1,0 +1,93 @@
+"""A job's life on one worker: load its files, run the op over a TcpComm, report, forget.
+
+Each job is owned by the worker's task group; an abort (or the coordinator going
+away) cancels it and drops its data, so nothing outlives the job.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from worker import logs
+from worker.errors import InputError, JobError
+from worker.inputs import read_shard
+from worker.ops import OPS
+from worker.peers import PeerLink, TcpComm
+
+
+def resolve(path: str, root: str) -> str:
+    return path if os.path.isabs(path) else os.path.join(root, path)
+
+
+def load_files(files: list[str], root: str) -> np.ndarray:
+    arrays = [read_shard(resolve(f, root)) for f in files]
+    if not arrays:
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate(arrays) if len(arrays) > 1 else np.array(arrays[0], dtype=np.int64, copy=True)
+
+
+@dataclass
+class Job:
+    id: str
+    files: list[str]
+    values: np.ndarray | None = None
+    comm: TcpComm | None = None
+    task: asyncio.Task | None = None
+    load_seconds: float = 0.0
+    early: list = field(default_factory=list)   # peer messages that beat our own "run"
+
+
+async def load(job: Job, root: str) -> int:
+    t = time.perf_counter()
+    job.values = await asyncio.to_thread(load_files, job.files, root)
+    job.load_seconds = time.perf_counter() - t
+    logs.event("job_loaded", job=job.id, files=len(job.files), values=len(job.values),
+               seconds=round(job.load_seconds, 3))
+    return len(job.values)
+
+
+def make_comm(job: Job, my_id: int, op: str, ranks: list[int], links: dict[int, PeerLink],
+              timeout: float) -> TcpComm:
+    if op not in OPS:
+        raise InputError(f"unknown op {op!r} (known: {', '.join(sorted(OPS))})")
+    if my_id not in ranks or len(set(ranks)) != len(ranks):
+        raise JobError(f"worker {my_id} is not in the job's worker list {ranks}")
+    missing = [r for r in ranks if r != my_id and r not in links]
+    if missing:
+        raise JobError(f"job {job.id} names workers {missing} this worker does not know")
+    if job.values is None:
+        raise JobError(f"job {job.id} was not loaded on worker {my_id}")
+    return TcpComm(job.id, ranks, my_id, links, timeout)
+
+
+async def run(job: Job, comm: TcpComm, op: str, params: dict) -> dict:
+    """Runs the op; returns the stats (and the result, at rank 0) for the coordinator."""
+    my_id, ranks, links = comm.ranks[comm.rank], comm.ranks, comm.links
+    assert job.values is not None
+    n = len(job.values)
+    t = time.perf_counter()
+    result, opstats = await OPS[op](comm, job.values, params)
+    job.values = None
+    cs = comm.stats
+    stats = {
+        "id": my_id, "rank": comm.rank, "values": n, "files": len(job.files),
+        "seconds": time.perf_counter() - t, "load_seconds": job.load_seconds,
+        "bytes_sent": cs.bytes_sent, "bytes_received": cs.bytes_received,
+        "messages_sent": cs.messages_sent, "messages_received": cs.messages_received,
+        "tree_messages_received": cs.tree_messages_received,
+        "max_inbound_streams": cs.max_inbound_streams,
+        "peak_buffered_bytes": comm.mailbox.peak_buffered,
+        "peak_send_queue_bytes": max((links[p].peak_queued_bytes for p in ranks if p != my_id), default=0),
+        "send_wait_seconds": cs.send_wait_seconds, "credit_wait_seconds": cs.credit_wait_seconds,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        **opstats,
+    }
+    out = {"stats": stats}
+    if result is not None:
+        out["result"] = result
+    return out

@@ -1,0 +1,123 @@
+"""The exact mode: local count, shuffle by a stable hash, aggregate per owner, tree-reduce the winners.
+
+After the shuffle every value's occurrences, from every shard, sit on exactly one
+rank, so each rank's local best is final for the values it owns and only one small
+candidate per rank has to travel, up a binomial tree.  A value seen once locally
+travels as its 8 bytes ("singles"); only values seen more than once pay for a count.
+Ties: the smallest value wins; ``ties`` lists up to ``tie_limit`` smallest tied
+values and ``tie_count`` says how many there are.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from worker.collectives import tree_reduce
+from worker.comm import Communicator
+from worker.counting import count_values, run_lengths, sum_by_value
+from worker.hashing import owners, partition
+from worker.shuffle import ShuffleConfig, chunk_pieces, shuffle
+
+DEFAULT_TIE_LIMIT = 10
+MAX_TIE_LIMIT = 100_000   # ties travel in one small message; more than this are counted, not listed
+
+
+def _outgoing(comm: Communicator, values: np.ndarray, counts: np.ndarray, cfg: ShuffleConfig):
+    single = counts == 1
+    sv = values[single]
+    mv, mc = values[~single], counts[~single]
+    w = comm.size
+    if cfg.strategy == "gather":
+        s_parts = [[sv] if r == 0 else [sv[:0]] for r in range(w)]
+        m_parts = [[mv, mc] if r == 0 else [mv[:0], mc[:0]] for r in range(w)]
+    else:
+        s_parts = partition(owners(sv, w), w, sv)
+        m_parts = partition(owners(mv, w), w, mv, mc)
+    return [chunk_pieces({"s": s_parts[r][0]}, cfg.chunk_bytes)
+            + chunk_pieces({"v": m_parts[r][0], "c": m_parts[r][1]}, cfg.chunk_bytes)
+            for r in range(w)]
+
+
+def best_of(singles: np.ndarray, mvals: np.ndarray, mcounts: np.ndarray, tie_limit: int) -> dict:
+    """The top count among the owned values and its smallest tied values."""
+    us, cs = run_lengths(np.sort(singles))
+    up, cp = sum_by_value(mvals, mcounts)
+    # A value may be a single on one shard and a multiple on another: fold its singles into its pair total.
+    if len(up) and len(us):
+        pos = np.searchsorted(us, up).clip(max=len(us) - 1)
+        hit = us[pos] == up
+        cp = cp + np.where(hit, cs[pos], 0)
+        keep = np.ones(len(us), dtype=bool)
+        keep[pos[hit]] = False
+        us, cs = us[keep], cs[keep]
+    vals = np.concatenate((us, up))
+    cnts = np.concatenate((cs, cp))
+    if len(vals) == 0:
+        return {"count": 0, "ties": [], "tie_count": 0, "distinct": 0}
+    top = int(cnts.max())
+    tied = vals[cnts == top]
+    tied_sorted = np.sort(tied)[:tie_limit] if len(tied) > tie_limit else np.sort(tied)
+    return {"count": top, "ties": tied_sorted.tolist(), "tie_count": int(len(tied)), "distinct": int(len(vals))}
+
+
+def _combine_limit(tie_limit: int):
+    def combine(a: dict, b: dict) -> dict:
+        if a["count"] != b["count"]:
+            return a if a["count"] > b["count"] else b
+        ties = sorted(a["ties"] + b["ties"])[:tie_limit]
+        return {"count": a["count"], "ties": ties, "tie_count": a["tie_count"] + b["tie_count"]}
+    return combine
+
+
+async def mode(comm: Communicator, values: np.ndarray, params: dict | None = None) -> tuple[dict | None, dict]:
+    """Runs on every rank; returns (result at rank 0 else None, this rank's phase stats)."""
+    params = params or {}
+    cfg = ShuffleConfig.from_params(params)
+    tie_limit = min(int(params.get("tie_limit") or DEFAULT_TIE_LIMIT), MAX_TIE_LIMIT)
+    phases: dict[str, float] = {}
+    t = time.perf_counter()
+    uv, uc = count_values(values)
+    outgoing = _outgoing(comm, uv, uc, cfg)
+    del uv, uc
+    phases["count"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    singles: list[np.ndarray] = []
+    mvals: list[np.ndarray] = []
+    mcounts: list[np.ndarray] = []
+
+    def consume(src: int, piece: dict) -> None:
+        if "s" in piece:
+            singles.append(piece["s"])
+        else:
+            mvals.append(piece["v"])
+            mcounts.append(piece["c"])
+
+    sst = await shuffle(comm, outgoing, consume, cfg)
+    del outgoing
+    phases["shuffle"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    empty = np.zeros(0, dtype=np.int64)
+    local = best_of(np.concatenate(singles) if singles else empty,
+                    np.concatenate(mvals) if mvals else empty,
+                    np.concatenate(mcounts) if mcounts else empty, tie_limit)
+    owned = local.pop("distinct")
+    phases["aggregate"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    best = await tree_reduce(comm, local, _combine_limit(tie_limit), "mode.best")
+    phases["reduce"] = time.perf_counter() - t
+    stats = {"phases": phases, "distinct_keys": owned, "chunks_sent": sst.chunks_sent,
+             "chunks_received": sst.chunks_received, "rounds": 1 + _tree_depth(comm.size)}
+    if best is None:
+        return None, stats
+    if best["count"] == 0:
+        return {"value": None, "count": 0, "ties": [], "tie_count": 0}, stats
+    return {"value": best["ties"][0], "count": best["count"], "ties": best["ties"],
+            "tie_count": best["tie_count"]}, stats
+
+
+def _tree_depth(size: int) -> int:
+    return max(0, (size - 1).bit_length())

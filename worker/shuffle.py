@@ -1,0 +1,210 @@
+"""The all-to-all shuffle and its flow control: chunked streams, receiver-driven credits, a staggered schedule.
+
+Strategies:
+
+``credit``  (default) a sender asks before streaming; a receiver admits at most
+            ``fan_in`` streams at a time and grants each ``credits`` chunks, returning
+            a credit per chunk it has consumed.  Inbound fan-in is <= fan_in and a
+            receiver buffers at most fan_in * credits chunks, whatever the data size.
+            Senders ask in the staggered order i -> i+1, i+2, ... (mod W), holding up
+            to ``requests`` asks open so one busy receiver does not stall them.
+``naive``   every sender streams every partition at once, no admission.
+``gather``  is ``naive`` with every partition addressed to rank 0 (the op decides
+            that); it is the all-to-one design the problem warns about.
+
+Chunks are dicts of equal-length arrays ("pieces").  Everything is messages over
+the communicator, so the bounds hold, and are tested, on every transport.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+import numpy as np
+
+from worker.comm import Communicator
+
+DEFAULT_CHUNK_BYTES = 1 << 20
+STRATEGIES = ("credit", "naive", "gather")
+
+Piece = dict[str, np.ndarray]
+Consume = Callable[[int, Piece], Awaitable[None] | None]
+
+
+@dataclass(frozen=True)
+class ShuffleConfig:
+    strategy: str = "credit"
+    fan_in: int = 1          # F: concurrent inbound streams a receiver admits
+    credits: int = 4         # C: chunks a granted sender may have in flight
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    requests: int = 2        # asks a sender keeps open at once
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown shuffle strategy {self.strategy!r} (choose from {', '.join(STRATEGIES)})")
+        if min(self.fan_in, self.credits, self.requests) < 1 or self.chunk_bytes < 64:
+            raise ValueError("fan_in, credits and requests must be >= 1, chunk_bytes >= 64")
+
+    @classmethod
+    def from_params(cls, params: dict) -> "ShuffleConfig":
+        keys = {"strategy": "shuffle", "fan_in": "fan_in", "credits": "credits",
+                "chunk_bytes": "chunk_bytes", "requests": "requests"}
+        return cls(**{k: params[p] for k, p in keys.items() if params.get(p) is not None})
+
+
+def chunk_pieces(arrays: dict[str, np.ndarray], chunk_bytes: int) -> list[Piece]:
+    """Cuts equal-length arrays into pieces of at most ``chunk_bytes`` (views, no copies)."""
+    n = len(next(iter(arrays.values())))
+    if n == 0:
+        return []
+    row = sum(a.itemsize for a in arrays.values())
+    step = max(1, chunk_bytes // row)
+    return [{k: a[i:i + step] for k, a in arrays.items()} for i in range(0, n, step)]
+
+
+@dataclass
+class ShuffleStats:
+    max_inbound_streams: int = 0
+    streams_received: int = 0
+    chunks_sent: int = 0
+    chunks_received: int = 0
+    credit_wait_seconds: float = 0.0
+    send_seconds: float = 0.0
+    receive_seconds: float = 0.0
+
+
+async def shuffle(comm: Communicator, outgoing: list[list[Piece]], consume: Consume,
+                  cfg: ShuffleConfig = ShuffleConfig()) -> ShuffleStats:
+    """Sends ``outgoing[d]`` (a list of chunks) to every rank d and feeds each received chunk to ``consume``.
+
+    The rank's own partition is consumed locally without touching the network.
+    Sending and receiving run at the same time, each in its own task.
+    """
+    assert len(outgoing) == comm.size
+    tag = comm.new_tag("shuffle")
+    st = ShuffleStats()
+    for piece in outgoing[comm.rank]:
+        await _call(consume, comm.rank, piece)
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(_receiver(comm, tag, consume, cfg, st))
+        if cfg.strategy == "credit":
+            tg.create_task(_credit_sender(comm, tag, outgoing, cfg, st))
+        else:
+            tg.create_task(_naive_sender(comm, tag, outgoing, st))
+    comm.stats.max_inbound_streams = max(comm.stats.max_inbound_streams, st.max_inbound_streams)
+    comm.stats.credit_wait_seconds += st.credit_wait_seconds
+    return st
+
+
+async def _call(consume: Consume, src: int, piece: Piece) -> None:
+    r = consume(src, piece)
+    if r is not None:
+        await r
+
+
+def _staggered(rank: int, size: int) -> list[int]:
+    return [(rank + r) % size for r in range(1, size)]
+
+
+async def _receiver(comm: Communicator, tag: str, consume: Consume, cfg: ShuffleConfig, st: ShuffleStats) -> None:
+    t0 = time.perf_counter()
+    rtag, stag = tag + ".r", tag + ".s"
+    remaining = set(range(comm.size)) - {comm.rank}
+    streaming: set[int] = set()      # senders whose first chunk arrived and last has not
+    granted: set[int] = set()
+    waiting: deque[int] = deque()
+    admit = cfg.strategy == "credit"
+    while remaining:
+        src, body = await comm.recv(rtag)
+        kind = body["k"]
+        if kind == "ask":
+            if len(granted) < cfg.fan_in:
+                granted.add(src)
+                await comm.send(src, stag, {"k": "grant", "n": cfg.credits})
+            else:
+                waiting.append(src)
+        elif kind == "none":
+            remaining.discard(src)
+        elif kind == "chunk":
+            streaming.add(src)
+            st.max_inbound_streams = max(st.max_inbound_streams, len(streaming))
+            st.chunks_received += 1
+            await _call(consume, src, body["p"])
+            if not body["last"]:
+                if admit:
+                    await comm.send(src, stag, {"k": "credit", "n": 1})
+                continue
+            streaming.discard(src)
+            remaining.discard(src)
+            st.streams_received += 1
+            if admit:
+                granted.discard(src)
+                if waiting:
+                    nxt = waiting.popleft()
+                    granted.add(nxt)
+                    await comm.send(nxt, stag, {"k": "grant", "n": cfg.credits})
+        else:
+            raise ValueError(f"unexpected shuffle message {kind!r} from rank {src}")
+    st.receive_seconds = time.perf_counter() - t0
+
+
+async def _tell_empty(comm: Communicator, rtag: str, outgoing: list[list[Piece]]) -> list[int]:
+    """Tells receivers with nothing coming so; returns the ranks that do have chunks, staggered."""
+    busy = []
+    for d in _staggered(comm.rank, comm.size):
+        if outgoing[d]:
+            busy.append(d)
+        else:
+            await comm.send(d, rtag, {"k": "none"})
+    return busy
+
+
+async def _stream(comm: Communicator, rtag: str, dest: int, pieces: list[Piece], st: ShuffleStats) -> None:
+    last = len(pieces) - 1
+    for i, p in enumerate(pieces):
+        await comm.send(dest, rtag, {"k": "chunk", "p": p, "last": i == last})
+        st.chunks_sent += 1
+
+
+async def _naive_sender(comm: Communicator, tag: str, outgoing: list[list[Piece]], st: ShuffleStats) -> None:
+    t0 = time.perf_counter()
+    rtag = tag + ".r"
+    busy = await _tell_empty(comm, rtag, outgoing)
+    async with asyncio.TaskGroup() as tg:
+        for d in busy:
+            tg.create_task(_stream(comm, rtag, d, outgoing[d], st))
+    st.send_seconds = time.perf_counter() - t0
+
+
+async def _credit_sender(comm: Communicator, tag: str, outgoing: list[list[Piece]], cfg: ShuffleConfig,
+                         st: ShuffleStats) -> None:
+    """One loop: ask ahead in staggered order, pump chunks to whoever has credit."""
+    t0 = time.perf_counter()
+    rtag, stag = tag + ".r", tag + ".s"
+    todo = deque(await _tell_empty(comm, rtag, outgoing))
+    cursor = {d: 0 for d in todo}
+    credit: dict[int, int] = {}
+    open_asks = 0
+    unfinished = len(todo)
+    while unfinished:
+        while todo and open_asks < cfg.requests:
+            await comm.send(todo.popleft(), rtag, {"k": "ask"})
+            open_asks += 1
+        w0 = time.perf_counter()
+        src, body = await comm.recv(stag)
+        st.credit_wait_seconds += time.perf_counter() - w0
+        credit[src] = credit.get(src, 0) + body["n"]
+        pieces = outgoing[src]
+        while credit[src] > 0 and cursor[src] < len(pieces):
+            i = cursor[src]
+            await comm.send(src, rtag, {"k": "chunk", "p": pieces[i], "last": i == len(pieces) - 1})
+            st.chunks_sent += 1
+            cursor[src] = i + 1
+            credit[src] -= 1
+            if cursor[src] == len(pieces):
+                unfinished -= 1
+                open_asks -= 1
+    st.send_seconds = time.perf_counter() - t0
