@@ -6,7 +6,7 @@ takes it with ``recv``; the peak of that figure is what the credit protocol boun
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 
 from worker.errors import PeerFailure
 
@@ -25,6 +25,7 @@ def payload_bytes(body: dict) -> int:
 class Mailbox:
     def __init__(self) -> None:
         self._queues: dict[str, deque] = defaultdict(deque)
+        self._data_from: dict[str, Counter] = defaultdict(Counter)   # tag -> src -> queued data messages
         self._waiters: dict[str, asyncio.Future] = {}
         self.buffered = 0
         self.peak_buffered = 0
@@ -35,6 +36,8 @@ class Mailbox:
         self.buffered += n
         self.peak_buffered = max(self.peak_buffered, self.buffered)
         self._queues[tag].append((src, body, n))
+        if n:
+            self._data_from[tag][src] += 1
         fut = self._waiters.pop(tag, None)
         if fut is not None and not fut.done():
             fut.set_result(None)
@@ -62,4 +65,13 @@ class Mailbox:
                 self._waiters.pop(tag, None)
         src, body, n = q.popleft()
         self.buffered -= n
+        if n:
+            c = self._data_from[tag]
+            c[src] -= 1
+            if not c[src]:
+                del c[src]
         return src, body
+
+    def data_sources(self, tag: str) -> set[int]:
+        """Senders with data waiting under ``tag``: they are streaming to us right now, read or not."""
+        return set(self._data_from[tag])

@@ -113,7 +113,7 @@ async def _receiver(comm: Communicator, tag: str, consume: Consume, cfg: Shuffle
     t0 = time.perf_counter()
     rtag, stag = tag + ".r", tag + ".s"
     remaining = set(range(comm.size)) - {comm.rank}
-    streaming: set[int] = set()      # senders whose first chunk arrived and last has not
+    streaming: set[int] = set()      # senders whose first chunk we read and whose last we have not
     granted: set[int] = set()
     waiting: deque[int] = deque()
     admit = cfg.strategy == "credit"
@@ -130,7 +130,8 @@ async def _receiver(comm: Communicator, tag: str, consume: Consume, cfg: Shuffle
             remaining.discard(src)
         elif kind == "chunk":
             streaming.add(src)
-            st.max_inbound_streams = max(st.max_inbound_streams, len(streaming))
+            st.max_inbound_streams = max(st.max_inbound_streams,
+                                         len(streaming | comm.mailbox.data_sources(rtag)))
             st.chunks_received += 1
             await _call(consume, src, body["p"])
             if not body["last"]:

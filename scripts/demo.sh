@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One command: set up, generate sample shards, start ten local workers, run mode and median, stop.
+#   ROWS=10000000 (default) DIST=unique-dup BASE_PORT=7000 scripts/demo.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+ROWS="${ROWS:-10000000}"
+DIST="${DIST:-unique-dup}"
+DATA="sample-shards/${DIST}-${ROWS}"
+export CLUSTER_FILE="$PWD/.cluster/cluster.json"
+C=.venv/bin/cluster
+if [ ! -d "$DATA" ]; then
+  $C gen --out "$DATA" --shards 10 --rows "$ROWS" --dist "$DIST" --format npy --seed 1
+fi
+$C down >/dev/null 2>&1 || true
+$C up --workers 10 --detach --base-port "${BASE_PORT:-7000}"
+trap '$C down' EXIT
+$C status
+echo
+$C submit mode --input "$DATA"
+echo
+$C submit median --input "$DATA" --quantiles 0.9,0.99

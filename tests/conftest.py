@@ -1,0 +1,82 @@
+"""Shared fixtures: datasets (including the nasty ones) and runners for ops over the in-memory transport."""
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+I64_MIN, I64_MAX = -(2 ** 63), 2 ** 63 - 1
+
+
+def nasty_datasets() -> dict[str, list[np.ndarray]]:
+    """Named lists of shards, the cases DEVELOPERS.md lists."""
+    rng = np.random.default_rng(7)
+    a = lambda *xs: np.array(xs, dtype=np.int64)  # noqa: E731
+    big = rng.integers(-50, 50, 2000)
+    uniq = rng.permutation(10_000)[:3000].astype(np.int64)
+    return {
+        "single value": [a(42)],
+        "single value, empty shards around": [a(), a(-5), a()],
+        "all equal": [np.full(500, 9, np.int64), np.full(300, 9, np.int64)],
+        "ties": [a(1, 2, 3), a(3, 2, 1), a(5, 5, 4, 4)],
+        "negative": [a(-3, -3, -1), a(-7, -3)],
+        "int64 extremes": [a(I64_MIN, I64_MAX, I64_MAX), a(I64_MIN, 0)],
+        "extremes, even count": [a(I64_MAX, I64_MAX - 1), a(I64_MIN, I64_MIN + 1)],
+        "even count": [a(1, 2), a(3, 4)],
+        "odd count": [a(1, 2), a(3)],
+        "dup split across shards": [np.append(uniq[:1500], 123_456), np.append(uniq[1500:], 123_456)],
+        "multiples of W": [np.arange(0, 1200, 12, dtype=np.int64), np.arange(0, 1200, 10, dtype=np.int64)],
+        "skewed": [np.concatenate([np.full(3000, 17, np.int64), big]), big[:10]],
+        "many empty shards": [a()] * 5 + [a(8, 8, 1)] + [a()] * 6,
+        "random": list(np.array_split(big, 7)),
+    }
+
+
+def split_for(shards: list[np.ndarray], workers: int) -> list[np.ndarray]:
+    """Deal the shards round-robin to ranks, as the coordinator gives each file to exactly one worker."""
+    parts = [[] for _ in range(workers)]
+    for i, s in enumerate(shards):
+        parts[i % workers].append(s)
+    return [np.concatenate(p).astype(np.int64) if p else np.zeros(0, np.int64) for p in parts]
+
+
+def run_op(op, shards: list[np.ndarray], workers: int, params: dict | None = None, net=None):
+    """Runs ``op`` on every rank of an in-memory network; returns (rank 0 result, per-rank stats, network)."""
+    from worker.comm import InMemoryNetwork
+    net = net or InMemoryNetwork(workers, timeout=20)
+    parts = split_for(shards, workers)
+
+    async def main():
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(op(net.comms[r], parts[r], params)) for r in range(workers)]
+        return [t.result() for t in tasks]
+
+    out = asyncio.run(main())
+    return out[0][0], [o[1] for o in out], net
+
+
+def ref_mode(values: np.ndarray) -> tuple[int, int, list[int]]:
+    from collections import Counter
+    c = Counter(values.tolist())
+    top = max(c.values())
+    ties = sorted(v for v, k in c.items() if k == top)
+    return ties[0], top, ties
+
+
+@pytest.fixture
+def cluster_env(tmp_path, monkeypatch):
+    """An isolated cluster file for CLI tests."""
+    monkeypatch.setenv("CLUSTER_FILE", str(tmp_path / "cluster.json"))
+    return tmp_path
+
+
+def cli(*args: str, env: dict | None = None, cwd=None, timeout: float = 120):
+    import subprocess
+    exe = [sys.executable, "-m", "cluster.cli", *args]
+    return subprocess.run(exe, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)

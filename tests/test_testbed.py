@@ -1,0 +1,141 @@
+"""The multi-host test bed (scripts/testbed.py): real network namespaces, shaped links, one worker per host.
+
+Jobs run from the root namespace against workers in their own namespaces, under every
+shuffle strategy; answers are checked against numpy, fan-in bounds against the config,
+and teardown against what the kernel still lists.  Skipped where namespaces cannot be
+made (not root, no iproute2, a sandbox without CAP_NET_ADMIN).
+"""
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import testbed  # noqa: E402
+
+from cluster.gen import generate, write_shards  # noqa: E402
+from coordinator.job import run_job  # noqa: E402
+from worker.shuffle import STRATEGIES  # noqa: E402
+
+pytestmark = pytest.mark.netns
+
+_OK, _WHY = testbed.available()
+needs_netns = pytest.mark.skipif(not _OK, reason=f"network namespaces unavailable: {_WHY}")
+
+HOSTS = 4
+FAN_IN = 1
+# Small chunks so every stream has several chunks and admission really has to hold senders back.
+SHUFFLE = {"fan_in": FAN_IN, "credits": 2, "chunk_bytes": 4096}
+
+
+@pytest.fixture(scope="module")
+def bed():
+    if not _OK:
+        pytest.skip(f"network namespaces unavailable: {_WHY}")
+    b = testbed.TestBed(HOSTS, testbed.LinkShape(rate="200mbit", delay_ms=1.0), job_timeout=30.0)
+    with b:
+        yield b
+    assert b.leftovers() == {"namespaces": [], "links": [], "pids": []}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    parts = generate(40_000, HOSTS, "unique-dup", seed=7)
+    out = tmp_path_factory.mktemp("bedshards")
+    write_shards(parts, out, "npy")
+    return out, np.concatenate(parts)
+
+
+def reference_mode(values: np.ndarray) -> tuple[int, int]:
+    u, c = np.unique(values, return_counts=True)
+    return int(u[c == c.max()].min()), int(c.max())
+
+
+def job(bed, op: str, path: Path, params: dict):
+    return asyncio.run(run_job(bed.addrs, bed.token.encode(), op, str(path), params, absolute_paths=True,
+                               timeout=30.0))
+
+
+@needs_netns
+def test_available_reports_a_reason():
+    ok, why = testbed.available()
+    assert ok and why == "ok"
+    assert testbed.leftovers(f"{testbed.PREFIX}probe") == {"namespaces": [], "links": [], "pids": []}
+
+
+@needs_netns
+def test_hosts_are_separate_namespaces_with_shaped_links(bed):
+    rows = bed.ping()
+    assert [r["up"] for r in rows] == [True] * HOSTS
+    assert [r["id"] for r in rows] == list(range(HOSTS))
+    for i in range(HOSTS):
+        assert bed.ns(i) in testbed.namespaces()
+        host_side = testbed.run(["tc", "qdisc", "show", "dev", bed.veth_host(i)], ns=bed.ns(i)).stdout
+        bridge_side = testbed.run(["tc", "qdisc", "show", "dev", bed.veth_root(i)]).stdout
+        assert "tbf" in host_side and "tbf" in bridge_side       # both directions limited
+        assert testbed.ns_pids(bed.ns(i)) == [bed.pids[i]]       # exactly its own worker inside
+
+
+@needs_netns
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_mode_and_median_on_the_bed(bed, dataset, strategy):
+    path, values = dataset
+    rep = job(bed, "mode", path, {"shuffle": strategy, **SHUFFLE})
+    want_value, want_count = reference_mode(values)
+    assert (rep.result["value"], rep.result["count"]) == (want_value, want_count) == (want_value, 2)
+    inbound = [w["max_inbound_streams"] for w in rep.workers]
+    sent = np.array([w["bytes_sent"] for w in rep.workers])
+    assert sent.sum() > 0.8 * values.nbytes * (HOSTS - 1) / HOSTS or strategy == "gather"
+    if strategy == "credit":
+        assert max(inbound) <= FAN_IN
+    if strategy == "gather":
+        assert max(inbound) > FAN_IN           # every other host streams into rank 0 at once
+        assert inbound[0] == HOSTS - 1
+
+    med = job(bed, "median", path, {"shuffle": strategy})
+    s = np.sort(values)
+    n = len(s)
+    assert (med.result["lower"], med.result["upper"]) == (int(s[(n - 1) // 2]), int(s[n // 2]))
+
+
+@needs_netns
+def test_cut_and_restore_a_host(bed):
+    bed.cut(2)
+    try:
+        rows = bed.ping(timeout=0.5)
+        assert [r["up"] for r in rows] == [True, True, False, True]
+    finally:
+        bed.restore(2)
+    assert all(r["up"] for r in bed.ping(timeout=5.0))
+
+
+@needs_netns
+def test_teardown_on_exception_leaves_nothing():
+    bed = testbed.TestBed(2, testbed.LinkShape(rate="50mbit", delay_ms=0))
+    with pytest.raises(RuntimeError, match="boom"):
+        with bed:
+            pids = list(bed.pids)
+            assert bed.leftovers()["namespaces"] == [bed.ns(0), bed.ns(1)]
+            raise RuntimeError("boom")
+    assert bed.leftovers() == {"namespaces": [], "links": [], "pids": []}
+    assert not any(testbed._alive(p) for p in pids)
+    assert bed.bridge not in testbed.links()
+
+
+@needs_netns
+def test_cleanup_removes_leftovers_by_prefix():
+    bed = testbed.TestBed(1, testbed.LinkShape(delay_ms=0))
+    bed.start()
+    pid = bed.pids[0]
+    prefix = f"{testbed.PREFIX}{bed.index}"   # only this bed's names, not a concurrently running one's
+    found = testbed.cleanup(prefix)          # as after a crash: the TestBed object never stops
+    assert bed.ns(0) in found["namespaces"] and pid in found["pids"]
+    testbed.run(["ip", "link", "del", bed.bridge], check=False)   # "sbedbr<n>" does not start with the prefix
+    assert testbed.leftovers(prefix) == {"namespaces": [], "links": [], "pids": []}
+    assert not testbed._alive(pid)
+    bed.procs = []
+    bed.stop()                                # idempotent on what is already gone
