@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from tests.conftest import nasty_datasets, ref_mode, run_op
+from tests.conftest import nasty_datasets, ref_mode, run_op, split_for
 from worker.median import median
 from worker.mode import mode
 from worker.shuffle import STRATEGIES
@@ -17,11 +17,12 @@ NASTY = nasty_datasets()
 WORKER_COUNTS = [1, 2, 3, 5, 10, 12]
 
 
-def _check_mode(shards, workers, strategy="credit", ties="smallest", chunk_bytes=256):
+def _check_mode(shards, workers, strategy="credit", ties="smallest", chunk_bytes=256, combine="auto"):
     allv = np.concatenate(shards)
     value, count, ties_ref = ref_mode(allv)
     limit = 100_000 if ties == "all" else 10
-    res, stats, net = run_op(mode, shards, workers, {"shuffle": strategy, "tie_limit": limit, "chunk_bytes": chunk_bytes})
+    res, stats, net = run_op(mode, shards, workers, {"shuffle": strategy, "tie_limit": limit, "chunk_bytes": chunk_bytes,
+                                                 "combine": combine})
     assert res["value"] == value
     assert res["count"] == count
     assert res["tie_count"] == len(ties_ref)
@@ -42,10 +43,11 @@ def _check_median(shards, workers, params=None):
     return res, stats
 
 
+@pytest.mark.parametrize("combine", ["auto", "never"])
 @pytest.mark.parametrize("workers", WORKER_COUNTS)
 @pytest.mark.parametrize("name", sorted(NASTY))
-def test_mode_on_nasty_datasets(name, workers):
-    _check_mode(NASTY[name], workers)
+def test_mode_on_nasty_datasets(name, workers, combine):
+    _check_mode(NASTY[name], workers, combine=combine)
 
 
 @pytest.mark.parametrize("workers", WORKER_COUNTS)
@@ -130,16 +132,28 @@ shard_lists = st.lists(st.lists(st.one_of(values, small_values), max_size=30), m
 
 
 @settings(max_examples=150, deadline=None)
-@given(shard_lists, st.integers(1, 12))
-def test_mode_property(shards, workers):
-    _check_mode([np.array(s, dtype=np.int64) for s in shards], workers)
+@given(shard_lists, st.integers(1, 12), st.sampled_from(["always", "never"]))
+def test_mode_property(shards, workers, combine):
+    _check_mode([np.array(s, dtype=np.int64) for s in shards], workers, combine=combine)
+
+
+def test_local_counting_is_skipped_for_nearly_unique_data_and_kept_for_repeats():
+    from cluster.gen import generate
+    from worker.mode import should_combine
+    uniq = generate(400_000, 2, "unique-dup", seed=1)
+    zipf = generate(400_000, 2, "zipf", seed=1)
+    assert not should_combine(uniq[0]) and should_combine(zipf[0])
+    for shards in (uniq, zipf):
+        res, stats, _ = _check_mode(shards, 3, chunk_bytes=1 << 16)
+        assert [s["combined"] for s in stats] == [should_combine(p) for p in split_for(shards, 3)]
 
 
 @settings(max_examples=150, deadline=None)
-@given(shard_lists, st.integers(1, 12), st.sampled_from([1, 2, 64]))
-def test_median_property(shards, workers, samples):
+@given(shard_lists, st.integers(1, 12), st.sampled_from([1, 2, 64]), st.sampled_from([1, 3, 1024]))
+def test_median_property(shards, workers, samples, first_samples):
     # few samples per rank and a tiny gather limit force several narrowing rounds
-    _check_median([np.array(s, dtype=np.int64) for s in shards], workers, {"samples": samples, "gather_limit": 2})
+    _check_median([np.array(s, dtype=np.int64) for s in shards], workers,
+                  {"samples": samples, "gather_limit": 2, "first_samples": first_samples})
 
 
 def test_empty_dataset_is_an_error_not_none():

@@ -1,6 +1,6 @@
 """Exact median and quantiles by few-round selection: no shuffle, rounds independent of the value range.
 
-Every rank sorts its values once.  Rank 0 keeps, for each target rank k, a window
+Rank 0 keeps, for each target rank k, a window
 (lo, hi] of values that must contain the k-th smallest value, and ``below``, the
 global count of values <= lo.  A round:
 
@@ -12,10 +12,14 @@ global count of values <= lo.  A round:
 4. every rank counts its values < and <= each pivot (two searchsorted calls), and
    the sums come up the tree.
 
-Between two neighbouring pivots lie at most (window size / samples per rank)
-values, whatever the range of the values, so the window shrinks by a factor of
-about W * samples per round; with 100M values that is two rounds, then one small
-gather.  Counting "< p" as well as "<= p" finishes at once when the answer is a
+Round 1 runs on the unsorted values: pivots are two values of a random sample that
+bracket the target's estimated position (Floyd-Rivest style), counted with a few
+comparison passes, so no rank ever sorts all its data; the window keeps a few
+percent of the values.  Each rank then sorts only what lies in the window, and
+later rounds use every sample as a pivot: between two neighbouring pivots lie at
+most (window size / samples per rank) values, whatever the range of the values, so
+the window shrinks by a factor of about W * samples per round.  With 100M values:
+bracket, one many-pivot round, one small gather.  Counting "< p" as well as "<= p" finishes at once when the answer is a
 value repeated many times.  All arithmetic on values is in Python ints, so the
 mean of two middle values is exact at the int64 edges.
 """
@@ -30,16 +34,25 @@ from worker.collectives import broadcast, tree_reduce
 from worker.comm import Communicator
 from worker.errors import EmptyDataset
 
-DEFAULT_SAMPLES = 64
-DEFAULT_GATHER_LIMIT = 4096
+DEFAULT_SAMPLES = 128          # regular samples per rank per window in the later rounds
+FIRST_SAMPLES = 1024           # random samples per rank in the first (bracketing) round
+DEFAULT_GATHER_LIMIT = 8192
+BRACKET_SIGMAS = 3             # half-width of the first round's bracket, in sqrt(sample size)
 INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 EVEN_RULES = ("mean", "lower", "upper")
 
 
-def _bounds(sorted_values: np.ndarray, lo: int | None, hi: int | None) -> tuple[int, int]:
-    a = 0 if lo is None else int(np.searchsorted(sorted_values, lo, "right"))
-    b = len(sorted_values) if hi is None else int(np.searchsorted(sorted_values, hi, "right"))
-    return a, b
+def _in_window(data: np.ndarray, is_sorted: bool, lo: int | None, hi: int | None) -> np.ndarray:
+    if is_sorted:
+        a = 0 if lo is None else int(np.searchsorted(data, lo, "right"))
+        b = len(data) if hi is None else int(np.searchsorted(data, hi, "right"))
+        return data[a:b]
+    if lo is None and hi is None:
+        return data
+    mask = np.ones(len(data), dtype=bool) if lo is None else data > lo
+    if hi is not None:
+        mask &= data <= hi
+    return data[mask]
 
 
 def _regular_sample(window: np.ndarray, k: int) -> np.ndarray:
@@ -48,6 +61,20 @@ def _regular_sample(window: np.ndarray, k: int) -> np.ndarray:
         return window
     idx = ((np.arange(k) * 2 + 1) * m) // (2 * k)
     return window[idx]
+
+
+def _random_sample(window: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    return window if len(window) <= k else window[rng.integers(0, len(window), k)]
+
+
+def _count(part: np.ndarray, is_sorted: bool, piv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """How many values are < and <= each pivot: binary search when sorted, else one pass per pivot."""
+    if is_sorted:
+        return (np.searchsorted(part, piv, "left").astype(np.int64),
+                np.searchsorted(part, piv, "right").astype(np.int64))
+    lt = np.array([np.count_nonzero(part < p) for p in piv.tolist()], dtype=np.int64)
+    eq = np.array([np.count_nonzero(part == p) for p in piv.tolist()], dtype=np.int64)
+    return lt, lt + eq
 
 
 def _cat(a: dict, b: dict) -> dict:
@@ -59,56 +86,82 @@ def _cat(a: dict, b: dict) -> dict:
     return out
 
 
-async def select_ranks(comm: Communicator, sorted_values: np.ndarray, ranks: list[int], total: int,
-                       samples: int = DEFAULT_SAMPLES, gather_limit: int = DEFAULT_GATHER_LIMIT
-                       ) -> tuple[dict[int, int] | None, int]:
-    """The values at the given 0-based global ranks (at rank 0), and the number of rounds it took."""
+def _window_key(w: tuple) -> tuple:
+    lo, hi = w
+    return (lo is not None, lo or 0, hi is not None, hi or 0)
+
+
+async def select_ranks(comm: Communicator, values: np.ndarray, ranks: list[int], total: int,
+                       samples: int = DEFAULT_SAMPLES, gather_limit: int = DEFAULT_GATHER_LIMIT,
+                       first_samples: int = FIRST_SAMPLES) -> tuple[dict[int, int] | None, int]:
+    """The values at the given 0-based global ranks (at rank 0), and the number of rounds it took.
+
+    Round 1 works on the unsorted values: a random sample per rank, and per window two
+    pivots that bracket the targets' estimated positions, counted with a few passes of
+    comparisons (no sort).  Then each rank keeps only the values inside the open windows
+    (a few percent), sorts that, and the later rounds use many pivots from regular samples.
+    """
     state = {k: [None, None, 0] for k in ranks}   # k -> [lo, hi, below]; window is (lo, hi]
     found: dict[int, int] = {}
     rounds = 0
+    data, is_sorted = values, False
+    rng = np.random.default_rng(comm.rank + 1)
     while True:
         # 1. open windows (rank 0 decides; everyone learns them)
+        msg = None
         if comm.rank == 0:
-            windows = sorted({(s[0], s[1]) for k, s in state.items() if k not in found},
-                             key=lambda w: (w[0] is not None, w[0] or 0, w[1] is not None, w[1] or 0))
+            windows = sorted({(s[0], s[1]) for k, s in state.items() if k not in found}, key=_window_key)
             msg = {"w": [[lo, hi] for lo, hi in windows]}
-        else:
-            msg = None
         msg = await broadcast(comm, msg, "median.windows")
         windows = [tuple(w) for w in msg["w"]]
         if not windows:
             return (found if comm.rank == 0 else None), rounds
         rounds += 1
-        spans = [_bounds(sorted_values, lo, hi) for lo, hi in windows]
+        parts = [_in_window(data, is_sorted, lo, hi) for lo, hi in windows]
+        if rounds > 1 and not is_sorted:          # the windows are narrow now: keep and sort just them
+            data = np.sort(np.concatenate(parts))
+            is_sorted = True
+            parts = [_in_window(data, True, lo, hi) for lo, hi in windows]
         # 2. samples and sizes up the tree
-        mine = {"s": [_regular_sample(sorted_values[a:b], samples) for a, b in spans],
-                "m": [b - a for a, b in spans]}
-        got = await tree_reduce(comm, mine, _cat, "median.samples")
+        if is_sorted:
+            smp = [_regular_sample(p, samples) for p in parts]
+        else:
+            smp = [_random_sample(p, first_samples, rng) for p in parts]
+        got = await tree_reduce(comm, {"s": smp, "m": [len(p) for p in parts]}, _cat, "median.samples")
         # 3. pivots, or a request to gather small windows
+        plan = None
         if comm.rank == 0:
             plan = {"p": [], "g": []}
-            for smp, m in zip(got["s"], got["m"]):
+            for w, sample, m in zip(windows, got["s"], got["m"]):
                 gather = m <= gather_limit
                 plan["g"].append(gather)
-                plan["p"].append(np.zeros(0, np.int64) if gather else np.unique(smp))
-        else:
-            plan = None
+                if gather:
+                    plan["p"].append(np.zeros(0, np.int64))
+                elif is_sorted:
+                    plan["p"].append(np.unique(sample))
+                else:
+                    targets = [k - s[2] for k, s in state.items() if k not in found and (s[0], s[1]) == w]
+                    plan["p"].append(_bracket(np.sort(sample), m, min(targets), max(targets)))
         plan = await broadcast(comm, plan, "median.pivots")
         # 4. counts (or the values themselves) up the tree
-        reply = {"lt": [], "le": [], "x": []}
-        for (a, b), piv, gather in zip(spans, plan["p"], plan["g"]):
-            part = sorted_values[a:b]
-            if gather:
-                reply["lt"].append(np.zeros(0, np.int64))
-                reply["le"].append(np.zeros(0, np.int64))
-                reply["x"].append(part)
-            else:
-                reply["lt"].append(np.searchsorted(part, piv, "left").astype(np.int64))
-                reply["le"].append(np.searchsorted(part, piv, "right").astype(np.int64))
-                reply["x"].append(part[:0])
+        reply: dict[str, list] = {"lt": [], "le": [], "x": []}
+        for part, piv, gather in zip(parts, plan["p"], plan["g"]):
+            lt, le = (piv, piv) if gather else _count(part, is_sorted, piv)
+            reply["lt"].append(lt)
+            reply["le"].append(le)
+            reply["x"].append(part if gather else part[:0])
         summed = await tree_reduce(comm, reply, _sum_counts, "median.counts")
         if comm.rank == 0:
             _narrow(state, found, windows, plan, summed)
+
+
+def _bracket(sample: np.ndarray, m: int, r_min: int, r_max: int) -> np.ndarray:
+    """Two pivots from a sorted random sample that bracket window ranks r_min..r_max with high probability."""
+    n = len(sample)
+    delta = int(BRACKET_SIGMAS * np.sqrt(n)) + 1
+    lo = max(0, r_min * n // m - delta)
+    hi = min(n - 1, -(-(r_max + 1) * n // m) + delta)
+    return np.unique(sample[[lo, hi]])
 
 
 def _sum_counts(a: dict, b: dict) -> dict:
@@ -151,9 +204,6 @@ async def median(comm: Communicator, values: np.ndarray, params: dict | None = N
     params = params or {}
     phases: dict[str, float] = {}
     t = time.perf_counter()
-    values.sort()
-    phases["sort"] = time.perf_counter() - t
-    t = time.perf_counter()
     total = params.get("total")
     if total is None:
         got = await tree_reduce(comm, {"n": len(values)}, lambda a, b: {"n": a["n"] + b["n"]}, "median.n")
@@ -165,7 +215,8 @@ async def median(comm: Communicator, values: np.ndarray, params: dict | None = N
     targets = sorted({lo_k, hi_k, *(k for q in quantiles for k in _q_ranks(q, total)[:2])})
     found, rounds = await select_ranks(comm, values, targets, total,
                                        int(params.get("samples") or DEFAULT_SAMPLES),
-                                       int(params.get("gather_limit") or DEFAULT_GATHER_LIMIT))
+                                       int(params.get("gather_limit") or DEFAULT_GATHER_LIMIT),
+                                       int(params.get("first_samples") or FIRST_SAMPLES))
     phases["select"] = time.perf_counter() - t
     stats = {"phases": phases, "rounds": rounds}
     if found is None:

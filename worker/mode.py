@@ -15,18 +15,18 @@ import numpy as np
 
 from worker.collectives import tree_reduce
 from worker.comm import Communicator
-from worker.counting import count_values, run_lengths, sum_by_value
+from worker.counting import count_values, repeated_runs, run_lengths, sum_by_value
 from worker.hashing import owners, partition
 from worker.shuffle import ShuffleConfig, chunk_pieces, shuffle
 
+COMBINE_SAMPLE = 65536     # values sampled to decide whether local counting pays
+COMBINE_BELOW = 0.9        # combine when fewer than this share of sampled values are distinct
 DEFAULT_TIE_LIMIT = 10
 MAX_TIE_LIMIT = 100_000   # ties travel in one small message; more than this are counted, not listed
 
 
-def _outgoing(comm: Communicator, values: np.ndarray, counts: np.ndarray, cfg: ShuffleConfig):
-    single = counts == 1
-    sv = values[single]
-    mv, mc = values[~single], counts[~single]
+def _outgoing(comm: Communicator, sv: np.ndarray, mv: np.ndarray, mc: np.ndarray, cfg: ShuffleConfig):
+    """Chunks for every rank: values seen once as bare 8-byte "s" pieces, repeated ones as (v, c) pieces."""
     w = comm.size
     if cfg.strategy == "gather":
         s_parts = [[sv] if r == 0 else [sv[:0]] for r in range(w)]
@@ -39,26 +39,45 @@ def _outgoing(comm: Communicator, values: np.ndarray, counts: np.ndarray, cfg: S
             for r in range(w)]
 
 
+def should_combine(values: np.ndarray) -> bool:
+    """Local counting costs a sort; it pays only when values repeat.  A random sample tells.
+
+    Without it every value travels as 8 bytes, duplicates included, and the owner
+    counts them: for nearly-unique data that is the same traffic and half the work.
+    """
+    if len(values) <= COMBINE_SAMPLE:
+        return True
+    rng = np.random.default_rng(len(values))
+    sample = values[rng.choice(len(values), COMBINE_SAMPLE, replace=False)]
+    distinct = len(run_lengths(np.sort(sample))[0])
+    return distinct < COMBINE_BELOW * COMBINE_SAMPLE
+
+
 def best_of(singles: np.ndarray, mvals: np.ndarray, mcounts: np.ndarray, tie_limit: int) -> dict:
-    """The top count among the owned values and its smallest tied values."""
-    us, cs = run_lengths(np.sort(singles))
-    up, cp = sum_by_value(mvals, mcounts)
-    # A value may be a single on one shard and a multiple on another: fold its singles into its pair total.
-    if len(up) and len(us):
-        pos = np.searchsorted(us, up).clip(max=len(us) - 1)
-        hit = us[pos] == up
-        cp = cp + np.where(hit, cs[pos], 0)
-        keep = np.ones(len(us), dtype=bool)
-        keep[pos[hit]] = False
-        us, cs = us[keep], cs[keep]
-    vals = np.concatenate((us, up))
-    cnts = np.concatenate((cs, cp))
-    if len(vals) == 0:
+    """The top count among the owned values, its smallest tied values, and how many distinct values there are.
+
+    ``singles`` are bare values (each occurrence counts 1, repeats allowed: the same
+    value may come from several shards); ``mvals``/``mcounts`` are (value, count) pairs.
+    """
+    s = np.sort(singles)
+    rv, rc, distinct = repeated_runs(s)
+    pv, pc = sum_by_value(mvals, mcounts)
+    if len(pv):
+        # fold each pair value's occurrences among the singles into its total
+        pc = pc + (np.searchsorted(s, pv, "right") - np.searchsorted(s, pv, "left"))
+        in_singles = np.searchsorted(s, pv, "right") > np.searchsorted(s, pv, "left")
+        distinct += int(np.count_nonzero(~in_singles))
+        keep = ~np.isin(rv, pv)
+        rv, rc = rv[keep], rc[keep]
+    if distinct == 0:
         return {"count": 0, "ties": [], "tie_count": 0, "distinct": 0}
+    vals = np.concatenate((rv, pv))
+    cnts = np.concatenate((rc, pc))
+    if len(cnts) == 0:                 # nothing repeats: every value ties at count 1
+        return {"count": 1, "ties": s[:tie_limit].tolist(), "tie_count": distinct, "distinct": distinct}
     top = int(cnts.max())
-    tied = vals[cnts == top]
-    tied_sorted = np.sort(tied)[:tie_limit] if len(tied) > tie_limit else np.sort(tied)
-    return {"count": top, "ties": tied_sorted.tolist(), "tie_count": int(len(tied)), "distinct": int(len(vals))}
+    tied = np.sort(vals[cnts == top])
+    return {"count": top, "ties": tied[:tie_limit].tolist(), "tie_count": int(len(tied)), "distinct": distinct}
 
 
 def _combine_limit(tie_limit: int):
@@ -77,9 +96,16 @@ async def mode(comm: Communicator, values: np.ndarray, params: dict | None = Non
     tie_limit = min(int(params.get("tie_limit") or DEFAULT_TIE_LIMIT), MAX_TIE_LIMIT)
     phases: dict[str, float] = {}
     t = time.perf_counter()
-    uv, uc = count_values(values)
-    outgoing = _outgoing(comm, uv, uc, cfg)
-    del uv, uc
+    combine = params.get("combine") or "auto"          # "auto" | "always" | "never"
+    combined = combine == "always" or (combine == "auto" and should_combine(values))
+    if combined:
+        uv, uc = count_values(values)
+        single = uc == 1
+        outgoing = _outgoing(comm, uv[single], uv[~single], uc[~single], cfg)
+        del uv, uc, single
+    else:                      # ship raw values as "singles"; owners count repeats when they merge
+        none = np.zeros(0, dtype=np.int64)
+        outgoing = _outgoing(comm, values, none, none, cfg)
     phases["count"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -109,7 +135,7 @@ async def mode(comm: Communicator, values: np.ndarray, params: dict | None = Non
     t = time.perf_counter()
     best = await tree_reduce(comm, local, _combine_limit(tie_limit), "mode.best")
     phases["reduce"] = time.perf_counter() - t
-    stats = {"phases": phases, "distinct_keys": owned, "chunks_sent": sst.chunks_sent,
+    stats = {"phases": phases, "distinct_keys": owned, "combined": combined, "chunks_sent": sst.chunks_sent,
              "chunks_received": sst.chunks_received, "rounds": 1 + _tree_depth(comm.size)}
     if best is None:
         return None, stats
