@@ -14,11 +14,6 @@ def run_lengths(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sorted_values[starts], counts
 
 
-def count_values(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(distinct values ascending, counts) of any int64 array."""
-    return run_lengths(np.sort(values))
-
-
 def sum_by_value(values: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Adds up the counts of equal values: (distinct values ascending, summed counts)."""
     if len(values) == 0:

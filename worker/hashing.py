@@ -41,3 +41,23 @@ def partition(owner: np.ndarray, workers: int, *arrays: np.ndarray) -> list[list
     np.cumsum(np.bincount(owner, minlength=workers), out=bounds[1:])
     grouped = [a[order] for a in arrays]
     return [[g[bounds[w]:bounds[w + 1]] for g in grouped] for w in range(workers)]
+
+
+PARTITION_BLOCK = 1 << 20
+
+
+def partition_blocks(workers: int, *arrays: np.ndarray, block: int = PARTITION_BLOCK) -> list[list[list[np.ndarray]]]:
+    """``partition`` by hash of the first array, one block of rows at a time.
+
+    Working per block keeps the hash temporaries and the argsort index at block size
+    instead of data size, so partitioning costs about one extra copy of the data.
+    Result: for each rank, a list of blocks, each a list of the arrays' slices.
+    """
+    out: list[list[list[np.ndarray]]] = [[] for _ in range(workers)]
+    n = len(arrays[0])
+    for i in range(0, n, block):
+        part = [a[i:i + block] for a in arrays]
+        for w, group in enumerate(partition(owners(part[0], workers), workers, *part)):
+            if len(group[0]):
+                out[w].append(group)
+    return out

@@ -28,7 +28,7 @@ def load_files(files: list[str], root: str) -> np.ndarray:
     arrays = [read_shard(resolve(f, root)) for f in files]
     if not arrays:
         return np.zeros(0, dtype=np.int64)
-    return np.concatenate(arrays) if len(arrays) > 1 else np.array(arrays[0], dtype=np.int64, copy=True)
+    return np.concatenate(arrays) if len(arrays) > 1 else arrays[0]   # readers return arrays we own
 
 
 @dataclass
@@ -40,6 +40,11 @@ class Job:
     task: asyncio.Task | None = None
     load_seconds: float = 0.0
     early: list = field(default_factory=list)   # peer messages that beat our own "run"
+
+    def take_values(self) -> np.ndarray:
+        values, self.values = self.values, None
+        assert values is not None
+        return values
 
 
 async def load(job: Job, root: str) -> int:
@@ -71,8 +76,8 @@ async def run(job: Job, comm: TcpComm, op: str, params: dict) -> dict:
     assert job.values is not None
     n = len(job.values)
     t = time.perf_counter()
-    result, opstats = await OPS[op](comm, job.values, params)
-    job.values = None
+    # The op gets the only reference to the data (no local name here), so it can free it early.
+    result, opstats = await OPS[op](comm, job.take_values(), params)
     cs = comm.stats
     stats = {
         "id": my_id, "rank": comm.rank, "values": n, "files": len(job.files),

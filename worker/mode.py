@@ -15,8 +15,8 @@ import numpy as np
 
 from worker.collectives import tree_reduce
 from worker.comm import Communicator
-from worker.counting import count_values, repeated_runs, run_lengths, sum_by_value
-from worker.hashing import owners, partition
+from worker.counting import repeated_runs, run_lengths, sum_by_value
+from worker.hashing import partition_blocks
 from worker.shuffle import ShuffleConfig, chunk_pieces, shuffle
 
 COMBINE_SAMPLE = 65536     # values sampled to decide whether local counting pays
@@ -29,13 +29,13 @@ def _outgoing(comm: Communicator, sv: np.ndarray, mv: np.ndarray, mc: np.ndarray
     """Chunks for every rank: values seen once as bare 8-byte "s" pieces, repeated ones as (v, c) pieces."""
     w = comm.size
     if cfg.strategy == "gather":
-        s_parts = [[sv] if r == 0 else [sv[:0]] for r in range(w)]
-        m_parts = [[mv, mc] if r == 0 else [mv[:0], mc[:0]] for r in range(w)]
+        s_parts = [[[sv]] if r == 0 else [] for r in range(w)]
+        m_parts = [[[mv, mc]] if r == 0 else [] for r in range(w)]
     else:
-        s_parts = partition(owners(sv, w), w, sv)
-        m_parts = partition(owners(mv, w), w, mv, mc)
-    return [chunk_pieces({"s": s_parts[r][0]}, cfg.chunk_bytes)
-            + chunk_pieces({"v": m_parts[r][0], "c": m_parts[r][1]}, cfg.chunk_bytes)
+        s_parts = partition_blocks(w, sv)
+        m_parts = partition_blocks(w, mv, mc)
+    return [[p for (x,) in s_parts[r] for p in chunk_pieces({"s": x}, cfg.chunk_bytes)]
+            + [p for x, c in m_parts[r] for p in chunk_pieces({"v": x, "c": c}, cfg.chunk_bytes)]
             for r in range(w)]
 
 
@@ -59,7 +59,8 @@ def best_of(singles: np.ndarray, mvals: np.ndarray, mcounts: np.ndarray, tie_lim
     ``singles`` are bare values (each occurrence counts 1, repeats allowed: the same
     value may come from several shards); ``mvals``/``mcounts`` are (value, count) pairs.
     """
-    s = np.sort(singles)
+    s = singles
+    s.sort()                   # in place: the caller's concatenation is ours to reorder
     rv, rc, distinct = repeated_runs(s)
     pv, pc = sum_by_value(mvals, mcounts)
     if len(pv):
@@ -99,13 +100,15 @@ async def mode(comm: Communicator, values: np.ndarray, params: dict | None = Non
     combine = params.get("combine") or "auto"          # "auto" | "always" | "never"
     combined = combine == "always" or (combine == "auto" and should_combine(values))
     if combined:
-        uv, uc = count_values(values)
+        values.sort()          # in place: the data is ours (see jobs.run)
+        uv, uc = run_lengths(values)
         single = uc == 1
         outgoing = _outgoing(comm, uv[single], uv[~single], uc[~single], cfg)
         del uv, uc, single
     else:                      # ship raw values as "singles"; owners count repeats when they merge
         none = np.zeros(0, dtype=np.int64)
         outgoing = _outgoing(comm, values, none, none, cfg)
+    del values                 # the caller handed us the only reference: the partitions replace it
     phases["count"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -126,7 +129,9 @@ async def mode(comm: Communicator, values: np.ndarray, params: dict | None = Non
 
     t = time.perf_counter()
     empty = np.zeros(0, dtype=np.int64)
-    local = best_of(np.concatenate(singles) if singles else empty,
+    mine = np.concatenate(singles) if singles else empty
+    singles.clear()
+    local = best_of(mine,
                     np.concatenate(mvals) if mvals else empty,
                     np.concatenate(mcounts) if mcounts else empty, tie_limit)
     owned = local.pop("distinct")
@@ -136,7 +141,8 @@ async def mode(comm: Communicator, values: np.ndarray, params: dict | None = Non
     best = await tree_reduce(comm, local, _combine_limit(tie_limit), "mode.best")
     phases["reduce"] = time.perf_counter() - t
     stats = {"phases": phases, "distinct_keys": owned, "combined": combined, "chunks_sent": sst.chunks_sent,
-             "chunks_received": sst.chunks_received, "rounds": 1 + _tree_depth(comm.size)}
+             "chunks_received": sst.chunks_received, "shuffle_send_seconds": sst.send_seconds,
+             "shuffle_receive_seconds": sst.receive_seconds, "rounds": 1 + _tree_depth(comm.size)}
     if best is None:
         return None, stats
     if best["count"] == 0:
