@@ -43,7 +43,7 @@ def partition(owner: np.ndarray, workers: int, *arrays: np.ndarray) -> list[list
     return [[g[bounds[w]:bounds[w + 1]] for g in grouped] for w in range(workers)]
 
 
-PARTITION_BLOCK = 1 << 20
+PARTITION_BLOCK = 1 << 15     # 256 KiB of int64: hash temporaries and the sort index stay in cache
 
 
 def partition_blocks(workers: int, *arrays: np.ndarray, block: int = PARTITION_BLOCK) -> list[list[list[np.ndarray]]]:

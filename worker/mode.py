@@ -17,7 +17,7 @@ from worker.collectives import tree_reduce
 from worker.comm import Communicator
 from worker.counting import repeated_runs, run_lengths, sum_by_value
 from worker.hashing import partition_blocks
-from worker.shuffle import ShuffleConfig, chunk_pieces, shuffle
+from worker.shuffle import ShuffleConfig, chunk_blocks, shuffle
 
 COMBINE_SAMPLE = 65536     # values sampled to decide whether local counting pays
 COMBINE_BELOW = 0.9        # combine when fewer than this share of sampled values are distinct
@@ -34,8 +34,7 @@ def _outgoing(comm: Communicator, sv: np.ndarray, mv: np.ndarray, mc: np.ndarray
     else:
         s_parts = partition_blocks(w, sv)
         m_parts = partition_blocks(w, mv, mc)
-    return [[p for (x,) in s_parts[r] for p in chunk_pieces({"s": x}, cfg.chunk_bytes)]
-            + [p for x, c in m_parts[r] for p in chunk_pieces({"v": x, "c": c}, cfg.chunk_bytes)]
+    return [chunk_blocks(("s",), s_parts[r], cfg.chunk_bytes) + chunk_blocks(("v", "c"), m_parts[r], cfg.chunk_bytes)
             for r in range(w)]
 
 
