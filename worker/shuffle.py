@@ -107,13 +107,18 @@ async def shuffle(comm: Communicator, outgoing: list[list[Piece]], consume: Cons
                   cfg: ShuffleConfig = ShuffleConfig()) -> ShuffleStats:
     """Sends ``outgoing[d]`` (a list of chunks) to every rank d and feeds each received chunk to ``consume``.
 
+    The lists are emptied (entries set to None) as chunks go out, so the caller's
+    memory for outgoing data shrinks while the received data grows.
+
     The rank's own partition is consumed locally without touching the network.
     Sending and receiving run at the same time, each in its own task.
     """
     assert len(outgoing) == comm.size
     tag = comm.new_tag("shuffle")
     st = ShuffleStats()
-    for piece in outgoing[comm.rank]:
+    mine = outgoing[comm.rank]
+    for i in range(len(mine)):
+        piece, mine[i] = mine[i], None
         await _call(consume, comm.rank, piece)
     async with asyncio.TaskGroup() as tg:
         tg.create_task(_receiver(comm, tag, consume, cfg, st))
@@ -192,7 +197,8 @@ async def _tell_empty(comm: Communicator, rtag: str, outgoing: list[list[Piece]]
 
 async def _stream(comm: Communicator, rtag: str, dest: int, pieces: list[Piece], st: ShuffleStats) -> None:
     last = len(pieces) - 1
-    for i, p in enumerate(pieces):
+    for i in range(len(pieces)):
+        p, pieces[i] = pieces[i], None       # sent chunks are dropped: memory falls as the shuffle goes
         await comm.send(dest, rtag, {"k": "chunk", "p": p, "last": i == last})
         st.chunks_sent += 1
 
@@ -228,7 +234,8 @@ async def _credit_sender(comm: Communicator, tag: str, outgoing: list[list[Piece
         pieces = outgoing[src]
         while credit[src] > 0 and cursor[src] < len(pieces):
             i = cursor[src]
-            await comm.send(src, rtag, {"k": "chunk", "p": pieces[i], "last": i == len(pieces) - 1})
+            piece, pieces[i] = pieces[i], None   # sent chunks are dropped: memory falls as the shuffle goes
+            await comm.send(src, rtag, {"k": "chunk", "p": piece, "last": i == len(pieces) - 1})
             st.chunks_sent += 1
             cursor[src] = i + 1
             credit[src] -= 1
