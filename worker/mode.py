@@ -34,8 +34,13 @@ def _outgoing(comm: Communicator, sv: np.ndarray, mv: np.ndarray, mc: np.ndarray
     else:
         s_parts = partition_blocks(w, sv)
         m_parts = partition_blocks(w, mv, mc)
-    return [chunk_blocks(("s",), s_parts[r], cfg.chunk_bytes) + chunk_blocks(("v", "c"), m_parts[r], cfg.chunk_bytes)
-            for r in range(w)]
+    out = []
+    for r in range(w):         # pack one rank at a time and let go of its blocks: one extra copy at most
+        s_blocks, s_parts[r] = s_parts[r], []
+        m_blocks, m_parts[r] = m_parts[r], []
+        out.append(chunk_blocks(("s",), s_blocks, cfg.chunk_bytes) + chunk_blocks(("v", "c"), m_blocks, cfg.chunk_bytes))
+        del s_blocks, m_blocks
+    return out
 
 
 def should_combine(values: np.ndarray) -> bool:
