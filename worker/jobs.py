@@ -75,6 +75,9 @@ async def run(job: Job, comm: TcpComm, op: str, params: dict) -> dict:
     my_id, ranks, links = comm.ranks[comm.rank], comm.ranks, comm.links
     assert job.values is not None
     n = len(job.values)
+    for p in ranks:            # queue peaks are per job (jobs running side by side share them)
+        if p != my_id:
+            links[p].peak_queued_bytes = links[p].queued_bytes
     t = time.perf_counter()
     # The op gets the only reference to the data (no local name here), so it can free it early.
     result, opstats = await OPS[op](comm, job.take_values(), params)
