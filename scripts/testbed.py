@@ -8,11 +8,14 @@ the bridge, limited in *both* directions with ``tc`` (token bucket on the host's
 egress and on the bridge port's egress, plus ``netem`` delay where the kernel has
 it), so the bottleneck the problem talks about is real and measurable.
 
-Layout of bed number ``n`` (allocated by atomically creating bridge ``sbedbr<n>``,
+Layout of bed number ``n`` (allocated by atomically creating bridge ``sbed<n>-br``,
 so several beds can coexist):
 
-    root namespace: bridge sbedbr<n> with 10.77.<n>.254/24
-      └─ veth sbed<n>r<i>  ──  sbed<n>n<i> (10.77.<n>.<i+1>/24) in namespace sbed<n>h<i>
+    root namespace: bridge sbed<n>-br with 10.77.<n>.254/24
+      └─ veth sbed<n>-r<i>  ──  sbed<n>-n<i> (10.77.<n>.<i+1>/24) in namespace sbed<n>-h<i>
+
+Every name of bed n starts with ``sbed<n>-``, so one bed's leftovers can be removed
+without touching another's.
 
 Each host runs ``python -m cluster.cli worker`` on port 7000 of its own address
 (a private namespace has a private port space, so a fixed port cannot collide).
@@ -57,6 +60,10 @@ PREFIX = "sbed"
 MAX_BEDS = 64
 WORKER_PORT = 7000
 SUBNET = "10.77.{n}.0/24"
+
+
+def bed_prefix(n: int | None) -> str:
+    return f"{PREFIX}{n}-"
 
 
 class BedError(Exception):
@@ -256,17 +263,22 @@ class TestBed:
 
     # names and addresses
     @property
+    def prefix(self) -> str:
+        """What every name of this bed starts with (``cleanup(bed.prefix)`` removes just this bed)."""
+        return bed_prefix(self.index)
+
+    @property
     def bridge(self) -> str:
-        return f"{PREFIX}br{self.index}"
+        return f"{self.prefix}br"
 
     def ns(self, i: int) -> str:
-        return f"{PREFIX}{self.index}h{i}"
+        return f"{self.prefix}h{i}"
 
     def veth_root(self, i: int) -> str:
-        return f"{PREFIX}{self.index}r{i}"
+        return f"{self.prefix}r{i}"
 
     def veth_host(self, i: int) -> str:
-        return f"{PREFIX}{self.index}n{i}"
+        return f"{self.prefix}n{i}"
 
     def host_ip(self, i: int) -> str:
         return f"10.77.{self.index}.{i + 1}"
@@ -323,7 +335,7 @@ class TestBed:
             net = ipaddress.ip_network(SUBNET.format(n=n))
             if any(ipaddress.ip_address(a) in net for a in re.findall(r"\b(\d+\.\d+\.\d+\.\d+)", used)):
                 continue
-            if run(["ip", "link", "add", f"{PREFIX}br{n}", "type", "bridge"], check=False).returncode == 0:
+            if run(["ip", "link", "add", f"{bed_prefix(n)}br", "type", "bridge"], check=False).returncode == 0:
                 self.index = n
                 self._made_links.append(self.bridge)
                 return
@@ -417,9 +429,20 @@ class TestBed:
         """What of this bed still exists (for tests: all empty after ``stop``)."""
         if self.index is None:
             return {"namespaces": [], "links": [], "pids": []}
-        found = leftovers(f"{PREFIX}{self.index}h")
-        found["links"] = [lk for lk in links() if lk == self.bridge or re.fullmatch(rf"{PREFIX}{self.index}[rn]\d+", lk)]
-        return found
+        return leftovers(self.prefix)
+
+    def link_bytes(self) -> list[tuple[int, int]]:
+        """(bytes into host i, bytes out of host i) so far, from the bridge-side veth counters (one `ip` call).
+
+        Sampled during a job this gives every link's utilisation over time.
+        """
+        import json
+        rows = {r["ifname"]: r for r in json.loads(run(["ip", "-s", "-j", "link", "show"]).stdout)}
+        out = []
+        for i in range(self.hosts):
+            st = rows[self.veth_root(i)]["stats64"]
+            out.append((st["tx"]["bytes"], st["rx"]["bytes"]))
+        return out
 
     # fault injection
     def cut(self, i: int) -> None:

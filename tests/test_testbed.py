@@ -36,7 +36,9 @@ SHUFFLE = {"fan_in": FAN_IN, "credits": 2, "chunk_bytes": 4096}
 def bed():
     if not _OK:
         pytest.skip(f"network namespaces unavailable: {_WHY}")
-    b = testbed.TestBed(HOSTS, testbed.LinkShape(rate="200mbit", delay_ms=1.0), job_timeout=30.0)
+    # A slow link (20 Mbit/s: gather's ~240 KB into rank 0 takes ~0.1 s) so streams overlap however the
+    # workers' starts are skewed; that makes "gather has fan-in > F" a property, not luck.
+    b = testbed.TestBed(HOSTS, testbed.LinkShape(rate="20mbit", delay_ms=1.0), job_timeout=30.0)
     with b:
         yield b
     assert b.leftovers() == {"namespaces": [], "links": [], "pids": []}
@@ -93,8 +95,7 @@ def test_mode_and_median_on_the_bed(bed, dataset, strategy):
     if strategy == "credit":
         assert max(inbound) <= FAN_IN
     if strategy == "gather":
-        assert max(inbound) > FAN_IN           # every other host streams into rank 0 at once
-        assert inbound[0] == HOSTS - 1
+        assert inbound[0] == max(inbound) > FAN_IN     # several hosts stream into rank 0 at once
 
     med = job(bed, "median", path, {"shuffle": strategy})
     s = np.sort(values)
@@ -119,7 +120,7 @@ def test_teardown_on_exception_leaves_nothing():
     with pytest.raises(RuntimeError, match="boom"):
         with bed:
             pids = list(bed.pids)
-            assert bed.leftovers()["namespaces"] == [bed.ns(0), bed.ns(1)]
+            assert sorted(bed.leftovers()["namespaces"]) == [bed.ns(0), bed.ns(1)]
             raise RuntimeError("boom")
     assert bed.leftovers() == {"namespaces": [], "links": [], "pids": []}
     assert not any(testbed._alive(p) for p in pids)
@@ -131,11 +132,9 @@ def test_cleanup_removes_leftovers_by_prefix():
     bed = testbed.TestBed(1, testbed.LinkShape(delay_ms=0))
     bed.start()
     pid = bed.pids[0]
-    prefix = f"{testbed.PREFIX}{bed.index}"   # only this bed's names, not a concurrently running one's
-    found = testbed.cleanup(prefix)          # as after a crash: the TestBed object never stops
-    assert bed.ns(0) in found["namespaces"] and pid in found["pids"]
-    testbed.run(["ip", "link", "del", bed.bridge], check=False)   # "sbedbr<n>" does not start with the prefix
-    assert testbed.leftovers(prefix) == {"namespaces": [], "links": [], "pids": []}
+    found = testbed.cleanup(bed.prefix)      # as after a crash: the TestBed object never stops it
+    assert bed.ns(0) in found["namespaces"] and bed.bridge in found["links"] and pid in found["pids"]
+    assert testbed.leftovers(bed.prefix) == {"namespaces": [], "links": [], "pids": []}
     assert not testbed._alive(pid)
     bed.procs = []
     bed.stop()                                # idempotent on what is already gone

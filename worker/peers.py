@@ -79,20 +79,24 @@ class PeerLink:
         self._writer: asyncio.StreamWriter | None = None
 
     async def send(self, frame: bytes) -> None:
+        # Counted from hand-over until written out: the bytes this link holds in user space.
+        self.queued_bytes += len(frame)
+        self.peak_queued_bytes = max(self.peak_queued_bytes, self.queued_bytes)
         try:
             await asyncio.wait_for(self.queue.put(frame), SEND_TIMEOUT)
         except TimeoutError:
+            self.queued_bytes -= len(frame)
             raise PeerFailure(f"worker {self.peer_id} at {self.addr} accepted nothing for {SEND_TIMEOUT:g}s") from None
-        self.queued_bytes += len(frame)
-        self.peak_queued_bytes = max(self.peak_queued_bytes, self.queued_bytes)
 
     async def run(self) -> None:
         """The sender task; owned by the worker's task group, cancelled at shutdown."""
         try:
             while True:
                 frame = await self.queue.get()
-                self.queued_bytes -= len(frame)
-                await self._write(frame)
+                try:
+                    await self._write(frame)
+                finally:
+                    self.queued_bytes -= len(frame)
         finally:
             self._close()
 

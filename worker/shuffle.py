@@ -141,23 +141,31 @@ def _staggered(rank: int, size: int) -> list[int]:
     return [(rank + r) % size for r in range(1, size)]
 
 
+def _next_in_schedule(rank: int, size: int, waiting: list[int]) -> int:
+    """The waiting sender due earliest in the staggered schedule (sender i -> i+1, i+2, ...).
+
+    Receiver j is due to hear from j-1 first, then j-2, ...; granting in that order
+    (not first come, first served) keeps the senders matched one-to-one with the
+    receivers, as in a pairwise exchange, so every link carries one stream at a time.
+    """
+    best = min(waiting, key=lambda src: (rank - src) % size)
+    waiting.remove(best)
+    return best
+
+
 async def _receiver(comm: Communicator, tag: str, consume: Consume, cfg: ShuffleConfig, st: ShuffleStats) -> None:
     t0 = time.perf_counter()
     rtag, stag = tag + ".r", tag + ".s"
     remaining = set(range(comm.size)) - {comm.rank}
     streaming: set[int] = set()      # senders whose first chunk we read and whose last we have not
     granted: set[int] = set()
-    waiting: deque[int] = deque()
+    waiting: list[int] = []
     admit = cfg.strategy == "credit"
     while remaining:
         src, body = await comm.recv(rtag)
         kind = body["k"]
         if kind == "ask":
-            if len(granted) < cfg.fan_in:
-                granted.add(src)
-                await comm.send(src, stag, {"k": "grant", "n": cfg.credits})
-            else:
-                waiting.append(src)
+            waiting.append(src)
         elif kind == "none":
             remaining.discard(src)
         elif kind == "chunk":
@@ -166,21 +174,20 @@ async def _receiver(comm: Communicator, tag: str, consume: Consume, cfg: Shuffle
                                          len(streaming | comm.mailbox.data_sources(rtag)))
             st.chunks_received += 1
             await _call(consume, src, body["p"])
-            if not body["last"]:
-                if admit:
-                    await comm.send(src, stag, {"k": "credit", "n": 1})
-                continue
-            streaming.discard(src)
-            remaining.discard(src)
-            st.streams_received += 1
-            if admit:
+            last = body["last"]
+            if admit:                # a credit for the chunk consumed; "done" once the stream is in
+                await comm.send(src, stag, {"k": "done" if last else "credit", "n": 1})
+            if last:
+                streaming.discard(src)
+                remaining.discard(src)
                 granted.discard(src)
-                if waiting:
-                    nxt = waiting.popleft()
-                    granted.add(nxt)
-                    await comm.send(nxt, stag, {"k": "grant", "n": cfg.credits})
+                st.streams_received += 1
         else:
             raise ValueError(f"unexpected shuffle message {kind!r} from rank {src}")
+        while admit and waiting and len(granted) < cfg.fan_in:
+            nxt = _next_in_schedule(comm.rank, comm.size, waiting)
+            granted.add(nxt)
+            await comm.send(nxt, stag, {"k": "grant", "n": cfg.credits})
     st.receive_seconds = time.perf_counter() - t0
 
 
@@ -215,12 +222,22 @@ async def _naive_sender(comm: Communicator, tag: str, outgoing: list[list[Piece]
 
 async def _credit_sender(comm: Communicator, tag: str, outgoing: list[list[Piece]], cfg: ShuffleConfig,
                          st: ShuffleStats) -> None:
-    """One loop: ask ahead in staggered order, pump chunks to whoever has credit."""
+    """Streams to one receiver at a time, in staggered order, asking ahead.
+
+    A stream ends when the receiver says it has consumed the last chunk ("done"),
+    not when the chunk was handed to the socket: otherwise the next stream would
+    start while the last one still sits in send buffers, two streams would share
+    this worker's uplink, and each receiver's admission slot would fill at half
+    speed.  Up to ``requests`` asks are open, so a grant for the next receiver is
+    usually waiting when the current stream ends.
+    """
     t0 = time.perf_counter()
     rtag, stag = tag + ".r", tag + ".s"
     todo = deque(await _tell_empty(comm, rtag, outgoing))
     cursor = {d: 0 for d in todo}
     credit: dict[int, int] = {}
+    granted: deque[int] = deque()    # grants waiting for the active stream to finish
+    active: int | None = None
     open_asks = 0
     unfinished = len(todo)
     while unfinished:
@@ -230,16 +247,26 @@ async def _credit_sender(comm: Communicator, tag: str, outgoing: list[list[Piece
         w0 = time.perf_counter()
         src, body = await comm.recv(stag)
         st.credit_wait_seconds += time.perf_counter() - w0
-        credit[src] = credit.get(src, 0) + body["n"]
-        pieces = outgoing[src]
-        while credit[src] > 0 and cursor[src] < len(pieces):
-            i = cursor[src]
-            piece, pieces[i] = pieces[i], None   # sent chunks are dropped: memory falls as the shuffle goes
-            await comm.send(src, rtag, {"k": "chunk", "p": piece, "last": i == len(pieces) - 1})
-            st.chunks_sent += 1
-            cursor[src] = i + 1
-            credit[src] -= 1
-            if cursor[src] == len(pieces):
-                unfinished -= 1
-                open_asks -= 1
+        kind = body["k"]
+        if kind == "grant":
+            credit[src] = body["n"]
+            granted.append(src)
+        elif kind == "credit":
+            credit[src] += body["n"]
+        elif kind == "done":
+            unfinished -= 1
+            open_asks -= 1
+            if active == src:
+                active = None
+        if active is None and granted:
+            active = granted.popleft()
+        if active is not None:
+            pieces = outgoing[active]
+            while credit[active] > 0 and cursor[active] < len(pieces):
+                i = cursor[active]
+                piece, pieces[i] = pieces[i], None   # sent chunks are dropped: memory falls as the shuffle goes
+                await comm.send(active, rtag, {"k": "chunk", "p": piece, "last": i == len(pieces) - 1})
+                st.chunks_sent += 1
+                cursor[active] = i + 1
+                credit[active] -= 1
     st.send_seconds = time.perf_counter() - t0
