@@ -54,7 +54,9 @@ def worker(worker_id: int, listen: str, peers: str, token_file: str | None, root
            log_level: str) -> None:
     """Run one worker daemon (what `cluster up` and docker compose start)."""
     from worker import logs
+    from worker.memory import fixed_mmap_threshold
     from worker.server import WorkerServer
+    fixed_mmap_threshold()
     try:
         token = Path(token_file).read_text().strip() if token_file else token_from_env()
     except (OSError, ConfigError) as exc:

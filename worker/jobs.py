@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import resource
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from worker import logs
+from worker import logs, memory
 from worker.errors import InputError, JobError
 from worker.inputs import read_shard
 from worker.ops import OPS
@@ -48,6 +47,8 @@ class Job:
 
 
 async def load(job: Job, root: str) -> int:
+    memory.release()
+    memory.reset_peak()        # the job's peak starts here (loading included)
     t = time.perf_counter()
     job.values = await asyncio.to_thread(load_files, job.files, root)
     job.load_seconds = time.perf_counter() - t
@@ -92,7 +93,7 @@ async def run(job: Job, comm: TcpComm, op: str, params: dict) -> dict:
         "peak_buffered_bytes": comm.mailbox.peak_buffered,
         "peak_send_queue_bytes": max((links[p].peak_queued_bytes for p in ranks if p != my_id), default=0),
         "send_wait_seconds": cs.send_wait_seconds, "credit_wait_seconds": cs.credit_wait_seconds,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": memory.peak_rss_bytes(),
         **opstats,
     }
     out = {"stats": stats}

@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from worker import memory
 from worker.collectives import tree_reduce
 from worker.comm import Communicator
 from worker.counting import repeated_runs, run_lengths, sum_by_value
@@ -25,21 +26,34 @@ DEFAULT_TIE_LIMIT = 10
 MAX_TIE_LIMIT = 100_000   # ties travel in one small message; more than this are counted, not listed
 
 
-def _outgoing(comm: Communicator, sv: np.ndarray, mv: np.ndarray, mc: np.ndarray, cfg: ShuffleConfig):
-    """Chunks for every rank: values seen once as bare 8-byte "s" pieces, repeated ones as (v, c) pieces."""
+def _split(comm: Communicator, sv: np.ndarray, mv: np.ndarray, mc: np.ndarray, cfg: ShuffleConfig):
+    """Per rank, the blocks of bare values ("s") and of (value, count) pairs ("v", "c") it owns."""
     w = comm.size
     if cfg.strategy == "gather":
-        s_parts = [[[sv]] if r == 0 else [] for r in range(w)]
-        m_parts = [[[mv, mc]] if r == 0 else [] for r in range(w)]
-    else:
-        s_parts = partition_blocks(w, sv)
-        m_parts = partition_blocks(w, mv, mc)
+        return [[[sv]] if r == 0 else [] for r in range(w)], [[[mv, mc]] if r == 0 else [] for r in range(w)]
+    return partition_blocks(w, sv), partition_blocks(w, mv, mc)
+
+
+def _pack(s_parts: list, m_parts: list, chunk_bytes: int) -> list[list[dict]]:
+    """Chunks for every rank, packed one rank at a time so the blocks are let go as we go."""
     out = []
-    for r in range(w):         # pack one rank at a time and let go of its blocks: one extra copy at most
+    for r in range(len(s_parts)):
         s_blocks, s_parts[r] = s_parts[r], []
         m_blocks, m_parts[r] = m_parts[r], []
-        out.append(chunk_blocks(("s",), s_blocks, cfg.chunk_bytes) + chunk_blocks(("v", "c"), m_blocks, cfg.chunk_bytes))
+        out.append(chunk_blocks(("s",), s_blocks, chunk_bytes) + chunk_blocks(("v", "c"), m_blocks, chunk_bytes))
         del s_blocks, m_blocks
+    return out
+
+
+def concat_releasing(arrays: list[np.ndarray]) -> np.ndarray:
+    """np.concatenate that empties the list as it copies, so the peak is the result plus one piece, not twice the data."""
+    out = np.empty(sum(len(a) for a in arrays), dtype=np.int64)
+    pos = 0
+    arrays.reverse()
+    while arrays:
+        a = arrays.pop()
+        out[pos:pos + len(a)] = a
+        pos += len(a)
     return out
 
 
@@ -106,14 +120,17 @@ async def mode(comm: Communicator, values: np.ndarray, params: dict | None = Non
     if combined:
         values.sort()          # in place: the data is ours (see jobs.run)
         uv, uc = run_lengths(values)
+        del values
         single = uc == 1
-        outgoing = _outgoing(comm, uv[single], uv[~single], uc[~single], cfg)
+        s_parts, m_parts = _split(comm, uv[single], uv[~single], uc[~single], cfg)
         del uv, uc, single
     else:                      # ship raw values as "singles"; owners count repeats when they merge
         none = np.zeros(0, dtype=np.int64)
-        outgoing = _outgoing(comm, values, none, none, cfg)
-    del values                 # the caller handed us the only reference: the partitions replace it
+        s_parts, m_parts = _split(comm, values, none, none, cfg)
+        del values             # the caller handed us the only reference: the partitions replace it
+    outgoing = _pack(s_parts, m_parts, cfg.chunk_bytes)
     phases["count"] = time.perf_counter() - t
+    peaks = {"count": memory.peak_rss_bytes()}
 
     t = time.perf_counter()
     singles: list[np.ndarray] = []
@@ -130,21 +147,21 @@ async def mode(comm: Communicator, values: np.ndarray, params: dict | None = Non
     sst = await shuffle(comm, outgoing, consume, cfg)
     del outgoing
     phases["shuffle"] = time.perf_counter() - t
+    peaks["shuffle"] = memory.peak_rss_bytes()
 
     t = time.perf_counter()
     empty = np.zeros(0, dtype=np.int64)
-    mine = np.concatenate(singles) if singles else empty
-    singles.clear()
-    local = best_of(mine,
+    local = best_of(concat_releasing(singles),
                     np.concatenate(mvals) if mvals else empty,
                     np.concatenate(mcounts) if mcounts else empty, tie_limit)
     owned = local.pop("distinct")
     phases["aggregate"] = time.perf_counter() - t
+    peaks["aggregate"] = memory.peak_rss_bytes()
 
     t = time.perf_counter()
     best = await tree_reduce(comm, local, _combine_limit(tie_limit), "mode.best")
     phases["reduce"] = time.perf_counter() - t
-    stats = {"phases": phases, "distinct_keys": owned, "combined": combined, "chunks_sent": sst.chunks_sent,
+    stats = {"phases": phases, "peak_rss_after": peaks, "distinct_keys": owned, "combined": combined, "chunks_sent": sst.chunks_sent,
              "chunks_received": sst.chunks_received, "shuffle_send_seconds": sst.send_seconds,
              "shuffle_receive_seconds": sst.receive_seconds, "rounds": 1 + _tree_depth(comm.size)}
     if best is None:

@@ -18,7 +18,7 @@ from protocol.errors import ProtocolError
 from protocol.frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 from protocol.handshake import ServerHandshake
 from protocol.messages import PROTOCOL_VERSION, make, validate
-from worker import jobs, logs
+from worker import jobs, logs, memory
 from worker.errors import JobError, PeerFailure
 from worker.peers import PeerLink, parse_addr
 
@@ -108,6 +108,8 @@ class WorkerServer:
         if job.task is not None and not job.task.done():
             job.task.cancel()
         job.values = None
+        if not self.jobs:
+            memory.release()
 
     def deliver_peer(self, peer_id: int, msg: dict, nbytes: int) -> None:
         job = self.jobs.get(msg["job"])

@@ -1,0 +1,64 @@
+"""Per-job memory accounting and release for the long-running worker process.
+
+ru_maxrss is a lifetime high-water mark, so the second job on a worker would
+report the first job's peak.  Linux lets a process reset its peak RSS (write "5"
+to /proc/self/clear_refs) and read it back (VmHWM in /proc/self/status); where
+that is unavailable we fall back to ru_maxrss.  After a job, ``release`` hands the
+freed heap back to the OS (glibc keeps it otherwise), so an idle worker is small.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import resource
+
+_libc = None
+
+
+def _lib():
+    global _libc
+    if _libc is None:
+        name = ctypes.util.find_library("c")
+        _libc = ctypes.CDLL(name) if name else False
+    return _libc
+
+
+def reset_peak() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_bytes() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def release() -> None:
+    lib = _lib()
+    if lib and hasattr(lib, "malloc_trim"):
+        lib.malloc_trim(0)
+
+
+M_MMAP_THRESHOLD = -3
+
+
+def fixed_mmap_threshold(nbytes: int = 512 * 1024) -> bool:
+    """Serve every allocation of ``nbytes`` or more with its own mmap, returned to the OS on free.
+
+    A shuffle receives ~1 MiB frames and frees each once its values are copied
+    into the owner's array.  With glibc's default (a threshold that grows once such
+    blocks are freed) those frames end up in the heap and stay resident after
+    free, so a worker briefly held the received data twice.  A fixed threshold
+    keeps the peak at the data plus a few frames.  Returns whether libc accepted it.
+    """
+    lib = _lib()
+    return bool(lib and hasattr(lib, "mallopt") and lib.mallopt(M_MMAP_THRESHOLD, nbytes))
