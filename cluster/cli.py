@@ -172,7 +172,10 @@ def status(as_json: bool, cluster_file: str | None) -> None:
 # -- jobs ------------------------------------------------------------------------
 def _common_job_options(f):
     opts = [
-        click.option("--input", "input_path", required=True, help="Directory, file or glob of .txt/.npy shards."),
+        click.option("--input", "input_path", required=True,
+                     help="Directory, file or glob of .txt/.npy/.csv/.parquet shards."),
+        click.option("--column", help="Column of .csv/.parquet shards: a header name or a 0-based index "
+                     "(default: the first column)."),
         click.option("--local", "local_workers", type=int, help="Run on an ephemeral local cluster of N workers."),
         click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object."),
         click.option("--timeout", type=float, default=300.0, show_default=True, help="Deadline for each phase."),
@@ -236,13 +239,14 @@ def submit() -> None:
 @click.option("--ties", type=click.Choice(["smallest", "all"]), default="smallest", show_default=True,
               help="smallest: the smallest tied value wins; all: list every tied value (up to 100,000).")
 @_shuffle_options
-def submit_mode(input_path, local_workers, as_json, timeout, cluster_file, ties, shuffle, fan_in, credits,
+def submit_mode(input_path, column, local_workers, as_json, timeout, cluster_file, ties, shuffle, fan_in, credits,
                 chunk_bytes) -> None:
     """The exact mode (most frequent value) and its count."""
-    from worker.mode import DEFAULT_TIE_LIMIT, MAX_TIE_LIMIT
-    params = {"shuffle": shuffle, "fan_in": fan_in, "credits": credits, "chunk_bytes": chunk_bytes,
-              "tie_limit": MAX_TIE_LIMIT if ties == "all" else DEFAULT_TIE_LIMIT}
-    _check_positive(fan_in=fan_in, credits=credits, chunk_bytes=chunk_bytes)
+    from cluster.jobparams import mode_params
+    try:
+        params = mode_params(ties, shuffle, fan_in, credits, chunk_bytes, column)
+    except ValueError as exc:
+        fail(str(exc), 2)
     _submit("mode", input_path, local_workers, as_json, timeout, cluster_file, params)
 
 
@@ -251,24 +255,14 @@ def submit_mode(input_path, local_workers, as_json, timeout, cluster_file, ties,
 @click.option("--even", type=click.Choice(["mean", "lower", "upper"]), default="mean", show_default=True,
               help="For an even count: the exact mean of the two middle values, or one of them.")
 @click.option("--quantiles", help="Also these quantiles, e.g. 0.9,0.99 (numpy's linear definition, exact).")
-def submit_median(input_path, local_workers, as_json, timeout, cluster_file, even, quantiles) -> None:
+def submit_median(input_path, column, local_workers, as_json, timeout, cluster_file, even, quantiles) -> None:
     """The exact median (and optional quantiles)."""
-    params: dict = {"even": even}
-    if quantiles:
-        try:
-            qs = [q.strip() for q in quantiles.split(",") if q.strip()]
-            if not all(0 <= float(q) <= 1 for q in qs):
-                raise ValueError
-        except ValueError:
-            fail(f"--quantiles: {quantiles!r} is not a list of numbers between 0 and 1", 2)
-        params["quantiles"] = qs
+    from cluster.jobparams import median_params
+    try:
+        params = median_params(even, quantiles, column)
+    except ValueError as exc:
+        fail(str(exc), 2)
     _submit("median", input_path, local_workers, as_json, timeout, cluster_file, params)
-
-
-def _check_positive(**kw: int) -> None:
-    for k, v in kw.items():
-        if v < 1:
-            fail(f"--{k.replace('_', '-')} must be at least 1", 2)
 
 
 # -- data -----------------------------------------------------------------------

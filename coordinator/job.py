@@ -150,8 +150,10 @@ async def run_job(addrs: list[str], token: bytes, op: str, input_path: str, para
     t0 = time.perf_counter()
     try:
         plan = assign(files, len(clients))
+        # Reader options travel in the load message (extra fields are allowed by the schema).
+        load_extra = {"column": params["column"]} if params.get("column") is not None else {}
         for c, mine in zip(clients, plan):
-            await c.send(make("load", job=job, files=mine))
+            await c.send(make("load", job=job, files=mine, **load_extra))
         loaded = await _all(clients, job, "loaded", timeout)
         total = sum(m["values"] for m in loaded)
         if total == 0:

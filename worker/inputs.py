@@ -14,20 +14,25 @@ import numpy as np
 
 from worker.errors import InputError
 
-SUFFIXES = (".txt", ".npy")
+SUFFIXES = (".txt", ".npy", ".csv", ".parquet")
+_EXPECTED = "expected .txt, .npy, .csv or .parquet"
 INT64_MAX = 2 ** 63 - 1
 _BLOCK = 32 << 20            # parse text in blocks of about this many bytes, cut at a newline
 
 
 
-def read_shard(path: str | os.PathLike) -> np.ndarray:
+def read_shard(path: str | os.PathLike, column: str | int | None = None) -> np.ndarray:
+    """One shard as int64; ``column`` picks the column of a .csv/.parquet file (see worker.formats)."""
     p = Path(path)
     suffix = p.suffix.lower()
+    if suffix in (".csv", ".parquet"):
+        from worker.formats import read_csv, read_parquet
+        return (read_csv if suffix == ".csv" else read_parquet)(p, column)
     if suffix == ".npy":
         return read_npy(p)
     if suffix == ".txt":
         return read_txt(p)
-    raise InputError(f"{p}: unsupported file type {suffix or '(none)'!r} (expected .txt or .npy)")
+    raise InputError(f"{p}: unsupported file type {suffix or '(none)'!r} ({_EXPECTED})")
 
 
 def read_npy(path: Path) -> np.ndarray:
@@ -200,7 +205,7 @@ def list_shards(path: str) -> list[str]:
         except PermissionError:
             raise InputError(f"{path}: permission denied") from None
         if not files:
-            raise InputError(f"{path}: directory holds no shard files (.txt or .npy)")
+            raise InputError(f"{path}: directory holds no shard files ({_EXPECTED[9:]})")
     elif p.is_file():
         files = [path]
     elif p.exists():
@@ -209,5 +214,5 @@ def list_shards(path: str) -> list[str]:
         raise InputError(f"{path}: no such file or directory")
     wrong = [f for f in files if Path(f).suffix.lower() not in SUFFIXES]
     if wrong:
-        raise InputError(f"{wrong[0]}: unsupported file type (expected .txt or .npy)")
+        raise InputError(f"{wrong[0]}: unsupported file type ({_EXPECTED})")
     return files

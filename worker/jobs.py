@@ -23,8 +23,8 @@ def resolve(path: str, root: str) -> str:
     return path if os.path.isabs(path) else os.path.join(root, path)
 
 
-def load_files(files: list[str], root: str) -> np.ndarray:
-    arrays = [read_shard(resolve(f, root)) for f in files]
+def load_files(files: list[str], root: str, column: str | int | None = None) -> np.ndarray:
+    arrays = [read_shard(resolve(f, root), column) for f in files]
     if not arrays:
         return np.zeros(0, dtype=np.int64)
     return np.concatenate(arrays) if len(arrays) > 1 else arrays[0]   # readers return arrays we own
@@ -39,6 +39,7 @@ class Job:
     task: asyncio.Task | None = None
     load_seconds: float = 0.0
     early: list = field(default_factory=list)   # peer messages that beat our own "run"
+    column: str | int | None = None             # the column of .csv/.parquet shards (load message)
 
     def take_values(self) -> np.ndarray:
         values, self.values = self.values, None
@@ -50,7 +51,7 @@ async def load(job: Job, root: str) -> int:
     memory.release()
     memory.reset_peak()        # the job's peak starts here (loading included)
     t = time.perf_counter()
-    job.values = await asyncio.to_thread(load_files, job.files, root)
+    job.values = await asyncio.to_thread(load_files, job.files, root, job.column)
     job.load_seconds = time.perf_counter() - t
     logs.event("job_loaded", job=job.id, files=len(job.files), values=len(job.values),
                seconds=round(job.load_seconds, 3))

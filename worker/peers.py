@@ -65,46 +65,73 @@ async def client_connect(addr: str, token: bytes, role: str, my_id: int, timeout
 
 
 class PeerLink:
+    """The outbound link to one peer: a bounded queue of (job, frame) and one sender task.
+
+    A watcher task reads the connection while it is open: a peer never sends
+    anything on a link after the handshake, so end-of-file means the peer went
+    away.  The link then closes its side at once (so the next frame redials
+    instead of vanishing into a dead socket, which is what makes a restarted
+    worker rejoin) and reports the failure, so jobs using the peer fail promptly.
+    Frames of jobs that failed on this worker are skipped, not sent.
+    """
+
     def __init__(self, my_id: int, peer_id: int, addr: str, token: bytes,
-                 on_failure: Callable[[int, BaseException], None]) -> None:
+                 on_failure: Callable[[int, BaseException], None],
+                 job_failed: Callable[[str], bool] | None = None,
+                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
         self.my_id = my_id
         self.peer_id = peer_id
         self.addr = addr
         self.token = token
         self.on_failure = on_failure
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=SEND_QUEUE_FRAMES)
+        self.job_failed = job_failed or (lambda job: False)
+        self.connect_timeout = connect_timeout
+        self.queue: asyncio.Queue[tuple[str | None, bytes]] = asyncio.Queue(maxsize=SEND_QUEUE_FRAMES)
         self.queued_bytes = 0
         self.peak_queued_bytes = 0
         self.bytes_written = 0
+        self.skipped_frames = 0
         self._writer: asyncio.StreamWriter | None = None
+        self._watcher: asyncio.Task | None = None
+        self._tg: asyncio.TaskGroup | None = None
 
-    async def send(self, frame: bytes) -> None:
+    async def send(self, frame: bytes, job: str | None = None) -> None:
         # Counted from hand-over until written out: the bytes this link holds in user space.
         self.queued_bytes += len(frame)
         self.peak_queued_bytes = max(self.peak_queued_bytes, self.queued_bytes)
         try:
-            await asyncio.wait_for(self.queue.put(frame), SEND_TIMEOUT)
+            await asyncio.wait_for(self.queue.put((job, frame)), SEND_TIMEOUT)
         except TimeoutError:
             self.queued_bytes -= len(frame)
             raise PeerFailure(f"worker {self.peer_id} at {self.addr} accepted nothing for {SEND_TIMEOUT:g}s") from None
+        except asyncio.CancelledError:
+            self.queued_bytes -= len(frame)
+            raise
 
     async def run(self) -> None:
         """The sender task; owned by the worker's task group, cancelled at shutdown."""
         try:
-            while True:
-                frame = await self.queue.get()
-                try:
-                    await self._write(frame)
-                finally:
-                    self.queued_bytes -= len(frame)
+            async with asyncio.TaskGroup() as tg:      # owns the connection watcher
+                self._tg = tg
+                while True:
+                    job, frame = await self.queue.get()
+                    try:
+                        if job is not None and self.job_failed(job):
+                            self.skipped_frames += 1     # its job is gone here: nobody waits for it
+                            continue
+                        await self._write(frame)
+                    finally:
+                        self.queued_bytes -= len(frame)
         finally:
+            self._tg = None
             self._close()
 
     async def _write(self, frame: bytes) -> None:
         for attempt in (1, 2):
             try:
                 if self._writer is None or self._writer.is_closing():
-                    _, self._writer, _ = await client_connect(self.addr, self.token, "peer", self.my_id)
+                    await self._connect()
+                assert self._writer is not None
                 self._writer.write(frame)
                 await asyncio.wait_for(self._writer.drain(), SEND_TIMEOUT)
                 self.bytes_written += len(frame)
@@ -115,10 +142,38 @@ class PeerLink:
                     logs.event("peer_unreachable", peer=self.peer_id, addr=self.addr, error=exc)
                     self.on_failure(self.peer_id, exc)
 
+    async def _connect(self) -> None:
+        frames, writer, server_id = await client_connect(self.addr, self.token, "peer", self.my_id,
+                                                         self.connect_timeout)
+        if server_id != self.peer_id:
+            writer.close()
+            raise ProtocolError(f"{self.addr} answered as worker {server_id}, expected worker {self.peer_id}")
+        self._writer = writer
+        if self._tg is not None:
+            self._watcher = self._tg.create_task(self._watch(frames.reader, writer))
+
+    async def _watch(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Waits for the peer to close the link (it never sends on it); no deadline: this is the detector."""
+        why: BaseException
+        try:
+            data = await reader.read(1)
+            why = ConnectionError("connection closed by peer") if not data else \
+                ProtocolError("peer sent data on an outbound link")
+        except (OSError, ConnectionError) as exc:
+            why = exc
+        if self._writer is writer:
+            self._watcher = None
+            self._close()
+            logs.event("peer_link_lost", peer=self.peer_id, addr=self.addr, error=why)
+            self.on_failure(self.peer_id, why)
+
     def _close(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        w, self._watcher = self._watcher, None
+        if w is not None and w is not asyncio.current_task():
+            w.cancel()
 
 
 class TcpComm(Communicator):
@@ -130,4 +185,4 @@ class TcpComm(Communicator):
         self.links = links
 
     async def _transmit(self, dest: int, frame: bytes) -> None:
-        await self.links[self.ranks[dest]].send(frame)
+        await self.links[self.ranks[dest]].send(frame, self.job)

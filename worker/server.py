@@ -14,7 +14,7 @@ import signal
 import time
 from typing import Any
 
-from protocol.errors import ProtocolError
+from protocol.errors import HandshakeFailed, ProtocolError
 from protocol.frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 from protocol.handshake import ServerHandshake
 from protocol.messages import PROTOCOL_VERSION, make, validate
@@ -24,13 +24,17 @@ from worker.peers import PeerLink, parse_addr
 
 HANDSHAKE_TIMEOUT = 5.0
 PRE_AUTH_MAX_FRAME = 4096
+# A coordinator pings every worker during its jobs (coordinator/job.py); a worker whose
+# coordinator stays silent this long (unless the load message says otherwise) drops its jobs.
+COORDINATOR_SILENCE = 10.0
 DEFAULT_JOB_TIMEOUT = 120.0
 VERSION = "0.1.0"
 
 
 class WorkerServer:
     def __init__(self, worker_id: int, listen: str, peers: list[str], token: bytes, *, root: str = ".",
-                 job_timeout: float = DEFAULT_JOB_TIMEOUT, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+                 job_timeout: float = DEFAULT_JOB_TIMEOUT, max_frame: int = DEFAULT_MAX_FRAME,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
         if not 0 <= worker_id < len(peers):
             raise ValueError(f"worker id {worker_id} is not an index into the {len(peers)} peer addresses")
         self.id = worker_id
@@ -40,8 +44,10 @@ class WorkerServer:
         self.root = root
         self.job_timeout = job_timeout
         self.max_frame = max_frame
+        self.handshake_timeout = handshake_timeout
         self.jobs: dict[str, jobs.Job] = {}
         self.finished: dict[str, float] = {}
+        self.failed: set[str] = set()        # finished jobs that ended in failure or abort (a subset of finished)
         self.jobs_run = 0
         self.last_job: dict[str, Any] = {}
         self.started = time.time()
@@ -63,7 +69,7 @@ class WorkerServer:
             self._tg = tg
             for pid, addr in enumerate(self.peers):
                 if pid != self.id:
-                    link = PeerLink(self.id, pid, addr, self.token, self._peer_failed)
+                    link = PeerLink(self.id, pid, addr, self.token, self._peer_failed, self.failed.__contains__)
                     self.links[pid] = link
                     tg.create_task(link.run())
             server = await loop.create_server(lambda: InboundConnection(self), host, port, reuse_address=True)
@@ -91,18 +97,24 @@ class WorkerServer:
 
     # -- jobs ----------------------------------------------------------------
     def _peer_failed(self, peer_id: int, exc: BaseException) -> None:
+        """A link to or from ``peer_id`` broke: no running job that includes that worker can finish."""
         for job in self.jobs.values():
             if job.comm is not None and peer_id in job.comm.ranks:
-                job.comm.mailbox.fail(PeerFailure(f"worker {peer_id} is unreachable: {exc}"))
+                failure = PeerFailure(f"worker {self.id} lost worker {peer_id}: {exc or type(exc).__name__}")
+                failure.peer = peer_id  # type: ignore[attr-defined]  # tells the coordinator whom to suspect
+                job.comm.mailbox.fail(failure)
 
     def _drop(self, job_id: str, exc: BaseException | None = None) -> None:
         job = self.jobs.pop(job_id, None)
         if job is None:
             return
         self.finished[job_id] = time.time()
+        if exc is not None:
+            self.failed.add(job_id)
         if len(self.finished) > 1000:
             for k in sorted(self.finished, key=self.finished.get)[:500]:
                 del self.finished[k]
+                self.failed.discard(k)
         if job.comm is not None and exc is not None:
             job.comm.mailbox.fail(exc)
         if job.task is not None and not job.task.done():
@@ -138,9 +150,10 @@ class WorkerServer:
             if t == "load":
                 if job_id in self.jobs or job_id in self.finished:
                     raise JobError(f"job {job_id} already exists on worker {self.id}")
-                job = jobs.Job(job_id, [str(f) for f in msg["files"]])
+                job = jobs.Job(job_id, [str(f) for f in msg["files"]], column=_column(msg.get("column")))
+                job.task = asyncio.current_task()      # an abort during the load cancels it
                 self.jobs[job_id] = job
-                conn.jobs.add(job_id)
+                conn.watch_job(job_id, msg.get("dead_after"))
                 n = await jobs.load(job, self.root)
                 reply(make("loaded", job=job_id, values=n, seconds=job.load_seconds))
             elif t == "run":
@@ -167,7 +180,8 @@ class WorkerServer:
             else:
                 kind, text = "internal", f"worker {self.id}: {cause!r}"
                 logs.event("job_crashed", logging.ERROR, job=job_id, error=repr(cause))
-            reply(make("error", job=job_id, kind=kind, message=text))
+            peer = getattr(cause, "peer", None)
+            reply(make("error", job=job_id, kind=kind, message=text, **({"peer": peer} if peer is not None else {})))
             self._drop(job_id, cause if isinstance(cause, JobError) else JobError(text))
 
     async def _run(self, job: jobs.Job, msg: dict) -> dict:
@@ -183,6 +197,13 @@ class WorkerServer:
         return {"version": VERSION, "protocol": PROTOCOL_VERSION, "addr": self.peers[self.id],
                 "jobs_run": self.jobs_run, "active_jobs": len(self.jobs), "last_job": self.last_job,
                 "uptime": round(time.time() - self.started, 1)}
+
+
+def _column(value: object) -> str | int | None:
+    """The load message's optional ``column`` (a name or an index); anything else is a protocol error."""
+    if value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise JobError(f"load.column has type {type(value).__name__}, expected a string or an integer")
 
 
 def root_cause(exc: BaseException) -> BaseException:
@@ -203,6 +224,14 @@ def root_cause(exc: BaseException) -> BaseException:
 
 
 class InboundConnection(asyncio.Protocol):
+    """One inbound connection: handshake under a small frame limit and a deadline, then routing.
+
+    Anything that breaks the protocol (garbage, a frame over the limit, a message of
+    the wrong shape, a peer speaking for another rank, a hello without a valid token
+    proof or with an id that is not a peer's) closes this connection only; it is
+    logged and the worker keeps serving everyone else.
+    """
+
     def __init__(self, server: WorkerServer) -> None:
         self.server = server
         self.decoder = FrameDecoder(max_frame=PRE_AUTH_MAX_FRAME)
@@ -211,13 +240,19 @@ class InboundConnection(asyncio.Protocol):
         self.peer_id: int | None = None
         self.jobs: set[str] = set()
         self.transport: asyncio.Transport | None = None
+        self.peername = None
         self._deadline: asyncio.TimerHandle | None = None
+        self._silence_limit: float | None = None     # coordinator connections with jobs: drop them after this
+        self._last_rx = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.peername = transport.get_extra_info("peername")
+        loop = asyncio.get_running_loop()
+        self._last_rx = loop.time()
         transport.write(encode_frame(self.hs.challenge()))
-        self._deadline = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, self._too_slow)
+        self._deadline = loop.call_later(self.server.handshake_timeout, self._too_slow)
 
     def _too_slow(self) -> None:
         logs.event("handshake_timeout", logging.WARNING, remote=self.peername)
@@ -232,6 +267,7 @@ class InboundConnection(asyncio.Protocol):
             self.transport.write(encode_frame(msg, self.server.max_frame))
 
     def data_received(self, data: bytes) -> None:
+        self._last_rx = asyncio.get_running_loop().time()
         try:
             for msg, nbytes in self.decoder.feed_sized(data):
                 if self.role is None:
@@ -247,26 +283,69 @@ class InboundConnection(asyncio.Protocol):
                 else:
                     raise ProtocolError(f"coordinator sent a {msg['t']} message")
         except ProtocolError as exc:
-            logs.event("protocol_error", logging.WARNING, remote=self.peername, role=self.role,
+            event = "handshake_refused" if self.role is None else "protocol_error"
+            logs.event(event, logging.WARNING, remote=self.peername, role=self.role,
                        peer=self.peer_id, error=exc)
+            self._close()
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            # A shape validate() let through that the code behind it did not expect: still the peer's fault.
+            logs.event("protocol_error", logging.WARNING, remote=self.peername, role=self.role,
+                       peer=self.peer_id, error=repr(exc))
             self._close()
 
     def _handshake(self, msg: dict) -> None:
         validate(msg)
-        self.reply(self.hs.receive_hello(msg))
+        welcome = self.hs.receive_hello(msg)
         role, pid = self.hs.peer_role, self.hs.peer_id
+        # Checked before the welcome goes out: a refused client learns nothing.
         if role == "peer" and (not 0 <= pid < len(self.server.peers) or pid == self.server.id):
-            raise ProtocolError(f"peer claims worker id {pid}, not a peer of worker {self.server.id}")
+            raise HandshakeFailed(f"peer claims worker id {pid}, which is not a peer of worker {self.server.id}")
+        self.reply(welcome)
         self.role, self.peer_id = role, pid
         self.decoder.max_frame = self.server.max_frame
         if self._deadline is not None:
             self._deadline.cancel()
         logs.event("connection_authenticated", logging.DEBUG, role=role, peer=pid, remote=self.peername)
 
+    # -- the coordinator's liveness ------------------------------------------------
+    def watch_job(self, job_id: str, dead_after: object) -> None:
+        """Ties a job to this coordinator connection; its silence past ``dead_after`` s drops the job."""
+        self.jobs.add(job_id)
+        limit = float(dead_after) if isinstance(dead_after, (int, float)) and not isinstance(dead_after, bool) \
+            and 0 < dead_after < 3600 else COORDINATOR_SILENCE
+        self._silence_limit = limit if self._silence_limit is None else min(limit, self._silence_limit)
+        if self._watchdog is None:
+            self._arm()
+
+    def _arm(self) -> None:
+        assert self._silence_limit is not None
+        self._watchdog = asyncio.get_running_loop().call_later(self._silence_limit / 4, self._check_silence)
+
+    def _check_silence(self) -> None:
+        self._watchdog = None
+        live = [j for j in self.jobs if j in self.server.jobs]
+        if not live or self.transport is None or self.transport.is_closing():
+            self._silence_limit = None
+            return
+        assert self._silence_limit is not None
+        silent = asyncio.get_running_loop().time() - self._last_rx
+        if silent > self._silence_limit:
+            logs.event("coordinator_silent", logging.WARNING, remote=self.peername, seconds=round(silent, 2),
+                       jobs=",".join(live))
+            for job_id in live:
+                self.server._drop(job_id, JobError(f"coordinator silent for {silent:.1f}s"))
+            self._close()
+            return
+        self._arm()
+
     def connection_lost(self, exc) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
+        for timer in (self._deadline, self._watchdog):
+            if timer is not None:
+                timer.cancel()
         if self.role == "coord":
             # A coordinator that went away leaves no one to collect its jobs: cancel them.
             for job_id in self.jobs:
                 self.server._drop(job_id, JobError("coordinator disconnected"))
+        elif self.role == "peer" and self.peer_id is not None:
+            # The peer's end of its link to us closed: it died, restarted or broke the protocol.
+            self.server._peer_failed(self.peer_id, exc or ConnectionError("inbound connection closed"))

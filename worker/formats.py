@@ -1,0 +1,217 @@
+"""Column formats: one integer column of a ``.csv`` file or a ``.parquet`` file, read into int64.
+
+CSV is read without a per-row Python loop: numpy finds the newlines and the
+(unquoted) commas, cuts the chosen field out of every row into a new byte
+buffer that keeps every row's newline, and hands that buffer to
+``worker.inputs.parse_text``.  Because each row keeps its newline, the parser's
+"file:line: what: text" errors name the row of the CSV file itself.
+
+Which column: ``column`` is ``None`` (the first), a header name, or a 0-based
+index (an ``int`` or a string of digits; a header name that happens to be digits
+wins over the index).  The first row is a header when the chosen field of it
+does not look like a number (so a bad first value is reported, not skipped), or
+when the column is asked for by name.  Quotes around a field
+are dropped; a comma inside quotes does not split; a newline inside quotes is not
+supported (it ends the row).  A non-blank row whose chosen field is empty is an
+error rather than a silently dropped value.
+
+Parquet needs pyarrow (the optional extra ``parquet``); only the one column is
+read.  Without pyarrow the error is one line naming the file and the fix.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from worker.errors import InputError
+
+_BLOCK = 32 << 20                      # cut CSV text into blocks of about this many bytes, at a newline
+_COMMA, _QUOTE, _NL = 44, 34, 10
+_SPACE_BYTES = np.array([32, 9, 13, 10, _QUOTE], dtype=np.uint8)   # bytes that do not make a field non-empty
+_INTEGER = re.compile(rb"\s*[+-]?\d+\s*")
+_NUMBERISH = re.compile(rb"\s*[+-]?[0-9.][0-9.eE+-]*\s*")   # data, even if bad: never taken for a header
+INT64_MAX = 2 ** 63 - 1
+
+Column = str | int | None
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory") from None
+    except PermissionError:
+        raise InputError(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+# -- CSV -------------------------------------------------------------------------------------
+def _split_row(line: bytes) -> list[bytes]:
+    """One row's fields (the header row only: a plain Python split is fine for one line)."""
+    fields, cur, quoted = [], bytearray(), False
+    for ch in line:
+        if ch == _QUOTE:
+            quoted = not quoted
+        elif ch == _COMMA and not quoted:
+            fields.append(bytes(cur))
+            cur = bytearray()
+        else:
+            cur.append(ch)
+    fields.append(bytes(cur))
+    return [f.strip() for f in fields]
+
+
+def _choose_column(first: bytes, column: Column, name: str) -> tuple[int, bool]:
+    """(0-based field index, whether the first row is a header) from the first row and the user's choice."""
+    fields = _split_row(first.rstrip(b"\r\n"))
+    shown = first.decode("utf-8", "replace").strip()[:60]
+    if isinstance(column, str) and not column.strip().isdigit():
+        want = column.strip().encode()
+        if want not in fields:
+            raise InputError(f"{name}:1: no column named {column!r} in the header: {shown!r}")
+        return fields.index(want), True
+    if isinstance(column, str):
+        want = column.strip().encode()
+        if want in fields and not _INTEGER.fullmatch(want):
+            return fields.index(want), True
+        column = int(column)
+    idx = 0 if column is None else int(column)
+    if idx < 0:
+        raise InputError(f"{name}: column index {idx} is negative (indexes start at 0)")
+    if not first.strip():                       # a blank first row says nothing about a header
+        return idx, False
+    header = idx >= len(fields) or not _NUMBERISH.fullmatch(fields[idx])
+    if header and idx >= len(fields):
+        raise InputError(f"{name}:1: row has no column {idx} (it has {len(fields)}): {shown!r}")
+    return idx, header
+
+
+def _extract_block(block: np.ndarray, idx: int, skip_first_row: bool, name: str, line0: int) -> np.ndarray:
+    """The bytes of field ``idx`` of every row of ``block`` (whole rows), each followed by the row's newline."""
+    n = len(block)
+    isnl = block == _NL
+    iscomma = block == _COMMA
+    if (block == _QUOTE).any():                 # commas inside quotes do not split
+        inside = np.bitwise_xor.accumulate((block == _QUOTE).view(np.uint8)).astype(bool)
+        iscomma &= ~inside
+    nl = np.flatnonzero(isnl)
+    row_start = np.concatenate(([0], nl + 1))
+    row_end = np.append(nl, n)                  # exclusive, the newline itself not included
+    if row_start[-1] == n:                      # text ends with a newline: no final empty row
+        row_start, row_end = row_start[:-1], row_end[:-1]
+    commas = np.flatnonzero(iscomma)
+    first = np.searchsorted(commas, row_start)              # index of the row's first comma in ``commas``
+    count = np.searchsorted(commas, row_end) - first        # commas in the row
+    has_left = count >= idx if idx else np.ones(len(first), bool)
+    fs = row_start.copy()
+    if idx:
+        left = np.minimum(first + idx - 1, max(len(commas) - 1, 0))
+        fs = np.where(has_left, commas[left] + 1 if len(commas) else row_start, row_end)
+    has_right = count > idx
+    right = np.minimum(first + idx, max(len(commas) - 1, 0))
+    fe = np.where(has_right, commas[right] if len(commas) else row_end, row_end)
+    fe = np.maximum(fe, fs)
+    if skip_first_row and len(fs):
+        fe[0] = fs[0]
+    # A non-blank row whose field is blank: a missing value, or too few fields.  Rows are never empty
+    # ranges of the padded array (each holds at least its newline or one byte), so reduceat sums them.
+    solid = np.append(~np.isin(block, _SPACE_BYTES), False).astype(np.int32)
+    row_solid = np.add.reduceat(solid, row_start) if len(row_start) else np.zeros(0, np.int32)
+    pairs = np.column_stack((fs, fe)).ravel()
+    field_solid = np.add.reduceat(solid, pairs)[::2] if len(pairs) else np.zeros(0, np.int32)
+    field_solid[fe == fs] = 0
+    if skip_first_row and len(row_solid):
+        row_solid[0] = 0
+    bad = np.flatnonzero((row_solid > 0) & (field_solid == 0))
+    if len(bad):
+        r = int(bad[0])
+        text = bytes(block[row_start[r]:min(row_end[r], row_start[r] + 60)]).decode("utf-8", "replace").strip()
+        what = "empty value in column" if count[r] >= idx else "row has no column"
+        raise InputError(f"{name}:{line0 + r}: {what} {idx}: {text!r}")
+    # Mark [fs, fe) of every row and every newline, with one int8 difference array.
+    # Non-empty ranges are disjoint and never touch (a newline lies between rows), so no index repeats.
+    ne = fe > fs
+    mark = np.zeros(n + 1, dtype=np.int8)
+    mark[fs[ne]] = 1
+    mark[fe[ne]] = -1
+    keep = np.cumsum(mark[:-1], dtype=np.int8).astype(bool) | isnl
+    out = block[keep]                           # a copy: ours to edit
+    out[out == _QUOTE] = 32
+    return out
+
+
+def parse_csv(raw: bytes, column: Column = None, name: str = "<csv>") -> np.ndarray:
+    """The integers of one column of CSV text (see the module docstring for the rules)."""
+    from worker.inputs import parse_text
+    if raw.startswith(b"\xef\xbb\xbf"):        # a UTF-8 byte order mark (spreadsheets write one)
+        raw = b"   " + raw[3:]
+    if not raw.strip():
+        return np.zeros(0, dtype=np.int64)
+    end1 = raw.find(b"\n")
+    idx, header = _choose_column(raw[: end1 if end1 >= 0 else len(raw)], column, name)
+    pieces, start, line0 = [], 0, 1
+    while start < len(raw):
+        end = min(len(raw), start + _BLOCK)
+        if end < len(raw):
+            nl = raw.rfind(b"\n", start, end)
+            end = nl + 1 if nl >= start else (raw.find(b"\n", end) + 1 or len(raw))
+        block = np.frombuffer(raw, dtype=np.uint8, count=end - start, offset=start)
+        pieces.append(_extract_block(block, idx, header and start == 0, name, line0))
+        line0 += int(np.count_nonzero(block == _NL))
+        start = end
+    return parse_text(np.concatenate(pieces).tobytes(), name)
+
+
+def read_csv(path: Path, column: Column = None) -> np.ndarray:
+    return parse_csv(_read_bytes(path), column, str(path))
+
+
+# -- Parquet --------------------------------------------------------------------------------
+def read_parquet(path: Path, column: Column = None) -> np.ndarray:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InputError(f"{path}: reading .parquet needs pyarrow on the worker "
+                         f"(pip install 'shardstats[parquet]')") from None
+    try:
+        names = pq.read_schema(path).names
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except PermissionError:
+        raise InputError(f"{path}: permission denied") from None
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{path}: not a readable .parquet file ({str(exc).splitlines()[0][:120]})") from None
+    if not names:
+        raise InputError(f"{path}: the parquet file has no columns")
+    if column is None:
+        col = names[0]
+    elif isinstance(column, str) and column in names:
+        col = column
+    elif isinstance(column, int) or column.strip().isdigit():
+        i = int(column)
+        if i >= len(names):
+            raise InputError(f"{path}: no column {i} (it has {len(names)}: {', '.join(names[:10])})")
+        col = names[i]
+    else:
+        raise InputError(f"{path}: no column named {column!r} (columns: {', '.join(names[:10])})")
+    try:
+        arr = pq.read_table(path, columns=[col]).column(col)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{path}: cannot read column {col!r} ({str(exc).splitlines()[0][:120]})") from None
+    if not pa.types.is_integer(arr.type):
+        raise InputError(f"{path}: column {col!r} holds {arr.type} values, expected an integer type")
+    if arr.null_count:
+        row = int(np.argmax(arr.is_null().to_numpy(zero_copy_only=False)))
+        raise InputError(f"{path}: row {row} of column {col!r} is null ({arr.null_count} nulls)")
+    a = np.asarray(arr.to_numpy())
+    if a.dtype.kind == "u" and a.dtype.itemsize == 8 and len(a) and a.max() > INT64_MAX:
+        bad = int(np.argmax(a > INT64_MAX))
+        raise InputError(f"{path}: row {bad} of column {col!r} ({int(a[bad])}) is beyond the int64 range")
+    return a.astype(np.int64, copy=True)
