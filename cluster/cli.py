@@ -17,7 +17,8 @@ import click
 from cluster import launcher
 from cluster.config import ClusterInfo, ConfigError, default_cluster_file, find_cluster, token_from_env
 from cluster.output import dumps_exact, human, json_document
-from coordinator.job import JobFailed, ping_all, run_job
+from coordinator.job import DEFAULT_RETRIES, JobFailed, ping_all, run_job
+from coordinator.liveness import DEAD_AFTER, HEARTBEAT, Liveness
 from worker.shuffle import STRATEGIES
 
 
@@ -49,9 +50,11 @@ def main() -> None:
               "(default: $CLUSTER_TOKEN or $CLUSTER_TOKEN_FILE).")
 @click.option("--root", default=".", show_default=True, help="Directory relative input paths are resolved against.")
 @click.option("--job-timeout", type=float, default=120.0, show_default=True, help="Seconds any wait inside a job may take.")
+@click.option("--handshake-timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              help="Seconds a new connection has to prove the token before it is closed (slowloris guard).")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def worker(worker_id: int, listen: str, peers: str, token_file: str | None, root: str, job_timeout: float,
-           log_level: str) -> None:
+           handshake_timeout: float, log_level: str) -> None:
     """Run one worker daemon (what `cluster up` and docker compose start)."""
     from worker import logs
     from worker.memory import fixed_mmap_threshold
@@ -66,7 +69,8 @@ def worker(worker_id: int, listen: str, peers: str, token_file: str | None, root
     addrs = [a.strip() for a in peers.split(",") if a.strip()]
     logs.setup(log_level, worker=worker_id)
     try:
-        server = WorkerServer(worker_id, listen, addrs, token.encode(), root=root, job_timeout=job_timeout)
+        server = WorkerServer(worker_id, listen, addrs, token.encode(), root=root, job_timeout=job_timeout,
+                              handshake_timeout=handshake_timeout)
     except ValueError as exc:
         fail(str(exc), 2)
     try:
@@ -147,7 +151,11 @@ def down(cluster_file: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--cluster-file", type=click.Path(dir_okay=False))
 def status(as_json: bool, cluster_file: str | None) -> None:
-    """Show every worker: address, up/down, version, jobs run, last job."""
+    """Show every worker: address, up/down, version, jobs run, last job (op, bytes sent, seconds).
+
+    Exit status 0 when every worker answers, 1 when any is down (the table or JSON is printed either way),
+    so scripts and healthchecks can test it.
+    """
     try:
         info, source = find_cluster(cluster_file)
     except ConfigError as exc:
@@ -180,6 +188,14 @@ def _common_job_options(f):
         click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object."),
         click.option("--timeout", type=float, default=300.0, show_default=True, help="Deadline for each phase."),
         click.option("--cluster-file", type=click.Path(dir_okay=False)),
+        click.option("--max-retries", type=click.IntRange(0), default=DEFAULT_RETRIES, show_default=True,
+                     help="Times the job runs again on the survivors when workers are lost."),
+        click.option("--heartbeat", type=click.FloatRange(0.05), default=HEARTBEAT, show_default=True,
+                     help="Seconds between the coordinator's pings to each worker during a job."),
+        click.option("--dead-after", type=click.FloatRange(0.2), default=DEAD_AFTER, show_default=True,
+                     help="Seconds of silence after which a worker is declared lost."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress line on stderr (it is shown only when "
+                     "stderr is a terminal anyway)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -187,7 +203,9 @@ def _common_job_options(f):
 
 
 def _submit(op: str, input_path: str, local_workers: int | None, as_json: bool, timeout: float,
-            cluster_file: str | None, params: dict) -> None:
+            cluster_file: str | None, params: dict, max_retries: int = DEFAULT_RETRIES,
+            heartbeat: float = HEARTBEAT, dead_after: float = DEAD_AFTER, quiet: bool = False) -> None:
+    from cluster.progress import ProgressLine, progress_enabled
     startup = None
     info = None
     if local_workers is not None:
@@ -205,12 +223,19 @@ def _submit(op: str, input_path: str, local_workers: int | None, as_json: bool, 
         except ConfigError as exc:
             fail(str(exc), 1)
     assert info is not None
+    # Progress goes to stderr only, so stdout holds nothing but the result (one JSON object with --json).
+    line = ProgressLine(sys.stderr, op) if progress_enabled(sys.stderr, quiet) else None
     try:
         rep = run_async(run_job(info.workers, info.token.encode(), op, input_path, params,
-                                absolute_paths=info.local, timeout=timeout))
+                                absolute_paths=info.local, timeout=timeout, max_retries=max_retries,
+                                liveness=Liveness(heartbeat, dead_after), on_progress=line))
     except JobFailed as exc:
+        if line is not None:
+            line.close()
         fail(str(exc), exc.exit_code)
     finally:
+        if line is not None:
+            line.close()
         if local_workers is not None:
             launcher.stop(info)
     click.echo(json_document(rep, startup) if as_json else human(rep, startup))
@@ -240,14 +265,14 @@ def submit() -> None:
               help="smallest: the smallest tied value wins; all: list every tied value (up to 100,000).")
 @_shuffle_options
 def submit_mode(input_path, column, local_workers, as_json, timeout, cluster_file, ties, shuffle, fan_in, credits,
-                chunk_bytes) -> None:
+                chunk_bytes, **liveness) -> None:
     """The exact mode (most frequent value) and its count."""
     from cluster.jobparams import mode_params
     try:
         params = mode_params(ties, shuffle, fan_in, credits, chunk_bytes, column)
     except ValueError as exc:
         fail(str(exc), 2)
-    _submit("mode", input_path, local_workers, as_json, timeout, cluster_file, params)
+    _submit("mode", input_path, local_workers, as_json, timeout, cluster_file, params, **liveness)
 
 
 @submit.command("median")
@@ -255,14 +280,15 @@ def submit_mode(input_path, column, local_workers, as_json, timeout, cluster_fil
 @click.option("--even", type=click.Choice(["mean", "lower", "upper"]), default="mean", show_default=True,
               help="For an even count: the exact mean of the two middle values, or one of them.")
 @click.option("--quantiles", help="Also these quantiles, e.g. 0.9,0.99 (numpy's linear definition, exact).")
-def submit_median(input_path, column, local_workers, as_json, timeout, cluster_file, even, quantiles) -> None:
+def submit_median(input_path, column, local_workers, as_json, timeout, cluster_file, even, quantiles,
+                  **liveness) -> None:
     """The exact median (and optional quantiles)."""
     from cluster.jobparams import median_params
     try:
         params = median_params(even, quantiles, column)
     except ValueError as exc:
         fail(str(exc), 2)
-    _submit("median", input_path, local_workers, as_json, timeout, cluster_file, params)
+    _submit("median", input_path, local_workers, as_json, timeout, cluster_file, params, **liveness)
 
 
 # -- data -----------------------------------------------------------------------

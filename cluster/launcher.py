@@ -63,17 +63,8 @@ def start(workers: int, host: str = "127.0.0.1", base_port: int | None = None, l
     token = secrets.token_hex(32)
     logs = Path(log_dir or tempfile.mkdtemp(prefix="cluster-logs-"))
     logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "CLUSTER_TOKEN": token}
-    pids = []
-    procs = []
-    for i, addr in enumerate(addrs):
-        cmd = [sys.executable, "-m", "cluster.cli", "worker", "--id", str(i), "--listen", addr,
-               "--peers", ",".join(addrs), "--log-level", log_level, *(extra_args or [])]
-        with open(logs / f"worker{i}.log", "ab") as log:
-            p = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                 start_new_session=True)
-        procs.append(p)
-        pids.append(p.pid)
+    procs = [_spawn(i, addrs, token, logs, log_level, extra_args) for i in range(workers)]
+    pids = [p.pid for p in procs]
     info = ClusterInfo(workers=addrs, token=token, local=True, pids=pids, log_dir=str(logs), root=os.getcwd())
     try:
         wait_ready(info, ready_timeout, procs)
@@ -81,6 +72,27 @@ def start(workers: int, host: str = "127.0.0.1", base_port: int | None = None, l
         stop(info)
         raise
     return info
+
+
+def _spawn(i: int, addrs: list[str], token: str, logs: Path, log_level: str,
+           extra_args: list[str] | None) -> subprocess.Popen:
+    """Worker ``i`` as a process of its own session (Ctrl-C at the shell does not reach it)."""
+    env = {**os.environ, "CLUSTER_TOKEN": token}
+    cmd = [sys.executable, "-m", "cluster.cli", "worker", "--id", str(i), "--listen", addrs[i],
+           "--peers", ",".join(addrs), "--log-level", log_level, *(extra_args or [])]
+    with open(logs / f"worker{i}.log", "ab") as log:
+        return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True)
+
+
+def restart(info: ClusterInfo, i: int, log_level: str = "info", ready_timeout: float = 30.0) -> None:
+    """Starts worker ``i`` again on its address (after it died); it rejoins the mesh for the next job."""
+    if alive(info.pids[i]):
+        raise LaunchError(f"worker {i} (pid {info.pids[i]}) is still running")
+    p = _spawn(i, info.workers, info.token, Path(info.log_dir), log_level, None)
+    info.pids[i] = p.pid
+    wait_ready(ClusterInfo(workers=[info.workers[i]], token=info.token, local=True, pids=[p.pid],
+                           log_dir=info.log_dir, root=info.root), ready_timeout, [p])
 
 
 def wait_ready(info: ClusterInfo, timeout: float, procs: list[subprocess.Popen] | None = None) -> None:

@@ -76,6 +76,8 @@ def summarize_stats(rep: JobReport, startup_seconds: float | None = None) -> dic
         "peak_worker_rss_bytes": max(w["peak_rss_bytes"] for w in ws),
         "traffic_matrix": matrix,
         "job": rep.job,
+        "attempts": rep.attempts,
+        "lost_workers": rep.lost_workers,
     }
     if "distinct_keys" in ws[0]:
         stats["distinct_values"] = sum(w["distinct_keys"] for w in ws)
@@ -124,6 +126,9 @@ def human(rep: JobReport, startup_seconds: float | None = None) -> str:
              f"busiest link {_human_bytes(s['busiest_link_bytes'])}",
              f"  max inbound streams {s['max_inbound_streams']}, peak buffered {_human_bytes(s['peak_buffered_bytes'])}"
              f", peak worker RSS {_human_bytes(s['peak_worker_rss_bytes'])}"]
+    if rep.lost_workers:
+        gone = ", ".join(f"{w['id']} ({w['reason']})" for w in rep.lost_workers)
+        lines.append(f"  {rep.attempts} attempts; lost workers: {gone}")
     if startup_seconds is not None:
         lines.append(f"  (ephemeral cluster start-up {startup_seconds:.2f} s, not included)")
     return "\n".join(lines)

@@ -2,26 +2,35 @@
 
 Two phases so that bad input is caught before any worker starts exchanging data:
 ``load`` (each worker reads its files and reports how many values) and ``run``
-(the op).  Any worker's error aborts the job on every worker.  Every wait has a
-deadline.
+(the op).  Any worker's error aborts the attempt on every worker.  Every wait has a
+deadline, and heartbeats (coordinator/liveness.py) tell a lost worker from a busy
+one within seconds.  A lost worker costs an attempt: the job runs again, from the
+files, on the workers that are left, so the answer stays exact.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from coordinator.assign import assign
 from coordinator.client import WorkerClient
+from coordinator.liveness import Liveness, answers, heartbeats
 from protocol.errors import ProtocolError
 from protocol.messages import make
+from worker import logs
 from worker.errors import InputError
 from worker.inputs import list_shards
 
 DEFAULT_TIMEOUT = 300.0
+DEFAULT_RETRIES = 2
+Progress = Callable[[int, dict], None]    # (worker id, progress message)
+PROGRESS_INTERVAL = 0.25                  # seconds between a worker's progress messages (when asked for)
 
 
 class JobFailed(Exception):
@@ -31,6 +40,14 @@ class JobFailed(Exception):
         super().__init__(message)
         self.kind = kind
         self.exit_code = 2 if kind in ("input", "empty", "usage") else 1
+
+
+class WorkerLost(JobFailed):
+    """The coordinator lost a worker: its connection closed, or it went silent past the deadline."""
+
+    def __init__(self, client: WorkerClient, why: str) -> None:
+        super().__init__(f"lost worker {client.worker_id} at {client.addr} ({why})", "lost")
+        self.worker = client.worker_id
 
 
 class ClusterUnavailable(JobFailed):
@@ -47,25 +64,36 @@ class JobReport:
     seconds: float = 0.0
     load_seconds: float = 0.0
     params: dict = field(default_factory=dict)
+    attempts: int = 1
+    lost_workers: list[dict] = field(default_factory=list)   # {id, addr, attempt, reason}
 
 
-async def connect_all(addrs: list[str], token: bytes, timeout: float = 5.0) -> list[WorkerClient]:
+async def connect_reachable(addrs: list[str], token: bytes, timeout: float = 5.0
+                            ) -> tuple[list[WorkerClient], list[dict]]:
+    """Clients for the workers that answer, and a record of those that do not.
+
+    A job runs on the reachable workers (the others' share of the files goes to
+    them); only when none answers is the cluster unavailable.
+    """
     async def one(addr: str) -> WorkerClient | BaseException:
         try:
             return await WorkerClient.connect(addr, token, timeout)
         except (OSError, TimeoutError, ConnectionError, ProtocolError) as exc:
             return exc
     got = await asyncio.gather(*(one(a) for a in addrs))
-    bad = [(a, g) for a, g in zip(addrs, got) if isinstance(g, BaseException)]
-    if bad:
-        for g in got:
-            if isinstance(g, WorkerClient):
-                await g.close()
-        addr, exc = bad[0]
+    clients = [g for g in got if isinstance(g, WorkerClient)]
+    bad = [(i, a, g) for i, (a, g) in enumerate(zip(addrs, got)) if isinstance(g, BaseException)]
+    if not clients:
+        _, addr, exc = bad[0]
         why = "wrong cluster token" if isinstance(exc, ProtocolError) else (str(exc) or type(exc).__name__)
         raise ClusterUnavailable(f"cannot reach worker at {addr} ({why}); {len(bad)} of {len(addrs)} workers "
                                  f"unreachable. Start a cluster with `cluster up --detach`, or pass --local N")
-    return got  # type: ignore[return-value]
+    lost = []
+    for i, addr, exc in bad:
+        why = str(exc) or type(exc).__name__
+        lost.append({"id": i, "addr": addr, "attempt": 0, "reason": f"unreachable at the start ({why})"})
+        logs.event("worker_unreachable", logging.WARNING, worker=i, addr=addr, error=why)
+    return clients, lost
 
 
 async def ping_all(addrs: list[str], token: bytes, timeout: float = 2.0) -> list[dict]:
@@ -101,15 +129,36 @@ def resolve_input(path: str, absolute: bool) -> list[tuple[str, int]]:
     return out
 
 
-async def _expect(client: WorkerClient, job: str, want: str, timeout: float) -> dict:
+async def _send(client: WorkerClient, msg: dict) -> None:
+    try:
+        await client.send(msg)
+    except (OSError, ConnectionError, TimeoutError) as exc:
+        raise WorkerLost(client, str(exc) or type(exc).__name__) from None
+
+
+async def _expect(client: WorkerClient, job: str, want: str, timeout: float, live: Liveness,
+                  on_progress: Progress | None = None) -> dict:
+    """The worker's ``want`` message for this job; silence past ``live.dead_after`` means the worker is lost."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     while True:
+        left = deadline - loop.time()
         try:
-            msg = await client.recv(timeout)
+            if left <= 0:
+                raise TimeoutError
+            msg = await client.recv(min(left, live.dead_after))
         except TimeoutError:
-            raise JobFailed(f"worker {client.worker_id} at {client.addr} sent no {want} within {timeout:g}s") from None
+            if loop.time() >= deadline:
+                raise JobFailed(f"worker {client.worker_id} at {client.addr} sent no {want} within {timeout:g}s",
+                                "timeout") from None
+            raise WorkerLost(client, f"silent for {live.dead_after:g}s") from None
         except (OSError, ConnectionError, ProtocolError) as exc:
-            raise JobFailed(f"lost worker {client.worker_id} at {client.addr} ({exc or type(exc).__name__})") from None
-        if msg.get("job") != job:
+            raise WorkerLost(client, str(exc) or type(exc).__name__) from None
+        if msg["t"] == "pong" or msg.get("job") != job:
+            continue
+        if msg["t"] == "progress":
+            if on_progress is not None:
+                on_progress(client.worker_id, msg)
             continue
         if msg["t"] == "error":
             raise JobFailed(msg["message"], msg["kind"])
@@ -117,16 +166,33 @@ async def _expect(client: WorkerClient, job: str, want: str, timeout: float) -> 
             return msg
 
 
-async def _all(clients: list[WorkerClient], job: str, want: str, timeout: float) -> list[dict]:
-    """Waits for ``want`` from every worker; the first error wins (input errors before others)."""
-    got = await asyncio.gather(*(_expect(c, job, want, timeout) for c in clients), return_exceptions=True)
-    errors = [g for g in got if isinstance(g, BaseException)]
-    if errors:
-        for e in errors:
-            if not isinstance(e, JobFailed):
-                raise e
-        raise min(errors, key=lambda e: e.exit_code != 2)  # type: ignore[union-attr]
-    return got  # type: ignore[return-value]
+async def _all(clients: list[WorkerClient], job: str, want: str, timeout: float, live: Liveness,
+               on_progress: Progress | None = None) -> list[dict]:
+    """``want`` from every worker.  The first failure cancels the other waits: a lost worker must not
+    leave the coordinator waiting out the phase deadline on the survivors."""
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(_expect(c, job, want, timeout, live, on_progress)) for c in clients]
+    except BaseExceptionGroup as eg:
+        raise _most_telling(eg) from None
+    return [t.result() for t in tasks]
+
+
+def _most_telling(eg: BaseExceptionGroup) -> BaseException:
+    """Bad input first (the user can fix it), then a lost worker (it explains the rest), then anything else."""
+    leaves: list[BaseException] = []
+
+    def walk(e: BaseException) -> None:
+        if isinstance(e, BaseExceptionGroup):
+            for sub in e.exceptions:
+                walk(sub)
+        else:
+            leaves.append(e)
+    walk(eg)
+    other = [e for e in leaves if not isinstance(e, JobFailed)]
+    if other:
+        return other[0]
+    return min(leaves, key=lambda e: (e.exit_code != 2, not isinstance(e, WorkerLost)))  # type: ignore[attr-defined]
 
 
 async def _abort(clients: list[WorkerClient], job: str) -> None:
@@ -138,41 +204,100 @@ async def _abort(clients: list[WorkerClient], job: str) -> None:
     await asyncio.gather(*(one(c) for c in clients))
 
 
-async def run_job(addrs: list[str], token: bytes, op: str, input_path: str, params: dict | None = None,
-                  *, absolute_paths: bool = True, timeout: float = DEFAULT_TIMEOUT) -> JobReport:
-    params = dict(params or {})
-    try:
-        files = resolve_input(input_path, absolute_paths)
-    except InputError as exc:
-        raise JobFailed(str(exc), "input") from None
-    clients = await connect_all(addrs, token)
-    job = uuid.uuid4().hex[:12]
+async def _attempt(clients: list[WorkerClient], job: str, op: str, files: list[tuple[str, int]], params: dict,
+                   input_path: str, timeout: float, live: Liveness, on_progress: Progress | None) -> JobReport:
+    """One try of the job on these workers: load everywhere, then run everywhere, with heartbeats throughout."""
     t0 = time.perf_counter()
-    try:
+    async with heartbeats(clients, live.heartbeat):
         plan = assign(files, len(clients))
         # Reader options travel in the load message (extra fields are allowed by the schema).
-        load_extra = {"column": params["column"]} if params.get("column") is not None else {}
+        extra = {"column": params["column"]} if params.get("column") is not None else {}
+        if on_progress is not None:        # workers send progress only when asked (worker/progress.py)
+            extra["progress"] = PROGRESS_INTERVAL
         for c, mine in zip(clients, plan):
-            await c.send(make("load", job=job, files=mine, **load_extra))
-        loaded = await _all(clients, job, "loaded", timeout)
+            await _send(c, make("load", job=job, files=mine, dead_after=live.worker_dead_after, **extra))
+        loaded = await _all(clients, job, "loaded", timeout, live, on_progress)
         total = sum(m["values"] for m in loaded)
         if total == 0:
             raise JobFailed(f"{input_path}: the input holds no values", "empty")
         t1 = time.perf_counter()
         ranks = [c.worker_id for c in clients]
-        params.setdefault("total", total)
-        params.setdefault("timeout", timeout)
+        run_params = {**params, "total": total, "timeout": timeout}
         for c in clients:
-            await c.send(make("run", job=job, op=op, params=params, ranks=ranks))
-        done = await _all(clients, job, "done", timeout)
-        result = next((d["result"] for d in done if "result" in d), None)
-        if result is None:
-            raise JobFailed("no worker returned a result")
-        return JobReport(op=op, job=job, result=result, workers=[d["stats"] for d in done],
-                         seconds=time.perf_counter() - t1, load_seconds=t1 - t0, params=params)
-    except BaseException:
-        await _abort(clients, job)
-        raise
+            await _send(c, make("run", job=job, op=op, params=run_params, ranks=ranks))
+        done = await _all(clients, job, "done", timeout, live, on_progress)
+    result = next((d["result"] for d in done if "result" in d), None)
+    if result is None:
+        raise JobFailed("no worker returned a result")
+    return JobReport(op=op, job=job, result=result, workers=[d["stats"] for d in done],
+                     seconds=time.perf_counter() - t1, load_seconds=t1 - t0, params=run_params)
+
+
+def _retryable(exc: JobFailed) -> bool:
+    """A lost worker, or a worker that lost a peer: the job can run again without it."""
+    return isinstance(exc, WorkerLost) or exc.kind == "peer"
+
+
+async def _find_lost(clients: list[WorkerClient], exc: JobFailed, live: Liveness) -> list[tuple[WorkerClient, str]]:
+    """The workers the failed attempt lost: the one the failure names, and any that no longer answer a ping."""
+    named = exc.worker if isinstance(exc, WorkerLost) else None
+    rest = [c for c in clients if c.worker_id != named]
+    ok = await asyncio.gather(*(answers(c, live.dead_after) for c in rest))
+    lost = [(c, str(exc)) for c in clients if c.worker_id == named]
+    lost += [(c, "did not answer a ping after the failure") for c, up in zip(rest, ok) if not up]
+    return lost
+
+
+async def run_job(addrs: list[str], token: bytes, op: str, input_path: str, params: dict | None = None,
+                  *, absolute_paths: bool = True, timeout: float = DEFAULT_TIMEOUT,
+                  max_retries: int = DEFAULT_RETRIES, liveness: Liveness | None = None,
+                  on_progress: Progress | None = None) -> JobReport:
+    """Runs the job, and again on the survivors (up to ``max_retries`` times) when workers are lost.
+
+    Every attempt re-reads the input from scratch with the files spread over the
+    workers that are left, so the answer is exact whatever the moment of the fault.
+    """
+    params = dict(params or {})
+    live = liveness or Liveness()
+    try:
+        files = resolve_input(input_path, absolute_paths)
+    except InputError as exc:
+        raise JobFailed(str(exc), "input") from None
+    clients, lost = await connect_reachable(addrs, token)
+    base = uuid.uuid4().hex[:12]
+    attempt = 0
+    try:
+        while True:
+            attempt += 1
+            job = base if attempt == 1 else f"{base}.{attempt}"
+            try:
+                rep = await _attempt(clients, job, op, files, params, input_path, timeout, live, on_progress)
+            except JobFailed as exc:
+                gone = await _find_lost(clients, exc, live) if _retryable(exc) else []
+                clients = [c for c in clients if all(c is not g for g, _ in gone)]
+                await _abort(clients, job)
+                for c, why in gone:
+                    lost.append({"id": c.worker_id, "addr": c.addr, "attempt": attempt, "reason": why})
+                    logs.event("worker_lost", logging.WARNING, job=job, worker=c.worker_id, reason=why)
+                    await c.close()
+                if exc.exit_code == 2 and attempt > 1:
+                    raise JobFailed(f"{exc} (the input changed while the job was retried)", "cluster") from None
+                if not _retryable(exc):
+                    raise
+                if not clients:
+                    raise JobFailed(f"no workers left after attempt {attempt}: {exc}", "cluster") from None
+                if attempt > max_retries:
+                    raise JobFailed(f"{exc} (gave up after {attempt} attempts; "
+                                    f"lost workers {', '.join(str(x['id']) for x in lost) or 'none'})",
+                                    "cluster") from None
+                logs.event("job_retry", logging.WARNING, job=base, attempt=attempt + 1, workers=len(clients),
+                           error=str(exc))
+                continue
+            except BaseException:
+                await _abort(clients, job)
+                raise
+            rep.job, rep.attempts, rep.lost_workers = base, attempt, lost
+            return rep
     finally:
         for c in clients:
             await c.close()

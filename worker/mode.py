@@ -9,6 +9,7 @@ values and ``tie_count`` says how many there are.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 
 import numpy as np
@@ -26,9 +27,8 @@ DEFAULT_TIE_LIMIT = 10
 MAX_TIE_LIMIT = 100_000   # ties travel in one small message; more than this are counted, not listed
 
 
-def _split(comm: Communicator, sv: np.ndarray, mv: np.ndarray, mc: np.ndarray, cfg: ShuffleConfig):
+def _split(w: int, sv: np.ndarray, mv: np.ndarray, mc: np.ndarray, cfg: ShuffleConfig):
     """Per rank, the blocks of bare values ("s") and of (value, count) pairs ("v", "c") it owns."""
-    w = comm.size
     if cfg.strategy == "gather":
         return [[[sv]] if r == 0 else [] for r in range(w)], [[[mv, mc]] if r == 0 else [] for r in range(w)]
     return partition_blocks(w, sv), partition_blocks(w, mv, mc)
@@ -99,6 +99,32 @@ def best_of(singles: np.ndarray, mvals: np.ndarray, mcounts: np.ndarray, tie_lim
     return {"count": top, "ties": tied[:tie_limit].tolist(), "tie_count": int(len(tied)), "distinct": distinct}
 
 
+def _count_and_pack(w: int, box: list[np.ndarray], combine: str, cfg: ShuffleConfig) -> tuple[list, bool]:
+    """The outgoing chunks per rank, and whether values were counted locally first ("combined")."""
+    values = box.pop()
+    combined = combine == "always" or (combine == "auto" and should_combine(values))
+    if combined:
+        values.sort()          # in place: the data is ours (see jobs.run)
+        uv, uc = run_lengths(values)
+        del values
+        single = uc == 1
+        s_parts, m_parts = _split(w, uv[single], uv[~single], uc[~single], cfg)
+        del uv, uc, single
+    else:                      # ship raw values as "singles"; owners count repeats when they merge
+        none = np.zeros(0, dtype=np.int64)
+        s_parts, m_parts = _split(w, values, none, none, cfg)
+        del values             # the partitions replace it
+    return _pack(s_parts, m_parts, cfg.chunk_bytes), combined
+
+
+def _aggregate(singles: list[np.ndarray], mvals: list[np.ndarray], mcounts: list[np.ndarray], tie_limit: int) -> dict:
+    """This rank's best among the values it owns, from everything the shuffle delivered."""
+    empty = np.zeros(0, dtype=np.int64)
+    return best_of(concat_releasing(singles),
+                   np.concatenate(mvals) if mvals else empty,
+                   np.concatenate(mcounts) if mcounts else empty, tie_limit)
+
+
 def _combine_limit(tie_limit: int):
     def combine(a: dict, b: dict) -> dict:
         if a["count"] != b["count"]:
@@ -115,20 +141,14 @@ async def mode(comm: Communicator, values: np.ndarray, params: dict | None = Non
     tie_limit = min(int(params.get("tie_limit") or DEFAULT_TIE_LIMIT), MAX_TIE_LIMIT)
     phases: dict[str, float] = {}
     t = time.perf_counter()
+    comm.progress.set("count")
     combine = params.get("combine") or "auto"          # "auto" | "always" | "never"
-    combined = combine == "always" or (combine == "auto" and should_combine(values))
-    if combined:
-        values.sort()          # in place: the data is ours (see jobs.run)
-        uv, uc = run_lengths(values)
-        del values
-        single = uc == 1
-        s_parts, m_parts = _split(comm, uv[single], uv[~single], uc[~single], cfg)
-        del uv, uc, single
-    else:                      # ship raw values as "singles"; owners count repeats when they merge
-        none = np.zeros(0, dtype=np.int64)
-        s_parts, m_parts = _split(comm, values, none, none, cfg)
-        del values             # the caller handed us the only reference: the partitions replace it
-    outgoing = _pack(s_parts, m_parts, cfg.chunk_bytes)
+    # The heavy numpy steps run on a thread (numpy lets go of the GIL), so the event
+    # loop keeps answering heartbeats and credits while this worker computes.  The
+    # list hands the thread the only reference to the data, so it can free it early.
+    box = [values]
+    del values
+    outgoing, combined = await asyncio.to_thread(_count_and_pack, comm.size, box, combine, cfg)
     phases["count"] = time.perf_counter() - t
     peaks = {"count": memory.peak_rss_bytes()}
 
@@ -150,15 +170,14 @@ async def mode(comm: Communicator, values: np.ndarray, params: dict | None = Non
     peaks["shuffle"] = memory.peak_rss_bytes()
 
     t = time.perf_counter()
-    empty = np.zeros(0, dtype=np.int64)
-    local = best_of(concat_releasing(singles),
-                    np.concatenate(mvals) if mvals else empty,
-                    np.concatenate(mcounts) if mcounts else empty, tie_limit)
+    comm.progress.set("aggregate")
+    local = await asyncio.to_thread(_aggregate, singles, mvals, mcounts, tie_limit)
     owned = local.pop("distinct")
     phases["aggregate"] = time.perf_counter() - t
     peaks["aggregate"] = memory.peak_rss_bytes()
 
     t = time.perf_counter()
+    comm.progress.set("reduce")
     best = await tree_reduce(comm, local, _combine_limit(tie_limit), "mode.best")
     phases["reduce"] = time.perf_counter() - t
     stats = {"phases": phases, "peak_rss_after": peaks, "distinct_keys": owned, "combined": combined, "chunks_sent": sst.chunks_sent,
