@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 import time
@@ -225,6 +226,9 @@ def _submit(op: str, input_path: str, local_workers: int | None, as_json: bool, 
     assert info is not None
     # Progress goes to stderr only, so stdout holds nothing but the result (one JSON object with --json).
     line = ProgressLine(sys.stderr, op) if progress_enabled(sys.stderr, quiet) else None
+    handler = line.log_handler() if line is not None else None
+    if handler is not None:
+        logging.getLogger("cluster").addHandler(handler)
     try:
         rep = run_async(run_job(info.workers, info.token.encode(), op, input_path, params,
                                 absolute_paths=info.local, timeout=timeout, max_retries=max_retries,
@@ -235,6 +239,7 @@ def _submit(op: str, input_path: str, local_workers: int | None, as_json: bool, 
         fail(str(exc), exc.exit_code)
     finally:
         if line is not None:
+            logging.getLogger("cluster").removeHandler(handler)
             line.close()
         if local_workers is not None:
             launcher.stop(info)

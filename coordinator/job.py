@@ -85,7 +85,10 @@ async def connect_reachable(addrs: list[str], token: bytes, timeout: float = 5.0
     bad = [(i, a, g) for i, (a, g) in enumerate(zip(addrs, got)) if isinstance(g, BaseException)]
     if not clients:
         _, addr, exc = bad[0]
-        why = "wrong cluster token" if isinstance(exc, ProtocolError) else (str(exc) or type(exc).__name__)
+        if isinstance(exc, ProtocolError):
+            raise ClusterUnavailable(f"worker at {addr} refused the handshake ({exc}); check CLUSTER_TOKEN, "
+                                     f"CLUSTER_TOKEN_FILE or the cluster file")
+        why = str(exc) or type(exc).__name__
         raise ClusterUnavailable(f"cannot reach worker at {addr} ({why}); {len(bad)} of {len(addrs)} workers "
                                  f"unreachable. Start a cluster with `cluster up --detach`, or pass --local N")
     lost = []

@@ -5,6 +5,7 @@ uses ``np.frombuffer`` over the received bytes, so the data is not copied again.
 """
 from __future__ import annotations
 
+import re
 from fractions import Fraction
 
 import numpy as np
@@ -14,6 +15,7 @@ import numpy as np
 _ALLOWED = {"<i8", "<u8", "<i4", "<u4", "<i2", "<u2", "|i1", "|u1", "<f8"}
 ARRAY_KEY = "__nd__"
 FRACTION_KEY = "__frac__"   # exact rationals (a median of two middle values) as "num/den" text
+_FRACTION_TEXT = re.compile(r"-?[0-9]+/[0-9]+")
 
 
 def encode_array(a: np.ndarray) -> dict:
@@ -55,6 +57,10 @@ def object_hook(obj: dict):
     if ARRAY_KEY in obj:
         return decode_array(obj)
     if FRACTION_KEY in obj and isinstance(obj[FRACTION_KEY], str) and len(obj[FRACTION_KEY]) < 100:
+        # Only the "num/den" form ``default`` writes: Fraction() itself also reads "1e999999999",
+        # which would make us compute a 10**999999999 (one small frame, even before the handshake).
+        if not _FRACTION_TEXT.fullmatch(obj[FRACTION_KEY]):
+            raise ValueError("bad fraction encoding")
         try:
             return Fraction(obj[FRACTION_KEY])
         except (ValueError, ZeroDivisionError):

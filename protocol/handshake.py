@@ -12,8 +12,8 @@ import hashlib
 import hmac
 import os
 
-from protocol.errors import HandshakeFailed
-from protocol.messages import PROTOCOL_VERSION, make
+from protocol.errors import BadMessage, HandshakeFailed
+from protocol.messages import PROTOCOL_VERSION, make, validate
 
 NONCE_BYTES = 16
 ROLES = ("peer", "coord")
@@ -21,6 +21,22 @@ ROLES = ("peer", "coord")
 
 def _mac(token: bytes, *parts: bytes) -> bytes:
     return hmac.new(token, b"\x00".join(parts), hashlib.sha256).digest()
+
+
+def _check(msg: object, want: str, who: str) -> dict:
+    """``msg`` as a well-formed ``want`` message, or HandshakeFailed: garbage from the other side never
+    escapes as a KeyError or TypeError (a PeerLink catches protocol errors, not those)."""
+    t = msg.get("t") if isinstance(msg, dict) else type(msg).__name__
+    if not isinstance(t, str) or t != want:          # (an ndarray's != is not a bool)
+        raise HandshakeFailed(f"expected {want}, got {t!r}")
+    assert isinstance(msg, dict)
+    v = msg.get("v")
+    if type(v) is not int or v != PROTOCOL_VERSION:
+        raise HandshakeFailed(f"{who} speaks protocol version {v!r}, we speak {PROTOCOL_VERSION}")
+    try:
+        return validate(msg)
+    except BadMessage as exc:
+        raise HandshakeFailed(str(exc)) from None
 
 
 class ServerHandshake:
@@ -36,10 +52,7 @@ class ServerHandshake:
 
     def receive_hello(self, msg: dict) -> dict:
         """Checks the hello; returns the welcome to send, or raises HandshakeFailed."""
-        if msg.get("t") != "hello":
-            raise HandshakeFailed(f"expected hello, got {msg.get('t')!r}")
-        if msg.get("v") != PROTOCOL_VERSION:
-            raise HandshakeFailed(f"peer speaks protocol version {msg.get('v')!r}, we speak {PROTOCOL_VERSION}")
+        _check(msg, "hello", "peer")
         role, pid, cnonce = msg["role"], msg["id"], msg["nonce"]
         if role not in ROLES:
             raise HandshakeFailed(f"unknown role {role!r}")
@@ -62,10 +75,7 @@ class ClientHandshake:
         self._server_nonce: bytes | None = None
 
     def receive_challenge(self, msg: dict) -> dict:
-        if msg.get("t") != "challenge":
-            raise HandshakeFailed(f"expected challenge, got {msg.get('t')!r}")
-        if msg.get("v") != PROTOCOL_VERSION:
-            raise HandshakeFailed(f"server speaks protocol version {msg.get('v')!r}, we speak {PROTOCOL_VERSION}")
+        _check(msg, "challenge", "server")
         self._server_nonce = msg["nonce"]
         mac = _mac(self.token, b"hello", self._server_nonce, self.nonce, self.role.encode(),
                    str(self.client_id).encode())
@@ -73,8 +83,9 @@ class ClientHandshake:
 
     def receive_welcome(self, msg: dict) -> int:
         """Checks the server's proof; returns the server's worker id."""
-        if msg.get("t") != "welcome" or self._server_nonce is None:
-            raise HandshakeFailed(f"expected welcome, got {msg.get('t')!r}")
+        if self._server_nonce is None:
+            raise HandshakeFailed("welcome before the challenge was answered")
+        _check(msg, "welcome", "server")
         expect = _mac(self.token, b"welcome", self.nonce, self._server_nonce, str(msg["id"]).encode())
         if not hmac.compare_digest(expect, msg["mac"]):
             raise HandshakeFailed("server could not prove the cluster token")

@@ -39,6 +39,8 @@ SCHEMA: dict[str, dict[str, tuple]] = {
     "done": {"job": _STR, "stats": _MAP},
     "error": {"job": _STR, "kind": _STR, "message": _STR},
     "aborted": {"job": _STR},
+    # optional, only when the load message asked for it (worker/progress.py); at most a few per second
+    "progress": {"job": _STR, "phase": _STR, "done": _INT, "total": _INT, "bytes": _INT},
     # worker <-> worker: everything inside a job travels as a tagged peer message
     "peer": {"job": _STR, "tag": _STR, "src": _INT, "body": _MAP},
 }
@@ -51,11 +53,14 @@ def make(type_: str, **fields: Any) -> dict:
 
 
 def validate(msg: dict) -> dict:
+    if not isinstance(msg, dict):
+        raise BadMessage(f"message is a {type(msg).__name__}, not a map")
     t = msg.get("t")
     if not isinstance(t, str) or t not in SCHEMA:
         raise BadMessage(f"unknown message type {t!r}")
-    if msg.get("v") != PROTOCOL_VERSION:
-        raise BadMessage(f"protocol version {msg.get('v')!r} is not {PROTOCOL_VERSION}")
+    v = msg.get("v")
+    if type(v) is not int or v != PROTOCOL_VERSION:      # not True, not 1.0: the version is an int
+        raise BadMessage(f"protocol version {v!r} is not {PROTOCOL_VERSION}")
     for field, types in SCHEMA[t].items():
         if field not in msg:
             raise BadMessage(f"{t} message lacks field {field!r}")

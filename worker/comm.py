@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from protocol.frames import decode_body, encode_frame, HEADER
 from protocol.messages import make, validate
 from worker.mailbox import Mailbox
+from worker.progress import Progress
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -46,6 +47,7 @@ class Communicator:
         self.timeout = timeout
         self.mailbox = Mailbox()
         self.stats = CommStats(size)
+        self.progress = Progress()     # ops note their phase here; a worker may report it (worker/progress.py)
         self._seq = 0
 
     def new_tag(self, name: str) -> str:

@@ -7,8 +7,9 @@ buffer that keeps every row's newline, and hands that buffer to
 "file:line: what: text" errors name the row of the CSV file itself.
 
 Which column: ``column`` is ``None`` (the first), a header name, or a 0-based
-index (an ``int`` or a string of digits; a header name that happens to be digits
-wins over the index).  The first row is a header when the chosen field of it
+index (an ``int`` or a string of digits; a header name that happens to be digits,
+such as "2020", wins over the index when the first row holds a field that is no
+number, so it is surely a header).  The first row is a header when the chosen field of it
 does not look like a number (so a bad first value is reported, not skipped), or
 when the column is asked for by name.  Quotes around a field
 are dropped; a comma inside quotes does not split; a newline inside quotes is not
@@ -30,7 +31,6 @@ from worker.errors import InputError
 _BLOCK = 32 << 20                      # cut CSV text into blocks of about this many bytes, at a newline
 _COMMA, _QUOTE, _NL = 44, 34, 10
 _SPACE_BYTES = np.array([32, 9, 13, 10, _QUOTE], dtype=np.uint8)   # bytes that do not make a field non-empty
-_INTEGER = re.compile(rb"\s*[+-]?\d+\s*")
 _NUMBERISH = re.compile(rb"\s*[+-]?[0-9.][0-9.eE+-]*\s*")   # data, even if bad: never taken for a header
 INT64_MAX = 2 ** 63 - 1
 
@@ -77,8 +77,10 @@ def _choose_column(first: bytes, column: Column, name: str) -> tuple[int, bool]:
             raise InputError(f"{name}:1: no column named {column!r} in the header: {shown!r}")
         return fields.index(want), True
     if isinstance(column, str):
+        # Digits name a header column ("2020") only in a row that is surely a header (a non-empty field
+        # that is no number); in a row of data, "1" is a value and the digits are an index.
         want = column.strip().encode()
-        if want in fields and not _INTEGER.fullmatch(want):
+        if want in fields and any(f and not _NUMBERISH.fullmatch(f) for f in fields):
             return fields.index(want), True
         column = int(column)
     idx = 0 if column is None else int(column)

@@ -42,7 +42,8 @@ def read_npy(path: Path) -> np.ndarray:
         raise InputError(f"{path}: no such file") from None
     except PermissionError:
         raise InputError(f"{path}: permission denied") from None
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, MemoryError) as exc:
+        # MemoryError: a truncated or forged header that claims far more values than the file holds.
         raise InputError(f"{path}: not a readable .npy file ({_short(exc)})") from None
     if a.dtype.kind not in "iu":
         raise InputError(f"{path}: .npy holds {a.dtype} values, expected an integer dtype")
@@ -196,14 +197,18 @@ def list_shards(path: str) -> list[str]:
     import glob
     p = Path(path)
     if any(ch in path for ch in "*?["):
-        files = sorted(f for f in glob.glob(path, recursive=True) if Path(f).is_file())
+        found = sorted(glob.glob(path, recursive=True))
+        _refuse_special([Path(f) for f in found])
+        files = [f for f in found if Path(f).is_file()]
         if not files:
             raise InputError(f"{path}: the pattern matches no files")
     elif p.is_dir():
         try:
-            files = sorted(str(f) for f in p.iterdir() if f.is_file() and f.suffix.lower() in SUFFIXES)
+            entries = sorted(f for f in p.iterdir() if f.suffix.lower() in SUFFIXES)
         except PermissionError:
             raise InputError(f"{path}: permission denied") from None
+        _refuse_special(entries)
+        files = [str(f) for f in entries if f.is_file()]
         if not files:
             raise InputError(f"{path}: directory holds no shard files ({_EXPECTED[9:]})")
     elif p.is_file():
@@ -216,3 +221,14 @@ def list_shards(path: str) -> list[str]:
     if wrong:
         raise InputError(f"{wrong[0]}: unsupported file type ({_EXPECTED})")
     return files
+
+
+def _refuse_special(entries: list[Path]) -> None:
+    """A shard that is neither a regular file nor a directory is an error, not skipped: silently
+    dropping a dangling symlink's data would give a wrong answer, and a FIFO would block its reader."""
+    for f in entries:
+        if f.is_file() or f.is_dir():
+            continue
+        if f.is_symlink():
+            raise InputError(f"{f}: broken symbolic link (its target does not exist or loops)")
+        raise InputError(f"{f}: not a regular file (a FIFO, socket or device)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,14 +18,20 @@ from worker.errors import InputError, JobError
 from worker.inputs import read_shard
 from worker.ops import OPS
 from worker.peers import PeerLink, TcpComm
+from worker.progress import Progress, reporting
 
 
 def resolve(path: str, root: str) -> str:
     return path if os.path.isabs(path) else os.path.join(root, path)
 
 
-def load_files(files: list[str], root: str, column: str | int | None = None) -> np.ndarray:
-    arrays = [read_shard(resolve(f, root), column) for f in files]
+def load_files(files: list[str], root: str, column: str | int | None = None,
+               progress: Progress | None = None) -> np.ndarray:
+    arrays = []
+    for f in files:
+        arrays.append(read_shard(resolve(f, root), column))
+        if progress is not None:
+            progress.done = len(arrays)      # read by the ticker on the event loop's thread
     if not arrays:
         return np.zeros(0, dtype=np.int64)
     return np.concatenate(arrays) if len(arrays) > 1 else arrays[0]   # readers return arrays we own
@@ -40,6 +47,8 @@ class Job:
     load_seconds: float = 0.0
     early: list = field(default_factory=list)   # peer messages that beat our own "run"
     column: str | int | None = None             # the column of .csv/.parquet shards (load message)
+    report: Callable[[dict], None] | None = None  # sends a message to the coordinator (progress)
+    progress_interval: float | None = None      # seconds between progress messages; None: send none
 
     def take_values(self) -> np.ndarray:
         values, self.values = self.values, None
@@ -51,7 +60,10 @@ async def load(job: Job, root: str) -> int:
     memory.release()
     memory.reset_peak()        # the job's peak starts here (loading included)
     t = time.perf_counter()
-    job.values = await asyncio.to_thread(load_files, job.files, root, job.column)
+    progress = Progress("load")
+    progress.total = len(job.files)
+    async with reporting(job.id, progress, job.report, job.progress_interval):
+        job.values = await asyncio.to_thread(load_files, job.files, root, job.column, progress)
     job.load_seconds = time.perf_counter() - t
     logs.event("job_loaded", job=job.id, files=len(job.files), values=len(job.values),
                seconds=round(job.load_seconds, 3))
@@ -81,9 +93,11 @@ async def run(job: Job, comm: TcpComm, op: str, params: dict) -> dict:
         if p != my_id:
             links[p].peak_queued_bytes = links[p].queued_bytes
     t = time.perf_counter()
-    # The op gets the only reference to the data (no local name here), so it can free it early.
-    result, opstats = await OPS[op](comm, job.take_values(), params)
     cs = comm.stats
+    comm.progress.set(op)      # the op names its phases as it goes (count, shuffle, select, ...)
+    async with reporting(job.id, comm.progress, job.report, job.progress_interval, lambda: sum(cs.bytes_sent)):
+        # The op gets the only reference to the data (no local name here), so it can free it early.
+        result, opstats = await OPS[op](comm, job.take_values(), params)
     stats = {
         "id": my_id, "rank": comm.rank, "values": n, "files": len(job.files),
         "seconds": time.perf_counter() - t, "load_seconds": job.load_seconds,

@@ -1,6 +1,7 @@
 """Structured logs: one line per event, ``key=value`` pairs, always with the worker id (and job id when there is one)."""
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -28,5 +29,8 @@ def event(name: str, level: int = logging.INFO, **kv: object) -> None:
 
 
 def _fmt(v: object) -> str:
+    """A bare word, or a JSON string when the text could break the line or the key=value split."""
     s = str(v)
-    return repr(s) if (" " in s or not s) else s
+    if not s or any(c.isspace() or c in "\"'=" for c in s):
+        return json.dumps(s)
+    return s

@@ -117,6 +117,8 @@ async def select_ranks(comm: Communicator, values: np.ndarray, ranks: list[int],
         if not windows:
             return (found if comm.rank == 0 else None), rounds
         rounds += 1
+        p = comm.progress          # "round n of ~m": rank 0 refines the estimate below
+        p.set("select", rounds, p.total if p.phase == "select" else 0)
         parts = [_in_window(data, is_sorted, lo, hi) for lo, hi in windows]
         if rounds > 1 and not is_sorted:          # the windows are narrow now: keep and sort just them
             data = np.sort(np.concatenate(parts))
@@ -128,6 +130,9 @@ async def select_ranks(comm: Communicator, values: np.ndarray, ranks: list[int],
         else:
             smp = [_random_sample(p, first_samples, rng) for p in parts]
         got = await tree_reduce(comm, {"s": smp, "m": [len(p) for p in parts]}, _cat, "median.samples")
+        if comm.rank == 0:
+            p.total = estimate_rounds(rounds, max(got["m"]), comm.size, samples, gather_limit, first_samples,
+                                      not is_sorted)
         # 3. pivots, or a request to gather small windows
         plan = None
         if comm.rank == 0:
@@ -153,6 +158,28 @@ async def select_ranks(comm: Communicator, values: np.ndarray, ranks: list[int],
         summed = await tree_reduce(comm, reply, _sum_counts, "median.counts")
         if comm.rank == 0:
             _narrow(state, found, windows, plan, summed)
+
+
+def estimate_rounds(done: int, window: int, size: int, samples: int, gather_limit: int, first_samples: int,
+                    bracketing: bool) -> int:
+    """A guess at the rounds the selection takes, from the largest open window: for progress display only.
+
+    A gathering round is the last; a bracketing round keeps about 2 * 3 sigma of a
+    ``size * first_samples`` sample; a many-pivot round cuts a window by about
+    half the number of pivots (``size * samples``).
+    """
+    if window <= gather_limit:
+        return done
+    if bracketing:
+        n = max(1, min(window, size * first_samples))
+        window = int(window * 2 * (BRACKET_SIGMAS * np.sqrt(n) + 1) / n)
+    else:
+        window = 2 * window // max(1, size * samples)
+    more = 1
+    while window > gather_limit and more < 64:
+        window = 2 * window // max(4, size * samples)
+        more += 1
+    return done + more
 
 
 def _bracket(sample: np.ndarray, m: int, r_min: int, r_max: int) -> np.ndarray:

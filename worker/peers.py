@@ -11,7 +11,7 @@ import asyncio
 from collections import deque
 from typing import Callable
 
-from protocol.errors import ProtocolError
+from protocol.errors import HandshakeFailed, ProtocolError
 from protocol.frames import FrameDecoder, encode_frame
 from protocol.handshake import ClientHandshake
 from worker import logs
@@ -57,7 +57,13 @@ async def client_connect(addr: str, token: bytes, role: str, my_id: int, timeout
         frames = FrameReader(reader, max_frame)
         hs = ClientHandshake(token, role, my_id)
         writer.write(encode_frame(hs.receive_challenge(await frames.next(timeout))))
-        server_id = hs.receive_welcome(await frames.next(timeout))
+        try:
+            welcome = await frames.next(timeout)
+        except ConnectionError:
+            # Workers close without a word on a bad proof: the likeliest cause is the token.
+            raise HandshakeFailed(f"{addr} closed the connection after our hello "
+                                  f"(wrong cluster token or protocol version?)") from None
+        server_id = hs.receive_welcome(welcome)
     except BaseException:
         writer.close()
         raise

@@ -18,7 +18,7 @@ from protocol.errors import HandshakeFailed, ProtocolError
 from protocol.frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 from protocol.handshake import ServerHandshake
 from protocol.messages import PROTOCOL_VERSION, make, validate
-from worker import jobs, logs, memory
+from worker import jobs, logs, memory, progress
 from worker.errors import JobError, PeerFailure
 from worker.peers import PeerLink, parse_addr
 
@@ -143,6 +143,8 @@ class WorkerServer:
             return
         job_id = msg["job"]
         if t == "abort":
+            if job_id in self.jobs:
+                logs.event("job_aborted", job=job_id)
             self._drop(job_id, JobError("aborted by the coordinator"))
             reply(make("aborted", job=job_id))
             return
@@ -150,7 +152,8 @@ class WorkerServer:
             if t == "load":
                 if job_id in self.jobs or job_id in self.finished:
                     raise JobError(f"job {job_id} already exists on worker {self.id}")
-                job = jobs.Job(job_id, [str(f) for f in msg["files"]], column=_column(msg.get("column")))
+                job = jobs.Job(job_id, [str(f) for f in msg["files"]], column=_column(msg.get("column")),
+                               report=reply, progress_interval=progress.interval_from(msg.get("progress")))
                 job.task = asyncio.current_task()      # an abort during the load cancels it
                 self.jobs[job_id] = job
                 conn.watch_job(job_id, msg.get("dead_after"))

@@ -116,6 +116,7 @@ async def shuffle(comm: Communicator, outgoing: list[list[Piece]], consume: Cons
     assert len(outgoing) == comm.size
     tag = comm.new_tag("shuffle")
     st = ShuffleStats()
+    comm.progress.set("shuffle", 0, sum(len(c) for d, c in enumerate(outgoing) if d != comm.rank))
     mine = outgoing[comm.rank]
     for i in range(len(mine)):
         piece, mine[i] = mine[i], None
@@ -208,6 +209,7 @@ async def _stream(comm: Communicator, rtag: str, dest: int, pieces: list[Piece],
         p, pieces[i] = pieces[i], None       # sent chunks are dropped: memory falls as the shuffle goes
         await comm.send(dest, rtag, {"k": "chunk", "p": p, "last": i == last})
         st.chunks_sent += 1
+        comm.progress.done = st.chunks_sent      # an attribute write: the ticker samples it
 
 
 async def _naive_sender(comm: Communicator, tag: str, outgoing: list[list[Piece]], st: ShuffleStats) -> None:
@@ -267,6 +269,7 @@ async def _credit_sender(comm: Communicator, tag: str, outgoing: list[list[Piece
                 piece, pieces[i] = pieces[i], None   # sent chunks are dropped: memory falls as the shuffle goes
                 await comm.send(active, rtag, {"k": "chunk", "p": piece, "last": i == len(pieces) - 1})
                 st.chunks_sent += 1
+                comm.progress.done = st.chunks_sent
                 cursor[active] = i + 1
                 credit[active] -= 1
     st.send_seconds = time.perf_counter() - t0

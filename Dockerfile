@@ -1,0 +1,28 @@
+# The worker image: `docker compose up -d` runs ten of these (docker-compose.yml, README "Docker compose").
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Only what the distribution is built from (pyproject names README.md as its readme).
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY protocol/ protocol/
+COPY worker/ worker/
+COPY coordinator/ coordinator/
+COPY cluster/ cluster/
+RUN pip install . && rm -rf /src
+
+# A numeric, non-root user: `USER 10001` is verifiably not root (Kubernetes runAsNonRoot) and
+# needs no name lookup.  /data is where relative input paths resolve (`--root /data`);
+# compose mounts the host's ./shards read-only at /data/shards.
+RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /data cluster \
+ && mkdir -p /data/shards
+WORKDIR /data
+USER 10001:10001
+
+EXPOSE 7000
+ENTRYPOINT ["cluster"]
+CMD ["worker", "--help"]
