@@ -92,7 +92,8 @@ def _running(info: ClusterInfo) -> bool:
 @main.command()
 @click.option("--workers", type=int, default=10, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--base-port", type=int, default=7000, show_default=True)
+@click.option("--base-port", type=int, default=7000, show_default=True, envvar="CLUSTER_BASE_PORT",
+              help="Workers listen on BASE..BASE+N-1 (env CLUSTER_BASE_PORT).")
 @click.option("--detach", is_flag=True, help="Start the workers in the background and return.")
 @click.option("--cluster-file", type=click.Path(dir_okay=False), help="Where to record the cluster.")
 @click.option("--log-dir", type=click.Path(file_okay=False), help="Worker logs (default: a temporary directory).")

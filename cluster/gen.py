@@ -46,9 +46,10 @@ def generate(n: int, shards: int, dist: str, seed: int) -> list[np.ndarray]:
     return list(np.array_split(vals, shards))
 
 
-def write_shards(parts: list[np.ndarray], out: Path, fmt: str) -> list[Path]:
+def write_shards(parts: list[np.ndarray], out: str | Path, fmt: str) -> list[Path]:
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}")
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     width = len(str(len(parts) - 1))
     paths = []
