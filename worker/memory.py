@@ -12,6 +12,8 @@ import ctypes
 import ctypes.util
 import resource
 
+import numpy as np
+
 _libc = None
 
 
@@ -62,3 +64,15 @@ def fixed_mmap_threshold(nbytes: int = 512 * 1024) -> bool:
     """
     lib = _lib()
     return bool(lib and hasattr(lib, "mallopt") and lib.mallopt(M_MMAP_THRESHOLD, nbytes))
+
+
+def concat_releasing(arrays: list[np.ndarray]) -> np.ndarray:
+    """np.concatenate that empties the list as it copies, so the peak is the result plus one piece, not twice the data."""
+    out = np.empty(sum(len(a) for a in arrays), dtype=np.int64)
+    pos = 0
+    arrays.reverse()
+    while arrays:
+        a = arrays.pop()
+        out[pos:pos + len(a)] = a
+        pos += len(a)
+    return out

@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from worker import memory
+from worker.memory import concat_releasing
 from worker.collectives import tree_reduce
 from worker.comm import Communicator
 from worker.counting import repeated_runs, run_lengths, sum_by_value
@@ -45,18 +46,6 @@ def _pack(s_parts: list, m_parts: list, chunk_bytes: int) -> list[list[dict]]:
     return out
 
 
-def concat_releasing(arrays: list[np.ndarray]) -> np.ndarray:
-    """np.concatenate that empties the list as it copies, so the peak is the result plus one piece, not twice the data."""
-    out = np.empty(sum(len(a) for a in arrays), dtype=np.int64)
-    pos = 0
-    arrays.reverse()
-    while arrays:
-        a = arrays.pop()
-        out[pos:pos + len(a)] = a
-        pos += len(a)
-    return out
-
-
 def should_combine(values: np.ndarray) -> bool:
     """Local counting costs a sort; it pays only when values repeat.  A random sample tells.
 
@@ -68,7 +57,7 @@ def should_combine(values: np.ndarray) -> bool:
     rng = np.random.default_rng(len(values))
     sample = values[rng.choice(len(values), COMBINE_SAMPLE, replace=False)]
     distinct = len(run_lengths(np.sort(sample))[0])
-    return distinct < COMBINE_BELOW * COMBINE_SAMPLE
+    return distinct < COMBINE_BELOW * len(sample)
 
 
 def best_of(singles: np.ndarray, mvals: np.ndarray, mcounts: np.ndarray, tie_limit: int) -> dict:
