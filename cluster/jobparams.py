@@ -5,14 +5,10 @@ spells it (``--fan-in``); the CLI prints it and exits 2, the API raises it.
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
 TIES = ("smallest", "all")
 EVEN = ("mean", "lower", "upper")
-# A plain decimal, optionally with a small exponent: workers read it with Fraction(), which would spend
-# hours building 10**999999999 for "1e-999999999" (a number float() happily reads as 0.0).
-_QUANTILE = re.compile(r"[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?")
 
 
 def _column(column: str | int | None) -> str | int | None:
@@ -50,10 +46,12 @@ def median_params(even: str = "mean", quantiles: str | Iterable[float | str] | N
     if quantiles:
         items = quantiles.split(",") if isinstance(quantiles, str) else list(quantiles)
         qs = [str(q).strip() for q in items if str(q).strip()]
+        from worker.errors import UsageError
+        from worker.median import parse_quantile   # the workers' own check (they re-check what they get)
         try:
-            if not all(len(q) <= 40 and _QUANTILE.fullmatch(q) and 0 <= float(q) <= 1 for q in qs):
-                raise ValueError
-        except ValueError:
+            for q in qs:
+                parse_quantile(q)
+        except UsageError:
             raise ValueError(f"--quantiles: {quantiles!r} is not a list of numbers between 0 and 1") from None
         params["quantiles"] = qs
     if column is not None:

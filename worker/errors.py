@@ -17,3 +17,8 @@ class EmptyDataset(InputError):
 class PeerFailure(JobError):
     """A peer could not be reached or went silent past a deadline (exit 1 at the CLI)."""
     kind = "peer"
+
+
+class UsageError(JobError):
+    """Job parameters that make no sense (exit 2 at the CLI, like bad input)."""
+    kind = "usage"

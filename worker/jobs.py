@@ -47,6 +47,7 @@ class Job:
     task: asyncio.Task | None = None
     load_seconds: float = 0.0
     early: list = field(default_factory=list)   # peer messages that beat our own "run"
+    early_bytes: int = 0
     column: str | int | None = None             # the column of .csv/.parquet shards (load message)
     report: Callable[[dict], None] | None = None  # sends a message to the coordinator (progress)
     progress_interval: float | None = None      # seconds between progress messages; None: send none

@@ -25,6 +25,7 @@ mean of two middle values is exact at the int64 edges.
 """
 from __future__ import annotations
 
+import re
 import time
 from fractions import Fraction
 
@@ -32,7 +33,7 @@ import numpy as np
 
 from worker.collectives import broadcast, tree_reduce
 from worker.comm import Communicator
-from worker.errors import EmptyDataset
+from worker.errors import EmptyDataset, UsageError
 
 DEFAULT_SAMPLES = 128          # regular samples per rank per window in the later rounds
 FIRST_SAMPLES = 1024           # random samples per rank in the first (bracketing) round
@@ -257,9 +258,25 @@ async def median(comm: Communicator, values: np.ndarray, params: dict | None = N
     return result, stats
 
 
+# A plain decimal, optionally with a small exponent.  Checked before Fraction() reads it:
+# Fraction("1e-999999999") would spend hours building 10**999999999.
+_QUANTILE = re.compile(r"[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?")
+
+
+def parse_quantile(q: object) -> Fraction:
+    """A quantile as an exact fraction in [0, 1]; anything else is a UsageError (exit 2 at the CLI)."""
+    text = str(q).strip()
+    if isinstance(q, (str, int, float)) and not isinstance(q, bool) and len(text) <= 40 \
+            and _QUANTILE.fullmatch(text):
+        f = Fraction(text)
+        if 0 <= f <= 1:
+            return f
+    raise UsageError(f"quantile {text[:40]!r} is not a number between 0 and 1")
+
+
 def _q_ranks(q: float | str, n: int) -> tuple[int, int, Fraction]:
     """numpy's default (linear) quantile: position q * (n - 1), between ranks floor and ceil."""
-    pos = Fraction(str(q)) * (n - 1)
+    pos = parse_quantile(q) * (n - 1)
     lo = int(pos)
     return lo, min(lo + 1, n - 1) if pos != lo else lo, pos - lo
 

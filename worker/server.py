@@ -24,6 +24,7 @@ from worker.peers import PeerLink, parse_addr
 
 HANDSHAKE_TIMEOUT = 5.0
 PRE_AUTH_MAX_FRAME = 4096
+EARLY_LIMIT_BYTES = 1 << 30   # what peers may send a job before its own "run" arrives here
 # A coordinator pings every worker during its jobs (coordinator/job.py); a worker whose
 # coordinator stays silent this long (unless the load message says otherwise) drops its jobs.
 COORDINATOR_SILENCE = 10.0
@@ -129,6 +130,13 @@ class WorkerServer:
             if job is None and msg["job"] not in self.finished:
                 logs.event("drop_unknown_job", logging.DEBUG, job=msg["job"], peer=peer_id)
             if job is not None:
+                # Under credit flow control a peer sends only asks and small collective messages
+                # before our "run" (data needs our credits); --shuffle naive may send data early.
+                # Beyond this bound it is a misbehaving peer, not a slow start.
+                job.early_bytes += nbytes
+                if job.early_bytes > EARLY_LIMIT_BYTES:
+                    raise ProtocolError(f"worker {peer_id} sent over {EARLY_LIMIT_BYTES >> 20} MiB for job "
+                                        f"{msg['job']} before it started here")
                 job.early.append((peer_id, msg, nbytes))
             return
         comm = job.comm
