@@ -127,21 +127,23 @@ def alive(pid: int) -> bool:
 
 def stop(info: ClusterInfo, timeout: float = 10.0) -> list[int]:
     """SIGTERM every worker, SIGKILL what is still there after ``timeout``; returns the pids that needed SIGKILL."""
-    for pid in info.pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(alive(p) for p in info.pids):
-        time.sleep(0.05)
-    killed = [p for p in info.pids if alive(p)]
-    for pid in killed:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    for pid in killed:
-        while alive(pid):
-            time.sleep(0.02)
+    return terminate(info.pids, timeout)
+
+
+def terminate(pids: list[int], grace: float = 10.0) -> list[int]:
+    """SIGTERM, then SIGKILL what is left after ``grace`` (and wait for it); returns the pids that needed SIGKILL."""
+    _signal_and_wait(pids, signal.SIGTERM, grace)
+    killed = [p for p in pids if alive(p)]
+    _signal_and_wait(killed, signal.SIGKILL, grace)
     return killed
+
+
+def _signal_and_wait(pids: list[int], sig: int, grace: float) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.02)

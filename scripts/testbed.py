@@ -54,6 +54,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from cluster import launcher  # noqa: E402
+from cluster.config import ClusterInfo  # noqa: E402
 from coordinator.job import ping_all  # noqa: E402
 
 PREFIX = "sbed"
@@ -111,40 +113,9 @@ def ns_pids(ns: str) -> list[int]:
     return [int(x) for x in out.split() if x.isdigit()]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # our own zombie counts as gone
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return True
-
-
-def kill_all(pids: list[int], grace: float = 5.0) -> list[int]:
-    """SIGTERM, then SIGKILL what is left after ``grace``; returns the pids that needed SIGKILL."""
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.05)
-    stubborn = [p for p in pids if _alive(p)]
-    for pid in stubborn:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for p in stubborn):
-        time.sleep(0.02)
-    return stubborn
+# One way to tell a live process and to stop a group of them, shared with the local launcher.
+_alive = launcher.alive
+kill_all = launcher.terminate
 
 
 def _sync(coro):
@@ -380,20 +351,11 @@ class TestBed:
                                                    stderr=log, start_new_session=True))
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.ready_timeout
-        while True:
-            for i, p in enumerate(self.procs):
-                if p.poll() is not None:
-                    raise BedError(f"worker {i} in {self.ns(i)} exited with status {p.returncode}; "
-                                   f"see {self.log_dir}/worker{i}.log")
-            rows = self.ping(timeout=1.0)
-            down = [r for r in rows if not r["up"]]
-            if not down:
-                return
-            if time.monotonic() > deadline:
-                raise BedError(f"worker at {down[0]['addr']} did not answer within {self.ready_timeout:g}s "
-                               f"({down[0].get('error')}); logs in {self.log_dir}")
-            time.sleep(0.2)
+        info = ClusterInfo(workers=self.addrs, token=self.token, log_dir=str(self.log_dir))
+        try:
+            launcher.wait_ready(info, self.ready_timeout, self.procs)
+        except launcher.LaunchError as exc:
+            raise BedError(f"{exc} (hosts {self.ns(0)}..{self.ns(self.hosts - 1)})") from None
 
     def ping(self, timeout: float = 2.0) -> list[dict]:
         """``coordinator.job.ping_all`` from the root namespace: one row per host, up or not."""

@@ -68,6 +68,18 @@ def ref_mode(values: np.ndarray) -> tuple[int, int, list[int]]:
     return ties[0], top, ties
 
 
+def shard_files(out: Path, rows: int, shards: int, seed: int) -> tuple[Path, dict]:
+    """The problem's dataset as .npy shards in ``out``, with the reference answers (numpy, one sort)."""
+    from cluster.gen import generate, write_shards
+    parts = generate(rows, shards, "unique-dup", seed=seed)
+    write_shards(parts, out, "npy")
+    s = np.sort(np.concatenate(parts))
+    u, c = np.unique(s, return_counts=True)
+    n = len(s)
+    return out, {"mode": (int(u[c == c.max()].min()), int(c.max())),
+                 "median": (int(s[(n - 1) // 2]), int(s[n // 2]))}
+
+
 @pytest.fixture
 def cluster_env(tmp_path, monkeypatch):
     """An isolated cluster file for CLI tests."""

@@ -12,13 +12,12 @@ import random
 import signal
 import time
 
-import numpy as np
 import pytest
 
 from cluster import launcher
-from cluster.gen import generate, write_shards
 from coordinator.job import JobFailed, ping_all, run_job
 from coordinator.liveness import Liveness
+from tests.conftest import shard_files
 
 WORKERS = 10
 ROWS = 1_500_000
@@ -28,15 +27,7 @@ LIVE = Liveness(heartbeat=0.5, dead_after=3.0)
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    parts = generate(ROWS, WORKERS, "unique-dup", seed=11)
-    out = tmp_path_factory.mktemp("faultshards")
-    write_shards(parts, out, "npy")
-    values = np.concatenate(parts)
-    u, c = np.unique(values, return_counts=True)
-    s = np.sort(values)
-    n = len(s)
-    return out, {"mode": (int(u[c == c.max()].min()), int(c.max())),
-                 "median": (int(s[(n - 1) // 2]), int(s[n // 2]))}
+    return shard_files(tmp_path_factory.mktemp("faultshards"), ROWS, WORKERS, seed=11)
 
 
 @pytest.fixture(scope="module")

@@ -97,8 +97,8 @@ def test_empty_and_header_only_files_hold_no_values():
 
 
 def test_errors_in_late_blocks_count_lines_from_the_top(monkeypatch):
-    import worker.formats as formats
-    monkeypatch.setattr(formats, "_BLOCK", 64)
+    import worker.inputs as inputs
+    monkeypatch.setattr(inputs, "_BLOCK", 64)   # the CSV reader cuts text with inputs.line_blocks
     rows = "".join(f"{i},{i * 7}\n" for i in range(200))
     assert csv("a,b\n" + rows, "b") == [i * 7 for i in range(200)]
     with pytest.raises(InputError, match=r"^f.csv:202: "):

@@ -13,15 +13,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import testbed  # noqa: E402
 
-from cluster.gen import generate, write_shards  # noqa: E402
 from coordinator.job import run_job  # noqa: E402
 from coordinator.liveness import Liveness  # noqa: E402
+from tests.conftest import shard_files  # noqa: E402
 
 pytestmark = pytest.mark.netns
 _OK, _WHY = testbed.available()
@@ -44,12 +43,8 @@ def bed():
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    parts = generate(ROWS, HOSTS, "unique-dup", seed=5)
-    out = tmp_path_factory.mktemp("cutshards")
-    write_shards(parts, out, "npy")
-    values = np.concatenate(parts)
-    u, c = np.unique(values, return_counts=True)
-    return out, (int(u[c == c.max()].min()), int(c.max()))
+    path, ref = shard_files(tmp_path_factory.mktemp("cutshards"), ROWS, HOSTS, seed=5)
+    return path, ref["mode"]
 
 
 def _job(bed, path):

@@ -27,28 +27,14 @@ from pathlib import Path
 import numpy as np
 
 from worker.errors import InputError
+from worker.inputs import line_blocks, parse_text, read_bytes
 
-_BLOCK = 32 << 20                      # cut CSV text into blocks of about this many bytes, at a newline
 _COMMA, _QUOTE, _NL = 44, 34, 10
 _SPACE_BYTES = np.array([32, 9, 13, 10, _QUOTE], dtype=np.uint8)   # bytes that do not make a field non-empty
 _NUMBERISH = re.compile(rb"\s*[+-]?[0-9.][0-9.eE+-]*\s*")   # data, even if bad: never taken for a header
 INT64_MAX = 2 ** 63 - 1
 
 Column = str | int | None
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory") from None
-    except PermissionError:
-        raise InputError(f"{path}: permission denied") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 # -- CSV -------------------------------------------------------------------------------------
@@ -150,28 +136,18 @@ def _extract_block(block: np.ndarray, idx: int, skip_first_row: bool, name: str,
 
 def parse_csv(raw: bytes, column: Column = None, name: str = "<csv>") -> np.ndarray:
     """The integers of one column of CSV text (see the module docstring for the rules)."""
-    from worker.inputs import parse_text
     if raw.startswith(b"\xef\xbb\xbf"):        # a UTF-8 byte order mark (spreadsheets write one)
         raw = b"   " + raw[3:]
     if not raw.strip():
         return np.zeros(0, dtype=np.int64)
     end1 = raw.find(b"\n")
     idx, header = _choose_column(raw[: end1 if end1 >= 0 else len(raw)], column, name)
-    pieces, start, line0 = [], 0, 1
-    while start < len(raw):
-        end = min(len(raw), start + _BLOCK)
-        if end < len(raw):
-            nl = raw.rfind(b"\n", start, end)
-            end = nl + 1 if nl >= start else (raw.find(b"\n", end) + 1 or len(raw))
-        block = np.frombuffer(raw, dtype=np.uint8, count=end - start, offset=start)
-        pieces.append(_extract_block(block, idx, header and start == 0, name, line0))
-        line0 += int(np.count_nonzero(block == _NL))
-        start = end
+    pieces = [_extract_block(block, idx, header and line0 == 1, name, line0) for block, line0 in line_blocks(raw)]
     return parse_text(np.concatenate(pieces).tobytes(), name)
 
 
 def read_csv(path: Path, column: Column = None) -> np.ndarray:
-    return parse_csv(_read_bytes(path), column, str(path))
+    return parse_csv(read_bytes(path), column, str(path))
 
 
 # -- Parquet --------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ tokens of equal length.  A violation raises ``InputError`` naming file and line.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -59,9 +60,14 @@ def _short(exc: BaseException) -> str:
 
 
 def read_txt(path: Path) -> np.ndarray:
+    return parse_text(read_bytes(path), str(path))
+
+
+def read_bytes(path: Path) -> bytes:
+    """A whole shard file, with its failures as one-line input errors naming it."""
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            return f.read()
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -70,12 +76,13 @@ def read_txt(path: Path) -> np.ndarray:
         raise InputError(f"{path}: permission denied") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({_short(exc)})") from None
-    return parse_text(raw, str(path))
 
 
-def parse_text(raw: bytes, name: str = "<text>") -> np.ndarray:
-    """All integers of a text, one per line; errors name the 1-based line."""
-    out = []
+def line_blocks(raw: bytes) -> Iterator[tuple[np.ndarray, int]]:
+    """``raw`` as uint8 views of about ``_BLOCK`` bytes cut after a newline, each with its first line's number.
+
+    Block-wise work keeps the parser's temporaries at block size, not file size.
+    """
     start, line0 = 0, 1
     while start < len(raw):
         end = min(len(raw), start + _BLOCK)
@@ -83,9 +90,14 @@ def parse_text(raw: bytes, name: str = "<text>") -> np.ndarray:
             nl = raw.rfind(b"\n", start, end)
             end = nl + 1 if nl >= start else (raw.find(b"\n", end) + 1 or len(raw))
         block = np.frombuffer(raw, dtype=np.uint8, count=end - start, offset=start)
-        out.append(_parse_block(block, name, line0))
+        yield block, line0
         line0 += int(np.count_nonzero(block == 10))
         start = end
+
+
+def parse_text(raw: bytes, name: str = "<text>") -> np.ndarray:
+    """All integers of a text, one per line; errors name the 1-based line."""
+    out = [_parse_block(block, name, line0) for block, line0 in line_blocks(raw)]
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
