@@ -234,7 +234,7 @@ def run_broken(tmp_path: Path, text: str, env: dict | None = None, rows: int = 2
     make_dir(tmp_path, text, rows)
     with pytest.raises((cn.BedError, cn.ComposeError)) as info:
         proj = cn.load_project(tmp_path / "docker-compose.yml", env or env_for(tmp_path / "docker-compose.yml"))
-        cn.run_project(proj, ("mode",), ready_timeout=30, job_timeout=15, log_dir=str(tmp_path / "logs"))
+        cn.run_project(proj, ("mode",), ready_timeout=180, job_timeout=60, log_dir=str(tmp_path / "logs"))
     return str(info.value)
 
 
@@ -244,7 +244,7 @@ def test_compose_file_runs_mode_and_median_exactly(tmp_path, beds):
     values = make_dir(tmp_path, COMPOSE.read_text(), 200_000)
     proj = cn.load_project(tmp_path / "docker-compose.yml", env_for(tmp_path / "docker-compose.yml"))
     assert not proj.warnings
-    with cn.ComposeBed(proj, log_dir=str(tmp_path / "logs"), ready_timeout=60) as bed:
+    with cn.ComposeBed(proj, log_dir=str(tmp_path / "logs"), ready_timeout=180) as bed:
         # each service runs as the image's non-root user
         for p in bed.procs:
             uids = next(ln for ln in Path(f"/proc/{p.pid}/status").read_text().splitlines() if ln.startswith("Uid"))
@@ -340,10 +340,12 @@ def test_interrupted_run_leaves_nothing(tmp_path, sig):
     with open(err, "w") as f:
         p = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "compose_netns.py"), "run", "-f",
                               str(tmp_path / "docker-compose.yml"), "--free-ports", "--random-token",
-                              "--ready-timeout", "60", "--log-dir", str(tmp_path / "logs")],
+                              # Far beyond the test's own wait: the signal, not this timeout, must end the run
+                              # (a fresh clone's workers, as uid 10001, compile every module at start-up).
+                              "--ready-timeout", "600", "--log-dir", str(tmp_path / "logs")],
                              stdout=subprocess.DEVNULL, stderr=f, stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         listening = 0
         while time.monotonic() < deadline and listening < 10 and p.poll() is None:
             time.sleep(0.2)
