@@ -442,6 +442,9 @@ class TestBed:
 
 # -- CLI ---------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
+    # Ctrl-C must tear the bed down even when we were started with SIGINT ignored (a background
+    # job of a non-interactive shell, as CI may start us): Python then leaves it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("check", help="say whether beds can be built here")
