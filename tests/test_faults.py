@@ -53,6 +53,13 @@ def _check(op: str, result: dict, ref) -> None:
         assert (result["lower"], result["upper"]) == ref
 
 
+def _wait_gone(pid: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while launcher.alive(pid):
+        assert time.monotonic() < deadline, f"pid {pid} outlived SIGKILL by {timeout:g}s"
+        time.sleep(0.01)
+
+
 def _everyone_back(info) -> None:
     for i, pid in enumerate(info.pids):
         if not launcher.alive(pid):
@@ -95,6 +102,7 @@ def test_sigkill_at_random_moments_still_gives_the_exact_answer(cluster, data):
             return rep, time.perf_counter() - killed_at
 
         rep, after_kill = asyncio.run(one())
+        _wait_gone(cluster.pids[victim])   # a kill that landed after the job may still be on its way
         _check(op, rep.result, ref[op])
         assert rep.attempts in (1, 2)
         if rep.attempts == 2:
@@ -125,6 +133,7 @@ def test_more_kills_than_retries_is_one_clear_error(cluster, data):
     assert err.value.exit_code == 1
     assert "worker 3" in str(err.value) and "\n" not in str(err.value)
     assert all(r["active_jobs"] == 0 for r in _idle(cluster))
+    _wait_gone(cluster.pids[3])
     _everyone_back(cluster)
 
 
@@ -132,8 +141,7 @@ def test_a_dead_worker_at_submit_time_is_worked_around_and_rejoins_after_restart
     path, ref = data
     _everyone_back(cluster)
     os.kill(cluster.pids[7], signal.SIGKILL)
-    while launcher.alive(cluster.pids[7]):
-        time.sleep(0.01)
+    _wait_gone(cluster.pids[7])
     rep = asyncio.run(_job(cluster, "median", path))
     _check("median", rep.result, ref["median"])
     assert [w["id"] for w in rep.lost_workers] == [7] and rep.lost_workers[0]["attempt"] == 0
