@@ -10,6 +10,7 @@ import json
 from fractions import Fraction
 from typing import Any
 
+from cluster.progress import human_bytes
 from coordinator.job import JobReport
 
 
@@ -98,14 +99,6 @@ def json_document(rep: JobReport, startup_seconds: float | None = None) -> str:
     return dumps_exact({"op": rep.op, "result": result, "stats": summarize_stats(rep, startup_seconds)})
 
 
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def human(rep: JobReport, startup_seconds: float | None = None) -> str:
     s = summarize_stats(rep, startup_seconds)
     r = rep.result
@@ -122,10 +115,10 @@ def human(rep: JobReport, startup_seconds: float | None = None) -> str:
     lines = [head,
              f"  {s['values']:,} values on {s['workers']} workers in {s['seconds']:.3f} s "
              f"(load {s['load_seconds']:.3f} s, run {s['run_seconds']:.3f} s)",
-             f"  rounds {s['rounds']}, moved {_human_bytes(s['bytes_sent'])} in {s['messages_sent']:,} messages, "
-             f"busiest link {_human_bytes(s['busiest_link_bytes'])}",
-             f"  max inbound streams {s['max_inbound_streams']}, peak buffered {_human_bytes(s['peak_buffered_bytes'])}"
-             f", peak worker RSS {_human_bytes(s['peak_worker_rss_bytes'])}"]
+             f"  rounds {s['rounds']}, moved {human_bytes(s['bytes_sent'])} in {s['messages_sent']:,} messages, "
+             f"busiest link {human_bytes(s['busiest_link_bytes'])}",
+             f"  max inbound streams {s['max_inbound_streams']}, peak buffered {human_bytes(s['peak_buffered_bytes'])}"
+             f", peak worker RSS {human_bytes(s['peak_worker_rss_bytes'])}"]
     if rep.lost_workers:
         gone = ", ".join(f"{w['id']} ({w['reason']})" for w in rep.lost_workers)
         lines.append(f"  {rep.attempts} attempts; lost workers: {gone}")

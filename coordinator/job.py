@@ -33,6 +33,13 @@ Progress = Callable[[int, dict], None]    # (worker id, progress message)
 PROGRESS_INTERVAL = 0.25                  # seconds between a worker's progress messages (when asked for)
 
 
+CONNECT_ERRORS = (OSError, TimeoutError, ConnectionError, ProtocolError)   # a worker we cannot talk to
+
+
+def _why(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
 class JobFailed(Exception):
     """The job did not produce an answer.  ``exit_code`` is 2 for bad input, 1 for a cluster failure."""
 
@@ -78,7 +85,7 @@ async def connect_reachable(addrs: list[str], token: bytes, timeout: float = 5.0
     async def one(addr: str) -> WorkerClient | BaseException:
         try:
             return await WorkerClient.connect(addr, token, timeout)
-        except (OSError, TimeoutError, ConnectionError, ProtocolError) as exc:
+        except CONNECT_ERRORS as exc:
             return exc
     got = await asyncio.gather(*(one(a) for a in addrs))
     clients = [g for g in got if isinstance(g, WorkerClient)]
@@ -88,12 +95,12 @@ async def connect_reachable(addrs: list[str], token: bytes, timeout: float = 5.0
         if isinstance(exc, ProtocolError):
             raise ClusterUnavailable(f"worker at {addr} refused the handshake ({exc}); check CLUSTER_TOKEN, "
                                      f"CLUSTER_TOKEN_FILE or the cluster file")
-        why = str(exc) or type(exc).__name__
+        why = _why(exc)
         raise ClusterUnavailable(f"cannot reach worker at {addr} ({why}); {len(bad)} of {len(addrs)} workers "
                                  f"unreachable. Start a cluster with `cluster up --detach`, or pass --local N")
     lost = []
     for i, addr, exc in bad:
-        why = str(exc) or type(exc).__name__
+        why = _why(exc)
         lost.append({"id": i, "addr": addr, "attempt": 0, "reason": f"unreachable at the start ({why})"})
         logs.event("worker_unreachable", logging.WARNING, worker=i, addr=addr, error=why)
     return clients, lost
@@ -102,20 +109,19 @@ async def connect_reachable(addrs: list[str], token: bytes, timeout: float = 5.0
 async def ping_all(addrs: list[str], token: bytes, timeout: float = 2.0) -> list[dict]:
     """One status row per address; unreachable workers are reported, not raised."""
     async def one(i: int, addr: str) -> dict:
+        c = None
         try:
             c = await WorkerClient.connect(addr, token, timeout)
-        except (OSError, TimeoutError, ConnectionError, ProtocolError) as exc:
-            return {"id": i, "addr": addr, "up": False, "error": str(exc) or type(exc).__name__}
-        try:
             t = time.perf_counter()
             await c.send(make("ping", seq=1))
             pong = await c.recv(timeout)
             return {"id": pong["id"], "addr": addr, "up": True, "rtt_ms": round((time.perf_counter() - t) * 1e3, 2),
                     **pong["info"]}
-        except (OSError, TimeoutError, ConnectionError, ProtocolError) as exc:
-            return {"id": i, "addr": addr, "up": False, "error": str(exc) or type(exc).__name__}
+        except CONNECT_ERRORS as exc:
+            return {"id": i, "addr": addr, "up": False, "error": _why(exc)}
         finally:
-            await c.close()
+            if c is not None:
+                await c.close()
     return list(await asyncio.gather(*(one(i, a) for i, a in enumerate(addrs))))
 
 
@@ -136,7 +142,7 @@ async def _send(client: WorkerClient, msg: dict) -> None:
     try:
         await client.send(msg)
     except (OSError, ConnectionError, TimeoutError) as exc:
-        raise WorkerLost(client, str(exc) or type(exc).__name__) from None
+        raise WorkerLost(client, _why(exc)) from None
 
 
 async def _expect(client: WorkerClient, job: str, want: str, timeout: float, live: Liveness,
@@ -156,7 +162,7 @@ async def _expect(client: WorkerClient, job: str, want: str, timeout: float, liv
                                 "timeout") from None
             raise WorkerLost(client, f"silent for {live.dead_after:g}s") from None
         except (OSError, ConnectionError, ProtocolError) as exc:
-            raise WorkerLost(client, str(exc) or type(exc).__name__) from None
+            raise WorkerLost(client, _why(exc)) from None
         if msg["t"] == "pong" or msg.get("job") != job:
             continue
         if msg["t"] == "progress":

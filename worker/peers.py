@@ -96,7 +96,6 @@ class PeerLink:
         self.queued_bytes = 0
         self.peak_queued_bytes = 0
         self.bytes_written = 0
-        self.skipped_frames = 0
         self._writer: asyncio.StreamWriter | None = None
         self._watcher: asyncio.Task | None = None
         self._tg: asyncio.TaskGroup | None = None
@@ -123,8 +122,7 @@ class PeerLink:
                     job, frame = await self.queue.get()
                     try:
                         if job is not None and self.job_failed(job):
-                            self.skipped_frames += 1     # its job is gone here: nobody waits for it
-                            continue
+                            continue             # its job is gone here: nobody waits for it
                         await self._write(frame)
                     finally:
                         self.queued_bytes -= len(frame)

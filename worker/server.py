@@ -101,9 +101,8 @@ class WorkerServer:
         """A link to or from ``peer_id`` broke: no running job that includes that worker can finish."""
         for job in self.jobs.values():
             if job.comm is not None and peer_id in job.comm.ranks:
-                failure = PeerFailure(f"worker {self.id} lost worker {peer_id}: {exc or type(exc).__name__}")
-                failure.peer = peer_id  # type: ignore[attr-defined]  # tells the coordinator whom to suspect
-                job.comm.mailbox.fail(failure)
+                job.comm.mailbox.fail(PeerFailure(f"worker {self.id} lost worker {peer_id}: "
+                                                  f"{exc or type(exc).__name__}"))
 
     def _drop(self, job_id: str, exc: BaseException | None = None) -> None:
         job = self.jobs.pop(job_id, None)
@@ -191,8 +190,7 @@ class WorkerServer:
             else:
                 kind, text = "internal", f"worker {self.id}: {cause!r}"
                 logs.event("job_crashed", logging.ERROR, job=job_id, error=repr(cause))
-            peer = getattr(cause, "peer", None)
-            reply(make("error", job=job_id, kind=kind, message=text, **({"peer": peer} if peer is not None else {})))
+            reply(make("error", job=job_id, kind=kind, message=text))
             self._drop(job_id, cause if isinstance(cause, JobError) else JobError(text))
 
     async def _run(self, job: jobs.Job, msg: dict) -> dict:
@@ -305,7 +303,6 @@ class InboundConnection(asyncio.Protocol):
             self._close()
 
     def _handshake(self, msg: dict) -> None:
-        validate(msg)
         welcome = self.hs.receive_hello(msg)
         role, pid = self.hs.peer_role, self.hs.peer_id
         # Checked before the welcome goes out: a refused client learns nothing.
