@@ -271,14 +271,14 @@ def submit() -> None:
               help="smallest: the smallest tied value wins; all: list every tied value (up to 100,000).")
 @_shuffle_options
 def submit_mode(input_path, column, local_workers, as_json, timeout, cluster_file, ties, shuffle, fan_in, credits,
-                chunk_bytes, **liveness) -> None:
+                chunk_bytes, **common) -> None:
     """The exact mode (most frequent value) and its count."""
     from cluster.jobparams import mode_params
     try:
         params = mode_params(ties, shuffle, fan_in, credits, chunk_bytes, column)
     except ValueError as exc:
         fail(str(exc), 2)
-    _submit("mode", input_path, local_workers, as_json, timeout, cluster_file, params, **liveness)
+    _submit("mode", input_path, local_workers, as_json, timeout, cluster_file, params, **common)
 
 
 @submit.command("median")
@@ -287,14 +287,14 @@ def submit_mode(input_path, column, local_workers, as_json, timeout, cluster_fil
               help="For an even count: the exact mean of the two middle values, or one of them.")
 @click.option("--quantiles", help="Also these quantiles, e.g. 0.9,0.99 (numpy's linear definition, exact).")
 def submit_median(input_path, column, local_workers, as_json, timeout, cluster_file, even, quantiles,
-                  **liveness) -> None:
+                  **common) -> None:
     """The exact median (and optional quantiles)."""
     from cluster.jobparams import median_params
     try:
         params = median_params(even, quantiles, column)
     except ValueError as exc:
         fail(str(exc), 2)
-    _submit("median", input_path, local_workers, as_json, timeout, cluster_file, params, **liveness)
+    _submit("median", input_path, local_workers, as_json, timeout, cluster_file, params, **common)
 
 
 # -- data -----------------------------------------------------------------------
