@@ -1,6 +1,6 @@
 """A Python API for notebooks and scripts: the same jobs, results and stats as ``cluster submit --json``.
 
-    from cluster.api import Cluster
+    from shardstats.cluster.api import Cluster
 
     with Cluster.local(4) as c:                 # an ephemeral local cluster, stopped on exit
         r = c.mode("shards/")
@@ -31,11 +31,12 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, TypeVar
 
-from cluster import launcher
-from cluster.config import ClusterInfo, find_cluster
-from cluster.jobparams import median_params, mode_params
-from cluster.output import json_document, summarize_stats
-from coordinator.job import DEFAULT_TIMEOUT, JobReport, ping_all, run_job
+from shardstats.cluster import launcher
+from shardstats.cluster.config import ClusterInfo, find_cluster
+from shardstats.cluster.jobparams import median_params, mode_params
+from shardstats.cluster.output import json_document, summarize_stats
+from shardstats.settings import DEFAULTS
+from shardstats.coordinator.job import JobReport, ping_all, run_job
 
 T = TypeVar("T")
 
@@ -67,7 +68,7 @@ def _in_sync(fn: Callable[[], T]) -> T:
 
 
 def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
-    from cluster.cli import run_async
+    from shardstats.cluster.cli import run_async
     return _in_sync(lambda: run_async(coro_fn()))
 
 
@@ -118,7 +119,7 @@ class Result:
 class Cluster:
     """A handle on a cluster.  ``Cluster.local(n)`` owns its workers and stops them on ``close()``."""
 
-    def __init__(self, info: ClusterInfo, *, owned: bool = False, timeout: float = DEFAULT_TIMEOUT,
+    def __init__(self, info: ClusterInfo, *, owned: bool = False, timeout: float = DEFAULTS.phase_timeout,
                  source: str = "") -> None:
         self.info = info
         self.owned = owned
@@ -129,13 +130,13 @@ class Cluster:
 
     @classmethod
     def local(cls, workers: int = 4, *, log_level: str = "warning", log_dir: str | None = None,
-              timeout: float = DEFAULT_TIMEOUT) -> "Cluster":
+              timeout: float = DEFAULTS.phase_timeout) -> "Cluster":
         """Starts ``workers`` worker processes on 127.0.0.1 (ports chosen by the OS)."""
         info = _in_sync(lambda: launcher.start(workers, "127.0.0.1", None, log_dir, log_level))
         return cls(info, owned=True, timeout=timeout, source="local")
 
     @classmethod
-    def connect(cls, cluster_file: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> "Cluster":
+    def connect(cls, cluster_file: str | None = None, *, timeout: float = DEFAULTS.phase_timeout) -> "Cluster":
         """An existing cluster, found the way the CLI finds it (raises ``cluster.config.ConfigError``)."""
         info, source = find_cluster(cluster_file)
         return cls(info, owned=False, timeout=timeout, source=source)

@@ -15,12 +15,15 @@ from pathlib import Path
 
 import click
 
-from cluster import launcher
-from cluster.config import ClusterInfo, ConfigError, default_cluster_file, find_cluster, token_from_env
-from cluster.output import dumps_exact, human, json_document
-from coordinator.job import DEFAULT_RETRIES, JobFailed, ping_all, run_job
-from coordinator.liveness import DEAD_AFTER, HEARTBEAT, Liveness
-from worker.shuffle import STRATEGIES
+from shardstats.cluster import launcher
+from shardstats.cluster.config import ClusterInfo, ConfigError, default_cluster_file, find_cluster, token_from_env
+from shardstats.cluster.output import dumps_exact, human, json_document
+from shardstats.coordinator.job import ping_all, run_job
+from shardstats._version import __version__
+from shardstats.errors import ShardstatsError
+from shardstats.settings import DEFAULTS, Settings
+from shardstats.coordinator.liveness import Liveness
+from shardstats.worker.comm.shuffle import STRATEGIES
 
 
 def fail(message: str, code: int) -> None:
@@ -37,7 +40,7 @@ def run_async(coro):
 
 
 @click.group()
-@click.version_option("0.1.0", prog_name="cluster")
+@click.version_option(__version__, prog_name="cluster")
 def main() -> None:
     """An asyncio TCP cluster computing exact statistics over sharded integer data."""
 
@@ -57,9 +60,9 @@ def main() -> None:
 def worker(worker_id: int, listen: str, peers: str, token_file: str | None, root: str, job_timeout: float,
            handshake_timeout: float, log_level: str) -> None:
     """Run one worker daemon (what `cluster up` and docker compose start)."""
-    from worker import logs
-    from worker.memory import fixed_mmap_threshold
-    from worker.server import WorkerServer
+    from shardstats import logs
+    from shardstats.worker.memory import fixed_mmap_threshold
+    from shardstats.worker.server import WorkerServer
     fixed_mmap_threshold()
     try:
         token = Path(token_file).read_text().strip() if token_file else token_from_env()
@@ -70,8 +73,8 @@ def worker(worker_id: int, listen: str, peers: str, token_file: str | None, root
     addrs = [a.strip() for a in peers.split(",") if a.strip()]
     logs.setup(log_level, worker=worker_id)
     try:
-        server = WorkerServer(worker_id, listen, addrs, token.encode(), root=root, job_timeout=job_timeout,
-                              handshake_timeout=handshake_timeout)
+        server = WorkerServer(worker_id, listen, addrs, token.encode(), root=root,
+                              settings=Settings(job_timeout=job_timeout, handshake_timeout=handshake_timeout))
     except ValueError as exc:
         fail(str(exc), 2)
     try:
@@ -190,11 +193,11 @@ def _common_job_options(f):
         click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object."),
         click.option("--timeout", type=float, default=300.0, show_default=True, help="Deadline for each phase."),
         click.option("--cluster-file", type=click.Path(dir_okay=False)),
-        click.option("--max-retries", type=click.IntRange(0), default=DEFAULT_RETRIES, show_default=True,
+        click.option("--max-retries", type=click.IntRange(0), default=DEFAULTS.max_retries, show_default=True,
                      help="Times the job runs again on the survivors when workers are lost."),
-        click.option("--heartbeat", type=click.FloatRange(0.05), default=HEARTBEAT, show_default=True,
+        click.option("--heartbeat", type=click.FloatRange(0.05), default=DEFAULTS.heartbeat, show_default=True,
                      help="Seconds between the coordinator's pings to each worker during a job."),
-        click.option("--dead-after", type=click.FloatRange(0.2), default=DEAD_AFTER, show_default=True,
+        click.option("--dead-after", type=click.FloatRange(0.2), default=DEFAULTS.dead_after, show_default=True,
                      help="Seconds of silence after which a worker is declared lost."),
         click.option("--quiet", "-q", is_flag=True, help="No progress line on stderr (it is shown only when "
                      "stderr is a terminal anyway)."),
@@ -205,9 +208,9 @@ def _common_job_options(f):
 
 
 def _submit(op: str, input_path: str, local_workers: int | None, as_json: bool, timeout: float,
-            cluster_file: str | None, params: dict, max_retries: int = DEFAULT_RETRIES,
-            heartbeat: float = HEARTBEAT, dead_after: float = DEAD_AFTER, quiet: bool = False) -> None:
-    from cluster.progress import ProgressLine, progress_enabled
+            cluster_file: str | None, params: dict, max_retries: int = DEFAULTS.max_retries,
+            heartbeat: float = DEFAULTS.heartbeat, dead_after: float = DEFAULTS.dead_after, quiet: bool = False) -> None:
+    from shardstats.cluster.progress import ProgressLine, progress_enabled
     startup = None
     info = None
     if local_workers is not None:
@@ -234,7 +237,7 @@ def _submit(op: str, input_path: str, local_workers: int | None, as_json: bool, 
         rep = run_async(run_job(info.workers, info.token.encode(), op, input_path, params,
                                 absolute_paths=info.local, timeout=timeout, max_retries=max_retries,
                                 liveness=Liveness(heartbeat, dead_after), on_progress=line))
-    except JobFailed as exc:
+    except ShardstatsError as exc:
         if line is not None:
             line.close()
         fail(str(exc), exc.exit_code)
@@ -273,7 +276,7 @@ def submit() -> None:
 def submit_mode(input_path, column, local_workers, as_json, timeout, cluster_file, ties, shuffle, fan_in, credits,
                 chunk_bytes, **common) -> None:
     """The exact mode (most frequent value) and its count."""
-    from cluster.jobparams import mode_params
+    from shardstats.cluster.jobparams import mode_params
     try:
         params = mode_params(ties, shuffle, fan_in, credits, chunk_bytes, column)
     except ValueError as exc:
@@ -289,7 +292,7 @@ def submit_mode(input_path, column, local_workers, as_json, timeout, cluster_fil
 def submit_median(input_path, column, local_workers, as_json, timeout, cluster_file, even, quantiles,
                   **common) -> None:
     """The exact median (and optional quantiles)."""
-    from cluster.jobparams import median_params
+    from shardstats.cluster.jobparams import median_params
     try:
         params = median_params(even, quantiles, column)
     except ValueError as exc:
@@ -307,7 +310,7 @@ def submit_median(input_path, column, local_workers, as_json, timeout, cluster_f
 @click.option("--seed", type=int, default=0, show_default=True)
 def gen(out: str, shards: int, rows: int, dist: str, fmt: str, seed: int) -> None:
     """Generate sample shards (seeded, reproducible)."""
-    from cluster.gen import generate, write_shards
+    from shardstats.cluster.gen import generate, write_shards
     if shards < 1 or rows < 0:
         fail("--shards must be >= 1 and --rows >= 0", 2)
     try:

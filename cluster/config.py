@@ -13,9 +13,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from shardstats.errors import ConfigError
 
-class ConfigError(Exception):
-    pass
+
 
 
 def default_cluster_file() -> Path:

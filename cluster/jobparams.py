@@ -21,8 +21,8 @@ def _column(column: str | int | None) -> str | int | None:
 
 def mode_params(ties: str = "smallest", shuffle: str = "credit", fan_in: int = 1, credits: int = 4,
                 chunk_bytes: int = 1 << 20, column: str | int | None = None) -> dict:
-    from worker.mode import DEFAULT_TIE_LIMIT, MAX_TIE_LIMIT
-    from worker.shuffle import STRATEGIES
+    from shardstats.worker.ops.mode import DEFAULT_TIE_LIMIT, MAX_TIE_LIMIT
+    from shardstats.worker.comm.shuffle import STRATEGIES
     if ties not in TIES:
         raise ValueError(f"--ties: {ties!r} is not one of {', '.join(TIES)}")
     if shuffle not in STRATEGIES:
@@ -46,8 +46,8 @@ def median_params(even: str = "mean", quantiles: str | Iterable[float | str] | N
     if quantiles:
         items = quantiles.split(",") if isinstance(quantiles, str) else list(quantiles)
         qs = [str(q).strip() for q in items if str(q).strip()]
-        from worker.errors import UsageError
-        from worker.median import parse_quantile   # the workers' own check (they re-check what they get)
+        from shardstats.errors import UsageError
+        from shardstats.worker.ops.median import parse_quantile   # the workers' own check (they re-check what they get)
         try:
             for q in qs:
                 parse_quantile(q)

@@ -16,12 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from cluster.config import ClusterInfo
-from coordinator.job import ping_all
+from shardstats.cluster.config import ClusterInfo
+from shardstats.errors import LaunchError
+from shardstats.coordinator.job import ping_all
 
 
-class LaunchError(Exception):
-    pass
 
 
 def free_ports(host: str, n: int) -> list[int]:
@@ -78,7 +77,7 @@ def _spawn(i: int, addrs: list[str], token: str, logs: Path, log_level: str,
            extra_args: list[str] | None) -> subprocess.Popen:
     """Worker ``i`` as a process of its own session (Ctrl-C at the shell does not reach it)."""
     env = {**os.environ, "CLUSTER_TOKEN": token}
-    cmd = [sys.executable, "-m", "cluster.cli", "worker", "--id", str(i), "--listen", addrs[i],
+    cmd = [sys.executable, "-m", "shardstats.cluster.cli", "worker", "--id", str(i), "--listen", addrs[i],
            "--peers", ",".join(addrs), "--log-level", log_level, *(extra_args or [])]
     with open(logs / f"worker{i}.log", "ab") as log:
         return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,

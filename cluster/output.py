@@ -10,8 +10,8 @@ import json
 from fractions import Fraction
 from typing import Any
 
-from cluster.progress import human_bytes
-from coordinator.job import JobReport
+from shardstats.cluster.progress import human_bytes
+from shardstats.coordinator.job import JobReport
 
 
 def exact_decimal(x: Fraction | int) -> str:

@@ -2,6 +2,6 @@
 
 It never carries the data: workers read their own files and talk to each other.
 """
-from coordinator.job import JobFailed, ClusterUnavailable, run_job, ping_all
+from shardstats.coordinator.job import JobReport, ping_all, run_job
 
-__all__ = ["JobFailed", "ClusterUnavailable", "run_job", "ping_all"]
+__all__ = ["JobReport", "run_job", "ping_all"]

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import asyncio
 
-from protocol.frames import DEFAULT_MAX_FRAME, encode_frame
-from protocol.messages import validate
-from worker.peers import FrameReader, client_connect
+from shardstats.protocol.frames import DEFAULT_MAX_FRAME, encode_frame
+from shardstats.protocol.messages import validate
+from shardstats.worker.net.dial import FrameReader, client_connect
 
 COORDINATOR_ID = -1
 

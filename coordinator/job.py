@@ -18,19 +18,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coordinator.assign import assign
-from coordinator.client import WorkerClient
-from coordinator.liveness import Liveness, answers, heartbeats
-from protocol.errors import ProtocolError
-from protocol.messages import make
-from worker import logs
-from worker.errors import InputError
-from worker.inputs import list_shards
+from shardstats.coordinator.assign import assign
+from shardstats.coordinator.client import WorkerClient
+from shardstats.coordinator.liveness import Liveness, answers, heartbeats
+from shardstats.protocol.errors import ProtocolError
+from shardstats.protocol.messages import make
+from shardstats import logs
+from shardstats.errors import (ClusterUnavailable, EmptyDataset, InputError, JobError, JobTimeout, PeerFailure,
+                               ShardstatsError, WorkerLost, from_kind)
+from shardstats.worker.io.listing import list_shards
+from shardstats.settings import DEFAULTS
 
-DEFAULT_TIMEOUT = 300.0
-DEFAULT_RETRIES = 2
 Progress = Callable[[int, dict], None]    # (worker id, progress message)
-PROGRESS_INTERVAL = 0.25                  # seconds between a worker's progress messages (when asked for)
 
 
 CONNECT_ERRORS = (OSError, TimeoutError, ConnectionError, ProtocolError)   # a worker we cannot talk to
@@ -38,28 +37,6 @@ CONNECT_ERRORS = (OSError, TimeoutError, ConnectionError, ProtocolError)   # a w
 
 def _why(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
-
-
-class JobFailed(Exception):
-    """The job did not produce an answer.  ``exit_code`` is 2 for bad input, 1 for a cluster failure."""
-
-    def __init__(self, message: str, kind: str = "cluster") -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.exit_code = 2 if kind in ("input", "empty", "usage") else 1
-
-
-class WorkerLost(JobFailed):
-    """The coordinator lost a worker: its connection closed, or it went silent past the deadline."""
-
-    def __init__(self, client: WorkerClient, why: str) -> None:
-        super().__init__(f"lost worker {client.worker_id} at {client.addr} ({why})", "lost")
-        self.worker = client.worker_id
-
-
-class ClusterUnavailable(JobFailed):
-    def __init__(self, message: str) -> None:
-        super().__init__(message, "cluster")
 
 
 @dataclass
@@ -142,7 +119,7 @@ async def _send(client: WorkerClient, msg: dict) -> None:
     try:
         await client.send(msg)
     except (OSError, ConnectionError, TimeoutError) as exc:
-        raise WorkerLost(client, _why(exc)) from None
+        raise _lost(client, _why(exc)) from None
 
 
 async def _expect(client: WorkerClient, job: str, want: str, timeout: float, live: Liveness,
@@ -158,11 +135,11 @@ async def _expect(client: WorkerClient, job: str, want: str, timeout: float, liv
             msg = await client.recv(min(left, live.dead_after))
         except TimeoutError:
             if loop.time() >= deadline:
-                raise JobFailed(f"worker {client.worker_id} at {client.addr} sent no {want} within {timeout:g}s",
-                                "timeout") from None
-            raise WorkerLost(client, f"silent for {live.dead_after:g}s") from None
+                raise JobTimeout(f"worker {client.worker_id} at {client.addr} sent no {want} within {timeout:g}s"
+                                 ) from None
+            raise _lost(client, f"silent for {live.dead_after:g}s") from None
         except (OSError, ConnectionError, ProtocolError) as exc:
-            raise WorkerLost(client, _why(exc)) from None
+            raise _lost(client, _why(exc)) from None
         if msg["t"] == "pong" or msg.get("job") != job:
             continue
         if msg["t"] == "progress":
@@ -170,7 +147,7 @@ async def _expect(client: WorkerClient, job: str, want: str, timeout: float, liv
                 on_progress(client.worker_id, msg)
             continue
         if msg["t"] == "error":
-            raise JobFailed(msg["message"], msg["kind"])
+            raise from_kind(msg["kind"], msg["message"])
         if msg["t"] == want:
             return msg
 
@@ -198,7 +175,7 @@ def _most_telling(eg: BaseExceptionGroup) -> BaseException:
         else:
             leaves.append(e)
     walk(eg)
-    other = [e for e in leaves if not isinstance(e, JobFailed)]
+    other = [e for e in leaves if not isinstance(e, ShardstatsError)]
     if other:
         return other[0]
     return min(leaves, key=lambda e: (e.exit_code != 2, not isinstance(e, WorkerLost)))  # type: ignore[attr-defined]
@@ -222,13 +199,13 @@ async def _attempt(clients: list[WorkerClient], job: str, op: str, files: list[t
         # Reader options travel in the load message (extra fields are allowed by the schema).
         extra = {"column": params["column"]} if params.get("column") is not None else {}
         if on_progress is not None:        # workers send progress only when asked (worker/progress.py)
-            extra["progress"] = PROGRESS_INTERVAL
+            extra["progress"] = DEFAULTS.progress_interval
         for c, mine in zip(clients, plan):
             await _send(c, make("load", job=job, files=mine, dead_after=live.worker_dead_after, **extra))
         loaded = await _all(clients, job, "loaded", timeout, live, on_progress)
         total = sum(m["values"] for m in loaded)
         if total == 0:
-            raise JobFailed(f"{input_path}: the input holds no values", "empty")
+            raise EmptyDataset(f"{input_path}: the input holds no values")
         t1 = time.perf_counter()
         ranks = [c.worker_id for c in clients]
         run_params = {**params, "total": total, "timeout": timeout}
@@ -237,17 +214,21 @@ async def _attempt(clients: list[WorkerClient], job: str, op: str, files: list[t
         done = await _all(clients, job, "done", timeout, live, on_progress)
     result = next((d["result"] for d in done if "result" in d), None)
     if result is None:
-        raise JobFailed("no worker returned a result")
+        raise JobError("no worker returned a result")
     return JobReport(op=op, job=job, result=result, workers=[d["stats"] for d in done],
                      seconds=time.perf_counter() - t1, load_seconds=t1 - t0, params=run_params)
 
 
-def _retryable(exc: JobFailed) -> bool:
+def _lost(client: WorkerClient, why: str) -> WorkerLost:
+    return WorkerLost(f"lost worker {client.worker_id} at {client.addr} ({why})", client.worker_id)
+
+
+def _retryable(exc: ShardstatsError) -> bool:
     """A lost worker, or a worker that lost a peer: the job can run again without it."""
-    return isinstance(exc, WorkerLost) or exc.kind == "peer"
+    return isinstance(exc, (WorkerLost, PeerFailure))
 
 
-async def _find_lost(clients: list[WorkerClient], exc: JobFailed, live: Liveness) -> list[tuple[WorkerClient, str]]:
+async def _find_lost(clients: list[WorkerClient], exc: ShardstatsError, live: Liveness) -> list[tuple[WorkerClient, str]]:
     """The workers the failed attempt lost: the one the failure names, and any that no longer answer a ping."""
     named = exc.worker if isinstance(exc, WorkerLost) else None
     rest = [c for c in clients if c.worker_id != named]
@@ -258,8 +239,8 @@ async def _find_lost(clients: list[WorkerClient], exc: JobFailed, live: Liveness
 
 
 async def run_job(addrs: list[str], token: bytes, op: str, input_path: str, params: dict | None = None,
-                  *, absolute_paths: bool = True, timeout: float = DEFAULT_TIMEOUT,
-                  max_retries: int = DEFAULT_RETRIES, liveness: Liveness | None = None,
+                  *, absolute_paths: bool = True, timeout: float = DEFAULTS.phase_timeout,
+                  max_retries: int = DEFAULTS.max_retries, liveness: Liveness | None = None,
                   on_progress: Progress | None = None) -> JobReport:
     """Runs the job, and again on the survivors (up to ``max_retries`` times) when workers are lost.
 
@@ -268,10 +249,7 @@ async def run_job(addrs: list[str], token: bytes, op: str, input_path: str, para
     """
     params = dict(params or {})
     live = liveness or Liveness()
-    try:
-        files = resolve_input(input_path, absolute_paths)
-    except InputError as exc:
-        raise JobFailed(str(exc), "input") from None
+    files = resolve_input(input_path, absolute_paths)
     clients, lost = await connect_reachable(addrs, token)
     base = uuid.uuid4().hex[:12]
     attempt = 0
@@ -281,7 +259,7 @@ async def run_job(addrs: list[str], token: bytes, op: str, input_path: str, para
             job = base if attempt == 1 else f"{base}.{attempt}"
             try:
                 rep = await _attempt(clients, job, op, files, params, input_path, timeout, live, on_progress)
-            except JobFailed as exc:
+            except ShardstatsError as exc:
                 gone = await _find_lost(clients, exc, live) if _retryable(exc) else []
                 clients = [c for c in clients if all(c is not g for g, _ in gone)]
                 await _abort(clients, job)
@@ -290,15 +268,14 @@ async def run_job(addrs: list[str], token: bytes, op: str, input_path: str, para
                     logs.event("worker_lost", logging.WARNING, job=job, worker=c.worker_id, reason=why)
                     await c.close()
                 if exc.exit_code == 2 and attempt > 1:
-                    raise JobFailed(f"{exc} (the input changed while the job was retried)", "cluster") from None
+                    raise JobError(f"{exc} (the input changed while the job was retried)") from None
                 if not _retryable(exc):
                     raise
                 if not clients:
-                    raise JobFailed(f"no workers left after attempt {attempt}: {exc}", "cluster") from None
+                    raise JobError(f"no workers left after attempt {attempt}: {exc}") from None
                 if attempt > max_retries:
-                    raise JobFailed(f"{exc} (gave up after {attempt} attempts; "
-                                    f"lost workers {', '.join(str(x['id']) for x in lost) or 'none'})",
-                                    "cluster") from None
+                    raise JobError(f"{exc} (gave up after {attempt} attempts; "
+                                   f"lost workers {', '.join(str(x['id']) for x in lost) or 'none'})") from None
                 logs.event("job_retry", logging.WARNING, job=base, attempt=attempt + 1, workers=len(clients),
                            error=str(exc))
                 continue

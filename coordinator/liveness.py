@@ -14,18 +14,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from coordinator.client import WorkerClient
-from protocol.errors import ProtocolError
-from protocol.messages import make
+from shardstats.coordinator.client import WorkerClient
+from shardstats.protocol.errors import ProtocolError
+from shardstats.protocol.messages import make
+from shardstats.settings import DEFAULTS
 
-HEARTBEAT = 1.0
-DEAD_AFTER = 5.0
 
 
 @dataclass(frozen=True)
 class Liveness:
-    heartbeat: float = HEARTBEAT      # seconds between pings to each worker during a job
-    dead_after: float = DEAD_AFTER    # silence after which a worker is declared lost
+    heartbeat: float = DEFAULTS.heartbeat      # seconds between pings to each worker during a job
+    dead_after: float = DEFAULTS.dead_after    # silence after which a worker is declared lost
 
     @property
     def worker_dead_after(self) -> float:

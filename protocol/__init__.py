@@ -4,9 +4,9 @@ Nothing in this package touches a socket or an event loop: it turns bytes into
 messages and messages into bytes, so every rule of the wire can be tested with
 plain byte strings.
 """
-from protocol.errors import ProtocolError, FrameTooLarge, BadMessage, HandshakeFailed
-from protocol.frames import FrameDecoder, encode_frame, DEFAULT_MAX_FRAME
-from protocol.messages import PROTOCOL_VERSION, make, validate
+from shardstats.protocol.errors import ProtocolError, FrameTooLarge, BadMessage, HandshakeFailed
+from shardstats.protocol.frames import FrameDecoder, encode_frame, DEFAULT_MAX_FRAME
+from shardstats.protocol.messages import PROTOCOL_VERSION, make, validate
 
 __all__ = [
     "ProtocolError", "FrameTooLarge", "BadMessage", "HandshakeFailed",

@@ -1,8 +1,10 @@
 """Errors raised by the sans-IO protocol layer; the I/O layer closes the connection on any of them."""
+from shardstats.errors import ClusterError
 
 
-class ProtocolError(Exception):
+class ProtocolError(ClusterError):
     """The peer broke the wire protocol; the connection cannot be trusted any more."""
+    kind = "protocol"
 
 
 class FrameTooLarge(ProtocolError):

@@ -12,8 +12,8 @@ from typing import Any, Iterator
 
 import msgpack
 
-from protocol.arrays import default, object_hook
-from protocol.errors import BadMessage, FrameTooLarge
+from shardstats.protocol.arrays import default, object_hook
+from shardstats.protocol.errors import BadMessage, FrameTooLarge
 
 HEADER = struct.Struct(">I")
 DEFAULT_MAX_FRAME = 4 * 1024 * 1024

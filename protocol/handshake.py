@@ -12,8 +12,8 @@ import hashlib
 import hmac
 import os
 
-from protocol.errors import BadMessage, HandshakeFailed
-from protocol.messages import PROTOCOL_VERSION, make, validate
+from shardstats.protocol.errors import BadMessage, HandshakeFailed
+from shardstats.protocol.messages import PROTOCOL_VERSION, make, validate
 
 NONCE_BYTES = 16
 ROLES = ("peer", "coord")

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from protocol.errors import BadMessage
+from shardstats.protocol.errors import BadMessage
 
 PROTOCOL_VERSION = 1
 

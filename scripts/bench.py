@@ -175,7 +175,7 @@ class Dataset:
 
 def ensure_dataset(data_dir: Path, dist: str, rows: int, shards: int, seed: int, parquet: bool) -> Dataset:
     """The dataset's directory, generated once; ``meta.json`` is written last and marks it complete."""
-    from cluster.gen import generate, write_shards
+    from shardstats.cluster.gen import generate, write_shards
     d = data_dir / f"{dist}-{rows}-{shards}s-seed{seed}"
     meta_path = d / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
@@ -247,7 +247,7 @@ class Child:
         sys.stdout.flush()
 
     def begin(self, **event: Any) -> None:
-        from worker.memory import reset_peak
+        from shardstats.worker.memory import reset_peak
         self.emit(event="begin", **event)
         if sys.stdin.readline().strip() != "go":
             raise SystemExit("parent went away")
@@ -256,7 +256,7 @@ class Child:
     def runs(self, dataset: str, op: str, fn: Callable[[], tuple[float, Any, dict]], repeat: int,
              budget: float) -> None:
         """The first (cold) run, then up to ``repeat`` more until ``budget`` seconds are spent (at least one)."""
-        from worker.memory import peak_rss_bytes
+        from shardstats.worker.memory import peak_rss_bytes
         spent, i = 0.0, 0
         while True:
             self.begin(dataset=dataset, op=op, run=i)
@@ -283,7 +283,7 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 def child_ours(spec: dict, ch: Child) -> None:
     import psutil
 
-    from cluster.api import Cluster
+    from shardstats.cluster.api import Cluster
     logdir = tempfile.mkdtemp(prefix="bench-cluster-logs-")
     try:
         startup, c = _timed(lambda: Cluster.local(spec["workers"], log_dir=logdir))

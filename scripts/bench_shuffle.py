@@ -34,9 +34,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import testbed  # noqa: E402
 
-from cluster.gen import generate, write_shards  # noqa: E402
-from coordinator.job import JobReport, run_job  # noqa: E402
-from worker.shuffle import STRATEGIES  # noqa: E402
+from shardstats.cluster.gen import generate, write_shards  # noqa: E402
+from shardstats.coordinator.job import JobReport, run_job  # noqa: E402
+from shardstats.worker.comm.shuffle import STRATEGIES  # noqa: E402
 
 
 def reference_mode(values: np.ndarray) -> tuple[int, int]:

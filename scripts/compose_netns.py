@@ -78,7 +78,7 @@ for _p in (str(REPO), str(SCRIPTS)):
 
 import testbed  # noqa: E402
 from testbed import BedError, LinkShape, TestBed  # noqa: E402
-from worker.errors import InputError  # noqa: E402
+from shardstats.errors import InputError  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent        # where `cluster` and `python` come from (the image's PATH)
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -542,7 +542,7 @@ def port_variables(path: str | os.PathLike) -> list[str]:
 
 def free_port_env(path: str | os.PathLike) -> dict[str, str]:
     """Each port variable of the file set to a port the OS just reported free on 127.0.0.1."""
-    from cluster.launcher import free_ports
+    from shardstats.cluster.launcher import free_ports
     names = port_variables(path)
     return dict(zip(names, map(str, free_ports("127.0.0.1", len(names)))))
 
@@ -888,7 +888,7 @@ class ComposeBed(TestBed):
 
 
 def _free_port() -> int:
-    from cluster.launcher import free_ports
+    from shardstats.cluster.launcher import free_ports
     return free_ports("127.0.0.1", 1)[0]
 
 
@@ -953,7 +953,8 @@ def reference(values, op: str) -> dict:
 def host_values(project: Project, input_path: str = "shards/"):
     """The values the job should see, read on the host from the same files (the volume's source)."""
     import numpy as np
-    from worker.inputs import list_shards, read_shard
+    from shardstats.worker.io.listing import list_shards
+    from shardstats.worker.io.shards import read_shard
     files = list_shards(os.path.join(project.directory, input_path))
     return np.concatenate([read_shard(f) for f in files])
 

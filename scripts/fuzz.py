@@ -7,7 +7,7 @@
 Targets (the same contracts tests/test_fuzz.py checks with hypothesis):
   wire   bytes -> FrameDecoder (random split) -> validate -> ServerHandshake.receive_hello:
          only ProtocolError may escape
-  text   bytes -> worker.inputs.parse_text: only InputError may escape, and an accepted
+  text   bytes -> shardstats.worker.io.text.parse_text: only InputError may escape, and an accepted
          text equals Python's int() per line
 Any other exception is a finding: libFuzzer prints it and writes the input to crash-*.
 """
@@ -33,12 +33,12 @@ import msgpack  # noqa: E402 - third-party code is imported first, so only ours 
 import numpy  # noqa: E402,F401
 
 with atheris.instrument_imports():
-    from protocol.errors import ProtocolError
-    from protocol.frames import HEADER, FrameDecoder
-    from protocol.handshake import ServerHandshake
-    from protocol.messages import validate
-    from worker.errors import InputError
-    from worker.inputs import parse_text
+    from shardstats.protocol.errors import ProtocolError
+    from shardstats.protocol.frames import HEADER, FrameDecoder
+    from shardstats.protocol.handshake import ServerHandshake
+    from shardstats.protocol.messages import validate
+    from shardstats.errors import InputError
+    from shardstats.worker.io.text import parse_text
 
 TOKEN = b"fuzz-token"
 _INT = re.compile(rb"[ \t\r]*[+-]?[0-9]+[ \t\r]*")

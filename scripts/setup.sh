@@ -8,5 +8,5 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
-.venv/bin/python -c 'import cluster.cli, msgpack, numpy, click, pytest, hypothesis' \
+.venv/bin/python -c 'import shardstats.cluster.cli, msgpack, numpy, click, pytest, hypothesis' \
   || { echo "setup failed: the project did not install into .venv" >&2; exit 1; }

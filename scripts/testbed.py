@@ -54,9 +54,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from cluster import launcher  # noqa: E402
-from cluster.config import ClusterInfo  # noqa: E402
-from coordinator.job import ping_all  # noqa: E402
+from shardstats.cluster import launcher  # noqa: E402
+from shardstats.cluster.config import ClusterInfo  # noqa: E402
+from shardstats.coordinator.job import ping_all  # noqa: E402
 
 PREFIX = "sbed"
 MAX_BEDS = 64
@@ -342,7 +342,7 @@ class TestBed:
         env.pop("CLUSTER_WORKERS", None)
         peers = ",".join(self.addrs)
         for i, addr in enumerate(self.addrs):
-            cmd = ["ip", "netns", "exec", self.ns(i), self.python, "-m", "cluster.cli", "worker", "--id", str(i),
+            cmd = ["ip", "netns", "exec", self.ns(i), self.python, "-m", "shardstats.cluster.cli", "worker", "--id", str(i),
                    "--listen", addr, "--peers", peers, "--log-level", self.log_level,
                    "--job-timeout", f"{self.job_timeout:g}"]
             with open(self.log_dir / f"worker{i}.log", "ab") as log:

@@ -47,7 +47,7 @@ def split_for(shards: list[np.ndarray], workers: int) -> list[np.ndarray]:
 
 def run_op(op, shards: list[np.ndarray], workers: int, params: dict | None = None, net=None):
     """Runs ``op`` on every rank of an in-memory network; returns (rank 0 result, per-rank stats, network)."""
-    from worker.comm import InMemoryNetwork
+    from shardstats.worker.comm.inmemory import InMemoryNetwork
     net = net or InMemoryNetwork(workers, timeout=20)
     parts = split_for(shards, workers)
 
@@ -70,7 +70,7 @@ def ref_mode(values: np.ndarray) -> tuple[int, int, list[int]]:
 
 def shard_files(out: Path, rows: int, shards: int, seed: int) -> tuple[Path, dict]:
     """The problem's dataset as .npy shards in ``out``, with the reference answers (numpy, one sort)."""
-    from cluster.gen import generate, write_shards
+    from shardstats.cluster.gen import generate, write_shards
     parts = generate(rows, shards, "unique-dup", seed=seed)
     write_shards(parts, out, "npy")
     s = np.sort(np.concatenate(parts))
@@ -89,6 +89,6 @@ def cluster_env(tmp_path, monkeypatch):
 
 def cli(*args: str, env: dict | None = None, cwd=None, timeout: float = 120):
     import subprocess
-    exe = [sys.executable, "-m", "cluster.cli", *args]
+    exe = [sys.executable, "-m", "shardstats.cluster.cli", *args]
     return subprocess.run(exe, capture_output=True, text=True, timeout=timeout, cwd=cwd,
                           env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)

@@ -8,11 +8,11 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from cluster import launcher
-from cluster.api import Cluster
-from cluster.gen import generate, write_shards
-from cluster.output import dumps_exact
-from coordinator.job import JobFailed
+from shardstats.cluster import launcher
+from shardstats.cluster.api import Cluster
+from shardstats.cluster.gen import generate, write_shards
+from shardstats.cluster.output import dumps_exact
+from shardstats.errors import ShardstatsError
 from tests.conftest import cli, ref_mode
 
 
@@ -108,10 +108,10 @@ def test_bad_parameters_raise_value_error(c3, data, call):
 def test_bad_input_raises_job_failed_with_exit_code_2(c3, tmp_path):
     c, _ = c3
     (tmp_path / "x.txt").write_text("1\nnope\n")
-    with pytest.raises(JobFailed) as ei:
+    with pytest.raises(ShardstatsError) as ei:
         c.mode(tmp_path)
     assert ei.value.exit_code == 2 and "x.txt:2" in str(ei.value)
-    with pytest.raises(JobFailed) as ei:
+    with pytest.raises(ShardstatsError) as ei:
         c.median(tmp_path / "missing")
     assert ei.value.exit_code == 2
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from numpy.lib import format as npy_format
 
-from cluster.gen import generate, write_shards
+from shardstats.cluster.gen import generate, write_shards
 from tests.conftest import cli, ref_mode
 from tests.test_hostile import Env, assert_serves, local_cluster
 

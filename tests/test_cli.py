@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cluster.gen import generate, write_shards
+from shardstats.cluster.gen import generate, write_shards
 from tests.conftest import cli, ref_mode
 
 
@@ -17,7 +17,7 @@ def running(tmp_path_factory):
     """`cluster up --workers 10 --detach` on free ports; `cluster down` afterwards."""
     d = tmp_path_factory.mktemp("cluster")
     env = {"CLUSTER_FILE": str(d / "cluster.json")}
-    from cluster.launcher import free_ports
+    from shardstats.cluster.launcher import free_ports
     base = free_ports("127.0.0.1", 1)[0]
     # 10 consecutive free ports near a random one; retry a few bases if taken
     for attempt in range(5):
@@ -150,7 +150,7 @@ def test_no_cluster_says_how_to_start_one(tmp_path):
 
 
 def test_unreachable_workers_are_a_cluster_error(tmp_path):
-    from cluster.launcher import free_ports
+    from shardstats.cluster.launcher import free_ports
     port = free_ports("127.0.0.1", 1)[0]
     (tmp_path / "a.txt").write_text("1\n")
     r = cli("submit", "mode", "--input", str(tmp_path), env={"CLUSTER_WORKERS": f"127.0.0.1:{port}",

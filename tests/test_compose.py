@@ -26,7 +26,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import compose_netns as cn  # noqa: E402
 
-from cluster.gen import generate, write_shards  # noqa: E402
+from shardstats.cluster.gen import generate, write_shards  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"

@@ -14,9 +14,10 @@ import time
 
 import pytest
 
-from cluster import launcher
-from coordinator.job import JobFailed, ping_all, run_job
-from coordinator.liveness import Liveness
+from shardstats.cluster import launcher
+from shardstats.errors import ShardstatsError
+from shardstats.coordinator.job import ping_all, run_job
+from shardstats.coordinator.liveness import Liveness
 from tests.conftest import shard_files
 
 WORKERS = 10
@@ -128,7 +129,7 @@ def test_more_kills_than_retries_is_one_clear_error(cluster, data):
         os.kill(cluster.pids[3], signal.SIGKILL)
         return await asyncio.wait_for(task, DEADLINE)
 
-    with pytest.raises(JobFailed) as err:
+    with pytest.raises(ShardstatsError) as err:
         asyncio.run(one())
     assert err.value.exit_code == 1
     assert "worker 3" in str(err.value) and "\n" not in str(err.value)

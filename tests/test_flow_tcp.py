@@ -6,9 +6,9 @@ import asyncio
 import numpy as np
 import pytest
 
-from cluster import launcher
-from cluster.gen import write_shards
-from coordinator.job import run_job
+from shardstats.cluster import launcher
+from shardstats.cluster.gen import write_shards
+from shardstats.coordinator.job import run_job
 from tests.conftest import ref_mode
 
 W = 12

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from worker.errors import InputError
-from worker.formats import parse_csv, read_csv, read_parquet
-from worker.inputs import read_shard
+from shardstats.errors import InputError
+from shardstats.worker.io.columns import parse_csv, read_csv, read_parquet
+from shardstats.worker.io.shards import read_shard
 from tests.conftest import cli
 
 I64_MIN, I64_MAX = -(2 ** 63), 2 ** 63 - 1
@@ -97,7 +97,7 @@ def test_empty_and_header_only_files_hold_no_values():
 
 
 def test_errors_in_late_blocks_count_lines_from_the_top(monkeypatch):
-    import worker.inputs as inputs
+    import shardstats.worker.io.text as inputs
     monkeypatch.setattr(inputs, "_BLOCK", 64)   # the CSV reader cuts text with inputs.line_blocks
     rows = "".join(f"{i},{i * 7}\n" for i in range(200))
     assert csv("a,b\n" + rows, "b") == [i * 7 for i in range(200)]
@@ -209,7 +209,7 @@ def mixed(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster_file(tmp_path_factory):
-    from cluster import launcher
+    from shardstats.cluster import launcher
     d = tmp_path_factory.mktemp("fmtcluster")
     info = launcher.start(3, "127.0.0.1", None, str(d / "logs"), "warning")
     try:

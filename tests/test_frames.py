@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from protocol import BadMessage, FrameDecoder, FrameTooLarge, encode_frame, make, validate
-from protocol.frames import HEADER
+from shardstats.protocol import BadMessage, FrameDecoder, FrameTooLarge, encode_frame, make, validate
+from shardstats.protocol.frames import HEADER
 
 scalars = st.one_of(st.integers(-(2 ** 63), 2 ** 64 - 1), st.text(max_size=20), st.booleans(), st.none(),
                     st.binary(max_size=50), st.floats(allow_nan=False))

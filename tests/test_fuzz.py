@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from protocol.errors import BadMessage, HandshakeFailed, ProtocolError
-from protocol.frames import HEADER, FrameDecoder, decode_body, encode_frame
-from protocol.handshake import ClientHandshake, ServerHandshake
-from protocol.messages import PROTOCOL_VERSION, SCHEMA, validate
-from worker.errors import InputError
-from worker.inputs import INT64_MAX, parse_text
+from shardstats.settings import Settings
+from shardstats.protocol.errors import BadMessage, HandshakeFailed, ProtocolError
+from shardstats.protocol.frames import HEADER, FrameDecoder, decode_body, encode_frame
+from shardstats.protocol.handshake import ClientHandshake, ServerHandshake
+from shardstats.protocol.messages import PROTOCOL_VERSION, SCHEMA, validate
+from shardstats.errors import InputError
+from shardstats.worker.io.text import INT64_MAX, parse_text
 
 # Bounded: the suite must stay fast on a shared 2-core machine; scripts/fuzz.py is the long run.
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -219,10 +220,10 @@ class _Transport:
 @given(st.lists(garbage_streams, min_size=1, max_size=4), st.booleans())
 def test_an_inbound_connection_survives_any_bytes(chunks, as_peer):
     """Nothing fed to ``data_received`` escapes it: the worker's event loop never sees a protocol's exception."""
-    from worker.server import InboundConnection, WorkerServer
+    from shardstats.worker.server import InboundConnection, WorkerServer
 
     async def main() -> None:
-        server = WorkerServer(0, "127.0.0.1:1", ["127.0.0.1:1", "127.0.0.1:2"], TOKEN, handshake_timeout=30)
+        server = WorkerServer(0, "127.0.0.1:1", ["127.0.0.1:1", "127.0.0.1:2"], TOKEN, settings=Settings(handshake_timeout=30))
         conn = InboundConnection(server)
         tr = _Transport()
         conn.connection_made(tr)

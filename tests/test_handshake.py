@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from protocol import HandshakeFailed, encode_frame
-from protocol.handshake import ClientHandshake, ServerHandshake
+from shardstats.protocol import HandshakeFailed, encode_frame
+from shardstats.protocol.handshake import ClientHandshake, ServerHandshake
 
 TOKEN = b"s3cret-token-value"
 

@@ -22,17 +22,18 @@ import msgpack
 import numpy as np
 import pytest
 
-from cluster import launcher
-from cluster.config import ClusterInfo
-from cluster.gen import generate, write_shards
-from cluster.jobparams import median_params, mode_params
-from coordinator.job import run_job
-from protocol.frames import DEFAULT_MAX_FRAME, HEADER, FrameDecoder, encode_frame
-from protocol.handshake import ClientHandshake
-from protocol.messages import make
+from shardstats.cluster import launcher
+from shardstats.cluster.config import ClusterInfo
+from shardstats.cluster.gen import generate, write_shards
+from shardstats.cluster.jobparams import median_params, mode_params
+from shardstats.coordinator.job import run_job
+from shardstats.protocol.frames import DEFAULT_MAX_FRAME, HEADER, FrameDecoder, encode_frame
+from shardstats.protocol.handshake import ClientHandshake
+from shardstats.protocol.messages import make
 from tests.conftest import ref_mode
-from worker.peers import parse_addr
-from worker.server import PRE_AUTH_MAX_FRAME
+from shardstats.worker.net.dial import parse_addr
+from shardstats.settings import DEFAULTS
+PRE_AUTH_MAX_FRAME = DEFAULTS.pre_auth_max_frame
 
 HANDSHAKE_TIMEOUT = 1.5          # the workers' --handshake-timeout here (the default is 5 s)
 CLOSE_SLACK = 8.0                # generous bound on "promptly": a loaded 2-core machine is slow, never this slow
@@ -298,8 +299,8 @@ def test_a_wrong_token_is_refused_and_logged(env):
 
 
 def test_a_wrong_token_through_the_coordinator_is_a_clean_cluster_error(env):
-    from coordinator.job import JobFailed
-    with pytest.raises(JobFailed) as err:
+    from shardstats.errors import ShardstatsError
+    with pytest.raises(ShardstatsError) as err:
         asyncio.run(run_job(env.info.workers, b"wrong", "mode", str(env.data), mode_params(), timeout=10.0))
     assert err.value.exit_code == 1
     assert_serves(env)

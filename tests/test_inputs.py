@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from worker.errors import InputError
-from worker.inputs import list_shards, parse_text, read_shard
+from shardstats.errors import InputError
+from shardstats.worker.io.listing import list_shards
+from shardstats.worker.io.text import parse_text
+from shardstats.worker.io.shards import read_shard
 
 I64 = st.integers(-(2 ** 63), 2 ** 63 - 1)
 
@@ -50,7 +52,7 @@ def test_bad_text_names_file_and_line(text, line, what):
 
 
 def test_errors_in_late_blocks_count_lines_from_the_top(monkeypatch):
-    import worker.inputs as inputs
+    import shardstats.worker.io.text as inputs
     monkeypatch.setattr(inputs, "_BLOCK", 64)
     text = b"".join(b"%d\n" % i for i in range(100)) + b"oops\n"
     with pytest.raises(InputError, match=r"^f:101: "):

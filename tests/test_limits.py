@@ -7,13 +7,16 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from cluster import launcher
-from coordinator.job import JobFailed, run_job
-from protocol.errors import ProtocolError
-from protocol.messages import make
-from worker import jobs, server
-from worker.errors import UsageError
-from worker.median import parse_quantile
+from shardstats.settings import Settings
+from shardstats.cluster import launcher
+from shardstats.errors import ShardstatsError
+from shardstats.coordinator.job import run_job
+from shardstats.protocol.errors import ProtocolError
+from shardstats.protocol.messages import make
+from shardstats.worker import jobs
+from shardstats.worker import server
+from shardstats.errors import UsageError
+from shardstats.worker.ops.median import parse_quantile
 
 
 @pytest.mark.parametrize("q,want", [("0.9", Fraction(9, 10)), (0.25, Fraction(1, 4)), ("1", 1), ("0", 0),
@@ -32,7 +35,7 @@ def test_a_coordinator_that_skips_the_cli_checks_still_gets_a_usage_error(tmp_pa
     np.save(tmp_path / "a.npy", np.arange(100, dtype=np.int64))
     info = launcher.start(2, "127.0.0.1", None, str(tmp_path / "logs"), "warning")
     try:
-        with pytest.raises(JobFailed) as err:
+        with pytest.raises(ShardstatsError) as err:
             asyncio.run(run_job(info.workers, info.token.encode(), "median", str(tmp_path),
                                 {"quantiles": ["1e-999999999"]}, timeout=20))
         assert err.value.exit_code == 2 and "quantile" in str(err.value)
@@ -43,8 +46,8 @@ def test_a_coordinator_that_skips_the_cli_checks_still_gets_a_usage_error(tmp_pa
 
 
 def test_peer_data_for_a_job_that_has_not_started_is_bounded(monkeypatch):
-    monkeypatch.setattr(server, "EARLY_LIMIT_BYTES", 100)
-    w = server.WorkerServer(0, "127.0.0.1:1", ["127.0.0.1:1", "127.0.0.1:2"], b"t" * 32)
+    w = server.WorkerServer(0, "127.0.0.1:1", ["127.0.0.1:1", "127.0.0.1:2"], b"t" * 32,
+                            settings=Settings(early_limit_bytes=100))
     w.jobs["j"] = jobs.Job("j", [])
     msg = make("peer", job="j", tag="x", src=1, body={})
     w.deliver_peer(1, msg, 60)

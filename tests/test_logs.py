@@ -10,10 +10,11 @@ import re
 import numpy as np
 import pytest
 
-from cluster import launcher
-from coordinator.job import JobFailed, run_job
+from shardstats.cluster import launcher
+from shardstats.errors import ShardstatsError
+from shardstats.coordinator.job import run_job
 from tests.conftest import cli
-from worker import logs
+from shardstats import logs
 
 LINE = re.compile(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d (debug|info|warning|error) event=[a-z_]+'
                   r'( [a-z_]+=("([^"\\]|\\.)*"|[^\s"]+))*$')     # a value: a bare word or a JSON string
@@ -68,7 +69,7 @@ def test_worker_logs_name_the_worker_on_every_line_and_the_job_on_job_lines(tmp_
     info = launcher.start(2, "127.0.0.1", None, str(tmp_path / "logs"), "debug")
     try:
         good = _job(info, "mode", str(tmp_path / "*.npy"))
-        with pytest.raises(JobFailed) as ei:
+        with pytest.raises(ShardstatsError) as ei:
             _job(info, "median", str(tmp_path / "bad"))
         assert ei.value.exit_code == 2
     finally:

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from tests.conftest import nasty_datasets, ref_mode, run_op, split_for
-from worker.median import median
-from worker.mode import mode
-from worker.shuffle import STRATEGIES
+from shardstats.worker.ops.median import median
+from shardstats.worker.ops.mode import mode
+from shardstats.worker.comm.shuffle import STRATEGIES
 
 NASTY = nasty_datasets()
 WORKER_COUNTS = [1, 2, 3, 5, 10, 12]
@@ -69,7 +69,7 @@ def test_ties_all_lists_every_tied_value():
 
 
 def test_unique_dup_mode_finds_the_one_duplicate_and_moves_singles_as_8_bytes():
-    from cluster.gen import generate
+    from shardstats.cluster.gen import generate
     shards = generate(20_000, 10, "unique-dup", seed=3)
     res, stats, net = _check_mode(shards, 10, chunk_bytes=1 << 20)
     assert res["count"] == 2 and res["tie_count"] == 1
@@ -138,8 +138,8 @@ def test_mode_property(shards, workers, combine):
 
 
 def test_local_counting_is_skipped_for_nearly_unique_data_and_kept_for_repeats():
-    from cluster.gen import generate
-    from worker.mode import should_combine
+    from shardstats.cluster.gen import generate
+    from shardstats.worker.ops.mode import should_combine
     uniq = generate(400_000, 2, "unique-dup", seed=1)
     zipf = generate(400_000, 2, "zipf", seed=1)
     assert not should_combine(uniq[0]) and should_combine(zipf[0])
@@ -157,7 +157,7 @@ def test_median_property(shards, workers, samples, first_samples):
 
 
 def test_empty_dataset_is_an_error_not_none():
-    from worker.errors import EmptyDataset
+    from shardstats.errors import EmptyDataset
     with pytest.raises(ExceptionGroup) as ei:
         run_op(median, [np.zeros(0, np.int64)], 3)
     assert ei.group_contains(EmptyDataset)

@@ -18,8 +18,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import testbed  # noqa: E402
 
-from coordinator.job import run_job  # noqa: E402
-from coordinator.liveness import Liveness  # noqa: E402
+from shardstats.coordinator.job import run_job  # noqa: E402
+from shardstats.coordinator.liveness import Liveness  # noqa: E402
 from tests.conftest import shard_files  # noqa: E402
 
 pytestmark = pytest.mark.netns

@@ -11,11 +11,11 @@ import sys
 import numpy as np
 import pytest
 
-from cluster.gen import generate, write_shards
-from cluster.progress import ProgressLine, progress_enabled
-from protocol.messages import validate
+from shardstats.cluster.gen import generate, write_shards
+from shardstats.cluster.progress import ProgressLine, progress_enabled
+from shardstats.protocol.messages import validate
 from tests.conftest import ref_mode
-from worker.progress import MIN_INTERVAL, Progress, interval_from, reporting
+from shardstats.worker.comm.progress import MIN_INTERVAL, Progress, interval_from, reporting
 
 
 class Clock:
@@ -185,7 +185,7 @@ async def test_reporting_sends_nothing_unless_asked_and_nothing_after_a_failure(
 # -- through the CLI, on a real cluster -------------------------------------------------------
 def cli(*args: str, env: dict) -> subprocess.CompletedProcess:
     """Like tests.conftest.cli, but keeps "\r" (text mode would turn it into "\n")."""
-    r = subprocess.run([sys.executable, "-m", "cluster.cli", *args], capture_output=True, timeout=120,
+    r = subprocess.run([sys.executable, "-m", "shardstats.cluster.cli", *args], capture_output=True, timeout=120,
                        env={**os.environ, **env}, stdin=subprocess.DEVNULL)
     return subprocess.CompletedProcess(r.args, r.returncode, r.stdout.decode(), r.stderr.decode())
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.launcher import ports_in_use
+from shardstats.cluster.launcher import ports_in_use
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"^```(sh|python)\n(.*?)^```", re.S | re.M)

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from worker.collectives import broadcast, tree_reduce
-from worker.comm import InMemoryNetwork
-from worker.shuffle import ShuffleConfig, chunk_pieces, shuffle
+from shardstats.worker.comm.collectives import broadcast, tree_reduce
+from shardstats.worker.comm.inmemory import InMemoryNetwork
+from shardstats.worker.comm.shuffle import ShuffleConfig, chunk_pieces, shuffle
 
 
 def _run_shuffle(outgoing_by_rank, cfg, delays=None, slow_consume=None):

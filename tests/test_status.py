@@ -1,6 +1,7 @@
 """`cluster status` against a real 3-worker cluster: the table, --json, and a killed worker shown down (exit 1)."""
 from __future__ import annotations
 
+import shardstats
 import json
 import os
 import signal
@@ -9,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from cluster import launcher
-from cluster.gen import generate, write_shards
+from shardstats.cluster import launcher
+from shardstats.cluster.gen import generate, write_shards
 from tests.conftest import cli
 
 
@@ -37,7 +38,7 @@ def test_status_shows_every_worker_and_its_last_job_then_a_killed_one_down(three
     rows = json.loads(r.stdout)["workers"]
     assert [(w["id"], w["addr"], w["up"], w["jobs_run"]) for w in rows] == \
         [(i, a, True, 0) for i, a in enumerate(info.workers)]
-    assert all(w["version"] == "0.1.0" and w["last_job"] == {} for w in rows)
+    assert all(w["version"] == shardstats.__version__ and w["last_job"] == {} for w in rows)
 
     parts = generate(30_000, 3, "unique-dup", seed=5)
     write_shards(parts, tmp_path / "in", "npy")
@@ -59,7 +60,7 @@ def test_status_shows_every_worker_and_its_last_job_then_a_killed_one_down(three
                                                                      "last", "job"]
     for i, line in enumerate(lines[2:]):
         f = line.split()
-        assert f[:6] == [str(i), info.workers[i], "up", "0.1.0", "1", "mode"]
+        assert f[:6] == [str(i), info.workers[i], "up", shardstats.__version__, "1", "mode"]
         assert f"{rows[i]['last_job']['bytes_sent']:,} B sent" in line
 
     os.kill(info.pids[2], signal.SIGKILL)

@@ -17,9 +17,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import testbed  # noqa: E402
 
-from cluster.gen import generate, write_shards  # noqa: E402
-from coordinator.job import run_job  # noqa: E402
-from worker.shuffle import STRATEGIES  # noqa: E402
+from shardstats.cluster.gen import generate, write_shards  # noqa: E402
+from shardstats.coordinator.job import run_job  # noqa: E402
+from shardstats.worker.comm.shuffle import STRATEGIES  # noqa: E402
 
 pytestmark = pytest.mark.netns
 

@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from worker import logs, memory
-from worker.errors import InputError, JobError
-from worker.inputs import read_shard
-from worker.ops import OPS
-from worker.peers import PeerLink, TcpComm
-from worker.progress import Progress, reporting
+from shardstats import logs
+from shardstats.worker import memory
+from shardstats.errors import InputError, JobError
+from shardstats.worker.io.shards import read_shard
+from shardstats.worker.ops.registry import OPS
+from shardstats.worker.net.links import PeerLink
+from shardstats.worker.comm.tcp import TcpComm
+from shardstats.worker.comm.progress import Progress, reporting
 
 
 def resolve(path: str, root: str) -> str:

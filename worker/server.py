@@ -14,28 +14,28 @@ import signal
 import time
 from typing import Any
 
-from protocol.errors import HandshakeFailed, ProtocolError
-from protocol.frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
-from protocol.handshake import ServerHandshake
-from protocol.messages import PROTOCOL_VERSION, make, validate
-from worker import jobs, logs, memory, progress
-from worker.errors import JobError, PeerFailure
-from worker.peers import PeerLink, parse_addr
+from shardstats.protocol.errors import HandshakeFailed, ProtocolError
+from shardstats.protocol.frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
+from shardstats.protocol.handshake import ServerHandshake
+from shardstats.protocol.messages import PROTOCOL_VERSION, make, validate
+from shardstats.worker import jobs
+from shardstats import logs
+from shardstats.worker import memory
+from shardstats.worker.comm import progress
+from shardstats.errors import JobError, PeerFailure, ShardstatsError
+from shardstats.worker.net.inbound import InboundConnection
+from shardstats.worker.net.links import PeerLink
+from shardstats.worker.net.dial import parse_addr
+from shardstats._version import __version__
+from shardstats.settings import DEFAULTS, Settings
 
-HANDSHAKE_TIMEOUT = 5.0
-PRE_AUTH_MAX_FRAME = 4096
-EARLY_LIMIT_BYTES = 1 << 30   # what peers may send a job before its own "run" arrives here
 # A coordinator pings every worker during its jobs (coordinator/job.py); a worker whose
 # coordinator stays silent this long (unless the load message says otherwise) drops its jobs.
-COORDINATOR_SILENCE = 10.0
-DEFAULT_JOB_TIMEOUT = 120.0
-VERSION = "0.1.0"
 
 
 class WorkerServer:
     def __init__(self, worker_id: int, listen: str, peers: list[str], token: bytes, *, root: str = ".",
-                 job_timeout: float = DEFAULT_JOB_TIMEOUT, max_frame: int = DEFAULT_MAX_FRAME,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+                 settings: Settings = DEFAULTS) -> None:
         if not 0 <= worker_id < len(peers):
             raise ValueError(f"worker id {worker_id} is not an index into the {len(peers)} peer addresses")
         self.id = worker_id
@@ -43,9 +43,7 @@ class WorkerServer:
         self.peers = peers
         self.token = token
         self.root = root
-        self.job_timeout = job_timeout
-        self.max_frame = max_frame
-        self.handshake_timeout = handshake_timeout
+        self.settings = settings
         self.jobs: dict[str, jobs.Job] = {}
         self.finished: dict[str, float] = {}
         self.failed: set[str] = set()        # finished jobs that ended in failure or abort (a subset of finished)
@@ -133,8 +131,8 @@ class WorkerServer:
                 # before our "run" (data needs our credits); --shuffle naive may send data early.
                 # Beyond this bound it is a misbehaving peer, not a slow start.
                 job.early_bytes += nbytes
-                if job.early_bytes > EARLY_LIMIT_BYTES:
-                    raise ProtocolError(f"worker {peer_id} sent over {EARLY_LIMIT_BYTES >> 20} MiB for job "
+                if job.early_bytes > self.settings.early_limit_bytes:
+                    raise ProtocolError(f"worker {peer_id} sent over {self.settings.early_limit_bytes >> 20} MiB for job "
                                         f"{msg['job']} before it started here")
                 job.early.append((peer_id, msg, nbytes))
             return
@@ -184,18 +182,18 @@ class WorkerServer:
             raise
         except Exception as exc:  # noqa: BLE001 - the request boundary: report, keep serving
             cause = root_cause(exc)
-            if isinstance(cause, JobError):
+            if isinstance(cause, ShardstatsError):
                 kind, text = cause.kind, str(cause)
                 logs.event("job_failed", logging.WARNING, job=job_id, kind=kind, error=text)
             else:
                 kind, text = "internal", f"worker {self.id}: {cause!r}"
                 logs.event("job_crashed", logging.ERROR, job=job_id, error=repr(cause))
             reply(make("error", job=job_id, kind=kind, message=text))
-            self._drop(job_id, cause if isinstance(cause, JobError) else JobError(text))
+            self._drop(job_id, cause if isinstance(cause, ShardstatsError) else JobError(text))
 
     async def _run(self, job: jobs.Job, msg: dict) -> dict:
         ranks = [int(r) for r in msg["ranks"]]
-        timeout = float(msg["params"].get("timeout") or self.job_timeout)
+        timeout = float(msg["params"].get("timeout") or self.settings.job_timeout)
         job.comm = jobs.make_comm(job, self.id, msg["op"], ranks, self.links, timeout)
         early, job.early = job.early, []
         for peer_id, m, nbytes in early:     # peer messages that arrived before our "run"
@@ -203,7 +201,7 @@ class WorkerServer:
         return await jobs.run(job, job.comm, msg["op"], msg["params"])
 
     def info(self) -> dict:
-        return {"version": VERSION, "protocol": PROTOCOL_VERSION, "addr": self.peers[self.id],
+        return {"version": __version__, "protocol": PROTOCOL_VERSION, "addr": self.peers[self.id],
                 "jobs_run": self.jobs_run, "active_jobs": len(self.jobs), "last_job": self.last_job,
                 "uptime": round(time.time() - self.started, 1)}
 
@@ -227,133 +225,8 @@ def root_cause(exc: BaseException) -> BaseException:
             else:
                 leaves.append(e)
         real = [e for e in leaves if not isinstance(e, asyncio.CancelledError)] or leaves
-        return next((e for e in real if isinstance(e, JobError) and not isinstance(e, PeerFailure)),
-                    next((e for e in real if isinstance(e, JobError)), real[0]))
+        return next((e for e in real if isinstance(e, ShardstatsError) and not isinstance(e, PeerFailure)),
+                    next((e for e in real if isinstance(e, ShardstatsError)), real[0]))
     return exc
 
 
-class InboundConnection(asyncio.Protocol):
-    """One inbound connection: handshake under a small frame limit and a deadline, then routing.
-
-    Anything that breaks the protocol (garbage, a frame over the limit, a message of
-    the wrong shape, a peer speaking for another rank, a hello without a valid token
-    proof or with an id that is not a peer's) closes this connection only; it is
-    logged and the worker keeps serving everyone else.
-    """
-
-    def __init__(self, server: WorkerServer) -> None:
-        self.server = server
-        self.decoder = FrameDecoder(max_frame=PRE_AUTH_MAX_FRAME)
-        self.hs = ServerHandshake(server.token, server.id)
-        self.role: str | None = None
-        self.peer_id: int | None = None
-        self.jobs: set[str] = set()
-        self.transport: asyncio.Transport | None = None
-        self.peername = None
-        self._deadline: asyncio.TimerHandle | None = None
-        self._silence_limit: float | None = None     # coordinator connections with jobs: drop them after this
-        self._last_rx = 0.0
-        self._watchdog: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        self.peername = transport.get_extra_info("peername")
-        loop = asyncio.get_running_loop()
-        self._last_rx = loop.time()
-        transport.write(encode_frame(self.hs.challenge()))
-        self._deadline = loop.call_later(self.server.handshake_timeout, self._too_slow)
-
-    def _too_slow(self) -> None:
-        logs.event("handshake_timeout", logging.WARNING, remote=self.peername)
-        self._close()
-
-    def _close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
-
-    def reply(self, msg: dict) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(encode_frame(msg, self.server.max_frame))
-
-    def data_received(self, data: bytes) -> None:
-        self._last_rx = asyncio.get_running_loop().time()
-        try:
-            for msg, nbytes in self.decoder.feed_sized(data):
-                if self.role is None:
-                    self._handshake(msg)
-                    continue
-                validate(msg)
-                if self.role == "peer":
-                    if msg["t"] != "peer":
-                        raise ProtocolError(f"peer sent a {msg['t']} message")
-                    self.server.deliver_peer(self.peer_id, msg, nbytes)
-                elif msg["t"] in ("ping", "load", "run", "abort"):
-                    self.server.spawn(self.server.handle_request(msg, self.reply, self))
-                else:
-                    raise ProtocolError(f"coordinator sent a {msg['t']} message")
-        except ProtocolError as exc:
-            event = "handshake_refused" if self.role is None else "protocol_error"
-            logs.event(event, logging.WARNING, remote=self.peername, role=self.role,
-                       peer=self.peer_id, error=exc)
-            self._close()
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-            # A shape validate() let through that the code behind it did not expect: still the peer's fault.
-            logs.event("protocol_error", logging.WARNING, remote=self.peername, role=self.role,
-                       peer=self.peer_id, error=repr(exc))
-            self._close()
-
-    def _handshake(self, msg: dict) -> None:
-        welcome = self.hs.receive_hello(msg)
-        role, pid = self.hs.peer_role, self.hs.peer_id
-        # Checked before the welcome goes out: a refused client learns nothing.
-        if role == "peer" and (not 0 <= pid < len(self.server.peers) or pid == self.server.id):
-            raise HandshakeFailed(f"peer claims worker id {pid}, which is not a peer of worker {self.server.id}")
-        self.reply(welcome)
-        self.role, self.peer_id = role, pid
-        self.decoder.max_frame = self.server.max_frame
-        if self._deadline is not None:
-            self._deadline.cancel()
-        logs.event("connection_authenticated", logging.DEBUG, role=role, peer=pid, remote=self.peername)
-
-    # -- the coordinator's liveness ------------------------------------------------
-    def watch_job(self, job_id: str, dead_after: object) -> None:
-        """Ties a job to this coordinator connection; its silence past ``dead_after`` s drops the job."""
-        self.jobs.add(job_id)
-        limit = float(dead_after) if isinstance(dead_after, (int, float)) and not isinstance(dead_after, bool) \
-            and 0 < dead_after < 3600 else COORDINATOR_SILENCE
-        self._silence_limit = limit if self._silence_limit is None else min(limit, self._silence_limit)
-        if self._watchdog is None:
-            self._arm()
-
-    def _arm(self) -> None:
-        assert self._silence_limit is not None
-        self._watchdog = asyncio.get_running_loop().call_later(self._silence_limit / 4, self._check_silence)
-
-    def _check_silence(self) -> None:
-        self._watchdog = None
-        live = [j for j in self.jobs if j in self.server.jobs]
-        if not live or self.transport is None or self.transport.is_closing():
-            self._silence_limit = None
-            return
-        assert self._silence_limit is not None
-        silent = asyncio.get_running_loop().time() - self._last_rx
-        if silent > self._silence_limit:
-            logs.event("coordinator_silent", logging.WARNING, remote=self.peername, seconds=round(silent, 2),
-                       jobs=",".join(live))
-            for job_id in live:
-                self.server._drop(job_id, JobError(f"coordinator silent for {silent:.1f}s"))
-            self._close()
-            return
-        self._arm()
-
-    def connection_lost(self, exc) -> None:
-        for timer in (self._deadline, self._watchdog):
-            if timer is not None:
-                timer.cancel()
-        if self.role == "coord":
-            # A coordinator that went away leaves no one to collect its jobs: cancel them.
-            for job_id in self.jobs:
-                self.server._drop(job_id, JobError("coordinator disconnected"))
-        elif self.role == "peer" and self.peer_id is not None:
-            # The peer's end of its link to us closed: it died, restarted or broke the protocol.
-            self.server._peer_failed(self.peer_id, exc or ConnectionError("inbound connection closed"))

@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 
-from protocol.messages import make
+from shardstats.protocol.messages import make
 
 MIN_INTERVAL = 0.05          # a coordinator cannot ask for more than 20 messages per second per worker
 MAX_INTERVAL = 60.0

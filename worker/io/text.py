@@ -13,49 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.errors import InputError
+from shardstats.errors import InputError
 
-SUFFIXES = (".txt", ".npy", ".csv", ".parquet")
-_EXPECTED = "expected .txt, .npy, .csv or .parquet"
 INT64_MAX = 2 ** 63 - 1
 _BLOCK = 32 << 20            # parse text in blocks of about this many bytes, cut at a newline
 
 
 
-def read_shard(path: str | os.PathLike, column: str | int | None = None) -> np.ndarray:
-    """One shard as int64; ``column`` picks the column of a .csv/.parquet file (see worker.formats)."""
-    p = Path(path)
-    suffix = p.suffix.lower()
-    if suffix in (".csv", ".parquet"):
-        from worker.formats import read_csv, read_parquet
-        return (read_csv if suffix == ".csv" else read_parquet)(p, column)
-    if suffix == ".npy":
-        return read_npy(p)
-    if suffix == ".txt":
-        return read_txt(p)
-    raise InputError(f"{p}: unsupported file type {suffix or '(none)'!r} ({_EXPECTED})")
-
-
-def read_npy(path: Path) -> np.ndarray:
-    try:
-        a = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except PermissionError:
-        raise InputError(f"{path}: permission denied") from None
-    except (ValueError, OSError, EOFError, MemoryError) as exc:
-        # MemoryError: a truncated or forged header that claims far more values than the file holds.
-        raise InputError(f"{path}: not a readable .npy file ({_short(exc)})") from None
-    if a.dtype.kind not in "iu":
-        raise InputError(f"{path}: .npy holds {a.dtype} values, expected an integer dtype")
-    a = a.reshape(-1)
-    if a.dtype.kind == "u" and a.dtype.itemsize == 8 and len(a) and a.max() > INT64_MAX:
-        bad = int(np.argmax(a > INT64_MAX))
-        raise InputError(f"{path}: element {bad} ({int(a[bad])}) is beyond the int64 range")
-    return a.astype(np.int64, copy=False)
-
-
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
     return str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
 
 
@@ -75,7 +40,7 @@ def read_bytes(path: Path) -> bytes:
     except PermissionError:
         raise InputError(f"{path}: permission denied") from None
     except OSError as exc:
-        raise InputError(f"{path}: cannot read ({_short(exc)})") from None
+        raise InputError(f"{path}: cannot read ({short_error(exc)})") from None
 
 
 def line_blocks(raw: bytes) -> Iterator[tuple[np.ndarray, int]]:
@@ -204,43 +169,3 @@ def _raise(exc: Exception):
     raise exc
 
 
-def list_shards(path: str) -> list[str]:
-    """The shard files a user's --input names: a directory, a file, or a glob."""
-    import glob
-    p = Path(path)
-    if any(ch in path for ch in "*?["):
-        found = sorted(glob.glob(path, recursive=True))
-        _refuse_special([Path(f) for f in found])
-        files = [f for f in found if Path(f).is_file()]
-        if not files:
-            raise InputError(f"{path}: the pattern matches no files")
-    elif p.is_dir():
-        try:
-            entries = sorted(f for f in p.iterdir() if f.suffix.lower() in SUFFIXES)
-        except PermissionError:
-            raise InputError(f"{path}: permission denied") from None
-        _refuse_special(entries)
-        files = [str(f) for f in entries if f.is_file()]
-        if not files:
-            raise InputError(f"{path}: directory holds no shard files ({_EXPECTED[9:]})")
-    elif p.is_file():
-        files = [path]
-    elif p.exists():
-        raise InputError(f"{path}: not a regular file or directory")
-    else:
-        raise InputError(f"{path}: no such file or directory")
-    wrong = [f for f in files if Path(f).suffix.lower() not in SUFFIXES]
-    if wrong:
-        raise InputError(f"{wrong[0]}: unsupported file type ({_EXPECTED})")
-    return files
-
-
-def _refuse_special(entries: list[Path]) -> None:
-    """A shard that is neither a regular file nor a directory is an error, not skipped: silently
-    dropping a dangling symlink's data would give a wrong answer, and a FIFO would block its reader."""
-    for f in entries:
-        if f.is_file() or f.is_dir():
-            continue
-        if f.is_symlink():
-            raise InputError(f"{f}: broken symbolic link (its target does not exist or loops)")
-        raise InputError(f"{f}: not a regular file (a FIFO, socket or device)")

@@ -11,63 +11,14 @@ import asyncio
 from collections import deque
 from typing import Callable
 
-from protocol.errors import HandshakeFailed, ProtocolError
-from protocol.frames import FrameDecoder, encode_frame
-from protocol.handshake import ClientHandshake
-from worker import logs
-from worker.comm import Communicator
-from worker.errors import PeerFailure
+from shardstats.protocol.errors import HandshakeFailed, ProtocolError
+from shardstats.protocol.frames import FrameDecoder, encode_frame
+from shardstats.protocol.handshake import ClientHandshake
+from shardstats import logs
+from shardstats.worker.net.dial import client_connect
+from shardstats.errors import PeerFailure
+from shardstats.settings import DEFAULTS
 
-SEND_QUEUE_FRAMES = 8
-CONNECT_TIMEOUT = 5.0
-SEND_TIMEOUT = 30.0
-
-
-def parse_addr(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"bad address {addr!r} (expected HOST:PORT)")
-    return host.strip("[]"), int(port)
-
-
-class FrameReader:
-    """Whole messages from a StreamReader, with a deadline on each (handshakes, the coordinator's client)."""
-
-    def __init__(self, reader: asyncio.StreamReader, max_frame: int) -> None:
-        self.reader = reader
-        self.decoder = FrameDecoder(max_frame=max_frame)
-        self._pending: deque[dict] = deque()
-
-    async def next(self, timeout: float) -> dict:
-        async with asyncio.timeout(timeout):
-            while not self._pending:
-                data = await self.reader.read(1 << 16)
-                if not data:
-                    raise ConnectionError("connection closed by peer")
-                self._pending.extend(self.decoder.feed(data))
-        return self._pending.popleft()
-
-
-async def client_connect(addr: str, token: bytes, role: str, my_id: int, timeout: float = CONNECT_TIMEOUT,
-                         max_frame: int = 64 * 1024):
-    """Dials ``addr`` and runs the client side of the handshake; returns (FrameReader, writer, server id)."""
-    host, port = parse_addr(addr)
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    try:
-        frames = FrameReader(reader, max_frame)
-        hs = ClientHandshake(token, role, my_id)
-        writer.write(encode_frame(hs.receive_challenge(await frames.next(timeout))))
-        try:
-            welcome = await frames.next(timeout)
-        except ConnectionError:
-            # Workers close without a word on a bad proof: the likeliest cause is the token.
-            raise HandshakeFailed(f"{addr} closed the connection after our hello "
-                                  f"(wrong cluster token or protocol version?)") from None
-        server_id = hs.receive_welcome(welcome)
-    except BaseException:
-        writer.close()
-        raise
-    return frames, writer, server_id
 
 
 class PeerLink:
@@ -84,7 +35,7 @@ class PeerLink:
     def __init__(self, my_id: int, peer_id: int, addr: str, token: bytes,
                  on_failure: Callable[[int, BaseException], None],
                  job_failed: Callable[[str], bool] | None = None,
-                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+                 connect_timeout: float = DEFAULTS.connect_timeout) -> None:
         self.my_id = my_id
         self.peer_id = peer_id
         self.addr = addr
@@ -92,7 +43,7 @@ class PeerLink:
         self.on_failure = on_failure
         self.job_failed = job_failed or (lambda job: False)
         self.connect_timeout = connect_timeout
-        self.queue: asyncio.Queue[tuple[str | None, bytes]] = asyncio.Queue(maxsize=SEND_QUEUE_FRAMES)
+        self.queue: asyncio.Queue[tuple[str | None, bytes]] = asyncio.Queue(maxsize=DEFAULTS.send_queue_frames)
         self.queued_bytes = 0
         self.peak_queued_bytes = 0
         self.bytes_written = 0
@@ -105,10 +56,10 @@ class PeerLink:
         self.queued_bytes += len(frame)
         self.peak_queued_bytes = max(self.peak_queued_bytes, self.queued_bytes)
         try:
-            await asyncio.wait_for(self.queue.put((job, frame)), SEND_TIMEOUT)
+            await asyncio.wait_for(self.queue.put((job, frame)), DEFAULTS.send_timeout)
         except TimeoutError:
             self.queued_bytes -= len(frame)
-            raise PeerFailure(f"worker {self.peer_id} at {self.addr} accepted nothing for {SEND_TIMEOUT:g}s") from None
+            raise PeerFailure(f"worker {self.peer_id} at {self.addr} accepted nothing for {DEFAULTS.send_timeout:g}s") from None
         except asyncio.CancelledError:
             self.queued_bytes -= len(frame)
             raise
@@ -137,7 +88,7 @@ class PeerLink:
                     await self._connect()
                 assert self._writer is not None
                 self._writer.write(frame)
-                await asyncio.wait_for(self._writer.drain(), SEND_TIMEOUT)
+                await asyncio.wait_for(self._writer.drain(), DEFAULTS.send_timeout)
                 self.bytes_written += len(frame)
                 return
             except (OSError, TimeoutError, ProtocolError, ConnectionError) as exc:
@@ -180,13 +131,3 @@ class PeerLink:
             w.cancel()
 
 
-class TcpComm(Communicator):
-    """A job's communicator on a worker: rank r is worker ``ranks[r]``; frames go out on that peer's link."""
-
-    def __init__(self, job: str, ranks: list[int], my_id: int, links: dict[int, PeerLink], timeout: float) -> None:
-        super().__init__(job, ranks.index(my_id), len(ranks), timeout)
-        self.ranks = ranks
-        self.links = links
-
-    async def _transmit(self, dest: int, frame: bytes) -> None:
-        await self.links[self.ranks[dest]].send(frame, self.job)

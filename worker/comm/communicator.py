@@ -12,12 +12,12 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from protocol.frames import decode_body, encode_frame, HEADER
-from protocol.messages import make, validate
-from worker.mailbox import Mailbox
-from worker.progress import Progress
+from shardstats.protocol.frames import decode_body, encode_frame, HEADER
+from shardstats.protocol.messages import make, validate
+from shardstats.worker.comm.mailbox import Mailbox
+from shardstats.worker.comm.progress import Progress
+from shardstats.settings import DEFAULTS
 
-DEFAULT_TIMEOUT = 60.0
 
 
 @dataclass
@@ -40,7 +40,7 @@ class CommStats:
 class Communicator:
     """Base: mailbox-backed recv, counted sends.  Subclasses move the frames."""
 
-    def __init__(self, job: str, rank: int, size: int, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, job: str, rank: int, size: int, timeout: float = DEFAULTS.job_timeout) -> None:
         self.job = job
         self.rank = rank
         self.size = size
@@ -80,28 +80,3 @@ class Communicator:
         raise NotImplementedError
 
 
-class InMemoryComm(Communicator):
-    """Frames go through the real codec, then straight into the destination's mailbox."""
-
-    def __init__(self, net: "InMemoryNetwork", rank: int) -> None:
-        super().__init__(net.job, rank, net.size, net.timeout)
-        self.net = net
-
-    async def _transmit(self, dest: int, frame: bytes) -> None:
-        await asyncio.sleep(0)  # let other ranks run, as a socket write would
-        delay = self.net.delays.get(dest)
-        if delay:
-            await asyncio.sleep(delay)
-        msg = validate(decode_body(memoryview(frame)[HEADER.size:]))
-        self.net.comms[dest].deliver(msg["src"], msg["tag"], msg["body"], len(frame))
-
-
-class InMemoryNetwork:
-    """W communicators in one event loop; ``delays`` slows delivery to chosen ranks."""
-
-    def __init__(self, size: int, job: str = "test", timeout: float = 30.0) -> None:
-        self.job = job
-        self.size = size
-        self.timeout = timeout
-        self.delays: dict[int, float] = {}
-        self.comms = [InMemoryComm(self, r) for r in range(size)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter, defaultdict, deque
 
-from worker.errors import PeerFailure
+from shardstats.errors import PeerFailure
 
 
 def payload_bytes(body: dict) -> int:

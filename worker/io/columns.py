@@ -3,7 +3,7 @@
 CSV is read without a per-row Python loop: numpy finds the newlines and the
 (unquoted) commas, cuts the chosen field out of every row into a new byte
 buffer that keeps every row's newline, and hands that buffer to
-``worker.inputs.parse_text``.  Because each row keeps its newline, the parser's
+``shardstats.worker.io.text.parse_text``.  Because each row keeps its newline, the parser's
 "file:line: what: text" errors name the row of the CSV file itself.
 
 Which column: ``column`` is ``None`` (the first), a header name, or a 0-based
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.errors import InputError
-from worker.inputs import line_blocks, parse_text, read_bytes
+from shardstats.errors import InputError
+from shardstats.worker.io.text import line_blocks, parse_text, read_bytes
 
 _COMMA, _QUOTE, _NL = 44, 34, 10
 _SPACE_BYTES = np.array([32, 9, 13, 10, _QUOTE], dtype=np.uint8)   # bytes that do not make a field non-empty

@@ -31,9 +31,9 @@ from fractions import Fraction
 
 import numpy as np
 
-from worker.collectives import broadcast, tree_reduce
-from worker.comm import Communicator
-from worker.errors import EmptyDataset, UsageError
+from shardstats.worker.comm.collectives import broadcast, tree_reduce
+from shardstats.worker.comm.communicator import Communicator
+from shardstats.errors import EmptyDataset, UsageError
 
 DEFAULT_SAMPLES = 128          # regular samples per rank per window in the later rounds
 FIRST_SAMPLES = 1024           # random samples per rank in the first (bracketing) round

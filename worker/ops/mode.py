@@ -14,13 +14,13 @@ import time
 
 import numpy as np
 
-from worker import memory
-from worker.memory import concat_releasing
-from worker.collectives import tree_reduce
-from worker.comm import Communicator
-from worker.counting import repeated_runs, run_lengths, sum_by_value
-from worker.hashing import partition_blocks
-from worker.shuffle import ShuffleConfig, chunk_blocks, shuffle
+from shardstats.worker import memory
+from shardstats.worker.memory import concat_releasing
+from shardstats.worker.comm.collectives import tree_reduce
+from shardstats.worker.comm.communicator import Communicator
+from shardstats.worker.ops.counting import repeated_runs, run_lengths, sum_by_value
+from shardstats.worker.comm.partition import partition_blocks
+from shardstats.worker.comm.shuffle import ShuffleConfig, chunk_blocks, shuffle
 
 COMBINE_SAMPLE = 65536     # values sampled to decide whether local counting pays
 COMBINE_BELOW = 0.9        # combine when fewer than this share of sampled values are distinct

@@ -25,7 +25,7 @@ from typing import Awaitable, Callable
 
 import numpy as np
 
-from worker.comm import Communicator
+from shardstats.worker.comm.communicator import Communicator
 
 DEFAULT_CHUNK_BYTES = 1 << 20
 STRATEGIES = ("credit", "naive", "gather")

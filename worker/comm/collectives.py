@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from worker.comm import Communicator
+from shardstats.worker.comm.communicator import Communicator
 
 Combine = Callable[[dict, dict], dict]
 

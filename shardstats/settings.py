@@ -1,0 +1,36 @@
+"""Every timeout and limit, with its one default, in one object.
+
+Why one object: the same setting used to be written in several modules (a job's
+wait deadline was 60 s in the communicator and 120 s in the daemon), and a
+phase deadline travelled down the layers inside an op's parameters.  Now each
+layer reads its setting here; a daemon or a coordinator that wants other values
+builds ``Settings(...)`` once and passes it down (``dataclasses.replace``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Settings:
+    # -- connections (worker and coordinator) ------------------------------------------
+    connect_timeout: float = 5.0          # dialing a worker, handshake included
+    handshake_timeout: float = 5.0        # a new inbound connection must prove the token within this
+    pre_auth_max_frame: int = 4096        # frame limit before the handshake
+    max_frame: int = 4 * 1024 * 1024      # frame limit after it (data travels in chunks well under it)
+    send_queue_frames: int = 8            # frames queued per peer link before a sender waits
+    send_timeout: float = 30.0            # a frame that cannot be handed to a peer's socket within this fails
+    # -- a job on a worker ----------------------------------------------------------------
+    job_timeout: float = 120.0            # any single wait inside a job (a recv, a credit)
+    early_limit_bytes: int = 1 << 30      # what peers may send a job before its own "run" arrives
+    coordinator_silence: float = 10.0     # a worker drops its jobs when their coordinator is silent this long
+    # -- the coordinator ------------------------------------------------------------------
+    phase_timeout: float = 300.0          # the load phase and the run phase each finish within this
+    max_retries: int = 2                  # re-runs on the survivors when workers are lost
+    heartbeat: float = 1.0                # seconds between the coordinator's pings to each worker
+    dead_after: float = 5.0               # a worker silent this long is lost
+    progress_interval: float = 0.25       # seconds between a worker's progress messages (when asked for)
+    status_timeout: float = 2.0           # `cluster status`: how long a ping may take
+
+
+DEFAULTS = Settings()

@@ -1,0 +1,144 @@
+"""One inbound connection to a worker: the handshake under a small frame limit and a deadline, then routing.
+
+The connection knows the wire; what a message means is the server's business
+(``server.deliver_peer`` for peer data, ``server.handle_request`` for the
+coordinator's requests), so this module imports nothing of the daemon.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from shardstats import logs
+from shardstats.errors import JobError
+from shardstats.protocol.errors import HandshakeFailed, ProtocolError
+from shardstats.protocol.frames import FrameDecoder, encode_frame
+from shardstats.protocol.handshake import ServerHandshake
+from shardstats.protocol.messages import validate
+
+
+class InboundConnection(asyncio.Protocol):
+    """One inbound connection: handshake under a small frame limit and a deadline, then routing.
+
+    Anything that breaks the protocol (garbage, a frame over the limit, a message of
+    the wrong shape, a peer speaking for another rank, a hello without a valid token
+    proof or with an id that is not a peer's) closes this connection only; it is
+    logged and the worker keeps serving everyone else.
+    """
+
+    def __init__(self, server) -> None:   # a WorkerServer (worker/server.py); not imported: arrows run one way
+        self.server = server
+        self.decoder = FrameDecoder(max_frame=server.settings.pre_auth_max_frame)
+        self.hs = ServerHandshake(server.token, server.id)
+        self.role: str | None = None
+        self.peer_id: int | None = None
+        self.jobs: set[str] = set()
+        self.transport: asyncio.Transport | None = None
+        self.peername = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._silence_limit: float | None = None     # coordinator connections with jobs: drop them after this
+        self._last_rx = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.peername = transport.get_extra_info("peername")
+        loop = asyncio.get_running_loop()
+        self._last_rx = loop.time()
+        transport.write(encode_frame(self.hs.challenge()))
+        self._deadline = loop.call_later(self.server.settings.handshake_timeout, self._too_slow)
+
+    def _too_slow(self) -> None:
+        logs.event("handshake_timeout", logging.WARNING, remote=self.peername)
+        self._close()
+
+    def _close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def reply(self, msg: dict) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode_frame(msg, self.server.settings.max_frame))
+
+    def data_received(self, data: bytes) -> None:
+        self._last_rx = asyncio.get_running_loop().time()
+        try:
+            for msg, nbytes in self.decoder.feed_sized(data):
+                if self.role is None:
+                    self._handshake(msg)
+                    continue
+                validate(msg)
+                if self.role == "peer":
+                    if msg["t"] != "peer":
+                        raise ProtocolError(f"peer sent a {msg['t']} message")
+                    self.server.deliver_peer(self.peer_id, msg, nbytes)
+                elif msg["t"] in ("ping", "load", "run", "abort"):
+                    self.server.spawn(self.server.handle_request(msg, self.reply, self))
+                else:
+                    raise ProtocolError(f"coordinator sent a {msg['t']} message")
+        except ProtocolError as exc:
+            event = "handshake_refused" if self.role is None else "protocol_error"
+            logs.event(event, logging.WARNING, remote=self.peername, role=self.role,
+                       peer=self.peer_id, error=exc)
+            self._close()
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            # A shape validate() let through that the code behind it did not expect: still the peer's fault.
+            logs.event("protocol_error", logging.WARNING, remote=self.peername, role=self.role,
+                       peer=self.peer_id, error=repr(exc))
+            self._close()
+
+    def _handshake(self, msg: dict) -> None:
+        welcome = self.hs.receive_hello(msg)
+        role, pid = self.hs.peer_role, self.hs.peer_id
+        # Checked before the welcome goes out: a refused client learns nothing.
+        if role == "peer" and (not 0 <= pid < len(self.server.peers) or pid == self.server.id):
+            raise HandshakeFailed(f"peer claims worker id {pid}, which is not a peer of worker {self.server.id}")
+        self.reply(welcome)
+        self.role, self.peer_id = role, pid
+        self.decoder.max_frame = self.server.settings.max_frame
+        if self._deadline is not None:
+            self._deadline.cancel()
+        logs.event("connection_authenticated", logging.DEBUG, role=role, peer=pid, remote=self.peername)
+
+    # -- the coordinator's liveness ------------------------------------------------
+    def watch_job(self, job_id: str, dead_after: object) -> None:
+        """Ties a job to this coordinator connection; its silence past ``dead_after`` s drops the job."""
+        self.jobs.add(job_id)
+        limit = float(dead_after) if isinstance(dead_after, (int, float)) and not isinstance(dead_after, bool) \
+            and 0 < dead_after < 3600 else self.server.settings.coordinator_silence
+        self._silence_limit = limit if self._silence_limit is None else min(limit, self._silence_limit)
+        if self._watchdog is None:
+            self._arm()
+
+    def _arm(self) -> None:
+        assert self._silence_limit is not None
+        self._watchdog = asyncio.get_running_loop().call_later(self._silence_limit / 4, self._check_silence)
+
+    def _check_silence(self) -> None:
+        self._watchdog = None
+        live = [j for j in self.jobs if j in self.server.jobs]
+        if not live or self.transport is None or self.transport.is_closing():
+            self._silence_limit = None
+            return
+        assert self._silence_limit is not None
+        silent = asyncio.get_running_loop().time() - self._last_rx
+        if silent > self._silence_limit:
+            logs.event("coordinator_silent", logging.WARNING, remote=self.peername, seconds=round(silent, 2),
+                       jobs=",".join(live))
+            for job_id in live:
+                self.server._drop(job_id, JobError(f"coordinator silent for {silent:.1f}s"))
+            self._close()
+            return
+        self._arm()
+
+    def connection_lost(self, exc) -> None:
+        for timer in (self._deadline, self._watchdog):
+            if timer is not None:
+                timer.cancel()
+        if self.role == "coord":
+            # A coordinator that went away leaves no one to collect its jobs: cancel them.
+            for job_id in self.jobs:
+                self.server._drop(job_id, JobError("coordinator disconnected"))
+        elif self.role == "peer" and self.peer_id is not None:
+            # The peer's end of its link to us closed: it died, restarted or broke the protocol.
+            self.server._peer_failed(self.peer_id, exc or ConnectionError("inbound connection closed"))

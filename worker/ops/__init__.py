@@ -1,0 +1,1 @@
+"""The op contract, the registry, and the built-in ops with their helpers."""
