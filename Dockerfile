@@ -9,6 +9,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # Only what the distribution is built from (pyproject names README.md as its readme).
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY shardstats/ shardstats/
 COPY protocol/ protocol/
 COPY worker/ worker/
 COPY coordinator/ coordinator/

@@ -62,7 +62,7 @@ def test_dockerfile_base_user_entrypoint_and_install():
 def test_dockerfile_copies_everything_pip_install_needs():
     """Every package setuptools is told to build, and the readme pyproject names, reach the image."""
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    needed = {"pyproject.toml", meta["project"]["readme"], *meta["tool"]["setuptools"]["packages"]}
+    needed = {"pyproject.toml", meta["project"]["readme"], *meta["tool"]["setuptools"]["package-dir"].values()}
     copied = {s.rstrip("/") for c in cn.parse_dockerfile(DOCKERFILE).copies for s in c[:-1]}
     assert needed <= copied, needed - copied
     ignored = {ln.strip().rstrip("/") for ln in (ROOT / ".dockerignore").read_text().splitlines()
