@@ -1,44 +1,45 @@
 """A Python API for notebooks and scripts: the same jobs, results and stats as ``cluster submit --json``.
 
-    from shardstats.cluster.api import Cluster
+    from shardstats import Cluster
 
     with Cluster.local(4) as c:                 # an ephemeral local cluster, stopped on exit
         r = c.mode("shards/")
         print(r.value, r.count, r.stats["bytes_sent"])
         m = c.median("shards/", even="mean", quantiles=[0.9])
         print(m.value, m.quantiles["0.9"])
+        s = c.submit("stats", "shards/", ddof=1)   # any registered op by name
 
     c = Cluster.connect()                       # a running cluster: --cluster-file, $CLUSTER_WORKERS, `cluster up`
 
-Why a thin layer: parameters are built and checked by ``cluster.jobparams`` (as
-the CLI does), the job is ``coordinator.job.run_job``, and the stats dict is
-``cluster.output.summarize_stats`` -- so the API cannot drift from the CLI's JSON.
+Why a thin layer: an op's parameters are built and checked by its own ``Params``
+(the CLI and the workers use the same), the job is ``coordinator.job.run_job``,
+and the stats dict is ``cluster.output.summarize_stats`` -- so the API cannot
+drift from the CLI's JSON.  Every op in the registry (built-in or a plugin) is a
+method: ``c.mode(...)``, ``c.stats(...)``, and ``await c.mode_async(...)``.
 
-The methods are synchronous and work from a plain script (they run the job with
-``asyncio.run``/uvloop, as the CLI does) and also from inside a running event
-loop such as Jupyter's (there the job runs on a helper thread).  In async code,
-``await c.mode_async(...)`` avoids the thread.  Failures raise
-``coordinator.job.JobFailed`` (``exit_code`` 2 for bad input, 1 for the cluster);
-bad parameters raise ``ValueError``.
+The methods are synchronous and work from a plain script and also from inside a
+running event loop such as Jupyter's (there the job runs on a helper thread).
+Failures raise ``shardstats.ShardstatsError``: ``UserError`` (bad input or
+parameters; ``exit_code`` 2) or ``ClusterError`` (``exit_code`` 1).
 """
 from __future__ import annotations
 
-import asyncio
-import threading
 import weakref
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, TypeVar
+from typing import Any
 
 from shardstats.cluster import launcher
 from shardstats.cluster.config import ClusterInfo, find_cluster
-from shardstats.cluster.jobparams import median_params, mode_params
 from shardstats.cluster.output import json_document, summarize_stats
-from shardstats.settings import DEFAULTS
+from shardstats.cluster.runner import in_sync, run_sync
 from shardstats.coordinator.job import JobReport, ping_all, run_job
+from shardstats.coordinator.spec import JobSpec
+from shardstats.settings import DEFAULTS
+from shardstats.worker.ops import registry
 
-T = TypeVar("T")
+_JOB_OPTIONS = ("column", "timeout", "max_retries", "heartbeat", "dead_after")
 
 
 def _exact(x: Any) -> Any:
@@ -46,65 +47,26 @@ def _exact(x: Any) -> Any:
     return x.numerator if isinstance(x, Fraction) and x.denominator == 1 else x
 
 
-def _in_sync(fn: Callable[[], T]) -> T:
-    """Calls ``fn`` (which may start its own event loop) here, or on a thread when a loop is already running."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return fn()
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:   # handed to the caller's thread and re-raised there
-            box["error"] = exc
-    t = threading.Thread(target=target, name="cluster-api")
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
-    from shardstats.cluster.cli import run_async
-    return _in_sync(lambda: run_async(coro_fn()))
-
-
 @dataclass(frozen=True)
 class Result:
-    """One job's answer.  ``result`` and ``stats`` are exactly the CLI's JSON ``result`` and ``stats``."""
+    """One job's answer.  ``result`` and ``stats`` are exactly the CLI's JSON ``result`` and ``stats``;
+    the result's keys read as attributes (``r.value``, ``r.count``, ``r.variance``...)."""
     op: str
     result: dict
     stats: dict
     report: JobReport
 
-    @property
-    def value(self) -> int | Fraction:
-        """The mode, or the median (an int, or a Fraction such as 7/2 for the mean of two middle values)."""
-        return _exact(self.result["value"])
-
-    @property
-    def count(self) -> int | None:
-        """How often the mode occurs (None for a median)."""
-        return self.result.get("count")
-
-    @property
-    def ties(self) -> list[int]:
-        return list(self.result.get("ties", []))
-
-    @property
-    def lower(self) -> int | None:
-        return self.result.get("lower")
-
-    @property
-    def upper(self) -> int | None:
-        return self.result.get("upper")
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        view = registry.get(self.op).view(self.result)
+        if name not in view:
+            raise AttributeError(f"a {self.op} result has no {name!r} (it has: {', '.join(sorted(view))})")
+        return _exact(view[name])
 
     @property
     def quantiles(self) -> dict[str, int | Fraction]:
-        """q (as text, e.g. "0.9") -> exact value."""
+        """q (as text, e.g. "0.9") -> exact value (a median's optional quantiles)."""
         return {q: _exact(v["value"]) for q, v in (self.result.get("quantiles") or {}).items()}
 
     def json(self) -> str:
@@ -132,12 +94,12 @@ class Cluster:
     def local(cls, workers: int = 4, *, log_level: str = "warning", log_dir: str | None = None,
               timeout: float = DEFAULTS.phase_timeout) -> "Cluster":
         """Starts ``workers`` worker processes on 127.0.0.1 (ports chosen by the OS)."""
-        info = _in_sync(lambda: launcher.start(workers, "127.0.0.1", None, log_dir, log_level))
+        info = in_sync(lambda: launcher.start(workers, "127.0.0.1", None, log_dir, log_level))
         return cls(info, owned=True, timeout=timeout, source="local")
 
     @classmethod
     def connect(cls, cluster_file: str | None = None, *, timeout: float = DEFAULTS.phase_timeout) -> "Cluster":
-        """An existing cluster, found the way the CLI finds it (raises ``cluster.config.ConfigError``)."""
+        """An existing cluster, found the way the CLI finds it (raises ``shardstats.ConfigError``)."""
         info, source = find_cluster(cluster_file)
         return cls(info, owned=False, timeout=timeout, source=source)
 
@@ -160,35 +122,58 @@ class Cluster:
         return f"Cluster({len(self.info.workers)} workers, {'owned' if self.owned else self.source})"
 
     # -- jobs ------------------------------------------------------------------------------
-    async def submit_async(self, op: str, path: str, params: dict, timeout: float | None = None) -> Result:
+    def spec(self, op: str, path: str | list[str], **kw: Any) -> JobSpec:
+        """The job ``submit`` would run: ``kw`` holds the op's parameters and the job options
+        (``column``, ``timeout``, ``max_retries``, ``heartbeat``, ``dead_after``)."""
         if self._finalizer is not None and not self._finalizer.alive:
             raise RuntimeError("this cluster was closed")
-        rep = await run_job(self.info.workers, self.info.token.encode(), op, str(path), params,
-                            absolute_paths=self.info.local, timeout=timeout or self.timeout)
+        options = {k: kw.pop(k) for k in _JOB_OPTIONS if kw.get(k) is not None}
+        options.setdefault("timeout", self.timeout)
+        params = registry.get(op).params.build(**kw)
+        inputs = (str(path),) if isinstance(path, (str, bytes)) or not hasattr(path, "__iter__") \
+            else tuple(str(p) for p in path)
+        return JobSpec(op=op, params=params, inputs=inputs, **options)
+
+    async def submit_async(self, op: str, path: str | list[str], **kw: Any) -> Result:
+        spec = self.spec(op, path, **kw)
+        rep = await run_job(self.info.workers, self.info.token.encode(), spec, absolute_paths=self.info.local)
         return Result.from_report(rep)
 
-    async def mode_async(self, path: str, *, ties: str = "smallest", column: str | int | None = None,
-                         shuffle: str = "credit", fan_in: int = 1, credits: int = 4, chunk_bytes: int = 1 << 20,
-                         timeout: float | None = None) -> Result:
-        params = mode_params(ties, shuffle, fan_in, credits, chunk_bytes, column)
-        return await self.submit_async("mode", path, params, timeout)
+    def submit(self, op: str, path: str | list[str], **kw: Any) -> Result:
+        """Runs ``op`` (any registered op) over the shards ``path`` names (a directory, file, glob, or a list)."""
+        spec = self.spec(op, path, **kw)           # bad parameters raise here, in the caller's thread
+        return run_sync(lambda: self._run_spec(spec))
 
-    async def median_async(self, path: str, *, even: str = "mean",
-                           quantiles: str | Iterable[float | str] | None = None, column: str | int | None = None,
-                           timeout: float | None = None) -> Result:
-        params = median_params(even, quantiles, column)
-        return await self.submit_async("median", path, params, timeout)
+    async def _run_spec(self, spec: JobSpec) -> Result:
+        rep = await run_job(self.info.workers, self.info.token.encode(), spec, absolute_paths=self.info.local)
+        return Result.from_report(rep)
 
-    def mode(self, path: str, **kw: Any) -> Result:
-        """The exact mode of the shards ``path`` names (a directory, file or glob).  Keywords as ``mode_async``."""
-        params = mode_params(**{k: kw.pop(k) for k in list(kw) if k not in ("timeout",)})
-        return _run(lambda: self.submit_async("mode", path, params, kw.get("timeout")))
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        """``c.<op>(path, **params)`` and ``await c.<op>_async(path, **params)`` for every registered op."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        is_async = name.endswith("_async")
+        op_name = name[:-len("_async")] if is_async else name
+        op = registry.ops().get(op_name)
+        if op is None:
+            raise AttributeError(f"Cluster has no attribute {name!r} (ops: {', '.join(sorted(registry.ops()))})")
 
-    def median(self, path: str, **kw: Any) -> Result:
-        """The exact median (and ``quantiles``) of the shards ``path`` names.  Keywords as ``median_async``."""
-        params = median_params(**{k: kw.pop(k) for k in list(kw) if k not in ("timeout",)})
-        return _run(lambda: self.submit_async("median", path, params, kw.get("timeout")))
+        def method(path: str | list[str], **kw: Any):
+            return self.submit_async(op_name, path, **kw) if is_async else self.submit(op_name, path, **kw)
+        method.__name__ = name
+        method.__doc__ = f"{op.summary}\n\nParameters: {', '.join(f.name for f in _fields(op))}; job options: " \
+                         f"{', '.join(_JOB_OPTIONS)}."
+        return method
 
-    def status(self, timeout: float = 2.0) -> list[dict]:
+    def __dir__(self) -> list[str]:
+        names = list(registry.ops())
+        return sorted(set(super().__dir__()) | set(names) | {f"{n}_async" for n in names})
+
+    def status(self, timeout: float = DEFAULTS.status_timeout) -> list[dict]:
         """One row per worker, as ``cluster status --json`` lists them."""
-        return _run(lambda: ping_all(self.info.workers, self.info.token.encode(), timeout=timeout))
+        return run_sync(lambda: ping_all(self.info.workers, self.info.token.encode(), timeout=timeout))
+
+
+def _fields(op) -> list:
+    import dataclasses
+    return list(dataclasses.fields(op.params))

@@ -17,26 +17,17 @@ import click
 
 from shardstats.cluster import launcher
 from shardstats.cluster.config import ClusterInfo, ConfigError, default_cluster_file, find_cluster, token_from_env
-from shardstats.cluster.output import dumps_exact, human, json_document
+from shardstats.cluster.runner import run_async
+from shardstats.cluster.submit import SubmitGroup
 from shardstats.coordinator.job import ping_all, run_job
 from shardstats._version import __version__
 from shardstats.errors import ShardstatsError
 from shardstats.settings import DEFAULTS, Settings
-from shardstats.coordinator.liveness import Liveness
-from shardstats.worker.comm.shuffle import STRATEGIES
 
 
 def fail(message: str, code: int) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
-
-
-def run_async(coro):
-    try:
-        import uvloop
-        return uvloop.run(coro)
-    except ImportError:
-        return asyncio.run(coro)
 
 
 @click.group()
@@ -183,121 +174,7 @@ def status(as_json: bool, cluster_file: str | None) -> None:
 
 
 # -- jobs ------------------------------------------------------------------------
-def _common_job_options(f):
-    opts = [
-        click.option("--input", "input_path", required=True,
-                     help="Directory, file or glob of .txt/.npy/.csv/.parquet shards."),
-        click.option("--column", help="Column of .csv/.parquet shards: a header name or a 0-based index "
-                     "(default: the first column)."),
-        click.option("--local", "local_workers", type=int, help="Run on an ephemeral local cluster of N workers."),
-        click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object."),
-        click.option("--timeout", type=float, default=300.0, show_default=True, help="Deadline for each phase."),
-        click.option("--cluster-file", type=click.Path(dir_okay=False)),
-        click.option("--max-retries", type=click.IntRange(0), default=DEFAULTS.max_retries, show_default=True,
-                     help="Times the job runs again on the survivors when workers are lost."),
-        click.option("--heartbeat", type=click.FloatRange(0.05), default=DEFAULTS.heartbeat, show_default=True,
-                     help="Seconds between the coordinator's pings to each worker during a job."),
-        click.option("--dead-after", type=click.FloatRange(0.2), default=DEFAULTS.dead_after, show_default=True,
-                     help="Seconds of silence after which a worker is declared lost."),
-        click.option("--quiet", "-q", is_flag=True, help="No progress line on stderr (it is shown only when "
-                     "stderr is a terminal anyway)."),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
-
-
-def _submit(op: str, input_path: str, local_workers: int | None, as_json: bool, timeout: float,
-            cluster_file: str | None, params: dict, max_retries: int = DEFAULTS.max_retries,
-            heartbeat: float = DEFAULTS.heartbeat, dead_after: float = DEFAULTS.dead_after, quiet: bool = False) -> None:
-    from shardstats.cluster.progress import ProgressLine, progress_enabled
-    startup = None
-    info = None
-    if local_workers is not None:
-        if local_workers < 1:
-            fail("--local needs at least 1 worker", 2)
-        t = time.perf_counter()
-        try:
-            info = launcher.start(local_workers, "127.0.0.1", None, None, "warning")
-        except launcher.LaunchError as exc:
-            fail(str(exc), 1)
-        startup = time.perf_counter() - t
-    else:
-        try:
-            info, _ = find_cluster(cluster_file)
-        except ConfigError as exc:
-            fail(str(exc), 1)
-    assert info is not None
-    # Progress goes to stderr only, so stdout holds nothing but the result (one JSON object with --json).
-    line = ProgressLine(sys.stderr, op) if progress_enabled(sys.stderr, quiet) else None
-    handler = line.log_handler() if line is not None else None
-    if handler is not None:
-        logging.getLogger("cluster").addHandler(handler)
-    try:
-        rep = run_async(run_job(info.workers, info.token.encode(), op, input_path, params,
-                                absolute_paths=info.local, timeout=timeout, max_retries=max_retries,
-                                liveness=Liveness(heartbeat, dead_after), on_progress=line))
-    except ShardstatsError as exc:
-        if line is not None:
-            line.close()
-        fail(str(exc), exc.exit_code)
-    finally:
-        if line is not None:
-            logging.getLogger("cluster").removeHandler(handler)
-            line.close()
-        if local_workers is not None:
-            launcher.stop(info)
-    click.echo(json_document(rep, startup) if as_json else human(rep, startup))
-
-
-def _shuffle_options(f):
-    opts = [
-        click.option("--shuffle", type=click.Choice(STRATEGIES), default="credit", show_default=True,
-                     help="credit: receiver-driven admission; naive: everyone sends at once; gather: all to one."),
-        click.option("--fan-in", type=int, default=1, show_default=True, help="Concurrent inbound streams per worker."),
-        click.option("--credits", type=int, default=4, show_default=True, help="Chunks in flight per stream."),
-        click.option("--chunk-bytes", type=int, default=1 << 20, show_default=True),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
-
-
-@main.group()
-def submit() -> None:
-    """Run a job on the cluster."""
-
-
-@submit.command("mode")
-@_common_job_options
-@click.option("--ties", type=click.Choice(["smallest", "all"]), default="smallest", show_default=True,
-              help="smallest: the smallest tied value wins; all: list every tied value (up to 100,000).")
-@_shuffle_options
-def submit_mode(input_path, column, local_workers, as_json, timeout, cluster_file, ties, shuffle, fan_in, credits,
-                chunk_bytes, **common) -> None:
-    """The exact mode (most frequent value) and its count."""
-    from shardstats.cluster.jobparams import mode_params
-    try:
-        params = mode_params(ties, shuffle, fan_in, credits, chunk_bytes, column)
-    except ValueError as exc:
-        fail(str(exc), 2)
-    _submit("mode", input_path, local_workers, as_json, timeout, cluster_file, params, **common)
-
-
-@submit.command("median")
-@_common_job_options
-@click.option("--even", type=click.Choice(["mean", "lower", "upper"]), default="mean", show_default=True,
-              help="For an even count: the exact mean of the two middle values, or one of them.")
-@click.option("--quantiles", help="Also these quantiles, e.g. 0.9,0.99 (numpy's linear definition, exact).")
-def submit_median(input_path, column, local_workers, as_json, timeout, cluster_file, even, quantiles,
-                  **common) -> None:
-    """The exact median (and optional quantiles)."""
-    from shardstats.cluster.jobparams import median_params
-    try:
-        params = median_params(even, quantiles, column)
-    except ValueError as exc:
-        fail(str(exc), 2)
-    _submit("median", input_path, local_workers, as_json, timeout, cluster_file, params, **common)
+main.add_command(SubmitGroup("submit", help="Run a job on the cluster: one command per op (see `cluster submit --help`)."))
 
 
 # -- data -----------------------------------------------------------------------

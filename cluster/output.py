@@ -7,54 +7,12 @@ exact beyond 2**53.
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 from typing import Any
 
 from shardstats.cluster.progress import human_bytes
+from shardstats.exact import dumps_exact
+from shardstats.worker.ops import registry
 from shardstats.coordinator.job import JobReport
-
-
-def exact_decimal(x: Fraction | int) -> str:
-    """The exact decimal text of a rational whose denominator divides a power of 10 (else the float's repr)."""
-    x = Fraction(x)
-    if x.denominator == 1:
-        return str(x.numerator)
-    den, twos, fives = x.denominator, 0, 0
-    while den % 2 == 0:
-        den //= 2
-        twos += 1
-    while den % 5 == 0:
-        den //= 5
-        fives += 1
-    if den != 1:
-        return repr(float(x))
-    k = max(twos, fives)
-    scaled = abs(x.numerator) * (10 ** k // x.denominator)
-    digits = str(scaled).rjust(k + 1, "0")
-    text = f"{digits[:-k]}.{digits[-k:]}".rstrip("0").rstrip(".")
-    return ("-" if x < 0 else "") + text
-
-
-def dumps_exact(obj: Any, **kw) -> str:
-    """json.dumps where Fractions become raw exact numbers."""
-    raw: list[str] = []
-
-    def conv(o: Any) -> Any:
-        if isinstance(o, Fraction):
-            if o.denominator == 1:
-                return o.numerator
-            raw.append(exact_decimal(o))
-            return f"\x00{len(raw) - 1}\x00"
-        if isinstance(o, dict):
-            return {str(k): conv(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return [conv(v) for v in o]
-        return o
-
-    text = json.dumps(conv(obj), **kw)
-    for i, r in enumerate(raw):
-        text = text.replace(f'"\\u0000{i}\\u0000"', r)
-    return text
 
 
 def summarize_stats(rep: JobReport, startup_seconds: float | None = None) -> dict:
@@ -80,11 +38,10 @@ def summarize_stats(rep: JobReport, startup_seconds: float | None = None) -> dic
         "attempts": rep.attempts,
         "lost_workers": rep.lost_workers,
     }
-    if "distinct_keys" in ws[0]:
-        stats["distinct_values"] = sum(w["distinct_keys"] for w in ws)
-    for key in ("shuffle", "fan_in", "credits", "chunk_bytes"):
-        if key in rep.params:
-            stats[key] = rep.params[key]
+    op = registry.get(rep.op)
+    stats.update(op.summarize(ws))
+    if rep.spec is not None:
+        stats.update(rep.spec.params.stats_fields())
     if startup_seconds is not None:
         stats["startup_seconds"] = round(startup_seconds, 4)
     stats["per_worker"] = [
@@ -101,18 +58,8 @@ def json_document(rep: JobReport, startup_seconds: float | None = None) -> str:
 
 def human(rep: JobReport, startup_seconds: float | None = None) -> str:
     s = summarize_stats(rep, startup_seconds)
-    r = rep.result
-    if rep.op == "mode":
-        more = ""
-        if r["tie_count"] > 1:
-            shown = ", ".join(map(str, r["ties"]))
-            more = f"  ({r['tie_count']} values tie: {shown}{', ...' if r['tie_count'] > len(r['ties']) else ''})"
-        head = f"mode: {r['value']}  (count {r['count']}){more}"
-    else:
-        head = f"median: {exact_decimal(r['value'])}  (lower {r['lower']}, upper {r['upper']})"
-        for q, v in (r.get("quantiles") or {}).items():
-            head += f"\n  q{q}: {exact_decimal(v['value'])}"
-    lines = [head,
+    head = registry.get(rep.op).render(rep.result)
+    lines = [*head,
              f"  {s['values']:,} values on {s['workers']} workers in {s['seconds']:.3f} s "
              f"(load {s['load_seconds']:.3f} s, run {s['run_seconds']:.3f} s)",
              f"  rounds {s['rounds']}, moved {human_bytes(s['bytes_sent'])} in {s['messages_sent']:,} messages, "

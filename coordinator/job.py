@@ -21,6 +21,7 @@ from pathlib import Path
 from shardstats.coordinator.assign import assign
 from shardstats.coordinator.client import WorkerClient
 from shardstats.coordinator.liveness import Liveness, answers, heartbeats
+from shardstats.coordinator.spec import JobSpec
 from shardstats.protocol.errors import ProtocolError
 from shardstats.protocol.messages import make
 from shardstats import logs
@@ -47,12 +48,12 @@ class JobReport:
     workers: list[dict] = field(default_factory=list)   # per-worker stats, in rank order
     seconds: float = 0.0
     load_seconds: float = 0.0
-    params: dict = field(default_factory=dict)
+    spec: JobSpec | None = None
     attempts: int = 1
     lost_workers: list[dict] = field(default_factory=list)   # {id, addr, attempt, reason}
 
 
-async def connect_reachable(addrs: list[str], token: bytes, timeout: float = 5.0
+async def connect_reachable(addrs: list[str], token: bytes, timeout: float = DEFAULTS.connect_timeout
                             ) -> tuple[list[WorkerClient], list[dict]]:
     """Clients for the workers that answer, and a record of those that do not.
 
@@ -83,7 +84,7 @@ async def connect_reachable(addrs: list[str], token: bytes, timeout: float = 5.0
     return clients, lost
 
 
-async def ping_all(addrs: list[str], token: bytes, timeout: float = 2.0) -> list[dict]:
+async def ping_all(addrs: list[str], token: bytes, timeout: float = DEFAULTS.status_timeout) -> list[dict]:
     """One status row per address; unreachable workers are reported, not raised."""
     async def one(i: int, addr: str) -> dict:
         c = None
@@ -102,9 +103,11 @@ async def ping_all(addrs: list[str], token: bytes, timeout: float = 2.0) -> list
     return list(await asyncio.gather(*(one(i, a) for i, a in enumerate(addrs))))
 
 
-def resolve_input(path: str, absolute: bool) -> list[tuple[str, int]]:
-    """(path as workers should open it, size) for every shard file the input names."""
-    files = list_shards(path)
+def resolve_input(inputs: tuple[str, ...] | list[str] | str, absolute: bool) -> list[tuple[str, int]]:
+    """(path as workers should open it, size) for every shard file the inputs name; a file named twice counts once."""
+    files: list[str] = []
+    for path in ([inputs] if isinstance(inputs, str) else inputs):
+        files += [f for f in list_shards(path) if f not in files]
     out = []
     for f in files:
         try:
@@ -190,33 +193,32 @@ async def _abort(clients: list[WorkerClient], job: str) -> None:
     await asyncio.gather(*(one(c) for c in clients))
 
 
-async def _attempt(clients: list[WorkerClient], job: str, op: str, files: list[tuple[str, int]], params: dict,
-                   input_path: str, timeout: float, live: Liveness, on_progress: Progress | None) -> JobReport:
+async def _attempt(clients: list[WorkerClient], job: str, spec: JobSpec, files: list[tuple[str, int]],
+                   live: Liveness, on_progress: Progress | None) -> JobReport:
     """One try of the job on these workers: load everywhere, then run everywhere, with heartbeats throughout."""
     t0 = time.perf_counter()
     async with heartbeats(clients, live.heartbeat):
         plan = assign(files, len(clients))
-        # Reader options travel in the load message (extra fields are allowed by the schema).
-        extra = {"column": params["column"]} if params.get("column") is not None else {}
-        if on_progress is not None:        # workers send progress only when asked (worker/progress.py)
+        extra: dict = {"column": spec.column} if spec.column is not None else {}
+        if on_progress is not None:        # workers send progress only when asked (worker/comm/progress.py)
             extra["progress"] = DEFAULTS.progress_interval
         for c, mine in zip(clients, plan):
             await _send(c, make("load", job=job, files=mine, dead_after=live.worker_dead_after, **extra))
-        loaded = await _all(clients, job, "loaded", timeout, live, on_progress)
+        loaded = await _all(clients, job, "loaded", spec.timeout, live, on_progress)
         total = sum(m["values"] for m in loaded)
         if total == 0:
-            raise EmptyDataset(f"{input_path}: the input holds no values")
+            raise EmptyDataset(f"{', '.join(spec.inputs)}: the input holds no values")
         t1 = time.perf_counter()
         ranks = [c.worker_id for c in clients]
-        run_params = {**params, "total": total, "timeout": timeout}
         for c in clients:
-            await _send(c, make("run", job=job, op=op, params=run_params, ranks=ranks))
-        done = await _all(clients, job, "done", timeout, live, on_progress)
+            await _send(c, make("run", job=job, op=spec.op, params=spec.params.to_wire(), ranks=ranks, total=total,
+                                 timeout=spec.timeout))
+        done = await _all(clients, job, "done", spec.timeout, live, on_progress)
     result = next((d["result"] for d in done if "result" in d), None)
     if result is None:
         raise JobError("no worker returned a result")
-    return JobReport(op=op, job=job, result=result, workers=[d["stats"] for d in done],
-                     seconds=time.perf_counter() - t1, load_seconds=t1 - t0, params=run_params)
+    return JobReport(op=spec.op, job=job, result=result, workers=[d["stats"] for d in done],
+                     seconds=time.perf_counter() - t1, load_seconds=t1 - t0, spec=spec)
 
 
 def _lost(client: WorkerClient, why: str) -> WorkerLost:
@@ -238,18 +240,16 @@ async def _find_lost(clients: list[WorkerClient], exc: ShardstatsError, live: Li
     return lost
 
 
-async def run_job(addrs: list[str], token: bytes, op: str, input_path: str, params: dict | None = None,
-                  *, absolute_paths: bool = True, timeout: float = DEFAULTS.phase_timeout,
-                  max_retries: int = DEFAULTS.max_retries, liveness: Liveness | None = None,
+async def run_job(addrs: list[str], token: bytes, spec: JobSpec, *, absolute_paths: bool = True,
                   on_progress: Progress | None = None) -> JobReport:
     """Runs the job, and again on the survivors (up to ``max_retries`` times) when workers are lost.
 
     Every attempt re-reads the input from scratch with the files spread over the
     workers that are left, so the answer is exact whatever the moment of the fault.
     """
-    params = dict(params or {})
-    live = liveness or Liveness()
-    files = resolve_input(input_path, absolute_paths)
+    live = Liveness(spec.heartbeat, spec.dead_after)
+    max_retries = spec.max_retries
+    files = resolve_input(spec.inputs, absolute_paths)
     clients, lost = await connect_reachable(addrs, token)
     base = uuid.uuid4().hex[:12]
     attempt = 0
@@ -258,7 +258,7 @@ async def run_job(addrs: list[str], token: bytes, op: str, input_path: str, para
             attempt += 1
             job = base if attempt == 1 else f"{base}.{attempt}"
             try:
-                rep = await _attempt(clients, job, op, files, params, input_path, timeout, live, on_progress)
+                rep = await _attempt(clients, job, spec, files, live, on_progress)
             except ShardstatsError as exc:
                 gone = await _find_lost(clients, exc, live) if _retryable(exc) else []
                 clients = [c for c in clients if all(c is not g for g, _ in gone)]

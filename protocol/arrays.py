@@ -16,6 +16,8 @@ _ALLOWED = {"<i8", "<u8", "<i4", "<u4", "<i2", "<u2", "|i1", "|u1", "<f8"}
 ARRAY_KEY = "__nd__"
 FRACTION_KEY = "__frac__"   # exact rationals (a median of two middle values) as "num/den" text
 _FRACTION_TEXT = re.compile(r"-?[0-9]+/[0-9]+")
+BIGINT_KEY = "__int__"      # integers beyond 64 bits (exact sums of squares) as decimal text
+_BIGINT_TEXT = re.compile(r"-?[0-9]{1,200}")
 
 
 def encode_array(a: np.ndarray) -> dict:
@@ -40,11 +42,13 @@ def decode_array(obj: dict) -> np.ndarray:
 
 
 def default(obj):
-    """msgpack ``default`` hook: arrays and numpy scalars."""
+    """msgpack ``default`` hook: arrays, numpy scalars, exact rationals and integers beyond 64 bits."""
     if isinstance(obj, np.ndarray):
         return encode_array(obj)
     if isinstance(obj, Fraction):
         return {FRACTION_KEY: f"{obj.numerator}/{obj.denominator}"}
+    if isinstance(obj, int) and not isinstance(obj, bool):     # msgpack calls us only when it is beyond 64 bits
+        return {BIGINT_KEY: str(obj)}
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, np.floating):
@@ -56,6 +60,11 @@ def object_hook(obj: dict):
     """msgpack ``object_hook``: turn encoded arrays back into ndarrays."""
     if ARRAY_KEY in obj:
         return decode_array(obj)
+    if BIGINT_KEY in obj and isinstance(obj[BIGINT_KEY], str):
+        # Bounded text: int() of a few hundred digits is cheap; of millions it is not.
+        if not _BIGINT_TEXT.fullmatch(obj[BIGINT_KEY]):
+            raise ValueError("bad big integer encoding")
+        return int(obj[BIGINT_KEY])
     if FRACTION_KEY in obj and isinstance(obj[FRACTION_KEY], str) and len(obj[FRACTION_KEY]) < 100:
         # Only the "num/den" form ``default`` writes: Fraction() itself also reads "1e999999999",
         # which would make us compute a 10**999999999 (one small frame, even before the handshake).

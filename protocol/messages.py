@@ -12,7 +12,7 @@ import numpy as np
 
 from shardstats.protocol.errors import BadMessage
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 _INT = (int,)
 _STR = (str,)
@@ -31,7 +31,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
     # coordinator -> worker
     "ping": {"seq": _INT},
     "load": {"job": _STR, "files": _LIST},
-    "run": {"job": _STR, "op": _STR, "params": _MAP, "ranks": _LIST},
+    "run": {"job": _STR, "op": _STR, "params": _MAP, "ranks": _LIST, "total": _INT, "timeout": (int, float)},
     "abort": {"job": _STR},
     # worker -> coordinator
     "pong": {"seq": _INT, "id": _INT, "info": _MAP},

@@ -36,6 +36,7 @@ import testbed  # noqa: E402
 
 from shardstats.cluster.gen import generate, write_shards  # noqa: E402
 from shardstats.coordinator.job import JobReport, run_job  # noqa: E402
+from shardstats.coordinator.spec import job_spec  # noqa: E402
 from shardstats.worker.comm.shuffle import STRATEGIES  # noqa: E402
 
 
@@ -121,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             def job(strategy: str) -> JobReport:
                 params = {"shuffle": strategy, "fan_in": a.fan_in, "credits": a.credits,
                           "chunk_bytes": a.chunk_bytes}
-                return asyncio.run(run_job(bed.addrs, bed.token.encode(), "mode", tmp, params,
-                                           absolute_paths=True, timeout=a.timeout))
+                return asyncio.run(run_job(bed.addrs, bed.token.encode(), job_spec("mode", tmp, params, timeout=a.timeout),
+                                           absolute_paths=True))
 
             job("credit")   # warm-up: peer links dial lazily; the first job would pay every handshake
             rows = []

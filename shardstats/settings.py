@@ -22,6 +22,7 @@ class Settings:
     send_timeout: float = 30.0            # a frame that cannot be handed to a peer's socket within this fails
     # -- a job on a worker ----------------------------------------------------------------
     job_timeout: float = 120.0            # any single wait inside a job (a recv, a credit)
+    max_job_seconds: float = 24 * 3600.0  # the longest deadline a coordinator may give a job on a worker
     early_limit_bytes: int = 1 << 30      # what peers may send a job before its own "run" arrives
     coordinator_silence: float = 10.0     # a worker drops its jobs when their coordinator is silent this long
     # -- the coordinator ------------------------------------------------------------------

@@ -45,15 +45,30 @@ def split_for(shards: list[np.ndarray], workers: int) -> list[np.ndarray]:
     return [np.concatenate(p).astype(np.int64) if p else np.zeros(0, np.int64) for p in parts]
 
 
+def find_op(op):
+    """An ``Op`` from itself, its name, or its run function (tests import the functions)."""
+    from shardstats.worker.ops import registry
+    from shardstats.worker.ops.contract import Op
+    if isinstance(op, Op):
+        return op
+    if isinstance(op, str):
+        return registry.get(op)
+    return next(o for o in registry.ops().values() if o.run is op)
+
+
 def run_op(op, shards: list[np.ndarray], workers: int, params: dict | None = None, net=None):
-    """Runs ``op`` on every rank of an in-memory network; returns (rank 0 result, per-rank stats, network)."""
+    """Runs ``op`` on every rank of an in-memory network; returns (rank 0 result, per-rank stats, network).
+
+    ``params`` is a mapping of the op's parameters, validated by the op's own ``Params`` (as on a worker)."""
     from shardstats.worker.comm.inmemory import InMemoryNetwork
+    op = find_op(op)
+    typed = op.params.from_wire(dict(params or {}))
     net = net or InMemoryNetwork(workers, timeout=20)
     parts = split_for(shards, workers)
 
     async def main():
         async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(op(net.comms[r], parts[r], params)) for r in range(workers)]
+            tasks = [tg.create_task(op.run(net.comms[r], parts[r], typed)) for r in range(workers)]
         return [t.result() for t in tasks]
 
     out = asyncio.run(main())

@@ -17,6 +17,7 @@ import pytest
 from shardstats.cluster import launcher
 from shardstats.errors import ShardstatsError
 from shardstats.coordinator.job import ping_all, run_job
+from shardstats.coordinator.spec import job_spec  # noqa: E402
 from shardstats.coordinator.liveness import Liveness
 from tests.conftest import shard_files
 
@@ -43,8 +44,9 @@ def cluster(tmp_path_factory):
 
 
 def _job(info, op: str, path, **kw):
-    return run_job(info.workers, info.token.encode(), op, str(path), {}, absolute_paths=True, timeout=DEADLINE,
-                   liveness=LIVE, **kw)
+    spec = job_spec(op, str(path), timeout=DEADLINE, heartbeat=LIVE.heartbeat, dead_after=LIVE.dead_after,
+                    **{k: kw.pop(k) for k in ("max_retries",) if k in kw})
+    return run_job(info.workers, info.token.encode(), spec, absolute_paths=True, **kw)
 
 
 def _check(op: str, result: dict, ref) -> None:

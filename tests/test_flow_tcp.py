@@ -9,6 +9,7 @@ import pytest
 from shardstats.cluster import launcher
 from shardstats.cluster.gen import write_shards
 from shardstats.coordinator.job import run_job
+from shardstats.coordinator.spec import job_spec  # noqa: E402
 from tests.conftest import ref_mode
 
 W = 12
@@ -39,7 +40,7 @@ def test_credit_bounds_hold_over_tcp(twelve, skewed, fan_in, credits, chunk):
     d, allv = skewed
     params = {"shuffle": "credit", "fan_in": fan_in, "credits": credits, "chunk_bytes": chunk,
               "combine": "never"}          # ship every value: the hot owner gets ~70% of all bytes
-    rep = asyncio.run(run_job(twelve.workers, twelve.token.encode(), "mode", str(d), params))
+    rep = asyncio.run(run_job(twelve.workers, twelve.token.encode(), job_spec("mode", str(d), params)))
     assert rep.result["value"] == ref_mode(allv)[0] and rep.result["count"] == 300_000
     frame_overhead = 256
     for w in rep.workers:
@@ -55,7 +56,7 @@ def test_naive_and_gather_agree_with_credit(twelve, skewed):
     d, allv = skewed
     answers = set()
     for strategy in ("credit", "naive", "gather"):
-        rep = asyncio.run(run_job(twelve.workers, twelve.token.encode(), "mode", str(d),
-                                  {"shuffle": strategy, "chunk_bytes": 32768}))
+        rep = asyncio.run(run_job(twelve.workers, twelve.token.encode(),
+                                  job_spec("mode", str(d), {"shuffle": strategy, "chunk_bytes": 32768})))
         answers.add((rep.result["value"], rep.result["count"]))
     assert answers == {(1_234_567, 300_000)}

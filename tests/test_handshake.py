@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from shardstats.protocol.messages import PROTOCOL_VERSION
 from shardstats.protocol import HandshakeFailed, encode_frame
 from shardstats.protocol.handshake import ClientHandshake, ServerHandshake
 
@@ -51,6 +52,6 @@ def test_replayed_hello_fails_against_a_fresh_challenge():
 def test_other_protocol_version_is_refused():
     srv = ServerHandshake(TOKEN, 0)
     hello = ClientHandshake(TOKEN, "peer", 1).receive_challenge(srv.challenge())
-    hello["v"] = 2
+    hello["v"] = PROTOCOL_VERSION + 1
     with pytest.raises(HandshakeFailed):
         srv.receive_hello(hello)

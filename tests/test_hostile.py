@@ -25,8 +25,9 @@ import pytest
 from shardstats.cluster import launcher
 from shardstats.cluster.config import ClusterInfo
 from shardstats.cluster.gen import generate, write_shards
-from shardstats.cluster.jobparams import median_params, mode_params
 from shardstats.coordinator.job import run_job
+from shardstats.coordinator.spec import job_spec  # noqa: E402
+from shardstats.protocol.messages import PROTOCOL_VERSION
 from shardstats.protocol.frames import DEFAULT_MAX_FRAME, HEADER, FrameDecoder, encode_frame
 from shardstats.protocol.handshake import ClientHandshake
 from shardstats.protocol.messages import make
@@ -65,9 +66,8 @@ class Env:
 
 
 def run(env: Env, op: str, path: Path | None = None, params: dict | None = None):
-    params = params if params is not None else (mode_params() if op == "mode" else median_params())
-    return asyncio.run(run_job(env.info.workers, env.token, op, str(path or env.data), params,
-                               absolute_paths=True, timeout=30.0))
+    return asyncio.run(run_job(env.info.workers, env.token, job_spec(op, str(path or env.data), params, timeout=30.0),
+                               absolute_paths=True))
 
 
 def assert_serves(env: Env, op: str = "mode") -> None:
@@ -212,7 +212,7 @@ def test_a_2_gib_header_after_authenticating_is_refused_too(env):
 
 
 def test_a_frame_over_the_pre_auth_limit_is_refused(env):
-    body = msgpack.packb({"t": "hello", "v": 1, "pad": b"x" * PRE_AUTH_MAX_FRAME})
+    body = msgpack.packb({"t": "hello", "v": 2, "pad": b"x" * PRE_AUTH_MAX_FRAME})
     assert len(body) > PRE_AUTH_MAX_FRAME
     assert "exceeds the limit" in refused(env, 2, raw_frame(body))
     assert_serves(env)
@@ -258,15 +258,15 @@ def test_a_burst_of_garbage_connections_leaves_the_worker_serving(env):
 WRONG_SHAPES = {
     "a list": msgpack.packb([1, 2, 3]),
     "a string": msgpack.packb("hello"),
-    "a map without t": msgpack.packb({"v": 1, "role": "peer", "id": 1}),
-    "a map with bytes keys": msgpack.packb({b"t": b"hello", b"v": 1}, use_bin_type=True),
+    "a map without t": msgpack.packb({"v": 2, "role": "peer", "id": 1}),
+    "a map with bytes keys": msgpack.packb({b"t": b"hello", b"v": 2}, use_bin_type=True),
     "a map with int keys": msgpack.packb({1: 2}),
-    "an unknown type": msgpack.packb({"t": "shutdown", "v": 1}),
-    "a request before the handshake": msgpack.packb({"t": "ping", "v": 1, "seq": 1}),
+    "an unknown type": msgpack.packb({"t": "shutdown", "v": 2}),
+    "a request before the handshake": msgpack.packb({"t": "ping", "v": 2, "seq": 1}),
     "a deep nest": b"\x91" * 3000 + b"\xc0",
     "a forged array tag": msgpack.packb({"x": {"__nd__": "|O", "b": b"\x00" * 8}}),
     # Fraction("1e999999999") would compute 10**999999999: one small frame used to wedge the worker.
-    "a fraction bomb": msgpack.packb({"t": "hello", "v": 1, "x": {"__frac__": "1e999999999"}}),
+    "a fraction bomb": msgpack.packb({"t": "hello", "v": 2, "x": {"__frac__": "1e999999999"}}),
     "a fraction bomb, num/den": msgpack.packb({"x": {"__frac__": "1/1e99999999"}}),
 }
 
@@ -301,7 +301,7 @@ def test_a_wrong_token_is_refused_and_logged(env):
 def test_a_wrong_token_through_the_coordinator_is_a_clean_cluster_error(env):
     from shardstats.errors import ShardstatsError
     with pytest.raises(ShardstatsError) as err:
-        asyncio.run(run_job(env.info.workers, b"wrong", "mode", str(env.data), mode_params(), timeout=10.0))
+        asyncio.run(run_job(env.info.workers, b"wrong", job_spec("mode", str(env.data), timeout=10.0)))
     assert err.value.exit_code == 1
     assert_serves(env)
 
@@ -317,7 +317,7 @@ def test_a_client_that_never_answers_the_challenge_is_closed_at_the_deadline(env
 
 def test_an_unknown_protocol_version_is_refused(env):
     with Wire(env.info.workers[0]) as w:
-        w.send(encode_frame(hello(w, env.token, "peer", 1, v=2)))   # otherwise a perfect hello
+        w.send(encode_frame(hello(w, env.token, "peer", 1, v=PROTOCOL_VERSION + 1)))   # otherwise a perfect hello
         w.closed_within(CLOSE_SLACK)
         assert not w.pending
         assert "version" in logged(env, 0, ("handshake_refused",), w.port)
@@ -351,7 +351,7 @@ def test_a_peer_link_that_sends_nonsense_is_cut_without_harm(env):
         assert authenticate(w, env.token, "peer", 1) == 0
         w.send(encode_frame(make("peer", job="no-such-job", tag="x", src=0, body={"a": np.arange(3)})))
         w.send(encode_frame(make("peer", job="no-such-job", tag="x", src=77, body={})))
-        w.send(encode_frame(make("run", job="j", op="mode", params={}, ranks=[0])))  # peers may not ask
+        w.send(encode_frame(make("run", job="j", op="mode", params={}, ranks=[0], total=1, timeout=5)))  # peers may not ask
         w.closed_within(CLOSE_SLACK)
         assert "peer sent a run message" in logged(env, 0, ("protocol_error",), w.port)
     assert_serves(env)
@@ -361,13 +361,13 @@ def test_a_peer_link_that_sends_nonsense_is_cut_without_harm(env):
 def test_run_and_abort_for_unknown_jobs_get_replies_not_crashes(env):
     with Wire(env.info.workers[1]) as w:
         authenticate(w, env.token)
-        w.send(encode_frame(make("run", job="ghost", op="mode", params={}, ranks=[0, 1, 2])))
+        w.send(encode_frame(make("run", job="ghost", op="mode", params={}, ranks=[0, 1, 2], total=3, timeout=5)))
         reply = w.frame()
         assert (reply["t"], reply["job"], reply["kind"]) == ("error", "ghost", "job")
         assert "not loaded" in reply["message"]
         w.send(encode_frame(make("abort", job="ghost-2")))
         assert w.frame() == make("aborted", job="ghost-2")
-        w.send(encode_frame(make("run", job="ghost-3", op="no-such-op", params={"timeout": "x"}, ranks=["a"])))
+        w.send(encode_frame(make("run", job="ghost-3", op="no-such-op", params={"timeout": "x"}, ranks=["a"], total=1, timeout=5)))
         assert w.frame()["t"] == "error"
         w.send(encode_frame(make("ping", seq=7)))       # the connection is still in service
         pong = w.frame()
@@ -376,11 +376,11 @@ def test_run_and_abort_for_unknown_jobs_get_replies_not_crashes(env):
 
 
 @pytest.mark.parametrize("msg", [
-    {"t": "run", "v": 1, "job": 5, "op": "mode", "params": {}, "ranks": [0]},
-    {"t": "load", "v": 1, "job": "j", "files": "not-a-list"},
-    {"t": "welcome", "v": 1, "id": 0, "mac": b""},
-    {"t": "peer", "v": 1, "job": "j", "tag": "t", "src": 0, "body": {}},
-    {"t": "ping", "v": 1},
+    {"t": "run", "v": 2, "job": 5, "op": "mode", "params": {}, "ranks": [0]},
+    {"t": "load", "v": 2, "job": "j", "files": "not-a-list"},
+    {"t": "welcome", "v": 2, "id": 0, "mac": b""},
+    {"t": "peer", "v": 2, "job": "j", "tag": "t", "src": 0, "body": {}},
+    {"t": "ping", "v": 2},
     [1, 2, 3],
 ], ids=["job-not-a-string", "files-not-a-list", "a-welcome", "a-peer-message", "ping-without-seq", "a-list"])
 def test_a_coordinator_breaking_the_schema_is_cut_off(env, msg):
@@ -436,8 +436,7 @@ def test_slowloris_is_closed_by_the_deadline_while_jobs_run(env):
         async def jobs():
             out = []
             for op in ("mode", "median", "mode"):
-                params = mode_params() if op == "mode" else median_params()
-                out.append(await run_job(env.info.workers, token, op, str(env.data), params, timeout=30.0))
+                out.append(await run_job(env.info.workers, token, job_spec(op, str(env.data), timeout=30.0)))
             return out
 
         async with asyncio.TaskGroup() as tg:

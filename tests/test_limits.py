@@ -11,6 +11,7 @@ from shardstats.settings import Settings
 from shardstats.cluster import launcher
 from shardstats.errors import ShardstatsError
 from shardstats.coordinator.job import run_job
+from shardstats.coordinator.spec import job_spec  # noqa: E402
 from shardstats.protocol.errors import ProtocolError
 from shardstats.protocol.messages import make
 from shardstats.worker import jobs
@@ -36,10 +37,10 @@ def test_a_coordinator_that_skips_the_cli_checks_still_gets_a_usage_error(tmp_pa
     info = launcher.start(2, "127.0.0.1", None, str(tmp_path / "logs"), "warning")
     try:
         with pytest.raises(ShardstatsError) as err:
-            asyncio.run(run_job(info.workers, info.token.encode(), "median", str(tmp_path),
-                                {"quantiles": ["1e-999999999"]}, timeout=20))
+            asyncio.run(run_job(info.workers, info.token.encode(),
+                                job_spec("median", str(tmp_path), {"quantiles": ["1e-999999999"]}, timeout=20)))
         assert err.value.exit_code == 2 and "quantile" in str(err.value)
-        rep = asyncio.run(run_job(info.workers, info.token.encode(), "median", str(tmp_path), {}, timeout=20))
+        rep = asyncio.run(run_job(info.workers, info.token.encode(), job_spec("median", str(tmp_path), timeout=20)))
         assert (rep.result["lower"], rep.result["upper"]) == (49, 50)
     finally:
         launcher.stop(info)

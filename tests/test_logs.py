@@ -13,6 +13,7 @@ import pytest
 from shardstats.cluster import launcher
 from shardstats.errors import ShardstatsError
 from shardstats.coordinator.job import run_job
+from shardstats.coordinator.spec import job_spec  # noqa: E402
 from tests.conftest import cli
 from shardstats import logs
 
@@ -56,7 +57,7 @@ def test_event_is_one_line_with_the_worker_id_even_for_awkward_values(captured):
 
 
 def _job(info, op: str, path: str) -> str:
-    rep = asyncio.run(run_job(info.workers, info.token.encode(), op, path, {}, timeout=30))
+    rep = asyncio.run(run_job(info.workers, info.token.encode(), job_spec(op, path, timeout=30)))
     return rep.job
 
 

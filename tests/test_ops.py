@@ -21,7 +21,7 @@ def _check_mode(shards, workers, strategy="credit", ties="smallest", chunk_bytes
     allv = np.concatenate(shards)
     value, count, ties_ref = ref_mode(allv)
     limit = 100_000 if ties == "all" else 10
-    res, stats, net = run_op(mode, shards, workers, {"shuffle": strategy, "tie_limit": limit, "chunk_bytes": chunk_bytes,
+    res, stats, net = run_op(mode, shards, workers, {"shuffle": strategy, "ties": ties, "chunk_bytes": chunk_bytes,
                                                  "combine": combine})
     assert res["value"] == value
     assert res["count"] == count

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import testbed  # noqa: E402
 
 from shardstats.coordinator.job import run_job  # noqa: E402
+from shardstats.coordinator.spec import job_spec  # noqa: E402
 from shardstats.coordinator.liveness import Liveness  # noqa: E402
 from tests.conftest import shard_files  # noqa: E402
 
@@ -48,8 +49,8 @@ def dataset(tmp_path_factory):
 
 
 def _job(bed, path):
-    return run_job(bed.addrs, bed.token.encode(), "mode", str(path), {}, absolute_paths=True, timeout=60.0,
-                   liveness=LIVE)
+    return run_job(bed.addrs, bed.token.encode(), job_spec("mode", str(path), timeout=60.0, heartbeat=LIVE.heartbeat,
+                                                           dead_after=LIVE.dead_after), absolute_paths=True)
 
 
 def test_a_host_cut_off_mid_job_is_detected_and_the_job_reruns_exactly(bed, dataset):

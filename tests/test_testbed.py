@@ -19,6 +19,7 @@ import testbed  # noqa: E402
 
 from shardstats.cluster.gen import generate, write_shards  # noqa: E402
 from shardstats.coordinator.job import run_job  # noqa: E402
+from shardstats.coordinator.spec import job_spec  # noqa: E402
 from shardstats.worker.comm.shuffle import STRATEGIES  # noqa: E402
 
 pytestmark = pytest.mark.netns
@@ -58,8 +59,8 @@ def reference_mode(values: np.ndarray) -> tuple[int, int]:
 
 
 def job(bed, op: str, path: Path, params: dict):
-    return asyncio.run(run_job(bed.addrs, bed.token.encode(), op, str(path), params, absolute_paths=True,
-                               timeout=30.0))
+    return asyncio.run(run_job(bed.addrs, bed.token.encode(), job_spec(op, str(path), params, timeout=30.0),
+                               absolute_paths=True))
 
 
 @needs_netns
@@ -97,7 +98,7 @@ def test_mode_and_median_on_the_bed(bed, dataset, strategy):
     if strategy == "gather":
         assert inbound[0] == max(inbound) > FAN_IN     # several hosts stream into rank 0 at once
 
-    med = job(bed, "median", path, {"shuffle": strategy})
+    med = job(bed, "median", path, {})          # the median does not shuffle
     s = np.sort(values)
     n = len(s)
     assert (med.result["lower"], med.result["upper"]) == (int(s[(n - 1) // 2]), int(s[n // 2]))

@@ -17,7 +17,7 @@ from shardstats import logs
 from shardstats.worker import memory
 from shardstats.errors import InputError, JobError
 from shardstats.worker.io.shards import read_shard
-from shardstats.worker.ops.registry import OPS
+from shardstats.worker.ops.contract import Op, Params
 from shardstats.worker.net.links import PeerLink
 from shardstats.worker.comm.tcp import TcpComm
 from shardstats.worker.comm.progress import Progress, reporting
@@ -74,10 +74,7 @@ async def load(job: Job, root: str) -> int:
     return len(job.values)
 
 
-def make_comm(job: Job, my_id: int, op: str, ranks: list[int], links: dict[int, PeerLink],
-              timeout: float) -> TcpComm:
-    if op not in OPS:
-        raise InputError(f"unknown op {op!r} (known: {', '.join(sorted(OPS))})")
+def make_comm(job: Job, my_id: int, ranks: list[int], links: dict[int, PeerLink], timeout: float) -> TcpComm:
     if my_id not in ranks or len(set(ranks)) != len(ranks):
         raise JobError(f"worker {my_id} is not in the job's worker list {ranks}")
     missing = [r for r in ranks if r != my_id and r not in links]
@@ -88,7 +85,7 @@ def make_comm(job: Job, my_id: int, op: str, ranks: list[int], links: dict[int, 
     return TcpComm(job.id, ranks, my_id, links, timeout)
 
 
-async def run(job: Job, comm: TcpComm, op: str, params: dict) -> dict:
+async def run(job: Job, comm: TcpComm, op: Op, params: Params) -> dict:
     """Runs the op; returns the stats (and the result, at rank 0) for the coordinator."""
     my_id, ranks, links = comm.ranks[comm.rank], comm.ranks, comm.links
     assert job.values is not None
@@ -98,10 +95,10 @@ async def run(job: Job, comm: TcpComm, op: str, params: dict) -> dict:
             links[p].peak_queued_bytes = links[p].queued_bytes
     t = time.perf_counter()
     cs = comm.stats
-    comm.progress.set(op)      # the op names its phases as it goes (count, shuffle, select, ...)
+    comm.progress.set(op.name)  # the op names its phases as it goes (count, shuffle, select, ...)
     async with reporting(job.id, comm.progress, job.report, job.progress_interval, lambda: sum(cs.bytes_sent)):
         # The op gets the only reference to the data (no local name here), so it can free it early.
-        result, opstats = await OPS[op](comm, job.take_values(), params)
+        result, opstats = await op.run(comm, job.take_values(), params)
     stats = {
         "id": my_id, "rank": comm.rank, "values": n, "files": len(job.files),
         "seconds": time.perf_counter() - t, "load_seconds": job.load_seconds,

@@ -22,7 +22,8 @@ from shardstats.worker import jobs
 from shardstats import logs
 from shardstats.worker import memory
 from shardstats.worker.comm import progress
-from shardstats.errors import JobError, PeerFailure, ShardstatsError
+from shardstats.errors import JobError, JobTimeout, PeerFailure, ShardstatsError
+from shardstats.worker.ops import registry
 from shardstats.worker.net.inbound import InboundConnection
 from shardstats.worker.net.links import PeerLink
 from shardstats.worker.net.dial import parse_addr
@@ -192,13 +193,22 @@ class WorkerServer:
             self._drop(job_id, cause if isinstance(cause, ShardstatsError) else JobError(text))
 
     async def _run(self, job: jobs.Job, msg: dict) -> dict:
+        """The op, in the job's own deadline scope: the coordinator's phase deadline bounds the whole run
+        here too, so a job that outlives its coordinator's patience ends on the worker by itself."""
+        op = registry.get(msg["op"])
+        params = op.params.from_wire(msg["params"])       # the same validation as the CLI's: exit 2 on bad values
         ranks = [int(r) for r in msg["ranks"]]
-        timeout = float(msg["params"].get("timeout") or self.settings.job_timeout)
-        job.comm = jobs.make_comm(job, self.id, msg["op"], ranks, self.links, timeout)
+        job.comm = jobs.make_comm(job, self.id, ranks, self.links, self.settings.job_timeout)
+        job.comm.total = msg["total"]
         early, job.early = job.early, []
         for peer_id, m, nbytes in early:     # peer messages that arrived before our "run"
             self.deliver_peer(peer_id, m, nbytes)
-        return await jobs.run(job, job.comm, msg["op"], msg["params"])
+        deadline = min(float(msg["timeout"]), self.settings.max_job_seconds)
+        try:
+            async with asyncio.timeout(deadline):
+                return await jobs.run(job, job.comm, op, params)
+        except TimeoutError:
+            raise JobTimeout(f"worker {self.id}: job {job.id} ran past its {deadline:g} s deadline") from None
 
     def info(self) -> dict:
         return {"version": __version__, "protocol": PROTOCOL_VERSION, "addr": self.peers[self.id],

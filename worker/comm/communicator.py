@@ -48,6 +48,9 @@ class Communicator:
         self.mailbox = Mailbox()
         self.stats = CommStats(size)
         self.progress = Progress()     # ops note their phase here; a worker may report it (worker/progress.py)
+        # The job's value count over all ranks when the coordinator knows it (it learns it from the
+        # load phase); an op that needs it and finds None reduces it itself.
+        self.total: int | None = None
         self._seq = 0
 
     def new_tag(self, name: str) -> str:

@@ -49,10 +49,10 @@ class ShuffleConfig:
             raise ValueError("fan_in, credits and requests must be >= 1, chunk_bytes >= 64")
 
     @classmethod
-    def from_params(cls, params: dict) -> "ShuffleConfig":
-        keys = {"strategy": "shuffle", "fan_in": "fan_in", "credits": "credits",
-                "chunk_bytes": "chunk_bytes", "requests": "requests"}
-        return cls(**{k: params[p] for k, p in keys.items() if params.get(p) is not None})
+    def from_params(cls, params) -> "ShuffleConfig":
+        """From an op's validated shuffle options (``worker.ops.contract.ShuffleParams``)."""
+        return cls(strategy=params.shuffle, fan_in=params.fan_in, credits=params.credits,
+                   chunk_bytes=params.chunk_bytes)
 
 
 def chunk_pieces(arrays: dict[str, np.ndarray], chunk_bytes: int) -> list[Piece]:

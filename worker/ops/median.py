@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
@@ -34,6 +35,8 @@ import numpy as np
 from shardstats.worker.comm.collectives import broadcast, tree_reduce
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.errors import EmptyDataset, UsageError
+from shardstats.exact import exact_text
+from shardstats.worker.ops.contract import Op, Params, option
 
 DEFAULT_SAMPLES = 128          # regular samples per rank per window in the later rounds
 FIRST_SAMPLES = 1024           # random samples per rank in the first (bracketing) round
@@ -228,30 +231,61 @@ def exact_mean(lower: int, upper: int) -> Fraction:
     return Fraction(lower + upper, 2)
 
 
-async def median(comm: Communicator, values: np.ndarray, params: dict | None = None) -> tuple[dict | None, dict]:
-    params = params or {}
+MAX_QUANTILES = 1000           # each quantile adds up to two target ranks; beyond this a job is a misuse
+
+
+def _parse_quantiles(value: object) -> tuple[str, ...]:
+    """"0.9,0.99" or a list of numbers -> their text, checked; kept as text so the op reads them exactly."""
+    if value is None or value == "":
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ValueError(f"{value!r} is not a list of numbers between 0 and 1")
+    qs = tuple(str(q).strip() for q in items if str(q).strip())
+    if len(qs) > MAX_QUANTILES:
+        raise ValueError(f"{len(qs):,} quantiles asked for; at most {MAX_QUANTILES:,} per job")
+    for q in qs:
+        try:
+            parse_quantile(q)
+        except UsageError:
+            raise ValueError(f"{q[:40]!r} is not a number between 0 and 1") from None
+    return qs
+
+
+@dataclass(frozen=True)
+class MedianParams(Params):
+    even: str = option("mean", "For an even count: the exact mean of the two middle values, or one of them.",
+                       choices=EVEN_RULES)
+    quantiles: tuple = option((), "Also these quantiles, e.g. 0.9,0.99 (numpy's linear definition, exact; "
+                              f"at most {MAX_QUANTILES:,}).", parse=_parse_quantiles, metavar="Q,Q,...")
+    samples: int = option(DEFAULT_SAMPLES, "Regular samples per rank per window in the many-pivot rounds.",
+                          min=1, max=1 << 16, advanced=True)
+    gather_limit: int = option(DEFAULT_GATHER_LIMIT, "Gather a window once it holds at most this many values.",
+                               min=1, max=1 << 22, advanced=True)
+    first_samples: int = option(FIRST_SAMPLES, "Random samples per rank in the bracketing round.",
+                                min=1, max=1 << 16, advanced=True)
+
+
+async def median(comm: Communicator, values: np.ndarray, params: MedianParams) -> tuple[dict | None, dict]:
     phases: dict[str, float] = {}
     t = time.perf_counter()
-    total = params.get("total")
+    total = comm.total
     if total is None:
         got = await tree_reduce(comm, {"n": len(values)}, lambda a, b: {"n": a["n"] + b["n"]}, "median.n")
         total = (await broadcast(comm, got, "median.nb"))["n"]
     if total == 0:
         raise EmptyDataset("the dataset holds no values")
-    quantiles = params.get("quantiles") or []
+    quantiles = params.quantiles
     lo_k, hi_k = median_ranks(total)
     targets = sorted({lo_k, hi_k, *(k for q in quantiles for k in _q_ranks(q, total)[:2])})
-    found, rounds = await select_ranks(comm, values, targets, total,
-                                       int(params.get("samples") or DEFAULT_SAMPLES),
-                                       int(params.get("gather_limit") or DEFAULT_GATHER_LIMIT),
-                                       int(params.get("first_samples") or FIRST_SAMPLES))
+    found, rounds = await select_ranks(comm, values, targets, total, params.samples, params.gather_limit,
+                                       params.first_samples)
     phases["select"] = time.perf_counter() - t
     stats = {"phases": phases, "rounds": rounds}
     if found is None:
         return None, stats
     lower, upper = found[lo_k], found[hi_k]
-    rule = params.get("even") or "mean"
-    value = {"mean": exact_mean(lower, upper), "lower": Fraction(lower), "upper": Fraction(upper)}[rule]
+    value = {"mean": exact_mean(lower, upper), "lower": Fraction(lower), "upper": Fraction(upper)}[params.even]
     result = {"value": value, "lower": lower, "upper": upper, "n": total}
     if quantiles:
         result["quantiles"] = {str(q): _interpolate(q, total, found) for q in quantiles}
@@ -285,3 +319,21 @@ def _interpolate(q: float | str, n: int, found: dict[int, int]) -> dict:
     lo, hi, frac = _q_ranks(q, n)
     a, b = found[lo], found[hi]
     return {"value": a + (b - a) * frac, "lower": a, "upper": b}
+
+
+def render(r: dict) -> list[str]:
+    lines = [f"median: {exact_text(r['value'])}  (lower {r['lower']}, upper {r['upper']})"]
+    for q, v in (r.get("quantiles") or {}).items():
+        lines.append(f"  q{q}: {exact_text(v['value'])}")
+    return lines
+
+
+OP = Op(
+    name="median",
+    summary="The exact median (and optional quantiles).",
+    params=MedianParams,
+    run=median,
+    render=render,
+    phases=("load", "select"),
+    examples=("cluster submit median --input shards/", "cluster submit median --input shards/ --quantiles 0.9,0.99"),
+)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -21,10 +22,12 @@ from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.ops.counting import repeated_runs, run_lengths, sum_by_value
 from shardstats.worker.comm.partition import partition_blocks
 from shardstats.worker.comm.shuffle import ShuffleConfig, chunk_blocks, shuffle
+from shardstats.worker.ops.contract import Op, ShuffleParams, option
 
 COMBINE_SAMPLE = 65536     # values sampled to decide whether local counting pays
 COMBINE_BELOW = 0.9        # combine when fewer than this share of sampled values are distinct
 DEFAULT_TIE_LIMIT = 10
+TIES = ("smallest", "all")
 MAX_TIE_LIMIT = 100_000   # ties travel in one small message; more than this are counted, not listed
 
 
@@ -123,15 +126,26 @@ def _combine_limit(tie_limit: int):
     return combine
 
 
-async def mode(comm: Communicator, values: np.ndarray, params: dict | None = None) -> tuple[dict | None, dict]:
+@dataclass(frozen=True)
+class ModeParams(ShuffleParams):
+    ties: str = option("smallest", "smallest: the smallest tied value wins; all: list every tied value "
+                       f"(up to {MAX_TIE_LIMIT:,}).", choices=TIES)
+    combine: str = option("auto", "Count locally before the shuffle: auto (from a sample), always, never.",
+                          choices=("auto", "always", "never"), advanced=True)
+
+    @property
+    def tie_limit(self) -> int:
+        return MAX_TIE_LIMIT if self.ties == "all" else DEFAULT_TIE_LIMIT
+
+
+async def mode(comm: Communicator, values: np.ndarray, params: ModeParams) -> tuple[dict | None, dict]:
     """Runs on every rank; returns (result at rank 0 else None, this rank's phase stats)."""
-    params = params or {}
     cfg = ShuffleConfig.from_params(params)
-    tie_limit = min(int(params.get("tie_limit") or DEFAULT_TIE_LIMIT), MAX_TIE_LIMIT)
+    tie_limit = params.tie_limit
     phases: dict[str, float] = {}
     t = time.perf_counter()
     comm.progress.set("count")
-    combine = params.get("combine") or "auto"          # "auto" | "always" | "never"
+    combine = params.combine
     # The heavy numpy steps run on a thread (numpy lets go of the GIL), so the event
     # loop keeps answering heartbeats and credits while this worker computes.  The
     # list hands the thread the only reference to the data, so it can free it early.
@@ -182,3 +196,29 @@ async def mode(comm: Communicator, values: np.ndarray, params: dict | None = Non
 
 def _tree_depth(size: int) -> int:
     return max(0, (size - 1).bit_length())
+
+
+def render(r: dict) -> list[str]:
+    if r["value"] is None:
+        return ["mode: none (no values)"]
+    more = ""
+    if r["tie_count"] > 1:
+        shown = ", ".join(map(str, r["ties"][:10]))
+        more = f"  ({r['tie_count']:,} values tie: {shown}{', ...' if r['tie_count'] > min(10, len(r['ties'])) else ''})"
+    return [f"mode: {r['value']}  (count {r['count']:,}){more}"]
+
+
+def summarize(workers: list[dict]) -> dict:
+    return {"distinct_values": sum(w["distinct_keys"] for w in workers)}
+
+
+OP = Op(
+    name="mode",
+    summary="The exact mode (most frequent value) and its count.",
+    params=ModeParams,
+    run=mode,
+    render=render,
+    phases=("load", "count", "shuffle", "aggregate", "reduce"),
+    examples=("cluster submit mode --input shards/", "cluster submit mode --input 'shards/*.npy' --ties all --json"),
+    summarize=summarize,
+)

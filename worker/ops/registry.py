@@ -1,7 +1,62 @@
-"""The registry of ops a job can run: name -> async function over a communicator."""
+"""The registry of ops: the built-in ones in this package and third-party ones from the ``shardstats.ops`` entry points.
+
+A module of this package that defines ``OP`` (a ``worker.ops.contract.Op``) is a
+built-in op; nothing else lists it.  A third-party package registers an op with
+
+    [project.entry-points."shardstats.ops"]
+    myop = "mypackage.myop"          # a module defining OP, or "mypackage.myop:OP"
+
+and it appears in ``cluster submit --help``, in the API (``c.submit("myop", ...)``,
+``c.myop(...)``) and on every worker that has the package installed.  A broken
+plugin is skipped with a warning, so it cannot take the CLI or a worker down.
+"""
 from __future__ import annotations
 
-from shardstats.worker.ops.median import median
-from shardstats.worker.ops.mode import mode
+import importlib
+import logging
+import pkgutil
+import types
+from functools import cache
+from importlib.metadata import entry_points
 
-OPS = {"mode": mode, "median": median}
+from shardstats.errors import UsageError
+from shardstats.worker.ops.contract import Op
+
+GROUP = "shardstats.ops"
+_log = logging.getLogger("shardstats.ops")
+
+
+def _op_of(obj: object, where: str) -> Op:
+    op = getattr(obj, "OP", obj) if isinstance(obj, types.ModuleType) else obj
+    if not isinstance(op, Op):
+        raise TypeError(f"{where} does not define an Op")
+    return op
+
+
+@cache
+def ops() -> dict[str, Op]:
+    """Every op by name: built-ins first (a plugin cannot replace one), then entry points."""
+    import shardstats.worker.ops as pkg
+    found: dict[str, Op] = {}
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{pkg.__name__}.{info.name}")
+        if isinstance(getattr(module, "OP", None), Op):
+            found[module.OP.name] = module.OP
+    for ep in entry_points(group=GROUP):
+        try:
+            op = _op_of(ep.load(), f"entry point {ep.name} ({ep.value})")
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the built-in ops
+            _log.warning("skipping op plugin %s (%s): %s", ep.name, ep.value, exc)
+            continue
+        if op.name in found:
+            _log.warning("skipping op plugin %s: an op named %r already exists", ep.value, op.name)
+            continue
+        found[op.name] = op
+    return found
+
+
+def get(name: str) -> Op:
+    try:
+        return ops()[name]
+    except KeyError:
+        raise UsageError(f"unknown op {name!r} (known: {', '.join(sorted(ops()))})") from None

@@ -1,0 +1,47 @@
+"""Running a coroutine from synchronous code: the CLI's commands and the API's plain methods.
+
+uvloop when it is importable (the workers' loop too); from inside a running event
+loop (Jupyter) the job runs on a helper thread, because a loop cannot be nested.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def run_async(coro):
+    try:
+        import uvloop
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+def in_sync(fn: Callable[[], T]) -> T:
+    """Calls ``fn`` (which may start its own event loop) here, or on a thread when a loop is already running."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return fn()
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:   # handed to the caller's thread and re-raised there
+            box["error"] = exc
+    t = threading.Thread(target=target, name="cluster-api")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def run_sync(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    """Runs the coroutine ``coro_fn()`` makes to completion, wherever we are called from."""
+    return in_sync(lambda: run_async(coro_fn()))

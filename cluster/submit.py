@@ -1,0 +1,170 @@
+"""``cluster submit <op>``: one command per registered op, generated from its declaration.
+
+Each op's typed parameters become options (name, type, choices, default and help
+come from the ``option`` fields); the options every job has (input, column,
+deadlines, where the cluster is) are added here once.  Values are checked by the
+op's own ``Params`` -- the same validator the API and the workers use -- so a bad
+value is one line naming the option and exit 2 whichever way it came in.
+The group loads the registry only when ``submit`` is used, so ``cluster status``
+and ``cluster --version`` do not pay for importing every op.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import click
+
+from shardstats.errors import ShardstatsError, UsageError
+from shardstats.settings import DEFAULTS
+
+_COMMON = ("input_paths", "more_inputs", "column", "local_workers", "as_json", "timeout", "cluster_file",
+           "max_retries", "heartbeat", "dead_after", "quiet")
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _common_options() -> list[click.Parameter]:
+    return [
+        click.Option(["--input", "input_paths"], multiple=True, metavar="PATH",
+                     help="A directory, file or glob of .txt/.npy/.csv/.parquet shards; repeat it for more "
+                          "(an unquoted glob the shell expanded is taken whole)."),
+        click.Argument(["more_inputs"], nargs=-1, required=False),
+        click.Option(["--column"], help="Column of .csv/.parquet shards: a header name or a 0-based index "
+                     "(default: the first column)."),
+        click.Option(["--local", "local_workers"], type=int, metavar="N",
+                     help="Run on an ephemeral local cluster of N workers, stopped afterwards."),
+        click.Option(["--json", "as_json"], is_flag=True, help="Print exactly one JSON object on stdout."),
+        click.Option(["--timeout"], type=float, default=DEFAULTS.phase_timeout, show_default=True,
+                     help="Seconds each phase (load, run) may take."),
+        click.Option(["--cluster-file"], type=click.Path(dir_okay=False),
+                     help="The cluster to use (default: $CLUSTER_WORKERS, else the file `cluster up` wrote)."),
+        click.Option(["--max-retries"], type=int, default=DEFAULTS.max_retries, show_default=True,
+                     help="Times the job runs again on the survivors when workers are lost."),
+        click.Option(["--heartbeat"], type=float, default=DEFAULTS.heartbeat, show_default=True,
+                     help="Seconds between the coordinator's pings to each worker during a job."),
+        click.Option(["--dead-after"], type=float, default=DEFAULTS.dead_after, show_default=True,
+                     help="Seconds of silence after which a worker is declared lost."),
+        click.Option(["--quiet", "-q"], is_flag=True,
+                     help="No progress line on stderr (it is shown only when stderr is a terminal anyway)."),
+    ]
+
+
+def _param_options(op) -> list[click.Option]:
+    """One option per parameter field; the op's own fields first, inherited ones (shuffle knobs) after."""
+    from shardstats.worker.ops.contract import ShuffleParams, cli_name, param_fields
+    shared = {f.name for f, _, _ in param_fields(ShuffleParams)} if issubclass(op.params, ShuffleParams) else set()
+    fields = sorted(param_fields(op.params), key=lambda x: x[0].name in shared)
+    out = []
+    for f, base, optional in fields:
+        meta = f.metadata
+        choices = meta.get("choices")
+        if base is bool:
+            out.append(click.Option([f"{cli_name(f.name)}/--no-{f.name.replace('_', '-')}", f.name],
+                                    default=f.default, show_default=True, help=meta["help"],
+                                    hidden=meta["advanced"]))
+            continue
+        # Text in, checked by the op's Params: one validator, and one error line naming the option.
+        metavar = "[" + "|".join(map(str, choices)) + "]" if choices else \
+            meta.get("metavar") or {int: "INTEGER", float: "NUMBER"}.get(base, "TEXT")
+        default = None if base is tuple else f.default
+        out.append(click.Option([cli_name(f.name), f.name], type=str, default=default,
+                                show_default=default is not None, help=meta["help"], hidden=meta["advanced"],
+                                metavar=metavar))
+    return out
+
+
+def make_command(op) -> click.Command:
+    def callback(**kw) -> None:
+        common = {k: kw.pop(k) for k in _COMMON}
+        try:
+            params = op.params.build(**{k: _typed(op, k, v) for k, v in kw.items()})
+        except UsageError as exc:
+            _fail(str(exc), 2)
+        inputs = tuple(common["input_paths"]) + tuple(common["more_inputs"])
+        if not inputs:
+            _fail(f"--input: name the shards, e.g. `cluster submit {op.name} --input shards/`", 2)
+        run_submit(op, params, inputs, **{k: v for k, v in common.items()
+                                          if k not in ("input_paths", "more_inputs")})
+    examples = "\n".join(f"  {e}" for e in op.examples)
+    return click.Command(op.name, params=_common_options() + _param_options(op), callback=callback,
+                         help=op.summary, short_help=op.summary,
+                         epilog=f"\b\nExamples:\n{examples}" if examples else None)
+
+
+def _typed(op, name: str, value):
+    """Option text for an int field whose choices are ints (``--ddof 1``): its int, when it is one."""
+    import dataclasses
+    f = next(f for f in dataclasses.fields(op.params) if f.name == name)
+    choices = f.metadata.get("choices")
+    if choices and isinstance(choices[0], int) and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return value
+
+
+def run_submit(op, params, inputs: tuple[str, ...], *, column, local_workers, as_json, timeout, cluster_file,
+               max_retries, heartbeat, dead_after, quiet) -> None:
+    from shardstats.cluster import launcher
+    from shardstats.cluster.config import find_cluster
+    from shardstats.cluster.output import human, json_document
+    from shardstats.cluster.progress import ProgressLine, progress_enabled
+    from shardstats.cluster.runner import run_async
+    from shardstats.coordinator.job import run_job
+    from shardstats.coordinator.spec import JobSpec
+    if column is not None and column.isdigit():
+        column = int(column)
+    try:
+        spec = JobSpec(op=op.name, params=params, inputs=inputs, column=column, timeout=timeout,
+                       max_retries=max_retries, heartbeat=heartbeat, dead_after=dead_after)
+    except UsageError as exc:
+        _fail(str(exc), 2)
+    if local_workers is not None and local_workers < 1:
+        _fail("--local: needs at least 1 worker", 2)
+    startup = None
+    info = None
+    try:
+        if local_workers is not None:
+            t = time.perf_counter()
+            info = launcher.start(local_workers, "127.0.0.1", None, None, "warning")
+            startup = time.perf_counter() - t
+        else:
+            info, _ = find_cluster(cluster_file)
+    except ShardstatsError as exc:
+        _fail(str(exc), exc.exit_code)
+    assert info is not None
+    # Progress goes to stderr only, so stdout holds nothing but the result (one JSON object with --json).
+    line = ProgressLine(sys.stderr, op.name) if progress_enabled(sys.stderr, quiet) else None
+    handler = line.log_handler() if line is not None else None
+    if handler is not None:
+        logging.getLogger("cluster").addHandler(handler)
+    try:
+        rep = run_async(run_job(info.workers, info.token.encode(), spec, absolute_paths=info.local,
+                                on_progress=line))
+    except ShardstatsError as exc:
+        if line is not None:
+            line.close()
+        _fail(str(exc), exc.exit_code)
+    finally:
+        if line is not None:
+            logging.getLogger("cluster").removeHandler(handler)
+            line.close()
+        if local_workers is not None:
+            launcher.stop(info)
+    click.echo(json_document(rep, startup) if as_json else human(rep, startup))
+
+
+class SubmitGroup(click.Group):
+    """``cluster submit``: its commands are the registry's ops, built when first asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from shardstats.worker.ops import registry
+        return sorted(registry.ops())
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        from shardstats.worker.ops import registry
+        op = registry.ops().get(name)
+        return make_command(op) if op is not None else None

@@ -1,0 +1,207 @@
+"""The op contract: everything the rest of the system needs to know about a statistic, declared in one place.
+
+An op is one module holding one ``Op``: its name, its parameters as a typed,
+validated ``Params`` dataclass, the async function that runs it on every rank over
+a ``Communicator``, how its result reads for people (and for the API), and its
+progress phases.  The CLI's ``cluster submit <op>``, the Python API, the human
+output and the progress line are generated from these declarations
+(``worker/ops/registry.py`` finds them), so adding a statistic touches no other file.
+
+Parameters have one validator, used by the CLI, the API *and* the worker (which
+rebuilds them from the wire with ``from_wire``): a bad value is a ``UsageError``
+whose message names the option the way the CLI spells it (``--fan-in``), exit 2,
+wherever it is caught.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from shardstats.errors import UsageError
+from shardstats.worker.comm.shuffle import DEFAULT_CHUNK_BYTES, STRATEGIES
+
+P = TypeVar("P", bound="Params")
+
+
+def option(default: Any, help: str, *, choices: Sequence[Any] | None = None, min: float | None = None,
+           max: float | None = None, parse: Callable[[Any], Any] | None = None, advanced: bool = False,
+           metavar: str | None = None) -> Any:
+    """A parameter field: its default, help text and checks.
+
+    ``parse`` turns what a user typed (CLI text, or an API value) into the field's
+    value, raising ``ValueError`` with a short reason; ``advanced`` keeps an option
+    out of ``--help`` (tuning knobs for tests and benchmarks), not out of validation.
+    """
+    meta = {"help": help, "choices": tuple(choices) if choices else None, "min": min, "max": max,
+            "parse": parse, "advanced": advanced, "metavar": metavar}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use a tuple for a sequence default (params are immutable)")
+    return field(default=default, metadata=meta)
+
+
+def cli_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class Params:
+    """Base of every op's parameters: a frozen dataclass whose fields are declared with ``option``.
+
+    Construction validates every field (types, choices, ranges, the field's own
+    ``parse``), then ``check`` for rules across fields; ``to_wire``/``from_wire`` are
+    the form that travels in the job's ``run`` message.
+    """
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            try:
+                checked = _check_field(f, hints.get(f.name, Any), value)
+            except (ValueError, TypeError) as exc:
+                raise UsageError(f"{cli_name(f.name)}: {exc}") from None
+            object.__setattr__(self, f.name, checked)
+        self.check()
+
+    def check(self) -> None:
+        """Rules that involve several fields; raise ``UsageError`` naming the options."""
+
+    @classmethod
+    def from_wire(cls: type[P], data: object) -> P:
+        """The params a job message carries, validated exactly as the CLI validates them."""
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise UsageError(f"job parameters are a {type(data).__name__}, expected a map")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(str(k) for k in data if k not in names)
+        if unknown:
+            raise UsageError(f"unknown parameter {cli_name(unknown[0])} (known: "
+                             f"{', '.join(cli_name(n) for n in sorted(names)) or 'none'})")
+        return cls(**data)
+
+    @classmethod
+    def build(cls: type[P], **given: Any) -> P:
+        """From keyword arguments (the API, the CLI): ``None`` means the default."""
+        return cls.from_wire({k: v for k, v in given.items() if v is not None})
+
+    def to_wire(self) -> dict:
+        return {f.name: _wire(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def stats_fields(self) -> dict:
+        """Parameters worth repeating in the job's ``stats`` (how the job ran, e.g. its shuffle settings)."""
+        return {}
+
+
+def _wire(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _check_field(f: dataclasses.Field, hint: Any, value: Any) -> Any:
+    meta = f.metadata
+    if meta.get("parse") is not None:
+        value = meta["parse"](value)
+    base, optional = _base_type(hint)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError("a value is required")
+    if base is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{value!r} is not true or false")
+    elif base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+                value = int(value)
+            else:
+                raise ValueError(f"{value!r} is not an integer")
+    elif base is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{value!r} is not a number") from None
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{value!r} is not a finite number")
+    elif base is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{value!r} is not text")
+    elif base is tuple:
+        if isinstance(value, list):
+            value = tuple(value)
+        if not isinstance(value, tuple):
+            raise ValueError(f"{value!r} is not a list")
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ValueError(f"{value!r} is not one of {', '.join(map(str, meta['choices']))}")
+    if meta.get("min") is not None and value < meta["min"]:
+        raise ValueError(f"must be at least {meta['min']:g} (got {value!r})")
+    if meta.get("max") is not None and value > meta["max"]:
+        raise ValueError(f"must be at most {meta['max']:g} (got {value!r})")
+    return value
+
+
+def _base_type(hint: Any) -> tuple[Any, bool]:
+    """(the plain type, whether None is allowed) of a field annotation such as ``int | None``."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        base, _ = _base_type(rest[0]) if len(rest) == 1 else (Any, False)
+        return base, type(None) in args
+    origin = typing.get_origin(hint)
+    return (origin or hint), False
+
+
+def param_fields(params: type[Params]) -> list[tuple[dataclasses.Field, Any, bool]]:
+    """(field, plain type, optional) for each parameter, in declaration order: what the CLI builds options from."""
+    hints = typing.get_type_hints(params)
+    return [(f, *_base_type(hints[f.name])) for f in dataclasses.fields(params)]
+
+
+@dataclass(frozen=True)
+class ShuffleParams(Params):
+    """The options every op that shuffles by key shares (the credit shuffle's knobs, see worker/comm/shuffle.py)."""
+    shuffle: str = option("credit", "credit: receiver-driven admission; naive: everyone sends at once; "
+                          "gather: all to one (for comparison).", choices=STRATEGIES)
+    fan_in: int = option(1, "Concurrent inbound streams per worker.", min=1, max=1024)
+    credits: int = option(4, "Chunks in flight per stream.", min=1, max=1024)
+    chunk_bytes: int = option(DEFAULT_CHUNK_BYTES, "Bytes per shuffle chunk (64 B to 2 MiB; frames stay under the 4 MiB limit).",
+                              min=64, max=2 << 20)
+
+    def stats_fields(self) -> dict:
+        return {"shuffle": self.shuffle, "fan_in": self.fan_in, "credits": self.credits,
+                "chunk_bytes": self.chunk_bytes}
+
+
+Run = Callable[[Any, Any, Any], Awaitable[tuple[dict | None, dict]]]
+
+
+def _no_summary(workers: list[dict]) -> dict:
+    return {}
+
+
+def _same(result: dict) -> dict:
+    return result
+
+
+@dataclass(frozen=True)
+class Op:
+    """One statistic.  ``run(comm, values, params)`` runs on every rank and returns
+    (the result at rank 0, else None; this rank's stats)."""
+    name: str
+    summary: str                                  # one line: CLI help, API docstring
+    params: type[Params]
+    run: Run
+    render: Callable[[dict], list[str]]           # the result for people: the first lines of the human output
+    phases: tuple[str, ...]                       # progress phases, in order (the progress line and the report)
+    examples: tuple[str, ...] = ()                # command lines shown in `cluster submit <op> --help`
+    summarize: Callable[[list[dict]], dict] = _no_summary   # op-specific job stats from the per-worker stats
+    view: Callable[[dict], dict] = _same          # the result as the API's Result attributes read it
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier() or self.name.startswith("_"):
+            raise ValueError(f"op name {self.name!r} must be a Python identifier (it becomes an API method)")
