@@ -1,7 +1,8 @@
 """docker-compose.yml and the Dockerfile, checked without a Docker engine.
 
 Static checks read both files (and pyproject.toml) directly.  The `netns` tests run the
-compose file for real with scripts/compose_netns.py: one network namespace per service,
+compose file for real with scripts/compose_netns.py (the compose front-end of the
+shared netns runner): one network namespace per service,
 service names resolved through /etc/netns hosts files, the volume bind-mounted at its
 container path, each service's command run as the image's user, ports published on
 127.0.0.1, then `cluster submit mode|median --input shards/` from the host side, compared
@@ -23,10 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import compose_netns as cn  # noqa: E402
-
-from shardstats.cluster.gen import generate, write_shards  # noqa: E402
+from scripts import compose_netns as cn
+from shardstats.cluster.gen import generate, write_shards
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
