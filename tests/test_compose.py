@@ -343,6 +343,7 @@ def test_interrupted_run_leaves_nothing(tmp_path, sig):
                               # (a fresh clone's workers, as uid 10001, compile every module at start-up).
                               "--ready-timeout", "600", "--log-dir", str(tmp_path / "logs")],
                              stdout=subprocess.DEVNULL, stderr=f, stdin=subprocess.DEVNULL)
+    prefix = None
     try:
         deadline = time.monotonic() + 180
         listening = 0
@@ -357,7 +358,8 @@ def test_interrupted_run_leaves_nothing(tmp_path, sig):
         if p.poll() is None:
             p.kill()          # it did not stop on the signal: the test fails, but leaves nothing behind
             p.wait()
-            cn.cleanup()
+            if prefix is not None:
+                cn.cleanup(prefix)    # only this run's bed: others may be running beds
     assert cn.testbed.leftovers(prefix) == {"namespaces": [], "links": [], "pids": []}
     assert not list(Path("/etc/netns").glob(f"{prefix}*"))
     assert not list(Path(tempfile.gettempdir()).glob(f"{prefix}root-*"))
