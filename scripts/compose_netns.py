@@ -29,15 +29,11 @@ Needs root.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import shlex
-import shutil
-import signal
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -47,11 +43,11 @@ if __package__ in (None, ""):     # run as a file (python scripts/compose_netns.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts import testbed  # noqa: E402
-from scripts.dockerfile import Image, SpecError, dockerfile_instructions, parse_dockerfile, uid_gid  # noqa: E402,F401
+# Re-exported: the tests and users reach the runner's parts through the front-end they run.
+from scripts.dockerfile import Image, SpecError, parse_dockerfile, uid_gid  # noqa: E402,F401
 from scripts.netns_runner import (REPO, BedError, Check, JobOutcome, LinkShape, Mount, Publish, Unit, UnitBed,  # noqa: E402,F401
-                                  announce, available, check_jobs, cleanup, compare, host_values, reference,
-                                  submit)
-from shardstats.errors import InputError  # noqa: E402
+                                  add_run_options, announce, available, check_jobs, cleanup, command_line,
+                                  compare, host_values, maintenance, reference, run_reported, submit)
 
 
 class ComposeError(SpecError):
@@ -463,12 +459,7 @@ def run_project(project: Project, ops: tuple[str, ...] = ("mode", "median"), *, 
 
 # -- CLI -----------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    # Ctrl-C must tear the bed down even when we were started with SIGINT ignored (a background
-    # job of a non-interactive shell, as CI may start us): Python then leaves it ignored.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("check", help="say whether the emulation can run here")
+    ap, sub = command_line(__doc__.split("\n\n")[0])
     for name, help_ in (("config", "print the services as the emulation resolved them"),
                         ("run", "bring the services up, run mode and median, compare with numpy, tear down")):
         p = sub.add_parser(name, help=help_)
@@ -476,24 +467,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--free-ports", action="store_true", help="give every ${VAR} in `ports` a free port")
         p.add_argument("--random-token", action="store_true", help="set CLUSTER_TOKEN to a fresh random token")
         if name == "run":
-            p.add_argument("--input", default="shards/", help="what `cluster submit --input` gets (default shards/)")
-            p.add_argument("--ops", default="mode,median")
-            p.add_argument("--ready-timeout", type=float, default=60.0)
-            p.add_argument("--job-timeout", type=float, default=60.0)
-            p.add_argument("--rate", default="1gbit", help="per direction of each service's link (tc syntax)")
-            p.add_argument("--log-dir")
-    sub.add_parser("cleanup", help="remove leftovers of killed runs (shared with testbed.py)")
+            add_run_options(p, ready_timeout=60.0)
     a = ap.parse_args(argv)
-
-    if a.cmd == "check":
-        ok, why = available()
-        print(f"{'available' if ok else 'unavailable'}: {why}")
-        return 0 if ok else 1
-    if a.cmd == "cleanup":
-        found = cleanup()
-        print(f"removed {len(found['namespaces'])} namespaces, {len(found['links'])} links, "
-              f"{len(found['pids'])} processes, {len(found['files'])} files")
-        return 0
+    done = maintenance(a.cmd)
+    if done is not None:
+        return done
     env = dict(os.environ)
     if a.random_token:
         import secrets
@@ -515,29 +493,10 @@ def main(argv: list[str] | None = None) -> int:
                               "volumes": [f"{v.source}:{v.target}{':ro' if v.read_only else ''}" for v in s.volumes],
                               "healthcheck": s.health.test if s.health else None}))
         return 0
-    ok, why = available()
-    if not ok:
-        print(f"error: {why}", file=sys.stderr)
-        return 1
-    # Service logs are kept when something fails (the error names them), removed after a clean run.
-    log_dir = a.log_dir or tempfile.mkdtemp(prefix="compose-netns-logs-")
-    try:
-        run_project(project, tuple(o for o in a.ops.split(",") if o), input_path=a.input,
-                    ready_timeout=a.ready_timeout, job_timeout=a.job_timeout, log_dir=log_dir,
-                    shape=LinkShape(rate=a.rate, delay_ms=0.0))
-    except KeyboardInterrupt:
-        print("interrupted; torn down", file=sys.stderr)
-        return 130
-    except (BedError, ComposeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except InputError as exc:             # the host's shards/ is missing or unreadable
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if not a.log_dir:
-        shutil.rmtree(log_dir, ignore_errors=True)
-    print("all jobs match numpy; torn down", file=sys.stderr)
-    return 0
+    return run_reported(lambda logs: run_project(
+        project, tuple(o for o in a.ops.split(",") if o), input_path=a.input, ready_timeout=a.ready_timeout,
+        job_timeout=a.job_timeout, log_dir=logs, shape=LinkShape(rate=a.rate, delay_ms=0.0)),
+        a.log_dir, "compose-netns-logs-")
 
 
 if __name__ == "__main__":

@@ -36,13 +36,11 @@ enforced), restarts, liveness probes, Services' virtual IPs, NetworkPolicies.  N
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -56,9 +54,9 @@ if __package__ in (None, ""):     # run as a file (python scripts/k8s_netns.py):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts.dockerfile import Image, SpecError, parse_dockerfile, uid_gid  # noqa: E402
-from scripts.netns_runner import (REPO, BedError, Check, LinkShape, Mount, Publish, Unit, UnitBed,  # noqa: E402
-                                  announce, available, check_jobs, cleanup, host_values)
-from shardstats.errors import InputError  # noqa: E402
+from scripts.netns_runner import (REPO, Check, LinkShape, Mount, Publish, Unit, UnitBed,  # noqa: E402,F401
+                                  add_run_options, announce, available, check_jobs, command_line, host_values,
+                                  maintenance, run_reported)
 
 MANIFESTS = REPO / "deploy" / "kubernetes"
 KUBE_VERSION = "1.32"                       # the schemas checked against (kubernetes-validate bundles them)
@@ -487,39 +485,23 @@ def run_manifests(m: Manifests, token: str, directory: Path, ops: tuple[str, ...
 
 # -- CLI -----------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("check", help="say whether the emulation can run here")
+    ap, sub = command_line(__doc__.split("\n\n")[0])
     for name, help_ in (("validate", "render the kustomization and check every object against the schemas"),
                         ("run", "bring the pods up, run mode and median from the host side, compare with numpy")):
         p = sub.add_parser(name, help=help_)
         p.add_argument("-k", "--kustomize", default=str(MANIFESTS), help="the kustomization directory")
         p.add_argument("--kube-version", default=KUBE_VERSION)
-        if name == "run":
-            p.add_argument("--input", default="shards/", help="relative to the current directory; copied into "
-                                                               "every pod's /data (kubectl cp)")
-            p.add_argument("--ops", default="mode,median")
-            p.add_argument("--ready-timeout", type=float, default=120.0)
-            p.add_argument("--job-timeout", type=float, default=60.0)
-            p.add_argument("--log-dir")
-    sub.add_parser("cleanup", help="remove leftovers of killed runs (shared with testbed.py)")
+        if name == "run":           # --input is relative to the current directory, copied into every pod's /data
+            add_run_options(p, ready_timeout=120.0)
     a = ap.parse_args(argv)
-    if a.cmd == "check":
-        ok, why = available()
-        print(f"{'available' if ok else 'unavailable'}: {why}")
-        return 0 if ok else 1
-    if a.cmd == "cleanup":
-        found = cleanup()
-        print(f"removed {len(found['namespaces'])} namespaces, {len(found['links'])} links, "
-              f"{len(found['pids'])} processes, {len(found['files'])} files")
-        return 0
+    done = maintenance(a.cmd)
+    if done is not None:
+        return done
     try:
         docs, how = render(Path(a.kustomize))
         errors = validate(docs, a.kube_version)
     except K8sError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        errors = [str(exc)]
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
     if errors:
@@ -527,32 +509,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(docs)} objects rendered by {how}, valid for Kubernetes {a.kube_version} (strict)", file=sys.stderr)
     if a.cmd == "validate":
         return 0
-    ok, why = available()
-    if not ok:
-        print(f"error: {why}", file=sys.stderr)
-        return 1
     namespaces = {_ns(d) for d in docs if d.get("kind") == "StatefulSet"}
     token = secrets.token_hex(32)
     m = Manifests(docs, [d for ns in sorted(namespaces) for d in laptop_secrets(ns, token)])
-    log_dir = a.log_dir or tempfile.mkdtemp(prefix="k8s-netns-logs-")
-    try:
-        run_manifests(m, token, Path.cwd(), tuple(o for o in a.ops.split(",") if o), input_path=a.input,
-                      ready_timeout=a.ready_timeout, job_timeout=a.job_timeout, log_dir=log_dir)
-    except KeyboardInterrupt:
-        print("interrupted; torn down", file=sys.stderr)
-        return 130
-    except (BedError, K8sError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    status = run_reported(lambda logs: run_manifests(
+        m, token, Path.cwd(), tuple(o for o in a.ops.split(",") if o), input_path=a.input,
+        ready_timeout=a.ready_timeout, job_timeout=a.job_timeout, log_dir=logs,
+        shape=LinkShape(rate=a.rate, delay_ms=0.0)), a.log_dir, "k8s-netns-logs-")
     for w in m.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    if not a.log_dir:
-        shutil.rmtree(log_dir, ignore_errors=True)
-    print("all jobs match numpy; torn down", file=sys.stderr)
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -596,3 +596,71 @@ def announce(out=sys.stderr):
         print(f"starting {bed.hosts} {bed.units[0].kind}s in namespaces {bed.ns(0)}..{bed.ns(bed.hosts - 1)} "
               f"(logs in {bed.log_dir})", file=out, flush=True)
     return starting
+
+
+# -- what both front-ends' command lines share ------------------------------------------------
+def command_line(description: str):
+    """(parser, subparsers) with ``check`` and ``cleanup``; Ctrl-C always tears the bed down.
+
+    Python leaves SIGINT ignored when we were started with it ignored (a background job of a
+    non-interactive shell, as CI may start us), so the default handler is put back first.
+    """
+    import argparse
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    ap = argparse.ArgumentParser(description=description)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("check", help="say whether the emulation can run here")
+    sub.add_parser("cleanup", help="remove leftovers of killed runs (shared with testbed.py)")
+    return ap, sub
+
+
+def add_run_options(p, ready_timeout: float) -> None:
+    p.add_argument("--input", default="shards/", help="what `cluster submit --input` gets (default shards/)")
+    p.add_argument("--ops", default="mode,median")
+    p.add_argument("--ready-timeout", type=float, default=ready_timeout)
+    p.add_argument("--job-timeout", type=float, default=60.0)
+    p.add_argument("--rate", default="1gbit", help="per direction of each unit's link (tc syntax)")
+    p.add_argument("--log-dir")
+
+
+def maintenance(cmd: str) -> int | None:
+    """Runs ``check`` or ``cleanup`` and returns the exit status; None for any other command."""
+    if cmd == "check":
+        ok, why = available()
+        print(f"{'available' if ok else 'unavailable'}: {why}")
+        return 0 if ok else 1
+    if cmd == "cleanup":
+        found = cleanup()
+        print(f"removed {len(found['namespaces'])} namespaces, {len(found['links'])} links, "
+              f"{len(found['pids'])} processes, {len(found['files'])} files")
+        return 0
+    return None
+
+
+def run_reported(run, log_dir: str | None, prefix: str) -> int:
+    """Calls ``run(log_dir)``; every failure is one ``error:`` line and an exit status (2 for bad input).
+
+    Unit logs are kept when something fails (the error names them), removed after a clean run.
+    """
+    from scripts.dockerfile import SpecError
+    from shardstats.errors import InputError
+    ok, why = available()
+    if not ok:
+        print(f"error: {why}", file=sys.stderr)
+        return 1
+    logs = log_dir or tempfile.mkdtemp(prefix=prefix)
+    try:
+        run(logs)
+    except KeyboardInterrupt:
+        print("interrupted; torn down", file=sys.stderr)
+        return 130
+    except (BedError, SpecError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except InputError as exc:             # the host's shards/ is missing or unreadable
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not log_dir:
+        shutil.rmtree(logs, ignore_errors=True)
+    print("all jobs match numpy; torn down", file=sys.stderr)
+    return 0

@@ -26,6 +26,7 @@ import pytest
 
 from scripts import compose_netns as cn
 from shardstats.cluster.gen import generate, write_shards
+from tests.netns_beds import tracked_beds
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -211,21 +212,7 @@ def env_for(path: Path, **extra: str) -> dict[str, str]:
 @pytest.fixture
 def beds(monkeypatch):
     """The beds a test builds; afterwards none of their processes, namespaces, links or files exist."""
-    made: list[tuple[cn.ComposeBed, list[int]]] = []
-    real = cn.ComposeBed._start_workers
-
-    def tracked(self):
-        try:
-            real(self)
-        finally:
-            made.append((self, [p.pid for p in self.procs]))
-    monkeypatch.setattr(cn.ComposeBed, "_start_workers", tracked)
-    yield made
-    for bed, pids in made:
-        assert bed.leftovers() == {"namespaces": [], "links": [], "pids": [], "files": []}
-        assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
-        assert not list(Path(tempfile.gettempdir()).glob(f"{bed.prefix}root-*"))
-        assert not list(Path("/etc/netns").glob(f"{bed.prefix}*"))
+    yield from tracked_beds(monkeypatch, cn.ComposeBed)
 
 
 def run_broken(tmp_path: Path, text: str, env: dict | None = None, rows: int = 20_000) -> str:

@@ -20,7 +20,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ from scripts.dockerfile import parse_dockerfile, uid_gid
 from scripts.netns_runner import BedError, compare, reference, submit
 from shardstats.cluster.config import worker_id_from_hostname
 from shardstats.cluster.gen import generate, write_shards
+from tests.netns_beds import tracked_beds
 from shardstats.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -283,21 +283,7 @@ def data_dir(tmp: Path, rows: int, seed: int = 5) -> np.ndarray:
 @pytest.fixture
 def beds(monkeypatch):
     """The beds a test builds; afterwards none of their processes, namespaces, links or files exist."""
-    made: list = []
-    real = kn.K8sBed._start_workers
-
-    def tracked(self):
-        try:
-            real(self)
-        finally:
-            made.append((self, [p.pid for p in self.procs]))
-    monkeypatch.setattr(kn.K8sBed, "_start_workers", tracked)
-    yield made
-    for bed, pids in made:
-        assert bed.leftovers() == {"namespaces": [], "links": [], "pids": [], "files": []}
-        assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
-        assert not list(Path(tempfile.gettempdir()).glob(f"{bed.prefix}root-*"))
-        assert not list(Path("/etc/netns").glob(f"{bed.prefix}*"))
+    yield from tracked_beds(monkeypatch, kn.K8sBed)
 
 
 def environ(pid: int) -> dict[str, str]:
