@@ -16,7 +16,8 @@ from pathlib import Path
 import click
 
 from shardstats.cluster import launcher
-from shardstats.cluster.config import ClusterInfo, ConfigError, default_cluster_file, find_cluster, token_from_env
+from shardstats.cluster.config import (ClusterInfo, ConfigError, default_cluster_file, find_cluster, token_from_env,
+                                       worker_id_from_hostname)
 from shardstats.cluster.runner import run_async
 from shardstats.cluster.submit import SubmitGroup
 from shardstats.coordinator.job import ping_all, run_job
@@ -38,7 +39,9 @@ def main() -> None:
 
 # -- the daemon ------------------------------------------------------------
 @main.command()
-@click.option("--id", "worker_id", type=int, required=True, help="This worker's index into --peers.")
+@click.option("--id", "worker_id", type=click.IntRange(min=0), help="This worker's index into --peers.")
+@click.option("--id-from-hostname", is_flag=True,
+              help="Take the id from the host name's trailing -N (a StatefulSet pod: shardstats-3 is worker 3).")
 @click.option("--listen", required=True, help="HOST:PORT to serve on.")
 @click.option("--peers", required=True, help="Every worker's address, comma-separated, in id order.")
 @click.option("--token-file", type=click.Path(dir_okay=False), help="File holding the cluster token "
@@ -48,12 +51,20 @@ def main() -> None:
 @click.option("--handshake-timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
               help="Seconds a new connection has to prove the token before it is closed (slowloris guard).")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-def worker(worker_id: int, listen: str, peers: str, token_file: str | None, root: str, job_timeout: float,
-           handshake_timeout: float, log_level: str) -> None:
-    """Run one worker daemon (what `cluster up` and docker compose start)."""
+def worker(worker_id: int | None, id_from_hostname: bool, listen: str, peers: str, token_file: str | None, root: str,
+           job_timeout: float, handshake_timeout: float, log_level: str) -> None:
+    """Run one worker daemon (what `cluster up`, docker compose and the Kubernetes StatefulSet start)."""
+    import socket
     from shardstats import logs
     from shardstats.worker.memory import fixed_mmap_threshold
     from shardstats.worker.server import WorkerServer
+    if (worker_id is None) == (not id_from_hostname):
+        fail("give exactly one of --id and --id-from-hostname", 2)
+    if id_from_hostname:
+        try:
+            worker_id = worker_id_from_hostname(socket.gethostname())
+        except ConfigError as exc:
+            fail(f"--id-from-hostname: {exc}", 2)
     fixed_mmap_threshold()
     try:
         token = Path(token_file).read_text().strip() if token_file else token_from_env()

@@ -63,6 +63,19 @@ def token_from_env() -> str | None:
     return None
 
 
+def worker_id_from_hostname(hostname: str) -> int:
+    """The ordinal a StatefulSet gives its pod (``shardstats-3`` -> 3), so one manifest serves every worker.
+
+    Only the host name's first label counts (a pod's FQDN is ``shardstats-3.shardstats.ns.svc...``).
+    """
+    label = hostname.split(".", 1)[0]
+    _, dash, ordinal = label.rpartition("-")
+    if not dash or not ordinal.isdigit() or (len(ordinal) > 1 and ordinal[0] == "0"):
+        raise ConfigError(f"host name {hostname!r} does not end in -<ordinal> (a StatefulSet pod name such as "
+                          f"shardstats-3)")
+    return int(ordinal)
+
+
 def find_cluster(cluster_file: str | None = None) -> tuple[ClusterInfo, str]:
     """The cluster to talk to and a description of where it came from."""
     if cluster_file:

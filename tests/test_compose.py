@@ -1,7 +1,8 @@
 """docker-compose.yml and the Dockerfile, checked without a Docker engine.
 
 Static checks read both files (and pyproject.toml) directly.  The `netns` tests run the
-compose file for real with scripts/compose_netns.py: one network namespace per service,
+compose file for real with scripts/compose_netns.py (the compose front-end of the
+shared netns runner): one network namespace per service,
 service names resolved through /etc/netns hosts files, the volume bind-mounted at its
 container path, each service's command run as the image's user, ports published on
 127.0.0.1, then `cluster submit mode|median --input shards/` from the host side, compared
@@ -23,10 +24,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import compose_netns as cn  # noqa: E402
-
-from shardstats.cluster.gen import generate, write_shards  # noqa: E402
+from scripts import compose_netns as cn
+from shardstats.cluster.gen import generate, write_shards
+from tests.netns_beds import tracked_beds
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -212,21 +212,7 @@ def env_for(path: Path, **extra: str) -> dict[str, str]:
 @pytest.fixture
 def beds(monkeypatch):
     """The beds a test builds; afterwards none of their processes, namespaces, links or files exist."""
-    made: list[tuple[cn.ComposeBed, list[int]]] = []
-    real = cn.ComposeBed._start_workers
-
-    def tracked(self):
-        try:
-            real(self)
-        finally:
-            made.append((self, [p.pid for p in self.procs]))
-    monkeypatch.setattr(cn.ComposeBed, "_start_workers", tracked)
-    yield made
-    for bed, pids in made:
-        assert bed.leftovers() == {"namespaces": [], "links": [], "pids": [], "files": []}
-        assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
-        assert not list(Path(tempfile.gettempdir()).glob(f"{bed.prefix}root-*"))
-        assert not list(Path("/etc/netns").glob(f"{bed.prefix}*"))
+    yield from tracked_beds(monkeypatch, cn.ComposeBed)
 
 
 def run_broken(tmp_path: Path, text: str, env: dict | None = None, rows: int = 20_000) -> str:
@@ -344,6 +330,7 @@ def test_interrupted_run_leaves_nothing(tmp_path, sig):
                               # (a fresh clone's workers, as uid 10001, compile every module at start-up).
                               "--ready-timeout", "600", "--log-dir", str(tmp_path / "logs")],
                              stdout=subprocess.DEVNULL, stderr=f, stdin=subprocess.DEVNULL)
+    prefix = None
     try:
         deadline = time.monotonic() + 180
         listening = 0
@@ -358,7 +345,8 @@ def test_interrupted_run_leaves_nothing(tmp_path, sig):
         if p.poll() is None:
             p.kill()          # it did not stop on the signal: the test fails, but leaves nothing behind
             p.wait()
-            cn.cleanup()
+            if prefix is not None:
+                cn.cleanup(prefix)    # only this run's bed: others may be running beds
     assert cn.testbed.leftovers(prefix) == {"namespaces": [], "links": [], "pids": []}
     assert not list(Path("/etc/netns").glob(f"{prefix}*"))
     assert not list(Path(tempfile.gettempdir()).glob(f"{prefix}root-*"))

@@ -9,14 +9,11 @@ the job it was cut off in has been dropped there.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import testbed  # noqa: E402
+from scripts import testbed  # noqa: E402
 
 from shardstats.coordinator.job import run_job  # noqa: E402
 from shardstats.coordinator.spec import job_spec  # noqa: E402

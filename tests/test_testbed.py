@@ -8,14 +8,12 @@ made (not root, no iproute2, a sandbox without CAP_NET_ADMIN).
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import testbed  # noqa: E402
+from scripts import testbed  # noqa: E402
 
 from shardstats.cluster.gen import generate, write_shards  # noqa: E402
 from shardstats.coordinator.job import run_job  # noqa: E402
