@@ -130,9 +130,10 @@ class Cluster:
 
     @classmethod
     def local(cls, workers: int = 4, *, log_level: str = "warning", log_dir: str | None = None,
-              timeout: float = DEFAULTS.phase_timeout) -> "Cluster":
-        """Starts ``workers`` worker processes on 127.0.0.1 (ports chosen by the OS)."""
-        info = _in_sync(lambda: launcher.start(workers, "127.0.0.1", None, log_dir, log_level))
+              timeout: float = DEFAULTS.phase_timeout, tls_dir: str | None = None) -> "Cluster":
+        """Starts ``workers`` worker processes on 127.0.0.1 (ports chosen by the OS); with mutual TLS when
+        ``tls_dir`` holds what ``cluster tls init`` wrote."""
+        info = _in_sync(lambda: launcher.start(workers, "127.0.0.1", None, log_dir, log_level, tls_dir=tls_dir))
         return cls(info, owned=True, timeout=timeout, source="local")
 
     @classmethod
@@ -164,7 +165,8 @@ class Cluster:
         if self._finalizer is not None and not self._finalizer.alive:
             raise RuntimeError("this cluster was closed")
         rep = await run_job(self.info.workers, self.info.token.encode(), op, str(path), params,
-                            absolute_paths=self.info.local, timeout=timeout or self.timeout)
+                            absolute_paths=self.info.local, timeout=timeout or self.timeout,
+                            tls=self.info.client_tls())
         return Result.from_report(rep)
 
     async def mode_async(self, path: str, *, ties: str = "smallest", column: str | int | None = None,
@@ -191,4 +193,5 @@ class Cluster:
 
     def status(self, timeout: float = 2.0) -> list[dict]:
         """One row per worker, as ``cluster status --json`` lists them."""
-        return _run(lambda: ping_all(self.info.workers, self.info.token.encode(), timeout=timeout))
+        return _run(lambda: ping_all(self.info.workers, self.info.token.encode(), timeout=timeout,
+                                     tls=self.info.client_tls()))
