@@ -10,6 +10,7 @@ import asyncio
 import json
 import ssl
 import stat
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -298,3 +299,59 @@ def test_client_tls_settings_come_from_env_before_the_cluster_file(pki, monkeypa
         monkeypatch.setenv(k, str(pki / "other" / f))
     assert info.tls_files() == TLSFiles.in_dir(pki / "other", "client")
     assert ClusterInfo(workers=["h:1"], token="t").client_tls() is not None    # env alone is enough
+
+
+# -- docker compose: docker-compose.tls.yml over docker-compose.yml ------------------------------
+def _handshake_in_memory(server: ssl.SSLContext, client: ssl.SSLContext, name: str) -> str:
+    """A TLS handshake between two contexts through memory buffers, the client asking for ``name``;
+    returns the server's certificate's common name as the client saw it (ssl.SSLError if refused)."""
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    cli_obj = client.wrap_bio(c_in, c_out, server_hostname=name)
+    srv_obj = server.wrap_bio(s_in, s_out, server_side=True)
+    done = {"c": False, "s": False}
+    for _ in range(20):
+        for key, obj in (("c", cli_obj), ("s", srv_obj)):
+            if not done[key]:
+                try:
+                    obj.do_handshake()
+                    done[key] = True
+                except ssl.SSLWantReadError:
+                    pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if all(done.values()):
+            break
+    assert all(done.values()), done
+    return dict(x[0] for x in cli_obj.getpeercert()["subject"])["commonName"]
+
+
+def test_compose_tls_file_gives_each_worker_its_own_certificate(tmp_path):
+    import yaml
+    from shardstats.tls import ENV
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root / "scripts"))
+    import compose_netns as cn     # its compose interpolation, as tests/test_compose.py uses it
+    base = yaml.safe_load((root / "docker-compose.yml").read_text())
+    over = cn.interpolate(yaml.safe_load((root / "docker-compose.tls.yml").read_text()), {})
+    assert set(over["services"]) == set(base["services"])
+    # the certificates the file's own instructions make, where its default CLUSTER_TLS_DIR points
+    r = cli("tls", "init", "tls", "--workers", "10", "--hosts", "worker{i}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    client = TLSFiles.in_dir(tmp_path / "tls", "client").client_context()
+    for name, svc in over["services"].items():
+        env = svc["environment"]
+        assert set(env) == set(ENV.values()), name                     # what `cluster worker` reads
+        mounted = {f"/run/secrets/{s['target']}": over["secrets"][s["source"]]["file"] for s in svc["secrets"]}
+        files = {k: tmp_path / mounted[env[v]] for k, v in ENV.items()}   # env -> secret -> host file
+        assert files["cert"].name == f"{name}.crt" and files["key"].name == f"{name}.key", (name, files)
+        assert files["ca"].name == "ca.crt"
+        server = TLSFiles(*(str(files[k]) for k in ("cert", "key", "ca"))).server_context()
+        # peers dial it by the host name in --peers, the host by 127.0.0.1 (published ports)
+        peers = base["services"][name]["command"][base["services"][name]["command"].index("--peers") + 1]
+        host = [p.rsplit(":", 1)[0] for p in peers.split(",")][int(name.removeprefix("worker"))]
+        for dialed in (host, "127.0.0.1"):
+            assert _handshake_in_memory(server, client, dialed) == f"shardstats worker {name[6:]}"
+        with pytest.raises(ssl.SSLCertVerificationError):          # but not another worker's name
+            _handshake_in_memory(server, client, "worker10" if name == "worker1" else "worker1")
+    # the base file is untouched by TLS: without the override it runs on plain TCP
+    assert not any("TLS" in k for s in base["services"].values() for k in (s.get("environment") or {}))
