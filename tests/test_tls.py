@@ -355,3 +355,33 @@ def test_compose_tls_file_gives_each_worker_its_own_certificate(tmp_path):
             _handshake_in_memory(server, client, "worker10" if name == "worker1" else "worker1")
     # the base file is untouched by TLS: without the override it runs on plain TCP
     assert not any("TLS" in k for s in base["services"].values() for k in (s.get("environment") or {}))
+
+
+async def test_silent_or_garbage_speakers_after_the_announcement_are_dropped_and_the_worker_serves_on(pki):
+    """The handshake deadline covers TLS too (slowloris), and clear bytes where a ClientHello belongs end the
+    connection; neither touches the next client."""
+    from shardstats.protocol.frames import FrameDecoder
+    from shardstats.settings import Settings
+    addrs = [f"127.0.0.1:{p}" for p in launcher.free_ports("127.0.0.1", 1)]
+    server = WorkerServer(0, addrs[0], addrs, TOKEN.encode(), settings=Settings(handshake_timeout=0.5),
+                          tls=TLSFiles.in_dir(pki / "ours", "worker0"))
+    ready = asyncio.Event()
+    task = asyncio.create_task(server.serve(ready))
+    try:
+        await asyncio.wait_for(ready.wait(), 10)
+        loop = asyncio.get_running_loop()
+        for payload in (b"", b"\x00\x00\x00\x10" + b"x" * 16):      # silence; a plain frame instead of TLS
+            r, w = await asyncio.open_connection("127.0.0.1", server.port)
+            assert FrameDecoder().feed(await asyncio.wait_for(r.read(64), 5)) == [ServerHandshake.starttls()]
+            w.write(payload)
+            t0 = loop.time()
+            assert await asyncio.wait_for(r.read(1 << 16), 5) == b""          # closed by the worker
+            assert loop.time() - t0 < 3
+            w.close()
+        _, w, wid = await client_connect(addrs[0], TOKEN.encode(), "coord", -1,
+                                         tls=TLSFiles.in_dir(pki / "ours", "client").client_context())
+        assert wid == 0
+        w.close()
+    finally:
+        server.stop()
+        await asyncio.wait_for(task, 10)
