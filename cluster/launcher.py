@@ -59,8 +59,8 @@ def tls_for(tls_dir: str | Path, workers: int) -> TLSFiles:
             *(d / f"worker{i}.{e}" for i in range(workers) for e in ("crt", "key"))]
     missing = [p for p in need if not p.is_file()]
     if missing:
-        raise LaunchError(f"{missing[0]} is missing: {d} needs certificates for {workers} workers "
-                          f"(`cluster tls init {d} --workers {workers}`)")
+        raise LaunchError(f"{missing[0]} is missing: TLS for {workers} workers needs what "
+                          f"`cluster tls init NEWDIR --workers {workers}` writes")
     return TLSFiles.in_dir(d, "client")
 
 
