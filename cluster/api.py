@@ -92,9 +92,10 @@ class Cluster:
 
     @classmethod
     def local(cls, workers: int = 4, *, log_level: str = "warning", log_dir: str | None = None,
-              timeout: float = DEFAULTS.phase_timeout) -> "Cluster":
-        """Starts ``workers`` worker processes on 127.0.0.1 (ports chosen by the OS)."""
-        info = in_sync(lambda: launcher.start(workers, "127.0.0.1", None, log_dir, log_level))
+              timeout: float = DEFAULTS.phase_timeout, tls_dir: str | None = None) -> "Cluster":
+        """Starts ``workers`` worker processes on 127.0.0.1 (ports chosen by the OS); with mutual TLS when
+        ``tls_dir`` holds what ``cluster tls init`` wrote."""
+        info = in_sync(lambda: launcher.start(workers, "127.0.0.1", None, log_dir, log_level, tls_dir=tls_dir))
         return cls(info, owned=True, timeout=timeout, source="local")
 
     @classmethod
@@ -136,7 +137,8 @@ class Cluster:
 
     async def submit_async(self, op: str, path: str | list[str], **kw: Any) -> Result:
         spec = self.spec(op, path, **kw)
-        rep = await run_job(self.info.workers, self.info.token.encode(), spec, absolute_paths=self.info.local)
+        rep = await run_job(self.info.workers, self.info.token.encode(), spec, absolute_paths=self.info.local,
+                            tls=self.info.client_tls())
         return Result.from_report(rep)
 
     def submit(self, op: str, path: str | list[str], **kw: Any) -> Result:
@@ -145,7 +147,8 @@ class Cluster:
         return run_sync(lambda: self._run_spec(spec))
 
     async def _run_spec(self, spec: JobSpec) -> Result:
-        rep = await run_job(self.info.workers, self.info.token.encode(), spec, absolute_paths=self.info.local)
+        rep = await run_job(self.info.workers, self.info.token.encode(), spec, absolute_paths=self.info.local,
+                            tls=self.info.client_tls())
         return Result.from_report(rep)
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
@@ -171,7 +174,8 @@ class Cluster:
 
     def status(self, timeout: float = DEFAULTS.status_timeout) -> list[dict]:
         """One row per worker, as ``cluster status --json`` lists them."""
-        return run_sync(lambda: ping_all(self.info.workers, self.info.token.encode(), timeout=timeout))
+        return run_sync(lambda: ping_all(self.info.workers, self.info.token.encode(), timeout=timeout,
+                                         tls=self.info.client_tls()))
 
 
 def _fields(op) -> list:

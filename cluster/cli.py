@@ -24,6 +24,7 @@ from shardstats.coordinator.job import ping_all, run_job
 from shardstats._version import __version__
 from shardstats.errors import ShardstatsError
 from shardstats.settings import DEFAULTS, Settings
+from shardstats.tls import TLSFiles
 
 
 def fail(message: str, code: int) -> None:
@@ -51,8 +52,14 @@ def main() -> None:
 @click.option("--handshake-timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
               help="Seconds a new connection has to prove the token before it is closed (slowloris guard).")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--tls-cert", envvar="CLUSTER_TLS_CERT", help="This worker's certificate (PEM); with --tls-key and "
+              "--tls-ca every connection, in and out, is mutual TLS (env CLUSTER_TLS_CERT).")
+@click.option("--tls-key", envvar="CLUSTER_TLS_KEY", help="Its private key (env CLUSTER_TLS_KEY).")
+@click.option("--tls-ca", envvar="CLUSTER_TLS_CA", help="The cluster CA's certificate: peers and clients must "
+              "present a certificate it signed (env CLUSTER_TLS_CA).")
 def worker(worker_id: int | None, id_from_hostname: bool, listen: str, peers: str, token_file: str | None, root: str,
-           job_timeout: float, handshake_timeout: float, log_level: str) -> None:
+           job_timeout: float, handshake_timeout: float, log_level: str, tls_cert: str | None, tls_key: str | None,
+           tls_ca: str | None) -> None:
     """Run one worker daemon (what `cluster up`, docker compose and the Kubernetes StatefulSet start)."""
     import socket
     from shardstats import logs
@@ -76,9 +83,12 @@ def worker(worker_id: int | None, id_from_hostname: bool, listen: str, peers: st
     logs.setup(log_level, worker=worker_id)
     try:
         server = WorkerServer(worker_id, listen, addrs, token.encode(), root=root,
-                              settings=Settings(job_timeout=job_timeout, handshake_timeout=handshake_timeout))
+                              settings=Settings(job_timeout=job_timeout, handshake_timeout=handshake_timeout),
+                              tls=TLSFiles.of(tls_cert, tls_key, tls_ca))
     except ValueError as exc:
         fail(str(exc), 2)
+    except ConfigError as exc:        # a TLS file missing or unusable: the operator's to fix
+        fail(f"worker {worker_id}: {exc}", 2)
     try:
         run_async(server.serve())
     except OSError as exc:
@@ -103,8 +113,11 @@ def _running(info: ClusterInfo) -> bool:
 @click.option("--cluster-file", type=click.Path(dir_okay=False), help="Where to record the cluster.")
 @click.option("--log-dir", type=click.Path(file_okay=False), help="Worker logs (default: a temporary directory).")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--tls", "tls_dir", type=click.Path(file_okay=False), help="Mutual TLS on every connection, with the "
+              "certificates `cluster tls init DIR` wrote (made now if DIR holds none); the cluster file records "
+              "the client's, so later commands use them.")
 def up(workers: int, host: str, base_port: int, detach: bool, cluster_file: str | None, log_dir: str | None,
-       log_level: str) -> None:
+       log_level: str, tls_dir: str | None) -> None:
     """Start a local cluster of worker processes."""
     path = _cluster_file(cluster_file)
     if path.exists():
@@ -114,9 +127,16 @@ def up(workers: int, host: str, base_port: int, detach: bool, cluster_file: str 
             old = None
         if old is not None and _running(old):
             fail(f"a cluster is already running ({path}); stop it with `cluster down`", 2)
+    if tls_dir is not None and not (Path(tls_dir) / "ca.crt").exists():
+        from shardstats.cluster import certs
+        try:
+            certs.init(Path(tls_dir), workers, sans=[host])
+        except ShardstatsError as exc:
+            fail(str(exc), exc.exit_code)
+        click.echo(f"made a cluster CA and certificates for {workers} workers in {tls_dir}")
     t = time.perf_counter()
     try:
-        info = launcher.start(workers, host, base_port, log_dir, log_level)
+        info = launcher.start(workers, host, base_port, log_dir, log_level, tls_dir=tls_dir)
     except launcher.LaunchError as exc:
         fail(str(exc), 1)
     info.save(path)
@@ -167,7 +187,11 @@ def status(as_json: bool, cluster_file: str | None) -> None:
         info, source = find_cluster(cluster_file)
     except ConfigError as exc:
         fail(str(exc), 1)
-    rows = run_async(ping_all(info.workers, info.token.encode()))
+    try:
+        tls = info.client_tls()
+    except ConfigError as exc:
+        fail(str(exc), exc.exit_code)
+    rows = run_async(ping_all(info.workers, info.token.encode(), tls=tls))
     if as_json:
         click.echo(json.dumps({"source": source, "workers": rows}))
     else:
@@ -186,6 +210,38 @@ def status(as_json: bool, cluster_file: str | None) -> None:
 
 # -- jobs ------------------------------------------------------------------------
 main.add_command(SubmitGroup("submit", help="Run a job on the cluster: one command per op (see `cluster submit --help`)."))
+
+
+# -- TLS -------------------------------------------------------------------------
+@main.group()
+def tls() -> None:
+    """Certificates for mutual TLS between workers and clients."""
+
+
+@tls.command("init")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--workers", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--hosts", multiple=True, help="The names workers are dialed by, put in their certificates: one per "
+              "worker in id order (h0,h1,...) or templates with {i} (worker{i}); repeatable. localhost, "
+              "127.0.0.1 and ::1 are always added.")
+@click.option("--san", multiple=True, help="A name or IP added to every worker's certificate; repeatable.")
+@click.option("--days", type=click.IntRange(1), default=365, show_default=True, help="Validity of the worker "
+              "and client certificates (the CA's: at least 10 years).")
+def tls_init(directory: str, workers: int, hosts: tuple[str, ...], san: tuple[str, ...], days: int) -> None:
+    """Make a cluster CA, a certificate per worker and one for clients in DIRECTORY (keys mode 0600)."""
+    from shardstats.cluster import certs
+    try:
+        made = certs.init(Path(directory), workers, list(hosts), list(san), days)
+    except ShardstatsError as exc:
+        fail(str(exc), exc.exit_code)
+    click.echo(f"wrote a cluster CA ({made.ca}), {workers} worker certificates and a client certificate "
+               f"to {directory}")
+    for crt, names in made.workers:
+        click.echo(f"  {crt.name}: {', '.join(names)}")
+    click.echo(f"workers: --tls-cert {directory}/workerI.crt --tls-key {directory}/workerI.key "
+               f"--tls-ca {directory}/ca.crt")
+    click.echo(f"clients: CLUSTER_TLS_CERT={directory}/client.crt CLUSTER_TLS_KEY={directory}/client.key "
+               f"CLUSTER_TLS_CA={directory}/ca.crt")
 
 
 # -- data -----------------------------------------------------------------------

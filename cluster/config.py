@@ -4,16 +4,19 @@ The cluster file holds the worker addresses, the token, and (for local clusters)
 the pids and log directory.  It is written with mode 0600 because of the token.
 Environment variables, for clusters started by other means (docker compose):
 ``CLUSTER_WORKERS=host:port,host:port,...`` and ``CLUSTER_TOKEN`` (or
-``CLUSTER_TOKEN_FILE``).
+``CLUSTER_TOKEN_FILE``), and for TLS ``CLUSTER_TLS_CERT``/``CLUSTER_TLS_KEY``/``CLUSTER_TLS_CA``
+(they override the paths a cluster file records; ``cluster up --tls DIR`` records them).
 """
 from __future__ import annotations
 
 import json
 import os
+import ssl
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from shardstats.errors import ConfigError
+from shardstats.tls import TLSFiles
 
 
 
@@ -33,6 +36,22 @@ class ClusterInfo:
     pids: list[int] = field(default_factory=list)
     log_dir: str | None = None
     root: str | None = None
+    tls: dict | None = None          # the client's TLS files {cert, key, ca}; None: plain TCP
+
+    def tls_files(self) -> TLSFiles | None:
+        """The client's TLS files: $CLUSTER_TLS_* if set, else what the cluster file records."""
+        env = TLSFiles.from_env()
+        if env is not None or not self.tls:
+            return env
+        try:
+            return TLSFiles.of(self.tls.get("cert"), self.tls.get("key"), self.tls.get("ca"), where="the cluster file")
+        except AttributeError:
+            raise ConfigError(f"the cluster file's tls entry is not a map: {self.tls!r}") from None
+
+    def client_tls(self) -> ssl.SSLContext | None:
+        """The context for dialing this cluster's workers (ConfigError naming the file that is wrong)."""
+        files = self.tls_files()
+        return files.client_context() if files is not None else None
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

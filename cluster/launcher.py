@@ -1,7 +1,9 @@
 """The local multi-process launcher: N ``cluster worker`` processes on one host.
 
 The token reaches the workers through the environment (not argv), so it does not
-show in process listings.  Ports are probed free before the workers start.
+show in process listings.  Ports are probed free before the workers start.  With a
+TLS directory (``cluster tls init``) worker i gets worker<i>.crt/.key through
+``CLUSTER_TLS_*`` and the cluster file records client.crt/.key for later commands.
 """
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ import time
 from pathlib import Path
 
 from shardstats.cluster.config import ClusterInfo
-from shardstats.errors import LaunchError
+from shardstats.errors import ConfigError, LaunchError
 from shardstats.coordinator.job import ping_all
+from shardstats.tls import ENV as TLS_ENV, TLSFiles
 
 
 
@@ -49,10 +52,24 @@ def ports_in_use(host: str, ports: list[int]) -> list[int]:
     return busy
 
 
+def tls_for(tls_dir: str | Path, workers: int) -> TLSFiles:
+    """The client's files in a ``cluster tls init`` directory, once every worker's are known to be there."""
+    d = Path(tls_dir)
+    need = [d / "ca.crt", d / "client.crt", d / "client.key",
+            *(d / f"worker{i}.{e}" for i in range(workers) for e in ("crt", "key"))]
+    missing = [p for p in need if not p.is_file()]
+    if missing:
+        raise LaunchError(f"{missing[0]} is missing: TLS for {workers} workers needs what "
+                          f"`cluster tls init NEWDIR --workers {workers}` writes")
+    return TLSFiles.in_dir(d, "client")
+
+
 def start(workers: int, host: str = "127.0.0.1", base_port: int | None = None, log_dir: str | None = None,
-          log_level: str = "info", extra_args: list[str] | None = None, ready_timeout: float = 30.0) -> ClusterInfo:
+          log_level: str = "info", extra_args: list[str] | None = None, ready_timeout: float = 30.0,
+          tls_dir: str | Path | None = None) -> ClusterInfo:
     if workers < 1:
         raise LaunchError("--workers must be at least 1")
+    client_tls = tls_for(tls_dir, workers) if tls_dir is not None else None
     ports = free_ports(host, workers) if base_port is None else list(range(base_port, base_port + workers))
     if base_port is not None:
         busy = ports_in_use(host, ports)
@@ -62,9 +79,10 @@ def start(workers: int, host: str = "127.0.0.1", base_port: int | None = None, l
     token = secrets.token_hex(32)
     logs = Path(log_dir or tempfile.mkdtemp(prefix="cluster-logs-"))
     logs.mkdir(parents=True, exist_ok=True)
-    procs = [_spawn(i, addrs, token, logs, log_level, extra_args) for i in range(workers)]
+    procs = [_spawn(i, addrs, token, logs, log_level, extra_args, tls_dir) for i in range(workers)]
     pids = [p.pid for p in procs]
-    info = ClusterInfo(workers=addrs, token=token, local=True, pids=pids, log_dir=str(logs), root=os.getcwd())
+    info = ClusterInfo(workers=addrs, token=token, local=True, pids=pids, log_dir=str(logs), root=os.getcwd(),
+                       tls=client_tls.as_dict() if client_tls is not None else None)
     try:
         wait_ready(info, ready_timeout, procs)
     except BaseException:
@@ -74,9 +92,15 @@ def start(workers: int, host: str = "127.0.0.1", base_port: int | None = None, l
 
 
 def _spawn(i: int, addrs: list[str], token: str, logs: Path, log_level: str,
-           extra_args: list[str] | None) -> subprocess.Popen:
-    """Worker ``i`` as a process of its own session (Ctrl-C at the shell does not reach it)."""
-    env = {**os.environ, "CLUSTER_TOKEN": token}
+           extra_args: list[str] | None, tls_dir: str | Path | None = None) -> subprocess.Popen:
+    """Worker ``i`` as a process of its own session (Ctrl-C at the shell does not reach it).
+
+    The caller's own ``CLUSTER_TLS_*`` (a client's certificate) never reach a worker: it gets its own or none.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in TLS_ENV.values()}
+    env["CLUSTER_TOKEN"] = token
+    if tls_dir is not None:
+        env.update(TLSFiles.in_dir(tls_dir, f"worker{i}").env())
     cmd = [sys.executable, "-m", "shardstats.cluster.cli", "worker", "--id", str(i), "--listen", addrs[i],
            "--peers", ",".join(addrs), "--log-level", log_level, *(extra_args or [])]
     with open(logs / f"worker{i}.log", "ab") as log:
@@ -88,19 +112,25 @@ def restart(info: ClusterInfo, i: int, log_level: str = "info", ready_timeout: f
     """Starts worker ``i`` again on its address (after it died); it rejoins the mesh for the next job."""
     if alive(info.pids[i]):
         raise LaunchError(f"worker {i} (pid {info.pids[i]}) is still running")
-    p = _spawn(i, info.workers, info.token, Path(info.log_dir), log_level, None)
+    tls_dir = Path(info.tls["ca"]).parent if info.tls else None
+    p = _spawn(i, info.workers, info.token, Path(info.log_dir), log_level, None, tls_dir)
     info.pids[i] = p.pid
     wait_ready(ClusterInfo(workers=[info.workers[i]], token=info.token, local=True, pids=[p.pid],
-                           log_dir=info.log_dir, root=info.root), ready_timeout, [p])
+                           log_dir=info.log_dir, root=info.root, tls=info.tls), ready_timeout, [p])
 
 
 def wait_ready(info: ClusterInfo, timeout: float, procs: list[subprocess.Popen] | None = None) -> None:
     deadline = time.monotonic() + timeout
+    # The files this launcher recorded, not $CLUSTER_TLS_* (which may name another cluster's client).
+    try:
+        tls = TLSFiles(**info.tls).client_context() if info.tls else None
+    except ConfigError as exc:
+        raise LaunchError(str(exc)) from None
     while True:
         for i, p in enumerate(procs or []):
             if p.poll() is not None:
                 raise LaunchError(f"worker {i} exited with status {p.returncode}; see {info.log_dir}/worker{i}.log")
-        rows = asyncio.run(ping_all(info.workers, info.token.encode(), timeout=1.0))
+        rows = asyncio.run(ping_all(info.workers, info.token.encode(), timeout=1.0, tls=tls))
         down = [r for r in rows if not r["up"]]
         if not down:
             return

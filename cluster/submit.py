@@ -133,7 +133,11 @@ def run_submit(op, params, inputs: tuple[str, ...], *, column, local_workers, as
             startup = time.perf_counter() - t
         else:
             info, _ = find_cluster(cluster_file)
+        # an ephemeral --local cluster is plain; any other is dialed with its TLS files, if any
+        tls = info.client_tls() if local_workers is None else None
     except ShardstatsError as exc:
+        if info is not None and local_workers is not None:
+            launcher.stop(info)
         _fail(str(exc), exc.exit_code)
     assert info is not None
     # Progress goes to stderr only, so stdout holds nothing but the result (one JSON object with --json).
@@ -143,7 +147,7 @@ def run_submit(op, params, inputs: tuple[str, ...], *, column, local_workers, as
         logging.getLogger("cluster").addHandler(handler)
     try:
         rep = run_async(run_job(info.workers, info.token.encode(), spec, absolute_paths=info.local,
-                                on_progress=line))
+                                on_progress=line, tls=tls))
     except ShardstatsError as exc:
         if line is not None:
             line.close()

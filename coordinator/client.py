@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 from shardstats.protocol.frames import DEFAULT_MAX_FRAME, encode_frame
 from shardstats.protocol.messages import validate
@@ -18,9 +19,10 @@ class WorkerClient:
         self.worker_id = worker_id
 
     @classmethod
-    async def connect(cls, addr: str, token: bytes, timeout: float = 5.0) -> "WorkerClient":
+    async def connect(cls, addr: str, token: bytes, timeout: float = 5.0,
+                      tls: ssl.SSLContext | None = None) -> "WorkerClient":
         frames, writer, wid = await client_connect(addr, token, "coord", COORDINATOR_ID, timeout,
-                                                   max_frame=DEFAULT_MAX_FRAME)
+                                                   max_frame=DEFAULT_MAX_FRAME, tls=tls)
         return cls(addr, frames, writer, wid)
 
     async def send(self, msg: dict) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import time
 import uuid
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from shardstats.coordinator.assign import assign
 from shardstats.coordinator.client import WorkerClient
 from shardstats.coordinator.liveness import Liveness, answers, heartbeats
 from shardstats.coordinator.spec import JobSpec
-from shardstats.protocol.errors import ProtocolError
+from shardstats.protocol.errors import ProtocolError, TLSError
 from shardstats.protocol.messages import make
 from shardstats import logs
 from shardstats.errors import (ClusterUnavailable, EmptyDataset, InputError, JobError, JobTimeout, PeerFailure,
@@ -53,7 +54,8 @@ class JobReport:
     lost_workers: list[dict] = field(default_factory=list)   # {id, addr, attempt, reason}
 
 
-async def connect_reachable(addrs: list[str], token: bytes, timeout: float = DEFAULTS.connect_timeout
+async def connect_reachable(addrs: list[str], token: bytes, timeout: float = DEFAULTS.connect_timeout,
+                            tls: ssl.SSLContext | None = None
                             ) -> tuple[list[WorkerClient], list[dict]]:
     """Clients for the workers that answer, and a record of those that do not.
 
@@ -62,7 +64,7 @@ async def connect_reachable(addrs: list[str], token: bytes, timeout: float = DEF
     """
     async def one(addr: str) -> WorkerClient | BaseException:
         try:
-            return await WorkerClient.connect(addr, token, timeout)
+            return await WorkerClient.connect(addr, token, timeout, tls)
         except CONNECT_ERRORS as exc:
             return exc
     got = await asyncio.gather(*(one(a) for a in addrs))
@@ -70,6 +72,8 @@ async def connect_reachable(addrs: list[str], token: bytes, timeout: float = DEF
     bad = [(i, a, g) for i, (a, g) in enumerate(zip(addrs, got)) if isinstance(g, BaseException)]
     if not clients:
         _, addr, exc = bad[0]
+        if isinstance(exc, TLSError):       # its text names the address and which end wants what
+            raise ClusterUnavailable(str(exc))
         if isinstance(exc, ProtocolError):
             raise ClusterUnavailable(f"worker at {addr} refused the handshake ({exc}); check CLUSTER_TOKEN, "
                                      f"CLUSTER_TOKEN_FILE or the cluster file")
@@ -84,12 +88,13 @@ async def connect_reachable(addrs: list[str], token: bytes, timeout: float = DEF
     return clients, lost
 
 
-async def ping_all(addrs: list[str], token: bytes, timeout: float = DEFAULTS.status_timeout) -> list[dict]:
+async def ping_all(addrs: list[str], token: bytes, timeout: float = DEFAULTS.status_timeout,
+                   tls: ssl.SSLContext | None = None) -> list[dict]:
     """One status row per address; unreachable workers are reported, not raised."""
     async def one(i: int, addr: str) -> dict:
         c = None
         try:
-            c = await WorkerClient.connect(addr, token, timeout)
+            c = await WorkerClient.connect(addr, token, timeout, tls)
             t = time.perf_counter()
             await c.send(make("ping", seq=1))
             pong = await c.recv(timeout)
@@ -241,7 +246,7 @@ async def _find_lost(clients: list[WorkerClient], exc: ShardstatsError, live: Li
 
 
 async def run_job(addrs: list[str], token: bytes, spec: JobSpec, *, absolute_paths: bool = True,
-                  on_progress: Progress | None = None) -> JobReport:
+                  on_progress: Progress | None = None, tls: ssl.SSLContext | None = None) -> JobReport:
     """Runs the job, and again on the survivors (up to ``max_retries`` times) when workers are lost.
 
     Every attempt re-reads the input from scratch with the files spread over the
@@ -250,7 +255,7 @@ async def run_job(addrs: list[str], token: bytes, spec: JobSpec, *, absolute_pat
     live = Liveness(spec.heartbeat, spec.dead_after)
     max_retries = spec.max_retries
     files = resolve_input(spec.inputs, absolute_paths)
-    clients, lost = await connect_reachable(addrs, token)
+    clients, lost = await connect_reachable(addrs, token, tls=tls)
     base = uuid.uuid4().hex[:12]
     attempt = 0
     try:

@@ -17,3 +17,11 @@ class BadMessage(ProtocolError):
 
 class HandshakeFailed(ProtocolError):
     """The peer did not prove knowledge of the cluster token, or spoke another version."""
+
+
+class TLSError(ProtocolError):
+    """The TLS layer under the handshake failed (an untrusted certificate, a name that does not match)."""
+
+
+class TLSMismatch(TLSError, HandshakeFailed):
+    """One end requires TLS and the other does not use it; the message names the address and which end wants it."""

@@ -5,6 +5,15 @@ id, its own nonce and HMAC(token, "hello" | server nonce | client nonce | role |
 The server checks it and answers with HMAC(token, "welcome" | client nonce | server
 nonce | id), which proves to the client that the server knows the token too.
 Both sides are plain objects: the I/O layer moves their messages.
+
+TLS (optional, both ends or neither) comes first, STARTTLS-style: a server that
+requires it sends ``starttls`` in the clear instead of the challenge, both ends
+upgrade the connection, and the challenge-response above then runs inside TLS.
+Why not TLS from the first byte: a client that does not use TLS waits for the
+challenge and a TLS server waits for a ClientHello, so the mismatch would only
+show as a timeout.  With the announcement both mismatches are named at once, and
+a downgrade buys an attacker nothing: an end that wants TLS refuses to go on
+without it.
 """
 from __future__ import annotations
 
@@ -12,7 +21,7 @@ import hashlib
 import hmac
 import os
 
-from shardstats.protocol.errors import BadMessage, HandshakeFailed
+from shardstats.protocol.errors import BadMessage, HandshakeFailed, TLSMismatch
 from shardstats.protocol.messages import PROTOCOL_VERSION, make, validate
 
 NONCE_BYTES = 16
@@ -39,6 +48,21 @@ def _check(msg: object, want: str, who: str) -> dict:
         raise HandshakeFailed(str(exc)) from None
 
 
+def check_tls(msg: object, server: str, client_tls: bool) -> bool:
+    """The server's first message against the client's TLS setting: True when both ends use TLS (upgrade now),
+    False when neither does (``msg`` is the challenge); TLSMismatch naming ``server`` otherwise."""
+    server_tls = isinstance(msg, dict) and msg.get("t") == "starttls"
+    if server_tls and not client_tls:
+        raise TLSMismatch(f"worker at {server} requires TLS, but this client does not use TLS (give it a "
+                          f"certificate: CLUSTER_TLS_CERT, CLUSTER_TLS_KEY, CLUSTER_TLS_CA, or --tls-*)")
+    if client_tls and not server_tls:
+        raise TLSMismatch(f"worker at {server} does not use TLS, but this client expects TLS "
+                          f"(start the worker with --tls-cert/--tls-key/--tls-ca, or drop them on this side)")
+    if server_tls:
+        _check(msg, "starttls", "server")
+    return server_tls
+
+
 class ServerHandshake:
     def __init__(self, token: bytes, server_id: int) -> None:
         self.token = token
@@ -49,6 +73,11 @@ class ServerHandshake:
 
     def challenge(self) -> dict:
         return make("challenge", nonce=self.nonce)
+
+    @staticmethod
+    def starttls() -> dict:
+        """Sent in the clear, first, by a server that requires TLS; the challenge follows inside TLS."""
+        return make("starttls")
 
     def receive_hello(self, msg: dict) -> dict:
         """Checks the hello; returns the welcome to send, or raises HandshakeFailed."""

@@ -24,7 +24,8 @@ _ANY: tuple = ()
 
 # type -> {field: allowed python types}; fields not listed are allowed and ignored.
 SCHEMA: dict[str, dict[str, tuple]] = {
-    # handshake
+    # handshake ("starttls": a server that requires TLS says so in the clear, then the challenge goes inside TLS)
+    "starttls": {},
     "challenge": {"nonce": _BYTES},
     "hello": {"role": _STR, "id": _INT, "nonce": _BYTES, "mac": _BYTES},
     "welcome": {"id": _INT, "mac": _BYTES},

@@ -27,6 +27,7 @@ from shardstats.worker.ops import registry
 from shardstats.worker.net.inbound import InboundConnection
 from shardstats.worker.net.links import PeerLink
 from shardstats.worker.net.dial import parse_addr
+from shardstats.tls import TLSFiles
 from shardstats._version import __version__
 from shardstats.settings import DEFAULTS, Settings
 
@@ -36,13 +37,17 @@ from shardstats.settings import DEFAULTS, Settings
 
 class WorkerServer:
     def __init__(self, worker_id: int, listen: str, peers: list[str], token: bytes, *, root: str = ".",
-                 settings: Settings = DEFAULTS) -> None:
+                 settings: Settings = DEFAULTS, tls: TLSFiles | None = None) -> None:
         if not 0 <= worker_id < len(peers):
             raise ValueError(f"worker id {worker_id} is not an index into the {len(peers)} peer addresses")
         self.id = worker_id
         self.listen = listen
         self.peers = peers
         self.token = token
+        # Mutual TLS on every connection, or none (shardstats/tls.py); the contexts load the files now, so a
+        # bad certificate stops the daemon at start, not at its first connection.
+        self.tls_context = tls.server_context() if tls is not None else None
+        self._tls_client = tls.client_context() if tls is not None else None
         self.root = root
         self.settings = settings
         self.jobs: dict[str, jobs.Job] = {}
@@ -69,7 +74,8 @@ class WorkerServer:
             self._tg = tg
             for pid, addr in enumerate(self.peers):
                 if pid != self.id:
-                    link = PeerLink(self.id, pid, addr, self.token, self._peer_failed, self.failed.__contains__)
+                    link = PeerLink(self.id, pid, addr, self.token, self._peer_failed, self.failed.__contains__,
+                                    tls=self._tls_client)
                     self.links[pid] = link
                     tg.create_task(link.run())
             server = await loop.create_server(lambda: InboundConnection(self), host, port, reuse_address=True)

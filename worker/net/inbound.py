@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 
 from shardstats import logs
 from shardstats.errors import JobError
@@ -39,14 +40,45 @@ class InboundConnection(asyncio.Protocol):
         self._silence_limit: float | None = None     # coordinator connections with jobs: drop them after this
         self._last_rx = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
+        self._upgrading = False       # between our "starttls" and the end of the TLS handshake
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.peername = transport.get_extra_info("peername")
         loop = asyncio.get_running_loop()
         self._last_rx = loop.time()
-        transport.write(encode_frame(self.hs.challenge()))
+        # One deadline covers TLS and the token handshake: a slow or silent client is dropped either way.
         self._deadline = loop.call_later(self.server.settings.handshake_timeout, self._too_slow)
+        tls = self.server.tls_context
+        if tls is None:
+            transport.write(encode_frame(self.hs.challenge()))
+            return
+        transport.write(encode_frame(self.hs.starttls()))
+        transport.pause_reading()     # not a byte in the clear after the announcement: start_tls resumes
+        self._upgrading = True
+        self.server.spawn(self._upgrade(transport, tls))
+
+    async def _upgrade(self, raw: asyncio.Transport, tls: ssl.SSLContext) -> None:
+        """The server side of TLS (protocol/handshake.py says why it starts after a clear announcement)."""
+        try:
+            secure = await asyncio.get_running_loop().start_tls(
+                raw, self, tls, server_side=True, ssl_handshake_timeout=self.server.settings.handshake_timeout)
+        except ssl.SSLError as exc:
+            # A client we do not trust, or one that does not trust us: worth a line in the log.
+            logs.event("tls_refused", logging.WARNING, remote=self.peername, error=exc.reason or exc)
+            raw.close()
+            return
+        except (OSError, ConnectionError, TimeoutError) as exc:
+            # Gone before or during TLS: a plain client that read our announcement, a port probe.
+            logs.event("tls_abandoned", logging.DEBUG, remote=self.peername, error=repr(exc))
+            raw.close()
+            return
+        finally:
+            self._upgrading = False
+        if secure is None or secure.is_closing():
+            return
+        self.transport = secure
+        secure.write(encode_frame(self.hs.challenge()))
 
     def _too_slow(self) -> None:
         logs.event("handshake_timeout", logging.WARNING, remote=self.peername)
@@ -61,6 +93,9 @@ class InboundConnection(asyncio.Protocol):
             self.transport.write(encode_frame(msg, self.server.settings.max_frame))
 
     def data_received(self, data: bytes) -> None:
+        if self._upgrading:      # cannot happen (reading is paused); never parse clear bytes meant to be TLS
+            self._close()
+            return
         self._last_rx = asyncio.get_running_loop().time()
         try:
             for msg, nbytes in self.decoder.feed_sized(data):

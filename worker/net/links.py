@@ -8,6 +8,7 @@ rather than left hanging.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
 from typing import Callable
 
@@ -35,7 +36,7 @@ class PeerLink:
     def __init__(self, my_id: int, peer_id: int, addr: str, token: bytes,
                  on_failure: Callable[[int, BaseException], None],
                  job_failed: Callable[[str], bool] | None = None,
-                 connect_timeout: float = DEFAULTS.connect_timeout) -> None:
+                 connect_timeout: float = DEFAULTS.connect_timeout, tls: ssl.SSLContext | None = None) -> None:
         self.my_id = my_id
         self.peer_id = peer_id
         self.addr = addr
@@ -43,6 +44,7 @@ class PeerLink:
         self.on_failure = on_failure
         self.job_failed = job_failed or (lambda job: False)
         self.connect_timeout = connect_timeout
+        self.tls = tls
         self.queue: asyncio.Queue[tuple[str | None, bytes]] = asyncio.Queue(maxsize=DEFAULTS.send_queue_frames)
         self.queued_bytes = 0
         self.peak_queued_bytes = 0
@@ -99,7 +101,7 @@ class PeerLink:
 
     async def _connect(self) -> None:
         frames, writer, server_id = await client_connect(self.addr, self.token, "peer", self.my_id,
-                                                         self.connect_timeout)
+                                                         self.connect_timeout, tls=self.tls)
         if server_id != self.peer_id:
             writer.close()
             raise ProtocolError(f"{self.addr} answered as worker {server_id}, expected worker {self.peer_id}")
