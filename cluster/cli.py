@@ -48,8 +48,9 @@ def main() -> None:
 @click.option("--token-file", type=click.Path(dir_okay=False), help="File holding the cluster token "
               "(default: $CLUSTER_TOKEN or $CLUSTER_TOKEN_FILE).")
 @click.option("--root", default=".", show_default=True, help="Directory relative input paths are resolved against.")
-@click.option("--job-timeout", type=float, default=120.0, show_default=True, help="Seconds any wait inside a job may take.")
-@click.option("--handshake-timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+@click.option("--job-timeout", type=click.FloatRange(min=0.1), default=DEFAULTS.job_timeout, show_default=True,
+              help="Seconds any single wait inside a job may take.")
+@click.option("--handshake-timeout", type=click.FloatRange(min=0.1), default=DEFAULTS.handshake_timeout, show_default=True,
               help="Seconds a new connection has to prove the token before it is closed (slowloris guard).")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--tls-cert", envvar="CLUSTER_TLS_CERT", help="This worker's certificate (PEM); with --tls-key and "
@@ -90,7 +91,7 @@ def worker(worker_id: int | None, id_from_hostname: bool, listen: str, peers: st
     except ConfigError as exc:        # a TLS file missing or unusable: the operator's to fix
         fail(f"worker {worker_id}: {exc}", 2)
     try:
-        run_async(server.serve())
+        run_async(server.serve(handle_signals=True))
     except OSError as exc:
         fail(f"worker {worker_id} cannot listen on {listen}: {exc.strerror or exc}", 1)
 

@@ -6,6 +6,7 @@ import ssl
 
 from shardstats.protocol.frames import DEFAULT_MAX_FRAME, encode_frame
 from shardstats.protocol.messages import validate
+from shardstats.settings import DEFAULTS
 from shardstats.worker.net.dial import FrameReader, client_connect
 
 COORDINATOR_ID = -1
@@ -19,7 +20,7 @@ class WorkerClient:
         self.worker_id = worker_id
 
     @classmethod
-    async def connect(cls, addr: str, token: bytes, timeout: float = 5.0,
+    async def connect(cls, addr: str, token: bytes, timeout: float = DEFAULTS.connect_timeout,
                       tls: ssl.SSLContext | None = None) -> "WorkerClient":
         frames, writer, wid = await client_connect(addr, token, "coord", COORDINATOR_ID, timeout,
                                                    max_frame=DEFAULT_MAX_FRAME, tls=tls)
@@ -27,7 +28,7 @@ class WorkerClient:
 
     async def send(self, msg: dict) -> None:
         self.writer.write(encode_frame(msg))
-        await asyncio.wait_for(self.writer.drain(), 10.0)
+        await asyncio.wait_for(self.writer.drain(), DEFAULTS.send_timeout)
 
     async def recv(self, timeout: float) -> dict:
         return validate(await self.frames.next(timeout))

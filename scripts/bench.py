@@ -68,9 +68,9 @@ from typing import Any
 
 import numpy as np
 
+from shardstats.reference import mode_and_median
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 PREFIX = "@@bench "              # child -> parent event lines on stdout; anything else is ignored
 DATASETS = ("unique-dup", "zipf")
@@ -143,19 +143,7 @@ def human_count(n: int) -> str:
 
 
 # -- data ------------------------------------------------------------------------------
-def reference(values: np.ndarray, tie_limit: int = 1000, is_sorted: bool = False) -> dict:
-    """The exact mode (smallest of ties, the top count, up to ``tie_limit`` tied values) and median, from one sort."""
-    s = values if is_sorted else np.sort(values)
-    n = len(s)
-    starts = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1])))
-    counts = np.diff(np.append(starts, n))
-    top = int(counts.max())
-    tied = np.flatnonzero(counts == top)
-    lo, hi = int(s[(n - 1) // 2]), int(s[n // 2])
-    med = Fraction(lo + hi, 2)
-    return {"rows": n, "mode": int(s[starts[tied[0]]]), "mode_count": top, "tie_count": int(len(tied)),
-            "ties": [int(v) for v in s[starts[tied[:tie_limit]]]],
-            "median": str(med), "median_lower": lo, "median_upper": hi}
+reference = mode_and_median      # one sort, both answers: the shared sequential reference
 
 
 @dataclass
@@ -190,6 +178,7 @@ def ensure_dataset(data_dir: Path, dist: str, rows: int, shards: int, seed: int,
         del parts
         values.sort()                  # in place: one copy of the data at 100M rows, not three
         ref = reference(values, is_sorted=True)
+        ref["median"] = str(ref["median"])      # the cache is JSON: the exact half as "num/den" text
         del values
         meta = {"dist": dist, "rows": rows, "shards": shards, "seed": seed, "reference": ref, "parquet": False}
     if parquet and not meta.get("parquet"):

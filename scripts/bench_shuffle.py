@@ -31,8 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import testbed  # noqa: E402
+from shardstats import reference
+
+if __package__ in (None, ""):     # run as a file (python scripts/bench_shuffle.py): make `scripts` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from scripts import testbed  # noqa: E402
 
 from shardstats.cluster.gen import generate, write_shards  # noqa: E402
 from shardstats.coordinator.job import JobReport, run_job  # noqa: E402
@@ -41,9 +44,8 @@ from shardstats.worker.comm.shuffle import STRATEGIES  # noqa: E402
 
 
 def reference_mode(values: np.ndarray) -> tuple[int, int]:
-    u, c = np.unique(values, return_counts=True)
-    top = int(c.max())
-    return int(u[c == top].min()), top
+    r = reference.mode(values)
+    return r["value"], r["count"]
 
 
 def measure(rep: JobReport, w: int, rate_bytes: float) -> dict:

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from shardstats import reference
+
 
 def lo_bytes() -> int:
     """Bytes received on loopback in this network namespace (/proc/self/net is per namespace)."""
@@ -75,9 +77,9 @@ def main() -> int:
         write_shards(generate(a.rows, a.shards, "unique-dup", 0), tmp, "npy")
         tmp.rename(data)
     values = np.concatenate([np.load(f) for f in sorted(data.glob("*.npy"))])
-    u, c = np.unique(values, return_counts=True)
-    want = (int(u[c == c.max()].min()), int(c.max()))
-    del values, u, c
+    r = reference.mode(values)
+    want = (r["value"], r["count"])
+    del values
 
     work = Path(tempfile.mkdtemp(prefix="bench-tls-"))
     certs.init(work / "tls", a.workers)

@@ -540,15 +540,9 @@ def submit(bed: UnitBed, op: str, input_path: str = "shards/", timeout: float = 
 
 
 def reference(values, op: str) -> dict:
-    """numpy's answer: mode (smallest of the tied values) with its count; median exactly (a Fraction)."""
-    import numpy as np
-    if op == "mode":
-        u, c = np.unique(values, return_counts=True)
-        return {"value": int(u[c == c.max()].min()), "count": int(c.max())}
-    s = np.sort(values)
-    n = len(s)
-    lo, hi = int(s[(n - 1) // 2]), int(s[n // 2])
-    return {"value": Fraction(lo + hi, 2), "lower": lo, "upper": hi}
+    """numpy's answer (shardstats.reference): the mode with its count, or the exact median."""
+    from shardstats import reference as ref
+    return ref.mode(values) if op == "mode" else ref.median(values)
 
 
 def host_values(directory: Path, input_path: str = "shards/"):

@@ -51,8 +51,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 from shardstats.cluster import launcher  # noqa: E402
 from shardstats.cluster.config import ClusterInfo  # noqa: E402

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from shardstats import reference
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,6 +78,7 @@ def run_op(op, shards: list[np.ndarray], workers: int, params: dict | None = Non
 
 
 def ref_mode(values: np.ndarray) -> tuple[int, int, list[int]]:
+    """(mode, count, every tied value) from collections.Counter: independent of numpy and of our code."""
     from collections import Counter
     c = Counter(values.tolist())
     top = max(c.values())
@@ -88,11 +91,8 @@ def shard_files(out: Path, rows: int, shards: int, seed: int) -> tuple[Path, dic
     from shardstats.cluster.gen import generate, write_shards
     parts = generate(rows, shards, "unique-dup", seed=seed)
     write_shards(parts, out, "npy")
-    s = np.sort(np.concatenate(parts))
-    u, c = np.unique(s, return_counts=True)
-    n = len(s)
-    return out, {"mode": (int(u[c == c.max()].min()), int(c.max())),
-                 "median": (int(s[(n - 1) // 2]), int(s[n // 2]))}
+    r = reference.mode_and_median(np.concatenate(parts))
+    return out, {"mode": (r["mode"], r["mode_count"]), "median": (r["median_lower"], r["median_upper"])}
 
 
 @pytest.fixture
@@ -107,3 +107,11 @@ def cli(*args: str, env: dict | None = None, cwd=None, timeout: float = 120):
     exe = [sys.executable, "-m", "shardstats.cluster.cli", *args]
     return subprocess.run(exe, capture_output=True, text=True, timeout=timeout, cwd=cwd,
                           env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+async def inproc(tmp_path):
+    """Three workers in the test's own event loop (real TCP, real codec): ``shardstats.testing``."""
+    from shardstats.testing import in_process_cluster
+    async with in_process_cluster(3, root=str(tmp_path)) as c:
+        yield c

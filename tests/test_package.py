@@ -7,6 +7,7 @@ appears in the CLI, the API and on the workers, and uninstalls it.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -24,6 +25,7 @@ PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
 def test_the_wheel_holds_exactly_one_top_level_package(tmp_path):
     subprocess.run([*PIP, "wheel", "--no-deps", "-w", str(tmp_path), str(ROOT)],
                    check=True, capture_output=True, timeout=300)
+    shutil.rmtree(ROOT / "build", ignore_errors=True)      # setuptools' in-tree scratch
     wheel = next(tmp_path.glob("shardstats-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}

@@ -11,6 +11,8 @@ import asyncio
 from pathlib import Path
 
 import numpy as np
+
+from shardstats import reference
 import pytest
 
 from scripts import testbed  # noqa: E402
@@ -52,8 +54,8 @@ def dataset(tmp_path_factory):
 
 
 def reference_mode(values: np.ndarray) -> tuple[int, int]:
-    u, c = np.unique(values, return_counts=True)
-    return int(u[c == c.max()].min()), int(c.max())
+    r = reference.mode(values)
+    return r["value"], r["count"]
 
 
 def job(bed, op: str, path: Path, params: dict):

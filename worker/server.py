@@ -35,6 +35,10 @@ from shardstats.settings import DEFAULTS, Settings
 # coordinator stays silent this long (unless the load message says otherwise) drops its jobs.
 
 
+class _Shutdown(Exception):
+    """Raised inside the server's task group to end it: the group then cancels all it owns."""
+
+
 class WorkerServer:
     def __init__(self, worker_id: int, listen: str, peers: list[str], token: bytes, *, root: str = ".",
                  settings: Settings = DEFAULTS, tls: TLSFiles | None = None) -> None:
@@ -62,37 +66,45 @@ class WorkerServer:
         self.port: int | None = None
 
     # -- lifecycle -------------------------------------------------------
-    async def serve(self, ready: asyncio.Event | None = None) -> None:
+    async def serve(self, ready: asyncio.Event | None = None, *, handle_signals: bool = False) -> None:
+        """Serves until ``stop()`` (or SIGTERM/SIGINT when ``handle_signals``: the daemon's own process).
+
+        In-process clusters (tests, ``shardstats.testing``) leave the loop's signals alone."""
         host, port = parse_addr(self.listen)
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT) if handle_signals else ():
             try:
                 loop.add_signal_handler(sig, self._stop.set)
             except (NotImplementedError, RuntimeError):
                 pass
-        async with asyncio.TaskGroup() as tg:
-            self._tg = tg
-            for pid, addr in enumerate(self.peers):
-                if pid != self.id:
-                    link = PeerLink(self.id, pid, addr, self.token, self._peer_failed, self.failed.__contains__,
-                                    tls=self._tls_client)
-                    self.links[pid] = link
-                    tg.create_task(link.run())
-            server = await loop.create_server(lambda: InboundConnection(self), host, port, reuse_address=True)
-            self.port = server.sockets[0].getsockname()[1]
-            logs.event("worker_listening", addr=f"{host}:{self.port}", peers=len(self.peers))
-            if ready is not None:
-                ready.set()
-            try:
-                await self._stop.wait()
-            finally:
-                logs.event("worker_stopping")
-                server.close()
-                for job in list(self.jobs.values()):
-                    self._drop(job.id, JobError("worker shutting down"))
-                for t in list(tg._tasks):  # noqa: SLF001 - cancel the links we own
-                    t.cancel()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                await self._serve_in(tg, loop, host, port, ready)
+        except* _Shutdown:
+            pass         # the way out: the group cancelled every link and request task it owns
         self._tg = None
+
+    async def _serve_in(self, tg: asyncio.TaskGroup, loop, host: str, port: int, ready: asyncio.Event | None) -> None:
+        for pid, addr in enumerate(self.peers):
+            if pid != self.id:
+                link = PeerLink(self.id, pid, addr, self.token, self._peer_failed, self.failed.__contains__,
+                                tls=self._tls_client)
+                self.links[pid] = link
+                tg.create_task(link.run())
+        server = await loop.create_server(lambda: InboundConnection(self), host, port, reuse_address=True)
+        self.port = server.sockets[0].getsockname()[1]
+        logs.event("worker_listening", addr=f"{host}:{self.port}", peers=len(self.peers))
+        if ready is not None:
+            ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            logs.event("worker_stopping")
+            server.close()
+            for job in list(self.jobs.values()):
+                self._drop(job.id, JobError("worker shutting down"))
+        raise _Shutdown          # stopped: end the group, which cancels the links and requests it owns
 
     def stop(self) -> None:
         self._stop.set()
