@@ -364,7 +364,7 @@ def test_break_wrong_container_port(docs, tmp_path, beds):
     """The worker listens on 7000 but the manifest declares 7001: the readiness probe never passes."""
     d = copy.deepcopy(docs)
     container(d)["ports"][0]["containerPort"] = 7001
-    msg = run_broken(d, tmp_path, ready_timeout=30)
-    assert re.match(r"pod shardstats-\d is not ready after 30s \(tcp port 7001: tcp 10\.77\.\d+\.\d+:7001: "
+    msg = run_broken(d, tmp_path, ready_timeout=10)
+    assert re.match(r"pod shardstats-\d is not ready after 10s \(tcp port 7001: tcp 10\.77\.\d+\.\d+:7001: "
                     r"Connection refused\)", msg), msg
     assert "worker_listening" in msg and "addr=0.0.0.0:7000" in msg, msg
