@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -20,7 +21,7 @@ from shardstats.errors import ShardstatsError, UsageError
 from shardstats.settings import DEFAULTS
 
 _COMMON = ("input_paths", "more_inputs", "column", "local_workers", "as_json", "timeout", "cluster_file",
-           "max_retries", "heartbeat", "dead_after", "quiet")
+           "max_retries", "heartbeat", "dead_after", "quiet", "report_path")
 
 
 def _fail(message: str, code: int) -> None:
@@ -51,6 +52,9 @@ def _common_options() -> list[click.Parameter]:
                      help="Seconds of silence after which a worker is declared lost."),
         click.Option(["--quiet", "-q"], is_flag=True,
                      help="No progress line on stderr (it is shown only when stderr is a terminal anyway)."),
+        click.Option(["--report", "report_path"], type=click.Path(dir_okay=False), metavar="FILE.html",
+                     help="Also write a picture of the job to this HTML file (self-contained: open it in any "
+                     "browser, offline): traffic between workers, a timeline per worker, memory."),
     ]
 
 
@@ -107,7 +111,7 @@ def _typed(op, name: str, value):
 
 
 def run_submit(op, params, inputs: tuple[str, ...], *, column, local_workers, as_json, timeout, cluster_file,
-               max_retries, heartbeat, dead_after, quiet) -> None:
+               max_retries, heartbeat, dead_after, quiet, report_path=None) -> None:
     from shardstats.cluster import launcher
     from shardstats.cluster.config import find_cluster
     from shardstats.cluster.output import human, json_document
@@ -124,6 +128,8 @@ def run_submit(op, params, inputs: tuple[str, ...], *, column, local_workers, as
         _fail(str(exc), 2)
     if local_workers is not None and local_workers < 1:
         _fail("--local: needs at least 1 worker", 2)
+    if report_path and not Path(report_path).resolve().parent.is_dir():
+        _fail(f"--report {report_path}: the folder {Path(report_path).resolve().parent} does not exist", 2)
     startup = None
     info = None
     try:
@@ -158,7 +164,21 @@ def run_submit(op, params, inputs: tuple[str, ...], *, column, local_workers, as
             line.close()
         if local_workers is not None:
             launcher.stop(info)
-    click.echo(json_document(rep, startup) if as_json else human(rep, startup))
+    text = json_document(rep, startup)
+    click.echo(text if as_json else human(rep, startup))
+    if report_path:
+        _write_report(text, report_path)
+
+
+def _write_report(document: str, path: str) -> None:
+    """The job's picture (cluster/report.py) from the --json document, its numbers kept exact."""
+    import json
+    from decimal import Decimal
+    from shardstats.cluster import report
+    try:
+        report.write(json.loads(document, parse_float=Decimal), path)
+    except OSError as exc:
+        _fail(f"cannot write the report to {path}: {exc.strerror or exc} (the job itself succeeded)", 1)
 
 
 class SubmitGroup(click.Group):

@@ -21,6 +21,7 @@ from shardstats.worker.ops.contract import Op, Params
 from shardstats.worker.net.links import PeerLink
 from shardstats.worker.comm.tcp import TcpComm
 from shardstats.worker.comm.progress import Progress, reporting
+from shardstats.worker.comm.timeline import Timeline
 
 
 def resolve(path: str, root: str) -> str:
@@ -53,6 +54,7 @@ class Job:
     column: str | int | None = None             # the column of .csv/.parquet shards (load message)
     report: Callable[[dict], None] | None = None  # sends a message to the coordinator (progress)
     progress_interval: float | None = None      # seconds between progress messages; None: send none
+    timeline: Timeline = field(default_factory=Timeline)   # starts when the load message arrives
 
     def take_values(self) -> np.ndarray:
         values, self.values = self.values, None
@@ -64,10 +66,11 @@ async def load(job: Job, root: str) -> int:
     memory.release()
     memory.reset_peak()        # the job's peak starts here (loading included)
     t = time.perf_counter()
-    progress = Progress("load")
-    progress.total = len(job.files)
+    progress = Progress("load", job.timeline)
+    progress.set("load", 0, len(job.files))
     async with reporting(job.id, progress, job.report, job.progress_interval):
         job.values = await asyncio.to_thread(load_files, job.files, root, job.column, progress)
+    job.timeline.close()       # the wait for the other workers' loads is no phase of ours
     job.load_seconds = time.perf_counter() - t
     logs.event("job_loaded", job=job.id, files=len(job.files), values=len(job.values),
                seconds=round(job.load_seconds, 3))
@@ -95,6 +98,7 @@ async def run(job: Job, comm: TcpComm, op: Op, params: Params) -> dict:
             links[p].peak_queued_bytes = links[p].queued_bytes
     t = time.perf_counter()
     cs = comm.stats
+    comm.progress.timeline = job.timeline
     comm.progress.set(op.name)  # the op names its phases as it goes (count, shuffle, select, ...)
     async with reporting(job.id, comm.progress, job.report, job.progress_interval, lambda: sum(cs.bytes_sent)):
         # The op gets the only reference to the data (no local name here), so it can free it early.
@@ -111,6 +115,7 @@ async def run(job: Job, comm: TcpComm, op: Op, params: Params) -> dict:
         "send_wait_seconds": cs.send_wait_seconds, "credit_wait_seconds": cs.credit_wait_seconds,
         "peak_rss_bytes": memory.peak_rss_bytes(),
         **opstats,
+        **job.timeline.as_stats(),
     }
     out = {"stats": stats}
     if result is not None:

@@ -16,23 +16,30 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from shardstats.protocol.messages import make
+from shardstats.worker.comm.timeline import Timeline
 
 MIN_INTERVAL = 0.05          # a coordinator cannot ask for more than 20 messages per second per worker
 MAX_INTERVAL = 60.0
 
 
 class Progress:
-    """What one worker is doing in one job: a phase name and ``done`` of ``total`` steps (0 = unknown)."""
+    """What one worker is doing in one job: a phase name and ``done`` of ``total`` steps (0 = unknown).
 
-    __slots__ = ("phase", "done", "total")
+    Entering a phase also marks it on the job's ``timeline`` (worker/comm/timeline.py),
+    so the report can draw when each phase ran without the ops timing themselves twice.
+    """
 
-    def __init__(self, phase: str = "start") -> None:
+    __slots__ = ("phase", "done", "total", "timeline")
+
+    def __init__(self, phase: str = "start", timeline: Timeline | None = None) -> None:
         self.phase = phase
         self.done = 0
         self.total = 0
+        self.timeline = timeline if timeline is not None else Timeline()
 
     def set(self, phase: str, done: int = 0, total: int = 0) -> None:
         self.phase, self.done, self.total = phase, done, total
+        self.timeline.phase(phase)
 
 
 def interval_from(value: object) -> float | None:

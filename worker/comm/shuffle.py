@@ -170,7 +170,9 @@ async def _receiver(comm: Communicator, tag: str, consume: Consume, cfg: Shuffle
         elif kind == "none":
             remaining.discard(src)
         elif kind == "chunk":
-            streaming.add(src)
+            if src not in streaming:
+                streaming.add(src)
+                comm.progress.timeline.inbound(len(streaming))
             st.max_inbound_streams = max(st.max_inbound_streams,
                                          len(streaming | comm.mailbox.data_sources(rtag)))
             st.chunks_received += 1
@@ -180,6 +182,7 @@ async def _receiver(comm: Communicator, tag: str, consume: Consume, cfg: Shuffle
                 await comm.send(src, stag, {"k": "done" if last else "credit", "n": 1})
             if last:
                 streaming.discard(src)
+                comm.progress.timeline.inbound(len(streaming))
                 remaining.discard(src)
                 granted.discard(src)
                 st.streams_received += 1
@@ -189,7 +192,9 @@ async def _receiver(comm: Communicator, tag: str, consume: Consume, cfg: Shuffle
             nxt = _next_in_schedule(comm.rank, comm.size, waiting)
             granted.add(nxt)
             await comm.send(nxt, stag, {"k": "grant", "n": cfg.credits})
-    st.receive_seconds = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    st.receive_seconds = t1 - t0
+    comm.progress.timeline.span("receive", "receive", t0, t1)
 
 
 async def _tell_empty(comm: Communicator, rtag: str, outgoing: list[list[Piece]]) -> list[int]:
@@ -219,7 +224,7 @@ async def _naive_sender(comm: Communicator, tag: str, outgoing: list[list[Piece]
     async with asyncio.TaskGroup() as tg:
         for d in busy:
             tg.create_task(_stream(comm, rtag, d, outgoing[d], st))
-    st.send_seconds = time.perf_counter() - t0
+    _sent(comm, st, t0)
 
 
 async def _credit_sender(comm: Communicator, tag: str, outgoing: list[list[Piece]], cfg: ShuffleConfig,
@@ -248,7 +253,9 @@ async def _credit_sender(comm: Communicator, tag: str, outgoing: list[list[Piece
             open_asks += 1
         w0 = time.perf_counter()
         src, body = await comm.recv(stag)
-        st.credit_wait_seconds += time.perf_counter() - w0
+        w1 = time.perf_counter()
+        st.credit_wait_seconds += w1 - w0
+        comm.progress.timeline.wait(w0, w1)
         kind = body["k"]
         if kind == "grant":
             credit[src] = body["n"]
@@ -272,4 +279,10 @@ async def _credit_sender(comm: Communicator, tag: str, outgoing: list[list[Piece
                 comm.progress.done = st.chunks_sent
                 cursor[active] = i + 1
                 credit[active] -= 1
-    st.send_seconds = time.perf_counter() - t0
+    _sent(comm, st, t0)
+
+
+def _sent(comm: Communicator, st: ShuffleStats, t0: float) -> None:
+    t1 = time.perf_counter()
+    st.send_seconds = t1 - t0
+    comm.progress.timeline.span("send", "send", t0, t1)

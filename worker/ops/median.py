@@ -97,8 +97,12 @@ def _window_key(w: tuple) -> tuple:
 
 async def select_ranks(comm: Communicator, values: np.ndarray, ranks: list[int], total: int,
                        samples: int = DEFAULT_SAMPLES, gather_limit: int = DEFAULT_GATHER_LIMIT,
-                       first_samples: int = FIRST_SAMPLES) -> tuple[dict[int, int] | None, int]:
+                       first_samples: int = FIRST_SAMPLES, windows_log: list[int] | None = None
+                       ) -> tuple[dict[int, int] | None, int]:
     """The values at the given 0-based global ranks (at rank 0), and the number of rounds it took.
+
+    ``windows_log`` (rank 0) gets, per round, how many values the open windows held
+    when the round began: the report draws the window shrinking round by round.
 
     Round 1 works on the unsorted values: a random sample per rank, and per window two
     pivots that bracket the targets' estimated positions, counted with a few passes of
@@ -108,6 +112,7 @@ async def select_ranks(comm: Communicator, values: np.ndarray, ranks: list[int],
     state = {k: [None, None, 0] for k in ranks}   # k -> [lo, hi, below]; window is (lo, hi]
     found: dict[int, int] = {}
     rounds = 0
+    t_round = time.perf_counter()
     data, is_sorted = values, False
     rng = np.random.default_rng(comm.rank + 1)
     while True:
@@ -119,8 +124,13 @@ async def select_ranks(comm: Communicator, values: np.ndarray, ranks: list[int],
         msg = await broadcast(comm, msg, "median.windows")
         windows = [tuple(w) for w in msg["w"]]
         if not windows:
+            if rounds:
+                comm.progress.timeline.span("round", f"round {rounds}", t_round, time.perf_counter())
             return (found if comm.rank == 0 else None), rounds
+        if rounds:
+            comm.progress.timeline.span("round", f"round {rounds}", t_round, time.perf_counter())
         rounds += 1
+        t_round = time.perf_counter()
         p = comm.progress          # "round n of ~m": rank 0 refines the estimate below
         p.set("select", rounds, p.total if p.phase == "select" else 0)
         parts = [_in_window(data, is_sorted, lo, hi) for lo, hi in windows]
@@ -135,6 +145,8 @@ async def select_ranks(comm: Communicator, values: np.ndarray, ranks: list[int],
             smp = [_random_sample(p, first_samples, rng) for p in parts]
         got = await tree_reduce(comm, {"s": smp, "m": [len(p) for p in parts]}, _cat, "median.samples")
         if comm.rank == 0:
+            if windows_log is not None:
+                windows_log.append(int(sum(got["m"])))
             p.total = estimate_rounds(rounds, max(got["m"]), comm.size, samples, gather_limit, first_samples,
                                       not is_sorted)
         # 3. pivots, or a request to gather small windows
@@ -278,10 +290,13 @@ async def median(comm: Communicator, values: np.ndarray, params: MedianParams) -
     quantiles = params.quantiles
     lo_k, hi_k = median_ranks(total)
     targets = sorted({lo_k, hi_k, *(k for q in quantiles for k in _q_ranks(q, total)[:2])})
+    windows: list[int] = []
     found, rounds = await select_ranks(comm, values, targets, total, params.samples, params.gather_limit,
-                                       params.first_samples)
+                                       params.first_samples, windows)
     phases["select"] = time.perf_counter() - t
     stats = {"phases": phases, "rounds": rounds}
+    if comm.rank == 0:
+        stats["windows"] = windows     # values in the open windows at the start of each round
     if found is None:
         return None, stats
     lower, upper = found[lo_k], found[hi_k]
