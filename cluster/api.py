@@ -73,6 +73,24 @@ class Result:
         """The document ``cluster submit ... --json`` prints for this job (exact numbers)."""
         return json_document(self.report)
 
+    def document(self) -> dict:
+        """The ``--json`` document as a dict (the answer's numbers exact)."""
+        return {"op": self.op, "result": self.result, "stats": self.stats}
+
+    def report_html(self, path: str | None = None) -> str:
+        """The job's picture (what ``--report FILE.html`` writes) as a complete HTML page; also saved to ``path``."""
+        from shardstats.cluster import report
+        page = report.render(self.document())
+        if path is not None:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(page)
+        return page
+
+    def _repr_html_(self) -> str:
+        """What Jupyter shows for a result: the report, inline."""
+        from shardstats.cluster import report
+        return report.fragment(self.document())
+
     @classmethod
     def from_report(cls, rep: JobReport) -> "Result":
         return cls(op=rep.op, result=dict(rep.result), stats=summarize_stats(rep), report=rep)

@@ -141,7 +141,7 @@ def traffic_svg(matrix: list[list[int]], ids: list[int]) -> str:
             x, y = left + cell * j, top + cell * i
             frac = math.sqrt(v / peak) if peak else 0.0       # sqrt: small links stay visible next to big ones
             fill = "#f3f3f3" if i == j else _heat(frac)
-            out.append(f'<rect x="{x}" y="{y}" width="{cell - 1}" height="{cell - 1}" fill="{fill}">'
+            out.append(f'<rect class="link" x="{x}" y="{y}" width="{cell - 1}" height="{cell - 1}" fill="{fill}">'
                        f'<title>w{ids[i]} → w{ids[j]}: {v:,} bytes ({human_bytes(v)})</title></rect>')
     if busiest is not None:
         i, j = busiest
