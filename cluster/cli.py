@@ -27,6 +27,10 @@ from shardstats.settings import DEFAULTS, Settings
 from shardstats.tls import TLSFiles
 
 
+CLUSTER_FILE_HELP = ("The cluster to use, as `cluster up` recorded it (default: $CLUSTER_FILE, else "
+                     "~/.local/state/cluster/cluster.json; $CLUSTER_WORKERS with $CLUSTER_TOKEN overrides the default).")
+
+
 def fail(message: str, code: int) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
@@ -175,15 +179,25 @@ def down(cluster_file: str | None) -> None:
     click.echo(f"stopped {len(info.pids)} workers" + (f" ({len(killed)} needed SIGKILL)" if killed else ""))
 
 
-@main.command()
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--cluster-file", type=click.Path(dir_okay=False))
-def status(as_json: bool, cluster_file: str | None) -> None:
-    """Show every worker: address, up/down, version, jobs run, last job (op, bytes sent, seconds).
+@main.command(epilog="""\b
+Examples:
+  cluster status                  # one table; exit 1 if any worker is down
+  cluster status --watch          # refresh in place every second; Ctrl-C to stop
+  cluster status --json | jq '.workers[] | select(.up | not)'
+""")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (with --watch: one per refresh, a line each).")
+@click.option("--watch", is_flag=True, help="Keep refreshing: in place on a terminal, one table per interval "
+              "elsewhere. Ctrl-C stops it (exit 0).")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="Seconds between refreshes with --watch.")
+@click.option("--cluster-file", type=click.Path(dir_okay=False), help=CLUSTER_FILE_HELP)
+def status(as_json: bool, watch: bool, interval: float, cluster_file: str | None) -> None:
+    """Show every worker: address, up/down, version, jobs run and failed, bytes sent, memory, last job.
 
     Exit status 0 when every worker answers, 1 when any is down (the table or JSON is printed either way),
     so scripts and healthchecks can test it.
     """
+    from shardstats.cluster.statusview import table, watch as watch_loop
     try:
         info, source = find_cluster(cluster_file)
     except ConfigError as exc:
@@ -192,19 +206,20 @@ def status(as_json: bool, cluster_file: str | None) -> None:
         tls = info.client_tls()
     except ConfigError as exc:
         fail(str(exc), exc.exit_code)
-    rows = run_async(ping_all(info.workers, info.token.encode(), tls=tls))
-    if as_json:
-        click.echo(json.dumps({"source": source, "workers": rows}))
-    else:
-        click.echo(f"cluster from {source}")
-        click.echo(f"{'id':>3}  {'address':<22} {'state':<5} {'version':<8} {'jobs':>5}  last job")
-        for r in rows:
-            last = r.get("last_job") or {}
-            desc = (f"{last.get('op')} {last.get('bytes_sent', 0):,} B sent, {last.get('seconds', 0):.3f} s"
-                    if last else "-")
-            click.echo(f"{r['id']:>3}  {r['addr']:<22} {'up' if r['up'] else 'DOWN':<5} "
-                       f"{r.get('version', '-'):<8} {r.get('jobs_run', '-'):>5}  "
-                       f"{desc if r['up'] else r.get('error', '')}")
+
+    def poll() -> list[dict]:
+        return run_async(ping_all(info.workers, info.token.encode(), timeout=DEFAULTS.status_timeout, tls=tls))
+
+    def as_document(rows: list[dict]) -> str:
+        return json.dumps({"source": source, "workers": rows})
+    if watch:
+        try:
+            watch_loop(poll, source, sys.stdout, interval, sys.stdout.isatty(), as_document if as_json else None)
+        except KeyboardInterrupt:
+            click.echo()
+        return
+    rows = poll()
+    click.echo(as_document(rows) if as_json else "\n".join(table(rows, source)))
     if not all(r["up"] for r in rows):
         sys.exit(1)
 

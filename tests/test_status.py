@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shardstats
 import json
+import re
 import os
 import signal
 import time
@@ -12,6 +13,7 @@ import pytest
 
 from shardstats.cluster import launcher
 from shardstats.cluster.gen import generate, write_shards
+from shardstats.cluster.progress import human_bytes
 from tests.conftest import cli
 
 
@@ -53,15 +55,17 @@ def test_status_shows_every_worker_and_its_last_job_then_a_killed_one_down(three
         last = w["last_job"]
         assert w["jobs_run"] == 1 and last["op"] == "mode" and last["job"].startswith(doc["stats"]["job"])
         assert last["bytes_sent"] == per_worker[w["id"]]["bytes_sent"] > 0 and last["seconds"] > 0
+        assert w["bytes_sent_total"] == last["bytes_sent"] and w["jobs_failed"] == 0 and w["rss_bytes"] > 1 << 20
     table = _status(cf)
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
-    assert lines[0] == f"cluster from {cf}" and lines[1].split() == ["id", "address", "state", "version", "jobs",
-                                                                     "last", "job"]
-    for i, line in enumerate(lines[2:]):
+    assert lines[0] == f"cluster from {cf}" and lines[1].split() == [
+        "id", "address", "state", "version", "jobs", "failed", "active", "sent", "memory", "last", "job"]
+    assert lines[-1] == "3 of 3 workers up"
+    for i, line in enumerate(lines[2:-1]):
         f = line.split()
-        assert f[:6] == [str(i), info.workers[i], "up", shardstats.__version__, "1", "mode"]
-        assert f"{rows[i]['last_job']['bytes_sent']:,} B sent" in line
+        assert f[:7] == [str(i), info.workers[i], "up", shardstats.__version__, "1", "0", "0"]
+        assert f"mode {human_bytes(rows[i]['last_job']['bytes_sent'])} sent" in line
 
     os.kill(info.pids[2], signal.SIGKILL)
     deadline = time.monotonic() + 10
@@ -83,3 +87,82 @@ def test_status_shows_every_worker_and_its_last_job_then_a_killed_one_down(three
         assert json.loads(r.stdout)["result"]["lower"] == int(np.sort(one)[(len(one) - 1) // 2])
     else:                                                     # or said clearly which worker is missing
         assert r.returncode == 1 and info.workers[2] in r.stderr
+
+
+def _read_until(fd: int, want: bytes, deadline: float) -> bytes:
+    import select
+    got = b""
+    end = time.monotonic() + deadline
+    while want not in got:
+        left = end - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no {want!r} within {deadline}s; got {got[-500:]!r}")
+        r, _, _ = select.select([fd], [], [], left)
+        if r:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:          # the child closed the terminal
+                break
+            if not chunk:
+                break
+            got += chunk
+    return got
+
+
+def test_status_watch_repaints_in_place_on_a_terminal_and_ctrl_c_exits_0(three, tmp_path):
+    """Driven through a real pseudo-terminal: the table is drawn at the cursor home, redrawn, and Ctrl-C
+    (the terminal's interrupt character, delivered as SIGINT by the line discipline) ends it with status 0."""
+    import pty
+    import sys
+    info, cf = three
+    pid, fd = pty.fork()
+    if pid == 0:                                            # the child: the CLI on the pty
+        os.environ["CLUSTER_WORKERS"] = ""
+        os.execv(sys.executable, [sys.executable, "-m", "shardstats.cluster.cli", "status", "--watch",
+                                  "--interval", "0.2", "--cluster-file", cf])
+    try:
+        out = _read_until(fd, b"refreshing every", 30)
+        out += _read_until(fd, b"refreshing every", 10)       # a second frame
+        frames = out.split(b"\x1b[H")[1:]
+        assert len(frames) >= 2 and out.count(b"\x1b[2J") == 1   # cleared once, then repainted at home
+        text = frames[-1].decode()
+        for i, addr in enumerate(info.workers):
+            assert re.search(rf"^\s*{i}\s+{re.escape(addr)}\s+up\b", text, re.M), text
+        assert "3 of 3 workers up" in text
+        os.write(fd, b"\x03")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            try:
+                os.read(fd, 65536)
+            except OSError:
+                pass
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("status --watch did not stop on Ctrl-C")
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        os.close(fd)
+
+
+def test_status_watch_off_a_terminal_prints_a_table_per_interval(three):
+    import subprocess
+    import sys
+    info, cf = three
+    p = subprocess.Popen([sys.executable, "-m", "shardstats.cluster.cli", "status", "--watch", "--interval", "0.2",
+                          "--cluster-file", cf], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "CLUSTER_WORKERS": ""})
+    try:
+        time.sleep(2.0)
+    finally:
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=10)
+    assert p.returncode == 0, err
+    assert "\x1b" not in out                                  # no terminal codes in a pipe or a log
+    tables = [t for t in out.split("-- ") if t.strip()]
+    assert len(tables) >= 2
+    assert all("3 of 3 workers up" in t for t in tables)

@@ -33,15 +33,26 @@ def reset_peak() -> None:
         pass
 
 
-def peak_rss_bytes() -> int:
+def _status_kib(field: str) -> int | None:
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return None
+
+
+def peak_rss_bytes() -> int:
+    got = _status_kib("VmHWM:")
+    return got if got is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def rss_bytes() -> int:
+    """Resident memory now (``cluster status`` shows it); the peak where /proc is missing."""
+    got = _status_kib("VmRSS:")
+    return got if got is not None else peak_rss_bytes()
 
 
 def release() -> None:

@@ -58,6 +58,8 @@ class WorkerServer:
         self.finished: dict[str, float] = {}
         self.failed: set[str] = set()        # finished jobs that ended in failure or abort (a subset of finished)
         self.jobs_run = 0
+        self.jobs_failed = 0
+        self.bytes_sent_total = 0            # over every job this worker finished: what `status --watch` shows
         self.last_job: dict[str, Any] = {}
         self.started = time.time()
         self.links: dict[int, PeerLink] = {}
@@ -192,6 +194,7 @@ class WorkerServer:
                 self.jobs_run += 1
                 self.last_job = {"job": job_id, "op": msg["op"], "seconds": out["stats"]["seconds"],
                                  "bytes_sent": sum(out["stats"]["bytes_sent"])}
+                self.bytes_sent_total += self.last_job["bytes_sent"]
                 logs.event("job_done", job=job_id, op=msg["op"], seconds=round(out["stats"]["seconds"], 3))
                 reply(make("done", job=job_id, **out))
                 self._drop(job_id)
@@ -207,6 +210,7 @@ class WorkerServer:
             else:
                 kind, text = "internal", f"worker {self.id}: {cause!r}"
                 logs.event("job_crashed", logging.ERROR, job=job_id, error=repr(cause))
+            self.jobs_failed += 1
             reply(make("error", job=job_id, kind=kind, message=text))
             self._drop(job_id, cause if isinstance(cause, ShardstatsError) else JobError(text))
 
@@ -230,8 +234,9 @@ class WorkerServer:
 
     def info(self) -> dict:
         return {"version": __version__, "protocol": PROTOCOL_VERSION, "addr": self.peers[self.id],
-                "jobs_run": self.jobs_run, "active_jobs": len(self.jobs), "last_job": self.last_job,
-                "uptime": round(time.time() - self.started, 1)}
+                "jobs_run": self.jobs_run, "jobs_failed": self.jobs_failed, "active_jobs": len(self.jobs),
+                "last_job": self.last_job, "bytes_sent_total": self.bytes_sent_total,
+                "rss_bytes": memory.rss_bytes(), "uptime": round(time.time() - self.started, 1)}
 
 
 def _column(value: object) -> str | int | None:

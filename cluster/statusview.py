@@ -1,0 +1,59 @@
+"""What ``cluster status`` prints: the workers table, once or refreshed in place (``--watch``).
+
+Why its own module: the table is drawn by ``status`` and redrawn by ``--watch``;
+the watch loop's terminal handling (cursor home, clear each line, clear below)
+is a few escape codes, so no curses: on a terminal the table is repainted in
+place, and anywhere else (a pipe, a log file) each refresh is printed after the
+last under a time stamp, so a log of a watch reads like repeated ``status`` calls.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+from shardstats.cluster.progress import human_bytes
+
+HOME, CLEAR_LINE, CLEAR_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
+
+
+def table(rows: list[dict], source: str) -> list[str]:
+    lines = [f"cluster from {source}",
+             f"{'id':>3}  {'address':<22} {'state':<5} {'version':<8} {'jobs':>5} {'failed':>6} {'active':>6} "
+             f"{'sent':>10} {'memory':>10}  last job"]
+    for r in rows:
+        last = r.get("last_job") or {}
+        desc = (f"{last.get('op')} {human_bytes(last.get('bytes_sent', 0))} sent, {last.get('seconds', 0):.3f} s"
+                if last else "-")
+        if not r["up"]:
+            lines.append(f"{r['id']:>3}  {r['addr']:<22} {'DOWN':<5} {'-':<8} {'-':>5} {'-':>6} {'-':>6} {'-':>10} "
+                         f"{'-':>10}  {r.get('error', '')}")
+            continue
+        sent = human_bytes(r["bytes_sent_total"]) if "bytes_sent_total" in r else "-"
+        mem = human_bytes(r["rss_bytes"]) if "rss_bytes" in r else "-"
+        lines.append(f"{r['id']:>3}  {r['addr']:<22} {'up':<5} {r.get('version', '-'):<8} "
+                     f"{r.get('jobs_run', '-'):>5} {r.get('jobs_failed', '-'):>6} {r.get('active_jobs', '-'):>6} "
+                     f"{sent:>10} {mem:>10}  {desc}")
+    up = sum(1 for r in rows if r["up"])
+    lines.append(f"{up} of {len(rows)} workers up")
+    return lines
+
+
+def watch(poll: Callable[[], list[dict]], source: str, out: TextIO, interval: float, tty: bool,
+          render: Callable[[list[dict]], str] | None = None) -> None:
+    """Polls and draws until interrupted (KeyboardInterrupt propagates to the caller, who exits 0)."""
+    first = True
+    while True:
+        rows = poll()
+        stamp = time.strftime("%H:%M:%S")
+        if render is not None:                 # --json: one document per line (JSON Lines)
+            out.write(render(rows) + "\n")
+        elif tty:
+            lines = table(rows, source) + [f"{stamp}  refreshing every {interval:g} s; Ctrl-C to stop"]
+            out.write(("\x1b[2J" if first else "") + HOME + "".join(t + CLEAR_LINE + "\n" for t in lines)
+                      + CLEAR_BELOW)
+        else:
+            out.write(("" if first else "\n") + f"-- {stamp}\n" + "\n".join(table(rows, source)) + "\n")
+        out.flush()
+        first = False
+        time.sleep(interval)
