@@ -36,14 +36,28 @@ def fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-@click.group()
+@click.group(epilog="""\b
+Examples:
+  cluster gen --out shards/ --rows 1e6               # sample data
+  cluster up --detach                                # start ten local workers
+  cluster submit mode --input shards/                # the most frequent value
+  cluster submit median --input shards/ --report job.html
+  cluster down
+\b
+Shell completion (bash; zsh and fish likewise with zsh_source / fish_source):
+  eval "$(_CLUSTER_COMPLETE=bash_source cluster)"
+""")
 @click.version_option(__version__, prog_name="cluster")
 def main() -> None:
     """An asyncio TCP cluster computing exact statistics over sharded integer data."""
 
 
 # -- the daemon ------------------------------------------------------------
-@main.command()
+@main.command(epilog="""\b
+Example (worker 0 of three; run the same with --id 1 and --id 2 on their hosts):
+  CLUSTER_TOKEN=$(cat token) cluster worker --id 0 --listen 0.0.0.0:7000 \\
+      --peers hostA:7000,hostB:7000,hostC:7000
+""")
 @click.option("--id", "worker_id", type=click.IntRange(min=0), help="This worker's index into --peers.")
 @click.option("--id-from-hostname", is_flag=True,
               help="Take the id from the host name's trailing -N (a StatefulSet pod: shardstats-3 is worker 3).")
@@ -56,7 +70,8 @@ def main() -> None:
               help="Seconds any single wait inside a job may take.")
 @click.option("--handshake-timeout", type=click.FloatRange(min=0.1), default=DEFAULTS.handshake_timeout, show_default=True,
               help="Seconds a new connection has to prove the token before it is closed (slowloris guard).")
-@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]),
+              help="Which log lines to write (to stderr).")
 @click.option("--tls-cert", envvar="CLUSTER_TLS_CERT", help="This worker's certificate (PEM); with --tls-key and "
               "--tls-ca every connection, in and out, is mutual TLS (env CLUSTER_TLS_CERT).")
 @click.option("--tls-key", envvar="CLUSTER_TLS_KEY", help="Its private key (env CLUSTER_TLS_KEY).")
@@ -101,6 +116,14 @@ def worker(worker_id: int | None, id_from_hostname: bool, listen: str, peers: st
 
 
 # -- local launcher ------------------------------------------------------------
+DEFAULT_BASE_PORT = 7000
+
+
+def _base_port_shown() -> str:
+    env = os.environ.get("CLUSTER_BASE_PORT")
+    return f"{env} from $CLUSTER_BASE_PORT" if env else str(DEFAULT_BASE_PORT)
+
+
 def _cluster_file(path: str | None) -> Path:
     return Path(path) if path else default_cluster_file()
 
@@ -109,15 +132,25 @@ def _running(info: ClusterInfo) -> bool:
     return any(launcher.alive(p) for p in info.pids)
 
 
-@main.command()
-@click.option("--workers", type=int, default=10, show_default=True)
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--base-port", type=int, default=7000, show_default=True, envvar="CLUSTER_BASE_PORT",
-              help="Workers listen on BASE..BASE+N-1 (env CLUSTER_BASE_PORT).")
+@main.command(epilog="""\b
+Examples:
+  cluster up --detach                   # ten workers on 127.0.0.1:7000..7009, in the background
+  cluster up --workers 4 --base-port 7500 --detach
+  CLUSTER_BASE_PORT=7500 cluster up     # in the foreground; Ctrl-C stops it
+""")
+@click.option("--workers", type=click.IntRange(min=1), default=10, show_default=True,
+              help="How many worker processes to start.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the workers listen on.")
+@click.option("--base-port", type=int, default=lambda: os.environ.get("CLUSTER_BASE_PORT") or DEFAULT_BASE_PORT,
+              show_default=_base_port_shown(),
+              help="Workers listen on BASE..BASE+N-1 (default from $CLUSTER_BASE_PORT when set).")
 @click.option("--detach", is_flag=True, help="Start the workers in the background and return.")
-@click.option("--cluster-file", type=click.Path(dir_okay=False), help="Where to record the cluster.")
+@click.option("--cluster-file", type=click.Path(dir_okay=False),
+              help="Where to record the cluster for later commands (default: $CLUSTER_FILE, else "
+              "~/.local/state/cluster/cluster.json).")
 @click.option("--log-dir", type=click.Path(file_okay=False), help="Worker logs (default: a temporary directory).")
-@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]),
+              help="How much the workers write to their logs.")
 @click.option("--tls", "tls_dir", type=click.Path(file_okay=False), help="Mutual TLS on every connection, with the "
               "certificates `cluster tls init DIR` wrote (made now if DIR holds none); the cluster file records "
               "the client's, so later commands use them.")
@@ -160,8 +193,11 @@ def up(workers: int, host: str, base_port: int, detach: bool, cluster_file: str 
     click.echo("cluster stopped")
 
 
-@main.command()
-@click.option("--cluster-file", type=click.Path(dir_okay=False))
+@main.command(epilog="""\b
+Example:
+  cluster down                     # stops the workers `cluster up --detach` started
+""")
+@click.option("--cluster-file", type=click.Path(dir_okay=False), help=CLUSTER_FILE_HELP)
 def down(cluster_file: str | None) -> None:
     """Stop the local cluster `cluster up` started."""
     path = _cluster_file(cluster_file)
@@ -261,18 +297,46 @@ def tls_init(directory: str, workers: int, hosts: tuple[str, ...], san: tuple[st
 
 
 # -- data -----------------------------------------------------------------------
-@main.command()
-@click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option("--shards", type=int, default=10, show_default=True)
-@click.option("--rows", type=int, default=1_000_000, show_default=True)
-@click.option("--dist", type=click.Choice(["unique-dup", "zipf", "uniform"]), default="unique-dup", show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["txt", "npy"]), default="npy", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+class Count(click.ParamType):
+    """A count of things: 1000000, 1_000_000, 1e6, 10M or 500k (as scripts/bench.py takes --rows)."""
+    name = "COUNT"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        t = str(value).strip().lower().replace("_", "").replace(",", "")
+        mult = {"k": 10 ** 3, "m": 10 ** 6, "g": 10 ** 9}.get(t[-1:], 1)
+        try:
+            from decimal import Decimal, InvalidOperation
+            n = Decimal(t[:-1] if mult != 1 else t) * mult
+            if n == n.to_integral_value() and n >= 0:
+                return int(n)
+        except (InvalidOperation, ValueError):
+            pass
+        self.fail(f"{value!r} is not a whole number of rows (e.g. 1000000, 1e6 or 1M)", param, ctx)
+
+
+@main.command(epilog="""\b
+Examples:
+  cluster gen --out shards/                          # 1M values in 10 .npy shards
+  cluster gen --out big/ --rows 1e8 --dist zipf      # 100M values, Zipf-distributed
+  cluster gen --out txt/ --rows 1000 --shards 3 --format txt
+""")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder to write the shard files into (created if missing).")
+@click.option("--shards", type=click.IntRange(min=1), default=10, show_default=True,
+              help="How many shard files to split the values into.")
+@click.option("--rows", type=Count(), default=1_000_000, show_default=True,
+              help="How many values in all: 1000000, 1e6 or 1M.")
+@click.option("--dist", type=click.Choice(["unique-dup", "zipf", "uniform"]), default="unique-dup", show_default=True,
+              help="unique-dup: distinct values plus one that repeats (the problem's data); zipf: a few very "
+              "common values; uniform: random in a range.")
+@click.option("--format", "fmt", type=click.Choice(["txt", "npy"]), default="npy", show_default=True,
+              help="npy: numpy binary (fast); txt: one integer per line.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same values.")
 def gen(out: str, shards: int, rows: int, dist: str, fmt: str, seed: int) -> None:
     """Generate sample shards (seeded, reproducible)."""
     from shardstats.cluster.gen import generate, write_shards
-    if shards < 1 or rows < 0:
-        fail("--shards must be >= 1 and --rows >= 0", 2)
     try:
         parts = generate(rows, shards, dist, seed)
     except ValueError as exc:

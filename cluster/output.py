@@ -68,7 +68,8 @@ def human(rep: JobReport, startup_seconds: float | None = None) -> str:
              f", peak worker RSS {human_bytes(s['peak_worker_rss_bytes'])}"]
     if rep.lost_workers:
         gone = ", ".join(f"{w['id']} ({w['reason']})" for w in rep.lost_workers)
-        lines.append(f"  {rep.attempts} attempts; lost workers: {gone}")
+        tries = "1 attempt" if rep.attempts == 1 else f"{rep.attempts} attempts"
+        lines.append(f"  {tries}; lost workers: {gone}")
     if startup_seconds is not None:
         lines.append(f"  (ephemeral cluster start-up {startup_seconds:.2f} s, not included)")
     return "\n".join(lines)

@@ -40,8 +40,9 @@ def _common_options() -> list[click.Parameter]:
         click.Option(["--local", "local_workers"], type=int, metavar="N",
                      help="Run on an ephemeral local cluster of N workers, stopped afterwards."),
         click.Option(["--json", "as_json"], is_flag=True, help="Print exactly one JSON object on stdout."),
-        click.Option(["--timeout"], type=float, default=DEFAULTS.phase_timeout, show_default=True,
-                     help="Seconds each phase (load, run) may take."),
+        click.Option(["--timeout"], type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.phase_timeout,
+                     show_default=True, metavar="SECONDS",
+                     help="Seconds each phase (reading the input, then computing) may take before the job fails."),
         click.Option(["--cluster-file"], type=click.Path(dir_okay=False),
                      help="The cluster to use (default: $CLUSTER_WORKERS, else the file `cluster up` wrote)."),
         click.Option(["--max-retries"], type=int, default=DEFAULTS.max_retries, show_default=True,
@@ -114,6 +115,7 @@ def run_submit(op, params, inputs: tuple[str, ...], *, column, local_workers, as
                max_retries, heartbeat, dead_after, quiet, report_path=None) -> None:
     from shardstats.cluster import launcher
     from shardstats.cluster.config import find_cluster
+    from shardstats.cluster.notices import NoticeHandler
     from shardstats.cluster.output import human, json_document
     from shardstats.cluster.progress import ProgressLine, progress_enabled
     from shardstats.cluster.runner import run_async
@@ -148,9 +150,12 @@ def run_submit(op, params, inputs: tuple[str, ...], *, column, local_workers, as
     assert info is not None
     # Progress goes to stderr only, so stdout holds nothing but the result (one JSON object with --json).
     line = ProgressLine(sys.stderr, op.name) if progress_enabled(sys.stderr, quiet) else None
-    handler = line.log_handler() if line is not None else None
-    if handler is not None:
-        logging.getLogger("cluster").addHandler(handler)
+    # The coordinator's log events reach the user as plain `warning:` lines (cluster/notices.py), never as
+    # key=value log lines, and never in the middle of the progress line.
+    handler = NoticeHandler(sys.stderr, line.close if line is not None else None)
+    log = logging.getLogger("cluster")
+    log.addHandler(handler)
+    log.propagate = False
     try:
         rep = run_async(run_job(info.workers, info.token.encode(), spec, absolute_paths=info.local,
                                 on_progress=line, tls=tls))
@@ -159,8 +164,8 @@ def run_submit(op, params, inputs: tuple[str, ...], *, column, local_workers, as
             line.close()
         _fail(str(exc), exc.exit_code)
     finally:
+        log.removeHandler(handler)
         if line is not None:
-            logging.getLogger("cluster").removeHandler(handler)
             line.close()
         if local_workers is not None:
             launcher.stop(info)

@@ -37,6 +37,13 @@ Progress = Callable[[int, dict], None]    # (worker id, progress message)
 CONNECT_ERRORS = (OSError, TimeoutError, ConnectionError, ProtocolError)   # a worker we cannot talk to
 
 
+_DOING = {"loaded": "reading its share of the input", "done": "its part of the job"}   # what a reply means
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _why(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
@@ -143,8 +150,9 @@ async def _expect(client: WorkerClient, job: str, want: str, timeout: float, liv
             msg = await client.recv(min(left, live.dead_after))
         except TimeoutError:
             if loop.time() >= deadline:
-                raise JobTimeout(f"worker {client.worker_id} at {client.addr} sent no {want} within {timeout:g}s"
-                                 ) from None
+                raise JobTimeout(f"worker {client.worker_id} at {client.addr} did not finish {_DOING[want]} within "
+                                 f"the --timeout of {timeout:g} s; give it more time (--timeout SECONDS), or look "
+                                 f"for trouble in that worker's log") from None
             raise _lost(client, f"silent for {live.dead_after:g}s") from None
         except (OSError, ConnectionError, ProtocolError) as exc:
             raise _lost(client, _why(exc)) from None
@@ -279,7 +287,7 @@ async def run_job(addrs: list[str], token: bytes, spec: JobSpec, *, absolute_pat
                 if not clients:
                     raise JobError(f"no workers left after attempt {attempt}: {exc}") from None
                 if attempt > max_retries:
-                    raise JobError(f"{exc} (gave up after {attempt} attempts; "
+                    raise JobError(f"{exc} (gave up after {_plural(attempt, 'attempt')}; "
                                    f"lost workers {', '.join(str(x['id']) for x in lost) or 'none'})") from None
                 logs.event("job_retry", logging.WARNING, job=base, attempt=attempt + 1, workers=len(clients),
                            error=str(exc))

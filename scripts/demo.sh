@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command: set up, generate sample shards, start ten local workers, run mode and median, stop.
-#   ROWS=10000000 (default) DIST=unique-dup BASE_PORT=7000 scripts/demo.sh
+#   ROWS=10000000 (default) DIST=unique-dup CLUSTER_BASE_PORT=7000 scripts/demo.sh
+# (BASE_PORT, the older name, still works; CLUSTER_BASE_PORT wins when both are set.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -13,7 +14,7 @@ if [ ! -d "$DATA" ]; then
   $C gen --out "$DATA" --shards 10 --rows "$ROWS" --dist "$DIST" --format npy --seed 1
 fi
 $C down >/dev/null 2>&1 || true
-$C up --workers 10 --detach --base-port "${BASE_PORT:-7000}"
+$C up --workers 10 --detach --base-port "${CLUSTER_BASE_PORT:-${BASE_PORT:-7000}}"
 trap '$C down' EXIT
 $C status
 echo

@@ -25,7 +25,8 @@ def event(name: str, level: int = logging.INFO, **kv: object) -> None:
         return
     parts = [time.strftime("%Y-%m-%dT%H:%M:%S"), logging.getLevelName(level).lower(), f"event={name}"]
     parts += [f"{k}={_fmt(v)}" for k, v in {**_fields, **kv}.items()]
-    log.log(level, " ".join(parts))
+    # The event and its fields ride along, so a handler for people (cluster/notices.py) can word them.
+    log.log(level, " ".join(parts), extra={"event": name, "fields": dict(kv)})
 
 
 def _fmt(v: object) -> str:
