@@ -62,7 +62,7 @@ def test_streams_record_fan_in_above_one():
 def test_median_windows_shrink_round_by_round(name, workers):
     net = InMemoryNetwork(workers, timeout=20)
     allv = np.concatenate(NASTY[name])
-    res, stats, _ = run_op(median, NASTY[name], workers, {"total": len(allv), "gather_limit": 64, "samples": 8},
+    res, stats, _ = run_op(median, NASTY[name], workers, {"gather_limit": 64, "samples": 8},
                            net=net)
     s = np.sort(allv)
     assert (res["lower"], res["upper"]) == (int(s[(len(s) - 1) // 2]), int(s[len(s) // 2]))
@@ -78,7 +78,7 @@ def test_median_windows_shrink_round_by_round(name, workers):
 def test_median_windows_on_a_wide_random_dataset():
     rng = np.random.default_rng(3)
     shards = [rng.integers(-2 ** 62, 2 ** 62, 30_000) for _ in range(4)]
-    res, stats, _ = run_op(median, shards, 4, {"total": 120_000})
+    res, stats, _ = run_op(median, shards, 4)
     windows = stats[0]["windows"]
     assert windows[0] == 120_000 and windows[-1] <= 8192 and len(windows) == stats[0]["rounds"] <= 4
 
