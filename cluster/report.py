@@ -83,15 +83,23 @@ def _legend(items: list[tuple[str, str]]) -> str:
 # -- the answer -----------------------------------------------------------------------------
 def _answer(doc: dict) -> str:
     op, r, s = doc.get("op", "?"), doc.get("result") or {}, doc.get("stats") or {}
+    said: list[str] = []
     if op == "mode":
         head = f"mode {_num(r.get('value'))}, seen {_num(r.get('count'))} times"
         if (r.get("tie_count") or 0) > 1:
             head += f" ({_num(r['tie_count'])} values tie; the smallest is shown)"
     elif op == "median":
         head = f"median {_num(r.get('value'))} (middle values {_num(r.get('lower'))} and {_num(r.get('upper'))})"
-    else:
-        head = f"{op}: {_e(r.get('value'))}"
-    rows = [("values", _num(s.get("values", 0))), ("workers", _num(s.get("workers", 0))),
+    else:                      # any other registered op: its own words for its result
+        from shardstats.errors import ShardstatsError
+        from shardstats.worker.ops import registry
+        head = op
+        try:
+            said = [line.strip() for line in registry.get(op).render(r)]
+        except (ShardstatsError, KeyError, TypeError, ValueError):
+            said = [str(r)]
+    rows = [("answer", line) for line in said]
+    rows += [("values", _num(s.get("values", 0))), ("workers", _num(s.get("workers", 0))),
             ("time", f"{s.get('seconds', 0):.3f} s (reading files {s.get('load_seconds', 0):.3f} s, "
                      f"computing {s.get('run_seconds', 0):.3f} s)"),
             ("data moved between workers", f"{human_bytes(s.get('bytes_sent', 0))} "

@@ -148,7 +148,7 @@ def jobs(tmp_path_factory):
     data = d / "shards"
     assert cli("gen", "--out", str(data), "--shards", "5", "--rows", "200000", "--seed", "4").returncode == 0
     out = {}
-    for op in ("mode", "median"):
+    for op in ("mode", "median", "stats"):
         page = d / f"{op}.html"
         r = cli("submit", op, "--input", str(data), "--local", "3", "--json", "--report", str(page),
                 env={"CLUSTER_PROGRESS": "never"})
@@ -157,7 +157,7 @@ def jobs(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("op", ["mode", "median"])
+@pytest.mark.parametrize("op", ["mode", "median", "stats"])
 def test_report_draws_what_the_json_says(jobs, op):
     doc, page = jobs[op]
     el = _parse(page.read_text())
@@ -173,9 +173,8 @@ def test_report_draws_what_the_json_says(jobs, op):
     spans = sum(len(x["timeline"]) for x in doc["stats"]["per_worker"])
     assert el.by_chart[("timeline", "rect")] == spans     # every span a worker reported is drawn
     assert el.by_chart[("memory", "rect")] == w
-    if op == "mode":
-        assert el.by_chart[("streams", "path")] == sum(1 for x in doc["stats"]["per_worker"] if x["streams"])
-    else:
+    assert el.by_chart[("streams", "path")] == sum(1 for x in doc["stats"]["per_worker"] if x["streams"])
+    if op == "median":
         windows = doc["stats"]["per_worker"][0]["windows"]
         assert windows[0] == doc["stats"]["values"]
         assert el.by_chart[("windows", "rect")] == len(windows)
@@ -200,14 +199,14 @@ def browser():
     b.close()
 
 
-@pytest.mark.parametrize("op", ["mode", "median"])
+@pytest.mark.parametrize("op", ["mode", "median", "stats"])
 def test_report_in_a_real_browser(jobs, browser, op, tmp_path):
     doc, page = jobs[op]
     got = browser.load(page.as_uri(), PROBE)
     assert got.errors == []
     assert got.requests == [page.as_uri()]                 # nothing fetched but the page itself
     charts = {c["chart"]: c for c in json.loads(got.value)}
-    want = {"traffic", "timeline", "memory"} | ({"streams"} if op == "mode" else {"windows"})
+    want = {"traffic", "timeline", "memory"} | {"mode": {"streams"}, "median": {"windows"}}.get(op, set())
     assert want <= set(charts)
     for name in want:
         assert charts[name]["width"] > 100 and charts[name]["height"] > 40 and charts[name]["drawn"] > 0, name
