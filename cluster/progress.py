@@ -18,12 +18,15 @@ an error line starts on a clean line.  Whether to draw at all is
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
-from typing import TextIO
+from collections.abc import Awaitable, Callable
+from typing import TextIO, TypeVar
+
+T = TypeVar("T")
 
 UNITS = ("load", "files"), ("shuffle", "chunks")
 
@@ -55,9 +58,10 @@ class ProgressLine:
     """Aggregates per-worker progress messages and draws them as one line."""
 
     def __init__(self, stream: TextIO, op: str, *, min_interval: float = 0.1, width: int | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, workers: int | None = None) -> None:
         self.stream = stream
         self.op = op
+        self.workers = workers                                   # how many the job asked (None: as reported)
         self.min_interval = min_interval
         self.width = width
         self.clock = clock
@@ -99,17 +103,21 @@ class ProgressLine:
         elapsed = (self.clock() if now is None else now) - self.started
         head = f"{self.op} {elapsed:.1f}s" + (f" (attempt {self.attempt})" if self.attempt > 1 else "")
         if not self.phases:
-            return head
+            return f"{head} | starting"
         phase = self.phases[-1]
-        parts = [head, self._describe(phase)]
+        n = max(len(self.latest), self.workers or 0)
+        parts = [head, self._describe(phase, n)]
         sent = sum(self.sent.values())
         if sent:
             parts.append(f"{human_bytes(sent)} sent")
         here = sum(1 for p in self.latest.values() if p == phase)
-        parts.append(f"{here}/{len(self.latest)} workers")
+        if here < n:                           # say who is where; when all are in the phase, nothing to say
+            parts.append(f"{here} of {n} workers {'starting' if phase == self.op else 'at ' + phase}")
         return " | ".join(parts)
 
-    def _describe(self, phase: str) -> str:
+    def _describe(self, phase: str, n: int) -> str:
+        if phase == self.op:                   # the op's own name: entered the run, no phase named yet
+            return "starting"
         recs = [r[phase] for r in self.record.values() if phase in r]
         if phase == "select":                  # the median's rounds: n of ~m (rank 0 estimates m)
             n = max(d for d, _ in recs)
@@ -117,7 +125,7 @@ class ProgressLine:
             return f"select round {n}" + (f" of ~{m}" if m >= n else "")
         unit = dict(UNITS).get(phase)
         total = sum(t for _, t in recs)
-        if unit is None or total == 0:
+        if unit is None or total == 0 or len(recs) < n:    # a total over some workers only would mislead
             return phase
         return f"{phase} {sum(d for d, _ in recs)}/{total} {unit}"
 
@@ -130,6 +138,19 @@ class ProgressLine:
         self.stream.flush()
         self._shown = len(text)
         self._drawn_at = self.clock() if now is None else now
+
+    async def ticking(self, coro: Awaitable[T], interval: float = 0.25) -> T:
+        """Awaits ``coro`` while redrawing every ``interval`` s, so the clock moves even when no worker
+        has news (a long load, a quiet phase).  The ticker task is ours: cancelled when ``coro`` ends."""
+        async def tick() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                self.draw()
+        task = asyncio.create_task(tick(), name="progress-line")
+        try:
+            return await coro
+        finally:
+            task.cancel()
 
     def log_handler(self) -> logging.Handler:
         """A handler for the coordinator's log records (a lost worker, a retry) that erases the line first,

@@ -149,7 +149,8 @@ def run_submit(op, params, inputs: tuple[str, ...], *, column, local_workers, as
         _fail(str(exc), exc.exit_code)
     assert info is not None
     # Progress goes to stderr only, so stdout holds nothing but the result (one JSON object with --json).
-    line = ProgressLine(sys.stderr, op.name) if progress_enabled(sys.stderr, quiet) else None
+    line = ProgressLine(sys.stderr, op.name, workers=len(info.workers)) if progress_enabled(sys.stderr, quiet) \
+        else None
     # The coordinator's log events reach the user as plain `warning:` lines (cluster/notices.py), never as
     # key=value log lines, and never in the middle of the progress line.
     handler = NoticeHandler(sys.stderr, line.close if line is not None else None)
@@ -157,8 +158,9 @@ def run_submit(op, params, inputs: tuple[str, ...], *, column, local_workers, as
     log.addHandler(handler)
     log.propagate = False
     try:
-        rep = run_async(run_job(info.workers, info.token.encode(), spec, absolute_paths=info.local,
-                                on_progress=line, tls=tls))
+        job = run_job(info.workers, info.token.encode(), spec, absolute_paths=info.local, on_progress=line,
+                      tls=tls)
+        rep = run_async(job if line is None else line.ticking(job))
     except ShardstatsError as exc:
         if line is not None:
             line.close()

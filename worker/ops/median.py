@@ -132,7 +132,9 @@ async def select_ranks(comm: Communicator, values: np.ndarray, ranks: list[int],
         rounds += 1
         t_round = time.perf_counter()
         p = comm.progress          # "round n of ~m": rank 0 refines the estimate below
-        p.set("select", rounds, p.total if p.phase == "select" else 0)
+        # Every rank knows the total, so every rank can guess the rounds from the start; rank 0 refines it.
+        p.set("select", rounds, p.total if p.phase == "select" else
+              estimate_rounds(0, total, comm.size, samples, gather_limit, first_samples, True))
         parts = [_in_window(data, is_sorted, lo, hi) for lo, hi in windows]
         if rounds > 1 and not is_sorted:          # the windows are narrow now: keep and sort just them
             data = np.sort(np.concatenate(parts))
