@@ -36,6 +36,7 @@ from shardstats.cluster.output import json_document, summarize_stats
 from shardstats.cluster.runner import in_sync, run_sync
 from shardstats.coordinator.job import JobReport, ping_all, run_job
 from shardstats.coordinator.spec import JobSpec
+from shardstats.errors import ShardstatsError
 from shardstats.settings import DEFAULTS
 from shardstats.worker.ops import registry
 
@@ -45,6 +46,44 @@ _JOB_OPTIONS = ("column", "timeout", "max_retries", "heartbeat", "dead_after")
 def _exact(x: Any) -> Any:
     """An integral Fraction as an int; other values unchanged (a Fraction stays exact)."""
     return x.numerator if isinstance(x, Fraction) and x.denominator == 1 else x
+
+
+class Quantiles(dict):
+    """A median's quantiles: keys as the job was asked (text such as "0.9"), looked up by any spelling of
+    the same number -- 0.9, "0.90", Fraction(9, 10) -- because people type floats."""
+
+    @staticmethod
+    def _number(q: object) -> Fraction | None:
+        """0.9, "0.90", "9/10", Fraction(9, 10) -> Fraction(9, 10); a float by its shortest repr, as typed."""
+        try:
+            if isinstance(q, float):
+                return Fraction(repr(q))
+            if isinstance(q, str):
+                return Fraction(q.strip())
+            if isinstance(q, (int, Fraction)) and not isinstance(q, bool):
+                return Fraction(q)
+        except (ValueError, ZeroDivisionError):
+            pass
+        return None
+
+    def _key(self, q: object) -> object:
+        if dict.__contains__(self, q):
+            return q
+        want = self._number(q)
+        return next((k for k in self if want is not None and self._number(k) == want), q)
+
+    def __getitem__(self, q: object) -> Any:
+        k = self._key(q)
+        if not dict.__contains__(self, k):
+            raise KeyError(f"no quantile {q!r} in this result (it has {', '.join(self) or 'none'}; ask for it "
+                           f"with quantiles=[...])")
+        return dict.__getitem__(self, k)
+
+    def __contains__(self, q: object) -> bool:
+        return dict.__contains__(self, self._key(q))
+
+    def get(self, q: object, default: Any = None) -> Any:
+        return self[q] if q in self else default
 
 
 @dataclass(frozen=True)
@@ -65,9 +104,19 @@ class Result:
         return _exact(view[name])
 
     @property
-    def quantiles(self) -> dict[str, int | Fraction]:
-        """q (as text, e.g. "0.9") -> exact value (a median's optional quantiles)."""
-        return {q: _exact(v["value"]) for q, v in (self.result.get("quantiles") or {}).items()}
+    def quantiles(self) -> "Quantiles":
+        """q -> exact value (a median's optional quantiles); ``m.quantiles[0.9]`` and ``m.quantiles["0.9"]`` both work."""
+        return Quantiles({q: _exact(v["value"]) for q, v in (self.result.get("quantiles") or {}).items()})
+
+    def __repr__(self) -> str:
+        """The answer as the CLI prints it (800001.5, not Fraction(1600003, 2)), then the job's size."""
+        try:
+            said = "; ".join(line.strip() for line in registry.get(self.op).render(self.result))
+        except (KeyError, TypeError, ValueError, ShardstatsError):
+            said = f"{self.op}: {self.result!r}"
+        s = self.stats
+        return (f"<Result {said} | {s.get('values', 0):,} values on {s.get('workers', 0)} workers "
+                f"in {s.get('seconds', 0):.3f} s>")
 
     def json(self) -> str:
         """The document ``cluster submit ... --json`` prints for this job (exact numbers)."""

@@ -7,6 +7,7 @@ exact beyond 2**53.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from shardstats.cluster.progress import human_bytes
@@ -51,9 +52,21 @@ def summarize_stats(rep: JobReport, startup_seconds: float | None = None) -> dic
     return stats
 
 
-def json_document(rep: JobReport, startup_seconds: float | None = None) -> str:
+def json_document(rep: JobReport, startup_seconds: float | None = None, pretty: bool = False) -> str:
+    """The --json document: one line (for pipes and tools), or ``pretty`` for people (a terminal, --pretty)."""
     result = {k: v for k, v in rep.result.items()}
-    return dumps_exact({"op": rep.op, "result": result, "stats": summarize_stats(rep, startup_seconds)})
+    doc = {"op": rep.op, "result": result, "stats": summarize_stats(rep, startup_seconds)}
+    return pretty_json(dumps_exact(doc, indent=2)) if pretty else dumps_exact(doc)
+
+
+# A JSON array holding only scalars (no nested array or object), as json.dumps(indent=...) spreads it over lines.
+_LEAF_ARRAY = re.compile(r"\[\n\s*([^\[\]{}]*?)\n\s*\]")
+
+
+def pretty_json(indented: str) -> str:
+    """Indented JSON with arrays of plain values kept on one line, so a traffic-matrix row or a timeline
+    span reads as a row instead of a column of numbers."""
+    return _LEAF_ARRAY.sub(lambda m: "[" + re.sub(r",\n\s*", ", ", m.group(1)) + "]", indented)
 
 
 def human(rep: JobReport, startup_seconds: float | None = None) -> str:

@@ -26,6 +26,8 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
+from shardstats.exact import exact_text
+
 # Phase colours (Okabe-Ito, safe for colour-blind readers).
 PHASE_COLOURS = {"load": "#999999", "count": "#E69F00", "shuffle": "#56B4E9", "aggregate": "#009E73",
                  "reduce": "#CC79A7", "select": "#6A3D9A"}
@@ -62,8 +64,7 @@ def human_bytes(n: float) -> str:
 def _num(x: Any) -> str:
     """An answer as people read it: exact digits for ints, Decimals and Fractions (…5.5), never 800003/2."""
     if isinstance(x, Fraction):
-        from shardstats.cluster.output import exact_decimal
-        return exact_decimal(x)
+        return exact_text(x)
     if isinstance(x, bool) or x is None:
         return str(x)
     if isinstance(x, int):

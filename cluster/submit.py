@@ -21,7 +21,7 @@ from shardstats.errors import ShardstatsError, UsageError
 from shardstats.settings import DEFAULTS
 
 _COMMON = ("input_paths", "more_inputs", "column", "local_workers", "as_json", "timeout", "cluster_file",
-           "max_retries", "heartbeat", "dead_after", "quiet", "report_path")
+           "max_retries", "heartbeat", "dead_after", "quiet", "report_path", "pretty")
 
 
 def _fail(message: str, code: int) -> None:
@@ -39,7 +39,10 @@ def _common_options() -> list[click.Parameter]:
                      "(default: the first column)."),
         click.Option(["--local", "local_workers"], type=int, metavar="N",
                      help="Run on an ephemeral local cluster of N workers, stopped afterwards."),
-        click.Option(["--json", "as_json"], is_flag=True, help="Print exactly one JSON object on stdout."),
+        click.Option(["--json", "as_json"], is_flag=True, help="Print exactly one JSON object on stdout (indented "
+                     "on a terminal, one line when piped)."),
+        click.Option(["--pretty/--one-line"], default=None,
+                     help="With --json: indent it (the default on a terminal) or keep it on one line (when piped)."),
         click.Option(["--timeout"], type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.phase_timeout,
                      show_default=True, metavar="SECONDS",
                      help="Seconds each phase (reading the input, then computing) may take before the job fails."),
@@ -112,7 +115,7 @@ def _typed(op, name: str, value):
 
 
 def run_submit(op, params, inputs: tuple[str, ...], *, column, local_workers, as_json, timeout, cluster_file,
-               max_retries, heartbeat, dead_after, quiet, report_path=None) -> None:
+               max_retries, heartbeat, dead_after, quiet, report_path=None, pretty=None) -> None:
     from shardstats.cluster import launcher
     from shardstats.cluster.config import find_cluster
     from shardstats.cluster.notices import NoticeHandler
@@ -171,10 +174,13 @@ def run_submit(op, params, inputs: tuple[str, ...], *, column, local_workers, as
             line.close()
         if local_workers is not None:
             launcher.stop(info)
-    text = json_document(rep, startup)
-    click.echo(text if as_json else human(rep, startup))
+    if as_json:
+        indent = sys.stdout.isatty() if pretty is None else pretty
+        click.echo(json_document(rep, startup, pretty=indent))
+    else:
+        click.echo(human(rep, startup))
     if report_path:
-        _write_report(text, report_path)
+        _write_report(json_document(rep, startup), report_path)
 
 
 def _write_report(document: str, path: str) -> None:

@@ -149,3 +149,39 @@ def test_processes_are_stopped_when_the_block_raises(tmp_path):
             pids = list(c.info.pids)
             raise KeyError("user code failed")
     assert not any(launcher.alive(p) for p in pids)
+
+
+def test_results_read_naturally_in_a_notebook(c3, data, tmp_path):
+    """repr shows the answer in decimal (not 800003/2), quantiles answer to float keys, and the job's
+    picture is there as HTML (what Jupyter shows) and as a page."""
+    from shardstats.exact import exact_text
+    c, _ = c3
+    path, allv = data
+    m = c.median(path, quantiles=["0.9", 0.25])
+    s = np.sort(allv)
+    assert isinstance(m.value, Fraction) and m.value.denominator == 2       # exact, and a half here
+    text = repr(m)
+    assert text.startswith("<Result median: ") and exact_text(m.value) in text and "/" not in text
+    assert f"{len(allv):,} values on 3 workers" in text
+    assert f"median {exact_text(m.value)} (middle values" in m._repr_html_()
+    assert m.quantiles[0.9] == m.quantiles["0.9"] == m.quantiles["0.90"] == _quantile(s, "0.9")
+    assert m.quantiles[0.25] == _quantile(s, "0.25") and 0.25 in m.quantiles and 0.5 not in m.quantiles
+    with pytest.raises(KeyError, match="no quantile 0.5 .*0.9, 0.25"):
+        m.quantiles[0.5]
+    r = c.mode(path)
+    assert repr(r).startswith(f"<Result mode: {r.value}  (count {r.count}")
+    fragment = r._repr_html_()
+    assert fragment.startswith('<div class="ss-report">') and "<script" not in fragment
+    assert fragment.count('class="link"') == 9                            # 3 x 3 traffic cells
+    page = r.report_html(str(tmp_path / "r.html"))
+    assert page.startswith("<!DOCTYPE html>") and (tmp_path / "r.html").read_text() == page
+
+
+def test_connect_with_nothing_running_says_to_start_a_cluster(tmp_path, monkeypatch):
+    from shardstats.errors import ConfigError
+    monkeypatch.setenv("CLUSTER_FILE", str(tmp_path / "none.json"))
+    monkeypatch.delenv("CLUSTER_WORKERS", raising=False)
+    with pytest.raises(ConfigError) as exc:
+        Cluster.connect()
+    assert isinstance(exc.value, ShardstatsError) and exc.value.exit_code == 1
+    assert "no cluster is running" in str(exc.value) and "cluster up" in str(exc.value)

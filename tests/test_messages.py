@@ -132,3 +132,24 @@ def test_an_unreachable_worker_is_a_plain_warning_not_a_log_line(tmp_path):
     (line,) = r.stderr.splitlines()
     assert line.startswith(f"warning: worker 2 at {dead} did not answer (") and "runs on the other workers" in line
     assert "  1 attempt; lost workers: 2 (unreachable at the start" in r.stdout
+
+
+def test_json_is_one_line_when_piped_and_indented_with_pretty(tmp_path):
+    import json
+    from shardstats.cluster.gen import generate, write_shards
+    from shardstats.cluster.output import pretty_json
+    parts = generate(5_000, 2, "unique-dup", seed=2)
+    write_shards(parts, tmp_path / "in", "npy")
+    one = cli("submit", "median", "--input", str(tmp_path / "in"), "--local", "2", "--json")
+    pretty = cli("submit", "median", "--input", str(tmp_path / "in"), "--local", "2", "--json", "--pretty")
+    assert one.returncode == 0 and pretty.returncode == 0, one.stderr + pretty.stderr
+    assert one.stdout.count("\n") == 1
+    a, b = json.loads(one.stdout), json.loads(pretty.stdout)
+    assert a["result"] == b["result"] and a["stats"].keys() == b["stats"].keys()
+    lines = pretty.stdout.splitlines()
+    assert lines[0] == "{" and lines[1] == '  "op": "median",' and len(lines) > 30
+    w = len(b["stats"]["traffic_matrix"])
+    assert sum(1 for ln in lines if re.fullmatch(r"\s+\[\d+(, \d+)*\],?", ln)) >= w     # a matrix row per line
+    # exact numbers survive: a .5 beyond 2**53 is not turned into a float on the way
+    big = '{\n  "v": [\n    1,\n    2\n  ],\n  "m": 9007199254740993.5\n}'
+    assert pretty_json(big) == '{\n  "v": [1, 2],\n  "m": 9007199254740993.5\n}'
