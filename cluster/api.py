@@ -115,7 +115,8 @@ class Result:
         except (KeyError, TypeError, ValueError, ShardstatsError):
             said = f"{self.op}: {self.result!r}"
         s = self.stats
-        return (f"<Result {said} | {s.get('values', 0):,} values on {s.get('workers', 0)} workers "
+        return (f"<Result {said} | {s.get('values', 0):,} values on {s.get('workers', 0)} "
+                f"worker{'' if s.get('workers') == 1 else 's'} "
                 f"in {s.get('seconds', 0):.3f} s>")
 
     def json(self) -> str:

@@ -153,3 +153,10 @@ def test_json_is_one_line_when_piped_and_indented_with_pretty(tmp_path):
     # exact numbers survive: a .5 beyond 2**53 is not turned into a float on the way
     big = '{\n  "v": [\n    1,\n    2\n  ],\n  "m": 9007199254740993.5\n}'
     assert pretty_json(big) == '{\n  "v": [1, 2],\n  "m": 9007199254740993.5\n}'
+
+
+def test_one_worker_is_one_worker(tmp_path):
+    from shardstats.cluster.gen import generate, write_shards
+    write_shards(generate(1_000, 2, "unique-dup", seed=1), tmp_path / "in", "npy")
+    r = cli("submit", "mode", "--input", str(tmp_path / "in"), "--local", "1")
+    assert r.returncode == 0 and "  1,000 values on 1 worker in " in r.stdout
