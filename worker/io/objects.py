@@ -54,7 +54,7 @@ def store(settings: Settings = DEFAULTS) -> Any:
     fs = s3fs.S3FileSystem(
         skip_instance_cache=True, use_listings_cache=False,
         config_kwargs={"connect_timeout": settings.s3_connect_timeout, "read_timeout": settings.s3_read_timeout,
-                       "retries": {"max_attempts": settings.s3_max_attempts, "mode": "standard"}})
+                       "retries": {"total_max_attempts": settings.s3_max_attempts, "mode": "standard"}})
     fs.retries = 1      # s3fs's own retry loop off: botocore's standard mode above is the one bounded retry
     return fs
 
@@ -226,7 +226,7 @@ def explain(exc: BaseException, where: str, settings: Settings = DEFAULTS,
         status = int(meta.get("HTTPStatusCode") or 0)
         code = str(err.response.get("Error", {}).get("Code") or status)
         msg = str(err.response.get("Error", {}).get("Message") or "").splitlines()[0:1]
-        detail = f"{code}: {msg[0][:100]}" if msg and msg[0] else code
+        detail = f"HTTP {status}" if code.isdigit() else f"{code}: {msg[0][:100]}" if msg and msg[0] else code
         attempts = int(meta.get("RetryAttempts") or 0) + 1
         if code == "PreconditionFailed" or status == 412:
             return InputError(f"{where}: changed since the job listed it (the store refused the listed ETag)")
