@@ -205,15 +205,23 @@ def _bad_cases(s3) -> list[tuple[str, str, type]]:
     ]
 
 
-def test_bad_objects_are_one_line_errors_naming_them_and_the_cluster_serves_the_next_job(s3, cluster):
+def test_bad_objects_are_one_line_errors_naming_them_and_the_cluster_serves_the_next_job(s3, cluster, monkeypatch):
     for url, start, cls in _bad_cases(s3):
         with pytest.raises(ShardstatsError) as err:
             _job(cluster, "mode", url)
         msg = str(err.value)
         assert type(err.value) is cls and err.value.exit_code == 2, (url, msg)
         assert msg.startswith(start) and "\n" not in msg, (url, msg)
-    s3.put("hostile", "fine/a.npy", _npy([7, 7, 1]))
+    import shardstats.coordinator.job as coordinator
+    sent, make = [], coordinator.make
+    monkeypatch.setattr(coordinator, "make", lambda t, **kw: sent.append(make(t, **kw)) or sent[-1])
+    url = s3.put("hostile", "fine/a.npy", _npy([7, 7, 1]))
     assert _job(cluster, "mode", "s3://hostile/fine/").result["value"] == 7
+    (load,) = [m for m in sent if m["t"] == "load" and m["files"]]
+    head = s3.client.head_object(Bucket="hostile", Key="fine/a.npy")
+    assert load["files"] == [[url, head["ContentLength"], head["ETag"]]]
+    words = repr(sent)                  # the endpoint and the credentials stay in each process's environment
+    assert s3.endpoint.split("//")[1] not in words and s3.env["AWS_SECRET_ACCESS_KEY"] not in words
 
 
 # -- integrity ----------------------------------------------------------------------------------------------
