@@ -74,6 +74,7 @@ def main() -> int:
     import boto3
     from shardstats.cluster import gen, launcher
     from shardstats.coordinator.job import run_job
+    from shardstats.coordinator.spec import job_spec
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-s3-"))
     parts = gen.generate(args.rows, args.shards, "unique-dup", seed=0)
@@ -99,7 +100,7 @@ def main() -> int:
                 runs = []
                 for _ in range(1 + args.repeat):             # the first run warms the page cache and the store
                     t = time.perf_counter()
-                    rep = asyncio.run(run_job(info.workers, info.token.encode(), op, src, {}, timeout=600))
+                    rep = asyncio.run(run_job(info.workers, info.token.encode(), job_spec(op, src, timeout=600)))
                     runs.append((time.perf_counter() - t, rep.load_seconds))
                     got = ((rep.result["value"], rep.result["count"]) if op == "mode"
                            else (rep.result["lower"], rep.result["upper"]))

@@ -24,6 +24,7 @@ import pytest
 from shardstats.cluster import launcher
 from shardstats.coordinator.job import run_job
 from shardstats.coordinator.liveness import Liveness
+from shardstats.coordinator.spec import job_spec
 from shardstats.errors import EmptyDataset, InputError, ShardstatsError, StoreUnavailable
 from shardstats.settings import Settings
 from tests.conftest import cli, nasty_datasets, ref_mode
@@ -90,9 +91,12 @@ def cluster(s3, tmp_path_factory):
         launcher.stop(info)
 
 
-def _job(info, op: str, url: str, **kw):
-    return asyncio.run(run_job(info.workers, info.token.encode(), op, url, {}, timeout=DEADLINE, liveness=LIVE,
-                               **kw))
+def _spec(op: str, url: str):
+    return job_spec(op, url, timeout=DEADLINE, heartbeat=LIVE.heartbeat, dead_after=LIVE.dead_after)
+
+
+def _job(info, op: str, url: str):
+    return asyncio.run(run_job(info.workers, info.token.encode(), _spec(op, url)))
 
 
 def _npy(a) -> bytes:
@@ -422,8 +426,7 @@ def test_sigkill_mid_job_the_survivors_reread_the_lost_workers_objects(s3, clust
         delay = pick.uniform(0, span[op])
 
         async def one():
-            task = asyncio.create_task(run_job(cluster.workers, cluster.token.encode(), op, url, {},
-                                               timeout=DEADLINE, liveness=LIVE))
+            task = asyncio.create_task(run_job(cluster.workers, cluster.token.encode(), _spec(op, url)))
             await asyncio.sleep(delay)
             os.kill(cluster.pids[victim], signal.SIGKILL)
             return await asyncio.wait_for(task, DEADLINE)
