@@ -30,7 +30,8 @@ from shardstats.settings import Settings
 from tests.conftest import cli, nasty_datasets, ref_mode
 
 pytest.importorskip("s3fs", reason="s3:// input needs s3fs (pip install -e '.[test]')")
-moto_server = pytest.importorskip("moto.server", reason="the S3 test server needs moto[server] (pip install -e '.[test]')")
+moto_server = pytest.importorskip("moto.server",
+                                  reason="the S3 test server needs moto[server] (pip install -e '.[test]')")
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
