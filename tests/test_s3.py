@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import random
 import signal
@@ -166,9 +167,19 @@ def test_cli_answers_exactly_and_names_the_object_and_line_of_a_bad_value(s3, tm
     allv = np.concatenate(parts)
     out = cli("submit", "mode", "--input", "s3://clib/good/", "--local", "2", "--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    import json
     got = json.loads(out.stdout)["result"]
     assert (got["value"], got["count"]) == ref_mode(allv)[:2]
+    # Objects and local files in one job, and the --column of a parquet object read by row groups.
+    local = np.array([123_456_789, 5, 5, 5, 5], dtype=np.int64)
+    np.save(tmp_path / "local.npy", local)
+    s3.put("clib", "cols/a.parquet", _parquet(pa.table({"a": np.zeros(3, np.int64), "b": np.array([5, 6, 6])}), 2))
+    out = cli("submit", "mode", "--input", "s3://clib/good/*.npy", "--input", str(tmp_path / "local.npy"),
+              "--input", "s3://clib/cols/", "--column", "b", "--local", "2", "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    mixed = np.concatenate([allv, local, [5, 6, 6]])
+    assert (got["result"]["value"], got["result"]["count"]) == ref_mode(mixed)[:2]
+    assert got["stats"]["values"] == len(mixed)
     s3.put("clib", "bad/a.txt", b"1\n2\nthree\n4\n")
     out = cli("submit", "median", "--input", "s3://clib/bad/", "--local", "2", cwd=tmp_path)
     assert out.returncode == 2
