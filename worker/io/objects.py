@@ -25,6 +25,7 @@ with jitter) or fails with a 5xx is ``StoreUnavailable`` (exit 1).
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import PurePosixPath
@@ -57,6 +58,19 @@ def store(settings: Settings = DEFAULTS) -> Any:
                        "retries": {"total_max_attempts": settings.s3_max_attempts, "mode": "standard"}})
     fs.retries = 1      # s3fs's own retry loop off: botocore's standard mode above is the one bounded retry
     return fs
+
+
+_shared: dict[Settings, Any] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_store(settings: Settings = DEFAULTS) -> Any:
+    """One client per worker process: building one (botocore's models, the credential chain, the endpoint)
+    costs more than reading a small object, and a daemon's environment does not change under it."""
+    with _shared_lock:
+        if settings not in _shared:
+            _shared[settings] = store(settings)
+        return _shared[settings]
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -137,11 +151,11 @@ def _suffixes_ok(refs: list[ShardRef]) -> list[ShardRef]:
 
 # -- reading (a worker) ------------------------------------------------------------------------------------
 class ObjectReader:
-    """Reads a job's objects on one worker with one client (made on first use)."""
+    """Reads a job's objects on one worker with the worker's client (made on first use)."""
 
-    def __init__(self, settings: Settings = DEFAULTS) -> None:
+    def __init__(self, settings: Settings = DEFAULTS, fs: Any = None) -> None:
         self.settings = settings
-        self._fs: Any = None
+        self._fs: Any = fs
 
     def read(self, ref: ShardRef, column: str | int | None = None) -> np.ndarray:
         suffix = PurePosixPath(ref.path).suffix.lower()
@@ -149,7 +163,7 @@ class ObjectReader:
             raise InputError(f"{ref.path}: unsupported file type {suffix or '(none)'!r} ({EXPECTED})")
         with explained(ref.path, self.settings, on_worker=True):
             if self._fs is None:
-                self._fs = store(self.settings)
+                self._fs = shared_store(self.settings)
             # Opening HEADs the object; its ETag then rides every ranged GET as If-Match.
             with self._fs.open(ref.path, "rb") as f:
                 _same_version(ref, f.details)
