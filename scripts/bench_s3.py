@@ -57,10 +57,9 @@ def start_moto(log: Path) -> tuple[subprocess.Popen, str]:
 
 
 def reference(parts: list[np.ndarray]) -> dict:
-    s = np.sort(np.concatenate(parts))
-    u, c = np.unique(s, return_counts=True)
-    n = len(s)
-    return {"mode": (int(u[c == c.max()].min()), int(c.max())), "median": (int(s[(n - 1) // 2]), int(s[n // 2]))}
+    from shardstats import reference as sequential
+    ref = sequential.mode_and_median(np.concatenate(parts))
+    return {"mode": (ref["mode"], ref["mode_count"]), "median": (ref["median_lower"], ref["median_upper"])}
 
 
 def main() -> int:
