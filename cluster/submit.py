@@ -32,7 +32,8 @@ def _fail(message: str, code: int) -> None:
 def _common_options() -> list[click.Parameter]:
     return [
         click.Option(["--input", "input_paths"], multiple=True, metavar="PATH",
-                     help="A directory, file or glob of .txt/.npy/.csv/.parquet shards; repeat it for more "
+                     help="A directory, file or glob of .txt/.npy/.csv/.parquet shards, or objects in S3 "
+                          "(s3://bucket/prefix/, s3://bucket/key, s3://bucket/prefix/*.npy); repeat it for more "
                           "(an unquoted glob the shell expanded is taken whole)."),
         click.Argument(["more_inputs"], nargs=-1, required=False),
         click.Option(["--column"], help="Column of .csv/.parquet shards: a header name or a 0-based index "

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import heapq
 
+from shardstats.worker.io.listing import ShardRef
 
-def assign(files: list[tuple[str, int]], workers: int) -> list[list[str]]:
+
+def assign(files: list[ShardRef], workers: int) -> list[list[ShardRef]]:
     """Longest-processing-time first: biggest file to the least-loaded worker.  Deterministic."""
     load = [(0, w) for w in range(workers)]
     heapq.heapify(load)
-    out: list[list[str]] = [[] for _ in range(workers)]
-    for name, size in sorted(files, key=lambda f: (-f[1], f[0])):
+    out: list[list[ShardRef]] = [[] for _ in range(workers)]
+    for ref in sorted(files, key=lambda f: (-f.size, f.path)):
         total, w = heapq.heappop(load)
-        out[w].append(name)
-        heapq.heappush(load, (total + size, w))
+        out[w].append(ref)
+        heapq.heappush(load, (total + ref.size, w))
     return out

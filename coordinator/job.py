@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import ssl
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from shardstats.coordinator.assign import assign
@@ -26,9 +25,9 @@ from shardstats.coordinator.spec import JobSpec
 from shardstats.protocol.errors import ProtocolError, TLSError
 from shardstats.protocol.messages import make
 from shardstats import logs
-from shardstats.errors import (ClusterUnavailable, EmptyDataset, InputError, JobError, JobTimeout, PeerFailure,
+from shardstats.errors import (ClusterUnavailable, EmptyDataset, JobError, JobTimeout, PeerFailure,
                                ShardstatsError, WorkerLost, from_kind)
-from shardstats.worker.io.listing import list_shards
+from shardstats.worker.io.listing import ShardRef, is_object_url, list_refs
 from shardstats.settings import DEFAULTS
 
 Progress = Callable[[int, dict], None]    # (worker id, progress message)
@@ -115,19 +114,19 @@ async def ping_all(addrs: list[str], token: bytes, timeout: float = DEFAULTS.sta
     return list(await asyncio.gather(*(one(i, a) for i, a in enumerate(addrs))))
 
 
-def resolve_input(inputs: tuple[str, ...] | list[str] | str, absolute: bool) -> list[tuple[str, int]]:
-    """(path as workers should open it, size) for every shard file the inputs name; a file named twice counts once."""
-    files: list[str] = []
+def resolve_input(inputs: tuple[str, ...] | list[str] | str, absolute: bool) -> list[ShardRef]:
+    """Every shard the inputs name (local files as workers should open them), with size and version;
+    a shard named twice counts once."""
+    refs: list[ShardRef] = []
+    seen: set[str] = set()
     for path in ([inputs] if isinstance(inputs, str) else inputs):
-        files += [f for f in list_shards(path) if f not in files]
-    out = []
-    for f in files:
-        try:
-            size = os.path.getsize(f)
-        except OSError as exc:
-            raise InputError(f"{f}: cannot stat ({exc.strerror})") from None
-        out.append((str(Path(f).resolve()) if absolute else f, size))
-    return out
+        for r in list_refs(path):
+            if r.path not in seen:
+                seen.add(r.path)
+                refs.append(r)
+    if not absolute:
+        return refs
+    return [r if is_object_url(r.path) else replace(r, path=str(Path(r.path).resolve())) for r in refs]
 
 
 async def _send(client: WorkerClient, msg: dict) -> None:
@@ -206,7 +205,7 @@ async def _abort(clients: list[WorkerClient], job: str) -> None:
     await asyncio.gather(*(one(c) for c in clients))
 
 
-async def _attempt(clients: list[WorkerClient], job: str, spec: JobSpec, files: list[tuple[str, int]],
+async def _attempt(clients: list[WorkerClient], job: str, spec: JobSpec, files: list[ShardRef],
                    live: Liveness, on_progress: Progress | None) -> JobReport:
     """One try of the job on these workers: load everywhere, then run everywhere, with heartbeats throughout."""
     t0 = time.perf_counter()
@@ -216,7 +215,8 @@ async def _attempt(clients: list[WorkerClient], job: str, spec: JobSpec, files: 
         if on_progress is not None:        # workers send progress only when asked (worker/comm/progress.py)
             extra["progress"] = DEFAULTS.progress_interval
         for c, mine in zip(clients, plan):
-            await _send(c, make("load", job=job, files=mine, dead_after=live.worker_dead_after, **extra))
+            await _send(c, make("load", job=job, files=[r.wire() for r in mine], dead_after=live.worker_dead_after,
+                                **extra))
         loaded = await _all(clients, job, "loaded", spec.timeout, live, on_progress)
         total = sum(m["values"] for m in loaded)
         if total == 0:

@@ -76,6 +76,11 @@ class ClusterUnavailable(ClusterError):
     kind = "unavailable"
 
 
+class StoreUnavailable(ClusterError):
+    """The object store could not serve a request: no answer, still throttling after the retries, a server error."""
+    kind = "store"
+
+
 class ConfigError(ClusterError):
     """No cluster is configured where a command looked for one, or its description is unreadable."""
     kind = "config"
@@ -87,7 +92,7 @@ class LaunchError(ClusterError):
 
 
 _BY_KIND = {c.kind: c for c in (JobError, InputError, EmptyDataset, UsageError, PeerFailure, WorkerLost,
-                                 JobTimeout, ClusterUnavailable)}
+                                 JobTimeout, ClusterUnavailable, StoreUnavailable)}
 
 
 def from_kind(kind: str, message: str) -> ShardstatsError:
@@ -96,4 +101,4 @@ def from_kind(kind: str, message: str) -> ShardstatsError:
 
 
 __all__ = ["ShardstatsError", "UserError", "ClusterError", "JobError", "InputError", "EmptyDataset", "UsageError",
-           "PeerFailure", "WorkerLost", "JobTimeout", "ClusterUnavailable", "ConfigError", "LaunchError", "from_kind"]
+           "PeerFailure", "WorkerLost", "JobTimeout", "ClusterUnavailable", "StoreUnavailable", "ConfigError", "LaunchError", "from_kind"]

@@ -32,6 +32,11 @@ class Settings:
     dead_after: float = 5.0               # a worker silent this long is lost
     progress_interval: float = 0.25       # seconds between a worker's progress messages (when asked for)
     status_timeout: float = 2.0           # `cluster status`: how long a ping may take
+    # -- object storage (s3://), on the coordinator (listing) and the workers (reading) ------
+    s3_connect_timeout: float = 5.0       # an endpoint that does not accept a connection within this fails
+    s3_read_timeout: float = 30.0         # a request that gets no bytes back within this fails
+    s3_max_attempts: int = 4              # per request, first try included (botocore "standard" retries:
+                                          # throttling, 5xx and connection errors, exponential backoff + jitter)
 
 
 DEFAULTS = Settings()

@@ -16,6 +16,7 @@ import numpy as np
 from shardstats import logs
 from shardstats.worker import memory
 from shardstats.errors import InputError, JobError
+from shardstats.worker.io.listing import ShardRef, is_object_url
 from shardstats.worker.io.shards import read_shard
 from shardstats.worker.ops.contract import Op, Params
 from shardstats.worker.net.links import PeerLink
@@ -28,11 +29,18 @@ def resolve(path: str, root: str) -> str:
     return path if os.path.isabs(path) else os.path.join(root, path)
 
 
-def load_files(files: list[str], root: str, column: str | int | None = None,
+def load_files(files: list[ShardRef], root: str, column: str | int | None = None,
                progress: Progress | None = None) -> np.ndarray:
     arrays = []
-    for f in files:
-        arrays.append(read_shard(resolve(f, root), column))
+    objects = None                   # one object-store client per load, made only when an s3:// shard comes
+    for ref in files:
+        if is_object_url(ref.path):
+            if objects is None:
+                from shardstats.worker.io.objects import ObjectReader
+                objects = ObjectReader()
+            arrays.append(objects.read(ref, column))
+        else:
+            arrays.append(read_shard(resolve(ref.path, root), column))
         if progress is not None:
             progress.done = len(arrays)      # read by the ticker on the event loop's thread
     if not arrays:
@@ -44,7 +52,7 @@ def load_files(files: list[str], root: str, column: str | int | None = None,
 @dataclass
 class Job:
     id: str
-    files: list[str]
+    files: list[ShardRef]
     values: np.ndarray | None = None
     comm: TcpComm | None = None
     task: asyncio.Task | None = None

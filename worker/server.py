@@ -24,6 +24,7 @@ from shardstats.worker import memory
 from shardstats.worker.comm import progress
 from shardstats.errors import JobError, JobTimeout, PeerFailure, ShardstatsError
 from shardstats.worker.ops import registry
+from shardstats.worker.io.listing import ShardRef
 from shardstats.worker.net.inbound import InboundConnection
 from shardstats.worker.net.links import PeerLink
 from shardstats.worker.net.dial import parse_addr
@@ -178,7 +179,7 @@ class WorkerServer:
             if t == "load":
                 if job_id in self.jobs or job_id in self.finished:
                     raise JobError(f"job {job_id} already exists on worker {self.id}")
-                job = jobs.Job(job_id, [str(f) for f in msg["files"]], column=_column(msg.get("column")),
+                job = jobs.Job(job_id, [ShardRef.from_wire(f) for f in msg["files"]], column=_column(msg.get("column")),
                                report=reply, progress_interval=progress.interval_from(msg.get("progress")))
                 job.task = asyncio.current_task()      # an abort during the load cancels it
                 self.jobs[job_id] = job

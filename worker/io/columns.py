@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from collections.abc import Callable
+from typing import BinaryIO
 
 import numpy as np
 
@@ -151,23 +153,34 @@ def read_csv(path: Path, column: Column = None) -> np.ndarray:
 
 
 # -- Parquet --------------------------------------------------------------------------------
-def read_parquet(path: Path, column: Column = None) -> np.ndarray:
+def read_parquet(source: Path | BinaryIO, column: Column = None, name: str | None = None,
+                 store_error: Callable[[BaseException], bool] = lambda exc: False) -> np.ndarray:
+    """One integer column of a parquet file, row group by row group into one int64 array.
+
+    ``source`` is a path or an open file (an object in a store, read by ranges: only the footer and the
+    column's chunks travel).  ``store_error`` tells the store's own errors, which the caller explains
+    (a changed object, a store that does not answer) rather than calling the file unreadable.
+    """
+    name = name or str(source)
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise InputError(f"{path}: reading .parquet needs pyarrow on the worker "
+        raise InputError(f"{name}: reading .parquet needs pyarrow on the worker "
                          f"(pip install 'shardstats[parquet]')") from None
     try:
-        names = pq.read_schema(path).names
+        pf = pq.ParquetFile(source)
+        names = pf.schema_arrow.names
     except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
+        raise InputError(f"{name}: no such file") from None
     except PermissionError:
-        raise InputError(f"{path}: permission denied") from None
+        raise InputError(f"{name}: permission denied") from None
     except (OSError, pa.ArrowException) as exc:
-        raise InputError(f"{path}: not a readable .parquet file ({str(exc).splitlines()[0][:120]})") from None
+        if store_error(exc):
+            raise
+        raise InputError(f"{name}: not a readable .parquet file ({str(exc).splitlines()[0][:120]})") from None
     if not names:
-        raise InputError(f"{path}: the parquet file has no columns")
+        raise InputError(f"{name}: the parquet file has no columns")
     if column is None:
         col = names[0]
     elif isinstance(column, str) and column in names:
@@ -175,21 +188,29 @@ def read_parquet(path: Path, column: Column = None) -> np.ndarray:
     elif isinstance(column, int) or column.strip().isdigit():
         i = int(column)
         if i >= len(names):
-            raise InputError(f"{path}: no column {i} (it has {len(names)}: {', '.join(names[:10])})")
+            raise InputError(f"{name}: no column {i} (it has {len(names)}: {', '.join(names[:10])})")
         col = names[i]
     else:
-        raise InputError(f"{path}: no column named {column!r} (columns: {', '.join(names[:10])})")
-    try:
-        arr = pq.read_table(path, columns=[col]).column(col)
-    except (OSError, pa.ArrowException) as exc:
-        raise InputError(f"{path}: cannot read column {col!r} ({str(exc).splitlines()[0][:120]})") from None
-    if not pa.types.is_integer(arr.type):
-        raise InputError(f"{path}: column {col!r} holds {arr.type} values, expected an integer type")
-    if arr.null_count:
-        row = int(np.argmax(arr.is_null().to_numpy(zero_copy_only=False)))
-        raise InputError(f"{path}: row {row} of column {col!r} is null ({arr.null_count} nulls)")
-    a = np.asarray(arr.to_numpy())
-    if a.dtype.kind == "u" and a.dtype.itemsize == 8 and len(a) and a.max() > INT64_MAX:
-        bad = int(np.argmax(a > INT64_MAX))
-        raise InputError(f"{path}: row {bad} of column {col!r} ({int(a[bad])}) is beyond the int64 range")
-    return a.astype(np.int64, copy=True)
+        raise InputError(f"{name}: no column named {column!r} (columns: {', '.join(names[:10])})")
+    kind = pf.schema_arrow.field(col).type
+    if not pa.types.is_integer(kind):
+        raise InputError(f"{name}: column {col!r} holds {kind} values, expected an integer type")
+    out = np.empty(pf.metadata.num_rows, dtype=np.int64)
+    row = 0
+    for g in range(pf.num_row_groups):
+        try:
+            arr = pf.read_row_group(g, columns=[col]).column(col)
+        except (OSError, pa.ArrowException) as exc:
+            if store_error(exc):
+                raise
+            raise InputError(f"{name}: cannot read column {col!r} ({str(exc).splitlines()[0][:120]})") from None
+        if arr.null_count:
+            at = row + int(np.argmax(arr.is_null().to_numpy(zero_copy_only=False)))
+            raise InputError(f"{name}: row {at} of column {col!r} is null")
+        a = np.asarray(arr.to_numpy())
+        if a.dtype.kind == "u" and a.dtype.itemsize == 8 and len(a) and a.max() > INT64_MAX:
+            bad = int(np.argmax(a > INT64_MAX))
+            raise InputError(f"{name}: row {row + bad} of column {col!r} ({int(a[bad])}) is beyond the int64 range")
+        out[row:row + len(a)] = a
+        row += len(a)
+    return out[:row]

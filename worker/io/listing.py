@@ -1,16 +1,65 @@
-"""What a user's --input names: the shard files of a directory, a file, or a glob (no data is read)."""
+"""What a user's --input names: the shard files of a directory, a file, a glob, or objects under an
+``s3://`` prefix -- each with its size and version, and no data read.
+
+The version (an object's ETag, a local file's ``mtime_ns``) travels to the worker that reads the
+shard, which refuses a shard that is no longer the one listed: versions are never mixed in a job.
+"""
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
-from shardstats.errors import InputError
+from shardstats.errors import InputError, JobError
 
 SUFFIXES = (".txt", ".npy", ".csv", ".parquet")
 EXPECTED = "expected .txt, .npy, .csv or .parquet"
 
 
+@dataclass(frozen=True)
+class ShardRef:
+    """One shard as listed: where it is, how many bytes, and which version (None: not known)."""
+    path: str
+    size: int
+    version: str | None = None
+
+    def wire(self) -> list:
+        """The load message's form of a shard: ``[path, size, version]``."""
+        return [self.path, self.size, self.version]
+
+    @classmethod
+    def from_wire(cls, item: object) -> "ShardRef":
+        """A load message's shard; a bare path (an older coordinator) has no size or version to check."""
+        if isinstance(item, str):
+            return cls(item, -1, None)
+        if (isinstance(item, (list, tuple)) and len(item) == 3 and isinstance(item[0], str)
+                and isinstance(item[1], int) and not isinstance(item[1], bool)
+                and (item[2] is None or isinstance(item[2], str))):
+            return cls(item[0], item[1], item[2])
+        raise JobError(f"load.files holds {str(item)[:80]!r}, expected [path, size, version]")
+
+
+def is_object_url(path: str) -> bool:
+    return path.startswith("s3://")
+
+
+def list_refs(path: str) -> list[ShardRef]:
+    """Every shard the input names, with its size and version (objects: ETag; files: mtime_ns)."""
+    if is_object_url(path):
+        from shardstats.worker.io.objects import list_objects
+        return list_objects(path)
+    out = []
+    for f in list_shards(path):
+        try:
+            st = os.stat(f)
+        except OSError as exc:
+            raise InputError(f"{f}: cannot stat ({exc.strerror})") from None
+        out.append(ShardRef(f, st.st_size, str(st.st_mtime_ns)))
+    return out
+
+
 def list_shards(path: str) -> list[str]:
-    """The shard files a user's --input names: a directory, a file, or a glob."""
+    """The local shard files a user's --input names: a directory, a file, or a glob."""
     import glob
     p = Path(path)
     if any(ch in path for ch in "*?["):

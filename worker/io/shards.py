@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -26,21 +27,24 @@ def read_shard(path: str | os.PathLike, column: str | int | None = None) -> np.n
 
 
 def read_npy(path: Path) -> np.ndarray:
+    return load_npy(path, str(path))
+
+
+def load_npy(source: Path | BinaryIO, name: str) -> np.ndarray:
+    """A .npy file (a path, or the bytes of an object) as int64, refusing anything but integers."""
     try:
-        a = np.load(path, allow_pickle=False)
+        a = np.load(source, allow_pickle=False)
     except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
+        raise InputError(f"{name}: no such file") from None
     except PermissionError:
-        raise InputError(f"{path}: permission denied") from None
+        raise InputError(f"{name}: permission denied") from None
     except (ValueError, OSError, EOFError, MemoryError) as exc:
         # MemoryError: a truncated or forged header that claims far more values than the file holds.
-        raise InputError(f"{path}: not a readable .npy file ({short_error(exc)})") from None
+        raise InputError(f"{name}: not a readable .npy file ({short_error(exc)})") from None
     if a.dtype.kind not in "iu":
-        raise InputError(f"{path}: .npy holds {a.dtype} values, expected an integer dtype")
+        raise InputError(f"{name}: .npy holds {a.dtype} values, expected an integer dtype")
     a = a.reshape(-1)
     if a.dtype.kind == "u" and a.dtype.itemsize == 8 and len(a) and a.max() > INT64_MAX:
         bad = int(np.argmax(a > INT64_MAX))
-        raise InputError(f"{path}: element {bad} ({int(a[bad])}) is beyond the int64 range")
+        raise InputError(f"{name}: element {bad} ({int(a[bad])}) is beyond the int64 range")
     return a.astype(np.int64, copy=False)
-
-
