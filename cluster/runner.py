@@ -16,9 +16,9 @@ T = TypeVar("T")
 def run_async(coro):
     try:
         import uvloop
-        return uvloop.run(coro)
-    except ImportError:
+    except ImportError:          # only the import: an ImportError from inside the job must reach the caller
         return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 def in_sync(fn: Callable[[], T]) -> T:
