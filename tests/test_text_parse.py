@@ -24,7 +24,7 @@ def _outcome(parse, raw: bytes):
         a = parse(raw, "s.txt")
     except InputError as exc:
         return "refused", str(exc)
-    assert a.dtype == np.int64 and a.flags.writeable
+    assert a.dtype == np.int64
     return "read", a.tolist()
 
 

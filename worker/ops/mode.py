@@ -96,7 +96,10 @@ def _count_and_pack(w: int, box: list[np.ndarray], combine: str, cfg: ShuffleCon
     values = box.pop()
     combined = combine == "always" or (combine == "auto" and should_combine(values))
     if combined:
-        values.sort()          # in place: the data is ours (see jobs.run)
+        if values.flags.writeable:
+            values.sort()      # in place: the data is ours (see jobs.run)
+        else:                  # a zero-copy view of a reader's buffer (the .txt fast path)
+            values = np.sort(values)
         uv, uc = run_lengths(values)
         del values
         single = uc == 1
