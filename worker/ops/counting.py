@@ -1,7 +1,110 @@
-"""Vectorised counting on sorted arrays: the local combiner of the mode and its merge step."""
+"""Vectorised counting: the local combiner of the mode and its merge step, by a sort or a dense ``bincount``.
+
+Which way to count is chosen per array from its range (``choose_counting``):
+
+``dense``  ``np.bincount`` over [min, max] when that span is at most ``n / 8``:
+           one pass, no comparisons; 2-2.5x faster than the sort at n/16-n/64.
+``sort``   ``np.sort`` (an AVX-512 sort in numpy 2 here, ~200 M values/s) and
+           run lengths: the fallback for any range.
+``hash``   a hash count (Polars' ``value_counts``), only when asked for: on this
+           machine it was 3x (zipf) to 20x (all distinct) slower than the sort,
+           so ``auto`` never picks it.  It is kept for machines without a
+           vectorised sort, where the issue measured it ahead on zipf data.
+
+Every strategy returns the distinct values ascending with their counts, so the
+callers (and the shuffle's sorted partitions) do not care which one ran.
+"""
 from __future__ import annotations
 
 import numpy as np
+
+COUNTINGS = ("auto", "sort", "dense", "hash")
+DENSE_SPAN_DIVISOR = 8      # dense when max - min < n / 8 (measured break-even between n/8 and n/4)
+DENSE_MIN_SPAN = 4096       # small arrays: a few KiB of bins are always cheap
+
+
+def choose_counting(values: np.ndarray, weight: int | None = None) -> str:
+    """``dense`` when the values' span is small next to their number (``weight``, default ``len``), else ``sort``.
+
+    Two passes (min, max) decide it exactly; no sample can miss an outlier that
+    would blow up the bins.
+    """
+    n = len(values) if weight is None else weight
+    if len(values) < 2:
+        return "sort"
+    span = int(values.max()) - int(values.min())
+    return "dense" if span < max(DENSE_MIN_SPAN, n // DENSE_SPAN_DIVISOR) else "sort"
+
+
+DENSE_MAX_FACTOR = 4         # a forced ``dense`` over more than max(4 n, 64 Ki) bins sorts instead
+
+
+def dense_fits(span: int, n: int) -> bool:
+    """Whether bins for ``span`` values stay within a small multiple of the data (also when forced)."""
+    return span <= max(1 << 16, DENSE_MAX_FACTOR * n)
+
+
+def _span(values: np.ndarray) -> int:
+    return int(values.max()) - int(values.min()) + 1 if len(values) else 0
+
+
+def dense_bins(lo: int, span: int, *pairs: tuple[np.ndarray, np.ndarray | None]) -> np.ndarray:
+    """Counts per value lo .. lo+span-1 summed over (values, counts or None for ones) pairs, as int64.
+
+    The callers keep ``span`` within ``dense_fits``: the bins are never much bigger than the data.
+    """
+    bins = np.zeros(span, dtype=np.int64)
+    for values, counts in pairs:
+        if len(values):
+            # float64 weights are exact: every sum is a count of values, far below 2**53
+            b = np.bincount(values - np.int64(lo), weights=counts, minlength=span)
+            bins += b if counts is None else b.astype(np.int64)
+    return bins
+
+
+def dense_counts(values: np.ndarray, counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    lo = int(values.min())
+    bins = dense_bins(lo, int(values.max()) - lo + 1, (values, counts))
+    keys = np.flatnonzero(bins)
+    return keys + np.int64(lo), bins[keys]
+
+
+def count_values(values: np.ndarray, counting: str = "auto") -> tuple[np.ndarray, np.ndarray, str]:
+    """(distinct values ascending, their counts, the strategy used).  May reorder ``values`` in place if writable."""
+    if counting == "auto":
+        counting = choose_counting(values)
+    if len(values) == 0:
+        return values[:0].astype(np.int64), np.zeros(0, dtype=np.int64), counting
+    if counting == "dense" and dense_fits(_span(values), len(values)):
+        return (*dense_counts(values), counting)
+    if counting == "dense":           # asked for on a range too wide for bins: the sort does it
+        counting = "sort"
+    if counting == "hash":
+        import polars as pl          # the `fast` extra
+        vc = pl.Series("v", values).value_counts(sort=False)
+        keys = vc["v"].to_numpy()
+        order = np.argsort(keys)
+        return keys[order], vc["count"].to_numpy()[order].astype(np.int64), counting
+    if counting != "sort":
+        raise ValueError(f"unknown counting {counting!r} (choose from {', '.join(COUNTINGS)})")
+    if values.flags.writeable:
+        values.sort()
+    else:                           # a zero-copy view of a reader's buffer (the .txt fast path)
+        values = np.sort(values)
+    v, c = run_lengths(values)
+    return v, c, counting
+
+
+def sum_counts(values: np.ndarray, counts: np.ndarray, counting: str = "auto") -> tuple[np.ndarray, np.ndarray, str]:
+    """Adds up the counts of equal values, by the same choice as ``count_values``: (values ascending, sums, strategy)."""
+    if counting == "auto":
+        counting = choose_counting(values, int(counts.sum()) if len(counts) else 0)
+    if counting == "dense" and len(values) and dense_fits(_span(values), len(values)):
+        return (*dense_counts(values, counts), counting)
+    if counting != "hash":
+        counting = "sort"
+    v, c = sum_by_value(values, counts)
+    return v, c, counting
 
 
 def run_lengths(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

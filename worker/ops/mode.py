@@ -19,7 +19,8 @@ from shardstats.worker import memory
 from shardstats.worker.memory import concat_releasing
 from shardstats.worker.comm.collectives import tree_reduce
 from shardstats.worker.comm.communicator import Communicator
-from shardstats.worker.ops.counting import repeated_runs, run_lengths, sum_by_value
+from shardstats.worker.ops.counting import (COUNTINGS, choose_counting, count_values, dense_bins, dense_fits,
+                                            repeated_runs, run_lengths, sum_by_value)
 from shardstats.worker.comm.partition import partition_blocks
 from shardstats.worker.comm.shuffle import ShuffleConfig, chunk_blocks, shuffle
 from shardstats.worker.ops.contract import Op, ShuffleParams, option
@@ -63,14 +64,27 @@ def should_combine(values: np.ndarray) -> bool:
     return distinct < COMBINE_BELOW * len(sample)
 
 
-def best_of(singles: np.ndarray, mvals: np.ndarray, mcounts: np.ndarray, tie_limit: int) -> dict:
+def best_of(singles: np.ndarray, mvals: np.ndarray, mcounts: np.ndarray, tie_limit: int,
+            counting: str = "sort") -> dict:
     """The top count among the owned values, its smallest tied values, and how many distinct values there are.
 
     ``singles`` are bare values (each occurrence counts 1, repeats allowed: the same
     value may come from several shards); ``mvals``/``mcounts`` are (value, count) pairs.
+    ``counting`` is ``dense`` (one ``bincount`` over the owned span) or anything else (a sort).
     """
+    if counting == "dense" and len(singles) + len(mvals):
+        lo = min(int(a.min()) for a in (singles, mvals) if len(a))
+        hi = max(int(a.max()) for a in (singles, mvals) if len(a))
+        bins = dense_bins(lo, hi - lo + 1, (singles, None), (mvals, mcounts))
+        top = int(bins.max())
+        tied = np.flatnonzero(bins == top) + np.int64(lo)
+        return {"count": top, "ties": tied[:tie_limit].tolist(), "tie_count": int(len(tied)),
+                "distinct": int(np.count_nonzero(bins))}
     s = singles
-    s.sort()                   # in place: the caller's concatenation is ours to reorder
+    if s.flags.writeable:
+        s.sort()               # in place: the caller's concatenation is ours to reorder
+    else:
+        s = np.sort(s)
     rv, rc, distinct = repeated_runs(s)
     pv, pc = sum_by_value(mvals, mcounts)
     if len(pv):
@@ -91,16 +105,28 @@ def best_of(singles: np.ndarray, mvals: np.ndarray, mcounts: np.ndarray, tie_lim
     return {"count": top, "ties": tied[:tie_limit].tolist(), "tie_count": int(len(tied)), "distinct": distinct}
 
 
-def _count_and_pack(w: int, box: list[np.ndarray], combine: str, cfg: ShuffleConfig) -> tuple[list, bool]:
-    """The outgoing chunks per rank, and whether values were counted locally first ("combined")."""
+def merge_counting(counting: str, singles: list[np.ndarray], mvals: list[np.ndarray], mcounts: list[np.ndarray]) -> str:
+    """The owner's merge counts the way ``counting`` says; ``auto`` decides by the same rule as the local count."""
+    if not any(len(a) for a in singles + mvals):
+        return "sort"
+    keys = np.concatenate([np.array([a.min(), a.max()]) for a in singles + mvals if len(a)])
+    if counting != "auto":
+        fits = dense_fits(int(keys.max()) - int(keys.min()) + 1, sum(len(a) for a in singles + mvals))
+        return "dense" if counting == "dense" and fits else "sort"
+    weight = sum(len(a) for a in singles) + sum(int(c.sum()) for c in mcounts)
+    return choose_counting(keys, weight)
+
+
+def _count_and_pack(w: int, box: list[np.ndarray], combine: str, counting: str,
+                    cfg: ShuffleConfig) -> tuple[list, bool, str]:
+    """The outgoing chunks per rank, whether values were counted locally first ("combined"), and how."""
     values = box.pop()
-    combined = combine == "always" or (combine == "auto" and should_combine(values))
+    if counting == "auto":
+        counting = choose_counting(values)
+    # a dense count is one cheap pass and only chosen where values repeat a lot: it always pays
+    combined = combine == "always" or (combine == "auto" and (counting == "dense" or should_combine(values)))
     if combined:
-        if values.flags.writeable:
-            values.sort()      # in place: the data is ours (see jobs.run)
-        else:                  # a zero-copy view of a reader's buffer (the .txt fast path)
-            values = np.sort(values)
-        uv, uc = run_lengths(values)
+        uv, uc, counting = count_values(values, counting)
         del values
         single = uc == 1
         s_parts, m_parts = _split(w, uv[single], uv[~single], uc[~single], cfg)
@@ -109,15 +135,18 @@ def _count_and_pack(w: int, box: list[np.ndarray], combine: str, cfg: ShuffleCon
         none = np.zeros(0, dtype=np.int64)
         s_parts, m_parts = _split(w, values, none, none, cfg)
         del values             # the partitions replace it
-    return _pack(s_parts, m_parts, cfg.chunk_bytes), combined
+        counting = "none"
+    return _pack(s_parts, m_parts, cfg.chunk_bytes), combined, counting
 
 
-def _aggregate(singles: list[np.ndarray], mvals: list[np.ndarray], mcounts: list[np.ndarray], tie_limit: int) -> dict:
-    """This rank's best among the values it owns, from everything the shuffle delivered."""
+def _aggregate(singles: list[np.ndarray], mvals: list[np.ndarray], mcounts: list[np.ndarray], tie_limit: int,
+               counting: str) -> tuple[dict, str]:
+    """This rank's best among the values it owns, from everything the shuffle delivered, and how it counted."""
     empty = np.zeros(0, dtype=np.int64)
+    how = merge_counting(counting, singles, mvals, mcounts)
     return best_of(concat_releasing(singles),
                    np.concatenate(mvals) if mvals else empty,
-                   np.concatenate(mcounts) if mcounts else empty, tie_limit)
+                   np.concatenate(mcounts) if mcounts else empty, tie_limit, how), how
 
 
 def _combine_limit(tie_limit: int):
@@ -135,6 +164,8 @@ class ModeParams(ShuffleParams):
                        f"(up to {MAX_TIE_LIMIT:,}).", choices=TIES)
     combine: str = option("auto", "Count locally before the shuffle: auto (from a sample), always, never.",
                           choices=("auto", "always", "never"), advanced=True)
+    counting: str = option("auto", "How to count: auto (a dense bincount when the value span is small, else a sort), "
+                           "sort, dense, hash (Polars' value_counts).", choices=COUNTINGS, advanced=True)
 
     @property
     def tie_limit(self) -> int:
@@ -154,7 +185,8 @@ async def mode(comm: Communicator, values: np.ndarray, params: ModeParams) -> tu
     # list hands the thread the only reference to the data, so it can free it early.
     box = [values]
     del values
-    outgoing, combined = await asyncio.to_thread(_count_and_pack, comm.size, box, combine, cfg)
+    outgoing, combined, local_counting = await asyncio.to_thread(_count_and_pack, comm.size, box, combine,
+                                                                 params.counting, cfg)
     phases["count"] = time.perf_counter() - t
     peaks = {"count": memory.peak_rss_bytes()}
 
@@ -177,7 +209,7 @@ async def mode(comm: Communicator, values: np.ndarray, params: ModeParams) -> tu
 
     t = time.perf_counter()
     comm.progress.set("aggregate")
-    local = await asyncio.to_thread(_aggregate, singles, mvals, mcounts, tie_limit)
+    local, merge_how = await asyncio.to_thread(_aggregate, singles, mvals, mcounts, tie_limit, params.counting)
     owned = local.pop("distinct")
     phases["aggregate"] = time.perf_counter() - t
     peaks["aggregate"] = memory.peak_rss_bytes()
@@ -186,7 +218,8 @@ async def mode(comm: Communicator, values: np.ndarray, params: ModeParams) -> tu
     comm.progress.set("reduce")
     best = await tree_reduce(comm, local, _combine_limit(tie_limit), "mode.best")
     phases["reduce"] = time.perf_counter() - t
-    stats = {"phases": phases, "peak_rss_after": peaks, "distinct_keys": owned, "combined": combined, "chunks_sent": sst.chunks_sent,
+    stats = {"phases": phases, "peak_rss_after": peaks, "distinct_keys": owned, "combined": combined,
+             "counting": {"local": local_counting, "merge": merge_how}, "chunks_sent": sst.chunks_sent,
              "chunks_received": sst.chunks_received, "shuffle_send_seconds": sst.send_seconds,
              "shuffle_receive_seconds": sst.receive_seconds, "rounds": 1 + _tree_depth(comm.size)}
     if best is None:
