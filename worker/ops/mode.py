@@ -10,6 +10,7 @@ values and ``tie_count`` says how many there are.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from dataclasses import dataclass
 
@@ -17,7 +18,9 @@ import numpy as np
 
 from shardstats.worker import memory
 from shardstats.worker.memory import concat_releasing
-from shardstats.worker.comm.collectives import tree_reduce
+from shardstats.worker.comm.collectives import allreduce, sum_ints, tree_reduce
+from shardstats.worker.comm.encoding import fingerprint_bits
+from shardstats.worker.ops.compact import compact_exchange, pack_fingerprints
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.ops.counting import (COUNTINGS, choose_counting, count_values, dense_bins, dense_fits,
                                             repeated_runs, run_lengths, sum_by_value)
@@ -29,6 +32,7 @@ COMBINE_SAMPLE = 65536     # values sampled to decide whether local counting pay
 COMBINE_BELOW = 0.9        # combine when fewer than this share of sampled values are distinct
 DEFAULT_TIE_LIMIT = 10
 TIES = ("smallest", "all")
+ENCODINGS = ("auto", "compact", "plain")
 MAX_TIE_LIMIT = 100_000   # ties travel in one small message; more than this are counted, not listed
 
 
@@ -117,9 +121,10 @@ def merge_counting(counting: str, singles: list[np.ndarray], mvals: list[np.ndar
     return choose_counting(keys, weight)
 
 
-def _count_and_pack(w: int, box: list[np.ndarray], combine: str, counting: str,
-                    cfg: ShuffleConfig) -> tuple[list, bool, str]:
-    """The outgoing chunks per rank, whether values were counted locally first ("combined"), and how."""
+def _count_and_pack(w: int, rank: int, box: list[np.ndarray], combine: str, counting: str, cfg: ShuffleConfig,
+                    fp_bits: int | None) -> tuple[list, list | None, bool, str, int]:
+    """The outgoing chunks per rank, the values kept for the compact rounds (``fp_bits`` set), whether values
+    were counted locally first ("combined"), how, and how many (value or pair) rows leave this rank."""
     values = box.pop()
     if counting == "auto":
         counting = choose_counting(values)
@@ -136,7 +141,46 @@ def _count_and_pack(w: int, box: list[np.ndarray], combine: str, counting: str,
         s_parts, m_parts = _split(w, values, none, none, cfg)
         del values             # the partitions replace it
         counting = "none"
-    return _pack(s_parts, m_parts, cfg.chunk_bytes), combined, counting
+    leaving = sum(len(b[0]) for r in range(w) if r != rank for b in s_parts[r] + m_parts[r])
+    if fp_bits is not None:
+        outgoing, kept = pack_fingerprints(s_parts, m_parts, fp_bits, cfg.chunk_bytes)
+        return outgoing, kept, combined, counting, leaving
+    return _pack(s_parts, m_parts, cfg.chunk_bytes), None, combined, counting, leaving
+
+
+async def choose_encoding(comm: Communicator, encoding: str, values: np.ndarray) -> tuple[str, int | None]:
+    """(the encoding every rank uses, the fingerprint bits when compact); one small allreduce unless ``plain``.
+
+    ``auto`` picks compact when some rank has a peer off its own host and no rank's
+    sample shows repeats.  On loopback the link (GB/s) outruns the coding and the
+    two extra rounds, so plain is faster there; where values repeat across shards
+    (zipf) most fingerprints become candidates and travel twice.  The allreduce
+    makes every rank agree.
+    """
+    if encoding == "plain":
+        return "plain", None
+    auto = encoding == "auto"
+    remote = int(auto and not _all_loopback(comm))
+    repeats = int(auto and remote > 0 and should_combine(values))
+    total = await allreduce(comm, {"n": len(values), "remote": remote, "repeats": repeats}, sum_ints, "mode.plan")
+    if auto and (total["remote"] == 0 or total["repeats"] > 0):
+        return "plain", None
+    return "compact", fingerprint_bits(total["n"], comm.size)
+
+
+def _all_loopback(comm: Communicator) -> bool:
+    links = getattr(comm, "links", None)
+    if not links:                  # the in-memory transport: one process
+        return True
+    for link in links.values():
+        host = str(getattr(link, "addr", "")).rsplit(":", 1)[0].strip("[]")
+        try:
+            if not ipaddress.ip_address(host).is_loopback:
+                return False
+        except ValueError:
+            if host != "localhost":
+                return False
+    return True
 
 
 def _aggregate(singles: list[np.ndarray], mvals: list[np.ndarray], mcounts: list[np.ndarray], tie_limit: int,
@@ -166,6 +210,9 @@ class ModeParams(ShuffleParams):
                           choices=("auto", "always", "never"), advanced=True)
     counting: str = option("auto", "How to count: auto (a dense bincount when the value span is small, else a sort), "
                            "sort, dense, hash (Polars' value_counts).", choices=COUNTINGS, advanced=True)
+    encoding: str = option("auto", "Shuffle encoding: compact (hash fingerprints, Rice-coded, ~2.2 bytes a value; "
+                           "full values only for candidate repeats), plain (8 bytes a value), auto (compact unless "
+                           "every worker is on one host).", choices=ENCODINGS)
 
     @property
     def tie_limit(self) -> int:
@@ -185,12 +232,24 @@ async def mode(comm: Communicator, values: np.ndarray, params: ModeParams) -> tu
     # list hands the thread the only reference to the data, so it can free it early.
     box = [values]
     del values
-    outgoing, combined, local_counting = await asyncio.to_thread(_count_and_pack, comm.size, box, combine,
-                                                                 params.counting, cfg)
+    encoding, fp_bits = await choose_encoding(comm, params.encoding, box[0])
+    outgoing, kept, combined, local_counting, leaving = await asyncio.to_thread(
+        _count_and_pack, comm.size, comm.rank, box, combine, params.counting, cfg, fp_bits)
     phases["count"] = time.perf_counter() - t
     peaks = {"count": memory.peak_rss_bytes()}
 
     t = time.perf_counter()
+    sent0 = sum(comm.stats.bytes_sent)
+    if kept is not None:
+        local, rounds = await compact_exchange(comm, outgoing, kept, fp_bits, tie_limit, cfg)
+        del outgoing, kept
+        phases["shuffle"] = time.perf_counter() - t
+        return await _finish(comm, local, phases, {"shuffle": memory.peak_rss_bytes()}, tie_limit, {
+            "combined": combined, "counting": {"local": local_counting, "merge": "sort"}, "encoding": encoding,
+            "planned": True, "fingerprint_bits": fp_bits, "shuffled_values": leaving, "shuffle_bytes": sum(comm.stats.bytes_sent) - sent0,
+            "chunks_sent": sum(r.chunks_sent for r in rounds), "chunks_received": sum(r.chunks_received for r in rounds),
+            "shuffle_send_seconds": sum(r.send_seconds for r in rounds),
+            "shuffle_receive_seconds": sum(r.receive_seconds for r in rounds)}, peaks)
     singles: list[np.ndarray] = []
     mvals: list[np.ndarray] = []
     mcounts: list[np.ndarray] = []
@@ -206,22 +265,33 @@ async def mode(comm: Communicator, values: np.ndarray, params: ModeParams) -> tu
     del outgoing
     phases["shuffle"] = time.perf_counter() - t
     peaks["shuffle"] = memory.peak_rss_bytes()
+    shuffle_bytes = sum(comm.stats.bytes_sent) - sent0
 
     t = time.perf_counter()
     comm.progress.set("aggregate")
     local, merge_how = await asyncio.to_thread(_aggregate, singles, mvals, mcounts, tie_limit, params.counting)
-    owned = local.pop("distinct")
     phases["aggregate"] = time.perf_counter() - t
-    peaks["aggregate"] = memory.peak_rss_bytes()
+    return await _finish(comm, local, phases, {"aggregate": memory.peak_rss_bytes()}, tie_limit, {
+        "combined": combined, "counting": {"local": local_counting, "merge": merge_how}, "encoding": encoding,
+        "planned": params.encoding != "plain", "shuffled_values": leaving, "shuffle_bytes": shuffle_bytes,
+        "chunks_sent": sst.chunks_sent, "chunks_received": sst.chunks_received,
+        "shuffle_send_seconds": sst.send_seconds, "shuffle_receive_seconds": sst.receive_seconds}, peaks)
 
+
+async def _finish(comm: Communicator, local: dict, phases: dict, more_peaks: dict, tie_limit: int, extra: dict,
+                  peaks: dict) -> tuple[dict | None, dict]:
+    """Tree-reduce the owners' bests; this rank's stats (bytes per value that left it, over the wire)."""
+    peaks.update(more_peaks)
+    owned = local.pop("distinct")
     t = time.perf_counter()
     comm.progress.set("reduce")
     best = await tree_reduce(comm, local, _combine_limit(tie_limit), "mode.best")
     phases["reduce"] = time.perf_counter() - t
-    stats = {"phases": phases, "peak_rss_after": peaks, "distinct_keys": owned, "combined": combined,
-             "counting": {"local": local_counting, "merge": merge_how}, "chunks_sent": sst.chunks_sent,
-             "chunks_received": sst.chunks_received, "shuffle_send_seconds": sst.send_seconds,
-             "shuffle_receive_seconds": sst.receive_seconds, "rounds": 1 + _tree_depth(comm.size)}
+    extra["shuffle_bytes_per_value"] = round(extra["shuffle_bytes"] / extra["shuffled_values"], 3) \
+        if extra["shuffled_values"] else None
+    stats = {"phases": phases, "peak_rss_after": peaks, "distinct_keys": owned, **extra,
+             "rounds": 1 + _tree_depth(comm.size) + (2 if extra["encoding"] == "compact" else 0)
+             + (2 * _tree_depth(comm.size) if extra.pop("planned") else 0)}
     if best is None:
         return None, stats
     if best["count"] == 0:
