@@ -32,7 +32,7 @@ have the count of the last listed item (the K-th count when there are K items).
               shuffle for nearly-unique data; threshold itself falls back to the
               shuffle (reusing its local counts) when step 2's candidates would be
               more than 5% of the distinct values the shuffle would send (auto) or
-              more than ``--candidate-limit`` pairs (threshold), so it can never pour
+              more than fit in a frame (threshold), so it can never pour
               the dataset into rank 0.  ``stats.strategy`` says what ran and why.
 """
 from __future__ import annotations
@@ -50,12 +50,14 @@ from shardstats.worker.ops.contract import Op, ShuffleParams, option
 from shardstats.worker.ops.keyed import local_counts, owned_counts
 from shardstats.worker.ops.mode import COMBINE_SAMPLE
 from shardstats.worker.ops.counting import run_lengths
+from shardstats.settings import DEFAULTS
 
 MAX_K = 100_000
 STRATEGIES = ("auto", "shuffle", "threshold")
 AUTO_DISTINCT_SHARE = 0.5      # auto: sampled values more distinct than this -> shuffle
 AUTO_CANDIDATE_SHARE = 0.05    # auto: threshold's candidates above this share of local distinct values -> shuffle
-DEFAULT_CANDIDATE_LIMIT = 1 << 20
+# Candidates travel in one tree message as (value, count, reporters): 24 bytes each, in 3/4 of a frame.
+CANDIDATE_LIMIT = DEFAULTS.max_frame * 3 // 4 // 24
 EMPTY = np.zeros(0, dtype=np.int64)
 
 
@@ -124,6 +126,20 @@ def result_of(k: int, p: dict) -> dict:
 
 # ---- strategies --------------------------------------------------------------------------------------
 
+def compact(counts: np.ndarray) -> np.ndarray:
+    """Non-negative counts in the narrowest unsigned dtype that holds them: most counts in a tree
+    message are small, and the threshold strategy's bytes are mostly counts."""
+    top = int(counts.max()) if len(counts) else 0
+    for dt in (np.uint8, np.uint16, np.uint32):
+        if top <= np.iinfo(dt).max:
+            return counts.astype(dt)
+    return counts.astype(np.int64)
+
+
+def wide(counts: np.ndarray) -> np.ndarray:
+    return counts.astype(np.int64)
+
+
 def _depth(size: int) -> int:
     return max(0, (size - 1).bit_length())
 
@@ -145,9 +161,9 @@ async def by_shuffle(comm: Communicator, k: int, cfg: ShuffleConfig, values: np.
 def _sum_lists(k: int):
     """Round 1's combine: partial sums by value, cut to the k largest (still a valid lower bound)."""
     def combine(a: dict, b: dict) -> dict:
-        v, c = _sum_by(np.concatenate((a["v"], b["v"])), np.concatenate((a["c"], b["c"])))
+        v, c = _sum_by(np.concatenate((a["v"], b["v"])), np.concatenate((wide(a["c"]), wide(b["c"]))))
         v, c = top_items(v, c, k)
-        return {"v": v, "c": c}
+        return {"v": v, "c": compact(c)}
     return combine
 
 
@@ -166,9 +182,9 @@ def _candidates(cap_share: float | None, limit: int):
         n, d = a["n"] + b["n"], a["d"] + b["d"]
         if a["over"] or b["over"] or n > limit or (cap_share is not None and n > cap_share * d + 64):
             return {"over": True, "n": n, "d": d, "v": EMPTY, "c": EMPTY, "r": EMPTY}
-        v, c, r = _sum_by(np.concatenate((a["v"], b["v"])), np.concatenate((a["c"], b["c"])),
-                          np.concatenate((a["r"], b["r"])))
-        return {"over": False, "n": n, "d": d, "v": v, "c": c, "r": r}
+        v, c, r = _sum_by(np.concatenate((a["v"], b["v"])), np.concatenate((wide(a["c"]), wide(b["c"]))),
+                          np.concatenate((wide(a["r"]), wide(b["r"]))))
+        return {"over": False, "n": n, "d": d, "v": v, "c": compact(c), "r": compact(r)}
     return combine
 
 
@@ -183,14 +199,14 @@ async def by_threshold(comm: Communicator, k: int, uv: np.ndarray, uc: np.ndarra
     w, depth = comm.size, _depth(comm.size)
     comm.progress.set("threshold", 1, 3)
     lv, lc = top_items(uv, uc, k)
-    r1 = await tree_reduce(comm, {"v": lv, "c": lc}, _sum_lists(k), "topk.r1")
-    tau1 = {"t": _kth(r1["c"], k)} if r1 is not None else None
+    r1 = await tree_reduce(comm, {"v": lv, "c": compact(lc)}, _sum_lists(k), "topk.r1")
+    tau1 = {"t": _kth(wide(r1["c"]), k)} if r1 is not None else None
     tau1 = (await broadcast(comm, tau1, "topk.tau1"))["t"]
     floor = -(-tau1 // w)                       # ceil(tau1 / W): a value of count >= tau1 reaches it on some rank
     comm.progress.set("threshold", 2, 3)
     mine = uc >= floor
-    cand = {"over": False, "n": int(np.count_nonzero(mine)), "d": len(uv), "v": uv[mine], "c": uc[mine].astype(np.int64),
-            "r": np.ones(int(np.count_nonzero(mine)), np.int64)}
+    cand = {"over": False, "n": int(np.count_nonzero(mine)), "d": len(uv), "v": uv[mine], "c": compact(uc[mine]),
+            "r": np.ones(int(np.count_nonzero(mine)), np.uint8)}
     if cand["n"] > limit or (cap_share is not None and cand["n"] > cap_share * cand["d"] + 64):
         cand.update(over=True, v=EMPTY, c=EMPTY, r=EMPTY)
     r2 = await tree_reduce(comm, cand, _candidates(cap_share, limit), "topk.r2")
@@ -199,8 +215,9 @@ async def by_threshold(comm: Communicator, k: int, uv: np.ndarray, uc: np.ndarra
         if r2["over"]:
             plan = {"fallback": f"{r2['n']:,} candidates of {r2['d']:,} local distinct values"}
         else:
-            tau2 = _kth(r2["c"], k)
-            upper = r2["c"] + (w - r2["r"]) * max(floor - 1, 0)
+            c2 = wide(r2["c"])
+            tau2 = _kth(c2, k)
+            upper = c2 + (w - wide(r2["r"])) * max(floor - 1, 0)
             plan = {"R": r2["v"][upper >= max(tau1, tau2)], "tau2": tau2, "n": r2["n"]}
     plan = await broadcast(comm, plan, "topk.plan")
     stats = {"tau1": tau1, "local_floor": floor, "local_candidates": cand["n"]}
@@ -214,11 +231,12 @@ async def by_threshold(comm: Communicator, k: int, uv: np.ndarray, uc: np.ndarra
         pos = np.minimum(np.searchsorted(uv, refined), len(uv) - 1)
         hit = uv[pos] == refined
         exact[hit] = uc[pos[hit]]
-    got = await tree_reduce(comm, {"c": exact}, lambda a, b: {"c": a["c"] + b["c"]}, "topk.r3")
+    got = await tree_reduce(comm, {"c": compact(exact)}, lambda a, b: {"c": compact(wide(a["c"]) + wide(b["c"]))},
+                            "topk.r3")
     stats.update(tau2=plan["tau2"], candidates=plan["n"], refined=len(refined), rounds=5 * depth)
     if got is None:
         return None, None, stats
-    counts = got["c"]
+    counts = wide(got["c"])
     return partial(refined, counts, k) if len(refined) else {"v": EMPTY, "c": EMPTY, "e": 0}, None, stats
 
 
@@ -285,8 +303,8 @@ class TopkParams(ShuffleParams):
     k: int = option(10, f"How many of the most frequent values (1 to {MAX_K:,}).", min=1, max=MAX_K)
     strategy: str = option("auto", "shuffle: by key to owners (nearly-unique data); threshold: TPUT pruning "
                            "(skewed data); auto: from a sample.", choices=STRATEGIES)
-    candidate_limit: int = option(DEFAULT_CANDIDATE_LIMIT, "Threshold: fall back to the shuffle above this many "
-                                  "candidate pairs in one tree message.", min=1, max=1 << 28, advanced=True)
+    candidate_limit: int = option(CANDIDATE_LIMIT, "Threshold: fall back to the shuffle above this many "
+                                  "candidates in one tree message.", min=1, max=CANDIDATE_LIMIT, advanced=True)
 
 
 async def topk(comm: Communicator, values: np.ndarray, params: TopkParams) -> tuple[dict | None, dict]:
