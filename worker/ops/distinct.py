@@ -30,6 +30,7 @@ from shardstats.worker.comm.partition import splitmix64
 from shardstats.worker.comm.shuffle import ShuffleConfig
 from shardstats.worker.ops.contract import Op, ShuffleParams, option
 from shardstats.worker.ops.keyed import owned_distinct
+from shardstats.worker.ops.mode import COMBINE_BELOW, COMBINE_SAMPLE
 
 DEFAULT_PRECISION = 12
 HLL_BLOCK = 1 << 20            # values hashed per step: temporaries stay at block size
@@ -111,7 +112,10 @@ async def distinct(comm: Communicator, values: np.ndarray, params: DistinctParam
                 "registers": len(reg)}, stats
     cfg = ShuffleConfig.from_params(params)
     comm.progress.set("shuffle")
-    owned, combined, st = await owned_distinct(comm, cfg, box.pop())
+    values = box.pop()
+    combine = await asyncio.to_thread(_dedup_pays, values)
+    owned, combined, st = await owned_distinct(comm, cfg, values, combine)
+    del values
     shuffled = time.perf_counter()
     comm.progress.set("reduce")
     got = await tree_reduce(comm, {"n": len(owned)}, lambda a, b: {"n": a["n"] + b["n"]}, "distinct.n")
@@ -119,6 +123,21 @@ async def distinct(comm: Communicator, values: np.ndarray, params: DistinctParam
              "rounds": 1 + max(0, (comm.size - 1).bit_length()), "combined": combined,
              "distinct_keys": len(owned), "chunks_sent": st.chunks_sent}
     return ({"value": got["n"], "exact": True} if got is not None else None), stats
+
+
+def _dedup_pays(values: np.ndarray) -> str:
+    """Whether to deduplicate locally (a sort) before the shuffle: "always" when a local sketch says
+    at least 10% of the values are repeats.
+
+    Not a random sample: when each value occurs ~10 times among millions, a sample of
+    65,536 looks almost all distinct (the birthday problem at the wrong scale), and
+    shipping raw values then moves 2.7x the bytes.  The sketch sees every value, in
+    about a third of the time of the sort it decides on.
+    """
+    if len(values) <= COMBINE_SAMPLE:
+        return "always"
+    return "always" if hll_estimate(hll_registers(values, DEFAULT_PRECISION)) < COMBINE_BELOW * len(values) \
+        else "never"
 
 
 def _sketch(values: np.ndarray, p: int) -> tuple[np.ndarray, float]:
