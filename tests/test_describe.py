@@ -117,6 +117,12 @@ def test_describe_through_the_cli(tmp_path):
     table = human.stdout.splitlines()
     for label in ("count", "sum", "min", "max", "mean", "std", "distinct", "mode", "median", "q0.25", "top 5"):
         assert any(line.split("  ")[0].strip() == label for line in table), (label, human.stdout)
+    from shardstats import Cluster
+    with Cluster.local(2) as c:
+        r = c.describe(tmp_path, k=3)
+        assert (r.count, r.distinct, r.items) == (len(allv), len(set(allv.tolist())), ref_topk(allv, 3)["items"])
+        assert r.median == Fraction(sorted(allv.tolist())[(len(allv) - 1) // 2] + sorted(allv.tolist())[len(allv) // 2], 2)
+        assert r.result["median"]["quantiles"]["0.75"]["value"] == ref_quantile(sorted(allv.tolist()), "0.75")
     for bad in (["--k", "0"], ["--quantiles", "1.5"], ["--ddof", "3"]):
         r = cli("submit", "describe", "--local", "2", "--input", str(tmp_path), *bad)
         assert r.returncode == 2 and bad[0] in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -168,3 +168,27 @@ def test_topk_through_the_cli_and_the_api(tmp_path):
     with Cluster.local(2) as c:
         got = c.topk(tmp_path, k=4)
         assert got.items == reference(allv, 4)["items"] and got.boundary_ties == reference(allv, 4)["boundary_ties"]
+
+
+@pytest.mark.parametrize("op,params", [("topk", {"k": 3, "strategy": "shuffle"}), ("topk", {"k": 3, "strategy": "threshold"}),
+                                       ("distinct", {}), ("describe", {})])
+def test_read_only_input_is_sorted_out_of_place(monkeypatch, op, params):
+    # a reader may hand over a buffer it does not copy (read-only): the ops must not sort it in place
+    import tests.conftest as conftest
+    plain = conftest.split_for
+
+    def read_only(shards, workers):
+        parts = plain(shards, workers)
+        for p in parts:
+            p.setflags(write=False)
+        return parts
+    monkeypatch.setattr(conftest, "split_for", read_only)
+    shards = NASTY["skewed"]
+    res, _, _ = run_op(op, shards, 3, params)
+    allv = np.concatenate(shards)
+    if op == "topk":
+        assert res == reference(allv, 3)
+    elif op == "distinct":
+        assert res["value"] == len(set(allv.tolist()))
+    else:
+        assert res["topk"] == reference(allv, 5)

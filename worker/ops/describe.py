@@ -29,7 +29,7 @@ from shardstats.worker.comm.shuffle import ShuffleConfig
 from shardstats.worker.ops import stats as stats_op
 from shardstats.worker.ops.contract import Op, ShuffleParams, option
 from shardstats.worker.ops.counting import run_lengths
-from shardstats.worker.ops.keyed import owned_counts
+from shardstats.worker.ops.keyed import owned_counts, sort_owned
 from shardstats.worker.ops.median import (_interpolate, _parse_quantiles, _q_ranks, exact_mean, median_ranks,
                                           select_ranks)
 from shardstats.worker.ops.mode import DEFAULT_TIE_LIMIT
@@ -49,7 +49,7 @@ class DescribeParams(ShuffleParams):
 def _local(box: list) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
     values = box.pop()
     sums = stats_op.power_sums(values)
-    values.sort()             # in place: the data is the op's; the selection below reads it sorted
+    values = sort_owned(values)   # the selection below reads it sorted
     uv, uc = run_lengths(values)
     return sums, values, uv, uc
 
@@ -144,6 +144,15 @@ def render(r: dict) -> list[str]:
     return [f"{a:<{width}}  {b}" for a, b in rows]
 
 
+def view(r: dict) -> dict:
+    """The API's attributes (``r.count``, ``r.median``, ``r.items``...): one flat namespace, since
+    ``Result.stats`` is the job's cost; the nested answers stay in ``Result.result``."""
+    s = r["stats"]
+    return {**{k: s[k] for k in ("count", "sum", "min", "max", "mean", "variance", "std")},
+            "distinct": r["distinct"]["value"], "mode": r["mode"]["value"], "mode_count": r["mode"]["count"],
+            "median": r["median"]["value"], "items": r["topk"]["items"], "boundary_ties": r["topk"]["boundary_ties"]}
+
+
 OP = Op(
     name="describe",
     summary="count, sum, min, max, mean, std, distinct, mode, median, quantiles and top k in one job.",
@@ -153,4 +162,5 @@ OP = Op(
     phases=("load", "count", "shuffle", "reduce", "select"),
     examples=("cluster submit describe --input shards/",
               "cluster submit describe --input shards/ --quantiles 0.1,0.9,0.99 --k 10 --json"),
+    view=view,
 )

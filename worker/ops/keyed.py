@@ -37,10 +37,18 @@ class Owned:
     shuffle: ShuffleStats
 
 
+def sort_owned(values: np.ndarray) -> np.ndarray:
+    """``values`` sorted: in place when the op may write to it (the data is the op's), else a sorted copy
+    (a reader may hand over a read-only buffer it does not copy)."""
+    if values.flags.writeable:
+        values.sort()
+        return values
+    return np.sort(values)
+
+
 def local_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct values and counts of this rank's data; sorts ``values`` in place (the data is the op's)."""
-    values.sort()
-    return run_lengths(values)
+    """Distinct values and counts of this rank's data (sorting ``values`` in place when writeable)."""
+    return run_lengths(sort_owned(values))
 
 
 def _parts(w: int, cfg: ShuffleConfig, *arrays: np.ndarray) -> list:

@@ -198,13 +198,13 @@ async def by_threshold(comm: Communicator, k: int, uv: np.ndarray, uc: np.ndarra
     (None, {"fallback": reason}, stats) on every rank when the candidates are too many."""
     w, depth = comm.size, _depth(comm.size)
     comm.progress.set("threshold", 1, 3)
-    lv, lc = top_items(uv, uc, k)
+    lv, lc = await asyncio.to_thread(top_items, uv, uc, k)
     r1 = await tree_reduce(comm, {"v": lv, "c": compact(lc)}, _sum_lists(k), "topk.r1")
     tau1 = {"t": _kth(wide(r1["c"]), k)} if r1 is not None else None
     tau1 = (await broadcast(comm, tau1, "topk.tau1"))["t"]
     floor = -(-tau1 // w)                       # ceil(tau1 / W): a value of count >= tau1 reaches it on some rank
     comm.progress.set("threshold", 2, 3)
-    mine = uc >= floor
+    mine = await asyncio.to_thread(np.greater_equal, uc, floor)
     cand = {"over": False, "n": int(np.count_nonzero(mine)), "d": len(uv), "v": uv[mine], "c": compact(uc[mine]),
             "r": np.ones(int(np.count_nonzero(mine)), np.uint8)}
     if cand["n"] > limit or (cap_share is not None and cand["n"] > cap_share * cand["d"] + 64):
@@ -226,11 +226,7 @@ async def by_threshold(comm: Communicator, k: int, uv: np.ndarray, uc: np.ndarra
         return None, plan, stats
     comm.progress.set("threshold", 3, 3)
     refined = plan["R"]
-    exact = np.zeros(len(refined), np.int64)
-    if len(uv):
-        pos = np.minimum(np.searchsorted(uv, refined), len(uv) - 1)
-        hit = uv[pos] == refined
-        exact[hit] = uc[pos[hit]]
+    exact = await asyncio.to_thread(_lookup, uv, uc, refined)
     got = await tree_reduce(comm, {"c": compact(exact)}, lambda a, b: {"c": compact(wide(a["c"]) + wide(b["c"]))},
                             "topk.r3")
     stats.update(tau2=plan["tau2"], candidates=plan["n"], refined=len(refined), rounds=5 * depth)
@@ -238,6 +234,16 @@ async def by_threshold(comm: Communicator, k: int, uv: np.ndarray, uc: np.ndarra
         return None, None, stats
     counts = wide(got["c"])
     return partial(refined, counts, k) if len(refined) else {"v": EMPTY, "c": EMPTY, "e": 0}, None, stats
+
+
+def _lookup(uv: np.ndarray, uc: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """This rank's counts of ``wanted`` values (0 where absent); uv ascending."""
+    exact = np.zeros(len(wanted), np.int64)
+    if len(uv):
+        pos = np.minimum(np.searchsorted(uv, wanted), len(uv) - 1)
+        hit = uv[pos] == wanted
+        exact[hit] = uc[pos[hit]]
+    return exact
 
 
 async def sample_vote(comm: Communicator, values: np.ndarray | None, counted: tuple | None = None) -> tuple[bool, str]:
