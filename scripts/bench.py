@@ -14,10 +14,19 @@ Tools (``--tools``, default all):
     ours          our cluster, ``--workers`` local workers, reading the .npy shards
     ours-parquet  the same cluster code reading the .parquet shards
     numpy         one process: load the .npy shards, np.unique(return_counts) / np.median
-    duckdb        mode(x) / median(x) over read_parquet(the shards), threads=2
-    polars        scan_parquet(the shards), mode() (smallest of ties) / median()
+                  (topk: a lexsort of np.unique's counts; distinct: len(np.unique))
+    duckdb        mode(x) / median(x) over read_parquet(the shards), threads=2; topk:
+                  GROUP BY x ORDER BY count(*) DESC, x LIMIT K; distinct: count(DISTINCT x)
+    polars        scan_parquet(the shards), mode() (smallest of ties) / median(); topk:
+                  group_by(x).len() sorted by (len desc, x), head(K); distinct: n_unique()
     dask          distributed LocalCluster, one single-threaded worker process per shard:
-                  value_counts() for the mode, quantile(0.5) for the median (approximate)
+                  value_counts() for the mode, quantile(0.5) for the median (approximate);
+                  not run for topk and distinct
+
+Ops (``--ops``): mode, median, topk (``--k``, default 100: the K most frequent values,
+count desc then value asc, checked item by item), distinct (the exact count).  For
+topk our cluster runs ``auto`` (the timed row) and also each strategy forced
+(rows ``topk/shuffle`` and ``topk/threshold``), so their bytes and rounds sit side by side.
 
 Every tool runs in a child process of its own (so its memory is its own); each op
 runs once untimed-for-the-median ("first", the cold run, reported) and then
@@ -74,7 +83,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 PREFIX = "@@bench "              # child -> parent event lines on stdout; anything else is ignored
 DATASETS = ("unique-dup", "zipf")
-OPS = ("mode", "median")
+OPS = ("mode", "median", "topk", "distinct")
+TOPK_STRATEGY_OPS = ("topk/shuffle", "topk/threshold")   # ours only: each topk strategy forced, for its bytes
+ROW_ORDER = ("mode", "median", "topk", *TOPK_STRATEGY_OPS, "distinct")
 OURS = ("ours", "ours-parquet")
 
 
@@ -143,7 +154,17 @@ def human_count(n: int) -> str:
 
 
 # -- data ------------------------------------------------------------------------------
-reference = mode_and_median      # one sort, both answers: the shared sequential reference
+def reference(values: np.ndarray, tie_limit: int = 1000, is_sorted: bool = False, k: int = 100) -> dict:
+    """The shared mode and median reference plus the top ``k`` (count desc, value asc) and the distinct
+    count, all from one sort."""
+    s = values if is_sorted else np.sort(values)
+    ref = mode_and_median(s, tie_limit, is_sorted=True)
+    starts = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1])))
+    counts = np.diff(np.append(starts, len(s)))
+    order = np.lexsort((s[starts], -counts))[:k]
+    ref.update(topk_k=k, topk=[[int(v), int(c)] for v, c in zip(s[starts[order]], counts[order])],
+               distinct=int(len(starts)))
+    return ref
 
 
 @dataclass
@@ -161,7 +182,7 @@ class Dataset:
         return sorted(str(p) for p in (self.dir / fmt).glob(f"*.{fmt}"))
 
 
-def ensure_dataset(data_dir: Path, dist: str, rows: int, shards: int, seed: int, parquet: bool) -> Dataset:
+def ensure_dataset(data_dir: Path, dist: str, rows: int, shards: int, seed: int, parquet: bool, k: int = 100) -> Dataset:
     """The dataset's directory, generated once; ``meta.json`` is written last and marks it complete."""
     from shardstats.cluster.gen import generate, write_shards
     d = data_dir / f"{dist}-{rows}-{shards}s-seed{seed}"
@@ -177,10 +198,18 @@ def ensure_dataset(data_dir: Path, dist: str, rows: int, shards: int, seed: int,
         values = np.concatenate(parts)
         del parts
         values.sort()                  # in place: one copy of the data at 100M rows, not three
-        ref = reference(values, is_sorted=True)
+        ref = reference(values, is_sorted=True, k=k)
         ref["median"] = str(ref["median"])      # the cache is JSON: the exact half as "num/den" text
         del values
         meta = {"dist": dist, "rows": rows, "shards": shards, "seed": seed, "reference": ref, "parquet": False}
+    if meta["reference"].get("topk_k") != k:    # a cache from before topk/distinct, or another K
+        log(f"adding the top-{k} and distinct reference to {d}")
+        values = np.concatenate([np.load(f) for f in sorted((d / "npy").glob("*.npy"))])
+        values.sort()
+        meta["reference"] = reference(values, is_sorted=True, k=k)
+        meta["reference"]["median"] = str(meta["reference"]["median"])
+        del values
+        dirty = True
     if parquet and not meta.get("parquet"):
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -198,7 +227,9 @@ def ensure_dataset(data_dir: Path, dist: str, rows: int, shards: int, seed: int,
 
 # -- answers ---------------------------------------------------------------------------
 def encode_answer(x: Any) -> Any:
-    """Exact numbers as text ('7', '7/2'), floats as floats, so the parent can tell them apart."""
+    """Exact numbers as text ('7', '7/2'), floats as floats, so the parent can tell them apart; lists item by item."""
+    if isinstance(x, (list, tuple)):
+        return [encode_answer(v) for v in x]
     if isinstance(x, (float, np.floating)):
         return float(x)
     if isinstance(x, (int, np.integer, Fraction)):
@@ -206,9 +237,11 @@ def encode_answer(x: Any) -> Any:
     raise TypeError(f"unexpected answer type {type(x).__name__}")
 
 
-def decode_answer(x: Any) -> Fraction | None:
+def decode_answer(x: Any) -> Any:
     if x is None:
         return None
+    if isinstance(x, list):
+        return [decode_answer(v) for v in x]
     return Fraction(x) if isinstance(x, str) else Fraction(float(x))
 
 
@@ -216,6 +249,10 @@ def check(tool: str, op: str, answer: Fraction | None, ref: dict) -> str:
     """match / match (another tied value) / MISMATCH, or for approximate methods approximate (=|≠)."""
     if answer is None:
         return "FAILED"
+    if op.startswith("topk"):
+        return "match" if answer == [[Fraction(v), Fraction(c)] for v, c in ref["topk"]] else "MISMATCH"
+    if op == "distinct":
+        return "match" if answer == ref["distinct"] else "MISMATCH"
     if op == "mode":
         ok = answer == ref["mode"]
         if not ok and answer.denominator == 1 and answer.numerator in ref["ties"]:
@@ -279,20 +316,28 @@ def child_ours(spec: dict, ch: Child) -> None:
         try:
             procs = [psutil.Process(p) for p in c.info.pids]
             ch.emit(event="ready", startup_seconds=startup)
+            def job(path: str, op: str) -> tuple[Any, Any]:
+                """(the result, the answer as the reference states it) of one of our jobs."""
+                if op.startswith("topk"):
+                    r = c.topk(path, k=spec["k"], strategy=op.partition("/")[2] or "auto")
+                    return r, r.items
+                r = c.submit(op, path)
+                return r, r.value
+
             for ds in spec["datasets"]:
-                for op in spec["ops"]:
+                for op in [o for op in spec["ops"] for o in ((op, *TOPK_STRATEGY_OPS) if op == "topk" else (op,))]:
                     def once(path: str = ds["dir"], op: str = op) -> tuple[float, Any, dict]:
                         idle = [p.memory_info().rss for p in procs]
-                        seconds, r = _timed(lambda: c.mode(path) if op == "mode" else c.median(path))
+                        seconds, (r, answer) = _timed(lambda: job(path, op))
                         s = r.stats
                         keep = ("values", "seconds", "load_seconds", "run_seconds", "rounds", "bytes_sent",
                                 "messages_sent", "busiest_link_bytes", "max_inbound_streams", "peak_buffered_bytes",
-                                "peak_send_queue_bytes", "peak_worker_rss_bytes", "workers")
+                                "peak_send_queue_bytes", "peak_worker_rss_bytes", "workers", "strategy")
                         extra = {k: s[k] for k in keep if k in s}
                         extra["per_worker"] = [{"values": w["values"], "peak_rss_bytes": w["peak_rss_bytes"],
                                                 "idle_rss_bytes": idle[w["id"]], "phases": w.get("phases", {})}
                                                for w in s["per_worker"]]
-                        return seconds, r.value, extra
+                        return seconds, answer, extra
                     ch.runs(ds["label"], op, once, spec["repeat"], spec["budget"])
         finally:
             c.close()
@@ -311,6 +356,12 @@ def child_numpy(spec: dict, ch: Child) -> None:
                 if op == "mode":
                     u, counts = np.unique(a, return_counts=True)
                     answer = int(u[int(counts.argmax())])      # argmax: the first, so the smallest of ties
+                elif op == "topk":
+                    u, counts = np.unique(a, return_counts=True)
+                    order = np.lexsort((u, -counts))[:spec["k"]]
+                    answer = [[int(v), int(n)] for v, n in zip(u[order], counts[order])]
+                elif op == "distinct":
+                    answer = len(np.unique(a))
                 else:
                     answer = float(np.median(a))
                 end = time.perf_counter()
@@ -325,11 +376,15 @@ def child_duckdb(spec: dict, ch: Child) -> None:
     ch.emit(event="ready", startup_seconds=0.0)
     for ds in spec["datasets"]:
         for op in spec["ops"]:
-            sql = f"SELECT {'mode' if op == 'mode' else 'median'}(x) FROM read_parquet($files)"
+            sql = {"mode": "SELECT mode(x) FROM read_parquet($files)",
+                   "median": "SELECT median(x) FROM read_parquet($files)",
+                   "topk": f"SELECT x, count(*) AS n FROM read_parquet($files) GROUP BY x "
+                           f"ORDER BY n DESC, x ASC LIMIT {int(spec['k'])}",
+                   "distinct": "SELECT count(DISTINCT x) FROM read_parquet($files)"}[op]
 
-            def once(files: list[str] = ds["files"], sql: str = sql) -> tuple[float, Any, dict]:
-                seconds, row = _timed(lambda: con.execute(sql, {"files": files}).fetchone())
-                return seconds, row[0], {}
+            def once(files: list[str] = ds["files"], sql: str = sql, op: str = op) -> tuple[float, Any, dict]:
+                seconds, rows = _timed(lambda: con.execute(sql, {"files": files}).fetchall())
+                return seconds, ([[int(v), int(n)] for v, n in rows] if op == "topk" else rows[0][0]), {}
             ch.runs(ds["label"], op, once, spec["repeat"], spec["budget"])
 
 
@@ -338,10 +393,18 @@ def child_polars(spec: dict, ch: Child) -> None:
     ch.emit(event="ready", startup_seconds=0.0)
     for ds in spec["datasets"]:
         for op in spec["ops"]:
-            expr = pl.col("x").mode().min() if op == "mode" else pl.col("x").median()
+            def query(files: list[str], op: str = op) -> Any:
+                lf = pl.scan_parquet(files)
+                if op == "topk":
+                    top = (lf.group_by("x").len().sort(["len", "x"], descending=[True, False])
+                           .head(spec["k"]).collect())
+                    return [[int(v), int(n)] for v, n in top.iter_rows()]
+                expr = {"mode": pl.col("x").mode().min(), "median": pl.col("x").median(),
+                        "distinct": pl.col("x").n_unique()}[op]
+                return lf.select(expr).collect().item()
 
-            def once(files: list[str] = ds["files"], expr: Any = expr) -> tuple[float, Any, dict]:
-                seconds, v = _timed(lambda: pl.scan_parquet(files).select(expr).collect().item())
+            def once(files: list[str] = ds["files"], query: Any = query) -> tuple[float, Any, dict]:
+                seconds, v = _timed(lambda: query(files))
                 return seconds, v, {}
             ch.runs(ds["label"], op, once, spec["repeat"], spec["budget"])
 
@@ -361,7 +424,7 @@ def child_dask(spec: dict, ch: Child) -> None:
     try:
         ch.emit(event="ready", startup_seconds=startup)
         for ds in spec["datasets"]:
-            for op in spec["ops"]:
+            for op in [o for o in spec["ops"] if o in ("mode", "median")]:
                 def mode(files: list[str]) -> int:
                     vc = dd.read_parquet(files, columns=["x"])["x"].value_counts(split_out=True)
                     top = vc.max()
@@ -600,7 +663,7 @@ def summarize(tool: str, cr: ChildResult, datasets: dict[str, Dataset]) -> list[
         if tool in OURS and row["extras"]:
             last = row["extras"][-1]
             for k in ("bytes_sent", "rounds", "busiest_link_bytes", "max_inbound_streams", "load_seconds",
-                      "run_seconds", "workers"):
+                      "run_seconds", "workers", "strategy"):
                 row[k] = last.get(k)
             pw = [w for e in row["extras"] for w in e["per_worker"]]
             row["worker_peak_sum_bytes"] = max(sum(w["peak_rss_bytes"] for w in e["per_worker"])
@@ -633,12 +696,13 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
 def comparison_tables(rows: list[dict], startups: dict[str, float | None]) -> str:
     ours = {(r["dataset"], r["op"]): r["median_seconds"] for r in rows if r["tool"] == "ours"}
     order = {t: i for i, t in enumerate(TOOLS)}
-    rows = sorted(rows, key=lambda r: (DATASETS.index(r["dataset"]), OPS.index(r["op"]), order[r["tool"]]))
+    rows = sorted(rows, key=lambda r: (DATASETS.index(r["dataset"]), ROW_ORDER.index(r["op"]), order[r["tool"]]))
     body = []
     for r in rows:
         mine = ours.get((r["dataset"], r["op"]))
         ratio = (f"{r['median_seconds'] / mine:.2f}" if mine and r["median_seconds"] is not None else "—")
-        body.append([r["tool"], r["dataset"], r["op"], fmt_s(r["median_seconds"]),
+        op = r["op"] + (f" ({r['strategy']})" if r["op"] == "topk" and r.get("strategy") else "")
+        body.append([r["tool"], r["dataset"], op, fmt_s(r["median_seconds"]),
                      f"{r['timed_runs']}" if r["median_seconds"] is not None else "—",
                      fmt_s(r["first_seconds"]), ratio, fmt_s(r["median_cpu_seconds"]),
                      human_bytes(r["peak_tree_bytes"]),
@@ -700,6 +764,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ops", type=csv_list(OPS), default=list(OPS))
     p.add_argument("--datasets", type=csv_list(DATASETS), default=None,
                    help="default: both (the comparison), unique-dup (--scaling)")
+    p.add_argument("--k", type=int, default=100, help="topk: how many values (default 100)")
     p.add_argument("--workers", type=int, default=10, help="our workers and Dask's worker processes (default 10)")
     p.add_argument("--repeat", type=int, default=3, help="timed runs after the first (default 3)")
     p.add_argument("--budget", type=float, default=120.0,
@@ -722,7 +787,7 @@ def compare(args: argparse.Namespace) -> tuple[dict, str, bool]:
     skipped = {t.name: f"not installed: pip install {t.pip}" for t in tools if missing(t)}
     runnable = [t for t in tools if t.name not in skipped]
     parquet = any(t.fmt == "parquet" for t in runnable)
-    datasets = {d: ensure_dataset(args.data_dir, d, args.rows, args.shards, args.seed, parquet)
+    datasets = {d: ensure_dataset(args.data_dir, d, args.rows, args.shards, args.seed, parquet, args.k)
                 for d in datasets_wanted}
     rows: list[dict] = []
     startups: dict[str, float | None] = {}
@@ -730,7 +795,7 @@ def compare(args: argparse.Namespace) -> tuple[dict, str, bool]:
     for t in runnable:
         log(f"{t.name}: {t.what}")
         spec = {"tool": t.name, "ops": args.ops, "repeat": args.repeat, "budget": args.budget,
-                "workers": args.workers,
+                "workers": args.workers, "k": args.k,
                 "datasets": [{"label": d.label, "dir": str(d.dir / t.fmt), "files": d.files(t.fmt)}
                              for d in datasets.values()]}
         cr = run_child(spec, args.data_dir / "logs", args.timeout)
@@ -740,13 +805,14 @@ def compare(args: argparse.Namespace) -> tuple[dict, str, bool]:
         rows += summarize(t.name, cr, datasets)
     bad = any(r["check"] == "MISMATCH" for r in rows) or any(
         r["tool"] in OURS and (r["error"] or r["check"] == "FAILED") for r in rows) or any(t in OURS for t in failed)
-    doc = {"config": {"rows": args.rows, "shards": args.shards, "seed": args.seed, "workers": args.workers,
+    doc = {"config": {"rows": args.rows, "shards": args.shards, "seed": args.seed, "workers": args.workers, "k": args.k,
                       "repeat": args.repeat, "budget": args.budget, "ops": args.ops, "datasets": datasets_wanted,
                       "tools": args.tools, "cpus": os.cpu_count()},
            "versions": versions(), "convention": "ratio = tool median seconds / ours median seconds",
            "startup_seconds": startups, "skipped": skipped, "failed": failed, "results": rows,
            "data": {d: str(ds.dir) for d, ds in datasets.items()},
-           "references": {d: ds.ref | {"ties": ds.ref["ties"][:10]} for d, ds in datasets.items()}}
+           "references": {d: ds.ref | {"ties": ds.ref["ties"][:10], "topk": ds.ref["topk"][:10]}
+                          for d, ds in datasets.items()}}
     text = [f"{human_count(args.rows)} rows ({args.rows:,}) in {args.shards} shards, {args.workers} workers, "
             f"median of up to {args.repeat} runs, {os.cpu_count()} CPUs",
             "versions: " + ", ".join(f"{k} {v}" for k, v in doc["versions"].items()), "",
@@ -762,13 +828,13 @@ def scaling(args: argparse.Namespace) -> tuple[dict, str, bool]:
     if missing(TOOLS["ours"]):
         raise SystemExit(f"--scaling needs: pip install {TOOLS['ours'].pip}")
     datasets_wanted = args.datasets or ["unique-dup"]
-    data = {(d, n): ensure_dataset(args.data_dir, d, n, args.shards, args.seed, False)
+    data = {(d, n): ensure_dataset(args.data_dir, d, n, args.shards, args.seed, False, args.k)
             for d in datasets_wanted for n in args.scaling_rows}
     rows: list[dict] = []
     startups: dict[str, float | None] = {}
     bad = False
     for w in args.scaling_workers:
-        spec = {"tool": "ours", "ops": args.ops, "repeat": args.repeat, "budget": args.budget, "workers": w,
+        spec = {"tool": "ours", "ops": args.ops, "repeat": args.repeat, "budget": args.budget, "workers": w, "k": args.k,
                 "datasets": [{"label": f"{d}@{n}", "dir": str(ds.dir / "npy"), "files": []}
                              for (d, n), ds in data.items()]}
         log(f"ours at {w} workers")
@@ -781,7 +847,7 @@ def scaling(args: argparse.Namespace) -> tuple[dict, str, bool]:
             r.update(dataset=d, rows=int(n), workers=w)
             bad |= r["check"] != "match"
             rows.append(r)
-    rows.sort(key=lambda r: (r["dataset"], OPS.index(r["op"]), r["rows"], r["workers"]))
+    rows.sort(key=lambda r: (r["dataset"], ROW_ORDER.index(r["op"]), r["rows"], r["workers"]))
     body = [[r["dataset"], r["op"], human_count(r["rows"]), str(r["workers"]), fmt_s(r["median_seconds"]),
              f"{r['median_seconds'] / r['rows'] * 1e9:.0f}" if r["median_seconds"] else "—",
              fmt_s(r["median_cpu_seconds"]),

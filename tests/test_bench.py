@@ -74,8 +74,12 @@ def test_bench_ours_and_numpy_match(bench, tmp_path, capsys, monkeypatch):
     assert rc == 0, doc
     assert "pip install no-such-pkg" in doc["skipped"]["fake"]
     got = {(r["tool"], r["dataset"], r["op"]): r for r in doc["results"]}
-    assert set(got) == {(t, d, o) for t in ("ours", "numpy") for d in ("unique-dup", "zipf")
-                        for o in ("mode", "median")}
+    ops = ("mode", "median", "topk", "distinct")
+    assert set(got) == {(t, d, o) for t in ("ours", "numpy") for d in ("unique-dup", "zipf") for o in ops} | {
+        ("ours", d, o) for d in ("unique-dup", "zipf") for o in ("topk/shuffle", "topk/threshold")}
+    for d in ("unique-dup", "zipf"):      # each forced strategy ran as asked (none fell back at this size)
+        assert got[("ours", d, "topk/shuffle")]["strategy"] == "shuffle"
+        assert got[("ours", d, "topk")]["strategy"] in ("shuffle", "threshold")
     for r in got.values():
         assert r["check"] == "match", r
         assert len(r["runs"]) == 2 and r["median_seconds"] > 0 and r["peak_tree_bytes"] > 0

@@ -1,0 +1,172 @@
+"""The number of distinct values: exact by the mode's shuffle, or estimated from HyperLogLog sketches.
+
+Exact: every rank sends its distinct values (bare, 8 bytes each; no counts) to
+their owners by the stable hash, each owner counts what it received, and only the
+counts go up the tree.  The shuffle moves every distinct value once.
+
+``--approx``: each rank builds m = 2**p one-byte registers from its values
+(Flajolet et al. 2007): the top p bits of a value's splitmix64 hash pick a register,
+the position of the first 1-bit in the rest is kept if it is the largest seen.
+Registers merge by element-wise max -- a monoid -- so one tree reduction of
+m bytes per rank answers for the whole dataset, with relative standard error
+1.04/sqrt(m) (1.6% at the default p = 12: 4 KiB per rank).  Small cardinalities use
+linear counting on the empty registers, as the paper does.  The registers are built
+without a per-value Python loop: one bincount over (register, rank) pairs finds each
+register's maximum.  No library does this vectorised over a numpy array (datasketch
+and Apache DataSketches update one Python value at a time), so it is written here.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from shardstats.worker.comm.collectives import tree_reduce
+from shardstats.worker.comm.communicator import Communicator
+from shardstats.worker.comm.partition import splitmix64
+from shardstats.worker.comm.shuffle import ShuffleConfig
+from shardstats.worker.ops.contract import Op, ShuffleParams, option
+from shardstats.worker.ops.keyed import owned_distinct
+from shardstats.worker.ops.mode import COMBINE_BELOW, COMBINE_SAMPLE
+
+DEFAULT_PRECISION = 12
+HLL_BLOCK = 1 << 20            # values hashed per step: temporaries stay at block size
+BINCOUNT_CELLS = 1 << 20       # register x rho cells counted at once (p <= 14); above, np.maximum.at
+
+
+def _bit_length(x: np.ndarray) -> np.ndarray:
+    """Bit length of each uint64, exactly: frexp of each 32-bit half (exact in float64)."""
+    hi = (x >> np.uint64(32)).astype(np.float64)
+    lo = (x & np.uint64(0xFFFFFFFF)).astype(np.float64)
+    return np.where(hi > 0, 32 + np.frexp(hi)[1], np.frexp(lo)[1]).astype(np.int64)
+
+
+def hll_registers(values: np.ndarray, p: int) -> np.ndarray:
+    """The HyperLogLog registers (uint8, 2**p of them) of ``values``."""
+    m = 1 << p
+    q = 64 - p
+    reg = np.zeros(m, dtype=np.uint8)
+    for start in range(0, len(values), HLL_BLOCK):
+        h = splitmix64(values[start:start + HLL_BLOCK])
+        idx = (h >> np.uint64(q)).astype(np.int64)
+        rest = h & np.uint64((1 << q) - 1)
+        rho = q - _bit_length(rest) + 1                 # 1-based position of the first 1-bit in q bits
+        if m * (q + 2) <= BINCOUNT_CELLS:
+            # one bincount over (register, rho) cells, then the highest non-empty cell per register
+            seen = np.bincount(idx * (q + 2) + rho, minlength=m * (q + 2)).reshape(m, q + 2)
+            top = (q + 1) - np.argmax(seen[:, ::-1] > 0, axis=1)
+            top[seen[:, 1:].sum(axis=1) == 0] = 0
+            np.maximum(reg, top.astype(np.uint8), out=reg)
+        else:                                           # many registers: the cell table would be large
+            np.maximum.at(reg, idx, rho.astype(np.uint8))
+    return reg
+
+
+def hll_estimate(reg: np.ndarray) -> float:
+    """The cardinality estimate from merged registers (raw HLL, linear counting for small counts)."""
+    m = len(reg)
+    alpha = 0.7213 / (1 + 1.079 / m)
+    raw = alpha * m * m / float(np.sum(np.ldexp(1.0, -reg.astype(np.int64))))
+    zeros = int(np.count_nonzero(reg == 0))
+    if raw <= 2.5 * m and zeros:
+        return m * math.log(m / zeros)
+    return raw
+
+
+def relative_standard_error(p: int) -> float:
+    return 1.04 / math.sqrt(1 << p)
+
+
+@dataclass(frozen=True)
+class DistinctParams(ShuffleParams):
+    approx: bool = option(False, "Estimate from HyperLogLog sketches (a few KiB per worker) instead of the exact "
+                          "shuffle; the relative standard error is reported.")
+    precision: int = option(DEFAULT_PRECISION, "HyperLogLog registers: 2**precision bytes per worker, "
+                            "error 1.04/sqrt(2**precision).", min=4, max=16, advanced=True)
+
+
+async def distinct(comm: Communicator, values: np.ndarray, params: DistinctParams) -> tuple[dict | None, dict]:
+    t = time.perf_counter()
+    box = [values]
+    del values
+    if params.approx:
+        comm.progress.set("sketch")
+        p = params.precision
+        reg, local_est = await asyncio.to_thread(lambda: _sketch(box.pop(), p))
+        sketched = time.perf_counter()
+        comm.progress.set("reduce")
+        got = await tree_reduce(comm, {"r": reg}, lambda a, b: {"r": np.maximum(a["r"], b["r"])}, "distinct.hll")
+        # What the exact job would have sent from here: each local distinct value, 8 bytes, to its owner
+        # unless that is this rank (1/W of them).
+        exact_bytes = int(local_est * 8 * (comm.size - 1) / comm.size)
+        stats = {"phases": {"sketch": sketched - t, "reduce": time.perf_counter() - sketched},
+                 "rounds": max(0, (comm.size - 1).bit_length()), "exact_bytes_estimate": exact_bytes,
+                 "sketch_bytes": len(reg)}
+        if got is None:
+            return None, stats
+        e = relative_standard_error(p)
+        return {"value": round(hll_estimate(got["r"])), "exact": False, "relative_standard_error": e,
+                "registers": len(reg)}, stats
+    cfg = ShuffleConfig.from_params(params)
+    comm.progress.set("shuffle")
+    values = box.pop()
+    combine = await asyncio.to_thread(_dedup_pays, values)
+    owned, combined, st = await owned_distinct(comm, cfg, values, combine)
+    del values
+    shuffled = time.perf_counter()
+    comm.progress.set("reduce")
+    got = await tree_reduce(comm, {"n": len(owned)}, lambda a, b: {"n": a["n"] + b["n"]}, "distinct.n")
+    stats = {"phases": {"shuffle": shuffled - t, "reduce": time.perf_counter() - shuffled},
+             "rounds": 1 + max(0, (comm.size - 1).bit_length()), "combined": combined,
+             "distinct_keys": len(owned), "chunks_sent": st.chunks_sent}
+    return ({"value": got["n"], "exact": True} if got is not None else None), stats
+
+
+def _dedup_pays(values: np.ndarray) -> str:
+    """Whether to deduplicate locally (a sort) before the shuffle: "always" when a local sketch says
+    at least 10% of the values are repeats.
+
+    Not a random sample: when each value occurs ~10 times among millions, a sample of
+    65,536 looks almost all distinct (the birthday problem at the wrong scale), and
+    shipping raw values then moves 2.7x the bytes.  The sketch sees every value, in
+    about a third of the time of the sort it decides on.
+    """
+    if len(values) <= COMBINE_SAMPLE:
+        return "always"
+    return "always" if hll_estimate(hll_registers(values, DEFAULT_PRECISION)) < COMBINE_BELOW * len(values) \
+        else "never"
+
+
+def _sketch(values: np.ndarray, p: int) -> tuple[np.ndarray, float]:
+    reg = hll_registers(values, p)
+    return reg, (hll_estimate(reg) if len(values) else 0.0)
+
+
+def render(r: dict) -> list[str]:
+    if r["exact"]:
+        return [f"distinct: {r['value']:,} (exact)"]
+    e = r["relative_standard_error"]
+    return [f"distinct: ~{r['value']:,} (HyperLogLog estimate, relative standard error {e:.2%}: "
+            f"within ±{3 * e * r['value']:,.0f} at 3 standard errors)"]
+
+
+def summarize(workers: list[dict]) -> dict:
+    if "exact_bytes_estimate" in workers[0]:
+        return {"exact_bytes_estimate": sum(w["exact_bytes_estimate"] for w in workers),
+                "sketch_bytes": workers[0]["sketch_bytes"]}
+    return {"distinct_values": sum(w["distinct_keys"] for w in workers)}
+
+
+OP = Op(
+    name="distinct",
+    summary="The number of distinct values: exact (shuffle), or --approx from HyperLogLog sketches.",
+    params=DistinctParams,
+    run=distinct,
+    render=render,
+    phases=("load", "shuffle", "sketch", "reduce"),
+    examples=("cluster submit distinct --input shards/", "cluster submit distinct --input shards/ --approx --json"),
+    summarize=summarize,
+)

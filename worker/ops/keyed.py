@@ -1,0 +1,151 @@
+"""Exact counts by owner: the mode's shuffle as a building block for topk, distinct and describe.
+
+After ``owned_counts`` every distinct value of the dataset sits on exactly one rank
+(the one the stable hash picks) with its exact total count, so any statistic of the
+counts (the top K, the number of distinct values, the mode) is final per rank and
+only a small partial result has to travel, up a tree.
+
+This is the mode's scheme (worker/ops/mode.py) written against the shuffle's
+public interface only: values seen once locally travel as their bare 8 bytes
+("s"), repeated ones as (value, count) pairs ("v", "c"); local counting is skipped
+when a sample says the data is nearly unique (``mode.should_combine``).  ``dedup``
+ships distinct values only (no counts), which is all the exact distinct count needs.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import numpy as np
+
+from shardstats.worker.comm.communicator import Communicator
+from shardstats.worker.comm.partition import partition_blocks
+from shardstats.worker.comm.shuffle import ShuffleConfig, ShuffleStats, chunk_blocks, shuffle
+from shardstats.worker.memory import concat_releasing
+from shardstats.worker.ops.counting import run_lengths, sum_by_value
+from shardstats.worker.ops.mode import should_combine
+
+EMPTY = np.zeros(0, dtype=np.int64)
+
+
+@dataclass
+class Owned:
+    """What this rank owns after the shuffle: distinct values (ascending) and their exact total counts."""
+    values: np.ndarray
+    counts: np.ndarray
+    combined: bool                  # whether this rank counted locally before sending
+    shuffle: ShuffleStats
+
+
+def sort_owned(values: np.ndarray) -> np.ndarray:
+    """``values`` sorted: in place when the op may write to it (the data is the op's), else a sorted copy
+    (a reader may hand over a read-only buffer it does not copy)."""
+    if values.flags.writeable:
+        values.sort()
+        return values
+    return np.sort(values)
+
+
+def local_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values and counts of this rank's data (sorting ``values`` in place when writeable)."""
+    return run_lengths(sort_owned(values))
+
+
+def _parts(w: int, cfg: ShuffleConfig, *arrays: np.ndarray) -> list:
+    if cfg.strategy == "gather":         # the all-to-one design, for comparison only
+        return [[list(arrays)] if r == 0 else [] for r in range(w)]
+    return partition_blocks(w, *arrays)
+
+
+def pack(w: int, cfg: ShuffleConfig, singles: np.ndarray, pvals: np.ndarray = EMPTY,
+         pcounts: np.ndarray = EMPTY) -> list[list[dict]]:
+    """Outgoing chunks per rank: bare values as "s" pieces, (value, count) pairs as "v"/"c" pieces."""
+    s_parts = _parts(w, cfg, singles)
+    m_parts = _parts(w, cfg, pvals, pcounts) if len(pvals) else [[] for _ in range(w)]
+    out = []
+    for r in range(w):
+        out.append(chunk_blocks(("s",), s_parts[r], cfg.chunk_bytes)
+                   + chunk_blocks(("v", "c"), m_parts[r], cfg.chunk_bytes))
+        s_parts[r] = m_parts[r] = []
+    return out
+
+
+def pack_counts(w: int, cfg: ShuffleConfig, uv: np.ndarray, uc: np.ndarray) -> list[list[dict]]:
+    """Locally counted data: a value seen once costs its 8 bytes, a repeated one a pair."""
+    one = uc == 1
+    return pack(w, cfg, uv[one], uv[~one], uc[~one])
+
+
+class _Inbox:
+    """Collects what the shuffle delivers to this rank."""
+
+    def __init__(self) -> None:
+        self.singles: list[np.ndarray] = []
+        self.pvals: list[np.ndarray] = []
+        self.pcounts: list[np.ndarray] = []
+
+    def __call__(self, src: int, piece: dict) -> None:
+        if "s" in piece:
+            self.singles.append(piece["s"])
+        else:
+            self.pvals.append(piece["v"])
+            self.pcounts.append(piece["c"])
+
+    def counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """(distinct values ascending, exact counts) of everything received."""
+        s = concat_releasing(self.singles) if self.singles else EMPTY
+        self.singles = []
+        s.sort()
+        sv, sc = run_lengths(s)
+        if not self.pvals:
+            return sv, sc
+        v = np.concatenate([sv, *self.pvals])
+        c = np.concatenate([sc, *self.pcounts]).astype(np.int64)
+        self.pvals, self.pcounts = [], []
+        return sum_by_value(v, c)
+
+    def distinct(self) -> np.ndarray:
+        """The distinct values received (ascending)."""
+        s = concat_releasing(self.singles + self.pvals) if (self.singles or self.pvals) else EMPTY
+        self.singles, self.pvals, self.pcounts = [], [], []
+        s.sort()
+        return run_lengths(s)[0]
+
+
+async def owned_counts(comm: Communicator, cfg: ShuffleConfig, values: np.ndarray | None = None,
+                       counted: tuple[np.ndarray, np.ndarray] | None = None, combine: str = "auto") -> Owned:
+    """Shuffles by key; returns this rank's owned values with their exact counts.
+
+    Give either the raw ``values`` (counted locally first unless ``combine`` or a
+    sample says it does not pay) or ``counted`` = (distinct values, counts) already.
+    """
+    def prepare() -> tuple[list, bool]:
+        if counted is not None:
+            return pack_counts(comm.size, cfg, *counted), True
+        assert values is not None
+        if combine == "always" or (combine == "auto" and should_combine(values)):
+            return pack_counts(comm.size, cfg, *local_counts(values)), True
+        return pack(comm.size, cfg, values), False
+
+    outgoing, combined = await asyncio.to_thread(prepare)
+    inbox = _Inbox()
+    st = await shuffle(comm, outgoing, inbox, cfg)
+    del outgoing
+    v, c = await asyncio.to_thread(inbox.counts)
+    return Owned(v, c, combined, st)
+
+
+async def owned_distinct(comm: Communicator, cfg: ShuffleConfig, values: np.ndarray,
+                         combine: str = "auto") -> tuple[np.ndarray, bool, ShuffleStats]:
+    """Shuffles distinct values only (no counts); returns this rank's owned distinct values."""
+    def prepare() -> tuple[list, bool]:
+        if combine == "always" or (combine == "auto" and should_combine(values)):
+            return pack(comm.size, cfg, local_counts(values)[0]), True
+        return pack(comm.size, cfg, values), False
+
+    outgoing, combined = await asyncio.to_thread(prepare)
+    inbox = _Inbox()
+    st = await shuffle(comm, outgoing, inbox, cfg)
+    del outgoing
+    owned = await asyncio.to_thread(inbox.distinct)
+    return owned, combined, st
