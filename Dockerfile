@@ -15,7 +15,7 @@ COPY worker/ worker/
 COPY coordinator/ coordinator/
 COPY cluster/ cluster/
 # The s3 and parquet extras: workers on other hosts read shards from object storage (s3://).
-RUN pip install ".[s3,parquet]" && rm -rf /src
+RUN pip install ".[s3,parquet,fast]" && rm -rf /src
 
 # A numeric, non-root user: `USER 10001` is verifiably not root (Kubernetes runAsNonRoot) and
 # needs no name lookup.  /data is where relative input paths resolve (`--root /data`);

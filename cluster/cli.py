@@ -20,7 +20,6 @@ from shardstats.cluster.config import (ClusterInfo, ConfigError, default_cluster
                                        worker_id_from_hostname)
 from shardstats.cluster.runner import run_async
 from shardstats.cluster.submit import SubmitGroup
-from shardstats.coordinator.job import ping_all, run_job
 from shardstats._version import __version__
 from shardstats.errors import ShardstatsError
 from shardstats.settings import DEFAULTS, Settings
@@ -82,6 +81,10 @@ def worker(worker_id: int | None, id_from_hostname: bool, listen: str, peers: st
            tls_ca: str | None) -> None:
     """Run one worker daemon (what `cluster up`, docker compose and the Kubernetes StatefulSet start)."""
     import socket
+    # One BLAS thread per worker, set before numpy loads: workers are many per host already, and ten
+    # processes' BLAS thread pools on two cores made the stats op 2.7x slower (0.92 s vs 0.34 s at 10M).
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
     from shardstats import logs
     from shardstats.worker.memory import fixed_mmap_threshold
     from shardstats.worker.server import WorkerServer
@@ -244,6 +247,7 @@ def status(as_json: bool, watch: bool, interval: float, cluster_file: str | None
         fail(str(exc), exc.exit_code)
 
     def poll() -> list[dict]:
+        from shardstats.coordinator.job import ping_all
         return run_async(ping_all(info.workers, info.token.encode(), timeout=DEFAULTS.status_timeout, tls=tls))
 
     def as_document(rows: list[dict]) -> str:

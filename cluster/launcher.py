@@ -20,7 +20,6 @@ from pathlib import Path
 
 from shardstats.cluster.config import ClusterInfo
 from shardstats.errors import ConfigError, LaunchError
-from shardstats.coordinator.job import ping_all
 from shardstats.tls import ENV as TLS_ENV, TLSFiles
 
 
@@ -130,6 +129,7 @@ def wait_ready(info: ClusterInfo, timeout: float, procs: list[subprocess.Popen] 
         for i, p in enumerate(procs or []):
             if p.poll() is not None:
                 raise LaunchError(f"worker {i} exited with status {p.returncode}; see {info.log_dir}/worker{i}.log")
+        from shardstats.coordinator.job import ping_all   # lazily: `cluster --help` needs no asyncio stack
         rows = asyncio.run(ping_all(info.workers, info.token.encode(), timeout=1.0, tls=tls))
         down = [r for r in rows if not r["up"]]
         if not down:

@@ -57,7 +57,7 @@ def test_dockerfile_base_user_entrypoint_and_install():
     assert uid != 0, f"USER {img.user} runs as root"
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert img.entrypoint and img.entrypoint[0] in scripts, (img.entrypoint, scripts)
-    assert any(re.search(r"\bpip install (\S+ )*\.(\s|$)", r) for r in img.runs), img.runs
+    assert any(re.search(r"\bpip install (\S+ )*\"?\.(\[[\w,]+\])?\"?(\s|$)", r) for r in img.runs), img.runs
     assert "7000" in img.expose
 
 
