@@ -104,3 +104,22 @@ def test_auto_keeps_plain_on_one_host_and_for_repeating_data():
     """In-process (one host) auto stays plain: the link outruns the coding there."""
     stats = run_op("mode", generate(20_000, 4, "unique-dup", 1), 4, {})[1]
     assert {s["encoding"] for s in stats} == {"plain"}
+
+
+@pytest.mark.parametrize("host,want", [("10.77.0.{}", "compact"), ("127.0.0.1", "plain")])
+def test_auto_follows_where_the_workers_listen(host, want):
+    """Every rank sees the same address list, so auto needs no vote on loopback; off-host it picks compact
+    for nearly-unique data (and still exact)."""
+    from shardstats.worker.comm.inmemory import InMemoryNetwork
+    from tests.conftest import run_op
+    rng = np.random.default_rng(11)
+    shards = [rng.permutation(200_000)[:70_000].astype(np.int64) + 10 ** 12 * i for i in range(4)]   # > the sample
+    shards[3][0] = shards[0][0]                       # one repeat across two shards
+    net = InMemoryNetwork(4, timeout=20)
+    for r, c in enumerate(net.comms):
+        c.addrs = [f"{host.format(i + 1)}:7000" for i in range(4)]
+    res, stats, _ = run_op("mode", shards, 4, {"encoding": "auto"}, net=net)
+    assert {s["encoding"] for s in stats} == {want}
+    assert (res["value"], res["count"]) == (int(shards[0][0]), 2)
+    if want == "plain":                               # no planning round on loopback
+        assert all(s["rounds"] == 1 + 2 for s in stats)

@@ -223,6 +223,7 @@ class WorkerServer:
         ranks = [int(r) for r in msg["ranks"]]
         job.comm = jobs.make_comm(job, self.id, ranks, self.links, self.settings.job_timeout)
         job.comm.total = msg["total"]
+        job.comm.addrs = [self.peers[r] for r in ranks]     # where each rank listens: the same list on every rank
         early, job.early = job.early, []
         for peer_id, m, nbytes in early:     # peer messages that arrived before our "run"
             self.deliver_peer(peer_id, m, nbytes)

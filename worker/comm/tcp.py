@@ -12,6 +12,7 @@ class TcpComm(Communicator):
         super().__init__(job, ranks.index(my_id), len(ranks), timeout)
         self.ranks = ranks
         self.links = links
+        self.addrs: list[str] | None = None     # each rank's listening address (set by the daemon)
 
     async def _transmit(self, dest: int, frame: bytes) -> None:
         await self.links[self.ranks[dest]].send(frame, self.job)

@@ -155,25 +155,26 @@ async def choose_encoding(comm: Communicator, encoding: str, values: np.ndarray)
     sample shows repeats.  On loopback the link (GB/s) outruns the coding and the
     two extra rounds, so plain is faster there; where values repeat across shards
     (zipf) most fingerprints become candidates and travel twice.  The allreduce
-    makes every rank agree.
+    makes every rank agree.  When every worker of the job is on loopback, every rank
+    knows it from the same address list, so ``auto`` settles on plain without a vote.
     """
-    if encoding == "plain":
-        return "plain", None
     auto = encoding == "auto"
-    remote = int(auto and not _all_loopback(comm))
-    repeats = int(auto and remote > 0 and should_combine(values))
-    total = await allreduce(comm, {"n": len(values), "remote": remote, "repeats": repeats}, sum_ints, "mode.plan")
-    if auto and (total["remote"] == 0 or total["repeats"] > 0):
+    if encoding == "plain" or (auto and _all_loopback(comm)):
+        return "plain", None
+    repeats = int(auto and should_combine(values))
+    total = await allreduce(comm, {"n": len(values), "repeats": repeats}, sum_ints, "mode.plan")
+    if auto and total["repeats"] > 0:
         return "plain", None
     return "compact", fingerprint_bits(total["n"], comm.size)
 
 
 def _all_loopback(comm: Communicator) -> bool:
-    links = getattr(comm, "links", None)
-    if not links:                  # the in-memory transport: one process
+    """Whether every worker of this job listens on a loopback address (the same answer on every rank)."""
+    addrs = getattr(comm, "addrs", None)
+    if addrs is None:              # the in-memory transport: one process
         return True
-    for link in links.values():
-        host = str(getattr(link, "addr", "")).rsplit(":", 1)[0].strip("[]")
+    for addr in addrs:
+        host = str(addr).rsplit(":", 1)[0].strip("[]")
         try:
             if not ipaddress.ip_address(host).is_loopback:
                 return False
@@ -233,6 +234,7 @@ async def mode(comm: Communicator, values: np.ndarray, params: ModeParams) -> tu
     box = [values]
     del values
     encoding, fp_bits = await choose_encoding(comm, params.encoding, box[0])
+    planned = not (params.encoding == "plain" or (params.encoding == "auto" and _all_loopback(comm)))
     outgoing, kept, combined, local_counting, leaving = await asyncio.to_thread(
         _count_and_pack, comm.size, comm.rank, box, combine, params.counting, cfg, fp_bits)
     phases["count"] = time.perf_counter() - t
@@ -273,7 +275,7 @@ async def mode(comm: Communicator, values: np.ndarray, params: ModeParams) -> tu
     phases["aggregate"] = time.perf_counter() - t
     return await _finish(comm, local, phases, {"aggregate": memory.peak_rss_bytes()}, tie_limit, {
         "combined": combined, "counting": {"local": local_counting, "merge": merge_how}, "encoding": encoding,
-        "planned": params.encoding != "plain", "shuffled_values": leaving, "shuffle_bytes": shuffle_bytes,
+        "planned": planned, "shuffled_values": leaving, "shuffle_bytes": shuffle_bytes,
         "chunks_sent": sst.chunks_sent, "chunks_received": sst.chunks_received,
         "shuffle_send_seconds": sst.send_seconds, "shuffle_receive_seconds": sst.receive_seconds}, peaks)
 
