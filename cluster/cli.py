@@ -102,6 +102,11 @@ def worker(worker_id: int | None, id_from_hostname: bool, listen: str, peers: st
         fail(f"cannot read the cluster token: {exc}", 2)
     if not token:
         fail("no cluster token: set CLUSTER_TOKEN or CLUSTER_TOKEN_FILE, or pass --token-file", 2)
+    from shardstats.protocol.handshake import weak_token
+    weak = weak_token(token, DEFAULTS.min_token_chars)
+    if weak:
+        fail(weak, 2)
+    _raise_fd_limit()
     addrs = [a.strip() for a in peers.split(",") if a.strip()]
     logs.setup(log_level, worker=worker_id)
     try:
@@ -116,6 +121,17 @@ def worker(worker_id: int | None, id_from_hostname: bool, listen: str, peers: st
         run_async(server.serve(handle_signals=True))
     except OSError as exc:
         fail(f"worker {worker_id} cannot listen on {listen}: {exc.strerror or exc}", 1)
+
+
+def _raise_fd_limit() -> None:
+    """Lifts the soft descriptor limit to the hard one: a worker's connections and shard files share it."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
 
 
 # -- local launcher ------------------------------------------------------------

@@ -162,7 +162,10 @@ async def _expect(client: WorkerClient, job: str, want: str, timeout: float, liv
                 on_progress(client.worker_id, msg)
             continue
         if msg["t"] == "error":
-            raise from_kind(msg["kind"], msg["message"])
+            exc = from_kind(msg["kind"], msg["message"])
+            if isinstance(exc, WorkerLost):        # a worker that reports itself unfit: leave it out
+                exc.worker = client.worker_id
+            raise exc
         if msg["t"] == want:
             return msg
 

@@ -61,12 +61,20 @@ class WorkerServer:
         self.jobs_run = 0
         self.jobs_failed = 0
         self.bytes_sent_total = 0            # over every job this worker finished: what `status --watch` shows
+        self.loading = 0                      # admitted loads whose job is not registered yet
         self.last_job: dict[str, Any] = {}
         self.started = time.time()
         self.links: dict[int, PeerLink] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
         self.port: int | None = None
+        self.pre_auth: dict[InboundConnection, None] = {}   # in arrival order: the oldest is evicted first
+        self.connections: set[InboundConnection] = set()
+        self.early_bytes = 0                  # decoded cost of peer data held for jobs not started yet
+        self.refusals = 0                     # pre-auth connections refused or evicted, ever
+        self._refusals_logged = 0
+        self._log_budget = float(settings.refusal_log_burst)   # a token bucket for refusal log lines
+        self._log_budget_at = time.monotonic()
 
     # -- lifecycle -------------------------------------------------------
     async def serve(self, ready: asyncio.Event | None = None, *, handle_signals: bool = False) -> None:
@@ -116,10 +124,86 @@ class WorkerServer:
         assert self._tg is not None
         return self._tg.create_task(coro)
 
+    # -- connections -------------------------------------------------------
+    def admit(self, conn: InboundConnection) -> bool:
+        """A new connection: refused when the worker is full; the oldest handshake makes room for it.
+
+        Connections still in their handshake may hold at most ``max_pre_auth`` slots, so
+        unauthenticated clients can never take the descriptors that peers and coordinators
+        need (the rest of ``max_connections`` is their reserve).
+        """
+        st = self.settings
+        if len(self.connections) >= st.max_connections:
+            self.refused("connection_refused", conn.peername, f"{len(self.connections)} connections open")
+            return False
+        if len(self.pre_auth) >= st.max_pre_auth:
+            oldest = next(iter(self.pre_auth))
+            self.refused("handshake_evicted", oldest.peername, f"{len(self.pre_auth)} handshakes pending")
+            self.pre_auth.pop(oldest, None)
+            if oldest.transport is not None:
+                oldest.transport.abort()
+        self.pre_auth[conn] = None
+        self.connections.add(conn)
+        return True
+
+    def authenticated(self, conn: InboundConnection) -> None:
+        self.pre_auth.pop(conn, None)
+
+    def forget(self, conn: InboundConnection) -> None:
+        self.pre_auth.pop(conn, None)
+        self.connections.discard(conn)
+
+    def refused(self, event: str, remote: object, why: object) -> None:
+        """Counts a pre-auth refusal and logs it within a token bucket (``refusal_log_burst`` lines, then
+        ``refusal_log_rate`` a second): a flood of garbage connections cannot fill the disk with log lines.
+        A line after a quiet spell says how many refusals went unlogged (``unlogged``)."""
+        self.refusals += 1
+        st = self.settings
+        now = time.monotonic()
+        self._log_budget = min(float(st.refusal_log_burst),
+                               self._log_budget + (now - self._log_budget_at) * st.refusal_log_rate)
+        self._log_budget_at = now
+        if self._log_budget >= 1.0:
+            self._log_budget -= 1.0
+            unlogged = self.refusals - self._refusals_logged - 1
+            logs.event(event, logging.WARNING, remote=remote, error=why,
+                       **({"unlogged": unlogged, "refused_total": self.refusals} if unlogged else {}))
+            self._refusals_logged = self.refusals
+
+    def answer_ping(self, msg: dict, reply) -> None:
+        reply(make("pong", seq=msg["seq"], id=self.id, info=self.info()))
+
+    def admit_request(self, msg: dict, conn: InboundConnection) -> dict | None:
+        """An error reply when a load would pass the caps on active jobs, else None."""
+        if msg["t"] != "load":
+            return None
+        st = self.settings
+        mine = sum(j in self.jobs for j in conn.jobs) + conn.loading
+        if mine >= st.max_jobs_per_connection:
+            why = f"this connection has {mine} jobs active (limit {st.max_jobs_per_connection})"
+        elif len(self.jobs) + self.loading >= st.max_jobs:
+            why = f"{len(self.jobs) + self.loading} jobs active (limit {st.max_jobs})"
+        else:
+            self.loading += 1
+            conn.loading += 1
+            return None
+        logs.event("job_refused", logging.WARNING, job=msg["job"], error=why)
+        return make("error", job=msg["job"], kind="busy", message=f"worker {self.id} is busy: {why}")
+
+    def _admitted(self, conn: InboundConnection) -> None:
+        """An admitted load has registered its job (or failed before): it no longer counts as pending."""
+        self.loading -= 1
+        conn.loading -= 1
+
     # -- jobs ----------------------------------------------------------------
-    def _peer_failed(self, peer_id: int, exc: BaseException) -> None:
-        """A link to or from ``peer_id`` broke: no running job that includes that worker can finish."""
+    def _peer_failed(self, peer_id: int, exc: BaseException, only: set[str] | None = None) -> None:
+        """A link to or from ``peer_id`` broke: no running job that includes that worker can finish.
+
+        ``only``: the jobs that depended on the broken connection (an inbound one); None for our own link.
+        """
         for job in self.jobs.values():
+            if only is not None and job.id not in only:
+                continue
             if job.comm is not None and peer_id in job.comm.ranks:
                 job.comm.mailbox.fail(PeerFailure(f"worker {self.id} lost worker {peer_id}: "
                                                   f"{exc or type(exc).__name__}"))
@@ -139,23 +223,31 @@ class WorkerServer:
             job.comm.mailbox.fail(exc)
         if job.task is not None and not job.task.done():
             job.task.cancel()
+        self.early_bytes -= job.early_bytes
+        job.early, job.early_bytes = [], 0
         job.values = None
         if not self.jobs:
             memory.release()
 
-    def deliver_peer(self, peer_id: int, msg: dict, nbytes: int) -> None:
+    def deliver_peer(self, peer_id: int, msg: dict, nbytes: int, cost: int | None = None,
+                     conn: InboundConnection | None = None) -> None:
         job = self.jobs.get(msg["job"])
+        if job is not None and conn is not None:
+            conn.used_by.add(job.id)
         if job is None or job.comm is None:
             if job is None and msg["job"] not in self.finished:
                 logs.event("drop_unknown_job", logging.DEBUG, job=msg["job"], peer=peer_id)
             if job is not None:
                 # Under credit flow control a peer sends only asks and small collective messages
                 # before our "run" (data needs our credits); --shuffle naive may send data early.
-                # Beyond this bound it is a misbehaving peer, not a slow start.
-                job.early_bytes += nbytes
-                if job.early_bytes > self.settings.early_limit_bytes:
-                    raise ProtocolError(f"worker {peer_id} sent over {self.settings.early_limit_bytes >> 20} MiB for job "
-                                        f"{msg['job']} before it started here")
+                # Beyond this bound (decoded size, all waiting jobs together) it is a misbehaving
+                # peer, not a slow start.
+                cost = nbytes if cost is None else cost
+                if self.early_bytes + cost > self.settings.early_limit_bytes:
+                    raise ProtocolError(f"worker {peer_id} sent over {self.settings.early_limit_bytes >> 20} MiB "
+                                        f"(decoded) for jobs that have not started here (job {msg['job']})")
+                job.early_bytes += cost
+                self.early_bytes += cost
                 job.early.append((peer_id, msg, nbytes))
             return
         comm = job.comm
@@ -166,9 +258,10 @@ class WorkerServer:
     async def handle_request(self, msg: dict, reply, conn: "InboundConnection") -> None:
         t = msg["t"]
         if t == "ping":
-            reply(make("pong", seq=msg["seq"], id=self.id, info=self.info()))
+            self.answer_ping(msg, reply)
             return
         job_id = msg["job"]
+        admitted = t == "load"             # admit_request counted this load in self.loading
         if t == "abort":
             if job_id in self.jobs:
                 logs.event("job_aborted", job=job_id)
@@ -183,6 +276,8 @@ class WorkerServer:
                                report=reply, progress_interval=progress.interval_from(msg.get("progress")))
                 job.task = asyncio.current_task()      # an abort during the load cancels it
                 self.jobs[job_id] = job
+                self._admitted(conn)
+                admitted = False
                 conn.watch_job(job_id, msg.get("dead_after"))
                 n = await jobs.load(job, self.root)
                 reply(make("loaded", job=job_id, values=n, seconds=job.load_seconds))
@@ -200,10 +295,14 @@ class WorkerServer:
                 reply(make("done", job=job_id, **out))
                 self._drop(job_id)
         except asyncio.CancelledError:
+            if admitted:
+                self._admitted(conn)
             if job_id in self.jobs or not self._stop.is_set():
                 self._drop(job_id)
             raise
         except Exception as exc:  # noqa: BLE001 - the request boundary: report, keep serving
+            if admitted:
+                self._admitted(conn)
             cause = root_cause(exc)
             if isinstance(cause, ShardstatsError):
                 kind, text = cause.kind, str(cause)
@@ -224,6 +323,8 @@ class WorkerServer:
         job.comm = jobs.make_comm(job, self.id, ranks, self.links, self.settings.job_timeout)
         job.comm.total = msg["total"]
         early, job.early = job.early, []
+        self.early_bytes -= job.early_bytes
+        job.early_bytes = 0
         for peer_id, m, nbytes in early:     # peer messages that arrived before our "run"
             self.deliver_peer(peer_id, m, nbytes)
         deadline = min(float(msg["timeout"]), self.settings.max_job_seconds)
@@ -237,7 +338,8 @@ class WorkerServer:
         return {"version": __version__, "protocol": PROTOCOL_VERSION, "addr": self.peers[self.id],
                 "jobs_run": self.jobs_run, "jobs_failed": self.jobs_failed, "active_jobs": len(self.jobs),
                 "last_job": self.last_job, "bytes_sent_total": self.bytes_sent_total,
-                "rss_bytes": memory.rss_bytes(), "uptime": round(time.time() - self.started, 1)}
+                "rss_bytes": memory.rss_bytes(), "uptime": round(time.time() - self.started, 1),
+                "connections": len(self.connections), "refused": self.refusals}
 
 
 def _column(value: object) -> str | int | None:
