@@ -101,7 +101,7 @@ def _spawn(i: int, addrs: list[str], token: str, logs: Path, log_level: str,
     if tls_dir is not None:
         env.update(TLSFiles.in_dir(tls_dir, f"worker{i}").env())
     cmd = [sys.executable, "-m", "shardstats.cluster.cli", "worker", "--id", str(i), "--listen", addrs[i],
-           "--peers", ",".join(addrs), "--log-level", log_level, *(extra_args or [])]
+           "--peers", ",".join(addrs), "--log-level", log_level, "--allow-any-path", *(extra_args or [])]
     with open(logs / f"worker{i}.log", "ab") as log:
         return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True)

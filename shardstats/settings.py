@@ -36,6 +36,9 @@ class Settings:
     early_limit_bytes: int = 1 << 30      # what peers may send (decoded cost) to the jobs of a worker that
                                           # have not started yet, all jobs together
     max_jobs: int = 64                    # active jobs per worker
+    read_timeout: float = 120.0           # a load that finishes no file within this is stuck: the worker is unhealthy
+    memory_limit: int | None = None       # bytes a job's values may take on a worker; None: the cgroup's limit
+                                          # or the physical memory (worker/memory.py machine_budget)
     max_jobs_per_connection: int = 16     # active jobs per coordinator connection
     coordinator_silence: float = 10.0     # a worker drops its jobs when their coordinator is silent this long
     # -- the coordinator ------------------------------------------------------------------

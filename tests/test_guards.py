@@ -23,9 +23,8 @@ import pytest
 from shardstats.coordinator.client import WorkerClient
 from shardstats.protocol.errors import BadMessage
 from shardstats.protocol.frames import HEADER, FrameDecoder, decode_body, encode_frame
-from shardstats.protocol.handshake import ClientHandshake
 from shardstats.protocol.messages import make
-from shardstats.settings import DEFAULTS, Settings
+from shardstats.settings import DEFAULTS
 from shardstats.worker.net import inbound
 from shardstats.worker.net.dial import client_connect
 from shardstats.worker.server import WorkerServer
@@ -257,7 +256,7 @@ async def _running_job(srv) -> WorkerClient:
     coord = await WorkerClient.connect(srv.addr, TOKEN)
     await coord.send(make("load", job="j", files=[], dead_after=60))
     assert (await replies(coord, 1))[0]["t"] == "loaded"
-    await coord.send(make("run", job="j", op="median", params={"total": 1}, ranks=[0, 1]))
+    await coord.send(make("run", job="j", op="median", params={}, ranks=[0, 1], total=1, timeout=60))
     await asyncio.sleep(0.3)
     return coord
 
@@ -306,3 +305,56 @@ def test_a_worker_refuses_a_token_under_128_bits(token):
             env={"CLUSTER_TOKEN": token}, timeout=20)
     assert r.returncode == 2
     assert "secrets.token_hex(32)" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+# -- reads that hang ------------------------------------------------------------------------------------
+def test_a_stuck_read_makes_the_worker_report_itself_unhealthy_and_the_job_runs_elsewhere(tmp_path, monkeypatch):
+    """A read that never returns (a hung mount) passes its deadline: the load fails as the worker's fault,
+    the worker's pong says it is unhealthy and it refuses new loads, the coordinator re-runs the job on
+    the other worker (an exact answer), and once the read returns the worker is healthy again."""
+    import threading
+
+    import numpy as np
+
+    from shardstats.coordinator.job import ping_all, run_job
+    from shardstats.coordinator.spec import job_spec
+    from shardstats.worker import jobs
+    release = threading.Event()
+    real = jobs.read_shard
+    first = [True]
+
+    def hanging(ref, *a, **kw):
+        if ref.path.endswith("slow.txt") and first[0]:
+            first[0] = False
+            release.wait(30)
+        return real(ref, *a, **kw)
+    monkeypatch.setattr(jobs, "read_shard", hanging)
+    rng = np.random.default_rng(1)
+    parts = [rng.integers(-9, 9, 400) for _ in range(3)]
+    for name, p in zip(("slow.txt", "b.txt", "c.txt"), parts):
+        (tmp_path / name).write_text("".join(f"{v}\n" for v in p.tolist()))
+    values = np.sort(np.concatenate(parts))
+
+    async def main():
+        async with worker(peers=2, read_timeout=0.5) as srv:
+            addrs = [srv.addr, srv.peers[1]]
+            rep = await run_job(addrs, TOKEN, job_spec("median", str(tmp_path), {}, timeout=30))
+            stuck_rows = await ping_all(addrs, TOKEN)
+            c = await WorkerClient.connect(srv.addr if stuck_rows[0]["healthy"] is False else addrs[1], TOKEN)
+            await c.send(make("load", job="later", files=[]))
+            refused = (await replies(c, 1))[0]
+            await c.close()
+            release.set()
+            for _ in range(100):
+                rows = await ping_all(addrs, TOKEN)
+                if all(r["healthy"] for r in rows):
+                    break
+                await asyncio.sleep(0.05)
+            return rep, stuck_rows, refused, rows
+
+    rep, stuck_rows, refused, rows = asyncio.run(main())
+    assert (rep.result["lower"], rep.result["upper"]) == (int(values[599]), int(values[600]))
+    assert rep.attempts == 2 and len(rep.lost_workers) == 1 and "made no progress" in rep.lost_workers[0]["reason"]
+    assert sorted(r["healthy"] for r in stuck_rows) == [False, True]
+    assert refused["t"] == "error" and refused["kind"] == "unhealthy"
+    assert all(r["healthy"] for r in rows)

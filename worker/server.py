@@ -22,9 +22,9 @@ from shardstats.worker import jobs
 from shardstats import logs
 from shardstats.worker import memory
 from shardstats.worker.comm import progress
-from shardstats.errors import JobError, JobTimeout, PeerFailure, ShardstatsError
-from shardstats.worker.ops import registry
+from shardstats.errors import JobError, JobTimeout, PeerFailure, ShardstatsError, WorkerUnhealthy
 from shardstats.worker.io.listing import ShardRef
+from shardstats.worker.ops import registry
 from shardstats.worker.net.inbound import InboundConnection
 from shardstats.worker.net.links import PeerLink
 from shardstats.worker.net.dial import parse_addr
@@ -42,7 +42,10 @@ class _Shutdown(Exception):
 
 class WorkerServer:
     def __init__(self, worker_id: int, listen: str, peers: list[str], token: bytes, *, root: str = ".",
-                 settings: Settings = DEFAULTS, tls: TLSFiles | None = None) -> None:
+                 settings: Settings = DEFAULTS, tls: TLSFiles | None = None, confine: bool = False) -> None:
+        """``confine``: every path a job names must resolve (links included) under ``root``; a worker
+        started by ``cluster up`` on the coordinator's own host does not confine (it reads the user's
+        files wherever they are), any other worker should (``cluster worker`` does by default)."""
         if not 0 <= worker_id < len(peers):
             raise ValueError(f"worker id {worker_id} is not an index into the {len(peers)} peer addresses")
         self.id = worker_id
@@ -55,6 +58,8 @@ class WorkerServer:
         self._tls_client = tls.client_context() if tls is not None else None
         self.root = root
         self.settings = settings
+        self.access = jobs.Access(root, confine, settings.memory_limit or memory.machine_budget())
+        self.stuck = jobs.StuckReads()
         self.jobs: dict[str, jobs.Job] = {}
         self.finished: dict[str, float] = {}
         self.failed: set[str] = set()        # finished jobs that ended in failure or abort (a subset of finished)
@@ -272,14 +277,18 @@ class WorkerServer:
             if t == "load":
                 if job_id in self.jobs or job_id in self.finished:
                     raise JobError(f"job {job_id} already exists on worker {self.id}")
-                job = jobs.Job(job_id, [ShardRef.from_wire(f) for f in msg["files"]], column=_column(msg.get("column")),
+                if self.stuck:
+                    raise WorkerUnhealthy(f"worker {self.id} is unhealthy: {len(self.stuck.tasks)} reads stuck "
+                                          f"past {self.settings.read_timeout:g}s; it takes no new jobs")
+                job = jobs.Job(job_id, _files(msg["files"]), column=_column(msg.get("column")),
+                               header=_header(msg.get("header")),
                                report=reply, progress_interval=progress.interval_from(msg.get("progress")))
                 job.task = asyncio.current_task()      # an abort during the load cancels it
                 self.jobs[job_id] = job
                 self._admitted(conn)
                 admitted = False
                 conn.watch_job(job_id, msg.get("dead_after"))
-                n = await jobs.load(job, self.root)
+                n = await jobs.load(job, self.access, self.settings.read_timeout, self.stuck)
                 reply(make("loaded", job=job_id, values=n, seconds=job.load_seconds))
             elif t == "run":
                 job = self.jobs.get(job_id)
@@ -339,7 +348,9 @@ class WorkerServer:
                 "jobs_run": self.jobs_run, "jobs_failed": self.jobs_failed, "active_jobs": len(self.jobs),
                 "last_job": self.last_job, "bytes_sent_total": self.bytes_sent_total,
                 "rss_bytes": memory.rss_bytes(), "uptime": round(time.time() - self.started, 1),
-                "connections": len(self.connections), "refused": self.refusals}
+                "connections": len(self.connections), "refused": self.refusals,
+                "healthy": not self.stuck, "stuck_reads": len(self.stuck.tasks),
+                "memory_budget": self.access.budget, "confined": self.access.confined}
 
 
 def _column(value: object) -> str | int | None:
@@ -347,6 +358,20 @@ def _column(value: object) -> str | int | None:
     if value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
         return value
     raise JobError(f"load.column has type {type(value).__name__}, expected a string or an integer")
+
+
+def _files(value: list) -> list:
+    """The load message's files as ShardRefs; a malformed entry is a protocol error of the coordinator's."""
+    try:
+        return [ShardRef.from_wire(f) for f in value]
+    except ValueError as exc:
+        raise JobError(f"load.files: {exc}") from None
+
+
+def _header(value: object) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise JobError(f"load.header has type {type(value).__name__}, expected a boolean")
 
 
 def root_cause(exc: BaseException) -> BaseException:
