@@ -166,7 +166,8 @@ def _cluster_file(path: str | None) -> Path:
 
 
 def _running(info: ClusterInfo) -> bool:
-    return any(launcher.alive(p) for p in info.pids)
+    """Whether any worker the cluster file names is still running and provably ours (launcher.ours)."""
+    return bool(launcher.our_pids(info))
 
 
 @main.command(epilog="""\b
@@ -202,6 +203,9 @@ def up(workers: int, host: str, base_port: int, detach: bool, cluster_file: str 
             old = None
         if old is not None and _running(old):
             fail(f"a cluster is already running ({path}); stop it with `cluster down`", 2)
+        if old is not None and old.local:      # its workers are all gone (a crash, a reboot): clean up, start anew
+            launcher.stop(old)
+            click.echo(f"note: {path} named a cluster whose workers are gone; starting a new one", err=True)
     if tls_dir is not None and not (Path(tls_dir) / "ca.crt").exists():
         from shardstats.cluster import certs
         try:
@@ -247,9 +251,12 @@ def down(cluster_file: str | None) -> None:
         fail(str(exc), 1)
     if not info.local:
         fail(f"{path} describes a cluster this host did not start; stop it where it runs", 2)
+    running = launcher.our_pids(info)       # only processes provably ours: a stale file's pids may be anyone's
     killed = launcher.stop(info)
     path.unlink(missing_ok=True)
-    click.echo(f"stopped {len(info.pids)} workers" + (f" ({len(killed)} needed SIGKILL)" if killed else ""))
+    gone = len(info.pids) - len(running)
+    click.echo(f"stopped {len(running)} workers" + (f" ({len(killed)} needed SIGKILL)" if killed else "")
+               + (f"; {gone} had already exited" if gone else ""))
 
 
 @main.command(epilog="""\b
