@@ -64,7 +64,16 @@ Example (worker 0 of three; run the same with --id 1 and --id 2 on their hosts):
 @click.option("--peers", required=True, help="Every worker's address, comma-separated, in id order.")
 @click.option("--token-file", type=click.Path(dir_okay=False), help="File holding the cluster token "
               "(default: $CLUSTER_TOKEN or $CLUSTER_TOKEN_FILE).")
-@click.option("--root", default=".", show_default=True, help="Directory relative input paths are resolved against.")
+@click.option("--root", default=".", show_default=True,
+              help="The data root: jobs may read only files under it (links resolved), relative paths resolve "
+              "against it.")
+@click.option("--allow-any-path", is_flag=True,
+              help="Let jobs read any file this process can read (what `cluster up` and --local use: the "
+              "coordinator runs on this host as the same user).")
+@click.option("--memory-limit", help="Memory a job's values may take on this worker, e.g. 700M or 2G "
+              "(default: the cgroup's limit or the physical memory). Larger files are refused before reading.")
+@click.option("--read-timeout", type=click.FloatRange(min=0.1), default=DEFAULTS.read_timeout, show_default=True,
+              help="Seconds a load may go without finishing a file before the worker reports itself unhealthy.")
 @click.option("--job-timeout", type=click.FloatRange(min=0.1), default=DEFAULTS.job_timeout, show_default=True,
               help="Seconds any single wait inside a job may take.")
 @click.option("--handshake-timeout", type=click.FloatRange(min=0.1), default=DEFAULTS.handshake_timeout, show_default=True,
@@ -77,6 +86,7 @@ Example (worker 0 of three; run the same with --id 1 and --id 2 on their hosts):
 @click.option("--tls-ca", envvar="CLUSTER_TLS_CA", help="The cluster CA's certificate: peers and clients must "
               "present a certificate it signed (env CLUSTER_TLS_CA).")
 def worker(worker_id: int | None, id_from_hostname: bool, listen: str, peers: str, token_file: str | None, root: str,
+           allow_any_path: bool, memory_limit: str | None, read_timeout: float,
            job_timeout: float, handshake_timeout: float, log_level: str, tls_cert: str | None, tls_key: str | None,
            tls_ca: str | None) -> None:
     """Run one worker daemon (what `cluster up`, docker compose and the Kubernetes StatefulSet start)."""
@@ -102,11 +112,24 @@ def worker(worker_id: int | None, id_from_hostname: bool, listen: str, peers: st
         fail(f"cannot read the cluster token: {exc}", 2)
     if not token:
         fail("no cluster token: set CLUSTER_TOKEN or CLUSTER_TOKEN_FILE, or pass --token-file", 2)
+    from shardstats.protocol.handshake import weak_token
+    weak = weak_token(token, DEFAULTS.min_token_chars)
+    if weak:
+        fail(weak, 2)
+    _raise_fd_limit()
+    from shardstats.worker.memory import parse_size
+    try:
+        limit = parse_size(memory_limit) if memory_limit else None
+    except ValueError as exc:
+        fail(f"--memory-limit: {exc}", 2)
+    if not Path(root).is_dir():
+        fail(f"--root {root}: not a directory", 2)
     addrs = [a.strip() for a in peers.split(",") if a.strip()]
     logs.setup(log_level, worker=worker_id)
     try:
-        server = WorkerServer(worker_id, listen, addrs, token.encode(), root=root,
-                              settings=Settings(job_timeout=job_timeout, handshake_timeout=handshake_timeout),
+        server = WorkerServer(worker_id, listen, addrs, token.encode(), root=root, confine=not allow_any_path,
+                              settings=Settings(job_timeout=job_timeout, handshake_timeout=handshake_timeout,
+                                                memory_limit=limit, read_timeout=read_timeout),
                               tls=TLSFiles.of(tls_cert, tls_key, tls_ca))
     except ValueError as exc:
         fail(str(exc), 2)
@@ -116,6 +139,17 @@ def worker(worker_id: int | None, id_from_hostname: bool, listen: str, peers: st
         run_async(server.serve(handle_signals=True))
     except OSError as exc:
         fail(f"worker {worker_id} cannot listen on {listen}: {exc.strerror or exc}", 1)
+
+
+def _raise_fd_limit() -> None:
+    """Lifts the soft descriptor limit to the hard one: a worker's connections and shard files share it."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
 
 
 # -- local launcher ------------------------------------------------------------
@@ -132,7 +166,8 @@ def _cluster_file(path: str | None) -> Path:
 
 
 def _running(info: ClusterInfo) -> bool:
-    return any(launcher.alive(p) for p in info.pids)
+    """Whether any worker the cluster file names is still running and provably ours (launcher.ours)."""
+    return bool(launcher.our_pids(info))
 
 
 @main.command(epilog="""\b
@@ -168,6 +203,9 @@ def up(workers: int, host: str, base_port: int, detach: bool, cluster_file: str 
             old = None
         if old is not None and _running(old):
             fail(f"a cluster is already running ({path}); stop it with `cluster down`", 2)
+        if old is not None and old.local:      # its workers are all gone (a crash, a reboot): clean up, start anew
+            launcher.stop(old)
+            click.echo(f"note: {path} named a cluster whose workers are gone; starting a new one", err=True)
     if tls_dir is not None and not (Path(tls_dir) / "ca.crt").exists():
         from shardstats.cluster import certs
         try:
@@ -213,9 +251,12 @@ def down(cluster_file: str | None) -> None:
         fail(str(exc), 1)
     if not info.local:
         fail(f"{path} describes a cluster this host did not start; stop it where it runs", 2)
+    running = launcher.our_pids(info)       # only processes provably ours: a stale file's pids may be anyone's
     killed = launcher.stop(info)
     path.unlink(missing_ok=True)
-    click.echo(f"stopped {len(info.pids)} workers" + (f" ({len(killed)} needed SIGKILL)" if killed else ""))
+    gone = len(info.pids) - len(running)
+    click.echo(f"stopped {len(running)} workers" + (f" ({len(killed)} needed SIGKILL)" if killed else "")
+               + (f"; {gone} had already exited" if gone else ""))
 
 
 @main.command(epilog="""\b
@@ -338,13 +379,21 @@ Examples:
 @click.option("--format", "fmt", type=click.Choice(["txt", "npy"]), default="npy", show_default=True,
               help="npy: numpy binary (fast); txt: one integer per line.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same values.")
-def gen(out: str, shards: int, rows: int, dist: str, fmt: str, seed: int) -> None:
-    """Generate sample shards (seeded, reproducible)."""
-    from shardstats.cluster.gen import generate, write_shards
+@click.option("--force", is_flag=True, help="Write into a non-empty folder, replacing the shard-N files an "
+              "earlier `cluster gen` wrote there (other files are kept).")
+def gen(out: str, shards: int, rows: int, dist: str, fmt: str, seed: int, force: bool) -> None:
+    """Generate sample shards (seeded, reproducible) into an empty folder."""
+    from shardstats.cluster.gen import generate, prepare_target, write_shards
     try:
         parts = generate(rows, shards, dist, seed)
+        _, others = prepare_target(out, force)
     except ValueError as exc:
         fail(str(exc), 2)
+    except OSError as exc:
+        fail(f"--out {out}: {exc.strerror or exc}", 2)
+    if others:
+        click.echo(f"note: {out} also holds {len(others)} other entries (e.g. {others[0]}); "
+                   f"jobs on it read every shard file there", err=True)
     paths = write_shards(parts, Path(out), fmt)
     click.echo(f"wrote {sum(len(p) for p in parts):,} values ({dist}) in {len(paths)} {fmt} shards to {out}")
 

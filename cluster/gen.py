@@ -6,6 +6,7 @@ range(0, 4N)) except one value that appears twice, on two different shards.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,32 @@ def generate(n: int, shards: int, dist: str, seed: int) -> list[np.ndarray]:
     else:
         raise ValueError(f"unknown distribution {dist!r} (choose from {', '.join(DISTS)})")
     return list(np.array_split(vals, shards))
+
+
+OWNED = re.compile(r"shard-[0-9]+\.(txt|npy)")
+
+
+def prepare_target(out: str | Path, force: bool) -> tuple[int, list[str]]:
+    """Makes ``out`` ready for new shards: (shard files of a previous ``gen`` removed, other entries kept).
+
+    A directory that already holds anything is refused without ``force``: a job reads every shard in a
+    directory, so old shards left next to new ones would be counted too.  With ``force`` only the files
+    ``gen`` writes (``shard-N.txt`` / ``shard-N.npy``) are replaced; anything else stays and is reported.
+    """
+    out = Path(out)
+    if not out.exists():
+        return 0, []
+    if not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a directory")
+    entries = sorted(out.iterdir())
+    if entries and not force:
+        raise ValueError(f"--out {out}: the directory is not empty ({len(entries)} entries); jobs would read "
+                         f"old shards too. Pick an empty directory, or pass --force to replace the shard-N "
+                         f"files an earlier `cluster gen` wrote")
+    owned = [e for e in entries if e.is_file() and OWNED.fullmatch(e.name)]
+    for e in owned:
+        e.unlink()
+    return len(owned), [e.name for e in entries if e not in owned]
 
 
 def write_shards(parts: list[np.ndarray], out: str | Path, fmt: str) -> list[Path]:

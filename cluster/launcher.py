@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -81,11 +82,12 @@ def start(workers: int, host: str = "127.0.0.1", base_port: int | None = None, l
     procs = [_spawn(i, addrs, token, logs, log_level, extra_args, tls_dir) for i in range(workers)]
     pids = [p.pid for p in procs]
     info = ClusterInfo(workers=addrs, token=token, local=True, pids=pids, log_dir=str(logs), root=os.getcwd(),
-                       tls=client_tls.as_dict() if client_tls is not None else None)
+                       tls=client_tls.as_dict() if client_tls is not None else None,
+                       starts=[start_time(p) for p in pids], own_logs=log_dir is None)
     try:
         wait_ready(info, ready_timeout, procs)
     except BaseException:
-        stop(info)
+        stop(info, keep_logs=True)      # the error names a log file: keep it
         raise
     return info
 
@@ -101,7 +103,7 @@ def _spawn(i: int, addrs: list[str], token: str, logs: Path, log_level: str,
     if tls_dir is not None:
         env.update(TLSFiles.in_dir(tls_dir, f"worker{i}").env())
     cmd = [sys.executable, "-m", "shardstats.cluster.cli", "worker", "--id", str(i), "--listen", addrs[i],
-           "--peers", ",".join(addrs), "--log-level", log_level, *(extra_args or [])]
+           "--peers", ",".join(addrs), "--log-level", log_level, "--allow-any-path", *(extra_args or [])]
     with open(logs / f"worker{i}.log", "ab") as log:
         return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True)
@@ -114,6 +116,8 @@ def restart(info: ClusterInfo, i: int, log_level: str = "info", ready_timeout: f
     tls_dir = Path(info.tls["ca"]).parent if info.tls else None
     p = _spawn(i, info.workers, info.token, Path(info.log_dir), log_level, None, tls_dir)
     info.pids[i] = p.pid
+    if len(info.starts) == len(info.pids):
+        info.starts[i] = start_time(p.pid)
     wait_ready(ClusterInfo(workers=[info.workers[i]], token=info.token, local=True, pids=[p.pid],
                            log_dir=info.log_dir, root=info.root, tls=info.tls), ready_timeout, [p])
 
@@ -154,9 +158,52 @@ def alive(pid: int) -> bool:
         return True
 
 
-def stop(info: ClusterInfo, timeout: float = 10.0) -> list[int]:
-    """SIGTERM every worker, SIGKILL what is still there after ``timeout``; returns the pids that needed SIGKILL."""
-    return terminate(info.pids, timeout)
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22); None if unknown.
+
+    With the pid it names one process for good: a pid reused by another process has another start time.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2:].split()      # after "pid (comm) ": field 3 onwards
+    try:
+        return int(fields[22 - 3])
+    except (IndexError, ValueError):
+        return None
+
+
+def ours(pid: int, start: int | None = None) -> bool:
+    """Whether ``pid`` is a worker this launcher started: alive, running ``cluster worker`` (its command
+    line), and -- when the cluster file recorded one -- started at the recorded time.  A stale cluster
+    file whose pids now belong to other processes names none of ours, so nothing of theirs is signalled."""
+    if not alive(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    if b"shardstats.cluster.cli" not in argv or b"worker" not in argv:
+        return False
+    return start is None or start_time(pid) == start
+
+
+def our_pids(info: ClusterInfo) -> list[int]:
+    """The recorded workers that are still running and provably ours."""
+    starts = info.starts if len(info.starts) == len(info.pids) else [None] * len(info.pids)
+    return [p for p, s in zip(info.pids, starts) if ours(p, s)]
+
+
+def stop(info: ClusterInfo, timeout: float = 10.0, keep_logs: bool = False) -> list[int]:
+    """SIGTERM the workers that are provably ours (``ours``), SIGKILL what is still there after ``timeout``;
+    returns the pids that needed SIGKILL.  A log directory the launcher made is removed with them."""
+    killed = terminate(our_pids(info), timeout)
+    if info.own_logs and info.log_dir and not keep_logs:
+        shutil.rmtree(info.log_dir, ignore_errors=True)
+    return killed
 
 
 def terminate(pids: list[int], grace: float = 10.0) -> list[int]:

@@ -17,8 +17,25 @@ def run_async(coro):
     try:
         import uvloop
     except ImportError:          # only the import: an ImportError from inside the job must reach the caller
-        return asyncio.run(coro)
-    return uvloop.run(coro)
+        return asyncio.run(_quietly(coro))
+    return uvloop.run(_quietly(coro))
+
+
+async def _quietly(coro):
+    asyncio.get_running_loop().set_exception_handler(_drop_orphaned_tls_failure)
+    return await coro
+
+
+def _drop_orphaned_tls_failure(loop, context: dict) -> None:
+    """uvloop's ``start_tls`` keeps the handshake's waiter future after a refused certificate and never
+    retrieves it, although the dial has already raised the same error (worker/net/dial.py turns it into
+    the one-line message).  Whether the orphan is reported at exit depends on when the garbage collector
+    meets it, so without this a refused certificate sometimes printed a traceback after the error line."""
+    import ssl
+    if isinstance(context.get("exception"), ssl.SSLError) and \
+            str(context.get("message", "")).startswith("Future exception was never retrieved"):
+        return
+    loop.default_exception_handler(context)
 
 
 def in_sync(fn: Callable[[], T]) -> T:

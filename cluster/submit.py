@@ -20,7 +20,7 @@ import click
 from shardstats.errors import ShardstatsError, UsageError
 from shardstats.settings import DEFAULTS
 
-_COMMON = ("input_paths", "more_inputs", "column", "local_workers", "as_json", "timeout", "cluster_file",
+_COMMON = ("input_paths", "more_inputs", "column", "header", "local_workers", "as_json", "timeout", "cluster_file",
            "max_retries", "heartbeat", "dead_after", "quiet", "report_path", "pretty")
 
 
@@ -36,8 +36,11 @@ def _common_options() -> list[click.Parameter]:
                           "(s3://bucket/prefix/, s3://bucket/key, s3://bucket/prefix/*.npy); repeat it for more "
                           "(an unquoted glob the shell expanded is taken whole)."),
         click.Argument(["more_inputs"], nargs=-1, required=False),
-        click.Option(["--column"], help="Column of .csv/.parquet shards: a header name or a 0-based index "
-                     "(default: the first column)."),
+        click.Option(["--column"], help="Column of .csv/.parquet shards: a header name (implies --header yes) "
+                     "or a 0-based index (default: the first column)."),
+        click.Option(["--header"], type=click.Choice(["yes", "no"]), default=None,
+                     help="Whether the first row of .csv shards is a header (default: only when --column names "
+                     "a column; a first row that is not an integer is otherwise an error naming file:1)."),
         click.Option(["--local", "local_workers"], type=int, metavar="N",
                      help="Run on an ephemeral local cluster of N workers, stopped afterwards."),
         click.Option(["--json", "as_json"], is_flag=True, help="Print exactly one JSON object on stdout (indented "
@@ -115,8 +118,8 @@ def _typed(op, name: str, value):
     return value
 
 
-def run_submit(op, params, inputs: tuple[str, ...], *, column, local_workers, as_json, timeout, cluster_file,
-               max_retries, heartbeat, dead_after, quiet, report_path=None, pretty=None) -> None:
+def run_submit(op, params, inputs: tuple[str, ...], *, column, header=None, local_workers, as_json, timeout,
+               cluster_file, max_retries, heartbeat, dead_after, quiet, report_path=None, pretty=None) -> None:
     from shardstats.cluster import launcher
     from shardstats.cluster.config import find_cluster
     from shardstats.cluster.notices import NoticeHandler
@@ -128,7 +131,8 @@ def run_submit(op, params, inputs: tuple[str, ...], *, column, local_workers, as
     if column is not None and column.isdigit():
         column = int(column)
     try:
-        spec = JobSpec(op=op.name, params=params, inputs=inputs, column=column, timeout=timeout,
+        spec = JobSpec(op=op.name, params=params, inputs=inputs, column=column,
+                       header=None if header is None else header == "yes", timeout=timeout,
                        max_retries=max_retries, heartbeat=heartbeat, dead_after=dead_after)
     except UsageError as exc:
         _fail(str(exc), 2)

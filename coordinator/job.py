@@ -162,7 +162,10 @@ async def _expect(client: WorkerClient, job: str, want: str, timeout: float, liv
                 on_progress(client.worker_id, msg)
             continue
         if msg["t"] == "error":
-            raise from_kind(msg["kind"], msg["message"])
+            exc = from_kind(msg["kind"], msg["message"])
+            if isinstance(exc, WorkerLost):        # a worker that reports itself unfit: leave it out
+                exc.worker = client.worker_id
+            raise exc
         if msg["t"] == want:
             return msg
 
@@ -211,7 +214,8 @@ async def _attempt(clients: list[WorkerClient], job: str, spec: JobSpec, files: 
     t0 = time.perf_counter()
     async with heartbeats(clients, live.heartbeat):
         plan = assign(files, len(clients))
-        extra: dict = {"column": spec.column} if spec.column is not None else {}
+        # Reader options travel in the load message (extra fields are allowed by the schema).
+        extra: dict = {k: v for k, v in (("column", spec.column), ("header", spec.header)) if v is not None}
         if on_progress is not None:        # workers send progress only when asked (worker/comm/progress.py)
             extra["progress"] = DEFAULTS.progress_interval
         for c, mine in zip(clients, plan):
@@ -280,8 +284,6 @@ async def run_job(addrs: list[str], token: bytes, spec: JobSpec, *, absolute_pat
                     lost.append({"id": c.worker_id, "addr": c.addr, "attempt": attempt, "reason": why})
                     logs.event("worker_lost", logging.WARNING, job=job, worker=c.worker_id, reason=why)
                     await c.close()
-                if exc.exit_code == 2 and attempt > 1:
-                    raise JobError(f"{exc} (the input changed while the job was retried)") from None
                 if not _retryable(exc):
                     raise
                 if not clients:

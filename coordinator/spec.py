@@ -23,6 +23,7 @@ class JobSpec:
     params: Params
     inputs: tuple[str, ...]
     column: str | int | None = None          # the column of .csv/.parquet shards: a header name or a 0-based index
+    header: bool | None = None               # whether a .csv's first row is a header (None: only with --column NAME)
     timeout: float = DEFAULTS.phase_timeout  # seconds each phase (load, run) may take
     max_retries: int = DEFAULTS.max_retries
     heartbeat: float = DEFAULTS.heartbeat
@@ -37,6 +38,8 @@ class JobSpec:
         c = self.column
         if not (c is None or isinstance(c, str) or (isinstance(c, int) and not isinstance(c, bool) and c >= 0)):
             raise UsageError(f"--column: {c!r} is not a column name or a 0-based index")
+        if self.header is not None and not isinstance(self.header, bool):
+            raise UsageError(f"--header: {self.header!r} is not yes or no")
         for name, value, low in (("--timeout", self.timeout, 0.1), ("--heartbeat", self.heartbeat, 0.05),
                                  ("--dead-after", self.dead_after, 0.2)):
             if not value >= low:

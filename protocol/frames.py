@@ -4,6 +4,14 @@
 any split of the byte stream gives the same messages.  The length is checked
 against the limit as soon as the 4 header bytes are in, before any body byte is
 buffered, so a hostile peer cannot make us allocate a huge frame.
+
+What a frame may *decode into* is bounded too: a 4 MiB frame of empty msgpack
+maps would otherwise become four million dicts (~350 MB).  The decoder counts
+the containers (maps and arrays) a frame builds and refuses the frame past
+``max_containers``; msgpack's own limits cap any one container's length, and its
+C stack caps nesting.  ``decoded_cost`` is what a decoded frame may cost in
+memory (wire bytes plus a fixed price per container), the figure the worker
+counts against its bound on data held for jobs that have not started yet.
 """
 from __future__ import annotations
 
@@ -17,6 +25,9 @@ from shardstats.protocol.errors import BadMessage, FrameTooLarge
 
 HEADER = struct.Struct(">I")
 DEFAULT_MAX_FRAME = 4 * 1024 * 1024
+DEFAULT_MAX_CONTAINERS = 1 << 16   # maps + arrays one frame may decode into (data travels as bins)
+DEFAULT_MAX_ARRAY = 1 << 20        # elements of any one msgpack array (a mode's tie list is <= 100,000)
+CONTAINER_COST = 256               # bytes a decoded dict or list costs at most, beyond its wire bytes
 
 
 def encode_frame(msg: dict, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
@@ -26,21 +37,62 @@ def encode_frame(msg: dict, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-def decode_body(body: bytes | memoryview) -> dict:
+class _TooMany(Exception):
+    """Raised from a msgpack hook: the frame builds more containers than it may."""
+
+
+def decode_counted(body: bytes | memoryview, max_containers: int = DEFAULT_MAX_CONTAINERS,
+                   max_array: int = DEFAULT_MAX_ARRAY) -> tuple[dict, int]:
+    """The message a frame body holds and the number of containers it built.
+
+    The hooks run as each container is finished, so a bomb stops after
+    ``max_containers`` objects, not after the whole frame was built.
+    """
+    count = 0
+
+    def counted_map(obj: dict):
+        nonlocal count
+        count += 1
+        if count > max_containers:
+            raise _TooMany
+        return object_hook(obj)
+
+    def counted_list(obj: list):
+        nonlocal count
+        count += 1
+        if count > max_containers:
+            raise _TooMany
+        return obj
+
+    n = len(body)
     try:
-        msg = msgpack.unpackb(body, object_hook=object_hook, raw=False, strict_map_key=True)
+        msg = msgpack.unpackb(body, object_hook=counted_map, list_hook=counted_list, raw=False,
+                              strict_map_key=True, max_str_len=n, max_bin_len=n,
+                              max_ext_len=0, max_array_len=min(n, max_array), max_map_len=min(n, max_array))
+    except _TooMany:
+        raise BadMessage(f"frame decodes into more than {max_containers} maps and arrays") from None
     except Exception as exc:  # msgpack raises many types for garbage; all mean the same here
         raise BadMessage(f"undecodable frame body: {exc}") from None
     if not isinstance(msg, dict):
         raise BadMessage(f"frame body is a {type(msg).__name__}, not a map")
-    return msg
+    return msg, count
+
+
+def decode_body(body: bytes | memoryview, max_containers: int = DEFAULT_MAX_CONTAINERS) -> dict:
+    return decode_counted(body, max_containers)[0]
+
+
+def decoded_cost(nbytes: int, containers: int) -> int:
+    """An upper estimate of the memory a decoded frame holds: its bytes plus a price per container."""
+    return nbytes + containers * CONTAINER_COST
 
 
 class FrameDecoder:
     """Accumulates bytes; ``feed`` returns the complete messages they finish."""
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, max_containers: int = DEFAULT_MAX_CONTAINERS) -> None:
         self.max_frame = max_frame
+        self.max_containers = max_containers
         self._buf = bytearray()
         self._need: int | None = None  # body length of the frame being read, once known
 
@@ -53,10 +105,14 @@ class FrameDecoder:
 
     def feed_sized(self, data: bytes | bytearray | memoryview) -> list[tuple[dict[str, Any], int]]:
         """Like ``feed``, with each message's frame size in bytes (header included)."""
+        return [(m, n) for m, n, _ in self.feed_costed(data)]
+
+    def feed_costed(self, data: bytes | bytearray | memoryview) -> list[tuple[dict[str, Any], int, int]]:
+        """Like ``feed_sized``, with each message's decoded cost (``decoded_cost``) as a third item."""
         self._buf += data
         return list(self._drain())
 
-    def _drain(self) -> Iterator[tuple[dict, int]]:
+    def _drain(self) -> Iterator[tuple[dict, int, int]]:
         buf = self._buf
         pos = 0
         try:
@@ -74,8 +130,9 @@ class FrameDecoder:
                 end = pos + self._need
                 self._need = None
                 with memoryview(buf) as whole, whole[pos:end] as body:
-                    msg = decode_body(body)  # bins are copied out by msgpack, so the view can go
-                yield msg, end - pos + HEADER.size
+                    msg, containers = decode_counted(body, self.max_containers)  # bins are copied out
+                size = end - pos + HEADER.size
+                yield msg, size, decoded_cost(size, containers)
                 pos = end
         finally:
             if pos:

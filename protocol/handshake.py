@@ -26,6 +26,23 @@ from shardstats.protocol.messages import PROTOCOL_VERSION, make, validate
 
 NONCE_BYTES = 16
 ROLES = ("peer", "coord")
+MAKE_TOKEN = "python -c 'import secrets; print(secrets.token_hex(32))'"
+
+
+def weak_token(token: bytes | str, min_chars: int) -> str | None:
+    """Why ``token`` is too weak to guard a cluster, or None.
+
+    The rule: at least ``min_chars`` characters (32 by default: 128 bits when they are
+    hex digits, as ``cluster up`` and the command in the message make them) and more than
+    a few distinct characters, so "aaaa..." or "12121212..." is refused too.  Anyone
+    holding the token may run jobs, so it is what stands between the network and the data.
+    """
+    text = token.decode("utf-8", "replace") if isinstance(token, bytes) else token
+    if len(text) < min_chars:
+        return f"the cluster token has {len(text)} characters; use at least {min_chars} (make one with: {MAKE_TOKEN})"
+    if len(set(text)) < 8:
+        return f"the cluster token repeats {len(set(text))} distinct characters; make a random one with: {MAKE_TOKEN}"
+    return None
 
 
 def _mac(token: bytes, *parts: bytes) -> bytes:

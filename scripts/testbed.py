@@ -342,7 +342,8 @@ class TestBed:
         for i, addr in enumerate(self.addrs):
             cmd = ["ip", "netns", "exec", self.ns(i), self.python, "-m", "shardstats.cluster.cli", "worker", "--id", str(i),
                    "--listen", addr, "--peers", peers, "--log-level", self.log_level,
-                   "--job-timeout", f"{self.job_timeout:g}"]
+                   "--job-timeout", f"{self.job_timeout:g}",
+                   "--allow-any-path"]      # one filesystem under every namespace: the bed's data lives anywhere
             with open(self.log_dir / f"worker{i}.log", "ab") as log:
                 # `ip netns exec` execs the command, so this pid is the worker's.
                 self.procs.append(subprocess.Popen(cmd, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log,

@@ -66,6 +66,12 @@ class WorkerLost(JobError):
         self.worker = worker
 
 
+class WorkerUnhealthy(WorkerLost):
+    """A worker cannot do its share for reasons of its own (out of file descriptors or memory, reads
+    stuck): the job runs again without it, like a lost worker; never the user's input."""
+    kind = "unhealthy"
+
+
 class JobTimeout(JobError):
     """A phase of the job did not finish within its deadline."""
     kind = "timeout"
@@ -92,7 +98,7 @@ class LaunchError(ClusterError):
 
 
 _BY_KIND = {c.kind: c for c in (JobError, InputError, EmptyDataset, UsageError, PeerFailure, WorkerLost,
-                                 JobTimeout, ClusterUnavailable, StoreUnavailable)}
+                                 WorkerUnhealthy, JobTimeout, ClusterUnavailable, StoreUnavailable)}
 
 
 def from_kind(kind: str, message: str) -> ShardstatsError:
@@ -101,4 +107,5 @@ def from_kind(kind: str, message: str) -> ShardstatsError:
 
 
 __all__ = ["ShardstatsError", "UserError", "ClusterError", "JobError", "InputError", "EmptyDataset", "UsageError",
-           "PeerFailure", "WorkerLost", "JobTimeout", "ClusterUnavailable", "StoreUnavailable", "ConfigError", "LaunchError", "from_kind"]
+           "PeerFailure", "WorkerLost", "WorkerUnhealthy", "JobTimeout", "ClusterUnavailable", "StoreUnavailable",
+           "ConfigError", "LaunchError", "from_kind"]

@@ -20,10 +20,26 @@ class Settings:
     max_frame: int = 4 * 1024 * 1024      # frame limit after it (data travels in chunks well under it)
     send_queue_frames: int = 8            # frames queued per peer link before a sender waits
     send_timeout: float = 30.0            # a frame that cannot be handed to a peer's socket within this fails
+    pre_auth_max_containers: int = 16     # maps + arrays a frame may decode into before the handshake
+    max_containers: int = 1 << 16         # ... after it (data travels as bins; see protocol/frames.py)
+    max_pre_auth: int = 64                # connections still in their handshake, per worker; more are closed at once
+    max_connections: int = 512            # all inbound connections; the part above max_pre_auth is the reserve
+                                          # only authenticated traffic may use
+    write_high_water: int = 1 << 20       # a connection whose unread replies exceed this is not read from ...
+    write_low_water: int = 256 << 10      # ... until they drain below this
+    refusal_log_burst: int = 100          # pre-auth refusals logged in a burst; beyond it ...
+    refusal_log_rate: float = 2.0         # ... this many lines a second, each with the count it stands for
+    min_token_chars: int = 32             # a cluster token must be at least this long (32 hex chars = 128 bits)
     # -- a job on a worker ----------------------------------------------------------------
     job_timeout: float = 120.0            # any single wait inside a job (a recv, a credit)
     max_job_seconds: float = 24 * 3600.0  # the longest deadline a coordinator may give a job on a worker
-    early_limit_bytes: int = 1 << 30      # what peers may send a job before its own "run" arrives
+    early_limit_bytes: int = 1 << 30      # what peers may send (decoded cost) to the jobs of a worker that
+                                          # have not started yet, all jobs together
+    max_jobs: int = 64                    # active jobs per worker
+    read_timeout: float = 120.0           # a load that finishes no file within this is stuck: the worker is unhealthy
+    memory_limit: int | None = None       # bytes a job's values may take on a worker; None: the cgroup's limit
+                                          # or the physical memory (worker/memory.py machine_budget)
+    max_jobs_per_connection: int = 16     # active jobs per coordinator connection
     coordinator_silence: float = 10.0     # a worker drops its jobs when their coordinator is silent this long
     # -- the coordinator ------------------------------------------------------------------
     phase_timeout: float = 300.0          # the load phase and the run phase each finish within this

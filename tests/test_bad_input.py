@@ -122,7 +122,7 @@ CASES: dict[str, tuple[Callable[[Path], Path | str], str, list[str]]] = {
     "npy header claiming 10**12 values": (_npy("h.npy", forged_npy), "median", ["h.npy", "not a readable .npy"]),
     "empty npy file": (_npy("z.npy", lambda p: p.write_bytes(b"")), "mode", ["z.npy", "not a readable .npy"]),
     "mixed good and bad files": (_mixed, "mode", ["bad.npy", "float64"]),
-    "csv with a bad value": (_text("t.csv", "value,note\n10,a\nx20,b\n"), "mode", ["t.csv:3", "not an integer"]),
+    "csv with a bad value": (_text("t.csv", "10,a\n11,b\nx20,b\n"), "mode", ["t.csv:3", "not an integer"]),
     "csv with a missing value": (_text("t.csv", "value\n10\n\n,\n"), "median", ["t.csv:4", "empty value"]),
 }
 

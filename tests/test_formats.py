@@ -15,9 +15,9 @@ from tests.conftest import cli
 I64_MIN, I64_MAX = -(2 ** 63), 2 ** 63 - 1
 
 
-def csv(text: str | bytes, column=None, name: str = "f.csv") -> list[int]:
+def csv(text: str | bytes, column=None, name: str = "f.csv", header: bool | None = None) -> list[int]:
     raw = text.encode() if isinstance(text, str) else text
-    return parse_csv(raw, column, name).tolist()
+    return parse_csv(raw, column, name, header).tolist()
 
 
 # -- CSV: which column, which rows --------------------------------------------------------------
@@ -25,8 +25,10 @@ def test_header_by_name_by_index_and_default_first_column():
     text = "id,value,name\n1,10,a\n2,-20,b\n3,30,c\n"
     assert csv(text, "value") == [10, -20, 30]
     assert csv(text, "id") == [1, 2, 3]
-    assert csv(text, 1) == [10, -20, 30] == csv(text, "1")       # an index, as the CLI passes it (text)
-    assert csv(text) == [1, 2, 3]                                # no column: the first; the header is skipped
+    assert csv(text, 1, header=True) == [10, -20, 30] == csv(text, "1", header=True)   # an index (CLI text)
+    assert csv(text, header=True) == [1, 2, 3]                   # no column: the first; the header is skipped
+    with pytest.raises(InputError, match=r"^f\.csv:1: not an integer .*--header yes"):
+        csv(text)                                                # a header is never guessed
 
 
 def test_no_header_the_first_row_is_data():
@@ -36,8 +38,8 @@ def test_no_header_the_first_row_is_data():
 
 
 def test_digits_name_a_header_column_only_in_a_header_row():
-    assert csv("year,2019,2020\n1,2,3\n4,5,6\n", "2020") == [3, 6]      # a header: the name wins
-    assert csv("x,0\n1,2\n", "0") == [2]
+    assert csv("year,2019,2020\n1,2,3\n4,5,6\n", "2020", header=True) == [3, 6]   # a header: the name wins
+    assert csv("x,0\n1,2\n", "0", header=True) == [2]
     assert csv("5,1\n7,9\n", "1") == [1, 9]                               # data: "1" is an index
     assert csv("0,1,2\n3,4,5\n", "2") == [2, 5]
 
@@ -61,7 +63,7 @@ def test_int64_edges_are_exact_and_beyond_is_an_error_naming_file_and_line():
         csv(f"v\n1\n{I64_MAX + 1}\n", "v", "big.csv")
     assert str(ei.value).startswith("big.csv:3: ") and "beyond the int64 range" in str(ei.value)
     with pytest.raises(InputError, match=r"^big.csv:2: .*beyond the int64 range"):
-        csv(f"a,b\n1,{I64_MIN - 1}\n", 1, "big.csv")
+        csv(f"a,b\n1,{I64_MIN - 1}\n", 1, "big.csv", header=True)
 
 
 @pytest.mark.parametrize("text,column,line,what", [
@@ -153,7 +155,7 @@ def test_parquet_int32_uint64_and_int64_edges(tmp_path):
 @needs_pyarrow
 @pytest.mark.parametrize("make,column,what", [
     (lambda: {"v": pa.array([1, None, 3], pa.int64())}, "v", "row 1 of column 'v' is null"),
-    (lambda: {"v": pa.array([1, 2 ** 63], pa.uint64())}, "v", "row 1 of column 'v' (9223372036854775808) "
+    (lambda: {"v": pa.array([1, 2 ** 63], pa.uint64())}, "v", "row 1 of column 'v' "
                                                                "is beyond the int64 range"),
     (lambda: {"v": pa.array([1.5, 2.0])}, "v", "holds double values"),
     (lambda: {"v": pa.array(["1", "2"])}, "v", "holds string values"),

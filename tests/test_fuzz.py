@@ -209,6 +209,16 @@ class _Transport:
     def close(self) -> None:
         self.closed = True
 
+    abort = close
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    resume_reading = pause_reading
+
     def is_closing(self) -> bool:
         return self.closed
 

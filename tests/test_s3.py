@@ -187,7 +187,7 @@ def test_cli_answers_exactly_and_names_the_object_and_line_of_a_bad_value(s3, tm
     s3.put("clib", "bad/a.txt", b"1\n2\nthree\n4\n")
     out = cli("submit", "median", "--input", "s3://clib/bad/", "--local", "2", cwd=tmp_path)
     assert out.returncode == 2
-    assert out.stderr.strip() == "error: s3://clib/bad/a.txt:3: not an integer: 'three'"
+    assert out.stderr.strip() == "error: s3://clib/bad/a.txt:3: not an integer (column 1: a letter)"   # the kind, never the text
 
 
 # -- bad input ----------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from shardstats.worker.net.dial import client_connect
 from shardstats.worker.server import WorkerServer
 from tests.conftest import cli, nasty_datasets, ref_mode, shard_files
 
-TOKEN = "tls-test-token-0123456789abcdef"
+TOKEN = "tls-test-token-0123456789abcdef-0123456789"
 
 
 @pytest.fixture(scope="module")

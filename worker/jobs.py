@@ -15,9 +15,10 @@ import numpy as np
 
 from shardstats import logs
 from shardstats.worker import memory
-from shardstats.errors import InputError, JobError
+from shardstats.errors import InputError, JobError, WorkerUnhealthy
 from shardstats.worker.io.listing import ShardRef, is_object_url
 from shardstats.worker.io.shards import read_shard
+from shardstats.worker.io.source import confine, mib
 from shardstats.worker.ops.contract import Op, Params
 from shardstats.worker.net.links import PeerLink
 from shardstats.worker.comm.tcp import TcpComm
@@ -25,22 +26,46 @@ from shardstats.worker.comm.progress import Progress, reporting
 from shardstats.worker.comm.timeline import Timeline
 
 
-def resolve(path: str, root: str) -> str:
+def resolve(path: str, root: str, confined: bool = False) -> str:
+    """Where the worker opens ``path``: under ``root`` (links resolved, escapes refused) when ``confined``."""
+    if confined:
+        return confine(path, root)
     return path if os.path.isabs(path) else os.path.join(root, path)
 
 
-def load_files(files: list[ShardRef], root: str, column: str | int | None = None,
-               progress: Progress | None = None) -> np.ndarray:
+@dataclass(frozen=True)
+class Access:
+    """What a worker lets a job read: paths under ``root`` (``confined``) and at most ``budget`` bytes."""
+    root: str = "."
+    confined: bool = False
+    budget: int | None = None
+
+
+def load_files(files: list[ShardRef | str], root: str | Access, column: str | int | None = None,
+               progress: Progress | None = None, header: bool | None = None) -> np.ndarray:
+    access = root if isinstance(root, Access) else Access(root)
     arrays = []
+    held = 0
     objects = None                   # one object-store client per load, made only when an s3:// shard comes
-    for ref in files:
+    for f in files:
+        ref = f if isinstance(f, ShardRef) else ShardRef(str(f), -1, None)
+        budget = None if access.budget is None else access.budget - held
+        if budget is not None and budget <= 0:
+            raise InputError(f"{ref.path}: the job's files on this worker already take {mib(held)}, the worker's "
+                             f"memory budget (--memory-limit); add workers or split the shards")
         if is_object_url(ref.path):
+            if budget is not None and ref.size > budget:
+                raise InputError(f"{ref.path}: {mib(ref.size)} does not fit the worker's memory budget of "
+                                 f"{mib(budget)} (--memory-limit); split the shard into smaller objects")
             if objects is None:
                 from shardstats.worker.io.objects import ObjectReader
                 objects = ObjectReader()
-            arrays.append(objects.read(ref, column))
+            a = objects.read(ref, column, header)
         else:
-            arrays.append(read_shard(resolve(ref.path, root), column))
+            a = read_shard(ref, column, real_path=resolve(ref.path, access.root, access.confined), budget=budget,
+                           header=header)
+        held += a.nbytes
+        arrays.append(a)
         if progress is not None:
             progress.done = len(arrays)      # read by the ticker on the event loop's thread
     if not arrays:
@@ -60,6 +85,7 @@ class Job:
     early: list = field(default_factory=list)   # peer messages that beat our own "run"
     early_bytes: int = 0
     column: str | int | None = None             # the column of .csv/.parquet shards (load message)
+    header: bool | None = None                  # whether a .csv's first row is a header (load message)
     report: Callable[[dict], None] | None = None  # sends a message to the coordinator (progress)
     progress_interval: float | None = None      # seconds between progress messages; None: send none
     timeline: Timeline = field(default_factory=Timeline)   # starts when the load message arrives
@@ -70,19 +96,65 @@ class Job:
         return values
 
 
-async def load(job: Job, root: str) -> int:
+class StuckReads:
+    """Load threads that passed their read deadline and have not returned (a FIFO, a hung mount).
+
+    A thread cannot be cancelled; while any is stuck the worker reports itself unhealthy (in its pong)
+    and refuses new loads, so coordinators leave it out instead of handing it more files.
+    """
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Future] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self.tasks)
+
+    def add(self, task: asyncio.Future) -> None:
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+async def load(job: Job, root: str | Access, read_timeout: float | None = None,
+               stuck: StuckReads | None = None) -> int:
+    """Reads the job's files in a thread; a file that takes longer than ``read_timeout`` to read marks
+    the worker unhealthy (``WorkerUnhealthy``: the job runs again without it)."""
     memory.release()
     memory.reset_peak()        # the job's peak starts here (loading included)
     t = time.perf_counter()
     progress = Progress("load", job.timeline)
     progress.set("load", 0, len(job.files))
     async with reporting(job.id, progress, job.report, job.progress_interval):
-        job.values = await asyncio.to_thread(load_files, job.files, root, job.column, progress)
+        task = asyncio.ensure_future(asyncio.to_thread(load_files, job.files, root, job.column, progress,
+                                                       job.header))
+        done_before = progress.done
+        while True:
+            try:
+                job.values = await asyncio.wait_for(asyncio.shield(task), read_timeout)
+                break
+            except TimeoutError:
+                if progress.done != done_before:          # a file finished within the deadline: go on
+                    done_before = progress.done
+                    continue
+                if stuck is not None:
+                    stuck.add(task)
+                task.add_done_callback(_discard_result)
+                raise WorkerUnhealthy(f"a read of job {job.id} made no progress for {read_timeout:g}s "
+                                      f"(file {progress.done + 1} of {len(job.files)}: a FIFO, a device or a "
+                                      f"hung mount?); the worker reports itself unhealthy") from None
+            except asyncio.CancelledError:
+                task.add_done_callback(_discard_result)
+                raise
     job.timeline.close()       # the wait for the other workers' loads is no phase of ours
     job.load_seconds = time.perf_counter() - t
     logs.event("job_loaded", job=job.id, files=len(job.files), values=len(job.values),
                seconds=round(job.load_seconds, 3))
     return len(job.values)
+
+
+def _discard_result(task: asyncio.Future) -> None:
+    """Retrieves the outcome of a load thread nobody waits for any more (its error is of no use now)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def make_comm(job: Job, my_id: int, ranks: list[int], links: dict[int, PeerLink], timeout: float) -> TcpComm:

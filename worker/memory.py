@@ -87,3 +87,35 @@ def concat_releasing(arrays: list[np.ndarray]) -> np.ndarray:
         out[pos:pos + len(a)] = a
         pos += len(a)
     return out
+
+
+def machine_budget() -> int:
+    """The memory this worker may use when ``--memory-limit`` is not given: the cgroup's limit
+    (``/sys/fs/cgroup/memory.max``, v2; ``memory.limit_in_bytes``, v1) or the physical memory, the smaller."""
+    import os
+    limits = []
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:      # "max" or a huge v1 number: no limit
+            limits.append(int(text))
+    try:
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError):
+        pass
+    return min(limits) if limits else 1 << 62
+
+
+def parse_size(text: str) -> int:
+    """ "700M", "2G", "1.5GiB", "1000000" -> bytes; ValueError with a readable message otherwise."""
+    import re
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(?:i?b)?\s*", text.lower())
+    if not m:
+        raise ValueError(f"{text!r} is not a size (examples: 700M, 2G, 1.5GiB, 1000000)")
+    n = float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " ")
+    if n < 1 << 20:
+        raise ValueError(f"{text!r} is less than 1 MiB")
+    return int(n)

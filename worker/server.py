@@ -22,9 +22,9 @@ from shardstats.worker import jobs
 from shardstats import logs
 from shardstats.worker import memory
 from shardstats.worker.comm import progress
-from shardstats.errors import JobError, JobTimeout, PeerFailure, ShardstatsError
-from shardstats.worker.ops import registry
+from shardstats.errors import JobError, JobTimeout, PeerFailure, ShardstatsError, WorkerUnhealthy
 from shardstats.worker.io.listing import ShardRef
+from shardstats.worker.ops import registry
 from shardstats.worker.net.inbound import InboundConnection
 from shardstats.worker.net.links import PeerLink
 from shardstats.worker.net.dial import parse_addr
@@ -42,7 +42,10 @@ class _Shutdown(Exception):
 
 class WorkerServer:
     def __init__(self, worker_id: int, listen: str, peers: list[str], token: bytes, *, root: str = ".",
-                 settings: Settings = DEFAULTS, tls: TLSFiles | None = None) -> None:
+                 settings: Settings = DEFAULTS, tls: TLSFiles | None = None, confine: bool = False) -> None:
+        """``confine``: every path a job names must resolve (links included) under ``root``; a worker
+        started by ``cluster up`` on the coordinator's own host does not confine (it reads the user's
+        files wherever they are), any other worker should (``cluster worker`` does by default)."""
         if not 0 <= worker_id < len(peers):
             raise ValueError(f"worker id {worker_id} is not an index into the {len(peers)} peer addresses")
         self.id = worker_id
@@ -55,18 +58,28 @@ class WorkerServer:
         self._tls_client = tls.client_context() if tls is not None else None
         self.root = root
         self.settings = settings
+        self.access = jobs.Access(root, confine, settings.memory_limit or memory.machine_budget())
+        self.stuck = jobs.StuckReads()
         self.jobs: dict[str, jobs.Job] = {}
         self.finished: dict[str, float] = {}
         self.failed: set[str] = set()        # finished jobs that ended in failure or abort (a subset of finished)
         self.jobs_run = 0
         self.jobs_failed = 0
         self.bytes_sent_total = 0            # over every job this worker finished: what `status --watch` shows
+        self.loading = 0                      # admitted loads whose job is not registered yet
         self.last_job: dict[str, Any] = {}
         self.started = time.time()
         self.links: dict[int, PeerLink] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
         self.port: int | None = None
+        self.pre_auth: dict[InboundConnection, None] = {}   # in arrival order: the oldest is evicted first
+        self.connections: set[InboundConnection] = set()
+        self.early_bytes = 0                  # decoded cost of peer data held for jobs not started yet
+        self.refusals = 0                     # pre-auth connections refused or evicted, ever
+        self._refusals_logged = 0
+        self._log_budget = float(settings.refusal_log_burst)   # a token bucket for refusal log lines
+        self._log_budget_at = time.monotonic()
 
     # -- lifecycle -------------------------------------------------------
     async def serve(self, ready: asyncio.Event | None = None, *, handle_signals: bool = False) -> None:
@@ -116,10 +129,86 @@ class WorkerServer:
         assert self._tg is not None
         return self._tg.create_task(coro)
 
+    # -- connections -------------------------------------------------------
+    def admit(self, conn: InboundConnection) -> bool:
+        """A new connection: refused when the worker is full; the oldest handshake makes room for it.
+
+        Connections still in their handshake may hold at most ``max_pre_auth`` slots, so
+        unauthenticated clients can never take the descriptors that peers and coordinators
+        need (the rest of ``max_connections`` is their reserve).
+        """
+        st = self.settings
+        if len(self.connections) >= st.max_connections:
+            self.refused("connection_refused", conn.peername, f"{len(self.connections)} connections open")
+            return False
+        if len(self.pre_auth) >= st.max_pre_auth:
+            oldest = next(iter(self.pre_auth))
+            self.refused("handshake_evicted", oldest.peername, f"{len(self.pre_auth)} handshakes pending")
+            self.pre_auth.pop(oldest, None)
+            if oldest.transport is not None:
+                oldest.transport.abort()
+        self.pre_auth[conn] = None
+        self.connections.add(conn)
+        return True
+
+    def authenticated(self, conn: InboundConnection) -> None:
+        self.pre_auth.pop(conn, None)
+
+    def forget(self, conn: InboundConnection) -> None:
+        self.pre_auth.pop(conn, None)
+        self.connections.discard(conn)
+
+    def refused(self, event: str, remote: object, why: object) -> None:
+        """Counts a pre-auth refusal and logs it within a token bucket (``refusal_log_burst`` lines, then
+        ``refusal_log_rate`` a second): a flood of garbage connections cannot fill the disk with log lines.
+        A line after a quiet spell says how many refusals went unlogged (``unlogged``)."""
+        self.refusals += 1
+        st = self.settings
+        now = time.monotonic()
+        self._log_budget = min(float(st.refusal_log_burst),
+                               self._log_budget + (now - self._log_budget_at) * st.refusal_log_rate)
+        self._log_budget_at = now
+        if self._log_budget >= 1.0:
+            self._log_budget -= 1.0
+            unlogged = self.refusals - self._refusals_logged - 1
+            logs.event(event, logging.WARNING, remote=remote, error=why,
+                       **({"unlogged": unlogged, "refused_total": self.refusals} if unlogged else {}))
+            self._refusals_logged = self.refusals
+
+    def answer_ping(self, msg: dict, reply) -> None:
+        reply(make("pong", seq=msg["seq"], id=self.id, info=self.info()))
+
+    def admit_request(self, msg: dict, conn: InboundConnection) -> dict | None:
+        """An error reply when a load would pass the caps on active jobs, else None."""
+        if msg["t"] != "load":
+            return None
+        st = self.settings
+        mine = sum(j in self.jobs for j in conn.jobs) + conn.loading
+        if mine >= st.max_jobs_per_connection:
+            why = f"this connection has {mine} jobs active (limit {st.max_jobs_per_connection})"
+        elif len(self.jobs) + self.loading >= st.max_jobs:
+            why = f"{len(self.jobs) + self.loading} jobs active (limit {st.max_jobs})"
+        else:
+            self.loading += 1
+            conn.loading += 1
+            return None
+        logs.event("job_refused", logging.WARNING, job=msg["job"], error=why)
+        return make("error", job=msg["job"], kind="busy", message=f"worker {self.id} is busy: {why}")
+
+    def _admitted(self, conn: InboundConnection) -> None:
+        """An admitted load has registered its job (or failed before): it no longer counts as pending."""
+        self.loading -= 1
+        conn.loading -= 1
+
     # -- jobs ----------------------------------------------------------------
-    def _peer_failed(self, peer_id: int, exc: BaseException) -> None:
-        """A link to or from ``peer_id`` broke: no running job that includes that worker can finish."""
+    def _peer_failed(self, peer_id: int, exc: BaseException, only: set[str] | None = None) -> None:
+        """A link to or from ``peer_id`` broke: no running job that includes that worker can finish.
+
+        ``only``: the jobs that depended on the broken connection (an inbound one); None for our own link.
+        """
         for job in self.jobs.values():
+            if only is not None and job.id not in only:
+                continue
             if job.comm is not None and peer_id in job.comm.ranks:
                 job.comm.mailbox.fail(PeerFailure(f"worker {self.id} lost worker {peer_id}: "
                                                   f"{exc or type(exc).__name__}"))
@@ -139,23 +228,31 @@ class WorkerServer:
             job.comm.mailbox.fail(exc)
         if job.task is not None and not job.task.done():
             job.task.cancel()
+        self.early_bytes -= job.early_bytes
+        job.early, job.early_bytes = [], 0
         job.values = None
         if not self.jobs:
             memory.release()
 
-    def deliver_peer(self, peer_id: int, msg: dict, nbytes: int) -> None:
+    def deliver_peer(self, peer_id: int, msg: dict, nbytes: int, cost: int | None = None,
+                     conn: InboundConnection | None = None) -> None:
         job = self.jobs.get(msg["job"])
+        if job is not None and conn is not None:
+            conn.used_by.add(job.id)
         if job is None or job.comm is None:
             if job is None and msg["job"] not in self.finished:
                 logs.event("drop_unknown_job", logging.DEBUG, job=msg["job"], peer=peer_id)
             if job is not None:
                 # Under credit flow control a peer sends only asks and small collective messages
                 # before our "run" (data needs our credits); --shuffle naive may send data early.
-                # Beyond this bound it is a misbehaving peer, not a slow start.
-                job.early_bytes += nbytes
-                if job.early_bytes > self.settings.early_limit_bytes:
-                    raise ProtocolError(f"worker {peer_id} sent over {self.settings.early_limit_bytes >> 20} MiB for job "
-                                        f"{msg['job']} before it started here")
+                # Beyond this bound (decoded size, all waiting jobs together) it is a misbehaving
+                # peer, not a slow start.
+                cost = nbytes if cost is None else cost
+                if self.early_bytes + cost > self.settings.early_limit_bytes:
+                    raise ProtocolError(f"worker {peer_id} sent over {self.settings.early_limit_bytes >> 20} MiB "
+                                        f"(decoded) for jobs that have not started here (job {msg['job']})")
+                job.early_bytes += cost
+                self.early_bytes += cost
                 job.early.append((peer_id, msg, nbytes))
             return
         comm = job.comm
@@ -166,9 +263,10 @@ class WorkerServer:
     async def handle_request(self, msg: dict, reply, conn: "InboundConnection") -> None:
         t = msg["t"]
         if t == "ping":
-            reply(make("pong", seq=msg["seq"], id=self.id, info=self.info()))
+            self.answer_ping(msg, reply)
             return
         job_id = msg["job"]
+        admitted = t == "load"             # admit_request counted this load in self.loading
         if t == "abort":
             if job_id in self.jobs:
                 logs.event("job_aborted", job=job_id)
@@ -179,12 +277,18 @@ class WorkerServer:
             if t == "load":
                 if job_id in self.jobs or job_id in self.finished:
                     raise JobError(f"job {job_id} already exists on worker {self.id}")
-                job = jobs.Job(job_id, [ShardRef.from_wire(f) for f in msg["files"]], column=_column(msg.get("column")),
+                if self.stuck:
+                    raise WorkerUnhealthy(f"worker {self.id} is unhealthy: {len(self.stuck.tasks)} reads stuck "
+                                          f"past {self.settings.read_timeout:g}s; it takes no new jobs")
+                job = jobs.Job(job_id, _files(msg["files"]), column=_column(msg.get("column")),
+                               header=_header(msg.get("header")),
                                report=reply, progress_interval=progress.interval_from(msg.get("progress")))
                 job.task = asyncio.current_task()      # an abort during the load cancels it
                 self.jobs[job_id] = job
+                self._admitted(conn)
+                admitted = False
                 conn.watch_job(job_id, msg.get("dead_after"))
-                n = await jobs.load(job, self.root)
+                n = await jobs.load(job, self.access, self.settings.read_timeout, self.stuck)
                 reply(make("loaded", job=job_id, values=n, seconds=job.load_seconds))
             elif t == "run":
                 job = self.jobs.get(job_id)
@@ -200,10 +304,14 @@ class WorkerServer:
                 reply(make("done", job=job_id, **out))
                 self._drop(job_id)
         except asyncio.CancelledError:
+            if admitted:
+                self._admitted(conn)
             if job_id in self.jobs or not self._stop.is_set():
                 self._drop(job_id)
             raise
         except Exception as exc:  # noqa: BLE001 - the request boundary: report, keep serving
+            if admitted:
+                self._admitted(conn)
             cause = root_cause(exc)
             if isinstance(cause, ShardstatsError):
                 kind, text = cause.kind, str(cause)
@@ -225,6 +333,8 @@ class WorkerServer:
         job.comm.total = msg["total"]
         job.comm.addrs = [self.peers[r] for r in ranks]     # where each rank listens: the same list on every rank
         early, job.early = job.early, []
+        self.early_bytes -= job.early_bytes
+        job.early_bytes = 0
         for peer_id, m, nbytes in early:     # peer messages that arrived before our "run"
             self.deliver_peer(peer_id, m, nbytes)
         deadline = min(float(msg["timeout"]), self.settings.max_job_seconds)
@@ -238,7 +348,10 @@ class WorkerServer:
         return {"version": __version__, "protocol": PROTOCOL_VERSION, "addr": self.peers[self.id],
                 "jobs_run": self.jobs_run, "jobs_failed": self.jobs_failed, "active_jobs": len(self.jobs),
                 "last_job": self.last_job, "bytes_sent_total": self.bytes_sent_total,
-                "rss_bytes": memory.rss_bytes(), "uptime": round(time.time() - self.started, 1)}
+                "rss_bytes": memory.rss_bytes(), "uptime": round(time.time() - self.started, 1),
+                "connections": len(self.connections), "refused": self.refusals,
+                "healthy": not self.stuck, "stuck_reads": len(self.stuck.tasks),
+                "memory_budget": self.access.budget, "confined": self.access.confined}
 
 
 def _column(value: object) -> str | int | None:
@@ -246,6 +359,20 @@ def _column(value: object) -> str | int | None:
     if value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
         return value
     raise JobError(f"load.column has type {type(value).__name__}, expected a string or an integer")
+
+
+def _files(value: list) -> list:
+    """The load message's files as ShardRefs; a malformed entry is a protocol error of the coordinator's."""
+    try:
+        return [ShardRef.from_wire(f) for f in value]
+    except ValueError as exc:
+        raise JobError(f"load.files: {exc}") from None
+
+
+def _header(value: object) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise JobError(f"load.header has type {type(value).__name__}, expected a boolean")
 
 
 def root_cause(exc: BaseException) -> BaseException:

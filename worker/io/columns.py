@@ -7,11 +7,13 @@ buffer that keeps every row's newline, and hands that buffer to
 "file:line: what: text" errors name the row of the CSV file itself.
 
 Which column: ``column`` is ``None`` (the first), a header name, or a 0-based
-index (an ``int`` or a string of digits; a header name that happens to be digits,
-such as "2020", wins over the index when the first row holds a field that is no
-number, so it is surely a header).  The first row is a header when the chosen field of it
-does not look like a number (so a bad first value is reported, not skipped), or
-when the column is asked for by name.  Quotes around a field
+index (an ``int`` or a string of digits).  Whether the first row is a header is
+never guessed (a guess once dropped a first row of ``nan`` or ``x`` and gave a
+wrong answer): it is a header when the user says so (``header=True``,
+``--header yes``) or names the column (``--column NAME``, which implies a
+header); otherwise it is data, and a non-integer first row is an error naming
+``file:1`` with the hint to pass ``--header yes``.  With a header, a column given
+as digits ("2020") is a header name if the header has it, else an index.  Quotes around a field
 are dropped; a comma inside quotes does not split; a newline inside quotes is not
 supported (it ends the row).  A non-blank row whose chosen field is empty is an
 error rather than a silently dropped value.
@@ -21,7 +23,6 @@ read.  Without pyarrow the error is one line naming the file and the fix.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from collections.abc import Callable
 from typing import BinaryIO
@@ -29,11 +30,10 @@ from typing import BinaryIO
 import numpy as np
 
 from shardstats.errors import InputError
-from shardstats.worker.io.text import line_blocks, parse_text, read_bytes
+from shardstats.worker.io.text import line_blocks, parse_text
 
 _COMMA, _QUOTE, _NL = 44, 34, 10
 _SPACE_BYTES = np.array([32, 9, 13, 10, _QUOTE], dtype=np.uint8)   # bytes that do not make a field non-empty
-_NUMBERISH = re.compile(rb"\s*[+-]?[0-9.][0-9.eE+-]*\s*")   # data, even if bad: never taken for a header
 INT64_MAX = 2 ** 63 - 1
 
 Column = str | int | None
@@ -55,30 +55,25 @@ def _split_row(line: bytes) -> list[bytes]:
     return [f.strip() for f in fields]
 
 
-def _choose_column(first: bytes, column: Column, name: str) -> tuple[int, bool]:
+def _choose_column(first: bytes, column: Column, name: str, header: bool | None = None) -> tuple[int, bool]:
     """(0-based field index, whether the first row is a header) from the first row and the user's choice."""
     fields = _split_row(first.rstrip(b"\r\n"))
-    shown = first.decode("utf-8", "replace").strip()[:60]
-    if isinstance(column, str) and not column.strip().isdigit():
+    named = isinstance(column, str) and not column.strip().isdigit()
+    if header is None:
+        header = named
+    if named and not header:
+        raise InputError(f"{name}: --column {column!r} is a name, but --header no says the file has no header row")
+    if header and isinstance(column, str):
         want = column.strip().encode()
-        if want not in fields:
-            raise InputError(f"{name}:1: no column named {column!r} in the header: {shown!r}")
-        return fields.index(want), True
-    if isinstance(column, str):
-        # Digits name a header column ("2020") only in a row that is surely a header (a non-empty field
-        # that is no number); in a row of data, "1" is a value and the digits are an index.
-        want = column.strip().encode()
-        if want in fields and any(f and not _NUMBERISH.fullmatch(f) for f in fields):
+        if want in fields:
             return fields.index(want), True
-        column = int(column)
+        if named:
+            raise InputError(f"{name}:1: no column named {column!r} in the header (it has {len(fields)} columns)")
     idx = 0 if column is None else int(column)
     if idx < 0:
         raise InputError(f"{name}: column index {idx} is negative (indexes start at 0)")
-    if not first.strip():                       # a blank first row says nothing about a header
-        return idx, False
-    header = idx >= len(fields) or not _NUMBERISH.fullmatch(fields[idx])
     if header and idx >= len(fields):
-        raise InputError(f"{name}:1: row has no column {idx} (it has {len(fields)}): {shown!r}")
+        raise InputError(f"{name}:1: the header has no column {idx} (it has {len(fields)})")
     return idx, header
 
 
@@ -121,9 +116,8 @@ def _extract_block(block: np.ndarray, idx: int, skip_first_row: bool, name: str,
     bad = np.flatnonzero((row_solid > 0) & (field_solid == 0))
     if len(bad):
         r = int(bad[0])
-        text = bytes(block[row_start[r]:min(row_end[r], row_start[r] + 60)]).decode("utf-8", "replace").strip()
         what = "empty value in column" if count[r] >= idx else "row has no column"
-        raise InputError(f"{name}:{line0 + r}: {what} {idx}: {text!r}")
+        raise InputError(f"{name}:{line0 + r}: {what} {idx} (the row has {int(count[r]) + 1} fields)")
     # Mark [fs, fe) of every row and every newline, with one int8 difference array.
     # Non-empty ranges are disjoint and never touch (a newline lies between rows), so no index repeats.
     ne = fe > fs
@@ -136,20 +130,26 @@ def _extract_block(block: np.ndarray, idx: int, skip_first_row: bool, name: str,
     return out
 
 
-def parse_csv(raw: bytes, column: Column = None, name: str = "<csv>") -> np.ndarray:
+def parse_csv(raw: bytes, column: Column = None, name: str = "<csv>", header: bool | None = None) -> np.ndarray:
     """The integers of one column of CSV text (see the module docstring for the rules)."""
     if raw.startswith(b"\xef\xbb\xbf"):        # a UTF-8 byte order mark (spreadsheets write one)
         raw = b"   " + raw[3:]
     if not raw.strip():
         return np.zeros(0, dtype=np.int64)
     end1 = raw.find(b"\n")
-    idx, header = _choose_column(raw[: end1 if end1 >= 0 else len(raw)], column, name)
+    idx, header = _choose_column(raw[: end1 if end1 >= 0 else len(raw)], column, name, header)
     pieces = [_extract_block(block, idx, header and line0 == 1, name, line0) for block, line0 in line_blocks(raw)]
-    return parse_text(np.concatenate(pieces).tobytes(), name)
+    try:
+        return parse_text(np.concatenate(pieces).tobytes(), name)
+    except InputError as exc:
+        if not header and str(exc).startswith(f"{name}:1: "):
+            raise InputError(f"{exc}; if row 1 is a header, pass --header yes or --column NAME") from None
+        raise
 
 
-def read_csv(path: Path, column: Column = None) -> np.ndarray:
-    return parse_csv(read_bytes(path), column, str(path))
+def read_csv(path: Path, column: Column = None, header: bool | None = None) -> np.ndarray:
+    from shardstats.worker.io.shards import read_shard
+    return read_shard(path, column, header=header)
 
 
 # -- Parquet --------------------------------------------------------------------------------
@@ -162,6 +162,14 @@ def read_parquet(source: Path | BinaryIO, column: Column = None, name: str | Non
     (a changed object, a store that does not answer) rather than calling the file unreadable.
     """
     name = name or str(source)
+    if isinstance(source, (str, Path)):      # a local file: opened (and checked) by worker/io/source.py
+        try:
+            import pyarrow  # noqa: F401 - checked before the file is opened, so the message says what to install
+        except ImportError:
+            raise InputError(f"{name}: reading .parquet needs pyarrow on the worker "
+                             f"(pip install 'shardstats[parquet]')") from None
+        from shardstats.worker.io.shards import read_shard
+        return read_shard(source, column)
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -210,7 +218,7 @@ def read_parquet(source: Path | BinaryIO, column: Column = None, name: str | Non
         a = np.asarray(arr.to_numpy())
         if a.dtype.kind == "u" and a.dtype.itemsize == 8 and len(a) and a.max() > INT64_MAX:
             bad = int(np.argmax(a > INT64_MAX))
-            raise InputError(f"{name}: row {row + bad} of column {col!r} ({int(a[bad])}) is beyond the int64 range")
+            raise InputError(f"{name}: row {row + bad} of column {col!r} is beyond the int64 range")
         out[row:row + len(a)] = a
         row += len(a)
     return out[:row]

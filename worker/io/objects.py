@@ -157,7 +157,7 @@ class ObjectReader:
         self.settings = settings
         self._fs: Any = fs
 
-    def read(self, ref: ShardRef, column: str | int | None = None) -> np.ndarray:
+    def read(self, ref: ShardRef, column: str | int | None = None, header: bool | None = None) -> np.ndarray:
         suffix = PurePosixPath(ref.path).suffix.lower()
         if suffix not in SUFFIXES:
             raise InputError(f"{ref.path}: unsupported file type {suffix or '(none)'!r} ({EXPECTED})")
@@ -178,7 +178,7 @@ class ObjectReader:
             return parse_text(raw, ref.path)
         if suffix == ".csv":
             from shardstats.worker.io.columns import parse_csv
-            return parse_csv(raw, column, ref.path)
+            return parse_csv(raw, column, ref.path, header)
         from shardstats.worker.io.shards import load_npy
         return load_npy(io.BytesIO(raw), ref.path)
 

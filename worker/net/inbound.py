@@ -3,6 +3,13 @@
 The connection knows the wire; what a message means is the server's business
 (``server.deliver_peer`` for peer data, ``server.handle_request`` for the
 coordinator's requests), so this module imports nothing of the daemon.
+
+What one client can cost the worker is bounded here: connections still in
+their handshake are few (``max_pre_auth``; the oldest is closed to make room,
+so an honest client, which answers the challenge in one round trip, still gets
+in while a flood holds slots), what a frame decodes into is bounded by the
+decoder, a connection whose replies are not read stops being read
+(``pause_writing``), and pings are answered inline rather than one task each.
 """
 from __future__ import annotations
 
@@ -29,11 +36,14 @@ class InboundConnection(asyncio.Protocol):
 
     def __init__(self, server) -> None:   # a WorkerServer (worker/server.py); not imported: arrows run one way
         self.server = server
-        self.decoder = FrameDecoder(max_frame=server.settings.pre_auth_max_frame)
+        self.decoder = FrameDecoder(max_frame=server.settings.pre_auth_max_frame,
+                                    max_containers=server.settings.pre_auth_max_containers)
         self.hs = ServerHandshake(server.token, server.id)
         self.role: str | None = None
         self.peer_id: int | None = None
-        self.jobs: set[str] = set()
+        self.jobs: set[str] = set()           # coordinator: the jobs it loaded here
+        self.used_by: set[str] = set()        # peer: the jobs it delivered messages to
+        self.loading = 0                      # coordinator: admitted loads whose job is not registered yet
         self.transport: asyncio.Transport | None = None
         self.peername = None
         self._deadline: asyncio.TimerHandle | None = None
@@ -45,6 +55,11 @@ class InboundConnection(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.peername = transport.get_extra_info("peername")
+        st = self.server.settings
+        transport.set_write_buffer_limits(high=st.write_high_water, low=st.write_low_water)
+        if not self.server.admit(self):
+            transport.abort()
+            return
         loop = asyncio.get_running_loop()
         self._last_rx = loop.time()
         # One deadline covers TLS and the token handshake: a slow or silent client is dropped either way.
@@ -78,11 +93,22 @@ class InboundConnection(asyncio.Protocol):
         if secure is None or secure.is_closing():
             return
         self.transport = secure
+        st = self.server.settings
+        secure.set_write_buffer_limits(high=st.write_high_water, low=st.write_low_water)
         secure.write(encode_frame(self.hs.challenge()))
 
     def _too_slow(self) -> None:
-        logs.event("handshake_timeout", logging.WARNING, remote=self.peername)
+        self.server.refused("handshake_timeout", self.peername, "no valid hello in time")
         self._close()
+
+    # -- write backpressure: a client that does not read its replies is not read from ----
+    def pause_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def _close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -98,7 +124,7 @@ class InboundConnection(asyncio.Protocol):
             return
         self._last_rx = asyncio.get_running_loop().time()
         try:
-            for msg, nbytes in self.decoder.feed_sized(data):
+            for msg, nbytes, cost in self.decoder.feed_costed(data):
                 if self.role is None:
                     self._handshake(msg)
                     continue
@@ -106,15 +132,23 @@ class InboundConnection(asyncio.Protocol):
                 if self.role == "peer":
                     if msg["t"] != "peer":
                         raise ProtocolError(f"peer sent a {msg['t']} message")
-                    self.server.deliver_peer(self.peer_id, msg, nbytes)
-                elif msg["t"] in ("ping", "load", "run", "abort"):
+                    self.server.deliver_peer(self.peer_id, msg, nbytes, cost, self)
+                elif msg["t"] == "ping":
+                    self.server.answer_ping(msg, self.reply)      # inline: no task per ping
+                elif msg["t"] in ("load", "run", "abort"):
+                    refusal = self.server.admit_request(msg, self) if msg["t"] != "abort" else None
+                    if refusal is not None:
+                        self.reply(refusal)
+                        continue
                     self.server.spawn(self.server.handle_request(msg, self.reply, self))
                 else:
                     raise ProtocolError(f"coordinator sent a {msg['t']} message")
         except ProtocolError as exc:
-            event = "handshake_refused" if self.role is None else "protocol_error"
-            logs.event(event, logging.WARNING, remote=self.peername, role=self.role,
-                       peer=self.peer_id, error=exc)
+            if self.role is None:
+                self.server.refused("handshake_refused", self.peername, exc)
+            else:
+                logs.event("protocol_error", logging.WARNING, remote=self.peername, role=self.role,
+                           peer=self.peer_id, error=exc)
             self._close()
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             # A shape validate() let through that the code behind it did not expect: still the peer's fault.
@@ -131,6 +165,8 @@ class InboundConnection(asyncio.Protocol):
         self.reply(welcome)
         self.role, self.peer_id = role, pid
         self.decoder.max_frame = self.server.settings.max_frame
+        self.decoder.max_containers = self.server.settings.max_containers
+        self.server.authenticated(self)
         if self._deadline is not None:
             self._deadline.cancel()
         logs.event("connection_authenticated", logging.DEBUG, role=role, peer=pid, remote=self.peername)
@@ -138,6 +174,7 @@ class InboundConnection(asyncio.Protocol):
     # -- the coordinator's liveness ------------------------------------------------
     def watch_job(self, job_id: str, dead_after: object) -> None:
         """Ties a job to this coordinator connection; its silence past ``dead_after`` s drops the job."""
+        self.jobs = {j for j in self.jobs if j in self.server.jobs}     # forget the finished ones
         self.jobs.add(job_id)
         limit = float(dead_after) if isinstance(dead_after, (int, float)) and not isinstance(dead_after, bool) \
             and 0 < dead_after < 3600 else self.server.settings.coordinator_silence
@@ -170,10 +207,14 @@ class InboundConnection(asyncio.Protocol):
         for timer in (self._deadline, self._watchdog):
             if timer is not None:
                 timer.cancel()
+        self.server.forget(self)
         if self.role == "coord":
             # A coordinator that went away leaves no one to collect its jobs: cancel them.
             for job_id in self.jobs:
                 self.server._drop(job_id, JobError("coordinator disconnected"))
-        elif self.role == "peer" and self.peer_id is not None:
-            # The peer's end of its link to us closed: it died, restarted or broke the protocol.
-            self.server._peer_failed(self.peer_id, exc or ConnectionError("inbound connection closed"))
+        elif self.role == "peer" and self.peer_id is not None and self.used_by:
+            # A peer connection that carried data for jobs closed: those jobs lost data they need.
+            # Only those: a second connection that merely claims the same id and hangs up (or the
+            # real peer's idle spare) must not fail jobs that never received a byte through it.
+            self.server._peer_failed(self.peer_id, exc or ConnectionError("inbound connection closed"),
+                                     only=self.used_by)
