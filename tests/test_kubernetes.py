@@ -37,7 +37,7 @@ from shardstats.errors import ConfigError
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
 NS = "shardstats"
-TOKEN = "k8s-test-token-0123456789abcdef"
+TOKEN = "k8s-test-token-0123456789abcdef-0123456789abcdef"
 S3 = {"AWS_ENDPOINT_URL": "http://minio.storage:9000", "AWS_REGION": "eu-west-1",
       "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "not-a-real-secret"}
 

@@ -2,9 +2,10 @@
 
 Fenced blocks marked ``sh`` or ``python`` are run in order, each in a fresh
 process, from a scratch directory with the venv's ``bin`` on PATH, a private
-cluster file, and ``CLUSTER_BASE_PORT`` pointing at free ports.  Blocks whose
-first line is ``# needs ...`` (Docker, root) or ``# not run ...`` (the commands
-that run this very test) are left out; unmarked blocks (output samples) are text.
+cluster file, and ``CLUSTER_BASE_PORT`` pointing at free ports.  A block right
+after an HTML comment ``<!-- readme-test: skip (why) -->`` is left out (it needs
+Docker, root or Kubernetes, or it runs this very test); the reader never sees
+the marker.  Blocks of other languages (output samples) are text.
 """
 from __future__ import annotations
 
@@ -21,13 +22,12 @@ import pytest
 from shardstats.cluster.launcher import ports_in_use
 
 ROOT = Path(__file__).resolve().parent.parent
-BLOCK = re.compile(r"^```(sh|python)\n(.*?)^```", re.S | re.M)
+BLOCK = re.compile(r"(<!--\s*readme-test:\s*skip[^>]*-->\s*\n)?^```(sh|python)\n(.*?)^```", re.S | re.M)
 
 
 def runnable_blocks() -> list[tuple[str, str]]:
     text = (ROOT / "README.md").read_text()
-    blocks = [(lang, body) for lang, body in BLOCK.findall(text)]
-    return [(lang, body) for lang, body in blocks if not re.match(r"#\s*(needs|not run)", body.lstrip())]
+    return [(lang, body) for skip, lang, body in BLOCK.findall(text) if not skip]
 
 
 def free_base(n: int = 10) -> int:

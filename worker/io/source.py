@@ -55,13 +55,17 @@ def confine(path: str, root: str) -> str:
     return real
 
 
-def os_error(path: str, exc: OSError) -> Exception:
-    """An OSError while opening or reading ``path``: the worker's failure or the input's, by its errno."""
+def os_error(path: str, exc: OSError, real: str | None = None) -> Exception:
+    """An OSError while opening or reading ``path``: the worker's failure or the input's, by its errno.
+
+    ``real`` is where the worker looked (under its root): said when it differs, because a
+    volume mounted elsewhere than the job expects shows up as exactly this error."""
     if exc.errno in RESOURCE_ERRNOS:
         return WorkerUnhealthy(f"{path}: the worker cannot read it now ({errno.errorcode.get(exc.errno, exc.errno)}: "
                                f"{exc.strerror}); the job runs again on other workers")
     if isinstance(exc, FileNotFoundError):
-        return InputError(f"{path}: no such file")
+        looked = f" (the worker looked for {real})" if real and real != path else ""
+        return InputError(f"{path}: no such file{looked}")
     if isinstance(exc, PermissionError):
         return InputError(f"{path}: permission denied")
     if isinstance(exc, IsADirectoryError):
@@ -84,7 +88,7 @@ def opened(ref: ShardRef, real_path: str, budget: int | None = None) -> Iterator
     try:
         fd = os.open(real_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise os_error(ref.path, exc) from None
+        raise os_error(ref.path, exc, real_path) from None
     f = os.fdopen(fd, "rb")
     try:
         st = os.fstat(fd)
