@@ -6,12 +6,13 @@ it costs on a real cluster, and only there do the bytes a value costs on the wir
 turn into seconds.  The job is the mode of the problem's hard dataset
 (``unique-dup``: every value unique but one, so the shuffle moves almost all data).
 
-For each (strategy, encoding), at each link rate: wall time of the run, the shuffle
-phase (slowest worker), the encoding the workers used (``auto`` decides at run
-time), total bytes moved (the W x W traffic matrix), the values that left their
-worker and the shuffle's bytes per such value, the largest number of concurrent
-inbound streams any worker had, the peak bytes a worker buffered, the busiest host
-link (bytes in or out of one host, whichever is larger), and
+For each (strategy, encoding), at each link rate: wall time of the run, the count
+phase (where compact fingerprints and codes) and the shuffle phase (compact's
+three rounds) of the slowest worker, the encoding the workers used (``auto``
+decides at run time), total bytes moved (the W x W traffic matrix), the values
+that left their worker and the shuffle's bytes per such value, the largest number
+of concurrent inbound streams any worker had, the peak bytes a worker buffered,
+the busiest host link (bytes in or out of one host, whichever is larger), and
 
     ideal = total bytes / (W x link rate)      (every link busy all the time)
     bound = busiest link bytes / link rate     (this run's own traffic pattern)
@@ -82,7 +83,8 @@ def measure(rep: JobReport, w: int, rate_bytes: float | None) -> dict:
     shuffle_bytes = sum(s["shuffle_bytes"] for s in rep.workers)
     return {
         "seconds": rep.seconds,
-        "shuffle_seconds": max(s["phases"]["shuffle"] for s in rep.workers),
+        "count_seconds": max(s["phases"]["count"] for s in rep.workers),      # compact codes here
+        "shuffle_seconds": max(s["phases"]["shuffle"] for s in rep.workers),  # compact: all three rounds
         "encoding_used": used[0] if len(used) == 1 else "mixed:" + "+".join(used),
         "max_inbound_streams": max(s["max_inbound_streams"] for s in rep.workers),
         "peak_buffered_bytes": max(s["peak_buffered_bytes"] for s in rep.workers),
@@ -132,14 +134,15 @@ def _f(x: float | None, fmt: str, width: int) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"{'strategy':<8} {'encoding':<15} {'time s':>7} {'shuffle s':>9} {'total MB':>8} {'B/value':>7} "
+    head = (f"{'strategy':<8} {'encoding':<15} {'time s':>7} {'count s':>7} {'shuffle s':>9} {'total MB':>8} {'B/value':>7} "
             f"{'ideal s':>7} {'time/ideal':>10} {'bound s':>7} {'vs plain':>8} {'vs credit':>9} {'max in':>6} "
             f"{'peak buf MB':>11} {'busiest MB':>10}  answer")
     lines = [head, "-" * len(head)]
     for r in rows:
         m = r["median"]
         enc = r["encoding"] if m["encoding_used"] == r["encoding"] else f"{r['encoding']}->{m['encoding_used']}"
-        lines.append(f"{r['strategy']:<8} {enc:<15} {m['seconds']:>7.3f} {m['shuffle_seconds']:>9.3f} "
+        lines.append(f"{r['strategy']:<8} {enc:<15} {m['seconds']:>7.3f} {m['count_seconds']:>7.3f} "
+                     f"{m['shuffle_seconds']:>9.3f} "
                      f"{m['total_bytes'] / 1e6:>8.2f} {_f(m['bytes_per_value'], '.2f', 7)} "
                      f"{_f(m['ideal_seconds'], '.3f', 7)} {_f(m['time_over_ideal'], '.2f', 10)} "
                      f"{_f(m['bound_seconds'], '.3f', 7)} {_f(r['vs_plain'], '.2f', 8)} {_f(r['vs_credit'], '.2f', 9)} "
@@ -176,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk-bytes", type=int, default=1 << 20)
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+    ap.add_argument("--json-out", metavar="FILE", help="also write that JSON object to FILE")
     a = ap.parse_args(argv)
     strategies = _names(a.strategies, STRATEGIES, "strategies", ap)
     encodings = _names(a.encodings, ENCODINGS, "encodings", ap)
@@ -224,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
            "fan_in": a.fan_in, "credits": a.credits, "chunk_bytes": a.chunk_bytes, "repeat": a.repeat,
            "expected": {"value": want[0], "count": want[1]}, "auto_picks": picks, "beds": beds}
     correct = all(r["correct"] for b in beds for r in b["rows"])
+    if a.json_out:
+        Path(a.json_out).write_text(json.dumps(doc) + "\n")
     if a.json:
         print(json.dumps(doc))
     else:

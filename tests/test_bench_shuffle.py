@@ -17,13 +17,14 @@ from shardstats.cluster.gen import generate
 from shardstats.worker.ops.mode import COMBINE_SAMPLE
 
 
-def test_loopback_grid_is_exact_and_auto_stays_plain(capsys):
+def test_loopback_grid_is_exact_and_auto_stays_plain(capsys, tmp_path):
     hosts = 2
     rows = hosts * (COMBINE_SAMPLE + 5_000)        # enough a host that the sample, not its size, decides
     assert bench_shuffle.main(["--rates", "", "--loopback", "--hosts", str(hosts), "--rows", str(rows),
                                "--strategies", "credit", "--encodings", "plain,compact,auto", "--repeat", "1",
-                               "--json", "--timeout", "60"]) == 0
+                               "--json", "--json-out", str(tmp_path / "b.json"), "--timeout", "60"]) == 0
     doc = json.loads(capsys.readouterr().out)
+    assert json.loads((tmp_path / "b.json").read_text()) == doc
     want = bench_shuffle.reference_mode(np.concatenate(generate(rows, hosts, "unique-dup", 1)))
     assert (doc["expected"]["value"], doc["expected"]["count"]) == want
     assert doc["auto_picks"] == {"loopback": ["plain"]}
