@@ -86,6 +86,7 @@ def measure(rep: JobReport, w: int, rate_bytes: float | None) -> dict:
         "count_seconds": max(s["phases"]["count"] for s in rep.workers),      # compact codes here
         "shuffle_seconds": max(s["phases"]["shuffle"] for s in rep.workers),  # compact: all three rounds
         "encoding_used": used[0] if len(used) == 1 else "mixed:" + "+".join(used),
+        "rounds": max(s["rounds"] for s in rep.workers),
         "max_inbound_streams": max(s["max_inbound_streams"] for s in rep.workers),
         "peak_buffered_bytes": max(s["peak_buffered_bytes"] for s in rep.workers),
         "peak_send_queue_bytes": max(s["peak_send_queue_bytes"] for s in rep.workers),
