@@ -139,3 +139,46 @@ def test_cleanup_removes_leftovers_by_prefix():
     assert not testbed._alive(pid)
     bed.procs = []
     bed.stop()                                # idempotent on what is already gone
+
+
+@pytest.fixture(scope="module")
+def bench_dataset(tmp_path_factory):
+    # More than mode.COMBINE_SAMPLE values a host, so the sample can tell the data does not repeat
+    # (below that ``auto`` counts locally and stays plain, whatever the links).
+    parts = generate(4 * 75_000, HOSTS, "unique-dup", seed=11)
+    out = tmp_path_factory.mktemp("benchshards")
+    write_shards(parts, out, "npy")
+    return out, np.concatenate(parts)
+
+
+@needs_netns
+def test_bench_shuffle_compact_moves_fewer_bytes_than_plain_and_auto_picks_it(bed, bench_dataset):
+    """scripts/bench_shuffle.py's job and figures on the bed: every encoding exact, compact's bytes < plain's.
+
+    Bytes, not seconds: what the benchmark's story rests on that does not depend on the machine.
+    """
+    from scripts import bench_shuffle
+    path, values = bench_dataset
+    want_value, want_count = reference_mode(values)
+    assert want_count == 2
+    rate = bed.shape.bytes_per_second
+    got = {}
+    for enc in ("plain", "compact", "auto"):
+        rep = bench_shuffle.job(bed.addrs, bed.token, path, "credit", enc, fan_in=FAN_IN, timeout=30.0)
+        m = bench_shuffle.measure(rep, HOSTS, rate)
+        assert (m["result"]["value"], m["result"]["count"]) == (want_value, want_count), enc
+        assert m["max_inbound_streams"] <= FAN_IN
+        assert m["ideal_seconds"] == pytest.approx(m["total_bytes"] / (HOSTS * rate))
+        assert m["time_over_ideal"] == pytest.approx(m["seconds"] / m["ideal_seconds"])
+        got[enc] = m
+    plain, compact = got["plain"], got["compact"]
+    # every value but the duplicate is unique, so ~(W-1)/W of them leave their host under either encoding
+    for m in (plain, compact):
+        assert 0.7 * len(values) <= m["shuffled_values"] <= len(values)
+    assert plain["encoding_used"] == "plain" and plain["bytes_per_value"] >= 8
+    assert compact["encoding_used"] == "compact" and compact["bytes_per_value"] <= 2.5
+    assert compact["total_bytes"] < plain["total_bytes"] / 3
+    assert compact["busiest_link_bytes"] < plain["busiest_link_bytes"] / 3
+    # on the bed every peer is on another host and the data does not repeat: auto is compact
+    assert got["auto"]["encoding_used"] == "compact"
+    assert got["auto"]["total_bytes"] == pytest.approx(compact["total_bytes"], rel=0.05)
