@@ -63,10 +63,11 @@ def reference_mode(values: np.ndarray) -> tuple[int, int]:
 
 
 def job(addrs: list[str], token: str, path: str | Path, strategy: str, encoding: str, *, fan_in: int = 1,
-        credits: int = 4, chunk_bytes: int = 1 << 20, timeout: float = 300.0) -> JobReport:
-    """One mode job over the shards in ``path`` (absolute) on the workers at ``addrs``."""
+        credits: int = 4, chunk_bytes: int = 1 << 20, timeout: float = 300.0, link_mbit: float = 0.0) -> JobReport:
+    """One mode job over the shards in ``path`` (absolute) on the workers at ``addrs``; ``link_mbit`` tells
+    ``--encoding auto`` the links' rate (as a user would with ``--link-mbit``)."""
     params = {"shuffle": strategy, "encoding": encoding, "fan_in": fan_in, "credits": credits,
-              "chunk_bytes": chunk_bytes}
+              "chunk_bytes": chunk_bytes, "link_mbit": link_mbit}
     return asyncio.run(run_job(addrs, token.encode(), job_spec("mode", str(path), params, timeout=timeout),
                                absolute_paths=True))
 
@@ -211,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             shape = testbed.LinkShape(rate, a.delay)
             with testbed.TestBed(a.hosts, shape, job_timeout=a.timeout) as bed:
                 log(bed.describe())
-                rows = sweep(bed.addrs, bed.token, tmp, grid, shape.bytes_per_second, want, a.repeat, log, **job_kw)
+                rows = sweep(bed.addrs, bed.token, tmp, grid, shape.bytes_per_second, want, a.repeat, log,
+                             **job_kw, link_mbit=shape.bytes_per_second * 8 / 1e6)
                 beds.append({"rate": rate, "rate_bytes_per_second": shape.bytes_per_second,
                              "delay_ms": a.delay if bed.delay_applied else 0.0, "rows": rows})
         if a.loopback:

@@ -106,10 +106,11 @@ def test_auto_keeps_plain_on_one_host_and_for_repeating_data():
     assert {s["encoding"] for s in stats} == {"plain"}
 
 
-@pytest.mark.parametrize("host,want", [("10.77.0.{}", "compact"), ("127.0.0.1", "plain")])
-def test_auto_follows_where_the_workers_listen(host, want):
-    """Every rank sees the same address list, so auto needs no vote on loopback; off-host it picks compact
-    for nearly-unique data (and still exact)."""
+@pytest.mark.parametrize("host,link,want", [("10.77.0.{}", 20, "compact"), ("127.0.0.1", 20, "plain"),
+                                            ("10.77.0.{}", 0, "plain"), ("10.77.0.{}", 10_000, "plain")])
+def test_auto_follows_where_the_workers_listen_and_the_link_rate(host, link, want):
+    """Every rank sees the same address list, so auto needs no vote on loopback or without a link rate;
+    off-host it picks compact for nearly-unique data on a slow link, plain on a fast one (and stays exact)."""
     from shardstats.worker.comm.inmemory import InMemoryNetwork
     from tests.conftest import run_op
     rng = np.random.default_rng(11)
@@ -118,8 +119,14 @@ def test_auto_follows_where_the_workers_listen(host, want):
     net = InMemoryNetwork(4, timeout=20)
     for r, c in enumerate(net.comms):
         c.addrs = [f"{host.format(i + 1)}:7000" for i in range(4)]
-    res, stats, _ = run_op("mode", shards, 4, {"encoding": "auto"}, net=net)
+    res, stats, _ = run_op("mode", shards, 4, {"encoding": "auto", "link_mbit": link}, net=net)
     assert {s["encoding"] for s in stats} == {want}
     assert (res["value"], res["count"]) == (int(shards[0][0]), 2)
-    if want == "plain":                               # no planning round on loopback
-        assert all(s["rounds"] == 1 + 2 for s in stats)
+    voted = host != "127.0.0.1" and link > 0
+    assert all(s["rounds"] == 1 + 2 + (2 * 2 if voted else 0) + (2 if want == "compact" else 0) for s in stats)
+
+
+def test_compact_pays_only_when_the_link_is_slow_for_the_cpu():
+    assert mode_mod.compact_pays(20, 1) and mode_mod.compact_pays(100, 1)
+    assert not mode_mod.compact_pays(100, 5) and not mode_mod.compact_pays(1000, 1)
+    assert not mode_mod.compact_pays(0, 1)

@@ -10,6 +10,7 @@ values and ``tie_count`` says how many there are.
 from __future__ import annotations
 
 import asyncio
+import os
 import ipaddress
 import time
 from dataclasses import dataclass
@@ -148,22 +149,50 @@ def _count_and_pack(w: int, rank: int, box: list[np.ndarray], combine: str, coun
     return _pack(s_parts, m_parts, cfg.chunk_bytes), None, combined, counting, leaving
 
 
-async def choose_encoding(comm: Communicator, encoding: str, values: np.ndarray) -> tuple[str, int | None]:
+# Compact saves ~5.7 of 8 bytes a value on the wire and costs ~0.12 CPU-seconds per million
+# values (fingerprints, argsort, Rice coding and decoding; measured on the netns bed, where
+# plain won at 1 Gbit/s and 100 Mbit/s with five workers per core, and compact at 20 Mbit/s).
+COMPACT_SAVED_BITS = 5.7 * 8
+COMPACT_CPU_SECONDS = 0.12e-6
+
+
+def compact_pays(link_mbit: float, workers_per_cpu: float) -> bool:
+    """Whether the link time compact saves per value exceeds its coding time on this worker's share of a CPU."""
+    if link_mbit <= 0:
+        return False
+    return COMPACT_SAVED_BITS / (link_mbit * 1e6) > COMPACT_CPU_SECONDS * max(1.0, workers_per_cpu)
+
+
+def _workers_per_cpu(comm: Communicator) -> float:
+    """How many of this job's workers share this host's CPUs (from the job's address list)."""
+    addrs = getattr(comm, "addrs", None)
+    if not addrs:
+        return 1.0
+    mine = str(addrs[comm.rank]).rsplit(":", 1)[0]
+    here = sum(1 for a in addrs if str(a).rsplit(":", 1)[0] == mine)
+    return here / (os.cpu_count() or 1)
+
+
+async def choose_encoding(comm: Communicator, encoding: str, values: np.ndarray,
+                          link_mbit: float = 0.0) -> tuple[str, int | None]:
     """(the encoding every rank uses, the fingerprint bits when compact); one small allreduce unless ``plain``.
 
-    ``auto`` picks compact when some rank has a peer off its own host and no rank's
-    sample shows repeats.  On loopback the link (GB/s) outruns the coding and the
-    two extra rounds, so plain is faster there; where values repeat across shards
-    (zipf) most fingerprints become candidates and travel twice.  The allreduce
-    makes every rank agree.  When every worker of the job is on loopback, every rank
-    knows it from the same address list, so ``auto`` settles on plain without a vote.
+    ``auto`` picks compact only when it pays: workers off one host, a link rate the
+    user declared (``--link-mbit``) slow enough that the bytes saved outweigh the
+    coding's CPU on each worker's share of its host's cores (``compact_pays``), and
+    no rank's sample showing repeats (then most fingerprints become candidates and
+    travel twice).  On loopback, or with no declared rate, every rank settles on
+    plain from the same facts without a vote; otherwise one allreduce makes every
+    rank agree.  (A bed of network namespaces on one machine hides that its "hosts"
+    share two cores, so the estimate is optimistic there.)
     """
     auto = encoding == "auto"
-    if encoding == "plain" or (auto and _all_loopback(comm)):
+    if encoding == "plain" or (auto and (link_mbit <= 0 or _all_loopback(comm))):
         return "plain", None
     repeats = int(auto and should_combine(values))
-    total = await allreduce(comm, {"n": len(values), "repeats": repeats}, sum_ints, "mode.plan")
-    if auto and total["repeats"] > 0:
+    slow = int(auto and not compact_pays(link_mbit, _workers_per_cpu(comm)))
+    total = await allreduce(comm, {"n": len(values), "repeats": repeats, "slow": slow}, sum_ints, "mode.plan")
+    if auto and (total["repeats"] > 0 or total["slow"] > 0):
         return "plain", None
     return "compact", fingerprint_bits(total["n"], comm.size)
 
@@ -211,9 +240,12 @@ class ModeParams(ShuffleParams):
                           choices=("auto", "always", "never"), advanced=True)
     counting: str = option("auto", "How to count: auto (a dense bincount when the value span is small, else a sort), "
                            "sort, dense, hash (Polars' value_counts).", choices=COUNTINGS, advanced=True)
-    encoding: str = option("auto", "Shuffle encoding: compact (hash fingerprints, Rice-coded, ~2.2 bytes a value; "
-                           "full values only for candidate repeats), plain (8 bytes a value), auto (compact unless "
-                           "every worker is on one host).", choices=ENCODINGS)
+    encoding: str = option("auto", "Shuffle encoding: compact (hash fingerprints, Rice-coded, ~2.3 bytes a value; "
+                           "full values only for candidate repeats), plain (8 bytes a value), auto (compact only "
+                           "where it pays: workers on several hosts, --link-mbit given and slow enough for the "
+                           "coding's CPU cost, values that do not repeat).", choices=ENCODINGS)
+    link_mbit: float = option(0.0, "Each worker's link rate in Mbit/s, for --encoding auto (0: unknown, so plain).",
+                              min=0, max=1e6)
 
     @property
     def tie_limit(self) -> int:
@@ -233,8 +265,9 @@ async def mode(comm: Communicator, values: np.ndarray, params: ModeParams) -> tu
     # list hands the thread the only reference to the data, so it can free it early.
     box = [values]
     del values
-    encoding, fp_bits = await choose_encoding(comm, params.encoding, box[0])
-    planned = not (params.encoding == "plain" or (params.encoding == "auto" and _all_loopback(comm)))
+    encoding, fp_bits = await choose_encoding(comm, params.encoding, box[0], params.link_mbit)
+    planned = not (params.encoding == "plain" or (params.encoding == "auto" and (params.link_mbit <= 0
+                                                                                   or _all_loopback(comm))))
     outgoing, kept, combined, local_counting, leaving = await asyncio.to_thread(
         _count_and_pack, comm.size, comm.rank, box, combine, params.counting, cfg, fp_bits)
     phases["count"] = time.perf_counter() - t
