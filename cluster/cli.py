@@ -5,9 +5,7 @@ Errors are one line on stderr.
 """
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import os
 import sys
 import time

@@ -6,7 +6,6 @@ exact beyond 2**53.
 """
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 

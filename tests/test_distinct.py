@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from shardstats.worker.ops import distinct as distinct_mod
 from shardstats.worker.ops.distinct import hll_estimate, hll_registers, relative_standard_error
 from tests.conftest import I64_MAX, I64_MIN, cli, nasty_datasets, run_op
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from decimal import Decimal
 from html.parser import HTMLParser
@@ -10,7 +9,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from tests.conftest import cli, nasty_datasets, ref_mode, run_op, split_for
+from tests.conftest import cli, nasty_datasets, ref_mode, run_op
 from shardstats.cluster import report
 from shardstats.worker.comm.inmemory import InMemoryNetwork
 from shardstats.worker.ops.median import median

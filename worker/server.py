@@ -14,10 +14,8 @@ import signal
 import time
 from typing import Any
 
-from shardstats.protocol.errors import HandshakeFailed, ProtocolError
-from shardstats.protocol.frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
-from shardstats.protocol.handshake import ServerHandshake
-from shardstats.protocol.messages import PROTOCOL_VERSION, make, validate
+from shardstats.protocol.errors import ProtocolError
+from shardstats.protocol.messages import PROTOCOL_VERSION, make
 from shardstats.worker import jobs
 from shardstats import logs
 from shardstats.worker import memory

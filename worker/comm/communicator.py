@@ -8,12 +8,11 @@ job's list of workers, so a job re-run on survivors just gets a shorter list.
 """
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
 
-from shardstats.protocol.frames import decode_body, encode_frame, HEADER
-from shardstats.protocol.messages import make, validate
+from shardstats.protocol.frames import encode_frame
+from shardstats.protocol.messages import make
 from shardstats.worker.comm.mailbox import Mailbox
 from shardstats.worker.comm.progress import Progress
 from shardstats.settings import DEFAULTS

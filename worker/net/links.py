@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections import deque
 from typing import Callable
 
-from shardstats.protocol.errors import HandshakeFailed, ProtocolError
-from shardstats.protocol.frames import FrameDecoder, encode_frame
-from shardstats.protocol.handshake import ClientHandshake
+from shardstats.protocol.errors import ProtocolError
 from shardstats import logs
 from shardstats.worker.net.dial import client_connect
 from shardstats.errors import PeerFailure
