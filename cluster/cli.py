@@ -17,7 +17,7 @@ from shardstats.cluster import launcher
 from shardstats.cluster.config import (ClusterInfo, ConfigError, default_cluster_file, find_cluster, token_from_env,
                                        worker_id_from_hostname)
 from shardstats.cluster.runner import run_async
-from shardstats.cluster.submit import SubmitGroup
+from shardstats.cluster.submit import SubmitGroup, fail
 from shardstats._version import __version__
 from shardstats.errors import ShardstatsError
 from shardstats.settings import DEFAULTS, Settings
@@ -26,11 +26,6 @@ from shardstats.tls import TLSFiles
 
 CLUSTER_FILE_HELP = ("The cluster to use, as `cluster up` recorded it (default: $CLUSTER_FILE, else "
                      "~/.local/state/cluster/cluster.json; $CLUSTER_WORKERS with $CLUSTER_TOKEN overrides the default).")
-
-
-def fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
 
 
 @click.group(epilog="""\b

@@ -24,7 +24,8 @@ _COMMON = ("input_paths", "more_inputs", "column", "header", "local_workers", "a
            "max_retries", "heartbeat", "dead_after", "quiet", "report_path", "pretty")
 
 
-def _fail(message: str, code: int) -> None:
+def fail(message: str, code: int) -> None:
+    """The CLI's one way out on an error: one line on stderr, the exit code the error's family decides."""
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
 
@@ -96,10 +97,10 @@ def make_command(op) -> click.Command:
         try:
             params = op.params.build(**{k: _typed(op, k, v) for k, v in kw.items()})
         except UsageError as exc:
-            _fail(str(exc), 2)
+            fail(str(exc), 2)
         inputs = tuple(common["input_paths"]) + tuple(common["more_inputs"])
         if not inputs:
-            _fail(f"--input: name the shards, e.g. `cluster submit {op.name} --input shards/`", 2)
+            fail(f"--input: name the shards, e.g. `cluster submit {op.name} --input shards/`", 2)
         run_submit(op, params, inputs, **{k: v for k, v in common.items()
                                           if k not in ("input_paths", "more_inputs")})
     examples = "\n".join(f"  {e}" for e in op.examples)
@@ -135,11 +136,11 @@ def run_submit(op, params, inputs: tuple[str, ...], *, column, header=None, loca
                        header=None if header is None else header == "yes", timeout=timeout,
                        max_retries=max_retries, heartbeat=heartbeat, dead_after=dead_after)
     except UsageError as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
     if local_workers is not None and local_workers < 1:
-        _fail("--local: needs at least 1 worker", 2)
+        fail("--local: needs at least 1 worker", 2)
     if report_path and not Path(report_path).resolve().parent.is_dir():
-        _fail(f"--report {report_path}: the folder {Path(report_path).resolve().parent} does not exist", 2)
+        fail(f"--report {report_path}: the folder {Path(report_path).resolve().parent} does not exist", 2)
     startup = None
     info = None
     try:
@@ -154,7 +155,7 @@ def run_submit(op, params, inputs: tuple[str, ...], *, column, header=None, loca
     except ShardstatsError as exc:
         if info is not None and local_workers is not None:
             launcher.stop(info)
-        _fail(str(exc), exc.exit_code)
+        fail(str(exc), exc.exit_code)
     assert info is not None
     # Progress goes to stderr only, so stdout holds nothing but the result (one JSON object with --json).
     line = ProgressLine(sys.stderr, op.name, workers=len(info.workers)) if progress_enabled(sys.stderr, quiet) \
@@ -172,7 +173,7 @@ def run_submit(op, params, inputs: tuple[str, ...], *, column, header=None, loca
     except ShardstatsError as exc:
         if line is not None:
             line.close()
-        _fail(str(exc), exc.exit_code)
+        fail(str(exc), exc.exit_code)
     finally:
         log.removeHandler(handler)
         if line is not None:
@@ -196,7 +197,7 @@ def _write_report(document: str, path: str) -> None:
     try:
         report.write(json.loads(document, parse_float=Decimal), path)
     except OSError as exc:
-        _fail(f"cannot write the report to {path}: {exc.strerror or exc} (the job itself succeeded)", 1)
+        fail(f"cannot write the report to {path}: {exc.strerror or exc} (the job itself succeeded)", 1)
 
 
 class SubmitGroup(click.Group):

@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import secrets
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from shardstats.cluster.launcher import free_ports
 from shardstats.settings import DEFAULTS, Settings
 from shardstats.worker.server import WorkerServer
 
@@ -30,26 +30,13 @@ class InProcessCluster:
     servers: list[WorkerServer]
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 @asynccontextmanager
 async def in_process_cluster(workers: int = 3, *, root: str = "/", settings: Settings = DEFAULTS,
                              token: bytes | None = None, start_timeout: float = 10.0) -> AsyncIterator[InProcessCluster]:
     """``workers`` servers in this loop; all stopped (and their tasks ended) when the block exits."""
     token = token or secrets.token_hex(32).encode()
     for attempt in range(5):              # a port taken between choosing and binding: choose again
-        addrs = [f"127.0.0.1:{p}" for p in _free_ports(workers)]
+        addrs = [f"127.0.0.1:{p}" for p in free_ports("127.0.0.1", workers)]
         servers = [WorkerServer(i, addrs[i], addrs, token, root=str(root), settings=settings) for i in range(workers)]
         ready = [asyncio.Event() for _ in servers]
         tasks = [asyncio.create_task(s.serve(r), name=f"worker-{s.id}") for s, r in zip(servers, ready)]

@@ -25,16 +25,15 @@ def _python_threads(pid: int) -> int:
 def test_workers_run_with_one_blas_thread(tmp_path, monkeypatch):
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.delenv(var, raising=False)
-    info = launcher.start(1, "127.0.0.1", None, str(tmp_path / "a"), "warning")
-    try:
-        time.sleep(0.3)
-        assert _python_threads(info.pids[0]) == 1
-    finally:
-        launcher.stop(info)
+    assert _blas_threads_of_a_new_worker(tmp_path / "a") == 1
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")      # an operator's explicit choice still wins
-    info = launcher.start(1, "127.0.0.1", None, str(tmp_path / "b"), "warning")
+    assert _blas_threads_of_a_new_worker(tmp_path / "b") == 2
+
+
+def _blas_threads_of_a_new_worker(log_dir) -> int:
+    info = launcher.start(1, "127.0.0.1", None, str(log_dir), "warning")
     try:
         time.sleep(0.3)
-        assert _python_threads(info.pids[0]) == 2
+        return _python_threads(info.pids[0])
     finally:
         launcher.stop(info)
