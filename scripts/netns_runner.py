@@ -122,6 +122,7 @@ class Forwarder:
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self.bound: list[int] = []    # the port each route listens on (a published 0 gets a free one)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._main, name="netns-ports", daemon=True)
@@ -186,6 +187,7 @@ class Forwarder:
                 try:
                     servers.append(await asyncio.start_server(handler(host, port), "127.0.0.1", published,
                                                               reuse_address=True))
+                    self.bound.append(servers[-1].sockets[0].getsockname()[1])
                 except OSError as exc:
                     raise BedError(f"127.0.0.1:{published}: {exc.strerror or exc}") from None
             self._ready.set()
@@ -208,11 +210,6 @@ def _traversable(p: Path) -> bool:
         return bool(p.stat().st_mode & stat.S_IXOTH)
     except OSError:
         return False
-
-
-def free_port() -> int:
-    from shardstats.cluster.launcher import free_ports
-    return free_ports("127.0.0.1", 1)[0]
 
 
 class UnitBed(TestBed):
@@ -341,13 +338,13 @@ class UnitBed(TestBed):
                 # `ip netns exec`, unshare, sh, chroot and setpriv all exec: this pid is the unit's process.
                 self.procs.append(subprocess.Popen(cmd, env=self.unit_env(unit), stdin=subprocess.DEVNULL,
                                                    stdout=log, stderr=log, start_new_session=True))
-        routes = []
-        for p in self.publish:
-            published = p.published or free_port()
-            self.published.append((self.units[p.unit].name, published, p.target))
-            routes.append((published, self.host_ip(p.unit), p.target))
+        routes = [(p.published, self.host_ip(p.unit), p.target) for p in self.publish]
         self.forwarder = Forwarder(routes)
         self.forwarder.start()
+        # Port 0 is bound by the forwarder itself: a port picked free beforehand can be taken in
+        # between (by any outgoing connection's ephemeral port), which failed a test run in CI.
+        self.published = [(self.units[p.unit].name, bound, p.target)
+                          for p, bound in zip(self.publish, self.forwarder.bound)]
 
     def log_tail(self, name: str, lines: int = 15) -> str:
         try:

@@ -102,6 +102,29 @@ def cluster_env(tmp_path, monkeypatch):
     return tmp_path
 
 
+def free_base(n: int = 10) -> int:
+    """The first of ``n`` consecutive free ports, below the kernel's ephemeral range.
+
+    Ports near one the OS just handed out are where outgoing connections take their
+    local ports (every peer link of every cluster another test keeps running), so a
+    run of ``n`` from there was often taken by the time ``cluster up`` checked it: a
+    module's whole cluster fixture failed that way in CI. Below the ephemeral range no
+    outgoing connection lands; a random start keeps concurrent runs apart.
+    """
+    import random
+    from shardstats.cluster.launcher import ports_in_use
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(10000, max(10001, low - n))
+        if not ports_in_use("127.0.0.1", list(range(base, base + n))):
+            return base
+    raise RuntimeError("no run of free ports found")
+
+
 def cli(*args: str, env: dict | None = None, cwd=None, timeout: float = 120):
     import subprocess
     exe = [sys.executable, "-m", "shardstats.cluster.cli", *args]

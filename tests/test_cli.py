@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from shardstats.cluster.gen import generate, write_shards
-from tests.conftest import cli, ref_mode
+from tests.conftest import cli, free_base, ref_mode
 
 
 @pytest.fixture(scope="module")
@@ -16,11 +16,8 @@ def running(tmp_path_factory):
     """`cluster up --workers 10 --detach` on free ports; `cluster down` afterwards."""
     d = tmp_path_factory.mktemp("cluster")
     env = {"CLUSTER_FILE": str(d / "cluster.json")}
-    from shardstats.cluster.launcher import free_ports
-    base = free_ports("127.0.0.1", 1)[0]
-    # 10 consecutive free ports near a random one; retry a few bases if taken
-    for attempt in range(5):
-        r = cli("up", "--workers", "10", "--detach", "--base-port", str(base + attempt * 20),
+    for attempt in range(5):           # a fresh run of free ports each time, if one got taken meanwhile
+        r = cli("up", "--workers", "10", "--detach", "--base-port", str(free_base(10)),
                 "--log-dir", str(d / "logs"), env=env)
         if r.returncode == 0:
             break

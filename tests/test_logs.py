@@ -14,7 +14,7 @@ from shardstats.cluster import launcher
 from shardstats.errors import ShardstatsError
 from shardstats.coordinator.job import run_job
 from shardstats.coordinator.spec import job_spec  # noqa: E402
-from tests.conftest import cli
+from tests.conftest import cli, free_base
 from shardstats import logs
 
 LINE = re.compile(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d (debug|info|warning|error) event=[a-z_]+'
@@ -109,8 +109,7 @@ def test_log_level_warning_keeps_info_out(tmp_path):
 def test_cluster_up_passes_log_level_to_its_workers(tmp_path):
     env = {"CLUSTER_FILE": str(tmp_path / "c.json")}
     for attempt in range(5):           # ports the OS just called free; retry if one got taken meanwhile
-        base = launcher.free_ports("127.0.0.1", 1)[0]
-        r = cli("up", "--workers", "2", "--detach", "--base-port", str(base), "--log-dir", str(tmp_path / "logs"),
+        r = cli("up", "--workers", "2", "--detach", "--base-port", str(free_base(2)), "--log-dir", str(tmp_path / "logs"),
                 "--log-level", "debug", env=env)
         if r.returncode == 0:
             break

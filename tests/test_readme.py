@@ -10,15 +10,14 @@ the marker.  Blocks of other languages (output samples) are text.
 from __future__ import annotations
 
 import os
-import random
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from tests.conftest import free_base
 
-from shardstats.cluster.launcher import ports_in_use
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"(<!--\s*readme-test:\s*skip[^>]*-->\s*\n)?^```(sh|python)\n(.*?)^```", re.S | re.M)
@@ -27,15 +26,6 @@ BLOCK = re.compile(r"(<!--\s*readme-test:\s*skip[^>]*-->\s*\n)?^```(sh|python)\n
 def runnable_blocks() -> list[tuple[str, str]]:
     text = (ROOT / "README.md").read_text()
     return [(lang, body) for skip, lang, body in BLOCK.findall(text) if not skip]
-
-
-def free_base(n: int = 10) -> int:
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 60000 - n)
-        if not ports_in_use("127.0.0.1", list(range(base, base + n))):
-            return base
-    raise RuntimeError("no run of free ports found")
 
 
 def test_the_readme_has_the_examples_it_promises():

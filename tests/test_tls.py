@@ -11,6 +11,8 @@ import json
 import ssl
 import stat
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -218,6 +220,61 @@ def test_token_is_still_checked_under_tls(tls3, pki, tmp_path):
     assert r.returncode == 1
     line = one_error_line(r)
     assert f"worker at {tls3.workers[0]} refused the handshake" in line and "CLUSTER_TOKEN" in line, line
+
+
+def test_a_client_hello_sent_at_once_is_never_read_in_the_clear(pki, monkeypatch):
+    """A worker announces TLS in the step that hands the socket to TLS, not in ``connection_made``.
+
+    uvloop resumes reading after ``connection_made`` returns, whatever that method paused.
+    When the announcement went out there, a client answering it before the worker's loop
+    came back (another connection's work, the GIL) had its ClientHello read in the clear
+    and the connection closed: ~1 handshake in 1,000 on loopback, a job or a peer link
+    failing as "refused this client's certificate". Here the worker's loop is made slow
+    to come back (50 ms), which made every handshake fail before the fix.
+    """
+    uvloop = pytest.importorskip("uvloop")
+    from shardstats.worker.net.inbound import InboundConnection
+    made = InboundConnection.connection_made
+
+    def slow_to_come_back(self, transport):
+        made(self, transport)
+        time.sleep(0.05)
+
+    monkeypatch.setattr(InboundConnection, "connection_made", slow_to_come_back)
+    up, addr, loop = threading.Event(), [], []
+
+    async def worker() -> None:
+        servers, tasks = await _serve(1, pki / "ours")
+        addr.append(servers[0].listen)
+        loop.append((asyncio.get_running_loop(), servers[0]))
+        up.set()
+        async with asyncio.timeout(60):
+            await asyncio.gather(*tasks)
+
+    thread = threading.Thread(target=uvloop.run, args=(worker(),), daemon=True)
+    thread.start()
+    assert up.wait(10)
+    ctx = TLSFiles.in_dir(pki / "ours", "client").client_context()
+
+    async def handshakes() -> list[str]:
+        out = []
+        for token in [TOKEN.encode()] * 5 + [b"not-the-token"] * 5:
+            try:
+                _, writer, _ = await client_connect(addr[0], token, "coord", -1, 5.0, max_frame=1 << 20, tls=ctx)
+                writer.close()
+                out.append("welcome")
+            except HandshakeFailed:
+                out.append("token refused")
+            except (TLSError, ConnectionError, TimeoutError) as exc:
+                out.append(f"lost: {exc}")
+        return out
+
+    try:
+        assert asyncio.run(handshakes()) == ["welcome"] * 5 + ["token refused"] * 5
+    finally:
+        wloop, server = loop[0]
+        wloop.call_soon_threadsafe(server.stop)
+        thread.join(10)
 
 
 def test_partial_or_missing_tls_settings_are_usage_errors(pki, tmp_path):
