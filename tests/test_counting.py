@@ -48,6 +48,25 @@ def test_count_and_sum_any_data(values, counting, readonly):
     assert sv.tolist() == sorted(ref) and sc.tolist() == [ref[k] for k in sorted(ref)]
 
 
+def _exact_choice(values: np.ndarray) -> str:
+    if len(values) < 2:
+        return "sort"
+    span = int(values.max()) - int(values.min())
+    return "dense" if span < max(4096, len(values) // 8) else "sort"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(4097, 60_000), st.integers(0, 20_000), st.lists(st.tuples(st.integers(0, 10 ** 9), I64),
+                                                                     max_size=3))
+def test_the_span_probe_never_changes_the_choice(n, width, outliers):
+    """The evenly spaced probe only ever answers ``sort`` when the exact passes would: outliers anywhere,
+    on a probed position or between them, still decide ``dense`` vs ``sort`` exactly as min/max do."""
+    a = np.random.default_rng(n).integers(0, width + 1, n)
+    for pos, v in outliers:
+        a[pos % n] = v
+    assert choose_counting(a) == _exact_choice(a)
+
+
 def test_the_choice_follows_the_span():
     rng = np.random.default_rng(2)
     assert choose_counting(rng.integers(0, 1000, 100_000)) == "dense"            # span n/100
