@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from shardstats.worker.ops.counting import choose_counting, count_values, sum_counts
+from shardstats.worker.ops.counting import choose_counting, count_values, repeat_share, sum_counts
 from shardstats.worker.ops.mode import mode
 from tests.conftest import I64_MAX, I64_MIN, nasty_datasets, ref_mode, run_op
 
@@ -115,3 +115,29 @@ def test_bad_counting_is_refused_naming_the_option():
     from shardstats.errors import UsageError
     with pytest.raises(UsageError, match="--counting"):
         run_op(mode, [np.arange(5)], 2, {"counting": "magic"})
+
+
+def test_the_repeat_share_is_estimated_from_every_copy_of_the_picked_values():
+    """Against the exact share (1 - distinct / n) on data a random sample of positions misjudges
+    (each value 10 times, spread out), on structured data (multiples of 64, a run of integers)
+    where a hash of poor bits would pick all or nothing, and on the usual shapes."""
+    rng = np.random.default_rng(5)
+    n = 640_000
+    tenfold = rng.integers(-2 ** 62, 2 ** 62, n // 10).repeat(10)
+    rng.shuffle(tenfold)
+    cases = {
+        "ten copies each": tenfold,
+        "all distinct": rng.permutation(np.arange(n, dtype=np.int64) * 7919 - 10 ** 9),
+        "multiples of 64": rng.integers(0, n, n) * 64,
+        "a run of integers": np.arange(n, dtype=np.int64),
+        "zipf": rng.zipf(1.3, n).astype(np.int64),
+        "int64 extremes": rng.choice(np.array([I64_MIN, I64_MAX, 0, -1]), n),
+        "unique-dup": rng.integers(0, 4 * n, n),
+    }
+    for name, values in cases.items():
+        exact = 1 - len(np.unique(values)) / len(values)
+        got = repeat_share(values)
+        assert (got >= 0.1) == (exact >= 0.1), name          # the decision it serves: dedup at 10% repeats
+        if name not in ("zipf", "int64 extremes"):           # a few heavy values: picked or not, all or nothing
+            assert got == pytest.approx(exact, abs=0.05), name
+    assert repeat_share(np.zeros(0, dtype=np.int64)) == 0.0
