@@ -6,6 +6,8 @@ hash scaled to W (Lemire's multiply-shift), the same on every machine.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 _C0 = np.uint64(0x9E3779B97F4A7C15)
@@ -60,4 +62,58 @@ def partition_blocks(workers: int, *arrays: np.ndarray, block: int = PARTITION_B
         for w, group in enumerate(partition(owners(part[0], workers), workers, *part)):
             if len(group[0]):
                 out[w].append(group)
+    return out
+
+
+def partition_chunks(workers: int, names: tuple[str, ...], arrays: tuple[np.ndarray, ...], chunk_bytes: int,
+                     consumed: Callable[[int], None] | None = None,
+                     block: int = PARTITION_BLOCK) -> list[list[dict[str, np.ndarray]]]:
+    """Per rank, the shuffle's chunks of the rows it owns (by hash of the first array), built in one pass.
+
+    Each block of input rows is grouped by owner and copied straight into the
+    owners' chunk buffers (``chunk_bytes`` each, filled in order), so the data
+    exists once as partitions, not as blocks and again as chunks.  After each
+    block ``consumed(rows done)`` is called: a caller that owns the input gives
+    those rows' memory back there (``memory.Releaser``), so the input shrinks
+    while the chunks grow.  A chunk is a dict of equal-length arrays named ``names``;
+    order inside a rank's chunks is input order (sorted stays sorted).
+    """
+    out: list[list[dict[str, np.ndarray]]] = [[] for _ in range(workers)]
+    n = len(arrays[0])
+    step = max(1, chunk_bytes // sum(a.itemsize for a in arrays))
+    bufs: list[list[np.ndarray] | None] = [None] * workers
+    fill = [0] * workers
+    block = max(block, 1024 * workers)          # a rank's slice of a block stays worth a call
+    bounds = np.zeros(workers + 1, dtype=np.int64)
+    for i in range(0, n, block):
+        part = [a[i:i + block] for a in arrays]
+        owner = owners(part[0], workers)
+        order = np.argsort(owner, kind="stable")
+        np.cumsum(np.bincount(owner, minlength=workers), out=bounds[1:])
+        del owner
+        # a new buffer holds this block's rows for the rank and its expected part of the rest, plus four
+        # standard deviations (hashing spreads rows binomially): a rank that gets more starts another
+        # chunk, one that gets less leaves little unused, so the chunks take the data's size, not W full ones
+        expected = (n - i - len(part[0])) / workers
+        later = int(expected + 4 * expected ** 0.5) + 64
+        for w, (lo, hi) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist())):
+            while lo < hi:
+                if bufs[w] is None:
+                    size = min(step, hi - lo + later)
+                    bufs[w], fill[w] = [np.empty(size, dtype=a.dtype) for a in arrays], 0
+                buf, f = bufs[w], fill[w]
+                take = min(hi - lo, len(buf[0]) - f)
+                idx = order[lo:lo + take]
+                for a, b in zip(part, buf):
+                    np.take(a, idx, out=b[f:f + take], mode="clip")   # clip: no bounds buffering; idx is valid
+                fill[w], lo = f + take, lo + take
+                if fill[w] == len(buf[0]):
+                    out[w].append(dict(zip(names, buf)))
+                    bufs[w] = None
+        del part, order
+        if consumed is not None:
+            consumed(i + block)
+    for w, buf in enumerate(bufs):
+        if buf is not None and fill[w]:
+            out[w].append({k: b[:fill[w]] for k, b in zip(names, buf)})
     return out

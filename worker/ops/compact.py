@@ -19,29 +19,31 @@ import numpy as np
 
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.encoding import decode, encode_chunks, fingerprints, is_fingerprint_piece
-from shardstats.worker.comm.shuffle import ShuffleConfig, ShuffleStats, chunk_blocks, chunk_pieces, shuffle
+from shardstats.worker.comm.shuffle import ShuffleConfig, ShuffleStats, chunk_pieces, shuffle
+from shardstats.worker.memory import concat_releasing
 from shardstats.worker.ops.counting import repeated_runs, sum_by_value
 
 
-def pack_fingerprints(s_parts: list, m_parts: list, bits: int, chunk_bytes: int) -> tuple[list, list]:
+def pack_fingerprints(s_chunks: list, m_chunks: list, bits: int, chunk_bytes: int) -> tuple[list, list]:
     """Per owner: the outgoing chunks (coded fingerprints, then plain pairs) and the values kept for round 2.
 
+    ``s_chunks``/``m_chunks`` are the partitioned values and pairs per owner (pieces
+    "s" and "v"/"c"); each owner's values are joined and let go one owner at a time.
     The kept values are ordered by fingerprint, so round 2 finds a candidate's
     values with a binary search; the fingerprints themselves are recomputed then,
     not kept (that would be another 8 bytes a value while the shuffle runs).
     """
     outgoing, kept = [], []
-    for r in range(len(s_parts)):
-        blocks, s_parts[r] = s_parts[r], []
-        sv = np.concatenate([b[0] for b in blocks]) if blocks else np.zeros(0, dtype=np.int64)
-        del blocks
+    for r in range(len(s_chunks)):
+        pieces, s_chunks[r] = [p["s"] for p in s_chunks[r]], []
+        sv = concat_releasing(pieces)
         fp = fingerprints(sv, bits)
         order = np.argsort(fp)
         kept.append(sv[order])
         chunks = encode_chunks(fp[order], chunk_bytes)
         del sv, fp, order
-        m_blocks, m_parts[r] = m_parts[r], []
-        outgoing.append(chunks + chunk_blocks(("v", "c"), m_blocks, chunk_bytes))
+        outgoing.append(chunks + m_chunks[r])
+        m_chunks[r] = []
     return outgoing, kept
 
 
