@@ -19,10 +19,12 @@ from shardstats.worker.ops.counting import repeated_runs, run_lengths
 from tests.conftest import shard_files
 
 
-def _peak_new_bytes(fn, *args):
-    """(fn's result, the most bytes it held at once beyond what existed before) by tracemalloc (numpy reports to it)."""
+def _peak_new_bytes(fn, *args, make=None):
+    """(fn's result, the most bytes it held at once beyond what existed before) by tracemalloc (numpy reports
+    to it).  ``make()`` builds the arguments under tracing, so that memory fn frees counts as freed."""
     tracemalloc.start()
     try:
+        args = make() if make is not None else args
         base = tracemalloc.get_traced_memory()[0]
         tracemalloc.reset_peak()
         out = fn(*args)
@@ -112,3 +114,33 @@ def test_a_workers_peak_rss_for_mode_stays_near_its_share(tmp_path):
         above = (w["peak_rss_bytes"] - idle[w["id"]]) / share
         assert above < BOUND, f"worker {w['id']}: peak {w['peak_rss_bytes'] >> 20} MiB, idle " \
                               f"{idle[w['id']] >> 20} MiB, share {share >> 20} MiB: {above:.2f}x above idle"
+
+
+def test_the_compact_owner_finds_candidates_holding_the_fingerprints_about_once_more():
+    """Round 1's owner side: the candidates (repeated fingerprints, and those a pair also has) and the count of
+    single ones, checked against Counter, in at most ~1.3x the received fingerprints' bytes beyond them."""
+    from collections import Counter
+    from shardstats.worker.comm.encoding import fingerprints
+    from shardstats.worker.ops.compact import _candidates
+    bits = 24                                            # short: plenty of collisions, like a big job
+    rng = np.random.default_rng(11)
+    values = [rng.integers(-(2 ** 62), 2 ** 62, 400_000) for _ in range(3)]
+    values[1][:2000] = values[0][:2000]                  # repeats across sources
+    pairs = [rng.choice(values[2], 500), rng.integers(0, 10 ** 9, 500)]
+    fps = [np.sort(fingerprints(v, bits)) for v in values]
+    size = sum(len(f) for f in fps) * 8
+    ref_fps = {src: f.tolist() for src, f in enumerate(fps)}
+    every = Counter(x for f in ref_fps.values() for x in f)
+    pair_fps = set(fingerprints(np.concatenate(pairs), bits).tolist())
+    cand = {x for x, k in every.items() if k > 1 or x in pair_fps}
+
+    def received():                                      # as decoded: one array a chunk, seven a source
+        per_src = {src: [p.copy() for p in np.array_split(f, 7)] for src, f in enumerate(fps)}
+        fps.clear()
+        return per_src, pairs, bits
+
+    (wants, once), peak = _peak_new_bytes(_candidates, make=received)
+    assert once == sum(1 for x, k in every.items() if k == 1 and x not in cand)
+    for src, fps in ref_fps.items():
+        assert wants[src].tolist() == sorted(cand & set(fps))
+    assert peak < 1.3 * size, f"{peak / size:.2f}x the fingerprints' bytes"

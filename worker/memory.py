@@ -82,8 +82,10 @@ def fixed_mmap_threshold(nbytes: int = 512 * 1024) -> bool:
 
 
 def concat_releasing(arrays: list[np.ndarray]) -> np.ndarray:
-    """np.concatenate that empties the list as it copies, so the peak is the result plus one piece, not twice the data."""
-    out = np.empty(sum(len(a) for a in arrays), dtype=np.int64)
+    """np.concatenate that empties the list as it copies, so the peak is the result plus one piece, not twice the data.
+
+    The result has the first piece's dtype (int64 when there is none)."""
+    out = np.empty(sum(len(a) for a in arrays), dtype=arrays[0].dtype if arrays else np.int64)
     pos = 0
     arrays.reverse()
     while arrays:
