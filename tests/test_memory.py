@@ -55,6 +55,19 @@ def test_partitioning_for_the_shuffle_holds_the_data_about_once(workers):
     assert np.array_equal(np.sort(np.concatenate(got)), np.sort(values))
 
 
+@pytest.mark.parametrize("workers", [2, 8])
+def test_topk_and_distinct_pack_for_the_shuffle_holding_the_data_about_once(workers):
+    """The keyed shuffle (topk, distinct) packs the same way: chunks, no partitioned blocks beside them."""
+    from shardstats.worker.ops.keyed import pack
+    rng = np.random.default_rng(workers)
+    values = rng.integers(-(2 ** 62), 2 ** 62, 2_000_000)
+    outgoing, peak = _peak_new_bytes(pack, workers, ShuffleConfig(), values)
+    assert peak < 1.3 * values.nbytes, f"packing held {peak / values.nbytes:.2f}x the data at once"
+    for r, chunks in enumerate(outgoing):
+        assert all((owners(c["s"], workers) == r).all() for c in chunks)
+    assert np.array_equal(np.sort(np.concatenate([c["s"] for ch in outgoing for c in ch])), np.sort(values))
+
+
 def test_only_a_handed_over_input_is_given_back_as_it_is_partitioned():
     """The job hands its loaded values over and their pages go back as they are copied out; anyone else's
     array (a test's, an API caller's) is left intact."""

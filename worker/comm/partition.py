@@ -3,6 +3,7 @@
 Not ``value % W`` (multiples of W would all land on one worker) and not Python's
 ``hash()`` (salted per process).  The owner of a value is the high bits of the
 hash scaled to W (Lemire's multiply-shift), the same on every machine.
+``partition_chunks`` groups rows by owner straight into the shuffle's chunks.
 """
 from __future__ import annotations
 
@@ -36,33 +37,7 @@ def owners(values: np.ndarray, workers: int) -> np.ndarray:
     return h.astype(dtype)
 
 
-def partition(owner: np.ndarray, workers: int, *arrays: np.ndarray) -> list[list[np.ndarray]]:
-    """Groups each array by owner in one stable pass; order inside a group is kept (sorted stays sorted)."""
-    order = np.argsort(owner, kind="stable")
-    bounds = np.zeros(workers + 1, dtype=np.int64)
-    np.cumsum(np.bincount(owner, minlength=workers), out=bounds[1:])
-    grouped = [a[order] for a in arrays]
-    return [[g[bounds[w]:bounds[w + 1]] for g in grouped] for w in range(workers)]
-
-
 PARTITION_BLOCK = 1 << 15     # 256 KiB of int64: hash temporaries and the sort index stay in cache
-
-
-def partition_blocks(workers: int, *arrays: np.ndarray, block: int = PARTITION_BLOCK) -> list[list[list[np.ndarray]]]:
-    """``partition`` by hash of the first array, one block of rows at a time.
-
-    Working per block keeps the hash temporaries and the argsort index at block size
-    instead of data size, so partitioning costs about one extra copy of the data.
-    Result: for each rank, a list of blocks, each a list of the arrays' slices.
-    """
-    out: list[list[list[np.ndarray]]] = [[] for _ in range(workers)]
-    n = len(arrays[0])
-    for i in range(0, n, block):
-        part = [a[i:i + block] for a in arrays]
-        for w, group in enumerate(partition(owners(part[0], workers), workers, *part)):
-            if len(group[0]):
-                out[w].append(group)
-    return out
 
 
 def partition_chunks(workers: int, names: tuple[str, ...], arrays: tuple[np.ndarray, ...], chunk_bytes: int,
