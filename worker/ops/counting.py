@@ -137,8 +137,11 @@ RUN_BLOCK = 1 << 20     # comparisons per pass: 1 MiB of booleans, not one per v
 def neighbour_steps(sorted_values: np.ndarray, equal: bool = False) -> np.ndarray:
     """The indices i where ``sorted_values[i + 1]`` differs from (``equal``: repeats) ``sorted_values[i]``.
 
-    Compared a block at a time: the whole-array comparison would hold a boolean per
-    value (an eighth of the data) next to the data at the count's and the merge's peak.
+    Where they are few (a merge's repeats, a count's runs of much-repeated values)
+    the comparison goes a block at a time: the whole-array one would hold a boolean
+    per value (an eighth of the data) next to the data at the count's and the merge's
+    peak.  Where the first block finds many, the result outweighs those booleans and
+    joining per-block pieces would copy it: then the whole array at once.
     """
     cmp = np.equal if equal else np.not_equal
     n = len(sorted_values)
@@ -146,6 +149,8 @@ def neighbour_steps(sorted_values: np.ndarray, equal: bool = False) -> np.ndarra
     for i in range(0, n - 1, RUN_BLOCK):
         j = min(n - 1, i + RUN_BLOCK)
         idx = np.flatnonzero(cmp(sorted_values[i + 1:j + 1], sorted_values[i:j]))
+        if i == 0 and j < n - 1 and len(idx) > RUN_BLOCK // 16:
+            return np.flatnonzero(cmp(sorted_values[1:], sorted_values[:-1]))
         idx += i
         found.append(idx)
     if len(found) == 1:
