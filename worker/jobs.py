@@ -181,8 +181,9 @@ async def run(job: Job, comm: TcpComm, op: Op, params: Params) -> dict:
     comm.progress.timeline = job.timeline
     comm.progress.set(op.name)  # the op names its phases as it goes (count, shuffle, select, ...)
     async with reporting(job.id, comm.progress, job.report, job.progress_interval, lambda: sum(cs.bytes_sent)):
-        # The op gets the only reference to the data (no local name here), so it can free it early.
-        result, opstats = await op.run(comm, job.take_values(), params)
+        # The op gets the only reference to the data (no local name here), handed over so it may give
+        # the memory back as it consumes the values (``memory.hand_over``).
+        result, opstats = await op.run(comm, memory.hand_over(job.take_values()), params)
     stats = {
         "id": my_id, "rank": comm.rank, "values": n, "files": len(job.files),
         "seconds": time.perf_counter() - t, "load_seconds": job.load_seconds,

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import mmap
 import resource
+import weakref
 
 import numpy as np
 
@@ -22,6 +24,8 @@ def _lib():
     if _libc is None:
         name = ctypes.util.find_library("c")
         _libc = ctypes.CDLL(name) if name else False
+        if _libc and hasattr(_libc, "madvise"):
+            _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     return _libc
 
 
@@ -78,8 +82,10 @@ def fixed_mmap_threshold(nbytes: int = 512 * 1024) -> bool:
 
 
 def concat_releasing(arrays: list[np.ndarray]) -> np.ndarray:
-    """np.concatenate that empties the list as it copies, so the peak is the result plus one piece, not twice the data."""
-    out = np.empty(sum(len(a) for a in arrays), dtype=np.int64)
+    """np.concatenate that empties the list as it copies, so the peak is the result plus one piece, not twice the data.
+
+    The result has the first piece's dtype (int64 when there is none)."""
+    out = np.empty(sum(len(a) for a in arrays), dtype=arrays[0].dtype if arrays else np.int64)
     pos = 0
     arrays.reverse()
     while arrays:
@@ -87,6 +93,61 @@ def concat_releasing(arrays: list[np.ndarray]) -> np.ndarray:
         out[pos:pos + len(a)] = a
         pos += len(a)
     return out
+
+
+_handed: dict[int, weakref.ref] = {}
+
+
+def hand_over(values: np.ndarray) -> np.ndarray:
+    """Marks ``values`` as given to an op for good: it may give their memory back as it consumes them.
+
+    Only the job (``worker/jobs.py``) says so, for the array it loaded and nobody
+    else holds.  An op called with anyone else's array (a test, the API's caller)
+    leaves it intact.  Returns ``values``.
+    """
+    key = id(values)
+    _handed[key] = weakref.ref(values, lambda _, key=key: _handed.pop(key, None))
+    return values
+
+
+def owned(values: np.ndarray) -> bool:
+    """Whether ``values`` was handed over (``hand_over``) and is still the same array."""
+    ref = _handed.get(id(values))
+    return ref is not None and ref() is values
+
+
+RELEASE_UNIT = 2 << 20    # a transparent huge page: releasing whole ones frees them at once, not on a later split
+
+
+class Releaser:
+    """Gives the pages of a consumed prefix of a contiguous array back to the OS as the consumer moves on.
+
+    Partitioning copies every value out of its input; without this the input and its
+    partitions coexist whole, twice the data.  ``upto(row)`` says rows before ``row``
+    are done with; every whole ``RELEASE_UNIT`` among them is dropped with
+    ``madvise(MADV_DONTNEED)`` (the array keeps its address range, the pages read
+    as zeros if touched again, and freeing the array later unmaps it as usual).
+    Only for an array no one else reads: the op's own copy, or one handed over.
+    """
+
+    def __init__(self, values: np.ndarray) -> None:
+        lib = _lib()
+        usable = (lib and hasattr(lib, "madvise") and hasattr(mmap, "MADV_DONTNEED")
+                  and values.flags.c_contiguous and values.nbytes >= 2 * RELEASE_UNIT)
+        self.base = values.ctypes.data if usable else 0
+        self.itemsize = values.itemsize
+        self.end = self.base + values.nbytes
+        self.done = -(-self.base // RELEASE_UNIT) * RELEASE_UNIT   # first whole unit inside the array
+        self.released = 0
+
+    def upto(self, row: int) -> None:
+        if not self.base:
+            return
+        stop = min(self.base + row * self.itemsize, self.end) // RELEASE_UNIT * RELEASE_UNIT
+        if stop > self.done:
+            if _lib().madvise(self.done, stop - self.done, mmap.MADV_DONTNEED) == 0:
+                self.released += stop - self.done
+            self.done = stop
 
 
 def machine_budget() -> int:

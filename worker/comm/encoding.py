@@ -55,7 +55,10 @@ def encode(fps: np.ndarray) -> dict:
     unary[np.cumsum(q + 1) - 1] = 0
     if k:
         r = (gaps & np.uint64((1 << k) - 1)).astype("<u8")
-        bits = np.unpackbits(r.view(np.uint8).reshape(-1, 8), axis=1, bitorder="little")[:, :k]
+        # only the bytes that hold the k low bits are spread into bits (a byte per bit: all eight would be
+        # 64 bytes a value, the encoder's peak)
+        low = r.view(np.uint8).reshape(-1, 8)[:, :-(-k // 8)]
+        bits = np.unpackbits(low, axis=1, bitorder="little")[:, :k]
         rbytes = np.packbits(bits.reshape(-1), bitorder="little")
     else:
         rbytes = np.zeros(0, dtype=np.uint8)

@@ -3,8 +3,11 @@
 Not ``value % W`` (multiples of W would all land on one worker) and not Python's
 ``hash()`` (salted per process).  The owner of a value is the high bits of the
 hash scaled to W (Lemire's multiply-shift), the same on every machine.
+``partition_chunks`` groups rows by owner straight into the shuffle's chunks.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -34,30 +37,58 @@ def owners(values: np.ndarray, workers: int) -> np.ndarray:
     return h.astype(dtype)
 
 
-def partition(owner: np.ndarray, workers: int, *arrays: np.ndarray) -> list[list[np.ndarray]]:
-    """Groups each array by owner in one stable pass; order inside a group is kept (sorted stays sorted)."""
-    order = np.argsort(owner, kind="stable")
-    bounds = np.zeros(workers + 1, dtype=np.int64)
-    np.cumsum(np.bincount(owner, minlength=workers), out=bounds[1:])
-    grouped = [a[order] for a in arrays]
-    return [[g[bounds[w]:bounds[w + 1]] for g in grouped] for w in range(workers)]
-
-
 PARTITION_BLOCK = 1 << 15     # 256 KiB of int64: hash temporaries and the sort index stay in cache
 
 
-def partition_blocks(workers: int, *arrays: np.ndarray, block: int = PARTITION_BLOCK) -> list[list[list[np.ndarray]]]:
-    """``partition`` by hash of the first array, one block of rows at a time.
+def partition_chunks(workers: int, names: tuple[str, ...], arrays: tuple[np.ndarray, ...], chunk_bytes: int,
+                     consumed: Callable[[int], None] | None = None,
+                     block: int = PARTITION_BLOCK) -> list[list[dict[str, np.ndarray]]]:
+    """Per rank, the shuffle's chunks of the rows it owns (by hash of the first array), built in one pass.
 
-    Working per block keeps the hash temporaries and the argsort index at block size
-    instead of data size, so partitioning costs about one extra copy of the data.
-    Result: for each rank, a list of blocks, each a list of the arrays' slices.
+    Each block of input rows is grouped by owner and copied straight into the
+    owners' chunk buffers (``chunk_bytes`` each, filled in order), so the data
+    exists once as partitions, not as blocks and again as chunks.  After each
+    block ``consumed(rows done)`` is called: a caller that owns the input gives
+    those rows' memory back there (``memory.Releaser``), so the input shrinks
+    while the chunks grow.  A chunk is a dict of equal-length arrays named ``names``;
+    order inside a rank's chunks is input order (sorted stays sorted).
     """
-    out: list[list[list[np.ndarray]]] = [[] for _ in range(workers)]
+    out: list[list[dict[str, np.ndarray]]] = [[] for _ in range(workers)]
     n = len(arrays[0])
+    step = max(1, chunk_bytes // sum(a.itemsize for a in arrays))
+    bufs: list[list[np.ndarray] | None] = [None] * workers
+    fill = [0] * workers
+    block = max(block, 1024 * workers)          # a rank's slice of a block stays worth a call
+    bounds = np.zeros(workers + 1, dtype=np.int64)
     for i in range(0, n, block):
         part = [a[i:i + block] for a in arrays]
-        for w, group in enumerate(partition(owners(part[0], workers), workers, *part)):
-            if len(group[0]):
-                out[w].append(group)
+        owner = owners(part[0], workers)
+        order = np.argsort(owner, kind="stable")
+        np.cumsum(np.bincount(owner, minlength=workers), out=bounds[1:])
+        del owner
+        # a new buffer holds this block's rows for the rank and its expected part of the rest, plus four
+        # standard deviations (hashing spreads rows binomially): a rank that gets more starts another
+        # chunk, one that gets less leaves little unused, so the chunks take the data's size, not W full ones
+        expected = (n - i - len(part[0])) / workers
+        later = int(expected + 4 * expected ** 0.5) + 64
+        for w, (lo, hi) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist())):
+            while lo < hi:
+                if bufs[w] is None:
+                    size = min(step, hi - lo + later)
+                    bufs[w], fill[w] = [np.empty(size, dtype=a.dtype) for a in arrays], 0
+                buf, f = bufs[w], fill[w]
+                take = min(hi - lo, len(buf[0]) - f)
+                idx = order[lo:lo + take]
+                for a, b in zip(part, buf):
+                    np.take(a, idx, out=b[f:f + take], mode="clip")   # clip: no bounds buffering; idx is valid
+                fill[w], lo = f + take, lo + take
+                if fill[w] == len(buf[0]):
+                    out[w].append(dict(zip(names, buf)))
+                    bufs[w] = None
+        del part, order
+        if consumed is not None:
+            consumed(i + block)
+    for w, buf in enumerate(bufs):
+        if buf is not None and fill[w]:
+            out[w].append({k: b[:fill[w]] for k, b in zip(names, buf)})
     return out

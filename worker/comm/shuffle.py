@@ -65,33 +65,6 @@ def chunk_pieces(arrays: dict[str, np.ndarray], chunk_bytes: int) -> list[Piece]
     return [{k: a[i:i + step] for k, a in arrays.items()} for i in range(0, n, step)]
 
 
-def chunk_blocks(names: tuple[str, ...], blocks: list[list[np.ndarray]], chunk_bytes: int) -> list[Piece]:
-    """Packs many small aligned blocks (e.g. one per partitioned input block) into pieces of about ``chunk_bytes``."""
-    if not blocks:
-        return []
-    row = sum(a.itemsize for a in blocks[0])
-    step = max(1, chunk_bytes // row)
-    pieces: list[Piece] = []
-    pending: list[list[np.ndarray]] = []
-    rows = 0
-
-    def flush() -> None:
-        nonlocal pending, rows
-        cols = [np.concatenate([b[i] for b in pending]) if len(pending) > 1 else pending[0][i]
-                for i in range(len(names))]
-        pending, rows = [], 0
-        pieces.extend(chunk_pieces(dict(zip(names, cols)), chunk_bytes))
-
-    for b in blocks:
-        pending.append(b)
-        rows += len(b[0])
-        if rows >= step:
-            flush()
-    if pending:
-        flush()
-    return pieces
-
-
 @dataclass
 class ShuffleStats:
     max_inbound_streams: int = 0

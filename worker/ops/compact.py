@@ -19,45 +19,54 @@ import numpy as np
 
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.encoding import decode, encode_chunks, fingerprints, is_fingerprint_piece
-from shardstats.worker.comm.shuffle import ShuffleConfig, ShuffleStats, chunk_blocks, chunk_pieces, shuffle
+from shardstats.worker.comm.shuffle import ShuffleConfig, ShuffleStats, chunk_pieces, shuffle
+from shardstats.worker.memory import concat_releasing
 from shardstats.worker.ops.counting import repeated_runs, sum_by_value
 
 
-def pack_fingerprints(s_parts: list, m_parts: list, bits: int, chunk_bytes: int) -> tuple[list, list]:
+def pack_fingerprints(s_chunks: list, m_chunks: list, bits: int, chunk_bytes: int) -> tuple[list, list]:
     """Per owner: the outgoing chunks (coded fingerprints, then plain pairs) and the values kept for round 2.
 
+    ``s_chunks``/``m_chunks`` are the partitioned values and pairs per owner (pieces
+    "s" and "v"/"c"); each owner's values are joined and let go one owner at a time.
     The kept values are ordered by fingerprint, so round 2 finds a candidate's
     values with a binary search; the fingerprints themselves are recomputed then,
     not kept (that would be another 8 bytes a value while the shuffle runs).
     """
     outgoing, kept = [], []
-    for r in range(len(s_parts)):
-        blocks, s_parts[r] = s_parts[r], []
-        sv = np.concatenate([b[0] for b in blocks]) if blocks else np.zeros(0, dtype=np.int64)
-        del blocks
+    for r in range(len(s_chunks)):
+        pieces, s_chunks[r] = [p["s"] for p in s_chunks[r]], []
+        sv = concat_releasing(pieces)
         fp = fingerprints(sv, bits)
         order = np.argsort(fp)
+        fp = fp[order]                  # each reordered copy replaces its original: four arrays at once, not five
         kept.append(sv[order])
-        chunks = encode_chunks(fp[order], chunk_bytes)
-        del sv, fp, order
-        m_blocks, m_parts[r] = m_parts[r], []
-        outgoing.append(chunks + chunk_blocks(("v", "c"), m_blocks, chunk_bytes))
+        del sv, order
+        chunks = encode_chunks(fp, chunk_bytes)
+        del fp
+        outgoing.append(chunks + m_chunks[r])
+        m_chunks[r] = []
     return outgoing, kept
 
 
 def _candidates(per_src: dict[int, list[np.ndarray]], mvals: list[np.ndarray], bits: int):
-    """(the requests per source, the number of fingerprints seen exactly once and not among the pairs)."""
-    runs = {src: np.concatenate(a) if len(a) > 1 else a[0] for src, a in per_src.items() if a}
+    """(the requests per source, the number of fingerprints seen exactly once and not among the pairs).
+
+    Memory: the received fingerprints are held per source and once more sorted
+    together; nothing else of their size (the count of single fingerprints comes
+    from the runs, not from a lookup of every fingerprint among the candidates).
+    """
+    runs = {src: concat_releasing(a) for src, a in per_src.items() if a}
     per_src.clear()
     allfp = np.concatenate(list(runs.values())) if runs else np.zeros(0, dtype=np.uint64)
-    allfp.sort(kind="stable")                      # each source's run is sorted: a merge of runs
-    rep, _, _ = repeated_runs(allfp)
+    allfp.sort()                                   # in place: a stable sort would borrow half the array again
+    rep, _, distinct = repeated_runs(allfp)
     pair_fp = fingerprints(np.concatenate(mvals), bits) if mvals else np.zeros(0, dtype=np.uint64)
-    hit = np.searchsorted(allfp, pair_fp, "right") > np.searchsorted(allfp, pair_fp, "left")
-    cand = np.union1d(rep, pair_fp[hit])
-    in_cand = np.searchsorted(cand, allfp, "right") > np.searchsorted(cand, allfp, "left") if len(cand) else None
-    once = len(allfp) - (int(np.count_nonzero(in_cand)) if in_cand is not None else 0)
-    del allfp, in_cand
+    hit = np.unique(pair_fp[np.searchsorted(allfp, pair_fp, "right") > np.searchsorted(allfp, pair_fp, "left")])
+    del allfp
+    cand = np.union1d(rep, hit)
+    # fingerprints seen exactly once, less those a pair also has (those are candidates too)
+    once = (distinct - len(rep)) - (len(cand) - len(rep))
     wants = {}
     for src, fp in runs.items():
         present = np.searchsorted(fp, cand, "right") > np.searchsorted(fp, cand, "left")

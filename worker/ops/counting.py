@@ -123,12 +123,39 @@ def run_lengths(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n = len(sorted_values)
     if n == 0:
         return sorted_values[:0], np.zeros(0, dtype=np.int64)
-    changes = np.flatnonzero(sorted_values[1:] != sorted_values[:-1])
+    changes = neighbour_steps(sorted_values)
     starts = np.empty(len(changes) + 1, dtype=np.int64)      # no n-long concatenation: 23% less time
     starts[0] = 0
     np.add(changes, 1, out=starts[1:])
     counts = np.diff(starts, append=n)
     return sorted_values[starts], counts
+
+
+RUN_BLOCK = 1 << 20     # comparisons per pass: 1 MiB of booleans, not one per value of the whole array
+
+
+def neighbour_steps(sorted_values: np.ndarray, equal: bool = False) -> np.ndarray:
+    """The indices i where ``sorted_values[i + 1]`` differs from (``equal``: repeats) ``sorted_values[i]``.
+
+    Where they are few (a merge's repeats, a count's runs of much-repeated values)
+    the comparison goes a block at a time: the whole-array one would hold a boolean
+    per value (an eighth of the data) next to the data at the count's and the merge's
+    peak.  Where the first block finds many, the result outweighs those booleans and
+    joining per-block pieces would copy it: then the whole array at once.
+    """
+    cmp = np.equal if equal else np.not_equal
+    n = len(sorted_values)
+    found = []
+    for i in range(0, n - 1, RUN_BLOCK):
+        j = min(n - 1, i + RUN_BLOCK)
+        idx = np.flatnonzero(cmp(sorted_values[i + 1:j + 1], sorted_values[i:j]))
+        if i == 0 and j < n - 1 and len(idx) > RUN_BLOCK // 16:
+            return np.flatnonzero(cmp(sorted_values[1:], sorted_values[:-1]))
+        idx += i
+        found.append(idx)
+    if len(found) == 1:
+        return found[0]
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
 
 def sum_by_value(values: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -150,7 +177,7 @@ def repeated_runs(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray, in
     n = len(sorted_values)
     if n < 2:
         return sorted_values[:0], np.zeros(0, dtype=np.int64), n
-    eq = np.flatnonzero(sorted_values[1:] == sorted_values[:-1])   # i: value i+1 repeats value i
+    eq = neighbour_steps(sorted_values, equal=True)                 # i: value i+1 repeats value i
     if len(eq) == 0:
         return sorted_values[:0], np.zeros(0, dtype=np.int64), n
     first = np.concatenate(([True], eq[1:] != eq[:-1] + 1))        # start of each run of repeats

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from shardstats.worker.comm.communicator import Communicator
-from shardstats.worker.comm.partition import partition_blocks
-from shardstats.worker.comm.shuffle import ShuffleConfig, ShuffleStats, chunk_blocks, shuffle
-from shardstats.worker.memory import concat_releasing
+from shardstats.worker.comm.partition import partition_chunks
+from shardstats.worker.comm.shuffle import ShuffleConfig, ShuffleStats, chunk_pieces, shuffle
+from shardstats.worker.memory import Releaser, concat_releasing
 from shardstats.worker.ops.counting import run_lengths, sum_by_value
 from shardstats.worker.ops.mode import should_combine
 
@@ -51,29 +51,29 @@ def local_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return run_lengths(sort_owned(values))
 
 
-def _parts(w: int, cfg: ShuffleConfig, *arrays: np.ndarray) -> list:
-    if cfg.strategy == "gather":         # the all-to-one design, for comparison only
-        return [[list(arrays)] if r == 0 else [] for r in range(w)]
-    return partition_blocks(w, *arrays)
-
-
 def pack(w: int, cfg: ShuffleConfig, singles: np.ndarray, pvals: np.ndarray = EMPTY,
-         pcounts: np.ndarray = EMPTY) -> list[list[dict]]:
-    """Outgoing chunks per rank: bare values as "s" pieces, (value, count) pairs as "v"/"c" pieces."""
-    s_parts = _parts(w, cfg, singles)
-    m_parts = _parts(w, cfg, pvals, pcounts) if len(pvals) else [[] for _ in range(w)]
-    out = []
-    for r in range(w):
-        out.append(chunk_blocks(("s",), s_parts[r], cfg.chunk_bytes)
-                   + chunk_blocks(("v", "c"), m_parts[r], cfg.chunk_bytes))
-        s_parts[r] = m_parts[r] = []
-    return out
+         pcounts: np.ndarray = EMPTY, owned: bool = False) -> list[list[dict]]:
+    """Outgoing chunks per rank: bare values as "s" pieces, (value, count) pairs as "v"/"c" pieces.
+
+    The rows go straight into the chunks (``partition_chunks``); with ``owned`` (the
+    arrays are this call's to consume: counted copies) their memory is given back as
+    they are copied, so they and the chunks never coexist whole.
+    """
+    if cfg.strategy == "gather":         # the all-to-one design, for comparison only
+        return [chunk_pieces({"s": singles}, cfg.chunk_bytes) + chunk_pieces({"v": pvals, "c": pcounts},
+                                                                             cfg.chunk_bytes) if r == 0 else []
+                for r in range(w)]
+    freed = [Releaser(a).upto for a in (singles, pvals, pcounts)] if owned else []
+    s_chunks = partition_chunks(w, ("s",), (singles,), cfg.chunk_bytes, freed[0] if owned else None)
+    m_chunks = partition_chunks(w, ("v", "c"), (pvals, pcounts), cfg.chunk_bytes,
+                                (lambda row: (freed[1](row), freed[2](row))) if owned else None)
+    return [s + m for s, m in zip(s_chunks, m_chunks)]
 
 
 def pack_counts(w: int, cfg: ShuffleConfig, uv: np.ndarray, uc: np.ndarray) -> list[list[dict]]:
     """Locally counted data: a value seen once costs its 8 bytes, a repeated one a pair."""
     one = uc == 1
-    return pack(w, cfg, uv[one], uv[~one], uc[~one])
+    return pack(w, cfg, uv[one], uv[~one], uc[~one], owned=True)
 
 
 class _Inbox:
@@ -140,7 +140,7 @@ async def owned_distinct(comm: Communicator, cfg: ShuffleConfig, values: np.ndar
     """Shuffles distinct values only (no counts); returns this rank's owned distinct values."""
     def prepare() -> tuple[list, bool]:
         if combine == "always" or (combine == "auto" and should_combine(values)):
-            return pack(comm.size, cfg, local_counts(values)[0]), True
+            return pack(comm.size, cfg, local_counts(values)[0], owned=True), True
         return pack(comm.size, cfg, values), False
 
     outgoing, combined = await asyncio.to_thread(prepare)

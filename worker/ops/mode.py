@@ -25,8 +25,8 @@ from shardstats.worker.ops.compact import compact_exchange, pack_fingerprints
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.ops.counting import (COUNTINGS, choose_counting, count_values, dense_bins, dense_fits,
                                             repeated_runs, run_lengths, sum_by_value)
-from shardstats.worker.comm.partition import partition_blocks
-from shardstats.worker.comm.shuffle import ShuffleConfig, chunk_blocks, shuffle
+from shardstats.worker.comm.partition import partition_chunks
+from shardstats.worker.comm.shuffle import ShuffleConfig, chunk_pieces, shuffle
 from shardstats.worker.ops.contract import Op, ShuffleParams, option
 
 COMBINE_SAMPLE = 65536     # values sampled to decide whether local counting pays
@@ -37,22 +37,22 @@ ENCODINGS = ("auto", "compact", "plain")
 MAX_TIE_LIMIT = 100_000   # ties travel in one small message; more than this are counted, not listed
 
 
-def _split(w: int, sv: np.ndarray, mv: np.ndarray, mc: np.ndarray, cfg: ShuffleConfig):
-    """Per rank, the blocks of bare values ("s") and of (value, count) pairs ("v", "c") it owns."""
+def _split(w: int, sv: np.ndarray, mv: np.ndarray, mc: np.ndarray, cfg: ShuffleConfig, sv_owned: bool):
+    """Per rank, the chunks of bare values ("s") and of (value, count) pairs ("v", "c") it owns.
+
+    Each array's memory is given back as it is partitioned, so input and chunks never
+    coexist whole: always for the pairs (the caller counted them into new arrays), for
+    ``sv`` only when ``sv_owned`` (counted too, or the job handed its values over).
+    """
     if cfg.strategy == "gather":
-        return [[[sv]] if r == 0 else [] for r in range(w)], [[[mv, mc]] if r == 0 else [] for r in range(w)]
-    return partition_blocks(w, sv), partition_blocks(w, mv, mc)
-
-
-def _pack(s_parts: list, m_parts: list, chunk_bytes: int) -> list[list[dict]]:
-    """Chunks for every rank, packed one rank at a time so the blocks are let go as we go."""
-    out = []
-    for r in range(len(s_parts)):
-        s_blocks, s_parts[r] = s_parts[r], []
-        m_blocks, m_parts[r] = m_parts[r], []
-        out.append(chunk_blocks(("s",), s_blocks, chunk_bytes) + chunk_blocks(("v", "c"), m_blocks, chunk_bytes))
-        del s_blocks, m_blocks
-    return out
+        return ([chunk_pieces({"s": sv}, cfg.chunk_bytes) if r == 0 else [] for r in range(w)],
+                [chunk_pieces({"v": mv, "c": mc}, cfg.chunk_bytes) if r == 0 else [] for r in range(w)])
+    s_free = memory.Releaser(sv).upto if sv_owned else None
+    s_chunks = partition_chunks(w, ("s",), (sv,), cfg.chunk_bytes, s_free)
+    mv_free, mc_free = memory.Releaser(mv), memory.Releaser(mc)
+    m_chunks = partition_chunks(w, ("v", "c"), (mv, mc), cfg.chunk_bytes,
+                                lambda row: (mv_free.upto(row), mc_free.upto(row)))
+    return s_chunks, m_chunks
 
 
 def should_combine(values: np.ndarray) -> bool:
@@ -135,18 +135,18 @@ def _count_and_pack(w: int, rank: int, box: list[np.ndarray], combine: str, coun
         uv, uc, counting = count_values(values, counting)
         del values
         single = uc == 1
-        s_parts, m_parts = _split(w, uv[single], uv[~single], uc[~single], cfg)
+        s_chunks, m_chunks = _split(w, uv[single], uv[~single], uc[~single], cfg, True)
         del uv, uc, single
     else:                      # ship raw values as "singles"; owners count repeats when they merge
         none = np.zeros(0, dtype=np.int64)
-        s_parts, m_parts = _split(w, values, none, none, cfg)
-        del values             # the partitions replace it
+        s_chunks, m_chunks = _split(w, values, none, none, cfg, memory.owned(values))
+        del values             # the chunks replace it
         counting = "none"
-    leaving = sum(len(b[0]) for r in range(w) if r != rank for b in s_parts[r] + m_parts[r])
+    leaving = sum(len(next(iter(c.values()))) for r in range(w) if r != rank for c in s_chunks[r] + m_chunks[r])
     if fp_bits is not None:
-        outgoing, kept = pack_fingerprints(s_parts, m_parts, fp_bits, cfg.chunk_bytes)
+        outgoing, kept = pack_fingerprints(s_chunks, m_chunks, fp_bits, cfg.chunk_bytes)
         return outgoing, kept, combined, counting, leaving
-    return _pack(s_parts, m_parts, cfg.chunk_bytes), None, combined, counting, leaving
+    return [s + m for s, m in zip(s_chunks, m_chunks)], None, combined, counting, leaving
 
 
 # Compact saves ~5.7 of 8 bytes a value on the wire and costs ~0.12 CPU-seconds per million
