@@ -157,3 +157,31 @@ def test_the_compact_owner_finds_candidates_holding_the_fingerprints_about_once_
     for src, fps in ref_fps.items():
         assert wants[src].tolist() == sorted(cand & set(fps))
     assert peak < 1.3 * size, f"{peak / size:.2f}x the fingerprints' bytes"
+
+
+@pytest.mark.parametrize("op", ["topk", "distinct"])
+def test_topk_and_distinct_owners_hold_no_count_per_value(op):
+    """An owner that received 4M nearly-unique values (32 MB) in pieces merges them in little more than
+    one sorted copy (tracemalloc counts the joined array whole, though the pieces go as it fills):
+    topk's owner once made (value, count) arrays for every distinct value (16 bytes each, 2x the
+    data), distinct's made the array of distinct values only to take its length."""
+    from shardstats.worker.ops.keyed import _Inbox
+    from shardstats.worker.ops.topk import owned_partial
+    rng = np.random.default_rng(7)
+    values = rng.permutation(4_000_000).astype(np.int64) * 3
+    dup = values[:1000].copy()
+
+    def make():
+        inbox = _Inbox()
+        for piece in np.array_split(values, 8):
+            inbox(0, {"s": piece.copy()})
+        inbox(1, {"s": dup.copy()})
+        return (inbox,)
+
+    if op == "topk":
+        p, peak = _peak_new_bytes(lambda inbox: owned_partial(inbox.owned(False, None), 10), make=make)
+        assert p["v"].tolist() == np.sort(dup)[:10].tolist() and p["c"].tolist() == [2] * 10
+    else:
+        n, peak = _peak_new_bytes(lambda inbox: inbox.distinct(), make=make)
+        assert n == len(values)
+    assert peak < 1.25 * values.nbytes, f"{peak:,} bytes held beyond the received {values.nbytes:,}"

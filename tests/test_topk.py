@@ -192,3 +192,32 @@ def test_read_only_input_is_sorted_out_of_place(monkeypatch, op, params):
         assert res["value"] == len(set(allv.tolist()))
     else:
         assert res["topk"] == reference(allv, 5)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.lists(st.integers(-6, 6) | st.sampled_from([I64_MIN, I64_MAX]), max_size=12), max_size=4),
+       st.dictionaries(st.integers(-6, 6) | st.sampled_from([I64_MIN, I64_MAX]), st.integers(2, 5), max_size=5),
+       st.integers(1, 12))
+def test_an_owners_merge_counts_only_repeats_and_fills_with_values_seen_once(bare, pairs, k):
+    """What an owner receives (bare values from several senders, (value, count) pairs from others)
+    gives the same top k, exact counts and boundary ties as counting everything with a Counter,
+    whether the list fills from repeated values alone or needs the smallest values seen once."""
+    from shardstats.worker.ops.keyed import _Inbox
+    from shardstats.worker.ops.topk import owned_partial
+    inbox = _Inbox()
+    ref = Counter()
+    for i, b in enumerate(bare):
+        inbox(i, {"s": np.array(b, dtype=np.int64)})
+        ref.update(b)
+    if pairs:
+        inbox(9, {"v": np.array(list(pairs), dtype=np.int64), "c": np.array(list(pairs.values()), dtype=np.int64)})
+        for v, c in pairs.items():
+            ref[v] += c
+    owned = inbox.owned(False, None)
+    assert owned.distinct == len(ref)
+    assert owned.repeated.tolist() == sorted(v for v, c in ref.items() if c > 1)
+    assert owned.counts.tolist() == [ref[v] for v in owned.repeated.tolist()]
+    got = result_of(k, owned_partial(owned, k))
+    want = sorted(ref.items(), key=lambda vc: (-vc[1], vc[0]))[:k]
+    assert got["items"] == [[v, c] for v, c in want]
+    assert got["boundary_ties"] == (sum(1 for c in ref.values() if c == want[-1][1]) if want else 0)

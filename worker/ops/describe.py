@@ -33,7 +33,7 @@ from shardstats.worker.ops.keyed import owned_counts, sort_owned
 from shardstats.worker.ops.median import (_interpolate, _parse_quantiles, _q_ranks, exact_mean, median_ranks,
                                           select_ranks)
 from shardstats.worker.ops.mode import DEFAULT_TIE_LIMIT
-from shardstats.worker.ops.topk import MAX_K, merger, partial, result_of, tied_with
+from shardstats.worker.ops.topk import MAX_K, merger, owned_partial, result_of, tied_with
 
 DEFAULT_QUANTILES = ("0.25", "0.5", "0.75")
 
@@ -90,9 +90,8 @@ async def describe(comm: Communicator, values: np.ndarray, params: DescribeParam
     t = time.perf_counter()
     comm.progress.set("reduce")
     kk = max(params.k, DEFAULT_TIE_LIMIT)
-    local = {"sums": sums, "top": await asyncio.to_thread(partial, owned.values, owned.counts, kk),
-             "distinct": len(owned.values)}
-    owned_keys = len(owned.values)
+    local = {"sums": sums, "top": await asyncio.to_thread(owned_partial, owned, kk), "distinct": owned.distinct}
+    owned_keys = owned.distinct
     del owned
     total = await tree_reduce(comm, local, _combine(kk), "describe.reduce")
     n = comm.total

@@ -119,10 +119,10 @@ async def distinct(comm: Communicator, values: np.ndarray, params: DistinctParam
     del values
     shuffled = time.perf_counter()
     comm.progress.set("reduce")
-    got = await tree_reduce(comm, {"n": len(owned)}, lambda a, b: {"n": a["n"] + b["n"]}, "distinct.n")
+    got = await tree_reduce(comm, {"n": owned}, lambda a, b: {"n": a["n"] + b["n"]}, "distinct.n")
     stats = {"phases": {"shuffle": shuffled - t, "reduce": time.perf_counter() - shuffled},
              "rounds": 1 + max(0, (comm.size - 1).bit_length()), "combined": combined,
-             "distinct_keys": len(owned), "chunks_sent": st.chunks_sent}
+             "distinct_keys": owned, "chunks_sent": st.chunks_sent}
     return ({"value": got["n"], "exact": True} if got is not None else None), stats
 
 

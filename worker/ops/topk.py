@@ -47,7 +47,7 @@ from shardstats.worker.comm.collectives import allreduce, broadcast, sum_ints, t
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.shuffle import ShuffleConfig
 from shardstats.worker.ops.contract import Op, ShuffleParams, option
-from shardstats.worker.ops.keyed import local_counts, owned_counts
+from shardstats.worker.ops.keyed import Owned, local_counts, owned_counts
 from shardstats.worker.ops.mode import COMBINE_SAMPLE
 from shardstats.worker.ops.counting import run_lengths
 from shardstats.settings import DEFAULTS
@@ -86,6 +86,19 @@ def partial(vals: np.ndarray, cnts: np.ndarray, k: int) -> dict:
     v, c = top_items(vals, cnts, k)
     e = int(np.count_nonzero(cnts == c[-1])) - int(np.count_nonzero(c == c[-1])) if len(v) == k else 0
     return {"v": v, "c": c, "e": e}
+
+
+def owned_partial(owned: Owned, k: int) -> dict:
+    """``partial`` of what a rank owns after the shuffle: the repeated values first (a count of 1
+    cannot beat them), then, only when fewer than k repeat, the smallest values seen once."""
+    if len(owned.repeated) >= k:
+        return partial(owned.repeated, owned.counts, k)
+    fill = owned.once(k - len(owned.repeated))
+    p = partial(np.concatenate((owned.repeated, fill)),
+                np.concatenate((owned.counts, np.ones(len(fill), dtype=np.int64))), k)
+    if len(p["v"]) == k and p["c"][-1] == 1:
+        p["e"] += owned.once_count - len(fill)      # the values seen once that did not make the list
+    return p
 
 
 def merger(k: int):
@@ -151,9 +164,9 @@ async def by_shuffle(comm: Communicator, k: int, cfg: ShuffleConfig, values: np.
     comm.progress.set("shuffle")
     owned = await owned_counts(comm, cfg, values=values, counted=counted)
     comm.progress.set("reduce")
-    local = await asyncio.to_thread(partial, owned.values, owned.counts, k)
+    local = await asyncio.to_thread(owned_partial, owned, k)
     top = await tree_reduce(comm, local, merger(k), "topk.merge")
-    return top, {"combined": owned.combined, "distinct_keys": len(owned.values),
+    return top, {"combined": owned.combined, "distinct_keys": owned.distinct,
                  "chunks_sent": owned.shuffle.chunks_sent, "rounds": 1 + _depth(comm.size),
                  "shuffle_seconds": time.perf_counter() - t}
 
