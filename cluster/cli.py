@@ -13,7 +13,6 @@ from pathlib import Path
 
 import click
 
-from shardstats.cluster import launcher
 from shardstats.cluster.config import (ClusterInfo, ConfigError, default_cluster_file, find_cluster, token_from_env,
                                        worker_id_from_hostname)
 from shardstats.cluster.runner import run_async
@@ -160,6 +159,7 @@ def _cluster_file(path: str | None) -> Path:
 
 def _running(info: ClusterInfo) -> bool:
     """Whether any worker the cluster file names is still running and provably ours (launcher.ours)."""
+    from shardstats.cluster import launcher
     return bool(launcher.our_pids(info))
 
 
@@ -188,6 +188,7 @@ Examples:
 def up(workers: int, host: str, base_port: int, detach: bool, cluster_file: str | None, log_dir: str | None,
        log_level: str, tls_dir: str | None) -> None:
     """Start a local cluster of worker processes."""
+    from shardstats.cluster import launcher
     path = _cluster_file(cluster_file)
     if path.exists():
         try:
@@ -234,6 +235,7 @@ Example:
 @click.option("--cluster-file", type=click.Path(dir_okay=False), help=CLUSTER_FILE_HELP)
 def down(cluster_file: str | None) -> None:
     """Stop the local cluster `cluster up` started."""
+    from shardstats.cluster import launcher
     path = _cluster_file(cluster_file)
     if not path.exists():
         click.echo("no cluster is running")

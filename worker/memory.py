@@ -14,7 +14,7 @@ import mmap
 import resource
 import weakref
 
-import numpy as np
+from shardstats.lazy import numpy as np
 
 _libc = None
 

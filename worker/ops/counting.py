@@ -16,7 +16,7 @@ callers (and the shuffle's sorted partitions) do not care which one ran.
 """
 from __future__ import annotations
 
-import numpy as np
+from shardstats.lazy import numpy as np
 
 COUNTINGS = ("auto", "sort", "dense", "hash")
 DENSE_SPAN_DIVISOR = 8      # dense when max - min < n / 8 (measured break-even between n/8 and n/4)
