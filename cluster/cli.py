@@ -5,6 +5,8 @@ Errors are one line on stderr.
 """
 from __future__ import annotations
 
+import atexit
+import gc
 import json
 import os
 import sys
@@ -41,6 +43,10 @@ Shell completion (bash; zsh and fish likewise with zsh_source / fish_source):
 @click.version_option(__version__, prog_name="cluster")
 def main() -> None:
     """An asyncio TCP cluster computing exact statistics over sharded integer data."""
+    # At exit, the interpreter's garbage collection walks every object of every module imported (~250 for a
+    # submit): ~15 ms of a one-value job's ~0.1 s. Frozen objects are skipped; their memory goes back with
+    # the process all the same (atexit handlers and stream flushes still run).
+    atexit.register(gc.freeze)
 
 
 # -- the daemon ------------------------------------------------------------
