@@ -24,19 +24,24 @@ import sys
 import threading
 import types
 
-_lock = threading.Lock()       # a worker's first use may come from a reader thread and the loop at once
+# A worker's first use may come from a reader thread and the event loop at once; reentrant, because
+# importing one stand-in's module may touch another's.
+_lock = threading.RLock()
 
 
 class LazyModule(types.ModuleType):
     """Stands for the module it is named after until an attribute is asked for."""
 
     def __getattr__(self, name: str):
-        # Called only for names not (yet) in this object's namespace.
+        # Called only for names not (yet) in this object's namespace: the first use, or a name the module
+        # itself makes on demand (numpy's submodules); either is then kept here, so it is asked for once.
         with _lock:
             real = importlib.import_module(self.__name__)
             if self.__dict__.get("__file__") is None:
                 self.__dict__.update(real.__dict__)
-        return getattr(real, name)
+        value = getattr(real, name)
+        self.__dict__[name] = value
+        return value
 
 
 def lazy_module(name: str) -> types.ModuleType:

@@ -158,3 +158,33 @@ def test_the_op_modules_use_numpy_only_lazily():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [str(len(registry.ops())), "False"]
+
+
+def test_a_lazy_module_is_imported_once_on_first_use_from_any_thread(tmp_path, monkeypatch):
+    """shardstats/lazy.py: nothing runs until an attribute is asked for; then the module runs exactly once,
+    however many threads ask at the same moment, and every name (also one made on demand) reads as the
+    module's own."""
+    import threading
+    from shardstats.lazy import LazyModule, lazy_module
+    (tmp_path / "lazy_probe_log.py").write_text("RUNS = []\n")
+    (tmp_path / "lazy_probe_mod.py").write_text(
+        "import time, lazy_probe_log\nlazy_probe_log.RUNS.append(1)\ntime.sleep(0.05)\nVALUE = 42\n"
+        "def __getattr__(name):\n    if name == 'MADE':\n        return 'on demand'\n    raise AttributeError(name)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("lazy_probe_mod", "lazy_probe_log"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    import lazy_probe_log
+    mod = lazy_module("lazy_probe_mod")
+    assert isinstance(mod, LazyModule) and "lazy_probe_mod" not in sys.modules and lazy_probe_log.RUNS == []
+    seen = []
+    threads = [threading.Thread(target=lambda: seen.append(mod.VALUE)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == [42] * 8
+    assert lazy_probe_log.RUNS == [1]
+    assert mod.MADE == "on demand" and mod.__file__ == sys.modules["lazy_probe_mod"].__file__
+    with pytest.raises(AttributeError):
+        mod.missing
+    assert lazy_module("lazy_probe_mod") is sys.modules["lazy_probe_mod"]    # once imported, the module itself
