@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from shardstats.cluster import launcher
+from shardstats.errors import UsageError
 from shardstats.worker.ops import registry
 from tests.conftest import I64_MAX, I64_MIN
 
@@ -188,3 +189,20 @@ def test_a_lazy_module_is_imported_once_on_first_use_from_any_thread(tmp_path, m
     with pytest.raises(AttributeError):
         mod.missing
     assert lazy_module("lazy_probe_mod") is sys.modules["lazy_probe_mod"]    # once imported, the module itself
+
+
+def test_a_builtin_op_is_found_without_the_other_ops_or_the_entry_points():
+    """``registry.get`` of a built-in imports that op's module alone (nothing can replace a built-in), and
+    answers exactly as the full registry does."""
+    others = [f"shardstats.worker.ops.{n}" for n in BUILTIN_OPS if n != "median"]
+    code = ("import sys; from shardstats.worker.ops import registry; op = registry.get('median'); "
+            f"print(op.name, sorted(m for m in {others + ['importlib.metadata']!r} if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split(None, 1) == ["median", "[]\n"]
+    for name in BUILTIN_OPS:
+        assert registry.find(name) is registry.get(name) is registry.ops()[name]
+    for name in ("contract", "registry", "no_such_op", "../mode", "mode.run", ""):
+        assert registry.find(name) is None
+        with pytest.raises(UsageError, match="unknown op"):
+            registry.get(name)
