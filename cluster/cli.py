@@ -17,7 +17,6 @@ import click
 
 from shardstats.cluster.config import (ClusterInfo, ConfigError, default_cluster_file, find_cluster, token_from_env,
                                        worker_id_from_hostname)
-from shardstats.cluster.runner import run_async
 from shardstats.cluster.submit import SubmitGroup, fail
 from shardstats._version import __version__
 from shardstats.errors import ShardstatsError
@@ -133,6 +132,7 @@ def worker(worker_id: int | None, id_from_hostname: bool, listen: str, peers: st
         fail(str(exc), 2)
     except ConfigError as exc:        # a TLS file missing or unusable: the operator's to fix
         fail(f"worker {worker_id}: {exc}", 2)
+    from shardstats.cluster.runner import run_async      # asyncio: not for --help, --version or gen
     try:
         run_async(server.serve(handle_signals=True))
     except OSError as exc:
@@ -289,6 +289,7 @@ def status(as_json: bool, watch: bool, interval: float, cluster_file: str | None
         fail(str(exc), exc.exit_code)
 
     def poll() -> list[dict]:
+        from shardstats.cluster.runner import run_async
         from shardstats.coordinator.job import ping_all
         return run_async(ping_all(info.workers, info.token.encode(), timeout=DEFAULTS.status_timeout, tls=tls))
 
