@@ -15,6 +15,7 @@ imports by package, then the job's own steps (measured inside one CLI process).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -177,12 +178,11 @@ def main() -> int:
             args.op, "SELECT min(column0) FROM read_csv('%s', header=false)") % path
         if shutil.which("duckdb"):
             rows.append(("duckdb -c (CLI)", timed_runs(["duckdb", "-c", sql], args.runs)))
-        try:
-            import duckdb  # noqa: F401
+        if importlib.util.find_spec("duckdb") is not None:
             rows.append(("python -c 'import duckdb' (same SQL)",
                          timed_runs([sys.executable, "-c", f"import duckdb; print(duckdb.sql({sql!r}).fetchall())"],
                                     args.runs)))
-        except ImportError:
+        else:
             print("skipped duckdb (pip install duckdb, or the bench extra)")
         print(f"one value, {args.op}, median of {args.runs} (a fresh process per run unless said)")
         for name, ts in rows:
