@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import time
 from collections.abc import Awaitable, Callable
 from typing import TextIO, TypeVar
@@ -130,7 +129,10 @@ class ProgressLine:
         return f"{phase} {sum(d for d, _ in recs)}/{total} {unit}"
 
     def _columns(self) -> int:
-        return self.width if self.width is not None else shutil.get_terminal_size((80, 24)).columns
+        if self.width is not None:
+            return self.width
+        import shutil       # here: a piped submit draws nothing, and shutil brings bz2, lzma and zlib
+        return shutil.get_terminal_size((80, 24)).columns
 
     def draw(self, now: float | None = None) -> None:
         text = self.text(now)[: max(10, self._columns() - 1)]   # never wrap: \r only rewinds one row

@@ -121,7 +121,6 @@ def _typed(op, name: str, value):
 
 def run_submit(op, params, inputs: tuple[str, ...], *, column, header=None, local_workers, as_json, timeout,
                cluster_file, max_retries, heartbeat, dead_after, quiet, report_path=None, pretty=None) -> None:
-    from shardstats.cluster import launcher
     from shardstats.cluster.config import find_cluster
     from shardstats.cluster.notices import NoticeHandler
     from shardstats.cluster.output import human, json_document
@@ -143,6 +142,8 @@ def run_submit(op, params, inputs: tuple[str, ...], *, column, header=None, loca
         fail(f"--report {report_path}: the folder {Path(report_path).resolve().parent} does not exist", 2)
     startup = None
     info = None
+    if local_workers is not None:
+        from shardstats.cluster import launcher      # subprocesses and all: only for an ephemeral cluster
     try:
         if local_workers is not None:
             t = time.perf_counter()
@@ -209,5 +210,5 @@ class SubmitGroup(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         from shardstats.worker.ops import registry
-        op = registry.ops().get(name)
+        op = registry.find(name)
         return make_command(op) if op is not None else None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-import numpy as np
+from shardstats.lazy import numpy as np
 
 # Only plain numeric dtypes may cross the wire: an object or structured dtype from
 # a hostile peer must never reach np.frombuffer.
@@ -42,13 +42,17 @@ def decode_array(obj: dict) -> np.ndarray:
 
 
 def default(obj):
-    """msgpack ``default`` hook: arrays, numpy scalars, exact rationals and integers beyond 64 bits."""
-    if isinstance(obj, np.ndarray):
-        return encode_array(obj)
+    """msgpack ``default`` hook: arrays, numpy scalars, exact rationals and integers beyond 64 bits.
+
+    The plain Python types are tried first: a client encoding a Fraction or a big
+    integer must not import numpy (``np`` is lazy, shardstats/lazy.py) to learn it
+    is not an array."""
     if isinstance(obj, Fraction):
         return {FRACTION_KEY: f"{obj.numerator}/{obj.denominator}"}
     if isinstance(obj, int) and not isinstance(obj, bool):     # msgpack calls us only when it is beyond 64 bits
         return {BIGINT_KEY: str(obj)}
+    if isinstance(obj, np.ndarray):
+        return encode_array(obj)
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, np.floating):

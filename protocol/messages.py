@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from shardstats.protocol.errors import BadMessage
 
 PROTOCOL_VERSION = 2
@@ -18,7 +16,6 @@ _INT = (int,)
 _STR = (str,)
 _MAP = (dict,)
 _LIST = (list,)
-_ARR = (np.ndarray,)
 _BYTES = (bytes,)
 _ANY: tuple = ()
 

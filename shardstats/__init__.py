@@ -15,7 +15,7 @@ from shardstats.errors import (ClusterError, ConfigError, EmptyDataset, InputErr
 
 
 def __getattr__(name: str):
-    # The API pulls in numpy and the coordinator; `import shardstats` for the version or the errors stays cheap.
+    # The API pulls in asyncio and the coordinator; `import shardstats` for the version or the errors stays cheap.
     if name in ("Cluster", "Result"):
         from shardstats.cluster import api
         return getattr(api, name)

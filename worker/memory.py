@@ -8,13 +8,13 @@ freed heap back to the OS (glibc keeps it otherwise), so an idle worker is small
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import mmap
 import resource
 import weakref
 
-import numpy as np
+from shardstats.lazy import lazy_module, numpy as np
+
+ctypes = lazy_module("ctypes")    # libc only on a worker: the client imports this module with the ops, not ctypes
 
 _libc = None
 
@@ -22,6 +22,7 @@ _libc = None
 def _lib():
     global _libc
     if _libc is None:
+        import ctypes.util
         name = ctypes.util.find_library("c")
         _libc = ctypes.CDLL(name) if name else False
         if _libc and hasattr(_libc, "madvise"):

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
+from shardstats.lazy import numpy as np
 
-_C0 = np.uint64(0x9E3779B97F4A7C15)
-_C1 = np.uint64(0xBF58476D1CE4E5B9)
-_C2 = np.uint64(0x94D049BB133111EB)
+_C0 = 0x9E3779B97F4A7C15     # Python ints (no numpy at import, shardstats/lazy.py): uint64 arithmetic casts them
+_C1 = 0xBF58476D1CE4E5B9
+_C2 = 0x94D049BB133111EB
 
 
 def splitmix64(values: np.ndarray) -> np.ndarray:

@@ -23,14 +23,14 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-import numpy as np
+from shardstats.lazy import numpy as np
 
 from shardstats.worker.comm.communicator import Communicator
 
 DEFAULT_CHUNK_BYTES = 1 << 20
 STRATEGIES = ("credit", "naive", "gather")
 
-Piece = dict[str, np.ndarray]
+Piece = dict[str, "np.ndarray"]
 Consume = Callable[[int, Piece], Awaitable[None] | None]
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 
-import numpy as np
+from shardstats.lazy import numpy as np
 
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.encoding import decode, encode_chunks, fingerprints, is_fingerprint_piece

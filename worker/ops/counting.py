@@ -16,7 +16,7 @@ callers (and the shuffle's sorted partitions) do not care which one ran.
 """
 from __future__ import annotations
 
-import numpy as np
+from shardstats.lazy import numpy as np
 
 COUNTINGS = ("auto", "sort", "dense", "hash")
 DENSE_SPAN_DIVISOR = 8      # dense when max - min < n / 8 (measured break-even between n/8 and n/4)
@@ -187,7 +187,7 @@ def repeated_runs(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray, in
 
 
 REPEAT_SAMPLE_SHIFT = 58          # a value is sampled when the top 6 bits of its hash are 0: 1/64 of them
-_FIBONACCI = np.uint64(0x9E3779B97F4A7C15)   # 2**64 / golden ratio: multiplicative hashing's constant
+_FIBONACCI = 0x9E3779B97F4A7C15   # 2**64 / golden ratio, multiplicative hashing's (an int: no numpy at import)
 _PROBE_BLOCK = 1 << 16            # values hashed per step: the temporaries stay in cache
 
 

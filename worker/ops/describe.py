@@ -19,7 +19,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-import numpy as np
+from shardstats.lazy import numpy as np
 
 from shardstats.errors import EmptyDataset
 from shardstats.exact import exact_text

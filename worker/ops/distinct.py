@@ -22,7 +22,7 @@ import math
 import time
 from dataclasses import dataclass
 
-import numpy as np
+from shardstats.lazy import numpy as np
 
 from shardstats.worker.comm.collectives import tree_reduce
 from shardstats.worker.comm.communicator import Communicator

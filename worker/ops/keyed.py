@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-import numpy as np
+from shardstats.lazy import numpy as np
 
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.partition import partition_chunks
@@ -25,7 +25,10 @@ from shardstats.worker.memory import Releaser, concat_releasing
 from shardstats.worker.ops.counting import repeated_runs, run_lengths, sum_by_value
 from shardstats.worker.ops.mode import should_combine
 
-EMPTY = np.zeros(0, dtype=np.int64)
+
+def empty() -> np.ndarray:
+    """A new empty int64 array (made when needed: the client imports this module without numpy, shardstats/lazy.py)."""
+    return np.zeros(0, dtype=np.int64)
 
 
 @dataclass
@@ -43,8 +46,8 @@ class Owned:
     distinct: int
     combined: bool                  # whether this rank counted locally before sending
     shuffle: ShuffleStats
-    bare: np.ndarray = field(default_factory=lambda: EMPTY)     # the bare values received, sorted
-    paired: np.ndarray = field(default_factory=lambda: EMPTY)   # values that arrived with a count (repeated)
+    bare: np.ndarray = field(default_factory=empty)     # the bare values received, sorted
+    paired: np.ndarray = field(default_factory=empty)   # values that arrived with a count (repeated)
 
     @property
     def once_count(self) -> int:
@@ -54,7 +57,7 @@ class Owned:
         """The ``m`` smallest values seen exactly once (ascending)."""
         s = self.bare
         if m <= 0 or len(s) == 0:
-            return EMPTY
+            return empty()
         alone = np.ones(len(s), dtype=bool)
         eq = s[1:] == s[:-1]
         alone[1:] &= ~eq
@@ -80,14 +83,16 @@ def local_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return run_lengths(sort_owned(values))
 
 
-def pack(w: int, cfg: ShuffleConfig, singles: np.ndarray, pvals: np.ndarray = EMPTY,
-         pcounts: np.ndarray = EMPTY, owned: bool = False) -> list[list[dict]]:
+def pack(w: int, cfg: ShuffleConfig, singles: np.ndarray, pvals: np.ndarray | None = None,
+         pcounts: np.ndarray | None = None, owned: bool = False) -> list[list[dict]]:
     """Outgoing chunks per rank: bare values as "s" pieces, (value, count) pairs as "v"/"c" pieces.
 
     The rows go straight into the chunks (``partition_chunks``); with ``owned`` (the
     arrays are this call's to consume: counted copies) their memory is given back as
     they are copied, so they and the chunks never coexist whole.
     """
+    pvals = empty() if pvals is None else pvals
+    pcounts = empty() if pcounts is None else pcounts
     if cfg.strategy == "gather":         # the all-to-one design, for comparison only
         return [chunk_pieces({"s": singles}, cfg.chunk_bytes) + chunk_pieces({"v": pvals, "c": pcounts},
                                                                              cfg.chunk_bytes) if r == 0 else []
@@ -123,11 +128,11 @@ class _Inbox:
     def owned(self, combined: bool, st: ShuffleStats) -> Owned:
         """Everything received, merged as the mode's owner does (``mode.best_of``): the bare values
         sorted once, only their repeats counted, the pairs' totals folded in."""
-        s = concat_releasing(self.singles) if self.singles else EMPTY.copy()
+        s = concat_releasing(self.singles) if self.singles else empty()
         self.singles = []
         s.sort()
         rv, rc, distinct = repeated_runs(s)
-        pv = EMPTY
+        pv = empty()
         if self.pvals:
             pv, pc = sum_by_value(np.concatenate(self.pvals), np.concatenate(self.pcounts).astype(np.int64))
             self.pvals, self.pcounts = [], []
@@ -142,7 +147,7 @@ class _Inbox:
 
     def distinct(self) -> int:
         """How many distinct values were received (a sort and one comparison pass; no index arrays)."""
-        s = concat_releasing(self.singles + self.pvals) if (self.singles or self.pvals) else EMPTY.copy()
+        s = concat_releasing(self.singles + self.pvals) if (self.singles or self.pvals) else empty()
         self.singles, self.pvals, self.pcounts = [], [], []
         if len(s) == 0:
             return 0

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 
-import numpy as np
+from shardstats.lazy import numpy as np
 
 from shardstats.worker.comm.collectives import broadcast, tree_reduce
 from shardstats.worker.comm.communicator import Communicator

@@ -15,7 +15,7 @@ import ipaddress
 import time
 from dataclasses import dataclass
 
-import numpy as np
+from shardstats.lazy import numpy as np
 
 from shardstats.worker import memory
 from shardstats.worker.memory import concat_releasing

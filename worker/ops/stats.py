@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 
-import numpy as np
+from shardstats.lazy import numpy as np
 
 from shardstats.worker.comm.collectives import tree_reduce
 from shardstats.worker.comm.communicator import Communicator

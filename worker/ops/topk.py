@@ -41,13 +41,13 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-import numpy as np
+from shardstats.lazy import numpy as np
 
 from shardstats.worker.comm.collectives import allreduce, broadcast, sum_ints, tree_reduce
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.shuffle import ShuffleConfig
 from shardstats.worker.ops.contract import Op, ShuffleParams, option
-from shardstats.worker.ops.keyed import Owned, local_counts, owned_counts
+from shardstats.worker.ops.keyed import Owned, empty, local_counts, owned_counts
 from shardstats.worker.ops.mode import COMBINE_SAMPLE
 from shardstats.worker.ops.counting import run_lengths
 from shardstats.settings import DEFAULTS
@@ -58,7 +58,6 @@ AUTO_DISTINCT_SHARE = 0.5      # auto: sampled values more distinct than this ->
 AUTO_CANDIDATE_SHARE = 0.05    # auto: threshold's candidates above this share of local distinct values -> shuffle
 # Candidates travel in one tree message as (value, count, reporters): 24 bytes each, in 3/4 of a frame.
 CANDIDATE_LIMIT = DEFAULTS.max_frame * 3 // 4 // 24
-EMPTY = np.zeros(0, dtype=np.int64)
 
 
 # ---- the top-K monoid (exact counts, disjoint value sets) ------------------------------------------
@@ -194,7 +193,7 @@ def _candidates(cap_share: float | None, limit: int):
     def combine(a: dict, b: dict) -> dict:
         n, d = a["n"] + b["n"], a["d"] + b["d"]
         if a["over"] or b["over"] or n > limit or (cap_share is not None and n > cap_share * d + 64):
-            return {"over": True, "n": n, "d": d, "v": EMPTY, "c": EMPTY, "r": EMPTY}
+            return {"over": True, "n": n, "d": d, "v": empty(), "c": empty(), "r": empty()}
         v, c, r = _sum_by(np.concatenate((a["v"], b["v"])), np.concatenate((wide(a["c"]), wide(b["c"]))),
                           np.concatenate((wide(a["r"]), wide(b["r"]))))
         return {"over": False, "n": n, "d": d, "v": v, "c": compact(c), "r": compact(r)}
@@ -221,7 +220,7 @@ async def by_threshold(comm: Communicator, k: int, uv: np.ndarray, uc: np.ndarra
     cand = {"over": False, "n": int(np.count_nonzero(mine)), "d": len(uv), "v": uv[mine], "c": compact(uc[mine]),
             "r": np.ones(int(np.count_nonzero(mine)), np.uint8)}
     if cand["n"] > limit or (cap_share is not None and cand["n"] > cap_share * cand["d"] + 64):
-        cand.update(over=True, v=EMPTY, c=EMPTY, r=EMPTY)
+        cand.update(over=True, v=empty(), c=empty(), r=empty())
     r2 = await tree_reduce(comm, cand, _candidates(cap_share, limit), "topk.r2")
     plan = None
     if r2 is not None:
@@ -246,7 +245,7 @@ async def by_threshold(comm: Communicator, k: int, uv: np.ndarray, uc: np.ndarra
     if got is None:
         return None, None, stats
     counts = wide(got["c"])
-    return partial(refined, counts, k) if len(refined) else {"v": EMPTY, "c": EMPTY, "e": 0}, None, stats
+    return partial(refined, counts, k) if len(refined) else {"v": empty(), "c": empty(), "e": 0}, None, stats
 
 
 def _lookup(uv: np.ndarray, uc: np.ndarray, wanted: np.ndarray) -> np.ndarray:
