@@ -6,8 +6,7 @@ workers, without any change to shardstats.
 """
 from dataclasses import dataclass
 
-import numpy as np
-
+from shardstats.lazy import numpy as np     # loaded on the workers when run, never by `cluster submit`
 from shardstats.worker.comm.collectives import sum_ints, tree_reduce
 from shardstats.worker.ops.contract import Op, Params, option
 
