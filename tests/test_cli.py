@@ -181,3 +181,33 @@ def test_gen_is_reproducible(tmp_path):
     # the duplicate sits on two different shards
     holders = [f for f in os.listdir(tmp_path / "a") if value in np.loadtxt(tmp_path / "a" / f, dtype=np.int64)]
     assert len(holders) == 2
+
+
+def test_the_console_script_keeps_exit_codes_and_output_with_its_fast_exit(running, shards, tmp_path):
+    """`cluster` (the installed script) ends a submit with a fast exit: the answer, the exit code
+    (0, 2 for bad input, 1 for the cluster) and the one-line error all still arrive."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    env, _ = running
+    d, allv = shards
+    exe = str(Path(sys.executable).with_name("cluster"))
+
+    def run(*args, **kw):
+        return subprocess.run([exe, *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                              env={**os.environ, **env, **kw})
+
+    r = run("submit", "mode", "--input", str(d / "npy"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["result"]["value"] == ref_mode(allv)[0]
+    (tmp_path / "bad.txt").write_text("1\nx\n")
+    r = run("submit", "mode", "--input", str(tmp_path / "bad.txt"))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()] and "bad.txt:2" in r.stderr
+    r = run("submit", "mode", "--input", str(d / "npy"), CLUSTER_WORKERS="127.0.0.1:1", CLUSTER_TOKEN="x" * 32,
+            CLUSTER_FILE=str(tmp_path / "none.json"))
+    assert r.returncode == 1 and "127.0.0.1:1" in r.stderr
+    # into a pipe closed after the first line: no traceback, and the cluster serves the next job
+    p = subprocess.run(f"'{exe}' submit mode --input '{d / 'npy'}' | head -c 1", shell=True, capture_output=True,
+                       text=True, timeout=60, env={**os.environ, **env})
+    assert p.stdout == "m" and "Traceback" not in p.stderr
+    assert run("status").returncode == 0
