@@ -34,7 +34,7 @@ def test_the_wheel_holds_exactly_one_top_level_package(tmp_path):
         assert f"shardstats/{sub}/__init__.py" in names
     assert f"shardstats-{shardstats.__version__}.dist-info/METADATA" in names
     meta = zipfile.ZipFile(wheel).read(f"shardstats-{shardstats.__version__}.dist-info/entry_points.txt").decode()
-    assert "cluster = shardstats.cluster.cli:main" in meta
+    assert "cluster = shardstats.cluster.cli:run" in meta
 
 
 def test_one_version_everywhere():
