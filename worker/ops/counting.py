@@ -186,6 +186,28 @@ def repeated_runs(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray, in
     return sorted_values[eq[starts]], counts.astype(np.int64), n - len(eq)
 
 
+
+def merge_repeats(bare: np.ndarray, pvals: np.ndarray, pcounts: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """An owner's merge: (values seen more than once, ascending; their exact totals; the number of distinct values).
+
+    ``bare`` are sorted values that count 1 each (the same value may come from several
+    senders); ``pvals``/``pcounts`` are (value, count) pairs. Only the repeats are
+    counted (``repeated_runs``), and each pair's occurrences among the bare values
+    are folded into its total, so nearly-unique data costs its sort and little more.
+    Both the mode's owner and topk/describe/distinct's (worker/ops/keyed.py) merge this way.
+    """
+    rv, rc, distinct = repeated_runs(bare)
+    if len(pvals) == 0:
+        return rv, rc, distinct
+    pv, pc = sum_by_value(pvals, pcounts)
+    lo, hi = np.searchsorted(bare, pv, "left"), np.searchsorted(bare, pv, "right")
+    distinct += int(np.count_nonzero(hi == lo))
+    keep = ~np.isin(rv, pv)
+    v = np.concatenate((rv[keep], pv))
+    c = np.concatenate((rc[keep], pc + (hi - lo)))
+    order = np.argsort(v)
+    return v[order], c[order].astype(np.int64), distinct
+
 REPEAT_SAMPLE_SHIFT = 58          # a value is sampled when the top 6 bits of its hash are 0: 1/64 of them
 _FIBONACCI = 0x9E3779B97F4A7C15   # 2**64 / golden ratio, multiplicative hashing's (an int: no numpy at import)
 _PROBE_BLOCK = 1 << 16            # values hashed per step: the temporaries stay in cache

@@ -22,7 +22,7 @@ from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.partition import partition_chunks
 from shardstats.worker.comm.shuffle import ShuffleConfig, ShuffleStats, chunk_pieces, shuffle
 from shardstats.worker.memory import Releaser, concat_releasing
-from shardstats.worker.ops.counting import repeated_runs, run_lengths, sum_by_value
+from shardstats.worker.ops.counting import merge_repeats, run_lengths
 from shardstats.worker.ops.mode import should_combine
 
 
@@ -126,24 +126,15 @@ class _Inbox:
             self.pcounts.append(piece["c"])
 
     def owned(self, combined: bool, st: ShuffleStats) -> Owned:
-        """Everything received, merged as the mode's owner does (``mode.best_of``): the bare values
-        sorted once, only their repeats counted, the pairs' totals folded in."""
+        """Everything received, merged as the mode's owner does (``counting.merge_repeats``)."""
         s = concat_releasing(self.singles) if self.singles else empty()
         self.singles = []
         s.sort()
-        rv, rc, distinct = repeated_runs(s)
-        pv = empty()
-        if self.pvals:
-            pv, pc = sum_by_value(np.concatenate(self.pvals), np.concatenate(self.pcounts).astype(np.int64))
-            self.pvals, self.pcounts = [], []
-            lo, hi = np.searchsorted(s, pv, "left"), np.searchsorted(s, pv, "right")
-            pc = pc + (hi - lo)                       # a pair value's occurrences among the bare ones
-            distinct += int(np.count_nonzero(hi == lo))
-            keep = ~np.isin(rv, pv)
-            rv, rc = np.concatenate((rv[keep], pv)), np.concatenate((rc[keep], pc))
-            order = np.argsort(rv)
-            rv, rc = rv[order], rc[order]
-        return Owned(rv, rc.astype(np.int64), distinct, combined, st, bare=s, paired=pv)
+        pv = np.concatenate(self.pvals) if self.pvals else empty()
+        pc = np.concatenate(self.pcounts).astype(np.int64) if self.pcounts else empty()
+        self.pvals, self.pcounts = [], []
+        rv, rc, distinct = merge_repeats(s, pv, pc)
+        return Owned(rv, rc, distinct, combined, st, bare=s, paired=pv)
 
     def distinct(self) -> int:
         """How many distinct values were received (a sort and one comparison pass; no index arrays)."""

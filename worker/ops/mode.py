@@ -24,7 +24,7 @@ from shardstats.worker.comm.encoding import fingerprint_bits
 from shardstats.worker.ops.compact import compact_exchange, pack_fingerprints
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.ops.counting import (COUNTINGS, choose_counting, count_values, dense_bins, dense_fits,
-                                            repeated_runs, run_lengths, sum_by_value)
+                                            merge_repeats, run_lengths)
 from shardstats.worker.comm.partition import partition_chunks
 from shardstats.worker.comm.shuffle import ShuffleConfig, chunk_pieces, shuffle
 from shardstats.worker.ops.contract import Op, ShuffleParams, option
@@ -90,23 +90,13 @@ def best_of(singles: np.ndarray, mvals: np.ndarray, mcounts: np.ndarray, tie_lim
         s.sort()               # in place: the caller's concatenation is ours to reorder
     else:
         s = np.sort(s)
-    rv, rc, distinct = repeated_runs(s)
-    pv, pc = sum_by_value(mvals, mcounts)
-    if len(pv):
-        # fold each pair value's occurrences among the singles into its total
-        pc = pc + (np.searchsorted(s, pv, "right") - np.searchsorted(s, pv, "left"))
-        in_singles = np.searchsorted(s, pv, "right") > np.searchsorted(s, pv, "left")
-        distinct += int(np.count_nonzero(~in_singles))
-        keep = ~np.isin(rv, pv)
-        rv, rc = rv[keep], rc[keep]
+    vals, cnts, distinct = merge_repeats(s, mvals, mcounts)
     if distinct == 0:
         return {"count": 0, "ties": [], "tie_count": 0, "distinct": 0}
-    vals = np.concatenate((rv, pv))
-    cnts = np.concatenate((rc, pc))
     if len(cnts) == 0:                 # nothing repeats: every value ties at count 1
         return {"count": 1, "ties": s[:tie_limit].tolist(), "tie_count": distinct, "distinct": distinct}
     top = int(cnts.max())
-    tied = np.sort(vals[cnts == top])
+    tied = vals[cnts == top]           # ascending already
     return {"count": top, "ties": tied[:tie_limit].tolist(), "tie_count": int(len(tied)), "distinct": distinct}
 
 
