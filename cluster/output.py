@@ -42,6 +42,8 @@ def summarize_stats(rep: JobReport, startup_seconds: float | None = None) -> dic
     stats.update(op.summarize(ws))
     if rep.spec is not None:
         stats.update(rep.spec.params.stats_fields())
+    if ws and all("shuffle" in w for w in ws):      # what ran (``auto`` picks per job), not what was asked
+        stats["shuffle"] = ws[0]["shuffle"]
     if startup_seconds is not None:
         stats["startup_seconds"] = round(startup_seconds, 4)
     stats["per_worker"] = [

@@ -58,15 +58,21 @@ def find_op(op):
     return next(o for o in registry.ops().values() if o.run is op)
 
 
-def run_op(op, shards: list[np.ndarray], workers: int, params: dict | None = None, net=None):
+def run_op(op, shards: list[np.ndarray], workers: int, params: dict | None = None, net=None,
+           known_total: bool = False):
     """Runs ``op`` on every rank of an in-memory network; returns (rank 0 result, per-rank stats, network).
 
-    ``params`` is a mapping of the op's parameters, validated by the op's own ``Params`` (as on a worker)."""
+    ``params`` is a mapping of the op's parameters, validated by the op's own ``Params`` (as on a worker).
+    ``known_total`` tells every rank the job's value count, as the coordinator's ``run`` message does (then
+    ``--shuffle auto`` may pick the tree for a job of one chunk); without it the ops shuffle as told."""
     from shardstats.worker.comm.inmemory import InMemoryNetwork
     op = find_op(op)
     typed = op.params.from_wire(dict(params or {}))
     net = net or InMemoryNetwork(workers, timeout=20)
     parts = split_for(shards, workers)
+    if known_total:
+        for c in net.comms:
+            c.total = sum(map(len, parts))
 
     async def main():
         async with asyncio.TaskGroup() as tg:

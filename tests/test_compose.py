@@ -288,7 +288,7 @@ def test_break_wrong_flag_in_one_service(tmp_path, beds):
 def test_break_wrong_peer_hostname(tmp_path, beds):
     peers = ",".join(f"{'wroker' if i == 5 else 'worker'}{i}:7000" for i in range(10))
     text = broken(WORKER3, WORKER3.replace("*peers", f'"{peers}"'))
-    msg = run_broken(tmp_path, text)
+    msg = run_broken(tmp_path, text, rows=200_000)       # over one chunk: the shuffle uses every link (no tree)
     assert "cluster submit mode failed (status 1)" in msg and "worker 3 lost worker 5" in msg, msg
     assert "wroker5:7000" in msg, msg
 

@@ -338,8 +338,8 @@ def test_script_cli_validates_and_runs_the_manifests(tmp_path):
     assert "valid for Kubernetes" in r.stderr and r.stderr.count("matches numpy") == 2, r.stderr
 
 
-def run_broken(docs: list[dict], tmp_path: Path, ready_timeout: float = 180) -> str:
-    data_dir(tmp_path, 20_000)
+def run_broken(docs: list[dict], tmp_path: Path, ready_timeout: float = 180, rows: int = 20_000) -> str:
+    data_dir(tmp_path, rows)
     with pytest.raises((BedError, kn.K8sError)) as info:
         kn.run_manifests(manifests(docs), TOKEN, tmp_path, ("mode",), ready_timeout=ready_timeout,
                          log_dir=str(tmp_path / "logs"))
@@ -353,7 +353,7 @@ def test_break_wrong_peer_name(docs, tmp_path, beds):
     c = container(d)
     i = next(k for k, a in enumerate(c["args"]) if a.startswith("--peers="))
     c["args"][i] = c["args"][i].replace("shardstats-5.shardstats.", "shardstats-5.shardstat.")
-    msg = run_broken(d, tmp_path)
+    msg = run_broken(d, tmp_path, rows=200_000)      # over one chunk: the shuffle uses every link (no tree)
     assert "cluster submit mode failed (status 1)" in msg and "lost worker 5" in msg, msg
     assert "shardstats-5.shardstat.shardstats.svc.cluster.local:7000" in msg, msg
 

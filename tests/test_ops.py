@@ -50,10 +50,14 @@ def test_mode_on_nasty_datasets(name, workers, combine):
     _check_mode(NASTY[name], workers, combine=combine)
 
 
+@pytest.mark.parametrize("gather_limit", [None, 2], ids=["gathered at once", "narrowing rounds"])
 @pytest.mark.parametrize("workers", WORKER_COUNTS)
 @pytest.mark.parametrize("name", sorted(NASTY))
-def test_median_on_nasty_datasets(name, workers):
-    _check_median(NASTY[name], workers)
+def test_median_on_nasty_datasets(name, workers, gather_limit):
+    res, stats = _check_median(NASTY[name], workers, {"gather_limit": gather_limit} if gather_limit else None)
+    if gather_limit is None:           # every nasty dataset is under the default limit: one round, one window
+        assert max(s["rounds"] for s in stats) == 1
+        assert stats[0]["windows"] == [sum(map(len, NASTY[name]))]
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

@@ -42,7 +42,7 @@ def test_status_shows_every_worker_and_its_last_job_then_a_killed_one_down(three
         [(i, a, True, 0) for i, a in enumerate(info.workers)]
     assert all(w["version"] == shardstats.__version__ and w["last_job"] == {} for w in rows)
 
-    parts = generate(30_000, 3, "unique-dup", seed=5)
+    parts = generate(200_000, 3, "unique-dup", seed=5)      # over one chunk: every worker sends (no tree)
     write_shards(parts, tmp_path / "in", "npy")
     job = cli("submit", "mode", "--input", str(tmp_path / "in"), "--cluster-file", cf, "--json")
     assert job.returncode == 0, job.stderr

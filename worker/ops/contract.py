@@ -15,6 +15,7 @@ wherever it is caught.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from shardstats.errors import UsageError
-from shardstats.worker.comm.shuffle import DEFAULT_CHUNK_BYTES, STRATEGIES
+from shardstats.worker.comm.shuffle import CHOICES, DEFAULT_CHUNK_BYTES
 
 P = TypeVar("P", bound="Params")
 
@@ -57,7 +58,7 @@ class Params:
     """
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
+        hints = _hints(type(self))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             try:
@@ -158,15 +159,24 @@ def _base_type(hint: Any) -> tuple[Any, bool]:
 
 def param_fields(params: type[Params]) -> list[tuple[dataclasses.Field, Any, bool]]:
     """(field, plain type, optional) for each parameter, in declaration order: what the CLI builds options from."""
-    hints = typing.get_type_hints(params)
+    hints = _hints(params)
     return [(f, *_base_type(hints[f.name])) for f in dataclasses.fields(params)]
+
+
+@functools.cache
+def _hints(params: type) -> dict[str, Any]:
+    """A Params class's resolved annotations, once per class: resolving them compiles every string annotation
+    again (``from __future__ import annotations``), ~7% of a worker's CPU for a one-value job."""
+    return typing.get_type_hints(params)
 
 
 @dataclass(frozen=True)
 class ShuffleParams(Params):
     """The options every op that shuffles by key shares (the credit shuffle's knobs, see worker/comm/shuffle.py)."""
-    shuffle: str = option("credit", "credit: receiver-driven admission; naive: everyone sends at once; "
-                          "gather: all to one (for comparison).", choices=STRATEGIES)
+    shuffle: str = option("auto", "auto: credit, or tree for a job of at most one chunk in all; credit: "
+                          "receiver-driven admission; naive: everyone sends at once; gather: all to one (for "
+                          "comparison); tree: up the binomial tree to one owner (a job of one chunk).",
+                          choices=CHOICES)
     fan_in: int = option(1, "Concurrent inbound streams per worker.", min=1, max=1024)
     credits: int = option(4, "Chunks in flight per stream.", min=1, max=1024)
     chunk_bytes: int = option(DEFAULT_CHUNK_BYTES, "Bytes per shuffle chunk (64 B to 2 MiB; frames stay under the 4 MiB limit).",

@@ -15,7 +15,6 @@ The JSON result nests each answer under its op's name in exactly that op's shape
 """
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 
@@ -27,6 +26,7 @@ from shardstats.worker.comm.collectives import broadcast, tree_reduce
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.shuffle import ShuffleConfig
 from shardstats.worker.ops import stats as stats_op
+from shardstats.worker.steps import numpy_step
 from shardstats.worker.ops.contract import Op, ShuffleParams, option
 from shardstats.worker.ops.counting import run_lengths
 from shardstats.worker.ops.keyed import owned_counts, sort_owned
@@ -79,18 +79,20 @@ async def describe(comm: Communicator, values: np.ndarray, params: DescribeParam
     comm.progress.set("count")
     box = [values]
     del values
-    sums, data, uv, uc = await asyncio.to_thread(_local, box)
+    sums, data, uv, uc = await numpy_step(len(box[0]), _local, box)
     phases["count"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    owned = await owned_counts(comm, ShuffleConfig.from_params(params), counted=(uv, uc))
+    cfg = ShuffleConfig.from_params(params, comm.total)
+    owned = await owned_counts(comm, cfg, counted=(uv, uc))
     del uv, uc
     phases["shuffle"] = time.perf_counter() - t
 
     t = time.perf_counter()
     comm.progress.set("reduce")
     kk = max(params.k, DEFAULT_TIE_LIMIT)
-    local = {"sums": sums, "top": await asyncio.to_thread(owned_partial, owned, kk), "distinct": owned.distinct}
+    top = await numpy_step(len(owned.bare) + len(owned.repeated), owned_partial, owned, kk)
+    local = {"sums": sums, "top": top, "distinct": owned.distinct}
     owned_keys = owned.distinct
     del owned
     total = await tree_reduce(comm, local, _combine(kk), "describe.reduce")
@@ -109,7 +111,7 @@ async def describe(comm: Communicator, values: np.ndarray, params: DescribeParam
     phases["select"] = time.perf_counter() - t
     depth = max(0, (comm.size - 1).bit_length())
     stats = {"phases": phases, "distinct_keys": owned_keys, "combined": True,
-             "rounds": 1 + depth + select_rounds}
+             "rounds": cfg.rounds(comm.size) + depth + select_rounds, "shuffle": cfg.strategy}
     if found is None or total is None:
         return None, stats
     lower, upper = found[lo_k], found[hi_k]

@@ -28,6 +28,7 @@ from shardstats.worker.comm.collectives import tree_reduce
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.partition import splitmix64
 from shardstats.worker.comm.shuffle import ShuffleConfig
+from shardstats.worker.steps import numpy_step
 from shardstats.worker.ops.contract import Op, ShuffleParams, option
 from shardstats.worker.ops.keyed import owned_distinct
 from shardstats.worker.ops.counting import repeat_share
@@ -111,17 +112,18 @@ async def distinct(comm: Communicator, values: np.ndarray, params: DistinctParam
         e = relative_standard_error(p)
         return {"value": round(hll_estimate(got["r"])), "exact": False, "relative_standard_error": e,
                 "registers": len(reg)}, stats
-    cfg = ShuffleConfig.from_params(params)
+    cfg = ShuffleConfig.from_params(params, comm.total)
     comm.progress.set("shuffle")
     values = box.pop()
-    combine = await asyncio.to_thread(_dedup_pays, values)
+    combine = await numpy_step(len(values), _dedup_pays, values)
     owned, combined, st = await owned_distinct(comm, cfg, values, combine)
     del values
     shuffled = time.perf_counter()
     comm.progress.set("reduce")
     got = await tree_reduce(comm, {"n": owned}, lambda a, b: {"n": a["n"] + b["n"]}, "distinct.n")
     stats = {"phases": {"shuffle": shuffled - t, "reduce": time.perf_counter() - shuffled},
-             "rounds": 1 + max(0, (comm.size - 1).bit_length()), "combined": combined,
+             "rounds": cfg.rounds(comm.size) + max(0, (comm.size - 1).bit_length()), "combined": combined,
+             "shuffle": cfg.strategy,
              "distinct_keys": owned, "chunks_sent": st.chunks_sent}
     return ({"value": got["n"], "exact": True} if got is not None else None), stats
 

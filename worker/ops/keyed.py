@@ -13,7 +13,6 @@ ships distinct values only (no counts), which is all the exact distinct count ne
 """
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 
 from shardstats.lazy import numpy as np
@@ -24,6 +23,7 @@ from shardstats.worker.comm.shuffle import ShuffleConfig, ShuffleStats, chunk_pi
 from shardstats.worker.memory import Releaser, concat_releasing
 from shardstats.worker.ops.counting import merge_repeats, run_lengths
 from shardstats.worker.ops.mode import should_combine
+from shardstats.worker.steps import numpy_step
 
 
 def empty() -> np.ndarray:
@@ -93,7 +93,7 @@ def pack(w: int, cfg: ShuffleConfig, singles: np.ndarray, pvals: np.ndarray | No
     """
     pvals = empty() if pvals is None else pvals
     pcounts = empty() if pcounts is None else pcounts
-    if cfg.strategy == "gather":         # the all-to-one design, for comparison only
+    if cfg.to_one:                       # gather (the all-to-one design, for comparison) or a tiny job
         return [chunk_pieces({"s": singles}, cfg.chunk_bytes) + chunk_pieces({"v": pvals, "c": pcounts},
                                                                              cfg.chunk_bytes) if r == 0 else []
                 for r in range(w)]
@@ -117,6 +117,11 @@ class _Inbox:
         self.singles: list[np.ndarray] = []
         self.pvals: list[np.ndarray] = []
         self.pcounts: list[np.ndarray] = []
+
+    @property
+    def size(self) -> int:
+        """Values and pairs received so far."""
+        return sum(map(len, self.singles)) + sum(map(len, self.pvals))
 
     def __call__(self, src: int, piece: dict) -> None:
         if "s" in piece:
@@ -161,11 +166,11 @@ async def owned_counts(comm: Communicator, cfg: ShuffleConfig, values: np.ndarra
             return pack_counts(comm.size, cfg, *local_counts(values)), True
         return pack(comm.size, cfg, values), False
 
-    outgoing, combined = await asyncio.to_thread(prepare)
+    outgoing, combined = await numpy_step(len(values if counted is None else counted[0]), prepare)
     inbox = _Inbox()
     st = await shuffle(comm, outgoing, inbox, cfg)
     del outgoing
-    return await asyncio.to_thread(inbox.owned, combined, st)
+    return await numpy_step(inbox.size, inbox.owned, combined, st)
 
 
 async def owned_distinct(comm: Communicator, cfg: ShuffleConfig, values: np.ndarray,
@@ -176,9 +181,9 @@ async def owned_distinct(comm: Communicator, cfg: ShuffleConfig, values: np.ndar
             return pack(comm.size, cfg, local_counts(values)[0], owned=True), True
         return pack(comm.size, cfg, values), False
 
-    outgoing, combined = await asyncio.to_thread(prepare)
+    outgoing, combined = await numpy_step(len(values), prepare)
     inbox = _Inbox()
     st = await shuffle(comm, outgoing, inbox, cfg)
     del outgoing
-    owned = await asyncio.to_thread(inbox.distinct)
+    owned = await numpy_step(inbox.size, inbox.distinct)
     return owned, combined, st

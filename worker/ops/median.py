@@ -110,6 +110,8 @@ async def select_ranks(comm: Communicator, values: np.ndarray, ranks: list[int],
     comparisons (no sort).  Then each rank keeps only the values inside the open windows
     (a few percent), sorts that, and the later rounds use many pivots from regular samples.
     """
+    if total <= gather_limit:
+        return await _gather_all(comm, values, ranks, windows_log), 1
     state = {k: [None, None, 0] for k in ranks}   # k -> [lo, hi, below]; window is (lo, hi]
     found: dict[int, int] = {}
     rounds = 0
@@ -157,6 +159,25 @@ async def select_ranks(comm: Communicator, values: np.ndarray, ranks: list[int],
         summed = await tree_reduce(comm, reply, _sum_counts, "median.counts")
         if comm.rank == 0:
             await asyncio.to_thread(_narrow, state, found, windows, plan, summed)
+
+
+async def _gather_all(comm: Communicator, values: np.ndarray, ranks: list[int],
+                      windows_log: list[int] | None) -> dict[int, int] | None:
+    """A job of at most ``gather_limit`` values: the gathering round the selection would end with, at once.
+
+    Every rank knows the total, so none waits for windows, samples or pivots (four
+    trees of messages) to learn that the whole dataset is one small window: the
+    values go up the tree and rank 0 reads the targets off one sort.
+    """
+    t = time.perf_counter()
+    got = await tree_reduce(comm, {"x": [values]}, _cat, "median.gather")
+    comm.progress.timeline.span("round", "round 1", t, time.perf_counter())
+    if got is None:
+        return None
+    data = np.sort(got["x"][0])
+    if windows_log is not None:
+        windows_log.append(len(data))
+    return {k: int(data[k]) for k in ranks}
 
 
 def estimate_rounds(done: int, window: int, size: int, samples: int, gather_limit: int, first_samples: int,

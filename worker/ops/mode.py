@@ -9,7 +9,6 @@ values and ``tie_count`` says how many there are.
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import ipaddress
 import time
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from shardstats.lazy import numpy as np
 
 from shardstats.worker import memory
+from shardstats.worker.steps import numpy_step
 from shardstats.worker.memory import concat_releasing
 from shardstats.worker.comm.collectives import allreduce, sum_ints, tree_reduce
 from shardstats.worker.comm.encoding import fingerprint_bits
@@ -44,7 +44,7 @@ def _split(w: int, sv: np.ndarray, mv: np.ndarray, mc: np.ndarray, cfg: ShuffleC
     coexist whole: always for the pairs (the caller counted them into new arrays), for
     ``sv`` only when ``sv_owned`` (counted too, or the job handed its values over).
     """
-    if cfg.strategy == "gather":
+    if cfg.to_one:
         return ([chunk_pieces({"s": sv}, cfg.chunk_bytes) if r == 0 else [] for r in range(w)],
                 [chunk_pieces({"v": mv, "c": mc}, cfg.chunk_bytes) if r == 0 else [] for r in range(w)])
     s_free = memory.Releaser(sv).upto if sv_owned else None
@@ -244,22 +244,24 @@ class ModeParams(ShuffleParams):
 
 async def mode(comm: Communicator, values: np.ndarray, params: ModeParams) -> tuple[dict | None, dict]:
     """Runs on every rank; returns (result at rank 0 else None, this rank's phase stats)."""
-    cfg = ShuffleConfig.from_params(params)
+    # A tiny job goes up the tree (ShuffleConfig.from_params), unless compact fingerprints were asked for.
+    cfg = ShuffleConfig.from_params(params, None if params.encoding == "compact" else comm.total)
     tie_limit = params.tie_limit
     phases: dict[str, float] = {}
     t = time.perf_counter()
     comm.progress.set("count")
     combine = params.combine
-    # The heavy numpy steps run on a thread (numpy lets go of the GIL), so the event
-    # loop keeps answering heartbeats and credits while this worker computes.  The
-    # list hands the thread the only reference to the data, so it can free it early.
+    # The heavy numpy steps run on a thread (numpy lets go of the GIL; worker/steps.py), so
+    # the event loop keeps answering heartbeats and credits while this worker computes.
+    # The list hands the step the only reference to the data, so it can free it early.
     box = [values]
     del values
-    encoding, fp_bits = await choose_encoding(comm, params.encoding, box[0], params.link_mbit)
+    encoding, fp_bits = await choose_encoding(comm, "plain" if cfg.strategy == "tree" else params.encoding, box[0],
+                                              params.link_mbit)
     planned = not (params.encoding == "plain" or (params.encoding == "auto" and (params.link_mbit <= 0
                                                                                    or _all_loopback(comm))))
-    outgoing, kept, combined, local_counting, leaving = await asyncio.to_thread(
-        _count_and_pack, comm.size, comm.rank, box, combine, params.counting, cfg, fp_bits)
+    outgoing, kept, combined, local_counting, leaving = await numpy_step(
+        len(box[0]), _count_and_pack, comm.size, comm.rank, box, combine, params.counting, cfg, fp_bits)
     phases["count"] = time.perf_counter() - t
     peaks = {"count": memory.peak_rss_bytes()}
 
@@ -271,7 +273,7 @@ async def mode(comm: Communicator, values: np.ndarray, params: ModeParams) -> tu
         phases["shuffle"] = time.perf_counter() - t
         return await _finish(comm, local, phases, {"shuffle": memory.peak_rss_bytes()}, tie_limit, {
             "combined": combined, "counting": {"local": local_counting, "merge": "sort"}, "encoding": encoding,
-            "planned": True, "fingerprint_bits": fp_bits, "shuffled_values": leaving, "shuffle_bytes": sum(comm.stats.bytes_sent) - sent0,
+            "shuffle": cfg.strategy, "planned": True, "fingerprint_bits": fp_bits, "shuffled_values": leaving, "shuffle_bytes": sum(comm.stats.bytes_sent) - sent0,
             "chunks_sent": sum(r.chunks_sent for r in rounds), "chunks_received": sum(r.chunks_received for r in rounds),
             "shuffle_send_seconds": sum(r.send_seconds for r in rounds),
             "shuffle_receive_seconds": sum(r.receive_seconds for r in rounds)}, peaks)
@@ -294,11 +296,12 @@ async def mode(comm: Communicator, values: np.ndarray, params: ModeParams) -> tu
 
     t = time.perf_counter()
     comm.progress.set("aggregate")
-    local, merge_how = await asyncio.to_thread(_aggregate, singles, mvals, mcounts, tie_limit, params.counting)
+    local, merge_how = await numpy_step(sum(map(len, singles)) + sum(map(len, mvals)), _aggregate, singles, mvals,
+                                        mcounts, tie_limit, params.counting)
     phases["aggregate"] = time.perf_counter() - t
     return await _finish(comm, local, phases, {"aggregate": memory.peak_rss_bytes()}, tie_limit, {
         "combined": combined, "counting": {"local": local_counting, "merge": merge_how}, "encoding": encoding,
-        "planned": planned, "shuffled_values": leaving, "shuffle_bytes": shuffle_bytes,
+        "shuffle": cfg.strategy, "planned": planned, "shuffled_values": leaving, "shuffle_bytes": shuffle_bytes,
         "chunks_sent": sst.chunks_sent, "chunks_received": sst.chunks_received,
         "shuffle_send_seconds": sst.send_seconds, "shuffle_receive_seconds": sst.receive_seconds}, peaks)
 
@@ -315,7 +318,8 @@ async def _finish(comm: Communicator, local: dict, phases: dict, more_peaks: dic
     extra["shuffle_bytes_per_value"] = round(extra["shuffle_bytes"] / extra["shuffled_values"], 3) \
         if extra["shuffled_values"] else None
     stats = {"phases": phases, "peak_rss_after": peaks, "distinct_keys": owned, **extra,
-             "rounds": 1 + _tree_depth(comm.size) + (2 if extra["encoding"] == "compact" else 0)
+             "rounds": ShuffleConfig(extra["shuffle"]).rounds(comm.size) + _tree_depth(comm.size)
+             + (2 if extra["encoding"] == "compact" else 0)
              + (2 * _tree_depth(comm.size) if extra.pop("planned") else 0)}
     if best is None:
         return None, stats

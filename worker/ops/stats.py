@@ -13,7 +13,6 @@ stays below 2**53 -- exact in float64, and computed by BLAS, not by a Python loo
 """
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from shardstats.lazy import numpy as np
 from shardstats.worker.comm.collectives import tree_reduce
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.ops.contract import Op, Params, option
+from shardstats.worker.steps import numpy_step
 
 LIMB_BITS = 16
 LIMBS = 4                      # 4 x 16 bits hold |x| <= 2**63
@@ -85,7 +85,7 @@ async def stats(comm: Communicator, values: np.ndarray, params: StatsParams) -> 
     comm.progress.set("sum")
     box = [values]          # the thread gets the only reference to the data
     del values
-    local = await asyncio.to_thread(lambda: power_sums(box.pop()))
+    local = await numpy_step(len(box[0]), lambda: power_sums(box.pop()))
     summed = time.perf_counter()
     comm.progress.set("reduce")
     total = await tree_reduce(comm, local, combine, "stats.sums")

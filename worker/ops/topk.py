@@ -46,6 +46,7 @@ from shardstats.lazy import numpy as np
 from shardstats.worker.comm.collectives import allreduce, broadcast, sum_ints, tree_reduce
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.shuffle import ShuffleConfig
+from shardstats.worker.steps import numpy_step
 from shardstats.worker.ops.contract import Op, ShuffleParams, option
 from shardstats.worker.ops.keyed import Owned, empty, local_counts, owned_counts
 from shardstats.worker.ops.mode import COMBINE_SAMPLE
@@ -163,10 +164,11 @@ async def by_shuffle(comm: Communicator, k: int, cfg: ShuffleConfig, values: np.
     comm.progress.set("shuffle")
     owned = await owned_counts(comm, cfg, values=values, counted=counted)
     comm.progress.set("reduce")
-    local = await asyncio.to_thread(owned_partial, owned, k)
+    local = await numpy_step(len(owned.bare) + len(owned.repeated), owned_partial, owned, k)
     top = await tree_reduce(comm, local, merger(k), "topk.merge")
     return top, {"combined": owned.combined, "distinct_keys": owned.distinct,
-                 "chunks_sent": owned.shuffle.chunks_sent, "rounds": 1 + _depth(comm.size),
+                 "chunks_sent": owned.shuffle.chunks_sent, "rounds": cfg.rounds(comm.size) + _depth(comm.size),
+                 "shuffle": cfg.strategy,
                  "shuffle_seconds": time.perf_counter() - t}
 
 
@@ -289,6 +291,8 @@ async def run_topk(comm: Communicator, values: np.ndarray, k: int, strategy: str
     stats: dict = {"strategy_asked": strategy}
     rounds = 0
     reason = "asked for"
+    if strategy == "auto" and cfg.strategy == "tree":       # a job of one chunk: no vote, no candidates
+        strategy, reason = "shuffle", "a job of one chunk goes up the tree"
     if strategy == "auto":
         repeats, reason = await sample_vote(comm, values, counted)
         rounds += 2 * _depth(comm.size)
@@ -326,7 +330,7 @@ class TopkParams(ShuffleParams):
 
 
 async def topk(comm: Communicator, values: np.ndarray, params: TopkParams) -> tuple[dict | None, dict]:
-    top, stats = await run_topk(comm, values, params.k, params.strategy, ShuffleConfig.from_params(params),
+    top, stats = await run_topk(comm, values, params.k, params.strategy, ShuffleConfig.from_params(params, comm.total),
                                 params.candidate_limit)
     return (result_of(params.k, top) if top is not None else None), stats
 
