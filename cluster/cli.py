@@ -134,7 +134,7 @@ def worker(worker_id: int | None, id_from_hostname: bool, listen: str, peers: st
         fail(f"worker {worker_id}: {exc}", 2)
     from shardstats.cluster.runner import run_async      # asyncio: not for --help, --version or gen
     try:
-        run_async(server.serve(handle_signals=True))
+        run_async(server.serve(handle_signals=True), data_path=True)
     except OSError as exc:
         fail(f"worker {worker_id} cannot listen on {listen}: {exc.strerror or exc}", 1)
 

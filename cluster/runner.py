@@ -1,7 +1,10 @@
 """Running a coroutine from synchronous code: the CLI's commands and the API's plain methods.
 
-uvloop when it is importable (the workers' loop too); from inside a running event
-loop (Jupyter) the job runs on a helper thread, because a loop cannot be nested.
+A worker's loop is uvloop when it is importable: it carries the data. A client's
+(the coordinator in ``cluster submit``, ``status``, the API) carries a few control
+messages per worker, where uvloop gains nothing and its import is ~2.5 ms of a
+one-value job: the standard loop. From inside a running event loop (Jupyter) the
+job runs on a helper thread, because a loop cannot be nested.
 """
 from __future__ import annotations
 
@@ -13,12 +16,16 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def run_async(coro):
-    try:
-        import uvloop
-    except ImportError:          # only the import: an ImportError from inside the job must reach the caller
-        return asyncio.run(_quietly(coro))
-    return uvloop.run(_quietly(coro))
+def run_async(coro, data_path: bool = False):
+    """Runs ``coro`` on a new loop: uvloop for a worker (``data_path``) when installed, else asyncio's own."""
+    if data_path:
+        try:
+            import uvloop
+        except ImportError:      # only the import: an ImportError from inside the job must reach the caller
+            pass
+        else:
+            return uvloop.run(_quietly(coro))
+    return asyncio.run(_quietly(coro))
 
 
 async def _quietly(coro):
