@@ -26,7 +26,7 @@ def test_bench_small_prints_every_row_and_where_the_time_goes(tmp_path):
     out = r.stdout
     for row in ("python -c pass", "cluster submit mode ", "cluster submit mode --json", "API, open handle",
                 "python -c numpy", "python start", "import ours: the op", "connect", "load + run + collect",
-                "interpreter exit"):
+                "exit (flush, os._exit)"):
         assert row in out, (row, out)
     table = out[out.index("where the CLI's"):]
     rows = re.findall(r"^  (\S.*?)\s+([0-9.]+) ms$", table, re.M)
