@@ -92,3 +92,14 @@ async def test_asking_for_the_tree_on_a_job_over_one_chunk_is_a_usage_error(inpr
     rep = await run_job(inproc.addrs, inproc.token, job_spec("mode", str(tmp_path), {"chunk_bytes": 8192}))
     assert (rep.result["value"], rep.result["count"], rep.result["tie_count"]) == (0, 1, 1000)
     assert {w["shuffle"] for w in rep.workers} == {"tree"}
+
+
+def test_compact_fingerprints_asked_for_are_shuffled_even_for_a_tiny_job():
+    shards = [np.array([5, 5, 9], np.int64), np.array([9, 9, -1], np.int64)]
+    res, stats, _ = run_op("mode", shards, 4, {"encoding": "compact"}, known_total=True)
+    assert (res["value"], res["count"]) == (9, 3)
+    assert {s["shuffle"] for s in stats} == {"credit"} and {s["encoding"] for s in stats} == {"compact"}
+    # the tree asked for by name wins, and carries the values plainly
+    res, stats, _ = run_op("mode", shards, 4, {"encoding": "compact", "shuffle": "tree"}, known_total=True)
+    assert (res["value"], res["count"]) == (9, 3)
+    assert {s["shuffle"] for s in stats} == {"tree"} and {s["encoding"] for s in stats} == {"plain"}

@@ -9,6 +9,7 @@ values and ``tie_count`` says how many there are.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import ipaddress
 import time
@@ -244,8 +245,9 @@ class ModeParams(ShuffleParams):
 
 async def mode(comm: Communicator, values: np.ndarray, params: ModeParams) -> tuple[dict | None, dict]:
     """Runs on every rank; returns (result at rank 0 else None, this rank's phase stats)."""
-    # A tiny job goes up the tree (ShuffleConfig.from_params), unless compact fingerprints were asked for.
-    cfg = ShuffleConfig.from_params(params, None if params.encoding == "compact" else comm.total)
+    cfg = ShuffleConfig.from_params(params, comm.total)       # a job of one chunk goes up the tree...
+    if cfg.strategy == "tree" and params.shuffle == "auto" and params.encoding == "compact":
+        cfg = dataclasses.replace(cfg, strategy="credit")      # ...unless compact fingerprints were asked for
     tie_limit = params.tie_limit
     phases: dict[str, float] = {}
     t = time.perf_counter()
@@ -256,10 +258,9 @@ async def mode(comm: Communicator, values: np.ndarray, params: ModeParams) -> tu
     # The list hands the step the only reference to the data, so it can free it early.
     box = [values]
     del values
-    encoding, fp_bits = await choose_encoding(comm, "plain" if cfg.strategy == "tree" else params.encoding, box[0],
-                                              params.link_mbit)
-    planned = not (params.encoding == "plain" or (params.encoding == "auto" and (params.link_mbit <= 0
-                                                                                   or _all_loopback(comm))))
+    asked = "plain" if cfg.strategy == "tree" else params.encoding     # one chunk, one message: nothing to code
+    encoding, fp_bits = await choose_encoding(comm, asked, box[0], params.link_mbit)
+    planned = not (asked == "plain" or (asked == "auto" and (params.link_mbit <= 0 or _all_loopback(comm))))
     outgoing, kept, combined, local_counting, leaving = await numpy_step(
         len(box[0]), _count_and_pack, comm.size, comm.rank, box, combine, params.counting, cfg, fp_bits)
     phases["count"] = time.perf_counter() - t
