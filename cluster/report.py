@@ -239,6 +239,9 @@ def timeline_svg(workers: list[dict], op: str) -> str:
 def streams_svg(workers: list[dict]) -> str:
     samples = [(w, w.get("streams") or []) for w in workers]
     if not any(s for _, s in samples):
+        if workers and all(w.get("shuffle") == "tree" for w in workers):
+            return ('<p class="note">a job of one chunk: its values went up the tree to one owner '
+                    '(no streams, no flow control needed).</p>')
         return '<p class="note">no shuffle in this job: no worker received streams.</p>'
     end = max((s[3] for w in workers for s in (w.get("timeline") or [])), default=0.0)
     end = max(end, max(t for _, ss in samples for t, _ in ss)) or 1e-3

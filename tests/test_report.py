@@ -147,16 +147,19 @@ def jobs(tmp_path_factory):
     data = d / "shards"
     assert cli("gen", "--out", str(data), "--shards", "5", "--rows", "200000", "--seed", "4").returncode == 0
     out = {}
-    for op in ("mode", "median", "stats"):
+    tiny = d / "tiny"                       # one chunk in all: the mode goes up the tree (no shuffle, no streams)
+    assert cli("gen", "--out", str(tiny), "--shards", "3", "--rows", "5000", "--seed", "4").returncode == 0
+    for op, inp in (("mode", data), ("median", data), ("stats", data), ("mode-tree", tiny)):
         page = d / f"{op}.html"
-        r = cli("submit", op, "--input", str(data), "--local", "3", "--json", "--report", str(page),
+        r = cli("submit", op.split("-")[0], "--input", str(inp), "--local", "3", "--json", "--report", str(page),
                 env={"CLUSTER_PROGRESS": "never"})
         assert r.returncode == 0, r.stderr
         out[op] = (json.loads(r.stdout), page)
+    assert out["mode-tree"][0]["stats"]["shuffle"] == "tree" and out["mode"][0]["stats"]["shuffle"] == "credit"
     return out
 
 
-@pytest.mark.parametrize("op", ["mode", "median", "stats"])
+@pytest.mark.parametrize("op", ["mode", "median", "stats", "mode-tree"])
 def test_report_draws_what_the_json_says(jobs, op):
     doc, page = jobs[op]
     el = _parse(page.read_text())
@@ -173,6 +176,8 @@ def test_report_draws_what_the_json_says(jobs, op):
     assert el.by_chart[("timeline", "rect")] == spans     # every span a worker reported is drawn
     assert el.by_chart[("memory", "rect")] == w
     assert el.by_chart[("streams", "path")] == sum(1 for x in doc["stats"]["per_worker"] if x["streams"])
+    if op == "mode-tree":
+        assert "went up the tree to one owner" in page.read_text()
     if op == "median":
         windows = doc["stats"]["per_worker"][0]["windows"]
         assert windows[0] == doc["stats"]["values"]
@@ -198,7 +203,7 @@ def browser():
     b.close()
 
 
-@pytest.mark.parametrize("op", ["mode", "median", "stats"])
+@pytest.mark.parametrize("op", ["mode", "median", "stats", "mode-tree"])
 def test_report_in_a_real_browser(jobs, browser, op, tmp_path):
     doc, page = jobs[op]
     got = browser.load(page.as_uri(), PROBE)
