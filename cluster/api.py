@@ -225,7 +225,7 @@ class Cluster:
             raise AttributeError(name)
         is_async = name.endswith("_async")
         op_name = name[:-len("_async")] if is_async else name
-        op = registry.ops().get(op_name)
+        op = registry.find(op_name)         # a built-in imports its own module only (registry.find)
         if op is None:
             raise AttributeError(f"Cluster has no attribute {name!r} (ops: {', '.join(sorted(registry.ops()))})")
 
