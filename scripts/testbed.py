@@ -212,12 +212,15 @@ class TestBed:
 
     def __init__(self, hosts: int, shape: LinkShape = LinkShape(), *, log_dir: str | None = None,
                  log_level: str = "warning", job_timeout: float = 120.0, ready_timeout: float = 60.0,
-                 python: str = sys.executable) -> None:
+                 python: str = sys.executable, keep_logs: bool = False) -> None:
+        """``log_dir`` None: a temporary folder, removed with the bed unless ``keep_logs`` (the bed's own CLI
+        keeps it, for whoever ran it to read)."""
         if hosts < 1 or hosts > 250:
             raise ValueError("a bed has 1..250 hosts")
         self.hosts = hosts
         self.shape = shape
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="testbed-logs-"))
+        self._own_logs = log_dir is None and not keep_logs
         self.log_level = log_level
         self.job_timeout = job_timeout
         self.ready_timeout = ready_timeout
@@ -354,7 +357,22 @@ class TestBed:
         try:
             launcher.wait_ready(info, self.ready_timeout, self.procs)
         except launcher.LaunchError as exc:
-            raise BedError(f"{exc} (hosts {self.ns(0)}..{self.ns(self.hosts - 1)})") from None
+            # The bed's own log folder goes with it, so what the workers said travels in the error.
+            raise BedError(f"{exc} (hosts {self.ns(0)}..{self.ns(self.hosts - 1)}){self._log_tails()}") from None
+
+    def _log_tails(self, workers: int = 3, lines: int = 5) -> str:
+        """The last lines of the first few workers' logs that have any, for an error message."""
+        out = []
+        for i in range(self.hosts):
+            try:
+                text = (self.log_dir / f"worker{i}.log").read_text(errors="replace").strip()
+            except OSError:
+                continue
+            if text:
+                out.append(f"\nworker{i}.log:\n" + "\n".join(text.splitlines()[-lines:]))
+            if len(out) == workers:
+                break
+        return "".join(out)
 
     def ping(self, timeout: float = 2.0) -> list[dict]:
         """``coordinator.job.ping_all`` from the root namespace: one row per host, up or not."""
@@ -381,6 +399,8 @@ class TestBed:
             for ns in self._made_ns:
                 run(["ip", "netns", "del", ns], check=False)
             self._made_links, self._made_ns = [], []
+            if self._own_logs:
+                shutil.rmtree(self.log_dir, ignore_errors=True)
             atexit.unregister(self.stop)
         finally:
             if held:
@@ -476,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
     try:
-        with TestBed(a.hosts, LinkShape(a.rate, a.delay), log_level=a.log_level) as bed:
+        with TestBed(a.hosts, LinkShape(a.rate, a.delay), log_level=a.log_level, keep_logs=True) as bed:
             print(bed.describe(), file=sys.stderr)
             if cmd:
                 return subprocess.run(cmd, env={**os.environ, **bed.env()}).returncode

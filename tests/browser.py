@@ -52,8 +52,13 @@ class PageLoad:
 class Browser:
     def __init__(self, exe: str, deadline: float = 30.0) -> None:
         self.profile = tempfile.mkdtemp(prefix="ss-chromium-")
+        # Chromium also makes its own org.chromium.Chromium.* folders in TMPDIR and leaves them: inside the
+        # profile they go with it.
+        tmp = Path(self.profile) / "tmp"
+        tmp.mkdir()
         self.proc = subprocess.Popen([exe, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                     env={**os.environ, "TMPDIR": str(tmp)})
         port_file = Path(self.profile) / "DevToolsActivePort"
         end = time.monotonic() + deadline
         while not port_file.exists() or not port_file.read_text().strip():

@@ -126,6 +126,7 @@ def test_teardown_on_exception_leaves_nothing():
     assert bed.leftovers() == {"namespaces": [], "links": [], "pids": []}
     assert not any(testbed._alive(p) for p in pids)
     assert bed.bridge not in testbed.links()
+    assert not bed.log_dir.exists()           # its temporary log folder too
 
 
 @needs_netns
