@@ -221,3 +221,23 @@ def test_an_owners_merge_counts_only_repeats_and_fills_with_values_seen_once(bar
     want = sorted(ref.items(), key=lambda vc: (-vc[1], vc[0]))[:k]
     assert got["items"] == [[v, c] for v, c in want]
     assert got["boundary_ties"] == (sum(1 for c in ref.values() if c == want[-1][1]) if want else 0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(-30, 30), max_size=200), st.lists(st.integers(-30, 30), max_size=5),
+       st.integers(1, 40), st.integers(0, 60))
+def test_an_owners_values_seen_once_are_found_a_block_at_a_time(bare, paired, block, m):
+    """``Owned.once(m)`` reads its sorted values from the small end a block at a time (a run of equal values
+    may straddle a block's edge); it must answer what Counter does over the whole array."""
+    from shardstats.worker.ops import keyed
+    s = np.sort(np.array(bare, np.int64))
+    p = np.unique(np.array(paired, np.int64))
+    owned = keyed.Owned(keyed.empty(), keyed.empty(), 0, False, None, bare=s, paired=p)
+    c = Counter(bare)
+    want = sorted(v for v, n in c.items() if n == 1 and v not in set(paired))[:m]
+    old = keyed.ONCE_BLOCK
+    keyed.ONCE_BLOCK = block
+    try:
+        assert owned.once(m).tolist() == want
+    finally:
+        keyed.ONCE_BLOCK = old

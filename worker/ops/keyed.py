@@ -20,6 +20,7 @@ from shardstats.lazy import numpy as np
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.partition import partition_chunks
 from shardstats.worker.comm.shuffle import ShuffleConfig, ShuffleStats, chunk_pieces, shuffle
+from shardstats.worker import memory
 from shardstats.worker.memory import Releaser, concat_releasing
 from shardstats.worker.ops.counting import merge_repeats, run_lengths
 from shardstats.worker.ops.mode import should_combine
@@ -54,19 +55,38 @@ class Owned:
         return self.distinct - len(self.repeated)
 
     def once(self, m: int) -> np.ndarray:
-        """The ``m`` smallest values seen exactly once (ascending)."""
-        s = self.bare
-        if m <= 0 or len(s) == 0:
-            return empty()
-        alone = np.ones(len(s), dtype=bool)
-        eq = s[1:] == s[:-1]
-        alone[1:] &= ~eq
-        alone[:-1] &= ~eq
-        v = s[alone]
-        if len(self.paired):
-            v = v[:m + len(self.paired)]
-            v = v[~np.isin(v, self.paired)]
-        return v[:m]
+        """The ``m`` smallest values seen exactly once (ascending).
+
+        The sorted bare values are read a block at a time from the small end until
+        ``m`` are found: a topk of 100 over nearly-unique data looks at one block, where
+        flags and a copy of the whole owned array (10 bytes a value) used to be made.
+        """
+        s, found, have = self.bare, [], 0
+        start = 0
+        while have < m and start < len(s):
+            stop = min(len(s), start + max(ONCE_BLOCK, 2 * (m - have)))
+            v = _alone(s, start, stop)
+            if len(self.paired):
+                v = v[~np.isin(v, self.paired)]
+            found.append(v[:m - have])
+            have += len(found[-1])
+            start = stop
+        return np.concatenate(found) if found else empty()
+
+
+ONCE_BLOCK = 1 << 16     # sorted values ``Owned.once`` examines at a time
+
+
+def _alone(s: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """The values of sorted ``s[start:stop]`` that occur exactly once in all of ``s`` (their neighbours
+    just outside the slice count)."""
+    lo, hi = max(0, start - 1), min(len(s), stop + 1)
+    w = s[lo:hi]
+    alone = np.ones(len(w), dtype=bool)
+    eq = w[1:] == w[:-1]
+    alone[1:] &= ~eq
+    alone[:-1] &= ~eq
+    return w[start - lo:len(w) - (hi - stop)][alone[start - lo:len(w) - (hi - stop)]]
 
 
 def sort_owned(values: np.ndarray) -> np.ndarray:
@@ -143,8 +163,9 @@ class _Inbox:
 
     def distinct(self) -> int:
         """How many distinct values were received (a sort and one comparison pass; no index arrays)."""
-        s = concat_releasing(self.singles + self.pvals) if (self.singles or self.pvals) else empty()
-        self.singles, self.pvals, self.pcounts = [], [], []
+        pieces = self.singles + self.pvals
+        self.singles, self.pvals, self.pcounts = [], [], []     # so each piece goes as it is copied
+        s = concat_releasing(pieces) if pieces else empty()
         if len(s) == 0:
             return 0
         s.sort()
@@ -164,7 +185,7 @@ async def owned_counts(comm: Communicator, cfg: ShuffleConfig, values: np.ndarra
         assert values is not None
         if combine == "always" or (combine == "auto" and should_combine(values)):
             return pack_counts(comm.size, cfg, *local_counts(values)), True
-        return pack(comm.size, cfg, values), False
+        return pack(comm.size, cfg, values, owned=memory.owned(values)), False
 
     outgoing, combined = await numpy_step(len(values if counted is None else counted[0]), prepare)
     inbox = _Inbox()
@@ -179,7 +200,7 @@ async def owned_distinct(comm: Communicator, cfg: ShuffleConfig, values: np.ndar
     def prepare() -> tuple[list, bool]:
         if combine == "always" or (combine == "auto" and should_combine(values)):
             return pack(comm.size, cfg, local_counts(values)[0], owned=True), True
-        return pack(comm.size, cfg, values), False
+        return pack(comm.size, cfg, values, owned=memory.owned(values)), False
 
     outgoing, combined = await numpy_step(len(values), prepare)
     inbox = _Inbox()
