@@ -86,7 +86,8 @@ def _alone(s: np.ndarray, start: int, stop: int) -> np.ndarray:
     eq = w[1:] == w[:-1]
     alone[1:] &= ~eq
     alone[:-1] &= ~eq
-    return w[start - lo:len(w) - (hi - stop)][alone[start - lo:len(w) - (hi - stop)]]
+    a, b = start - lo, stop - lo
+    return w[a:b][alone[a:b]]
 
 
 def sort_owned(values: np.ndarray) -> np.ndarray:
