@@ -42,6 +42,7 @@ from shardstats.worker.ops.contract import Op, Params, option
 DEFAULT_SAMPLES = 128          # regular samples per rank per window in the later rounds
 FIRST_SAMPLES = 1024           # random samples per rank in the first (bracketing) round
 DEFAULT_GATHER_LIMIT = 8192
+TIE_PIVOTS = 4             # targets of a window up to which the bracketing round adds a pivot on a tied value
 BRACKET_SIGMAS = 3             # half-width of the first round's bracket, in sqrt(sample size)
 INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 EVEN_RULES = ("mean", "lower", "upper")
@@ -232,8 +233,7 @@ def _plan(state: dict, found: dict, windows: list, got: dict, gather_limit: int,
         elif is_sorted:
             plan["p"].append(np.unique(sample))
         else:
-            targets = open_targets[w]
-            plan["p"].append(_bracket(np.sort(sample), m, min(targets), max(targets)))
+            plan["p"].append(_bracket(np.sort(sample), m, open_targets[w]))
     return plan
 
 
@@ -247,13 +247,28 @@ def _local_counts(parts: list[np.ndarray], plan: dict, is_sorted: bool) -> dict[
     return reply
 
 
-def _bracket(sample: np.ndarray, m: int, r_min: int, r_max: int) -> np.ndarray:
-    """Two pivots from a sorted random sample that bracket window ranks r_min..r_max with high probability."""
+def _bracket(sample: np.ndarray, m: int, targets: list[int]) -> np.ndarray:
+    """Pivots from a sorted random sample: two that bracket the window ranks ``targets`` with high
+    probability, and, for a few targets, the value a target's estimate lands on when the sample holds
+    that value more than once.
+
+    Heavily tied data (Zipf: the median's value is a run of ~250,000 of 10M) puts a target
+    inside a run of equal values; a pivot at that value settles it in this round (fewer
+    below it, more at or below it), where the bracket alone leaves the run as the next
+    round's window. A sample without repeats (nearly-unique data) adds no pivot, so no pass.
+    """
     n = len(sample)
     delta = int(BRACKET_SIGMAS * np.sqrt(n)) + 1
-    lo = max(0, r_min * n // m - delta)
-    hi = min(n - 1, -(-(r_max + 1) * n // m) + delta)
-    return np.unique(sample[[lo, hi]])
+    lo = max(0, min(targets) * n // m - delta)
+    hi = min(n - 1, -(-(max(targets) + 1) * n // m) + delta)
+    picks = [sample[lo], sample[hi]]
+    if len(targets) <= TIE_PIVOTS:
+        for r in targets:
+            v = sample[min(n - 1, r * n // m)]
+            left, right = np.searchsorted(sample, v, "left"), np.searchsorted(sample, v, "right")
+            if right - left > 1:
+                picks.append(v)
+    return np.unique(np.array(picks, dtype=sample.dtype))
 
 
 def _sum_counts(a: dict, b: dict) -> dict:
