@@ -13,6 +13,11 @@ from shardstats.worker.comm.communicator import Communicator
 Combine = Callable[[dict, dict], dict]
 
 
+def tree_depth(size: int) -> int:
+    """The rounds one pass of the binomial tree over ``size`` ranks takes: ceil(log2 size)."""
+    return max(0, (size - 1).bit_length())
+
+
 async def tree_reduce(comm: Communicator, body: dict, combine: Combine, name: str = "reduce") -> dict | None:
     """Combines every rank's ``body`` at rank 0; returns the total there, None elsewhere."""
     tag = comm.new_tag(name)

@@ -29,7 +29,7 @@ from typing import Awaitable, Callable
 from shardstats.lazy import numpy as np
 
 from shardstats.errors import UsageError
-from shardstats.worker.comm.collectives import tree_reduce
+from shardstats.worker.comm.collectives import tree_depth, tree_reduce
 from shardstats.worker.comm.communicator import Communicator
 
 DEFAULT_CHUNK_BYTES = 1 << 20
@@ -76,7 +76,7 @@ class ShuffleConfig:
 
     def rounds(self, size: int) -> int:
         """The message rounds one shuffle over ``size`` ranks takes: one, or the tree's depth."""
-        return max(0, (size - 1).bit_length()) if self.strategy == "tree" else 1
+        return tree_depth(size) if self.strategy == "tree" else 1
 
     @property
     def to_one(self) -> bool:

@@ -22,7 +22,7 @@ from shardstats.lazy import numpy as np
 
 from shardstats.errors import EmptyDataset
 from shardstats.exact import exact_text
-from shardstats.worker.comm.collectives import broadcast, tree_reduce
+from shardstats.worker.comm.collectives import broadcast, tree_depth, tree_reduce
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.shuffle import ShuffleConfig
 from shardstats.worker.ops import stats as stats_op
@@ -91,7 +91,7 @@ async def describe(comm: Communicator, values: np.ndarray, params: DescribeParam
     t = time.perf_counter()
     comm.progress.set("reduce")
     kk = max(params.k, DEFAULT_TIE_LIMIT)
-    top = await numpy_step(len(owned.bare) + len(owned.repeated), owned_partial, owned, kk)
+    top = await numpy_step(owned.size, owned_partial, owned, kk)
     local = {"sums": sums, "top": top, "distinct": owned.distinct}
     owned_keys = owned.distinct
     del owned
@@ -109,7 +109,7 @@ async def describe(comm: Communicator, values: np.ndarray, params: DescribeParam
     targets = sorted({lo_k, hi_k, *(r for q in quantiles for r in _q_ranks(q, n)[:2])})
     found, select_rounds = await select_ranks(comm, data, targets, n)
     phases["select"] = time.perf_counter() - t
-    depth = max(0, (comm.size - 1).bit_length())
+    depth = tree_depth(comm.size)
     stats = {"phases": phases, "distinct_keys": owned_keys, "combined": True,
              "rounds": cfg.rounds(comm.size) + depth + select_rounds, "shuffle": cfg.strategy}
     if found is None or total is None:

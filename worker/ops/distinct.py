@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from shardstats.lazy import numpy as np
 
-from shardstats.worker.comm.collectives import tree_reduce
+from shardstats.worker.comm.collectives import tree_depth, tree_reduce
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.partition import splitmix64
 from shardstats.worker.comm.shuffle import ShuffleConfig
@@ -105,7 +105,7 @@ async def distinct(comm: Communicator, values: np.ndarray, params: DistinctParam
         # unless that is this rank (1/W of them).
         exact_bytes = int(local_est * 8 * (comm.size - 1) / comm.size)
         stats = {"phases": {"sketch": sketched - t, "reduce": time.perf_counter() - sketched},
-                 "rounds": max(0, (comm.size - 1).bit_length()), "exact_bytes_estimate": exact_bytes,
+                 "rounds": tree_depth(comm.size), "exact_bytes_estimate": exact_bytes,
                  "sketch_bytes": len(reg)}
         if got is None:
             return None, stats
@@ -122,7 +122,7 @@ async def distinct(comm: Communicator, values: np.ndarray, params: DistinctParam
     comm.progress.set("reduce")
     got = await tree_reduce(comm, {"n": owned}, lambda a, b: {"n": a["n"] + b["n"]}, "distinct.n")
     stats = {"phases": {"shuffle": shuffled - t, "reduce": time.perf_counter() - shuffled},
-             "rounds": cfg.rounds(comm.size) + max(0, (comm.size - 1).bit_length()), "combined": combined,
+             "rounds": cfg.rounds(comm.size) + tree_depth(comm.size), "combined": combined,
              "shuffle": cfg.strategy,
              "distinct_keys": owned, "chunks_sent": st.chunks_sent}
     return ({"value": got["n"], "exact": True} if got is not None else None), stats

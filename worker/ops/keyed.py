@@ -51,6 +51,11 @@ class Owned:
     paired: np.ndarray = field(default_factory=empty)   # values that arrived with a count (repeated)
 
     @property
+    def size(self) -> int:
+        """Rows this rank holds (its sorted bare values and its repeated ones): what a step over them scans."""
+        return len(self.bare) + len(self.repeated)
+
+    @property
     def once_count(self) -> int:
         return self.distinct - len(self.repeated)
 

@@ -20,7 +20,7 @@ from shardstats.lazy import numpy as np
 from shardstats.worker import memory
 from shardstats.worker.steps import numpy_step
 from shardstats.worker.memory import concat_releasing
-from shardstats.worker.comm.collectives import allreduce, sum_ints, tree_reduce
+from shardstats.worker.comm.collectives import allreduce, sum_ints, tree_depth, tree_reduce
 from shardstats.worker.comm.encoding import fingerprint_bits
 from shardstats.worker.ops.compact import compact_exchange, pack_fingerprints
 from shardstats.worker.comm.communicator import Communicator
@@ -272,7 +272,7 @@ async def mode(comm: Communicator, values: np.ndarray, params: ModeParams) -> tu
         local, rounds = await compact_exchange(comm, outgoing, kept, fp_bits, tie_limit, cfg)
         del outgoing, kept
         phases["shuffle"] = time.perf_counter() - t
-        return await _finish(comm, local, phases, {"shuffle": memory.peak_rss_bytes()}, tie_limit, {
+        return await _finish(comm, cfg, local, phases, {"shuffle": memory.peak_rss_bytes()}, tie_limit, {
             "combined": combined, "counting": {"local": local_counting, "merge": "sort"}, "encoding": encoding,
             "shuffle": cfg.strategy, "planned": True, "fingerprint_bits": fp_bits, "shuffled_values": leaving, "shuffle_bytes": sum(comm.stats.bytes_sent) - sent0,
             "chunks_sent": sum(r.chunks_sent for r in rounds), "chunks_received": sum(r.chunks_received for r in rounds),
@@ -300,15 +300,15 @@ async def mode(comm: Communicator, values: np.ndarray, params: ModeParams) -> tu
     local, merge_how = await numpy_step(sum(map(len, singles)) + sum(map(len, mvals)), _aggregate, singles, mvals,
                                         mcounts, tie_limit, params.counting)
     phases["aggregate"] = time.perf_counter() - t
-    return await _finish(comm, local, phases, {"aggregate": memory.peak_rss_bytes()}, tie_limit, {
+    return await _finish(comm, cfg, local, phases, {"aggregate": memory.peak_rss_bytes()}, tie_limit, {
         "combined": combined, "counting": {"local": local_counting, "merge": merge_how}, "encoding": encoding,
         "shuffle": cfg.strategy, "planned": planned, "shuffled_values": leaving, "shuffle_bytes": shuffle_bytes,
         "chunks_sent": sst.chunks_sent, "chunks_received": sst.chunks_received,
         "shuffle_send_seconds": sst.send_seconds, "shuffle_receive_seconds": sst.receive_seconds}, peaks)
 
 
-async def _finish(comm: Communicator, local: dict, phases: dict, more_peaks: dict, tie_limit: int, extra: dict,
-                  peaks: dict) -> tuple[dict | None, dict]:
+async def _finish(comm: Communicator, cfg: ShuffleConfig, local: dict, phases: dict, more_peaks: dict, tie_limit: int,
+                  extra: dict, peaks: dict) -> tuple[dict | None, dict]:
     """Tree-reduce the owners' bests; this rank's stats (bytes per value that left it, over the wire)."""
     peaks.update(more_peaks)
     owned = local.pop("distinct")
@@ -319,19 +319,15 @@ async def _finish(comm: Communicator, local: dict, phases: dict, more_peaks: dic
     extra["shuffle_bytes_per_value"] = round(extra["shuffle_bytes"] / extra["shuffled_values"], 3) \
         if extra["shuffled_values"] else None
     stats = {"phases": phases, "peak_rss_after": peaks, "distinct_keys": owned, **extra,
-             "rounds": ShuffleConfig(extra["shuffle"]).rounds(comm.size) + _tree_depth(comm.size)
+             "rounds": cfg.rounds(comm.size) + tree_depth(comm.size)
              + (2 if extra["encoding"] == "compact" else 0)
-             + (2 * _tree_depth(comm.size) if extra.pop("planned") else 0)}
+             + (2 * tree_depth(comm.size) if extra.pop("planned") else 0)}
     if best is None:
         return None, stats
     if best["count"] == 0:
         return {"value": None, "count": 0, "ties": [], "tie_count": 0}, stats
     return {"value": best["ties"][0], "count": best["count"], "ties": best["ties"],
             "tie_count": best["tie_count"]}, stats
-
-
-def _tree_depth(size: int) -> int:
-    return max(0, (size - 1).bit_length())
 
 
 def render(r: dict) -> list[str]:

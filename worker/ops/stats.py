@@ -20,7 +20,7 @@ from fractions import Fraction
 
 from shardstats.lazy import numpy as np
 
-from shardstats.worker.comm.collectives import tree_reduce
+from shardstats.worker.comm.collectives import tree_depth, tree_reduce
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.ops.contract import Op, Params, option
 from shardstats.worker.steps import numpy_step
@@ -90,7 +90,7 @@ async def stats(comm: Communicator, values: np.ndarray, params: StatsParams) -> 
     comm.progress.set("reduce")
     total = await tree_reduce(comm, local, combine, "stats.sums")
     phases = {"sum": summed - t, "reduce": time.perf_counter() - summed}
-    out = {"phases": phases, "rounds": max(0, (comm.size - 1).bit_length())}
+    out = {"phases": phases, "rounds": tree_depth(comm.size)}
     return (finish(total, params.ddof) if total is not None else None), out
 
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 from shardstats.lazy import numpy as np
 
-from shardstats.worker.comm.collectives import allreduce, broadcast, sum_ints, tree_reduce
+from shardstats.worker.comm.collectives import allreduce, broadcast, sum_ints, tree_depth, tree_reduce
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.shuffle import ShuffleConfig
 from shardstats.worker.steps import numpy_step
@@ -153,10 +153,6 @@ def wide(counts: np.ndarray) -> np.ndarray:
     return counts.astype(np.int64)
 
 
-def _depth(size: int) -> int:
-    return max(0, (size - 1).bit_length())
-
-
 async def by_shuffle(comm: Communicator, k: int, cfg: ShuffleConfig, values: np.ndarray | None = None,
                      counted: tuple | None = None) -> tuple[dict | None, dict]:
     """Shuffle by key, per-owner top k, merged up the tree; (the merged partial at rank 0, stats)."""
@@ -164,10 +160,10 @@ async def by_shuffle(comm: Communicator, k: int, cfg: ShuffleConfig, values: np.
     comm.progress.set("shuffle")
     owned = await owned_counts(comm, cfg, values=values, counted=counted)
     comm.progress.set("reduce")
-    local = await numpy_step(len(owned.bare) + len(owned.repeated), owned_partial, owned, k)
+    local = await numpy_step(owned.size, owned_partial, owned, k)
     top = await tree_reduce(comm, local, merger(k), "topk.merge")
     return top, {"combined": owned.combined, "distinct_keys": owned.distinct,
-                 "chunks_sent": owned.shuffle.chunks_sent, "rounds": cfg.rounds(comm.size) + _depth(comm.size),
+                 "chunks_sent": owned.shuffle.chunks_sent, "rounds": cfg.rounds(comm.size) + tree_depth(comm.size),
                  "shuffle": cfg.strategy,
                  "shuffle_seconds": time.perf_counter() - t}
 
@@ -210,7 +206,7 @@ async def by_threshold(comm: Communicator, k: int, uv: np.ndarray, uc: np.ndarra
                        limit: int) -> tuple[dict | None, dict | None, dict]:
     """TPUT on local counts (uv ascending).  Returns (merged partial at rank 0, None, stats), or
     (None, {"fallback": reason}, stats) on every rank when the candidates are too many."""
-    w, depth = comm.size, _depth(comm.size)
+    w, depth = comm.size, tree_depth(comm.size)
     comm.progress.set("threshold", 1, 3)
     lv, lc = await asyncio.to_thread(top_items, uv, uc, k)
     r1 = await tree_reduce(comm, {"v": lv, "c": compact(lc)}, _sum_lists(k), "topk.r1")
@@ -295,7 +291,7 @@ async def run_topk(comm: Communicator, values: np.ndarray, k: int, strategy: str
         strategy, reason = "shuffle", "a job of one chunk goes up the tree"
     if strategy == "auto":
         repeats, reason = await sample_vote(comm, values, counted)
-        rounds += 2 * _depth(comm.size)
+        rounds += 2 * tree_depth(comm.size)
         strategy = "threshold" if repeats else "shuffle"
     if strategy == "threshold":
         if counted is None:
