@@ -11,10 +11,13 @@ fi
 # checkout): setuptools' default mapping finder costs ~10 ms at every interpreter start, a tenth of a small job.
 pip_install() { .venv/bin/python -m pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v '^WARNING: Location' || true; }
 pip_install -e '.[test]' --config-settings editable_mode=compat
-.venv/bin/python -c 'import shardstats.worker.ops.contract' 2>/dev/null || pip_install -e '.[test]'
+# Checked from / : here the checkout's own shardstats/ would import whatever the install did.
+ROOT="$PWD"
+installed() { (cd / && "$ROOT/.venv/bin/python" -c "$1"); }
+installed 'import shardstats.worker.ops.contract' 2>/dev/null || pip_install -e '.[test]'
 # An editable install leaves the project's modules uncompiled, and with PYTHONDONTWRITEBYTECODE set (as here and
 # in the Dockerfile) every `cluster` command would compile them again: ~30 ms of a one-value job's ~0.1 s.
 # Python reads bytecode that exists whatever that variable says; a stale file is simply recompiled in memory.
 .venv/bin/python -m compileall -q -j 0 shardstats protocol coordinator cluster worker >/dev/null
-.venv/bin/python -c 'import shardstats.cluster.cli, msgpack, numpy, click, pytest, hypothesis' \
+installed 'import shardstats.cluster.cli, msgpack, numpy, click, pytest, hypothesis' \
   || { echo "setup failed: the project did not install into .venv" >&2; exit 1; }
