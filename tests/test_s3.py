@@ -10,6 +10,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import random
 import signal
 import socket
@@ -395,9 +396,11 @@ def auth_store(tmp_path_factory):
         s3c.put_object(Bucket="locked", Key="p/a.npy", Body=_npy([1, 2, 2]))
         iam.create_user(UserName="lister")
         key = iam.create_access_key(UserName="lister")["AccessKey"]
+        # AWS names the listing's permission s3:ListBucket; moto 5.2 checks ListObjectsV2 against
+        # s3:ListObjectsV2 (moto 5.1 used s3:ListBucket). Granting both keeps "may list, may not get" on either.
         iam.put_user_policy(UserName="lister", PolicyName="list-only", PolicyDocument=(
-            '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["s3:ListBucket"], '
-            '"Resource": "*"}]}'))
+            '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", '
+            '"Action": ["s3:ListBucket", "s3:ListObjectsV2"], "Resource": "*"}]}'))
         yield endpoint, key["AccessKeyId"], key["SecretAccessKey"]
     finally:
         launcher.terminate([proc.pid], 5.0)
@@ -414,9 +417,9 @@ def test_wrong_credentials_and_access_denied_name_the_object_and_exit_2(auth_sto
     out = cli("submit", "mode", "--input", "s3://locked/p/", "--local", "2", cwd=tmp_path,
               env=_env(endpoint, key, secret))
     assert out.returncode == 2, out.stderr
-    # The worker's HEAD is refused; a HEAD answer has no body, so the status is all the store says.
-    assert out.stderr.startswith("error: s3://locked/p/a.npy: access denied (HTTP 403)"), out.stderr
-    assert out.stderr.count("\n") == 1
+    # The listing is allowed, the worker's read is refused: one line naming the object and the refusal
+    # (the store's own wording after it varies with the client library: a HEAD answer has no body).
+    assert re.fullmatch(r"error: s3://locked/p/a\.npy: access denied \(.+\)\n", out.stderr), out.stderr
 
 
 # -- recovery -----------------------------------------------------------------------------------------------
