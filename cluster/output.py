@@ -80,6 +80,10 @@ def human(rep: JobReport, startup_seconds: float | None = None) -> str:
              f"busiest link {human_bytes(s['busiest_link_bytes'])}",
              f"  max inbound streams {s['max_inbound_streams']}, peak buffered {human_bytes(s['peak_buffered_bytes'])}"
              f", peak worker RSS {human_bytes(s['peak_worker_rss_bytes'])}"]
+    from shardstats.worker.engine.counter import line as counter_line
+    counter = counter_line(s)
+    if counter:
+        lines.append(counter)
     if rep.lost_workers:
         gone = ", ".join(f"{w['id']} ({w['reason']})" for w in rep.lost_workers)
         tries = "1 attempt" if rep.attempts == 1 else f"{rep.attempts} attempts"

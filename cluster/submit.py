@@ -85,6 +85,10 @@ def _param_options(op) -> list[click.Option]:
         metavar = "[" + "|".join(map(str, choices)) + "]" if choices else \
             meta.get("metavar") or {int: "INTEGER", float: "NUMBER"}.get(base, "TEXT")
         default = None if base is tuple else f.default
+        if meta.get("multiple"):
+            out.append(click.Option([cli_name(f.name), f.name], type=str, multiple=True, help=meta["help"],
+                                    hidden=meta["advanced"], metavar=metavar))
+            continue
         out.append(click.Option([cli_name(f.name), f.name], type=str, default=default,
                                 show_default=default is not None, help=meta["help"], hidden=meta["advanced"],
                                 metavar=metavar))
@@ -95,7 +99,7 @@ def make_command(op) -> click.Command:
     def callback(**kw) -> None:
         common = {k: kw.pop(k) for k in _COMMON}
         try:
-            params = op.params.build(**{k: _typed(op, k, v) for k, v in kw.items()})
+            params = op.params.build(**{k: _typed(op, k, v) for k, v in kw.items() if v != ()})
         except UsageError as exc:
             fail(str(exc), 2)
         inputs = tuple(common["input_paths"]) + tuple(common["more_inputs"])

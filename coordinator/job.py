@@ -25,9 +25,10 @@ from shardstats.coordinator.spec import JobSpec
 from shardstats.protocol.errors import ProtocolError, TLSError
 from shardstats.protocol.messages import make
 from shardstats import logs
-from shardstats.errors import (ClusterUnavailable, EmptyDataset, JobError, JobTimeout, PeerFailure,
+from shardstats.errors import (UsageError, ClusterUnavailable, EmptyDataset, JobError, JobTimeout, PeerFailure,
                                ShardstatsError, WorkerLost, from_kind)
-from shardstats.worker.io.listing import ShardRef, is_object_url, list_refs
+from shardstats.worker.io.listing import SUFFIXES, ShardRef, is_object_url, list_refs
+from shardstats.worker.ops import registry
 from shardstats.settings import DEFAULTS
 
 Progress = Callable[[int, dict], None]    # (worker id, progress message)
@@ -114,13 +115,53 @@ async def ping_all(addrs: list[str], token: bytes, timeout: float = DEFAULTS.sta
     return list(await asyncio.gather(*(one(i, a) for i, a in enumerate(addrs))))
 
 
-def resolve_input(inputs: tuple[str, ...] | list[str] | str, absolute: bool) -> list[ShardRef]:
+CACHE_PREFIX = "cache:"
+
+
+def reader_options(spec: JobSpec) -> dict | None:
+    """A keyed job's reader options for the load message (None for the int64 ops): the op's own, and
+    ``from_cache`` when the input is a dataset the workers keep warm (``--input cache:NAME``)."""
+    op = registry.get(spec.op)
+    if op.reads is None:
+        if any(i.startswith(CACHE_PREFIX) for i in spec.inputs):
+            raise UsageError(f"--input {spec.inputs[0]}: cached datasets are for keyed jobs (groupby, wordcount, ...)")
+        return None
+    read = dict(op.reads(spec.params))
+    cached = [i for i in spec.inputs if i.startswith(CACHE_PREFIX)]
+    if cached:
+        if len(spec.inputs) > 1:
+            raise UsageError(f"--input {cached[0]}: a cached dataset is the job's only input")
+        read["from_cache"] = cached[0][len(CACHE_PREFIX):]
+        read.pop("cache", None)
+    return read
+
+
+def _suffixes(spec: JobSpec) -> tuple[str, ...] | None:
+    """The file types a directory input is listed for: the op's kind decides (None: any file, for documents)."""
+    op = registry.get(spec.op)
+    if op.reads is None:
+        return SUFFIXES
+    from shardstats.worker.data.readers import TABLE_SUFFIXES
+    kind = op.reads(spec.params)
+    return None if kind.get("kind") == "documents" and not kind.get("text") else TABLE_SUFFIXES
+
+
+def _absolute_out(spec: JobSpec) -> JobSpec:
+    """On a local cluster, ``--out`` as the user meant it: relative to where the command runs."""
+    out = getattr(spec.params, "out", None)
+    if not out or os.path.isabs(out):
+        return spec
+    return replace(spec, params=replace(spec.params, out=str(Path(out).resolve())))
+
+
+def resolve_input(inputs: tuple[str, ...] | list[str] | str, absolute: bool,
+                  suffixes: tuple[str, ...] | None = SUFFIXES) -> list[ShardRef]:
     """Every shard the inputs name (local files as workers should open them), with size and version;
     a shard named twice counts once."""
     refs: list[ShardRef] = []
     seen: set[str] = set()
     for path in ([inputs] if isinstance(inputs, str) else inputs):
-        for r in list_refs(path):
+        for r in list_refs(path, suffixes):
             if r.path not in seen:
                 seen.add(r.path)
                 refs.append(r)
@@ -216,6 +257,10 @@ async def _attempt(clients: list[WorkerClient], job: str, spec: JobSpec, files: 
         plan = assign(files, len(clients))
         # Reader options travel in the load message (extra fields are allowed by the schema).
         extra: dict = {k: v for k, v in (("column", spec.column), ("header", spec.header)) if v is not None}
+        op = registry.get(spec.op)
+        read = reader_options(spec)
+        if read is not None:
+            extra["read"] = read
         if on_progress is not None:        # workers send progress only when asked (worker/comm/progress.py)
             extra["progress"] = DEFAULTS.progress_interval
         for c, mine in zip(clients, plan):
@@ -223,13 +268,18 @@ async def _attempt(clients: list[WorkerClient], job: str, spec: JobSpec, files: 
                                 **extra))
         loaded = await _all(clients, job, "loaded", spec.timeout, live, on_progress)
         total = sum(m["values"] for m in loaded)
-        if total == 0:
+        if total == 0 and op.reads is None:
             raise EmptyDataset(f"{', '.join(spec.inputs)}: the input holds no values")
+        if read is not None:         # the workers' schemas agreed into one (exit 2 naming two files if they differ)
+            from shardstats.worker.data.schema import unify
+            extra_run = {"schema": unify([m.get("schema") or [] for m in loaded])}
+        else:
+            extra_run = {}
         t1 = time.perf_counter()
         ranks = [c.worker_id for c in clients]
         for c in clients:
             await _send(c, make("run", job=job, op=spec.op, params=spec.params.to_wire(), ranks=ranks, total=total,
-                                 timeout=spec.timeout))
+                                 timeout=spec.timeout, **extra_run))
         done = await _all(clients, job, "done", spec.timeout, live, on_progress)
     result = next((d["result"] for d in done if "result" in d), None)
     if result is None:
@@ -266,7 +316,10 @@ async def run_job(addrs: list[str], token: bytes, spec: JobSpec, *, absolute_pat
     """
     live = Liveness(spec.heartbeat, spec.dead_after)
     max_retries = spec.max_retries
-    files = resolve_input(spec.inputs, absolute_paths)
+    files = [] if any(i.startswith(CACHE_PREFIX) for i in spec.inputs) else \
+        resolve_input(spec.inputs, absolute_paths, _suffixes(spec))
+    if absolute_paths:
+        spec = _absolute_out(spec)
     clients, lost = await connect_reachable(addrs, token, tls=tls)
     base = os.urandom(6).hex()      # 48 random bits, as uuid4().hex[:12] gave (uuid imports platform: ~2 ms)
     attempt = 0

@@ -41,7 +41,9 @@ main()
 """
 
 BUILTIN_OPS = sorted(name for name, op in registry.ops().items()
-                     if op.run.__module__.startswith("shardstats.worker.ops."))
+                     if op.run.__module__.startswith("shardstats.worker.ops.") and op.reads is None)
+KEYED_OPS = sorted(name for name, op in registry.ops().items()
+                   if op.run.__module__.startswith("shardstats.worker.ops.") and op.reads is not None)
 
 
 def run_cli(tmp_path: Path, env: dict | None, *args: str,
@@ -120,6 +122,27 @@ CASES = {
 
 def test_every_builtin_op_has_a_case_here():
     assert set(CASES) == set(BUILTIN_OPS)
+    assert set(KEYED_CASES) == set(KEYED_OPS)
+
+
+# The keyed ops read records; the client still only lists, submits and prints (the workers import Arrow).
+KEYED_CASES = {
+    "groupby": (("--by", "k", "--agg", "sum(x)"), lambda r, rows: r["data"] == [["a", sum(x for k, x in rows)]]),
+    "wordcount": (("--text", "k"), lambda r, rows: r["top"] == [["a", len(rows)]]),
+    "index": (("--text", "k"), lambda r, rows: r["words"] == 1),
+}
+
+
+@pytest.mark.parametrize("op", KEYED_OPS)
+def test_submit_of_each_keyed_op_imports_no_arrow_or_numpy(cluster, tmp_path, op):
+    rows = [("a", i * 7 - 3) for i in range(50)]
+    (tmp_path / "t.csv").write_text("k,x\n" + "".join(f"{k},{x}\n" for k, x in rows))
+    extra, check = KEYED_CASES[op]
+    r, heavy = run_cli(tmp_path, cluster, "submit", op, "--input", str(tmp_path / "t.csv"), *extra, "--json",
+                       avoid=HEAVY + ("uvloop", "duckdb"))
+    assert r.returncode == 0, r.stderr
+    assert check(json.loads(r.stdout)["result"], rows), r.stdout
+    assert heavy == [], f"`cluster submit {op}` imported {heavy}"
 
 
 @pytest.mark.parametrize("op", BUILTIN_OPS)

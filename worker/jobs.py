@@ -39,6 +39,7 @@ class Access:
     root: str = "."
     confined: bool = False
     budget: int | None = None
+    cache: object = None          # the worker's DatasetCache (worker/cache.py): keyed jobs' warm inputs
 
 
 def load_files(files: list[ShardRef | str], root: str | Access, column: str | int | None = None,
@@ -74,6 +75,75 @@ def load_files(files: list[ShardRef | str], root: str | Access, column: str | in
     return memory.concat_releasing(arrays) if len(arrays) > 1 else arrays[0]
 
 
+def load_table(files: list[ShardRef], root: str | Access, read: dict, progress: Progress | None = None):
+    """The job's records on this worker as one Arrow table, and its schema described per file
+    (``worker.data.schema``): a keyed op's share of the input."""
+    import pyarrow as pa
+    from shardstats.worker.data import readers, schema
+    access = root if isinstance(root, Access) else Access(root)
+    tables, described = [], []
+    held = 0
+    for i, ref in enumerate(files):
+        if is_object_url(ref.path):
+            raise InputError(f"{ref.path}: keyed jobs read local files for now (s3:// input is for the int64 ops)")
+        budget = None if access.budget is None else access.budget - held
+        where = resolve(ref.path, access.root, access.confined)
+        if read.get("kind") == "documents":
+            t = readers.read_documents(ref, where, read.get("text"), read.get("id"), budget)
+        else:
+            t = readers.read_table(ref, where, read.get("columns"), budget)
+        held += t.nbytes
+        tables.append(t)
+        described.append([[f.name, str(f.type), ref.path] for f in t.schema])
+        if progress is not None:
+            progress.done = i + 1
+    agreed = schema.unify(described)
+    if not tables:
+        return pa.table({}), agreed
+    target = arrow_schema(agreed)
+    return pa.concat_tables([conform(t, target) for t in tables]), agreed
+
+
+def arrow_schema(described: list[list]):
+    """The Arrow schema of a described one (``worker.data.schema``)."""
+    import pyarrow as pa
+    fields = []
+    for name, typ, _ in described:
+        fields.append(pa.field(name, _arrow_type(typ)))
+    return pa.schema(fields)
+
+
+def _arrow_type(typ: str):
+    import pyarrow as pa
+    if typ.startswith("timestamp["):
+        inner = typ[10:-1]
+        unit, _, tz = inner.partition(", tz=")
+        return pa.timestamp(unit, tz or None)
+    if typ in ("date32[day]", "date32"):
+        return pa.date32()
+    if typ.startswith("list<") or typ.startswith("struct<") or typ.startswith("decimal"):
+        raise InputError(f"columns of type {typ} cannot be read by keyed jobs yet")
+    try:
+        return pa.type_for_alias(typ)
+    except (ValueError, KeyError):
+        raise InputError(f"columns of type {typ} cannot be read by keyed jobs yet") from None
+
+
+def conform(table, target):
+    """``table`` with ``target``'s columns and types: missing columns as nulls, promotions the schema agreed."""
+    import pyarrow as pa
+    if table.schema.equals(target):
+        return table
+    cols = []
+    for f in target:
+        if f.name in table.column_names:
+            col = table.column(f.name)
+            cols.append(col if col.type == f.type else col.cast(f.type))
+        else:
+            cols.append(pa.nulls(table.num_rows, f.type))
+    return pa.Table.from_arrays(cols, schema=target)
+
+
 @dataclass
 class Job:
     id: str
@@ -85,6 +155,8 @@ class Job:
     early: list = field(default_factory=list)   # peer messages that beat our own "run"
     early_bytes: int = 0
     column: str | int | None = None             # the column of .csv/.parquet shards (load message)
+    read: dict | None = None                    # a keyed op's reader options (load message); None: int64 values
+    schema: list | None = None                  # a keyed job's columns as this worker read them (loaded message)
     header: bool | None = None                  # whether a .csv's first row is a header (load message)
     report: Callable[[dict], None] | None = None  # sends a message to the coordinator (progress)
     progress_interval: float | None = None      # seconds between progress messages; None: send none
@@ -124,7 +196,9 @@ async def load(job: Job, root: str | Access, read_timeout: float | None = None,
     progress = Progress("load", job.timeline)
     progress.set("load", 0, len(job.files))
     async with reporting(job.id, progress, job.report, job.progress_interval):
-        if job.files:
+        if job.read is not None:
+            job.values, job.schema = await _read_table(job, root, progress)
+        elif job.files:
             job.values = await _read_in_thread(job, root, progress, read_timeout, stuck)
         else:                   # nothing to read (a small job's other workers): no thread to hop to
             job.values = load_files([], root)
@@ -133,6 +207,20 @@ async def load(job: Job, root: str | Access, read_timeout: float | None = None,
     logs.event("job_loaded", job=job.id, files=len(job.files), values=len(job.values),
                seconds=round(job.load_seconds, 3))
     return len(job.values)
+
+
+async def _read_table(job: Job, root: str | Access, progress: Progress):
+    """A keyed job's share: from the worker's cache (``input cache:NAME``), or read on a thread (and cached)."""
+    read = job.read or {}
+    cache = root.cache if isinstance(root, Access) else None
+    if read.get("from_cache"):
+        if cache is None:
+            raise InputError(f"cache:{read['from_cache']}: this worker keeps no datasets")
+        return cache.get(read["from_cache"])
+    table, described = await asyncio.to_thread(load_table, job.files, root, read, progress)
+    if read.get("cache") and cache is not None:
+        cache.put(read["cache"], table, described)
+    return table, described
 
 
 async def _read_in_thread(job: Job, root: str | Access, progress: Progress, read_timeout: float | None,

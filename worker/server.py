@@ -56,7 +56,8 @@ class WorkerServer:
         self._tls_client = tls.client_context() if tls is not None else None
         self.root = root
         self.settings = settings
-        self.access = jobs.Access(root, confine, settings.memory_limit or memory.machine_budget())
+        from shardstats.worker.cache import DatasetCache
+        self.access = jobs.Access(root, confine, settings.memory_limit or memory.machine_budget(), DatasetCache())
         self.stuck = jobs.StuckReads()
         self.jobs: dict[str, jobs.Job] = {}
         self.finished: dict[str, float] = {}
@@ -279,7 +280,7 @@ class WorkerServer:
                     raise WorkerUnhealthy(f"worker {self.id} is unhealthy: {len(self.stuck.tasks)} reads stuck "
                                           f"past {self.settings.read_timeout:g}s; it takes no new jobs")
                 job = jobs.Job(job_id, _files(msg["files"]), column=_column(msg.get("column")),
-                               header=_header(msg.get("header")),
+                               header=_header(msg.get("header")), read=_read(msg.get("read")),
                                report=reply, progress_interval=progress.interval_from(msg.get("progress")))
                 job.task = asyncio.current_task()      # an abort during the load cancels it
                 self.jobs[job_id] = job
@@ -287,7 +288,8 @@ class WorkerServer:
                 admitted = False
                 conn.watch_job(job_id, msg.get("dead_after"))
                 n = await jobs.load(job, self.access, self.settings.read_timeout, self.stuck)
-                reply(make("loaded", job=job_id, values=n, seconds=job.load_seconds))
+                extra = {"schema": job.schema} if job.schema is not None else {}
+                reply(make("loaded", job=job_id, values=n, seconds=job.load_seconds, **extra))
             elif t == "run":
                 job = self.jobs.get(job_id)
                 if job is None:
@@ -330,6 +332,10 @@ class WorkerServer:
         job.comm = jobs.make_comm(job, self.id, ranks, self.links, self.settings.job_timeout)
         job.comm.total = msg["total"]
         job.comm.addrs = [self.peers[r] for r in ranks]     # where each rank listens: the same list on every rank
+        job.comm.access = self.access                       # where a keyed job's --out is written
+        if msg.get("schema") is not None and job.read is not None:
+            # The schema the coordinator agreed from every worker's files: every rank holds the same types.
+            job.values = jobs.conform(job.values, jobs.arrow_schema(msg["schema"]))
         early, job.early = job.early, []
         self.early_bytes -= job.early_bytes
         job.early_bytes = 0
@@ -349,7 +355,17 @@ class WorkerServer:
                 "rss_bytes": memory.rss_bytes(), "uptime": round(time.time() - self.started, 1),
                 "connections": len(self.connections), "refused": self.refusals,
                 "healthy": not self.stuck, "stuck_reads": len(self.stuck.tasks),
-                "memory_budget": self.access.budget, "confined": self.access.confined}
+                "memory_budget": self.access.budget, "confined": self.access.confined,
+                "cached": self.access.cache.listing()}
+
+
+def _read(value: object) -> dict | None:
+    """The load message's optional reader options of a keyed job: a map of plain values."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise JobError(f"load.read has type {type(value).__name__}, expected a map")
+    return value
 
 
 def _column(value: object) -> str | int | None:

@@ -43,13 +43,22 @@ def is_object_url(path: str) -> bool:
     return path.startswith("s3://")
 
 
-def list_refs(path: str) -> list[ShardRef]:
-    """Every shard the input names, with its size and version (objects: ETag; files: mtime_ns)."""
+def _expected(suffixes: tuple[str, ...]) -> str:
+    if suffixes == SUFFIXES:
+        return EXPECTED
+    return "expected " + ", ".join(suffixes[:-1]) + " or " + suffixes[-1]
+
+
+def list_refs(path: str, suffixes: tuple[str, ...] | None = SUFFIXES) -> list[ShardRef]:
+    """Every shard the input names, with its size and version (objects: ETag; files: mtime_ns).
+
+    ``suffixes``: the file types a directory is listed for and a named file may have
+    (the int64 ops' by default; a keyed op's tables; None: any file, for text documents)."""
     if is_object_url(path):
         from shardstats.worker.io.objects import list_objects
         return list_objects(path)
     out = []
-    for f in list_shards(path):
+    for f in list_shards(path, suffixes):
         try:
             st = os.stat(f)
         except OSError as exc:
@@ -58,8 +67,10 @@ def list_refs(path: str) -> list[ShardRef]:
     return out
 
 
-def list_shards(path: str) -> list[str]:
+def list_shards(path: str, suffixes: tuple[str, ...] | None = SUFFIXES) -> list[str]:
     """The local shard files a user's --input names: a directory, a file, or a glob."""
+    def wanted(f: Path) -> bool:
+        return (not f.name.startswith(".")) if suffixes is None else f.suffix.lower() in suffixes
     import glob
     p = Path(path)
     if any(ch in path for ch in "*?["):
@@ -70,22 +81,23 @@ def list_shards(path: str) -> list[str]:
             raise InputError(f"{path}: the pattern matches no files")
     elif p.is_dir():
         try:
-            entries = sorted(f for f in p.iterdir() if f.suffix.lower() in SUFFIXES)
+            entries = sorted(f for f in p.iterdir() if wanted(f))
         except PermissionError:
             raise InputError(f"{path}: permission denied") from None
         _refuse_special(entries)
         files = [str(f) for f in entries if f.is_file()]
         if not files:
-            raise InputError(f"{path}: directory holds no shard files ({EXPECTED[9:]})")
+            raise InputError(f"{path}: directory holds no shard files"
+                             f"{'' if suffixes is None else ' (' + _expected(suffixes)[9:] + ')'}")
     elif p.is_file():
         files = [path]
     elif p.exists():
         raise InputError(f"{path}: not a regular file or directory")
     else:
         raise InputError(f"{path}: no such file or directory")
-    wrong = [f for f in files if Path(f).suffix.lower() not in SUFFIXES]
+    wrong = [] if suffixes is None else [f for f in files if Path(f).suffix.lower() not in suffixes]
     if wrong:
-        raise InputError(f"{wrong[0]}: unsupported file type ({EXPECTED})")
+        raise InputError(f"{wrong[0]}: unsupported file type ({_expected(suffixes)})")
     return files
 
 

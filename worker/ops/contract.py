@@ -30,15 +30,16 @@ P = TypeVar("P", bound="Params")
 
 def option(default: Any, help: str, *, choices: Sequence[Any] | None = None, min: float | None = None,
            max: float | None = None, parse: Callable[[Any], Any] | None = None, advanced: bool = False,
-           metavar: str | None = None) -> Any:
+           metavar: str | None = None, multiple: bool = False) -> Any:
     """A parameter field: its default, help text and checks.
 
     ``parse`` turns what a user typed (CLI text, or an API value) into the field's
     value, raising ``ValueError`` with a short reason; ``advanced`` keeps an option
-    out of ``--help`` (tuning knobs for tests and benchmarks), not out of validation.
+    out of ``--help`` (tuning knobs for tests and benchmarks), not out of validation;
+    ``multiple``: a tuple field given by repeating the option (``--agg sum(v1) --agg count()``).
     """
     meta = {"help": help, "choices": tuple(choices) if choices else None, "min": min, "max": max,
-            "parse": parse, "advanced": advanced, "metavar": metavar}
+            "parse": parse, "advanced": advanced, "metavar": metavar, "multiple": multiple}
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple for a sequence default (params are immutable)")
     return field(default=default, metadata=meta)
@@ -187,6 +188,50 @@ class ShuffleParams(Params):
                 "chunk_bytes": self.chunk_bytes}
 
 
+@dataclass(frozen=True)
+class KeyedParams(ShuffleParams):
+    """The options every keyed op shares: where its rows go, how many are printed, the input kept warm."""
+    out: str | None = option(None, "Write every result row as Parquet part files DIR/part-NNNNN.parquet (one per "
+                             "reducer; read them as one dataset with DuckDB, Polars or pyarrow) instead of printing.",
+                             metavar="DIR")
+    limit: int = option(100, "Rows printed (and returned with --json) without --out, in order; 0 for all.", min=0)
+    cache: str | None = option(None, "Also keep the input in the workers' memory under NAME: later jobs read it "
+                               "with --input cache:NAME and skip the files (evicted least-recently-used).",
+                               metavar="NAME")
+    compression: str = option("none", "Arrow IPC buffer compression of shuffled batches (for slow links).",
+                              choices=("none", "lz4", "zstd"), advanced=True)
+
+    def check(self) -> None:
+        if self.cache is not None and not (self.cache.replace("-", "_").isidentifier() and len(self.cache) <= 64):
+            raise UsageError(f"--cache: {self.cache!r} is not a name (letters, digits, - and _)")
+
+
+DEFAULT_PATTERN = r"[\p{L}\p{N}_]+"        # worker.engine.tokens.DEFAULT_PATTERN, without importing Polars here
+
+
+@dataclass(frozen=True)
+class TextParams(KeyedParams):
+    """What the text ops share: how documents are read and how tokens are cut."""
+    pattern: str = option(DEFAULT_PATTERN, "A token: a regular expression (Rust regex syntax). The default is a run "
+                          "of letters, digits or _ in any script (Python's \\w).", metavar="REGEX")
+    lower: bool = option(True, "Lowercase the text before cutting tokens (Unicode case mapping).")
+    text: str | None = option(None, "For table shards (csv/tsv/parquet/jsonl): the column holding each row's "
+                              "text; each row is then a document.", metavar="COL")
+    id: str | None = option(None, "With --text: the column naming each row's document (default: file#row).",
+                            metavar="COL")
+
+    def check(self) -> None:
+        super().check()
+        if not self.pattern:
+            raise UsageError("--pattern: an empty pattern matches no token")
+        if self.id is not None and self.text is None:
+            raise UsageError("--id: names the documents of a table; give --text COL too")
+
+
+def text_reads(p: TextParams) -> dict:
+    return {"kind": "documents", "text": p.text, "id": p.id, "cache": p.cache}
+
+
 Run = Callable[[Any, Any, Any], Awaitable[tuple[dict | None, dict]]]
 
 
@@ -211,6 +256,9 @@ class Op:
     examples: tuple[str, ...] = ()                # command lines shown in `cluster submit <op> --help`
     summarize: Callable[[list[dict]], dict] = _no_summary   # op-specific job stats from the per-worker stats
     view: Callable[[dict], dict] = _same          # the result as the API's Result attributes read it
+    # Keyed ops read records: the reader options for these params ({"kind": "table"|"documents", "columns": [...],
+    # "text": COL, "id": COL, "cache": NAME}); None: the int64 values of today's statistics.
+    reads: Callable[[Any], dict] | None = None
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier() or self.name.startswith("_"):

@@ -1,0 +1,188 @@
+"""groupby against DuckDB's GROUP BY on the same files: every aggregate, every input format, the nasty datasets.
+
+Over real TCP on an in-process cluster (``shardstats.testing``): the reader, the
+schema agreement, the stable partitioner, the combiner, the Arrow IPC exchange and
+the reducer are all the real ones; DuckDB reads the files itself as the reference.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from shardstats.coordinator.job import run_job
+from shardstats.coordinator.spec import job_spec
+from shardstats.errors import InputError, UsageError
+from shardstats.testing import in_process_cluster
+from tests.keyed_ref import assert_rows_equal, duck, duck_source, write
+
+I64 = np.iinfo(np.int64)
+
+MERGEABLE = ["count()", "count(f)", "sum(v)", "min(v)", "max(f)", "mean(v)", "mean(f)", "var(f)", "std(v)", "corr(v, f)",
+             "min(s)", "max(s)"]
+VALUES = ["median(f)", "quantile(v, 0.9)", "distinct(v)", "largest(f, 2)", "smallest(v, 3)", "collect(v)",
+          "collect_set(s)", "sum(v)", "count()", "mean(f)"]
+DUCK = {"count": "count({})", "sum": "sum({})", "min": "min({})", "max": "max({})", "mean": "avg({})",
+        "var": "var_samp({})", "std": "stddev_samp({})", "median": "median({})", "distinct": "count(DISTINCT {})",
+        "collect": "list({0} ORDER BY {0})", "collect_set": "list(DISTINCT {0} ORDER BY {0})"}
+
+
+def duck_expr(e: str) -> str:
+    func, inner = e.split("(", 1)
+    args = [a.strip() for a in inner.rstrip(")").split(",") if a.strip()]
+    if func == "count" and not args:
+        return "count(*)"
+    if func == "quantile":
+        return f"quantile_cont({args[0]}, {args[1]})"
+    if func == "largest":
+        return f"max({args[0]}, {args[1]})"
+    if func == "smallest":
+        return f"min({args[0]}, {args[1]})"
+    if func == "corr":
+        return f"corr({args[0]}, {args[1]})"
+    return DUCK[func].format(args[0])
+
+
+def table(rng, n: int, keys: int = 5, nulls: bool = True, extremes: bool = False) -> pa.Table:
+    k = rng.integers(0, keys, n)
+    g = np.array([f"k{i}" for i in range(keys)], dtype=object)[k]
+    if nulls:
+        g[rng.random(n) < 0.1] = None
+    v = rng.integers(-1000, 1000, n)
+    if extremes and n:
+        v[: max(1, n // 3)] = I64.max
+        v[n // 3: 2 * n // 3] = I64.min
+    f = rng.normal(50, 20, n)
+    fm = rng.random(n) < 0.1 if nulls else np.zeros(n, bool)
+    s = np.array([f"s{x}" for x in rng.integers(0, 7, n)], dtype=object)
+    return pa.table({"g": pa.array(g, pa.string()), "n": pa.array(k % 2, pa.int64()), "v": pa.array(v, pa.int64()),
+                     "f": pa.array(np.where(fm, np.nan, f), pa.float64(), mask=fm), "s": pa.array(s, pa.string())})
+
+
+def shards(tmp_path, parts: list[pa.Table], fmt: str):
+    d = tmp_path / f"in-{fmt}"
+    d.mkdir(exist_ok=True)
+    return d, [write(p, d / f"part{i:02d}", fmt) for i, p in enumerate(parts)]
+
+
+async def check(c, d, files, keys: list[str], exprs: list[str], **params):
+    rep = await run_job(c.addrs, c.token, job_spec("groupby", str(d), {"by": ",".join(keys), "agg": exprs,
+                                                                      "limit": 0, **params}))
+    k = ", ".join(keys)
+    cols, want = duck(f"SELECT {k}, {', '.join(duck_expr(e) for e in exprs)} FROM {duck_source(files)} GROUP BY {k}")
+    assert rep.result["rows"] == len(want)
+    assert_rows_equal(rep.result["data"], want, len(keys), f"{keys} {exprs}")
+    return rep
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl", "tsv"])
+async def test_every_aggregate_equals_duckdb_in_every_format(tmp_path, fmt):
+    rng = np.random.default_rng(7)
+    parts = [table(rng, n) for n in (500, 0, 1, 800, 37)]
+    if fmt in ("csv", "tsv", "jsonl"):
+        parts = [p for p in parts if p.num_rows] + [parts[2]]   # a header-only CSV has no types to agree on
+    d, files = shards(tmp_path, parts, fmt)
+    async with in_process_cluster(3, root=str(tmp_path)) as c:
+        await check(c, d, files, ["g"], MERGEABLE)
+        await check(c, d, files, ["g"], VALUES)
+        await check(c, d, files, ["g", "n"], ["sum(v)", "count()", "median(v)"])
+
+
+@pytest.mark.parametrize("name", ["single row", "all equal", "int64 extremes", "one key split over shards",
+                                  "more workers than shards", "ties"])
+async def test_nasty_datasets(tmp_path, name):
+    rng = np.random.default_rng(11)
+    workers = 3
+    if name == "single row":
+        parts = [table(rng, 1, nulls=False)]
+    elif name == "all equal":
+        t = table(rng, 300, keys=1, nulls=False)
+        parts = [t.set_column(2, "v", pa.array(np.full(300, 5, np.int64))).set_column(
+            3, "f", pa.array(np.full(300, 2.5)))]
+    elif name == "int64 extremes":
+        parts = [table(rng, 90, keys=2, nulls=False, extremes=True) for _ in range(3)]
+    elif name == "one key split over shards":
+        parts = [table(rng, 50, keys=1, nulls=False) for _ in range(4)]
+    elif name == "more workers than shards":
+        parts, workers = [table(rng, 200)], 5
+    else:
+        t = table(rng, 400, keys=3, nulls=False)
+        parts = [t.set_column(2, "v", pa.array(rng.integers(0, 2, 400)))]
+    d, files = shards(tmp_path, parts, "parquet")
+    async with in_process_cluster(workers, root=str(tmp_path)) as c:
+        await check(c, d, files, ["g"], ["sum(v)", "count()", "mean(v)", "var(f)", "min(v)", "max(v)", "std(f)"])
+        await check(c, d, files, ["g"], ["median(v)", "quantile(f, 0.25)", "largest(v, 2)", "distinct(v)"])
+
+
+async def test_integer_sums_are_exact_beyond_int64(tmp_path):
+    v = np.full(1000, I64.max, np.int64)
+    d, files = shards(tmp_path, [pa.table({"g": ["a"] * 1000, "v": v})] * 2, "parquet")
+    async with in_process_cluster(3, root=str(tmp_path)) as c:
+        rep = await check(c, d, files, ["g"], ["sum(v)", "mean(v)"])
+    assert rep.result["data"][0][1] == 2000 * int(I64.max)
+
+
+async def test_combiner_bound_and_the_shuffle_bounds(tmp_path):
+    """Shuffled pairs <= distinct keys per worker summed; inbound streams <= F; buffered <= F * C chunks."""
+    rng = np.random.default_rng(3)
+    parts = [table(rng, 20_000, keys=2_000) for _ in range(6)]
+    d, files = shards(tmp_path, parts, "parquet")
+    async with in_process_cluster(4, root=str(tmp_path)) as c:
+        rep = await check(c, d, files, ["g"], ["sum(v)", "mean(f)", "count()"], chunk_bytes=4096, credits=2)
+        ws = rep.workers
+        distinct_per_worker = sum(w["combined_pairs"] for w in ws)
+        assert sum(w["map_pairs"] for w in ws) == 120_000
+        assert distinct_per_worker <= 4 * 2_001          # each worker's combiner: one row per key it saw
+        assert sum(w["shuffled_pairs"] for w in ws) <= distinct_per_worker
+        assert max(w["max_inbound_streams"] for w in ws) <= 1
+        assert max(w["peak_buffered_bytes"] for w in ws) <= 1 * 2 * (4096 + 2048)
+        # value-needing: the rows travel (no combiner), still within the bounds
+        rep = await check(c, d, files, ["g"], ["median(f)"], chunk_bytes=8192, credits=3, fan_in=2)
+        ws = rep.workers
+        assert max(w["max_inbound_streams"] for w in ws) <= 2
+        assert max(w["peak_buffered_bytes"] for w in ws) <= 2 * 3 * (8192 + 4096)
+        assert sum(w["reducer_pairs"] for w in ws) == 120_000
+
+
+async def test_bad_input_names_file_and_columns(tmp_path):
+    rng = np.random.default_rng(5)
+    d, files = shards(tmp_path, [table(rng, 10), table(rng, 10)], "csv")
+    async with in_process_cluster(2, root=str(tmp_path)) as c:
+        with pytest.raises(InputError, match=r"part0[01]\.csv: no column 'nope' \(it has: g, n, v, f, s\)"):
+            await run_job(c.addrs, c.token, job_spec("groupby", str(d), {"by": "nope", "agg": ["count()"]}))
+        with pytest.raises(UsageError, match=r"sum\(s\): column 's' holds"):
+            await run_job(c.addrs, c.token, job_spec("groupby", str(d), {"by": "g", "agg": ["sum(s)"]}))
+        (d / "part02.csv").write_text("g,n,v,f,s\nx,1,notanumber,2.0,a\n")
+        with pytest.raises(InputError, match=r"column 'v' is int64 in .*part0[01]\.csv but large_string in "
+                                             r".*part02\.csv|column 'v' is large_string in .*part02\.csv but int64"):
+            await run_job(c.addrs, c.token, job_spec("groupby", str(d), {"by": "g", "agg": ["sum(v)"]}))
+        (d / "part02.csv").write_text("g,n,v,f,s\nx,1,2,2.0,a\ny,1,2\n")
+        with pytest.raises(InputError, match=r"part02\.csv:3: a row of 3 fields where the header has 5"):
+            await run_job(c.addrs, c.token, job_spec("groupby", str(d), {"by": "g", "agg": ["sum(v)"]}))
+        (d / "part02.csv").write_bytes(b"g,n,v,f,s\nx,1,2,2.0,a\n\xff\xfe,1,2,2.0,a\n")
+        with pytest.raises(InputError, match=r"part02\.csv:3: invalid UTF-8 at byte offset 22"):
+            await run_job(c.addrs, c.token, job_spec("groupby", str(d), {"by": "g", "agg": ["sum(v)"]}))
+        (d / "part02.csv").unlink()
+        # and the cluster serves the next job
+        await check(c, d, files, ["g"], ["sum(v)"])
+
+
+async def test_empty_input_is_zero_rows(tmp_path):
+    d = tmp_path / "e"
+    d.mkdir()
+    (d / "a.csv").write_text("g,v\n")
+    async with in_process_cluster(2, root=str(tmp_path)) as c:
+        rep = await run_job(c.addrs, c.token, job_spec("groupby", str(d), {"by": "g", "agg": ["sum(v)"]}))
+    assert rep.result["rows"] == 0 and rep.result["data"] == []
+
+
+def test_agg_parsing_names_and_errors():
+    from shardstats.worker.engine.aggregate import parse, parse_all
+    assert parse("sum(v1)").name == "sum_v1" and parse("count()").name == "count"
+    assert parse("corr(v1, v2)").name == "corr_v1_v2" and parse("x=quantile(v, 0.5)").arg == 0.5
+    for bad, why in [("sum()", "takes 1 argument"), ("nope(v)", "unknown function"), ("sum(v", "expected FUNC"),
+                     ("quantile(v, 2)", "between 0 and 1"), ("largest(v, 0)", "k must be")]:
+        with pytest.raises(UsageError, match=why):
+            parse(bad)
+    with pytest.raises(UsageError, match="named 'sum_v'"):
+        parse_all(["sum(v)", "sum(v)"], ["g"])

@@ -1,0 +1,147 @@
+"""A stable partitioner for any key: the same key reaches the same rank in every process, host, seed and release.
+
+Python's ``hash()`` is salted per process and a library's hash (Polars', DuckDB's)
+may change between releases, so neither may decide where a key lives. The hash here
+is defined by this module alone, in numpy's wrapping uint64 arithmetic, vectorised:
+
+* integers, booleans, dates, timestamps: the int64 value through the splitmix64
+  finaliser -- the same function the int64 mode partitions with
+  (``worker.comm.partition.splitmix64``), so one engine has one hash;
+* floats: the bits of the float64 (-0.0 as 0.0, every NaN as one NaN), mixed;
+* strings and binary: a polynomial over the UTF-8 bytes (mod 2**64), computed with
+  ``np.add.reduceat`` over each value's byte range, then mixed with the length --
+  no per-row Python loop;
+* nulls: one constant, so every null of a key column lands together (SQL groups
+  NULLs as one key);
+* several columns: ``mix(h1 * K + h2)``, in key order.
+
+Types are canonical first (``worker.data.schema.canonical``), so an int32 key and an
+int64 key holding the same number hash alike.
+"""
+from __future__ import annotations
+
+from shardstats.lazy import numpy as np
+
+from shardstats.worker.comm.partition import splitmix64
+
+NULL_HASH = 0x6A09E667F3BCC908        # any fixed constant: the fractional bits of sqrt(2)
+_P = 0x100000001B3                   # FNV's 64-bit prime: odd, so powers never vanish mod 2**64
+_K = 0x9E3779B97F4A7C15              # golden ratio: combining columns
+DICT_ABOVE = 1 << 16                 # longer string columns are dictionary-encoded first (Arrow's hash table)
+STRING_BLOCK = 1 << 20               # strings hashed per block: temporaries of 8 B x bytes stay bounded
+
+_pow_cache: list = []
+
+
+def _powers(n: int) -> np.ndarray:
+    """P**i mod 2**64 for i < n (grown on demand, kept: words and ids are short)."""
+    if _pow_cache and len(_pow_cache[0]) >= n:
+        return _pow_cache[0]
+    size = max(n, 256, 2 * len(_pow_cache[0]) if _pow_cache else 0)
+    p = np.empty(size, dtype=np.uint64)
+    p[0] = 1
+    with np.errstate(over="ignore"):
+        for i in range(1, size):       # once per new maximum length, not per row
+            p[i] = p[i - 1] * np.uint64(_P)
+    _pow_cache[:] = [p]
+    return p
+
+
+def mix(h: np.ndarray) -> np.ndarray:
+    return splitmix64(h.view(np.int64))
+
+
+def _string_hash(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """The hash of each value whose bytes are data[offsets[i]:offsets[i+1]]."""
+    n = len(offsets) - 1
+    out = np.empty(n, dtype=np.uint64)
+    for b0 in range(0, n, STRING_BLOCK):
+        b1 = min(n, b0 + STRING_BLOCK)
+        starts = offsets[b0:b1].astype(np.int64)
+        ends = offsets[b0 + 1:b1 + 1].astype(np.int64)
+        lengths = ends - starts
+        lo, hi = int(starts[0]), int(ends[-1])
+        h = np.zeros(b1 - b0, dtype=np.uint64)
+        if hi > lo:
+            raw = data[lo:hi].astype(np.uint64)
+            pos = np.arange(hi - lo, dtype=np.int64) - np.repeat(starts - lo, lengths)
+            with np.errstate(over="ignore"):
+                raw *= _powers(int(lengths.max()) + 1)[pos]
+            nonempty = lengths > 0
+            if nonempty.any():
+                h[nonempty] = np.add.reduceat(raw, (starts - lo)[nonempty])
+        with np.errstate(over="ignore"):
+            h ^= lengths.astype(np.uint64) * np.uint64(_K)
+        out[b0:b1] = mix(h)
+    return out
+
+
+def hash_array(arr) -> np.ndarray:
+    """uint64 hashes of one Arrow array (or chunked array), nulls as ``NULL_HASH``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    if isinstance(arr, pa.ChunkedArray):
+        if arr.num_chunks == 0:
+            return np.zeros(0, dtype=np.uint64)
+        return np.concatenate([hash_array(c) for c in arr.chunks]) if arr.num_chunks > 1 else hash_array(arr.chunk(0))
+    t = arr.type
+    if pa.types.is_dictionary(t):
+        codes = arr.indices.to_numpy(zero_copy_only=False)
+        h = hash_array(arr.dictionary)[np.where(arr.indices.is_null().to_numpy(zero_copy_only=False), 0, codes)
+                                      .astype(np.int64)] if len(arr.dictionary) else np.zeros(len(arr), np.uint64)
+    elif pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) \
+            or pa.types.is_large_binary(t) or pa.types.is_string_view(t) or pa.types.is_binary_view(t):
+        if not (pa.types.is_large_string(t) or pa.types.is_large_binary(t)):
+            arr = arr.cast(pa.large_binary() if "binary" in str(t) else pa.large_string())
+        if len(arr) >= DICT_ABOVE:
+            enc = pc.dictionary_encode(arr)
+            if len(enc.dictionary) * 2 <= len(arr):      # repeats: hash each distinct value once
+                return hash_array(enc)
+        bufs = arr.buffers()
+        offsets = np.frombuffer(bufs[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
+        data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
+        h = _string_hash(offsets, data)
+    elif pa.types.is_floating(t):
+        f = arr.cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False).copy()
+        f[f == 0] = 0.0                       # -0.0 == 0.0 as a key
+        f[np.isnan(f)] = np.nan               # one NaN
+        h = mix(f.view(np.uint64) ^ np.uint64(_K))
+    elif pa.types.is_null(t):
+        return np.full(len(arr), NULL_HASH, dtype=np.uint64)
+    else:
+        if pa.types.is_boolean(t) or pa.types.is_integer(t):
+            ints = arr.cast(pa.int64()) if not pa.types.is_uint64(t) else arr.view(pa.int64())
+        else:                                 # dates, times, timestamps, durations: their integer value
+            ints = pc.cast(arr, pa.int64()) if pa.types.is_integer(t) else arr.view(
+                pa.int64() if t.bit_width == 64 else pa.int32()).cast(pa.int64())
+        h = splitmix64(ints.fill_null(0).to_numpy(zero_copy_only=False))
+    if arr.null_count:
+        h = h.copy() if not h.flags.writeable else h
+        h[arr.is_null().to_numpy(zero_copy_only=False)] = np.uint64(NULL_HASH)
+    return h
+
+
+def hash_columns(table, keys: list[str] | tuple[str, ...]) -> np.ndarray:
+    """One uint64 per row for the composite key ``keys`` of an Arrow table."""
+    h = None
+    for k in keys:
+        hk = hash_array(table.column(k))
+        if h is None:
+            h = hk
+        else:
+            with np.errstate(over="ignore"):
+                h = mix(h * np.uint64(_K) + hk)
+    if h is None:
+        return np.zeros(table.num_rows, dtype=np.uint64)
+    return h
+
+
+def owners_of(h: np.ndarray, workers: int) -> np.ndarray:
+    """The rank owning each hash: the high 32 bits scaled to [0, workers) (as the int64 mode's ``owners``)."""
+    dtype = np.uint8 if workers <= 256 else np.uint16 if workers <= 65536 else np.uint32
+    if workers == 1:
+        return np.zeros(len(h), dtype=dtype)
+    x = h >> np.uint64(32)
+    x *= np.uint64(workers)
+    x >>= np.uint64(32)
+    return x.astype(dtype)

@@ -1,0 +1,187 @@
+"""Shard files into Arrow tables: ``.csv``/``.tsv`` (a header row), ``.parquet``, ``.jsonl``/``.ndjson``, and text documents.
+
+Every file is opened through ``worker.io.source.opened`` (inside the data root, a
+regular file, the version the job listed), so the rules of the int64 readers hold
+here too. A table's columns keep their types (strings, int64, float64, bool,
+timestamps, nulls); ``columns`` reads only what the job needs (Parquet skips the
+rest on disk), and a file that lacks one is refused naming the file and the
+columns it has.
+
+Text documents become rows of ``(doc, line, text)``: a document is a file (its path),
+or, with ``text_column``/``id_column``, a row of a table. Bad input is one line naming
+the file and the line or byte offset: invalid UTF-8, a ragged CSV row, a line longer
+than ``MAX_LINE_BYTES`` (16 MiB: a word count's lines are text, not blobs).
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from shardstats.errors import InputError
+from shardstats.worker.io.listing import ShardRef
+from shardstats.worker.io.source import opened, read_exactly
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".jsonl", ".ndjson")
+MAX_LINE_BYTES = 16 << 20
+CSV_BLOCK = MAX_LINE_BYTES + (1 << 20)       # pyarrow's CSV block: a row must fit in one
+
+
+def _line_of(data: bytes, offset: int) -> int:
+    return data.count(b"\n", 0, offset) + 1
+
+
+def _utf8_error(data: bytes, name: str) -> InputError | None:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return InputError(f"{name}:{_line_of(data, exc.start)}: invalid UTF-8 at byte offset {exc.start:,}")
+    return None
+
+
+def _long_line(data: bytes, name: str) -> InputError | None:
+    """The first line longer than MAX_LINE_BYTES, found without splitting (numpy over newline positions)."""
+    import numpy as np
+    if len(data) <= MAX_LINE_BYTES:
+        return None
+    nl = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+    bounds = np.concatenate(([-1], nl, [len(data)]))
+    gaps = np.diff(bounds) - 1
+    over = np.flatnonzero(gaps > MAX_LINE_BYTES)
+    if not len(over):
+        return None
+    i = int(over[0])
+    return InputError(f"{name}:{i + 1}: a line of {int(gaps[i]):,} bytes, over the limit of {MAX_LINE_BYTES:,} "
+                      f"bytes per line (16 MiB)")
+
+
+def read_table(ref: ShardRef, real_path: str, columns: list[str] | None, budget: int | None = None):
+    """One table shard, only ``columns`` (all when None), in the file's own types."""
+    import pyarrow as pa
+    name = ref.path
+    suffix = Path(name).suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise InputError(f"{name}: unsupported file type {suffix or '(none)'!r} for a table "
+                         f"(expected .csv, .tsv, .parquet, .jsonl or .ndjson)")
+    with opened(ref, real_path, budget) as (f, size):
+        data = read_exactly(f, size, name)
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+        try:
+            pf = pq.ParquetFile(pa.BufferReader(data))
+            _check_columns(pf.schema_arrow.names, columns, name)
+            return pf.read(columns=columns)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputError(f"{name}: not a readable Parquet file ({_short(exc)})") from None
+    if size == 0:
+        raise InputError(f"{name}: empty file (a table needs at least a header row)") if suffix in (".csv", ".tsv") \
+            else InputError(f"{name}: empty file") if columns else InputError(f"{name}: empty file")
+    bad = _utf8_error(data, name) or _long_line(data, name)
+    if bad:
+        raise bad
+    if suffix in (".csv", ".tsv"):
+        return _csv(data, name, "\t" if suffix == ".tsv" else ",", columns)
+    return _jsonl(data, name, columns)
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+
+
+def _check_columns(have: list[str], want: list[str] | None, name: str) -> None:
+    if not want:
+        return
+    missing = [c for c in want if c not in have]
+    if missing:
+        raise InputError(f"{name}: no column {missing[0]!r} (it has: {', '.join(have) or 'none'})")
+
+
+def _csv(data: bytes, name: str, sep: str, columns: list[str] | None):
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    header = data.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8")
+    have = next(__import__("csv").reader([header], delimiter=sep)) if header else []
+    _check_columns(have, columns, name)
+    try:
+        return pcsv.read_csv(pa.BufferReader(data), read_options=pcsv.ReadOptions(block_size=CSV_BLOCK),
+                             parse_options=pcsv.ParseOptions(delimiter=sep),
+                             convert_options=pcsv.ConvertOptions(include_columns=columns, strings_can_be_null=True,
+                                                                 timestamp_parsers=["%Y-%m-%dT%H:%M:%S",
+                                                                                    pcsv.ISO8601]))
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise InputError(_csv_error(data, name, sep, exc)) from None
+
+
+def _csv_error(data: bytes, name: str, sep: str, exc: Exception) -> str:
+    """pyarrow's message with the file and line found again: a ragged row, or a value of another type."""
+    import csv
+    text = str(exc)
+    if "Expected" in text and "columns" in text:
+        rows = csv.reader(io.StringIO(data.decode("utf-8"), newline=""), delimiter=sep)
+        width = None
+        for row in rows:
+            if width is None:
+                width = len(row)
+            elif row and len(row) != width:
+                return f"{name}:{rows.line_num}: a row of {len(row)} fields where the header has {width}"
+    return f"{name}: {_short(exc)}"
+
+
+def _jsonl(data: bytes, name: str, columns: list[str] | None):
+    import pyarrow as pa
+    import pyarrow.json as pj
+    try:
+        t = pj.read_json(pa.BufferReader(data), read_options=pj.ReadOptions(block_size=CSV_BLOCK))
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        msg = _short(exc)
+        import json
+        for i, line in enumerate(data.decode("utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    if not isinstance(json.loads(line), dict):
+                        return _raise(f"{name}:{i}: a JSON line that is not an object")
+                except ValueError as jexc:
+                    raise InputError(f"{name}:{i}: not valid JSON ({jexc})") from None
+        raise InputError(f"{name}: {msg}") from None
+    _check_columns(t.column_names, columns, name)
+    return t.select(columns) if columns else t
+
+
+def _raise(message: str):
+    raise InputError(message)
+
+
+def read_documents(ref: ShardRef, real_path: str, text_column: str | None = None, id_column: str | None = None,
+                   budget: int | None = None):
+    """A shard as text rows ``(doc, text)``: a plain file is one document (its lines), a table's rows are
+    documents when ``text_column`` names their text (``id_column`` their ids, else ``file#row``)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    name = ref.path
+    suffix = Path(name).suffix.lower()
+    if text_column is not None and suffix in TABLE_SUFFIXES:
+        cols = [text_column] + ([id_column] if id_column else [])
+        t = read_table(ref, real_path, cols, budget)
+        text = t.column(text_column)
+        if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
+            text = text.cast(pa.large_string())
+        if id_column:
+            doc = t.column(id_column).cast(pa.large_string())
+        else:
+            doc = pa.array([f"{name}#{i}" for i in range(t.num_rows)], pa.large_string()) if t.num_rows else \
+                pa.array([], pa.large_string())
+        return pa.table({"doc": doc, "text": text.cast(pa.large_string())})
+    with opened(ref, real_path, budget) as (f, size):
+        data = read_exactly(f, size, name)
+    if suffix == ".parquet":
+        raise InputError(f"{name}: a Parquet file is a table; name its text column with --text COL")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{name}:{_line_of(data, exc.start)}: invalid UTF-8 at byte offset {exc.start:,}") from None
+    bad = _long_line(data, name)
+    if bad:
+        raise bad
+    one = pa.array([text], pa.large_string()) if data else pa.array([], pa.large_string())
+    lines = pc.list_flatten(pc.split_pattern(one, "\n")) if len(one) else one
+    return pa.table({"doc": pa.repeat(pa.scalar(name, pa.large_string()), len(lines)) if len(lines) else
+                     pa.array([], pa.large_string()), "text": lines})

@@ -1,0 +1,80 @@
+"""Column types as text, and one rule for when two files' types agree: what the coordinator and the workers share.
+
+A worker reads its files, describes each column's type as Arrow's text form
+(``int64``, ``double``, ``string``, ``timestamp[us]``...), and says which file gave it.
+The coordinator unifies every worker's description with ``unify`` -- the same rule a
+worker applies between its own files -- and sends the agreed schema back in the
+``run`` message, so every rank casts to the same types before any row is hashed: an
+``int64`` key and a ``double`` key holding 1 would otherwise hash apart.
+
+Promotions are the ones SQL engines make silently and that lose nothing an answer
+depends on: a column of nulls takes any type; narrower integers widen to ``int64``;
+integers meet floats as ``double``; timestamps meet at the finer unit. Anything else
+(a number in one file, text in another) is the user's input to fix, named with both files.
+"""
+from __future__ import annotations
+
+from shardstats.errors import InputError
+
+Described = list[list]      # [[name, type, file], ...] in column order: the wire form
+
+_INTS = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32"}
+_FLOATS = {"halffloat", "float", "double"}
+_STRINGS = {"string", "large_string", "string_view"}
+_TS_ORDER = ["s", "ms", "us", "ns"]
+
+
+def canonical(t: str) -> str:
+    """The type a column is held as on every rank: one integer, one float, one string type."""
+    if t in _INTS or t == "uint64":
+        return "int64" if t != "uint64" else "uint64"
+    if t in _FLOATS:
+        return "double"
+    if t in _STRINGS:
+        return "large_string"
+    if t in ("binary", "large_binary", "binary_view"):
+        return "large_binary"
+    return t
+
+
+def _meet(a: str, b: str) -> str | None:
+    """The common type of two canonical types, or None when they do not meet."""
+    if a == b:
+        return a
+    if a == "null":
+        return b
+    if b == "null":
+        return a
+    nums = {"int64", "double"}
+    if a in nums and b in nums:
+        return "double"
+    if a.startswith("timestamp[") and b.startswith("timestamp["):
+        ua, ub = a[10:].split(",")[0].rstrip("]"), b[10:].split(",")[0].rstrip("]")
+        tza, tzb = a[10 + len(ua):], b[10 + len(ub):]
+        if tza != tzb or ua not in _TS_ORDER or ub not in _TS_ORDER:
+            return None
+        return a if _TS_ORDER.index(ua) >= _TS_ORDER.index(ub) else b
+    return None
+
+
+def unify(parts: list[Described]) -> Described:
+    """One schema from many files' (or workers') descriptions; an ``InputError`` naming both files when two disagree.
+
+    Columns keep the order of their first appearance. A column missing from one file is
+    not an error here: the reader already refused files that lack a column the job reads.
+    """
+    out: dict[str, list] = {}
+    for part in parts:
+        for name, typ, where in part:
+            typ = canonical(typ)
+            if name not in out:
+                out[name] = [name, typ, where]
+                continue
+            have = out[name]
+            met = _meet(have[1], typ)
+            if met is None:
+                raise InputError(f"column {name!r} is {have[1]} in {have[2]} but {typ} in {where}: the files' "
+                                 f"schemas disagree (convert one, or read them in separate jobs)")
+            if met != have[1]:
+                out[name] = [name, met, where if met == typ else have[2]]
+    return list(out.values())

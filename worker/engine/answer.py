@@ -1,0 +1,156 @@
+"""What a keyed job hands back: a bounded, ordered head of its rows at rank 0, or Parquet part files under --out.
+
+Printing: each reducer sorts its own rows and sends at most ``limit`` of them up the
+binomial tree; every rank merges what reaches it and keeps ``limit``. The head of the
+whole result is exact (each key lives on one reducer), and no rank receives more than
+``limit`` rows from any child, whatever the result's size.
+
+Writing: each reducer writes ``part-NNNNN.parquet`` (its rank) under a hidden folder
+of the job inside ``--out``; after every rank has written, each renames its own part
+into place. A job that fails anywhere leaves no part files of its own behind, and
+``--out`` must hold no part files before (a new job never mixes with an old one's).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from decimal import Decimal
+
+from shardstats.errors import InputError
+from shardstats.worker.comm.collectives import allreduce, tree_reduce
+from shardstats.worker.comm.communicator import Communicator
+from shardstats.worker.data import codec
+
+
+def sort_keys(columns: list[str], order: list[tuple[str, str]] | None = None) -> list[tuple[str, str]]:
+    return order or [(c, "ascending") for c in columns]
+
+
+def _head(table, order, limit: int):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    if table.num_rows == 0:
+        return table
+    try:                        # pyarrow >= 25 places nulls per key; older ones take one placement for all
+        idx = pc.sort_indices(table, sort_keys=[(c, o, "at_end") for c, o in order])
+    except (TypeError, ValueError, pa.ArrowInvalid):
+        idx = pc.sort_indices(table, sort_keys=order, null_placement="at_end")
+    if limit:
+        idx = idx[:limit]
+    return table.take(idx)
+
+
+def _merge(a: dict, b: dict) -> dict:
+    return {"p": a["p"] + b["p"], "rows": a["rows"] + b["rows"]}
+
+
+async def gather_head(comm: Communicator, table, order: list[tuple[str, str]], limit: int):
+    """(rank 0: the first ``limit`` rows of every rank's rows in ``order``, and the total row count; else None)."""
+    import pyarrow as pa
+    local = _head(table, order, limit)
+    body = {"p": [codec.encode(local)], "rows": table.num_rows}
+    schema = table.schema
+
+    def combine(a: dict, b: dict) -> dict:
+        both = _merge(a, b)
+        t = pa.concat_tables([codec.decode(p, schema) for p in both["p"]])
+        return {"p": [codec.encode(_head(t, order, limit))], "rows": both["rows"]}
+    got = await tree_reduce(comm, body, combine, "answer.head")
+    if got is None:
+        return None
+    return codec.decode(got["p"][0], schema), got["rows"]
+
+
+def plain(value):
+    """An Arrow value as JSON and msgpack carry it: decimals of integers as ints, times as ISO text."""
+    import datetime
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+def rows_of(table) -> list[list]:
+    cols = [table.column(i).to_pylist() for i in range(table.num_columns)]
+    return [[plain(c[i]) for c in cols] for i in range(table.num_rows)]
+
+
+def out_dir(comm: Communicator, out: str) -> str:
+    """Where this worker writes ``--out``: as given when absolute, else under its data root (confined there)."""
+    access = getattr(comm, "access", None)
+    if access is None or os.path.isabs(out) and not access.confined:
+        return out
+    from shardstats.worker.io.source import confine
+    return confine(out, access.root) if access.confined else os.path.join(access.root, out)
+
+
+def part_name(rank: int) -> str:
+    return f"part-{rank:05d}.parquet"
+
+
+async def write_parts(comm: Communicator, table, out: str, job: str) -> dict:
+    """Writes this rank's rows as one part file under ``out``, committed once every rank has written its own."""
+    import pyarrow.parquet as pq
+    where = out_dir(comm, out)
+    try:
+        os.makedirs(where, exist_ok=True)
+        stale = sorted(f for f in os.listdir(where) if f.startswith("part-") and f.endswith(".parquet"))
+    except OSError as exc:
+        raise InputError(f"--out {out}: cannot create or list it ({exc.strerror or exc})") from None
+    if stale:
+        raise InputError(f"--out {out}: already holds {stale[0]}{' and more' if len(stale) > 1 else ''}; "
+                         f"remove the old part files or choose another folder")
+    tmp = os.path.join(where, f".job-{job}")
+    os.makedirs(tmp, exist_ok=True)
+    name = part_name(comm.rank)
+    ok = 1
+    try:
+        pq.write_table(table, os.path.join(tmp, name), row_group_size=1 << 17)
+    except OSError as exc:
+        ok = 0
+        why = exc.strerror or str(exc)
+    total = await allreduce(comm, {"ok": ok, "n": 1}, lambda a, b: {"ok": a["ok"] + b["ok"], "n": a["n"] + b["n"]},
+                            "answer.written")
+    if total["ok"] != total["n"]:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not ok:
+            raise InputError(f"--out {out}: cannot write {name} ({why})")
+        raise InputError(f"--out {out}: another worker could not write its part; nothing was committed")
+    os.replace(os.path.join(tmp, name), os.path.join(where, name))
+    await allreduce(comm, {"n": 1}, lambda a, b: {"n": a["n"] + b["n"]}, "answer.committed")
+    try:
+        os.rmdir(tmp)             # the last rank out removes it (workers on other hosts each have their own)
+    except OSError:
+        pass
+    return {"part": name, "part_rows": table.num_rows}
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, float):
+        return f"{v:.10g}"
+    if isinstance(v, list):
+        text = "[" + ", ".join(_cell(x) for x in v[:8]) + (", ..." if len(v) > 8 else "") + "]"
+        return text
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_cell(x)}" for k, x in v.items()) + "}"
+    return str(v)
+
+
+def text_table(columns: list[str], rows: list[list], width: int = 40) -> list[str]:
+    """Rows as aligned text columns for people (cells cut at ``width`` characters)."""
+    cells = [[_cell(v)[:width] for v in r] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    out = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    out += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
+    return out

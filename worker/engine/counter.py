@@ -1,0 +1,35 @@
+"""The shuffle counter every keyed job reports: pairs out of the map, after the combiner, across the wire, per reducer.
+
+Per worker the ops record ``map_pairs``, ``combined_pairs``, ``shuffled_pairs``,
+``shuffled_bytes`` and ``reducer_pairs``; ``summarize`` makes the job's figures:
+the sums, ``reducer_pairs`` as one entry per worker (rank order), and
+``busiest_reducer_share`` = the busiest reducer's pairs / the mean (1.0: perfectly
+even; W: one reducer got everything).
+"""
+from __future__ import annotations
+
+FIELDS = ("map_pairs", "combined_pairs", "shuffled_pairs", "shuffled_bytes")
+
+
+def summarize(workers: list[dict]) -> dict:
+    ws = sorted(workers, key=lambda w: w.get("rank", 0))
+    out = {f: sum(w.get(f, 0) for w in ws) for f in FIELDS}
+    per = [w.get("reducer_pairs", 0) for w in ws]
+    out["reducer_pairs"] = per
+    mean = sum(per) / len(per) if per else 0
+    out["busiest_reducer_share"] = round(max(per) / mean, 4) if mean else 1.0
+    for extra in ("hot_keys", "salted_keys", "salt"):
+        vals = [w[extra] for w in ws if extra in w]
+        if vals:
+            out[extra] = vals[0]
+    return out
+
+
+def line(s: dict) -> str | None:
+    """The counter in one line of the human output (None for a job without one)."""
+    if "shuffled_pairs" not in s:
+        return None
+    from shardstats.cluster.progress import human_bytes
+    return (f"  shuffle counter: map {s['map_pairs']:,} pairs, after the combiner {s['combined_pairs']:,}, "
+            f"shuffled {s['shuffled_pairs']:,} ({human_bytes(s['shuffled_bytes'])}), "
+            f"busiest reducer {s['busiest_reducer_share']:.2f}x the mean")

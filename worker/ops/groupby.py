@@ -1,0 +1,229 @@
+"""groupby: aggregates per key over records -- a combiner before the shuffle, one keyed exchange, a reducer.
+
+Mergeable aggregates (count, sum, min, max, mean, var, std, corr) are combined on
+each mapper into one state row per key before anything crosses the network, so the
+shuffle moves at most the distinct keys of each worker; value-needing ones (median,
+quantile, collect, top, ...) move the rows they need (``worker.engine.aggregate``).
+
+Hot keys: when the rows must travel and one key would overload its reducer, ``--salt``
+spreads that key's rows over several reducers. Only aggregates whose partial answers
+merge exactly may be salted this way, so a value-needing job is salted when every one
+of its aggregates can be finished from salted parts in a second, exact stage
+(largest/smallest/min/max/distinct/collect_set/collect/top: merge the parts again);
+median and quantile stay on one reducer, and the stats say which keys were hot.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from shardstats.lazy import numpy as np
+
+from shardstats.errors import UsageError
+from shardstats.worker.comm.communicator import Communicator
+from shardstats.worker.comm.shuffle import ShuffleConfig
+from shardstats.worker.engine import aggregate as agg
+from shardstats.worker.engine import counter
+from shardstats.worker.ops.contract import KeyedParams, Op, option
+from shardstats.worker.steps import numpy_step
+
+
+def _keys(text: str | None) -> tuple[str, ...]:
+    if text is None:
+        raise ValueError("name the key columns, e.g. --by region or --by id1,id2")
+    keys = tuple(k.strip() for k in str(text).split(",") if k.strip())
+    if not keys:
+        raise ValueError("name the key columns, e.g. --by region or --by id1,id2")
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"a column named twice in {text!r}")
+    return keys
+
+
+def _salt(text) -> str:
+    text = str(text).strip().lower()
+    if text in ("auto", "off") or (text.isdigit() and 1 <= int(text) <= 1024):
+        return text
+    raise ValueError(f"{text!r} is not auto, off or a number of reducers from 1 to 1024")
+
+
+@dataclass(frozen=True)
+class GroupbyParams(KeyedParams):
+    by: str | None = option(None, "Key columns, comma-separated (nulls form one group, as in SQL).", metavar="COLS")
+    agg: tuple = option((), "An aggregate, [NAME=]FUNC(COLUMN): count(), sum, min, max, mean, var, std (sample), "
+                        "median, quantile(c, q), distinct, largest(c, k), smallest(c, k), top(c, k), collect, "
+                        "collect_set, corr(a, b). Repeat it for more.", metavar="EXPR", multiple=True)
+    salt: str = option("auto", "Hot keys of a job whose rows travel: auto (split a key holding more than twice a "
+                       "reducer's share over several reducers, when its aggregates merge exactly), off, or N "
+                       "reducers per hot key.", parse=_salt, metavar="auto|off|N")
+
+    def check(self) -> None:
+        super().check()
+        try:
+            keys = _keys(self.by)
+        except ValueError as exc:
+            raise UsageError(f"--by: {exc}") from None
+        if not self.agg:
+            raise UsageError("--agg: name at least one aggregate, e.g. --agg 'sum(v1)' or --agg 'count()'")
+        agg.parse_all(self.agg, keys)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return _keys(self.by)
+
+
+def reads(p: GroupbyParams) -> dict:
+    aggs = agg.parse_all(p.agg, p.keys)
+    return {"kind": "table", "columns": None if p.cache else agg.columns_needed(p.keys, aggs), "cache": p.cache}
+
+
+# A value-needing job may salt only when its parts merge exactly: each salted part is reduced as usual, then
+# the parts of one key are reduced again with the same aggregate.
+_RESALTABLE = frozenset({"count", "sum", "min", "max", "largest", "smallest", "collect", "collect_set"})
+HOT_SHARE = 2.0          # a key with more rows than this x a reducer's mean share is hot
+
+
+async def _hot_keys(comm: Communicator, table, keys) -> tuple[list, int]:
+    """Keys whose rows, summed over every rank, exceed HOT_SHARE x a reducer's share: found from each rank's
+    own counts of its most frequent keys (exact for any key over the threshold: a key that heavy is among
+    every rank's top candidates, or its count there is below the threshold / W and its total is checked)."""
+    from shardstats.worker.comm.collectives import allreduce
+    from shardstats.worker.engine.aggregate import q, run_sql
+    k = ", ".join(q(x) for x in keys)
+    top = run_sql(f"SELECT {k}, count(*) AS n FROM t GROUP BY {k} ORDER BY n DESC LIMIT 64", t=table)
+    local = {"rows": table.num_rows, "cand": [[list(r.values())[:-1], r["n"]] for r in top.to_pylist()]}
+
+    def merge(a, b):
+        d: dict = {}
+        for key, n in a["cand"] + b["cand"]:
+            t = tuple(key)
+            d[t] = d.get(t, 0) + n
+        return {"rows": a["rows"] + b["rows"], "cand": [[list(t), n] for t, n in d.items()]}
+    total = await allreduce(comm, local, merge, "groupby.hot")
+    share = total["rows"] / comm.size
+    hot = [(key, n) for key, n in total["cand"] if n > HOT_SHARE * share and comm.size > 1]
+    return sorted(hot, key=lambda x: -x[1]), total["rows"]
+
+
+def _salt_column(table, keys, hot: list, ways: int):
+    """A uint64 salt per row: 0 for ordinary keys, the row's position mod ``ways`` for hot ones."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    mask = None
+    for key, _ in hot:
+        m = None
+        for name, v in zip(keys, key):
+            col = table.column(name)
+            e = pc.is_null(col) if v is None else pc.equal(col, pa.scalar(v, col.type))
+            m = e if m is None else pc.and_(m, e)
+        mask = m if mask is None else pc.or_(mask, m)
+    salt = (np.arange(table.num_rows, dtype=np.uint64) % np.uint64(ways)) + np.uint64(1)
+    flags = np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), dtype=bool)
+    salt[~flags] = 0
+    return salt
+
+
+async def groupby(comm: Communicator, table, params: GroupbyParams) -> tuple[dict | None, dict]:
+    from shardstats.worker.engine.answer import gather_head, rows_of, write_parts
+    from shardstats.worker.engine.exchange import exchange
+    keys = list(params.keys)
+    aggs = agg.parse_all(params.agg, keys)
+    agg.check_types(aggs, table.schema)
+    cfg = ShuffleConfig.from_params(params, None)
+    t0 = time.perf_counter()
+    map_pairs = table.num_rows
+    table = table.select(agg.columns_needed(keys, aggs))
+    comm.progress.set("combine")
+    mergeable = all(a.mergeable for a in aggs)
+    extra: dict = {}
+    salt = None
+    if mergeable:
+        sent = await numpy_step(map_pairs, agg.run_sql, agg.combine_sql(keys, aggs), table)
+    else:
+        drop = agg.drop_sql(keys, aggs)
+        sent = await numpy_step(map_pairs, agg.run_sql, drop, table) if drop else table
+        if params.salt != "off" and comm.size > 1:
+            hot, _ = await _hot_keys(comm, sent, keys)
+            if hot:
+                extra["hot_keys"] = [[*k, n] for k, n in hot[:10]]
+                if all(a.func in _RESALTABLE for a in aggs):
+                    ways = comm.size if params.salt == "auto" else int(params.salt)
+                    salt = _salt_column(sent, keys, hot, ways)
+                    extra["salted_keys"] = len(hot)
+                    extra["salt"] = ways
+    del table
+    combined = sent.num_rows
+    t1 = time.perf_counter()
+    mine, ex = await exchange(comm, sent, keys, cfg, compression=params.compression, salt=salt)
+    del sent
+    comm.progress.set("reduce")
+    sql = agg.merge_sql(keys, aggs) if mergeable else agg.reduce_sql(keys, aggs)
+    result = await numpy_step(mine.num_rows, agg.run_sql, sql, mine)
+    phases = {"combine": t1 - t0, **ex["phases"]}
+    if salt is not None:
+        # second stage: the salted parts of each hot key meet on its owner and are reduced again, exactly
+        result, ex2 = await exchange(comm, result, keys, cfg, compression=params.compression)
+        result = await numpy_step(result.num_rows, agg.run_sql, _resalt_sql(keys, aggs), result)
+        ex["counters"]["shuffled_pairs"] += ex2["counters"]["shuffled_pairs"]
+        ex["counters"]["shuffled_bytes"] += ex2["counters"]["shuffled_bytes"]
+    from shardstats.worker.comm.collectives import allreduce
+    wide = await allreduce(comm, {"w": agg.wide_sums(result)}, lambda a, b: {"w": sorted(set(a["w"]) | set(b["w"]))},
+                           "groupby.wide")
+    result = agg.tidy(result, wide["w"])
+    t2 = time.perf_counter()
+    phases["reduce"] = t2 - t1 - sum(ex["phases"].values())
+    stats = {"map_pairs": map_pairs, "combined_pairs": combined, **ex["counters"], **extra, "phases": phases,
+             "rounds": 1 + (salt is not None), "groups": result.num_rows}
+    order = [(k, "ascending") for k in keys]
+    if params.out:
+        stats.update(await write_parts(comm, result, params.out, comm.job))
+        head = await gather_head(comm, result.slice(0, 0), order, 1)
+        if head is None:
+            return None, stats
+        return {"rows": head[1], "columns": result.column_names, "data": [], "out": params.out}, stats
+    head = await gather_head(comm, result, order, params.limit)
+    if head is None:
+        return None, stats
+    t, total = head
+    return {"rows": total, "columns": t.column_names, "data": rows_of(t)}, stats
+
+
+def _resalt_sql(keys, aggs) -> str:
+    """The second stage of a salted job: each aggregate of the salted parts' answers, merged once more."""
+    from shardstats.worker.engine.aggregate import q
+    k = ", ".join(q(x) for x in keys)
+    sel = [k]
+    for a in aggs:
+        c = q(a.name)
+        sel.append({
+            "count": f"sum({c})::BIGINT", "sum": f"sum({c})", "min": f"min({c})", "max": f"max({c})",
+            "largest": f"list_slice(list_sort(flatten(list({c})), 'DESC'), 1, {a.arg})",
+            "smallest": f"list_slice(list_sort(flatten(list({c})), 'ASC'), 1, {a.arg})",
+            "collect": f"list_sort(flatten(list({c})))",
+            "collect_set": f"list_sort(list_distinct(flatten(list({c}))))",
+        }[a.func] + f" AS {c}")
+    return f"SELECT {', '.join(sel)} FROM t GROUP BY {k}"
+
+
+def render(r: dict) -> list[str]:
+    from shardstats.worker.engine.answer import text_table
+    if r.get("out"):
+        return [f"{r['rows']:,} groups written to {r['out']}/part-*.parquet"]
+    lines = text_table(r["columns"], r["data"])
+    shown = len(r["data"])
+    lines.append(f"{r['rows']:,} group{'s' * (r['rows'] != 1)}" + (f" (first {shown:,} shown; --limit, or --out DIR "
+                                                                    f"for all)" if shown < r["rows"] else ""))
+    return lines
+
+
+OP = Op(
+    name="groupby",
+    summary="Aggregates per key over records (csv/tsv/parquet/jsonl): a combiner, one keyed shuffle, a reducer.",
+    params=GroupbyParams,
+    run=groupby,
+    render=render,
+    phases=("load", "combine", "partition", "shuffle", "reduce"),
+    examples=("cluster submit groupby --input sales/ --by region --agg 'sum(revenue)' --agg 'count()'",
+              "cluster submit groupby --input g1/ --by id1,id2 --agg 'v=sum(v1)' --agg 'median(v3)' --out result/"),
+    summarize=counter.summarize,
+    reads=reads,
+)

@@ -1,0 +1,85 @@
+"""index: the inverted index -- every word with the sorted list of the documents that contain it.
+
+Each mapper keeps one (word, document) pair per word a document uses (deduplicated
+before the shuffle, the combiner of an index); pairs travel to the word's reducer,
+which lists the documents in order. ``--out DIR`` writes (word, docs) Parquet parts.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from shardstats.errors import UsageError
+from shardstats.worker.comm.collectives import sum_ints, tree_reduce
+from shardstats.worker.comm.communicator import Communicator
+from shardstats.worker.comm.shuffle import ShuffleConfig
+from shardstats.worker.engine import counter
+from shardstats.worker.ops.contract import Op, TextParams, text_reads
+from shardstats.worker.steps import numpy_step
+
+
+@dataclass(frozen=True)
+class IndexParams(TextParams):
+    pass
+
+
+async def index(comm: Communicator, table, params: IndexParams) -> tuple[dict | None, dict]:
+    from shardstats.worker.engine import tokens as tok
+    from shardstats.worker.engine.aggregate import run_sql
+    from shardstats.worker.engine.answer import gather_head, rows_of, write_parts
+    from shardstats.worker.engine.exchange import exchange
+    bad = tok.check_pattern(params.pattern)
+    if bad:
+        raise UsageError(f"--pattern {params.pattern}: not a regular expression ({bad})")
+    t0 = time.perf_counter()
+    comm.progress.set("tokenize")
+    pairs, tokens = await numpy_step(table.num_rows * 64, tok.doc_words, table, params.pattern, params.lower)
+    del table
+    combined = pairs.num_rows
+    t1 = time.perf_counter()
+    mine, ex = await exchange(comm, pairs, ["word"], ShuffleConfig.from_params(params, None),
+                              compression=params.compression)
+    del pairs
+    comm.progress.set("reduce")
+    postings = await numpy_step(mine.num_rows, run_sql,
+                                "SELECT word, list(DISTINCT doc ORDER BY doc) AS docs FROM t GROUP BY word", mine)
+    t2 = time.perf_counter()
+    stats = {"map_pairs": tokens, "combined_pairs": combined, **ex["counters"], "rounds": 1,
+             "phases": {"tokenize": t1 - t0, **ex["phases"], "reduce": t2 - t1 - sum(ex["phases"].values())}}
+    if params.out:
+        stats.update(await write_parts(comm, postings, params.out, comm.job))
+    total = await tree_reduce(comm, {"postings": mine.num_rows, "tokens": tokens}, sum_ints, "index.sums")
+    head = await gather_head(comm, postings, [("word", "ascending")], 0 if params.out else params.limit)
+    if head is None:
+        return None, stats
+    t, words = head
+    result = {"words": words, "postings": total["postings"], "tokens": total["tokens"], "rows": words,
+              "columns": ["word", "docs"], "data": [] if params.out else rows_of(t)}
+    if params.out:
+        result["out"] = params.out
+    return result, stats
+
+
+def render(r: dict) -> list[str]:
+    lines = [f"{r['words']:,} words in {r['postings']:,} (word, document) postings from {r['tokens']:,} tokens"]
+    for w, docs in r["data"]:
+        shown = ", ".join(docs[:5]) + (f", ... ({len(docs)} documents)" if len(docs) > 5 else "")
+        lines.append(f"  {w}: {shown}")
+    if r.get("out"):
+        lines.append(f"every word's documents written to {r['out']}/part-*.parquet")
+    elif len(r["data"]) < r["words"]:
+        lines.append(f"(first {len(r['data']):,} words shown; --limit, or --out DIR for all)")
+    return lines
+
+
+OP = Op(
+    name="index",
+    summary="The inverted index of text documents: every word with the sorted documents containing it.",
+    params=IndexParams,
+    run=index,
+    render=render,
+    phases=("load", "tokenize", "partition", "shuffle", "reduce"),
+    examples=("cluster submit index --input docs/ --limit 20", "cluster submit index --input docs/ --out index/"),
+    summarize=counter.summarize,
+    reads=text_reads,
+)
