@@ -36,6 +36,15 @@ def table(rows: list[dict], source: str) -> list[str]:
                      f"{sent:>10} {mem:>10}  {desc}")
     up = sum(1 for r in rows if r["up"])
     lines.append(f"{up} of {len(rows)} workers up")
+    cached: dict[str, list[int]] = {}
+    for r in rows:
+        for c in r.get("cached") or []:
+            held = cached.setdefault(c["name"], [0, 0, 0])
+            held[0] += c["rows"]
+            held[1] += c["bytes"]
+            held[2] += 1
+    for name, (n, b, workers) in cached.items():
+        lines.append(f"cached: cache:{name}  {n:,} rows, {human_bytes(b)} on {workers} worker{'s' * (workers != 1)}")
     return lines
 
 
