@@ -186,3 +186,27 @@ def test_agg_parsing_names_and_errors():
             parse(bad)
     with pytest.raises(UsageError, match="named 'sum_v'"):
         parse_all(["sum(v)", "sum(v)"], ["g"])
+
+
+@pytest.mark.parametrize("exprs", [["median(v)"], ["median(f)", "quantile(v, 0.9)", "count()", "largest(f, 3)"],
+                                   ["collect_set(s)", "sum(v)", "min(f)"]])
+async def test_a_hot_key_is_salted_over_the_reducers_and_stays_exact(tmp_path, exprs):
+    """One key holds 80% of the rows: with --salt auto no reducer takes more than 1.5x the mean; off, one
+    reducer takes it all. Both answers equal DuckDB's."""
+    rng = np.random.default_rng(21)
+    n = 20_000
+    parts = []
+    for i in range(4):
+        t = table(rng, n, keys=50, nulls=True)
+        g = np.array(t.column("g").to_pylist(), dtype=object)
+        g[rng.random(n) < 0.8] = "hot"
+        parts.append(t.set_column(0, "g", pa.array(g, pa.string())))
+    d, files = shards(tmp_path, parts, "parquet")
+    async with in_process_cluster(5, root=str(tmp_path)) as c:
+        auto = await check(c, d, files, ["g"], exprs)
+        off = await check(c, d, files, ["g"], exprs, salt="off")
+    share = lambda rep: max(w["reducer_pairs"] for w in rep.workers) / (sum(w["reducer_pairs"] for w in rep.workers)
+                                                                        / len(rep.workers))
+    assert share(auto) <= 1.5, [w["reducer_pairs"] for w in auto.workers]
+    assert share(off) >= 3.5, [w["reducer_pairs"] for w in off.workers]
+    assert auto.workers[0]["hot_keys"][0][0] == "hot" and auto.workers[0]["salt"] == 5

@@ -27,19 +27,17 @@ from shardstats.worker.steps import numpy_step
 def partition(table, keys, workers: int, to_one: bool = False, salt=None):
     """``table``'s rows grouped by owning rank: a list of ``workers`` tables (zero-copy slices of one take).
 
-    ``salt`` (uint64 per row, or None) is mixed into the hash of rows that a hot key
-    spreads over several reducers (``worker.engine.aggregate`` decides which).
+    ``salt`` (uint64 per row, or None): a hot key's rows carry 1..S and go to the S ranks
+    after the key's owner (owner + salt mod W), so its rows spread evenly over distinct
+    reducers; rows with salt 0 go to their key's owner (``worker.ops.groupby`` decides which).
     """
     n = table.num_rows
     if to_one or workers == 1:
         return [table] + [table.slice(0, 0)] * (workers - 1)
-    h = hash_columns(table, keys)
+    o = owners_of(hash_columns(table, keys), workers)
     if salt is not None:
-        with np.errstate(over="ignore"):
-            h = h + salt * np.uint64(0xD6E8FEB86659FD93)
-        from shardstats.worker.data.hashing import mix
-        h = mix(h)
-    o = owners_of(h, workers)
+        salted = salt > 0
+        o[salted] = ((o[salted].astype(np.uint64) + salt[salted]) % np.uint64(workers)).astype(o.dtype)
     order = np.argsort(o, kind="stable")
     counts = np.bincount(o, minlength=workers)
     ordered = table.take(order) if n else table

@@ -8,7 +8,7 @@ One load, and the work shared the way the answers allow:
 3. one tree reduction carrying the stats monoid, the owners' distinct counts and one
    top-list partial of max(k, 10) items -- the mode is its first item, its ties are the
    items sharing the first count (worker/ops/topk.py's monoid counts the ones it cut);
-4. one selection (worker/ops/median.py's ``select_ranks``) for the median and every
+4. one selection (``worker.engine.select.select_ranks``) for the median and every
    quantile together, on the values already sorted in step 1.
 
 The JSON result nests each answer under its op's name in exactly that op's shape.
@@ -30,8 +30,8 @@ from shardstats.worker.steps import numpy_step
 from shardstats.worker.ops.contract import Op, ShuffleParams, option
 from shardstats.worker.ops.counting import run_lengths
 from shardstats.worker.ops.keyed import owned_counts, sort_owned
-from shardstats.worker.ops.median import (_interpolate, _parse_quantiles, _q_ranks, exact_mean, median_ranks,
-                                          select_ranks)
+from shardstats.worker.engine.select import median_ranks, select_ranks
+from shardstats.worker.ops.median import _interpolate, _parse_quantiles, _q_ranks, exact_mean
 from shardstats.worker.ops.mode import DEFAULT_TIE_LIMIT
 from shardstats.worker.ops.topk import MAX_K, merger, owned_partial, result_of, tied_with
 

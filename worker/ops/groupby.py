@@ -78,18 +78,21 @@ def reads(p: GroupbyParams) -> dict:
 
 # A value-needing job may salt only when its parts merge exactly: each salted part is reduced as usual, then
 # the parts of one key are reduced again with the same aggregate.
-_RESALTABLE = frozenset({"count", "sum", "min", "max", "largest", "smallest", "collect", "collect_set"})
+_RESALTABLE = frozenset({"count", "sum", "min", "max", "largest", "smallest", "collect", "collect_set",
+                         "median", "quantile"})
+_SELECTED = frozenset({"median", "quantile"})      # a hot key's are found by exact selection over its salted parts
 HOT_SHARE = 2.0          # a key with more rows than this x a reducer's mean share is hot
 
 
 async def _hot_keys(comm: Communicator, table, keys) -> tuple[list, int]:
-    """Keys whose rows, summed over every rank, exceed HOT_SHARE x a reducer's share: found from each rank's
-    own counts of its most frequent keys (exact for any key over the threshold: a key that heavy is among
-    every rank's top candidates, or its count there is below the threshold / W and its total is checked)."""
+    """Keys whose rows, summed over every rank, exceed HOT_SHARE x a reducer's share, found from each rank's
+    64 most frequent keys and their counts summed. A key that heavy is among the top of any rank holding a
+    fair part of it; one missed is only a balance cost, never a wrong answer (salting is for balance)."""
     from shardstats.worker.comm.collectives import allreduce
     from shardstats.worker.engine.aggregate import q, run_sql
     k = ", ".join(q(x) for x in keys)
-    top = run_sql(f"SELECT {k}, count(*) AS n FROM t GROUP BY {k} ORDER BY n DESC LIMIT 64", t=table)
+    top = await numpy_step(table.num_rows, run_sql, f"SELECT {k}, count(*) AS n FROM t GROUP BY {k} "
+                           f"ORDER BY n DESC LIMIT 64", table)
     local = {"rows": table.num_rows, "cand": [[list(r.values())[:-1], r["n"]] for r in top.to_pylist()]}
 
     def merge(a, b):
@@ -104,22 +107,95 @@ async def _hot_keys(comm: Communicator, table, keys) -> tuple[list, int]:
     return sorted(hot, key=lambda x: -x[1]), total["rows"]
 
 
-def _salt_column(table, keys, hot: list, ways: int):
-    """A uint64 salt per row: 0 for ordinary keys, the row's position mod ``ways`` for hot ones."""
+def _key_mask(table, keys, key):
+    """A boolean numpy mask of the rows of ``table`` whose key columns equal ``key`` (None matching nulls)."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    mask = None
+    m = None
+    for name, v in zip(keys, key):
+        col = table.column(name)
+        e = pc.is_null(col) if v is None else pc.fill_null(pc.equal(col, pa.scalar(v, col.type)), False)
+        m = e if m is None else pc.and_(m, e)
+    return np.asarray(m.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _salt_column(table, keys, hot: list, ways: int):
+    """A uint64 salt per row: 0 for ordinary keys, 1 + the row's position mod ``ways`` for hot ones."""
+    flags = np.zeros(table.num_rows, dtype=bool)
     for key, _ in hot:
-        m = None
-        for name, v in zip(keys, key):
-            col = table.column(name)
-            e = pc.is_null(col) if v is None else pc.equal(col, pa.scalar(v, col.type))
-            m = e if m is None else pc.and_(m, e)
-        mask = m if mask is None else pc.or_(mask, m)
+        flags |= _key_mask(table, keys, key)
     salt = (np.arange(table.num_rows, dtype=np.uint64) % np.uint64(ways)) + np.uint64(1)
-    flags = np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), dtype=bool)
     salt[~flags] = 0
     return salt
+
+
+def _order_key(col) -> "np.ndarray":
+    """Non-null values as int64 in the same order (floats by their bits: negatives flipped), for select_ranks."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    col = pc.drop_null(col)
+    if pa.types.is_floating(col.type):
+        bits = col.cast(pa.float64()).to_numpy(zero_copy_only=False).view(np.int64).copy()
+        neg = bits < 0
+        bits[neg] ^= np.int64(0x7FFFFFFFFFFFFFFF)
+        return bits
+    return col.cast(pa.int64()).to_numpy(zero_copy_only=False)
+
+
+def _from_order(v: int, floating: bool) -> float:
+    if not floating:
+        return float(v)
+    x = np.int64(v)
+    if x < 0:
+        x ^= np.int64(0x7FFFFFFFFFFFFFFF)
+    return float(np.array([x], dtype=np.int64).view(np.float64)[0])
+
+
+async def _hot_quantiles(comm: Communicator, mine, keys, hot: list, aggs) -> list[tuple[tuple, dict]]:
+    """Every hot key's medians and quantiles, exact, from its salted parts on every rank: the engine's rank
+    selection (``worker.engine.select``) over the parts, two order statistics per quantile, interpolated as
+    DuckDB's ``quantile_cont`` does. Every rank calls in the same order (the hot list is agreed)."""
+    import pyarrow as pa
+    from shardstats.worker.comm.collectives import allreduce, broadcast, sum_ints
+    from shardstats.worker.engine.select import select_ranks
+    out = []
+    for key, _ in hot:
+        rows = mine.filter(pa.array(_key_mask(mine, keys, key)))
+        values = {}
+        for a in aggs:
+            if a.func not in _SELECTED:
+                continue
+            col = rows.column(a.cols[0])
+            floating = pa.types.is_floating(col.type)
+            v = _order_key(col)
+            n = (await allreduce(comm, {"n": len(v)}, sum_ints, "groupby.hotn"))["n"]
+            if n == 0:
+                values[a.name] = None
+                continue
+            h = (0.5 if a.func == "median" else float(a.arg)) * (n - 1)
+            lo, hi = int(np.floor(h)), int(np.ceil(h))
+            found, _ = await select_ranks(comm, v, sorted({lo, hi}), n)
+            found = (await broadcast(comm, {"f": {str(k): x for k, x in found.items()}} if found is not None
+                                     else None, "groupby.hotq"))["f"]
+            x_lo, x_hi = _from_order(found[str(lo)], floating), _from_order(found[str(hi)], floating)
+            values[a.name] = x_lo + (x_hi - x_lo) * (h - lo)
+        out.append((tuple(key), values))
+    return out
+
+
+def _patch(table, keys, exact: list[tuple[tuple, dict]]):
+    """``table`` with each hot key's exact order statistics written over what its row holds."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    for key, values in exact:
+        mask = _key_mask(table, keys, key)
+        if not mask.any():
+            continue
+        for name, value in values.items():
+            i = table.column_names.index(name)
+            col = table.column(name)
+            table = table.set_column(i, name, pc.if_else(pa.array(mask), pa.scalar(value, col.type), col))
+    return table
 
 
 async def groupby(comm: Communicator, table, params: GroupbyParams) -> tuple[dict | None, dict]:
@@ -136,6 +212,7 @@ async def groupby(comm: Communicator, table, params: GroupbyParams) -> tuple[dic
     mergeable = all(a.mergeable for a in aggs)
     extra: dict = {}
     salt = None
+    hot: list = []
     if mergeable:
         sent = await numpy_step(map_pairs, agg.run_sql, agg.combine_sql(keys, aggs), table)
     else:
@@ -160,9 +237,12 @@ async def groupby(comm: Communicator, table, params: GroupbyParams) -> tuple[dic
     result = await numpy_step(mine.num_rows, agg.run_sql, sql, mine)
     phases = {"combine": t1 - t0, **ex["phases"]}
     if salt is not None:
-        # second stage: the salted parts of each hot key meet on its owner and are reduced again, exactly
+        # second stage: the salted parts of each hot key meet on its owner and are reduced again, exactly;
+        # its medians and quantiles come from a selection over the parts, not from the parts' own answers
+        exact = await _hot_quantiles(comm, mine, keys, hot, aggs) if any(a.func in _SELECTED for a in aggs) else []
         result, ex2 = await exchange(comm, result, keys, cfg, compression=params.compression)
         result = await numpy_step(result.num_rows, agg.run_sql, _resalt_sql(keys, aggs), result)
+        result = _patch(result, keys, exact)
         ex["counters"]["shuffled_pairs"] += ex2["counters"]["shuffled_pairs"]
         ex["counters"]["shuffled_bytes"] += ex2["counters"]["shuffled_bytes"]
     from shardstats.worker.comm.collectives import allreduce
@@ -200,6 +280,7 @@ def _resalt_sql(keys, aggs) -> str:
             "smallest": f"list_slice(list_sort(flatten(list({c})), 'ASC'), 1, {a.arg})",
             "collect": f"list_sort(flatten(list({c})))",
             "collect_set": f"list_sort(list_distinct(flatten(list({c}))))",
+            "median": f"any_value({c})", "quantile": f"any_value({c})",      # written over: _patch
         }[a.func] + f" AS {c}")
     return f"SELECT {', '.join(sel)} FROM t GROUP BY {k}"
 
