@@ -99,6 +99,8 @@ def _answer(doc: dict) -> str:
             said = [line.strip() for line in registry.get(op).render(r)]
         except (ShardstatsError, KeyError, TypeError, ValueError):
             said = [str(r)]
+    if len(said) > 12:            # a keyed job's rows: the head, not a page of them
+        said = said[:11] + [f"... ({len(said) - 11} more lines in the job's output)"]
     rows = [("answer", line) for line in said]
     rows += [("values", _num(s.get("values", 0))), ("workers", _num(s.get("workers", 0))),
             ("time", f"{s.get('seconds', 0):.3f} s (reading files {s.get('load_seconds', 0):.3f} s, "
@@ -294,6 +296,32 @@ def memory_svg(workers: list[dict]) -> str:
     return "".join(out)
 
 
+def reducers_svg(stats: dict) -> str:
+    """The shuffle counter's per-reducer load: pairs each reducer received, against the mean (a keyed job)."""
+    loads = [int(x) for x in stats.get("reducer_pairs") or []]
+    if not loads:
+        return ""
+    top, mean = max(loads) or 1, sum(loads) / len(loads)
+    bar = 16
+    height = 10 + (bar + 4) * len(loads) + 24
+    width = CHART_W - 330
+    mx = LABEL_W + mean / top * width
+    out = [f'<svg class="chart reducers" width="{LABEL_W + CHART_W + 30}" height="{height}" role="img" '
+           f'aria-label="pairs received by each reducer">']
+    for r, n in enumerate(loads):
+        y = 10 + r * (bar + 4)
+        wd = max(1.0, n / top * width)
+        colour = "#D55E00" if mean and n > 1.5 * mean else "#0072B2"
+        out.append(f'<text x="{LABEL_W - 6}" y="{y + 12}" text-anchor="end">r{r}</text>'
+                   f'<rect x="{LABEL_W}" y="{y}" width="{wd:.1f}" height="{bar}" fill="{colour}">'
+                   f'<title>reducer {r}: {n:,} pairs ({n / mean if mean else 0:.2f}x the mean)</title></rect>'
+                   f'<text x="{LABEL_W + wd + 6:.1f}" y="{y + 12}">{n:,}</text>')
+    y = 10 + len(loads) * (bar + 4)
+    out.append(f'<line x1="{mx:.1f}" y1="6" x2="{mx:.1f}" y2="{y}" stroke="#333" stroke-dasharray="4 3"/>'
+               f'<text x="{mx:.1f}" y="{y + 14}" text-anchor="middle">mean {mean:,.0f}</text></svg>')
+    return "".join(out)
+
+
 def windows_svg(windows: list[int]) -> str:
     """Values still in play at the start of each selection round, on a log scale."""
     if not windows:
@@ -344,8 +372,16 @@ def fragment(doc: dict) -> str:
              "<h2>Who sent how much to whom</h2>",
              '<p class="note">Bytes each worker (row) sent to each other worker (column). Darker is more; the '
              'outlined cell is the busiest link. An even grid means the work was spread evenly.</p>',
-             traffic_svg(matrix, ids),
-             "<h2>What each worker did, and when</h2>",
+             traffic_svg(matrix, ids)]
+    if s.get("reducer_pairs"):
+        parts += ["<h2>The shuffle counter: pairs per reducer</h2>",
+                  f'<p class="note">Map output {_num(s.get("map_pairs", 0))} pairs, '
+                  f'{_num(s.get("combined_pairs", 0))} after the combiner, {_num(s.get("shuffled_pairs", 0))} '
+                  f'crossed the network ({human_bytes(s.get("shuffled_bytes", 0))}). Each bar is what one reducer '
+                  f'received (its own share included); the busiest took {s.get("busiest_reducer_share", 1):.2f}x '
+                  f'the mean (dashed). A bar far past the line is a hot key: --salt spreads it.</p>',
+                  reducers_svg(s)]
+    parts += ["<h2>What each worker did, and when</h2>",
              '<p class="note">One row per worker: the phases on top, then the shuffle\'s sending and receiving, '
              'and the moments a sender waited for the receiver\'s permission (a credit) to send more'
              + (", and the selection rounds" if op == "median" else "") + '. Each worker\'s clock starts when '

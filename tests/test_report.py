@@ -156,10 +156,21 @@ def jobs(tmp_path_factory):
         assert r.returncode == 0, r.stderr
         out[op] = (json.loads(r.stdout), page)
     assert out["mode-tree"][0]["stats"]["shuffle"] == "tree" and out["mode"][0]["stats"]["shuffle"] == "credit"
+    # a keyed job with a hot key left unsalted: the per-reducer bars show it
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    keyed = d / "keyed.parquet"
+    pq.write_table(pa.table({"k": ["hot"] * 3000 + [f"k{i}" for i in range(1000)],
+                             "v": list(range(4000))}), keyed)
+    page = d / "groupby.html"
+    r = cli("submit", "groupby", "--input", str(keyed), "--by", "k", "--agg", "median(v)", "--salt", "off",
+            "--local", "3", "--json", "--report", str(page), env={"CLUSTER_PROGRESS": "never"})
+    assert r.returncode == 0, r.stderr
+    out["groupby"] = (json.loads(r.stdout), page)
     return out
 
 
-@pytest.mark.parametrize("op", ["mode", "median", "stats", "mode-tree"])
+@pytest.mark.parametrize("op", ["mode", "median", "stats", "mode-tree", "groupby"])
 def test_report_draws_what_the_json_says(jobs, op):
     doc, page = jobs[op]
     el = _parse(page.read_text())
@@ -178,6 +189,10 @@ def test_report_draws_what_the_json_says(jobs, op):
     assert el.by_chart[("streams", "path")] == sum(1 for x in doc["stats"]["per_worker"] if x["streams"])
     if op == "mode-tree":
         assert "went up the tree to one owner" in page.read_text()
+    if op == "groupby":                                   # one bar per reducer, the hot one past the mean
+        loads = doc["stats"]["reducer_pairs"]
+        assert el.by_chart[("reducers", "rect")] == w == len(loads)
+        assert doc["stats"]["busiest_reducer_share"] > 2 and "pairs per reducer" in page.read_text()
     if op == "median":
         windows = doc["stats"]["per_worker"][0]["windows"]
         assert windows[0] == doc["stats"]["values"]
@@ -203,14 +218,15 @@ def browser():
     b.close()
 
 
-@pytest.mark.parametrize("op", ["mode", "median", "stats", "mode-tree"])
+@pytest.mark.parametrize("op", ["mode", "median", "stats", "mode-tree", "groupby"])
 def test_report_in_a_real_browser(jobs, browser, op, tmp_path):
     doc, page = jobs[op]
     got = browser.load(page.as_uri(), PROBE)
     assert got.errors == []
     assert got.requests == [page.as_uri()]                 # nothing fetched but the page itself
     charts = {c["chart"]: c for c in json.loads(got.value)}
-    want = {"traffic", "timeline", "memory"} | {"mode": {"streams"}, "median": {"windows"}}.get(op, set())
+    want = {"traffic", "timeline", "memory"} | {"mode": {"streams"}, "median": {"windows"},
+                                                "groupby": {"reducers", "streams"}}.get(op, set())
     assert want <= set(charts)
     for name in want:
         assert charts[name]["width"] > 100 and charts[name]["height"] > 40 and charts[name]["drawn"] > 0, name
