@@ -31,6 +31,7 @@ def _head(table, order, limit: int):
     import pyarrow.compute as pc
     if table.num_rows == 0:
         return table
+    table = table.combine_chunks()
     try:                        # pyarrow >= 25 places nulls per key; older ones take one placement for all
         idx = pc.sort_indices(table, sort_keys=[(c, o, "at_end") for c, o in order])
     except (TypeError, ValueError, pa.ArrowInvalid):
@@ -47,7 +48,8 @@ def _merge(a: dict, b: dict) -> dict:
 async def gather_head(comm: Communicator, table, order: list[tuple[str, str]], limit: int):
     """(rank 0: the first ``limit`` rows of every rank's rows in ``order``, and the total row count; else None)."""
     import pyarrow as pa
-    local = _head(table, order, limit)
+    from shardstats.worker.steps import numpy_step
+    local = await numpy_step(table.num_rows, _head, table, order, limit)     # off the loop: heartbeats go on
     body = {"p": [codec.encode(local)], "rows": table.num_rows}
     schema = table.schema
 
