@@ -119,6 +119,17 @@ class Result:
                 f"worker{'' if s.get('workers') == 1 else 's'} "
                 f"in {s.get('seconds', 0):.3f} s>")
 
+    def to_arrow(self):
+        """A keyed job's rows as a ``pyarrow.Table`` (what was returned: up to ``limit`` rows; wordcount's top
+        words as (word, count)). For every row of a big result, write ``out=DIR`` and read the part files."""
+        import pyarrow as pa
+        r = self.result
+        if "columns" in r and "data" in r:
+            return pa.table({c: [row[i] for row in r["data"]] for i, c in enumerate(r["columns"])})
+        if "top" in r and (not r["top"] or isinstance(r["top"][0], list) and isinstance(r["top"][0][0], str)):
+            return pa.table({"word": [w for w, _ in r["top"]], "count": [c for _, c in r["top"]]})
+        raise AttributeError(f"a {self.op} result is not a table")
+
     def json(self) -> str:
         """The document ``cluster submit ... --json`` prints for this job (exact numbers)."""
         return json_document(self.report)

@@ -72,9 +72,11 @@ def pretty_json(indented: str) -> str:
 
 def human(rep: JobReport, startup_seconds: float | None = None) -> str:
     s = summarize_stats(rep, startup_seconds)
-    head = registry.get(rep.op).render(rep.result)
+    op = registry.get(rep.op)
+    head = op.render(rep.result)
+    unit = "rows" if op.reads is not None else "values"
     lines = [*head,
-             f"  {s['values']:,} values on {s['workers']} worker{'' if s['workers'] == 1 else 's'} in {s['seconds']:.3f} s "
+             f"  {s['values']:,} {unit} on {s['workers']} worker{'' if s['workers'] == 1 else 's'} in {s['seconds']:.3f} s "
              f"(load {s['load_seconds']:.3f} s, run {s['run_seconds']:.3f} s)",
              f"  rounds {s['rounds']}, moved {human_bytes(s['bytes_sent'])} in {s['messages_sent']:,} messages, "
              f"busiest link {human_bytes(s['busiest_link_bytes'])}",

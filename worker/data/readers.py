@@ -181,6 +181,8 @@ def read_documents(ref: ShardRef, real_path: str, text_column: str | None = None
     bad = _long_line(data, name)
     if bad:
         raise bad
+    if text.endswith("\n"):
+        text = text[:-1]           # a last newline ends the last line; it does not start another
     one = pa.array([text], pa.large_string()) if data else pa.array([], pa.large_string())
     lines = pc.list_flatten(pc.split_pattern(one, "\n")) if len(one) else one
     return pa.table({"doc": pa.repeat(pa.scalar(name, pa.large_string()), len(lines)) if len(lines) else
