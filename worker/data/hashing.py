@@ -27,6 +27,7 @@ from shardstats.worker.comm.partition import splitmix64
 NULL_HASH = 0x6A09E667F3BCC908        # any fixed constant: the fractional bits of sqrt(2)
 _P = 0x100000001B3                   # FNV's 64-bit prime: odd, so powers never vanish mod 2**64
 _K = 0x9E3779B97F4A7C15              # golden ratio: combining columns
+FIXED_WIDTH_MAX = 64                 # strings all this long or shorter, of one length: hashed as a matrix
 DICT_ABOVE = 1 << 16                 # longer string columns are dictionary-encoded first (Arrow's hash table)
 STRING_BLOCK = 1 << 20               # strings hashed per block: temporaries of 8 B x bytes stay bounded
 
@@ -51,9 +52,29 @@ def mix(h: np.ndarray) -> np.ndarray:
     return splitmix64(h.view(np.int64))
 
 
+def _fixed_width_hash(offsets: np.ndarray, data: np.ndarray, width: int) -> np.ndarray:
+    """``_string_hash`` of values all ``width`` bytes long (ids, codes): the bytes as an n x width matrix, one
+    multiply-add per byte position over all rows -- the same sum of b_i * P**i, without the per-byte index."""
+    n = len(offsets) - 1
+    start = int(offsets[0])
+    mat = data[start:start + n * width].reshape(n, width)
+    h = np.zeros(n, dtype=np.uint64)
+    powers = _powers(width + 1)
+    with np.errstate(over="ignore"):
+        for i in range(width):              # width passes over n rows, not a Python loop over rows
+            h += mat[:, i].astype(np.uint64) * powers[i]
+        h ^= np.uint64(width) * np.uint64(_K)
+    return mix(h)
+
+
 def _string_hash(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
     """The hash of each value whose bytes are data[offsets[i]:offsets[i+1]]."""
     n = len(offsets) - 1
+    if n > 0:
+        lengths = np.diff(offsets)
+        width = int(lengths[0])
+        if 0 < width <= FIXED_WIDTH_MAX and (lengths == width).all():
+            return _fixed_width_hash(offsets, data, width)
     out = np.empty(n, dtype=np.uint64)
     for b0 in range(0, n, STRING_BLOCK):
         b1 = min(n, b0 + STRING_BLOCK)
@@ -76,6 +97,15 @@ def _string_hash(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
     return out
 
 
+def _one_width(arr) -> bool:
+    """Whether every value of a string array has the same byte length (the matrix path beats a dictionary)."""
+    import pyarrow.compute as pc
+    lengths = pc.binary_length(arr)
+    lo, hi = pc.min_max(lengths).values()
+    return lo.as_py() is not None and lo.as_py() == hi.as_py() and 0 < lo.as_py() <= FIXED_WIDTH_MAX \
+        and arr.null_count == 0
+
+
 def hash_array(arr) -> np.ndarray:
     """uint64 hashes of one Arrow array (or chunked array), nulls as ``NULL_HASH``."""
     import pyarrow as pa
@@ -93,7 +123,7 @@ def hash_array(arr) -> np.ndarray:
             or pa.types.is_large_binary(t) or pa.types.is_string_view(t) or pa.types.is_binary_view(t):
         if not (pa.types.is_large_string(t) or pa.types.is_large_binary(t)):
             arr = arr.cast(pa.large_binary() if "binary" in str(t) else pa.large_string())
-        if len(arr) >= DICT_ABOVE:
+        if len(arr) >= DICT_ABOVE and not _one_width(arr):
             enc = pc.dictionary_encode(arr)
             if len(enc.dictionary) * 2 <= len(arr):      # repeats: hash each distinct value once
                 return hash_array(enc)

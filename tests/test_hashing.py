@@ -1,0 +1,75 @@
+"""The stable partitioner: the same key hashes alike in every process, seed, type width and code path, and the
+values themselves are pinned -- a change to the hash would send keys to other workers than an older release did
+(a cached dataset, a mixed-version cluster), so it must be a deliberate change that edits these numbers."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import shardstats.worker.data.hashing as H
+from shardstats.worker.data.hashing import NULL_HASH, hash_array, hash_columns, owners_of
+
+STRINGS = ["", "a", "hello", "id0000000001", None, "héllo wörld, a longer value"]
+PINNED_STRINGS = [16294208416658607535, 7860680498875604842, 18274932762149255883, 18323863751121816757,
+                  7640891576956012808, 18254077611867640127]
+PINNED_INTS = [16294208416658607535, 10451216379200822465, 16490336266968443936, 3055647633038352039,
+               7640891576956012808]
+PINNED_FLOATS = [7960286522194355700, 7960286522194355700, 501192881046439246, 1398617426342131683,
+                 7640891576956012808]
+
+
+def test_pinned_values():
+    assert hash_array(pa.array(STRINGS, pa.large_string())).tolist() == PINNED_STRINGS
+    assert hash_array(pa.array([0, 1, -1, 2**63 - 1, None], pa.int64())).tolist() == PINNED_INTS
+    assert hash_array(pa.array([0.0, -0.0, 1.5, float("nan"), None])).tolist() == PINNED_FLOATS
+    t = pa.table({"a": ["x", "y"], "b": [1, 2]})
+    assert hash_columns(t, ["a", "b"]).tolist() == [10117496320514649189, 17891849776079693568]
+
+
+def test_same_key_same_hash_whatever_the_type_width_or_encoding():
+    s = pa.array(STRINGS * 30_000)               # long enough for the dictionary path
+    want = hash_array(s.cast(pa.large_string()))
+    for form in (s, s.cast(pa.string_view()), s.dictionary_encode(), s.cast(pa.large_string()).slice(0)):
+        assert (hash_array(form) == want).all()
+    assert (hash_array(s.cast(pa.large_string()).slice(5, 100)) == want[5:105]).all()
+    ints = [3, None, -7, 0]
+    for t in (pa.int8(), pa.int16(), pa.int32(), pa.uint32()):
+        got = hash_array(pa.array([3, None, 0], t))
+        assert (got == hash_array(pa.array([3, None, 0], pa.int64()))).all()
+    assert (hash_array(pa.chunked_array([ints[:2], ints[2:]], pa.int64())) == hash_array(pa.array(ints))).all()
+
+
+def test_fixed_width_path_equals_the_general_one(monkeypatch):
+    rng = np.random.default_rng(4)
+    ids = pa.array([f"id{x:010d}" for x in rng.integers(0, 10**10, 5000)], pa.large_string())
+    fast = hash_array(ids)
+    monkeypatch.setattr(H, "FIXED_WIDTH_MAX", 0)
+    assert (hash_array(ids) == fast).all()
+
+
+def test_nulls_are_one_key_and_land_together():
+    h = hash_array(pa.array([None, "a", None], pa.string()))
+    assert h[0] == h[2] == NULL_HASH
+    o = owners_of(hash_columns(pa.table({"a": [None, None, "x"], "b": [1, 1, 2]}), ["a", "b"]), 7)
+    assert o[0] == o[1]
+
+
+def test_owners_are_balanced_and_in_range():
+    keys = pa.array([f"user{i}" for i in range(100_000)])
+    o = owners_of(hash_array(keys), 10)
+    counts = np.bincount(o, minlength=10)
+    assert o.max() < 10 and counts.min() > 9_000 and counts.max() < 11_000
+
+
+@pytest.mark.parametrize("seed", ["0", "12345"])
+def test_the_hash_ignores_the_python_hash_seed(seed):
+    code = ("import pyarrow as pa; from shardstats.worker.data.hashing import hash_array; "
+            f"print(hash_array(pa.array({STRINGS!r}, pa.large_string())).tolist())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert eval(out.stdout) == PINNED_STRINGS
