@@ -210,3 +210,21 @@ async def test_a_hot_key_is_salted_over_the_reducers_and_stays_exact(tmp_path, e
     assert share(auto) <= 1.5, [w["reducer_pairs"] for w in auto.workers]
     assert share(off) >= 3.5, [w["reducer_pairs"] for w in off.workers]
     assert auto.workers[0]["hot_keys"][0][0] == "hot" and auto.workers[0]["salt"] == 5
+
+
+async def test_a_result_bigger_than_one_answer_is_cut_and_counted(tmp_path):
+    """limit 0 asks for every row: as many as one answer frame holds come back, the count is exact, and the
+    job does not fail on the frame limits (--out writes them all)."""
+    n = 120_000
+    t = pa.table({"g": [f"key-{i:08d}" for i in range(n)], "v": list(range(n))})
+    d, files = shards(tmp_path, [t.slice(0, n // 2), t.slice(n // 2)], "parquet")
+    async with in_process_cluster(3, root=str(tmp_path)) as c:
+        rep = await run_job(c.addrs, c.token, job_spec("groupby", str(d), {"by": "g", "agg": ["sum(v)",
+                                                                                          "collect(v)"], "limit": 0}))
+        assert rep.result["rows"] == n and 0 < len(rep.result["data"]) < n
+        assert rep.result["data"][:3] == [["key-00000000", 0, [0]], ["key-00000001", 1, [1]],
+                                          ["key-00000002", 2, [2]]]
+        rep = await run_job(c.addrs, c.token, job_spec("groupby", str(d), {"by": "g", "agg": ["sum(v)"],
+                                                                         "out": str(tmp_path / "o")}))
+    _, got = duck(f"SELECT count(*), sum(sum_v) FROM read_parquet('{tmp_path}/o/*.parquet')")
+    assert got == [(n, n * (n - 1) // 2)]

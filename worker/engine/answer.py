@@ -41,6 +41,14 @@ def _head(table, order, limit: int):
     return table.take(idx)
 
 
+def _fit(table):
+    """At most ``ANSWER_ROWS`` rows of ``table``, fewer when they would not fit one frame (``ANSWER_BYTES``)."""
+    t = table.slice(0, ANSWER_ROWS)
+    if t.num_rows and t.nbytes > ANSWER_BYTES:
+        t = t.slice(0, max(1, int(t.num_rows * ANSWER_BYTES / t.nbytes)))
+    return t
+
+
 def _merge(a: dict, b: dict) -> dict:
     return {"p": a["p"] + b["p"], "rows": a["rows"] + b["rows"]}
 
@@ -50,13 +58,13 @@ async def gather_head(comm: Communicator, table, order: list[tuple[str, str]], l
     import pyarrow as pa
     from shardstats.worker.steps import numpy_step
     local = await numpy_step(table.num_rows, _head, table, order, limit)     # off the loop: heartbeats go on
-    body = {"p": [codec.encode(local)], "rows": table.num_rows}
+    body = {"p": [codec.encode(_fit(local))], "rows": table.num_rows}
     schema = table.schema
 
     def combine(a: dict, b: dict) -> dict:
         both = _merge(a, b)
         t = pa.concat_tables([codec.decode(p, schema) for p in both["p"]])
-        return {"p": [codec.encode(_head(t, order, limit))], "rows": both["rows"]}
+        return {"p": [codec.encode(_fit(_head(t, order, limit)))], "rows": both["rows"]}
     got = await tree_reduce(comm, body, combine, "answer.head")
     if got is None:
         return None
@@ -81,9 +89,35 @@ def plain(value):
     return value
 
 
+# What one answer may hold on its way to the coordinator: a frame is at most 4 MiB and 65,536 maps and arrays
+# (shardstats.settings); rows past these budgets are left out (the rows count says how many there are).
+ANSWER_CONTAINERS = 50_000
+ANSWER_BYTES = 3 << 20
+ANSWER_ROWS = 50_000
+
+
+def _containers(v) -> int:
+    if isinstance(v, list):
+        return 1 + sum(_containers(x) for x in v)
+    if isinstance(v, dict):
+        return 1 + sum(_containers(x) for x in v.values())
+    return 0
+
+
 def rows_of(table) -> list[list]:
+    """The rows as plain lists, as many as fit one answer frame (``ANSWER_CONTAINERS``, ``ANSWER_BYTES``)."""
+    import msgpack
     cols = [table.column(i).to_pylist() for i in range(table.num_columns)]
-    return [[plain(c[i]) for c in cols] for i in range(table.num_rows)]
+    rows, used = [], 1
+    for i in range(table.num_rows):
+        row = [plain(c[i]) for c in cols]
+        used += _containers(row)
+        if used > ANSWER_CONTAINERS:
+            break
+        rows.append(row)
+    while rows and len(msgpack.packb(rows, default=str)) > ANSWER_BYTES:
+        rows = rows[: len(rows) // 2]
+    return rows
 
 
 def out_dir(comm: Communicator, out: str) -> str:

@@ -194,7 +194,8 @@ class KeyedParams(ShuffleParams):
     out: str | None = option(None, "Write every result row as Parquet part files DIR/part-NNNNN.parquet (one per "
                              "reducer; read them as one dataset with DuckDB, Polars or pyarrow) instead of printing.",
                              metavar="DIR")
-    limit: int = option(100, "Rows printed (and returned with --json) without --out, in order; 0 for all.", min=0)
+    limit: int = option(100, "Rows printed (and returned with --json) without --out, in order; 0 for as many "
+                        "as one answer holds (about 50,000 plain rows; --out DIR writes them all).", min=0)
     cache: str | None = option(None, "Also keep the input in the workers' memory under NAME: later jobs read it "
                                "with --input cache:NAME and skip the files (evicted least-recently-used).",
                                metavar="NAME")
