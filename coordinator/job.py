@@ -263,7 +263,10 @@ async def _attempt(clients: list[WorkerClient], job: str, spec: JobSpec, files: 
             extra["read"] = read
         if on_progress is not None:        # workers send progress only when asked (worker/comm/progress.py)
             extra["progress"] = DEFAULTS.progress_interval
+        where = {r.path: i for i, r in enumerate(files)}
         for c, mine in zip(clients, plan):
+            if read is not None and read.get("ordinals"):      # each file's place in the listing (a sort's ties)
+                extra["read"] = {**read, "ordinals": [where[r.path] for r in mine]}
             await _send(c, make("load", job=job, files=[r.wire() for r in mine], dead_after=live.worker_dead_after,
                                 **extra))
         loaded = await _all(clients, job, "loaded", spec.timeout, live, on_progress)

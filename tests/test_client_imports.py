@@ -130,6 +130,7 @@ KEYED_CASES = {
     "groupby": (("--by", "k", "--agg", "sum(x)"), lambda r, rows: r["data"] == [["a", sum(x for k, x in rows)]]),
     "wordcount": (("--text", "k"), lambda r, rows: r["top"] == [["a", len(rows)]]),
     "index": (("--text", "k"), lambda r, rows: r["words"] == 1),
+    "sort": (("--by", "x", "--out", "{tmp}/sorted"), lambda r, rows: r["parts"] == 3 and len(r["splits"]) == 2),
 }
 
 
@@ -138,6 +139,7 @@ def test_submit_of_each_keyed_op_imports_no_arrow_or_numpy(cluster, tmp_path, op
     rows = [("a", i * 7 - 3) for i in range(50)]
     (tmp_path / "t.csv").write_text("k,x\n" + "".join(f"{k},{x}\n" for k, x in rows))
     extra, check = KEYED_CASES[op]
+    extra = tuple(a.replace("{tmp}", str(tmp_path)) for a in extra)
     r, heavy = run_cli(tmp_path, cluster, "submit", op, "--input", str(tmp_path / "t.csv"), *extra, "--json",
                        avoid=HEAVY + ("uvloop", "duckdb"))
     assert r.returncode == 0, r.stderr

@@ -92,6 +92,11 @@ def load_table(files: list[ShardRef], root: str | Access, read: dict, progress: 
             t = readers.read_documents(ref, where, read.get("text"), read.get("id"), budget)
         else:
             t = readers.read_table(ref, where, read.get("columns"), budget)
+        if read.get("ordinals") is not None:
+            # where each row stands in the input (the file's place in the listing, the row's in the file):
+            # a sort's hidden last key, so equal keys keep the input's order
+            t = t.append_column("__sort_file", pa.array(np.full(t.num_rows, read["ordinals"][i], np.int64)))
+            t = t.append_column("__sort_row", pa.array(np.arange(t.num_rows, dtype=np.int64)))
         held += t.nbytes
         tables.append(t)
         described.append([[f.name, str(f.type), ref.path] for f in t.schema])

@@ -133,8 +133,11 @@ def part_name(rank: int) -> str:
     return f"part-{rank:05d}.parquet"
 
 
-async def write_parts(comm: Communicator, table, out: str, job: str) -> dict:
-    """Writes this rank's rows as one part file under ``out``, committed once every rank has written its own."""
+async def write_parts(comm: Communicator, table, out: str, job: str, overwrite: bool = False) -> dict:
+    """Writes this rank's rows as one part file under ``out``, committed once every rank has written its own.
+
+    ``overwrite``: part files already there are removed at the commit (each rank its own, and rank 0 any
+    numbered beyond the job's ranks), instead of refusing the job before it writes anything."""
     import pyarrow.parquet as pq
     where = out_dir(comm, out)
     try:
@@ -142,9 +145,9 @@ async def write_parts(comm: Communicator, table, out: str, job: str) -> dict:
         stale = sorted(f for f in os.listdir(where) if f.startswith("part-") and f.endswith(".parquet"))
     except OSError as exc:
         raise InputError(f"--out {out}: cannot create or list it ({exc.strerror or exc})") from None
-    if stale:
+    if stale and not overwrite:
         raise InputError(f"--out {out}: already holds {stale[0]}{' and more' if len(stale) > 1 else ''}; "
-                         f"remove the old part files or choose another folder")
+                         f"remove the old part files, choose another folder, or add --overwrite")
     tmp = os.path.join(where, f".job-{job}")
     os.makedirs(tmp, exist_ok=True)
     name = part_name(comm.rank)
@@ -161,6 +164,13 @@ async def write_parts(comm: Communicator, table, out: str, job: str) -> dict:
         if not ok:
             raise InputError(f"--out {out}: cannot write {name} ({why})")
         raise InputError(f"--out {out}: another worker could not write its part; nothing was committed")
+    if overwrite and comm.rank == 0:
+        for f in stale:
+            if f != name and not any(f == part_name(r) for r in range(comm.size)):
+                try:
+                    os.unlink(os.path.join(where, f))
+                except OSError:
+                    pass
     os.replace(os.path.join(tmp, name), os.path.join(where, name))
     await allreduce(comm, {"n": 1}, lambda a, b: {"n": a["n"] + b["n"]}, "answer.committed")
     try:

@@ -31,16 +31,20 @@ def partition(table, keys, workers: int, to_one: bool = False, salt=None):
     after the key's owner (owner + salt mod W), so its rows spread evenly over distinct
     reducers; rows with salt 0 go to their key's owner (``worker.ops.groupby`` decides which).
     """
-    n = table.num_rows
     if to_one or workers == 1:
         return [table] + [table.slice(0, 0)] * (workers - 1)
     o = owners_of(hash_columns(table, keys), workers)
     if salt is not None:
         salted = salt > 0
         o[salted] = ((o[salted].astype(np.uint64) + salt[salted]) % np.uint64(workers)).astype(o.dtype)
-    order = np.argsort(o, kind="stable")
-    counts = np.bincount(o, minlength=workers)
-    ordered = table.take(order) if n else table
+    return split_by(table, o, workers)
+
+
+def split_by(table, dest, workers: int):
+    """``table``'s rows grouped by the rank ``dest`` names for each: a list of ``workers`` slices of one take."""
+    order = np.argsort(dest, kind="stable")
+    counts = np.bincount(dest, minlength=workers)
+    ordered = table.take(order) if table.num_rows else table
     out, start = [], 0
     for c in counts.tolist():
         out.append(ordered.slice(start, c))
@@ -51,11 +55,25 @@ def partition(table, keys, workers: int, to_one: bool = False, salt=None):
 async def exchange(comm: Communicator, table, keys, cfg: ShuffleConfig, *, compression: str = "none",
                    salt=None) -> tuple[object, dict]:
     """Moves every row of ``table`` to the rank owning its key; returns (the rows this rank owns, counters)."""
-    import pyarrow as pa
     t0 = time.perf_counter()
     comm.progress.set("partition")
     parts = await numpy_step(table.num_rows, partition, table, list(keys), comm.size, cfg.to_one, salt)
     del table
+    return await _move(comm, parts, cfg, compression, t0)
+
+
+async def exchange_to(comm: Communicator, table, dest, cfg: ShuffleConfig, *,
+                      compression: str = "none") -> tuple[object, dict]:
+    """Moves row i of ``table`` to rank ``dest[i]`` (a range partitioner's choice); as ``exchange``."""
+    t0 = time.perf_counter()
+    comm.progress.set("partition")
+    parts = await numpy_step(table.num_rows, split_by, table, dest, comm.size)
+    del table
+    return await _move(comm, parts, cfg, compression, t0)
+
+
+async def _move(comm: Communicator, parts: list, cfg: ShuffleConfig, compression: str, t0: float):
+    import pyarrow as pa
     own = parts[comm.rank]
     schema = own.schema
     sent_rows = sum(p.num_rows for d, p in enumerate(parts) if d != comm.rank)

@@ -194,6 +194,8 @@ class KeyedParams(ShuffleParams):
     out: str | None = option(None, "Write every result row as Parquet part files DIR/part-NNNNN.parquet (one per "
                              "reducer; read them as one dataset with DuckDB, Polars or pyarrow) instead of printing.",
                              metavar="DIR")
+    overwrite: bool = option(False, "Replace the part files --out already holds (without it, a folder holding "
+                             "part files is refused before anything is read).")
     limit: int = option(100, "Rows printed (and returned with --json) without --out, in order; 0 for as many "
                         "as one answer holds (about 50,000 plain rows; --out DIR writes them all).", min=0)
     cache: str | None = option(None, "Also keep the input in the workers' memory under NAME: later jobs read it "

@@ -255,7 +255,7 @@ async def groupby(comm: Communicator, table, params: GroupbyParams) -> tuple[dic
              "rounds": 1 + (salt is not None), "groups": result.num_rows}
     order = [(k, "ascending") for k in keys]
     if params.out:
-        stats.update(await write_parts(comm, result, params.out, comm.job))
+        stats.update(await write_parts(comm, result, params.out, comm.job, params.overwrite))
         head = await gather_head(comm, result.slice(0, 0), order, 1)
         if head is None:
             return None, stats

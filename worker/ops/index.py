@@ -47,7 +47,7 @@ async def index(comm: Communicator, table, params: IndexParams) -> tuple[dict | 
     stats = {"map_pairs": tokens, "combined_pairs": combined, **ex["counters"], "rounds": 1,
              "phases": {"tokenize": t1 - t0, **ex["phases"], "reduce": t2 - t1 - sum(ex["phases"].values())}}
     if params.out:
-        stats.update(await write_parts(comm, postings, params.out, comm.job))
+        stats.update(await write_parts(comm, postings, params.out, comm.job, params.overwrite))
     total = await tree_reduce(comm, {"postings": mine.num_rows, "tokens": tokens}, sum_ints, "index.sums")
     head = await gather_head(comm, postings, [("word", "ascending")], 0 if params.out else params.limit)
     if head is None:

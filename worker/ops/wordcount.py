@@ -51,7 +51,7 @@ async def wordcount(comm: Communicator, table, params: WordcountParams) -> tuple
     stats = {"map_pairs": tokens, "combined_pairs": combined, **ex["counters"], "rounds": 1,
              "phases": {"tokenize": t1 - t0, **ex["phases"], "reduce": t2 - t1 - sum(ex["phases"].values())}}
     if params.out:
-        stats.update(await write_parts(comm, counts, params.out, comm.job))
+        stats.update(await write_parts(comm, counts, params.out, comm.job, params.overwrite))
     total = await tree_reduce(comm, {"tokens": tokens}, sum_ints, "wordcount.tokens")
     head = await gather_head(comm, counts, [("count", "descending"), ("word", "ascending")], params.top)
     if head is None:

@@ -1,0 +1,138 @@
+"""sort against DuckDB's ORDER BY on the same files: the global order of the parts read in name order, every input
+row exactly once, equal keys in input order, the balance on skewed keys, and the secondary-sort pattern."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from shardstats.coordinator.job import run_job
+from shardstats.coordinator.spec import job_spec
+from shardstats.errors import InputError, UsageError
+from shardstats.testing import in_process_cluster
+from tests.keyed_ref import duck
+
+
+def dataset(kind: str, rng, n: int) -> pa.Table:
+    if kind == "uniform":
+        k = rng.integers(-10**12, 10**12, n)
+    elif kind.startswith("zipf"):
+        k = rng.zipf(float(kind[4:]), n)
+    elif kind == "sixty":
+        k = rng.integers(0, 10**6, n)
+        k[rng.random(n) < 0.6] = 42
+    else:
+        raise AssertionError(kind)
+    f = rng.normal(size=n)
+    f[rng.random(n) < 0.03] = np.nan
+    fmask = rng.random(n) < 0.03
+    s = np.array([f"s{x:04d}" for x in rng.integers(0, 3000, n)], dtype=object)
+    s[rng.random(n) < 0.02] = None
+    return pa.table({"k": k, "f": pa.array(f, mask=fmask), "s": pa.array(s, pa.string()),
+                     "p": rng.integers(0, 10**9, n)})
+
+
+def write_parts(tmp_path, parts):
+    d = tmp_path / "in"
+    d.mkdir(exist_ok=True)
+    for i, t in enumerate(parts):
+        pq.write_table(t, d / f"part{i:02d}.parquet")
+    return d
+
+
+async def run_sort(c, d, out, **params):
+    return await run_job(c.addrs, c.token, job_spec("sort", str(d), {"out": str(out), **params}))
+
+
+def read_parts(out):
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [f"part-{i:05d}.parquet" for i in range(len(names))]
+    return pa.concat_tables([pq.read_table(out / n) for n in names]), [pq.read_metadata(out / n).num_rows
+                                                                      for n in names]
+
+
+def check_against_duckdb(d, got: pa.Table, order_sql: str, keys: list[str]):
+    src = f"read_parquet('{d}/*.parquet')"
+    _, want = duck(f"SELECT {', '.join(keys)} FROM {src} ORDER BY {order_sql}")
+    have = [tuple(r.values()) for r in got.select(keys).to_pylist()]
+    same = lambda a, b: a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
+    assert len(have) == len(want)
+    bad = next((i for i, (x, y) in enumerate(zip(have, want)) if not all(map(same, x, y))), None)
+    assert bad is None, f"row {bad}: {have[bad]} where DuckDB has {want[bad]}"
+    # every row exactly once: the multiset of whole rows
+    got_path = d.parent / "got.parquet"
+    pq.write_table(got, got_path)
+    _, diff = duck(f"SELECT count(*) FROM ((SELECT * FROM {src} EXCEPT ALL SELECT * FROM '{got_path}') UNION ALL "
+                   f"(SELECT * FROM '{got_path}' EXCEPT ALL SELECT * FROM {src}))")
+    assert diff == [(0,)]
+
+
+@pytest.mark.parametrize("kind", ["uniform", "zipf1.1", "zipf1.5", "sixty"])
+async def test_balanced_and_totally_ordered_on_skew(tmp_path, kind):
+    rng = np.random.default_rng(5)
+    parts = [dataset(kind, rng, n) for n in (30_000, 0, 25_000, 35_000)]
+    d = write_parts(tmp_path, parts)
+    async with in_process_cluster(5, root=str(tmp_path)) as c:
+        rep = await run_sort(c, d, tmp_path / "o", by="k")
+    got, sizes = read_parts(tmp_path / "o")
+    check_against_duckdb(d, got, "k", ["k"])
+    assert max(sizes) <= 1.1 * (sum(sizes) / len(sizes)), sizes
+    st = rep.workers
+    assert sorted(w["part_rows"] for w in st) == sorted(sizes)
+    assert 20_000 <= rep.result["sample"] <= 20_005 and len(rep.result["splits"]) == 4
+
+
+async def test_several_keys_desc_nulls_nan_strings_and_stable_ties(tmp_path):
+    rng = np.random.default_rng(8)
+    parts = [dataset("zipf1.5", rng, 4000) for _ in range(3)]
+    d = write_parts(tmp_path, parts)
+    async with in_process_cluster(3, root=str(tmp_path)) as c:
+        await run_sort(c, d, tmp_path / "a", by="s,f", desc="f", nulls="first")
+        await run_sort(c, d, tmp_path / "b", by="k")
+    got, _ = read_parts(tmp_path / "a")
+    check_against_duckdb(d, got, "s ASC NULLS FIRST, f DESC NULLS FIRST", ["s", "f"])
+    # ties keep the input's order: within one k, rows in (file, row) order of the listing
+    got, _ = read_parts(tmp_path / "b")
+    src = pa.concat_tables(parts)
+    pos = {p: i for i, p in enumerate(src.column("p").to_pylist())}     # p is (almost surely) unique
+    ks, ps = got.column("k").to_pylist(), got.column("p").to_pylist()
+    assert all(pos[ps[i]] < pos[ps[i + 1]] for i in range(len(ks) - 1) if ks[i] == ks[i + 1])
+
+
+async def test_partition_by_keeps_each_user_in_one_part(tmp_path):
+    rng = np.random.default_rng(2)
+    n = 20_000
+    users = rng.zipf(1.3, n) % 500
+    t = pa.table({"user": users, "ts": rng.integers(0, 10**6, n), "v": rng.random(n)})
+    d = write_parts(tmp_path, [t.slice(0, n // 2), t.slice(n // 2)])
+    async with in_process_cluster(4, root=str(tmp_path)) as c:
+        rep = await run_sort(c, d, tmp_path / "o", by="user,ts", partition_by="user")
+    seen = {}
+    for i, name in enumerate(sorted(p.name for p in (tmp_path / "o").iterdir())):
+        part = pq.read_table(tmp_path / "o" / name)
+        for u in set(part.column("user").to_pylist()):
+            assert seen.setdefault(u, i) == i, f"user {u} in parts {seen[u]} and {i}"
+    got, _ = read_parts(tmp_path / "o")
+    check_against_duckdb(d, got, "user, ts", ["user", "ts"])
+    s = rep.workers
+    big = max(s, key=lambda w: w["part_rows"])
+    assert big["heaviest"][0][0] == 1                    # zipf: user 1 is the heaviest, and says so
+
+
+async def test_bad_sort_input(tmp_path):
+    rng = np.random.default_rng(1)
+    d = write_parts(tmp_path, [dataset("uniform", rng, 100)])
+    async with in_process_cluster(2, root=str(tmp_path)) as c:
+        with pytest.raises(UsageError, match=r"--by: no column 'nope' \(the input has: k, f, s, p\)"):
+            await run_sort(c, d, tmp_path / "o", by="nope")
+        with pytest.raises(UsageError, match="--partition-by: p must be the first columns of --by"):
+            await run_sort(c, d, tmp_path / "o", by="k", partition_by="p")
+        await run_sort(c, d, tmp_path / "o", by="k")
+        with pytest.raises(InputError, match="already holds part-00000.parquet.*--overwrite"):
+            await run_sort(c, d, tmp_path / "o", by="k")
+        await run_sort(c, d, tmp_path / "o", by="k", desc="k", overwrite=True)
+    got, _ = read_parts(tmp_path / "o")
+    assert got.column("k").to_pylist() == sorted(got.column("k").to_pylist(), reverse=True)
+    with pytest.raises(UsageError, match="--out: a sort writes Parquet parts"):
+        job_spec("sort", str(d), {"by": "k"})

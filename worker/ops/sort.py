@@ -1,0 +1,225 @@
+"""sort: a total order over every row -- sampled range partitioning, a local sort per range, sorted Parquet parts.
+
+1. Every rank draws a uniform sample of its rows' sort keys (its share of ``sample``
+   rows in all, by its row count) and the samples go up the tree to rank 0.
+2. Rank 0 sorts the sample and picks R - 1 split points at ranks floor(j*m/R); the
+   split points reach every rank (a broadcast).
+3. Each rank routes a row to the range that owns it: its rows and the split points
+   are sorted together with the job's own sort keys (so descending keys, null
+   placement, NaN and strings in byte order all route exactly as they will sort),
+   and a row's range is the number of split points before it.
+4. The credit shuffle moves each range to its reducer; the reducer sorts it and
+   writes ``part-NNNNN.parquet`` (rank order = range order), committed when all have.
+
+Ties: every row carries its place in the input (the file's position in the listing,
+the row's position in the file) as a last, hidden sort key, so one value repeated in
+60% of the rows spans adjacent parts instead of drowning one, and equal keys keep
+the input's order in the output (a stable sort). With ``--partition-by`` the routing
+uses only those columns (a prefix of ``--by``): every value's rows stay in one part,
+sorted by the rest -- the secondary-sort pattern -- and the stats name the heaviest
+values of the largest part.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from shardstats.lazy import numpy as np
+
+from shardstats.errors import UsageError
+from shardstats.worker.comm.collectives import broadcast, tree_reduce
+from shardstats.worker.comm.communicator import Communicator
+from shardstats.worker.comm.shuffle import ShuffleConfig
+from shardstats.worker.ops.contract import KeyedParams, Op, option
+from shardstats.worker.steps import numpy_step
+
+FILE_COL, ROW_COL = "__sort_file", "__sort_row"
+DEFAULT_SAMPLE = 20_000
+
+
+def _cols(text: str | None) -> tuple[str, ...]:
+    return tuple(c.strip() for c in str(text).split(",") if c.strip()) if text else ()
+
+
+@dataclass(frozen=True)
+class SortParams(KeyedParams):
+    by: str | None = option(None, "Sort key columns, comma-separated, most significant first.", metavar="COLS")
+    desc: str | None = option(None, "Columns of --by sorted in descending order, comma-separated.", metavar="COLS")
+    nulls: str = option("last", "Where nulls go, for every key: first or last. NaN sorts after every number.",
+                        choices=("first", "last"))
+    partition_by: str | None = option(None, "Keep each value of these columns (a prefix of --by) in one part: "
+                                      "secondary sort, e.g. --partition-by user --by user,ts.", metavar="COLS")
+    sample: int = option(DEFAULT_SAMPLE, "Rows sampled for the split points, in all.", min=100, max=10_000_000,
+                         advanced=True)
+
+    def check(self) -> None:
+        super().check()
+        by = _cols(self.by)
+        if not by:
+            raise UsageError("--by: name the columns to sort by, e.g. --by ts or --by user,ts")
+        if len(set(by)) != len(by):
+            raise UsageError(f"--by: a column named twice in {self.by!r}")
+        for c in _cols(self.desc):
+            if c not in by:
+                raise UsageError(f"--desc: {c!r} is not one of --by ({', '.join(by)})")
+        part = _cols(self.partition_by)
+        if part and tuple(by[:len(part)]) != part:
+            raise UsageError(f"--partition-by: {', '.join(part)} must be the first columns of --by "
+                             f"({', '.join(by)}), so that each value's rows are also in order")
+        if not self.out:
+            raise UsageError("--out: a sort writes Parquet parts; name the folder, e.g. --out sorted/")
+
+
+def reads(p: SortParams) -> dict:
+    return {"kind": "table", "columns": None, "cache": p.cache, "ordinals": True}
+
+
+def _order(p: SortParams, keys: tuple[str, ...], tiebreak: bool) -> list[tuple[str, str, str]]:
+    desc = set(_cols(p.desc))
+    place = "at_start" if p.nulls == "first" else "at_end"
+    out = [(k, "descending" if k in desc else "ascending", place) for k in keys]
+    if tiebreak:
+        out += [(FILE_COL, "ascending", "at_end"), (ROW_COL, "ascending", "at_end")]
+    return out
+
+
+def _sort_indices(table, order):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    try:
+        return pc.sort_indices(table, sort_keys=order)
+    except (TypeError, ValueError):           # pyarrow < 25: one null placement for every key
+        return pc.sort_indices(table, sort_keys=[(c, o) for c, o, _ in order], null_placement=order[0][2])
+    except pa.ArrowNotImplementedError as exc:
+        raise UsageError(f"--by: a column of a type that cannot be sorted ({exc})") from None
+
+
+def _sample(table, want: int, seed: int):
+    n = table.num_rows
+    if n <= want:
+        return table
+    rng = np.random.default_rng(seed)
+    return table.take(np.sort(rng.choice(n, size=want, replace=False)))
+
+
+def _route(table, splits, order) -> "np.ndarray":
+    """The range of each row: the number of split points that sort before it (ties: the split point first)."""
+    import pyarrow as pa
+    cols = [c for c, _, _ in order]
+    both = pa.concat_tables([splits.select(cols), table.select(cols)])
+    idx = _sort_indices(both, order).to_numpy()
+    is_split = idx < splits.num_rows
+    ranges = np.cumsum(is_split)                 # split points seen so far, in sorted order
+    out = np.empty(table.num_rows, dtype=np.int64)
+    rows = ~is_split
+    out[idx[rows] - splits.num_rows] = ranges[rows]
+    return out
+
+
+async def sort(comm: Communicator, table, params: SortParams) -> tuple[dict | None, dict]:
+    import pyarrow as pa
+    from shardstats.worker.data import codec
+    from shardstats.worker.engine.answer import write_parts
+    from shardstats.worker.engine.exchange import exchange_to
+    keys = _cols(params.by)
+    missing = [k for k in keys if k not in table.column_names]
+    if missing:
+        raise UsageError(f"--by: no column {missing[0]!r} (the input has: "
+                         f"{', '.join(c for c in table.column_names if not c.startswith('__sort')) or 'none'})")
+    if FILE_COL not in table.column_names:        # a cached dataset: its rows in this worker's order
+        table = table.append_column(FILE_COL, pa.array(np.full(table.num_rows, comm.rank, np.int64)))
+        table = table.append_column(ROW_COL, pa.array(np.arange(table.num_rows, dtype=np.int64)))
+    part_keys = _cols(params.partition_by)
+    route_order = _order(params, part_keys, False) if part_keys else _order(params, keys, True)
+    sort_order = _order(params, keys, True)
+    t0 = time.perf_counter()
+    comm.progress.set("sample")
+    total = comm.total if comm.total is not None else table.num_rows * comm.size
+    want = int(np.ceil(params.sample * table.num_rows / max(1, total)))
+    route_cols = [c for c, _, _ in route_order]
+    mine = await numpy_step(table.num_rows, _sample, table.select(route_cols), want, comm.rank + 7)
+    got = await tree_reduce(comm, {"p": [codec.encode(mine)]}, lambda a, b: {"p": a["p"] + b["p"]}, "sort.sample")
+    plan = None
+    if got is not None:
+        sample = pa.concat_tables([codec.decode(p) for p in got["p"]])
+        ordered = sample.take(_sort_indices(sample, route_order))
+        m, r = ordered.num_rows, comm.size
+        picks = [j * m // r for j in range(1, r)] if m else []
+        splits = ordered.take(pa.array(picks, pa.int64())) if picks else ordered.slice(0, 0)
+        plan = {"p": codec.encode(splits), "m": m}
+    plan = await broadcast(comm, plan, "sort.splits")
+    splits = codec.decode(plan["p"])
+    t1 = time.perf_counter()
+    comm.progress.set("route")
+    ranges = await numpy_step(table.num_rows, _route, table, splits, route_order) if splits.num_rows else \
+        np.zeros(table.num_rows, dtype=np.int64)
+    t2 = time.perf_counter()
+    rows, ex = await exchange_to(comm, table, ranges, ShuffleConfig.from_params(params, None),
+                                 compression=params.compression)
+    del table
+    comm.progress.set("sort")
+    t3 = time.perf_counter()
+    rows = await numpy_step(rows.num_rows, lambda t: t.take(_sort_indices(t, sort_order)), rows)
+    out = rows.drop_columns([FILE_COL, ROW_COL])
+    t4 = time.perf_counter()
+    stats = {"map_pairs": out.num_rows, "combined_pairs": 0, **ex["counters"], "rounds": 3,
+             "part_rows": out.num_rows, "part_bytes": out.nbytes,
+             "phases": {"sample": t1 - t0, "route": t2 - t1, **ex["phases"], "sort": t4 - t3}}
+    stats["combined_pairs"] = stats["map_pairs"]
+    if part_keys and out.num_rows:
+        from shardstats.worker.engine.aggregate import q, run_sql
+        k = ", ".join(q(c) for c in part_keys)
+        heavy = run_sql(f"SELECT {k}, count(*) AS n FROM t GROUP BY {k} ORDER BY n DESC LIMIT 3", out)
+        stats["heaviest"] = [[*(_plain(v) for v in list(r.values())[:-1]), r["n"]] for r in heavy.to_pylist()]
+    stats.update(await write_parts(comm, out, params.out, comm.job, overwrite=params.overwrite))
+    head = {"splits": _rows(splits.drop_columns([c for c in splits.column_names if c.startswith("__sort")])),
+            "sample": plan["m"]}
+    if comm.rank != 0:
+        return None, stats
+    return {"out": params.out, "parts": comm.size, **head}, stats
+
+
+def _plain(v):
+    from shardstats.worker.engine.answer import plain
+    return plain(v)
+
+
+def _rows(t) -> list[list]:
+    from shardstats.worker.engine.answer import rows_of
+    return rows_of(t)
+
+
+def summarize(workers: list[dict]) -> dict:
+    from shardstats.worker.engine import counter
+    out = counter.summarize(workers)
+    ws = sorted(workers, key=lambda w: w.get("rank", 0))
+    rows = [w.get("part_rows", 0) for w in ws]
+    mean = sum(rows) / len(rows) if rows else 0
+    out["part_rows"] = rows
+    out["part_bytes"] = [w.get("part_bytes", 0) for w in ws]
+    out["imbalance"] = round(max(rows) / mean, 4) if mean else 1.0
+    big = max(ws, key=lambda w: w.get("part_rows", 0)) if ws else {}
+    if "heaviest" in big:
+        out["heaviest_in_largest_part"] = big["heaviest"]
+    return out
+
+
+def render(r: dict) -> list[str]:
+    return [f"sorted into {r['parts']} parts under {r['out']}/ (part-00000.parquet first)",
+            f"split points from a sample of {r['sample']:,} rows: " + "; ".join(
+                ", ".join(map(str, s)) for s in r["splits"][:9]) + (" ..." if len(r["splits"]) > 9 else "")]
+
+
+OP = Op(
+    name="sort",
+    summary="A total order over every row: sampled range partitioning, sorted Parquet parts whose concatenation "
+            "in name order is the input sorted.",
+    params=SortParams,
+    run=sort,
+    render=render,
+    phases=("load", "sample", "route", "partition", "shuffle", "sort"),
+    examples=("cluster submit sort --input events/ --by ts --out sorted/",
+              "cluster submit sort --input logs/ --partition-by user --by user,ts --out by-user/"),
+    summarize=summarize,
+    reads=reads,
+)
