@@ -103,6 +103,8 @@ def make_command(op) -> click.Command:
         except UsageError as exc:
             fail(str(exc), 2)
         inputs = tuple(common["input_paths"]) + tuple(common["more_inputs"])
+        if not inputs and getattr(params, "left", None):      # a join names its sides: --left is its input
+            inputs = (params.left,)
         if not inputs:
             fail(f"--input: name the shards, e.g. `cluster submit {op.name} --input shards/`", 2)
         run_submit(op, params, inputs, **{k: v for k, v in common.items()

@@ -250,30 +250,47 @@ async def _abort(clients: list[WorkerClient], job: str) -> None:
 
 
 async def _attempt(clients: list[WorkerClient], job: str, spec: JobSpec, files: list[ShardRef],
-                   live: Liveness, on_progress: Progress | None) -> JobReport:
-    """One try of the job on these workers: load everywhere, then run everywhere, with heartbeats throughout."""
+                   live: Liveness, on_progress: Progress | None,
+                   sides: dict[str, list[ShardRef]] | None = None) -> JobReport:
+    """One try of the job on these workers: load everywhere, then run everywhere, with heartbeats throughout.
+
+    ``sides``: a job's named inputs besides ``--input`` (a join's right side), each spread over the
+    workers on its own, so every worker holds a share of every side."""
     t0 = time.perf_counter()
+    sides = sides or {}
     async with heartbeats(clients, live.heartbeat):
         plan = assign(files, len(clients))
+        side_plans = {name: assign(refs, len(clients)) for name, refs in sides.items()}
         # Reader options travel in the load message (extra fields are allowed by the schema).
         extra: dict = {k: v for k, v in (("column", spec.column), ("header", spec.header)) if v is not None}
         op = registry.get(spec.op)
         read = reader_options(spec)
         if read is not None:
-            extra["read"] = read
+            extra["read"] = {k: v for k, v in read.items() if k != "sides"}
         if on_progress is not None:        # workers send progress only when asked (worker/comm/progress.py)
             extra["progress"] = DEFAULTS.progress_interval
         where = {r.path: i for i, r in enumerate(files)}
-        for c, mine in zip(clients, plan):
+        for i, (c, mine) in enumerate(zip(clients, plan)):
             if read is not None and read.get("ordinals"):      # each file's place in the listing (a sort's ties)
-                extra["read"] = {**read, "ordinals": [where[r.path] for r in mine]}
+                extra["read"] = {**extra["read"], "ordinals": [where[r.path] for r in mine]}
+            if sides:                                          # which side each file belongs to
+                side_of = ["main"] * len(mine)
+                mine = list(mine)
+                for name, sp in side_plans.items():
+                    mine += sp[i]
+                    side_of += [name] * len(sp[i])
+                extra["read"] = {**extra["read"], "side_of": side_of, "side_names": ["main", *sides]}
             await _send(c, make("load", job=job, files=[r.wire() for r in mine], dead_after=live.worker_dead_after,
                                 **extra))
         loaded = await _all(clients, job, "loaded", spec.timeout, live, on_progress)
         total = sum(m["values"] for m in loaded)
         if total == 0 and op.reads is None:
             raise EmptyDataset(f"{', '.join(spec.inputs)}: the input holds no values")
-        if read is not None:         # the workers' schemas agreed into one (exit 2 naming two files if they differ)
+        if read is not None and sides:      # one agreed schema per side
+            from shardstats.worker.data.schema import unify
+            extra_run = {"schema": {name: unify([(m.get("schema") or {}).get(name) or [] for m in loaded])
+                                    for name in ["main", *sides]}}
+        elif read is not None:       # the workers' schemas agreed into one (exit 2 naming two files if they differ)
             from shardstats.worker.data.schema import unify
             extra_run = {"schema": unify([m.get("schema") or [] for m in loaded])}
         else:
@@ -321,6 +338,9 @@ async def run_job(addrs: list[str], token: bytes, spec: JobSpec, *, absolute_pat
     max_retries = spec.max_retries
     files = [] if any(i.startswith(CACHE_PREFIX) for i in spec.inputs) else \
         resolve_input(spec.inputs, absolute_paths, _suffixes(spec))
+    read = reader_options(spec)
+    sides = {name: resolve_input(tuple(paths), absolute_paths, _suffixes(spec))
+             for name, paths in ((read or {}).get("sides") or {}).items()}
     if absolute_paths:
         spec = _absolute_out(spec)
     clients, lost = await connect_reachable(addrs, token, tls=tls)
@@ -331,7 +351,7 @@ async def run_job(addrs: list[str], token: bytes, spec: JobSpec, *, absolute_pat
             attempt += 1
             job = base if attempt == 1 else f"{base}.{attempt}"
             try:
-                rep = await _attempt(clients, job, spec, files, live, on_progress)
+                rep = await _attempt(clients, job, spec, files, live, on_progress, sides)
             except ShardstatsError as exc:
                 gone = await _find_lost(clients, exc, live) if _retryable(exc) else []
                 clients = [c for c in clients if all(c is not g for g, _ in gone)]

@@ -130,6 +130,7 @@ KEYED_CASES = {
     "groupby": (("--by", "k", "--agg", "sum(x)"), lambda r, rows: r["data"] == [["a", sum(x for k, x in rows)]]),
     "wordcount": (("--text", "k"), lambda r, rows: r["top"] == [["a", len(rows)]]),
     "index": (("--text", "k"), lambda r, rows: r["words"] == 1),
+    "join": (("--right", "{tmp}/t.csv", "--on", "k", "--how", "semi"), lambda r, rows: r["rows"] == len(rows)),
     "sort": (("--by", "x", "--out", "{tmp}/sorted"), lambda r, rows: r["parts"] == 3 and len(r["splits"]) == 2),
 }
 

@@ -107,3 +107,20 @@ def test_wordcount_cli(four, tmp_path):
     assert doc["result"] == {"tokens": 12, "distinct": 5, "top": [["to", 4], ["be", 2], ["not", 2]]}
     r = submit(four, "wordcount", "--input", str(tmp_path), "--top", "2", "--no-lower")
     assert r.returncode == 0 and r.stdout.startswith("12 tokens, 6 distinct words\n  to ")
+
+
+def test_join_cli_says_what_it_chose(four, sales, tmp_path):
+    pq.write_table(pa.table({"region": ["north", "south", "west"], "manager": ["ann", "bo", "cy"]}),
+                   tmp_path / "managers.parquet")
+    r = submit(four, "join", "--left", str(sales), "--right", str(tmp_path / "managers.parquet"), "--on", "region",
+               "--how", "left", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["stats"]["strategy"] == "broadcast" and doc["stats"]["broadcast_side"] == "right"
+    assert doc["result"]["why"].startswith("broadcast: right side") and doc["stats"]["shuffled_left_rows"] == 0
+    assert doc["result"]["rows"] == 6000 and doc["result"]["columns"] == ["region", "revenue", "qty", "manager"]
+    r = submit(four, "join", "--left", str(sales), "--right", str(tmp_path / "managers.parquet"), "--on", "region",
+               "--strategy", "shuffle", "--limit", "3")
+    assert r.returncode == 0 and r.stdout.startswith("shuffle: asked for"), r.stdout
+    r = submit(four, "join", "--left", str(sales), "--right", str(tmp_path / "managers.parquet"), "--on", "manager")
+    assert r.returncode == 2 and "the left side has no column 'manager'" in r.stderr, r.stderr

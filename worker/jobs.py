@@ -102,11 +102,37 @@ def load_table(files: list[ShardRef], root: str | Access, read: dict, progress: 
         described.append([[f.name, str(f.type), ref.path] for f in t.schema])
         if progress is not None:
             progress.done = i + 1
+    side_of = read.get("side_of")
+    if side_of is not None:       # a job of named inputs (a join): one table and one schema per side
+        out, agreed_by = {}, {}
+        for name in read.get("side_names") or sorted(set(side_of)):
+            mine = [i for i, s in enumerate(side_of) if s == name]
+            agreed_by[name] = schema.unify([described[i] for i in mine])
+            target = arrow_schema(agreed_by[name])
+            out[name] = pa.concat_tables([conform(tables[i], target) for i in mine]) if mine else None
+        return Sides(out), agreed_by
     agreed = schema.unify(described)
     if not tables:
         return pa.table({}), agreed
     target = arrow_schema(agreed)
     return pa.concat_tables([conform(t, target) for t in tables]), agreed
+
+
+class Sides(dict):
+    """A join's inputs on this worker, by side name ("main" is --left/--input); None: no file of that side here
+    (the agreed schema gives it its columns at run time). ``len`` is the rows of every side."""
+
+    def __len__(self) -> int:
+        return sum(t.num_rows for t in self.values() if t is not None)
+
+    def conform(self, schemas: dict) -> "Sides":
+        import pyarrow as pa
+        out = Sides()
+        for name, described in schemas.items():
+            target = arrow_schema(described)
+            t = self.get(name)
+            out[name] = conform(t, target) if t is not None else pa.Table.from_batches([], schema=target)
+        return out
 
 
 def arrow_schema(described: list[list]):

@@ -335,7 +335,10 @@ class WorkerServer:
         job.comm.access = self.access                       # where a keyed job's --out is written
         if msg.get("schema") is not None and job.read is not None:
             # The schema the coordinator agreed from every worker's files: every rank holds the same types.
-            job.values = jobs.conform(job.values, jobs.arrow_schema(msg["schema"]))
+            if isinstance(job.values, jobs.Sides):
+                job.values = job.values.conform(msg["schema"])
+            else:
+                job.values = jobs.conform(job.values, jobs.arrow_schema(msg["schema"]))
         early, job.early = job.early, []
         self.early_bytes -= job.early_bytes
         job.early_bytes = 0

@@ -24,6 +24,7 @@ from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.shuffle import ShuffleConfig
 from shardstats.worker.engine import aggregate as agg
 from shardstats.worker.engine import counter
+from shardstats.worker.engine.hot import find_hot, hot_rows, key_mask
 from shardstats.worker.ops.contract import KeyedParams, Op, option
 from shardstats.worker.steps import numpy_step
 
@@ -81,49 +82,11 @@ def reads(p: GroupbyParams) -> dict:
 _RESALTABLE = frozenset({"count", "sum", "min", "max", "largest", "smallest", "collect", "collect_set",
                          "median", "quantile"})
 _SELECTED = frozenset({"median", "quantile"})      # a hot key's are found by exact selection over its salted parts
-HOT_SHARE = 2.0          # a key with more rows than this x a reducer's mean share is hot
-
-
-async def _hot_keys(comm: Communicator, table, keys) -> tuple[list, int]:
-    """Keys whose rows, summed over every rank, exceed HOT_SHARE x a reducer's share, found from each rank's
-    64 most frequent keys and their counts summed. A key that heavy is among the top of any rank holding a
-    fair part of it; one missed is only a balance cost, never a wrong answer (salting is for balance)."""
-    from shardstats.worker.comm.collectives import allreduce
-    from shardstats.worker.engine.aggregate import q, run_sql
-    k = ", ".join(q(x) for x in keys)
-    top = await numpy_step(table.num_rows, run_sql, f"SELECT {k}, count(*) AS n FROM t GROUP BY {k} "
-                           f"ORDER BY n DESC LIMIT 64", table)
-    local = {"rows": table.num_rows, "cand": [[list(r.values())[:-1], r["n"]] for r in top.to_pylist()]}
-
-    def merge(a, b):
-        d: dict = {}
-        for key, n in a["cand"] + b["cand"]:
-            t = tuple(key)
-            d[t] = d.get(t, 0) + n
-        return {"rows": a["rows"] + b["rows"], "cand": [[list(t), n] for t, n in d.items()]}
-    total = await allreduce(comm, local, merge, "groupby.hot")
-    share = total["rows"] / comm.size
-    hot = [(key, n) for key, n in total["cand"] if n > HOT_SHARE * share and comm.size > 1]
-    return sorted(hot, key=lambda x: -x[1]), total["rows"]
-
-
-def _key_mask(table, keys, key):
-    """A boolean numpy mask of the rows of ``table`` whose key columns equal ``key`` (None matching nulls)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    m = None
-    for name, v in zip(keys, key):
-        col = table.column(name)
-        e = pc.is_null(col) if v is None else pc.fill_null(pc.equal(col, pa.scalar(v, col.type)), False)
-        m = e if m is None else pc.and_(m, e)
-    return np.asarray(m.to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def _salt_column(table, keys, hot: list, ways: int):
     """A uint64 salt per row: 0 for ordinary keys, 1 + the row's position mod ``ways`` for hot ones."""
-    flags = np.zeros(table.num_rows, dtype=bool)
-    for key, _ in hot:
-        flags |= _key_mask(table, keys, key)
+    flags = hot_rows(table, keys, hot)
     salt = (np.arange(table.num_rows, dtype=np.uint64) % np.uint64(ways)) + np.uint64(1)
     salt[~flags] = 0
     return salt
@@ -160,7 +123,7 @@ async def _hot_quantiles(comm: Communicator, mine, keys, hot: list, aggs) -> lis
     from shardstats.worker.engine.select import select_ranks
     out = []
     for key, _ in hot:
-        rows = mine.filter(pa.array(_key_mask(mine, keys, key)))
+        rows = mine.filter(pa.array(key_mask(mine, keys, key)))
         values = {}
         for a in aggs:
             if a.func not in _SELECTED:
@@ -188,7 +151,7 @@ def _patch(table, keys, exact: list[tuple[tuple, dict]]):
     import pyarrow as pa
     import pyarrow.compute as pc
     for key, values in exact:
-        mask = _key_mask(table, keys, key)
+        mask = key_mask(table, keys, key)
         if not mask.any():
             continue
         for name, value in values.items():
@@ -219,7 +182,7 @@ async def groupby(comm: Communicator, table, params: GroupbyParams) -> tuple[dic
         drop = agg.drop_sql(keys, aggs)
         sent = await numpy_step(map_pairs, agg.run_sql, drop, table) if drop else table
         if params.salt != "off" and comm.size > 1:
-            hot, _ = await _hot_keys(comm, sent, keys)
+            hot = await find_hot(comm, sent, keys)
             if hot:
                 extra["hot_keys"] = [[*k, n] for k, n in hot[:10]]
                 if all(a.func in _RESALTABLE for a in aggs):

@@ -1,0 +1,117 @@
+"""join against DuckDB on the same files: every kind of join, broadcast and shuffle, many-to-many keys, NULL
+keys, empty sides, int32 with int64 keys, a hot key salted over the reducers; the planner's choice and why."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from shardstats.coordinator.job import run_job
+from shardstats.coordinator.spec import job_spec
+from shardstats.errors import UsageError
+from shardstats.testing import in_process_cluster
+from tests.keyed_ref import assert_rows_equal, duck
+
+HOWS = {"inner": "INNER JOIN", "left": "LEFT JOIN", "right": "RIGHT JOIN", "full": "FULL OUTER JOIN",
+        "semi": "SEMI JOIN", "anti": "ANTI JOIN"}
+
+
+def sides(tmp_path, rng, nl=3000, nr=400, keys=300, hot=None, empty_right=False):
+    def key(n, dtype, hot=None):
+        k = rng.integers(0, keys, n).astype(object)
+        k[rng.random(n) < 0.05] = None
+        if hot is not None:
+            k[rng.random(n) < hot] = 7
+        return pa.array(k, dtype)
+    L = tmp_path / "L"
+    R = tmp_path / "R"
+    L.mkdir()
+    R.mkdir()
+    for i in range(3):
+        pq.write_table(pa.table({"k": key(nl // 3, pa.int64(), hot), "v": rng.integers(0, 100, nl // 3),
+                                 "name": [f"l{x}" for x in range(nl // 3)]}), L / f"l{i}.parquet")
+    for i in range(2):
+        n = 0 if empty_right else nr // 2
+        pq.write_table(pa.table({"k": key(n, pa.int32()), "v": pa.array(rng.random(n)),
+                                 "label": [f"r{x}" for x in range(n)]}), R / f"r{i}.parquet")
+    return L, R
+
+
+def reference(L, R, how):
+    l, r = f"read_parquet('{L}/*.parquet')", f"read_parquet('{R}/*.parquet')"
+    if how in ("semi", "anti"):
+        return duck(f"SELECT l.* FROM {l} l {HOWS[how]} {r} r ON l.k = r.k")[1]
+    key = "coalesce(l.k, r.k) AS k" if how in ("right", "full") else "l.k"
+    return duck(f"SELECT {key}, l.v, l.name, r.v AS v_right, r.label FROM {l} l {HOWS[how]} {r} r "
+                f"ON l.k = r.k")[1]
+
+
+async def job(c, L, R, **params):
+    return await run_job(c.addrs, c.token, job_spec("join", str(L), {"right": str(R), "on": "k", "limit": 0,
+                                                                   **params}))
+
+
+@pytest.mark.parametrize("how", list(HOWS))
+async def test_every_join_equals_duckdb_broadcast_and_shuffle(tmp_path, how):
+    rng = np.random.default_rng(3)
+    L, R = sides(tmp_path, rng)
+    want = reference(L, R, how)
+    async with in_process_cluster(4, root=str(tmp_path)) as c:
+        for strategy in ("auto", "shuffle"):
+            if how == "full" and strategy == "auto":
+                pass
+            rep = await job(c, L, R, how=how, strategy=strategy)
+            assert rep.result["rows"] == len(want)
+            assert_rows_equal(rep.result["data"], want, len(rep.result["columns"]), f"{how} {strategy}")
+            st = {k: sum(w.get(k, 0) for w in rep.workers) for k in ("shuffled_left_rows", "shuffled_right_rows")}
+            if strategy == "auto" and how != "full":
+                assert rep.result["strategy"] == "broadcast" and "limit" in rep.result["why"]
+                big = "left" if rep.workers[0]["broadcast_side"] == "right" else "right"
+                assert st[f"shuffled_{big}_rows"] == 0           # no row of the big side moved
+            else:
+                assert rep.result["strategy"] == "shuffle"
+    assert rep.result["columns"][:3] == ["k", "v", "name"]
+
+
+async def test_empty_side_and_mismatched_key_types(tmp_path):
+    rng = np.random.default_rng(4)
+    L, R = sides(tmp_path, rng, empty_right=True)
+    async with in_process_cluster(3, root=str(tmp_path)) as c:
+        for how in ("inner", "left", "anti"):
+            rep = await job(c, L, R, how=how, strategy="shuffle")
+            assert_rows_equal(rep.result["data"], reference(L, R, how), 5 if how != "anti" else 3, how)
+        pq.write_table(pa.table({"k": ["a", "b"], "w": [1, 2]}), tmp_path / "S.parquet")
+        with pytest.raises(UsageError, match=r"incompatible types: left 'k' is int64, right 'k' is"):
+            await run_job(c.addrs, c.token, job_spec("join", str(L), {"right": str(tmp_path / "S.parquet"),
+                                                                      "on": "k"}))
+        with pytest.raises(UsageError, match=r"the right side has no column 'k2'"):
+            await run_job(c.addrs, c.token, job_spec("join", str(L), {"right": str(R), "left_on": "k",
+                                                                      "right_on": "k2"}))
+
+
+async def test_a_hot_key_is_salted_and_the_rows_stay_the_same(tmp_path):
+    """Half the big side holds one key: salted, no reducer above 1.5x the mean; unsalted, one takes it."""
+    rng = np.random.default_rng(9)
+    L, R = sides(tmp_path, rng, nl=30_000, nr=3000, keys=3000, hot=0.5)
+    want = reference(L, R, "inner")
+    async with in_process_cluster(5, root=str(tmp_path)) as c:
+        salted = await job(c, L, R, strategy="shuffle", limit=100)
+        off = await job(c, L, R, strategy="shuffle", salt="off", limit=100)
+        out = await job(c, L, R, strategy="shuffle", out=str(tmp_path / "o"))
+    assert salted.result["rows"] == off.result["rows"] == len(want)
+    _, got = duck(f"SELECT k, v, name, v_right, label FROM read_parquet('{tmp_path}/o/*.parquet')")
+    assert_rows_equal([list(r) for r in got], want, 5)
+    share = lambda rep: max(w["reducer_pairs"] for w in rep.workers) / (
+        sum(w["reducer_pairs"] for w in rep.workers) / len(rep.workers))
+    assert share(salted) <= 1.5 and share(off) > 2, (share(salted), share(off))
+    assert salted.workers[0]["hot_keys"][0][0] == 7 and salted.workers[0]["busiest_reducer_share_unsalted"] > 2
+    assert out.result["strategy"] == "shuffle"
+
+
+def test_join_usage_errors():
+    for params, why in [({"on": "k"}, "--right"), ({"right": "r"}, "--on: name the key columns"),
+                        ({"right": "r", "left_on": "a,b", "right_on": "c"}, "--left-on names 2 columns"),
+                        ({"right": "r", "on": "k", "how": "cross"}, "--how")]:
+        with pytest.raises(UsageError, match=why):
+            job_spec("join", "l", params)

@@ -1,0 +1,319 @@
+"""join: two datasets by key -- broadcast, shuffle hash or skew join, chosen by a planner that says why.
+
+* **broadcast**: the smaller side (when the join allows it and it is under
+  ``--broadcast-limit``) reaches every worker through the credit shuffle -- each worker
+  streams its own part of that side to the others, one receiver at a time, so no
+  worker fans out to all at once and no receiver takes more than ``fan_in`` streams --
+  and each worker joins its share of the big side locally: zero big-side rows move.
+* **shuffle**: both sides go through the one credit shuffle by the stable key hash
+  (``worker.data.hashing``: both sides' keys are cast to common types first, so equal
+  keys hash alike) and each reducer joins what it owns.
+* **skew** (``--salt``): a key holding more than twice a reducer's share of the side it
+  is hot on is split over several reducers on that side, and the other side's rows
+  of that key are copied to each of them -- the same output rows, every pair once.
+  Only the side whose unmatched rows are not kept may be copied (inner: either;
+  left/semi/anti: the right; right: the left; full joins are not salted).
+
+The local join is DuckDB's hash join (one thread per worker). Output: every left
+column, then the right side's non-key columns (a clashing name gets ``_right``); with
+``--on`` the key columns are the join's keys (SQL ``USING``: a right-only row of a
+right or full join shows its key), with ``--left-on/--right-on`` the left's. NULL keys
+never match. Semi and anti joins return left columns only.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from shardstats.lazy import numpy as np
+
+from shardstats.errors import UsageError
+from shardstats.worker.comm.collectives import allreduce
+from shardstats.worker.comm.communicator import Communicator
+from shardstats.worker.comm.shuffle import ShuffleConfig
+from shardstats.worker.engine import counter
+from shardstats.worker.engine.hot import find_hot, hot_rows
+from shardstats.worker.ops.contract import KeyedParams, Op, option
+
+HOWS = ("inner", "left", "right", "full", "semi", "anti")
+
+
+def _cols(text: str | None) -> tuple[str, ...]:
+    return tuple(c.strip() for c in str(text).split(",") if c.strip()) if text else ()
+
+
+def _size(text) -> int:
+    from shardstats.worker.memory import parse_size
+    return parse_size(str(text))
+
+
+def _salt(text) -> str:
+    text = str(text).strip().lower()
+    if text in ("auto", "off") or (text.isdigit() and 1 <= int(text) <= 1024):
+        return text
+    raise ValueError(f"{text!r} is not auto, off or a number of reducers from 1 to 1024")
+
+
+@dataclass(frozen=True)
+class JoinParams(KeyedParams):
+    left: str | None = option(None, "The left side: a directory, file or glob of table shards (or --input).",
+                              metavar="PATH")
+    right: str | None = option(None, "The right side: a directory, file or glob of table shards.", metavar="PATH")
+    on: str | None = option(None, "Key columns both sides share, comma-separated.", metavar="COLS")
+    left_on: str | None = option(None, "The left side's key columns (with --right-on, when the names differ).",
+                                 metavar="COLS")
+    right_on: str | None = option(None, "The right side's key columns, in the order of --left-on.", metavar="COLS")
+    how: str = option("inner", "inner, left, right, full (outer), semi (left rows with a partner) or anti "
+                      "(left rows without).", choices=HOWS)
+    strategy: str = option("auto", "auto (broadcast a side under --broadcast-limit the join allows, else "
+                           "shuffle), broadcast or shuffle.", choices=("auto", "broadcast", "shuffle"))
+    broadcast_limit: int = option(64 << 20, "The largest side (in memory, all workers' shares) auto broadcasts; "
+                                  "sizes like 64MiB.", parse=_size, metavar="SIZE")
+    salt: str = option("auto", "Hot keys of a shuffle join: auto (split a key over 2x a reducer's share), off, "
+                       "or N reducers per hot key.", parse=_salt, metavar="auto|off|N")
+
+    def check(self) -> None:
+        super().check()
+        if not self.right:
+            raise UsageError("--right: name the right side's shards, e.g. --right customers/")
+        on, lo, ro = _cols(self.on), _cols(self.left_on), _cols(self.right_on)
+        if on and (lo or ro):
+            raise UsageError("--on: give either --on or --left-on with --right-on, not both")
+        if not on and not (lo and ro):
+            raise UsageError("--on: name the key columns, e.g. --on id (or --left-on a --right-on b)")
+        if len(lo) != len(ro):
+            raise UsageError(f"--left-on names {len(lo)} columns but --right-on {len(ro)}")
+
+    @property
+    def keys(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        on = _cols(self.on)
+        return (on, on) if on else (_cols(self.left_on), _cols(self.right_on))
+
+
+def reads(p: JoinParams) -> dict:
+    return {"kind": "table", "columns": None, "cache": None, "sides": {"right": [p.right]}}
+
+
+# -- types and output ---------------------------------------------------------------------------------------
+def _common_keys(left, right, lk, rk):
+    """Both sides' key columns cast to one type per pair (int32 with int64, ints with floats); a pair that
+    cannot meet (a number and text) is the user's to fix, named with both columns."""
+    import pyarrow as pa
+    for side, names, t in (("left", lk, left), ("right", rk, right)):
+        for c in names:
+            if c not in t.column_names:
+                raise UsageError(f"--{'left-on' if side == 'left' else 'right-on'}: the {side} side has no column "
+                                 f"{c!r} (it has: {', '.join(t.column_names)})")
+    for a, b in zip(lk, rk):
+        ta, tb = left.schema.field(a).type, right.schema.field(b).type
+        if ta == tb:
+            continue
+        num = lambda t: pa.types.is_integer(t) or pa.types.is_floating(t)
+        if num(ta) and num(tb):
+            target = pa.float64() if pa.types.is_floating(ta) or pa.types.is_floating(tb) else pa.int64()
+        elif pa.types.is_null(ta) or pa.types.is_null(tb):
+            target = tb if pa.types.is_null(ta) else ta
+        else:
+            raise UsageError(f"join keys of incompatible types: left {a!r} is {ta}, right {b!r} is {tb}")
+        left = left.set_column(left.schema.get_field_index(a), a, left.column(a).cast(target))
+        right = right.set_column(right.schema.get_field_index(b), b, right.column(b).cast(target))
+    return left, right
+
+
+def _sql(how: str, lk, rk, lcols, rcols, using: bool) -> str:
+    from shardstats.worker.engine.aggregate import q
+    cond = " AND ".join(f"l.{q(a)} = r.{q(b)}" for a, b in zip(lk, rk))
+    if how in ("semi", "anti"):
+        return f"SELECT l.* FROM l {how.upper()} JOIN r ON {cond}"
+    taken = set(lcols)
+    sel = []
+    for c in lcols:
+        if using and c in lk and how in ("right", "full"):
+            b = rk[lk.index(c)]
+            sel.append(f"coalesce(l.{q(c)}, r.{q(b)}) AS {q(c)}")
+        else:
+            sel.append(f"l.{q(c)}")
+    for c in rcols:
+        if c in rk:
+            continue
+        name = c if c not in taken else f"{c}_right"
+        while name in taken:
+            name += "_right"
+        taken.add(name)
+        sel.append(f"r.{q(c)} AS {q(name)}")
+    kind = {"inner": "INNER", "left": "LEFT", "right": "RIGHT", "full": "FULL OUTER"}[how]
+    return f"SELECT {', '.join(sel)} FROM l {kind} JOIN r ON {cond}"
+
+
+def _local_join(sql: str, left, right):
+    from shardstats.worker.engine.aggregate import run_sql
+    return run_sql(sql, l=left, r=right)
+
+
+# -- the plan ---------------------------------------------------------------------------------------------------
+def _plan(p: JoinParams, sizes: dict) -> tuple[str, str | None, str]:
+    """(strategy, the side broadcast or None, why) from both sides' sizes over every worker."""
+    from shardstats.cluster.progress import human_bytes
+    can = {"inner": ("right", "left"), "left": ("right",), "semi": ("right",), "anti": ("right",),
+           "right": ("left",), "full": ()}[p.how]
+    if p.strategy == "shuffle":
+        return "shuffle", None, "shuffle: asked for (--strategy shuffle)"
+    small = min(can, key=lambda s: sizes[s]) if can else None
+    if p.strategy == "broadcast":
+        if small is None:
+            raise UsageError("--strategy broadcast: a full outer join keeps both sides' unmatched rows and "
+                             "cannot broadcast either; use shuffle")
+        return "broadcast", small, f"broadcast: asked for (--strategy broadcast); {small} side " \
+                                   f"{human_bytes(sizes[small])}"
+    if small is not None and sizes[small] <= p.broadcast_limit:
+        return "broadcast", small, (f"broadcast: {small} side {human_bytes(sizes[small])} <= "
+                                    f"{human_bytes(p.broadcast_limit)} limit")
+    if small is None:
+        return "shuffle", None, "shuffle: a full outer join broadcasts neither side"
+    return "shuffle", None, (f"shuffle: the smaller side it may broadcast ({small}) is "
+                             f"{human_bytes(sizes[small])} > {human_bytes(p.broadcast_limit)} limit")
+
+
+async def join(comm: Communicator, sides, params: JoinParams) -> tuple[dict | None, dict]:
+    import pyarrow as pa
+    from shardstats.worker.data.hashing import hash_columns, owners_of
+    from shardstats.worker.engine.answer import gather_head, rows_of, write_parts
+    from shardstats.worker.engine.exchange import broadcast_table, exchange_to
+    from shardstats.worker.steps import numpy_step
+    left, right = sides["main"], sides["right"]
+    lk, rk = params.keys
+    left, right = _common_keys(left, right, lk, rk)
+    loaded_rows = left.num_rows + right.num_rows
+    using = bool(_cols(params.on))
+    sql = _sql(params.how, lk, rk, left.column_names, right.column_names, using)
+    cfg = ShuffleConfig.from_params(params, None)
+    sizes = await allreduce(comm, {"left": left.nbytes, "right": right.nbytes,
+                                   "left_rows": left.num_rows, "right_rows": right.num_rows},
+                            lambda a, b: {k: a[k] + b[k] for k in a}, "join.sizes")
+    strategy, small, why = _plan(params, sizes)
+    stats: dict = {"strategy": strategy, "why": why, "left_rows": sizes["left_rows"],
+                   "right_rows": sizes["right_rows"], "left_bytes": sizes["left"], "right_bytes": sizes["right"]}
+    counters = {"shuffled_pairs": 0, "shuffled_bytes": 0}
+    phases: dict = {}
+    if strategy == "broadcast":
+        comm.progress.set("broadcast")
+        whole, ex = await broadcast_table(comm, left if small == "left" else right, cfg,
+                                          compression=params.compression)
+        if small == "left":
+            left = whole
+        else:
+            right = whole
+        counters["shuffled_pairs"] = ex["counters"]["shuffled_pairs"]
+        counters["shuffled_bytes"] = ex["counters"]["shuffled_bytes"]
+        stats.update({"broadcast_side": small, "broadcast_rows_x_workers": ex["counters"]["shuffled_pairs"],
+                      "shuffled_left_rows": ex["counters"]["shuffled_pairs"] if small == "left" else 0,
+                      "shuffled_right_rows": ex["counters"]["shuffled_pairs"] if small == "right" else 0})
+        phases.update(ex["phases"])
+        reducer_rows = (right if small == "left" else left).num_rows + whole.num_rows
+    else:
+        salt_side = None
+        hot: list = []
+        if params.salt != "off" and params.how != "full":
+            may = {"inner": ("left", "right"), "left": ("left",), "semi": ("left",), "anti": ("left",),
+                   "right": ("right",)}[params.how]
+            for side in may:
+                hot = await find_hot(comm, left if side == "left" else right, lk if side == "left" else rk,
+                                     skip_nulls=True)
+                if hot:
+                    salt_side = side
+                    break
+        W = comm.size
+        ways = W if params.salt in ("auto", "off") else min(W, int(params.salt))
+        before = []
+        for side, t, keys in (("left", left, lk), ("right", right, rk)):
+            o = await numpy_step(t.num_rows, lambda t=t, keys=keys: owners_of(hash_columns(t, list(keys)), W))
+            before.append(np.bincount(o, minlength=W) if t.num_rows else np.zeros(W, np.int64))
+            if salt_side is None:
+                moved, ex = await exchange_to(comm, t, o, cfg, compression=params.compression)
+            else:
+                flags = hot_rows(t, keys, hot)
+                if side == salt_side:      # hot rows spread over `ways` ranks after the key's owner
+                    spread = (np.arange(t.num_rows) % ways) + 1
+                    dest = np.where(flags, (o.astype(np.int64) + spread) % W, o.astype(np.int64))
+                    moved, ex = await exchange_to(comm, t, dest, cfg, compression=params.compression)
+                else:                       # the other side's hot rows copied to each of those ranks
+                    copies = [t.filter(pa.array(~flags))] + [t.filter(pa.array(flags))] * ways
+                    dest = np.concatenate([o[~flags].astype(np.int64)] + [
+                        (o[flags].astype(np.int64) + s) % W for s in range(1, ways + 1)])
+                    moved, ex = await exchange_to(comm, pa.concat_tables(copies), dest, cfg,
+                                                  compression=params.compression)
+            counters["shuffled_pairs"] += ex["counters"]["shuffled_pairs"]
+            counters["shuffled_bytes"] += ex["counters"]["shuffled_bytes"]
+            stats[f"shuffled_{side}_rows"] = ex["counters"]["shuffled_pairs"]
+            for k, v in ex["phases"].items():
+                phases[k] = phases.get(k, 0) + v
+            if side == "left":
+                left = moved
+            else:
+                right = moved
+        reducer_rows = left.num_rows + right.num_rows
+        # the busiest reducer had nothing been salted: every rank's own count of what the hash sends each rank
+        total_before = await allreduce(comm, {"b": (before[0] + before[1]).tolist()},
+                                       lambda a, b: {"b": [x + y for x, y in zip(a["b"], b["b"])]}, "join.before")
+        mean = sum(total_before["b"]) / W if W else 0
+        stats["busiest_reducer_share_unsalted"] = round(max(total_before["b"]) / mean, 4) if mean else 1.0
+        if hot:
+            stats.update({"hot_keys": [[*k, n] for k, n in hot[:10]], "salted_side": salt_side, "salt": ways})
+    t1 = time.perf_counter()
+    comm.progress.set("join")
+    out = await numpy_step(left.num_rows + right.num_rows, _local_join, sql, left, right)
+    t2 = time.perf_counter()
+    phases["join"] = t2 - t1
+    stats.update({"map_pairs": loaded_rows, "combined_pairs": loaded_rows,
+                  **counters, "reducer_pairs": reducer_rows, "output_rows": out.num_rows, "rounds": 1,
+                  "phases": phases})
+    order = [(c, "ascending") for c in out.column_names]
+    if params.out:
+        stats.update(await write_parts(comm, out, params.out, comm.job, params.overwrite))
+    head = await gather_head(comm, out, order, 1 if params.out else params.limit)
+    if head is None:
+        return None, stats
+    t, rows = head
+    result = {"rows": rows, "columns": out.column_names, "data": [] if params.out else rows_of(t),
+              "strategy": strategy, "why": why}
+    if params.out:
+        result["out"] = params.out
+    return result, stats
+
+
+def summarize(workers: list[dict]) -> dict:
+    out = counter.summarize(workers)
+    w0 = min(workers, key=lambda w: w.get("rank", 0)) if workers else {}
+    for k in ("strategy", "why", "left_rows", "right_rows", "left_bytes", "right_bytes", "broadcast_side",
+              "busiest_reducer_share_unsalted", "hot_keys", "salted_side", "salt"):
+        if k in w0:
+            out[k] = w0[k]
+    for k in ("shuffled_left_rows", "shuffled_right_rows", "broadcast_rows_x_workers", "output_rows"):
+        out[k] = sum(w.get(k, 0) for w in workers)
+    return out
+
+
+def render(r: dict) -> list[str]:
+    from shardstats.worker.engine.answer import text_table
+    lines = [r["why"]]
+    if r.get("out"):
+        return lines + [f"{r['rows']:,} rows written to {r['out']}/part-*.parquet"]
+    lines += text_table(r["columns"], r["data"])
+    shown = len(r["data"])
+    lines.append(f"{r['rows']:,} row{'s' * (r['rows'] != 1)}" + (f" (first {shown:,} shown; --limit, or --out DIR "
+                                                                  f"for all)" if shown < r["rows"] else ""))
+    return lines
+
+
+OP = Op(
+    name="join",
+    summary="Joins two datasets by key: broadcast, shuffle or skew join, chosen by a planner that says why.",
+    params=JoinParams,
+    run=join,
+    render=render,
+    phases=("load", "broadcast", "partition", "shuffle", "join"),
+    examples=("cluster submit join --left orders/ --right customers/ --on customer_id",
+              "cluster submit join --left x/ --right big/ --left-on id1 --right-on id --how left --out joined/"),
+    summarize=summarize,
+    reads=reads,
+)
