@@ -113,3 +113,20 @@ async def test_bad_text_names_file_and_line(tmp_path):
         (d / "x.txt").unlink()
         rep = await run_job(c.addrs, c.token, job_spec("wordcount", str(d)))
         assert rep.result["top"] == [["fine", 1], ["words", 1]]
+
+
+def test_tokens_and_case_equal_python_on_every_assigned_code_point():
+    """The tokenizer's word characters and lowercasing, checked one code point at a time against Python's
+    ``re`` ``\\w`` and ``str.lower`` over every code point this Python's Unicode database assigns. (Code points
+    it leaves unassigned, Cn, may be letters in the newer Unicode tables Polars carries: that is the only gap.)"""
+    import unicodedata
+    import polars as pl
+    from shardstats.worker.engine.tokens import DEFAULT_PATTERN
+    chars = [chr(c) for c in range(0x20, 0x30000) if not 0xD800 <= c <= 0xDFFF
+             and unicodedata.category(chr(c)) != "Cn"]
+    s = pl.Series(chars)
+    word = s.str.contains(f"^{DEFAULT_PATTERN}$").to_list()
+    wrong = [hex(ord(c)) for c, w in zip(chars, word) if w != bool(re.fullmatch(r"\w", c))]
+    assert wrong == []
+    lower = s.str.to_lowercase().to_list()
+    assert [hex(ord(c)) for c, lo in zip(chars, lower) if c.lower() != lo] == []
