@@ -2,8 +2,14 @@
 """Our cluster side by side with the tools people would use instead, on the same files, in one run.
 
 Datasets (cached under ``--data-dir``, reused when present): the problem's
-``unique-dup`` (every value unique but one, which sits on two shards) and
-``zipf`` (zipf(1.3)), ``--rows`` values in ``--shards`` shards, written once as
+``unique-dup`` (every value unique but one, which sits on two shards),
+``zipf`` (zipf(1.3) ranks as the values: mostly small numbers) and the heavy-tailed
+``hzipf-A-R`` (zipf(A) ranks each mapped to a random-looking value in [0, R) by a
+splitmix64 mix, ``R`` = ``int64`` for the whole signed range: a few values seen
+millions of times, a long tail seen once or twice, spread over a wide range);
+``zipf-wide`` is ``hzipf-1.3-1e12``.  ``--zipf-sweep`` runs the mode over
+``hzipf`` at exponents 1.1-2.0 and ranges 10^3 to the full int64, so no single shape
+hides a loss.  ``--rows`` values in ``--shards`` shards, written once as
 ``.npy`` (``cluster.gen``) and as ``.parquet`` from the same arrays (pyarrow,
 column ``x``, default row groups and compression).  The exact reference answers
 (from one ``np.sort``) are stored next to them and every tool is checked
@@ -49,6 +55,8 @@ cluster's (``ours``) median time for the same dataset and op; above 1 we are fas
     .venv/bin/python scripts/bench.py                       # 10M rows, every tool installed
     .venv/bin/python scripts/bench.py --rows 100000000      # 100M rows
     .venv/bin/python scripts/bench.py --rows 1e6 --tools ours,numpy --ops mode --json
+    .venv/bin/python scripts/bench.py --zipf-sweep --rows 3e7 --tools ours,numpy,duckdb,polars
+    .venv/bin/python scripts/bench.py --datasets hzipf-1.1-int64,hzipf-2-1e6 --ops mode
     .venv/bin/python scripts/bench.py --scaling --scaling-rows 1e6,3e6,1e7   # ours at 1, 2, 5, 10 workers
 
 Exit status 1 when any exact answer does not match (or our cluster fails), else 0.
@@ -62,6 +70,7 @@ import importlib.util
 import json
 import os
 import queue
+import re
 import shutil
 import statistics
 import subprocess
@@ -82,7 +91,11 @@ from shardstats.reference import mode_and_median
 ROOT = Path(__file__).resolve().parent.parent
 
 PREFIX = "@@bench "              # child -> parent event lines on stdout; anything else is ignored
-DATASETS = ("unique-dup", "zipf")
+DATASETS = ("unique-dup", "zipf", "zipf-wide")
+ZIPF_WIDE = "hzipf-1.3-1e12"          # the issue's heavy-tailed shape: zipf(1.3) ranks over [0, 10^12)
+SWEEP_EXPONENTS = ("1.1", "1.3", "1.5", "2")
+SWEEP_RANGES = ("1e3", "1e6", "1e12", "int64")
+HZIPF = re.compile(r"hzipf-(?P<a>[0-9]+(?:\.[0-9]+)?)-(?P<r>int64|[0-9]+(?:e[0-9]+)?)")
 OPS = ("mode", "median", "topk", "distinct")
 TOPK_STRATEGY_OPS = ("topk/shuffle", "topk/threshold")   # ours only: each topk strategy forced, for its bytes
 ROW_ORDER = ("mode", "median", "topk", *TOPK_STRATEGY_OPS, "distinct")
@@ -126,12 +139,13 @@ def parse_count(text: str) -> int:
     return int(value)
 
 
-def csv_list(choices: tuple[str, ...] | list[str]) -> Callable[[str], list[str]]:
+def csv_list(choices: tuple[str, ...] | list[str], pattern: re.Pattern | None = None) -> Callable[[str], list[str]]:
     def parse(text: str) -> list[str]:
         items = [s.strip() for s in text.split(",") if s.strip()]
-        bad = [s for s in items if s not in choices]
+        bad = [s for s in items if s not in choices and not (pattern and pattern.fullmatch(s))]
         if bad or not items:
-            raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(choices)}")
+            more = " or hzipf-EXPONENT-RANGE (e.g. hzipf-1.1-1e6, hzipf-2-int64)" if pattern else ""
+            raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(choices)}{more}")
         return items
     return parse
 
@@ -167,6 +181,43 @@ def reference(values: np.ndarray, tie_limit: int = 1000, is_sorted: bool = False
     return ref
 
 
+_MIX1, _MIX2, _GOLDEN = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0x9E3779B97F4A7C15
+
+
+def splitmix64(x: np.ndarray, salt: int) -> np.ndarray:
+    """splitmix64's finaliser of ``x + salt``: a bijection of uint64, so distinct ranks stay distinct."""
+    x = x.astype(np.uint64) + np.uint64((_GOLDEN * (salt + 1)) % 2 ** 64)
+    for shift, mult in ((30, _MIX1), (27, _MIX2)):
+        x ^= x >> np.uint64(shift)
+        x *= np.uint64(mult)
+    x ^= x >> np.uint64(31)
+    return x
+
+
+def heavy_zipf(n: int, shards: int, exponent: float, span: int | None, seed: int) -> list[np.ndarray]:
+    """zipf(``exponent``) ranks mapped to values in [0, ``span``) (``None``: the whole int64 range) by a seeded
+    mix: the ranks' skew (a few values seen millions of times, a long tail seen once) at any value range."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for size in (len(p) for p in np.array_split(np.empty(n, dtype=np.int8), shards)):
+        mixed = splitmix64(rng.zipf(exponent, size), seed)
+        parts.append(mixed.view(np.int64) if span is None else (mixed % np.uint64(span)).astype(np.int64))
+    return parts
+
+
+def generate_dataset(dist: str, rows: int, shards: int, seed: int) -> list[np.ndarray]:
+    """The shards of ``dist``: ``cluster gen``'s datasets, or ``hzipf-A-R`` / ``zipf-wide`` (``heavy_zipf``)."""
+    from shardstats.cluster.gen import generate
+    m = HZIPF.fullmatch(ZIPF_WIDE if dist == "zipf-wide" else dist)
+    if m is None:
+        return generate(rows, shards, dist, seed)
+    r = m["r"]
+    span = None if r == "int64" else int(float(r)) if "e" in r else int(r)
+    if span is not None and not 1 <= span <= 2 ** 63:
+        raise SystemExit(f"{dist}: the range must be 1 .. 2**63, or int64")
+    return heavy_zipf(rows, shards, float(m["a"]), span, seed)
+
+
 @dataclass
 class Dataset:
     dist: str
@@ -184,7 +235,7 @@ class Dataset:
 
 def ensure_dataset(data_dir: Path, dist: str, rows: int, shards: int, seed: int, parquet: bool, k: int = 100) -> Dataset:
     """The dataset's directory, generated once; ``meta.json`` is written last and marks it complete."""
-    from shardstats.cluster.gen import generate, write_shards
+    from shardstats.cluster.gen import write_shards
     d = data_dir / f"{dist}-{rows}-{shards}s-seed{seed}"
     meta_path = d / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
@@ -193,7 +244,7 @@ def ensure_dataset(data_dir: Path, dist: str, rows: int, shards: int, seed: int,
         log(f"generating {dist}, {rows:,} rows in {shards} shards -> {d}")
         if d.exists():
             shutil.rmtree(d)
-        parts = generate(rows, shards, dist, seed)
+        parts = generate_dataset(dist, rows, shards, seed)
         write_shards(parts, d / "npy", "npy")
         values = np.concatenate(parts)
         del parts
@@ -696,7 +747,8 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
 def comparison_tables(rows: list[dict], startups: dict[str, float | None]) -> str:
     ours = {(r["dataset"], r["op"]): r["median_seconds"] for r in rows if r["tool"] == "ours"}
     order = {t: i for i, t in enumerate(TOOLS)}
-    rows = sorted(rows, key=lambda r: (DATASETS.index(r["dataset"]), ROW_ORDER.index(r["op"]), order[r["tool"]]))
+    names = list(dict.fromkeys(r["dataset"] for r in rows))      # the order they were asked for
+    rows = sorted(rows, key=lambda r: (names.index(r["dataset"]), ROW_ORDER.index(r["op"]), order[r["tool"]]))
     body = []
     for r in rows:
         mine = ours.get((r["dataset"], r["op"]))
@@ -716,6 +768,19 @@ def comparison_tables(rows: list[dict], startups: dict[str, float | None]) -> st
            md_table(["tool", "dataset", "op", "median s", "runs", "first s", "theirs÷ours", "CPU s",
                      "peak RSS (tree)",
                      "bytes moved", "rounds", "check vs numpy"], body)]
+    others = [t for t in TOOLS if t != "ours" and any(r["tool"] == t for r in rows)]
+    cells = {(r["dataset"], r["op"], r["tool"]): r for r in rows}
+    keys = list(dict.fromkeys((r["dataset"], r["op"]) for r in rows if r["tool"] == "ours"))
+    if keys and others:
+        def ratio_cell(ds: str, op: str, tool: str) -> str:
+            r, mine = cells.get((ds, op, tool)), ours.get((ds, op))
+            if r is None or r["median_seconds"] is None or not mine:
+                return "—"
+            return f"{r['median_seconds'] / mine:.2f}" + ("" if r["check"].startswith("match") else f" ({r['check']})")
+        out += ["", "In short (theirs ÷ ours; above 1: we are faster):", "",
+                md_table(["dataset", "op", "ours s", *others],
+                         [[ds, op, fmt_s(ours[(ds, op)]), *(ratio_cell(ds, op, t) for t in others)]
+                          for ds, op in keys])]
     mine = [r for r in rows if r["tool"] in OURS and r["median_seconds"] is not None]
     if mine:
         out += ["", "Our cluster, per job (worker figures are the workers' own per-job peaks; share = the "
@@ -761,9 +826,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=ROOT / "bench-data", help="dataset cache (default bench-data/)")
     p.add_argument("--tools", type=csv_list(tuple(TOOLS)), default=list(TOOLS),
                    help=f"comma-separated subset of {','.join(TOOLS)} (default all)")
-    p.add_argument("--ops", type=csv_list(OPS), default=list(OPS))
-    p.add_argument("--datasets", type=csv_list(DATASETS), default=None,
-                   help="default: both (the comparison), unique-dup (--scaling)")
+    p.add_argument("--ops", type=csv_list(OPS), default=None, help="default: all (mode with --zipf-sweep)")
+    p.add_argument("--datasets", type=csv_list(DATASETS, HZIPF), default=None,
+                   help=f"default: {', '.join(DATASETS)} (the comparison), unique-dup (--scaling); "
+                        "hzipf-EXPONENT-RANGE for a heavy-tailed zipf over [0, RANGE) (int64: the whole range)")
+    p.add_argument("--zipf-sweep", action="store_true",
+                   help=f"the comparison over hzipf at exponents {', '.join(SWEEP_EXPONENTS)} and ranges "
+                        f"{', '.join(SWEEP_RANGES)} (with --datasets: those too); --ops defaults to mode")
     p.add_argument("--k", type=int, default=100, help="topk: how many values (default 100)")
     p.add_argument("--workers", type=int, default=10, help="our workers and Dask's worker processes (default 10)")
     p.add_argument("--repeat", type=int, default=3, help="timed runs after the first (default 3)")
@@ -782,7 +851,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def compare(args: argparse.Namespace) -> tuple[dict, str, bool]:
-    datasets_wanted = args.datasets or list(DATASETS)
+    datasets_wanted = args.datasets or ([] if args.zipf_sweep else list(DATASETS))
+    if args.zipf_sweep:
+        datasets_wanted += [f"hzipf-{a}-{r}" for a in SWEEP_EXPONENTS for r in SWEEP_RANGES
+                            if f"hzipf-{a}-{r}" not in datasets_wanted]
     tools = [TOOLS[t] for t in args.tools]
     skipped = {t.name: f"not installed: pip install {t.pip}" for t in tools if missing(t)}
     runnable = [t for t in tools if t.name not in skipped]
@@ -878,6 +950,8 @@ def main(argv: list[str] | None = None) -> int:
     if importlib.util.find_spec("psutil") is None:   # the parent samples every tool's memory with it
         raise SystemExit("the benchmark needs psutil: .venv/bin/pip install -e '.[bench]' (or pip install psutil)")
     args.data_dir = args.data_dir.resolve()
+    if args.ops is None:
+        args.ops = ["mode"] if args.zipf_sweep else list(OPS)
     doc, text, bad = (scaling if args.scaling else compare)(args)
     if args.json_out:
         args.json_out.write_text(json.dumps(doc, indent=1, default=str) + "\n")

@@ -75,9 +75,10 @@ def test_bench_ours_and_numpy_match(bench, tmp_path, capsys, monkeypatch):
     assert "pip install no-such-pkg" in doc["skipped"]["fake"]
     got = {(r["tool"], r["dataset"], r["op"]): r for r in doc["results"]}
     ops = ("mode", "median", "topk", "distinct")
-    assert set(got) == {(t, d, o) for t in ("ours", "numpy") for d in ("unique-dup", "zipf") for o in ops} | {
-        ("ours", d, o) for d in ("unique-dup", "zipf") for o in ("topk/shuffle", "topk/threshold")}
-    for d in ("unique-dup", "zipf"):      # each forced strategy ran as asked (none fell back at this size)
+    sets = ("unique-dup", "zipf", "zipf-wide")
+    assert set(got) == {(t, d, o) for t in ("ours", "numpy") for d in sets for o in ops} | {
+        ("ours", d, o) for d in sets for o in ("topk/shuffle", "topk/threshold")}
+    for d in sets:      # each forced strategy ran as asked (none fell back at this size)
         assert got[("ours", d, "topk/shuffle")]["strategy"] == "shuffle"
         assert got[("ours", d, "topk")]["strategy"] in ("shuffle", "threshold")
     for r in got.values():
@@ -87,3 +88,19 @@ def test_bench_ours_and_numpy_match(bench, tmp_path, capsys, monkeypatch):
     assert ours["bytes_sent"] > 0 and ours["rounds"] >= 1 and ours["worker_peak_max_bytes"] > 0
     assert ours["worker_peak_sum_bytes"] >= ours["worker_peak_max_bytes"]
     assert doc["startup_seconds"]["ours"] > 0
+
+
+def test_heavy_zipf_datasets(bench, tmp_path):
+    """hzipf-A-R: zipf(A) ranks scattered over [0, R) (int64: the whole signed range), skew kept."""
+    for name, lo, hi in (("hzipf-1.3-1e3", 0, 999), ("hzipf-2-1e12", 0, 10 ** 12 - 1),
+                         ("hzipf-1.1-int64", -(2 ** 63), 2 ** 63 - 1), ("zipf-wide", 0, 10 ** 12 - 1)):
+        parts = bench.generate_dataset(name, 20_000, 4, 1)
+        v = np.concatenate(parts)
+        assert len(parts) == 4 and len(v) == 20_000 and v.dtype == np.int64 and lo <= v.min() and v.max() <= hi
+        _, counts = np.unique(v, return_counts=True)
+        assert counts.max() > 1000 and (counts == 1).any()      # a heavy head and a tail seen once
+    wide = np.concatenate(bench.generate_dataset("hzipf-1.1-int64", 20_000, 4, 1))
+    assert wide.min() < -(2 ** 60) and wide.max() > 2 ** 60
+    assert bench.build_parser().parse_args(["--datasets", "hzipf-1.5-1e6,zipf"]).datasets == ["hzipf-1.5-1e6", "zipf"]
+    with pytest.raises(SystemExit):
+        bench.build_parser().parse_args(["--datasets", "hzipf-x-1e6"])

@@ -6,6 +6,28 @@ candidate per rank has to travel, up a binomial tree.  A value seen once locally
 travels as its 8 bytes ("singles"); only values seen more than once pay for a count.
 Ties: the smallest value wins; ``ties`` lists up to ``tie_limit`` smallest tied
 values and ``tie_count`` says how many there are.
+
+Heavy hitters (``--prune``, ``auto`` on jobs of at least ``PRUNE_MIN_VALUES``): on
+skewed data (Zipf) a few values hold most of the data, and counting every value
+(a sort, ~30 ns a value) is what the job costs.  Instead:
+
+1. every rank samples its values; the values seen more than once in the samples,
+   summed over the ranks (one allreduce), are the candidates, heaviest first; the
+   same numbers tell every rank whether pruning is likely to settle the job;
+2. each candidate takes a slot of 16,384 (a multiplicative hash of the value); one
+   pass over the data counts, per slot, the occurrences of its candidate (exact)
+   and of everything else in it (``counting.slot_counts``, ~4 ns a value), summed
+   up the tree;
+3. rank 0 takes the best candidate count B.  Any other value's total is at most
+   its slot's "everything else" sum, so only slots whose sum reaches B can hide a
+   value that ties or beats it.  When there are none (the usual case on skewed
+   data: the slot sums are the long tail spread 16,384 ways) the answer is final,
+   exact ties and tie count included, and nothing was shuffled.  Otherwise the
+   values of those slots (candidates excepted) go through the shuffle below and
+   their best meets B at the final reduce: exact either way.
+
+A pruned job does not learn how many distinct values there are (``distinct_keys``
+is None).
 """
 from __future__ import annotations
 
@@ -20,12 +42,14 @@ from shardstats.lazy import numpy as np
 from shardstats.worker import memory
 from shardstats.worker.steps import numpy_step
 from shardstats.worker.memory import concat_releasing
-from shardstats.worker.comm.collectives import allreduce, sum_ints, tree_depth, tree_reduce
+from shardstats.worker.comm.collectives import allreduce, broadcast, sum_ints, tree_depth, tree_reduce
 from shardstats.worker.comm.encoding import fingerprint_bits
 from shardstats.worker.ops.compact import compact_exchange, pack_fingerprints
 from shardstats.worker.comm.communicator import Communicator
-from shardstats.worker.ops.counting import (COUNTINGS, choose_counting, count_values, dense_bins, dense_fits,
-                                            merge_repeats, run_lengths)
+from shardstats.worker.ops.counting import (COUNTINGS, SLOTS, choose_counting, choose_local, count_values,
+                                            dense_bins, dense_fits, heavy_table, in_slots, merge_repeats,
+                                            run_lengths, sample, sample_share, slot_counts, slot_of, span_counts,
+                                            sum_by_value)
 from shardstats.worker.comm.partition import partition_chunks
 from shardstats.worker.comm.shuffle import ShuffleConfig, chunk_pieces, shuffle
 from shardstats.worker.ops.contract import Op, ShuffleParams, option
@@ -36,6 +60,11 @@ DEFAULT_TIE_LIMIT = 10
 TIES = ("smallest", "all")
 ENCODINGS = ("auto", "compact", "plain")
 MAX_TIE_LIMIT = 100_000   # ties travel in one small message; more than this are counted, not listed
+PRUNES = ("auto", "never", "always")
+PRUNE_MIN_VALUES = 1 << 20     # auto prunes a job of at least this many values (known from the coordinator)
+PRUNE_CANDIDATES = 2048        # candidates per rank and in the union: the heaviest sampled repeats
+PRUNE_MARGIN = 8               # auto: the heaviest candidate's estimate must be this many average slot sums
+DIRECT_SPAN = SLOTS            # all values within this span: every value is its own slot, counted exactly
 
 
 def _split(w: int, sv: np.ndarray, mv: np.ndarray, mc: np.ndarray, cfg: ShuffleConfig, sv_owned: bool):
@@ -62,12 +91,7 @@ def should_combine(values: np.ndarray) -> bool:
     Without it every value travels as 8 bytes, duplicates included, and the owner
     counts them: for nearly-unique data that is the same traffic and half the work.
     """
-    if len(values) <= COMBINE_SAMPLE:
-        return True
-    rng = np.random.default_rng(len(values))
-    sample = values[rng.choice(len(values), COMBINE_SAMPLE, replace=False)]
-    distinct = len(run_lengths(np.sort(sample))[0])
-    return distinct < COMBINE_BELOW * len(sample)
+    return len(values) <= COMBINE_SAMPLE or sample_share(values, COMBINE_SAMPLE) < COMBINE_BELOW
 
 
 def best_of(singles: np.ndarray, mvals: np.ndarray, mcounts: np.ndarray, tie_limit: int,
@@ -113,15 +137,146 @@ def merge_counting(counting: str, singles: list[np.ndarray], mvals: list[np.ndar
     return choose_counting(keys, weight)
 
 
+def sample_heavy(values: np.ndarray) -> dict:
+    """This rank's candidates: the values its sample holds more than once, with their estimated local counts."""
+    n = len(values)
+    smp = sample(values, COMBINE_SAMPLE)
+    smp.sort()
+    v, c = run_lengths(smp)
+    rep = c >= 2
+    v, est = v[rep], (c[rep] * (n / max(len(smp), 1))).astype(np.int64)
+    lo, hi = (int(values.min()), int(values.max())) if n else (None, None)
+    return _heaviest({"n": n, "v": v, "e": est, "lo": lo, "hi": hi})
+
+
+def _heaviest(part: dict) -> dict:
+    """``part`` with at most ``PRUNE_CANDIDATES`` candidates, the heaviest (ascending values, as given)."""
+    v, e = part["v"], part["e"]
+    if len(v) > PRUNE_CANDIDATES:
+        keep = np.sort(np.argpartition(-e, PRUNE_CANDIDATES - 1)[:PRUNE_CANDIDATES])
+        v, e = v[keep], e[keep]
+    return {**part, "v": v, "e": e}
+
+
+def _union_candidates(a: dict, b: dict) -> dict:
+    """Candidates of two parts, estimates summed (cutting any off only loosens the slot bounds)."""
+    v, e = sum_by_value(np.concatenate((a["v"], b["v"])), np.concatenate((a["e"], b["e"])))
+    lo = min((x["lo"] for x in (a, b) if x["lo"] is not None), default=None)
+    hi = max((x["hi"] for x in (a, b) if x["hi"] is not None), default=None)
+    return _heaviest({"n": a["n"] + b["n"], "v": v, "e": e, "lo": lo, "hi": hi})
+
+
+def prune_candidates(total: dict, prune: str) -> np.ndarray | None:
+    """The candidates heaviest first, or None when pruning is off or unlikely to settle the job (the same
+    answer on every rank: it reads only the allreduced samples)."""
+    n, v, e = total["n"], total["v"], total["e"]
+    if prune == "never" or n == 0:
+        return None
+    order = np.lexsort((v, -e))
+    if prune == "auto":
+        rest = max(n - int(e.sum()), 0) / SLOTS          # the average slot's sum of everything else
+        if n < PRUNE_MIN_VALUES or len(v) == 0 or int(e.max()) < PRUNE_MARGIN * max(rest, 1.0):
+            return None
+    return v[order]
+
+
+def _narrow(a: np.ndarray) -> np.ndarray:
+    """Non-negative counts in uint32 when they fit (half the bytes up the tree), else int64."""
+    return a.astype(np.uint32) if not len(a) or int(a.max()) < 2 ** 32 else a.astype(np.int64)
+
+
+def _sum_slots(a: dict, b: dict) -> dict:
+    return {k: _narrow(a[k].astype(np.int64) + b[k].astype(np.int64)) for k in ("h", "r")}
+
+
+def settle(placed: np.ndarray, hits: np.ndarray, rest: np.ndarray, tie_limit: int) -> dict:
+    """Rank 0's verdict from the summed slots: the candidates' best (count, smallest ties, tie count) and
+    the slots whose other values could still reach that count (to be counted exactly)."""
+    top = int(hits.max()) if len(hits) else 0
+    tied = np.sort(placed[hits == top]) if top else placed[:0]
+    open_slots = np.flatnonzero(rest >= max(top, 1))
+    return {"count": top, "ties": tied[:tie_limit].tolist(), "tie_count": int(len(tied)),
+            "open": open_slots.astype(np.int32), "distinct": None}
+
+
+async def _direct(comm: Communicator, values: np.ndarray, lo: int, hi: int, tie_limit: int, phases: dict,
+                  rounds: int) -> tuple[dict, None, dict]:
+    """Every value within ``DIRECT_SPAN`` of the smallest: exact counts of all of them, summed up the tree."""
+    t = time.perf_counter()
+    bins = await numpy_step(len(values), span_counts, values, lo, hi - lo + 1)
+    phases["slots"] = time.perf_counter() - t
+    t = time.perf_counter()
+    summed = await tree_reduce(comm, {"h": _narrow(bins), "r": _narrow(bins[:0])}, _sum_slots, "mode.slots")
+    verdict = None
+    if summed is not None:
+        counts = summed["h"].astype(np.int64)
+        verdict = settle(np.arange(len(counts), dtype=np.int64) + np.int64(lo), counts, counts[:0], tie_limit)
+        verdict["distinct"] = int(np.count_nonzero(counts))
+    verdict = await broadcast(comm, verdict, "mode.verdict")
+    phases["settle"] = time.perf_counter() - t
+    return verdict, None, {"rounds": rounds + 3 * tree_depth(comm.size), "heavy": {
+        "pruned": True, "direct": True, "candidates": hi - lo + 1, "open_slots": 0,
+        "best_candidate_count": verdict["count"]}}
+
+
+async def prune_heavy(comm: Communicator, box: list[np.ndarray], prune: str, tie_limit: int,
+                      phases: dict) -> tuple[dict | None, np.ndarray | None, dict]:
+    """Steps 1-3 of the heavy-hitter pruning (module docstring).
+
+    Returns (the candidates' verdict, the values left to count exactly or None when
+    none are, stats); (None, None, stats) when pruning does not run, the values
+    untouched in ``box``.  Every rank takes the same branch: each decision reads only
+    allreduced or broadcast numbers.
+    """
+    t = time.perf_counter()
+    comm.progress.set("prune")
+    values = box[0]
+    mine = await numpy_step(len(values), sample_heavy, values)
+    phases["sample"] = time.perf_counter() - t
+    total = await allreduce(comm, mine, _union_candidates, "mode.heavy")
+    depth = tree_depth(comm.size)
+    phases["candidates"] = time.perf_counter() - t - phases["sample"]
+    if prune != "never" and total["n"] and total["hi"] - total["lo"] < DIRECT_SPAN and (
+            prune == "always" or total["n"] >= PRUNE_MIN_VALUES):
+        return await _direct(comm, values, total["lo"], total["hi"], tie_limit, phases, 2 * depth)
+    cands = prune_candidates(total, prune)
+    if cands is None:
+        return None, None, {"rounds": 2 * depth, "heavy": {"pruned": False, "candidates": len(total["v"])}}
+    t = time.perf_counter()
+    table, placed = heavy_table(cands)
+    bins = await numpy_step(len(values), slot_counts, values, table)
+    phases["slots"] = time.perf_counter() - t
+    t = time.perf_counter()
+    summed = await tree_reduce(comm, {"h": _narrow(bins[2 * slot_of(placed) + 1]), "r": _narrow(bins[0::2])},
+                               _sum_slots, "mode.slots")
+    del bins
+    verdict = None
+    if summed is not None:
+        verdict = settle(placed, summed["h"].astype(np.int64), summed["r"].astype(np.int64), tie_limit)
+    verdict = await broadcast(comm, verdict, "mode.verdict")
+    open_slots = np.asarray(verdict["open"], dtype=np.int64)
+    phases["settle"] = time.perf_counter() - t
+    left = None
+    if len(open_slots):
+        t = time.perf_counter()
+        left = await numpy_step(len(values), in_slots, values, table, open_slots)
+        phases["open"] = time.perf_counter() - t
+    return verdict, left, {"rounds": 5 * depth, "heavy": {
+        "pruned": True, "direct": False, "candidates": int(len(placed)), "open_slots": int(len(open_slots)),
+        "best_candidate_count": verdict["count"]}}
+
+
 def _count_and_pack(w: int, rank: int, box: list[np.ndarray], combine: str, counting: str, cfg: ShuffleConfig,
                     fp_bits: int | None) -> tuple[list, list | None, bool, str, int]:
     """The outgoing chunks per rank, the values kept for the compact rounds (``fp_bits`` set), whether values
     were counted locally first ("combined"), how, and how many (value or pair) rows leave this rank."""
     values = box.pop()
+    share = sample_share(values, COMBINE_SAMPLE) if len(values) > COMBINE_SAMPLE else None   # None: small, count
     if counting == "auto":
-        counting = choose_counting(values)
+        counting = choose_local(values, 1.0 if share is None else share)
     # a dense count is one cheap pass and only chosen where values repeat a lot: it always pays
-    combined = combine == "always" or (combine == "auto" and (counting == "dense" or should_combine(values)))
+    combined = combine == "always" or (combine == "auto" and (counting == "dense" or share is None
+                                                              or share < COMBINE_BELOW))
     if combined:
         uv, uc, counting = count_values(values, counting)
         del values
@@ -237,6 +392,10 @@ class ModeParams(ShuffleParams):
                            "coding's CPU cost, values that do not repeat).", choices=ENCODINGS)
     link_mbit: float = option(0.0, "Each worker's link rate in Mbit/s, for --encoding auto (0: unknown, so plain).",
                               min=0, max=1e6)
+    prune: str = option("auto", "Settle the mode from sampled heavy hitters (exact counts) and per-slot bounds for "
+                        "every other value, shuffling only what the bounds cannot rule out: auto (jobs of at least "
+                        f"{PRUNE_MIN_VALUES:,} values whose sample shows heavy hitters), always, never.",
+                        choices=PRUNES, advanced=True)
 
     @property
     def tie_limit(self) -> int:
@@ -258,6 +417,17 @@ async def mode(comm: Communicator, values: np.ndarray, params: ModeParams) -> tu
     # The list hands the step the only reference to the data, so it can free it early.
     box = [values]
     del values
+    prior, heavy = None, None
+    if params.prune == "always" or (params.prune == "auto" and cfg.strategy != "tree" and comm.total is not None
+                                    and comm.total >= PRUNE_MIN_VALUES):
+        prior, left, heavy = await prune_heavy(comm, box, params.prune, tie_limit, phases)
+        if prior is not None and left is None:          # settled by the candidates: nothing to shuffle
+            return _settled(comm, prior, phases, heavy)
+        if prior is not None:
+            box[0] = left                                # only the open slots' values are counted below
+            del left
+        t = time.perf_counter()
+        comm.progress.set("count")
     asked = "plain" if cfg.strategy == "tree" else params.encoding     # one chunk, one message: nothing to code
     encoding, fp_bits = await choose_encoding(comm, asked, box[0], params.link_mbit)
     planned = not (asked == "plain" or (asked == "auto" and (params.link_mbit <= 0 or _all_loopback(comm))))
@@ -277,7 +447,7 @@ async def mode(comm: Communicator, values: np.ndarray, params: ModeParams) -> tu
             "shuffle": cfg.strategy, "planned": True, "fingerprint_bits": fp_bits, "shuffled_values": leaving, "shuffle_bytes": sum(comm.stats.bytes_sent) - sent0,
             "chunks_sent": sum(r.chunks_sent for r in rounds), "chunks_received": sum(r.chunks_received for r in rounds),
             "shuffle_send_seconds": sum(r.send_seconds for r in rounds),
-            "shuffle_receive_seconds": sum(r.receive_seconds for r in rounds)}, peaks)
+            "shuffle_receive_seconds": sum(r.receive_seconds for r in rounds)}, peaks, prior, heavy)
     singles: list[np.ndarray] = []
     mvals: list[np.ndarray] = []
     mcounts: list[np.ndarray] = []
@@ -304,30 +474,58 @@ async def mode(comm: Communicator, values: np.ndarray, params: ModeParams) -> tu
         "combined": combined, "counting": {"local": local_counting, "merge": merge_how}, "encoding": encoding,
         "shuffle": cfg.strategy, "planned": planned, "shuffled_values": leaving, "shuffle_bytes": shuffle_bytes,
         "chunks_sent": sst.chunks_sent, "chunks_received": sst.chunks_received,
-        "shuffle_send_seconds": sst.send_seconds, "shuffle_receive_seconds": sst.receive_seconds}, peaks)
+        "shuffle_send_seconds": sst.send_seconds, "shuffle_receive_seconds": sst.receive_seconds}, peaks,
+        prior, heavy)
 
 
 async def _finish(comm: Communicator, cfg: ShuffleConfig, local: dict, phases: dict, more_peaks: dict, tie_limit: int,
-                  extra: dict, peaks: dict) -> tuple[dict | None, dict]:
-    """Tree-reduce the owners' bests; this rank's stats (bytes per value that left it, over the wire)."""
+                  extra: dict, peaks: dict, prior: dict | None = None, heavy: dict | None = None
+                  ) -> tuple[dict | None, dict]:
+    """Tree-reduce the owners' bests (at rank 0 with the heavy candidates' ``prior``, over disjoint values);
+    this rank's stats (bytes per value that left it, over the wire)."""
     peaks.update(more_peaks)
     owned = local.pop("distinct")
     t = time.perf_counter()
     comm.progress.set("reduce")
     best = await tree_reduce(comm, local, _combine_limit(tie_limit), "mode.best")
+    if best is not None and prior is not None:
+        best = _combine_limit(tie_limit)(best, {k: prior[k] for k in ("count", "ties", "tie_count")})
+    if heavy is not None:
+        extra["rounds_heavy"] = heavy["rounds"]
+        extra["heavy"] = heavy["heavy"]
+        if prior is not None:
+            owned = None                # the candidates' values never reached an owner: not counted
     phases["reduce"] = time.perf_counter() - t
     extra["shuffle_bytes_per_value"] = round(extra["shuffle_bytes"] / extra["shuffled_values"], 3) \
         if extra["shuffled_values"] else None
     stats = {"phases": phases, "peak_rss_after": peaks, "distinct_keys": owned, **extra,
              "rounds": cfg.rounds(comm.size) + tree_depth(comm.size)
              + (2 if extra["encoding"] == "compact" else 0)
-             + (2 * tree_depth(comm.size) if extra.pop("planned") else 0)}
+             + (2 * tree_depth(comm.size) if extra.pop("planned") else 0) + extra.pop("rounds_heavy", 0)}
     if best is None:
         return None, stats
     if best["count"] == 0:
         return {"value": None, "count": 0, "ties": [], "tie_count": 0}, stats
     return {"value": best["ties"][0], "count": best["count"], "ties": best["ties"],
             "tie_count": best["tie_count"]}, stats
+
+
+def _settled(comm: Communicator, verdict: dict, phases: dict, heavy: dict) -> tuple[dict | None, dict]:
+    """The pruned job's answer (rank 0) and stats, when no slot was left open: nothing was shuffled."""
+    distinct = verdict["distinct"]            # known (at rank 0) when every value was counted directly
+    stats = {"phases": phases, "peak_rss_after": {"prune": memory.peak_rss_bytes()},
+             "distinct_keys": None if distinct is None else distinct if comm.rank == 0 else 0,
+             "combined": False, "counting": {"local": "direct" if heavy["heavy"]["direct"] else "heavy",
+                                             "merge": "none"}, "encoding": "plain",
+             "shuffle": "none", "shuffled_values": 0, "shuffle_bytes": 0, "shuffle_bytes_per_value": None,
+             "chunks_sent": 0, "chunks_received": 0, "shuffle_send_seconds": 0.0, "shuffle_receive_seconds": 0.0,
+             "rounds": heavy["rounds"], "heavy": heavy["heavy"]}
+    if comm.rank != 0:
+        return None, stats
+    if verdict["count"] == 0:
+        return {"value": None, "count": 0, "ties": [], "tie_count": 0}, stats
+    return {"value": verdict["ties"][0], "count": verdict["count"], "ties": verdict["ties"],
+            "tie_count": verdict["tie_count"]}, stats
 
 
 def render(r: dict) -> list[str]:
@@ -341,7 +539,9 @@ def render(r: dict) -> list[str]:
 
 
 def summarize(workers: list[dict]) -> dict:
-    return {"distinct_values": sum(w["distinct_keys"] for w in workers)}
+    """The job's distinct values, when the owners counted them all (a pruned job does not: None)."""
+    keys = [w["distinct_keys"] for w in workers]
+    return {"distinct_values": None if None in keys else sum(keys)}
 
 
 OP = Op(
@@ -350,7 +550,7 @@ OP = Op(
     params=ModeParams,
     run=mode,
     render=render,
-    phases=("load", "count", "shuffle", "aggregate", "reduce"),
+    phases=("load", "sample", "candidates", "slots", "settle", "open", "count", "shuffle", "aggregate", "reduce"),
     examples=("cluster submit mode --input shards/", "cluster submit mode --input 'shards/*.npy' --ties all --json"),
     summarize=summarize,
 )
