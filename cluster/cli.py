@@ -75,6 +75,8 @@ Example (worker 0 of three; run the same with --id 1 and --id 2 on their hosts):
               help="Seconds any single wait inside a job may take.")
 @click.option("--handshake-timeout", type=click.FloatRange(min=0.1), default=DEFAULTS.handshake_timeout, show_default=True,
               help="Seconds a new connection has to prove the token before it is closed (slowloris guard).")
+@click.option("--no-user-code", is_flag=True, help="Refuse mapreduce jobs, whose Python functions a client sends "
+              "and this worker would run (in a child process, as this worker's user).")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]),
               help="Which log lines to write (to stderr).")
 @click.option("--tls-cert", envvar="CLUSTER_TLS_CERT", help="This worker's certificate (PEM); with --tls-key and "
@@ -84,8 +86,8 @@ Example (worker 0 of three; run the same with --id 1 and --id 2 on their hosts):
               "present a certificate it signed (env CLUSTER_TLS_CA).")
 def worker(worker_id: int | None, id_from_hostname: bool, listen: str, peers: str, token_file: str | None, root: str,
            allow_any_path: bool, memory_limit: str | None, read_timeout: float,
-           job_timeout: float, handshake_timeout: float, log_level: str, tls_cert: str | None, tls_key: str | None,
-           tls_ca: str | None) -> None:
+           job_timeout: float, handshake_timeout: float, no_user_code: bool, log_level: str, tls_cert: str | None,
+           tls_key: str | None, tls_ca: str | None) -> None:
     """Run one worker daemon (what `cluster up`, docker compose and the Kubernetes StatefulSet start)."""
     import socket
     # One BLAS thread per worker, set before numpy loads: workers are many per host already, and ten
@@ -126,7 +128,8 @@ def worker(worker_id: int | None, id_from_hostname: bool, listen: str, peers: st
     try:
         server = WorkerServer(worker_id, listen, addrs, token.encode(), root=root, confine=not allow_any_path,
                               settings=Settings(job_timeout=job_timeout, handshake_timeout=handshake_timeout,
-                                                memory_limit=limit, read_timeout=read_timeout),
+                                                memory_limit=limit, read_timeout=read_timeout,
+                                                user_code=not no_user_code),
                               tls=TLSFiles.of(tls_cert, tls_key, tls_ca))
     except ValueError as exc:
         fail(str(exc), 2)

@@ -143,7 +143,7 @@ def _suffixes(spec: JobSpec) -> tuple[str, ...] | None:
         return SUFFIXES
     from shardstats.worker.data.readers import TABLE_SUFFIXES
     kind = op.reads(spec.params)
-    return None if kind.get("kind") == "documents" and not kind.get("text") else TABLE_SUFFIXES
+    return None if kind.get("kind") in ("documents", "auto") and not kind.get("text") else TABLE_SUFFIXES
 
 
 def _absolute_out(spec: JobSpec) -> JobSpec:

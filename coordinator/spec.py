@@ -33,6 +33,8 @@ class JobSpec:
         op = registry.get(self.op)
         if not isinstance(self.params, op.params):
             raise UsageError(f"parameters of type {type(self.params).__name__} are not {self.op}'s")
+        if op.prepare is not None:          # the client's side of the op: what travels (a job file's source)
+            object.__setattr__(self, "params", op.prepare(self.params))
         if not self.inputs:
             raise UsageError("--input: name at least one file, directory or glob")
         c = self.column

@@ -131,6 +131,7 @@ KEYED_CASES = {
     "wordcount": (("--text", "k"), lambda r, rows: r["top"] == [["a", len(rows)]]),
     "index": (("--text", "k"), lambda r, rows: r["words"] == 1),
     "join": (("--right", "{tmp}/t.csv", "--on", "k", "--how", "semi"), lambda r, rows: r["rows"] == len(rows)),
+    "mapreduce": (("--job", "{examples}/wordcount.py"), lambda r, rows: r["rows"] == 0),
     "sort": (("--by", "x", "--out", "{tmp}/sorted"), lambda r, rows: r["parts"] == 3 and len(r["splits"]) == 2),
 }
 
@@ -140,7 +141,8 @@ def test_submit_of_each_keyed_op_imports_no_arrow_or_numpy(cluster, tmp_path, op
     rows = [("a", i * 7 - 3) for i in range(50)]
     (tmp_path / "t.csv").write_text("k,x\n" + "".join(f"{k},{x}\n" for k, x in rows))
     extra, check = KEYED_CASES[op]
-    extra = tuple(a.replace("{tmp}", str(tmp_path)) for a in extra)
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    extra = tuple(a.replace("{tmp}", str(tmp_path)).replace("{examples}", str(examples)) for a in extra)
     r, heavy = run_cli(tmp_path, cluster, "submit", op, "--input", str(tmp_path / "t.csv"), *extra, "--json",
                        avoid=HEAVY + ("uvloop", "duckdb"))
     assert r.returncode == 0, r.stderr

@@ -63,8 +63,8 @@ def test_a_shard_rewritten_after_listing_fails_the_job_naming_it(cluster, tmp_pa
     write_txt(d / "b.txt", [7] * 10)
     listed = cjob.resolve_input
 
-    def list_then_rewrite(paths, absolute):
-        refs = listed(paths, absolute)
+    def list_then_rewrite(paths, absolute, *rest):
+        refs = listed(paths, absolute, *rest)
         write_txt(d / "b.txt", [7] * 4)                 # truncated and rewritten after the listing
         return refs
     monkeypatch.setattr(cjob, "resolve_input", list_then_rewrite)
@@ -98,8 +98,8 @@ def test_jobs_while_a_shard_is_rewritten_in_a_loop_are_exact_or_fail_naming_it(c
     listed_sizes: list[int] = []
     listed = cjob.resolve_input
 
-    def recording(paths, absolute):
-        refs = listed(paths, absolute)
+    def recording(paths, absolute, *rest):
+        refs = listed(paths, absolute, *rest)
         listed_sizes.append(next(r.size for r in refs if r.path.endswith("hot.txt")))
         return refs
     monkeypatch.setattr(cjob, "resolve_input", recording)
@@ -226,8 +226,8 @@ def test_a_fifo_swapped_in_after_listing_is_refused_not_read(cluster, tmp_path, 
     write_txt(d / "a.txt", range(10))
     listed = cjob.resolve_input
 
-    def list_then_swap(paths, absolute):
-        refs = listed(paths, absolute)
+    def list_then_swap(paths, absolute, *rest):
+        refs = listed(paths, absolute, *rest)
         os.unlink(d / "a.txt")
         os.mkfifo(d / "a.txt")
         return refs

@@ -254,8 +254,8 @@ def test_an_object_rewritten_after_the_listing_fails_the_job_naming_it(s3, clust
         s3.put(b, f"p/s{i}.npy", _npy(np.arange(i * 1000, i * 1000 + 1000)))
     listed = coordinator.list_refs
 
-    def list_then_rewrite(path):
-        refs = listed(path)
+    def list_then_rewrite(path, *rest):
+        refs = listed(path, *rest)
         s3.put(b, "p/s2.npy", _npy(np.arange(1000) if rewrite.startswith("same") else np.arange(1001)))
         return refs
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,7 +89,12 @@ def load_table(files: list[ShardRef], root: str | Access, read: dict, progress: 
             raise InputError(f"{ref.path}: keyed jobs read local files for now (s3:// input is for the int64 ops)")
         budget = None if access.budget is None else access.budget - held
         where = resolve(ref.path, access.root, access.confined)
-        if read.get("kind") == "documents":
+        side = (read.get("side_of") or ["main"] * len(files))[i]
+        kind = read.get("kind")
+        if kind == "auto":            # a mapreduce job's records: a table's rows, or a text file's lines
+            kind = "table" if side != "main" or Path(ref.path).suffix.lower() in readers.TABLE_SUFFIXES \
+                else "documents"
+        if kind == "documents":
             t = readers.read_documents(ref, where, read.get("text"), read.get("id"), budget)
         else:
             t = readers.read_table(ref, where, read.get("columns"), budget)

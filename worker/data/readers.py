@@ -169,7 +169,8 @@ def read_documents(ref: ShardRef, real_path: str, text_column: str | None = None
         else:
             doc = pa.array([f"{name}#{i}" for i in range(t.num_rows)], pa.large_string()) if t.num_rows else \
                 pa.array([], pa.large_string())
-        return pa.table({"doc": doc, "text": text.cast(pa.large_string())})
+        return pa.table({"doc": doc, "line": pa.array(range(1, t.num_rows + 1), pa.int64()),
+                         "text": text.cast(pa.large_string())})
     with opened(ref, real_path, budget) as (f, size):
         data = read_exactly(f, size, name)
     if suffix == ".parquet":
@@ -186,4 +187,5 @@ def read_documents(ref: ShardRef, real_path: str, text_column: str | None = None
     one = pa.array([text], pa.large_string()) if data else pa.array([], pa.large_string())
     lines = pc.list_flatten(pc.split_pattern(one, "\n")) if len(one) else one
     return pa.table({"doc": pa.repeat(pa.scalar(name, pa.large_string()), len(lines)) if len(lines) else
-                     pa.array([], pa.large_string()), "text": lines})
+                     pa.array([], pa.large_string()), "line": pa.array(range(1, len(lines) + 1), pa.int64()),
+                     "text": lines})

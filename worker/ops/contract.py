@@ -262,6 +262,9 @@ class Op:
     # Keyed ops read records: the reader options for these params ({"kind": "table"|"documents", "columns": [...],
     # "text": COL, "id": COL, "cache": NAME}); None: the int64 values of today's statistics.
     reads: Callable[[Any], dict] | None = None
+    # Run where the job is asked for (CLI, API), before it is sent: params -> the params that travel (a
+    # mapreduce job's file read, its functions pickled). None: the params travel as given.
+    prepare: Callable[[Any], Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier() or self.name.startswith("_"):

@@ -1,0 +1,286 @@
+"""mapreduce: the user's own map, combine, partition and reduce functions, on the cluster's one engine.
+
+A job is a Python file (``--job FILE.py``) defining ``mapper(record)`` -- yielding
+``(key, value)`` pairs -- and optionally ``combiner(key, values)`` and
+``reducer(key, values)`` (both yielding pairs), ``partitioner(key, n) -> int`` and
+``sort_values(value)`` (each reducer call sees its values in that order); or the
+batch forms ``map_batch(table)``, ``combine_batch(table)``, ``reduce_batch(table)``
+over Arrow tables with ``key`` and ``value`` columns. From Python the same functions
+are given as arguments and shipped with cloudpickle. A record is a dict of a row's
+columns, or for text files ``{"doc", "line", "text"}``; ``sides[NAME]`` holds each
+``--side NAME=PATH`` table's rows on every mapper.
+
+The semantics: every key's values reach exactly one reducer call, keys in sorted order
+on each reducer; the combiner may run zero, one or many times (here: once per mapper,
+and on a hot key's salted parts), so a job is right only if its combiner is --
+``--check-combiner`` tries random groupings on each worker's records first. The
+functions run in a child process per worker (``worker.usercode``): a raise fails the
+job naming the user's file:line, a hang ends at the job's deadline, a memory hog hits
+the child's limit, and the worker serves the next job.
+"""
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass, replace
+
+from shardstats.lazy import numpy as np
+
+from shardstats.errors import UsageError
+from shardstats.worker.comm.collectives import allreduce
+from shardstats.worker.comm.communicator import Communicator
+from shardstats.worker.comm.shuffle import ShuffleConfig
+from shardstats.worker.engine import counter
+from shardstats.worker.ops.contract import KeyedParams, Op, option
+
+FUNCTIONS = ("mapper", "combiner", "reducer", "partitioner", "sort_values", "map_batch", "combine_batch",
+             "reduce_batch")
+CHECK_SAMPLE = 2_000
+
+
+def _sides(items) -> tuple:
+    out = []
+    for item in items or ():
+        name, sep, path = str(item).partition("=")
+        if not sep or not name.strip().isidentifier() or not path.strip():
+            raise ValueError(f"{item!r} is not NAME=PATH (e.g. users=users.csv)")
+        out.append(f"{name.strip()}={path.strip()}")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class MapreduceParams(KeyedParams):
+    job: str | None = option(None, "The job's Python file: mapper(record) and optionally combiner, reducer, "
+                             "partitioner, sort_values (or map_batch/combine_batch/reduce_batch).", metavar="FILE.py")
+    reducers: int | None = option(None, "Reducers (default: every worker).", min=1, max=65_536)
+    side: tuple = option((), "A small table every mapper sees as sides[NAME] (a list of rows): NAME=PATH. "
+                         "Repeat it for more.", metavar="NAME=PATH", multiple=True, parse=_sides)
+    check_combiner: bool = option(False, "Before the job, run each worker's first records with the combiner in "
+                                  "random groupings and without it; fail when the answers differ.")
+    combine: bool = option(True, "Run the combiner on the mappers (--no-combine to compare the counter).",
+                           advanced=True)
+    salt: str = option("auto", "A hot key of a job with a combiner: auto (spread over the reducers, merged by "
+                       "the combiner, then reduced) or off.", choices=("auto", "off"))
+    # filled in where the job is asked for (``prepare``): what the workers run
+    code: str | None = option(None, "The job's code as it travels (set from --job or the API's functions).",
+                              advanced=True)
+    code_kind: str = option("none", "source or pickle.", choices=("none", "source", "pickle"), advanced=True)
+    code_name: str = option("job.py", "The file name tracebacks name.", advanced=True)
+    mapper: object | None = option(None, "API: the mapper function.", advanced=True)
+    combiner: object | None = option(None, "API: the combiner function.", advanced=True)
+    reducer: object | None = option(None, "API: the reducer function.", advanced=True)
+    partitioner: object | None = option(None, "API: the partitioner function.", advanced=True)
+    sort_values: object | None = option(None, "API: the secondary-sort key function.", advanced=True)
+    map_batch: object | None = option(None, "API: the batch mapper.", advanced=True)
+    combine_batch: object | None = option(None, "API: the batch combiner.", advanced=True)
+    reduce_batch: object | None = option(None, "API: the batch reducer.", advanced=True)
+
+    def check(self) -> None:
+        super().check()
+        given = [f for f in FUNCTIONS if getattr(self, f) is not None]
+        for f in given:
+            if not callable(getattr(self, f)):
+                raise UsageError(f"{f}: pass a function (from the CLI, name them in --job FILE.py)")
+        if not (self.job or self.code or given):
+            raise UsageError("--job: name the job's Python file (defining mapper(record)), e.g. --job wc.py")
+        if self.job and given:
+            raise UsageError("--job: give a job file or functions, not both")
+
+    def to_wire(self) -> dict:
+        return {k: v for k, v in super().to_wire().items() if k not in FUNCTIONS}
+
+
+def prepare(p: MapreduceParams) -> MapreduceParams:
+    """The client's side: the job file's source, or the functions pickled (cloudpickle), in ``code``."""
+    if p.code is not None:
+        return p
+    if p.job:
+        import os
+        try:
+            with open(p.job, encoding="utf-8") as f:
+                source = f.read()
+        except OSError as exc:
+            raise UsageError(f"--job {p.job}: cannot read it ({exc.strerror or exc})") from None
+        try:
+            compile(source, p.job, "exec")
+        except SyntaxError as exc:
+            raise UsageError(f"--job {p.job}:{exc.lineno}: {exc.msg}") from None
+        return replace(p, code=source, code_kind="source", code_name=os.path.abspath(p.job))
+    import cloudpickle
+    fns = {f: getattr(p, f) for f in FUNCTIONS if getattr(p, f) is not None}
+    blob = base64.b64encode(cloudpickle.dumps(fns)).decode("ascii")
+    name = getattr(next(iter(fns.values())), "__code__", None)
+    return replace(p, code=blob, code_kind="pickle", code_name=name.co_filename if name else "<functions>",
+                   **{f: None for f in FUNCTIONS})
+
+
+def reads(p: MapreduceParams) -> dict:
+    sides = {f"side:{s.partition('=')[0]}": [s.partition("=")[2]] for s in p.side}
+    out = {"kind": "auto", "columns": None, "cache": p.cache}
+    if sides:
+        out["sides"] = sides
+    return out
+
+
+async def mapreduce(comm: Communicator, inputs, params: MapreduceParams) -> tuple[dict | None, dict]:
+    from shardstats.worker.engine.answer import gather_head, rows_of, write_parts
+    from shardstats.worker.engine.exchange import broadcast_table, exchange, exchange_to
+    from shardstats.worker.engine.hot import find_hot, hot_rows
+    from shardstats.worker.usercode import UserCode
+    if not getattr(comm, "user_code", True):
+        raise UsageError("this cluster's workers run no user code (started with --no-user-code)")
+    from shardstats.worker.jobs import Sides
+    sides = inputs if isinstance(inputs, Sides) else {"main": inputs}
+    table = sides["main"]
+    cfg = ShuffleConfig.from_params(params, None)
+    reducers = min(params.reducers or comm.size, comm.size)
+    access = getattr(comm, "access", None)
+    limit = access.budget if access is not None and access.budget else None
+    t0 = time.perf_counter()
+    phases: dict = {}
+    async with UserCode(limit) as code:
+        req = {"op": "load", "filename": params.code_name}
+        if params.code_kind == "pickle":
+            req["pickled"] = base64.b64decode(params.code)
+        else:
+            req["source"] = params.code
+        has = set((await code.call(req))["has"])
+        for name in sorted(k for k in sides if k != "main"):
+            whole, _ = await broadcast_table(comm, sides[name], cfg, compression=params.compression)
+            await code.call({"op": "side", "name": name.split(":", 1)[1], "ipc": _ipc(whole)})
+        if params.check_combiner:
+            got = await code.call({"op": "check", "ipc": _ipc(table.slice(0, CHECK_SAMPLE)), "seed": comm.rank})
+            problems = await allreduce(comm, {"p": [got["problem"]] if got["problem"] else []},
+                                       lambda a, b: {"p": a["p"] + b["p"]}, "mapreduce.check")
+            if problems["p"]:
+                raise UsageError(problems["p"][0])
+        comm.progress.set("map")
+        combine = params.combine and bool(has & {"combiner", "combine_batch"})
+        mapped = await code.call({"op": "map", "ipc": _ipc(table), "combine": combine,
+                                  "reducers": reducers if "partitioner" in has else None})
+        pairs = _table(mapped["ipc"])
+        del table
+        t1 = time.perf_counter()
+        phases["map"] = t1 - t0
+        batch = mapped["batch"]
+        map_only = not has & {"reducer", "reduce_batch"} and not combine
+        extra: dict = {}
+        if map_only:                     # no reduce: the mapper's output is the job's
+            out = await code.call({"op": "reduce", "ipc": _ipc(pairs), "stage": "none"}) if not batch else None
+            result = _table(out["ipc"]) if out else pairs
+            ex = {"counters": {"shuffled_pairs": 0, "shuffled_bytes": 0, "reducer_pairs": pairs.num_rows},
+                  "phases": {}}
+        else:
+            salt = None
+            if params.salt == "auto" and combine and "dest" not in pairs.column_names and comm.size > 1:
+                hot = await find_hot(comm, pairs, ["key"])
+                if hot:
+                    flags = hot_rows(pairs, ["key"], hot)
+                    salt = np.where(flags, (np.arange(pairs.num_rows) % comm.size) + 1, 0).astype(np.uint64)
+                    extra = {"hot_keys": [[_show(k[0]), n] for k, n in hot[:10]], "salt": comm.size}
+            if "dest" in pairs.column_names:       # the user's partitioner chose each key's reducer
+                dest = pairs.column("dest").to_numpy().astype(np.int64)
+                mine, ex = await exchange_to(comm, pairs.drop_columns(["dest"]), dest, cfg,
+                                             compression=params.compression)
+            elif reducers < comm.size:
+                from shardstats.worker.data.hashing import hash_columns, owners_of
+                dest = owners_of(hash_columns(pairs, ["key"]), reducers).astype(np.int64)
+                mine, ex = await exchange_to(comm, pairs, dest, cfg, compression=params.compression)
+            else:
+                mine, ex = await exchange(comm, pairs, ["key"], cfg, compression=params.compression, salt=salt)
+            del pairs
+            if salt is not None:          # a hot key's salted parts: merged by the combiner, then to its reducer
+                part = _table((await code.call({"op": "reduce", "ipc": _ipc(mine), "stage": "combiner"}))["ipc"])
+                mine, ex2 = await exchange(comm, part, ["key"], cfg, compression=params.compression)
+                for k in ("shuffled_pairs", "shuffled_bytes"):
+                    ex["counters"][k] += ex2["counters"][k]
+            comm.progress.set("reduce")
+            t2 = time.perf_counter()
+            result = _table((await code.call({"op": "reduce", "ipc": _ipc(mine), "stage": "reducer"}))["ipc"])
+            phases["reduce"] = time.perf_counter() - t2
+        phases.update(ex["phases"])
+    stats = {"map_pairs": mapped["map_pairs"], "combined_pairs": mapped["combined_pairs"], **ex["counters"],
+             **extra, "rounds": 1 + bool(extra), "phases": phases, "output_rows": result.num_rows}
+    # every rank's output must share one schema for the part files: the types every rank agrees on
+    result = await _agree(comm, result)
+    if params.out:
+        stats.update(await write_parts(comm, result, params.out, comm.job, params.overwrite))
+    order = [(c, "ascending") for c in result.column_names if c in ("key",)] or \
+        [(result.column_names[0], "ascending")]
+    head = await gather_head(comm, result, order, 1 if params.out else params.limit)
+    if head is None:
+        return None, stats
+    t, rows = head
+    out = {"rows": rows, "columns": result.column_names, "data": [] if params.out else rows_of(t)}
+    if params.out:
+        out["out"] = params.out
+    return out, stats
+
+
+async def _agree(comm: Communicator, table):
+    """``table`` cast to the types every rank's output agrees on (text where ranks disagree)."""
+    import pyarrow as pa
+    from shardstats.worker.data.schema import unify
+    from shardstats.worker.jobs import arrow_schema, conform
+    mine = [[f.name, str(f.type), f"worker {comm.rank}"] for f in table.schema]
+    every = await allreduce(comm, {"s": [mine]}, lambda a, b: {"s": a["s"] + b["s"]}, "mapreduce.schema")
+    kinds = {tuple((n, t) for n, t, _ in s) for s in every["s"] if s and table.num_columns}
+    nonempty = {tuple((n, t) for n, t, _ in s) for s in every["s"]}
+    if len(kinds) <= 1 and len(nonempty) <= 1:
+        return table                  # every rank produced the same types
+    try:
+        agreed = unify(every["s"])
+        return conform(table, arrow_schema(agreed))
+    except Exception:  # noqa: BLE001 - types no reader would agree (lists, structs, or text vs numbers)
+        import json
+        cols = [pa.array([json.dumps(x, default=repr) for x in c.to_pylist()], pa.large_string())
+                for c in table.columns]
+        return pa.Table.from_arrays(cols, names=table.column_names)
+
+
+def _show(kb):
+    from shardstats.worker.usercode import _unpack
+    try:
+        return _unpack(kb) if isinstance(kb, bytes) else kb
+    except Exception:  # noqa: BLE001 - a batch key is already plain
+        return repr(kb)
+
+
+def _ipc(table) -> bytes:
+    import pyarrow as pa
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _table(b: bytes):
+    import pyarrow as pa
+    return pa.ipc.open_stream(pa.py_buffer(b)).read_all()
+
+
+def render(r: dict) -> list[str]:
+    from shardstats.worker.engine.answer import text_table
+    if r.get("out"):
+        return [f"{r['rows']:,} output pairs written to {r['out']}/part-*.parquet"]
+    lines = text_table(r["columns"], r["data"])
+    shown = len(r["data"])
+    lines.append(f"{r['rows']:,} output pair{'s' * (r['rows'] != 1)}" + (
+        f" (first {shown:,} shown; --limit, or --out DIR for all)" if shown < r["rows"] else ""))
+    return lines
+
+
+OP = Op(
+    name="mapreduce",
+    summary="Runs your own mapper, combiner, partitioner and reducer (a Python file) over records, on the "
+            "cluster's shuffle, with the shuffle counter.",
+    params=MapreduceParams,
+    run=mapreduce,
+    render=render,
+    phases=("load", "map", "partition", "shuffle", "reduce"),
+    examples=("cluster submit mapreduce --job examples/wordcount.py --input docs/",
+              "cluster submit mapreduce --job examples/map_side_join.py --input orders/ --side users=users.csv"),
+    summarize=counter.summarize,
+    reads=reads,
+    prepare=prepare,
+)

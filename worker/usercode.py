@@ -1,0 +1,311 @@
+"""User code -- a MapReduce job's own functions -- run in a child process of the worker, never in the worker itself.
+
+Why a process: the worker must outlive whatever a job's functions do. A function that
+raises fails its job with the file:line in the user's file; one that loops forever is
+killed at the job's deadline (a thread could not be); one that exhausts memory hits
+the child's own limit (``RLIMIT_AS``) or the kernel's OOM killer, and only the child
+dies. In every case the worker goes on serving the next job. The child runs as the
+worker's user, with its files and network: user code is as trusted as the client that
+holds the cluster's token (a worker started with ``--no-user-code`` refuses such jobs).
+
+The parent (``UserCode``) and the child (``main``) speak length-prefixed msgpack frames
+over the child's stdin/stdout; tables travel as Arrow IPC bytes inside them. Keys and
+values of the record form travel as msgpack bytes in binary columns, so any key msgpack
+carries (str, int, float, bool, None, bytes, tuples) hashes stably and sorts in Python.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+import sys
+import traceback
+
+import msgpack
+
+HEADER = struct.Struct(">Q")
+BATCH_ROWS = 65_536
+
+
+# -- the child --------------------------------------------------------------------------------------------
+class _Job:
+    def __init__(self, source: str | None, filename: str, pickled: bytes | None) -> None:
+        self.filename = filename
+        self.ns: dict = {"__name__": "shardstats_user_job", "__file__": filename, "sides": {}}
+        if source is not None:
+            exec(compile(source, filename, "exec"), self.ns)
+        if pickled is not None:
+            import cloudpickle
+            self.ns.update(cloudpickle.loads(pickled))
+        self.fn = {k: self.ns.get(k) for k in ("mapper", "combiner", "reducer", "partitioner", "sort_values",
+                                                "map_batch", "combine_batch", "reduce_batch")}
+        self.fn = {k: v for k, v in self.fn.items() if callable(v)}
+        if "mapper" not in self.fn and "map_batch" not in self.fn:
+            raise _UserError(f"{filename}: defines no mapper(record) (or map_batch(table))")
+
+
+class _UserError(Exception):
+    pass
+
+
+def _where(exc: BaseException, filename: str) -> str:
+    """The innermost frame of the user's file, as file:line in function, then the exception."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == filename]
+    at = f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}: " if frames else f"{filename}: "
+    return f"{at}{type(exc).__name__}: {exc}"
+
+
+def _pack(x) -> bytes:
+    return msgpack.packb(x, use_bin_type=True)
+
+
+def _unpack(b: bytes):
+    return msgpack.unpackb(b, raw=False, strict_map_key=False, use_list=False)
+
+
+def _sortable(keys: list) -> list:
+    try:
+        return sorted(keys)
+    except TypeError:                 # keys of several types: by type name, then value
+        return sorted(keys, key=lambda k: (type(k).__name__, repr(k)))
+
+
+def _records(table):
+    for batch in table.to_batches(BATCH_ROWS):
+        yield from batch.to_pylist()
+
+
+def _map(job: _Job, table, combine: bool, reducers: int | None) -> tuple[object, dict]:
+    """The mapper over every record, the combiner per key (when declared and asked), and each key's reducer
+    when a partitioner is declared: a pairs table (key, value[, dest]) and the counts."""
+    import pyarrow as pa
+    f = job.fn
+    if "map_batch" in f:
+        pairs = f["map_batch"](table)
+        n = pairs.num_rows
+        if combine and "combine_batch" in f:
+            pairs = f["combine_batch"](pairs)
+        return pairs, {"map_pairs": n, "combined_pairs": pairs.num_rows, "batch": True}
+    groups: dict[bytes, list] = {}
+    mapper, n = f["mapper"], 0
+    for rec in _records(table):
+        for k, v in mapper(rec) or ():
+            groups.setdefault(_pack(k), []).append(v)
+            n += 1
+    keys, values = [], []
+    combiner = f.get("combiner") if combine else None
+    for kb, vs in groups.items():
+        if combiner is None:
+            keys += [kb] * len(vs)
+            values += [_pack(v) for v in vs]
+            continue
+        for k2, v2 in combiner(_unpack(kb), vs) or ():
+            keys.append(_pack(k2))
+            values.append(_pack(v2))
+    cols = {"key": pa.array(keys, pa.binary()), "value": pa.array(values, pa.binary())}
+    if "partitioner" in f and reducers:
+        part, dest = f["partitioner"], {}
+        for kb in set(keys):
+            d = part(_unpack(kb), reducers)
+            if not isinstance(d, int) or not 0 <= d < reducers:
+                raise _UserError(f"{job.filename}: partitioner({_unpack(kb)!r}, {reducers}) returned {d!r}, not a "
+                                 f"reducer from 0 to {reducers - 1}")
+            dest[kb] = d
+        cols["dest"] = pa.array([dest[k] for k in keys], pa.int32())
+    return pa.table(cols), {"map_pairs": n, "combined_pairs": len(keys), "batch": False}
+
+
+def _output(keys: list, values: list):
+    """Output pairs as a (key, value) table in Arrow types where they are uniform, else as JSON text."""
+    import json
+    import pyarrow as pa
+
+    def column(xs):
+        try:
+            return pa.array([list(x) if isinstance(x, tuple) else x for x in xs])
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+            return pa.array([json.dumps(x, default=repr) for x in xs], pa.large_string())
+    return pa.table({"key": column(keys), "value": column(values)})
+
+
+def _reduce(job: _Job, pairs, stage: str = "reducer") -> object:
+    """Every key's values (sorted by ``sort_values`` when declared) through the reducer (or, for a salted
+    job's first stage, the combiner), keys in sorted order."""
+    f = job.fn
+    if "map_batch" in f:
+        fn = f.get("reduce_batch") if stage == "reducer" else f.get("combine_batch")
+        return fn(pairs) if fn is not None else pairs
+    groups: dict[bytes, list] = {}
+    for kb, vb in zip(pairs.column("key").to_pylist(), pairs.column("value").to_pylist()):
+        groups.setdefault(kb, []).append(_unpack(vb))
+    decoded = {_unpack(kb): vs for kb, vs in groups.items()}
+    fn = f.get(stage)
+    keys_out, values_out = [], []
+    sv = f.get("sort_values")
+    for k in _sortable(list(decoded)):
+        vs = decoded[k]
+        if sv is not None:
+            vs = sorted(vs, key=sv)
+        if fn is None:                    # map-only (or no reducer): the pairs as they are
+            keys_out += [k] * len(vs)
+            values_out += vs
+            continue
+        for k2, v2 in fn(k, vs) or ():
+            keys_out.append(k2)
+            values_out.append(v2)
+    if stage != "reducer":                # a first stage's output travels again: keep it packed
+        import pyarrow as pa
+        return pa.table({"key": pa.array([_pack(k) for k in keys_out], pa.binary()),
+                         "value": pa.array([_pack(v) for v in values_out], pa.binary())})
+    return _output(keys_out, values_out)
+
+
+def _check(job: _Job, table, seed: int) -> str | None:
+    """Why the combiner changes the answer on this sample (None: it does not): the reducer's answer with no
+    combiner, against the combiner applied to random groupings of each key's values, twice over."""
+    import random
+    f = job.fn
+    if "combiner" not in f or "mapper" not in f:
+        return None
+    rng = random.Random(seed)
+    groups: dict = {}
+    for rec in _records(table):
+        for k, v in f["mapper"](rec) or ():
+            groups.setdefault(_pack(k), []).append(v)
+    reducer = f.get("reducer") or (lambda k, vs: [(k, v) for v in vs])
+
+    def answer(key, vs):
+        return sorted(_pack(x) for x in (reducer(key, vs) or ()))
+    for kb, vs in groups.items():
+        key = _unpack(kb)
+        plain = answer(key, list(vs))
+        for _ in range(3):
+            shuffled = list(vs)
+            rng.shuffle(shuffled)
+            cuts = sorted(rng.sample(range(1, len(shuffled)), min(len(shuffled) - 1, rng.randint(1, 3)))) \
+                if len(shuffled) > 1 else []
+            parts = [shuffled[a:b] for a, b in zip([0, *cuts], [*cuts, len(shuffled)])]
+            combined = [v for p in parts for k2, v in (f["combiner"](key, p) or ()) if _pack(k2) == kb]
+            if len(combined) > 1 and rng.random() < 0.5:      # and a combiner over combined values
+                combined = [v for k2, v in (f["combiner"](key, combined) or ()) if _pack(k2) == kb]
+            got = answer(key, combined)
+            if got != plain:
+                show = lambda a: [_unpack(x) for x in a][:3]
+                return (f"--check-combiner: the combiner changes the answer for key {key!r}: "
+                        f"{show(plain)} without it, {show(got)} with the values combined in "
+                        f"{len(parts)} groups (a combiner must be associative and commutative, e.g. "
+                        f"(sum, count) rather than an average)")
+    return None
+
+
+def main() -> None:
+    """The child: load the job, then answer requests until stdin closes."""
+    import pyarrow as pa
+    limit = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+    if limit:
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr                    # a user's print() must not corrupt the frames
+    job = None
+
+    def reply(obj: dict) -> None:
+        body = _pack(obj)
+        out.write(HEADER.pack(len(body)) + body)
+        out.flush()
+
+    def table(b: bytes):
+        return pa.ipc.open_stream(pa.py_buffer(b)).read_all()
+
+    def ipc(t) -> bytes:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, t.schema) as w:
+            w.write_table(t)
+        return sink.getvalue().to_pybytes()
+    while True:
+        head = inp.read(HEADER.size)
+        if len(head) < HEADER.size:
+            return
+        req = _unpack(inp.read(HEADER.unpack(head)[0]))
+        op = req["op"]
+        try:
+            if op == "load":
+                job = _Job(req.get("source"), req["filename"], req.get("pickled"))
+                reply({"ok": True, "has": sorted(job.fn)})
+            elif op == "side":
+                job.ns["sides"][req["name"]] = table(req["ipc"]).to_pylist()
+                reply({"ok": True})
+            elif op == "map":
+                pairs, counts = _map(job, table(req["ipc"]), req["combine"], req.get("reducers"))
+                reply({"ok": True, "ipc": ipc(pairs), **counts})
+            elif op == "reduce":
+                reply({"ok": True, "ipc": ipc(_reduce(job, table(req["ipc"]), req.get("stage", "reducer")))})
+            elif op == "check":
+                reply({"ok": True, "problem": _check(job, table(req["ipc"]), req.get("seed", 0))})
+        except _UserError as exc:
+            reply({"ok": False, "error": str(exc), "user": True})
+        except MemoryError:
+            reply({"ok": False, "error": f"{job.filename if job else 'the job'}: ran out of memory in its "
+                   f"{op} (the job's code may use {limit >> 20:,} MiB on each worker)", "user": True})
+        except Exception as exc:  # noqa: BLE001 - the user's code raised: report where, in their file
+            name = job.filename if job else req.get("filename", "the job")
+            reply({"ok": False, "error": _where(exc, name), "user": True})
+
+
+# -- the parent -------------------------------------------------------------------------------------------
+class UserCode:
+    """The worker's handle on one job's child process: requests with replies, the child killed on exit."""
+
+    def __init__(self, memory_limit: int | None = None) -> None:
+        self.limit = memory_limit or 0
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> "UserCode":
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "shardstats.worker.usercode", str(self.limit),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=env, limit=1 << 20)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.returncode is None:
+            try:
+                proc.kill()
+            except ProcessLookupError:
+                pass
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        except (TimeoutError, ProcessLookupError):
+            pass
+        finally:
+            transport = getattr(proc, "_transport", None)     # its pipes closed now, not by the collector later
+            if transport is not None:
+                transport.close()
+
+    async def call(self, req: dict) -> dict:
+        from shardstats.errors import UsageError
+        proc = self.proc
+        assert proc is not None and proc.stdin is not None and proc.stdout is not None
+        body = _pack(req)
+        try:
+            proc.stdin.write(HEADER.pack(len(body)) + body)
+            await proc.stdin.drain()
+            head = await proc.stdout.readexactly(HEADER.size)
+            rep = _unpack(await proc.stdout.readexactly(HEADER.unpack(head)[0]))
+        except (asyncio.IncompleteReadError, BrokenPipeError, ConnectionResetError):
+            code = await proc.wait()
+            err = (await proc.stderr.read()).decode("utf-8", "replace").strip().splitlines() if proc.stderr else []
+            why = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+            raise UsageError(f"the job's code died in its {req['op']} ({why}"
+                             f"{'; out of memory?' if code == -9 else ''}){': ' + err[-1] if err else ''}") from None
+        if not rep.get("ok"):
+            raise UsageError(rep.get("error", "the job's code failed"))
+        return rep
+
+
+if __name__ == "__main__":
+    main()
