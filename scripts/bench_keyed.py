@@ -402,7 +402,7 @@ def run_groupby_peer(peer: str, data: str, questions: list[str], modes: list[str
                         con.execute(f"CREATE TEMP TABLE ans AS {DUCKDB_SQL[q]}")
                         return con.execute("SELECT count(*) FROM ans").fetchone()[0]
                     t, _ = best_of(runs, go)
-                    record(mode, q, t, pl.from_arrow(con.execute("SELECT * FROM ans").to_arrow_table()))
+                    record(mode, q, t, pl.from_arrow(con.sql("SELECT * FROM ans").to_arrow_table()))
                     con.execute("DROP TABLE IF EXISTS ans")
             if mode == "warm":
                 con.execute("DROP TABLE x")
@@ -546,9 +546,11 @@ def duckdb_wordcount(files: list[str], con=None):
     con = con or duckdb.connect(":memory:")
     lst = "[" + ", ".join(f"'{f}'" for f in files) + "]"
     import polars as pl
-    return pl.from_arrow(con.execute(
-        f"SELECT word, count(*) AS count FROM (SELECT unnest(regexp_extract_all(lower(content), '{WORD_RE}')) "
-        f"AS word FROM read_text({lst})) GROUP BY word").to_arrow_table())
+    # line by line: regexp_extract_all over a whole 20 MB file was 3x slower (one huge list per file)
+    return pl.from_arrow(con.sql(
+        f"SELECT word, count(*) AS count FROM (SELECT unnest(regexp_extract_all(lower(line), '{WORD_RE}')) AS word "
+        f"FROM (SELECT unnest(string_split(content, chr(10))) AS line FROM read_text({lst}))) GROUP BY word")
+        .to_arrow_table())
 
 
 _TOKEN = re.compile(r"\w+")
@@ -900,6 +902,10 @@ def cmd_wordcount(a) -> int:
     notes.append(f"check corpus {check.name}: {ref_small['count'].sum():,} tokens, {ref_small.height:,} distinct; "
                  f"full tables checked against collections.Counter (`check` rows below)")
     notes.append(f"checks: {sum(1 for v in bad.values() if not v)} equal, {n_bad} differ")
+    if bad.get(("duckdb", "e2e", "wordcount")):
+        notes.append("DuckDB's lower() maps İ (U+0130) to i (simple case mapping); Python, Polars and Spark to "
+                     "i + U+0307 (full), which \\w does not match, so a word holding İ is one token in DuckDB and "
+                     "two elsewhere (the standard library's test_ntpath.py has MOUNTPOİNT)")
     if results.get("ours") and "error" not in results["ours"]:
         notes.append("ours: `cluster submit wordcount --input DIR --top 10 --json`; only its top 10 is checked")
     print_section(f"wordcount — {data.name}", peers, results, [("wordcount", "wordcount (tokenize + count)")],
