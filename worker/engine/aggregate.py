@@ -268,15 +268,27 @@ def merge_sql(keys, aggs: list[Agg], source: str = "t") -> str:
     return (f"SELECT {', '.join(final)} FROM (SELECT {', '.join(merged)} FROM {src} GROUP BY {k})")
 
 
+_db: list = []       # one in-memory DuckDB database per process; every call gets its own cursor
+
+
+def _database():
+    """This process's DuckDB database (one thread: ten workers share two cores). Opening one costs ~25 ms;
+    a cursor on it, which each call (and each thread) takes, ~0.1 ms -- measured: a 1M-row sum by 100 keys
+    took 84 ms with a fresh connection and 43 ms on a cursor."""
+    if not _db:
+        import duckdb
+        _db.append(duckdb.connect(config={"threads": 1, "preserve_insertion_order": False}))
+    return _db[0]
+
+
 def run_sql(sql: str, t=None, **tables):
-    """``sql`` over Arrow tables registered by name (``t`` first), on a fresh single-threaded DuckDB connection."""
-    import duckdb
+    """``sql`` over Arrow tables registered by name (``t`` first), on a cursor of this process's DuckDB."""
     if t is not None:
         tables = {"t": t, **tables}
-    con = duckdb.connect(config={"threads": 1})
+    con = _database().cursor()
     try:
-        for name, t in tables.items():
-            con.register(name, t)
+        for name, table in tables.items():
+            con.register(name, table)
         return con.sql(sql).to_arrow_table()
     finally:
         con.close()
