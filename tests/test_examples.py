@@ -216,8 +216,6 @@ async def test_map_side_join_moves_nothing(tmp_path):
     assert rep.result["rows"] == total(rep, "map_pairs") == len(joined)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="engine bug: a map-only job (no reducer, no combiner) returns its pairs "
-                   "still msgpack-packed -- worker/usercode.py _reduce keeps stage 'none' output packed")
 async def test_map_side_join_rows(tmp_path):
     d, side, orders, joined = map_side(tmp_path)
     async with in_process_cluster(3) as c:

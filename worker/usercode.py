@@ -153,7 +153,7 @@ def _reduce(job: _Job, pairs, stage: str = "reducer") -> object:
         for k2, v2 in fn(k, vs) or ():
             keys_out.append(k2)
             values_out.append(v2)
-    if stage != "reducer":                # a first stage's output travels again: keep it packed
+    if stage == "combiner":               # a salted first stage's output travels again: keep it packed
         import pyarrow as pa
         return pa.table({"key": pa.array([_pack(k) for k in keys_out], pa.binary()),
                          "value": pa.array([_pack(v) for v in values_out], pa.binary())})

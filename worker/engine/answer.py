@@ -200,3 +200,14 @@ def text_table(columns: list[str], rows: list[list], width: int = 40) -> list[st
     out = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
     out += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
     return out
+
+
+def render_rows(r: dict, noun: str = "row") -> list[str]:
+    """A keyed job's answer for people: its rows as a table and how many there are in all, or where they went."""
+    if r.get("out"):
+        return [f"{r['rows']:,} {noun}{'s' * (r['rows'] != 1)} written to {r['out']}/part-*.parquet"]
+    lines = text_table(r["columns"], r["data"])
+    shown = len(r["data"])
+    lines.append(f"{r['rows']:,} {noun}{'s' * (r['rows'] != 1)}" + (
+        f" (first {shown:,} shown; --limit, or --out DIR for all)" if shown < r["rows"] else ""))
+    return lines

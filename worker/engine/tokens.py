@@ -79,3 +79,30 @@ def check_pattern(pattern: str) -> str | None:
     except Exception as exc:  # noqa: BLE001 - Polars raises its own compute error for a bad pattern
         return str(exc).strip().splitlines()[0][:200]
     return None
+
+
+async def tokens_to_reducers(comm, table, params, tokenize, *args):
+    """The text ops' map side and shuffle: check the pattern, tokenize on a thread (``tokenize(table, pattern,
+    lower, *args)`` -> (pairs keyed by ``word``, tokens read)), move the pairs to each word's reducer.
+
+    Returns (the pairs this rank reduces, the tokens it read, the job's counters and phases so far)."""
+    import time
+    from shardstats.errors import UsageError
+    from shardstats.worker.comm.shuffle import ShuffleConfig
+    from shardstats.worker.engine.exchange import exchange
+    from shardstats.worker.steps import numpy_step
+    bad = check_pattern(params.pattern)
+    if bad:
+        raise UsageError(f"--pattern {params.pattern}: not a regular expression ({bad})")
+    t0 = time.perf_counter()
+    comm.progress.set("tokenize")
+    pairs, tokens = await numpy_step(table.num_rows * 64, tokenize, table, params.pattern, params.lower, *args)
+    del table
+    combined = pairs.num_rows
+    t1 = time.perf_counter()
+    mine, ex = await exchange(comm, pairs, ["word"], ShuffleConfig.from_params(params, None),
+                              compression=params.compression)
+    comm.progress.set("reduce")
+    stats = {"map_pairs": tokens, "combined_pairs": combined, **ex["counters"], "rounds": 1,
+             "phases": {"tokenize": t1 - t0, **ex["phases"]}}
+    return mine, tokens, stats

@@ -249,14 +249,8 @@ def _resalt_sql(keys, aggs) -> str:
 
 
 def render(r: dict) -> list[str]:
-    from shardstats.worker.engine.answer import text_table
-    if r.get("out"):
-        return [f"{r['rows']:,} groups written to {r['out']}/part-*.parquet"]
-    lines = text_table(r["columns"], r["data"])
-    shown = len(r["data"])
-    lines.append(f"{r['rows']:,} group{'s' * (r['rows'] != 1)}" + (f" (first {shown:,} shown; --limit, or --out DIR "
-                                                                    f"for all)" if shown < r["rows"] else ""))
-    return lines
+    from shardstats.worker.engine.answer import render_rows
+    return render_rows(r, "group")
 
 
 OP = Op(

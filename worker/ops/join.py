@@ -294,15 +294,8 @@ def summarize(workers: list[dict]) -> dict:
 
 
 def render(r: dict) -> list[str]:
-    from shardstats.worker.engine.answer import text_table
-    lines = [r["why"]]
-    if r.get("out"):
-        return lines + [f"{r['rows']:,} rows written to {r['out']}/part-*.parquet"]
-    lines += text_table(r["columns"], r["data"])
-    shown = len(r["data"])
-    lines.append(f"{r['rows']:,} row{'s' * (r['rows'] != 1)}" + (f" (first {shown:,} shown; --limit, or --out DIR "
-                                                                  f"for all)" if shown < r["rows"] else ""))
-    return lines
+    from shardstats.worker.engine.answer import render_rows
+    return [r["why"], *render_rows(r)]
 
 
 OP = Op(

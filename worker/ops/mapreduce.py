@@ -218,19 +218,21 @@ async def mapreduce(comm: Communicator, inputs, params: MapreduceParams) -> tupl
 
 
 async def _agree(comm: Communicator, table):
-    """``table`` cast to the types every rank's output agrees on (text where ranks disagree)."""
+    """``table`` in the types every rank's output agrees on: the non-empty ranks' common schema (an empty
+    rank takes it), else the readers' promotions (int with float...), else JSON text for every column."""
     import pyarrow as pa
     from shardstats.worker.data.schema import unify
     from shardstats.worker.jobs import arrow_schema, conform
-    mine = [[f.name, str(f.type), f"worker {comm.rank}"] for f in table.schema]
+    mine = {"n": table.num_rows, "schema": table.schema.serialize().to_pybytes(),
+            "desc": [[f.name, str(f.type), f"worker {comm.rank}"] for f in table.schema]}
     every = await allreduce(comm, {"s": [mine]}, lambda a, b: {"s": a["s"] + b["s"]}, "mapreduce.schema")
-    kinds = {tuple((n, t) for n, t, _ in s) for s in every["s"] if s and table.num_columns}
-    nonempty = {tuple((n, t) for n, t, _ in s) for s in every["s"]}
-    if len(kinds) <= 1 and len(nonempty) <= 1:
-        return table                  # every rank produced the same types
+    full = [x for x in every["s"] if x["n"]]
+    if len({x["schema"] for x in full}) <= 1:
+        if not full or table.num_rows:
+            return table
+        return pa.Table.from_batches([], schema=pa.ipc.read_schema(pa.py_buffer(full[0]["schema"])))
     try:
-        agreed = unify(every["s"])
-        return conform(table, arrow_schema(agreed))
+        return conform(table, arrow_schema(unify([x["desc"] for x in full])))
     except Exception:  # noqa: BLE001 - types no reader would agree (lists, structs, or text vs numbers)
         import json
         cols = [pa.array([json.dumps(x, default=repr) for x in c.to_pylist()], pa.large_string())
@@ -260,14 +262,8 @@ def _table(b: bytes):
 
 
 def render(r: dict) -> list[str]:
-    from shardstats.worker.engine.answer import text_table
-    if r.get("out"):
-        return [f"{r['rows']:,} output pairs written to {r['out']}/part-*.parquet"]
-    lines = text_table(r["columns"], r["data"])
-    shown = len(r["data"])
-    lines.append(f"{r['rows']:,} output pair{'s' * (r['rows'] != 1)}" + (
-        f" (first {shown:,} shown; --limit, or --out DIR for all)" if shown < r["rows"] else ""))
-    return lines
+    from shardstats.worker.engine.answer import render_rows
+    return render_rows(r, "output pair")
 
 
 OP = Op(

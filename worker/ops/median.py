@@ -1,27 +1,10 @@
 """Exact median and quantiles by few-round selection: no shuffle, rounds independent of the value range.
 
-Rank 0 keeps, for each target rank k, a window
-(lo, hi] of values that must contain the k-th smallest value, and ``below``, the
-global count of values <= lo.  A round:
-
-1. rank 0 broadcasts the open windows;
-2. every rank sends a regular sample of its values inside each window, and how many
-   it has there, up the tree;
-3. rank 0 broadcasts the sorted union of the samples as pivots (or, when a window
-   holds at most ``gather_limit`` values, asks for those values instead);
-4. every rank counts its values < and <= each pivot (two searchsorted calls), and
-   the sums come up the tree.
-
-Round 1 runs on the unsorted values: pivots are two values of a random sample that
-bracket the target's estimated position (Floyd-Rivest style), counted with a few
-comparison passes, so no rank ever sorts all its data; the window keeps a few
-percent of the values.  Each rank then sorts only what lies in the window, and
-later rounds use every sample as a pivot: between two neighbouring pivots lie at
-most (window size / samples per rank) values, whatever the range of the values, so
-the window shrinks by a factor of about W * samples per round.  With 100M values:
-bracket, one many-pivot round, one small gather.  Counting "< p" as well as "<= p" finishes at once when the answer is a
-value repeated many times.  All arithmetic on values is in Python ints, so the
-mean of two middle values is exact at the int64 edges.
+The selection itself -- windows narrowed by many pivots from per-rank samples, a bracketing
+first round on unsorted values, a small gather at the end -- is the engine's
+(``worker.engine.select.select_ranks``, shared with ``describe`` and a salted ``groupby``);
+this module is the op: which ranks a median or a quantile needs, the even-count rule, and
+the exact mean of two middle values at the int64 edges.
 """
 from __future__ import annotations
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from shardstats.errors import UsageError
 from shardstats.worker.comm.collectives import sum_ints, tree_reduce
 from shardstats.worker.comm.communicator import Communicator
-from shardstats.worker.comm.shuffle import ShuffleConfig
 from shardstats.worker.engine import counter
 from shardstats.worker.ops.contract import Op, TextParams, option, text_reads
 from shardstats.worker.steps import numpy_step
@@ -30,26 +28,12 @@ async def wordcount(comm: Communicator, table, params: WordcountParams) -> tuple
     from shardstats.worker.engine import tokens as tok
     from shardstats.worker.engine.aggregate import run_sql
     from shardstats.worker.engine.answer import gather_head, rows_of, write_parts
-    from shardstats.worker.engine.exchange import exchange
-    bad = tok.check_pattern(params.pattern)
-    if bad:
-        raise UsageError(f"--pattern {params.pattern}: not a regular expression ({bad})")
-    t0 = time.perf_counter()
-    comm.progress.set("tokenize")
-    pairs, tokens = await numpy_step(table.num_rows * 64, tok.count_words, table, params.pattern, params.lower,
-                                     params.combine)
-    del table
-    combined = pairs.num_rows
     t1 = time.perf_counter()
-    mine, ex = await exchange(comm, pairs, ["word"], ShuffleConfig.from_params(params, None),
-                              compression=params.compression)
-    del pairs
-    comm.progress.set("reduce")
+    mine, tokens, stats = await tok.tokens_to_reducers(comm, table, params, tok.count_words, params.combine)
+    del table
     counts = await numpy_step(mine.num_rows, run_sql, "SELECT word, sum(count)::BIGINT AS count FROM t GROUP BY word",
                               mine)
-    t2 = time.perf_counter()
-    stats = {"map_pairs": tokens, "combined_pairs": combined, **ex["counters"], "rounds": 1,
-             "phases": {"tokenize": t1 - t0, **ex["phases"], "reduce": t2 - t1 - sum(ex["phases"].values())}}
+    stats["phases"]["reduce"] = time.perf_counter() - t1 - sum(stats["phases"].values())
     if params.out:
         stats.update(await write_parts(comm, counts, params.out, comm.job, params.overwrite))
     total = await tree_reduce(comm, {"tokens": tokens}, sum_ints, "wordcount.tokens")
