@@ -228,3 +228,17 @@ async def test_a_result_bigger_than_one_answer_is_cut_and_counted(tmp_path):
                                                                          "out": str(tmp_path / "o")}))
     _, got = duck(f"SELECT count(*), sum(sum_v) FROM read_parquet('{tmp_path}/o/*.parquet')")
     assert got == [(n, n * (n - 1) // 2)]
+
+
+@pytest.mark.parametrize("expr", ["largest(f, 2)", "smallest(f, 3)", "max(f)", "distinct(f)", "collect_set(f)"])
+async def test_a_key_whose_values_are_all_null_keeps_its_row(tmp_path, expr):
+    rng = np.random.default_rng(2)
+    t = table(rng, 400, keys=4, nulls=False)
+    f = np.array(t.column("f").to_pylist(), dtype=object)
+    g = t.column("g").to_pylist()
+    f[[i for i, k in enumerate(g) if k == "k0"]] = None          # every value of k0 is NULL
+    t = t.set_column(3, "f", pa.array(list(f), pa.float64()))
+    d, files = shards(tmp_path, [t.slice(0, 200), t.slice(200)], "parquet")
+    async with in_process_cluster(3, root=str(tmp_path)) as c:
+        rep = await check(c, d, files, ["g"], [expr])
+    assert any(r[0] == "k0" for r in rep.result["data"])

@@ -175,10 +175,14 @@ def conform(table, target):
     for f in target:
         if f.name in table.column_names:
             col = table.column(f.name)
+            if pa.types.is_dictionary(col.type) and col.type.value_type in (f.type, pa.string()) and \
+                    pa.types.is_large_string(f.type):
+                cols.append(col)        # a dictionary of strings stays encoded (worker.data.schema.canonical)
+                continue
             cols.append(col if col.type == f.type else col.cast(f.type))
         else:
             cols.append(pa.nulls(table.num_rows, f.type))
-    return pa.Table.from_arrays(cols, schema=target)
+    return pa.Table.from_arrays(cols, names=target.names)
 
 
 @dataclass

@@ -69,6 +69,13 @@ def read_table(ref: ShardRef, real_path: str, columns: list[str] | None, budget:
         try:
             pf = pq.ParquetFile(pa.BufferReader(data))
             _check_columns(pf.schema_arrow.names, columns, name)
+            # Text columns as Arrow dictionaries: Parquet stores them dictionary-encoded already, so this
+            # skips expanding them, and DuckDB groups by a dictionary 3x faster (1M rows by 100 keys: 43 -> 13
+            # ms). The engine holds them so until a shuffle (worker.engine.exchange sends plain columns).
+            text = [f.name for f in pf.schema_arrow if (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
+                    and (columns is None or f.name in columns)]
+            if text:
+                pf = pq.ParquetFile(pa.BufferReader(data), read_dictionary=text)
             return pf.read(columns=columns)
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(f"{name}: not a readable Parquet file ({_short(exc)})") from None

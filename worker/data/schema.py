@@ -25,7 +25,10 @@ _TS_ORDER = ["s", "ms", "us", "ns"]
 
 
 def canonical(t: str) -> str:
-    """The type a column is held as on every rank: one integer, one float, one string type."""
+    """The type a column is held as on every rank: one integer, one float, one string type (a dictionary of
+    strings is a string column, held encoded where it was read so: ``worker.jobs.conform``)."""
+    if t.startswith("dictionary<values="):
+        return canonical(t[len("dictionary<values="):].split(",")[0])
     if t in _INTS or t == "uint64":
         return "int64" if t != "uint64" else "uint64"
     if t in _FLOATS:

@@ -178,6 +178,16 @@ def drop_sql(keys, aggs: list[Agg], source: str = "t") -> str | None:
     if not aggs or any(a.func not in DROPPABLE for a in aggs):
         return None
     part = ", ".join(q(x) for x in keys)
+    if len(aggs) == 1:            # one aggregate: an aggregate query, far cheaper than a window (q8: 3x)
+        a = aggs[0]
+        c = q(a.cols[0])
+        if a.func in ("largest", "smallest", "min", "max"):
+            k = a.arg if a.func in ("largest", "smallest") else 1
+            fn = "max" if a.func in ("largest", "max") else "min"
+            # a key whose values are all NULL keeps one row (its answer is NULL, not a missing key)
+            return (f"SELECT {part}, unnest(CASE WHEN count({c}) = 0 THEN [NULL] ELSE {fn}({c}, {k}) END) AS {c} "
+                    f"FROM {source} GROUP BY {part}")
+        return f"SELECT DISTINCT {part}, {c} FROM {source}"
     conds = []
     for a in aggs:
         c = q(a.cols[0])

@@ -40,6 +40,18 @@ def partition(table, keys, workers: int, to_one: bool = False, salt=None):
     return split_by(table, o, workers)
 
 
+def plain(table):
+    """``table`` with dictionary columns decoded: every rank's parts then share one schema on the wire,
+    whichever encoding each rank read its files in."""
+    import pyarrow as pa
+    if not any(pa.types.is_dictionary(f.type) for f in table.schema):
+        return table
+    cols = [c.cast(c.type.value_type).cast(pa.large_string()) if pa.types.is_dictionary(c.type) and
+            pa.types.is_string(c.type.value_type) else c.cast(c.type.value_type) if pa.types.is_dictionary(c.type)
+            else c for c in table.columns]
+    return pa.Table.from_arrays(cols, names=table.column_names)
+
+
 def split_by(table, dest, workers: int):
     """``table``'s rows grouped by the rank ``dest`` names for each: a list of ``workers`` slices of one take."""
     order = np.argsort(dest, kind="stable")
@@ -57,7 +69,8 @@ async def exchange(comm: Communicator, table, keys, cfg: ShuffleConfig, *, compr
     """Moves every row of ``table`` to the rank owning its key; returns (the rows this rank owns, counters)."""
     t0 = time.perf_counter()
     comm.progress.set("partition")
-    parts = await numpy_step(table.num_rows, partition, table, list(keys), comm.size, cfg.to_one, salt)
+    parts = await numpy_step(table.num_rows, lambda t=table: partition(plain(t), list(keys), comm.size, cfg.to_one,
+                                                               salt))
     del table
     return await _move(comm, parts, cfg, compression, t0)
 
@@ -67,7 +80,7 @@ async def exchange_to(comm: Communicator, table, dest, cfg: ShuffleConfig, *,
     """Moves row i of ``table`` to rank ``dest[i]`` (a range partitioner's choice); as ``exchange``."""
     t0 = time.perf_counter()
     comm.progress.set("partition")
-    parts = await numpy_step(table.num_rows, split_by, table, dest, comm.size)
+    parts = await numpy_step(table.num_rows, lambda t=table: split_by(plain(t), dest, comm.size))
     del table
     return await _move(comm, parts, cfg, compression, t0)
 
@@ -79,6 +92,7 @@ async def broadcast_table(comm: Communicator, table, cfg: ShuffleConfig, *,
     more than ``fan_in`` streams; the pieces are encoded once and sent W - 1 times."""
     t0 = time.perf_counter()
     comm.progress.set("broadcast")
+    table = plain(table)
     schema = table.schema
     pieces = await numpy_step(table.num_rows, lambda: [codec.encode(s, compression)
                                                        for s in codec.cut(table, cfg.chunk_bytes)])

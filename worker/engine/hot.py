@@ -45,6 +45,8 @@ def key_mask(table, keys, key) -> "np.ndarray":
     m = None
     for name, v in zip(keys, key):
         col = table.column(name)
+        if pa.types.is_dictionary(col.type):
+            col = col.cast(col.type.value_type)
         e = pc.is_null(col) if v is None else pc.fill_null(pc.equal(col, pa.scalar(v, col.type)), False)
         m = e if m is None else pc.and_(m, e)
     if m is None:

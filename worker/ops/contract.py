@@ -67,6 +67,11 @@ class Params:
             except (ValueError, TypeError) as exc:
                 raise UsageError(f"{cli_name(f.name)}: {exc}") from None
             object.__setattr__(self, f.name, checked)
+        self.validate()
+
+    def validate(self) -> None:
+        """The cross-field rules, run after the fields' own checks: ``check`` (an op whose option is named
+        ``--check`` has a field of that name, so it overrides this instead)."""
         self.check()
 
     def check(self) -> None:
@@ -229,6 +234,16 @@ class TextParams(KeyedParams):
             raise UsageError("--pattern: an empty pattern matches no token")
         if self.id is not None and self.text is None:
             raise UsageError("--id: names the documents of a table; give --text COL too")
+
+
+def approx_only(p: Params) -> None:
+    """The rule of the ops with an approximate path: --check and --save-sketch are about the sketch, so need --approx."""
+    if not getattr(p, "approx", False):
+        for name in ("check", "save_sketch"):
+            if getattr(p, name, None):
+                raise UsageError(f"{cli_name(name)}: compares or saves the sketch of --approx; add --approx")
+    if getattr(p, "save_sketch", None) == "":
+        raise UsageError("--save-sketch: name a file")
 
 
 def text_reads(p: TextParams) -> dict:

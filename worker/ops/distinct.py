@@ -29,7 +29,7 @@ from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.partition import splitmix64
 from shardstats.worker.comm.shuffle import ShuffleConfig
 from shardstats.worker.steps import numpy_step
-from shardstats.worker.ops.contract import Op, ShuffleParams, option
+from shardstats.worker.ops.contract import Op, ShuffleParams, approx_only, option
 from shardstats.worker.ops.keyed import owned_distinct
 from shardstats.worker.ops.counting import repeat_share
 from shardstats.worker.ops.mode import COMBINE_BELOW, COMBINE_SAMPLE, should_combine
@@ -88,6 +88,14 @@ class DistinctParams(ShuffleParams):
                           "shuffle; the relative standard error is reported.")
     precision: int = option(DEFAULT_PRECISION, "HyperLogLog registers: 2**precision bytes per worker, "
                             "error 1.04/sqrt(2**precision).", min=4, max=16, advanced=True)
+    check: bool = option(False, "With --approx: also count exactly (the shuffle) and report the true error "
+                         "against the standard error.")
+    save_sketch: str | None = option(None, "With --approx: rank 0 writes the merged registers to FILE (relative to "
+                                     "the worker's data root); read them with `cluster sketch show --distinct`.",
+                                     metavar="FILE")
+
+    def validate(self) -> None:          # the field ``check`` is the option --check: the rules go here
+        approx_only(self)
 
 
 async def distinct(comm: Communicator, values: np.ndarray, params: DistinctParams) -> tuple[dict | None, dict]:
@@ -97,6 +105,7 @@ async def distinct(comm: Communicator, values: np.ndarray, params: DistinctParam
     if params.approx:
         comm.progress.set("sketch")
         p = params.precision
+        keep = box[0] if (params.check or params.save_sketch) else None
         reg, local_est = await asyncio.to_thread(lambda: _sketch(box.pop(), p))
         sketched = time.perf_counter()
         comm.progress.set("reduce")
@@ -107,11 +116,15 @@ async def distinct(comm: Communicator, values: np.ndarray, params: DistinctParam
         stats = {"phases": {"sketch": sketched - t, "reduce": time.perf_counter() - sketched},
                  "rounds": tree_depth(comm.size), "exact_bytes_estimate": exact_bytes,
                  "sketch_bytes": len(reg)}
-        if got is None:
-            return None, stats
-        e = relative_standard_error(p)
-        return {"value": round(hll_estimate(got["r"])), "exact": False, "relative_standard_error": e,
-                "registers": len(reg)}, stats
+        result = None
+        if got is not None:
+            e = relative_standard_error(p)
+            result = {"value": round(hll_estimate(got["r"])), "exact": False, "relative_standard_error": e,
+                      "registers": len(reg)}
+        if params.save_sketch or params.check:
+            from shardstats.worker.ops import approx
+            await approx.distinct_extras(comm, keep, params, result, got["r"].tobytes() if got else None, stats)
+        return result, stats
     cfg = ShuffleConfig.from_params(params, comm.total)
     comm.progress.set("shuffle")
     values = box.pop()
@@ -153,8 +166,15 @@ def render(r: dict) -> list[str]:
     if r["exact"]:
         return [f"distinct: {r['value']:,} (exact)"]
     e = r["relative_standard_error"]
-    return [f"distinct: ~{r['value']:,} (HyperLogLog estimate, relative standard error {e:.2%}: "
-            f"within ±{3 * e * r['value']:,.0f} at 3 standard errors)"]
+    lines = [f"distinct: ~{r['value']:,} (HyperLogLog estimate, relative standard error {e:.2%}: "
+             f"within ±{3 * e * r['value']:,.0f} at 3 standard errors)"]
+    if "check" in r:
+        c = r["check"]
+        lines.append(f"check against the exact job: exact {c['exact']:,}, relative error {c['relative_error']:+.3%} "
+                     f"= {c['standard_errors']:.2f} standard errors")
+    if "saved" in r:
+        lines.append(f"sketch saved to {r['saved']}")
+    return lines
 
 
 def summarize(workers: list[dict]) -> dict:

@@ -179,8 +179,9 @@ async def groupby(comm: Communicator, table, params: GroupbyParams) -> tuple[dic
     if mergeable:
         sent = await numpy_step(map_pairs, agg.run_sql, agg.combine_sql(keys, aggs), table)
     else:
+        from shardstats.worker.engine.exchange import plain
         drop = agg.drop_sql(keys, aggs)
-        sent = await numpy_step(map_pairs, agg.run_sql, drop, table) if drop else table
+        sent = await numpy_step(map_pairs, agg.run_sql, drop, table) if drop else plain(table)
         if params.salt != "off" and comm.size > 1:
             hot = await find_hot(comm, sent, keys)
             if hot:

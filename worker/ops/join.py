@@ -178,9 +178,9 @@ async def join(comm: Communicator, sides, params: JoinParams) -> tuple[dict | No
     import pyarrow as pa
     from shardstats.worker.data.hashing import hash_columns, owners_of
     from shardstats.worker.engine.answer import gather_head, rows_of, write_parts
-    from shardstats.worker.engine.exchange import broadcast_table, exchange_to
+    from shardstats.worker.engine.exchange import broadcast_table, exchange_to, plain
     from shardstats.worker.steps import numpy_step
-    left, right = sides["main"], sides["right"]
+    left, right = plain(sides["main"]), plain(sides["right"])     # keys of one type on both sides
     lk, rk = params.keys
     left, right = _common_keys(left, right, lk, rk)
     loaded_rows = left.num_rows + right.num_rows

@@ -121,6 +121,8 @@ async def sort(comm: Communicator, table, params: SortParams) -> tuple[dict | No
     from shardstats.worker.data import codec
     from shardstats.worker.engine.answer import write_parts
     from shardstats.worker.engine.exchange import exchange_to
+    from shardstats.worker.engine.exchange import plain
+    table = plain(table)          # sorting (and the wire) wants plain columns, not dictionaries
     keys = _cols(params.by)
     missing = [k for k in keys if k not in table.column_names]
     if missing:

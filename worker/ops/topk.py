@@ -47,7 +47,7 @@ from shardstats.worker.comm.collectives import allreduce, broadcast, sum_ints, t
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.shuffle import ShuffleConfig
 from shardstats.worker.steps import numpy_step
-from shardstats.worker.ops.contract import Op, ShuffleParams, option
+from shardstats.worker.ops.contract import Op, ShuffleParams, approx_only, option
 from shardstats.worker.ops.keyed import Owned, empty, local_counts, owned_counts
 from shardstats.worker.ops.mode import COMBINE_SAMPLE
 from shardstats.worker.ops.counting import run_lengths
@@ -323,15 +323,33 @@ class TopkParams(ShuffleParams):
                            "(skewed data); auto: from a sample.", choices=STRATEGIES)
     candidate_limit: int = option(CANDIDATE_LIMIT, "Threshold: fall back to the shuffle above this many "
                                   "candidates in one tree message.", min=1, max=CANDIDATE_LIMIT, advanced=True)
+    approx: bool = option(False, "Estimate from frequent-items sketches (Apache DataSketches; one tree reduction, "
+                          "no shuffle): each count with guaranteed lower and upper bounds.")
+    lg_max_k: int | None = option(None, "With --approx: the sketch's map holds 3/4 of 2**LG items (default: about "
+                                  "8 K, at least 2**10); the maximum error is about 3.5/2**LG of the values.",
+                                  min=3, max=26, metavar="LG")
+    check: bool = option(False, "With --approx: also run the exact job on the same values and report each "
+                         "listed count's true error against its bounds.")
+    save_sketch: str | None = option(None, "With --approx: rank 0 writes the merged sketch to FILE (relative to the "
+                                     "worker's data root); read it with `cluster sketch show`.", metavar="FILE")
+
+    def validate(self) -> None:          # the field ``check`` is the option --check: the rules go here
+        approx_only(self)
 
 
 async def topk(comm: Communicator, values: np.ndarray, params: TopkParams) -> tuple[dict | None, dict]:
+    if params.approx:
+        from shardstats.worker.ops import approx
+        return await approx.topk(comm, values, params)
     top, stats = await run_topk(comm, values, params.k, params.strategy, ShuffleConfig.from_params(params, comm.total),
                                 params.candidate_limit)
     return (result_of(params.k, top) if top is not None else None), stats
 
 
 def render(r: dict) -> list[str]:
+    if r.get("approx"):
+        from shardstats.worker.ops.approx import render_topk
+        return render_topk(r)
     items = r["items"]
     if not items:
         return ["topk: no values"]
@@ -357,8 +375,8 @@ OP = Op(
     params=TopkParams,
     run=topk,
     render=render,
-    phases=("load", "topk", "shuffle", "threshold", "reduce"),
-    examples=("cluster submit topk --input shards/ --k 100",
+    phases=("load", "topk", "shuffle", "threshold", "reduce", "sketch", "check"),
+    examples=("cluster submit topk --input shards/ --k 100", "cluster submit topk --input shards/ --k 10 --approx --check",
               "cluster submit topk --input shards/ --k 10 --strategy threshold --json"),
     summarize=summarize,
 )

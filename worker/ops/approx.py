@@ -1,0 +1,285 @@
+"""The approximate paths of median, topk and distinct: a sketch per rank, one tree reduction, answers with bounds.
+
+Each rank sketches its values (``shardstats.sketches``: DataSketches KLL for quantiles,
+DataSketches frequent items for the top values, our HyperLogLog registers for distinct),
+the serialized sketches merge up the binomial tree (kilobytes per message), and rank 0
+answers with the sketch's stated error bound and size.
+
+``--check`` then runs the exact job on the same values in the same job and reports the
+true error against the bound: for a quantile, the distance from the asked normalized rank
+to the ranks the answered value really holds (counted on every rank, one tree reduction),
+beside the exact quantile from the exact op; for the top values, every listed value's
+exact count against its [lower, upper] bounds, and the exact top K for what the list missed.
+
+``--save-sketch FILE``: rank 0 writes the merged sketch (``shardstats.sketches`` format) under
+its data root (as keyed ops write ``--out``), with a fingerprint of the input: the values'
+count, min, max and an order-independent hash of them, and the files' names, sizes and
+versions when the worker knows them.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+
+from shardstats.lazy import numpy as np
+
+from shardstats import sketches as sk
+from shardstats.worker.comm.collectives import broadcast, tree_depth, tree_reduce
+from shardstats.worker.comm.communicator import Communicator
+from shardstats.errors import EmptyDataset
+
+COUNT_BLOCK = 1 << 22
+
+
+# ---- shared: fingerprint, save ---------------------------------------------------------------------------
+
+def _local_print(values: np.ndarray) -> dict:
+    from shardstats.worker.comm.partition import splitmix64
+    h = 0
+    for start in range(0, len(values), COUNT_BLOCK):
+        h = (h + int(splitmix64(values[start:start + COUNT_BLOCK]).sum(dtype=np.uint64))) % (1 << 64)
+    return {"n": len(values), "lo": int(values.min()) if len(values) else None,
+            "hi": int(values.max()) if len(values) else None, "h": h}
+
+
+def _merge_print(a: dict, b: dict) -> dict:
+    pick = lambda f, x, y: x if y is None else y if x is None else f(x, y)  # noqa: E731
+    return {"n": a["n"] + b["n"], "lo": pick(min, a["lo"], b["lo"]), "hi": pick(max, a["hi"], b["hi"]),
+            "h": (a["h"] + b["h"]) % (1 << 64), "f": a["f"] + b["f"]}
+
+
+async def fingerprint(comm: Communicator, values: np.ndarray) -> dict | None:
+    """The input's fingerprint at rank 0 (None elsewhere)."""
+    local = await asyncio.to_thread(_local_print, values)
+    files = getattr(comm, "files", None) or []
+    local["f"] = [[getattr(f, "path", str(f)), getattr(f, "size", -1), getattr(f, "version", None)] for f in files]
+    got = await tree_reduce(comm, local, _merge_print, "sketch.fingerprint")
+    if got is None:
+        return None
+    listed = sorted(got["f"], key=lambda f: f[0])
+    out = {"values": got["n"], "min": got["lo"], "max": got["hi"], "values_hash": f"{got['h']:016x}"}
+    if listed:
+        out.update(files=len(listed), files_sha256=hashlib.sha256(json.dumps(listed).encode()).hexdigest(),
+                   file_list=listed[:20])
+    return out
+
+
+def save(comm: Communicator, path: str, kind: str, params: dict, payload: bytes, fp: dict | None) -> str:
+    """Writes the merged sketch at rank 0; where, as the worker resolved it."""
+    from shardstats.worker.engine.answer import out_dir
+    where = out_dir(comm, path)
+    sk.write(where, sk.header(kind, params, payload, fp, getattr(comm, "column", None)), payload)
+    return where
+
+
+# ---- quantiles: KLL ------------------------------------------------------------------------------------
+
+def _rank_counts(values: np.ndarray, points: list[float]) -> list[list[int]]:
+    """For each point: how many values are below it and at or below it, compared as float64 (the sketch's order)."""
+    pts = np.asarray(points, dtype=np.float64)
+    below = np.zeros(len(pts), np.int64)
+    at = np.zeros(len(pts), np.int64)
+    for start in range(0, len(values), COUNT_BLOCK):
+        x = np.sort(values[start:start + COUNT_BLOCK].astype(np.float64))
+        below += np.searchsorted(x, pts, "left")
+        at += np.searchsorted(x, pts, "right")
+    return [below.tolist(), at.tolist()]
+
+
+def _sum_lists(a: dict, b: dict) -> dict:
+    return {"c": [[x + y for x, y in zip(ra, rb)] for ra, rb in zip(a["c"], b["c"])]}
+
+
+async def median(comm: Communicator, values: np.ndarray, params) -> tuple[dict | None, dict]:
+    from shardstats.worker.ops import median as exact_op
+    t = time.perf_counter()
+    comm.progress.set("sketch")
+    local = await asyncio.to_thread(sk.kll_build, values, params.k)
+    sketched = time.perf_counter()
+    comm.progress.set("reduce")
+    got = await tree_reduce(comm, {"s": local}, lambda a, b: {"s": sk.kll_merge_bytes(a["s"], b["s"])},
+                            "median.kll")
+    reduced = time.perf_counter()
+    stats: dict = {"sketch_bytes": len(local), "rounds": tree_depth(comm.size),
+                   "phases": {"sketch": sketched - t, "reduce": reduced - sketched}}
+    qs = list(params.quantiles)
+    ranks = [0.5] + [float(exact_op.parse_quantile(q)) for q in qs]
+    result = None
+    if got is not None:
+        ans = await asyncio.to_thread(sk.kll_answer, got["s"], ranks)
+    if comm.total is None:        # no count from the coordinator: rank 0 tells every rank whether there is any
+        empty = (await broadcast(comm, {"e": int(ans["n"] == 0)} if got is not None else None, "median.kll.e"))["e"]
+    else:
+        empty = comm.total == 0
+    if empty:
+        raise EmptyDataset("the dataset holds no values")
+    if got is not None:
+        m, rest = ans["quantiles"][0], ans["quantiles"][1:]
+        result = {"value": m["value"], "low": m["low"], "high": m["high"], "exact": False, "approx": "kll",
+                  "n": ans["n"], "k": ans["k"], "rank_error_bound": ans["rank_error_bound"], "confidence": 0.99,
+                  "sketch_bytes": ans["sketch_bytes"], "retained": ans["retained"],
+                  "min": ans["min"], "max": ans["max"]}
+        if qs:
+            result["quantiles"] = {q: {"value": a["value"], "low": a["low"], "high": a["high"]}
+                                   for q, a in zip(qs, rest)}
+        raw = [float(x) for x in sk.kll_load(got["s"]).get_quantiles(ranks, True)]
+    if params.save_sketch:
+        fp = await fingerprint(comm, values)
+        if got is not None:
+            result["saved"] = save(comm, params.save_sketch, "kll_doubles", {"k": params.k}, got["s"], fp)
+    if params.check:
+        c0 = time.perf_counter()
+        comm.progress.set("check")
+        points = (await broadcast(comm, {"p": raw} if got is not None else None, "median.check.p"))["p"]
+        counts = await asyncio.to_thread(_rank_counts, values, points)
+        summed = await tree_reduce(comm, {"c": counts}, _sum_lists, "median.check.c")
+        exact, st = await exact_op.median(comm, values, exact_op.MedianParams(
+            even=params.even, quantiles=params.quantiles, samples=params.samples, gather_limit=params.gather_limit,
+            first_samples=params.first_samples))
+        stats["phases"]["check"] = time.perf_counter() - c0
+        stats["check_rounds"] = st["rounds"]
+        if result is not None:
+            n = result["n"]
+            rows = []
+            exact_values = [exact["value"]] + [exact["quantiles"][q]["value"] for q in qs]
+            for name, r, est, ev, below, at in zip(["median", *qs], ranks, [result["value"]] +
+                                                   [result["quantiles"][q]["value"] for q in qs], exact_values,
+                                                   summed["c"][0], summed["c"][1]):
+                err = sk.true_rank_error(r, below, at, n)
+                rows.append({"q": name, "rank": r, "estimate": est, "exact": ev, "rank_error": err,
+                             "bound": result["rank_error_bound"], "within": err <= result["rank_error_bound"]})
+            result["check"] = {"rows": rows, "max_rank_error": max(x["rank_error"] for x in rows),
+                               "all_within": all(x["within"] for x in rows)}
+    return result, stats
+
+
+def render_median(r: dict) -> list[str]:
+    from shardstats.exact import exact_text
+    e = r["rank_error_bound"]
+    say = (f"rank error <= {e:.4%} at {r['confidence']:.0%} confidence" if e else "exact: the sketch holds every value")
+    lines = [f"median: ~{r['value']}  (KLL sketch, k={r['k']}, {r['n']:,} values; {say}: "
+             f"the median lies in [{r['low']}, {r['high']}]; sketch {r['sketch_bytes']:,} B)"]
+    for q, v in (r.get("quantiles") or {}).items():
+        lines.append(f"  q{q}: ~{v['value']}  in [{v['low']}, {v['high']}]")
+    if "check" in r:
+        c = r["check"]
+        lines.append(f"check against the exact job: max rank error {c['max_rank_error']:.4%} vs bound {e:.4%} "
+                     f"({'within' if c['all_within'] else 'NOT within'})")
+        for row in c["rows"]:
+            lines.append(f"  {row['q']}: estimate {row['estimate']}, exact {exact_text(row['exact'])}, "
+                         f"rank error {row['rank_error']:.4%}")
+    if "saved" in r:
+        lines.append(f"sketch saved to {r['saved']}")
+    return lines
+
+
+# ---- top values: frequent items -------------------------------------------------------------------------
+
+def _item_counts(values: np.ndarray, wanted: list[int]) -> list[int]:
+    w = np.asarray(sorted(set(wanted)), dtype=np.int64)
+    counts = np.zeros(len(w), np.int64)
+    if len(w):
+        for start in range(0, len(values), COUNT_BLOCK):
+            x = values[start:start + COUNT_BLOCK]
+            pos = np.minimum(np.searchsorted(w, x), len(w) - 1)
+            hit = w[pos] == x
+            counts += np.bincount(pos[hit], minlength=len(w))
+    by = dict(zip(w.tolist(), counts.tolist()))
+    return [by[v] for v in wanted]
+
+
+async def topk(comm: Communicator, values: np.ndarray, params) -> tuple[dict | None, dict]:
+    from shardstats.worker.ops import topk as exact_op
+    t = time.perf_counter()
+    lg = params.lg_max_k or sk.default_lg_max_k(params.k)
+    comm.progress.set("sketch")
+    local = await asyncio.to_thread(sk.fi_build, values, lg)
+    sketched = time.perf_counter()
+    comm.progress.set("reduce")
+    got = await tree_reduce(comm, {"s": local}, lambda a, b: {"s": sk.fi_merge_bytes(a["s"], b["s"])}, "topk.fi")
+    stats: dict = {"sketch_bytes": len(local), "rounds": tree_depth(comm.size), "strategy": "sketch",
+                   "phases": {"sketch": sketched - t, "reduce": time.perf_counter() - sketched}}
+    result = None
+    if got is not None:
+        ans = await asyncio.to_thread(sk.fi_answer, got["s"], params.k)
+        result = {"k": params.k, "exact": False, "approx": "frequent_items", "lg_max_k": lg,
+                  "n": ans["total"], "max_error": ans["max_error"], "sketch_bytes": ans["sketch_bytes"],
+                  "items": [[i["value"], i["estimate"]] for i in ans["items"]],
+                  "bounds": [[i["lower"], i["upper"]] for i in ans["items"]]}
+    if params.save_sketch:
+        fp = await fingerprint(comm, values)
+        if got is not None:
+            result["saved"] = save(comm, params.save_sketch, "frequent_items_i64", {"lg_max_k": lg}, got["s"], fp)
+    if params.check:
+        c0 = time.perf_counter()
+        comm.progress.set("check")
+        listed = (await broadcast(comm, {"v": [v for v, _ in result["items"]]} if got is not None else None,
+                                  "topk.check.v"))["v"]
+        counts = await asyncio.to_thread(_item_counts, values, listed)
+        summed = await tree_reduce(comm, {"c": counts}, lambda a, b: {"c": [x + y for x, y in zip(a["c"], b["c"])]},
+                                   "topk.check.c")
+        exact, st = await exact_op.topk(comm, values, exact_op.TopkParams(
+            k=params.k, strategy=params.strategy, candidate_limit=params.candidate_limit, shuffle=params.shuffle,
+            fan_in=params.fan_in, credits=params.credits, chunk_bytes=params.chunk_bytes))
+        stats["phases"]["check"] = time.perf_counter() - c0
+        stats["check_strategy"] = st.get("strategy")
+        if result is not None:
+            rows = []
+            for (v, est), (lo, hi), true in zip(result["items"], result["bounds"], summed["c"]):
+                rows.append({"value": v, "estimate": est, "lower": lo, "upper": hi, "true": true,
+                             "count_error": est - true, "within": lo <= true <= hi})
+            exact_top = {v: c for v, c in exact["items"]}
+            got_vals = {v for v, _ in result["items"]}
+            missed = [[v, c] for v, c in exact["items"] if v not in got_vals]
+            result["check"] = {
+                "rows": rows, "max_count_error": max((abs(r["count_error"]) for r in rows), default=0),
+                "bound": result["max_error"], "all_within": all(r["within"] for r in rows),
+                "exact_items": exact["items"], "recall": (len(exact_top) - len(missed)) / len(exact_top)
+                if exact_top else 1.0, "missed": missed,
+                # the guarantee: a value more frequent than max_error is in the sketch (it may rank below k)
+                "missed_above_bound": [m for m in missed if m[1] > result["max_error"]]}
+    return result, stats
+
+
+def render_topk(r: dict) -> list[str]:
+    items = r["items"]
+    lines = [f"top {len(items)} of k={r['k']} (frequent-items sketch, lg_max_k={r['lg_max_k']}, {r['n']:,} values; "
+             f"each count within [lower, upper], maximum error {r['max_error']:,}; sketch {r['sketch_bytes']:,} B)"]
+    if items:
+        width = max(len(str(v)) for v, _ in items)
+        lines += [f"  {i:>4}. {v:>{width}}  ~{c:,}  [{lo:,}, {hi:,}]"
+                  for i, ((v, c), (lo, hi)) in enumerate(zip(items, r["bounds"]), 1)]
+    if "check" in r:
+        c = r["check"]
+        lines.append(f"check against the exact job: max count error {c['max_count_error']:,} vs bound {c['bound']:,} "
+                     f"({'every count within its bounds' if c['all_within'] else 'NOT within'}); "
+                     f"recall of the exact top {len(c['exact_items'])}: {c['recall']:.0%}")
+    if "saved" in r:
+        lines.append(f"sketch saved to {r['saved']}")
+    return lines
+
+
+# ---- distinct: the HyperLogLog registers of worker/ops/distinct.py ---------------------------------------
+
+async def distinct_extras(comm: Communicator, values: np.ndarray, params, result: dict | None,
+                          registers: bytes | None, stats: dict) -> None:
+    """--save-sketch and --check of ``distinct --approx`` (the estimate itself is distinct.py's)."""
+    from shardstats.worker.ops import distinct as exact_op
+    if params.save_sketch:
+        fp = await fingerprint(comm, values)
+        if result is not None:
+            result["saved"] = save(comm, params.save_sketch, "hll_registers", {"precision": params.precision},
+                                   registers, fp)
+    if params.check:
+        c0 = time.perf_counter()
+        comm.progress.set("check")
+        exact, _ = await exact_op.distinct(comm, values, exact_op.DistinctParams(
+            shuffle=params.shuffle, fan_in=params.fan_in, credits=params.credits, chunk_bytes=params.chunk_bytes))
+        stats["phases"]["check"] = time.perf_counter() - c0
+        if result is not None:
+            n = exact["value"]
+            rel = (result["value"] - n) / n if n else 0.0
+            result["check"] = {"exact": n, "relative_error": rel,
+                               "standard_errors": abs(rel) / result["relative_standard_error"]}
