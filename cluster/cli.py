@@ -314,6 +314,11 @@ def status(as_json: bool, watch: bool, interval: float, cluster_file: str | None
 main.add_command(SubmitGroup("submit", help="Run a job on the cluster: one command per op (see `cluster submit --help`)."))
 
 
+# -- saved sketches ----------------------------------------------------------------
+from shardstats.cluster.sketchcli import sketch  # noqa: E402 - the group lives in its own module
+main.add_command(sketch)
+
+
 # -- TLS -------------------------------------------------------------------------
 @main.group()
 def tls() -> None:

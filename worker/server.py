@@ -333,6 +333,7 @@ class WorkerServer:
         job.comm.total = msg["total"]
         job.comm.addrs = [self.peers[r] for r in ranks]     # where each rank listens: the same list on every rank
         job.comm.access = self.access                       # where a keyed job's --out is written
+        job.comm.files, job.comm.column = job.files, job.column   # what a saved sketch's header says it read
         job.comm.user_code = self.settings.user_code        # whether mapreduce jobs may run their functions
         if msg.get("schema") is not None and job.read is not None:
             # The schema the coordinator agreed from every worker's files: every rank holds the same types.

@@ -124,7 +124,7 @@ async def median(comm: Communicator, values: np.ndarray, params) -> tuple[dict |
         if qs:
             result["quantiles"] = {q: {"value": a["value"], "low": a["low"], "high": a["high"]}
                                    for q, a in zip(qs, rest)}
-        raw = [float(x) for x in sk.kll_load(got["s"]).get_quantiles(ranks, True)]
+        raw = [float(a["raw"]) for a in ans["quantiles"]]
     if params.save_sketch:
         fp = await fingerprint(comm, values)
         if got is not None:

@@ -1,0 +1,185 @@
+"""``cluster sketch merge|show``: saved sketches merged and answered from the files alone (no cluster).
+
+A file is read and checked here (header, length, SHA-256, parameters); the library then
+reads each payload in a forked child first, asked everything the command will ask: a
+crafted KLL payload crashes DataSketches' reader (a segfault, not an exception), and a
+crash in the child is one line and exit 2 here.  Errors: one line on stderr, exit 2.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import sys
+
+import click
+
+from shardstats.errors import ShardstatsError, UsageError
+
+EPILOG = """\b
+Examples:
+  cluster submit median --input day1/ --approx --save-sketch day1.sketch
+  cluster sketch merge day1.sketch day2.sketch -o week.sketch
+  cluster sketch show week.sketch --quantiles 0.5,0.99
+  cluster sketch show top.sketch --top 10 --json
+  cluster sketch show ids.sketch --distinct
+"""
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _guarded(what: str, fn, *args):
+    """``fn(*args)`` in a forked child: its result, or a SketchFileError if the library crashed the child."""
+    from shardstats.sketches import SketchFileError
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                       # the child: compute, send, leave without cleanup
+        os.close(r)
+        try:
+            out = ("ok", fn(*args))
+        except ShardstatsError as exc:
+            out = ("err", str(exc))
+        except Exception as exc:  # noqa: BLE001 - the library's own complaint about a payload
+            out = ("bad", f"{type(exc).__name__}: {exc}")
+        try:
+            data = pickle.dumps(out)
+            with os.fdopen(w, "wb") as f:
+                f.write(data)
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status) or not data:
+        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        name = signal.Signals(sig).name if sig else "no answer"
+        raise SketchFileError(f"{what}: corrupt sketch (the DataSketches library crashed reading it: {name})")
+    tag, value = pickle.loads(data)
+    if tag == "ok":
+        return value
+    if tag == "err":
+        raise SketchFileError(value)
+    raise SketchFileError(f"{what}: corrupt sketch ({value[:200]})")
+
+
+def _read_checked(path: str) -> tuple[dict, bytes]:
+    from shardstats import sketches as sk
+    head, payload = sk.read(path)
+    _guarded(path, sk.validate_payload, head, payload)
+    return head, payload
+
+
+@click.group(epilog=EPILOG)
+def sketch() -> None:
+    """Saved sketches (`cluster submit ... --approx --save-sketch FILE`): merge them, answer from them."""
+
+
+@sketch.command("merge")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="The merged sketch file to write.")
+def merge(files: tuple[str, ...], out: str) -> None:
+    """Merge sketch FILES of one kind and parameters into one (as if one job had sketched all their inputs)."""
+    from shardstats import sketches as sk
+    try:
+        read = [sk.read(f) for f in files]
+        for (h, _), f in zip(read[1:], files[1:]):
+            sk.compatible(read[0][0], h, files[0], f)
+        for (h, p), f in zip(read, files):
+            _guarded(f, sk.validate_payload, h, p)
+        first = read[0][0]
+        payload = _guarded(" + ".join(files), sk.merge_payloads, first["kind"], [p for _, p in read])
+        columns = {json.dumps(h.get("column")) for h, _ in read}
+        parts = [{"file": os.path.basename(f), "created": h.get("created"), "input": h.get("input")}
+                 for (h, _), f in zip(read, files)]
+        head = sk.header(first["kind"], first["params"], payload, {"merged_from": parts},
+                         first.get("column") if len(columns) == 1 else None)
+        sk.write(out, head, payload)
+    except ShardstatsError as exc:
+        _fail(str(exc))
+    click.echo(f"merged {len(files)} {first['kind']} sketches into {out} ({len(payload):,} B)")
+
+
+def _quantiles(value: str | None) -> list[str]:
+    from shardstats.worker.ops.median import _parse_quantiles
+    try:
+        return list(_parse_quantiles(value)) if value else []
+    except ValueError as exc:
+        raise UsageError(f"--quantiles: {exc}") from None
+
+
+@sketch.command("show")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--quantiles", metavar="Q,Q,...", help="A quantile sketch: these quantiles (default 0.5,0.99).")
+@click.option("--top", type=click.IntRange(1, 1_000_000), help="A frequent-items sketch: the N most frequent values "
+              "(default 10).")
+@click.option("--distinct", is_flag=True, help="A HyperLogLog sketch: the number of distinct values (the default).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+def show(file: str, quantiles: str | None, top: int | None, distinct: bool, as_json: bool) -> None:
+    """Answer from a saved sketch FILE alone: its header, and the question its kind answers."""
+    from shardstats import sketches as sk
+    try:
+        qs = _quantiles(quantiles)
+        head, payload = _read_checked(file)
+        kind = head["kind"]
+        asked = [name for name, given in (("--quantiles", quantiles is not None), ("--top", top is not None),
+                                          ("--distinct", distinct)) if given]
+        answers = {"kll_doubles": "--quantiles", "frequent_items_i64": "--top", "hll_registers": "--distinct"}[kind]
+        wrong = [a for a in asked if a != answers]
+        if wrong:
+            raise UsageError(f"{file} is a {kind} sketch: it answers {answers}, not {wrong[0]}")
+        if kind == "kll_doubles":
+            qs = qs or ["0.5", "0.99"]
+            from shardstats.worker.ops.median import parse_quantile
+            ans = _guarded(file, sk.kll_answer, payload, [float(parse_quantile(q)) for q in qs])
+            ans["quantiles"] = {q: a for q, a in zip(qs, ans["quantiles"])}
+        elif kind == "frequent_items_i64":
+            ans = _guarded(file, sk.fi_answer, payload, top or 10)
+        else:
+            ans = sk.hll_answer(payload, head["params"]["precision"])
+    except ShardstatsError as exc:
+        _fail(str(exc), exc.exit_code if isinstance(exc, UsageError) else 2)
+    if as_json:
+        click.echo(json.dumps({"file": file, "header": head, "answer": ans}))
+        return
+    for line in _describe(file, head) + _render(kind, ans):
+        click.echo(line)
+
+
+def _describe(file: str, head: dict) -> list[str]:
+    """The header for people; its free-form fields are whatever the file says, so shown only when well-formed."""
+    params = ", ".join(f"{k}={v}" for k, v in sorted(head["params"].items()))
+    fp = head.get("input")
+    fp = fp if isinstance(fp, dict) else {}
+    said = ""
+    if isinstance(fp.get("values"), int):
+        said = f"; input: {fp['values']:,} values in [{fp.get('min')}, {fp.get('max')}], hash {fp.get('values_hash')}"
+        if isinstance(fp.get("files"), int):
+            said += f", {fp['files']} files"
+    elif isinstance(fp.get("merged_from"), list):
+        said = f"; merged from {len(fp['merged_from'])} sketches"
+    column = f", column {head['column']}" if head.get("column") is not None else ""
+    text = f"{head['kind']} ({params}{column}), made {head.get('created')} with {head.get('library')}{said}"
+    return [f"{file}: {text[:400]}"]
+
+
+def _render(kind: str, a: dict) -> list[str]:
+    if kind == "kll_doubles":
+        e = a["rank_error_bound"]
+        say = f"rank error <= {e:.4%} at 99% confidence" if e else "exact (the sketch holds every value)"
+        lines = [f"{a['n']:,} values, min {a['min']}, max {a['max']}; {say}; {a['sketch_bytes']:,} B"]
+        lines += [f"  q{q}: ~{v['value']}  in [{v['low']}, {v['high']}]" for q, v in a["quantiles"].items()]
+        return lines
+    if kind == "frequent_items_i64":
+        lines = [f"{a['total']:,} values; each count within [lower, upper], maximum error {a['max_error']:,}; "
+                 f"{a['sketch_bytes']:,} B"]
+        width = max([len(str(i["value"])) for i in a["items"]] or [1])
+        lines += [f"  {n:>4}. {i['value']:>{width}}  ~{i['estimate']:,}  [{i['lower']:,}, {i['upper']:,}]"
+                  for n, i in enumerate(a["items"], 1)]
+        return lines
+    e = a["relative_standard_error"]
+    return [f"distinct: ~{a['value']:,} (HyperLogLog, relative standard error {e:.2%}; {a['sketch_bytes']:,} B)"]

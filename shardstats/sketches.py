@@ -1,0 +1,330 @@
+"""Mergeable sketches: Apache DataSketches' KLL and frequent items, our HyperLogLog registers, and a file format.
+
+Workers build a sketch of their values, sketches merge up the binomial tree as the
+library's own serialized bytes, rank 0 answers (and may save the merged sketch);
+``cluster sketch merge|show`` merges and answers from saved files alone.  Everything
+here imports numpy and datasketches lazily: the ``cluster`` client parses options
+without them.
+
+Kinds
+  ``kll_doubles``        DataSketches ``kll_doubles_sketch(k)``: quantiles with a normalized rank error
+                         bound (``normalized_rank_error(False)``: the single-sided error the library fits
+                         to the 99th percentile of measured errors, so a bound at 99% confidence).  int64
+                         values go in as float64 (DataSketches' ``kll_ints_sketch`` is 32-bit): exact for
+                         |v| < 2**53; beyond, each value is rounded to the nearest double (at most 1024 away
+                         near 2**63), the sketch orders the rounded values, and an answer is clamped back
+                         into int64 (2**63 - 1 reads as 2**63 in float64).  The bound holds for the
+                         rounded values; values that round to the same double are ties for it.
+  ``frequent_items_i64`` DataSketches ``frequent_items_sketch(lg_max_k)`` over Python ints (serde
+                         ``PyLongsSerDe``, 8 bytes per item): every listed item has lower <= true count <=
+                         upper, upper - lower = the sketch's maximum error, and every value whose count
+                         exceeds the maximum error is listed (deterministic, no confidence level).
+  ``hll_registers``      the registers of ``worker/ops/distinct.py`` (2**precision bytes): an estimate with
+                         relative standard error 1.04/sqrt(2**precision).
+
+File format (``--save-sketch FILE``): one line of JSON (the header: magic, format version, kind,
+parameters, column, input fingerprint, time, library version, payload length and SHA-256), a
+newline, then the payload (the library's serialized bytes) and nothing else.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+
+from shardstats.errors import InputError, UsageError
+
+MAGIC = "shardstats-sketch"
+FORMAT_VERSION = 1
+KINDS = ("kll_doubles", "frequent_items_i64", "hll_registers")
+MAX_HEADER = 1 << 16
+MAX_PAYLOAD = 256 << 20
+I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
+KLL_K = (8, 65535)                  # DataSketches' range for k (a uint16)
+LG_MAX_K = (3, 26)                  # frequent items: map size 2**lg_max_k
+KLL_BLOCK = 1 << 22                 # values converted to float64 per step: temporaries stay at 32 MiB
+
+
+class SketchFileError(InputError):
+    """A sketch file that cannot be used: missing, corrupt, truncated, of another kind, incompatible."""
+
+
+def ds():
+    import datasketches
+    return datasketches
+
+
+def library_version() -> str:
+    try:
+        from importlib.metadata import version
+        return "datasketches " + version("datasketches")
+    except Exception:  # noqa: BLE001 - a version is a note, not a requirement
+        return "datasketches"
+
+
+# ---- KLL quantiles --------------------------------------------------------------------------------
+
+def kll_build(values, k: int) -> bytes:
+    """The serialized KLL sketch of an int64 array; one vectorised update per block (no per-value loop)."""
+    import numpy as np
+    s = ds().kll_doubles_sketch(k)
+    for start in range(0, len(values), KLL_BLOCK):
+        s.update(np.asarray(values[start:start + KLL_BLOCK], dtype=np.float64))
+    return s.serialize()
+
+
+def kll_load(data: bytes):
+    return ds().kll_doubles_sketch.deserialize(bytes(data))
+
+
+def kll_merge_bytes(a: bytes, b: bytes) -> bytes:
+    s = kll_load(a)
+    s.merge(kll_load(b))
+    return s.serialize()
+
+
+def to_int64(x: float) -> int:
+    """A sketch's float64 answer as the int64 it stands for (clamped: 2**63 - 1 is 2**63 as a double)."""
+    return max(I64_MIN, min(I64_MAX, int(x)))
+
+
+def kll_answer(data: bytes, ranks: list[float]) -> dict:
+    """Quantiles at normalized ``ranks`` from a serialized sketch, each with the interval of values the
+    rank bound allows: the true quantile lies in [low, high] at the bound's confidence."""
+    s = kll_load(data)
+    eps = s.normalized_rank_error(False)
+    exact = not s.is_estimation_mode()
+    out = {"n": s.n, "k": s.k, "rank_error_bound": 0.0 if exact else eps, "library_rank_error": eps,
+           "sketch_exact": exact, "sketch_bytes": len(data), "retained": s.num_retained,
+           "min": to_int64(s.get_min_value()) if s.n else None, "max": to_int64(s.get_max_value()) if s.n else None,
+           "quantiles": []}
+    if s.is_empty():
+        return out
+    e = out["rank_error_bound"]
+    lo_v, hi_v = s.get_min_value(), s.get_max_value()
+
+    def at(r: float) -> float:
+        # rank 0 and 1 are the minimum and maximum the sketch keeps exactly (its retained items may not hold them)
+        return lo_v if r <= 0 else hi_v if r >= 1 else s.get_quantile(r, True)
+    for r in ranks:
+        q, lo, hi = at(r), at(r - e), at(r + e)
+        out["quantiles"].append({"rank": r, "value": to_int64(q), "low": to_int64(lo), "high": to_int64(hi),
+                                 "raw": q})
+    return out
+
+
+def true_rank_error(rank: float, below: int, at_or_below: int, n: int) -> float:
+    """How far normalized ``rank`` is from the ranks the answered value really holds, [below/n, at_or_below/n]:
+    0 when a value with that rank is the answer (ties included)."""
+    lo, hi = below / n, at_or_below / n
+    return 0.0 if lo <= rank <= hi else min(abs(rank - lo), abs(rank - hi))
+
+
+# ---- frequent items ----------------------------------------------------------------------------------
+
+def default_lg_max_k(k: int) -> int:
+    """A map that holds about 8k items (it keeps 3/4 of 2**lg_max_k), at least 2**10."""
+    return max(10, min(LG_MAX_K[1], math.ceil(math.log2(max(1, k) * 8 / 0.75))))
+
+
+def fi_build(values, lg_max_k: int) -> bytes:
+    """The serialized frequent-items sketch of an int64 array: exact local counts first (one sort), then one
+    weighted update per distinct value (the binding updates one item at a time)."""
+    import numpy as np
+    s = ds().frequent_items_sketch(lg_max_k)
+    if len(values):
+        v, c = np.unique(values, return_counts=True)
+        update = s.update
+        for item, weight in zip(v.tolist(), c.tolist()):
+            update(item, weight)
+    return s.serialize(ds().PyLongsSerDe())
+
+
+def fi_load(data: bytes):
+    return ds().frequent_items_sketch.deserialize(bytes(data), ds().PyLongsSerDe())
+
+
+def fi_merge_bytes(a: bytes, b: bytes) -> bytes:
+    s = fi_load(a)
+    s.merge(fi_load(b))
+    return s.serialize(ds().PyLongsSerDe())
+
+
+def fi_answer(data: bytes, top: int) -> dict:
+    """The ``top`` items by estimate (then value ascending), each with its guaranteed bounds."""
+    s = fi_load(data)
+    rows = s.get_frequent_items(ds().frequent_items_error_type.NO_FALSE_NEGATIVES, 0)
+    rows.sort(key=lambda r: (-r[1], r[0]))
+    max_error = s.get_upper_bound(_absent(s)) if not s.is_empty() else 0
+    return {"total": s.total_weight, "max_error": max_error, "sketch_bytes": len(data),
+            "active_items": s.num_active_items,
+            "items": [{"value": int(v), "estimate": int(e), "lower": int(lo), "upper": int(hi)}
+                      for v, e, lo, hi in rows[:top]]}
+
+
+def _absent(s) -> int:
+    """A value the sketch does not hold: its upper bound is the sketch's maximum error (its offset)."""
+    held = {r[0] for r in s.get_frequent_items(ds().frequent_items_error_type.NO_FALSE_NEGATIVES, 0)}
+    x = I64_MIN
+    while x in held:
+        x += 1
+    return x
+
+
+# ---- HyperLogLog registers ---------------------------------------------------------------------------
+
+def hll_merge_bytes(a: bytes, b: bytes) -> bytes:
+    import numpy as np
+    return np.maximum(np.frombuffer(a, np.uint8), np.frombuffer(b, np.uint8)).tobytes()
+
+
+def hll_answer(data: bytes, precision: int) -> dict:
+    import numpy as np
+    from shardstats.worker.ops.distinct import hll_estimate, relative_standard_error
+    reg = np.frombuffer(data, np.uint8)
+    return {"value": round(hll_estimate(reg)), "relative_standard_error": relative_standard_error(precision),
+            "registers": len(reg), "sketch_bytes": len(data)}
+
+
+# ---- the file format ---------------------------------------------------------------------------------
+
+def header(kind: str, params: dict, payload: bytes, fingerprint: dict | None, column=None) -> dict:
+    return {"magic": MAGIC, "version": FORMAT_VERSION, "kind": kind, "params": params, "column": column,
+            "input": fingerprint or {}, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "library": library_version() if kind != "hll_registers" else "shardstats",
+            "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+
+
+def dump(head: dict, payload: bytes) -> bytes:
+    return json.dumps(head, sort_keys=True, separators=(",", ":")).encode() + b"\n" + payload
+
+
+def write(path: str, head: dict, payload: bytes) -> None:
+    """Writes the file whole or not at all (a temporary file renamed into place)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(dump(head, payload))
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise SketchFileError(f"{path}: cannot write the sketch ({exc.strerror or exc})") from None
+
+
+def parse(data: bytes, name: str) -> tuple[dict, bytes]:
+    """(header, payload) of a sketch file's bytes; a SketchFileError naming ``name`` for anything off."""
+    nl = data.find(b"\n", 0, MAX_HEADER)
+    if nl < 0 or not data.startswith(b"{"):
+        raise SketchFileError(f"{name}: not a shardstats sketch file (no JSON header line)")
+    try:
+        head = json.loads(data[:nl])
+    except (ValueError, UnicodeDecodeError):
+        raise SketchFileError(f"{name}: not a shardstats sketch file (its header is not JSON)") from None
+    if not isinstance(head, dict) or head.get("magic") != MAGIC:
+        raise SketchFileError(f"{name}: not a shardstats sketch file (no {MAGIC!r} magic)")
+    if head.get("version") != FORMAT_VERSION:
+        raise SketchFileError(f"{name}: sketch file format version {head.get('version')!r}; this cluster reads "
+                              f"version {FORMAT_VERSION}")
+    kind = head.get("kind")
+    if kind not in KINDS:
+        raise SketchFileError(f"{name}: unknown sketch kind {str(kind)[:40]!r} (known: {', '.join(KINDS)})")
+    check_params(kind, head.get("params"), name)
+    payload = data[nl + 1:]
+    size = head.get("bytes")
+    if not isinstance(size, int) or size < 0:
+        raise SketchFileError(f"{name}: header has no payload length")
+    if len(payload) < size:
+        raise SketchFileError(f"{name}: truncated ({len(payload):,} of {size:,} payload bytes)")
+    if len(payload) > size:
+        raise SketchFileError(f"{name}: {len(payload) - size:,} bytes after the sketch (not a sketch file)")
+    if hashlib.sha256(payload).hexdigest() != head.get("sha256"):
+        raise SketchFileError(f"{name}: corrupt (the payload's SHA-256 does not match the header's)")
+    if kind == "hll_registers":
+        p = head["params"]["precision"]
+        if size != 1 << p or max(payload, default=0) > 64 - p + 1:
+            raise SketchFileError(f"{name}: corrupt (not 2**{p} HyperLogLog registers)")
+    return head, payload
+
+
+def check_params(kind: str, params: object, name: str) -> dict:
+    def num(key: str, lo: int, hi: int) -> None:
+        v = params.get(key) if isinstance(params, dict) else None
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise SketchFileError(f"{name}: {kind} parameter {key} = {str(v)[:20]} is out of range [{lo}, {hi}]")
+    if kind == "kll_doubles":
+        num("k", *KLL_K)
+    elif kind == "frequent_items_i64":
+        num("lg_max_k", *LG_MAX_K)
+    else:
+        num("precision", 4, 16)
+    return params  # type: ignore[return-value]
+
+
+def read(path: str) -> tuple[dict, bytes]:
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_HEADER + MAX_PAYLOAD:
+            raise SketchFileError(f"{path}: {size:,} bytes is too large for a sketch file")
+        with open(path, "rb") as f:
+            data = f.read(MAX_HEADER + MAX_PAYLOAD + 1)
+    except FileNotFoundError:
+        raise SketchFileError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise SketchFileError(f"{path}: is a directory, not a sketch file") from None
+    except OSError as exc:
+        raise SketchFileError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    return parse(data, path)
+
+
+def compatible(a: dict, b: dict, a_name: str, b_name: str) -> None:
+    """Refuses a merge of different kinds or parameters (one line naming both files)."""
+    if a["kind"] != b["kind"]:
+        raise SketchFileError(f"{b_name} is a {b['kind']} sketch and {a_name} a {a['kind']} sketch: only sketches "
+                              f"of one kind merge")
+    if a["params"] != b["params"]:
+        say = lambda p: ", ".join(f"{k}={v}" for k, v in sorted(p.items()))  # noqa: E731
+        raise SketchFileError(f"{b_name} ({b['kind']} {say(b['params'])}) does not merge with {a_name} "
+                              f"({say(a['params'])}): parameters differ")
+
+
+def merge_payloads(kind: str, payloads: list[bytes]) -> bytes:
+    merge = {"kll_doubles": kll_merge_bytes, "frequent_items_i64": fi_merge_bytes,
+             "hll_registers": hll_merge_bytes}[kind]
+    acc = payloads[0]
+    for p in payloads[1:]:
+        acc = merge(acc, p)
+    return acc
+
+
+def validate_payload(head: dict, payload: bytes) -> dict:
+    """Reads a payload with the library and asks it everything the commands will: run in a child process
+    (``cluster sketch``), since a crafted KLL payload can crash the library (a segfault, not an exception)."""
+    kind, params = head["kind"], head["params"]
+    if kind == "kll_doubles":
+        s = kll_load(payload)
+        if s.k != params["k"]:
+            raise ValueError(f"the payload's k is {s.k}, the header's {params['k']}")
+        if not s.is_empty():
+            qs = s.get_quantiles([i / 200 for i in range(201)], True)
+            if any(x != x for x in qs) or any(b < a for a, b in zip(qs, qs[1:])):
+                raise ValueError("its quantiles are not in order")
+            s.get_rank(qs[100], True)
+        s.normalized_rank_error(False)
+        s.serialize()
+        return {"n": s.n}
+    if kind == "frequent_items_i64":
+        s = fi_load(payload)
+        s.get_frequent_items(ds().frequent_items_error_type.NO_FALSE_NEGATIVES, 0)
+        s.serialize(ds().PyLongsSerDe())
+        return {"n": s.total_weight}
+    return {}
+
+
+def fingerprint_merge(a: dict, b: dict) -> dict:
+    """Two inputs' fingerprints as the fingerprint of their union (a merge of sketch files records its parts)."""
+    return {"merged_from": [a, b]}
