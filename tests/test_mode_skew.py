@@ -179,3 +179,37 @@ def test_pruning_property(shards, workers, ties):
             mode_mod.DIRECT_SPAN = saved
         limit = 100_000 if ties == "all" else 10
         assert (res["value"], res["count"], res["ties"], res["tie_count"]) == (value, count, tied[:limit], len(tied))
+
+
+def test_the_local_count_hashes_wide_repeated_data():
+    """auto: dense by the span, else a hash count (Polars, when installed) where a sample is mostly repeats,
+    else the sort; the counts are the same whichever runs."""
+    rng = np.random.default_rng(8)
+    keys = rng.integers(I64_MIN, I64_MAX, 300, dtype=np.int64)
+    repeated = keys[rng.integers(0, 300, 200_000)]
+    assert counting.choose_local(rng.integers(0, 1000, 200_000), 0.01) == "dense"
+    assert counting.choose_local(repeated, 0.9) == "sort"
+    assert counting.choose_local(repeated, counting.sample_share(repeated, 65536)) == (
+        "hash" if counting.hash_ready() else "sort")
+    truth = Counter(repeated.tolist())
+    for how in ("hash", "sort") if counting.hash_ready() else ("sort",):
+        v, c, used = counting.count_values(repeated.copy(), how)
+        assert used == how and dict(zip(v.tolist(), c.tolist())) == truth and (np.diff(v) > 0).all()
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_the_shuffle_after_a_hash_count_is_exact(workers):
+    """Shares above the sample size hash (a smaller share, or none, sorts: every value is its sample)."""
+    rng = np.random.default_rng(9)
+    keys = np.concatenate((rng.integers(I64_MIN, I64_MAX, 200, dtype=np.int64), [I64_MIN, I64_MAX]))
+    shards = [keys[rng.integers(0, len(keys), 70_000)] for _ in range(3)] + [np.zeros(0, np.int64)]
+    stats = check(shards, workers, {"prune": "never", "chunk_bytes": 4096})
+    ran = [s["counting"]["local"] for s in stats]
+    assert ran[:3] == ["hash" if counting.hash_ready() else "sort"] * min(3, workers)
+
+
+def test_samples_take_every_position_once_at_most():
+    v = np.arange(1_000_003, dtype=np.int64)
+    s = counting.sample(v, 65536)
+    assert len(s) == 65536 and len(np.unique(s)) == 65536 and s.max() < len(v)
+    assert counting.sample(v[:10], 65536).tolist() == list(range(10))
