@@ -242,3 +242,13 @@ async def test_a_key_whose_values_are_all_null_keeps_its_row(tmp_path, expr):
     async with in_process_cluster(3, root=str(tmp_path)) as c:
         rep = await check(c, d, files, ["g"], [expr])
     assert any(r[0] == "k0" for r in rep.result["data"])
+
+
+async def test_files_storing_a_text_column_differently_on_one_worker(tmp_path):
+    """One file stores the key as a Parquet dictionary (few values), another plainly (many): one worker reads
+    both, as a dictionary and as plain strings, and the job still equals DuckDB's."""
+    few = pa.table({"g": ["a", "b"] * 500, "v": list(range(1000))})
+    many = pa.table({"g": [f"key-{i:06d}" for i in range(1000)], "v": list(range(1000))})
+    d, files = shards(tmp_path, [few, many], "parquet")
+    async with in_process_cluster(1, root=str(tmp_path)) as c:
+        await check(c, d, files, ["g"], ["sum(v)", "median(v)"])

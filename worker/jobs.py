@@ -115,13 +115,23 @@ def load_table(files: list[ShardRef], root: str | Access, read: dict, progress: 
             mine = [i for i, s in enumerate(side_of) if s == name]
             agreed_by[name] = schema.unify([described[i] for i in mine])
             target = arrow_schema(agreed_by[name])
-            out[name] = pa.concat_tables([conform(tables[i], target) for i in mine]) if mine else None
+            out[name] = _concat([conform(tables[i], target) for i in mine]) if mine else None
         return Sides(out), agreed_by
     agreed = schema.unify(described)
     if not tables:
         return pa.table({}), agreed
     target = arrow_schema(agreed)
-    return pa.concat_tables([conform(t, target) for t in tables]), agreed
+    return _concat([conform(t, target) for t in tables]), agreed
+
+
+def _concat(tables: list):
+    """One table of a worker's files; a column that some files hold as a dictionary and others plain is
+    decoded in all (``worker.engine.exchange.plain``)."""
+    import pyarrow as pa
+    if len({t.schema for t in tables}) > 1:
+        from shardstats.worker.engine.exchange import plain
+        tables = [plain(t) for t in tables]
+    return pa.concat_tables(tables)
 
 
 class Sides(dict):
