@@ -195,17 +195,31 @@ def read_documents(ref: ShardRef, real_path: str, text_column: str | None = None
         data = read_exactly(f, size, name)
     if suffix == ".parquet":
         raise InputError(f"{name}: a Parquet file is a table; name its text column with --text COL")
+    import numpy as np
+    # The lines straight from the file's bytes: offsets at the newlines (numpy), Arrow's own UTF-8 check, and
+    # no Python string in between (a 20 MB file: 0.59 -> 0.1 s CPU; pa.array of one str took 0.2 s alone).
+    raw = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(raw == 10) + 1
+    if len(data) and data[-1:] != b"\n":
+        ends = np.append(ends, len(data))
+    offsets = np.concatenate(([0], ends)).astype(np.int64)
+    widths = np.diff(offsets) - 1
+    if len(widths) and int(widths.max()) > MAX_LINE_BYTES:
+        i = int(np.argmax(widths > MAX_LINE_BYTES))
+        raise InputError(f"{name}:{i + 1}: a line of {int(widths[i]):,} bytes, over the limit of {MAX_LINE_BYTES:,} "
+                         f"bytes per line (16 MiB)")
+    lines = pa.LargeStringArray.from_buffers(len(ends), pa.py_buffer(offsets), pa.py_buffer(data))
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{name}:{_line_of(data, exc.start)}: invalid UTF-8 at byte offset {exc.start:,}") from None
-    bad = _long_line(data, name)
-    if bad:
-        raise bad
-    if text.endswith("\n"):
-        text = text[:-1]           # a last newline ends the last line; it does not start another
-    one = pa.array([text], pa.large_string()) if data else pa.array([], pa.large_string())
-    lines = pc.list_flatten(pc.split_pattern(one, "\n")) if len(one) else one
-    return pa.table({"doc": pa.repeat(pa.scalar(name, pa.large_string()), len(lines)) if len(lines) else
-                     pa.array([], pa.large_string()), "line": pa.array(range(1, len(lines) + 1), pa.int64()),
-                     "text": lines})
+        lines.validate(full=True)
+    except pa.ArrowInvalid:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{name}:{_line_of(data, exc.start)}: invalid UTF-8 at byte offset {exc.start:,}") \
+                from None
+        raise
+    lines = pc.utf8_rtrim(lines, characters="\n")        # a newline ends its line; it is no part of it
+    n = len(lines)
+    doc = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([name], pa.large_string()))
+    return pa.table({"doc": doc.cast(pa.large_string()) if n < 2 else doc,
+                     "line": pa.array(np.arange(1, n + 1, dtype=np.int64)), "text": lines})
