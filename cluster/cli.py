@@ -92,7 +92,7 @@ def worker(worker_id: int | None, id_from_hostname: bool, listen: str, peers: st
     import socket
     # One BLAS thread per worker, set before numpy loads: workers are many per host already, and ten
     # processes' BLAS thread pools on two cores made the stats op 2.7x slower (0.92 s vs 0.34 s at 10M).
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "POLARS_MAX_THREADS"):
         os.environ.setdefault(var, "1")
     from shardstats import logs
     from shardstats.worker.memory import fixed_mmap_threshold
