@@ -86,21 +86,31 @@ def _map(job: _Job, table, combine: bool, reducers: int | None) -> tuple[object,
         if combine and "combine_batch" in f:
             pairs = f["combine_batch"](pairs)
         return pairs, {"map_pairs": n, "combined_pairs": pairs.num_rows, "batch": True}
-    groups: dict[bytes, list] = {}
+    # Pairs grouped by the key object and its type (packed once per distinct key, not once per pair); an
+    # unhashable key (a list) is grouped by its packed bytes. (Inside a tuple, Python's 1 == True still groups
+    # the two together: a key mixing them at one position should be made a str.)
+    groups: dict = {}
     mapper, n = f["mapper"], 0
     for rec in _records(table):
         for k, v in mapper(rec) or ():
-            groups.setdefault(_pack(k), []).append(v)
+            try:
+                groups[(type(k), k)].append(v)
+            except KeyError:
+                groups[(type(k), k)] = [v]
+            except TypeError:
+                groups.setdefault(("packed", _pack(k)), []).append(v)
             n += 1
     keys, values = [], []
     combiner = f.get("combiner") if combine else None
-    for kb, vs in groups.items():
+    for (kind, k), vs in groups.items():
+        kb = k if kind == "packed" else _pack(k)
+        key = _unpack(kb) if kind == "packed" else k
         if combiner is None:
             keys += [kb] * len(vs)
             values += [_pack(v) for v in vs]
             continue
-        for k2, v2 in combiner(_unpack(kb), vs) or ():
-            keys.append(_pack(k2))
+        for k2, v2 in combiner(key, vs) or ():
+            keys.append(kb if k2 is key or (type(k2) is type(key) and k2 == key) else _pack(k2))
             values.append(_pack(v2))
     cols = {"key": pa.array(keys, pa.binary()), "value": pa.array(values, pa.binary())}
     if "partitioner" in f and reducers:
