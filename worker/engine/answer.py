@@ -12,6 +12,7 @@ into place. A job that fails anywhere leaves no part files of its own behind, an
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from decimal import Decimal
@@ -152,8 +153,8 @@ async def write_parts(comm: Communicator, table, out: str, job: str, overwrite: 
     os.makedirs(tmp, exist_ok=True)
     name = part_name(comm.rank)
     ok = 1
-    try:
-        pq.write_table(table, os.path.join(tmp, name), row_group_size=1 << 17)
+    try:        # on a thread: a part of 100 MB takes seconds to write, and heartbeats must go on meanwhile
+        await asyncio.to_thread(pq.write_table, table, os.path.join(tmp, name), row_group_size=1 << 17)
     except OSError as exc:
         ok = 0
         why = exc.strerror or str(exc)
