@@ -115,3 +115,24 @@ def test_join_usage_errors():
                         ({"right": "r", "on": "k", "how": "cross"}, "--how")]:
         with pytest.raises(UsageError, match=why):
             job_spec("join", "l", params)
+
+
+async def test_a_bloom_filter_drops_rows_without_partners_before_the_shuffle(tmp_path):
+    rng = np.random.default_rng(12)
+    L, R = sides(tmp_path, rng, nl=30_000, nr=600, keys=20_000)   # most left keys have no partner
+    async with in_process_cluster(4, root=str(tmp_path)) as c:
+        for how in ("inner", "semi", "left", "right"):
+            on = await job(c, L, R, how=how, strategy="shuffle")
+            off = await job(c, L, R, how=how, strategy="shuffle", bloom=False)
+            want = reference(L, R, how)
+            for rep in (on, off):
+                assert_rows_equal(rep.result["data"], want, len(rep.result["columns"]), how)
+            w0 = on.workers[0]
+            if how in ("inner", "semi", "right"):     # the left side's rows without a partner may go
+                assert w0["bloom_pruned_side"] == "left" and w0["bloom_pruned_rows"] > 20_000
+                assert sum(w["shuffled_left_rows"] for w in on.workers) < \
+                    sum(w["shuffled_left_rows"] for w in off.workers) / 3
+                assert w0["bloom_false_positive_rate"] < 0.05
+            else:                                       # a left join keeps them: no filter
+                assert "bloom_pruned_rows" not in w0
+            assert "bloom_pruned_rows" not in off.workers[0]

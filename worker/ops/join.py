@@ -71,6 +71,8 @@ class JoinParams(KeyedParams):
                                   "sizes like 64MiB.", parse=_size, metavar="SIZE")
     salt: str = option("auto", "Hot keys of a shuffle join: auto (split a key over 2x a reducer's share), off, "
                        "or N reducers per hot key.", parse=_salt, metavar="auto|off|N")
+    bloom: bool = option(True, "Before a shuffle join, drop the rows of a side that cannot have a partner, by a "
+                         "Bloom filter of the other side's keys (when those rows are not part of the answer).")
 
     def check(self) -> None:
         super().check()
@@ -151,6 +153,49 @@ def _local_join(sql: str, left, right):
 
 
 # -- the plan ---------------------------------------------------------------------------------------------------
+async def _semi_join_reduction(comm, how: str, left, right, lk, rk, sizes: dict, stats: dict):
+    """The rows of one side with no partner, dropped before the shuffle by a Bloom filter of the other side's
+    keys: built from the side with fewer rows, applied to the other when its unmatched rows are not kept."""
+    import pyarrow as pa
+    from shardstats.worker.comm.collectives import allreduce
+    from shardstats.worker.data.hashing import hash_columns
+    from shardstats.worker.engine import bloom
+    from shardstats.worker.steps import numpy_step
+    prunable = {"inner": ("left", "right"), "left": ("right",), "right": ("left",), "semi": ("left",)}.get(how, ())
+    build = "left" if sizes["left_rows"] <= sizes["right_rows"] else "right"
+    target = "right" if build == "left" else "left"
+    if target not in prunable or sizes[f"{target}_rows"] <= sizes[f"{build}_rows"]:
+        return left, right
+    nbytes = bloom.size_for(sizes[f"{build}_rows"])
+    if not nbytes:
+        return left, right
+    src, skeys = (left, lk) if build == "left" else (right, rk)
+
+    def mine():
+        keyed = src.filter(pa.array(_no_null_keys(src, skeys))) if src.num_rows else src
+        return bloom.build(hash_columns(keyed, list(skeys)), nbytes)
+    filt = await numpy_step(src.num_rows, mine)
+    merged = await allreduce(comm, {"f": filt}, lambda a, b: {"f": np.bitwise_or(a["f"], b["f"])}, "join.bloom")
+    t, tkeys = (right, rk) if target == "right" else (left, lk)
+    keep = await numpy_step(t.num_rows, lambda: bloom.contains(merged["f"], hash_columns(t, list(tkeys)))
+                            & _no_null_keys(t, tkeys))
+    pruned = int(t.num_rows - keep.sum())
+    t = t.filter(pa.array(keep))
+    total = await allreduce(comm, {"n": pruned}, lambda a, b: {"n": a["n"] + b["n"]}, "join.pruned")
+    stats.update({"bloom_side": build, "bloom_pruned_side": target, "bloom_pruned_rows": total["n"],
+                  "bloom_bytes": nbytes, "bloom_false_positive_rate": round(bloom.false_positive_rate(merged["f"]), 5)})
+    return (left, t) if target == "right" else (t, right)
+
+
+def _no_null_keys(table, keys) -> "np.ndarray":
+    """Rows whose key columns are all non-null (a NULL key matches nothing)."""
+    import pyarrow.compute as pc
+    m = np.ones(table.num_rows, dtype=bool)
+    for k in keys:
+        m &= np.asarray(pc.is_valid(table.column(k)).to_numpy(zero_copy_only=False), dtype=bool)
+    return m
+
+
 def _plan(p: JoinParams, sizes: dict) -> tuple[str, str | None, str]:
     """(strategy, the side broadcast or None, why) from both sides' sizes over every worker."""
     from shardstats.cluster.progress import human_bytes
@@ -222,6 +267,8 @@ async def join(comm: Communicator, sides, params: JoinParams) -> tuple[dict | No
                 if hot:
                     salt_side = side
                     break
+        if params.bloom:
+            left, right = await _semi_join_reduction(comm, params.how, left, right, lk, rk, sizes, stats)
         W = comm.size
         ways = W if params.salt in ("auto", "off") else min(W, int(params.salt))
         before = []
@@ -285,7 +332,8 @@ def summarize(workers: list[dict]) -> dict:
     out = counter.summarize(workers)
     w0 = min(workers, key=lambda w: w.get("rank", 0)) if workers else {}
     for k in ("strategy", "why", "left_rows", "right_rows", "left_bytes", "right_bytes", "broadcast_side",
-              "busiest_reducer_share_unsalted", "hot_keys", "salted_side", "salt"):
+              "busiest_reducer_share_unsalted", "hot_keys", "salted_side", "salt", "bloom_side", "bloom_pruned_side",
+              "bloom_pruned_rows", "bloom_bytes", "bloom_false_positive_rate"):
         if k in w0:
             out[k] = w0[k]
     for k in ("shuffled_left_rows", "shuffled_right_rows", "broadcast_rows_x_workers", "output_rows"):
