@@ -252,3 +252,23 @@ async def test_files_storing_a_text_column_differently_on_one_worker(tmp_path):
     d, files = shards(tmp_path, [few, many], "parquet")
     async with in_process_cluster(1, root=str(tmp_path)) as c:
         await check(c, d, files, ["g"], ["sum(v)", "median(v)"])
+
+
+async def test_a_combiner_that_cannot_shrink_is_skipped_and_the_answer_stays(tmp_path):
+    """Every key unique (db-benchmark's q10): the mappers skip combining and the reducers aggregate rows."""
+    n = 250_000
+    rng = np.random.default_rng(4)
+    t = pa.table({"g": np.arange(n), "h": rng.integers(0, 3, n), "v": rng.integers(-9, 9, n),
+                  "f": rng.random(n)})
+    d, files = shards(tmp_path, [t.slice(0, n // 2), t.slice(n // 2)], "parquet")
+    async with in_process_cluster(2, root=str(tmp_path)) as c:
+        rep = await run_job(c.addrs, c.token, job_spec("groupby", str(d), {
+            "by": "g,h", "agg": ["sum(v)", "count()", "mean(f)"], "out": str(tmp_path / "o")}))
+        assert rep.workers[0]["combiner"].startswith("skipped") and \
+            sum(w["combined_pairs"] for w in rep.workers) == n
+        _, diff = duck(f"SELECT count(*) FROM ((SELECT g, h, sum(v)::BIGINT, count(*), avg(f) FROM "
+                       f"{duck_source(files)} GROUP BY g, h) EXCEPT (SELECT g, h, sum_v, count, mean_f FROM "
+                       f"read_parquet('{tmp_path}/o/*.parquet')))")
+        assert diff == [(0,)] and rep.result["rows"] == n
+        few = await check(c, d, files, ["h"], ["sum(v)", "count()", "mean(f)", "std(f)"])
+        assert "combiner" not in few.workers[0] and sum(w["combined_pairs"] for w in few.workers) <= 6

@@ -72,6 +72,12 @@ async def gather_head(comm: Communicator, table, order: list[tuple[str, str]], l
     return codec.decode(got["p"][0], schema), got["rows"]
 
 
+async def count_rows(comm: Communicator, table) -> int | None:
+    """Every rank's rows summed (at rank 0; None elsewhere): a job that wrote its rows needs no head of them."""
+    total = await tree_reduce(comm, {"n": table.num_rows}, lambda a, b: {"n": a["n"] + b["n"]}, "answer.count")
+    return None if total is None else total["n"]
+
+
 def plain(value):
     """An Arrow value as JSON and msgpack carry it: decimals of integers as ints, times as ISO text."""
     import datetime

@@ -18,7 +18,7 @@ def summarize(workers: list[dict]) -> dict:
     out["reducer_pairs"] = per
     mean = sum(per) / len(per) if per else 0
     out["busiest_reducer_share"] = round(max(per) / mean, 4) if mean else 1.0
-    for extra in ("hot_keys", "salted_keys", "salt"):
+    for extra in ("hot_keys", "salted_keys", "salt", "combiner"):
         vals = [w[extra] for w in ws if extra in w]
         if vals:
             out[extra] = vals[0]

@@ -81,7 +81,9 @@ def reads(p: GroupbyParams) -> dict:
 # the parts of one key are reduced again with the same aggregate.
 _RESALTABLE = frozenset({"count", "sum", "min", "max", "largest", "smallest", "collect", "collect_set",
                          "median", "quantile"})
-_SELECTED = frozenset({"median", "quantile"})      # a hot key's are found by exact selection over its salted parts
+_SELECTED = frozenset({"median", "quantile"})
+PROBE_ROWS = 100_000        # the rows a mapper combines first to see whether combining pays
+SKIP_ABOVE = 0.9            # ... it does not when they hold more distinct keys than this share      # a hot key's are found by exact selection over its salted parts
 
 
 def _salt_column(table, keys, hot: list, ways: int):
@@ -162,7 +164,8 @@ def _patch(table, keys, exact: list[tuple[tuple, dict]]):
 
 
 async def groupby(comm: Communicator, table, params: GroupbyParams) -> tuple[dict | None, dict]:
-    from shardstats.worker.engine.answer import gather_head, rows_of, write_parts
+    from shardstats.worker.comm.collectives import allreduce
+    from shardstats.worker.engine.answer import count_rows, gather_head, rows_of, write_parts
     from shardstats.worker.engine.exchange import exchange
     keys = list(params.keys)
     aggs = agg.parse_all(params.agg, keys)
@@ -176,8 +179,27 @@ async def groupby(comm: Communicator, table, params: GroupbyParams) -> tuple[dic
     extra: dict = {}
     salt = None
     hot: list = []
+    combined_states = mergeable
     if mergeable:
-        sent = await numpy_step(map_pairs, agg.run_sql, agg.combine_sql(keys, aggs), table)
+        # A combiner that cannot shrink the rows (every key unique, db-benchmark's q10) only costs: probe the
+        # first rows, and when every rank finds them nearly all distinct, send the rows and let the reducers
+        # aggregate them (Spark's partial-aggregation skipping).
+        probe = await numpy_step(min(map_pairs, PROBE_ROWS), agg.run_sql, agg.combine_sql(keys, aggs),
+                                 table.slice(0, PROBE_ROWS))
+        useless = map_pairs >= PROBE_ROWS and probe.num_rows > SKIP_ABOVE * PROBE_ROWS
+        vote = await allreduce(comm, {"skip": int(useless), "n": 1}, lambda a, b: {"skip": a["skip"] + b["skip"],
+                                                                                 "n": a["n"] + b["n"]},
+                               "groupby.combine")
+        if vote["skip"] == vote["n"]:
+            from shardstats.worker.engine.exchange import plain
+            combined_states = False
+            sent = plain(table)
+            extra["combiner"] = f"skipped: the first {PROBE_ROWS:,} rows of every worker held over " \
+                                f"{SKIP_ABOVE:.0%} distinct keys"
+        elif map_pairs <= PROBE_ROWS:
+            sent = probe
+        else:
+            sent = await numpy_step(map_pairs, agg.run_sql, agg.combine_sql(keys, aggs), table)
     else:
         from shardstats.worker.engine.exchange import plain
         drop = agg.drop_sql(keys, aggs)
@@ -197,7 +219,7 @@ async def groupby(comm: Communicator, table, params: GroupbyParams) -> tuple[dic
     mine, ex = await exchange(comm, sent, keys, cfg, compression=params.compression, salt=salt)
     del sent
     comm.progress.set("reduce")
-    sql = agg.merge_sql(keys, aggs) if mergeable else agg.reduce_sql(keys, aggs)
+    sql = agg.merge_sql(keys, aggs) if combined_states else agg.reduce_sql(keys, aggs)
     result = await numpy_step(mine.num_rows, agg.run_sql, sql, mine)
     phases = {"combine": t1 - t0, **ex["phases"]}
     if salt is not None:
@@ -220,10 +242,10 @@ async def groupby(comm: Communicator, table, params: GroupbyParams) -> tuple[dic
     order = [(k, "ascending") for k in keys]
     if params.out:
         stats.update(await write_parts(comm, result, params.out, comm.job, params.overwrite))
-        head = await gather_head(comm, result.slice(0, 0), order, 1)
-        if head is None:
+        rows = await count_rows(comm, result)
+        if rows is None:
             return None, stats
-        return {"rows": head[1], "columns": result.column_names, "data": [], "out": params.out}, stats
+        return {"rows": rows, "columns": result.column_names, "data": [], "out": params.out}, stats
     head = await gather_head(comm, result, order, params.limit)
     if head is None:
         return None, stats

@@ -24,7 +24,7 @@ class IndexParams(TextParams):
 async def index(comm: Communicator, table, params: IndexParams) -> tuple[dict | None, dict]:
     from shardstats.worker.engine import tokens as tok
     from shardstats.worker.engine.aggregate import run_sql
-    from shardstats.worker.engine.answer import gather_head, rows_of, write_parts
+    from shardstats.worker.engine.answer import count_rows, gather_head, rows_of, write_parts
     t1 = time.perf_counter()
     mine, tokens, stats = await tok.tokens_to_reducers(comm, table, params, tok.doc_words)
     del table
@@ -34,10 +34,15 @@ async def index(comm: Communicator, table, params: IndexParams) -> tuple[dict | 
     if params.out:
         stats.update(await write_parts(comm, postings, params.out, comm.job, params.overwrite))
     total = await tree_reduce(comm, {"postings": mine.num_rows, "tokens": tokens}, sum_ints, "index.sums")
-    head = await gather_head(comm, postings, [("word", "ascending")], 0 if params.out else params.limit)
-    if head is None:
-        return None, stats
-    t, words = head
+    if params.out:
+        words, t = await count_rows(comm, postings), postings.slice(0, 0)
+        if words is None:
+            return None, stats
+    else:
+        head = await gather_head(comm, postings, [("word", "ascending")], params.limit)
+        if head is None:
+            return None, stats
+        t, words = head
     result = {"words": words, "postings": total["postings"], "tokens": total["tokens"], "rows": words,
               "columns": ["word", "docs"], "data": [] if params.out else rows_of(t)}
     if params.out:

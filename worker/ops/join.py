@@ -222,7 +222,7 @@ def _plan(p: JoinParams, sizes: dict) -> tuple[str, str | None, str]:
 async def join(comm: Communicator, sides, params: JoinParams) -> tuple[dict | None, dict]:
     import pyarrow as pa
     from shardstats.worker.data.hashing import hash_columns, owners_of
-    from shardstats.worker.engine.answer import gather_head, rows_of, write_parts
+    from shardstats.worker.engine.answer import count_rows, gather_head, rows_of, write_parts
     from shardstats.worker.engine.exchange import broadcast_table, exchange_to, plain
     from shardstats.worker.steps import numpy_step
     left, right = plain(sides["main"]), plain(sides["right"])     # keys of one type on both sides
@@ -317,10 +317,15 @@ async def join(comm: Communicator, sides, params: JoinParams) -> tuple[dict | No
     order = [(c, "ascending") for c in out.column_names]
     if params.out:
         stats.update(await write_parts(comm, out, params.out, comm.job, params.overwrite))
-    head = await gather_head(comm, out, order, 1 if params.out else params.limit)
-    if head is None:
-        return None, stats
-    t, rows = head
+    if params.out:
+        rows, t = await count_rows(comm, out), out.slice(0, 0)
+        if rows is None:
+            return None, stats
+    else:
+        head = await gather_head(comm, out, order, params.limit)
+        if head is None:
+            return None, stats
+        t, rows = head
     result = {"rows": rows, "columns": out.column_names, "data": [] if params.out else rows_of(t),
               "strategy": strategy, "why": why}
     if params.out:

@@ -123,7 +123,7 @@ def reads(p: MapreduceParams) -> dict:
 
 
 async def mapreduce(comm: Communicator, inputs, params: MapreduceParams) -> tuple[dict | None, dict]:
-    from shardstats.worker.engine.answer import gather_head, rows_of, write_parts
+    from shardstats.worker.engine.answer import count_rows, gather_head, rows_of, write_parts
     from shardstats.worker.engine.exchange import broadcast_table, exchange, exchange_to
     from shardstats.worker.engine.hot import find_hot, hot_rows
     from shardstats.worker.usercode import UserCode
@@ -207,10 +207,15 @@ async def mapreduce(comm: Communicator, inputs, params: MapreduceParams) -> tupl
         stats.update(await write_parts(comm, result, params.out, comm.job, params.overwrite))
     order = [(c, "ascending") for c in result.column_names if c in ("key",)] or \
         [(result.column_names[0], "ascending")]
-    head = await gather_head(comm, result, order, 1 if params.out else params.limit)
-    if head is None:
-        return None, stats
-    t, rows = head
+    if params.out:
+        rows, t = await count_rows(comm, result), result.slice(0, 0)
+        if rows is None:
+            return None, stats
+    else:
+        head = await gather_head(comm, result, order, params.limit)
+        if head is None:
+            return None, stats
+        t, rows = head
     out = {"rows": rows, "columns": result.column_names, "data": [] if params.out else rows_of(t)}
     if params.out:
         out["out"] = params.out
