@@ -211,3 +211,16 @@ async def test_a_hot_key_with_a_combiner_is_salted(tmp_path):
         salted = await mr(c, d, job=job)
     assert pairs(rep)["hot"] == pairs(salted)["hot"] == 16_000 and len(pairs(salted)) == 4001
     assert "hot_keys" not in rep.workers[0]
+
+
+async def test_a_chained_job_reports_each_stage(tmp_path, docs):
+    want = Counter(w for line in LINES for w in re.findall(r"\w+", line.lower()))
+    top = sorted(want.items(), key=lambda wc: (-wc[1], wc[0]))[:3]
+    async with in_process_cluster(3, root=str(tmp_path)) as c:
+        rep = await mr(c, docs, job=str(EXAMPLES / "count_then_topk.py"), check_combiner=True)
+    assert rep.result["data"] == [[i + 1, {"word": w, "count": n}] for i, (w, n) in enumerate(top)]
+    stages = [w["stages"] for w in rep.workers]
+    assert len(stages[0]) == 2 and sum(s[0]["map_pairs"] for s in stages) == sum(want.values())
+    assert sum(s[1]["map_pairs"] for s in stages) == len(want)          # stage 2 reads stage 1's pairs
+    assert sum(s[1]["combined_pairs"] for s in stages) <= 3 * 3         # each mapper's top 3
+    assert all(w["rounds"] >= 2 for w in rep.workers)

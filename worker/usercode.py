@@ -24,6 +24,8 @@ import traceback
 import msgpack
 
 HEADER = struct.Struct(">Q")
+FUNCTIONS = ("mapper", "combiner", "reducer", "partitioner", "sort_values", "map_batch", "combine_batch",
+             "reduce_batch")
 BATCH_ROWS = 65_536
 
 
@@ -37,11 +39,20 @@ class _Job:
         if pickled is not None:
             import cloudpickle
             self.ns.update(cloudpickle.loads(pickled))
-        self.fn = {k: self.ns.get(k) for k in ("mapper", "combiner", "reducer", "partitioner", "sort_values",
-                                                "map_batch", "combine_batch", "reduce_batch")}
-        self.fn = {k: v for k, v in self.fn.items() if callable(v)}
-        if "mapper" not in self.fn and "map_batch" not in self.fn:
-            raise _UserError(f"{filename}: defines no mapper(record) (or map_batch(table))")
+        # A chained job lists its stages (``stages = [dict(mapper=..., reducer=...), ...]``): each stage's
+        # records are the previous stage's output pairs, as {"key": ..., "value": ...}.
+        raw = self.ns.get("stages")
+        stages = list(raw) if isinstance(raw, (list, tuple)) and raw else [self.ns]
+        self.stages = []
+        for i, st in enumerate(stages):
+            get = st.get if isinstance(st, dict) else (lambda k, st=st: getattr(st, k, None))
+            fn = {k: get(k) for k in FUNCTIONS}
+            fn = {k: v for k, v in fn.items() if callable(v)}
+            if "mapper" not in fn and "map_batch" not in fn:
+                where = f"stage {i + 1} of " if raw else ""
+                raise _UserError(f"{filename}: {where}the job defines no mapper(record) (or map_batch(table))")
+            self.stages.append(fn)
+        self.fn = self.stages[0]
 
 
 class _UserError(Exception):
@@ -239,9 +250,11 @@ def main() -> None:
         req = _unpack(inp.read(HEADER.unpack(head)[0]))
         op = req["op"]
         try:
+            if job is not None and "stage_index" in req:
+                job.fn = job.stages[req["stage_index"]]
             if op == "load":
                 job = _Job(req.get("source"), req["filename"], req.get("pickled"))
-                reply({"ok": True, "has": sorted(job.fn)})
+                reply({"ok": True, "has": sorted(job.fn), "stages": [sorted(f) for f in job.stages]})
             elif op == "side":
                 job.ns["sides"][req["name"]] = table(req["ipc"]).to_pylist()
                 reply({"ok": True})

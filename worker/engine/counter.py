@@ -18,6 +18,9 @@ def summarize(workers: list[dict]) -> dict:
     out["reducer_pairs"] = per
     mean = sum(per) / len(per) if per else 0
     out["busiest_reducer_share"] = round(max(per) / mean, 4) if mean else 1.0
+    staged = [w["stages"] for w in ws if "stages" in w]
+    if staged:                    # a chained job: each stage's counters summed over the workers
+        out["stages"] = [{k: sum(s[i][k] for s in staged) for k in staged[0][i]} for i in range(len(staged[0]))]
     for extra in ("hot_keys", "salted_keys", "salt", "combiner"):
         vals = [w[extra] for w in ws if extra in w]
         if vals:

@@ -124,8 +124,7 @@ def reads(p: MapreduceParams) -> dict:
 
 async def mapreduce(comm: Communicator, inputs, params: MapreduceParams) -> tuple[dict | None, dict]:
     from shardstats.worker.engine.answer import count_rows, gather_head, rows_of, write_parts
-    from shardstats.worker.engine.exchange import broadcast_table, exchange, exchange_to
-    from shardstats.worker.engine.hot import find_hot, hot_rows
+    from shardstats.worker.engine.exchange import broadcast_table
     from shardstats.worker.usercode import UserCode
     if not getattr(comm, "user_code", True):
         raise UsageError("this cluster's workers run no user code (started with --no-user-code)")
@@ -136,71 +135,35 @@ async def mapreduce(comm: Communicator, inputs, params: MapreduceParams) -> tupl
     reducers = min(params.reducers or comm.size, comm.size)
     access = getattr(comm, "access", None)
     limit = access.budget if access is not None and access.budget else None
-    t0 = time.perf_counter()
-    phases: dict = {}
     async with UserCode(limit) as code:
         req = {"op": "load", "filename": params.code_name}
         if params.code_kind == "pickle":
             req["pickled"] = base64.b64decode(params.code)
         else:
             req["source"] = params.code
-        has = set((await code.call(req))["has"])
+        loaded = await code.call(req)
         for name in sorted(k for k in sides if k != "main"):
             whole, _ = await broadcast_table(comm, sides[name], cfg, compression=params.compression)
             await code.call({"op": "side", "name": name.split(":", 1)[1], "ipc": _ipc(whole)})
-        if params.check_combiner:
-            got = await code.call({"op": "check", "ipc": _ipc(table.slice(0, CHECK_SAMPLE)), "seed": comm.rank})
-            problems = await allreduce(comm, {"p": [got["problem"]] if got["problem"] else []},
-                                       lambda a, b: {"p": a["p"] + b["p"]}, "mapreduce.check")
-            if problems["p"]:
-                raise UsageError(problems["p"][0])
-        comm.progress.set("map")
-        combine = params.combine and bool(has & {"combiner", "combine_batch"})
-        mapped = await code.call({"op": "map", "ipc": _ipc(table), "combine": combine,
-                                  "reducers": reducers if "partitioner" in has else None})
-        pairs = _table(mapped["ipc"])
+        per_stage = []
+        result = table
         del table
-        t1 = time.perf_counter()
-        phases["map"] = t1 - t0
-        batch = mapped["batch"]
-        map_only = not has & {"reducer", "reduce_batch"} and not combine
-        extra: dict = {}
-        if map_only:                     # no reduce: the mapper's output is the job's
-            out = await code.call({"op": "reduce", "ipc": _ipc(pairs), "stage": "none"}) if not batch else None
-            result = _table(out["ipc"]) if out else pairs
-            ex = {"counters": {"shuffled_pairs": 0, "shuffled_bytes": 0, "reducer_pairs": pairs.num_rows},
-                  "phases": {}}
-        else:
-            salt = None
-            if params.salt == "auto" and combine and "dest" not in pairs.column_names and comm.size > 1:
-                hot = await find_hot(comm, pairs, ["key"])
-                if hot:
-                    flags = hot_rows(pairs, ["key"], hot)
-                    salt = np.where(flags, (np.arange(pairs.num_rows) % comm.size) + 1, 0).astype(np.uint64)
-                    extra = {"hot_keys": [[_show(k[0]), n] for k, n in hot[:10]], "salt": comm.size}
-            if "dest" in pairs.column_names:       # the user's partitioner chose each key's reducer
-                dest = pairs.column("dest").to_numpy().astype(np.int64)
-                mine, ex = await exchange_to(comm, pairs.drop_columns(["dest"]), dest, cfg,
-                                             compression=params.compression)
-            elif reducers < comm.size:
-                from shardstats.worker.data.hashing import hash_columns, owners_of
-                dest = owners_of(hash_columns(pairs, ["key"]), reducers).astype(np.int64)
-                mine, ex = await exchange_to(comm, pairs, dest, cfg, compression=params.compression)
-            else:
-                mine, ex = await exchange(comm, pairs, ["key"], cfg, compression=params.compression, salt=salt)
-            del pairs
-            if salt is not None:          # a hot key's salted parts: merged by the combiner, then to its reducer
-                part = _table((await code.call({"op": "reduce", "ipc": _ipc(mine), "stage": "combiner"}))["ipc"])
-                mine, ex2 = await exchange(comm, part, ["key"], cfg, compression=params.compression)
-                for k in ("shuffled_pairs", "shuffled_bytes"):
-                    ex["counters"][k] += ex2["counters"][k]
-            comm.progress.set("reduce")
-            t2 = time.perf_counter()
-            result = _table((await code.call({"op": "reduce", "ipc": _ipc(mine), "stage": "reducer"}))["ipc"])
-            phases["reduce"] = time.perf_counter() - t2
-        phases.update(ex["phases"])
-    stats = {"map_pairs": mapped["map_pairs"], "combined_pairs": mapped["combined_pairs"], **ex["counters"],
-             **extra, "rounds": 1 + bool(extra), "phases": phases, "output_rows": result.num_rows}
+        for index, names in enumerate(loaded["stages"]):
+            if index:
+                comm.progress.set(f"stage {index + 1}")
+                result = await _agree(comm, result)   # the next stage's records: one schema on every rank
+            result, st = await _stage(comm, code, result, params, index, set(names), cfg, reducers)
+            per_stage.append(st)
+    first = per_stage[0]
+    stats = {"map_pairs": first["map_pairs"], "combined_pairs": first["combined_pairs"],
+             **{k: sum(st[k] for st in per_stage) for k in ("shuffled_pairs", "shuffled_bytes")},
+             "reducer_pairs": first["reducer_pairs"],
+             **{k: v for st in per_stage for k, v in st.items() if k in ("hot_keys", "salt")},
+             "rounds": sum(st["rounds"] for st in per_stage), "phases": _sum_phases(st["phases"] for st in per_stage),
+             "output_rows": result.num_rows}
+    if len(per_stage) > 1:
+        stats["stages"] = [{k: st[k] for k in ("map_pairs", "combined_pairs", "shuffled_pairs", "shuffled_bytes",
+                                               "reducer_pairs")} for st in per_stage]
     # every rank's output must share one schema for the part files: the types every rank agrees on
     result = await _agree(comm, result)
     if params.out:
@@ -220,6 +183,75 @@ async def mapreduce(comm: Communicator, inputs, params: MapreduceParams) -> tupl
     if params.out:
         out["out"] = params.out
     return out, stats
+
+
+def _sum_phases(dicts) -> dict:
+    out: dict = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+async def _stage(comm: Communicator, code, table, params: MapreduceParams, index: int, has: set,
+                 cfg: ShuffleConfig, reducers: int):
+    """One map -> combine -> partition -> shuffle -> reduce stage of the job on this rank: its output table and
+    its counters."""
+    from shardstats.worker.engine.exchange import exchange, exchange_to
+    from shardstats.worker.engine.hot import find_hot, hot_rows
+    t0 = time.perf_counter()
+    at = {"stage_index": index}
+    if params.check_combiner:
+        got = await code.call({"op": "check", "ipc": _ipc(table.slice(0, CHECK_SAMPLE)), "seed": comm.rank, **at})
+        problems = await allreduce(comm, {"p": [got["problem"]] if got["problem"] else []},
+                                   lambda a, b: {"p": a["p"] + b["p"]}, "mapreduce.check")
+        if problems["p"]:
+            raise UsageError(problems["p"][0])
+    comm.progress.set("map")
+    combine = params.combine and bool(has & {"combiner", "combine_batch"})
+    mapped = await code.call({"op": "map", "ipc": _ipc(table), "combine": combine,
+                              "reducers": reducers if "partitioner" in has else None, **at})
+    pairs = _table(mapped["ipc"])
+    del table
+    phases = {"map": time.perf_counter() - t0}
+    batch = mapped["batch"]
+    extra: dict = {}
+    if not has & {"reducer", "reduce_batch"} and not combine:    # no reduce: the mapper's output is the stage's
+        out = await code.call({"op": "reduce", "ipc": _ipc(pairs), "stage": "none", **at}) if not batch else None
+        result = _table(out["ipc"]) if out else pairs
+        ex = {"counters": {"shuffled_pairs": 0, "shuffled_bytes": 0, "reducer_pairs": pairs.num_rows},
+              "phases": {}}
+    else:
+        salt = None
+        if params.salt == "auto" and combine and "dest" not in pairs.column_names and comm.size > 1:
+            hot = await find_hot(comm, pairs, ["key"])
+            if hot:
+                flags = hot_rows(pairs, ["key"], hot)
+                salt = np.where(flags, (np.arange(pairs.num_rows) % comm.size) + 1, 0).astype(np.uint64)
+                extra = {"hot_keys": [[_show(k[0]), n] for k, n in hot[:10]], "salt": comm.size}
+        if "dest" in pairs.column_names:       # the user's partitioner chose each key's reducer
+            dest = pairs.column("dest").to_numpy().astype(np.int64)
+            mine, ex = await exchange_to(comm, pairs.drop_columns(["dest"]), dest, cfg,
+                                         compression=params.compression)
+        elif reducers < comm.size:
+            from shardstats.worker.data.hashing import hash_columns, owners_of
+            dest = owners_of(hash_columns(pairs, ["key"]), reducers).astype(np.int64)
+            mine, ex = await exchange_to(comm, pairs, dest, cfg, compression=params.compression)
+        else:
+            mine, ex = await exchange(comm, pairs, ["key"], cfg, compression=params.compression, salt=salt)
+        del pairs
+        if salt is not None:          # a hot key's salted parts: merged by the combiner, then to its reducer
+            part = _table((await code.call({"op": "reduce", "ipc": _ipc(mine), "stage": "combiner", **at}))["ipc"])
+            mine, ex2 = await exchange(comm, part, ["key"], cfg, compression=params.compression)
+            for k in ("shuffled_pairs", "shuffled_bytes"):
+                ex["counters"][k] += ex2["counters"][k]
+        comm.progress.set("reduce")
+        t2 = time.perf_counter()
+        result = _table((await code.call({"op": "reduce", "ipc": _ipc(mine), "stage": "reducer", **at}))["ipc"])
+        phases["reduce"] = time.perf_counter() - t2
+    phases.update(ex["phases"])
+    return result, {"map_pairs": mapped["map_pairs"], "combined_pairs": mapped["combined_pairs"], **ex["counters"],
+                    **extra, "rounds": 1 + bool(extra), "phases": phases}
 
 
 async def _agree(comm: Communicator, table):
