@@ -78,6 +78,23 @@ async def count_rows(comm: Communicator, table) -> int | None:
     return None if total is None else total["n"]
 
 
+async def rows_answer(comm: Communicator, table, order, params, stats: dict) -> dict | None:
+    """A keyed job's answer when it is rows: with ``params.out`` every rank's part file written (its entries added
+    to ``stats``) and the rows counted; else a bounded head in ``order``. At rank 0 the result
+    (``rows``, ``columns``, ``data``[, ``out``]); None elsewhere."""
+    if params.out:
+        stats.update(await write_parts(comm, table, params.out, comm.job, params.overwrite))
+        rows = await count_rows(comm, table)
+        if rows is None:
+            return None
+        return {"rows": rows, "columns": table.column_names, "data": [], "out": params.out}
+    head = await gather_head(comm, table, order, params.limit)
+    if head is None:
+        return None
+    t, rows = head
+    return {"rows": rows, "columns": t.column_names, "data": rows_of(t)}
+
+
 def plain(value):
     """An Arrow value as JSON and msgpack carry it: decimals of integers as ints, times as ISO text."""
     import datetime

@@ -193,6 +193,19 @@ class ShuffleParams(Params):
                 "chunk_bytes": self.chunk_bytes}
 
 
+def column_list(text: str | None) -> tuple[str, ...]:
+    """``a, b,c`` as ("a", "b", "c"): how keyed ops name columns (``--by``, ``--on``, ``--desc``...)."""
+    return tuple(c.strip() for c in str(text).split(",") if c.strip()) if text else ()
+
+
+def parse_salt(text) -> str:
+    """``--salt``: auto, off, or a number of reducers per hot key."""
+    text = str(text).strip().lower()
+    if text in ("auto", "off") or (text.isdigit() and 1 <= int(text) <= 1024):
+        return text
+    raise ValueError(f"{text!r} is not auto, off or a number of reducers from 1 to 1024")
+
+
 @dataclass(frozen=True)
 class KeyedParams(ShuffleParams):
     """The options every keyed op shares: where its rows go, how many are printed, the input kept warm."""

@@ -25,26 +25,19 @@ from shardstats.worker.comm.shuffle import ShuffleConfig
 from shardstats.worker.engine import aggregate as agg
 from shardstats.worker.engine import counter
 from shardstats.worker.engine.hot import find_hot, hot_rows, key_mask
-from shardstats.worker.ops.contract import KeyedParams, Op, option
+from shardstats.worker.ops.contract import KeyedParams, Op, column_list, option, parse_salt
 from shardstats.worker.steps import numpy_step
 
 
 def _keys(text: str | None) -> tuple[str, ...]:
     if text is None:
         raise ValueError("name the key columns, e.g. --by region or --by id1,id2")
-    keys = tuple(k.strip() for k in str(text).split(",") if k.strip())
+    keys = column_list(text)
     if not keys:
         raise ValueError("name the key columns, e.g. --by region or --by id1,id2")
     if len(set(keys)) != len(keys):
         raise ValueError(f"a column named twice in {text!r}")
     return keys
-
-
-def _salt(text) -> str:
-    text = str(text).strip().lower()
-    if text in ("auto", "off") or (text.isdigit() and 1 <= int(text) <= 1024):
-        return text
-    raise ValueError(f"{text!r} is not auto, off or a number of reducers from 1 to 1024")
 
 
 @dataclass(frozen=True)
@@ -55,7 +48,7 @@ class GroupbyParams(KeyedParams):
                         "collect_set, corr(a, b). Repeat it for more.", metavar="EXPR", multiple=True)
     salt: str = option("auto", "Hot keys of a job whose rows travel: auto (split a key holding more than twice a "
                        "reducer's share over several reducers, when its aggregates merge exactly), off, or N "
-                       "reducers per hot key.", parse=_salt, metavar="auto|off|N")
+                       "reducers per hot key.", parse=parse_salt, metavar="auto|off|N")
 
     def check(self) -> None:
         super().check()
@@ -165,7 +158,7 @@ def _patch(table, keys, exact: list[tuple[tuple, dict]]):
 
 async def groupby(comm: Communicator, table, params: GroupbyParams) -> tuple[dict | None, dict]:
     from shardstats.worker.comm.collectives import allreduce
-    from shardstats.worker.engine.answer import count_rows, gather_head, rows_of, write_parts
+    from shardstats.worker.engine.answer import rows_answer
     from shardstats.worker.engine.exchange import exchange
     keys = list(params.keys)
     aggs = agg.parse_all(params.agg, keys)
@@ -239,18 +232,8 @@ async def groupby(comm: Communicator, table, params: GroupbyParams) -> tuple[dic
     phases["reduce"] = t2 - t1 - sum(ex["phases"].values())
     stats = {"map_pairs": map_pairs, "combined_pairs": combined, **ex["counters"], **extra, "phases": phases,
              "rounds": 1 + (salt is not None), "groups": result.num_rows}
-    order = [(k, "ascending") for k in keys]
-    if params.out:
-        stats.update(await write_parts(comm, result, params.out, comm.job, params.overwrite))
-        rows = await count_rows(comm, result)
-        if rows is None:
-            return None, stats
-        return {"rows": rows, "columns": result.column_names, "data": [], "out": params.out}, stats
-    head = await gather_head(comm, result, order, params.limit)
-    if head is None:
-        return None, stats
-    t, total = head
-    return {"rows": total, "columns": t.column_names, "data": rows_of(t)}, stats
+    result = await rows_answer(comm, result, [(k, "ascending") for k in keys], params, stats)
+    return result, stats
 
 
 def _resalt_sql(keys, aggs) -> str:

@@ -33,25 +33,14 @@ from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.shuffle import ShuffleConfig
 from shardstats.worker.engine import counter
 from shardstats.worker.engine.hot import find_hot, hot_rows
-from shardstats.worker.ops.contract import KeyedParams, Op, option
+from shardstats.worker.ops.contract import KeyedParams, Op, column_list, option, parse_salt
 
 HOWS = ("inner", "left", "right", "full", "semi", "anti")
-
-
-def _cols(text: str | None) -> tuple[str, ...]:
-    return tuple(c.strip() for c in str(text).split(",") if c.strip()) if text else ()
 
 
 def _size(text) -> int:
     from shardstats.worker.memory import parse_size
     return parse_size(str(text))
-
-
-def _salt(text) -> str:
-    text = str(text).strip().lower()
-    if text in ("auto", "off") or (text.isdigit() and 1 <= int(text) <= 1024):
-        return text
-    raise ValueError(f"{text!r} is not auto, off or a number of reducers from 1 to 1024")
 
 
 @dataclass(frozen=True)
@@ -70,7 +59,7 @@ class JoinParams(KeyedParams):
     broadcast_limit: int = option(64 << 20, "The largest side (in memory, all workers' shares) auto broadcasts; "
                                   "sizes like 64MiB.", parse=_size, metavar="SIZE")
     salt: str = option("auto", "Hot keys of a shuffle join: auto (split a key over 2x a reducer's share), off, "
-                       "or N reducers per hot key.", parse=_salt, metavar="auto|off|N")
+                       "or N reducers per hot key.", parse=parse_salt, metavar="auto|off|N")
     bloom: bool = option(True, "Before a shuffle join, drop the rows of a side that cannot have a partner, by a "
                          "Bloom filter of the other side's keys (when those rows are not part of the answer).")
 
@@ -78,7 +67,7 @@ class JoinParams(KeyedParams):
         super().check()
         if not self.right:
             raise UsageError("--right: name the right side's shards, e.g. --right customers/")
-        on, lo, ro = _cols(self.on), _cols(self.left_on), _cols(self.right_on)
+        on, lo, ro = column_list(self.on), column_list(self.left_on), column_list(self.right_on)
         if on and (lo or ro):
             raise UsageError("--on: give either --on or --left-on with --right-on, not both")
         if not on and not (lo and ro):
@@ -88,8 +77,8 @@ class JoinParams(KeyedParams):
 
     @property
     def keys(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        on = _cols(self.on)
-        return (on, on) if on else (_cols(self.left_on), _cols(self.right_on))
+        on = column_list(self.on)
+        return (on, on) if on else (column_list(self.left_on), column_list(self.right_on))
 
 
 def reads(p: JoinParams) -> dict:
@@ -222,14 +211,14 @@ def _plan(p: JoinParams, sizes: dict) -> tuple[str, str | None, str]:
 async def join(comm: Communicator, sides, params: JoinParams) -> tuple[dict | None, dict]:
     import pyarrow as pa
     from shardstats.worker.data.hashing import hash_columns, owners_of
-    from shardstats.worker.engine.answer import count_rows, gather_head, rows_of, write_parts
+    from shardstats.worker.engine.answer import rows_answer
     from shardstats.worker.engine.exchange import broadcast_table, exchange_to, plain
     from shardstats.worker.steps import numpy_step
     left, right = plain(sides["main"]), plain(sides["right"])     # keys of one type on both sides
     lk, rk = params.keys
     left, right = _common_keys(left, right, lk, rk)
     loaded_rows = left.num_rows + right.num_rows
-    using = bool(_cols(params.on))
+    using = bool(column_list(params.on))
     sql = _sql(params.how, lk, rk, left.column_names, right.column_names, using)
     cfg = ShuffleConfig.from_params(params, None)
     sizes = await allreduce(comm, {"left": left.nbytes, "right": right.nbytes,
@@ -314,22 +303,9 @@ async def join(comm: Communicator, sides, params: JoinParams) -> tuple[dict | No
     stats.update({"map_pairs": loaded_rows, "combined_pairs": loaded_rows,
                   **counters, "reducer_pairs": reducer_rows, "output_rows": out.num_rows, "rounds": 1,
                   "phases": phases})
-    order = [(c, "ascending") for c in out.column_names]
-    if params.out:
-        stats.update(await write_parts(comm, out, params.out, comm.job, params.overwrite))
-    if params.out:
-        rows, t = await count_rows(comm, out), out.slice(0, 0)
-        if rows is None:
-            return None, stats
-    else:
-        head = await gather_head(comm, out, order, params.limit)
-        if head is None:
-            return None, stats
-        t, rows = head
-    result = {"rows": rows, "columns": out.column_names, "data": [] if params.out else rows_of(t),
-              "strategy": strategy, "why": why}
-    if params.out:
-        result["out"] = params.out
+    result = await rows_answer(comm, out, [(c, "ascending") for c in out.column_names], params, stats)
+    if result is not None:
+        result.update({"strategy": strategy, "why": why})
     return result, stats
 
 

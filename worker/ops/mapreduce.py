@@ -123,7 +123,7 @@ def reads(p: MapreduceParams) -> dict:
 
 
 async def mapreduce(comm: Communicator, inputs, params: MapreduceParams) -> tuple[dict | None, dict]:
-    from shardstats.worker.engine.answer import count_rows, gather_head, rows_of, write_parts
+    from shardstats.worker.engine.answer import rows_answer
     from shardstats.worker.engine.exchange import broadcast_table
     from shardstats.worker.usercode import UserCode
     if not getattr(comm, "user_code", True):
@@ -166,23 +166,9 @@ async def mapreduce(comm: Communicator, inputs, params: MapreduceParams) -> tupl
                                                "reducer_pairs")} for st in per_stage]
     # every rank's output must share one schema for the part files: the types every rank agrees on
     result = await _agree(comm, result)
-    if params.out:
-        stats.update(await write_parts(comm, result, params.out, comm.job, params.overwrite))
     order = [(c, "ascending") for c in result.column_names if c in ("key",)] or \
         [(result.column_names[0], "ascending")]
-    if params.out:
-        rows, t = await count_rows(comm, result), result.slice(0, 0)
-        if rows is None:
-            return None, stats
-    else:
-        head = await gather_head(comm, result, order, params.limit)
-        if head is None:
-            return None, stats
-        t, rows = head
-    out = {"rows": rows, "columns": result.column_names, "data": [] if params.out else rows_of(t)}
-    if params.out:
-        out["out"] = params.out
-    return out, stats
+    return await rows_answer(comm, result, order, params, stats), stats
 
 
 def _sum_phases(dicts) -> dict:

@@ -30,15 +30,11 @@ from shardstats.errors import UsageError
 from shardstats.worker.comm.collectives import broadcast, tree_reduce
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.shuffle import ShuffleConfig
-from shardstats.worker.ops.contract import KeyedParams, Op, option
+from shardstats.worker.ops.contract import KeyedParams, Op, column_list, option
 from shardstats.worker.steps import numpy_step
 
 FILE_COL, ROW_COL = "__sort_file", "__sort_row"
 DEFAULT_SAMPLE = 20_000
-
-
-def _cols(text: str | None) -> tuple[str, ...]:
-    return tuple(c.strip() for c in str(text).split(",") if c.strip()) if text else ()
 
 
 @dataclass(frozen=True)
@@ -54,15 +50,15 @@ class SortParams(KeyedParams):
 
     def check(self) -> None:
         super().check()
-        by = _cols(self.by)
+        by = column_list(self.by)
         if not by:
             raise UsageError("--by: name the columns to sort by, e.g. --by ts or --by user,ts")
         if len(set(by)) != len(by):
             raise UsageError(f"--by: a column named twice in {self.by!r}")
-        for c in _cols(self.desc):
+        for c in column_list(self.desc):
             if c not in by:
                 raise UsageError(f"--desc: {c!r} is not one of --by ({', '.join(by)})")
-        part = _cols(self.partition_by)
+        part = column_list(self.partition_by)
         if part and tuple(by[:len(part)]) != part:
             raise UsageError(f"--partition-by: {', '.join(part)} must be the first columns of --by "
                              f"({', '.join(by)}), so that each value's rows are also in order")
@@ -75,7 +71,7 @@ def reads(p: SortParams) -> dict:
 
 
 def _order(p: SortParams, keys: tuple[str, ...], tiebreak: bool) -> list[tuple[str, str, str]]:
-    desc = set(_cols(p.desc))
+    desc = set(column_list(p.desc))
     place = "at_start" if p.nulls == "first" else "at_end"
     out = [(k, "descending" if k in desc else "ascending", place) for k in keys]
     if tiebreak:
@@ -123,7 +119,7 @@ async def sort(comm: Communicator, table, params: SortParams) -> tuple[dict | No
     from shardstats.worker.engine.exchange import exchange_to
     from shardstats.worker.engine.exchange import plain
     table = plain(table)          # sorting (and the wire) wants plain columns, not dictionaries
-    keys = _cols(params.by)
+    keys = column_list(params.by)
     missing = [k for k in keys if k not in table.column_names]
     if missing:
         raise UsageError(f"--by: no column {missing[0]!r} (the input has: "
@@ -131,7 +127,7 @@ async def sort(comm: Communicator, table, params: SortParams) -> tuple[dict | No
     if FILE_COL not in table.column_names:        # a cached dataset: its rows in this worker's order
         table = table.append_column(FILE_COL, pa.array(np.full(table.num_rows, comm.rank, np.int64)))
         table = table.append_column(ROW_COL, pa.array(np.arange(table.num_rows, dtype=np.int64)))
-    part_keys = _cols(params.partition_by)
+    part_keys = column_list(params.partition_by)
     route_order = _order(params, part_keys, False) if part_keys else _order(params, keys, True)
     sort_order = _order(params, keys, True)
     t0 = time.perf_counter()
