@@ -272,3 +272,12 @@ async def test_a_combiner_that_cannot_shrink_is_skipped_and_the_answer_stays(tmp
         assert diff == [(0,)] and rep.result["rows"] == n
         few = await check(c, d, files, ["h"], ["sum(v)", "count()", "mean(f)", "std(f)"])
         assert "combiner" not in few.workers[0] and sum(w["combined_pairs"] for w in few.workers) <= 6
+
+
+async def test_invalid_utf8_in_a_json_string_names_file_line_and_offset(tmp_path):
+    """pyarrow's JSON reader accepts this byte; the job must still refuse it in one line (not fail inside)."""
+    (tmp_path / "c.jsonl").write_bytes(b'{"g":"a","v":1}\n{"g":"\xff","v":2}\n')
+    async with in_process_cluster(1, root=str(tmp_path)) as c:
+        with pytest.raises(InputError, match=r"c\.jsonl:2: invalid UTF-8 at byte offset 22"):
+            await run_job(c.addrs, c.token, job_spec("groupby", str(tmp_path / "c.jsonl"),
+                                                     {"by": "g", "agg": ["count()"]}))

@@ -82,6 +82,8 @@ def read_table(ref: ShardRef, real_path: str, columns: list[str] | None, budget:
     if size == 0:
         raise InputError(f"{name}: empty file (a table needs at least a header row)") if suffix in (".csv", ".tsv") \
             else InputError(f"{name}: empty file") if columns else InputError(f"{name}: empty file")
+    # Checked here, before pyarrow: its CSV and JSON readers let some invalid UTF-8 through (a JSON string
+    # value, a CSV key column), which would fail later inside a worker instead of naming file and line.
     bad = _utf8_error(data, name) or _long_line(data, name)
     if bad:
         raise bad
