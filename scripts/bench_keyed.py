@@ -424,12 +424,8 @@ def run_groupby_peer(peer: str, data: str, questions: list[str], modes: list[str
     elif peer == "dask":
         import dask
         import dask.dataframe as dd
-        from distributed import Client, LocalCluster
         out["version"] = dask.__version__
-        workers = max(1, min(2, os.cpu_count() or 1))
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                          memory_limit=None) as cluster, Client(cluster):
-            out["notes"].append(f"LocalCluster of {workers} processes x 1 thread")
+        with dask_cluster(out):
             for mode in modes:
                 x = dd.read_parquet(files)
                 if mode == "warm":
@@ -523,6 +519,17 @@ def run_groupby_peer(peer: str, data: str, questions: list[str], modes: list[str
     return out
 
 
+@contextlib.contextmanager
+def dask_cluster(out: dict):
+    """The Dask peer's cluster: a distributed.LocalCluster of one single-threaded process per core (at most 2)."""
+    from distributed import Client, LocalCluster
+    workers = max(1, min(2, os.cpu_count() or 1))
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                      memory_limit=None) as cluster, Client(cluster):
+        out["notes"].append(f"LocalCluster of {workers} processes x 1 thread")
+        yield cluster
+
+
 # -- word-count peers -------------------------------------------------------------------------------------
 WORD_RE = r"[\p{L}\p{N}_]+"          # the engines' spelling of Python's \w (Unicode letters, numbers, _)
 
@@ -607,12 +614,8 @@ def run_wordcount_peer(peer: str, data: str, check: str, runs: int, answers: Pat
         timed(duckdb_wordcount)
     elif peer == "dask":
         import dask
-        from distributed import Client, LocalCluster
         out["version"] = dask.__version__
-        workers = max(1, min(2, os.cpu_count() or 1))
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                          memory_limit=None) as cluster, Client(cluster):
-            out["notes"].append(f"LocalCluster of {workers} processes x 1 thread")
+        with dask_cluster(out):
             timed(dask_wordcount)
     elif peer == "spark":
         import pyspark
