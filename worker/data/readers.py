@@ -181,6 +181,7 @@ def read_documents(ref: ShardRef, real_path: str, text_column: str | None = None
     name = ref.path
     suffix = Path(name).suffix.lower()
     if text_column is not None and suffix in TABLE_SUFFIXES:
+        import numpy as np
         cols = [text_column] + ([id_column] if id_column else [])
         t = read_table(ref, real_path, cols, budget)
         text = t.column(text_column)
@@ -189,9 +190,11 @@ def read_documents(ref: ShardRef, real_path: str, text_column: str | None = None
         if id_column:
             doc = t.column(id_column).cast(pa.large_string())
         else:
-            doc = pa.array([f"{name}#{i}" for i in range(t.num_rows)], pa.large_string()) if t.num_rows else \
-                pa.array([], pa.large_string())
-        return pa.table({"doc": doc, "line": pa.array(range(1, t.num_rows + 1), pa.int64()),
+            # file#row for each row, vectorised: no Python string per row
+            rows = pa.array(np.arange(t.num_rows, dtype=np.int64)).cast(pa.large_string())
+            doc = pc.binary_join_element_wise(pa.scalar(f"{name}#", pa.large_string()), rows,
+                                              pa.scalar("", pa.large_string()))
+        return pa.table({"doc": doc, "line": pa.array(np.arange(1, t.num_rows + 1, dtype=np.int64)),
                          "text": text.cast(pa.large_string())})
     with opened(ref, real_path, budget) as (f, size):
         data = read_exactly(f, size, name)
