@@ -36,3 +36,12 @@ def line(s: dict) -> str | None:
     return (f"  shuffle counter: map {s['map_pairs']:,} pairs, after the combiner {s['combined_pairs']:,}, "
             f"shuffled {s['shuffled_pairs']:,} ({human_bytes(s['shuffled_bytes'])}), "
             f"busiest reducer {s['busiest_reducer_share']:.2f}x the mean")
+
+
+def sum_phases(dicts) -> dict:
+    """Seconds per phase added up over several steps (a join's two exchanges, a chained job's stages)."""
+    out: dict = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out

@@ -281,8 +281,7 @@ async def join(comm: Communicator, sides, params: JoinParams) -> tuple[dict | No
             counters["shuffled_pairs"] += ex["counters"]["shuffled_pairs"]
             counters["shuffled_bytes"] += ex["counters"]["shuffled_bytes"]
             stats[f"shuffled_{side}_rows"] = ex["counters"]["shuffled_pairs"]
-            for k, v in ex["phases"].items():
-                phases[k] = phases.get(k, 0) + v
+            phases = counter.sum_phases([phases, ex["phases"]])
             if side == "left":
                 left = moved
             else:

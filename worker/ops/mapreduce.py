@@ -159,7 +159,7 @@ async def mapreduce(comm: Communicator, inputs, params: MapreduceParams) -> tupl
              **{k: sum(st[k] for st in per_stage) for k in ("shuffled_pairs", "shuffled_bytes")},
              "reducer_pairs": first["reducer_pairs"],
              **{k: v for st in per_stage for k, v in st.items() if k in ("hot_keys", "salt")},
-             "rounds": sum(st["rounds"] for st in per_stage), "phases": _sum_phases(st["phases"] for st in per_stage),
+             "rounds": sum(st["rounds"] for st in per_stage), "phases": counter.sum_phases(st["phases"] for st in per_stage),
              "output_rows": result.num_rows}
     if len(per_stage) > 1:
         stats["stages"] = [{k: st[k] for k in ("map_pairs", "combined_pairs", "shuffled_pairs", "shuffled_bytes",
@@ -169,14 +169,6 @@ async def mapreduce(comm: Communicator, inputs, params: MapreduceParams) -> tupl
     order = [(c, "ascending") for c in result.column_names if c in ("key",)] or \
         [(result.column_names[0], "ascending")]
     return await rows_answer(comm, result, order, params, stats), stats
-
-
-def _sum_phases(dicts) -> dict:
-    out: dict = {}
-    for d in dicts:
-        for k, v in d.items():
-            out[k] = out.get(k, 0) + v
-    return out
 
 
 async def _stage(comm: Communicator, code, table, params: MapreduceParams, index: int, has: set,
