@@ -136,3 +136,13 @@ async def test_a_bloom_filter_drops_rows_without_partners_before_the_shuffle(tmp
             else:                                       # a left join keeps them: no filter
                 assert "bloom_pruned_rows" not in w0
             assert "bloom_pruned_rows" not in off.workers[0]
+
+
+def test_the_bloom_filter_never_outgrows_a_shuffle_chunk():
+    """The filter goes up and down the tree whole: it is capped at one chunk (fewer bits a key, more false
+    positives), and refused when a side has too many keys for the cap to pay."""
+    from shardstats.worker.comm.shuffle import DEFAULT_CHUNK_BYTES
+    from shardstats.worker.engine import bloom
+    assert bloom.size_for(600) == 1024 and bloom.size_for(10**6) == DEFAULT_CHUNK_BYTES
+    assert bloom.size_for(3 * 10**6) == 0
+    assert all(bloom.size_for(n) <= DEFAULT_CHUNK_BYTES for n in (1, 10**3, 10**5, 10**6, 10**7))

@@ -15,13 +15,15 @@ from shardstats.lazy import numpy as np
 
 BITS_PER_KEY = 10                 # ~1% false positives with 7 probes
 HASHES = 7
-MAX_BYTES = 2 << 20               # the filter travels in one message up and down the tree
+MAX_BYTES = 1 << 20               # the filter travels up and down the tree: at most one shuffle chunk a message
+MIN_BITS_PER_KEY = 4              # fewer (a side too big for MAX_BYTES) lets through too much to pay
 
 
 def size_for(keys: int) -> int:
-    """Bytes of a filter for ``keys`` keys (a power of two of bits, at least 64), or 0 when too big."""
-    bits = max(64, 1 << int(np.ceil(np.log2(max(1, keys) * BITS_PER_KEY))))
-    return bits // 8 if bits // 8 <= MAX_BYTES else 0
+    """Bytes of a filter for ``keys`` keys (a power of two of bits, at least 64, at most ``MAX_BYTES``), or 0
+    when that many keys would get fewer than ``MIN_BITS_PER_KEY`` bits."""
+    bits = min(max(64, 1 << int(np.ceil(np.log2(max(1, keys) * BITS_PER_KEY)))), MAX_BYTES * 8)
+    return bits // 8 if bits >= MIN_BITS_PER_KEY * keys else 0
 
 
 def _probes(h: "np.ndarray", bits: int) -> "np.ndarray":
