@@ -42,6 +42,16 @@ class Settings:
                                           # or the physical memory (worker/memory.py machine_budget)
     max_jobs_per_connection: int = 16     # active jobs per coordinator connection
     coordinator_silence: float = 10.0     # a worker drops its jobs when their coordinator is silent this long
+    # -- a worker's HTTP port (worker/httpd.py: /metrics for Prometheus, and other routes) --
+    http_port_offset: int = 1000          # a worker's HTTP port unless --http-port says: its own port plus this
+                                          # (7000 -> 8000; `cluster up` worker i: BASE+i -> BASE+1000+i)
+    metrics_auth: bool = False            # /metrics answers without the token (Prometheus scrapes it); True: Bearer
+    http_max_connections: int = 32        # HTTP connections at once; more are answered 503 and closed
+    http_max_header_bytes: int = 16 * 1024   # a request's line and headers (431 above)
+    http_max_body: int = 1 << 20          # a request's body unless its route says (413 above, before reading it)
+    http_idle_timeout: float = 30.0       # a keep-alive connection with no new request this long is closed
+    http_request_timeout: float = 10.0    # a request's head and body arrive within this of its first byte (408)
+    http_handler_timeout: float = 30.0    # a route's handler answers within this (503)
     # -- the coordinator ------------------------------------------------------------------
     phase_timeout: float = 300.0          # the load phase and the run phase each finish within this
     max_retries: int = 2                  # re-runs on the survivors when workers are lost

@@ -86,6 +86,13 @@ class TLSFiles:
         ctx.verify_mode = ssl.CERT_REQUIRED
         return ctx
 
+    def http_server_context(self) -> ssl.SSLContext:
+        """For a worker's HTTP port (metrics): its own certificate, no client certificate asked -- scrapers
+        rarely have one; routes that need more ask for the cluster token."""
+        ctx = self._load(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
     def client_context(self) -> ssl.SSLContext:
         """For dialing a worker: its certificate must chain to the cluster CA and name the address dialed."""
         ctx = self._load(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))   # check_hostname and CERT_REQUIRED by default
