@@ -280,8 +280,8 @@ async def _attempt(clients: list[WorkerClient], job: str, spec: JobSpec, files: 
                     mine += sp[i]
                     side_of += [name] * len(sp[i])
                 extra["read"] = {**extra["read"], "side_of": side_of, "side_names": ["main", *sides]}
-            await _send(c, make("load", job=job, files=[r.wire() for r in mine], dead_after=live.worker_dead_after,
-                                **extra))
+            await _send(c, make("load", job=job, op=spec.op, files=[r.wire() for r in mine],
+                                dead_after=live.worker_dead_after, **extra))
         loaded = await _all(clients, job, "loaded", spec.timeout, live, on_progress)
         total = sum(m["values"] for m in loaded)
         if total == 0 and op.reads is None:

@@ -32,12 +32,16 @@ class InProcessCluster:
 
 @asynccontextmanager
 async def in_process_cluster(workers: int = 3, *, root: str = "/", settings: Settings = DEFAULTS,
-                             token: bytes | None = None, start_timeout: float = 10.0) -> AsyncIterator[InProcessCluster]:
-    """``workers`` servers in this loop; all stopped (and their tasks ended) when the block exits."""
+                             token: bytes | None = None, start_timeout: float = 10.0,
+                             http: bool = False) -> AsyncIterator[InProcessCluster]:
+    """``workers`` servers in this loop; all stopped (and their tasks ended) when the block exits.
+
+    ``http``: each worker serves its HTTP endpoint too, on a free port (``servers[i].http_port``)."""
     token = token or secrets.token_hex(32).encode()
     for attempt in range(5):              # a port taken between choosing and binding: choose again
         addrs = [f"127.0.0.1:{p}" for p in free_ports("127.0.0.1", workers)]
-        servers = [WorkerServer(i, addrs[i], addrs, token, root=str(root), settings=settings) for i in range(workers)]
+        servers = [WorkerServer(i, addrs[i], addrs, token, root=str(root), settings=settings,
+                                http_port=0 if http else None) for i in range(workers)]
         ready = [asyncio.Event() for _ in servers]
         tasks = [asyncio.create_task(s.serve(r), name=f"worker-{s.id}") for s, r in zip(servers, ready)]
         try:

@@ -210,6 +210,7 @@ class Job:
     schema: list | None = None                  # a keyed job's columns as this worker read them (loaded message)
     header: bool | None = None                  # whether a .csv's first row is a header (load message)
     report: Callable[[dict], None] | None = None  # sends a message to the coordinator (progress)
+    op: str | None = None                       # the op's name (the run message's; the load message's if it says)
     progress_interval: float | None = None      # seconds between progress messages; None: send none
     timeline: Timeline = field(default_factory=Timeline)   # starts when the load message arrives
 

@@ -24,6 +24,8 @@ from shardstats.errors import JobError, JobTimeout, PeerFailure, ShardstatsError
 from shardstats.worker.io.listing import ShardRef
 from shardstats.worker.ops import registry
 from shardstats.worker.net.inbound import InboundConnection
+from shardstats.worker.httpd import HttpServer, Request, Response
+from shardstats.worker.metrics import WorkerMetrics
 from shardstats.worker.net.links import PeerLink
 from shardstats.worker.net.dial import parse_addr
 from shardstats.tls import TLSFiles
@@ -40,10 +42,14 @@ class _Shutdown(Exception):
 
 class WorkerServer:
     def __init__(self, worker_id: int, listen: str, peers: list[str], token: bytes, *, root: str = ".",
-                 settings: Settings = DEFAULTS, tls: TLSFiles | None = None, confine: bool = False) -> None:
+                 settings: Settings = DEFAULTS, tls: TLSFiles | None = None, confine: bool = False,
+                 http_port: int | None = None) -> None:
         """``confine``: every path a job names must resolve (links included) under ``root``; a worker
         started by ``cluster up`` on the coordinator's own host does not confine (it reads the user's
-        files wherever they are), any other worker should (``cluster worker`` does by default)."""
+        files wherever they are), any other worker should (``cluster worker`` does by default).
+
+        ``http_port``: where the HTTP endpoint (``/metrics``; worker/httpd.py) listens, on the host of
+        ``listen``: None for none, 0 for any free port (``self.http_port`` once serving)."""
         if not 0 <= worker_id < len(peers):
             raise ValueError(f"worker id {worker_id} is not an index into the {len(peers)} peer addresses")
         self.id = worker_id
@@ -58,6 +64,14 @@ class WorkerServer:
         self.settings = settings
         from shardstats.worker.cache import DatasetCache
         self.access = jobs.Access(root, confine, settings.memory_limit or memory.machine_budget(), DatasetCache())
+        self.metrics = WorkerMetrics(self)
+        self.http: HttpServer | None = None
+        self.http_port = http_port
+        if http_port is not None:
+            # The worker's own certificate, no client certificate asked (Prometheus rarely has one).
+            self.http = HttpServer(token, settings=settings, name=f"worker {worker_id}",
+                                   ssl_context=tls.http_server_context() if tls is not None else None)
+            self.http.route("GET", "/metrics", self._metrics, auth=settings.metrics_auth)
         self.stuck = jobs.StuckReads()
         self.jobs: dict[str, jobs.Job] = {}
         self.finished: dict[str, float] = {}
@@ -109,6 +123,8 @@ class WorkerServer:
                 tg.create_task(link.run())
         server = await loop.create_server(lambda: InboundConnection(self), host, port, reuse_address=True)
         self.port = server.sockets[0].getsockname()[1]
+        if self.http is not None:
+            await self._start_http(tg, host)
         logs.event("worker_listening", addr=f"{host}:{self.port}", peers=len(self.peers))
         if ready is not None:
             ready.set()
@@ -120,6 +136,26 @@ class WorkerServer:
             for job in list(self.jobs.values()):
                 self._drop(job.id, JobError("worker shutting down"))
         raise _Shutdown          # stopped: end the group, which cancels the links and requests it owns
+
+    async def _start_http(self, tg: asyncio.TaskGroup, host: str) -> None:
+        """The HTTP endpoint, a task of the worker's group; a port it cannot bind stops the worker at start."""
+        assert self.http is not None and self.http_port is not None
+        up = asyncio.Event()
+        task = tg.create_task(self.http.serve(host, self.http_port, up))
+        waiter = asyncio.ensure_future(up.wait())
+        try:
+            await asyncio.wait({task, waiter}, timeout=self.settings.connect_timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if not up.is_set():
+            exc = task.exception() if task.done() else None
+            raise exc if isinstance(exc, OSError) else OSError(f"HTTP port {self.http_port} did not open")
+        self.http_port = self.http.port
+
+    async def _metrics(self, request: Request) -> Response:
+        body, content_type = self.metrics.exposition(request.headers.get("accept"))
+        return Response(200, body, content_type=content_type)
 
     def stop(self) -> None:
         self._stop.set()
@@ -192,6 +228,7 @@ class WorkerServer:
             conn.loading += 1
             return None
         logs.event("job_refused", logging.WARNING, job=msg["job"], error=why)
+        self.metrics.job(msg.get("op"), "refused")
         return make("error", job=msg["job"], kind="busy", message=f"worker {self.id} is busy: {why}")
 
     def _admitted(self, conn: InboundConnection) -> None:
@@ -212,10 +249,13 @@ class WorkerServer:
                 job.comm.mailbox.fail(PeerFailure(f"worker {self.id} lost worker {peer_id}: "
                                                   f"{exc or type(exc).__name__}"))
 
-    def _drop(self, job_id: str, exc: BaseException | None = None) -> None:
+    def _drop(self, job_id: str, exc: BaseException | None = None, outcome: str | None = None) -> None:
+        """The job leaves the worker; ``outcome`` (for the metrics): by default ok without ``exc``, else cancelled."""
         job = self.jobs.pop(job_id, None)
         if job is None:
             return
+        # In the same step as the pop: a scrape sees the job's traffic either as running or as finished, once.
+        self.metrics.job_ended(job, job.op, outcome or ("ok" if exc is None else "cancelled"), job.timeline.now())
         self.finished[job_id] = time.time()
         if exc is not None:
             self.failed.add(job_id)
@@ -277,10 +317,11 @@ class WorkerServer:
                 if job_id in self.jobs or job_id in self.finished:
                     raise JobError(f"job {job_id} already exists on worker {self.id}")
                 if self.stuck:
+                    self.metrics.job(msg.get("op"), "refused")
                     raise WorkerUnhealthy(f"worker {self.id} is unhealthy: {len(self.stuck.tasks)} reads stuck "
                                           f"past {self.settings.read_timeout:g}s; it takes no new jobs")
                 job = jobs.Job(job_id, _files(msg["files"]), column=_column(msg.get("column")),
-                               header=_header(msg.get("header")), read=_read(msg.get("read")),
+                               header=_header(msg.get("header")), read=_read(msg.get("read")), op=_op(msg.get("op")),
                                report=reply, progress_interval=progress.interval_from(msg.get("progress")))
                 job.task = asyncio.current_task()      # an abort during the load cancels it
                 self.jobs[job_id] = job
@@ -295,6 +336,7 @@ class WorkerServer:
                 if job is None:
                     raise JobError(f"job {job_id} is not loaded on worker {self.id}")
                 job.task = asyncio.current_task()
+                job.op = msg["op"]
                 out = await self._run(job, msg)
                 self.jobs_run += 1
                 self.last_job = {"job": job_id, "op": msg["op"], "seconds": out["stats"]["seconds"],
@@ -307,7 +349,7 @@ class WorkerServer:
             if admitted:
                 self._admitted(conn)
             if job_id in self.jobs or not self._stop.is_set():
-                self._drop(job_id)
+                self._drop(job_id, outcome="cancelled")
             raise
         except Exception as exc:  # noqa: BLE001 - the request boundary: report, keep serving
             if admitted:
@@ -321,7 +363,7 @@ class WorkerServer:
                 logs.event("job_crashed", logging.ERROR, job=job_id, error=repr(cause))
             self.jobs_failed += 1
             reply(make("error", job=job_id, kind=kind, message=text))
-            self._drop(job_id, cause if isinstance(cause, ShardstatsError) else JobError(text))
+            self._drop(job_id, cause if isinstance(cause, ShardstatsError) else JobError(text), outcome="error")
 
     async def _run(self, job: jobs.Job, msg: dict) -> dict:
         """The op, in the job's own deadline scope: the coordinator's phase deadline bounds the whole run
@@ -361,7 +403,8 @@ class WorkerServer:
                 "connections": len(self.connections), "refused": self.refusals,
                 "healthy": not self.stuck, "stuck_reads": len(self.stuck.tasks),
                 "memory_budget": self.access.budget, "confined": self.access.confined,
-                "cached": self.access.cache.listing()}
+                "cached": self.access.cache.listing(), "http_port": self.http_port if self.http is not None else None,
+                **self.metrics.spill_totals()}
 
 
 def _read(value: object) -> dict | None:
@@ -371,6 +414,11 @@ def _read(value: object) -> dict | None:
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise JobError(f"load.read has type {type(value).__name__}, expected a map")
     return value
+
+
+def _op(value: object) -> str | None:
+    """The load message's optional op name (for the metrics of a job that fails before its run message)."""
+    return value if isinstance(value, str) else None
 
 
 def _column(value: object) -> str | int | None:

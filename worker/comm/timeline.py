@@ -27,7 +27,7 @@ MERGE_GAP = 0.002        # waits closer than this merge into one span
 
 
 class Timeline:
-    __slots__ = ("t0", "spans", "streams", "_open", "_waits")
+    __slots__ = ("t0", "spans", "streams", "_open", "_waits", "inbound_now")
 
     def __init__(self, t0: float | None = None) -> None:
         self.t0 = time.perf_counter() if t0 is None else t0
@@ -35,6 +35,7 @@ class Timeline:
         self.streams: list[list] = []
         self._open: list | None = None        # the current phase span
         self._waits = 0
+        self.inbound_now = 0                  # inbound streams open now (the metrics read it while the job runs)
 
     def now(self) -> float:
         return time.perf_counter() - self.t0
@@ -75,6 +76,7 @@ class Timeline:
 
     def inbound(self, n: int) -> None:
         """Samples the number of inbound streams open now."""
+        self.inbound_now = n
         if len(self.streams) < MAX_SAMPLES and (not self.streams or self.streams[-1][1] != n):
             self.streams.append([self.now(), n])
 
