@@ -79,6 +79,16 @@ Example (worker 0 of three; run the same with --id 1 and --id 2 on their hosts):
               "and this worker would run (in a child process, as this worker's user).")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]),
               help="Which log lines to write (to stderr).")
+@click.option("--live-dir", type=click.Path(file_okay=False), help="Where the live top-K checkpoints its buckets "
+              "(default: $XDG_STATE_HOME or ~/.local/state, /shardstats/live/cluster-<token digest>/).")
+@click.option("--live-approx", is_flag=True, help="Live top-K: keep count-min and heavy-hitter sketches per bucket "
+              "(flat memory, counts with an error bound) instead of exact counts.")
+@click.option("--live-flush-interval", type=click.FloatRange(min=0.01), default=DEFAULTS.live_flush_interval,
+              show_default=True, help="Seconds between flushes of this worker's local counts to the keys' owners.")
+@click.option("--live-allowance", type=click.FloatRange(min=0), default=DEFAULTS.live_allowance, show_default=True,
+              help="Seconds an event time may lag (or lead) its arrival and still count in its bucket.")
+@click.option("--live-checkpoint-interval", type=click.FloatRange(min=0.1), default=DEFAULTS.live_checkpoint_interval,
+              show_default=True, help="Seconds between checkpoints of the live top-K buckets to local disk.")
 @click.option("--tls-cert", envvar="CLUSTER_TLS_CERT", help="This worker's certificate (PEM); with --tls-key and "
               "--tls-ca every connection, in and out, is mutual TLS (env CLUSTER_TLS_CERT).")
 @click.option("--tls-key", envvar="CLUSTER_TLS_KEY", help="Its private key (env CLUSTER_TLS_KEY).")
@@ -86,8 +96,9 @@ Example (worker 0 of three; run the same with --id 1 and --id 2 on their hosts):
               "present a certificate it signed (env CLUSTER_TLS_CA).")
 def worker(worker_id: int | None, id_from_hostname: bool, listen: str, peers: str, token_file: str | None, root: str,
            allow_any_path: bool, memory_limit: str | None, read_timeout: float,
-           job_timeout: float, handshake_timeout: float, no_user_code: bool, log_level: str, tls_cert: str | None,
-           tls_key: str | None, tls_ca: str | None) -> None:
+           job_timeout: float, handshake_timeout: float, no_user_code: bool, log_level: str,
+           live_dir: str | None, live_approx: bool, live_flush_interval: float, live_allowance: float,
+           live_checkpoint_interval: float, tls_cert: str | None, tls_key: str | None, tls_ca: str | None) -> None:
     """Run one worker daemon (what `cluster up`, docker compose and the Kubernetes StatefulSet start)."""
     import socket
     # One BLAS thread per worker, set before numpy loads: workers are many per host already, and ten
@@ -129,7 +140,10 @@ def worker(worker_id: int | None, id_from_hostname: bool, listen: str, peers: st
         server = WorkerServer(worker_id, listen, addrs, token.encode(), root=root, confine=not allow_any_path,
                               settings=Settings(job_timeout=job_timeout, handshake_timeout=handshake_timeout,
                                                 memory_limit=limit, read_timeout=read_timeout,
-                                                user_code=not no_user_code),
+                                                user_code=not no_user_code, live_dir=live_dir,
+                                                live_approx=live_approx, live_flush_interval=live_flush_interval,
+                                                live_allowance=live_allowance,
+                                                live_checkpoint_interval=live_checkpoint_interval),
                               tls=TLSFiles.of(tls_cert, tls_key, tls_ca))
     except ValueError as exc:
         fail(str(exc), 2)
@@ -317,6 +331,13 @@ main.add_command(SubmitGroup("submit", help="Run a job on the cluster: one comma
 # -- saved sketches ----------------------------------------------------------------
 from shardstats.cluster.sketchcli import sketch  # noqa: E402 - the group lives in its own module
 main.add_command(sketch)
+
+
+# -- live top-K ---------------------------------------------------------------------
+from shardstats.cluster.livecli import ingest, live_stats, top  # noqa: E402 - the commands live in their own module
+main.add_command(ingest)
+main.add_command(top)
+main.add_command(live_stats)
 
 
 # -- TLS -------------------------------------------------------------------------

@@ -41,7 +41,17 @@ SCHEMA: dict[str, dict[str, tuple]] = {
     "progress": {"job": _STR, "phase": _STR, "done": _INT, "total": _INT, "bytes": _INT},
     # worker <-> worker: everything inside a job travels as a tagged peer message
     "peer": {"job": _STR, "tag": _STR, "src": _INT, "body": _MAP},
+    # live top-K (worker/live/): a worker's flush of its local counts to a key's owner, on its peer link ...
+    "live": {"kind": _STR, "src": _INT},
+    # ... and a client's events, queries and stats requests, answered inline (``error`` when refused)
+    "live_events": {"seq": _INT, "keys": _LIST},
+    "live_top": {"seq": _INT, "k": _INT, "last": _STR},
+    "live_stats": {"seq": _INT},
+    "live_ack": {"seq": _INT},
+    "live_answer": {"seq": _INT},
 }
+
+LIVE_REQUESTS = ("live_events", "live_top", "live_stats")
 
 
 def make(type_: str, **fields: Any) -> dict:

@@ -64,6 +64,23 @@ class Settings:
     s3_read_timeout: float = 30.0         # a request that gets no bytes back within this fails
     s3_max_attempts: int = 4              # per request, first try included (botocore "standard" retries:
                                           # throttling, 5xx and connection errors, exponential backoff + jitter)
+    # -- live top-K (worker/live/): events streamed in, the most frequent keys of the last minutes/hour/day --
+    live_flush_interval: float = 2.0      # seconds between a worker's flushes of its local counts to the keys' owners
+    live_allowance: float = 60.0          # an event time this many seconds before (or after) its arrival still
+                                          # counts in its bucket; beyond, it is counted as late (early) and dropped.
+                                          # An event without a time is stamped with its arrival time
+    live_checkpoint_interval: float = 30.0   # seconds between checkpoints of an owner's buckets to local disk
+    live_dir: str | None = None           # where checkpoints go; None: $XDG_STATE_HOME (or ~/.local/state)
+                                          # /shardstats/live/cluster-<token digest>/workerI.ckpt
+    live_approx: bool = False             # owners keep count-min + heavy-hitter sketches instead of exact counts
+    live_cm_hashes: int = 3               # --approx: count-min rows (failure probability e**-3 = 5%)
+    live_cm_buckets: int = 2048           # --approx: count-min columns (error e/2048 = 0.13% of a window's events)
+    live_hh_lg_k: int = 10                # --approx: the heavy-hitter sketch keeps 3/4 * 2**10 keys per bucket
+    live_max_batch: int = 100_000         # events in one ingest message or request
+    live_max_key_bytes: int = 1024        # a key longer than this (UTF-8) is a malformed event
+    live_flush_frame_bytes: int = 1 << 20  # a flush to one owner is cut into frames of about this size
+    live_query_timeout: float = 2.0       # an owner that does not answer a top query within this is reported missing
+
 
 
 DEFAULTS = Settings()

@@ -93,6 +93,8 @@ class WorkerServer:
         self._refusals_logged = 0
         self._log_budget = float(settings.refusal_log_burst)   # a token bucket for refusal log lines
         self._log_budget_at = time.monotonic()
+        from shardstats.worker.live.service import LiveService
+        self.live = LiveService(self)         # live top-K: a service of every worker, not a job (worker/live/)
 
     # -- lifecycle -------------------------------------------------------
     async def serve(self, ready: asyncio.Event | None = None, *, handle_signals: bool = False) -> None:
@@ -121,6 +123,7 @@ class WorkerServer:
                                 tls=self._tls_client)
                 self.links[pid] = link
                 tg.create_task(link.run())
+        tg.create_task(self.live.run())
         server = await loop.create_server(lambda: InboundConnection(self), host, port, reuse_address=True)
         self.port = server.sockets[0].getsockname()[1]
         if self.http is not None:

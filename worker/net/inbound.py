@@ -22,7 +22,7 @@ from shardstats.errors import JobError
 from shardstats.protocol.errors import HandshakeFailed, ProtocolError
 from shardstats.protocol.frames import FrameDecoder, encode_frame
 from shardstats.protocol.handshake import ServerHandshake
-from shardstats.protocol.messages import validate
+from shardstats.protocol.messages import LIVE_REQUESTS, validate
 
 
 class InboundConnection(asyncio.Protocol):
@@ -138,6 +138,9 @@ class InboundConnection(asyncio.Protocol):
                     continue
                 validate(msg)
                 if self.role == "peer":
+                    if msg["t"] == "live":
+                        self.server.live.deliver(self.peer_id, msg)       # a flush of live top-K counts
+                        continue
                     if msg["t"] != "peer":
                         raise ProtocolError(f"peer sent a {msg['t']} message")
                     self.server.deliver_peer(self.peer_id, msg, nbytes, cost, self)
@@ -149,6 +152,8 @@ class InboundConnection(asyncio.Protocol):
                         self.reply(refusal)
                         continue
                     self.server.spawn(self.server.handle_request(msg, self.reply, self))
+                elif msg["t"] in LIVE_REQUESTS:
+                    self.server.live.request(msg, self.reply)          # inline: bounded work each
                 else:
                     raise ProtocolError(f"coordinator sent a {msg['t']} message")
         except ProtocolError as exc:

@@ -1,0 +1,170 @@
+"""The live top-K client: events into the cluster (``cluster ingest``), answers out (``cluster top``).
+
+It speaks the cluster's own protocol as an authenticated client (the token, TLS when
+configured): ``live_events`` batches spread over every worker (any worker takes any
+event; its flush routes each key to its owner), ``live_top`` asked of every owner at
+once and merged (worker.live.query).  A worker that cannot be reached is reported, never
+silently skipped: an ingest batch goes to another worker, a query names it as missing.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import ssl
+import time
+from dataclasses import dataclass, field
+
+from shardstats.coordinator.client import WorkerClient
+from shardstats.coordinator.job import CONNECT_ERRORS
+from shardstats.errors import ClusterUnavailable, UsageError
+from shardstats.protocol.messages import make
+from shardstats.settings import DEFAULTS, Settings
+from shardstats.worker.live.query import merge
+
+
+@dataclass
+class IngestTotals:
+    sent: int = 0
+    accepted: int = 0
+    late: int = 0
+    early: int = 0
+    batches: int = 0
+    per_worker: dict = field(default_factory=dict)
+    lost_workers: set = field(default_factory=set)
+
+
+class LiveClient:
+    """Connections to every worker, opened on first use and reopened after a failure."""
+
+    def __init__(self, addrs: list[str], token: bytes, tls: ssl.SSLContext | None = None,
+                 settings: Settings = DEFAULTS) -> None:
+        self.addrs = addrs
+        self.token = token
+        self.tls = tls
+        self.settings = settings
+        self._conns: dict[int, WorkerClient] = {}
+        self._locks = {i: asyncio.Lock() for i in range(len(addrs))}
+        self._seq = itertools.count(1)
+
+    async def close(self) -> None:
+        conns, self._conns = self._conns, {}
+        for c in conns.values():
+            await c.close()
+
+    async def __aenter__(self) -> "LiveClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def ask(self, i: int, msg: dict, timeout: float) -> dict:
+        """One request to worker ``i`` and its reply (one at a time per connection); drops a broken connection."""
+        async with self._locks[i]:
+            try:
+                async with asyncio.timeout(timeout):
+                    c = self._conns.get(i)
+                    if c is None:
+                        c = self._conns[i] = await WorkerClient.connect(self.addrs[i], self.token,
+                                                                        self.settings.connect_timeout, self.tls)
+                    await c.send(msg)
+                    reply = await c.recv(timeout)
+                if reply.get("seq") != msg["seq"]:
+                    raise ConnectionError(f"worker {i} answered request {reply.get('seq')}, not {msg['seq']}")
+                return reply
+            except BaseException:
+                c = self._conns.pop(i, None)
+                if c is not None:
+                    await c.close()
+                raise
+
+    # -- ingest ---------------------------------------------------------------------------------
+    async def send_batch(self, keys: list[str], times, totals: IngestTotals, start: int = 0) -> None:
+        """One batch to one worker, the next live one after ``start`` if it cannot be reached."""
+        n = len(self.addrs)
+        last_error: BaseException | None = None
+        for j in range(n):
+            i = (start + j) % n
+            if i in totals.lost_workers and j < n - 1:
+                continue
+            msg = make("live_events", seq=next(self._seq), keys=keys, **({"times": times} if times is not None else {}))
+            try:
+                reply = await self.ask(i, msg, self.settings.send_timeout)
+            except CONNECT_ERRORS as exc:
+                totals.lost_workers.add(i)
+                last_error = exc
+                continue
+            totals.lost_workers.discard(i)
+            if "error" in reply:
+                raise UsageError(f"worker {i} refused a batch: {reply['error']}")
+            totals.sent += len(keys)
+            totals.batches += 1
+            totals.accepted += reply["accepted"]
+            totals.late += reply["late"]
+            totals.early += reply["early"]
+            totals.per_worker[i] = totals.per_worker.get(i, 0) + len(keys)
+            return
+        raise ClusterUnavailable(f"no worker took a batch of {len(keys)} events (last: {last_error})")
+
+    async def ingest(self, batches, totals: IngestTotals | None = None, parallel: int | None = None) -> IngestTotals:
+        """Sends ``(keys, times)`` batches (an async iterator), ``parallel`` at a time, round-robin over workers."""
+        totals = totals or IngestTotals()
+        parallel = parallel or len(self.addrs)
+        rr = itertools.count()
+        it = aiter(batches)
+
+        async def pump() -> None:
+            async for keys, times in it:
+                await self.send_batch(keys, times, totals, next(rr) % len(self.addrs))
+
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(parallel):
+                tg.create_task(pump())
+        return totals
+
+    # -- queries --------------------------------------------------------------------------------
+    async def top(self, k: int, last: str) -> dict:
+        """Every owner's top-K of the same window, merged; owners that do not answer are named as missing."""
+        at = int(time.time() * 1000)
+        timeout = self.settings.live_query_timeout
+        answers, missing = [], []
+
+        async def one(i: int) -> None:
+            try:
+                reply = await self.ask(i, make("live_top", seq=next(self._seq), k=k, last=last, at_ms=at), timeout)
+            except CONNECT_ERRORS as exc:
+                missing.append({"worker": i, "addr": self.addrs[i], "error": _why(exc)})
+                return
+            if "error" in reply:
+                raise UsageError(reply["error"])
+            answers.append(reply)
+
+        async with asyncio.TaskGroup() as tg:
+            for i in range(len(self.addrs)):
+                tg.create_task(one(i))
+        if not answers:
+            raise ClusterUnavailable("no worker answered: " + "; ".join(f"worker {m['worker']}: {m['error']}"
+                                                                          for m in missing))
+        answers.sort(key=lambda a: a["worker"])
+        missing.sort(key=lambda m: m["worker"])
+        return merge(answers, missing, k, last, int(self.settings.live_allowance * 1000))
+
+    async def stats(self) -> list[dict]:
+        rows: list[dict] = []
+
+        async def one(i: int) -> None:
+            try:
+                reply = await self.ask(i, make("live_stats", seq=next(self._seq)), self.settings.status_timeout)
+                rows.append({"up": True, **{k: v for k, v in reply.items() if k not in ("t", "v", "seq")}})
+            except CONNECT_ERRORS as exc:
+                rows.append({"worker": i, "up": False, "error": _why(exc)})
+
+        async with asyncio.TaskGroup() as tg:
+            for i in range(len(self.addrs)):
+                tg.create_task(one(i))
+        return sorted(rows, key=lambda r: r["worker"])
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,189 @@
+"""Live top-K through a cluster: an in-process one (the protocol, the flushes over peer links, bad requests)
+and real processes (a worker killed and restarted: its keys missing with a warning, then its checkpoint back).
+
+Every answer is compared with a brute-force Counter over the same timestamped events.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from shardstats.cluster.live import IngestTotals, LiveClient
+from shardstats.coordinator.client import WorkerClient
+from shardstats.errors import UsageError
+from shardstats.protocol.errors import ProtocolError
+from shardstats.protocol.messages import make
+from shardstats.settings import DEFAULTS
+from shardstats.testing import in_process_cluster
+from shardstats.worker.live.buckets import parse_last
+from shardstats.worker.live.events import ARRIVAL
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def ref(events, k, start, end):
+    c = Counter(key for key, t in events if start <= t < end)
+    return [{"key": key, "count": n} for key, n in sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
+
+
+async def settle(servers) -> None:
+    """Every worker flushes now, then waits until each owner holds every pair flushed to it."""
+    await asyncio.gather(*(s.live.flush() for s in servers))
+    async with asyncio.timeout(10):
+        while sum(s.live.pairs_received + s.live.pairs_own for s in servers) < \
+                sum(s.live.counters.pairs_flushed for s in servers):
+            await asyncio.sleep(0.01)
+
+
+def batches(events, size):
+    async def gen():
+        for i in range(0, len(events), size):
+            part = events[i:i + size]
+            yield [k for k, _ in part], np.asarray([t for _, t in part], dtype=np.int64)
+    return gen()
+
+
+def test_in_process_cluster_answers_equal_brute_force_with_hot_late_and_out_of_order_events(tmp_path):
+    rng = random.Random(27)
+    st = dataclasses.replace(DEFAULTS, live_dir=str(tmp_path), live_flush_interval=3600.0,
+                             live_checkpoint_interval=3600.0)
+
+    async def main():
+        async with in_process_cluster(5, settings=st) as c:
+            async with LiveClient(c.addrs, c.token, settings=st) as cl:
+                now = int(time.time() * 1000)
+                events = [("hot", now - rng.randrange(50_000)) for _ in range(6000)]          # half of everything
+                events += [(f"u{int(rng.paretovariate(1.1))}", now - rng.randrange(55_000)) for _ in range(5000)]
+                events += [(f"t{i}", now - 1000) for i in range(20) for _ in range(7)]       # ties
+                events += [(str(v), now - 2000) for v in (-1, 0, 2 ** 63 - 1, -2 ** 63) for _ in range(3)]
+                rng.shuffle(events)                                                             # out of order
+                late = [("late", now - 200_000)] * 9 + [("early", now + 200_000)] * 4
+                totals = await cl.ingest(batches(events + late, 700))
+                assert (totals.accepted, totals.late, totals.early) == (len(events), 9, 4)
+                assert len(totals.per_worker) == 5                                  # spread over every worker
+                await settle(c.servers)
+                for last in ("5m", "1h", "24h"):
+                    for k in (1, 10, 40):
+                        ans = await cl.top(k, last)
+                        w = ans["window"]
+                        assert ans["items"] == ref(events, k, w["from_ms"], w["to_ms"]), (last, k)
+                        assert ans["complete"] and not ans["warnings"] and ans["late"] == 9 and ans["early"] == 4
+                        assert (w["from_ms"], w["to_ms"]) == parse_last(last).span(w["to_ms"] - 1)
+                rows = await cl.stats()
+                # the hot key's saving: 6,000 events became at most a pair per worker and minute
+                assert sum(r["received"] for r in rows) == len(events)
+                assert sum(r["pairs_flushed"] for r in rows) < len(events) / 2
+                hot_owner = rows[[s.live.buckets.top(1, parse_last("5m"))["items"][:1] == [["hot", 6000]]
+                                  for s in c.servers].index(True)]
+                assert hot_owner["max_frame_pairs"] < 2000
+    asyncio.run(main())
+
+
+def test_bad_requests_get_a_clear_refusal_and_change_nothing(tmp_path):
+    st = dataclasses.replace(DEFAULTS, live_dir=str(tmp_path), live_flush_interval=3600.0, live_max_batch=100,
+                             live_max_key_bytes=16)
+
+    async def main():
+        async with in_process_cluster(2, settings=st) as c:
+            w = await WorkerClient.connect(c.addrs[0], c.token)
+            try:
+                bad = [dict(keys=[1, 2]), dict(keys=["a"] * 101), dict(keys=["x" * 17]),
+                       dict(keys=["a", "b"], times=np.asarray([1], dtype=np.int64)),
+                       dict(keys=["a"], times=np.asarray([1.5])),
+                       dict(keys=["a"], times=np.asarray([-5], dtype=np.int64))]
+                for i, fields in enumerate(bad):
+                    await w.send(make("live_events", seq=i, **fields))
+                    reply = await w.recv(5)
+                    assert reply["t"] == "live_ack" and reply["seq"] == i and "error" in reply, fields
+                for i, fields in enumerate([dict(k=0, last="5m"), dict(k=5, last="30h"), dict(k=5, last="soon")]):
+                    await w.send(make("live_top", seq=100 + i, **fields))
+                    reply = await w.recv(5)
+                    assert "error" in reply and reply["error"].startswith("top:"), reply
+                await w.send(make("live_events", seq=7, keys=["ok"], times=np.asarray([ARRIVAL], dtype=np.int64)))
+                assert (await w.recv(5))["accepted"] == 1           # the connection still serves
+            finally:
+                await w.close()
+            assert c.servers[0].live.counters.received == 1 and c.servers[0].live.refused == 9
+            # a client without the token never gets to send an event
+            with pytest.raises((ProtocolError, ConnectionError)):
+                cl = await WorkerClient.connect(c.addrs[1], b"0" * 64)
+                await cl.send(make("live_events", seq=1, keys=["x"]))
+                await cl.recv(2)
+            assert c.servers[1].live.counters.received == 0
+            async with LiveClient(c.addrs, c.token, settings=st) as cl:
+                with pytest.raises(UsageError, match="refused a batch"):
+                    await cl.send_batch(["x" * 17], None, IngestTotals())
+    asyncio.run(main())
+
+
+# -- real processes: a worker killed and restarted ------------------------------------------------------------
+
+def _cli(*args, stdin: bytes = b"", env=None, timeout=60):
+    return subprocess.run([sys.executable, "-m", "shardstats.cluster.cli", *args], input=stdin, capture_output=True,
+                          timeout=timeout, env=env)
+
+
+def test_killed_worker_is_named_missing_then_restored_from_its_checkpoint(tmp_path, monkeypatch):
+    from shardstats.cluster import launcher
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))      # the workers' checkpoints (inherited)
+    info = launcher.start(3, log_dir=str(tmp_path / "logs"), extra_args=[
+        "--live-flush-interval", "0.2", "--live-checkpoint-interval", "0.3"])
+    cf = tmp_path / "cluster.json"
+    info.save(cf)
+    env = {**os.environ, "CLUSTER_FILE": str(cf)}
+    try:
+        rng = random.Random(9)
+        now = time.time()
+        events = [{"q": f"k{int(rng.paretovariate(1.2))}", "ts": round(now - rng.uniform(0, 50), 3)}
+                  for _ in range(3000)] + [{"q": "hot", "ts": now - 1}] * 1500
+        lines = "\n".join(json.dumps(e) for e in events).encode()
+        # a malformed line: exit 2 naming it, nothing ingested
+        r = _cli("ingest", "--key", "q", "--time", "ts", stdin=lines + b'\n{"q": [1]}\n', env=env)
+        assert r.returncode == 2 and b"line 4501" in r.stderr and b"nothing was ingested" in r.stderr, r.stderr
+        r = _cli("ingest", "--key", "q", "--time", "ts", "--batch", "400", "--json", stdin=lines, env=env)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["accepted"] == len(events)
+        truth = [(e["q"], int(round(e["ts"] * 1000))) for e in events]
+
+        def top(k=10):
+            r = _cli("top", "--k", str(k), "--last", "5m", "--json", env=env)
+            assert r.returncode == 0, r.stderr
+            ans = json.loads(r.stdout)
+            return ans, ref(truth, k, ans["window"]["from_ms"], ans["window"]["to_ms"]), r.stderr.decode()
+        deadline = time.monotonic() + 20
+        while True:
+            ans, want, err = top()
+            if ans["items"] == want or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert ans["items"] == want and ans["complete"] and not err
+        time.sleep(1.0)                                   # a checkpoint after the last flush
+        os.kill(info.pids[1], signal.SIGKILL)
+        while launcher.alive(info.pids[1]):
+            time.sleep(0.05)
+        ans, _, err = top(1000)
+        from shardstats.worker.live.ingest import owners
+        keys = sorted({k for k, _ in truth})
+        lost = {k for k, o in zip(keys, owners(keys, 3).tolist()) if o == 1}
+        assert lost, "worker 1 owns no key: the test would prove nothing"
+        kept = [(k, t) for k, t in truth if k not in lost]
+        assert ans["items"] == ref(kept, 1000, ans["window"]["from_ms"], ans["window"]["to_ms"])
+        assert not ans["complete"] and [m["worker"] for m in ans["missing"]] == [1]
+        assert "warning: worker 1" in err and "missing" in err
+        launcher.restart(info, 1)
+        ans, want, err = top()
+        assert ans["items"] == want                       # its flushed counts are back from the checkpoint
+        assert [g["worker"] for g in ans["gaps"]] == [1] and "worker 1 restarted" in err   # the gap is stated
+    finally:
+        launcher.stop(info)

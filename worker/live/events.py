@@ -1,0 +1,114 @@
+"""Events as users write them (JSON lines or a JSON array of objects) -> keys and event times, checked.
+
+One parser for every door: ``cluster ingest`` parses on the client (so a bad line is
+reported with its number before anything is sent) and ``POST /events`` on the worker.
+
+* The key is the value of the key field: a string as is, an integer or a float as its
+  JSON text (``42``, ``1.5``); keys are compared as text.  A missing key, ``null``, a
+  boolean, an object or an array is an error naming the line.
+* The event time (optional) is epoch seconds (a number, fractions allowed) or an ISO 8601
+  string with a UTC offset (``2026-12-07T14:05:00Z``).  An event without one is stamped
+  with its arrival time on the worker that receives it (``ARRIVAL`` on the wire).
+"""
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+
+ARRIVAL = -(1 << 63)          # the wire's "no event time: use the arrival time" (int64 min)
+MAX_TIME_MS = 253402300799999  # 9999-12-31T23:59:59.999Z: beyond is a typo, not a time
+
+
+class EventError(ValueError):
+    """One malformed event: the message names the line (or array element) and the field."""
+
+
+def key_text(value: object, where: str, field: str, max_bytes: int) -> str:
+    if isinstance(value, str):
+        key = value
+    elif isinstance(value, int) and not isinstance(value, bool):
+        key = str(value)
+    elif isinstance(value, float) and math.isfinite(value):
+        key = json.dumps(value)
+    else:
+        what = "missing" if value is None else f"a {_json_type(value)}, not a string or a number"
+        raise EventError(f"{where}: key field {field!r} is {what}")
+    if len(key.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise EventError(f"{where}: key field {field!r} is longer than {max_bytes} bytes")
+    return key
+
+
+def time_ms(value: object, where: str, field: str) -> int:
+    """Epoch milliseconds of an event time (``ARRIVAL`` when the event has none)."""
+    if value is None:
+        return ARRIVAL
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value) or not 0 <= value * 1000 <= MAX_TIME_MS:
+            raise EventError(f"{where}: time field {field!r} = {value!r} is not epoch seconds between 1970 and 9999")
+        return int(round(value * 1000))
+    if isinstance(value, str):
+        try:
+            t = datetime.fromisoformat(value)
+        except ValueError:
+            raise EventError(f"{where}: time field {field!r} = {value[:40]!r} is not an ISO 8601 time") from None
+        if t.tzinfo is None:
+            raise EventError(f"{where}: time field {field!r} = {value[:40]!r} has no UTC offset (add Z or +00:00)")
+        ms = int(round(t.timestamp() * 1000))
+        if not 0 <= ms <= MAX_TIME_MS:
+            raise EventError(f"{where}: time field {field!r} = {value[:40]!r} is before 1970")
+        return ms
+    raise EventError(f"{where}: time field {field!r} is a {_json_type(value)}, not a number or an ISO 8601 string")
+
+
+def _json_type(value: object) -> str:
+    return {bool: "boolean", dict: "object", list: "array", str: "string", type(None): "null"}.get(
+        type(value), type(value).__name__)
+
+
+def parse_event(obj: object, where: str, key_field: str, time_field: str | None, max_key_bytes: int
+                ) -> tuple[str, int]:
+    if not isinstance(obj, dict):
+        raise EventError(f"{where}: an event is a JSON object, not a {_json_type(obj)}")
+    key = key_text(obj.get(key_field), where, key_field, max_key_bytes)
+    return key, time_ms(obj.get(time_field), where, time_field) if time_field else ARRIVAL
+
+
+def parse_line(line: str | bytes, number: int, key_field: str, time_field: str | None, max_key_bytes: int,
+               name: str = "line") -> tuple[str, int] | None:
+    """One JSON line -> (key, time ms); a blank line -> None; anything else bad -> EventError."""
+    if not line.strip():
+        return None
+    where = f"{name} {number}"
+    try:
+        obj = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EventError(f"{where}: not JSON ({str(exc).split(':')[0]})") from None
+    return parse_event(obj, where, key_field, time_field, max_key_bytes)
+
+
+def parse_body(body: bytes, key_field: str, time_field: str | None, max_key_bytes: int, name: str = "line"
+               ) -> tuple[list[str], list[int]]:
+    """A request body: a JSON array of events, or JSON lines.  All or nothing: the first bad event raises."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EventError(f"body: invalid UTF-8 at byte {exc.start}") from None
+    keys: list[str] = []
+    times: list[int] = []
+    if text.lstrip().startswith("["):
+        try:
+            arr = json.loads(text)
+        except ValueError as exc:
+            raise EventError(f"body: not a JSON array ({str(exc).split(':')[0]})") from None
+        for i, obj in enumerate(arr):
+            k, t = parse_event(obj, f"element {i}", key_field, time_field, max_key_bytes)
+            keys.append(k)
+            times.append(t)
+        return keys, times
+    for n, line in enumerate(text.split("\n"), 1):
+        got = parse_line(line, n, key_field, time_field, max_key_bytes, name)
+        if got is not None:
+            keys.append(got[0])
+            times.append(got[1])
+    return keys, times

@@ -1,0 +1,284 @@
+"""The live top-K service inside every worker: the asyncio glue around the pure parts.
+
+It is not a batch job: it lives as long as the worker.  What it does, and where:
+
+* ingest (``events``): a batch of events -> the local counters (worker.live.ingest);
+* flush (every ``live_flush_interval``): the local counts, split by owner, go to the
+  owners as ``live`` messages over the worker's own peer links (authenticated, bounded
+  queues: a slow owner makes the flush wait, the counters keep merging meanwhile);
+  an owner adds what it receives to its buckets (worker.live.buckets) at once;
+* queries (``top``): this owner's top-K of a window; the client merges (worker.live.query);
+* checkpoints (every ``live_checkpoint_interval``, and at shutdown): the buckets to
+  local disk (worker.live.store), restored at start with the gap stated.
+
+Requests are answered inline (no task per request): each is a bounded amount of work
+(``live_max_batch`` events, ``k`` keys).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from shardstats import logs
+from shardstats.errors import PeerFailure
+from shardstats.protocol.errors import ProtocolError
+from shardstats.protocol.frames import encode_frame
+from shardstats.protocol.messages import make
+from shardstats.worker.live import store
+from shardstats.worker.live.buckets import MINUTE_MS, ApproxParams, TimeBuckets, parse_last
+from shardstats.worker.live.events import ARRIVAL, MAX_TIME_MS
+from shardstats.worker.live.ingest import LocalCounters
+
+MAX_K = 10_000
+GAP_KEEP_MS = 26 * 3600 * 1000       # a gap older than the coarsest level's window can no longer matter
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _warm() -> None:
+    import pyarrow  # noqa: F401
+    from shardstats.worker.data import hashing  # noqa: F401
+
+
+class LiveError(ValueError):
+    """A request the service refuses (the message says what and where); nothing was changed."""
+
+
+class LiveService:
+    def __init__(self, server) -> None:     # a WorkerServer; not imported: arrows run one way
+        st = server.settings
+        self.server = server
+        self.settings = st
+        self.id = server.id
+        self.workers = len(server.peers)
+        self.approx = ApproxParams(st.live_cm_hashes, st.live_cm_buckets, st.live_hh_lg_k) if st.live_approx else None
+        self.allowance_ms = int(st.live_allowance * 1000)
+        self.buckets = TimeBuckets(approx=self.approx)
+        self.counters = LocalCounters(self.workers, self.allowance_ms)
+        self.path = store.checkpoint_path(st.live_dir, server.token, self.id)
+        self.started_ms = now_ms()
+        self.gaps: list[list[int]] = []
+        self.restored: dict | None = None
+        self.pairs_received = 0
+        self.pairs_own = 0                  # flushed pairs this worker owns itself (no frame)
+        self.frames_received = 0
+        self.max_frame_pairs = 0            # the largest flush an owner received: bounded by distinct pairs
+        self.pairs_dropped = 0              # flushed pairs an unreachable owner never got
+        self.flushes = 0
+        self.last_flush_ms = self.started_ms
+        self.last_flush_lag_ms = 0
+        self.max_flush_lag_ms = 0
+        self.checkpoints = 0
+        self.checkpoint_bytes = 0
+        self.checkpoint_ms = 0              # time of the last checkpoint written
+        self.checkpoint_seconds = 0.0
+        self.queries = 0
+        self.refused = 0
+        self._restore()
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _restore(self) -> None:
+        try:
+            state = store.read(self.path)
+        except (OSError, ValueError) as exc:
+            logs.event("live_checkpoint_unreadable", logging.WARNING, path=str(self.path), error=exc)
+            return
+        if state is None:
+            return
+        try:
+            if (state.get("worker"), state.get("workers")) != (self.id, self.workers):
+                raise ValueError(f"written by worker {state.get('worker')} of {state.get('workers')}")
+            buckets = TimeBuckets.load(state["buckets"], self.approx)
+            saved = int(state["saved_ms"])
+            gaps = [[int(a), int(b)] for a, b in state.get("gaps", [])]
+        except (KeyError, TypeError, ValueError) as exc:
+            logs.event("live_checkpoint_ignored", logging.WARNING, path=str(self.path), error=exc)
+            return
+        self.buckets = buckets
+        self.buckets.advance(self.started_ms)
+        self.gaps = gaps + [[saved, self.started_ms]]
+        self.restored = {"saved_ms": saved, "restarted_ms": self.started_ms, "path": str(self.path)}
+        logs.event("live_restored", path=str(self.path), saved_ms=saved, gap_seconds=round((self.started_ms - saved) / 1e3, 1))
+
+    def _state(self, saved_ms: int) -> bytes:
+        now = now_ms()
+        self.gaps = [g for g in self.gaps if g[1] > now - GAP_KEEP_MS]
+        return store.encode({"worker": self.id, "workers": self.workers, "saved_ms": saved_ms,
+                             "gaps": self.gaps, "buckets": self.buckets.dump()})
+
+    async def checkpoint(self) -> None:
+        """Writes the buckets (encoded here, on the loop: a consistent copy; written on a thread)."""
+        if not (self.buckets.added or self.counters.received or self.restored):
+            return
+        t = time.perf_counter()
+        saved = now_ms()
+        # Events received but not flushed yet are in no bucket: the checkpoint vouches for what came
+        # before the last flush only (what a restart states as its gap starts there).
+        data = self._state(min(saved, self.last_flush_ms) if self.counters.pending else saved)
+        await asyncio.to_thread(store.write, self.path, data)
+        self.checkpoints += 1
+        self.checkpoint_bytes = len(data)
+        self.checkpoint_ms = saved
+        self.checkpoint_seconds = time.perf_counter() - t
+
+    def _final_checkpoint(self) -> None:
+        if not (self.buckets.added or self.counters.received or self.restored):
+            return              # a worker that never saw an event leaves no file behind
+        try:
+            store.write(self.path, self._state(self.last_flush_ms if self.counters.pending else now_ms()))
+        except OSError as exc:
+            logs.event("live_checkpoint_failed", logging.WARNING, path=str(self.path), error=exc)
+
+    # -- the service's tasks -------------------------------------------------------------------
+    async def run(self) -> None:
+        """The flush and checkpoint loops; owned by the worker's task group (cancelled at shutdown)."""
+        try:
+            # The owners' hash needs pyarrow: imported now, on a thread, not in the first flush (~1 s on the loop).
+            await asyncio.to_thread(_warm)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._every(self.settings.live_flush_interval, self.flush))
+                tg.create_task(self._every(self.settings.live_checkpoint_interval, self.checkpoint))
+        finally:
+            self._final_checkpoint()
+
+    async def _every(self, seconds: float, step) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await step()
+            except OSError as exc:          # a full disk: say so and keep serving; the next try may work
+                logs.event("live_step_failed", logging.WARNING, step=step.__name__, error=exc)
+
+    async def flush(self) -> None:
+        """Hands every pending count to its owner: this worker's own into its buckets, the rest as frames."""
+        now = now_ms()
+        self.buckets.advance(now)
+        since = self.counters.pending_since
+        parts = self.counters.drain()
+        self.flushes += 1
+        self.last_flush_ms = now
+        self.last_flush_lag_ms = now - since if since is not None else 0
+        self.max_flush_lag_ms = max(self.max_flush_lag_ms, self.last_flush_lag_ms)
+        mine = parts.pop(self.id, None)
+        if mine is not None:
+            self.buckets.add(*mine)
+            self.pairs_own += len(mine[0])
+        if parts:
+            async with asyncio.TaskGroup() as tg:
+                for owner, part in parts.items():
+                    tg.create_task(self._send(owner, *part))
+
+    async def _send(self, owner: int, keys: list[str], minutes: list[int], counts: list[int]) -> None:
+        import numpy as np
+        link = self.server.links.get(owner)
+        budget = self.settings.live_flush_frame_bytes
+        start = 0
+        while start < len(keys):
+            size, end = 0, start
+            while end < len(keys) and (size < budget or end == start):
+                size += len(keys[end]) + 24
+                end += 1
+            frame = encode_frame(make("live", kind="flush", src=self.id, keys=keys[start:end],
+                                      minutes=np.asarray(minutes[start:end], dtype=np.int64),
+                                      counts=np.asarray(counts[start:end], dtype=np.int64)),
+                                 self.settings.max_frame)
+            try:
+                if link is None:
+                    raise PeerFailure(f"no link to worker {owner}")
+                await link.send(frame)
+            except PeerFailure as exc:
+                self.pairs_dropped += len(keys) - start
+                logs.event("live_flush_dropped", logging.WARNING, owner=owner, pairs=len(keys) - start, error=exc)
+                return
+            start = end
+
+    # -- peers: flushes in ----------------------------------------------------------------------
+    def deliver(self, peer_id: int, msg: dict) -> None:
+        """A ``live`` message from a peer; a malformed one is the peer's protocol error (its link is closed)."""
+        if msg["kind"] != "flush" or msg["src"] != peer_id:
+            raise ProtocolError(f"worker {peer_id} sent a live {msg['kind']!r} message as worker {msg['src']}")
+        import numpy as np
+        keys, minutes, counts = msg.get("keys"), msg.get("minutes"), msg.get("counts")
+        if not (isinstance(keys, list) and isinstance(minutes, np.ndarray) and isinstance(counts, np.ndarray)
+                and minutes.dtype == np.int64 and counts.dtype == np.int64 and len(keys) == len(minutes) == len(counts)
+                and all(type(k) is str for k in keys) and (counts > 0).all()
+                and ((minutes >= 0) & (minutes <= MAX_TIME_MS // MINUTE_MS)).all()):
+            raise ProtocolError(f"worker {peer_id} sent a malformed live flush")
+        self.buckets.advance(now_ms())
+        self.buckets.add(keys, minutes.tolist(), counts.tolist())
+        self.pairs_received += len(keys)
+        self.frames_received += 1
+        self.max_frame_pairs = max(self.max_frame_pairs, len(keys))
+
+    # -- clients: ingest, top, stats -------------------------------------------------------------
+    def request(self, msg: dict, reply) -> None:
+        """``live_events`` / ``live_top`` / ``live_stats`` from an authenticated client, answered inline."""
+        t, seq = msg["t"], msg["seq"]
+        try:
+            if t == "live_events":
+                got = self.ingest(msg["keys"], msg.get("times"))
+                reply(make("live_ack", seq=seq, accepted=got.accepted, late=got.late, early=got.early))
+            elif t == "live_top":
+                reply(make("live_answer", seq=seq, **self.top(msg["k"], msg["last"], msg.get("at_ms"))))
+            else:
+                reply(make("live_answer", seq=seq, **self.stats()))
+        except LiveError as exc:
+            self.refused += 1
+            reply(make("live_ack" if t == "live_events" else "live_answer", seq=seq, error=str(exc)))
+
+    def ingest(self, keys: object, times: object = None, arrival_ms: int | None = None):
+        """Checks a whole batch first (a bad one changes nothing: LiveError), then counts it."""
+        import numpy as np
+        st = self.settings
+        if not isinstance(keys, list):
+            raise LiveError(f"events: keys is a {type(keys).__name__}, not a list")
+        if len(keys) > st.live_max_batch:
+            raise LiveError(f"events: {len(keys)} events in one batch (limit {st.live_max_batch})")
+        limit = st.live_max_key_bytes
+        for i, k in enumerate(keys):
+            if type(k) is not str or len(k) > limit // 4 and len(k.encode("utf-8", "surrogatepass")) > limit:
+                raise LiveError(f"events: key {i} is " + (f"a {type(k).__name__}, not a string" if type(k) is not str
+                                                         else f"longer than {limit} bytes"))
+        if times is not None:
+            if not isinstance(times, np.ndarray) or times.dtype != np.int64 or len(times) != len(keys):
+                raise LiveError("events: times is not an int64 array of one time per key")
+            if ((times != ARRIVAL) & ((times < 0) | (times > MAX_TIME_MS))).any():
+                raise LiveError("events: a time is outside 1970 .. 9999")
+            times = None if (times == ARRIVAL).all() else times.tolist()
+        arrival = now_ms() if arrival_ms is None else arrival_ms
+        return self.counters.add(keys, times, arrival)
+
+    def top(self, k: object, last: object, at_ms: object = None) -> dict:
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+            raise LiveError(f"top: k = {k!r} is not a whole number in 1..{MAX_K}")
+        try:
+            window = parse_last(str(last))
+        except ValueError as exc:
+            raise LiveError(f"top: last: {exc}") from None
+        now = now_ms()
+        self.buckets.advance(now)
+        at = now
+        if isinstance(at_ms, int) and not isinstance(at_ms, bool) and abs(at_ms - now) <= self.allowance_ms:
+            at = at_ms          # the asker's time: every owner answers for the same window
+        self.queries += 1
+        return {"worker": self.id, "approx": self.approx is not None, "top": self.buckets.top(k, window, at),
+                "gaps": self.gaps, "late": self.counters.late, "early": self.counters.early, "as_of_ms": now,
+                "last_flush_ms": self.last_flush_ms}
+
+    def stats(self) -> dict:
+        return {"worker": self.id, "received": self.counters.received, "late": self.counters.late,
+                "early": self.counters.early, "pending_pairs": len(self.counters.pending),
+                "pairs_flushed": self.counters.pairs_flushed, "pairs_received": self.pairs_received,
+                "pairs_own": self.pairs_own,
+                "frames_received": self.frames_received, "max_frame_pairs": self.max_frame_pairs,
+                "pairs_dropped": self.pairs_dropped, "owner_late": list(self.buckets.late),
+                "flushes": self.flushes, "last_flush_lag_ms": self.last_flush_lag_ms,
+                "max_flush_lag_ms": self.max_flush_lag_ms, "bucket_bytes": self.buckets.memory(),
+                "bucket_entries": self.buckets.entries(), "approx": self.approx is not None,
+                "checkpoints": self.checkpoints, "checkpoint_bytes": self.checkpoint_bytes,
+                "checkpoint_ms": self.checkpoint_ms, "checkpoint_seconds": round(self.checkpoint_seconds, 4),
+                "checkpoint_path": str(self.path), "restored": self.restored, "gaps": self.gaps,
+                "queries": self.queries, "refused": self.refused}

@@ -1,0 +1,61 @@
+"""Checkpoints of an owner's buckets on local disk, so flushed counts survive a restart.
+
+A checkpoint is one msgpack file written whole to a temporary name, fsynced and
+renamed over the previous one: a crash mid-write leaves the last good checkpoint.
+Its directory is named for the cluster (a digest of its token: a new cluster never
+reads an old one's counts) and the worker id, so the same worker restarted on the
+same host finds it (``cluster up``'s restart, a compose service's volume).
+
+What a restart loses is stated, never hidden: the counts the worker received, and the
+events it had not flushed yet, between its last checkpoint and its restart -- the
+``gap`` every later answer whose window overlaps it carries.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import msgpack
+
+FORMAT = 1
+
+
+def default_root() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "shardstats" / "live"
+
+
+def checkpoint_path(root: str | os.PathLike | None, token: bytes, worker: int) -> Path:
+    cluster = hashlib.sha256(b"shardstats-live\0" + token).hexdigest()[:16]
+    return Path(root or default_root()) / f"cluster-{cluster}" / f"worker{worker}.ckpt"
+
+
+def encode(state: dict) -> bytes:
+    return msgpack.packb({"format": FORMAT, **state}, use_bin_type=True)
+
+
+def write(path: Path, data: bytes) -> None:
+    """Atomically replaces the checkpoint at ``path`` (blocking: run it on a thread)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read(path: Path) -> dict | None:
+    """The checkpoint's state, None when there is none; ValueError when it is unreadable or of another format."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        state = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as exc:  # noqa: BLE001 - msgpack raises many types for a damaged file; all mean the same
+        raise ValueError(f"{path}: not a checkpoint ({exc})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a format-{FORMAT} checkpoint")
+    return state
