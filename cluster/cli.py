@@ -67,8 +67,11 @@ Example (worker 0 of three; run the same with --id 1 and --id 2 on their hosts):
 @click.option("--allow-any-path", is_flag=True,
               help="Let jobs read any file this process can read (what `cluster up` and --local use: the "
               "coordinator runs on this host as the same user).")
-@click.option("--memory-limit", help="Memory a job's values may take on this worker, e.g. 700M or 2G "
-              "(default: the cgroup's limit or the physical memory). Larger files are refused before reading.")
+@click.option("--memory-limit", help="Memory this worker keeps within, e.g. 300M or 2G (default: the cgroup's "
+              "limit or the physical memory). Values beyond it stay on disk: mode and median work from there "
+              "in passes; other ops refuse such a job (exit 2).")
+@click.option("--spill-dir", type=click.Path(file_okay=False), help="Where jobs keep what exceeds --memory-limit "
+              "(default: the temporary folder's shardstats-spill); each job's files go when it ends.")
 @click.option("--read-timeout", type=click.FloatRange(min=0.1), default=DEFAULTS.read_timeout, show_default=True,
               help="Seconds a load may go without finishing a file before the worker reports itself unhealthy.")
 @click.option("--job-timeout", type=click.FloatRange(min=0.1), default=DEFAULTS.job_timeout, show_default=True,
@@ -95,7 +98,7 @@ Example (worker 0 of three; run the same with --id 1 and --id 2 on their hosts):
 @click.option("--tls-ca", envvar="CLUSTER_TLS_CA", help="The cluster CA's certificate: peers and clients must "
               "present a certificate it signed (env CLUSTER_TLS_CA).")
 def worker(worker_id: int | None, id_from_hostname: bool, listen: str, peers: str, token_file: str | None, root: str,
-           allow_any_path: bool, memory_limit: str | None, read_timeout: float,
+           allow_any_path: bool, memory_limit: str | None, spill_dir: str | None, read_timeout: float,
            job_timeout: float, handshake_timeout: float, no_user_code: bool, log_level: str,
            live_dir: str | None, live_approx: bool, live_flush_interval: float, live_allowance: float,
            live_checkpoint_interval: float, tls_cert: str | None, tls_key: str | None, tls_ca: str | None) -> None:
@@ -139,7 +142,7 @@ def worker(worker_id: int | None, id_from_hostname: bool, listen: str, peers: st
     try:
         server = WorkerServer(worker_id, listen, addrs, token.encode(), root=root, confine=not allow_any_path,
                               settings=Settings(job_timeout=job_timeout, handshake_timeout=handshake_timeout,
-                                                memory_limit=limit, read_timeout=read_timeout,
+                                                memory_limit=limit, spill_dir=spill_dir, read_timeout=read_timeout,
                                                 user_code=not no_user_code, live_dir=live_dir,
                                                 live_approx=live_approx, live_flush_interval=live_flush_interval,
                                                 live_allowance=live_allowance,
@@ -208,10 +211,20 @@ Examples:
 @click.option("--tls", "tls_dir", type=click.Path(file_okay=False), help="Mutual TLS on every connection, with the "
               "certificates `cluster tls init DIR` wrote (made now if DIR holds none); the cluster file records "
               "the client's, so later commands use them.")
+@click.option("--memory-limit", help="Memory each worker keeps within, e.g. 300M (default: the machine's memory "
+              "or its cgroup's limit, shared by the workers); values beyond it stay on disk (see `cluster worker`).")
+@click.option("--spill-dir", type=click.Path(file_okay=False), help="Where the workers' jobs keep what exceeds "
+              "--memory-limit (default: the temporary folder's shardstats-spill).")
 def up(workers: int, host: str, base_port: int, detach: bool, cluster_file: str | None, log_dir: str | None,
-       log_level: str, tls_dir: str | None) -> None:
+       log_level: str, tls_dir: str | None, memory_limit: str | None, spill_dir: str | None) -> None:
     """Start a local cluster of worker processes."""
     from shardstats.cluster import launcher
+    from shardstats.worker.memory import parse_size
+    try:
+        worker_args = ["--memory-limit", str(parse_size(memory_limit))] if memory_limit else []
+    except ValueError as exc:
+        fail(f"--memory-limit: {exc}", 2)
+    worker_args += ["--spill-dir", str(Path(spill_dir).absolute())] if spill_dir else []
     path = _cluster_file(cluster_file)
     if path.exists():
         try:
@@ -232,7 +245,7 @@ def up(workers: int, host: str, base_port: int, detach: bool, cluster_file: str 
         click.echo(f"made a cluster CA and certificates for {workers} workers in {tls_dir}")
     t = time.perf_counter()
     try:
-        info = launcher.start(workers, host, base_port, log_dir, log_level, tls_dir=tls_dir)
+        info = launcher.start(workers, host, base_port, log_dir, log_level, extra_args=worker_args, tls_dir=tls_dir)
     except launcher.LaunchError as exc:
         fail(str(exc), 1)
     info.save(path)

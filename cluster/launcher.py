@@ -79,7 +79,12 @@ def start(workers: int, host: str = "127.0.0.1", base_port: int | None = None, l
     token = secrets.token_hex(32)
     logs = Path(log_dir or tempfile.mkdtemp(prefix="cluster-logs-"))
     logs.mkdir(parents=True, exist_ok=True)
-    procs = [_spawn(i, addrs, token, logs, log_level, extra_args, tls_dir) for i in range(workers)]
+    if "--memory-limit" not in (extra_args or []):
+        # Workers of one machine share it: each keeps to its share (worker/memory.py machine_budget).
+        from shardstats.worker.memory import machine_budget
+        extra_args = [*(extra_args or []), "--memory-limit", str(machine_budget() // workers)]
+    procs = [_spawn(i, addrs, token, logs, log_level, extra_args, tls_dir, http_ports[i] if http_ports else None)
+             for i in range(workers)]
     pids = [p.pid for p in procs]
     info = ClusterInfo(workers=addrs, token=token, local=True, pids=pids, log_dir=str(logs), root=os.getcwd(),
                        tls=client_tls.as_dict() if client_tls is not None else None,

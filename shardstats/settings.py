@@ -37,9 +37,11 @@ class Settings:
                                           # have not started yet, all jobs together
     max_jobs: int = 64                    # active jobs per worker
     read_timeout: float = 120.0           # a load that finishes no file within this is stuck: the worker is unhealthy
-    memory_limit: int | None = None       # bytes a job's values may take on a worker; None: the cgroup's limit
+    memory_limit: int | None = None       # the memory a worker keeps within (values held, spill beyond); None: the
+                                          # cgroup's limit or the physical memory (worker/memory.py machine_budget)
+    spill_dir: str | None = None          # where a job keeps what exceeds memory_limit (worker/spill.py); None: the
+                                          # system's temporary folder /shardstats-spill
     user_code: bool = True                # run mapreduce jobs' own functions (in a child process); False refuses them
-                                          # or the physical memory (worker/memory.py machine_budget)
     max_jobs_per_connection: int = 16     # active jobs per coordinator connection
     coordinator_silence: float = 10.0     # a worker drops its jobs when their coordinator is silent this long
     # -- a worker's HTTP port (worker/httpd.py: /metrics for Prometheus, and other routes) --

@@ -41,11 +41,35 @@ class Access:
     confined: bool = False
     budget: int | None = None
     cache: object = None          # the worker's DatasetCache (worker/cache.py): keyed jobs' warm inputs
+    spill_dir: str | None = None  # where jobs' spill folders go (worker/spill.py); None: the system's temp folder
+
+
+MIN_IN_MEMORY = 8 << 20      # a pass holds at least this much: below it, passes cost more than memory saves
+
+
+def in_memory_limit(budget: int | None) -> int | None:
+    """The bytes of int64 values a job may hold in memory on this worker: what the budget leaves beside the
+    process as it is now, over the copies an op makes of what it holds (``ondisk.WORKING_COPIES``)."""
+    if budget is None:
+        return None
+    from shardstats.worker.io.ondisk import WORKING_COPIES
+    return max(MIN_IN_MEMORY, (budget - memory.rss_bytes()) // WORKING_COPIES)
 
 
 def load_files(files: list[ShardRef | str], root: str | Access, column: str | int | None = None,
-               progress: Progress | None = None, header: bool | None = None) -> np.ndarray:
+               progress: Progress | None = None, header: bool | None = None, spill=None) -> np.ndarray:
+    """The job's int64 values on this worker: in memory, or, with a ``spill`` folder and more values than
+    ``in_memory_limit`` allows (local files), as a read-only map on disk (``worker/io/ondisk.py``)."""
     access = root if isinstance(root, Access) else Access(root)
+    if spill is not None and files and access.budget is not None:
+        refs = [f if isinstance(f, ShardRef) else ShardRef(str(f), -1, None) for f in files]
+        if not any(is_object_url(r.path) for r in refs):
+            from shardstats.worker.io import ondisk
+            where = [resolve(r.path, access.root, access.confined) for r in refs]
+            counts = [ondisk.npy_values(r, w) for r, w in zip(refs, where)]
+            guess = sum(8 * c if c is not None else _size(w) for c, w in zip(counts, where))
+            if guess > in_memory_limit(access.budget):
+                return ondisk.load(refs, where, column, header, spill, progress)
     arrays = []
     held = 0
     objects = None                   # one object-store client per load, made only when an s3:// shard comes
@@ -74,6 +98,13 @@ def load_files(files: list[ShardRef | str], root: str | Access, column: str | in
         return np.zeros(0, dtype=np.int64)
     # Readers return arrays we own; joining them while letting each go keeps the peak near one share.
     return memory.concat_releasing(arrays) if len(arrays) > 1 else arrays[0]
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0          # the read names the problem
 
 
 def load_table(files: list[ShardRef], root: str | Access, read: dict, progress: Progress | None = None):
@@ -213,6 +244,8 @@ class Job:
     op: str | None = None                       # the op's name (the run message's; the load message's if it says)
     progress_interval: float | None = None      # seconds between progress messages; None: send none
     timeline: Timeline = field(default_factory=Timeline)   # starts when the load message arrives
+    spill: object = None                        # the job's SpillDir (worker/spill.py): values kept on disk
+    passes: int = 1                             # passes over values kept on disk, for what fits in memory
 
     def take_values(self) -> np.ndarray:
         values, self.values = self.values, None
@@ -255,6 +288,10 @@ async def load(job: Job, root: str | Access, read_timeout: float | None = None,
         else:                   # nothing to read (a small job's other workers): no thread to hop to
             job.values = load_files([], root)
     job.timeline.close()       # the wait for the other workers' loads is no phase of ours
+    if job.read is None and isinstance(job.values, np.memmap):
+        from shardstats.worker.io.ondisk import passes_for
+        budget = root.budget if isinstance(root, Access) else None
+        job.passes = passes_for(job.values.nbytes, in_memory_limit(budget) or job.values.nbytes)
     job.load_seconds = time.perf_counter() - t
     logs.event("job_loaded", job=job.id, files=len(job.files), values=len(job.values),
                seconds=round(job.load_seconds, 3))
@@ -278,7 +315,8 @@ async def _read_table(job: Job, root: str | Access, progress: Progress):
 async def _read_in_thread(job: Job, root: str | Access, progress: Progress, read_timeout: float | None,
                           stuck: StuckReads | None) -> np.ndarray:
     """``load_files`` on a thread, given up (the worker marked unhealthy) when no file finishes in ``read_timeout``."""
-    task = asyncio.ensure_future(asyncio.to_thread(load_files, job.files, root, job.column, progress, job.header))
+    task = asyncio.ensure_future(asyncio.to_thread(load_files, job.files, root, job.column, progress, job.header,
+                                                   job.spill))
     done_before = progress.done
     while True:
         try:
@@ -330,7 +368,14 @@ async def run(job: Job, comm: TcpComm, op: Op, params: Params) -> dict:
     async with reporting(job.id, comm.progress, job.report, job.progress_interval, lambda: sum(cs.bytes_sent)):
         # The op gets the only reference to the data (no local name here), handed over so it may give
         # the memory back as it consumes the values (``memory.hand_over``).
-        result, opstats = await op.run(comm, memory.hand_over(job.take_values()), params)
+        values = job.take_values()
+        if isinstance(values, np.memmap) and not op.out_of_core:
+            from shardstats.worker.io.source import mib
+            raise InputError(f"{op.name}: this worker's values take {mib(values.nbytes)}, more than its memory "
+                             f"budget holds (--memory-limit); {op.name} works in memory only (beyond memory: "
+                             f"mode, median, quantiles); add workers or raise the limit")
+        result, opstats = await op.run(comm, memory.hand_over(values), params)
+        del values
     stats = {
         "id": my_id, "rank": comm.rank, "values": n, "files": len(job.files),
         "seconds": time.perf_counter() - t, "load_seconds": job.load_seconds,
@@ -342,6 +387,7 @@ async def run(job: Job, comm: TcpComm, op: Op, params: Params) -> dict:
         "peak_send_queue_bytes": max((links[p].peak_queued_bytes for p in ranks if p != my_id), default=0),
         "send_wait_seconds": cs.send_wait_seconds, "credit_wait_seconds": cs.credit_wait_seconds,
         "peak_rss_bytes": memory.peak_rss_bytes(),
+        **(job.spill.stats() if job.spill is not None and job.spill.written else {}),
         **opstats,
         **job.timeline.as_stats(),
     }

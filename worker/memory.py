@@ -156,12 +156,36 @@ class Releaser:
             self.done = stop
 
 
+def _cgroup_limit_files(proc_cgroup: str = "/proc/self/cgroup") -> list[str]:
+    """This process's memory cgroup and its ancestors' limit files, v2 (``memory.max``) and v1
+    (``memory.limit_in_bytes``): the group a process is placed in need not be the hierarchy's root
+    (a container sees its own as "/", a process moved into a group on a host does not)."""
+    import os
+    groups = []
+    try:
+        with open(proc_cgroup) as f:
+            for line in f:
+                hid, controllers, path = line.rstrip("\n").split(":", 2)
+                if hid == "0" and controllers == "":
+                    groups.append(("/sys/fs/cgroup", path, "memory.max"))
+                elif "memory" in controllers.split(","):
+                    groups.append(("/sys/fs/cgroup/memory", path, "memory.limit_in_bytes"))
+    except (OSError, ValueError):
+        pass
+    files = ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
+    for root, path, name in groups:
+        parts = [p for p in path.split("/") if p and p != ".."]
+        for i in range(len(parts), 0, -1):
+            files.append(os.path.join(root, *parts[:i], name))
+    return files
+
+
 def machine_budget() -> int:
-    """The memory this worker may use when ``--memory-limit`` is not given: the cgroup's limit
-    (``/sys/fs/cgroup/memory.max``, v2; ``memory.limit_in_bytes``, v1) or the physical memory, the smaller."""
+    """The memory this worker may use when ``--memory-limit`` is not given: the limit of its memory cgroup
+    (or of a parent group), or the physical memory, the smallest."""
     import os
     limits = []
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+    for path in _cgroup_limit_files():
         try:
             with open(path) as f:
                 text = f.read().strip()

@@ -18,7 +18,8 @@ from shardstats.protocol.errors import ProtocolError
 from shardstats.protocol.messages import PROTOCOL_VERSION, make
 from shardstats.worker import jobs
 from shardstats import logs
-from shardstats.worker import memory
+from shardstats.worker import memory, spill
+from shardstats.worker.spill import SpillDir
 from shardstats.worker.comm import progress
 from shardstats.errors import JobError, JobTimeout, PeerFailure, ShardstatsError, WorkerUnhealthy
 from shardstats.worker.io.listing import ShardRef
@@ -63,7 +64,10 @@ class WorkerServer:
         self.root = root
         self.settings = settings
         from shardstats.worker.cache import DatasetCache
-        self.access = jobs.Access(root, confine, settings.memory_limit or memory.machine_budget(), DatasetCache())
+        self.access = jobs.Access(root, confine, settings.memory_limit or memory.machine_budget(), DatasetCache(),
+                                  settings.spill_dir)
+        self.spill_written = self.spill_read = 0     # over every job: what `cluster status` shows
+        spill.sweep(settings.spill_dir or spill.default_base())    # what a killed worker of this machine left
         self.metrics = WorkerMetrics(self)
         self.http: HttpServer | None = None
         self.http_port = http_port
@@ -240,6 +244,14 @@ class WorkerServer:
         conn.loading -= 1
 
     # -- jobs ----------------------------------------------------------------
+    def spilled(self, written: int = 0, read: int = 0) -> None:
+        """A job's spill folder wrote or read back bytes (worker/spill.py): the worker's running totals."""
+        self.spill_written += written
+        self.spill_read += read
+        metrics = getattr(self, "metrics", None)
+        if metrics is not None and hasattr(metrics, "spilled"):
+            metrics.spilled(written=written, read=read)
+
     def _peer_failed(self, peer_id: int, exc: BaseException, only: set[str] | None = None) -> None:
         """A link to or from ``peer_id`` broke: no running job that includes that worker can finish.
 
@@ -273,6 +285,8 @@ class WorkerServer:
         self.early_bytes -= job.early_bytes
         job.early, job.early_bytes = [], 0
         job.values = None
+        if job.spill is not None:
+            job.spill.close()
         if not self.jobs:
             memory.release()
 
@@ -325,7 +339,8 @@ class WorkerServer:
                                           f"past {self.settings.read_timeout:g}s; it takes no new jobs")
                 job = jobs.Job(job_id, _files(msg["files"]), column=_column(msg.get("column")),
                                header=_header(msg.get("header")), read=_read(msg.get("read")), op=_op(msg.get("op")),
-                               report=reply, progress_interval=progress.interval_from(msg.get("progress")))
+                               report=reply, progress_interval=progress.interval_from(msg.get("progress")),
+                               spill=SpillDir(self.access.spill_dir, job_id, self.id, self.spilled))
                 job.task = asyncio.current_task()      # an abort during the load cancels it
                 self.jobs[job_id] = job
                 self._admitted(conn)
@@ -333,6 +348,8 @@ class WorkerServer:
                 conn.watch_job(job_id, msg.get("dead_after"))
                 n = await jobs.load(job, self.access, self.settings.read_timeout, self.stuck)
                 extra = {"schema": job.schema} if job.schema is not None else {}
+                if job.passes > 1:
+                    extra["passes"] = job.passes
                 reply(make("loaded", job=job_id, values=n, seconds=job.load_seconds, **extra))
             elif t == "run":
                 job = self.jobs.get(job_id)
@@ -376,6 +393,8 @@ class WorkerServer:
         ranks = [int(r) for r in msg["ranks"]]
         job.comm = jobs.make_comm(job, self.id, ranks, self.links, self.settings.job_timeout)
         job.comm.total = msg["total"]
+        job.comm.passes = int(msg.get("passes") or 1)
+        job.comm.spill = job.spill
         job.comm.addrs = [self.peers[r] for r in ranks]     # where each rank listens: the same list on every rank
         job.comm.access = self.access                       # where a keyed job's --out is written
         job.comm.files, job.comm.column = job.files, job.column   # what a saved sketch's header says it read

@@ -50,6 +50,10 @@ class Communicator:
         # The job's value count over all ranks when the coordinator knows it (it learns it from the
         # load phase); an op that needs it and finds None reduces it itself.
         self.total: int | None = None
+        # Passes over values kept on disk (worker/io/ondisk.py), the most any rank needs: every rank runs
+        # the same passes, as each pass is a collective job of its own.  1: the values are in memory.
+        self.passes = 1
+        self.spill = None          # the job's SpillDir on this worker (worker/spill.py), when it has one
         self._seq = 0
 
     def new_tag(self, name: str) -> str:

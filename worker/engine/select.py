@@ -53,10 +53,27 @@ def _in_window(data: np.ndarray, is_sorted: bool, lo: int | None, hi: int | None
         return data[a:b]
     if lo is None and hi is None:
         return data
+    # Block by block: the masks stay small, and values kept on disk (a memory map) are read a block at a time.
+    return _concat([_mask_window(b, lo, hi) for b in _blocks(data)])
+
+
+def _mask_window(data: np.ndarray, lo: int | None, hi: int | None) -> np.ndarray:
     mask = np.ones(len(data), dtype=bool) if lo is None else data > lo
     if hi is not None:
         mask &= data <= hi
     return data[mask]
+
+
+BLOCK = 1 << 22        # values per step of a pass over unsorted values
+
+
+def _blocks(data: np.ndarray):
+    for i in range(0, max(len(data), 1), BLOCK):
+        yield data[i:i + BLOCK]
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def _regular_sample(window: np.ndarray, k: int) -> np.ndarray:
@@ -76,8 +93,12 @@ def _count(part: np.ndarray, is_sorted: bool, piv: np.ndarray) -> tuple[np.ndarr
     if is_sorted:
         return (np.searchsorted(part, piv, "left").astype(np.int64),
                 np.searchsorted(part, piv, "right").astype(np.int64))
-    lt = np.array([np.count_nonzero(part < p) for p in piv.tolist()], dtype=np.int64)
-    eq = np.array([np.count_nonzero(part == p) for p in piv.tolist()], dtype=np.int64)
+    pivots = piv.tolist()
+    lt = np.zeros(len(pivots), np.int64)
+    eq = np.zeros(len(pivots), np.int64)
+    for b in _blocks(part):
+        lt += [np.count_nonzero(b < p) for p in pivots]
+        eq += [np.count_nonzero(b == p) for p in pivots]
     return lt, lt + eq
 
 

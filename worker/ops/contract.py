@@ -297,3 +297,4 @@ class Op:
     def __post_init__(self) -> None:
         if not self.name.isidentifier() or self.name.startswith("_"):
             raise ValueError(f"op name {self.name!r} must be a Python identifier (it becomes an API method)")
+    out_of_core: bool = False     # works from values kept on disk (worker/io/ondisk.py): passes or blocks

@@ -155,4 +155,5 @@ OP = Op(
     phases=("load", "select", "sketch", "reduce", "check"),
     examples=("cluster submit median --input shards/", "cluster submit median --input shards/ --quantiles 0.9,0.99",
               "cluster submit median --input shards/ --approx --quantiles 0.99 --check --save-sketch day1.sketch"),
+    out_of_core=True,     # counting rounds walk the values block by block; only the narrowed windows are held
 )

@@ -403,7 +403,76 @@ class ModeParams(ShuffleParams):
 
 
 async def mode(comm: Communicator, values: np.ndarray, params: ModeParams) -> tuple[dict | None, dict]:
-    """Runs on every rank; returns (result at rank 0 else None, this rank's phase stats)."""
+    """Runs on every rank; returns (result at rank 0 else None, this rank's phase stats).
+
+    Values kept on disk (``comm.passes`` > 1, worker/io/ondisk.py) are counted in passes: each pass
+    holds the values of one hash slice, a dataset of its own whose values no other pass has, so the
+    passes' bests combine exactly as the owners' do."""
+    if comm.passes > 1:
+        return await _in_passes(comm, values, params)
+    return await _mode_once(comm, values, params)
+
+
+async def _in_passes(comm: Communicator, values: np.ndarray, params: ModeParams) -> tuple[dict | None, dict]:
+    import asyncio
+    from shardstats.worker.io import ondisk
+    passes = comm.passes
+    # Heavy-hitter pruning samples the whole input for one shuffle; a pass is one slice of it.
+    once = dataclasses.replace(params, prune="never")
+    combine = _combine_limit(params.tie_limit)
+    best, stats = None, {}
+    t = time.perf_counter()
+    comm.progress.set("slice")
+    slices = None
+    if ondisk.on_disk(values) and comm.spill is not None:     # grace: each slice to its own file, in one walk
+        slices = await asyncio.to_thread(ondisk.partition, values, passes, comm.spill)
+        del values
+    sliced = time.perf_counter() - t
+    for p in range(passes):
+        t = time.perf_counter()
+        if slices is not None:
+            part = await asyncio.to_thread(ondisk.read_slice, slices[p], comm.spill)
+        else:
+            part = await asyncio.to_thread(ondisk.pass_slice, values, p, passes)
+        sliced += time.perf_counter() - t
+        comm.progress.set("pass", p + 1, passes)
+        result, st = await _mode_once(comm, part, once)
+        del part
+        stats = _add_stats(stats, st)
+        if result is not None:
+            got = {k: result[k] for k in ("count", "ties", "tie_count")}
+            best = got if best is None else combine(best, got)
+    stats["phases"]["slice"] = sliced
+    stats["passes"] = passes
+    if comm.rank != 0:
+        return None, stats
+    if best is None or best["count"] == 0:
+        return {"value": None, "count": 0, "ties": [], "tie_count": 0}, stats
+    return {"value": best["ties"][0], **best}, stats
+
+
+def _add_stats(a: dict, b: dict) -> dict:
+    """Two passes' stats as one job's: numbers and per-phase seconds add, peaks take the larger, the rest
+    (choices made) is the last pass's; an unknown count (None) stays unknown."""
+    if not a:
+        return b
+    out = dict(b)
+    for k, v in b.items():
+        w = a.get(k)
+        if k == "peak_rss_after":
+            out[k] = {p: max(v.get(p, 0), w.get(p, 0)) for p in {*v, *(w or {})}} if w else v
+        elif k == "phases":
+            out[k] = {p: v.get(p, 0.0) + w.get(p, 0.0) for p in {*v, *w}}
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and isinstance(w, (int, float)):
+            out[k] = v + w
+        elif k == "distinct_keys":
+            out[k] = None
+    if out.get("shuffled_values"):
+        out["shuffle_bytes_per_value"] = round(out["shuffle_bytes"] / out["shuffled_values"], 3)
+    return out
+
+
+async def _mode_once(comm: Communicator, values: np.ndarray, params: ModeParams) -> tuple[dict | None, dict]:
     cfg = ShuffleConfig.from_params(params, comm.total)       # a job of one chunk goes up the tree...
     if cfg.strategy == "tree" and params.shuffle == "auto" and params.encoding == "compact":
         cfg = dataclasses.replace(cfg, strategy="credit")      # ...unless compact fingerprints were asked for
@@ -490,6 +559,7 @@ async def _finish(comm: Communicator, cfg: ShuffleConfig, local: dict, phases: d
     best = await tree_reduce(comm, local, _combine_limit(tie_limit), "mode.best")
     if best is not None and prior is not None:
         best = _combine_limit(tie_limit)(best, {k: prior[k] for k in ("count", "ties", "tie_count")})
+    out_of_core=True,
     if heavy is not None:
         extra["rounds_heavy"] = heavy["rounds"]
         extra["heavy"] = heavy["heavy"]
@@ -550,7 +620,7 @@ OP = Op(
     params=ModeParams,
     run=mode,
     render=render,
-    phases=("load", "sample", "candidates", "slots", "settle", "open", "count", "shuffle", "aggregate", "reduce"),
+    phases=("load", "slice", "sample", "candidates", "slots", "settle", "open", "count", "shuffle", "aggregate", "reduce"),
     examples=("cluster submit mode --input shards/", "cluster submit mode --input 'shards/*.npy' --ties all --json"),
     summarize=summarize,
 )

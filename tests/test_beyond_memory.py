@@ -1,0 +1,216 @@
+"""Values beyond a worker's memory budget: kept on disk (a map, or a spill file), the mode in hash passes,
+the median's counting rounds block by block; the answers equal numpy's; the spill folder is cleaned
+however the job ends; a full spill disk fails the job in one line; workers in a memory cgroup smaller
+than their share of the data answer exactly and are never killed (issue 25)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shardstats import reference
+from shardstats.coordinator.job import run_job
+from shardstats.coordinator.spec import job_spec
+from shardstats.errors import InputError, JobError
+from shardstats.settings import DEFAULTS
+from shardstats.testing import in_process_cluster
+from shardstats.worker import spill
+from shardstats.worker.comm.partition import owners
+from shardstats.worker.io import ondisk
+from scripts import cgroups
+from tests.conftest import cli, free_base
+
+pytestmark = pytest.mark.timeout(120)
+
+I64 = np.iinfo(np.int64)
+BIG = 1_200_000          # values per shard: 9.6 MB, over the 8 MiB a pass may hold under the tests' budget
+
+
+def _datasets(rng) -> dict[str, list[np.ndarray]]:
+    u = rng.integers(-10**12, 10**12, BIG)
+    dup = rng.integers(-50_000, 50_000, BIG)
+    extremes = rng.choice(np.array([I64.min, I64.min + 1, -1, 0, 1, I64.max - 1, I64.max]), BIG)
+    split = rng.integers(0, 10**9, BIG)
+    split[:40] = 777          # one value repeated, half on each of two shards: the mode
+    split2 = rng.integers(0, 10**9, BIG)
+    split2[:40] = 777
+    return {
+        "unique with a planted tie": [u, np.concatenate([u[:5], rng.integers(-10**12, 10**12, BIG)]), np.zeros(0, np.int64)],
+        "many ties, negative": [dup, dup[::-1].copy(), dup[:1000].copy()],
+        "int64 extremes": [extremes, extremes[:BIG // 2].copy(), np.array([I64.max], np.int64)],
+        "dup split across shards, one small rank": [split, split2, np.array([5, 5, 5], np.int64)],
+        "all equal": [np.full(BIG, -3, np.int64), np.full(BIG, -3, np.int64), np.full(7, -3, np.int64)],
+    }
+
+
+def _write(d: Path, shards: list[np.ndarray], text_last: bool = False) -> None:
+    d.mkdir()
+    for i, s in enumerate(shards):
+        if text_last and i == len(shards) - 1:
+            np.savetxt(d / f"s{i}.txt", s, fmt="%d")     # read whole, then appended to the spill file
+        else:
+            np.save(d / f"s{i}.npy", s)
+
+
+def _settings(tmp_path) -> DEFAULTS.__class__:
+    # Below the test process's own size: every rank may hold ondisk.MIN_IN_MEMORY (8 MiB) of values at once.
+    return dataclasses.replace(DEFAULTS, memory_limit=16 << 20, spill_dir=str(tmp_path / "spill"))
+
+
+def test_grace_slices_partition_the_values_and_each_spreads_over_every_owner(tmp_path):
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.integers(-10**15, 10**15, 300_000), np.full(1000, 42), [I64.min, I64.max]])
+    np.save(tmp_path / "v.npy", values)
+    mapped = np.load(tmp_path / "v.npy", mmap_mode="r")
+    box = spill.SpillDir(tmp_path / "spill", "j1", 0)
+    paths = ondisk.partition(mapped, 5, box)
+    slices = [ondisk.read_slice(p, box) for p in paths]
+    assert Counter(np.concatenate(slices).tolist()) == Counter(values.tolist())
+    for p, s in enumerate(slices):       # the same slices as the in-memory path takes
+        assert sorted(s.tolist()) == sorted(ondisk.pass_slice(values, p, 5).tolist())
+        assert set(np.bincount(owners(s, 10), minlength=10).nonzero()[0]) == set(range(10))
+    assert not set(slices[0].tolist()) & set(slices[1].tolist())
+    assert box.written == box.read == values.nbytes
+    box.close()
+    assert not (tmp_path / "spill" / box.path.name).exists()
+
+
+@pytest.mark.parametrize("name", list(_datasets(np.random.default_rng(0))))
+async def test_mode_and_median_beyond_the_budget_equal_numpy(tmp_path, name):
+    shards = _datasets(np.random.default_rng(7))[name]
+    d = tmp_path / "data"
+    _write(d, shards, text_last=name.startswith("many ties"))
+    allv = np.concatenate(shards)
+    async with in_process_cluster(3, root=str(tmp_path), settings=_settings(tmp_path)) as c:
+        rep = await run_job(c.addrs, c.token, job_spec("mode", str(d), {"ties": "all"}))
+        want = reference.mode(allv, tie_limit=len(rep.result["ties"]))
+        assert rep.result == want
+        assert rep.result["tie_count"] == sum(1 for c in Counter(allv.tolist()).values() if c == want["count"])
+        assert max(w.get("passes", 1) for w in rep.workers) > 1
+        on_disk = [w for w in rep.workers if w.get("spill_bytes_written")]     # the ranks over the budget
+        assert on_disk and all(w["spill_bytes_written"] == w["spill_bytes_read"] >= 8 * w["values"] for w in on_disk)
+        rep = await run_job(c.addrs, c.token, job_spec("median", str(d), {"quantiles": "0,0.25,0.9,1"}))
+        ref = reference.median(allv)
+        assert (rep.result["lower"], rep.result["upper"], rep.result["value"]) == (ref["lower"], ref["upper"],
+                                                                                  ref["value"])
+        srt = np.sort(allv)
+        assert rep.result["quantiles"]["0"]["lower"] == srt[0] and rep.result["quantiles"]["1"]["upper"] == srt[-1]
+    assert list((tmp_path / "spill").iterdir()) == []          # every job's folder went with it
+
+
+async def test_an_op_that_works_in_memory_refuses_values_on_disk_and_the_next_job_runs(tmp_path):
+    d = tmp_path / "data"
+    _write(d, [np.arange(BIG, dtype=np.int64), np.arange(BIG, dtype=np.int64), np.arange(3, dtype=np.int64)])
+    async with in_process_cluster(3, root=str(tmp_path), settings=_settings(tmp_path)) as c:
+        with pytest.raises(InputError, match=r"topk: this worker's values take 9 MiB, more than its memory budget "
+                                             r"holds \(--memory-limit\); topk works in memory only"):
+            await run_job(c.addrs, c.token, job_spec("topk", str(d), {"k": 3}))
+        rep = await run_job(c.addrs, c.token, job_spec("mode", str(d), {}))
+        assert rep.result["count"] == 3 and rep.result["value"] == 0
+    assert list((tmp_path / "spill").iterdir()) == []
+
+
+def test_sweep_removes_the_folders_of_dead_workers_only(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = tmp_path / f"job-abc-w3-p{gone.pid}"
+    alive = tmp_path / f"job-abc-w4-p{os.getpid()}"
+    other = tmp_path / "job-notours"
+    for p in (dead, alive, other):
+        p.mkdir()
+        (p / "slice-0000.i64").write_bytes(b"x" * 16)
+    assert spill.sweep(tmp_path) == [dead.name]
+    assert not dead.exists() and alive.exists() and other.exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs (root only): a spill disk that fills."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+async def test_a_full_spill_disk_fails_the_job_in_one_line_and_the_cluster_serves_the_next(tmp_path, small_disk):
+    d = tmp_path / "data"
+    _write(d, [np.arange(BIG, dtype=np.int64)] * 2 + [np.arange(5, dtype=np.int64)])
+    settings = dataclasses.replace(_settings(tmp_path), spill_dir=str(small_disk))
+    async with in_process_cluster(3, root=str(tmp_path), settings=settings) as c:
+        with pytest.raises(JobError, match=rf"^worker \d: spilling to {small_disk}: the disk is full \(--spill-dir\)$"):
+            await run_job(c.addrs, c.token, job_spec("mode", str(d), {}))
+        assert list(small_disk.iterdir()) == []
+        small = tmp_path / "small-data"
+        _write(small, [np.array([1, 2, 2], np.int64), np.array([2, 3], np.int64)])
+        rep = await run_job(c.addrs, c.token, job_spec("mode", str(small), {}))
+        assert (rep.result["value"], rep.result["count"]) == (2, 3)
+
+
+def test_the_budget_is_the_cgroup_the_worker_runs_in(tmp_path):
+    if not cgroups.available():
+        pytest.skip("needs root and a writable memory cgroup hierarchy")
+    code = "import sys; sys.stdin.readline(); from shardstats.worker.memory import machine_budget; print(machine_budget())"
+    with cgroups.MemoryCgroup(123 << 20) as g:
+        p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            g.add(p.pid)
+            out, _ = p.communicate("go\n", timeout=30)
+        finally:
+            p.kill()
+            p.wait()
+    assert int(out) == 123 << 20
+
+
+def test_workers_in_memory_cgroups_smaller_than_their_data_answer_exactly(tmp_path):
+    """Four real worker processes, each in a 64 MiB memory cgroup (the kernel's limit: page cache included),
+    each with 24 MB of values: mode and median exact, no worker killed, no spill file left."""
+    if not cgroups.available():
+        pytest.skip("needs root and a writable memory cgroup hierarchy")
+    rng = np.random.default_rng(11)
+    d = tmp_path / "data"
+    d.mkdir()
+    shards = [rng.integers(-10**9, 10**9, 3_000_000) for _ in range(4)]
+    shards[2][:9] = 31337
+    for i, s in enumerate(shards):
+        np.save(d / f"s{i}.npy", s)
+    allv = np.concatenate(shards)
+    cf, sp = str(tmp_path / "c.json"), tmp_path / "spill"
+    up = cli("up", "--workers", "4", "--detach", "--cluster-file", cf, "--memory-limit", "64M",
+             "--base-port", str(free_base(4)),
+             "--spill-dir", str(sp), timeout=60)
+    assert up.returncode == 0, up.stderr
+    pids = json.loads(Path(cf).read_text())["pids"]
+    groups = []
+    try:
+        for pid in pids:
+            g = cgroups.MemoryCgroup(64 << 20).__enter__()
+            groups.append(g)
+            g.add(pid)
+        r = cli("submit", "mode", "--input", str(d), "--json", "--cluster-file", cf, timeout=90)
+        assert r.returncode == 0, r.stderr
+        got = json.loads(r.stdout)
+        assert (got["result"]["value"], got["result"]["count"]) == (31337, 9)
+        assert max(w.get("passes", 1) for w in got["stats"]["per_worker"]) > 1
+        r = cli("submit", "median", "--input", str(d), "--json", "--cluster-file", cf, timeout=90)
+        assert r.returncode == 0, r.stderr
+        ref = reference.median(allv)
+        assert (json.loads(r.stdout)["result"]["lower"], json.loads(r.stdout)["result"]["upper"]) == \
+            (ref["lower"], ref["upper"])
+        assert [g.oom_kills() for g in groups] == [0] * 4
+        assert list(sp.iterdir()) == []
+    finally:
+        cli("down", "--cluster-file", cf, timeout=30)
+        for g in groups:
+            g.__exit__(None, None, None)

@@ -1,0 +1,108 @@
+"""A job's spill folder: where a worker keeps what does not fit its memory budget, and how it is cleaned.
+
+Why a folder per job, named for the worker's process: a job's files are removed when the
+job ends however it ends (``close`` runs in the job's ``finally``), and a worker that was
+killed mid-spill cannot do that, so the next worker started on the same ``--spill-dir``
+removes every ``job-*-p<PID>`` folder whose process is gone (``sweep``).  Nothing else in
+the folder is touched: the spill dir may be shared by several workers of one machine.
+
+A full disk (or a folder that cannot be written) fails the job with one line naming the
+worker and the folder (``JobError``: exit 1, a cluster-side condition); the worker serves
+the next job.  The bytes written and read back are counted for the job's stats and the
+worker's metrics.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from shardstats.errors import JobError
+
+PREFIX = "job-"
+
+
+def default_base() -> str:
+    """Where spill folders go without ``--spill-dir``: the system's temporary folder."""
+    return os.path.join(tempfile.gettempdir(), "shardstats-spill")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:         # someone else's process: alive
+        return True
+    return True
+
+
+def sweep(base: str | os.PathLike) -> list[str]:
+    """Removes the spill folders of worker processes that no longer run; returns what it removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return removed
+    for e in entries:
+        m = re.fullmatch(rf"{PREFIX}.*-p(\d+)", e.name)
+        if m and e.is_dir(follow_symlinks=False) and not _alive(int(m.group(1))):
+            shutil.rmtree(e.path, ignore_errors=True)
+            removed.append(e.name)
+    return removed
+
+
+class SpillDir:
+    """One job's spill folder on one worker, made on first use.
+
+    ``written``/``read`` count the bytes that went to disk and came back; ``on_bytes`` (the
+    worker's metrics) hears of each as it happens.
+    """
+
+    def __init__(self, base: str | os.PathLike | None, job_id: str, worker: int | str = "?",
+                 on_bytes=None) -> None:
+        self.base = Path(base or default_base())
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(job_id))[:64]
+        self.path = self.base / f"{PREFIX}{safe}-w{worker}-p{os.getpid()}"
+        self.worker = worker
+        self.written = 0
+        self.read = 0
+        self.files = 0
+        self._on_bytes = on_bytes
+
+    def new_file(self, name: str) -> Path:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self.failure(exc) from None
+        self.files += 1
+        return self.path / name
+
+    def failure(self, exc: OSError) -> JobError:
+        """The one line a failed spill write becomes."""
+        # numpy's tofile reports a short write without an errno ("N requested and M written"): ask the disk.
+        try:
+            full = shutil.disk_usage(self.base).free < 1 << 20
+        except OSError:
+            full = False
+        why = "the disk is full" if full or exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or str(exc))
+        return JobError(f"worker {self.worker}: spilling to {self.base}: {why} (--spill-dir)")
+
+    def count_written(self, n: int) -> None:
+        self.written += n
+        if self._on_bytes is not None:
+            self._on_bytes(written=n)
+
+    def count_read(self, n: int) -> None:
+        self.read += n
+        if self._on_bytes is not None:
+            self._on_bytes(read=n)
+
+    def close(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def stats(self) -> dict:
+        return {"spill_bytes_written": self.written, "spill_bytes_read": self.read, "spill_files": self.files}
