@@ -121,12 +121,14 @@ CACHE_PREFIX = "cache:"
 def reader_options(spec: JobSpec) -> dict | None:
     """A keyed job's reader options for the load message (None for the int64 ops): the op's own, and
     ``from_cache`` when the input is a dataset the workers keep warm (``--input cache:NAME``)."""
+    from shardstats.worker.ops.contract import reader_of
     op = registry.get(spec.op)
-    if op.reads is None:
+    read = reader_of(op, spec.params)
+    if read is None:
         if any(i.startswith(CACHE_PREFIX) for i in spec.inputs):
             raise UsageError(f"--input {spec.inputs[0]}: cached datasets are for keyed jobs (groupby, wordcount, ...)")
         return None
-    read = dict(op.reads(spec.params))
+    read = dict(read)
     cached = [i for i in spec.inputs if i.startswith(CACHE_PREFIX)]
     if cached:
         if len(spec.inputs) > 1:
@@ -138,11 +140,11 @@ def reader_options(spec: JobSpec) -> dict | None:
 
 def _suffixes(spec: JobSpec) -> tuple[str, ...] | None:
     """The file types a directory input is listed for: the op's kind decides (None: any file, for documents)."""
-    op = registry.get(spec.op)
-    if op.reads is None:
+    from shardstats.worker.ops.contract import reader_of
+    kind = reader_of(registry.get(spec.op), spec.params)
+    if kind is None:
         return SUFFIXES
     from shardstats.worker.data.readers import TABLE_SUFFIXES
-    kind = op.reads(spec.params)
     return None if kind.get("kind") in ("documents", "auto") and not kind.get("text") else TABLE_SUFFIXES
 
 

@@ -187,3 +187,77 @@ def test_killed_worker_is_named_missing_then_restored_from_its_checkpoint(tmp_pa
         assert [g["worker"] for g in ans["gaps"]] == [1] and "worker 1 restarted" in err   # the gap is stated
     finally:
         launcher.stop(info)
+
+
+# -- HTTP: POST /events and GET /top on the workers' HTTP port ------------------------------------------------
+
+def _http(port: int, method: str, path: str, body: bytes | None = None, token: str | None = None):
+    import urllib.error
+    import urllib.request
+    r = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method,
+                               headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(r, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_http_events_and_top_equal_brute_force_and_bad_requests_change_nothing(tmp_path):
+    rng = random.Random(4)
+    st = dataclasses.replace(DEFAULTS, live_dir=str(tmp_path), live_flush_interval=3600.0, http_max_body=256 << 10,
+                             live_query_timeout=1.0)
+
+    async def main():
+        async with in_process_cluster(3, settings=st, http=True) as c:
+            tok = c.token.decode()
+            ports = [s.http_port for s in c.servers]
+            now = time.time()
+            events = [{"q": f"k{int(rng.paretovariate(1.3))}", "ts": now - rng.uniform(0, 40)} for _ in range(2000)]
+            events += [{"q": "hot"}] * 800                      # no time: stamped on arrival
+            truth = [(e["q"], int(round(e["ts"] * 1000)) if "ts" in e else int(now * 1000)) for e in events]
+            rng.shuffle(events)
+            half = len(events) // 2
+            lines = "\n".join(json.dumps(e) for e in events[:half]).encode()
+            array = json.dumps(events[half:]).encode()
+
+            def call(*a, **kw):
+                return asyncio.to_thread(_http, *a, **kw)
+            refused = [
+                (await call(ports[0], "POST", "/events?key=q&time=ts", lines), 401),                   # no token
+                (await call(ports[0], "POST", "/events?key=q&time=ts", lines, "f" * 64), 401),         # wrong token
+                (await call(ports[0], "POST", "/events?key=q", lines + b'\n{"q": null}', tok), 400),
+                (await call(ports[0], "POST", "/events?key=q", b'[{"q": "a"}, 5]', tok), 400),
+                (await call(ports[0], "POST", "/events", lines, tok), 400),                          # no ?key=
+                (await call(ports[0], "POST", "/events?key=q", b"x" * (257 << 10), tok), 413),
+                (await call(ports[0], "GET", "/top?k=abc", None, tok), 400),
+                (await call(ports[0], "GET", "/top?last=99h", None, tok), 400),
+                (await call(ports[0], "GET", "/top", None, None), 401),
+            ]
+            for (status, text), want in refused:
+                assert status == want and text.strip(), (status, text, want)
+            assert f"line {half + 1}:" in refused[2][0][1] and "element 1" in refused[3][0][1]
+            assert sum(s.live.counters.received for s in c.servers) == 0          # nothing was counted
+            for port, body in ((ports[0], lines), (ports[1], array)):
+                status, text = await call(port, "POST", "/events?key=q&time=ts", body, tok)
+                assert status == 200 and json.loads(text)["accepted"] > 0, text
+            await settle(c.servers)
+            for last in ("5m", "1h"):
+                status, text = await call(ports[2], "GET", f"/top?k=10&last={last}", None, tok)
+                ans = json.loads(text)
+                w = ans["window"]
+                assert status == 200 and ans["complete"] and ans["items"] == ref(truth, 10, w["from_ms"], w["to_ms"])
+            c.servers[1].stop()                               # an owner gone: named, its keys missing, not lower
+            await asyncio.sleep(0.2)
+            status, text = await call(ports[0], "GET", "/top?k=1000&last=5m", None, tok)
+            ans = json.loads(text)
+            from shardstats.worker.live.ingest import owners
+            keys = sorted({k for k, _ in truth})
+            gone = {k for k, o in zip(keys, owners(keys, 3).tolist()) if o == 1}
+            w = ans["window"]
+            assert status == 200 and not ans["complete"] and [m["worker"] for m in ans["missing"]] == [1]
+            assert ans["items"] == ref([e for e in truth if e[0] not in gone], 1000, w["from_ms"], w["to_ms"])
+            assert any("worker 1" in x for x in ans["warnings"])
+            status, text = await call(ports[0], "GET", "/metrics", None, None)
+            assert 'shardstats_live_events_total' in text and "shardstats_live_bucket_bytes" in text
+    asyncio.run(main())

@@ -77,7 +77,18 @@ class LiveService:
         self.checkpoint_seconds = 0.0
         self.queries = 0
         self.refused = 0
+        self._queries: dict[int, list] = {}   # GET /top fan-outs waiting for owners: [answers, done, need]
+        self._qids = 0
         self._restore()
+        from shardstats.worker.live import http
+        if getattr(server, "http", None) is not None:
+            http.attach(self, server.http)
+        if getattr(server, "metrics", None) is not None:
+            server.metrics.registry.register(http.LiveCollector(self))
+
+    @staticmethod
+    def clock() -> int:
+        return now_ms()
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _restore(self) -> None:
@@ -198,8 +209,15 @@ class LiveService:
     # -- peers: flushes in ----------------------------------------------------------------------
     def deliver(self, peer_id: int, msg: dict) -> None:
         """A ``live`` message from a peer; a malformed one is the peer's protocol error (its link is closed)."""
-        if msg["kind"] != "flush" or msg["src"] != peer_id:
-            raise ProtocolError(f"worker {peer_id} sent a live {msg['kind']!r} message as worker {msg['src']}")
+        kind = msg["kind"]
+        if kind not in ("flush", "query", "answer") or msg["src"] != peer_id:
+            raise ProtocolError(f"worker {peer_id} sent a live {kind!r} message as worker {msg['src']}")
+        if kind == "query":
+            self._answer_peer(peer_id, msg)
+            return
+        if kind == "answer":
+            self._answered(peer_id, msg)
+            return
         import numpy as np
         keys, minutes, counts = msg.get("keys"), msg.get("minutes"), msg.get("counts")
         if not (isinstance(keys, list) and isinstance(minutes, np.ndarray) and isinstance(counts, np.ndarray)
@@ -212,6 +230,72 @@ class LiveService:
         self.pairs_received += len(keys)
         self.frames_received += 1
         self.max_frame_pairs = max(self.max_frame_pairs, len(keys))
+
+    # -- GET /top: this worker asks every owner over its peer links -------------------------------------
+    async def ask_owners(self, k: int, last: str) -> dict:
+        """Every owner's answer for the same window (its own at once, the peers' over the links), merged;
+        owners silent past ``live_query_timeout`` are named as missing."""
+        from shardstats.worker.live.query import merge
+        at = now_ms()
+        self._qids += 1
+        qid = self._qids
+        answers: dict[int, dict] = {self.id: self.top(k, last, at)}
+        done = asyncio.get_running_loop().create_future()
+        waiting = self._queries[qid] = [answers, done, self.workers]    # need: the owners that may answer
+        frame = encode_frame(make("live", kind="query", src=self.id, qid=qid, k=k, last=last, at_ms=at))
+        errors: dict[int, str] = {}
+        try:
+            for pid, link in self.server.links.items():
+                try:
+                    async with asyncio.timeout(self.settings.live_query_timeout):
+                        await link.send(frame)
+                except (PeerFailure, TimeoutError) as exc:
+                    errors[pid] = str(exc) or "its link is full"
+            waiting[2] = self.workers - len(errors)
+            if len(answers) < waiting[2]:
+                try:
+                    async with asyncio.timeout(self.settings.live_query_timeout):
+                        await done
+                except TimeoutError:
+                    pass
+        finally:
+            self._queries.pop(qid, None)
+        missing = [{"worker": i, "addr": self.server.peers[i],
+                    "error": errors.get(i, f"no answer within {self.settings.live_query_timeout:g}s")}
+                   for i in range(self.workers) if i not in answers]
+        return merge([answers[i] for i in sorted(answers)], missing, k, last, self.allowance_ms)
+
+    def _answer_peer(self, peer_id: int, msg: dict) -> None:
+        try:
+            body = self.top(msg.get("k"), msg.get("last"), msg.get("at_ms"))
+        except LiveError as exc:
+            raise ProtocolError(f"worker {peer_id} sent a bad live query: {exc}") from None
+        link = self.server.links.get(peer_id)
+        if link is not None:
+            frame = encode_frame(make("live", kind="answer", src=self.id, qid=msg.get("qid"), answer=body),
+                                 self.settings.max_frame)
+            self.server.spawn(self._send_answer(link, frame))
+
+    async def _send_answer(self, link, frame: bytes) -> None:
+        try:
+            await link.send(frame)
+        except PeerFailure as exc:
+            logs.event("live_answer_dropped", logging.WARNING, peer=link.peer_id, error=exc)
+
+    def _answered(self, peer_id: int, msg: dict) -> None:
+        ans = msg.get("answer")
+        top = ans.get("top") if isinstance(ans, dict) else None
+        if not (isinstance(top, dict) and isinstance(top.get("items"), list) and isinstance(top.get("total"), int)
+                and isinstance(top.get("from_ms"), int) and isinstance(top.get("to_ms"), int)
+                and ans.get("worker") == peer_id and isinstance(ans.get("gaps"), list)):
+            raise ProtocolError(f"worker {peer_id} sent a malformed live answer")
+        waiting = self._queries.get(msg.get("qid"))
+        if waiting is None:
+            return                   # answered after the asker gave up
+        answers, done, need = waiting
+        answers[peer_id] = ans
+        if len(answers) >= need and not done.done():
+            done.set_result(None)
 
     # -- clients: ingest, top, stats -------------------------------------------------------------
     def request(self, msg: dict, reply) -> None:

@@ -249,12 +249,27 @@ class TextParams(KeyedParams):
             raise UsageError("--id: names the documents of a table; give --text COL too")
 
 
+def reader_of(op: "Op", params: Any) -> dict | None:
+    """The reader options a job of ``op`` with ``params`` loads with (None: the int64 values)."""
+    if op.reads is not None:
+        return op.reads(params)
+    return op.reads_column(params) if op.reads_column is not None else None
+
+
+def column_reads(p: Params) -> dict | None:
+    """The reader options of an approximate job over a table's column (``--of COL``); None: int64 values."""
+    return {"kind": "table", "columns": [p.of], "cache": None} if getattr(p, "of", None) else None
+
+
 def approx_only(p: Params) -> None:
     """The rule of the ops with an approximate path: --check and --save-sketch are about the sketch, so need --approx."""
     if not getattr(p, "approx", False):
         for name in ("check", "save_sketch"):
             if getattr(p, name, None):
                 raise UsageError(f"{cli_name(name)}: compares or saves the sketch of --approx; add --approx")
+        if getattr(p, "of", None):
+            raise UsageError("--of: sketches a table's column with --approx; add --approx (the exact op reads "
+                             "int64 values: --column)")
     if getattr(p, "save_sketch", None) == "":
         raise UsageError("--save-sketch: name a file")
 
@@ -290,6 +305,9 @@ class Op:
     # Keyed ops read records: the reader options for these params ({"kind": "table"|"documents", "columns": [...],
     # "text": COL, "id": COL, "cache": NAME}); None: the int64 values of today's statistics.
     reads: Callable[[Any], dict] | None = None
+    # An int64 op that may read one typed column of table shards instead (``--of COL`` of the approximate
+    # paths: int64, float64 or string values): params -> those reader options, or None for the int64 values.
+    reads_column: Callable[[Any], dict | None] | None = None
     # Run where the job is asked for (CLI, API), before it is sent: params -> the params that travel (a
     # mapreduce job's file read, its functions pickled). None: the params travel as given.
     prepare: Callable[[Any], Any] | None = None
