@@ -130,8 +130,9 @@ def _sync(coro):
 
 
 # -- capability probe and leftovers --------------------------------------------
-def available() -> tuple[bool, str]:
-    """Whether beds can be built here: actually creates (and deletes) a namespace, a veth and a tbf qdisc."""
+def available(prefix: str = PREFIX) -> tuple[bool, str]:
+    """Whether beds can be built here: actually creates (and deletes) a namespace, a veth and a tbf qdisc
+    (named with ``prefix``, so a caller that owns a prefix touches nothing else)."""
     if os.name != "posix" or not sys.platform.startswith("linux"):
         return False, "network namespaces need Linux"
     if os.geteuid() != 0:
@@ -139,8 +140,8 @@ def available() -> tuple[bool, str]:
     for tool in ("ip", "tc"):
         if shutil.which(tool) is None:
             return False, f"`{tool}` (iproute2) is not installed"
-    ns = f"{PREFIX}probe{os.getpid()}"
-    veth = f"{PREFIX}p{os.getpid() % 100000}"
+    ns = f"{prefix}probe{os.getpid()}"
+    veth = f"{prefix}p{os.getpid() % 100000}"
     try:
         run(["ip", "netns", "add", ns])
         run(["ip", "link", "set", "lo", "up"], ns=ns)
@@ -154,9 +155,9 @@ def available() -> tuple[bool, str]:
     return True, "ok"
 
 
-def netem_available() -> bool:
+def netem_available(prefix: str = PREFIX) -> bool:
     """``sch_netem`` (link delay) is a module many minimal kernels lack; beds then shape rate only."""
-    ns = f"{PREFIX}nprobe{os.getpid()}"
+    ns = f"{prefix}nprobe{os.getpid()}"
     try:
         run(["ip", "netns", "add", ns])
         return run(["tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"], ns=ns, check=False).returncode == 0
@@ -209,6 +210,9 @@ class TestBed:
     """W hosts, each a network namespace with one shaped link and one worker.  Use as a context manager."""
 
     __test__ = False  # not a pytest class, despite the name
+    # What every name starts with and the /24 of bed n: a subclass with its own pair shares nothing with other beds.
+    name_prefix = PREFIX
+    subnet = SUBNET
 
     def __init__(self, hosts: int, shape: LinkShape = LinkShape(), *, log_dir: str | None = None,
                  log_level: str = "warning", job_timeout: float = 120.0, ready_timeout: float = 60.0,
@@ -237,7 +241,7 @@ class TestBed:
     @property
     def prefix(self) -> str:
         """What every name of this bed starts with (``cleanup(bed.prefix)`` removes just this bed)."""
-        return bed_prefix(self.index)
+        return f"{self.name_prefix}{self.index}-"
 
     @property
     def bridge(self) -> str:
@@ -252,8 +256,11 @@ class TestBed:
     def veth_host(self, i: int) -> str:
         return f"{self.prefix}n{i}"
 
+    def _net(self) -> ipaddress.IPv4Network:
+        return ipaddress.ip_network(self.subnet.format(n=self.index))
+
     def host_ip(self, i: int) -> str:
-        return f"10.77.{self.index}.{i + 1}"
+        return str(self._net().network_address + i + 1)
 
     @property
     def addrs(self) -> list[str]:
@@ -287,9 +294,9 @@ class TestBed:
         atexit.register(self.stop)
         try:
             self._allocate()
-            run(["ip", "addr", "add", f"10.77.{self.index}.254/24", "dev", self.bridge])
+            run(["ip", "addr", "add", f"{self._net().network_address + 254}/24", "dev", self.bridge])
             run(["ip", "link", "set", self.bridge, "up"])
-            netem = self.shape.delay_ms > 0 and netem_available()
+            netem = self.shape.delay_ms > 0 and netem_available(self.name_prefix)
             for i in range(self.hosts):
                 self._add_host(i, netem)
             self.delay_applied = netem
@@ -304,10 +311,10 @@ class TestBed:
         """Claims the lowest free bed index by creating its bridge (atomic: a second creator gets EEXIST)."""
         used = run(["ip", "-o", "-4", "addr", "show"], check=False).stdout + run(["ip", "-4", "route"], check=False).stdout
         for n in range(MAX_BEDS):
-            net = ipaddress.ip_network(SUBNET.format(n=n))
+            net = ipaddress.ip_network(self.subnet.format(n=n))
             if any(ipaddress.ip_address(a) in net for a in re.findall(r"\b(\d+\.\d+\.\d+\.\d+)", used)):
                 continue
-            if run(["ip", "link", "add", f"{bed_prefix(n)}br", "type", "bridge"], check=False).returncode == 0:
+            if run(["ip", "link", "add", f"{self.name_prefix}{n}-br", "type", "bridge"], check=False).returncode == 0:
                 self.index = n
                 self._made_links.append(self.bridge)
                 return
@@ -455,7 +462,7 @@ class TestBed:
     def describe(self) -> str:
         delay = f"{self.shape.delay_ms:g} ms delay" if self.delay_applied else "no delay (sch_netem unavailable)" \
             if self.shape.delay_ms > 0 else "no delay"
-        return (f"bed {self.index}: {self.hosts} hosts on {self.bridge} (10.77.{self.index}.0/24), each link "
+        return (f"bed {self.index}: {self.hosts} hosts on {self.bridge} ({self._net()}), each link "
                 f"{self.shape.rate} per direction, {delay}; logs in {self.log_dir}")
 
 

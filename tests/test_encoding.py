@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from shardstats.cluster.gen import generate
 from shardstats.worker.comm import encoding as enc
-from shardstats.worker.ops import mode as mode_mod
+from shardstats.worker.ops import compact_choice
 from tests.conftest import I64_MAX, I64_MIN, nasty_datasets, ref_mode, run_op
 
 NASTY = nasty_datasets()
@@ -64,7 +64,7 @@ def test_mode_is_exact_under_every_encoding_and_counting(name, encoding, countin
 @pytest.mark.parametrize("combine", ["auto", "always", "never"])
 def test_compact_is_exact_when_fingerprints_collide_all_the_time(monkeypatch, combine):
     """4-bit fingerprints: almost every value is a candidate.  Collisions cost bytes, never exactness."""
-    monkeypatch.setattr(mode_mod, "fingerprint_bits", lambda n, w: 4)
+    monkeypatch.setattr(compact_choice, "fingerprint_bits", lambda n, w: 4)
     rng = np.random.default_rng(3)
     for shards in (generate(3000, 3, "unique-dup", 2), [rng.integers(-50, 50, 700) for _ in range(3)],
                    [rng.integers(I64_MIN, I64_MAX, 500, dtype=np.int64) for _ in range(3)]):
@@ -104,29 +104,3 @@ def test_auto_keeps_plain_on_one_host_and_for_repeating_data():
     """In-process (one host) auto stays plain: the link outruns the coding there."""
     stats = run_op("mode", generate(20_000, 4, "unique-dup", 1), 4, {})[1]
     assert {s["encoding"] for s in stats} == {"plain"}
-
-
-@pytest.mark.parametrize("host,link,want", [("10.77.0.{}", 20, "compact"), ("127.0.0.1", 20, "plain"),
-                                            ("10.77.0.{}", 0, "plain"), ("10.77.0.{}", 10_000, "plain")])
-def test_auto_follows_where_the_workers_listen_and_the_link_rate(host, link, want):
-    """Every rank sees the same address list, so auto needs no vote on loopback or without a link rate;
-    off-host it picks compact for nearly-unique data on a slow link, plain on a fast one (and stays exact)."""
-    from shardstats.worker.comm.inmemory import InMemoryNetwork
-    from tests.conftest import run_op
-    rng = np.random.default_rng(11)
-    shards = [rng.permutation(200_000)[:70_000].astype(np.int64) + 10 ** 12 * i for i in range(4)]   # > the sample
-    shards[3][0] = shards[0][0]                       # one repeat across two shards
-    net = InMemoryNetwork(4, timeout=20)
-    for r, c in enumerate(net.comms):
-        c.addrs = [f"{host.format(i + 1)}:7000" for i in range(4)]
-    res, stats, _ = run_op("mode", shards, 4, {"encoding": "auto", "link_mbit": link}, net=net)
-    assert {s["encoding"] for s in stats} == {want}
-    assert (res["value"], res["count"]) == (int(shards[0][0]), 2)
-    voted = host != "127.0.0.1" and link > 0
-    assert all(s["rounds"] == 1 + 2 + (2 * 2 if voted else 0) + (2 if want == "compact" else 0) for s in stats)
-
-
-def test_compact_pays_only_when_the_link_is_slow_for_the_cpu():
-    assert mode_mod.compact_pays(20, 1) and mode_mod.compact_pays(100, 1)
-    assert not mode_mod.compact_pays(100, 5) and not mode_mod.compact_pays(1000, 1)
-    assert not mode_mod.compact_pays(0, 1)

@@ -32,8 +32,6 @@ is None).
 from __future__ import annotations
 
 import dataclasses
-import os
-import ipaddress
 import time
 from dataclasses import dataclass
 
@@ -42,8 +40,8 @@ from shardstats.lazy import numpy as np
 from shardstats.worker import memory
 from shardstats.worker.steps import numpy_step
 from shardstats.worker.memory import concat_releasing
-from shardstats.worker.comm.collectives import allreduce, broadcast, sum_ints, tree_depth, tree_reduce
-from shardstats.worker.comm.encoding import fingerprint_bits
+from shardstats.worker.comm.collectives import allreduce, broadcast, tree_depth, tree_reduce
+from shardstats.worker.ops import compact_choice
 from shardstats.worker.ops.compact import compact_exchange, pack_fingerprints
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.ops.counting import (COUNTINGS, SLOTS, choose_counting, choose_local, count_values,
@@ -295,70 +293,6 @@ def _count_and_pack(w: int, rank: int, box: list[np.ndarray], combine: str, coun
     return [s + m for s, m in zip(s_chunks, m_chunks)], None, combined, counting, leaving
 
 
-# Compact saves ~5.7 of 8 bytes a value on the wire and costs ~0.12 CPU-seconds per million
-# values (fingerprints, argsort, Rice coding and decoding; measured on the netns bed, where
-# plain won at 1 Gbit/s and 100 Mbit/s with five workers per core, and compact at 20 Mbit/s).
-COMPACT_SAVED_BITS = 5.7 * 8
-COMPACT_CPU_SECONDS = 0.12e-6
-
-
-def compact_pays(link_mbit: float, workers_per_cpu: float) -> bool:
-    """Whether the link time compact saves per value exceeds its coding time on this worker's share of a CPU."""
-    if link_mbit <= 0:
-        return False
-    return COMPACT_SAVED_BITS / (link_mbit * 1e6) > COMPACT_CPU_SECONDS * max(1.0, workers_per_cpu)
-
-
-def _workers_per_cpu(comm: Communicator) -> float:
-    """How many of this job's workers share this host's CPUs (from the job's address list)."""
-    addrs = getattr(comm, "addrs", None)
-    if not addrs:
-        return 1.0
-    mine = str(addrs[comm.rank]).rsplit(":", 1)[0]
-    here = sum(1 for a in addrs if str(a).rsplit(":", 1)[0] == mine)
-    return here / (os.cpu_count() or 1)
-
-
-async def choose_encoding(comm: Communicator, encoding: str, values: np.ndarray,
-                          link_mbit: float = 0.0) -> tuple[str, int | None]:
-    """(the encoding every rank uses, the fingerprint bits when compact); one small allreduce unless ``plain``.
-
-    ``auto`` picks compact only when it pays: workers off one host, a link rate the
-    user declared (``--link-mbit``) slow enough that the bytes saved outweigh the
-    coding's CPU on each worker's share of its host's cores (``compact_pays``), and
-    no rank's sample showing repeats (then most fingerprints become candidates and
-    travel twice).  On loopback, or with no declared rate, every rank settles on
-    plain from the same facts without a vote; otherwise one allreduce makes every
-    rank agree.  (A bed of network namespaces on one machine hides that its "hosts"
-    share two cores, so the estimate is optimistic there.)
-    """
-    auto = encoding == "auto"
-    if encoding == "plain" or (auto and (link_mbit <= 0 or _all_loopback(comm))):
-        return "plain", None
-    repeats = int(auto and should_combine(values))
-    slow = int(auto and not compact_pays(link_mbit, _workers_per_cpu(comm)))
-    total = await allreduce(comm, {"n": len(values), "repeats": repeats, "slow": slow}, sum_ints, "mode.plan")
-    if auto and (total["repeats"] > 0 or total["slow"] > 0):
-        return "plain", None
-    return "compact", fingerprint_bits(total["n"], comm.size)
-
-
-def _all_loopback(comm: Communicator) -> bool:
-    """Whether every worker of this job listens on a loopback address (the same answer on every rank)."""
-    addrs = getattr(comm, "addrs", None)
-    if addrs is None:              # the in-memory transport: one process
-        return True
-    for addr in addrs:
-        host = str(addr).rsplit(":", 1)[0].strip("[]")
-        try:
-            if not ipaddress.ip_address(host).is_loopback:
-                return False
-        except ValueError:
-            if host != "localhost":
-                return False
-    return True
-
-
 def _aggregate(singles: list[np.ndarray], mvals: list[np.ndarray], mcounts: list[np.ndarray], tie_limit: int,
                counting: str) -> tuple[dict, str]:
     """This rank's best among the values it owns, from everything the shuffle delivered, and how it counted."""
@@ -387,10 +321,10 @@ class ModeParams(ShuffleParams):
     counting: str = option("auto", "How to count: auto (a dense bincount when the value span is small, else a sort), "
                            "sort, dense, hash (Polars' value_counts).", choices=COUNTINGS, advanced=True)
     encoding: str = option("auto", "Shuffle encoding: compact (hash fingerprints, Rice-coded, ~2.3 bytes a value; "
-                           "full values only for candidate repeats), plain (8 bytes a value), auto (compact only "
-                           "where it pays: workers on several hosts, --link-mbit given and slow enough for the "
-                           "coding's CPU cost, values that do not repeat).", choices=ENCODINGS)
-    link_mbit: float = option(0.0, "Each worker's link rate in Mbit/s, for --encoding auto (0: unknown, so plain).",
+                           "full values only for candidate repeats), plain (8 bytes a value), auto (measures the links and "
+                           "the coding's speed at the start of the shuffle and picks compact where the links are "
+                           "slow for the bytes and values do not repeat; plain on loopback).", choices=ENCODINGS)
+    link_mbit: float = option(0.0, "Each worker's link rate in Mbit/s, for --encoding auto instead of measuring it (0: measure).",
                               min=0, max=1e6)
     prune: str = option("auto", "Settle the mode from sampled heavy hitters (exact counts) and per-slot bounds for "
                         "every other value, shuffling only what the bounds cannot rule out: auto (jobs of at least "
@@ -498,8 +432,8 @@ async def _mode_once(comm: Communicator, values: np.ndarray, params: ModeParams)
         t = time.perf_counter()
         comm.progress.set("count")
     asked = "plain" if cfg.strategy == "tree" else params.encoding     # one chunk, one message: nothing to code
-    encoding, fp_bits = await choose_encoding(comm, asked, box[0], params.link_mbit)
-    planned = not (asked == "plain" or (asked == "auto" and (params.link_mbit <= 0 or _all_loopback(comm))))
+    choice = await compact_choice.choose(comm, asked, box[0], params.link_mbit, cfg.chunk_bytes, COMBINE_BELOW)
+    encoding, fp_bits = choice.encoding, choice.bits
     outgoing, kept, combined, local_counting, leaving = await numpy_step(
         len(box[0]), _count_and_pack, comm.size, comm.rank, box, combine, params.counting, cfg, fp_bits)
     phases["count"] = time.perf_counter() - t
@@ -513,7 +447,8 @@ async def _mode_once(comm: Communicator, values: np.ndarray, params: ModeParams)
         phases["shuffle"] = time.perf_counter() - t
         return await _finish(comm, cfg, local, phases, {"shuffle": memory.peak_rss_bytes()}, tie_limit, {
             "combined": combined, "counting": {"local": local_counting, "merge": "sort"}, "encoding": encoding,
-            "shuffle": cfg.strategy, "planned": True, "fingerprint_bits": fp_bits, "shuffled_values": leaving, "shuffle_bytes": sum(comm.stats.bytes_sent) - sent0,
+            "shuffle": cfg.strategy, "plan_rounds": choice.rounds, "encoding_choice": choice.stats,
+            "fingerprint_bits": fp_bits, "shuffled_values": leaving, "shuffle_bytes": sum(comm.stats.bytes_sent) - sent0,
             "chunks_sent": sum(r.chunks_sent for r in rounds), "chunks_received": sum(r.chunks_received for r in rounds),
             "shuffle_send_seconds": sum(r.send_seconds for r in rounds),
             "shuffle_receive_seconds": sum(r.receive_seconds for r in rounds)}, peaks, prior, heavy)
@@ -541,7 +476,8 @@ async def _mode_once(comm: Communicator, values: np.ndarray, params: ModeParams)
     phases["aggregate"] = time.perf_counter() - t
     return await _finish(comm, cfg, local, phases, {"aggregate": memory.peak_rss_bytes()}, tie_limit, {
         "combined": combined, "counting": {"local": local_counting, "merge": merge_how}, "encoding": encoding,
-        "shuffle": cfg.strategy, "planned": planned, "shuffled_values": leaving, "shuffle_bytes": shuffle_bytes,
+        "shuffle": cfg.strategy, "plan_rounds": choice.rounds, "encoding_choice": choice.stats,
+        "shuffled_values": leaving, "shuffle_bytes": shuffle_bytes,
         "chunks_sent": sst.chunks_sent, "chunks_received": sst.chunks_received,
         "shuffle_send_seconds": sst.send_seconds, "shuffle_receive_seconds": sst.receive_seconds}, peaks,
         prior, heavy)
@@ -571,7 +507,7 @@ async def _finish(comm: Communicator, cfg: ShuffleConfig, local: dict, phases: d
     stats = {"phases": phases, "peak_rss_after": peaks, "distinct_keys": owned, **extra,
              "rounds": cfg.rounds(comm.size) + tree_depth(comm.size)
              + (2 if extra["encoding"] == "compact" else 0)
-             + (2 * tree_depth(comm.size) if extra.pop("planned") else 0) + extra.pop("rounds_heavy", 0)}
+             + extra.pop("plan_rounds") + extra.pop("rounds_heavy", 0)}
     if best is None:
         return None, stats
     if best["count"] == 0:
@@ -587,6 +523,7 @@ def _settled(comm: Communicator, verdict: dict, phases: dict, heavy: dict) -> tu
              "distinct_keys": None if distinct is None else distinct if comm.rank == 0 else 0,
              "combined": False, "counting": {"local": "direct" if heavy["heavy"]["direct"] else "heavy",
                                              "merge": "none"}, "encoding": "plain",
+             "encoding_choice": {"encoding": "plain", "why": "nothing to shuffle: the heavy hitters settled the job"},
              "shuffle": "none", "shuffled_values": 0, "shuffle_bytes": 0, "shuffle_bytes_per_value": None,
              "chunks_sent": 0, "chunks_received": 0, "shuffle_send_seconds": 0.0, "shuffle_receive_seconds": 0.0,
              "rounds": heavy["rounds"], "heavy": heavy["heavy"]}
@@ -609,9 +546,14 @@ def render(r: dict) -> list[str]:
 
 
 def summarize(workers: list[dict]) -> dict:
-    """The job's distinct values, when the owners counted them all (a pruned job does not: None)."""
+    """The job's distinct values, when the owners counted them all (a pruned job does not: None), and the
+    shuffle's encoding with what chose it (the same on every rank, but for each rank's own probe)."""
     keys = [w["distinct_keys"] for w in workers]
-    return {"distinct_values": None if None in keys else sum(keys)}
+    out = {"distinct_values": None if None in keys else sum(keys)}
+    if workers and "encoding_choice" in workers[0]:
+        out["encoding"] = workers[0]["encoding"]
+        out["encoding_choice"] = workers[0]["encoding_choice"]
+    return out
 
 
 OP = Op(
