@@ -24,6 +24,9 @@ Examples:
   cluster sketch show week.sketch --quantiles 0.5,0.99
   cluster sketch show top.sketch --top 10 --json
   cluster sketch show ids.sketch --distinct
+  cluster submit sketch --input t.parquet --of user --kind count_min --save-sketch users.cm
+  cluster sketch show users.cm --count alice --count bob
+  cluster sketch merge --op intersect mon.theta tue.theta -o both.theta
 """
 
 
@@ -82,26 +85,40 @@ def sketch() -> None:
 @sketch.command("merge")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="The merged sketch file to write.")
-def merge(files: tuple[str, ...], out: str) -> None:
+@click.option("--op", "set_op", type=click.Choice(["union", "intersect", "minus"]), default="union", show_default=True,
+              help="union: every kind; intersect (values in all) and minus (in the first, in none of the others): "
+              "theta sketches.")
+def merge(files: tuple[str, ...], out: str, set_op: str) -> None:
     """Merge sketch FILES of one kind and parameters into one (as if one job had sketched all their inputs)."""
     from shardstats import sketches as sk
+    from shardstats import sketchkinds as kinds
     try:
         read = [sk.read(f) for f in files]
         for (h, _), f in zip(read[1:], files[1:]):
             sk.compatible(read[0][0], h, files[0], f)
+        first = read[0][0]
+        if set_op != "union" and first["kind"] != "theta":
+            raise UsageError(f"--op {set_op}: set operations are for theta sketches; {files[0]} is a {first['kind']} "
+                             f"sketch (make one with `cluster submit sketch --kind theta`)")
         for (h, p), f in zip(read, files):
             _guarded(f, sk.validate_payload, h, p)
-        first = read[0][0]
-        payload = _guarded(" + ".join(files), sk.merge_payloads, first["kind"], [p for _, p in read])
+        if set_op != "union":
+            payload = _guarded(" + ".join(files), kinds.theta_set_op, set_op, first["params"]["lg_k"],
+                               [p for _, p in read])
+        else:
+            payload = _guarded(" + ".join(files), sk.merge_payloads, first["kind"], [p for _, p in read],
+                               first["params"])
         columns = {json.dumps(h.get("column")) for h, _ in read}
         parts = [{"file": os.path.basename(f), "created": h.get("created"), "input": h.get("input")}
                  for (h, _), f in zip(read, files)]
-        head = sk.header(first["kind"], first["params"], payload, {"merged_from": parts},
+        fp = {"merged_from": parts} if set_op == "union" else {f"{set_op}_of": parts}
+        head = sk.header(first["kind"], first["params"], payload, fp,
                          first.get("column") if len(columns) == 1 else None)
         sk.write(out, head, payload)
     except ShardstatsError as exc:
-        _fail(str(exc))
-    click.echo(f"merged {len(files)} {first['kind']} sketches into {out} ({len(payload):,} B)")
+        _fail(str(exc), exc.exit_code if isinstance(exc, UsageError) else 2)
+    said = "merged" if set_op == "union" else {"intersect": "intersected", "minus": "subtracted"}[set_op]
+    click.echo(f"{said} {len(files)} {first['kind']} sketches into {out} ({len(payload):,} B)")
 
 
 def _quantiles(value: str | None) -> list[str]:
@@ -117,37 +134,63 @@ def _quantiles(value: str | None) -> list[str]:
 @click.option("--quantiles", metavar="Q,Q,...", help="A quantile sketch: these quantiles (default 0.5,0.99).")
 @click.option("--top", type=click.IntRange(1, 1_000_000), help="A frequent-items sketch: the N most frequent values "
               "(default 10).")
-@click.option("--distinct", is_flag=True, help="A HyperLogLog sketch: the number of distinct values (the default).")
+@click.option("--distinct", is_flag=True, help="A HyperLogLog, theta or CPC sketch: the number of distinct values "
+              "(the default).")
+@click.option("--count", "count", multiple=True, metavar="VALUE", help="A count-min sketch: how often VALUE occurs "
+              "(never below the truth); repeat it for more.")
+@click.option("--contains", "contains", multiple=True, metavar="VALUE", help="A Bloom filter: whether VALUE may be "
+              "in the set (no: certainly not); repeat it for more.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
-def show(file: str, quantiles: str | None, top: int | None, distinct: bool, as_json: bool) -> None:
+def show(file: str, quantiles: str | None, top: int | None, distinct: bool, count: tuple[str, ...],
+         contains: tuple[str, ...], as_json: bool) -> None:
     """Answer from a saved sketch FILE alone: its header, and the question its kind answers."""
     from shardstats import sketches as sk
+    from shardstats import sketchkinds as kinds
     try:
         qs = _quantiles(quantiles)
         head, payload = _read_checked(file)
         kind = head["kind"]
         asked = [name for name, given in (("--quantiles", quantiles is not None), ("--top", top is not None),
-                                          ("--distinct", distinct)) if given]
-        answers = {"kll_doubles": "--quantiles", "frequent_items_i64": "--top", "hll_registers": "--distinct"}[kind]
+                                          ("--distinct", distinct), ("--count", bool(count)),
+                                          ("--contains", bool(contains))) if given]
+        answers = ANSWERS[kind]
         wrong = [a for a in asked if a != answers]
         if wrong:
             raise UsageError(f"{file} is a {kind} sketch: it answers {answers}, not {wrong[0]}")
+        vtype = kinds.values_type(head["params"])
+        for v in count + contains:
+            try:
+                kinds.parse_value(v, vtype)
+            except ValueError:
+                raise UsageError(f"{answers} {v[:40]!r}: {file} is a sketch of {vtype} values") from None
+        from shardstats.worker.ops.median import parse_quantile
+        ranks = [float(parse_quantile(q)) for q in (qs or ["0.5", "0.99"])]
         if kind == "kll_doubles":
             qs = qs or ["0.5", "0.99"]
-            from shardstats.worker.ops.median import parse_quantile
-            ans = _guarded(file, sk.kll_answer, payload, [float(parse_quantile(q)) for q in qs])
+            ans = _guarded(file, sk.kll_answer, payload, ranks, vtype == "int64")
             ans["quantiles"] = {q: a for q, a in zip(qs, ans["quantiles"])}
         elif kind == "frequent_items_i64":
             ans = _guarded(file, sk.fi_answer, payload, top or 10)
-        else:
+        elif kind == "hll_registers":
             ans = sk.hll_answer(payload, head["params"]["precision"])
+        else:
+            ans = _guarded(file, kinds.answer, kind, head["params"], payload,
+                           {"ranks": ranks, "top": top or 10, "count": list(count), "contains": list(contains)})
+            if kind == "tdigest_double":
+                ans["quantiles"] = {q: a for q, a in zip(qs or ["0.5", "0.99"], ans["quantiles"])}
     except ShardstatsError as exc:
         _fail(str(exc), exc.exit_code if isinstance(exc, UsageError) else 2)
     if as_json:
         click.echo(json.dumps({"file": file, "header": head, "answer": ans}))
         return
-    for line in _describe(file, head) + _render(kind, ans):
+    from shardstats.sketchkinds import render_answer
+    for line in _describe(file, head) + render_answer(kind, ans):
         click.echo(line)
+
+
+ANSWERS = {"kll_doubles": "--quantiles", "tdigest_double": "--quantiles", "frequent_items_i64": "--top",
+           "frequent_items_f64": "--top", "frequent_strings": "--top", "hll_registers": "--distinct",
+           "theta": "--distinct", "cpc": "--distinct", "count_min": "--count", "bloom": "--contains"}
 
 
 def _describe(file: str, head: dict) -> list[str]:
@@ -165,21 +208,3 @@ def _describe(file: str, head: dict) -> list[str]:
     column = f", column {head['column']}" if head.get("column") is not None else ""
     text = f"{head['kind']} ({params}{column}), made {head.get('created')} with {head.get('library')}{said}"
     return [f"{file}: {text[:400]}"]
-
-
-def _render(kind: str, a: dict) -> list[str]:
-    if kind == "kll_doubles":
-        e = a["rank_error_bound"]
-        say = f"rank error <= {e:.4%} at 99% confidence" if e else "exact (the sketch holds every value)"
-        lines = [f"{a['n']:,} values, min {a['min']}, max {a['max']}; {say}; {a['sketch_bytes']:,} B"]
-        lines += [f"  q{q}: ~{v['value']}  in [{v['low']}, {v['high']}]" for q, v in a["quantiles"].items()]
-        return lines
-    if kind == "frequent_items_i64":
-        lines = [f"{a['total']:,} values; each count within [lower, upper], maximum error {a['max_error']:,}; "
-                 f"{a['sketch_bytes']:,} B"]
-        width = max([len(str(i["value"])) for i in a["items"]] or [1])
-        lines += [f"  {n:>4}. {i['value']:>{width}}  ~{i['estimate']:,}  [{i['lower']:,}, {i['upper']:,}]"
-                  for n, i in enumerate(a["items"], 1)]
-        return lines
-    e = a["relative_standard_error"]
-    return [f"distinct: ~{a['value']:,} (HyperLogLog, relative standard error {e:.2%}; {a['sketch_bytes']:,} B)"]

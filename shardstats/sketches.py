@@ -38,7 +38,8 @@ from shardstats.errors import InputError, UsageError
 
 MAGIC = "shardstats-sketch"
 FORMAT_VERSION = 1
-KINDS = ("kll_doubles", "frequent_items_i64", "hll_registers")
+KINDS = ("kll_doubles", "frequent_items_i64", "hll_registers", "frequent_items_f64", "frequent_strings",
+         "tdigest_double", "theta", "cpc", "count_min", "bloom")     # the last seven: shardstats.sketchkinds
 MAX_HEADER = 1 << 16
 MAX_PAYLOAD = 256 << 20
 I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
@@ -90,15 +91,17 @@ def to_int64(x: float) -> int:
     return max(I64_MIN, min(I64_MAX, int(x)))
 
 
-def kll_answer(data: bytes, ranks: list[float]) -> dict:
+def kll_answer(data: bytes, ranks: list[float], as_int: bool = True) -> dict:
     """Quantiles at normalized ``ranks`` from a serialized sketch, each with the interval of values the
-    rank bound allows: the true quantile lies in [low, high] at the bound's confidence."""
+    rank bound allows: the true quantile lies in [low, high] at the bound's confidence.  ``as_int``: the
+    sketch is of int64 values (answers clamped back into int64), else of float64 values (answered as such)."""
+    conv = to_int64 if as_int else float
     s = kll_load(data)
     eps = s.normalized_rank_error(False)
     exact = not s.is_estimation_mode()
     out = {"n": s.n, "k": s.k, "rank_error_bound": 0.0 if exact else eps, "library_rank_error": eps,
            "sketch_exact": exact, "sketch_bytes": len(data), "retained": s.num_retained,
-           "min": to_int64(s.get_min_value()) if s.n else None, "max": to_int64(s.get_max_value()) if s.n else None,
+           "min": conv(s.get_min_value()) if s.n else None, "max": conv(s.get_max_value()) if s.n else None,
            "quantiles": []}
     if s.is_empty():
         return out
@@ -110,7 +113,7 @@ def kll_answer(data: bytes, ranks: list[float]) -> dict:
         return lo_v if r <= 0 else hi_v if r >= 1 else s.get_quantile(r, True)
     for r in ranks:
         q, lo, hi = at(r), at(r - e), at(r + e)
-        out["quantiles"].append({"rank": r, "value": to_int64(q), "low": to_int64(lo), "high": to_int64(hi),
+        out["quantiles"].append({"rank": r, "value": conv(q), "low": conv(lo), "high": conv(hi),
                                  "raw": q})
     return out
 
@@ -252,17 +255,27 @@ def parse(data: bytes, name: str) -> tuple[dict, bytes]:
 
 
 def check_params(kind: str, params: object, name: str) -> dict:
+    from shardstats import sketchkinds as kinds
+
     def num(key: str, lo: int, hi: int) -> None:
         v = params.get(key) if isinstance(params, dict) else None
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
             raise SketchFileError(f"{name}: {kind} parameter {key} = {str(v)[:20]} is out of range [{lo}, {hi}]")
+    if not isinstance(params, dict):
+        raise SketchFileError(f"{name}: {kind} sketch without parameters")
+    vtype = params.get("values", "int64")
+    if vtype not in kinds.KIND_TYPES.get(kind, kinds.VALUE_TYPES):
+        raise SketchFileError(f"{name}: a {kind} sketch of {str(vtype)[:20]} values (it takes "
+                              f"{', '.join(kinds.KIND_TYPES.get(kind, kinds.VALUE_TYPES))})")
     if kind == "kll_doubles":
         num("k", *KLL_K)
     elif kind == "frequent_items_i64":
         num("lg_max_k", *LG_MAX_K)
-    else:
+    elif kind == "hll_registers":
         num("precision", 4, 16)
-    return params  # type: ignore[return-value]
+    else:
+        kinds.check_params(kind, params, num)
+    return params
 
 
 def read(path: str) -> tuple[dict, bytes]:
@@ -286,15 +299,23 @@ def compatible(a: dict, b: dict, a_name: str, b_name: str) -> None:
     if a["kind"] != b["kind"]:
         raise SketchFileError(f"{b_name} is a {b['kind']} sketch and {a_name} a {a['kind']} sketch: only sketches "
                               f"of one kind merge")
-    if a["params"] != b["params"]:
-        say = lambda p: ", ".join(f"{k}={v}" for k, v in sorted(p.items()))  # noqa: E731
+    typed = lambda p: {"values": "int64", **p}  # noqa: E731 - files from before value types are of int64
+    if typed(a["params"]) != typed(b["params"]):
+        say = lambda p: ", ".join(f"{k}={v}" for k, v in sorted(typed(p).items()))  # noqa: E731
         raise SketchFileError(f"{b_name} ({b['kind']} {say(b['params'])}) does not merge with {a_name} "
                               f"({say(a['params'])}): parameters differ")
 
 
-def merge_payloads(kind: str, payloads: list[bytes]) -> bytes:
+def merge_bytes(kind: str, params: dict, a: bytes, b: bytes) -> bytes:
+    """Two serialized sketches of one kind and parameters as one."""
+    from shardstats import sketchkinds as kinds
     merge = {"kll_doubles": kll_merge_bytes, "frequent_items_i64": fi_merge_bytes,
-             "hll_registers": hll_merge_bytes}[kind]
+             "hll_registers": hll_merge_bytes}.get(kind)
+    return merge(a, b) if merge else kinds.merge_bytes(kind, params, a, b)
+
+
+def merge_payloads(kind: str, payloads: list[bytes], params: dict | None = None) -> bytes:
+    merge = lambda a, b: merge_bytes(kind, params or {}, a, b)  # noqa: E731
     acc = payloads[0]
     for p in payloads[1:]:
         acc = merge(acc, p)
@@ -322,7 +343,10 @@ def validate_payload(head: dict, payload: bytes) -> dict:
         s.get_frequent_items(ds().frequent_items_error_type.NO_FALSE_NEGATIVES, 0)
         s.serialize(ds().PyLongsSerDe())
         return {"n": s.total_weight}
-    return {}
+    if kind == "hll_registers":
+        return {}
+    from shardstats import sketchkinds as kinds
+    return kinds.validate(kind, params, payload)
 
 
 def fingerprint_merge(a: dict, b: dict) -> dict:

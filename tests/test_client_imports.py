@@ -114,6 +114,8 @@ CASES = {
                                 "mean_exact": Fraction(r["mean_exact"])} == _stats(v)),
     "topk": (("--k", "3"), lambda r, v: r["items"] == _topk(v, 3)),
     "distinct": ((), lambda r, v: r["value"] == len(set(v)) and r["exact"] is True),
+    "sketch": (("--kind", "count_min", "--count", "3"), lambda r, v: r["counts"][0]["estimate"] >= v.count(3)
+               and r["total"] == len(v)),
     "describe": ((), lambda r, v: r["stats"]["count"] == len(v) and r["distinct"]["value"] == len(set(v))
                  and r["mode"]["count"] == _mode(v)["count"]
                  and Fraction(r["median"]["value"]) == _median(v)["value"]),

@@ -198,7 +198,7 @@ def test_bad_files_exit_2_with_one_line(tmp_path):
         "empty.sk": (b"", "not a shardstats sketch"),
         "text.sk": (b"hello\nworld", "not a shardstats sketch"),
         "json.sk": (b'{"a": 1}\n', "magic"),
-        "kind.sk": (sk.dump({**head, "kind": "bloom"}, payload), "unknown sketch kind"),
+        "kind.sk": (sk.dump({**head, "kind": "bloomier"}, payload), "unknown sketch kind"),
         "params.sk": (sk.dump({**head, "params": {"k": 3}}, payload), "out of range"),
         "version.sk": (sk.dump({**head, "version": 9}, payload), "version"),
         "extra.sk": (data + b"x", "after the sketch"),

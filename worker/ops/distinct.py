@@ -29,7 +29,7 @@ from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.partition import splitmix64
 from shardstats.worker.comm.shuffle import ShuffleConfig
 from shardstats.worker.steps import numpy_step
-from shardstats.worker.ops.contract import Op, ShuffleParams, approx_only, option
+from shardstats.worker.ops.contract import Op, ShuffleParams, approx_only, column_reads, option
 from shardstats.worker.ops.keyed import owned_distinct
 from shardstats.worker.ops.counting import repeat_share
 from shardstats.worker.ops.mode import COMBINE_BELOW, COMBINE_SAMPLE, should_combine
@@ -93,6 +93,8 @@ class DistinctParams(ShuffleParams):
     save_sketch: str | None = option(None, "With --approx: rank 0 writes the merged registers to FILE (relative to "
                                      "the worker's data root); read them with `cluster sketch show --distinct`.",
                                      metavar="FILE")
+    of: str | None = option(None, "With --approx: count column COL of table shards (.csv/.tsv/.parquet/.jsonl) as "
+                            "the files type it: int64, float64 or string (nulls and NaN skipped).", metavar="COL")
 
     def validate(self) -> None:          # the field ``check`` is the option --check: the rules go here
         approx_only(self)
@@ -100,6 +102,11 @@ class DistinctParams(ShuffleParams):
 
 async def distinct(comm: Communicator, values: np.ndarray, params: DistinctParams) -> tuple[dict | None, dict]:
     t = time.perf_counter()
+    vtype = "int64"
+    if params.of:               # a table's column: its values (int64) or their 64-bit hashes (floats, strings)
+        from shardstats.worker.ops.approx import distinct_values, skipped_total
+        vtype, values, skipped = await asyncio.to_thread(distinct_values, values, params.of)
+        skipped = await skipped_total(comm, skipped, "distinct")
     box = [values]
     del values
     if params.approx:
@@ -121,13 +128,24 @@ async def distinct(comm: Communicator, values: np.ndarray, params: DistinctParam
             e = relative_standard_error(p)
             result = {"value": round(hll_estimate(got["r"])), "exact": False, "relative_standard_error": e,
                       "registers": len(reg)}
+            if params.of:
+                result.update(column=params.of, values=vtype, skipped=skipped)
         if params.save_sketch or params.check:
             from shardstats.worker.ops import approx
-            await approx.distinct_extras(comm, keep, params, result, got["r"].tobytes() if got else None, stats)
+            await approx.distinct_extras(comm, keep, params, result, got["r"].tobytes() if got else None, stats,
+                                         vtype)
         return result, stats
+    if comm.passes > 1:         # values kept on disk: one hash slice a pass (worker/ops/passes.py)
+        from shardstats.worker.ops.passes import over_slices
+        return await over_slices(comm, box.pop(), lambda c, part: _exact(c, part, params),
+                                 lambda a, b: {"value": a["value"] + b["value"], "exact": True})
+    return await _exact(comm, box.pop(), params)
+
+
+async def _exact(comm: Communicator, values: np.ndarray, params: DistinctParams) -> tuple[dict | None, dict]:
+    t = time.perf_counter()
     cfg = ShuffleConfig.from_params(params, comm.total)
     comm.progress.set("shuffle")
-    values = box.pop()
     combine = await numpy_step(len(values), _dedup_pays, values)
     owned, combined, st = await owned_distinct(comm, cfg, values, combine)
     del values
@@ -193,4 +211,6 @@ OP = Op(
     phases=("load", "shuffle", "sketch", "reduce"),
     examples=("cluster submit distinct --input shards/", "cluster submit distinct --input shards/ --approx --json"),
     summarize=summarize,
+    reads_column=column_reads,
+    out_of_core=True,     # values kept on disk: one hash slice a pass (worker/ops/passes.py)
 )

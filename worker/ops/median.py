@@ -19,7 +19,7 @@ from shardstats.worker.comm.collectives import broadcast, tree_reduce
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.errors import EmptyDataset, UsageError
 from shardstats.exact import exact_text
-from shardstats.worker.ops.contract import Op, Params, approx_only, option
+from shardstats.worker.ops.contract import Op, Params, approx_only, column_reads, option
 
 from shardstats.worker.engine.select import (DEFAULT_GATHER_LIMIT, DEFAULT_SAMPLES, EVEN_RULES, FIRST_SAMPLES,
                                             median_ranks, select_ranks)
@@ -70,9 +70,16 @@ class MedianParams(Params):
                          "rank error against the bound.")
     save_sketch: str | None = option(None, "With --approx: rank 0 writes the merged sketch to FILE (relative to the "
                                      "worker's data root); read it with `cluster sketch show`.", metavar="FILE")
+    sketch: str = option("kll", "With --approx: kll (a stated rank error bound) or tdigest (t-digest, by name: "
+                         "no stated bound).", choices=("kll", "tdigest"))
+    of: str | None = option(None, "With --approx: sketch column COL of table shards (.csv/.tsv/.parquet/.jsonl) "
+                            "as the files type it, int64 or float64 (nulls and NaN skipped).", metavar="COL")
 
     def validate(self) -> None:          # the field ``check`` is the option --check: the rules go here
         approx_only(self)
+        if self.sketch == "tdigest" and (not self.approx or self.check):
+            raise UsageError("--sketch tdigest: an approximate answer without a stated bound (add --approx; "
+                             "--check is for the KLL sketch's bound)")
 
 
 async def median(comm: Communicator, values: np.ndarray, params: MedianParams) -> tuple[dict | None, dict]:
@@ -153,6 +160,7 @@ OP = Op(
     run=median,
     render=render,
     phases=("load", "select", "sketch", "reduce", "check"),
+    reads_column=column_reads,
     examples=("cluster submit median --input shards/", "cluster submit median --input shards/ --quantiles 0.9,0.99",
               "cluster submit median --input shards/ --approx --quantiles 0.99 --check --save-sketch day1.sketch"),
     out_of_core=True,     # counting rounds walk the values block by block; only the narrowed windows are held

@@ -47,7 +47,7 @@ from shardstats.worker.comm.collectives import allreduce, broadcast, sum_ints, t
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.shuffle import ShuffleConfig
 from shardstats.worker.steps import numpy_step
-from shardstats.worker.ops.contract import Op, ShuffleParams, approx_only, option
+from shardstats.worker.ops.contract import Op, ShuffleParams, approx_only, column_reads, option
 from shardstats.worker.ops.keyed import Owned, empty, local_counts, owned_counts
 from shardstats.worker.ops.mode import COMBINE_SAMPLE
 from shardstats.worker.ops.counting import run_lengths
@@ -332,6 +332,9 @@ class TopkParams(ShuffleParams):
                          "listed count's true error against its bounds.")
     save_sketch: str | None = option(None, "With --approx: rank 0 writes the merged sketch to FILE (relative to the "
                                      "worker's data root); read it with `cluster sketch show`.", metavar="FILE")
+    of: str | None = option(None, "With --approx: the top values of column COL of table shards "
+                            "(.csv/.tsv/.parquet/.jsonl) as the files type it: int64, float64 or string (nulls and "
+                            "NaN skipped).", metavar="COL")
 
     def validate(self) -> None:          # the field ``check`` is the option --check: the rules go here
         approx_only(self)
@@ -341,8 +344,14 @@ async def topk(comm: Communicator, values: np.ndarray, params: TopkParams) -> tu
     if params.approx:
         from shardstats.worker.ops import approx
         return await approx.topk(comm, values, params)
-    top, stats = await run_topk(comm, values, params.k, params.strategy, ShuffleConfig.from_params(params, comm.total),
-                                params.candidate_limit)
+    cfg = ShuffleConfig.from_params(params, comm.total)
+    if comm.passes > 1:         # values kept on disk: one hash slice a pass (worker/ops/passes.py)
+        from shardstats.worker.ops.passes import over_slices
+        top, stats = await over_slices(comm, values, lambda c, part: run_topk(c, part, params.k, params.strategy, cfg,
+                                                                               params.candidate_limit),
+                                       merger(params.k))
+    else:
+        top, stats = await run_topk(comm, values, params.k, params.strategy, cfg, params.candidate_limit)
     return (result_of(params.k, top) if top is not None else None), stats
 
 
@@ -379,4 +388,6 @@ OP = Op(
     examples=("cluster submit topk --input shards/ --k 100", "cluster submit topk --input shards/ --k 10 --approx --check",
               "cluster submit topk --input shards/ --k 10 --strategy threshold --json"),
     summarize=summarize,
+    reads_column=column_reads,
+    out_of_core=True,     # values kept on disk: one hash slice a pass (worker/ops/passes.py)
 )
