@@ -28,6 +28,6 @@ USER 10001:10001
 # TLS is optional and comes from outside the image: docker-compose.tls.yml mounts each worker's
 # certificate, key and the cluster CA as secrets under /run/secrets and points CLUSTER_TLS_* at them
 # (Kubernetes: a Secret volume).  The worker needs only Python's ssl module for it.
-EXPOSE 7000
+EXPOSE 7000 8000
 ENTRYPOINT ["cluster"]
 CMD ["worker", "--help"]

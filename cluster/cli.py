@@ -18,6 +18,7 @@ import click
 from shardstats.cluster.config import (ClusterInfo, ConfigError, default_cluster_file, find_cluster, token_from_env,
                                        worker_id_from_hostname)
 from shardstats.cluster.submit import SubmitGroup, fail
+from shardstats.cluster.httpflags import up_http_base, up_options, worker_http, worker_options
 from shardstats._version import __version__
 from shardstats.errors import ShardstatsError
 from shardstats.settings import DEFAULTS, Settings
@@ -97,6 +98,7 @@ Example (worker 0 of three; run the same with --id 1 and --id 2 on their hosts):
 @click.option("--tls-key", envvar="CLUSTER_TLS_KEY", help="Its private key (env CLUSTER_TLS_KEY).")
 @click.option("--tls-ca", envvar="CLUSTER_TLS_CA", help="The cluster CA's certificate: peers and clients must "
               "present a certificate it signed (env CLUSTER_TLS_CA).")
+@worker_options
 def worker(worker_id: int | None, id_from_hostname: bool, listen: str, peers: str, token_file: str | None, root: str,
            allow_any_path: bool, memory_limit: str | None, spill_dir: str | None, read_timeout: float,
            job_timeout: float, handshake_timeout: float, no_user_code: bool, log_level: str,
@@ -147,7 +149,7 @@ def worker(worker_id: int | None, id_from_hostname: bool, listen: str, peers: st
                                                 live_approx=live_approx, live_flush_interval=live_flush_interval,
                                                 live_allowance=live_allowance,
                                                 live_checkpoint_interval=live_checkpoint_interval),
-                              tls=TLSFiles.of(tls_cert, tls_key, tls_ca))
+                              tls=TLSFiles.of(tls_cert, tls_key, tls_ca), **worker_http(listen))
     except ValueError as exc:
         fail(str(exc), 2)
     except ConfigError as exc:        # a TLS file missing or unusable: the operator's to fix
@@ -202,6 +204,7 @@ Examples:
               show_default=_base_port_shown(),
               help="Workers listen on BASE..BASE+N-1 (default from $CLUSTER_BASE_PORT when set).")
 @click.option("--detach", is_flag=True, help="Start the workers in the background and return.")
+@up_options
 @click.option("--cluster-file", type=click.Path(dir_okay=False),
               help="Where to record the cluster for later commands (default: $CLUSTER_FILE, else "
               "~/.local/state/cluster/cluster.json).")
@@ -245,12 +248,15 @@ def up(workers: int, host: str, base_port: int, detach: bool, cluster_file: str 
         click.echo(f"made a cluster CA and certificates for {workers} workers in {tls_dir}")
     t = time.perf_counter()
     try:
-        info = launcher.start(workers, host, base_port, log_dir, log_level, extra_args=worker_args, tls_dir=tls_dir)
+        info = launcher.start(workers, host, base_port, log_dir, log_level, extra_args=worker_args, tls_dir=tls_dir,
+                              http_base=up_http_base(base_port))
     except launcher.LaunchError as exc:
         fail(str(exc), 1)
     info.save(path)
     click.echo(f"cluster of {workers} workers up on {info.workers[0]} .. {info.workers[-1]} "
                f"in {time.perf_counter() - t:.2f} s (logs: {info.log_dir}, cluster file: {path})")
+    if info.http_ports:
+        click.echo(f"metrics: http://{host}:{info.http_ports[0]}/metrics .. :{info.http_ports[-1]}/metrics")
     if detach:
         return
     click.echo("press Ctrl-C to stop")

@@ -39,6 +39,7 @@ class ClusterInfo:
     tls: dict | None = None          # the client's TLS files {cert, key, ca}; None: plain TCP
     starts: list[int | None] = field(default_factory=list)   # each pid's start time (/proc/<pid>/stat field 22)
     own_logs: bool = False           # log_dir is a temporary directory the launcher made (removed on stop)
+    http_ports: list[int] = field(default_factory=list)      # worker i's HTTP port (metrics); empty: none
 
     def tls_files(self) -> TLSFiles | None:
         """The client's TLS files: $CLUSTER_TLS_* if set, else what the cluster file records."""

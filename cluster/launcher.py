@@ -66,7 +66,8 @@ def tls_for(tls_dir: str | Path, workers: int) -> TLSFiles:
 
 def start(workers: int, host: str = "127.0.0.1", base_port: int | None = None, log_dir: str | None = None,
           log_level: str = "info", extra_args: list[str] | None = None, ready_timeout: float = 30.0,
-          tls_dir: str | Path | None = None) -> ClusterInfo:
+          tls_dir: str | Path | None = None, http_base: int | None = None) -> ClusterInfo:
+    """``http_base``: worker i serves HTTP (metrics) on ``http_base + i``; 0: on free ports; None: no HTTP."""
     if workers < 1:
         raise LaunchError("--workers must be at least 1")
     client_tls = tls_for(tls_dir, workers) if tls_dir is not None else None
@@ -76,6 +77,7 @@ def start(workers: int, host: str = "127.0.0.1", base_port: int | None = None, l
         if busy:
             raise LaunchError(f"port {busy[0]} on {host} is in use; pick another --base-port or run `cluster down`")
     addrs = [f"{host}:{p}" for p in ports]
+    http_ports = _http_ports(host, http_base, workers, ports)
     token = secrets.token_hex(32)
     logs = Path(log_dir or tempfile.mkdtemp(prefix="cluster-logs-"))
     logs.mkdir(parents=True, exist_ok=True)
@@ -88,7 +90,7 @@ def start(workers: int, host: str = "127.0.0.1", base_port: int | None = None, l
     pids = [p.pid for p in procs]
     info = ClusterInfo(workers=addrs, token=token, local=True, pids=pids, log_dir=str(logs), root=os.getcwd(),
                        tls=client_tls.as_dict() if client_tls is not None else None,
-                       starts=[start_time(p) for p in pids], own_logs=log_dir is None)
+                       starts=[start_time(p) for p in pids], own_logs=log_dir is None, http_ports=http_ports)
     try:
         wait_ready(info, ready_timeout, procs)
     except BaseException:
@@ -97,8 +99,29 @@ def start(workers: int, host: str = "127.0.0.1", base_port: int | None = None, l
     return info
 
 
+def _http_ports(host: str, base: int | None, workers: int, ports: list[int]) -> list[int]:
+    """The workers' HTTP ports: ``base``..``base+workers-1`` (each free, none a worker's own port), free ports
+    for 0, none for None."""
+    if base is None:
+        return []
+    if base == 0:
+        return free_ports(host, workers)
+    http = list(range(base, base + workers))
+    if http[-1] > 65535:
+        raise LaunchError(f"--http-port {base}: {workers} workers need ports up to {http[-1]}, past 65535")
+    clash = sorted(set(http) & set(ports))
+    if clash:
+        raise LaunchError(f"--http-port {base}: port {clash[0]} is a worker's own port; pick another --http-port")
+    busy = ports_in_use(host, http)
+    if busy:
+        raise LaunchError(f"port {busy[0]} on {host} is in use; pick another --http-port (or --no-http) or run "
+                          f"`cluster down`")
+    return http
+
+
 def _spawn(i: int, addrs: list[str], token: str, logs: Path, log_level: str,
-           extra_args: list[str] | None, tls_dir: str | Path | None = None) -> subprocess.Popen:
+           extra_args: list[str] | None, tls_dir: str | Path | None = None,
+           http_port: int | None = None) -> subprocess.Popen:
     """Worker ``i`` as a process of its own session (Ctrl-C at the shell does not reach it).
 
     The caller's own ``CLUSTER_TLS_*`` (a client's certificate) never reach a worker: it gets its own or none.
@@ -108,7 +131,8 @@ def _spawn(i: int, addrs: list[str], token: str, logs: Path, log_level: str,
     if tls_dir is not None:
         env.update(TLSFiles.in_dir(tls_dir, f"worker{i}").env())
     cmd = [sys.executable, "-m", "shardstats.cluster.cli", "worker", "--id", str(i), "--listen", addrs[i],
-           "--peers", ",".join(addrs), "--log-level", log_level, "--allow-any-path", *(extra_args or [])]
+           "--peers", ",".join(addrs), "--log-level", log_level, "--allow-any-path",
+           *(["--http-port", str(http_port)] if http_port else ["--no-http"]), *(extra_args or [])]
     with open(logs / f"worker{i}.log", "ab") as log:
         return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True)
@@ -119,7 +143,8 @@ def restart(info: ClusterInfo, i: int, log_level: str = "info", ready_timeout: f
     if alive(info.pids[i]):
         raise LaunchError(f"worker {i} (pid {info.pids[i]}) is still running")
     tls_dir = Path(info.tls["ca"]).parent if info.tls else None
-    p = _spawn(i, info.workers, info.token, Path(info.log_dir), log_level, None, tls_dir)
+    p = _spawn(i, info.workers, info.token, Path(info.log_dir), log_level, None, tls_dir,
+               info.http_ports[i] if i < len(info.http_ports) else None)
     info.pids[i] = p.pid
     if len(info.starts) == len(info.pids):
         info.starts[i] = start_time(p.pid)

@@ -20,20 +20,21 @@ HOME, CLEAR_LINE, CLEAR_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
 def table(rows: list[dict], source: str) -> list[str]:
     lines = [f"cluster from {source}",
              f"{'id':>3}  {'address':<22} {'state':<5} {'version':<8} {'jobs':>5} {'failed':>6} {'active':>6} "
-             f"{'sent':>10} {'memory':>10}  last job"]
+             f"{'sent':>10} {'memory':>10} {'budget':>10} {'spilled':>10} {'http':>5}  last job"]
     for r in rows:
         last = r.get("last_job") or {}
         desc = (f"{last.get('op')} {human_bytes(last.get('bytes_sent', 0))} sent, {last.get('seconds', 0):.3f} s"
                 if last else "-")
         if not r["up"]:
             lines.append(f"{r['id']:>3}  {r['addr']:<22} {'DOWN':<5} {'-':<8} {'-':>5} {'-':>6} {'-':>6} {'-':>10} "
-                         f"{'-':>10}  {r.get('error', '')}")
+                         f"{'-':>10} {'-':>10} {'-':>10} {'-':>5}  {r.get('error', '')}")
             continue
-        sent = human_bytes(r["bytes_sent_total"]) if "bytes_sent_total" in r else "-"
-        mem = human_bytes(r["rss_bytes"]) if "rss_bytes" in r else "-"
+        sent, mem, budget, spilled = (human_bytes(r[k]) if isinstance(r.get(k), int) else "-" for k in
+                                      ("bytes_sent_total", "rss_bytes", "memory_budget", "spill_written_bytes"))
+        http = r.get("http_port") or "-"      # a worker older than the metrics, or one without HTTP
         lines.append(f"{r['id']:>3}  {r['addr']:<22} {'up':<5} {r.get('version', '-'):<8} "
                      f"{r.get('jobs_run', '-'):>5} {r.get('jobs_failed', '-'):>6} {r.get('active_jobs', '-'):>6} "
-                     f"{sent:>10} {mem:>10}  {desc}")
+                     f"{sent:>10} {mem:>10} {budget:>10} {spilled:>10} {http:>5}  {desc}")
     up = sum(1 for r in rows if r["up"])
     lines.append(f"{up} of {len(rows)} workers up")
     cached: dict[str, list[int]] = {}

@@ -30,7 +30,7 @@ from tests.conftest import cli, free_base
 pytestmark = pytest.mark.timeout(120)
 
 I64 = np.iinfo(np.int64)
-BIG = 1_200_000          # values per shard: 9.6 MB, over the 8 MiB a pass may hold under the tests' budget
+BIG = 600_000            # values per shard: 4.8 MB, over the 4 MiB a pass may hold under the tests' budget
 
 
 def _datasets(rng) -> dict[str, list[np.ndarray]]:
@@ -60,7 +60,7 @@ def _write(d: Path, shards: list[np.ndarray], text_last: bool = False) -> None:
 
 
 def _settings(tmp_path) -> DEFAULTS.__class__:
-    # Below the test process's own size: every rank may hold ondisk.MIN_IN_MEMORY (8 MiB) of values at once.
+    # Below the test process's own size: every rank may hold jobs.MIN_IN_MEMORY (4 MiB) of values at once.
     return dataclasses.replace(DEFAULTS, memory_limit=16 << 20, spill_dir=str(tmp_path / "spill"))
 
 
@@ -96,6 +96,18 @@ async def test_mode_and_median_beyond_the_budget_equal_numpy(tmp_path, name):
         assert max(w.get("passes", 1) for w in rep.workers) > 1
         on_disk = [w for w in rep.workers if w.get("spill_bytes_written")]     # the ranks over the budget
         assert on_disk and all(w["spill_bytes_written"] == w["spill_bytes_read"] >= 8 * w["values"] for w in on_disk)
+        counts = Counter(allv.tolist())
+        rep = await run_job(c.addrs, c.token, job_spec("distinct", str(d), {}))
+        assert rep.result["value"] == len(counts) and max(w.get("passes", 1) for w in rep.workers) > 1
+        rep = await run_job(c.addrs, c.token, job_spec("topk", str(d), {"k": 5}))
+        want_top = sorted(counts.items(), key=lambda vc: (-vc[1], vc[0]))[:5]
+        assert [tuple(i) for i in rep.result["items"]] == want_top
+        last = want_top[-1][1]
+        assert rep.result["boundary_ties"] == sum(1 for c in counts.values() if c == last)
+        rep = await run_job(c.addrs, c.token, job_spec("stats", str(d), {}))
+        assert (rep.result["count"], rep.result["min"], rep.result["max"]) == (len(allv), int(allv.min()),
+                                                                               int(allv.max()))
+        assert rep.result["sum"] == sum(int(x) for x in allv.tolist())
         rep = await run_job(c.addrs, c.token, job_spec("median", str(d), {"quantiles": "0,0.25,0.9,1"}))
         ref = reference.median(allv)
         assert (rep.result["lower"], rep.result["upper"], rep.result["value"]) == (ref["lower"], ref["upper"],
@@ -109,9 +121,9 @@ async def test_an_op_that_works_in_memory_refuses_values_on_disk_and_the_next_jo
     d = tmp_path / "data"
     _write(d, [np.arange(BIG, dtype=np.int64), np.arange(BIG, dtype=np.int64), np.arange(3, dtype=np.int64)])
     async with in_process_cluster(3, root=str(tmp_path), settings=_settings(tmp_path)) as c:
-        with pytest.raises(InputError, match=r"topk: this worker's values take 9 MiB, more than its memory budget "
-                                             r"holds \(--memory-limit\); topk works in memory only"):
-            await run_job(c.addrs, c.token, job_spec("topk", str(d), {"k": 3}))
+        with pytest.raises(InputError, match=r"describe: this worker's values take 5 MiB, more than its memory "
+                                             r"budget holds \(--memory-limit\); describe works in memory only"):
+            await run_job(c.addrs, c.token, job_spec("describe", str(d), {}))
         rep = await run_job(c.addrs, c.token, job_spec("mode", str(d), {}))
         assert rep.result["count"] == 3 and rep.result["value"] == 0
     assert list((tmp_path / "spill").iterdir()) == []

@@ -354,3 +354,32 @@ def test_interrupted_run_leaves_nothing(tmp_path, sig):
     assert not list(Path("/etc/netns").glob(f"{prefix}*"))
     assert not list(Path(tempfile.gettempdir()).glob(f"{prefix}root-*"))
     assert "torn down" in err.read_text()
+
+
+def test_workers_expose_the_metrics_port_and_the_commented_prometheus_scrapes_every_one(project):
+    """The commented Prometheus service, uncommented as its comment says, is valid YAML whose scrape
+    targets are every service at its HTTP port (--listen's port + http_port_offset, the worker's default)."""
+    from shardstats.settings import DEFAULTS
+    raw = raw_compose()
+    lines = COMPOSE.read_text().splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("#  prometheus:"))
+    block = [ln[1:] for ln in lines[start:] if ln.startswith("#")]
+    uncommented = "\n".join(lines[:start] + block) + "\n"
+    doc = raw_compose(uncommented)
+    assert set(doc["services"]) == {*SERVICES, "prometheus"}
+    prom = yaml_load(doc["configs"]["prometheus"]["content"])
+    targets = prom["scrape_configs"][0]["static_configs"][0]["targets"]
+    want = []
+    for s in project.services:
+        port = int(option(s.argv, "--listen").rsplit(":", 1)[1]) + DEFAULTS.http_port_offset
+        assert "--no-http" not in s.argv and "--http-port" not in s.argv
+        assert [str(port)] == raw["services"][s.name]["expose"]
+        want.append(f"{s.name}:{port}")
+    assert targets == want
+    assert doc["services"]["prometheus"]["ports"] == ["127.0.0.1:9090:9090"]
+    assert str(8000) in cn.parse_dockerfile(DOCKERFILE).expose
+
+
+def yaml_load(text: str):
+    import yaml
+    return yaml.safe_load(text)

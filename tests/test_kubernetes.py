@@ -177,6 +177,17 @@ def test_memory_budget_fits_the_container_limit(docs):
     assert kn.quantity(req["cpu"]) <= kn.quantity(lim["cpu"])
 
 
+def test_prometheus_annotations_name_the_workers_metrics_port(docs):
+    from shardstats.settings import DEFAULTS
+    sts, c = one(docs, "StatefulSet"), container(docs)
+    ann = sts["spec"]["template"]["metadata"]["annotations"]
+    named = {p["name"]: p["containerPort"] for p in c["ports"]}
+    listen = int(arg(c, "--listen").rsplit(":", 1)[1])
+    assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/path"] == "/metrics"
+    assert int(ann["prometheus.io/port"]) == named["metrics"] == listen + DEFAULTS.http_port_offset
+    assert not any(a.startswith(("--http-port", "--no-http", "--metrics-auth")) for a in c["args"])
+
+
 def test_object_storage_settings_are_optional_env_from(docs):
     refs = container(docs)["envFrom"]
     assert {next(iter(r)) for r in refs} == {"configMapRef", "secretRef"}

@@ -204,3 +204,24 @@ def test_spilled_reaches_the_worker_from_what_a_job_holds():
     assert total(s, "shardstats_jobs_total", op="mode", outcome="refused") == 1
     assert total(s, "shardstats_job_duration_seconds_sum", op="unknown") == 2.0
     assert set(metrics_mod.OUTCOMES) == {"ok", "error", "cancelled", "refused"}
+
+
+def test_worker_http_port_rule_and_a_busy_port_is_one_line():
+    """`cluster worker`: the HTTP port is --listen's + http_port_offset unless --http-port says; a port it
+    cannot bind stops the worker at start with one line naming it (exit 1); a default past 65535 is exit 2."""
+    import secrets
+    import socket
+    from shardstats.cluster.httpflags import default_port
+    from tests.conftest import cli
+    assert default_port(7000) == 7000 + DEFAULTS.http_port_offset and default_port(0) is None
+    env = {"CLUSTER_TOKEN": secrets.token_hex(32), "CLUSTER_WORKERS": ""}
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = cli("worker", "--id", "0", "--listen", "127.0.0.1:0", "--peers", "127.0.0.1:0", "--http-port", str(port),
+                env=env, timeout=60)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"HTTP port 127.0.0.1:{port}" in r.stderr and "--http-port" in r.stderr
+    r = cli("worker", "--id", "0", "--listen", "127.0.0.1:65000", "--peers", "127.0.0.1:65000", env=env, timeout=60)
+    assert r.returncode == 2 and "past 65535" in r.stderr and len(r.stderr.strip().splitlines()) == 1

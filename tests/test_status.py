@@ -20,7 +20,7 @@ from tests.conftest import cli
 @pytest.fixture
 def three(tmp_path):
     """Three local workers on OS-chosen ports, described by a cluster file; stopped afterwards."""
-    info = launcher.start(3, "127.0.0.1", None, str(tmp_path / "logs"), "info")
+    info = launcher.start(3, "127.0.0.1", None, str(tmp_path / "logs"), "info", http_base=0)
     try:
         path = tmp_path / "cluster.json"
         info.save(path)
@@ -60,12 +60,16 @@ def test_status_shows_every_worker_and_its_last_job_then_a_killed_one_down(three
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert lines[0] == f"cluster from {cf}" and lines[1].split() == [
-        "id", "address", "state", "version", "jobs", "failed", "active", "sent", "memory", "last", "job"]
+        "id", "address", "state", "version", "jobs", "failed", "active", "sent", "memory", "budget", "spilled",
+        "http", "last", "job"]
     assert lines[-1] == "3 of 3 workers up"
     for i, line in enumerate(lines[2:-1]):
         f = line.split()
         assert f[:7] == [str(i), info.workers[i], "up", shardstats.__version__, "1", "0", "0"]
         assert f"mode {human_bytes(rows[i]['last_job']['bytes_sent'])} sent" in line
+        # memory now, the budget, bytes spilled, and the HTTP (metrics) port the cluster file records
+        assert rows[i]["http_port"] == info.http_ports[i] and f[f.index("mode") - 1] == str(info.http_ports[i])
+        assert f"{human_bytes(rows[i]['memory_budget'])} {'0 B':>10}" in line and rows[i]["spill_written_bytes"] == 0
 
     os.kill(info.pids[2], signal.SIGKILL)
     deadline = time.monotonic() + 10

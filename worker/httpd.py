@@ -139,20 +139,28 @@ class HttpServer:
 
     async def serve(self, host: str, port: int, ready: asyncio.Event | None = None) -> None:
         """Listens on ``host:port`` (0: any free port, then in ``self.port``) until cancelled."""
-        async with asyncio.TaskGroup() as tg:
-            def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-                tg.create_task(self._connection(reader, writer))
-            tls = {} if self.ssl_context is None else {"ssl": self.ssl_context,
-                                                       "ssl_handshake_timeout": self.settings.http_request_timeout}
-            server = await asyncio.start_server(accepted, host, port, reuse_address=True, **tls)
-            self.port = server.sockets[0].getsockname()[1]
-            logs.event("http_listening", addr=f"{host}:{self.port}", tls=self.ssl_context is not None)
-            if ready is not None:
-                ready.set()
-            try:
+        group: list[asyncio.TaskGroup] = []
+
+        def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if group:
+                group[0].create_task(self._connection(reader, writer))
+            else:                             # not serving yet, or no more
+                writer.close()
+        tls = {} if self.ssl_context is None else {"ssl": self.ssl_context,
+                                                   "ssl_handshake_timeout": self.settings.http_request_timeout}
+        # Bound before the group: a port in use is this call's OSError, not a group's.
+        server = await asyncio.start_server(accepted, host, port, reuse_address=True, **tls)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                group.append(tg)
+                self.port = server.sockets[0].getsockname()[1]
+                logs.event("http_listening", addr=f"{host}:{self.port}", tls=self.ssl_context is not None)
+                if ready is not None:
+                    ready.set()
                 await asyncio.Future()        # until cancelled: the group then cancels every connection
-            finally:
-                server.close()
+        finally:
+            group.clear()
+            server.close()
 
     # -- one connection ----------------------------------------------------------
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

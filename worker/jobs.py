@@ -44,7 +44,7 @@ class Access:
     spill_dir: str | None = None  # where jobs' spill folders go (worker/spill.py); None: the system's temp folder
 
 
-MIN_IN_MEMORY = 8 << 20      # a pass holds at least this much: below it, passes cost more than memory saves
+MIN_IN_MEMORY = 4 << 20      # a pass holds at least this much: below it, passes cost more than memory saves
 
 
 def in_memory_limit(budget: int | None) -> int | None:
@@ -371,9 +371,11 @@ async def run(job: Job, comm: TcpComm, op: Op, params: Params) -> dict:
         values = job.take_values()
         if isinstance(values, np.memmap) and not op.out_of_core:
             from shardstats.worker.io.source import mib
+            from shardstats.worker.ops import registry
+            beyond = ", ".join(sorted(n for n, o in registry.ops().items() if o.out_of_core))
             raise InputError(f"{op.name}: this worker's values take {mib(values.nbytes)}, more than its memory "
                              f"budget holds (--memory-limit); {op.name} works in memory only (beyond memory: "
-                             f"mode, median, quantiles); add workers or raise the limit")
+                             f"{beyond}); add workers or raise the limit")
         result, opstats = await op.run(comm, memory.hand_over(values), params)
         del values
     stats = {

@@ -44,13 +44,14 @@ class _Shutdown(Exception):
 class WorkerServer:
     def __init__(self, worker_id: int, listen: str, peers: list[str], token: bytes, *, root: str = ".",
                  settings: Settings = DEFAULTS, tls: TLSFiles | None = None, confine: bool = False,
-                 http_port: int | None = None) -> None:
+                 http_port: int | None = None, metrics_auth: bool | None = None) -> None:
         """``confine``: every path a job names must resolve (links included) under ``root``; a worker
         started by ``cluster up`` on the coordinator's own host does not confine (it reads the user's
         files wherever they are), any other worker should (``cluster worker`` does by default).
 
         ``http_port``: where the HTTP endpoint (``/metrics``; worker/httpd.py) listens, on the host of
-        ``listen``: None for none, 0 for any free port (``self.http_port`` once serving)."""
+        ``listen``: None for none, 0 for any free port (``self.http_port`` once serving); ``metrics_auth``:
+        whether /metrics asks for the token (None: ``settings.metrics_auth``)."""
         if not 0 <= worker_id < len(peers):
             raise ValueError(f"worker id {worker_id} is not an index into the {len(peers)} peer addresses")
         self.id = worker_id
@@ -75,7 +76,8 @@ class WorkerServer:
             # The worker's own certificate, no client certificate asked (Prometheus rarely has one).
             self.http = HttpServer(token, settings=settings, name=f"worker {worker_id}",
                                    ssl_context=tls.http_server_context() if tls is not None else None)
-            self.http.route("GET", "/metrics", self._metrics, auth=settings.metrics_auth)
+            self.http.route("GET", "/metrics", self._metrics,
+                            auth=settings.metrics_auth if metrics_auth is None else metrics_auth)
         self.stuck = jobs.StuckReads()
         self.jobs: dict[str, jobs.Job] = {}
         self.finished: dict[str, float] = {}
@@ -113,11 +115,21 @@ class WorkerServer:
             except (NotImplementedError, RuntimeError):
                 pass
         try:
-            async with asyncio.TaskGroup() as tg:
-                self._tg = tg
-                await self._serve_in(tg, loop, host, port, ready)
-        except* _Shutdown:
-            pass         # the way out: the group cancelled every link and request task it owns
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    self._tg = tg
+                    await self._serve_in(tg, loop, host, port, ready)
+            except* _Shutdown:
+                pass         # the way out: the group cancelled every link and request task it owns
+        except BaseExceptionGroup as eg:
+            # A port that cannot be bound at start is the operator's to fix: the OSError itself, which the
+            # CLI turns into one line (not a traceback of the task group that wrapped it).
+            bind = self.port is None or (self.http is not None and self.http.port is None)
+            cause = root_cause(eg)
+            if bind and isinstance(cause, OSError):
+                self._tg = None
+                raise cause from None
+            raise
         self._tg = None
 
     async def _serve_in(self, tg: asyncio.TaskGroup, loop, host: str, port: int, ready: asyncio.Event | None) -> None:
@@ -148,7 +160,16 @@ class WorkerServer:
         """The HTTP endpoint, a task of the worker's group; a port it cannot bind stops the worker at start."""
         assert self.http is not None and self.http_port is not None
         up = asyncio.Event()
-        task = tg.create_task(self.http.serve(host, self.http_port, up))
+        failed: list[OSError] = []
+
+        async def serve() -> None:
+            try:
+                await self.http.serve(host, self.http_port, up)
+            except OSError as exc:
+                if up.is_set():
+                    raise
+                failed.append(exc)       # the bind: said once, below, as the worker's start-up error
+        task = tg.create_task(serve())
         waiter = asyncio.ensure_future(up.wait())
         try:
             await asyncio.wait({task, waiter}, timeout=self.settings.connect_timeout,
@@ -156,8 +177,11 @@ class WorkerServer:
         finally:
             waiter.cancel()
         if not up.is_set():
-            exc = task.exception() if task.done() else None
-            raise exc if isinstance(exc, OSError) else OSError(f"HTTP port {self.http_port} did not open")
+            task.cancel()
+            exc = failed[0] if failed else None
+            why = (exc.strerror or str(exc)) if exc is not None else "it did not open"
+            raise OSError(getattr(exc, "errno", None) or 0,
+                          f"its HTTP port {host}:{self.http_port}: {why} (pick another --http-port, or --no-http)")
         self.http_port = self.http.port
 
     async def _metrics(self, request: Request) -> Response:

@@ -348,62 +348,20 @@ async def mode(comm: Communicator, values: np.ndarray, params: ModeParams) -> tu
 
 
 async def _in_passes(comm: Communicator, values: np.ndarray, params: ModeParams) -> tuple[dict | None, dict]:
-    import asyncio
-    from shardstats.worker.io import ondisk
-    passes = comm.passes
+    from shardstats.worker.ops.passes import over_slices
     # Heavy-hitter pruning samples the whole input for one shuffle; a pass is one slice of it.
     once = dataclasses.replace(params, prune="never")
-    combine = _combine_limit(params.tie_limit)
-    best, stats = None, {}
-    t = time.perf_counter()
-    comm.progress.set("slice")
-    slices = None
-    if ondisk.on_disk(values) and comm.spill is not None:     # grace: each slice to its own file, in one walk
-        slices = await asyncio.to_thread(ondisk.partition, values, passes, comm.spill)
-        del values
-    sliced = time.perf_counter() - t
-    for p in range(passes):
-        t = time.perf_counter()
-        if slices is not None:
-            part = await asyncio.to_thread(ondisk.read_slice, slices[p], comm.spill)
-        else:
-            part = await asyncio.to_thread(ondisk.pass_slice, values, p, passes)
-        sliced += time.perf_counter() - t
-        comm.progress.set("pass", p + 1, passes)
-        result, st = await _mode_once(comm, part, once)
-        del part
-        stats = _add_stats(stats, st)
-        if result is not None:
-            got = {k: result[k] for k in ("count", "ties", "tie_count")}
-            best = got if best is None else combine(best, got)
-    stats["phases"]["slice"] = sliced
-    stats["passes"] = passes
-    if comm.rank != 0:
-        return None, stats
-    if best is None or best["count"] == 0:
-        return {"value": None, "count": 0, "ties": [], "tie_count": 0}, stats
-    return {"value": best["ties"][0], **best}, stats
+    pick = _combine_limit(params.tie_limit)
 
+    def combine(a: dict, b: dict) -> dict:
+        if not b["count"]:
+            return a
+        if not a["count"]:
+            return b
+        best = pick(a, b)
+        return {**best, "value": best["ties"][0]}
 
-def _add_stats(a: dict, b: dict) -> dict:
-    """Two passes' stats as one job's: numbers and per-phase seconds add, peaks take the larger, the rest
-    (choices made) is the last pass's; an unknown count (None) stays unknown."""
-    if not a:
-        return b
-    out = dict(b)
-    for k, v in b.items():
-        w = a.get(k)
-        if k == "peak_rss_after":
-            out[k] = {p: max(v.get(p, 0), w.get(p, 0)) for p in {*v, *(w or {})}} if w else v
-        elif k == "phases":
-            out[k] = {p: v.get(p, 0.0) + w.get(p, 0.0) for p in {*v, *w}}
-        elif isinstance(v, (int, float)) and not isinstance(v, bool) and isinstance(w, (int, float)):
-            out[k] = v + w
-        elif k == "distinct_keys":
-            out[k] = None
-    if out.get("shuffled_values"):
-        out["shuffle_bytes_per_value"] = round(out["shuffle_bytes"] / out["shuffled_values"], 3)
-    return out
+    return await over_slices(comm, values, lambda c, part: _mode_once(c, part, once), combine)
 
 
 async def _mode_once(comm: Communicator, values: np.ndarray, params: ModeParams) -> tuple[dict | None, dict]:
@@ -495,7 +453,6 @@ async def _finish(comm: Communicator, cfg: ShuffleConfig, local: dict, phases: d
     best = await tree_reduce(comm, local, _combine_limit(tie_limit), "mode.best")
     if best is not None and prior is not None:
         best = _combine_limit(tie_limit)(best, {k: prior[k] for k in ("count", "ties", "tie_count")})
-    out_of_core=True,
     if heavy is not None:
         extra["rounds_heavy"] = heavy["rounds"]
         extra["heavy"] = heavy["heavy"]
@@ -565,4 +522,5 @@ OP = Op(
     phases=("load", "slice", "sample", "candidates", "slots", "settle", "open", "count", "shuffle", "aggregate", "reduce"),
     examples=("cluster submit mode --input shards/", "cluster submit mode --input 'shards/*.npy' --ties all --json"),
     summarize=summarize,
+    out_of_core=True,
 )

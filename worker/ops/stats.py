@@ -113,4 +113,5 @@ OP = Op(
     render=render,
     phases=("load", "sum", "reduce"),
     examples=("cluster submit stats --input shards/", "cluster submit stats --input shards/ --ddof 1 --json"),
+    out_of_core=True,     # values kept on disk: power sums block by block
 )

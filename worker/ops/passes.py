@@ -1,0 +1,76 @@
+"""An int64 op over values kept on disk, one hash slice at a time (worker/io/ondisk.py).
+
+Why it is exact: slice ``p`` holds every copy of each value whose hash falls in it, on every
+rank, so an op whose answer is a function of each value's count (the mode, the distinct count,
+the top k) sees in pass ``p`` a dataset of its own, disjoint in values from every other pass,
+and the passes' answers combine like the owners' answers of one shuffle do.
+
+A rank whose values are on disk walks them once and writes each slice to its own spill file
+(grace partitioning), then reads back one slice per pass; a rank whose share fit in memory
+takes its slice of the in-memory values (every rank takes the same passes: each pass is a
+collective job of its own).
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from shardstats.lazy import numpy as np
+
+from shardstats.worker.comm.communicator import Communicator
+from shardstats.worker.io import ondisk
+
+Once = Callable[[Communicator, np.ndarray], Awaitable[tuple[Any, dict]]]
+
+
+async def over_slices(comm: Communicator, values: np.ndarray, once: Once,
+                      combine: Callable[[Any, Any], Any]) -> tuple[Any, dict]:
+    """``once`` on every slice, in ``comm.passes`` passes; (the combined answer at rank 0 else None, stats)."""
+    passes = comm.passes
+    t = time.perf_counter()
+    comm.progress.set("slice")
+    slices = None
+    if ondisk.on_disk(values) and comm.spill is not None:     # grace: each slice to its own file, in one walk
+        slices = await asyncio.to_thread(ondisk.partition, values, passes, comm.spill)
+        del values
+    sliced = time.perf_counter() - t
+    answer, stats = None, {}
+    for p in range(passes):
+        t = time.perf_counter()
+        if slices is not None:
+            part = await asyncio.to_thread(ondisk.read_slice, slices[p], comm.spill)
+        else:
+            part = await asyncio.to_thread(ondisk.pass_slice, values, p, passes)
+        sliced += time.perf_counter() - t
+        comm.progress.set("pass", p + 1, passes)
+        got, st = await once(comm, part)
+        del part
+        stats = add_stats(stats, st)
+        if got is not None:
+            answer = got if answer is None else combine(answer, got)
+    stats.setdefault("phases", {})["slice"] = sliced
+    stats["passes"] = passes
+    return answer, stats
+
+
+def add_stats(a: dict, b: dict) -> dict:
+    """Two passes' stats as one job's: numbers and per-phase seconds add, peaks take the larger, the rest
+    (choices made) is the last pass's; an unknown count (None) stays unknown."""
+    if not a:
+        return b
+    out = dict(b)
+    for k, v in b.items():
+        w = a.get(k)
+        if k == "peak_rss_after":
+            out[k] = {p: max(v.get(p, 0), w.get(p, 0)) for p in {*v, *w}} if w else v
+        elif k == "phases":
+            out[k] = {p: v.get(p, 0.0) + w.get(p, 0.0) for p in {*v, *(w or {})}}
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and isinstance(w, (int, float)):
+            out[k] = v + w
+        elif k == "distinct_keys":
+            out[k] = None
+    if out.get("shuffled_values"):
+        out["shuffle_bytes_per_value"] = round(out["shuffle_bytes"] / out["shuffled_values"], 3)
+    return out
