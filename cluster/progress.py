@@ -7,7 +7,8 @@ it, e.g.::
 
     mode 2.4s | shuffle 34/80 chunks | 35.2 MiB sent | 7/10 workers
     median 0.9s | select round 2 of ~3 | 1.1 MiB sent | 10/10 workers
-    mode 0.3s | load 7/10 files | 4/10 workers
+    mode 0.3s | load 7/10 files, 1.2 GiB of 8.0 GiB read | 4 of 10 workers at load
+    mode 95.1s | pass 2 of 4 | 3.1 GiB sent
 
 It is drawn with ``\\r`` (no terminal escapes), padded to cover the previous
 text, cut to the terminal's width so it never wraps, redrawn at most
@@ -71,6 +72,7 @@ class ProgressLine:
         self.latest: dict[int, str] = {}                         # worker -> its newest phase
         self.record: dict[int, dict[str, tuple[int, int]]] = {}  # worker -> phase -> (done, total)
         self.sent: dict[int, int] = {}                           # worker -> bytes sent in this job
+        self.read: dict[int, tuple[int, int]] = {}               # worker -> input bytes read, of its total
         self._shown = 0                                          # length of the text on screen
         self._drawn_at: float | None = None
 
@@ -84,6 +86,7 @@ class ProgressLine:
             self.latest.clear()
             self.record.clear()
             self.sent.clear()
+            self.read.clear()
         self.job = job
         phase = str(msg.get("phase", "?"))
         if phase not in self.phases:
@@ -91,6 +94,8 @@ class ProgressLine:
         self.latest[worker] = phase
         self.record.setdefault(worker, {})[phase] = (int(msg.get("done", 0)), int(msg.get("total", 0)))
         self.sent[worker] = int(msg.get("bytes", 0))
+        if msg.get("read_total"):             # the load: bytes of the worker's files read (by the listing's sizes)
+            self.read[worker] = (int(msg.get("read", 0)), int(msg["read_total"]))
         now = self.clock()
         if self._drawn_at is None or now - self._drawn_at >= self.min_interval:
             self.draw(now)
@@ -122,11 +127,17 @@ class ProgressLine:
             n = max(d for d, _ in recs)
             m = max(t for _, t in recs)
             return f"select round {n}" + (f" of ~{m}" if m >= n else "")
+        if phase == "pass" and recs:           # values kept on disk, walked in passes: every rank takes as many
+            return f"pass {min(d for d, _ in recs)} of {max(t for _, t in recs)}"
         unit = dict(UNITS).get(phase)
         total = sum(t for _, t in recs)
         if unit is None or total == 0 or len(recs) < n:    # a total over some workers only would mislead
             return phase
-        return f"{phase} {sum(d for d, _ in recs)}/{total} {unit}"
+        text = f"{phase} {sum(d for d, _ in recs)}/{total} {unit}"
+        if phase == "load" and len(self.read) >= n:
+            read, of = (sum(r[i] for r in self.read.values()) for i in (0, 1))
+            text += f", {human_bytes(read)} of {human_bytes(of)} read"
+        return text
 
     def _columns(self) -> int:
         if self.width is not None:

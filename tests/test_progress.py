@@ -273,3 +273,32 @@ def test_an_error_erases_the_line_before_its_one_line_message(tmp_path):
     assert r.returncode == 2
     last = r.stderr.split("\r")[-1]
     assert last.startswith("error: ") and "b.txt:2" in last and last.count("\n") == 1
+
+
+def test_the_load_says_bytes_read_of_total_and_passes_say_n_of_m():
+    out, clock = io.StringIO(), Clock()
+    line = ProgressLine(out, "mode", clock=clock, width=200, workers=2)
+    line.update(0, {**msg("load", 1, 2), "read": 3 << 30, "read_total": 5 << 30})
+    assert line.text() == "mode 0.0s | load | 1 of 2 workers at load"     # one worker's bytes would mislead
+    line.update(1, {**msg("load", 0, 1), "read": 0, "read_total": 3 << 30})
+    assert line.text() == "mode 0.0s | load 1/3 files, 3.0 GiB of 8.0 GiB read"
+    line.update(1, {**msg("load", 1, 1), "read": 3 << 30, "read_total": 3 << 30})
+    assert line.text() == "mode 0.0s | load 2/3 files, 6.0 GiB of 8.0 GiB read"
+    line.update(0, msg("pass", 2, 4, sent=1 << 30))
+    line.update(1, msg("pass", 1, 4, sent=1 << 30))
+    assert line.text() == "mode 0.0s | pass 1 of 4 | 2.0 GiB sent"
+
+
+async def test_reporting_counts_the_load_in_bytes_by_the_files_sizes():
+    sent: list[dict] = []
+    p = Progress("load")
+    p.set("load", 0, 3)
+    p.sizes = [100, 0, 50]
+    async with reporting("j", p, sent.append, 0.05):
+        for i in range(1, 4):
+            p.done = i
+            await asyncio.sleep(0.07)
+        p.set("count")
+    reads = [(m["read"], m["read_total"]) for m in sent if m["phase"] == "load"]
+    assert reads[0] == (0, 150) and reads[-1] == (150, 150) and (100, 150) in reads
+    assert all(validate(m) and "read" not in m for m in sent if m["phase"] != "load")

@@ -284,6 +284,7 @@ async def load(job: Job, root: str | Access, read_timeout: float | None = None,
         if job.read is not None:
             job.values, job.schema = await _read_table(job, root, progress)
         elif job.files:
+    progress.sizes = [max(0, f.size) for f in job.files]     # the listing's sizes: bytes read of total
             job.values = await _read_in_thread(job, root, progress, read_timeout, stuck)
         else:                   # nothing to read (a small job's other workers): no thread to hop to
             job.values = load_files([], root)

@@ -29,13 +29,23 @@ class Progress:
     so the report can draw when each phase ran without the ops timing themselves twice.
     """
 
-    __slots__ = ("phase", "done", "total", "timeline")
+    __slots__ = ("phase", "done", "total", "timeline", "sizes")
 
     def __init__(self, phase: str = "start", timeline: Timeline | None = None) -> None:
         self.phase = phase
         self.done = 0
         self.total = 0
         self.timeline = timeline if timeline is not None else Timeline()
+        # The load's files' sizes in reading order (from the listing): ``done`` files read is ``read()`` bytes
+        # of ``sizes`` in all, so the progress line can say bytes read of total without the readers counting.
+        self.sizes: list[int] | None = None
+
+    def read(self) -> tuple[int, int]:
+        """Bytes of input read and to read (0, 0 when the sizes are not known)."""
+        if not self.sizes:
+            return 0, 0
+        done = max(0, min(int(self.done), len(self.sizes)))
+        return sum(self.sizes[:done]), sum(self.sizes)
 
     def set(self, phase: str, done: int = 0, total: int = 0) -> None:
         self.phase, self.done, self.total = phase, done, total
@@ -67,7 +77,9 @@ async def reporting(job: str, progress: Progress, send: Callable[[dict], None] |
         snap = (progress.phase, int(progress.done), int(progress.total), int(bytes_sent()))
         if snap != last:
             last = snap
-            send(make("progress", job=job, phase=snap[0], done=snap[1], total=snap[2], bytes=snap[3]))
+            read, to_read = progress.read() if progress.phase == "load" else (0, 0)
+            extra = {"read": read, "read_total": to_read} if to_read else {}
+            send(make("progress", job=job, phase=snap[0], done=snap[1], total=snap[2], bytes=snap[3], **extra))
 
     async def ticker() -> None:
         while True:
