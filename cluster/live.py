@@ -111,9 +111,15 @@ class LiveClient:
         parallel = parallel or len(self.addrs)
         rr = itertools.count()
         it = aiter(batches)
+        taking = asyncio.Lock()          # one pump at a time in the iterator: an async generator is not reentrant
 
         async def pump() -> None:
-            async for keys, times in it:
+            while True:
+                async with taking:
+                    try:
+                        keys, times = await anext(it)
+                    except StopAsyncIteration:
+                        return
                 await self.send_batch(keys, times, totals, next(rr) % len(self.addrs))
 
         async with asyncio.TaskGroup() as tg:

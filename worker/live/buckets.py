@@ -129,6 +129,59 @@ class _Approx:
                    ds.frequent_strings_sketch.deserialize(bytes(data["hh"])))
 
 
+MAX_SUMS = 4           # windows kept summed per owner (5m, 1h, 24h and one more)
+
+
+class _WindowSum:
+    """The summed counts of buckets ``end - count + 1 .. end`` of one level (exact buckets)."""
+    __slots__ = ("level", "count", "end", "counts", "total", "included")
+
+    def __init__(self, level: int, count: int, end: int) -> None:
+        self.level, self.count, self.end = level, count, end
+        self.counts: dict[str, int] = {}
+        self.total = 0
+        self.included: set[int] = set()      # bucket indices whose counts are in the sum
+
+    def add(self, idx: int, key: str, n: int) -> None:
+        c = self.counts
+        c[key] = c.get(key, 0) + n
+        self.total += n
+        self.included.add(idx)
+
+    def slide(self, entering, e: int, leaving, lv: int | None) -> None:
+        c = self.counts
+        if entering is not None:
+            for key, n in entering.counts.items():
+                c[key] = c.get(key, 0) + n
+                self.total += n
+            self.included.add(e)
+        if leaving is not None:
+            for key, n in leaving.counts.items():
+                left = c[key] - n
+                if left:
+                    c[key] = left
+                else:
+                    del c[key]
+                self.total -= n
+        self.included.discard(lv)
+        self.end = max(self.end, e)
+
+
+def top_items(counts: dict[str, int], k: int) -> list[tuple[str, int]]:
+    """The ``k`` largest (key, count) by count descending then key ascending: numpy finds the k-th count, only
+    the keys at or above it are sorted (ties at the k-th count: the smallest keys, by a bounded heap)."""
+    n = len(counts)
+    if n <= k:
+        return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    import numpy as np
+    vals = np.fromiter(counts.values(), dtype=np.int64, count=n)
+    kth = int(np.partition(vals, n - k)[n - k])
+    keys = list(counts)
+    above = [(keys[i], int(vals[i])) for i in np.nonzero(vals > kth)[0].tolist()]
+    at = heapq.nsmallest(k - len(above), (keys[i] for i in np.nonzero(vals == kth)[0].tolist()))
+    return sorted(above, key=lambda kv: (-kv[1], kv[0])) + [(key, kth) for key in at]
+
+
 class TimeBuckets:
     """Every level's buckets of one owner; ``add`` counts (key, minute, n) triples, ``top`` answers."""
 
@@ -141,6 +194,7 @@ class TimeBuckets:
         self.now_ms = 0
         self.late = [0] * len(levels)      # counts that arrived after their bucket rolled over, per level
         self.added = 0
+        self._sums: dict[tuple[int, int], _WindowSum] = {}      # the windows asked for lately, kept summed
 
     def _new(self):
         return _Approx(self.approx) if self.approx is not None else _Exact()
@@ -160,6 +214,9 @@ class TimeBuckets:
             for idx in [i for i in per if i < oldest]:
                 del per[idx]
                 dropped += 1
+        for key, ws in list(self._sums.items()):
+            if ws.included and min(ws.included) < self._oldest(ws.level):
+                del self._sums[key]          # holds a bucket that rolled over: the next query builds it anew
         return dropped
 
     def add(self, keys, minutes, counts) -> int:
@@ -172,6 +229,7 @@ class TimeBuckets:
         """
         per_minute = [w // MINUTE_MS for w, _ in self.levels]
         oldest = [self._oldest(lv) for lv in range(len(self.levels))]
+        sums = [[s for s in self._sums.values() if s.level == lv] for lv in range(len(self.levels))]
         lost = 0
         for key, minute, n in zip(keys, minutes, counts):
             self.added += n
@@ -186,13 +244,18 @@ class TimeBuckets:
                     b = per[idx] = self._new()
                 b.add(key, n)
                 kept = True
+                for s in sums[lv]:
+                    if s.end - s.count < idx <= s.end:
+                        s.add(idx, key, n)
             if not kept:
                 lost += n
         return lost
 
     def memory(self) -> int:
-        """Bytes the buckets hold (an estimate for exact buckets: key text plus a per-entry price)."""
-        return sum(b.memory() for per in self.buckets for b in per.values())
+        """Bytes the buckets (and the kept window sums) hold (an estimate for exact buckets: key text plus a
+        per-entry price)."""
+        return sum(b.memory() for per in self.buckets for b in per.values()) + \
+            sum(ENTRY_BYTES * len(s.counts) for s in self._sums.values())
 
     def entries(self) -> int:
         return sum(len(b.counts) for per in self.buckets for b in per.values() if isinstance(b, _Exact))
@@ -216,17 +279,35 @@ class TimeBuckets:
         got = self.window_buckets(w, at_ms)
         out = {"from_ms": start, "to_ms": end, "level": w.level, "buckets": w.count}
         if self.approx is None:
-            total: dict[str, int] = {}
-            if len(got) == 1:
-                total = got[0].counts
-            else:
-                for b in got:
-                    for key, n in b.counts.items():
-                        total[key] = total.get(key, 0) + n
-            best = heapq.nsmallest(k, total.items(), key=lambda kv: (-kv[1], kv[0])) if k > 0 else []
-            out.update(items=[[key, n] for key, n in best], total=sum(total.values()), keys=len(total))
+            s = self._window_sum(w, (self.now_ms if at_ms is None else at_ms) // w.width_ms)
+            out.update(items=[[key, n] for key, n in top_items(s.counts, k)], total=s.total, keys=len(s.counts))
             return out
         return self._approx_top(k, got, out)
+
+    def _window_sum(self, w: Window, end: int) -> "_WindowSum":
+        """The window's counts: kept summed for the windows asked lately (``MAX_SUMS``), slid forward a bucket at
+        a time (add the bucket entering, subtract the one leaving) instead of merging every bucket per query."""
+        per = self.buckets[w.level]
+        s = self._sums.pop((w.level, w.count), None)
+        if s is not None and s.end < end and end - s.end < w.count:
+            for e in range(s.end + 1, end + 1):
+                leaving = e - w.count
+                if leaving in s.included and leaving not in per:
+                    s = None                 # rolled over before we slid past it: its counts are unknown now
+                    break
+                s.slide(per.get(e), e, per.get(leaving), leaving)
+        elif s is not None and s.end != end:
+            s = None
+        if s is None:
+            s = _WindowSum(w.level, w.count, end)
+            for i in range(end - w.count + 1, end + 1):
+                if i in per:
+                    s.slide(per[i], i, None, None)
+        if s.end == end:
+            self._sums[(w.level, w.count)] = s          # most recently used last
+            while len(self._sums) > MAX_SUMS:
+                self._sums.pop(next(iter(self._sums)))
+        return s
 
     def _approx_top(self, k: int, got: list, out: dict) -> dict:
         import datasketches as ds

@@ -17,6 +17,7 @@ Requests are answered inline (no task per request): each is a bounded amount of 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 
@@ -39,8 +40,9 @@ def now_ms() -> int:
 
 
 def _warm() -> None:
-    import pyarrow  # noqa: F401
-    from shardstats.worker.data import hashing  # noqa: F401
+    """The owners' hash once (pyarrow and pyarrow.compute imported, the hash's tables made): ~1 s, off the loop."""
+    from shardstats.worker.live.ingest import owners
+    owners(["warm", "up"], 2)
 
 
 class LiveError(ValueError):
@@ -77,6 +79,7 @@ class LiveService:
         self.checkpoint_seconds = 0.0
         self.queries = 0
         self.refused = 0
+        self.query_seconds: collections.deque = collections.deque(maxlen=1000)   # this owner's part of each query
         self._queries: dict[int, list] = {}   # GET /top fan-outs waiting for owners: [answers, done, need]
         self._qids = 0
         self._restore()
@@ -348,7 +351,10 @@ class LiveService:
         if isinstance(at_ms, int) and not isinstance(at_ms, bool) and abs(at_ms - now) <= self.allowance_ms:
             at = at_ms          # the asker's time: every owner answers for the same window
         self.queries += 1
-        return {"worker": self.id, "approx": self.approx is not None, "top": self.buckets.top(k, window, at),
+        t = time.perf_counter()
+        top = self.buckets.top(k, window, at)
+        self.query_seconds.append(time.perf_counter() - t)
+        return {"worker": self.id, "approx": self.approx is not None, "top": top,
                 "gaps": self.gaps, "late": self.counters.late, "early": self.counters.early, "as_of_ms": now,
                 "last_flush_ms": self.last_flush_ms}
 
@@ -365,4 +371,13 @@ class LiveService:
                 "checkpoints": self.checkpoints, "checkpoint_bytes": self.checkpoint_bytes,
                 "checkpoint_ms": self.checkpoint_ms, "checkpoint_seconds": round(self.checkpoint_seconds, 4),
                 "checkpoint_path": str(self.path), "restored": self.restored, "gaps": self.gaps,
-                "queries": self.queries, "refused": self.refused}
+                "queries": self.queries, "refused": self.refused,
+                "query_ms_p50": _ms(self.query_seconds, 50), "query_ms_p99": _ms(self.query_seconds, 99),
+                "query_ms_max": _ms(self.query_seconds, 100)}
+
+
+def _ms(xs, q: float) -> float:
+    if not xs:
+        return 0.0
+    s = sorted(xs)
+    return round(s[min(len(s) - 1, int(len(s) * q / 100))] * 1000, 2)

@@ -1,0 +1,260 @@
+#!/usr/bin/env python3
+"""Live top-K under load: issue 27's goals, measured in one run on this machine.
+
+    python scripts/bench_live.py [--rate 50000] [--seconds 120] [--workers 10] [--keys 100000] [--hot 0.5]
+                                 [--approx] [--json out.json]
+
+What it does:
+
+1. starts ``--workers`` local workers (``cluster up``'s launcher; checkpoints under a temporary
+   $XDG_STATE_HOME, flush interval and allowance at their defaults unless given);
+2. a load generator (a process of its own, so its CPU does not sit in the prober's event loop)
+   sends ``--rate`` events a second for ``--seconds`` over the cluster protocol, batches of
+   ``--batch`` spread over every worker: a fraction ``--hot`` of all events is one key ("hot"),
+   the rest Zipf(1.1) over ``--keys`` keys; event times are the send time minus up to 30 s
+   (out of order), and 0.1% are late (allowance + 30 s old: counted late, never kept).  It
+   records every event (key id, time) for the brute force;
+3. meanwhile the prober asks ``top --k 10 --last 5m`` (the client's fan-out over persistent
+   connections, as ``cluster top``) every 0.25 s and records the latency, and samples every
+   worker's live stats (pairs received by the hot key's owner, its largest flush, pending
+   pairs, bucket memory) and RSS every 5 s;
+4. after the load, waits two flush intervals, asks top-10 for 5m, 1h and 24h and compares each
+   with a brute-force count (numpy over the recorded events in the answer's window).
+
+Exit status 1 when an answer differs from the brute force or the rate fell short by more than 5%.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HOT = "hot"
+
+
+def key_names(n: int) -> list[str]:
+    return [HOT] + [f"q{i:06d}" for i in range(1, n + 1)]
+
+
+def draw_ids(rng: np.random.Generator, n: int, keys: int, hot: float) -> np.ndarray:
+    z = rng.zipf(1.1, n)
+    z = np.where(z > keys, rng.integers(1, keys + 1, n), z)
+    return np.where(rng.random(n) < hot, 0, z).astype(np.int32)
+
+
+def generator(addrs: list[str], token: str, args: dict, out: str, allowance_ms: int, started) -> None:
+    """The load: ``rate`` events a second in ticks of 0.1 s; every event recorded to ``out`` (npz)."""
+    from shardstats.cluster.live import IngestTotals, LiveClient
+    rng = np.random.default_rng(args["seed"])
+    names = key_names(args["keys"])
+    rate, seconds, batch = args["rate"], args["seconds"], args["batch"]
+    tick = 0.1
+    per_tick = int(rate * tick)
+    ids_all, times_all = [], []
+    lag = []
+
+    async def run() -> IngestTotals:
+        totals = IngestTotals()
+        async with LiveClient(addrs, token.encode()) as cl:
+            queue: asyncio.Queue = asyncio.Queue(maxsize=4 * len(addrs))
+
+            async def producer():
+                t0 = time.perf_counter()
+                started.set()
+                for n in range(int(seconds / tick)):
+                    due = t0 + n * tick
+                    wait = due - time.perf_counter()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    else:
+                        lag.append(-wait)
+                    now = int(time.time() * 1000)
+                    ids = draw_ids(rng, per_tick, args["keys"], args["hot"])
+                    times = now - rng.integers(0, 30_000, per_tick)
+                    late = rng.random(per_tick) < 0.001
+                    times[late] = now - allowance_ms - 30_000
+                    ids_all.append(ids)
+                    times_all.append(np.where(late, -1, times))      # -1: late, not in any answer
+                    for i in range(0, per_tick, batch):
+                        await queue.put(([names[j] for j in ids[i:i + batch].tolist()],
+                                         times[i:i + batch].astype(np.int64)))
+                for _ in range(len(addrs)):
+                    await queue.put(None)
+
+            async def batches():
+                while True:
+                    item = await queue.get()
+                    if item is None:
+                        return
+                    yield item
+
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(producer())
+                tg.create_task(cl.ingest(batches(), totals, parallel=len(addrs)))
+        return totals
+
+    t = time.perf_counter()
+    totals = asyncio.run(run())
+    elapsed = time.perf_counter() - t
+    np.savez(out, ids=np.concatenate(ids_all), times=np.concatenate(times_all),
+             meta=np.array([totals.sent, totals.accepted, totals.late, elapsed, max(lag, default=0.0)]))
+
+
+def brute(ids: np.ndarray, times: np.ndarray, names: list[str], k: int, start: int, end: int) -> list[dict]:
+    sel = ids[(times >= start) & (times < end)]
+    counts = np.bincount(sel, minlength=len(names))
+    order = sorted(np.nonzero(counts)[0].tolist(), key=lambda i: (-counts[i], names[i]))[:k]
+    return [{"key": names[i], "count": int(counts[i])} for i in order]
+
+
+async def probe(addrs, token, stop: asyncio.Event, lat: list, samples: list, hot_owner: int) -> None:
+    from shardstats.cluster.live import LiveClient
+    from shardstats.coordinator.job import ping_all
+    async with LiveClient(addrs, token.encode()) as cl:
+        async def queries():
+            while not stop.is_set():
+                t = time.perf_counter()
+                await cl.top(10, "5m")
+                lat.append(time.perf_counter() - t)
+                await asyncio.sleep(0.25)
+
+        async def stats():
+            while not stop.is_set():
+                rows = await cl.stats()
+                pings = await ping_all(addrs, token.encode())
+                samples.append({"t": time.time(), "rows": rows, "rss": [p.get("rss_bytes", 0) for p in pings]})
+                try:
+                    await asyncio.wait_for(stop.wait(), 5.0)
+                except TimeoutError:
+                    pass
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(queries())
+            tg.create_task(stats())
+
+
+def pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs) * 1000, q)) if xs else float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rate", type=int, default=50_000)
+    ap.add_argument("--seconds", type=float, default=120.0)
+    ap.add_argument("--workers", type=int, default=10)
+    ap.add_argument("--keys", type=int, default=100_000)
+    ap.add_argument("--hot", type=float, default=0.5)
+    ap.add_argument("--batch", type=int, default=2500)
+    ap.add_argument("--seed", type=int, default=27)
+    ap.add_argument("--approx", action="store_true")
+    ap.add_argument("--json", dest="json_out")
+    a = ap.parse_args()
+    from shardstats.cluster import launcher
+    from shardstats.cluster.live import LiveClient
+    from shardstats.settings import DEFAULTS
+    from shardstats.worker.live.ingest import owners
+    state = tempfile.mkdtemp(prefix="bench-live-")
+    os.environ["XDG_STATE_HOME"] = state
+    extra = ["--live-approx"] if a.approx else []
+    info = launcher.start(a.workers, log_dir=os.path.join(state, "logs"), extra_args=extra)
+    names = key_names(a.keys)
+    hot_owner = int(owners([HOT], a.workers)[0])
+    allowance_ms = int(DEFAULTS.live_allowance * 1000)
+    out = os.path.join(state, "events.npz")
+    try:
+        async def warm():
+            # Every worker's service up (its first flush done: pyarrow imported for the owners' hash) before the load.
+            async with LiveClient(info.workers, info.token.encode()) as cl:
+                while not all(r["up"] and r["flushes"] > 0 for r in await cl.stats()):
+                    await asyncio.sleep(0.2)
+        asyncio.run(warm())
+        ctx = mp.get_context("spawn")
+        started = ctx.Event()
+        gen = ctx.Process(target=generator, args=(info.workers, info.token, {
+            "rate": a.rate, "seconds": a.seconds, "batch": a.batch, "keys": a.keys, "hot": a.hot, "seed": a.seed},
+            out, allowance_ms, started))
+        gen.start()
+        started.wait(60)
+        lat: list[float] = []
+        samples: list[dict] = []
+
+        async def during():
+            stop = asyncio.Event()
+            async def watch():
+                while gen.is_alive():
+                    await asyncio.sleep(0.2)
+                stop.set()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(watch())
+                tg.create_task(probe(info.workers, info.token, stop, lat, samples, hot_owner))
+        asyncio.run(during())
+        gen.join()
+        if gen.exitcode != 0:
+            print(f"the load generator failed (exit {gen.exitcode})", file=sys.stderr)
+            return 1
+        ev = np.load(out)
+        ids, times = ev["ids"], ev["times"]
+        sent, accepted, late, elapsed, max_lag = ev["meta"].tolist()
+        time.sleep(2 * DEFAULTS.live_flush_interval + 1)
+
+        async def final():
+            async with LiveClient(info.workers, info.token.encode()) as cl:
+                answers = {last: await cl.top(10, last) for last in ("5m", "1h", "24h")}
+                return answers, await cl.stats()
+        answers, rows = asyncio.run(final())
+        checks = {}
+        for last, ans in answers.items():
+            w = ans["window"]
+            want = brute(ids, times, names, 10, w["from_ms"], w["to_ms"])
+            if a.approx:
+                truth = {d["key"]: d["count"] for d in brute(ids, times, names, 10_000_000, w["from_ms"], w["to_ms"])}
+                checks[last] = all(i["lower"] <= truth.get(i["key"], 0) <= i["upper"] for i in ans["items"])
+            else:
+                checks[last] = ans["items"] == want and ans["complete"]
+        hot_events = int((ids == 0).sum())
+        ho = rows[hot_owner]
+        peak_rss = max((max(s["rss"]) for s in samples), default=0)
+        result = {
+            "workers": a.workers, "target_rate": a.rate, "seconds": round(elapsed, 1),
+            "events_sent": int(sent), "accepted": int(accepted), "late": int(late),
+            "rate": round(sent / elapsed), "generator_max_lag_s": round(max_lag, 3),
+            "query_ms": {"n": len(lat), "p50": round(pct(lat, 50), 1), "p95": round(pct(lat, 95), 1),
+                         "p99": round(pct(lat, 99), 1), "max": round(pct(lat, 100), 1)},
+            "exact": checks, "windows": {k: v["window"] for k, v in answers.items()},
+            "top5_5m": answers["5m"]["items"][:5], "latencies_ms": [round(x * 1000, 1) for x in lat],
+            "pairs_flushed": sum(r["pairs_flushed"] for r in rows),
+            "hot_key": {"events": hot_events, "owner": hot_owner,
+                        "owner_pairs_received": ho["pairs_received"] + ho["pairs_own"],
+                        "owner_frames_received": ho["frames_received"], "owner_max_frame_pairs": ho["max_frame_pairs"],
+                        "owner_max_pending_pairs": max((s["rows"][hot_owner].get("pending_pairs", 0)
+                                                        for s in samples if s["rows"][hot_owner]["up"]), default=0),
+                        "owner_rss_over_time_mb": [round(s["rss"][hot_owner] / 2 ** 20) for s in samples]},
+            "owner_query_ms": {"p50_max": max(r["query_ms_p50"] for r in rows), "p99_max": max(r["query_ms_p99"] for r in rows),
+                               "max": max(r["query_ms_max"] for r in rows)},
+            "max_flush_lag_ms": max(r["max_flush_lag_ms"] for r in rows),
+            "bucket_bytes": {"max": max(r["bucket_bytes"] for r in rows), "sum": sum(r["bucket_bytes"] for r in rows)},
+            "peak_worker_rss_mb": round(peak_rss / 2 ** 20),
+            "checkpoint_bytes_max": max(r["checkpoint_bytes"] for r in rows),
+            "approx": a.approx,
+        }
+        print(json.dumps(result, indent=1))
+        if a.json_out:
+            Path(a.json_out).write_text(json.dumps(result))
+        ok = all(checks.values()) and result["rate"] >= 0.95 * a.rate
+        print(f"\n{'OK' if ok else 'FAILED'}: {result['rate']:,} events/s for {elapsed:.0f} s into {a.workers} workers; "
+              f"top-10 exact {checks}; query p99 {result['query_ms']['p99']} ms; hot key: {hot_events:,} events -> "
+              f"{result['hot_key']['owner_pairs_received']:,} pairs at its owner")
+        return 0 if ok else 1
+    finally:
+        launcher.stop(info)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
