@@ -31,7 +31,6 @@ VALUE_TYPES = ("int64", "float64", "string")
 # the value types each kind takes (the others take all three)
 KIND_TYPES = {"kll_doubles": ("int64", "float64"), "tdigest_double": ("int64", "float64"),
               "frequent_items_i64": ("int64",), "frequent_items_f64": ("float64",), "frequent_strings": ("string",)}
-NEW_KINDS = ("frequent_items_f64", "frequent_strings", "tdigest_double", "theta", "cpc", "count_min", "bloom")
 TDIGEST_K = (10, 65535)
 THETA_LG_K = (5, 26)
 CPC_LG_K = (4, 26)
@@ -40,8 +39,6 @@ CM_BUCKETS = (2, 1 << 24)
 BLOOM_BYTES = (8, 1 << 28)
 CM_SEED = 9001                  # DataSketches' default: its Python deserialize takes no seed, so the only one
 STD_DEVS = 3                    # theta / CPC bounds: 3 standard deviations (99.7%)
-DEFAULTS = {"tdigest_k": 200, "theta_lg_k": 12, "cpc_lg_k": 11, "cm_hashes": 5, "cm_buckets": 1024,
-            "cm_seed": 9001, "bloom_bytes": 1 << 16}
 
 
 def ds():
@@ -152,7 +149,10 @@ def build(kind: str, params: dict, values) -> bytes:
         update = s.update
         for item in np.unique(h).tolist():
             update(item)
-    return s.compact().serialize() if kind == "theta" else s.serialize()
+    if kind == "theta":
+        s.trim()            # down to its nominal 2**lg_k entries: at most 8 B each on the wire (32 KiB at lg_k 12)
+        return s.compact().serialize()
+    return s.serialize()
 
 
 # ---- load, merge, set operations ------------------------------------------------------------------------

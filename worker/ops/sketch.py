@@ -45,8 +45,9 @@ class SketchParams(Params):
     lg_k: int = option(12, "theta, cpc: 2**lg_k nominal entries.", min=5, max=26, metavar="LG")
     hashes: int = option(5, "count_min: rows (confidence 1 - e**-hashes).", min=1, max=32)
     buckets: int = option(1024, "count_min: columns (the error: e/buckets of the values).", min=2, max=1 << 24)
-    bloom_bytes: int = option(1 << 16, "bloom: the filter's size in bytes, a power of two (7 probes a value; about "
-                              "1% false positives at 1.1 bytes a distinct value).", min=8, max=1 << 28)
+    bloom_bytes: int = option(1 << 15, "bloom: the filter's size in bytes, a power of two (7 probes a value; about "
+                              "1% false positives at 1.25 bytes a distinct value: 32 KiB for 26,000).", min=8,
+                              max=1 << 28)
 
     def check(self) -> None:
         if self.bloom_bytes & (self.bloom_bytes - 1):

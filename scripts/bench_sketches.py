@@ -1,0 +1,352 @@
+#!/usr/bin/env python3
+"""The sketches' goals (issue 26), measured: estimates against their stated bounds, bytes on the wire, speed.
+
+``cases``: randomized cases -- a distribution (unique-dup, Zipf, floats, strings), a size, a
+number of ranks (values split unevenly, some ranks empty, duplicates across ranks) and a kind
+of sketch -- each run through the ``sketch`` op on the in-memory network, its answer compared
+with the exact one from numpy / collections.Counter, against the bound the answer states:
+
+  kll        every asked quantile's true normalized rank error <= the rank error bound (99%)
+  frequent   every listed count in [lower, upper]; every value above the maximum error listed
+  hll        |estimate - distinct| <= 3 relative standard errors (99.7%)
+  theta, cpc lower <= distinct <= upper (3 standard deviations, 99.7%)
+  count_min  truth <= estimate <= truth + eps * N for every asked value (each at 1 - e**-5)
+  bloom      every present value answered "maybe" (no false negatives)
+  tdigest    no stated bound: its rank error is reported, not judged
+
+and the largest number of bytes any rank sent (the goal: <= 64 KiB per worker).
+
+``median``: approximate median vs our exact median vs DuckDB's ``approx_quantile`` (and exact
+``quantile_disc``) vs Spark's ``percentile_approx``, all from the same Parquet files.
+
+``merge30``: 30 daily KLL sketch files merged and asked p50/p99, in process and through the CLI.
+
+    python scripts/bench_sketches.py cases --cases 200 --max-size 200000
+    python scripts/bench_sketches.py median --rows 1e7 --workers 4
+    python scripts/bench_sketches.py merge30 --rows-per-day 1000000
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DISTS = ("unique-dup", "zipf", "floats", "strings")
+KINDS = {"unique-dup": ("kll", "frequent", "hll", "theta", "cpc", "count_min", "bloom", "tdigest"),
+         "zipf": ("kll", "frequent", "hll", "theta", "cpc", "count_min", "bloom", "tdigest"),
+         "floats": ("kll", "frequent", "hll", "theta", "cpc", "count_min", "bloom", "tdigest"),
+         "strings": ("frequent", "hll", "theta", "cpc", "count_min", "bloom")}
+WIRE_GOAL = 64 << 10
+
+
+def run_sketch(parts: list, params: dict) -> tuple[dict, int]:
+    """The ``sketch`` op on one in-memory rank per part; (rank 0's result, the most bytes any rank sent)."""
+    from shardstats.worker.comm.inmemory import InMemoryNetwork
+    from shardstats.worker.ops import registry
+    op = registry.get("sketch")
+    typed = op.params.from_wire(params)
+    net = InMemoryNetwork(len(parts), timeout=60)
+
+    async def main():
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(op.run(net.comms[r], parts[r], typed)) for r in range(len(parts))]
+        return [t.result() for t in tasks]
+    out = asyncio.run(main())
+    return out[0][0], max(sum(c.stats.bytes_sent) for c in net.comms)
+
+
+def make_values(dist: str, n: int, rng: np.random.Generator):
+    """(values as a list for the reference, an Arrow column of them)."""
+    import pyarrow as pa
+    if dist == "unique-dup":
+        v = rng.permutation(n).astype(np.int64) * int(rng.integers(1, 1 << 20)) - int(rng.integers(0, 1 << 40))
+        dup = rng.integers(0, n, max(1, n // 20))
+        v[dup] = v[rng.integers(0, n, len(dup))]
+        if n > 3:
+            v[:2] = [np.iinfo(np.int64).min, np.iinfo(np.int64).max]
+        return v, pa.array(v)
+    if dist == "zipf":
+        v = np.minimum(rng.zipf(float(rng.uniform(1.1, 2.5)), n), 1 << 50).astype(np.int64)
+        return v, pa.array(v)
+    if dist == "floats":
+        kind = int(rng.integers(0, 3))
+        v = rng.normal(0, 10 ** float(rng.uniform(-3, 6)), n) if kind == 0 else \
+            rng.lognormal(0, 2, n) if kind == 1 else np.round(rng.uniform(-50, 50, n), int(rng.integers(0, 4)))
+        return v, pa.array(v)
+    ids = np.minimum(rng.zipf(float(rng.uniform(1.2, 2.0)), n), 10 ** 9) if rng.random() < 0.6 else \
+        rng.integers(0, max(1, n // int(rng.integers(1, 4))), n)
+    strs = [f"s{x}-é" if x % 7 == 0 else f"s{x}" for x in ids.tolist()]
+    return strs, pa.array(strs, pa.large_string())
+
+
+def split_table(col, ranks: int, rng: np.random.Generator) -> list:
+    """Uneven contiguous parts (so equal values land on several ranks), some possibly empty, as tables."""
+    import pyarrow as pa
+    cuts = np.sort(rng.integers(0, len(col) + 1, ranks - 1)) if ranks > 1 else np.array([], np.int64)
+    edges = [0, *cuts.tolist(), len(col)]
+    return [pa.table({"c": col.slice(a, b - a)}) for a, b in zip(edges, edges[1:])]
+
+
+def judge(kind: str, values, res: dict, asked: dict) -> tuple[bool | None, float, float, str]:
+    """(within the bound (None: no bound stated), the worst error, the bound, the unit)."""
+    if kind in ("kll", "tdigest"):
+        s = np.sort(np.asarray(values, np.float64))
+        n = len(s)
+        worst = 0.0
+        for q, a in res["quantiles"].items():
+            r, v = float(q), a["value"]
+            lo, hi = np.searchsorted(s, float(v), "left") / n, np.searchsorted(s, float(v), "right") / n
+            worst = max(worst, 0.0 if lo <= r <= hi else min(abs(r - lo), abs(r - hi)))
+        if kind == "tdigest":
+            return None, worst, float("nan"), "rank"
+        return bool(worst <= res["rank_error_bound"] + 1e-12), float(worst), res["rank_error_bound"], "rank"
+    counts = Counter(values.tolist() if isinstance(values, np.ndarray) else values)
+    distinct = len(counts)
+    if kind == "frequent":
+        listed = {i["value"]: i for i in res["items"]}
+        ok = all(i["lower"] <= counts[v] <= i["upper"] for v, i in listed.items())
+        ok = ok and all(v in listed for v, c in counts.items() if c > res["max_error"])
+        worst = max((abs(i["estimate"] - counts[v]) for v, i in listed.items()), default=0)
+        return bool(ok), worst, res["max_error"], "count"
+    if kind == "hll":
+        err = abs(res["value"] - distinct) / max(1, distinct)
+        return bool(err <= 3 * res["relative_standard_error"]), err, 3 * res["relative_standard_error"], "relative"
+    if kind in ("theta", "cpc"):
+        err = abs(res["value"] - distinct) / max(1, distinct)
+        bound = (res["upper"] - res["lower"]) / 2 / max(1, res["value"])
+        return bool(res["lower"] <= distinct <= res["upper"]), err, bound, "relative"
+    if kind == "count_min":
+        n = res["total"]
+        worst, ok = 0.0, True
+        for v, c in zip(asked["values"], res["counts"]):
+            over = c["estimate"] - counts.get(v, 0)
+            ok = ok and 0 <= over <= res["relative_error"] * n
+            worst = max(worst, over / max(1, n))
+        return bool(ok), worst, res["relative_error"], "share of N"
+    said = [c["maybe"] for c in res["contains"]]
+    return bool(all(said[:asked["present"]])), 1 - float(np.mean(said[:asked["present"]] or [1])), 0.0, "false negatives"
+
+
+def one_case(i: int, max_size: int, seed: int) -> dict:
+    rng = np.random.default_rng([seed, i])
+    dist = DISTS[i % len(DISTS)]
+    n = int(rng.integers(1, max_size + 1)) if rng.random() < 0.9 else int(rng.integers(1, 5))
+    kind = KINDS[dist][int(rng.integers(0, len(KINDS[dist])))]
+    values, col = make_values(dist, n, rng)
+    ranks = int(rng.integers(1, 9))
+    params: dict = {"kind": kind, "of": "c"}
+    asked: dict = {}
+    if kind in ("kll", "tdigest"):
+        qs = sorted({round(float(x), 4) for x in rng.random(4)} | {0.5, 0.99})
+        params["quantiles"] = ",".join(map(str, qs))
+    elif kind == "frequent":
+        params.update(top=1_000_000, lg_max_k=int(rng.integers(6, 11)))
+    elif kind in ("theta", "cpc"):
+        params["lg_k"] = int(rng.integers(8, 13))
+    elif kind in ("count_min", "bloom"):
+        pool = values.tolist() if isinstance(values, np.ndarray) else list(values)
+        present = [pool[j] for j in rng.integers(0, len(pool), 10)]
+        absent = [f"absent-{j}" for j in range(5)] if dist == "strings" else \
+            [0.123456789 + j for j in range(5)] if dist == "floats" else [(1 << 61) + j for j in range(5)]
+        asked = {"values": present + absent, "present": len(present)}
+        text = [repr(v) if isinstance(v, float) else str(v) for v in present + absent]
+        params["count" if kind == "count_min" else "contains"] = text
+        if kind == "count_min":
+            params["buckets"] = int(2 ** rng.integers(6, 11))      # 5 x 1024 x 8 B = 40 KiB at most
+    t = time.perf_counter()
+    res, wire = run_sketch(split_table(col, ranks, rng), params)
+    seconds = time.perf_counter() - t
+    ok, worst, bound, unit = judge(kind, values, res, asked)
+    return {"case": i, "dist": dist, "n": n, "ranks": ranks, "kind": kind, "within": ok, "error": worst,
+            "bound": bound, "unit": unit, "sketch_bytes": res["sketch_bytes"], "wire_bytes": wire,
+            "seconds": round(seconds, 4)}
+
+
+def run_cases(cases: int, max_size: int, seed: int = 26) -> dict:
+    rows = [one_case(i, max_size, seed) for i in range(cases)]
+    judged = [r for r in rows if r["within"] is not None]
+    by_kind: dict = {}
+    for r in rows:
+        k = by_kind.setdefault(r["kind"], {"cases": 0, "within": 0, "judged": 0, "max_error": 0.0, "max_bound": 0.0,
+                                           "unit": r["unit"], "max_wire_bytes": 0, "max_sketch_bytes": 0})
+        k["cases"] += 1
+        k["judged"] += r["within"] is not None
+        k["within"] += bool(r["within"])
+        k["max_error"] = max(k["max_error"], r["error"])
+        if r["bound"] == r["bound"]:
+            k["max_bound"] = max(k["max_bound"], r["bound"])
+        k["max_wire_bytes"] = max(k["max_wire_bytes"], r["wire_bytes"])
+        k["max_sketch_bytes"] = max(k["max_sketch_bytes"], r["sketch_bytes"])
+    return {"cases": len(rows), "judged": len(judged), "within": sum(bool(r["within"]) for r in judged),
+            "max_wire_bytes": max(r["wire_bytes"] for r in rows), "by_kind": by_kind,
+            "failures": [r for r in judged if not r["within"]], "rows": rows}
+
+
+# ---- median: ours (approx, exact) vs DuckDB vs Spark, from the same files -------------------------------
+
+def write_parquet(out: Path, rows: int, shards: int, seed: int) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "_done").exists():
+        return out
+    for s in range(shards):
+        rng = np.random.default_rng([seed, s])
+        n = rows // shards + (s < rows % shards)
+        v = rng.permutation(n).astype(np.int64) * shards + s         # unique-dup: unique, a few repeated
+        v[rng.integers(0, n, n // 100)] = v[0]
+        pq.write_table(pa.table({"x": v}), out / f"part-{s:02d}.parquet", row_group_size=1 << 20)
+    (out / "_done").write_text("")
+    return out
+
+
+def _cli(*args: str, cwd: Path) -> tuple[float, dict]:
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "shardstats.cluster.cli", *args, "--json"], capture_output=True,
+                       text=True, cwd=cwd, timeout=3600)
+    if r.returncode:
+        raise SystemExit(r.stderr)
+    return time.perf_counter() - t, json.loads(r.stdout)
+
+
+def bench_median(rows: int, workers: int, seed: int, spark: bool) -> dict:
+    import duckdb
+    base = Path(tempfile.gettempdir()) / "shardstats-bench" / f"sketch-median-{rows}-{workers}"
+    d = write_parquet(base, rows, workers, seed)
+    out: dict = {"rows": rows, "workers": workers, "files": str(d)}
+    env_cluster = ["--local", str(workers), "--column", "x", "--input", str(d)]
+    for name, extra in (("ours_approx", ["--approx"]), ("ours_exact", [])):
+        wall, doc = _cli("submit", "median", *env_cluster, *extra, cwd=d)
+        out[name] = {"value": doc["result"]["value"], "job_seconds": doc["stats"]["seconds"]
+                     if "seconds" in doc.get("stats", {}) else None, "wall_seconds_with_startup": round(wall, 3),
+                     "run_seconds": doc.get("stats", {}).get("run_seconds")}
+        out[name]["report"] = {k: doc.get(k) for k in ("seconds", "load_seconds", "run_seconds") if k in doc}
+    con = duckdb.connect()
+    for name, sql in (("duckdb_approx_quantile", "SELECT approx_quantile(x, 0.5) FROM read_parquet(?)"),
+                      ("duckdb_exact_quantile_disc", "SELECT quantile_disc(x, 0.5) FROM read_parquet(?)")):
+        t = time.perf_counter()
+        v = con.execute(sql, [str(d / "*.parquet")]).fetchone()[0]
+        out[name] = {"value": v, "seconds": round(time.perf_counter() - t, 3), "threads": con.execute(
+            "SELECT current_setting('threads')").fetchone()[0]}
+    if spark:
+        out["spark_percentile_approx"] = _spark(d)
+    return out
+
+
+def _spark(d: Path) -> dict:
+    t0 = time.perf_counter()
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+    spark = SparkSession.builder.master("local[2]").appName("sketch-bench").config("spark.ui.enabled", "false") \
+        .config("spark.driver.memory", "2g").getOrCreate()
+    try:
+        started = time.perf_counter()
+        df = spark.read.parquet(str(d))
+        t = time.perf_counter()
+        v = df.agg(F.percentile_approx("x", 0.5, 10000)).collect()[0][0]
+        first = time.perf_counter() - t
+        t = time.perf_counter()
+        df.agg(F.percentile_approx("x", 0.5, 10000)).collect()
+        second = time.perf_counter() - t
+        return {"value": v, "seconds_first": round(first, 3), "seconds_warm": round(second, 3),
+                "session_start_seconds": round(started - t0, 3), "accuracy": 10000}
+    finally:
+        spark.stop()
+
+
+# ---- 30 daily sketches ------------------------------------------------------------------------------------
+
+def bench_merge30(rows_per_day: int, seed: int) -> dict:
+    from shardstats import sketches as sk
+    d = Path(tempfile.mkdtemp(prefix="sketch-merge30-"))
+    rng = np.random.default_rng(seed)
+    days, files = [], []
+    for i in range(30):
+        v = (rng.lognormal(3 + i / 30, 1, rows_per_day) * 1000).astype(np.int64)
+        days.append(v)
+        payload = sk.kll_build(v, 200)
+        f = d / f"day{i:02d}.sketch"
+        sk.write(str(f), sk.header("kll_doubles", {"k": 200}, payload, {"values": len(v)}), payload)
+        files.append(str(f))
+    t = time.perf_counter()
+    read = [sk.read(f) for f in files]
+    merged = sk.merge_payloads("kll_doubles", [p for _, p in read])
+    ans = sk.kll_answer(merged, [0.5, 0.99])
+    in_process = time.perf_counter() - t
+    allv = np.sort(np.concatenate(days).astype(np.float64))
+    errs = []
+    for a in ans["quantiles"]:
+        lo, hi = np.searchsorted(allv, a["raw"], "left") / len(allv), np.searchsorted(allv, a["raw"], "right") / len(allv)
+        errs.append(0.0 if lo <= a["rank"] <= hi else min(abs(a["rank"] - lo), abs(a["rank"] - hi)))
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "shardstats.cluster.cli", "sketch", "merge", *files, "-o",
+                        str(d / "month.sketch")], capture_output=True, text=True, timeout=600)
+    merge_cli = time.perf_counter() - t
+    t = time.perf_counter()
+    r2 = subprocess.run([sys.executable, "-m", "shardstats.cluster.cli", "sketch", "show", str(d / "month.sketch"),
+                         "--quantiles", "0.5,0.99"], capture_output=True, text=True, timeout=600)
+    show_cli = time.perf_counter() - t
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], timeout=60)
+    python_start = time.perf_counter() - t
+    return {"days": 30, "rows_per_day": rows_per_day, "merge_and_answer_in_process_ms": round(in_process * 1000, 2),
+            "rank_errors": errs, "rank_error_bound": ans["rank_error_bound"], "within": all(e <= ans["rank_error_bound"]
+                                                                                            for e in errs),
+            "cli_merge_seconds": round(merge_cli, 3), "cli_show_seconds": round(show_cli, 3),
+            "python_start_seconds": round(python_start, 3), "cli_ok": r.returncode == 0 and r2.returncode == 0,
+            "answer": r2.stdout.strip().splitlines()[-2:]}
+
+
+def table(summary: dict) -> str:
+    lines = [f"{'kind':<10} {'cases':>5} {'within':>7} {'max error':>11} {'max bound':>11}  {'unit':<16} "
+             f"{'sketch B':>9} {'wire B/rank':>11}"]
+    for kind, k in sorted(summary["by_kind"].items()):
+        within = f"{k['within']}/{k['judged']}" if k["judged"] else "n/a"
+        lines.append(f"{kind:<10} {k['cases']:>5} {within:>7} {k['max_error']:>11.4g} {k['max_bound']:>11.4g}  "
+                     f"{k['unit']:<16} {k['max_sketch_bytes']:>9,} {k['max_wire_bytes']:>11,}")
+    lines.append(f"all: {summary['within']}/{summary['judged']} judged cases within their stated bound; the most "
+                 f"bytes one rank sent: {summary['max_wire_bytes']:,} (goal {WIRE_GOAL:,})")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("cases")
+    c.add_argument("--cases", type=int, default=200)
+    c.add_argument("--max-size", type=float, default=2e5)
+    c.add_argument("--seed", type=int, default=26)
+    m = sub.add_parser("median")
+    m.add_argument("--rows", type=float, default=1e7)
+    m.add_argument("--workers", type=int, default=4)
+    m.add_argument("--seed", type=int, default=1)
+    m.add_argument("--no-spark", action="store_true")
+    g = sub.add_parser("merge30")
+    g.add_argument("--rows-per-day", type=float, default=1e6)
+    g.add_argument("--seed", type=int, default=3)
+    a = ap.parse_args()
+    if a.cmd == "cases":
+        s = run_cases(a.cases, int(a.max_size), a.seed)
+        print(table(s))
+        for f in s["failures"]:
+            print("outside:", json.dumps(f))
+    elif a.cmd == "median":
+        print(json.dumps(bench_median(int(a.rows), a.workers, a.seed, not a.no_spark), indent=2, default=str))
+    else:
+        print(json.dumps(bench_merge30(int(a.rows_per_day), a.seed), indent=2))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()
