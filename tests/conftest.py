@@ -109,7 +109,8 @@ def cluster_env(tmp_path, monkeypatch):
 
 
 def free_base(n: int = 10) -> int:
-    """The first of ``n`` consecutive free ports, below the kernel's ephemeral range.
+    """The first of ``n`` consecutive free ports, below the kernel's ephemeral range (and the ``n`` HTTP ports
+    ``cluster up`` would give those workers, ``http_port_offset`` above them, free and below it too).
 
     Ports near one the OS just handed out are where outgoing connections take their
     local ports (every peer link of every cluster another test keeps running), so a
@@ -123,10 +124,12 @@ def free_base(n: int = 10) -> int:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         low = 32768
+    from shardstats.settings import DEFAULTS
+    off = DEFAULTS.http_port_offset          # `cluster up` gives worker i an HTTP port too: BASE + off + i
     rng = random.Random()
     for _ in range(200):
-        base = rng.randrange(10000, max(10001, low - n))
-        if not ports_in_use("127.0.0.1", list(range(base, base + n))):
+        base = rng.randrange(10000, max(10001, low - n - off))
+        if not ports_in_use("127.0.0.1", [*range(base, base + n), *range(base + off, base + off + n)]):
             return base
     raise RuntimeError("no run of free ports found")
 
