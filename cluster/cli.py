@@ -267,7 +267,14 @@ def up(workers: int, host: str, base_port: int, detach: bool, cluster_file: str 
         pass
     launcher.stop(info)
     path.unlink(missing_ok=True)
+    _forget_live(info)
     click.echo("cluster stopped")
+
+
+def _forget_live(info: ClusterInfo) -> None:
+    """A stopped local cluster's live top-K checkpoints go too: its token is never used again."""
+    from shardstats.worker.live.store import forget_cluster
+    forget_cluster(info.token.encode())
 
 
 @main.command(epilog="""\b
@@ -291,6 +298,7 @@ def down(cluster_file: str | None) -> None:
     running = launcher.our_pids(info)       # only processes provably ours: a stale file's pids may be anyone's
     killed = launcher.stop(info)
     path.unlink(missing_ok=True)
+    _forget_live(info)
     gone = len(info.pids) - len(running)
     click.echo(f"stopped {len(running)} workers" + (f" ({len(killed)} needed SIGKILL)" if killed else "")
                + (f"; {gone} had already exited" if gone else ""))

@@ -59,3 +59,9 @@ def read(path: Path) -> dict | None:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path}: not a format-{FORMAT} checkpoint")
     return state
+
+
+def forget_cluster(token: bytes, root: str | os.PathLike | None = None) -> None:
+    """Removes a cluster's checkpoints (``cluster down``: a local cluster's token is never used again)."""
+    import shutil
+    shutil.rmtree(checkpoint_path(root, token, 0).parent, ignore_errors=True)
