@@ -143,6 +143,28 @@ async def test_ten_workers_scraped_during_and_after_jobs_agree_with_the_jobs_sta
         assert sum(total(s, "shardstats_jobs_total", op="median", outcome="ok") for s in final) == 10
 
 
+async def test_spill_counters_agree_with_the_jobs_spill_stats(tmp_path):
+    """Values over a worker's memory budget go to its spill folder (worker/spill.py): the bytes written and
+    read back that the job's stats report are what the workers' counters say; no spill file is left."""
+    rng = np.random.default_rng(11)
+    d = tmp_path / "data"
+    d.mkdir()
+    for i in range(3):          # 4.8 MB a worker, over what a pass may hold under a 16 MiB budget
+        np.save(d / f"s{i}.npy", rng.integers(-10 ** 12, 10 ** 12, 600_000))
+    st = replace(DEFAULTS, memory_limit=16 << 20, spill_dir=str(tmp_path / "spill"))
+    async with in_process_cluster(3, root=str(tmp_path), settings=st, http=True) as c:
+        rep = await run_job(c.addrs, c.token, job_spec("mode", str(d)))
+        written = sum(w.get("spill_bytes_written", 0) for w in rep.workers)
+        read = sum(w.get("spill_bytes_read", 0) for w in rep.workers)
+        assert written > 0 and read > 0
+        after = await scrape_all(c.servers)
+        assert sum(total(s, "shardstats_spill_bytes_total", direction="written") for s in after) == written
+        assert sum(total(s, "shardstats_spill_bytes_total", direction="read") for s in after) == read
+        assert sum(total(s, "shardstats_spill_files") for s in after) == 0
+        assert sum(s.info()["spill_written_bytes"] for s in c.servers) == written
+        assert scraped_totals(after) == job_totals(rep)
+
+
 async def test_metrics_need_the_token_only_when_asked_and_ping_reports_the_port(tmp_path):
     st = replace(DEFAULTS, metrics_auth=True)
     async with in_process_cluster(2, root=str(tmp_path), http=True, settings=st) as c:
@@ -189,7 +211,7 @@ def test_spilled_reaches_the_worker_from_what_a_job_holds():
     class Comm:                      # a communicator: through its access
         access = Holder()
     spilled(m, written=10)
-    spilled(Holder(), read=4, files=2)
+    spilled(Holder(), read=4, files=2)       # files counted by hand (the running jobs' folders are read live)
     spilled(Comm(), written=1, files=-1)
     spilled(object(), written=1000)          # an in-memory test's communicator: nothing to count, no error
     spilled(None, read=1000)

@@ -7,8 +7,8 @@ Two kinds of metric, by where the number lives:
 
 * counted as things happen, with prometheus_client's own types: jobs by op and outcome
   (``ok``, ``error``, ``cancelled``, ``refused``), the job duration histogram, spill bytes
-  and files (fed by the spill code through ``spilled``);
-* read when scraped (a custom collector): peer traffic, memory, inbound streams.  The
+  (fed by the jobs' spill folders through ``spilled``, as ``WorkerServer.spilled`` does);
+* read when scraped (a custom collector): peer traffic, memory, inbound streams, spill files.  The
   traffic of a job is counted once, by its communicator (``CommStats``, what the job's
   stats report); the collector adds the running jobs' counters to the finished jobs'
   totals, which ``WorkerMetrics.job_ended`` folds in when a job leaves the worker, in the
@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 
@@ -56,7 +56,6 @@ class WorkerMetrics:
                                      buckets=DURATION_BUCKETS, registry=r)
         self.spill_bytes = Counter("shardstats_spill_bytes", "Bytes spilled to disk (written) and read back (read).",
                                    ["direction"], registry=r)
-        self.spill_files = Gauge("shardstats_spill_files", "Spill files on disk now.", registry=r)
         self._spill = {"spill_written_bytes": 0, "spill_read_bytes": 0, "spill_files": 0}   # for pings: no scrape
         for direction in ("written", "read"):          # present from the start: rate() needs a first sample
             self.spill_bytes.labels(direction)
@@ -91,8 +90,6 @@ class WorkerMetrics:
             self.spill_bytes.labels("written").inc(written)
         if read:
             self.spill_bytes.labels("read").inc(read)
-        if files:
-            self.spill_files.inc(files)
         t = self._spill
         t["spill_written_bytes"] += written
         t["spill_read_bytes"] += read
@@ -101,7 +98,12 @@ class WorkerMetrics:
     # -- read -----------------------------------------------------------------------------
     def spill_totals(self) -> dict[str, int]:
         """Bytes spilled and read back, ever, and the files on disk now (``cluster status`` shows them)."""
-        return dict(self._spill)
+        return {**self._spill, "spill_files": self.spill_files_now()}
+
+    def spill_files_now(self) -> int:
+        """Files in the running jobs' spill folders (a job's folder goes with it), plus any counted by hand."""
+        jobs = self.server.jobs.values() if self.server is not None else ()
+        return self._spill["spill_files"] + sum(int(getattr(getattr(j, "spill", None), "files", 0) or 0) for j in jobs)
 
     def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
         """The scrape's body and content type, as the client's Accept header asks (prometheus_client's own
@@ -177,6 +179,8 @@ class _Live:
             yield GaugeMetricFamily("shardstats_memory_budget_bytes", "The memory a job may take on this worker "
                                     "(--memory-limit, or a share of the cgroup's or the machine's memory).",
                                     value=budget)
+        yield GaugeMetricFamily("shardstats_spill_files", "Spill files on disk now (the running jobs').",
+                                value=m.spill_files_now())
         yield GaugeMetricFamily("shardstats_inbound_streams", "Shuffle streams flowing into this worker now, "
                                 "all jobs together (each job's fan-in is bounded by F).", value=streams)
         if server is not None:
