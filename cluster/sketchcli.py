@@ -116,7 +116,7 @@ def merge(files: tuple[str, ...], out: str, set_op: str) -> None:
                          first.get("column") if len(columns) == 1 else None)
         sk.write(out, head, payload)
     except ShardstatsError as exc:
-        _fail(str(exc), exc.exit_code if isinstance(exc, UsageError) else 2)
+        _fail(str(exc), exc.exit_code)
     said = "merged" if set_op == "union" else {"intersect": "intersected", "minus": "subtracted"}[set_op]
     click.echo(f"{said} {len(files)} {first['kind']} sketches into {out} ({len(payload):,} B)")
 
@@ -179,7 +179,7 @@ def show(file: str, quantiles: str | None, top: int | None, distinct: bool, coun
             if kind == "tdigest_double":
                 ans["quantiles"] = {q: a for q, a in zip(qs or ["0.5", "0.99"], ans["quantiles"])}
     except ShardstatsError as exc:
-        _fail(str(exc), exc.exit_code if isinstance(exc, UsageError) else 2)
+        _fail(str(exc), exc.exit_code)
     if as_json:
         click.echo(json.dumps({"file": file, "header": head, "answer": ans}))
         return

@@ -205,7 +205,11 @@ def dump(head: dict, payload: bytes) -> bytes:
 
 
 def write(path: str, head: dict, payload: bytes) -> None:
-    """Writes the file whole or not at all (a temporary file renamed into place)."""
+    """Writes the file whole or not at all: a temporary file renamed into place, or one PUT of the object
+    (``s3://bucket/key``: an object appears whole or not at all)."""
+    if path.startswith("s3://"):
+        _put_object(path, dump(head, payload))
+        return
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
@@ -217,6 +221,28 @@ def write(path: str, head: dict, payload: bytes) -> None:
         except OSError:
             pass
         raise SketchFileError(f"{path}: cannot write the sketch ({exc.strerror or exc})") from None
+
+
+def _put_object(url: str, data: bytes) -> None:
+    """One object in the store, with this process's own AWS environment (``worker.io.objects``)."""
+    from shardstats.worker.io import objects
+    bucket, key = objects.split_url(url)
+    if not key or key.endswith("/"):
+        raise SketchFileError(f"{url}: name an object (s3://bucket/key), not a bucket or a prefix")
+    fs = objects.shared_store()
+    with objects.explained(url):
+        with fs.open(url, "wb") as f:
+            f.write(data)
+
+
+def _get_object(url: str) -> bytes:
+    from shardstats.worker.io import objects
+    fs = objects.shared_store()
+    with objects.explained(url):
+        size = fs.info(url).get("size", 0)
+        if size > MAX_HEADER + MAX_PAYLOAD:
+            raise SketchFileError(f"{url}: {size:,} bytes is too large for a sketch file")
+        return fs.cat_file(url)
 
 
 def parse(data: bytes, name: str) -> tuple[dict, bytes]:
@@ -279,6 +305,8 @@ def check_params(kind: str, params: object, name: str) -> dict:
 
 
 def read(path: str) -> tuple[dict, bytes]:
+    if path.startswith("s3://"):
+        return parse(_get_object(path), path)
     try:
         size = os.path.getsize(path)
         if size > MAX_HEADER + MAX_PAYLOAD:

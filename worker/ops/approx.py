@@ -100,7 +100,7 @@ async def sketch_job(comm: Communicator, values, vtype: str, kind: str, kparams:
     if save_to:
         fp = await fingerprint(comm, values, vtype)
         if got is not None:
-            result["saved"] = save(comm, save_to, kind, params, got["s"], fp, column)
+            result["saved"] = await asyncio.to_thread(save, comm, save_to, kind, params, got["s"], fp, column)
     return result, stats
 
 
@@ -141,9 +141,10 @@ async def fingerprint(comm: Communicator, values, vtype: str = "int64") -> dict 
 
 def save(comm: Communicator, path: str, kind: str, params: dict, payload: bytes, fp: dict | None,
          column: str | None = None) -> str:
-    """Writes the merged sketch at rank 0; where, as the worker resolved it."""
+    """Writes the merged sketch at rank 0 (a file under the worker's data root, or an ``s3://`` object written
+    with the worker's own AWS environment); where, as the worker resolved it."""
     from shardstats.worker.engine.answer import out_dir
-    where = out_dir(comm, path)
+    where = path if path.startswith("s3://") else out_dir(comm, path)
     sk.write(where, sk.header(kind, params, payload, fp, column or getattr(comm, "column", None)), payload)
     return where
 
@@ -221,7 +222,8 @@ async def median(comm: Communicator, values: np.ndarray, params) -> tuple[dict |
         fp = await fingerprint(comm, values, vtype)
         if got is not None:
             kp = {"k": params.k} if vtype == "int64" else {"k": params.k, "values": vtype}
-            result["saved"] = save(comm, params.save_sketch, "kll_doubles", kp, got["s"], fp, params.of)
+            result["saved"] = await asyncio.to_thread(save, comm, params.save_sketch, "kll_doubles", kp, got["s"], fp,
+                                                      params.of)
     if params.check:
         c0 = time.perf_counter()
         comm.progress.set("check")
@@ -398,8 +400,8 @@ async def topk(comm: Communicator, values: np.ndarray, params) -> tuple[dict | N
     if params.save_sketch:
         fp = await fingerprint(comm, values)
         if got is not None:
-            result["saved"] = save(comm, params.save_sketch, "frequent_items_i64", {"lg_max_k": lg}, got["s"], fp,
-                                   params.of)
+            result["saved"] = await asyncio.to_thread(save, comm, params.save_sketch, "frequent_items_i64",
+                                                      {"lg_max_k": lg}, got["s"], fp, params.of)
     if params.check:
         c0 = time.perf_counter()
         comm.progress.set("check")
@@ -457,7 +459,8 @@ async def distinct_extras(comm: Communicator, values: np.ndarray, params, result
         if result is not None:
             kp = {"precision": params.precision} if vtype == "int64" else {"precision": params.precision,
                                                                            "values": vtype}
-            result["saved"] = save(comm, params.save_sketch, "hll_registers", kp, registers, fp, params.of)
+            result["saved"] = await asyncio.to_thread(save, comm, params.save_sketch, "hll_registers", kp, registers,
+                                                      fp, params.of)
     if params.check:
         c0 = time.perf_counter()
         comm.progress.set("check")
