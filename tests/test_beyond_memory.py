@@ -226,3 +226,55 @@ def test_workers_in_memory_cgroups_smaller_than_their_data_answer_exactly(tmp_pa
         cli("down", "--cluster-file", cf, timeout=30)
         for g in groups:
             g.__exit__(None, None, None)
+
+
+# -- keyed jobs: one key slice a pass (worker/engine/slices.py) -----------------------------------------------
+
+def _tables(tmp_path, rng):
+    """Three Parquet files of ~200k rows (one small): int keys in one file and float keys in another (they
+    meet as float64), NULL keys, string keys, and a right side with duplicate keys and an int32 key."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    t, r = tmp_path / "t", tmp_path / "r"
+    t.mkdir()
+    r.mkdir()
+    for i, n in enumerate((200_000, 200_000, 500)):
+        k = rng.integers(-3000, 3000, n)
+        kcol = pa.array(k.astype(np.float64) if i == 1 else k, mask=rng.random(n) < 0.01)
+        pq.write_table(pa.table({"k": kcol, "s": pa.array([f"g{x}" for x in rng.integers(0, 700, n)],
+                                                          mask=rng.random(n) < 0.01),
+                                 "v": rng.integers(-10**6, 10**6, n)}), t / f"p{i}.parquet")
+    rk = np.concatenate([np.arange(-3000, 3000, 7), np.arange(-3000, 3000, 7)[:100]]).astype(np.int32)
+    pq.write_table(pa.table({"k": pa.array(rk), "w": np.arange(len(rk))}), r / "r.parquet")
+    return t, r
+
+
+async def test_groupby_and_join_beyond_the_budget_equal_duckdb(tmp_path):
+    import duckdb
+    t, r = _tables(tmp_path, np.random.default_rng(5))
+    src = f"read_parquet('{t}/*.parquet', union_by_name=true)"
+    con = duckdb.connect()
+    async with in_process_cluster(3, root=str(tmp_path), settings=_settings(tmp_path)) as c:
+        rep = await run_job(c.addrs, c.token, job_spec("groupby", str(t), {"by": "s", "agg": ["sum(v)", "count()",
+                                                                                           "max(k)"], "limit": 50}))
+        assert max(w.get("passes", 1) for w in rep.workers) > 1
+        want = con.sql(f"select s, sum(v), count(*), max(k::double) from {src} group by s "
+                       f"order by s nulls last limit 50").fetchall()
+        assert rep.result["rows"] == con.execute(f"select count(distinct coalesce(s, '<null>')) from {src}").fetchall()[0][0]
+        assert [tuple(x) for x in rep.result["data"]] == [tuple(x) for x in want]
+        out = tmp_path / "out"
+        rep = await run_job(c.addrs, c.token, job_spec("groupby", str(t), {"by": "k", "agg": ["sum(v)", "count()"],
+                                                                         "out": str(out)}))
+        got = con.sql(f"select * from '{out}/*.parquet' order by 1 nulls last").fetchall()
+        want = con.sql(f"select k::double, sum(v), count(*) from {src} group by 1 order by 1 nulls last").fetchall()
+        assert got == want and rep.result["rows"] == len(want)
+        for how in ("inner", "left", "full"):
+            rep = await run_job(c.addrs, c.token, job_spec("join", str(t), {"right": str(r), "on": "k", "how": how,
+                                                                           "out": str(tmp_path / f"j-{how}")}))
+            got = con.sql(f"select k, s, v, w from '{tmp_path}/j-{how}/*.parquet' order by all").fetchall()
+            keys = "coalesce(l.k, r.k::double)" if how == "full" else "l.k"
+            want = con.sql(f"select {keys}, l.s, l.v, r.w from {src} l {how} join '{r}/r.parquet' r "
+                           f"on l.k = r.k order by all").fetchall()
+            assert got == want, how
+            assert max(w.get("passes", 1) for w in rep.workers) > 1
+    assert not (tmp_path / "spill").exists()         # key slices re-read the files: nothing spilled

@@ -107,9 +107,11 @@ def _size(path: str) -> int:
         return 0          # the read names the problem
 
 
-def load_table(files: list[ShardRef], root: str | Access, read: dict, progress: Progress | None = None):
+def load_table(files: list[ShardRef], root: str | Access, read: dict, progress: Progress | None = None,
+               keep=None):
     """The job's records on this worker as one Arrow table, and its schema described per file
-    (``worker.data.schema``): a keyed op's share of the input."""
+    (``worker.data.schema``): a keyed op's share of the input.  ``keep(table, side)``: the rows of each
+    file to keep, applied as the file is read (a slice of a job taken in passes: worker/engine/slices.py)."""
     import pyarrow as pa
     from shardstats.worker.data import readers, schema
     access = root if isinstance(root, Access) else Access(root)
@@ -129,6 +131,9 @@ def load_table(files: list[ShardRef], root: str | Access, read: dict, progress: 
             t = readers.read_documents(ref, where, read.get("text"), read.get("id"), budget)
         else:
             t = readers.read_table(ref, where, read.get("columns"), budget)
+        described.append([[f.name, str(f.type), ref.path] for f in t.schema])
+        if keep is not None:
+            t = keep(t, side)
         if read.get("ordinals") is not None:
             # where each row stands in the input (the file's place in the listing, the row's in the file):
             # a sort's hidden last key, so equal keys keep the input's order
@@ -136,7 +141,6 @@ def load_table(files: list[ShardRef], root: str | Access, read: dict, progress: 
             t = t.append_column("__sort_row", pa.array(np.arange(t.num_rows, dtype=np.int64)))
         held += t.nbytes
         tables.append(t)
-        described.append([[f.name, str(f.type), ref.path] for f in t.schema])
         if progress is not None:
             progress.done = i + 1
     side_of = read.get("side_of")
@@ -280,11 +284,11 @@ async def load(job: Job, root: str | Access, read_timeout: float | None = None,
     t = time.perf_counter()
     progress = Progress("load", job.timeline)
     progress.set("load", 0, len(job.files))
+    progress.sizes = [max(0, f.size) for f in job.files]     # the listing's sizes: bytes read of total
     async with reporting(job.id, progress, job.report, job.progress_interval):
         if job.read is not None:
             job.values, job.schema = await _read_table(job, root, progress)
         elif job.files:
-    progress.sizes = [max(0, f.size) for f in job.files]     # the listing's sizes: bytes read of total
             job.values = await _read_in_thread(job, root, progress, read_timeout, stuck)
         else:                   # nothing to read (a small job's other workers): no thread to hop to
             job.values = load_files([], root)
@@ -307,10 +311,41 @@ async def _read_table(job: Job, root: str | Access, progress: Progress):
         if cache is None:
             raise InputError(f"cache:{read['from_cache']}: this worker keeps no datasets")
         return cache.get(read["from_cache"])
+    sliced = _plan_slices(job, root, read)
+    if sliced is not None:
+        return sliced
     table, described = await asyncio.to_thread(load_table, job.files, root, read, progress)
     if read.get("cache") and cache is not None:
         cache.put(read["cache"], table, described)
     return table, described
+
+
+def _plan_slices(job: Job, root: str | Access, read: dict):
+    """A keyed share too large for this worker's memory, for an op that can take it in key slices
+    (``read["slice_on"]``: the key columns of each side): (Sliced, pass 0's schema) to read in passes; else None."""
+    import functools
+    from pathlib import PurePath
+    from shardstats.worker.engine import slices
+    access = root if isinstance(root, Access) else Access(root)
+    slice_on = read.get("slice_on")
+    if not slice_on or access.budget is None or read.get("cache") or not job.files:
+        return None
+    if any(is_object_url(r.path) for r in job.files):
+        return None
+    guess = slices.estimate_bytes((_size(resolve(r.path, access.root, access.confined)),
+                                   PurePath(r.path).suffix.lower()) for r in job.files)
+    limit = in_memory_limit(access.budget)
+    if guess <= limit:
+        return None
+    from shardstats.worker.io.ondisk import passes_for
+    passes = passes_for(guess, limit)
+
+    def reader(p: int, n: int):
+        keep = lambda t, side: slices.keep_slice(t, slice_on.get(side) or slice_on["main"], p, n)  # noqa: E731
+        return load_table(job.files, access, read, None, keep)
+    first, described = reader(0, passes)
+    job.passes = passes
+    return slices.Sliced(reader, passes, first), described
 
 
 async def _read_in_thread(job: Job, root: str | Access, progress: Progress, read_timeout: float | None,
@@ -370,14 +405,24 @@ async def run(job: Job, comm: TcpComm, op: Op, params: Params) -> dict:
         # The op gets the only reference to the data (no local name here), handed over so it may give
         # the memory back as it consumes the values (``memory.hand_over``).
         values = job.take_values()
-        if isinstance(values, np.memmap) and not op.out_of_core:
+        from shardstats.worker.engine import slices
+        if comm.passes > 1 and job.read is not None:     # a keyed job some worker takes in key slices
+            slice_on = (job.read or {}).get("slice_on")
+            if not slice_on:
+                raise JobError(f"{op.name}: a worker's share was planned in slices the op does not take")
+            if not isinstance(values, slices.Sliced):
+                values = slices.in_memory(values, slice_on)
+            result, opstats = await slices.run_in_slices(comm, values, op, params)
+            values = None
+        elif isinstance(values, np.memmap) and not op.out_of_core:
             from shardstats.worker.io.source import mib
             from shardstats.worker.ops import registry
             beyond = ", ".join(sorted(n for n, o in registry.ops().items() if o.out_of_core))
             raise InputError(f"{op.name}: this worker's values take {mib(values.nbytes)}, more than its memory "
                              f"budget holds (--memory-limit); {op.name} works in memory only (beyond memory: "
                              f"{beyond}); add workers or raise the limit")
-        result, opstats = await op.run(comm, memory.hand_over(values), params)
+        else:
+            result, opstats = await op.run(comm, memory.hand_over(values), params)
         del values
     stats = {
         "id": my_id, "rank": comm.rank, "values": n, "files": len(job.files),
@@ -395,6 +440,8 @@ async def run(job: Job, comm: TcpComm, op: Op, params: Params) -> dict:
         **job.timeline.as_stats(),
     }
     out = {"stats": stats}
+    if isinstance(result, dict):
+        result.pop("_order", None)          # how a rows answer's head is ordered: for merging passes only
     if result is not None:
         out["result"] = result
     return out

@@ -425,7 +425,8 @@ class WorkerServer:
         job.comm.user_code = self.settings.user_code        # whether mapreduce jobs may run their functions
         if msg.get("schema") is not None and job.read is not None:
             # The schema the coordinator agreed from every worker's files: every rank holds the same types.
-            if isinstance(job.values, jobs.Sides):
+            from shardstats.worker.engine.slices import Sliced
+            if isinstance(job.values, (jobs.Sides, Sliced)):
                 job.values = job.values.conform(msg["schema"])
             else:
                 job.values = jobs.conform(job.values, jobs.arrow_schema(msg["schema"]))

@@ -54,6 +54,7 @@ class Communicator:
         # the same passes, as each pass is a collective job of its own.  1: the values are in memory.
         self.passes = 1
         self.spill = None          # the job's SpillDir on this worker (worker/spill.py), when it has one
+        self.pass_index: int | None = None   # which key-slice pass a keyed job is in (worker/engine/slices.py)
         self._seq = 0
 
     def new_tag(self, name: str) -> str:

@@ -92,7 +92,7 @@ async def rows_answer(comm: Communicator, table, order, params, stats: dict) -> 
     if head is None:
         return None
     t, rows = head
-    return {"rows": rows, "columns": t.column_names, "data": rows_of(t)}
+    return {"rows": rows, "columns": t.column_names, "data": rows_of(t), "_order": order}
 
 
 def plain(value):
@@ -153,8 +153,9 @@ def out_dir(comm: Communicator, out: str) -> str:
     return confine(out, access.root) if access.confined else os.path.join(access.root, out)
 
 
-def part_name(rank: int) -> str:
-    return f"part-{rank:05d}.parquet"
+def part_name(rank: int, pass_index: int | None = None) -> str:
+    """A reducer's part file; a job taken in key slices (worker/engine/slices.py) writes one a pass."""
+    return f"part-{rank:05d}.parquet" if pass_index is None else f"part-{rank:05d}-{pass_index:04d}.parquet"
 
 
 async def write_parts(comm: Communicator, table, out: str, job: str, overwrite: bool = False) -> dict:
@@ -169,12 +170,15 @@ async def write_parts(comm: Communicator, table, out: str, job: str, overwrite: 
         stale = sorted(f for f in os.listdir(where) if f.startswith("part-") and f.endswith(".parquet"))
     except OSError as exc:
         raise InputError(f"--out {out}: cannot create or list it ({exc.strerror or exc})") from None
+    later_pass = bool(getattr(comm, "pass_index", None))       # the job's own parts of earlier passes are there
+    if later_pass:
+        stale = []
     if stale and not overwrite:
         raise InputError(f"--out {out}: already holds {stale[0]}{' and more' if len(stale) > 1 else ''}; "
                          f"remove the old part files, choose another folder, or add --overwrite")
     tmp = os.path.join(where, f".job-{job}")
     os.makedirs(tmp, exist_ok=True)
-    name = part_name(comm.rank)
+    name = part_name(comm.rank, getattr(comm, "pass_index", None))
     ok = 1
     try:        # on a thread: a part of 100 MB takes seconds to write, and heartbeats must go on meanwhile
         await asyncio.to_thread(pq.write_table, table, os.path.join(tmp, name), row_group_size=1 << 17)
@@ -190,7 +194,7 @@ async def write_parts(comm: Communicator, table, out: str, job: str, overwrite: 
         raise InputError(f"--out {out}: another worker could not write its part; nothing was committed")
     if overwrite and comm.rank == 0:
         for f in stale:
-            if f != name and not any(f == part_name(r) for r in range(comm.size)):
+            if f != name and not any(f == part_name(r, getattr(comm, "pass_index", None)) for r in range(comm.size)):
                 try:
                     os.unlink(os.path.join(where, f))
                 except OSError:

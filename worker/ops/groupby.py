@@ -67,7 +67,8 @@ class GroupbyParams(KeyedParams):
 
 def reads(p: GroupbyParams) -> dict:
     aggs = agg.parse_all(p.agg, p.keys)
-    return {"kind": "table", "columns": None if p.cache else agg.columns_needed(p.keys, aggs), "cache": p.cache}
+    return {"kind": "table", "columns": None if p.cache else agg.columns_needed(p.keys, aggs), "cache": p.cache,
+            "slice_on": {"main": list(p.keys)}}     # beyond memory: one key slice a pass (worker/engine/slices.py)
 
 
 # A value-needing job may salt only when its parts merge exactly: each salted part is reduced as usual, then

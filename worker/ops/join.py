@@ -82,7 +82,9 @@ class JoinParams(KeyedParams):
 
 
 def reads(p: JoinParams) -> dict:
-    return {"kind": "table", "columns": None, "cache": None, "sides": {"right": [p.right]}}
+    lk, rk = p.keys
+    return {"kind": "table", "columns": None, "cache": None, "sides": {"right": [p.right]},
+            "slice_on": {"main": list(lk), "right": list(rk)}}   # beyond memory: one key slice a pass
 
 
 # -- types and output ---------------------------------------------------------------------------------------
