@@ -12,7 +12,8 @@ change on a shared machine hits all three alike, and prints per link:
 
     seconds (median, and every run), / best  (time over the better of plain and compact),
     MB sent (all workers), and what auto chose each run with its figures
-    (link rate probed, coding rate, predicted plain and compact seconds).
+    (link rate probed, coding rate, predicted plain and compact seconds, the slowest worker's
+    time from entering the choice to knowing it: probe, sample and allreduce).
 
 Every answer is checked against numpy; a wrong one prints MISMATCH and the exit status
 is 1.  The bed's names start with ``sse28_`` and its addresses are in 10.228.0.0/16, so
@@ -72,7 +73,7 @@ def measure(rep: JobReport, want: tuple[int, int]) -> dict:
     ws = rep.workers
     return {"seconds": rep.load_seconds + rep.seconds, "bytes_sent": int(sum(sum(w["bytes_sent"]) for w in ws)),
             "encoding_used": ws[0]["encoding"], "choice": ws[0].get("encoding_choice"),
-            "probe_seconds": max((w.get("encoding_choice") or {}).get("probe", {}).get("seconds", 0.0) for w in ws),
+            "choice_seconds": max((w.get("encoding_choice") or {}).get("seconds", 0.0) for w in ws),
             "result": {"value": rep.result["value"], "count": rep.result["count"]},
             "correct": (rep.result["value"], rep.result["count"]) == want}
 
@@ -93,7 +94,7 @@ def sweep(addrs: list[str], token: str, path: str | Path, want: tuple[int, int],
         mid = min(rs, key=lambda r: abs(r["seconds"] - med))
         out[enc] = {"seconds": med, "seconds_all": [r["seconds"] for r in rs], "bytes_sent": mid["bytes_sent"],
                     "used": [r["encoding_used"] for r in rs], "choices": [r["choice"] for r in rs],
-                    "probe_seconds": [r["probe_seconds"] for r in rs], "correct": all(r["correct"] for r in rs),
+                    "choice_seconds": [r["choice_seconds"] for r in rs], "correct": all(r["correct"] for r in rs),
                     "results": [r["result"] for r in rs]}
     return out
 
@@ -117,10 +118,12 @@ def table(where: str, cells: dict[str, dict], v: dict) -> str:
                      f"{c['bytes_sent'] / 1e6:8.1f}  {'/'.join(c['used'])}")
     for i, ch in enumerate(cells["auto"]["choices"]):
         if ch and "predicted_plain_s" in ch:
-            lines.append(f"  auto run {i + 1}: {ch['encoding']} -- link {ch['link']} {ch['link_mbit']:g} Mbit/s "
-                         f"(slowest {ch['slowest_link_mbit']:g}), coding {ch['coding_mvalues_per_s']:g} Mvalues/s "
+            link = "too fast to time" if ch["link_mbit"] is None else f"{ch['link_mbit']:g} Mbit/s"
+            lines.append(f"  auto run {i + 1}: {ch['encoding']} -- link {ch['link']} {link} "
+                         f"(slowest {ch['slowest_link_mbit']}), coding {ch['coding_mvalues_per_s']:g} Mvalues/s "
                          f"at {ch['ranks_per_cpu']:g} workers a core, predicted plain {ch['predicted_plain_s']:.2f} s"
-                         f" / compact {ch['predicted_compact_s']:.2f} s; probe {cells['auto']['probe_seconds'][i]:.3f} s")
+                         f" / compact {ch['predicted_compact_s']:.2f} s; "
+                         f"choosing took {cells['auto']['choice_seconds'][i]:.3f} s")
         elif ch:
             lines.append(f"  auto run {i + 1}: {ch['encoding']} -- {ch['why']}")
     lines.append(f"auto / {v['target']}: {v['ratio']:.2f} -> goal (<= {GOAL:.2f}) {'met' if v['met'] else 'MISSED'}")

@@ -93,7 +93,7 @@ def test_the_decision_does_not_depend_on_the_ranks_order():
 def test_probe_size_is_a_small_share_within_bounds():
     assert cc.probe_bytes(0) == cc.PROBE_MIN
     assert cc.probe_bytes(10 ** 9) == cc.PROBE_MAX
-    assert cc.probe_bytes(1_350_000) == int(1_350_000 * 8 * cc.PROBE_SHARE)
+    assert cc.probe_bytes(5_000_000) == int(5_000_000 * 8 * cc.PROBE_SHARE)
 
 
 def test_rate_of_times_the_frames_after_the_first():

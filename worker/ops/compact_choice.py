@@ -7,7 +7,7 @@ bytes, how fast a worker codes values, and how many workers share each machine's
 cores (ten workers on two cores code five times slower than one).  So ``auto``
 measures at the start of the shuffle, on every rank at once:
 
-- the link: ``worker.comm.linkprobe.probe_ring`` streams ~3% of this rank's plain
+- the link: ``worker.comm.linkprobe.probe_ring`` streams ~1.5% of this rank's plain
   shuffle (48 KiB to 1 MiB) to the next rank and times what arrives from the one
   before (``--link-mbit`` replaces the probe with the user's figure);
 - the coding: a sample of this rank's values is fingerprinted, sorted, coded,
@@ -45,7 +45,7 @@ from shardstats.lazy import numpy as np
 from shardstats.worker.comm.collectives import allreduce, sum_ints, tree_depth
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.encoding import decode, encode_chunks, fingerprint_bits, fingerprints
-from shardstats.worker.comm.linkprobe import probe_ring
+from shardstats.worker.comm.linkprobe import FAST, probe_ring
 
 PLAIN_BYTES = 8.0              # a value on the plain wire (its msgpack framing is a few bytes a chunk)
 CODING_SAMPLE = 1 << 13        # values coded to time the coding: ~1.5 ms of a core
@@ -53,7 +53,7 @@ CODING_SAMPLE = 1 << 13        # values coded to time the coding: ~1.5 ms of a c
 CODING_FACTOR = 3.0            # compact's extra CPU a value in the job (both ends, three rounds), over the sample's
 LINK_SHARE = 0.6               # the share of a link's probed rate a shuffle sustains (staggered rounds, credits)
 COMPACT_MARGIN = 0.9           # compact must be predicted to take at most this share of plain's time
-PROBE_SHARE = 1 / 32           # the probe's bytes, as a share of this rank's plain shuffle ...
+PROBE_SHARE = 1 / 64           # the probe's bytes, as a share of this rank's plain shuffle ...
 PROBE_MIN, PROBE_MAX = 48 << 10, 1 << 20     # ... within these bounds
 
 
@@ -129,13 +129,17 @@ def decide(ranks: list[dict]) -> tuple[str, str, dict]:
     return "plain", "the links are fast for the bytes: compact's coding would cost more than the bytes it saves", job
 
 
+def mbit(rate: float) -> float | None:
+    """A rate in bytes/s as Mbit/s for people; None when the probe's frames came too close together to time."""
+    return None if rate >= FAST else round(rate * 8 / 1e6, 1)
+
+
 def report(encoding: str, why: str, job: dict | None, source: str, probe: dict | None = None) -> dict:
     """The stats entry: what was chosen, why, and the figures (rounded for people)."""
     out: dict = {"encoding": encoding, "why": why, "link": source}
     if job is not None:
         out.update({
-            "link_mbit": round(job["link_rate"] * 8 / 1e6, 1),
-            "slowest_link_mbit": round(job["slowest_link_rate"] * 8 / 1e6, 1),
+            "link_mbit": mbit(job["link_rate"]), "slowest_link_mbit": mbit(job["slowest_link_rate"]),
             "coding_mvalues_per_s": round(1e-6 / job["coding_s"], 2) if job["coding_s"] > 0 else None,
             "ranks_per_cpu": job["ranks_per_cpu"],
             "compact_bytes_per_value": round(job["compact_bytes"], 2),
@@ -204,6 +208,7 @@ async def choose(comm: Communicator, asked: str, values: np.ndarray, link_mbit: 
     if all_loopback(comm):
         return Choice("plain", None, 0, report("plain", "every worker is on loopback: its links are the same CPUs "
                                                "copying memory, which the coding would only slow", None, "loopback"))
+    t0 = time.perf_counter()
     size = comm.size
     leaving = len(values) * (size - 1) // size
     bits = fingerprint_bits(comm.total if comm.total is not None else len(values) * size, size)
@@ -223,13 +228,15 @@ async def choose(comm: Communicator, asked: str, values: np.ndarray, link_mbit: 
     else:
         p = probed.result()
         rate, source = p.rate, "probed"
-        probe = {"bytes": p.received, "seconds": round(p.seconds, 4), "mbit": round(p.rate * 8 / 1e6, 1)}
+        probe = {"bytes": p.received, "seconds": round(p.seconds, 4),
+                 "mbit": mbit(p.rate)}
     m = Measured(leaving=leaving, link_rate=rate, coding_cpu=secs, compact_bytes=nbytes, repeats=rep,
                  host=host_id(), cpus=usable_cpus())
     total = await allreduce(comm, {"ranks": [{**m.entry(), "values": len(values)}]}, gather, "mode.plan")
     encoding, why, job = decide(total["ranks"])
     bits = fingerprint_bits(sum(r["values"] for r in total["ranks"]), size) if encoding == "compact" else None
-    return Choice(encoding, bits, 2 * depth + (1 if source == "probed" else 0), report(encoding, why, job, source, probe))
+    stats = {**report(encoding, why, job, source, probe), "seconds": round(time.perf_counter() - t0, 4)}
+    return Choice(encoding, bits, 2 * depth + (1 if source == "probed" else 0), stats)
 
 
 def host_id() -> str:
