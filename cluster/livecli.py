@@ -66,7 +66,10 @@ async def _follow(fd: int, key_field: str, time_field: str | None, size: int, to
             keys.clear()
             times.clear()
     while True:
-        chunk = await asyncio.to_thread(os.read, fd, 1 << 20)
+        chunk = await asyncio.to_thread(_read_or_pause, fd)
+        if chunk is None:                 # a pipe with nothing new for a moment: send what is waiting
+            await ship()
+            continue
         if not chunk:
             await ship()
             if not regular:
@@ -87,6 +90,14 @@ async def _follow(fd: int, key_field: str, time_field: str | None, size: int, to
                 times.append(got[1])
                 if len(keys) >= size:
                     await ship()
+
+
+def _read_or_pause(fd: int, pause: float = 0.25) -> bytes | None:
+    """The next bytes of ``fd`` (b"" at its end), or None when a pipe has had nothing for ``pause`` seconds."""
+    import select
+    if not select.select([fd], [], [], pause)[0]:
+        return None
+    return os.read(fd, 1 << 20)
 
 
 def _is_regular(fd: int) -> bool:

@@ -261,3 +261,60 @@ def test_http_events_and_top_equal_brute_force_and_bad_requests_change_nothing(t
             status, text = await call(ports[0], "GET", "/metrics", None, None)
             assert 'shardstats_live_events_total' in text and "shardstats_live_bucket_bytes" in text
     asyncio.run(main())
+
+
+def test_approximate_owners_bound_every_listed_count(tmp_path):
+    rng = random.Random(12)
+    st = dataclasses.replace(DEFAULTS, live_dir=str(tmp_path), live_flush_interval=3600.0, live_approx=True,
+                             live_cm_buckets=256, live_hh_lg_k=6)
+
+    async def main():
+        async with in_process_cluster(3, settings=st) as c:
+            async with LiveClient(c.addrs, c.token, settings=st) as cl:
+                now = int(time.time() * 1000)
+                events = [(f"k{int(rng.paretovariate(1.05))}", now - rng.randrange(50_000)) for _ in range(20_000)]
+                await cl.ingest(batches(events, 1000))
+                await settle(c.servers)
+                ans = await cl.top(10, "5m")
+                w = ans["window"]
+                truth = Counter(k for k, t in events if w["from_ms"] <= t < w["to_ms"])
+                assert ans["approx"] and ans["total"] == sum(truth.values()) and len(ans["items"]) == 10
+                for it in ans["items"]:
+                    assert it["lower"] <= truth[it["key"]] <= it["upper"], it
+                for key, n in truth.most_common(3):      # far above the error bound: listed
+                    assert n > ans["max_error"] and key in [it["key"] for it in ans["items"]]
+    asyncio.run(main())
+
+
+def test_follow_reads_until_the_pipe_ends_and_ships_partial_batches():
+    from shardstats.cluster.livecli import _BadLine, _follow
+    r, w = os.pipe()
+    os.write(w, b'{"q": "a"}\n{"q": "b"}\n\n{"q": "a"}\n{"q": ')      # the last line is not whole yet
+    sent = []
+
+    async def send(keys, times):
+        sent.append((keys, times))
+        totals.sent += len(keys)
+
+    async def main():
+        async def later():
+            await asyncio.sleep(0.3)
+            os.write(w, b'"c"}\n')
+            os.close(w)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(later())
+            tg.create_task(_follow(r, "q", None, 2, totals, send))
+    totals = IngestTotals()
+    asyncio.run(main())
+    os.close(r)
+    # the lone "a" went when the pipe paused, before "c" came
+    assert [k for k, _ in sent] == [["a", "b"], ["a"], ["c"]] and all(t is None for _, t in sent)
+    r, w = os.pipe()
+    os.write(w, b'{"q": "a"}\n{"q": 1}\n{"q": true}\n')
+    os.close(w)
+    sent.clear()
+    totals = IngestTotals()
+    with pytest.raises(_BadLine, match="stdin line 3.*the 2 events before it were ingested"):
+        asyncio.run(_follow(r, "q", None, 100, totals, send))
+    os.close(r)
+    assert sent == [(["a", "1"], None)]

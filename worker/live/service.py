@@ -117,22 +117,24 @@ class LiveService:
         self.restored = {"saved_ms": saved, "restarted_ms": self.started_ms, "path": str(self.path)}
         logs.event("live_restored", path=str(self.path), saved_ms=saved, gap_seconds=round((self.started_ms - saved) / 1e3, 1))
 
-    def _state(self, saved_ms: int) -> bytes:
+    def _state(self, saved_ms: int) -> dict:
+        """A consistent snapshot (the buckets' dicts copied, on the loop); encoding it may happen elsewhere."""
         now = now_ms()
         self.gaps = [g for g in self.gaps if g[1] > now - GAP_KEEP_MS]
-        return store.encode({"worker": self.id, "workers": self.workers, "saved_ms": saved_ms,
-                             "gaps": self.gaps, "buckets": self.buckets.dump()})
+        return {"worker": self.id, "workers": self.workers, "saved_ms": saved_ms, "gaps": list(self.gaps),
+                "buckets": self.buckets.dump()}
 
     async def checkpoint(self) -> None:
-        """Writes the buckets (encoded here, on the loop: a consistent copy; written on a thread)."""
+        """Writes the buckets: a snapshot on the loop (dict copies), encoded and written on a thread, so a
+        checkpoint of a million counts does not stall queries and flushes."""
         if not (self.buckets.added or self.counters.received or self.restored):
             return
         t = time.perf_counter()
         saved = now_ms()
         # Events received but not flushed yet are in no bucket: the checkpoint vouches for what came
         # before the last flush only (what a restart states as its gap starts there).
-        data = self._state(min(saved, self.last_flush_ms) if self.counters.pending else saved)
-        await asyncio.to_thread(store.write, self.path, data)
+        state = self._state(min(saved, self.last_flush_ms) if self.counters.pending else saved)
+        data = await asyncio.to_thread(_encode_and_write, self.path, state)
         self.checkpoints += 1
         self.checkpoint_bytes = len(data)
         self.checkpoint_ms = saved
@@ -142,7 +144,7 @@ class LiveService:
         if not (self.buckets.added or self.counters.received or self.restored):
             return              # a worker that never saw an event leaves no file behind
         try:
-            store.write(self.path, self._state(self.last_flush_ms if self.counters.pending else now_ms()))
+            _encode_and_write(self.path, self._state(self.last_flush_ms if self.counters.pending else now_ms()))
         except OSError as exc:
             logs.event("live_checkpoint_failed", logging.WARNING, path=str(self.path), error=exc)
 
@@ -374,6 +376,12 @@ class LiveService:
                 "queries": self.queries, "refused": self.refused,
                 "query_ms_p50": _ms(self.query_seconds, 50), "query_ms_p99": _ms(self.query_seconds, 99),
                 "query_ms_max": _ms(self.query_seconds, 100)}
+
+
+def _encode_and_write(path, state: dict) -> bytes:
+    data = store.encode(state)
+    store.write(path, data)
+    return data
 
 
 def _ms(xs, q: float) -> float:
