@@ -130,9 +130,10 @@ def load_table(files: list[ShardRef], root: str | Access, read: dict, progress: 
         if kind == "documents":
             t = readers.read_documents(ref, where, read.get("text"), read.get("id"), budget)
         else:
-            t = readers.read_table(ref, where, read.get("columns"), budget)
+            t = readers.read_table(ref, where, read.get("columns"), budget,
+                                   None if keep is None else (lambda piece, side=side: keep(piece, side)))
         described.append([[f.name, str(f.type), ref.path] for f in t.schema])
-        if keep is not None:
+        if keep is not None and kind == "documents":
             t = keep(t, side)
         if read.get("ordinals") is not None:
             # where each row stands in the input (the file's place in the listing, the row's in the file):

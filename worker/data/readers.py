@@ -54,14 +54,21 @@ def _long_line(data: bytes, name: str) -> InputError | None:
                       f"bytes per line (16 MiB)")
 
 
-def read_table(ref: ShardRef, real_path: str, columns: list[str] | None, budget: int | None = None):
-    """One table shard, only ``columns`` (all when None), in the file's own types."""
+def read_table(ref: ShardRef, real_path: str, columns: list[str] | None, budget: int | None = None, keep=None):
+    """One table shard, only ``columns`` (all when None), in the file's own types.
+
+    ``keep(table)``: the rows to keep of each piece read (a key slice of a job taken in passes); a Parquet
+    file is then decoded in batches, so the worker holds one batch and the kept rows, not the file."""
     import pyarrow as pa
     name = ref.path
     suffix = Path(name).suffix.lower()
     if suffix not in TABLE_SUFFIXES:
         raise InputError(f"{name}: unsupported file type {suffix or '(none)'!r} for a table "
                          f"(expected .csv, .tsv, .parquet, .jsonl or .ndjson)")
+    if keep is not None and suffix == ".parquet":
+        return _parquet_kept(ref, real_path, columns, keep)
+    if keep is not None:
+        return keep(read_table(ref, real_path, columns, budget))
     with opened(ref, real_path, budget) as (f, size):
         data = read_exactly(f, size, name)
     if suffix == ".parquet":
@@ -90,6 +97,35 @@ def read_table(ref: ShardRef, real_path: str, columns: list[str] | None, budget:
     if suffix in (".csv", ".tsv"):
         return _csv(data, name, "\t" if suffix == ".tsv" else ",", columns)
     return _jsonl(data, name, columns)
+
+
+PARQUET_BATCH = 1 << 16       # rows decoded at a time when a Parquet file is read for a slice of its rows
+
+
+def _parquet_kept(ref: ShardRef, real_path: str, columns: list[str] | None, keep):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    name = ref.path
+    with opened(ref, real_path) as (f, _):
+        try:
+            pf = pq.ParquetFile(f)
+            _check_columns(pf.schema_arrow.names, columns, name)
+            text = [c.name for c in pf.schema_arrow if (pa.types.is_string(c.type) or pa.types.is_large_string(c.type))
+                    and (columns is None or c.name in columns) and _dictionary_stored(pf.metadata, c.name)]
+            if text:
+                f.seek(0)
+                pf = pq.ParquetFile(f, read_dictionary=text)
+            kept = [keep(pa.Table.from_batches([b])) for b in pf.iter_batches(PARQUET_BATCH, columns=columns)]
+            schema = pf.schema_arrow if columns is None else pa.schema([pf.schema_arrow.field(c) for c in columns])
+            if text:
+                schema = pa.schema([fl.with_type(pa.dictionary(pa.int32(), fl.type)) if fl.name in text else fl
+                                    for fl in schema])
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputError(f"{name}: not a readable Parquet file ({_short(exc)})") from None
+    kept = [t for t in kept if t.num_rows]
+    if not kept:
+        return schema.empty_table()
+    return pa.concat_tables(kept, promote_options="permissive") if len(kept) > 1 else kept[0]
 
 
 def _dictionary_stored(meta, name: str) -> bool:
