@@ -215,6 +215,8 @@ def test_checkpoint_round_trip_answers_the_same(tmp_path, approx):
     add_events(tb, events, rng)
     path = store.checkpoint_path(tmp_path, b"token", 3)
     store.write(path, store.encode({"buckets": tb.dump(), "saved_ms": T0}))
+    import asyncio
+    assert asyncio.run(store.encode_async({"buckets": tb.dump(), "saved_ms": T0})) == path.read_bytes()
     back = TimeBuckets.load(store.read(path)["buckets"], approx)
     for last in ("5m", "1h", "24h"):
         a, b = back.top(20, parse_last(last)), tb.top(20, parse_last(last))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import msgpack
 
-FORMAT = 1
+FORMAT = 2            # 2: each bucket packed on its own
 
 
 def default_root() -> Path:
@@ -31,8 +31,32 @@ def checkpoint_path(root: str | os.PathLike | None, token: bytes, worker: int) -
     return Path(root or default_root()) / f"cluster-{cluster}" / f"worker{worker}.ckpt"
 
 
+def _pack(obj) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _with_packed_buckets(state: dict, packed: list) -> bytes:
+    return _pack({"format": FORMAT, **state, "buckets": {**state["buckets"], "buckets": packed}})
+
+
 def encode(state: dict) -> bytes:
-    return msgpack.packb({"format": FORMAT, **state}, use_bin_type=True)
+    """``state["buckets"]`` is ``TimeBuckets.dump()``; each bucket is packed on its own (see ``encode_async``)."""
+    packed = [{idx: _pack(b) for idx, b in per.items()} for per in state["buckets"]["buckets"]]
+    return _with_packed_buckets(state, packed)
+
+
+async def encode_async(state: dict) -> bytes:
+    """``encode``, yielding to the event loop after every bucket: msgpack holds the GIL while it packs, so
+    packing a whole owner at once (a million counts: tens of ms) on any thread would stall the loop."""
+    import asyncio
+    packed = []
+    for per in state["buckets"]["buckets"]:
+        level = {}
+        for idx, b in per.items():
+            level[idx] = _pack(b)
+            await asyncio.sleep(0)
+        packed.append(level)
+    return _with_packed_buckets(state, packed)
 
 
 def write(path: Path, data: bytes) -> None:
@@ -58,6 +82,12 @@ def read(path: Path) -> dict | None:
         raise ValueError(f"{path}: not a checkpoint ({exc})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path}: not a format-{FORMAT} checkpoint")
+    try:
+        tb = state["buckets"]
+        tb["buckets"] = [{idx: msgpack.unpackb(b, raw=False, strict_map_key=False) for idx, b in per.items()}
+                         for per in tb["buckets"]]
+    except Exception as exc:  # noqa: BLE001 - as above: a damaged bucket is a damaged checkpoint
+        raise ValueError(f"{path}: a damaged bucket ({exc})") from None
     return state
 
 
