@@ -33,10 +33,13 @@ FUNCS = {
     "count": (), "sum": ("c",), "min": ("c",), "max": ("c",), "mean": ("c",), "var": ("c",), "std": ("c",),
     "median": ("c",), "quantile": ("c", "q"), "distinct": ("c",), "largest": ("c", "k"), "smallest": ("c", "k"),
     "top": ("c", "k"), "collect": ("c",), "collect_set": ("c",), "corr": ("c", "c"),
+    # approximate: a sketch per group as the combiner's state (worker.engine.sketchagg)
+    "approx_median": ("c",), "approx_quantile": ("c", "q"), "approx_distinct": ("c",), "approx_top": ("c", "k"),
 }
-MERGEABLE = frozenset({"count", "sum", "min", "max", "mean", "var", "std", "corr"})
+APPROX = frozenset({"approx_median", "approx_quantile", "approx_distinct", "approx_top"})
+MERGEABLE = frozenset({"count", "sum", "min", "max", "mean", "var", "std", "corr"}) | APPROX
 DROPPABLE = frozenset({"min", "max", "largest", "smallest", "distinct", "collect_set"})
-NUMERIC = frozenset({"sum", "mean", "var", "std", "median", "quantile", "corr"})
+NUMERIC = frozenset({"sum", "mean", "var", "std", "median", "quantile", "corr", "approx_median", "approx_quantile"})
 MAX_K = 10_000
 
 _EXPR = re.compile(r"\s*(?:([A-Za-z_][A-Za-z0-9_]*)\s*=\s*)?([A-Za-z_]+)\s*\((.*)\)\s*$", re.S)
@@ -95,7 +98,7 @@ def parse(expr: str) -> Agg:
                 raise UsageError(f"--agg {expr}: k must be an integer from 1 to {MAX_K:,} (got {a})")
             arg = int(a)
     if name is None:
-        name = "_".join([func, *cols] + ([f"{arg:g}"] if func == "quantile" else []))
+        name = "_".join([func, *cols] + ([f"{arg:g}"] if func in ("quantile", "approx_quantile") else []))
     return Agg(name, func, tuple(cols), arg)
 
 
@@ -135,9 +138,18 @@ def check_types(aggs: list[Agg], schema) -> None:
                     or pa.types.is_boolean(t) and a.func == "sum" or pa.types.is_null(t)):
                 raise UsageError(f"--agg {a.func}({', '.join(a.cols)}): column {c!r} holds {t}, "
                                  f"and {a.func} needs numbers")
+    for a in aggs:
+        t = schema.field(a.cols[0]).type if a.func == "approx_top" else None
+        if t is not None and not (pa.types.is_integer(t) and not pa.types.is_uint64(t) or pa.types.is_floating(t)
+                                  or pa.types.is_string(t) or pa.types.is_large_string(t)):
+            raise UsageError(f"--agg approx_top({a.cols[0]}, {a.arg}): column {a.cols[0]!r} holds {t}; approx_top "
+                             f"takes integers, floats or strings")
 
 
 def _direct(a: Agg) -> str:
+    if a.func in APPROX:
+        from shardstats.worker.engine.sketchagg import direct_sql
+        return direct_sql(a, q)
     c = [q(x) for x in a.cols]
     return {
         "count": lambda: f"count({c[0]})" if c else "count(*)",
@@ -229,6 +241,9 @@ def combine_sql(keys, aggs: list[Agg], source: str = "t") -> str:
                     f"coalesce(var_pop({c[0]}) {f} * count(*) {f}, 0) AS {_s(i, 'm2a')}",
                     f"coalesce(var_pop({c[1]}) {f} * count(*) {f}, 0) AS {_s(i, 'm2b')}",
                     f"coalesce(covar_pop({c[0]}, {c[1]}) * count(*) {f}, 0) AS {_s(i, 'c')}"]
+        elif a.func in APPROX:
+            from shardstats.worker.engine.sketchagg import state_sql
+            sel += state_sql(i, a, q, _s)
         else:
             raise AssertionError(a.func)
     return f"SELECT {', '.join(sel)} FROM {source} GROUP BY {k}"
@@ -275,6 +290,9 @@ def merge_sql(keys, aggs: list[Agg], source: str = "t") -> str:
                        f"coalesce(sum({_s(i, 'c')} + {n} * {da} * {db}), 0) AS {_s(i, 'c')}"]
             final.append(f"CASE WHEN {n} = 0 THEN NULL WHEN {_s(i, 'm2a')} = 0 OR {_s(i, 'm2b')} = 0 "
                          f"THEN 'nan'::DOUBLE ELSE {_s(i, 'c')} / sqrt({_s(i, 'm2a')} * {_s(i, 'm2b')}) END AS {name}")
+        elif a.func in APPROX:          # each rank's sketch of the key, merged and answered by sketchagg.finish
+            merged.append(f"list({_s(i, 's')}) AS {_s(i, 's')}")
+            final.append(_s(i, "s"))
     return (f"SELECT {', '.join(final)} FROM (SELECT {', '.join(merged)} FROM {src} GROUP BY {k})")
 
 

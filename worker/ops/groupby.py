@@ -45,7 +45,9 @@ class GroupbyParams(KeyedParams):
     by: str | None = option(None, "Key columns, comma-separated (nulls form one group, as in SQL).", metavar="COLS")
     agg: tuple = option((), "An aggregate, [NAME=]FUNC(COLUMN): count(), sum, min, max, mean, var, std (sample), "
                         "median, quantile(c, q), distinct, largest(c, k), smallest(c, k), top(c, k), collect, "
-                        "collect_set, corr(a, b). Repeat it for more.", metavar="EXPR", multiple=True)
+                        "collect_set, corr(a, b); approximate, from a sketch per group with an <name>_err bound column: "
+                        "approx_median(c), approx_quantile(c, q), approx_distinct(c), approx_top(c, k). Repeat it for "
+                        "more.", metavar="EXPR", multiple=True)
     salt: str = option("auto", "Hot keys of a job whose rows travel: auto (split a key holding more than twice a "
                        "reducer's share over several reducers, when its aggregates merge exactly), off, or N "
                        "reducers per hot key.", parse=parse_salt, metavar="auto|off|N")
@@ -168,6 +170,10 @@ async def groupby(comm: Communicator, table, params: GroupbyParams) -> tuple[dic
     t0 = time.perf_counter()
     map_pairs = table.num_rows
     table = table.select(agg.columns_needed(keys, aggs))
+    approx = [a for a in aggs if a.func in agg.APPROX]
+    if approx:
+        from shardstats.worker.engine import sketchagg
+        top_types = {a.name: sketchagg._value_kind(table.schema.field(a.cols[0]).type) for a in approx}
     comm.progress.set("combine")
     mergeable = all(a.mergeable for a in aggs)
     extra: dict = {}
@@ -194,6 +200,8 @@ async def groupby(comm: Communicator, table, params: GroupbyParams) -> tuple[dic
             sent = probe
         else:
             sent = await numpy_step(map_pairs, agg.run_sql, agg.combine_sql(keys, aggs), table)
+        if combined_states and approx:        # each key's gathered values as one sketch (a binary state)
+            sent = await numpy_step(map_pairs, sketchagg.states, sent, aggs, agg._s)
     else:
         from shardstats.worker.engine.exchange import plain
         drop = agg.drop_sql(keys, aggs)
@@ -225,6 +233,8 @@ async def groupby(comm: Communicator, table, params: GroupbyParams) -> tuple[dic
         result = _patch(result, keys, exact)
         ex["counters"]["shuffled_pairs"] += ex2["counters"]["shuffled_pairs"]
         ex["counters"]["shuffled_bytes"] += ex2["counters"]["shuffled_bytes"]
+    if approx:
+        result = await numpy_step(mine.num_rows, sketchagg.finish, result, aggs, agg._s, top_types)
     from shardstats.worker.comm.collectives import allreduce
     wide = await allreduce(comm, {"w": agg.wide_sums(result)}, lambda a, b: {"w": sorted(set(a["w"]) | set(b["w"]))},
                            "groupby.wide")
