@@ -126,6 +126,10 @@ async def test_an_op_that_works_in_memory_refuses_values_on_disk_and_the_next_jo
             await run_job(c.addrs, c.token, job_spec("describe", str(d), {}))
         rep = await run_job(c.addrs, c.token, job_spec("mode", str(d), {}))
         assert rep.result["count"] == 3 and rep.result["value"] == 0
+        # what the workers' metrics (/metrics, `cluster status`) counted is what the job's stats say
+        for key in ("written", "read"):
+            counted = sum(s.metrics.spill_totals()[f"spill_{key}_bytes"] for s in c.servers)
+            assert counted == sum(w.get(f"spill_bytes_{key}", 0) for w in rep.workers) > 0
     assert list((tmp_path / "spill").iterdir()) == []
 
 

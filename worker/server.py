@@ -67,7 +67,6 @@ class WorkerServer:
         from shardstats.worker.cache import DatasetCache
         self.access = jobs.Access(root, confine, settings.memory_limit or memory.machine_budget(), DatasetCache(),
                                   settings.spill_dir)
-        self.spill_written = self.spill_read = 0     # over every job: what `cluster status` shows
         spill.sweep(settings.spill_dir or spill.default_base())    # what a killed worker of this machine left
         self.metrics = WorkerMetrics(self)
         self.http: HttpServer | None = None
@@ -269,12 +268,9 @@ class WorkerServer:
 
     # -- jobs ----------------------------------------------------------------
     def spilled(self, written: int = 0, read: int = 0) -> None:
-        """A job's spill folder wrote or read back bytes (worker/spill.py): the worker's running totals."""
-        self.spill_written += written
-        self.spill_read += read
-        metrics = getattr(self, "metrics", None)
-        if metrics is not None and hasattr(metrics, "spilled"):
-            metrics.spilled(written=written, read=read)
+        """A job's spill folder wrote or read back bytes (worker/spill.py): the worker's metrics count them
+        (``cluster status`` and /metrics show them)."""
+        self.metrics.spilled(written=written, read=read)
 
     def _peer_failed(self, peer_id: int, exc: BaseException, only: set[str] | None = None) -> None:
         """A link to or from ``peer_id`` broke: no running job that includes that worker can finish.
