@@ -183,3 +183,12 @@ def test_repeating_values_stay_plain_on_a_slow_link():
     stats = _job(shards, {"link_mbit": 1}, "10.228.0.{}")
     assert {s["encoding"] for s in stats} == {"plain"}
     assert "repeat" in stats[0]["encoding_choice"]["why"]
+
+
+def test_an_even_split_between_timed_and_untimeable_links_reads_as_the_timed_rate():
+    """Half the probes too fast to time (a busy receiver read its frames at once): the median is a real figure."""
+    ranks = ten(100)
+    for r in ranks[::2]:
+        r["link_rate"] = FAST
+    _, _, job = cc.decide(ranks)
+    assert job["link_rate"] == 100 * MBIT and cc.mbit(job["link_rate"]) == 100.0 and cc.mbit(FAST) is None
