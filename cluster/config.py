@@ -40,6 +40,9 @@ class ClusterInfo:
     starts: list[int | None] = field(default_factory=list)   # each pid's start time (/proc/<pid>/stat field 22)
     own_logs: bool = False           # log_dir is a temporary directory the launcher made (removed on stop)
     http_ports: list[int] = field(default_factory=list)      # worker i's HTTP port (metrics); empty: none
+    worker_args: list[str] = field(default_factory=list)     # what every worker was started with beyond its
+                                                             # address (--memory-limit, --spill-dir): a restart
+                                                             # gives a worker the same
 
     def tls_files(self) -> TLSFiles | None:
         """The client's TLS files: $CLUSTER_TLS_* if set, else what the cluster file records."""

@@ -90,7 +90,8 @@ def start(workers: int, host: str = "127.0.0.1", base_port: int | None = None, l
     pids = [p.pid for p in procs]
     info = ClusterInfo(workers=addrs, token=token, local=True, pids=pids, log_dir=str(logs), root=os.getcwd(),
                        tls=client_tls.as_dict() if client_tls is not None else None,
-                       starts=[start_time(p) for p in pids], own_logs=log_dir is None, http_ports=http_ports)
+                       starts=[start_time(p) for p in pids], own_logs=log_dir is None, http_ports=http_ports,
+                       worker_args=list(extra_args or []))
     try:
         wait_ready(info, ready_timeout, procs)
     except BaseException:
@@ -143,7 +144,7 @@ def restart(info: ClusterInfo, i: int, log_level: str = "info", ready_timeout: f
     if alive(info.pids[i]):
         raise LaunchError(f"worker {i} (pid {info.pids[i]}) is still running")
     tls_dir = Path(info.tls["ca"]).parent if info.tls else None
-    p = _spawn(i, info.workers, info.token, Path(info.log_dir), log_level, None, tls_dir,
+    p = _spawn(i, info.workers, info.token, Path(info.log_dir), log_level, info.worker_args, tls_dir,
                info.http_ports[i] if i < len(info.http_ports) else None)
     info.pids[i] = p.pid
     if len(info.starts) == len(info.pids):

@@ -282,3 +282,54 @@ async def test_groupby_and_join_beyond_the_budget_equal_duckdb(tmp_path):
             assert got == want, how
             assert max(w.get("passes", 1) for w in rep.workers) > 1
     assert not (tmp_path / "spill").exists()         # key slices re-read the files: nothing spilled
+
+
+def test_a_worker_killed_mid_spill_loses_nothing_and_its_files_go_when_it_restarts(tmp_path):
+    """A real worker is killed (SIGKILL) while its job spills: the job runs again on the others and is
+    exact; the survivors' spill folders are gone; the dead worker's folder stays until a worker is started
+    again on that spill dir, which removes it; the cluster then serves the next job."""
+    import signal
+    import time
+    from shardstats.cluster import launcher
+    from shardstats.cluster.config import ClusterInfo
+    rng = np.random.default_rng(13)
+    d = tmp_path / "data"
+    d.mkdir()
+    shards = [rng.integers(-10**12, 10**12, 2_000_000) for _ in range(3)]
+    shards[0][:5] = 99
+    for i, s in enumerate(shards):
+        np.save(d / f"s{i}.npy", s)
+    cf, sp = tmp_path / "c.json", tmp_path / "spill"
+    up = cli("up", "--workers", "3", "--detach", "--cluster-file", str(cf), "--memory-limit", "40M",
+             "--spill-dir", str(sp), "--base-port", str(free_base(3)), timeout=60)
+    assert up.returncode == 0, up.stderr
+    info = ClusterInfo.load(cf)
+    try:
+        job = subprocess.Popen([sys.executable, "-m", "shardstats.cluster.cli", "submit", "mode", "--input", str(d),
+                                "--json", "--cluster-file", str(cf)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, stdin=subprocess.DEVNULL)
+        victim = info.pids[1]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:          # kill it once its slices are on disk
+            if list(sp.glob(f"job-*-w1-p{victim}/slice-*")):
+                os.kill(victim, signal.SIGKILL)
+                break
+            time.sleep(0.005)
+        else:
+            job.kill()
+            pytest.fail("worker 1 never spilled")
+        out, err = job.communicate(timeout=120)
+        assert job.returncode == 0, err
+        got = json.loads(out)["result"]
+        assert (got["value"], got["count"]) == (99, 5)
+        assert "lost worker 1" in err
+        left = sorted(p.name for p in sp.iterdir() if p.name.startswith("job-"))
+        assert len(left) == 1 and left[0].endswith(f"-w1-p{victim}")        # the dead worker's, only
+        launcher.restart(info, 1)
+        info.save(cf)
+        assert not [p for p in sp.iterdir() if p.name.startswith("job-")]
+        r = cli("submit", "mode", "--input", str(d), "--json", "--cluster-file", str(cf), timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["result"]["count"] == 5
+    finally:
+        cli("down", "--cluster-file", str(cf), timeout=30)

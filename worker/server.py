@@ -68,6 +68,8 @@ class WorkerServer:
         self.access = jobs.Access(root, confine, settings.memory_limit or memory.machine_budget(), DatasetCache(),
                                   settings.spill_dir)
         spill.sweep(settings.spill_dir or spill.default_base())    # what a killed worker of this machine left
+        from shardstats.worker.engine import aggregate
+        aggregate.configure(self.access.budget, settings.spill_dir or spill.default_base())
         self.metrics = WorkerMetrics(self)
         self.http: HttpServer | None = None
         self.http_port = http_port

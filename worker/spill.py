@@ -3,7 +3,7 @@
 Why a folder per job, named for the worker's process: a job's files are removed when the
 job ends however it ends (``close`` runs in the job's ``finally``), and a worker that was
 killed mid-spill cannot do that, so the next worker started on the same ``--spill-dir``
-removes every ``job-*-p<PID>`` folder whose process is gone (``sweep``).  Nothing else in
+removes every ``job-*-p<PID>`` (and ``duckdb-p<PID>``) folder whose process is gone (``sweep``).  Nothing else in
 the folder is touched: the spill dir may be shared by several workers of one machine.
 
 A full disk (or a folder that cannot be written) fails the job with one line naming the
@@ -48,7 +48,7 @@ def sweep(base: str | os.PathLike) -> list[str]:
     except OSError:
         return removed
     for e in entries:
-        m = re.fullmatch(rf"{PREFIX}.*-p(\d+)", e.name)
+        m = re.fullmatch(rf"(?:{PREFIX}.*|duckdb)-p(\d+)", e.name)     # a job's folder, or a process's DuckDB's
         if m and e.is_dir(follow_symlinks=False) and not _alive(int(m.group(1))):
             shutil.rmtree(e.path, ignore_errors=True)
             removed.append(e.name)

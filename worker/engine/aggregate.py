@@ -297,6 +297,20 @@ def merge_sql(keys, aggs: list[Agg], source: str = "t") -> str:
 
 
 _db: list = []       # one in-memory DuckDB database per process; every call gets its own cursor
+_limits: dict = {}   # the worker's memory budget for DuckDB and where it spills (``configure``)
+
+
+def configure(memory_limit: int | None, spill_dir: str | None) -> None:
+    """What this process's DuckDB may hold (half the worker's budget: the Arrow tables it reads are the other
+    half) and where it spills beyond that (a folder of the worker's spill dir, not DuckDB's default ``.tmp``
+    in whatever folder the worker was started from).  Set before the first query; later calls are ignored."""
+    if _db or _limits:
+        return
+    if memory_limit:
+        _limits["memory_limit"] = f"{max(64, memory_limit // 2 >> 20)}MiB"
+    if spill_dir:
+        import os
+        _limits["temp_directory"] = os.path.join(spill_dir, f"duckdb-p{os.getpid()}")
 
 
 def _database():
@@ -305,7 +319,7 @@ def _database():
     took 84 ms with a fresh connection and 43 ms on a cursor."""
     if not _db:
         import duckdb
-        _db.append(duckdb.connect(config={"threads": 1, "preserve_insertion_order": False}))
+        _db.append(duckdb.connect(config={"threads": 1, "preserve_insertion_order": False, **_limits}))
     return _db[0]
 
 
