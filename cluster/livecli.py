@@ -6,7 +6,6 @@ one owner answered; owners that did not are named in a warning (and in ``--json`
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -52,6 +51,8 @@ def _batches_of(keys: list[str], times: list[int] | None, size: int):
 async def _follow(fd: int, key_field: str, time_field: str | None, size: int, totals, send) -> None:
     """Reads a growing file (or a pipe) from ``fd`` until end of input (a pipe) or Ctrl-C (a file, like tail -f):
     each batch is sent when full or when no new line came for a quarter second."""
+    import asyncio
+
     import numpy as np
     from shardstats.worker.live.events import EventError, parse_line
     regular = _is_regular(fd)
