@@ -218,8 +218,13 @@ Examples:
               "or its cgroup's limit, shared by the workers); values beyond it stay on disk (see `cluster worker`).")
 @click.option("--spill-dir", type=click.Path(file_okay=False), help="Where the workers' jobs keep what exceeds "
               "--memory-limit (default: the temporary folder's shardstats-spill).")
+@click.option("--live-approx", is_flag=True, help="Live top-K: the owners keep count-min and heavy-hitter sketches "
+              "(flat memory, bounded error) instead of exact counts (see `cluster worker`).")
+@click.option("--live-flush-interval", type=click.FloatRange(min=0.01), default=DEFAULTS.live_flush_interval,
+              show_default=True, help="Live top-K: seconds between each worker's flushes to the keys' owners.")
 def up(workers: int, host: str, base_port: int, detach: bool, cluster_file: str | None, log_dir: str | None,
-       log_level: str, tls_dir: str | None, memory_limit: str | None, spill_dir: str | None) -> None:
+       log_level: str, tls_dir: str | None, memory_limit: str | None, spill_dir: str | None, live_approx: bool,
+       live_flush_interval: float) -> None:
     """Start a local cluster of worker processes."""
     from shardstats.cluster import launcher
     from shardstats.worker.memory import parse_size
@@ -228,6 +233,9 @@ def up(workers: int, host: str, base_port: int, detach: bool, cluster_file: str 
     except ValueError as exc:
         fail(f"--memory-limit: {exc}", 2)
     worker_args += ["--spill-dir", str(Path(spill_dir).absolute())] if spill_dir else []
+    worker_args += ["--live-approx"] if live_approx else []
+    if live_flush_interval != DEFAULTS.live_flush_interval:
+        worker_args += ["--live-flush-interval", repr(live_flush_interval)]
     path = _cluster_file(cluster_file)
     if path.exists():
         try:

@@ -318,3 +318,26 @@ def test_follow_reads_until_the_pipe_ends_and_ships_partial_batches():
         asyncio.run(_follow(r, "q", None, 100, totals, send))
     os.close(r)
     assert sent == [(["a", "1"], None)]
+
+
+def test_a_worker_killed_before_its_first_checkpoint_still_states_its_gap(tmp_path):
+    """The first counts a worker holds write an (empty) checkpoint at once: a restart finds it and says what
+    it lost, instead of a silent fresh start."""
+    from shardstats.worker.live.service import LiveService
+    st = dataclasses.replace(DEFAULTS, live_dir=str(tmp_path), live_flush_interval=3600.0,
+                             live_checkpoint_interval=3600.0)
+
+    async def main():
+        async with in_process_cluster(2, settings=st) as c:
+            live = c.servers[0].live
+            assert not live.path.exists()                       # no events, no file
+            t0 = int(time.time() * 1000)
+            live.ingest(["a", "b"])
+            assert live.path.exists() and live.checkpoints == 0
+            again = LiveService(c.servers[0])                   # what a restart of worker 0 reads
+            assert again.restored is not None and len(again.gaps) == 1
+            g0, g1 = again.gaps[0]
+            assert t0 <= g0 <= g1 and again.buckets.added == 0
+            ans = again.top(5, "5m")
+            assert ans["gaps"] == again.gaps
+    asyncio.run(main())

@@ -46,7 +46,7 @@ def attach(live, http) -> None:
         if len(keys) > st.live_max_batch:
             live.refused += 1
             return _bad(413, f"{len(keys)} events in one request (limit {st.live_max_batch}); nothing was counted")
-        got = live.counters.add(keys, times if time_field else None, live.clock())
+        got = live.count(keys, times if time_field else None)
         return _json(200, {"accepted": got.accepted, "late": got.late, "early": got.early})
 
     async def top(request: Request) -> Response:

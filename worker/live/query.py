@@ -35,7 +35,8 @@ def merge(answers: list[dict], missing: list[dict], k: int, last: str, allowance
     warnings = []
     for m in missing:
         warnings.append(f"worker {m['worker']} ({m['addr']}) did not answer ({m['error']}): the keys it owns "
-                        f"are missing from this answer, not counted as lower")
+                        f"are missing from this answer, not counted as lower; events it received and had not "
+                        f"flushed yet (its last flush interval) are missing from every key's count")
     gaps = []
     for a in answers:
         for g0, g1 in a.get("gaps", []):

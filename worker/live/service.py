@@ -83,6 +83,7 @@ class LiveService:
         self._queries: dict[int, list] = {}   # GET /top fan-outs waiting for owners: [answers, done, need]
         self._qids = 0
         self._restore()
+        self._marked = self.restored is not None     # a checkpoint of this worker is on disk
         from shardstats.worker.live import http
         if getattr(server, "http", None) is not None:
             http.attach(self, server.http)
@@ -231,7 +232,9 @@ class LiveService:
                 and all(type(k) is str for k in keys) and (counts > 0).all()
                 and ((minutes >= 0) & (minutes <= MAX_TIME_MS // MINUTE_MS)).all()):
             raise ProtocolError(f"worker {peer_id} sent a malformed live flush")
-        self.buckets.advance(now_ms())
+        now = now_ms()
+        self._first_data(now)
+        self.buckets.advance(now)
         self.buckets.add(keys, minutes.tolist(), counts.tolist())
         self.pairs_received += len(keys)
         self.frames_received += 1
@@ -338,8 +341,24 @@ class LiveService:
             if ((times != ARRIVAL) & ((times < 0) | (times > MAX_TIME_MS))).any():
                 raise LiveError("events: a time is outside 1970 .. 9999")
             times = None if (times == ARRIVAL).all() else times.tolist()
+        return self.count(keys, times, arrival_ms)
+
+    def count(self, keys: list[str], times: list[int] | None, arrival_ms: int | None = None):
+        """Counts checked events locally (``times``: epoch ms or ``ARRIVAL`` each, or None: all arrive now)."""
         arrival = now_ms() if arrival_ms is None else arrival_ms
+        self._first_data(arrival)
         return self.counters.add(keys, times, arrival)
+
+    def _first_data(self, now: int) -> None:
+        """The first counts this worker holds: a checkpoint (empty) goes to disk at once, so a worker killed
+        before its first scheduled checkpoint still finds one at restart and states the gap since."""
+        if self._marked:
+            return
+        self._marked = True
+        try:
+            _encode_and_write(self.path, self._state(now))
+        except OSError as exc:
+            logs.event("live_checkpoint_failed", logging.WARNING, path=str(self.path), error=exc)
 
     def top(self, k: object, last: object, at_ms: object = None) -> dict:
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
