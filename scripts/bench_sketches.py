@@ -24,6 +24,7 @@ and the largest number of bytes any rank sent (the goal: <= 64 KiB per worker).
     python scripts/bench_sketches.py cases --cases 200 --max-size 200000
     python scripts/bench_sketches.py median --rows 1e7 --workers 4
     python scripts/bench_sketches.py merge30 --rows-per-day 1000000
+    python scripts/bench_sketches.py groupby --data /tmp/shardstats-bench/G1_1e7_1e2_0_0 --by id3
 """
 from __future__ import annotations
 
@@ -265,6 +266,36 @@ def _spark(d: Path) -> dict:
         spark.stop()
 
 
+# ---- groupby's approximate aggregates vs DuckDB's, on db-benchmark data ------------------------------------
+
+def bench_groupby(data: Path, workers: int, by: str) -> dict:
+    """approx_median(v3) and approx_distinct(id1) per ``by`` key: ours (the sketch per key), ours exact, DuckDB's
+    approx_quantile / approx_count_distinct and exact median / count(DISTINCT), from the same Parquet files."""
+    import duckdb
+    out: dict = {"data": str(data), "workers": workers, "by": by}
+    dest = Path(tempfile.mkdtemp(prefix="sketch-groupby-"))
+    for name, aggs in (("ours_approx", ["approx_median(v3)", "approx_distinct(id1)"]),
+                       ("ours_exact", ["median(v3)", "distinct(id1)"])):
+        args = ["submit", "groupby", "--input", str(data), "--by", by, "--local", str(workers),
+                "--out", str(dest / name), "--overwrite"]
+        for a in aggs:
+            args += ["--agg", a]
+        wall, doc = _cli(*args, cwd=dest)
+        out[name] = {"wall_seconds_with_startup": round(wall, 3),
+                     **{k: doc.get(k) for k in ("seconds", "load_seconds", "run_seconds") if k in doc},
+                     "shuffled_bytes": (doc.get("stats") or {}).get("shuffled_bytes")}
+    con = duckdb.connect(config={"threads": 2})
+    files = str(data / "*.parquet")
+    for name, sql in (("duckdb_approx", f"SELECT {by}, approx_quantile(v3, 0.5), approx_count_distinct(id1) FROM "
+                                        f"read_parquet('{files}') GROUP BY {by}"),
+                      ("duckdb_exact", f"SELECT {by}, median(v3), count(DISTINCT id1) FROM read_parquet('{files}') "
+                                       f"GROUP BY {by}")):
+        t = time.perf_counter()
+        rows = con.execute(f"SELECT count(*) FROM ({sql})").fetchone()[0]
+        out[name] = {"seconds": round(time.perf_counter() - t, 3), "groups": rows, "threads": 2}
+    return out
+
+
 # ---- 30 daily sketches ------------------------------------------------------------------------------------
 
 def bench_merge30(rows_per_day: int, seed: int) -> dict:
@@ -332,6 +363,10 @@ def main() -> None:
     m.add_argument("--workers", type=int, default=4)
     m.add_argument("--seed", type=int, default=1)
     m.add_argument("--no-spark", action="store_true")
+    gb = sub.add_parser("groupby")
+    gb.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "shardstats-bench" / "G1_1e7_1e2_0_0")
+    gb.add_argument("--workers", type=int, default=4)
+    gb.add_argument("--by", default="id3")
     g = sub.add_parser("merge30")
     g.add_argument("--rows-per-day", type=float, default=1e6)
     g.add_argument("--seed", type=int, default=3)
@@ -341,6 +376,8 @@ def main() -> None:
         print(table(s))
         for f in s["failures"]:
             print("outside:", json.dumps(f))
+    elif a.cmd == "groupby":
+        print(json.dumps(bench_groupby(a.data, a.workers, a.by), indent=2, default=str))
     elif a.cmd == "median":
         print(json.dumps(bench_median(int(a.rows), a.workers, a.seed, not a.no_spark), indent=2, default=str))
     else:
