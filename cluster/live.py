@@ -9,6 +9,7 @@ silently skipped: an ingest batch goes to another worker, a query names it as mi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import ssl
 import time
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 
 from shardstats.coordinator.client import WorkerClient
 from shardstats.coordinator.job import CONNECT_ERRORS
-from shardstats.errors import ClusterUnavailable, UsageError
+from shardstats.errors import ClusterUnavailable, ShardstatsError, UsageError
 from shardstats.protocol.messages import make
 from shardstats.settings import DEFAULTS, Settings
 from shardstats.worker.live.query import merge
@@ -122,9 +123,10 @@ class LiveClient:
                         return
                 await self.send_batch(keys, times, totals, next(rr) % len(self.addrs))
 
-        async with asyncio.TaskGroup() as tg:
-            for _ in range(parallel):
-                tg.create_task(pump())
+        async with _first_error():
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(parallel):
+                    tg.create_task(pump())
         return totals
 
     # -- queries --------------------------------------------------------------------------------
@@ -144,9 +146,10 @@ class LiveClient:
                 raise UsageError(reply["error"])
             answers.append(reply)
 
-        async with asyncio.TaskGroup() as tg:
-            for i in range(len(self.addrs)):
-                tg.create_task(one(i))
+        async with _first_error():
+            async with asyncio.TaskGroup() as tg:
+                for i in range(len(self.addrs)):
+                    tg.create_task(one(i))
         if not answers:
             raise ClusterUnavailable("no worker answered: " + "; ".join(f"worker {m['worker']}: {m['error']}"
                                                                           for m in missing))
@@ -168,6 +171,15 @@ class LiveClient:
             for i in range(len(self.addrs)):
                 tg.create_task(one(i))
         return sorted(rows, key=lambda r: r["worker"])
+
+
+@contextlib.asynccontextmanager
+async def _first_error():
+    """A task group's failure as the one error the caller reads (the CLI's one line, the API's exception)."""
+    try:
+        yield
+    except* ShardstatsError as group:
+        raise group.exceptions[0] from None
 
 
 def _why(exc: BaseException) -> str:

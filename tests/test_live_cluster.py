@@ -122,8 +122,8 @@ def test_bad_requests_get_a_clear_refusal_and_change_nothing(tmp_path):
                 await cl.recv(2)
             assert c.servers[1].live.counters.received == 0
             async with LiveClient(c.addrs, c.token, settings=st) as cl:
-                with pytest.raises(UsageError, match="refused a batch"):
-                    await cl.send_batch(["x" * 17], None, IngestTotals())
+                with pytest.raises(UsageError, match="refused a batch"):      # one error, not a group
+                    await cl.ingest(batches([("x" * 17, ARRIVAL)], 10))
     asyncio.run(main())
 
 
