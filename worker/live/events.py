@@ -32,7 +32,7 @@ def key_text(value: object, where: str, field: str, max_bytes: int) -> str:
     elif isinstance(value, float) and math.isfinite(value):
         key = json.dumps(value)
     else:
-        what = "missing" if value is None else f"a {_json_type(value)}, not a string or a number"
+        what = "missing" if value is None else f"{_a(value)}, not a string or a number"
         raise EventError(f"{where}: key field {field!r} is {what}")
     if len(key.encode("utf-8", "surrogatepass")) > max_bytes:
         raise EventError(f"{where}: key field {field!r} is longer than {max_bytes} bytes")
@@ -58,7 +58,12 @@ def time_ms(value: object, where: str, field: str) -> int:
         if not 0 <= ms <= MAX_TIME_MS:
             raise EventError(f"{where}: time field {field!r} = {value[:40]!r} is before 1970")
         return ms
-    raise EventError(f"{where}: time field {field!r} is a {_json_type(value)}, not a number or an ISO 8601 string")
+    raise EventError(f"{where}: time field {field!r} is {_a(value)}, not a number or an ISO 8601 string")
+
+
+def _a(value: object) -> str:
+    t = _json_type(value)
+    return ("an " if t[0] in "aeiou" else "a ") + t
 
 
 def _json_type(value: object) -> str:
@@ -69,7 +74,7 @@ def _json_type(value: object) -> str:
 def parse_event(obj: object, where: str, key_field: str, time_field: str | None, max_key_bytes: int
                 ) -> tuple[str, int]:
     if not isinstance(obj, dict):
-        raise EventError(f"{where}: an event is a JSON object, not a {_json_type(obj)}")
+        raise EventError(f"{where}: an event is a JSON object, not {_a(obj)}")
     key = key_text(obj.get(key_field), where, key_field, max_key_bytes)
     return key, time_ms(obj.get(time_field), where, time_field) if time_field else ARRIVAL
 
