@@ -229,10 +229,11 @@ def bench_median(rows: int, workers: int, seed: int, spark: bool) -> dict:
     env_cluster = ["--local", str(workers), "--column", "x", "--input", str(d)]
     for name, extra in (("ours_approx", ["--approx"]), ("ours_exact", [])):
         wall, doc = _cli("submit", "median", *env_cluster, *extra, cwd=d)
-        out[name] = {"value": doc["result"]["value"], "job_seconds": doc["stats"]["seconds"]
-                     if "seconds" in doc.get("stats", {}) else None, "wall_seconds_with_startup": round(wall, 3),
-                     "run_seconds": doc.get("stats", {}).get("run_seconds")}
-        out[name]["report"] = {k: doc.get(k) for k in ("seconds", "load_seconds", "run_seconds") if k in doc}
+        st = doc.get("stats") or {}
+        out[name] = {"value": doc["result"]["value"], "wall_seconds_with_startup": round(wall, 3),
+                     **{k: st.get(k) for k in ("seconds", "load_seconds", "run_seconds", "bytes_sent")},
+                     "max_bytes_sent_by_a_worker": max((w.get("bytes_sent", 0) for w in st.get("per_worker") or []),
+                                                       default=None)}
     con = duckdb.connect()
     for name, sql in (("duckdb_approx_quantile", "SELECT approx_quantile(x, 0.5) FROM read_parquet(?)"),
                       ("duckdb_exact_quantile_disc", "SELECT quantile_disc(x, 0.5) FROM read_parquet(?)")):
@@ -281,9 +282,9 @@ def bench_groupby(data: Path, workers: int, by: str) -> dict:
         for a in aggs:
             args += ["--agg", a]
         wall, doc = _cli(*args, cwd=dest)
+        st = doc.get("stats") or {}
         out[name] = {"wall_seconds_with_startup": round(wall, 3),
-                     **{k: doc.get(k) for k in ("seconds", "load_seconds", "run_seconds") if k in doc},
-                     "shuffled_bytes": (doc.get("stats") or {}).get("shuffled_bytes")}
+                     **{k: st.get(k) for k in ("seconds", "load_seconds", "run_seconds", "bytes_sent", "shuffled_bytes")}}
     con = duckdb.connect(config={"threads": 2})
     files = str(data / "*.parquet")
     for name, sql in (("duckdb_approx", f"SELECT {by}, approx_quantile(v3, 0.5), approx_count_distinct(id1) FROM "

@@ -115,3 +115,17 @@ def test_bad_approx_aggregates_are_usage_errors():
     with pytest.raises(ExceptionGroup) as got:
         run_tables("groupby", [t], {"by": "k", "agg": ["approx_top(d, 2)"]})
     assert "approx_top takes" in str(got.value.exceptions[0])
+
+
+def test_a_key_sketched_on_one_rank_and_kept_whole_on_another():
+    """A group's states of both forms (a KLL sketch where the rank had many values, the values where it had few)
+    merge into one answer within the sketch's bound."""
+    rng = np.random.default_rng(9)
+    big = pa.table({"k": ["a"] * 5000 + ["b"] * 3, "v": rng.normal(size=5003), "s": ["x"] * 5003,
+                    "i": np.arange(5003)})
+    small = pa.table({"k": ["a"] * 10 + ["b"] * 2, "v": rng.normal(50, 1, 12), "s": ["y"] * 12, "i": np.arange(12)})
+    res = run_tables("groupby", [big, small, small.slice(0, 0)], {"by": "k", "agg": AGGS, "limit": 0})
+    _check(res, pa.concat_tables([big, small]))
+    row = dict(zip(res["columns"], res["data"][0]))
+    assert row["k"] == "a" and row["approx_median_v_err"] > 0
+    assert dict(zip(res["columns"], res["data"][1]))["approx_median_v_err"] == 0

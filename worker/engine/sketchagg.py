@@ -7,10 +7,10 @@ per key, a binary column: the combiner's SQL gathers each key's values (DuckDB's
 binary per key and rank, the reducer's SQL lists each key's states and ``finish`` merges them
 and answers. Each answer comes with an ``<name>_err`` column: the stated bound.
 
-* quantiles: DataSketches KLL (k = ``KLL_K``) per group, values as float64. ``_err``: the
-  normalized rank error bound at 99% confidence (0 when the group's sketch holds every value).
-  One library call per group (its values updated as one array): groups are iterated in
-  Python, values never are.
+* quantiles: DataSketches KLL (k = ``KLL_K``) per group, values as float64; a group of at most
+  ``RAW_MAX`` values on a rank sends them instead (exact, and as small). ``_err``: the
+  normalized rank error bound at 99% confidence (0 when every value was kept). One library
+  call per group (its values updated as one array): groups are iterated in Python, values never are.
 * distinct: HyperLogLog registers of the values' stable 64-bit hashes (``worker.data.hashing``),
   kept *sparse* -- only the registers a group touched, as uint32 ``register << 8 | rho`` --
   so a group of 3 values costs 12 bytes and 10**5 groups stay small; built and merged for all
@@ -28,6 +28,7 @@ from shardstats.lazy import numpy as np
 
 APPROX = frozenset({"approx_median", "approx_quantile", "approx_distinct", "approx_top"})
 KLL_K = 200
+RAW_MAX = 64                    # a group's values kept as themselves up to this many (8 B each)
 HLL_P = 12
 
 
@@ -49,11 +50,14 @@ def direct_sql(a, q) -> str:
 # ---- states: gathered values -> one serialized sketch per key ----------------------------------------------
 
 def _kll(values) -> bytes:
+    """A group's quantile state: its values themselves (``R`` + float64s) while they are few -- exact, as small
+    as a sketch of them, and no library call -- else ``K`` + its KLL sketch."""
+    if len(values) <= RAW_MAX:
+        return b"R" + values.tobytes()
     import datasketches as ds
     s = ds.kll_doubles_sketch(KLL_K)
-    if len(values):
-        s.update(values)
-    return s.serialize()
+    s.update(values)
+    return b"K" + s.serialize()
 
 
 def _hll_sparse(flat_hash, offsets) -> list[bytes]:
@@ -149,19 +153,24 @@ def states(table, aggs, s):
 # ---- finish: each key's states merged, answered with the bound ---------------------------------------------
 
 def _kll_answer(blobs, a) -> tuple[float | None, float]:
+    """A key's quantile from its ranks' states: exact from the values when every state holds its values, else
+    from the KLL sketches merged (the values of the others added to them)."""
     import datasketches as ds
-    acc = None
-    for b in blobs:
-        if b is None:
-            continue
-        s = ds.kll_doubles_sketch.deserialize(b)
-        if acc is None:
-            acc = s
-        else:
-            acc.merge(s)
-    if acc is None or acc.is_empty():
-        return None, 0.0
+    raw = [np.frombuffer(b, np.float64, offset=1) for b in blobs if b is not None and b[:1] == b"R"]
+    kll = [b for b in blobs if b is not None and b[:1] == b"K"]
     r = 0.5 if a.func == "approx_median" else float(a.arg)
+    if not kll:
+        v = np.sort(np.concatenate(raw)) if raw else np.zeros(0)
+        if not len(v):
+            return None, 0.0
+        # KLL's inclusive quantile of an exact sketch: the smallest value whose rank reaches r (r = 0: the minimum)
+        return float(v[max(0, math.ceil(r * len(v)) - 1)]), 0.0
+    acc = ds.kll_doubles_sketch.deserialize(kll[0][1:])
+    for b in kll[1:]:
+        acc.merge(ds.kll_doubles_sketch.deserialize(b[1:]))
+    for v in raw:
+        if len(v):
+            acc.update(v.copy())
     v = acc.get_min_value() if r <= 0 else acc.get_max_value() if r >= 1 else acc.get_quantile(r, True)
     return v, (acc.normalized_rank_error(False) if acc.is_estimation_mode() else 0.0)
 
