@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
+from shardstats.lazy import numpy as np
 
 from shardstats.errors import InputError
 from shardstats.worker.comm.partition import splitmix64

@@ -20,14 +20,14 @@ from typing import Any
 from shardstats.lazy import numpy as np
 
 from shardstats.worker.comm.communicator import Communicator
-from shardstats.worker.io import ondisk
 
-Once = Callable[[Communicator, np.ndarray], Awaitable[tuple[Any, dict]]]
+Once = Callable[[Communicator, "np.ndarray"], Awaitable[tuple[Any, dict]]]
 
 
 async def over_slices(comm: Communicator, values: np.ndarray, once: Once,
                       combine: Callable[[Any, Any], Any]) -> tuple[Any, dict]:
     """``once`` on every slice, in ``comm.passes`` passes; (the combined answer at rank 0 else None, stats)."""
+    from shardstats.worker.io import ondisk      # not at import: `cluster --help` lists the op modules
     passes = comm.passes
     t = time.perf_counter()
     comm.progress.set("slice")
