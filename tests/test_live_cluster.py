@@ -168,6 +168,12 @@ def test_killed_worker_is_named_missing_then_restored_from_its_checkpoint(tmp_pa
                 break
             time.sleep(0.2)
         assert ans["items"] == want and ans["complete"] and not err
+        async def stats():
+            async with LiveClient(info.workers, info.token.encode()) as cl:
+                return await cl.stats()
+        rows = asyncio.run(stats())
+        assert sum(w["received"] for w in rows) == len(events)
+        assert sum(w["pairs_flushed"] for w in rows) < len(events) / 2        # the hot key's 1,500 events: few pairs
         time.sleep(1.0)                                   # a checkpoint after the last flush
         os.kill(info.pids[1], signal.SIGKILL)
         while launcher.alive(info.pids[1]):
