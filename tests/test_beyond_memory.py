@@ -108,6 +108,15 @@ async def test_mode_and_median_beyond_the_budget_equal_numpy(tmp_path, name):
         assert (rep.result["count"], rep.result["min"], rep.result["max"]) == (len(allv), int(allv.min()),
                                                                                int(allv.max()))
         assert rep.result["sum"] == sum(int(x) for x in allv.tolist())
+        rep = await run_job(c.addrs, c.token, job_spec("describe", str(d), {"quantiles": "0.1,0.9", "k": 3}))
+        got = rep.result
+        assert got["mode"] == reference.mode(allv, tie_limit=len(got["mode"]["ties"]))
+        assert got["distinct"]["value"] == len(counts) and [tuple(i) for i in got["topk"]["items"]] == want_top[:3]
+        assert (got["stats"]["count"], got["stats"]["sum"]) == (len(allv), sum(int(x) for x in allv.tolist()))
+        want_med = reference.median(allv, ("0.1", "0.9"))
+        assert (got["median"]["lower"], got["median"]["upper"]) == (want_med["lower"], want_med["upper"])
+        assert {q: v["value"] for q, v in got["median"]["quantiles"].items()} == \
+            {q: v["value"] for q, v in want_med["quantiles"].items()}
         rep = await run_job(c.addrs, c.token, job_spec("median", str(d), {"quantiles": "0,0.25,0.9,1"}))
         ref = reference.median(allv)
         assert (rep.result["lower"], rep.result["upper"], rep.result["value"]) == (ref["lower"], ref["upper"],
@@ -121,9 +130,10 @@ async def test_an_op_that_works_in_memory_refuses_values_on_disk_and_the_next_jo
     d = tmp_path / "data"
     _write(d, [np.arange(BIG, dtype=np.int64), np.arange(BIG, dtype=np.int64), np.arange(3, dtype=np.int64)])
     async with in_process_cluster(3, root=str(tmp_path), settings=_settings(tmp_path)) as c:
-        with pytest.raises(InputError, match=r"describe: this worker's values take 5 MiB, more than its memory "
-                                             r"budget holds \(--memory-limit\); describe works in memory only"):
-            await run_job(c.addrs, c.token, job_spec("describe", str(d), {}))
+        with pytest.raises(InputError, match=r"sketch: this worker's values take 5 MiB, more than its memory "
+                                             r"budget holds \(--memory-limit\); sketch works in memory only "
+                                             r"\(beyond memory: describe, distinct, median, mode, stats, topk\)"):
+            await run_job(c.addrs, c.token, job_spec("sketch", str(d), {"kind": "kll"}))
         rep = await run_job(c.addrs, c.token, job_spec("mode", str(d), {}))
         assert rep.result["count"] == 3 and rep.result["value"] == 0
         # what the workers' metrics (/metrics, `cluster status`) counted is what the job's stats say

@@ -73,7 +73,64 @@ def _mode_of(p: dict) -> dict:
     return {"value": ties[0], "count": top, "ties": ties, "tie_count": tied_with(p, top)}
 
 
+async def _counts_once(comm: Communicator, part: np.ndarray, cfg: ShuffleConfig, kk: int) -> tuple[dict | None, dict]:
+    """One hash slice's distinct count and top list (at rank 0), for values kept on disk."""
+    t = time.perf_counter()
+    uv, uc = await numpy_step(len(part), lambda: run_lengths(sort_owned(part)))
+    owned = await owned_counts(comm, cfg, counted=(uv, uc))
+    del uv, uc
+    top = await numpy_step(owned.size, owned_partial, owned, kk)
+    got = await tree_reduce(comm, {"top": top, "distinct": owned.distinct},
+                            lambda a, b: {"top": merger(kk)(a["top"], b["top"]), "distinct": a["distinct"] + b["distinct"]},
+                            "describe.slice")
+    return got, {"phases": {"shuffle": time.perf_counter() - t}, "distinct_keys": owned.distinct,
+                 "rounds": cfg.rounds(comm.size) + tree_depth(comm.size)}
+
+
+async def _on_disk(comm: Communicator, values: np.ndarray, params: DescribeParams) -> tuple[dict | None, dict]:
+    """Values kept on disk (worker/io/ondisk.py): the power sums block by block over the map, the counts
+    one hash slice a pass (worker/ops/passes.py), the selection's counting rounds over the map."""
+    from shardstats.worker.ops.passes import over_slices
+    t = time.perf_counter()
+    cfg = ShuffleConfig.from_params(params, comm.total)
+    kk = max(params.k, DEFAULT_TIE_LIMIT)
+    sums = await numpy_step(len(values), stats_op.power_sums, values)
+    summed = time.perf_counter() - t
+    total, stats = await over_slices(comm, values, lambda c, part: _counts_once(c, part, cfg, kk),
+                                     lambda a, b: {"top": merger(kk)(a["top"], b["top"]),
+                                                   "distinct": a["distinct"] + b["distinct"]})
+    sums = await tree_reduce(comm, sums, stats_op.combine, "describe.sums")
+    n = comm.total
+    t = time.perf_counter()
+    targets, lo_k, hi_k = _targets(n, params.quantiles)
+    found, select_rounds = await select_ranks(comm, values, targets, n)
+    stats["phases"].update(count=summed, select=time.perf_counter() - t)
+    stats.update(combined=True, shuffle=cfg.strategy)
+    stats["rounds"] += tree_depth(comm.size) + select_rounds
+    if found is None or total is None:
+        return None, stats
+    return _answer(params, n, found, lo_k, hi_k, sums, total), stats
+
+
+def _targets(n: int, quantiles) -> tuple[list[int], int, int]:
+    lo_k, hi_k = median_ranks(n)
+    return sorted({lo_k, hi_k, *(r for q in quantiles for r in _q_ranks(q, n)[:2])}), lo_k, hi_k
+
+
+def _answer(params: DescribeParams, n: int, found: dict, lo_k: int, hi_k: int, sums: dict, total: dict) -> dict:
+    lower, upper = found[lo_k], found[hi_k]
+    median = {"value": exact_mean(lower, upper), "lower": lower, "upper": upper, "n": n,
+              "quantiles": {str(q): _interpolate(q, n, found) for q in params.quantiles}}
+    return {"stats": stats_op.finish(sums, params.ddof),
+            "distinct": {"value": total["distinct"], "exact": True},
+            "mode": _mode_of(total["top"]),
+            "median": median,
+            "topk": result_of(params.k, total["top"])}
+
+
 async def describe(comm: Communicator, values: np.ndarray, params: DescribeParams) -> tuple[dict | None, dict]:
+    if comm.passes > 1:
+        return await _on_disk(comm, values, params)
     phases: dict[str, float] = {}
     t = time.perf_counter()
     comm.progress.set("count")
@@ -104,9 +161,7 @@ async def describe(comm: Communicator, values: np.ndarray, params: DescribeParam
         raise EmptyDataset("the dataset holds no values")
 
     t = time.perf_counter()
-    lo_k, hi_k = median_ranks(n)
-    quantiles = params.quantiles
-    targets = sorted({lo_k, hi_k, *(r for q in quantiles for r in _q_ranks(q, n)[:2])})
+    targets, lo_k, hi_k = _targets(n, params.quantiles)
     found, select_rounds = await select_ranks(comm, data, targets, n)
     phases["select"] = time.perf_counter() - t
     depth = tree_depth(comm.size)
@@ -114,14 +169,7 @@ async def describe(comm: Communicator, values: np.ndarray, params: DescribeParam
              "rounds": cfg.rounds(comm.size) + depth + select_rounds, "shuffle": cfg.strategy}
     if found is None or total is None:
         return None, stats
-    lower, upper = found[lo_k], found[hi_k]
-    median = {"value": exact_mean(lower, upper), "lower": lower, "upper": upper, "n": n,
-              "quantiles": {str(q): _interpolate(q, n, found) for q in quantiles}}
-    return {"stats": stats_op.finish(total["sums"], params.ddof),
-            "distinct": {"value": total["distinct"], "exact": True},
-            "mode": _mode_of(total["top"]),
-            "median": median,
-            "topk": result_of(params.k, total["top"])}, stats
+    return _answer(params, n, found, lo_k, hi_k, total["sums"], total), stats
 
 
 def _num(x) -> str:
@@ -164,4 +212,5 @@ OP = Op(
     examples=("cluster submit describe --input shards/",
               "cluster submit describe --input shards/ --quantiles 0.1,0.9,0.99 --k 10 --json"),
     view=view,
+    out_of_core=True,     # values kept on disk: sums over the map, counts one hash slice a pass, rounds over the map
 )
