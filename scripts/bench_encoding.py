@@ -8,7 +8,8 @@ links, and within 10% of plain on loopback, where the "link" is a memory copy.  
 runs the mode of the problem's hard dataset (``unique-dup``: every value unique but
 one, so nearly all values cross the network) with each encoding, median of
 ``--repeat`` runs interleaved (run 1 of each encoding, then run 2, ...) so a load
-change on a shared machine hits all three alike, and prints per link:
+change on a shared machine hits all three alike, after one uncounted warm-up job,
+and prints per link:
 
     seconds (median, and every run), / best  (time over the better of plain and compact),
     MB sent (all workers), and what auto chose each run with its figures
@@ -82,6 +83,7 @@ def sweep(addrs: list[str], token: str, path: str | Path, want: tuple[int, int],
           timeout: float = 300.0) -> dict[str, dict]:
     """Each encoding ``repeat`` times, interleaved; per encoding its runs and the median run's figures."""
     runs: dict[str, list[dict]] = {e: [] for e in ENCODINGS}
+    job(addrs, token, path, "plain", timeout)      # warm-up, not counted: fresh workers' first job pays imports
     for i in range(repeat):
         for enc in ENCODINGS:
             m = measure(job(addrs, token, path, enc, timeout), want)

@@ -192,3 +192,14 @@ def test_an_even_split_between_timed_and_untimeable_links_reads_as_the_timed_rat
         r["link_rate"] = FAST
     _, _, job = cc.decide(ranks)
     assert job["link_rate"] == 100 * MBIT and cc.mbit(job["link_rate"]) == 100.0 and cc.mbit(FAST) is None
+
+
+def test_a_one_chunk_job_goes_up_the_tree_plain_and_says_so():
+    shards = [np.array([5, 1, 5], dtype=np.int64), np.array([1, 5], dtype=np.int64)]
+    net = InMemoryNetwork(2, timeout=10)
+    for c in net.comms:
+        c.addrs = ["10.228.0.1:7000", "10.228.0.2:7000"]
+    res, stats, _ = run_op("mode", shards, 2, {"encoding": "auto", "link_mbit": 1}, net=net, known_total=True)
+    assert (res["value"], res["count"]) == (5, 3)
+    assert {s["shuffle"] for s in stats} == {"tree"} and {s["encoding"] for s in stats} == {"plain"}
+    assert "tree" in stats[0]["encoding_choice"]["why"]

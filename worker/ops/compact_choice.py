@@ -190,14 +190,18 @@ class Choice:
 
 
 async def choose(comm: Communicator, asked: str, values: np.ndarray, link_mbit: float, chunk_bytes: int,
-                 repeat_share: float) -> Choice:
+                 repeat_share: float, tree: bool = False) -> Choice:
     """The job's encoding, the same on every rank: ``asked`` unless ``auto``, which measures (module doc).
 
     A sample of this rank's values with a distinct share below ``repeat_share`` repeats (the mode's test).
+    A ``tree`` job (one chunk in all) is plain whatever was asked.
     Plain asked: no round; compact asked: one allreduce (the job's value count sizes the
     fingerprints); auto off loopback: the probe round and one allreduce.
     """
     depth = tree_depth(comm.size)
+    if tree:
+        return Choice("plain", None, 0, report("plain", "the job is one chunk, sent up the tree: nothing to code",
+                                               None, "none"))
     if asked == "plain":
         return Choice("plain", None, 0, report("plain", "asked for", None, "none"))
     if asked == "compact":

@@ -389,8 +389,8 @@ async def _mode_once(comm: Communicator, values: np.ndarray, params: ModeParams)
             del left
         t = time.perf_counter()
         comm.progress.set("count")
-    asked = "plain" if cfg.strategy == "tree" else params.encoding     # one chunk, one message: nothing to code
-    choice = await compact_choice.choose(comm, asked, box[0], params.link_mbit, cfg.chunk_bytes, COMBINE_BELOW)
+    choice = await compact_choice.choose(comm, params.encoding, box[0], params.link_mbit, cfg.chunk_bytes,
+                                         COMBINE_BELOW, tree=cfg.strategy == "tree")   # one chunk: nothing to code
     encoding, fp_bits = choice.encoding, choice.bits
     outgoing, kept, combined, local_counting, leaving = await numpy_step(
         len(box[0]), _count_and_pack, comm.size, comm.rank, box, combine, params.counting, cfg, fp_bits)
