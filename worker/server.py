@@ -65,8 +65,10 @@ class WorkerServer:
         self.root = root
         self.settings = settings
         from shardstats.worker.cache import DatasetCache
+        from shardstats.worker.comm.shuffle import DEFAULT_CHUNK_BYTES
         self.access = jobs.Access(root, confine, settings.memory_limit or memory.machine_budget(), DatasetCache(),
-                                  settings.spill_dir)
+                                  settings.spill_dir,
+                                  reserved=settings.send_queue_frames * DEFAULT_CHUNK_BYTES * (len(peers) - 1))
         spill.sweep(settings.spill_dir or spill.default_base())    # what a killed worker of this machine left
         from shardstats.worker.engine import aggregate
         aggregate.configure(self.access.budget, settings.spill_dir or spill.default_base())

@@ -31,7 +31,7 @@ from shardstats.worker.io.text import INT64_MAX
 
 BLOCK = 1 << 18                # values per step when walking a map: 2 MiB of int64 (a partition step's temporaries
                                # are ~6 of those: small beside what a cgroup of ~100 MiB leaves a worker)
-WORKING_COPIES = 4             # what an op holding values in memory may take, in copies of them (partitions,
+WORKING_COPIES = 6             # what an op holding values in memory may take, in copies of them (partitions,
                                # received pieces, a sort): the load keeps values in memory only within budget / this
 
 
