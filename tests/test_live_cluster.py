@@ -347,3 +347,35 @@ def test_a_worker_killed_before_its_first_checkpoint_still_states_its_gap(tmp_pa
             ans = again.top(5, "5m")
             assert ans["gaps"] == again.gaps
     asyncio.run(main())
+
+
+def test_a_stalled_owner_delays_only_its_own_counts_which_merge_while_they_wait(tmp_path):
+    st = dataclasses.replace(DEFAULTS, live_dir=str(tmp_path), live_flush_interval=3600.0)
+
+    async def main():
+        async with in_process_cluster(3, settings=st) as c:
+            from shardstats.worker.live.ingest import owners
+            keys = [f"k{i}" for i in range(300)]
+            own = dict(zip(keys, owners(keys, 3).tolist()))
+            w0 = c.servers[0].live
+            stalled = asyncio.Event()
+
+            async def never(frame, job=None):         # worker 2's link accepts nothing
+                stalled.set()
+                await asyncio.Event().wait()
+            c.servers[0].links[2].send = never
+            for i in range(3):                        # three flushes of the same pairs
+                w0.ingest(keys * 2)
+                await w0.flush()
+                if i == 0:                            # the sender for worker 2 took the first and is stuck
+                    async with asyncio.timeout(10):
+                        await stalled.wait()
+            async with asyncio.timeout(10):
+                while c.servers[1].live.top(1, "5m")["top"]["total"] < 6 * sum(1 for k in keys if own[k] == 1):
+                    await asyncio.sleep(0.01)
+            top = c.servers[1].live.top(1000, "5m")["top"]["items"]
+            assert sorted(top) == sorted([k, 6] for k in keys if own[k] == 1)     # every count, all flushes
+            unsent = w0.stats()["unsent_pairs"]
+            # what waits for worker 2 is one count per pair, merged, not three flushes' worth
+            assert 0 < unsent <= sum(1 for k in keys if own[k] == 2)
+    asyncio.run(main())

@@ -3,10 +3,12 @@
 It is not a batch job: it lives as long as the worker.  What it does, and where:
 
 * ingest (``events``): a batch of events -> the local counters (worker.live.ingest);
-* flush (every ``live_flush_interval``): the local counts, split by owner, go to the
-  owners as ``live`` messages over the worker's own peer links (authenticated, bounded
-  queues: a slow owner makes the flush wait, the counters keep merging meanwhile);
-  an owner adds what it receives to its buckets (worker.live.buckets) at once;
+* flush (every ``live_flush_interval``): the local counts, split by owner, go to each
+  owner's outbox, and one sender task per owner sends it as ``live`` messages over the
+  worker's own peer links (authenticated, bounded queues): a slow or unreachable owner
+  delays only its own counts, which meanwhile merge in its outbox (bounded by distinct
+  (key, minute) pairs, not by events); an owner adds what it receives to its buckets
+  (worker.live.buckets) at once;
 * queries (``top``): this owner's top-K of a window; the client merges (worker.live.query);
 * checkpoints (every ``live_checkpoint_interval``, and at shutdown): the buckets to
   local disk (worker.live.store), restored at start with the gap stated.
@@ -71,6 +73,9 @@ class LiveService:
         self.pairs_dropped = 0              # flushed pairs an unreachable owner never got
         self.flushes = 0
         self.last_flush_ms = self.started_ms
+        self._outbox: dict[int, collections.Counter] = {}   # owner -> (key, minute) -> count flushed, not yet sent
+        self._outbox_since: dict[int, int] = {}              # owner -> arrival (ms) of its oldest unsent event
+        self._outbox_ready: dict[int, asyncio.Event] = {}
         self.last_flush_lag_ms = 0
         self.max_flush_lag_ms = 0
         self.checkpoints = 0
@@ -125,6 +130,12 @@ class LiveService:
         return {"worker": self.id, "workers": self.workers, "saved_ms": saved_ms, "gaps": list(self.gaps),
                 "buckets": self.buckets.dump()}
 
+    def _vouched(self, now: int) -> int:
+        """What a checkpoint taken now vouches for: events that arrived before the oldest one still held here
+        (not yet flushed, or flushed and not yet sent); a restart states the gap from there."""
+        held = [t for t in (self.counters.pending_since, *self._outbox_since.values()) if t is not None]
+        return min([now, *held])
+
     async def checkpoint(self) -> None:
         """Writes the buckets: a snapshot (dict copies, C speed), packed a bucket at a time on the loop and
         written on a thread, so a checkpoint of a million counts does not stall queries and flushes."""
@@ -132,9 +143,7 @@ class LiveService:
             return
         t = time.perf_counter()
         saved = now_ms()
-        # Events received but not flushed yet are in no bucket: the checkpoint vouches for what came
-        # before the last flush only (what a restart states as its gap starts there).
-        state = self._state(min(saved, self.last_flush_ms) if self.counters.pending else saved)
+        state = self._state(self._vouched(saved))
         data = await store.encode_async(state)
         await asyncio.to_thread(store.write, self.path, data)
         self.checkpoints += 1
@@ -146,18 +155,21 @@ class LiveService:
         if not (self.buckets.added or self.counters.received or self.restored):
             return              # a worker that never saw an event leaves no file behind
         try:
-            _encode_and_write(self.path, self._state(self.last_flush_ms if self.counters.pending else now_ms()))
+            _encode_and_write(self.path, self._state(self._vouched(now_ms())))
         except OSError as exc:
             logs.event("live_checkpoint_failed", logging.WARNING, path=str(self.path), error=exc)
 
     # -- the service's tasks -------------------------------------------------------------------
     async def run(self) -> None:
-        """The flush and checkpoint loops; owned by the worker's task group (cancelled at shutdown)."""
+        """The flush and checkpoint loops and a sender per peer; owned by the worker's task group (cancelled at
+        shutdown, when a last checkpoint is written)."""
         try:
             # The owners' hash needs pyarrow: imported now, on a thread, not in the first flush (~1 s on the loop).
             await asyncio.to_thread(_warm)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._every(self.settings.live_flush_interval, self.flush))
+                for owner in self.server.links:
+                    tg.create_task(self._sender(owner))
                 tg.create_task(self._every(self.settings.live_checkpoint_interval, self.checkpoint))
         finally:
             self._final_checkpoint()
@@ -184,10 +196,28 @@ class LiveService:
         if mine is not None:
             self.buckets.add(*mine)
             self.pairs_own += len(mine[0])
-        if parts:
-            async with asyncio.TaskGroup() as tg:
-                for owner, part in parts.items():
-                    tg.create_task(self._send(owner, *part))
+        for owner, (keys, minutes, counts) in parts.items():
+            box = self._outbox.get(owner)
+            if box is None:
+                box = self._outbox[owner] = collections.Counter()
+                self._outbox_since[owner] = since if since is not None else now
+            box.update(dict(zip(zip(keys, minutes), counts)))
+            self._outbox_ready.setdefault(owner, asyncio.Event()).set()
+
+    async def _sender(self, owner: int) -> None:
+        """Sends what the flushes left for ``owner``, one owner per task: a slow or unreachable owner delays
+        only its own counts, which meanwhile merge in its outbox (bounded by distinct pairs, not events)."""
+        ready = self._outbox_ready.setdefault(owner, asyncio.Event())
+        while True:
+            await ready.wait()
+            ready.clear()
+            box = self._outbox.pop(owner, None)
+            if not box:
+                continue
+            pairs = list(box.items())
+            await self._send(owner, [k for (k, _), _ in pairs], [m for (_, m), _ in pairs], [n for _, n in pairs])
+            if owner not in self._outbox:
+                self._outbox_since.pop(owner, None)
 
     async def _send(self, owner: int, keys: list[str], minutes: list[int], counts: list[int]) -> None:
         import numpy as np
@@ -383,6 +413,7 @@ class LiveService:
     def stats(self) -> dict:
         return {"worker": self.id, "received": self.counters.received, "late": self.counters.late,
                 "early": self.counters.early, "pending_pairs": len(self.counters.pending),
+                "unsent_pairs": sum(len(b) for b in self._outbox.values()),
                 "pairs_flushed": self.counters.pairs_flushed, "pairs_received": self.pairs_received,
                 "pairs_own": self.pairs_own,
                 "frames_received": self.frames_received, "max_frame_pairs": self.max_frame_pairs,
