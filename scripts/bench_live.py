@@ -155,6 +155,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=27)
     ap.add_argument("--approx", action="store_true")
     ap.add_argument("--json", dest="json_out")
+    ap.add_argument("--keep", action="store_true", help="keep the worker logs, checkpoints and recorded events")
     a = ap.parse_args()
     from shardstats.cluster import launcher
     from shardstats.cluster.live import LiveClient
@@ -254,6 +255,9 @@ def main() -> int:
         return 0 if ok else 1
     finally:
         launcher.stop(info)
+        if not a.keep:
+            import shutil
+            shutil.rmtree(state, ignore_errors=True)
 
 
 if __name__ == "__main__":
