@@ -199,19 +199,26 @@ def test_the_budget_is_the_cgroup_the_worker_runs_in(tmp_path):
     assert int(out) == 123 << 20
 
 
+def _npy_shards(tmp_path, n: int, rows: int, planted: tuple[int, int, int], seed: int):
+    """``n`` shards of ``rows`` nearly unique values, shard ``planted[0]`` holding ``planted[1]``
+    ``planted[2]`` times (the mode)."""
+    rng = np.random.default_rng(seed)
+    d = tmp_path / "data"
+    d.mkdir()
+    shards = [rng.integers(-10**12, 10**12, rows) for _ in range(n)]
+    shard, value, times = planted
+    shards[shard][:times] = value
+    for i, s in enumerate(shards):
+        np.save(d / f"s{i}.npy", s)
+    return d, np.concatenate(shards)
+
+
 def test_workers_in_memory_cgroups_smaller_than_their_data_answer_exactly(tmp_path):
     """Four real worker processes, each in a 64 MiB memory cgroup (the kernel's limit: page cache included),
     each with 24 MB of values: mode and median exact, no worker killed, no spill file left."""
     if not cgroups.available():
         pytest.skip("needs root and a writable memory cgroup hierarchy")
-    rng = np.random.default_rng(11)
-    d = tmp_path / "data"
-    d.mkdir()
-    shards = [rng.integers(-10**9, 10**9, 3_000_000) for _ in range(4)]
-    shards[2][:9] = 31337
-    for i, s in enumerate(shards):
-        np.save(d / f"s{i}.npy", s)
-    allv = np.concatenate(shards)
+    d, allv = _npy_shards(tmp_path, 4, 3_000_000, planted=(2, 31337, 9), seed=11)
     cf, sp = str(tmp_path / "c.json"), tmp_path / "spill"
     up = cli("up", "--workers", "4", "--detach", "--cluster-file", cf, "--memory-limit", "64M",
              "--base-port", str(free_base(4)),
@@ -302,13 +309,7 @@ def test_a_worker_killed_mid_spill_loses_nothing_and_its_files_go_when_it_restar
     import time
     from shardstats.cluster import launcher
     from shardstats.cluster.config import ClusterInfo
-    rng = np.random.default_rng(13)
-    d = tmp_path / "data"
-    d.mkdir()
-    shards = [rng.integers(-10**12, 10**12, 2_000_000) for _ in range(3)]
-    shards[0][:5] = 99
-    for i, s in enumerate(shards):
-        np.save(d / f"s{i}.npy", s)
+    d, _ = _npy_shards(tmp_path, 3, 2_000_000, planted=(0, 99, 5), seed=13)
     cf, sp = tmp_path / "c.json", tmp_path / "spill"
     up = cli("up", "--workers", "3", "--detach", "--cluster-file", str(cf), "--memory-limit", "40M",
              "--spill-dir", str(sp), "--base-port", str(free_base(3)), timeout=60)

@@ -151,11 +151,12 @@ def hash_array(arr) -> np.ndarray:
     return h
 
 
-def hash_columns(table, keys: list[str] | tuple[str, ...]) -> np.ndarray:
-    """One uint64 per row for the composite key ``keys`` of an Arrow table."""
+def hash_columns(table, keys: list[str] | tuple[str, ...], hash_one=None) -> np.ndarray:
+    """One uint64 per row for the composite key ``keys`` of an Arrow table (``hash_one``: a column's
+    hashes, ``hash_array`` unless given)."""
     h = None
     for k in keys:
-        hk = hash_array(table.column(k))
+        hk = (hash_one or hash_array)(table.column(k))
         if h is None:
             h = hk
         else:

@@ -22,10 +22,9 @@ from operator import itemgetter
 
 from shardstats.lazy import numpy as np
 
-from shardstats.worker.data.hashing import NULL_HASH, hash_array, mix
+from shardstats.worker.data.hashing import NULL_HASH, hash_array, hash_columns
 from shardstats.worker.ops.passes import add_stats
 
-_K = 0x9E3779B97F4A7C15
 EXPANSION = {".parquet": 4.0}    # a file's bytes in memory over its bytes on disk (a guess; others: 1.5)
 
 
@@ -42,15 +41,9 @@ def _key_hash(col) -> np.ndarray:
 
 def slice_hash(table, keys) -> np.ndarray:
     """One uint64 per row, equal for rows whose keys will be equal after the run's schema agreement."""
-    h = None
-    for k in keys:
-        hk = _key_hash(table.column(k))
-        if h is None:
-            h = hk
-        else:
-            with np.errstate(over="ignore"):
-                h = mix(h * np.uint64(_K) + hk)
-    return h if h is not None else np.full(table.num_rows, NULL_HASH, np.uint64)
+    if not keys:
+        return np.full(table.num_rows, NULL_HASH, np.uint64)
+    return hash_columns(table, keys, _key_hash)
 
 
 def slot_of(h: np.ndarray, passes: int) -> np.ndarray:
