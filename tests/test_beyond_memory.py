@@ -344,3 +344,25 @@ def test_a_worker_killed_mid_spill_loses_nothing_and_its_files_go_when_it_restar
         assert json.loads(r.stdout)["result"]["count"] == 5
     finally:
         cli("down", "--cluster-file", str(cf), timeout=30)
+
+
+async def test_an_op_that_loads_its_share_whole_is_refused_before_it_could_be_killed(tmp_path):
+    """Word count holds its whole share: over twice what a pass may hold it is refused (exit 2, one line),
+    not started and killed; a group-by of the same size runs in slices; the cluster serves the next job."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    d = tmp_path / "docs"
+    d.mkdir()
+    words = np.array(["alpha", "beta", "gamma", "delta"])[np.random.default_rng(3).integers(0, 4, 1_500_000)]
+    (d / "a.txt").write_text(" ".join(words.tolist()))
+    t = tmp_path / "t"
+    t.mkdir()
+    pacsv.write_csv(pa.table({"w": words}), t / "w.csv")
+    async with in_process_cluster(3, root=str(tmp_path), settings=_settings(tmp_path)) as c:
+        with pytest.raises(InputError, match=r"this worker's share of the input \(~\d+ MiB in memory\) is more than "
+                                             r"its memory budget \(16 MiB, --memory-limit\) holds for a job that "
+                                             r"loads it whole; group-by and join go beyond memory"):
+            await run_job(c.addrs, c.token, job_spec("wordcount", str(d), {}))
+        rep = await run_job(c.addrs, c.token, job_spec("groupby", str(t), {"by": "w", "agg": ["count()"]}))
+        assert max(w.get("passes", 1) for w in rep.workers) > 1
+        assert sorted(map(tuple, rep.result["data"])) == sorted(Counter(words.tolist()).items())

@@ -328,19 +328,26 @@ async def _read_table(job: Job, root: str | Access, progress: Progress):
 def _plan_slices(job: Job, root: str | Access, read: dict):
     """A keyed share too large for this worker's memory, for an op that can take it in key slices
     (``read["slice_on"]``: the key columns of each side): (Sliced, pass 0's schema) to read in passes; else None."""
-    import functools
     from pathlib import PurePath
     from shardstats.worker.engine import slices
     access = root if isinstance(root, Access) else Access(root)
     slice_on = read.get("slice_on")
-    if not slice_on or access.budget is None or read.get("cache") or not job.files:
-        return None
-    if any(is_object_url(r.path) for r in job.files):
+    if access.budget is None or not job.files or any(is_object_url(r.path) for r in job.files):
         return None
     guess = slices.estimate_bytes((_size(resolve(r.path, access.root, access.confined)),
                                    PurePath(r.path).suffix.lower()) for r in job.files)
     limit = in_memory_limit(access.budget, access.reserved)
     if guess <= limit:
+        return None
+    if not slice_on or read.get("cache"):
+        # An op that holds its whole share (word count, the index, sort, MapReduce, a cached dataset): refused
+        # at twice what a pass may hold, rather than killed by the kernel halfway through the job.
+        if guess > 2 * limit:
+            from shardstats.worker.io.source import mib
+            raise InputError(f"this worker's share of the input (~{mib(guess)} in memory) is more than its memory "
+                             f"budget ({mib(access.budget)}, --memory-limit) holds for a job that loads it whole"
+                             f"{' (--cache keeps it in memory)' if read.get('cache') else ''}; group-by and join "
+                             f"go beyond memory, this op does not yet: add workers or raise the limit")
         return None
     from shardstats.worker.io.ondisk import passes_for
     passes = passes_for(guess, limit)
