@@ -173,7 +173,7 @@ def test_a_job_chooses_says_why_and_stays_exact(host, params, want, source):
         assert (c["predicted_compact_s"] <= cc.COMPACT_MARGIN * c["predicted_plain_s"]) == (want == "compact")
         assert ("probe" in c) == (source == "probed")
     depth = 2
-    plan = {"declared": 2 * depth, "probed": 2 * depth + 1, "loopback": 0}[source]
+    plan = {"declared": depth, "probed": depth + 1, "loopback": 0}[source]     # an allgather: log2 W rounds
     assert all(s["rounds"] == 1 + depth + plan + (2 if want == "compact" else 0) for s in stats)
 
 
@@ -203,3 +203,17 @@ def test_a_one_chunk_job_goes_up_the_tree_plain_and_says_so():
     assert (res["value"], res["count"]) == (5, 3)
     assert {s["shuffle"] for s in stats} == {"tree"} and {s["encoding"] for s in stats} == {"plain"}
     assert "tree" in stats[0]["encoding_choice"]["why"]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 8, 10, 13])
+def test_allgather_brings_every_ranks_item_to_every_rank_in_rank_order(size):
+    from shardstats.worker.comm.collectives import allgather, tree_depth
+    net = InMemoryNetwork(size, timeout=10)
+
+    async def main():
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(allgather(c, {"r": c.rank, "x": [c.rank] * (c.rank % 3)})) for c in net.comms]
+        return [t.result() for t in tasks]
+    want = [{"r": r, "x": [r] * (r % 3)} for r in range(size)]
+    assert all(got == want for got in asyncio.run(main()))
+    assert all(c.stats.messages_sent == tree_depth(size) for c in net.comms)     # one message a round

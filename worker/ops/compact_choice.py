@@ -18,7 +18,7 @@ measures at the start of the shuffle, on every rank at once:
   bed of namespaces, containers, a local cluster) are counted, not guessed from
   addresses.
 
-One allreduce gathers every rank's figures (a few numbers each); ``decide`` -- a
+An allgather brings every rank's figures (a few numbers each) to every rank; ``decide`` -- a
 pure function, the same on every rank -- predicts each rank's cost of the parts
 where the shuffles differ (``predict``), takes medians (one probe disturbed by a
 busy CPU does not decide), and picks compact only when it is predicted to save at
@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 from shardstats.lazy import numpy as np
 
-from shardstats.worker.comm.collectives import allreduce, sum_ints, tree_depth
+from shardstats.worker.comm.collectives import allgather, allreduce, sum_ints, tree_depth
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.encoding import decode, encode_chunks, fingerprint_bits, fingerprints
 from shardstats.worker.comm.linkprobe import FAST, probe_ring
@@ -69,7 +69,7 @@ class Measured:
     cpus: int = 1                     # the CPUs this rank may run on
 
     def entry(self) -> dict:
-        """As it travels in the allreduce that gathers every rank's."""
+        """As it travels in the allgather that brings every rank's to every rank."""
         return dataclasses.asdict(self)
 
 
@@ -86,11 +86,6 @@ def predict(m: dict, sharing: float) -> dict:
     coding = CODING_FACTOR * m["coding_cpu"] * max(1.0, sharing)
     compact = m["leaving"] * (m["compact_bytes"] / rate + coding)
     return {"plain_s": plain, "compact_s": compact, "coding_s": coding}
-
-
-def gather(a: dict, b: dict) -> dict:
-    """Every rank's figures, for the allreduce: a few small entries each, so the decision can take medians."""
-    return {"ranks": a["ranks"] + b["ranks"]}
 
 
 def _median(xs: list[float]) -> float:
@@ -196,7 +191,7 @@ async def choose(comm: Communicator, asked: str, values: np.ndarray, link_mbit: 
     A sample of this rank's values with a distinct share below ``repeat_share`` repeats (the mode's test).
     A ``tree`` job (one chunk in all) is plain whatever was asked.
     Plain asked: no round; compact asked: one allreduce (the job's value count sizes the
-    fingerprints); auto off loopback: the probe round and one allreduce.
+    fingerprints); auto off loopback: the probe round and an allgather of every rank's figures.
     """
     depth = tree_depth(comm.size)
     if tree:
@@ -235,11 +230,11 @@ async def choose(comm: Communicator, asked: str, values: np.ndarray, link_mbit: 
                  "mbit": mbit(p.rate)}
     m = Measured(leaving=leaving, link_rate=rate, coding_cpu=secs, compact_bytes=nbytes, repeats=rep,
                  host=host_id(), cpus=usable_cpus())
-    total = await allreduce(comm, {"ranks": [{**m.entry(), "values": len(values)}]}, gather, "mode.plan")
-    encoding, why, job = decide(total["ranks"])
-    bits = fingerprint_bits(sum(r["values"] for r in total["ranks"]), size) if encoding == "compact" else None
+    ranks = await allgather(comm, {**m.entry(), "values": len(values)}, "mode.plan")
+    encoding, why, job = decide(ranks)
+    bits = fingerprint_bits(sum(r["values"] for r in ranks), size) if encoding == "compact" else None
     stats = {**report(encoding, why, job, source, probe), "seconds": round(time.perf_counter() - t0, 4)}
-    return Choice(encoding, bits, 2 * depth + (1 if source == "probed" else 0), stats)
+    return Choice(encoding, bits, depth + (1 if source == "probed" else 0), stats)
 
 
 def host_id() -> str:
