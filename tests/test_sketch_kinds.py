@@ -153,6 +153,16 @@ def test_an_int_column_sketches_as_int64_shards_do():
     assert isinstance(med["value"], int) and med["max"] == I64_MAX and med["min"] == I64_MIN
 
 
+def test_a_column_of_nulls_only_is_no_values():
+    from shardstats.errors import EmptyDataset
+    tables = [pa.table({"x": pa.nulls(5)}), pa.table({"x": pa.nulls(0)})]
+    res = run_tables("distinct", tables, {"approx": True, "of": "x"})
+    assert res["value"] == 0 and res["skipped"] == 5
+    with pytest.raises(ExceptionGroup) as got:
+        run_tables("median", tables, {"approx": True, "of": "x"})
+    assert isinstance(got.value.exceptions[0], EmptyDataset)
+
+
 def test_a_column_of_the_wrong_type_is_one_line_exit_2():
     from shardstats.errors import InputError, UsageError
     tables = split("s", ["a", "b"], 1)

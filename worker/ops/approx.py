@@ -50,7 +50,7 @@ def typed_values(table, column: str, takes: tuple[str, ...], what: str) -> tuple
         vtype = "int64"
     elif pa.types.is_uint64(t):
         raise InputError(f"--of {column}: a uint64 column; sketches take int64, float64 or string values")
-    elif pa.types.is_floating(t):
+    elif pa.types.is_floating(t) or pa.types.is_null(t):      # a column of nulls only (a CSV's empty column)
         vtype = "float64"
     elif pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
         vtype = "string"
