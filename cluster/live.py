@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import random
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,6 @@ from shardstats.coordinator.job import CONNECT_ERRORS
 from shardstats.errors import ClusterUnavailable, ShardstatsError, UsageError
 from shardstats.protocol.messages import make
 from shardstats.settings import DEFAULTS, Settings
-from shardstats.worker.live.query import merge
 
 
 @dataclass
@@ -46,6 +46,7 @@ class LiveClient:
         self._conns: dict[int, WorkerClient] = {}
         self._locks = {i: asyncio.Lock() for i in range(len(addrs))}
         self._seq = itertools.count(1)
+        self._asked = random.randrange(len(addrs)) if addrs else 0   # the worker queries go to (spread over clients)
 
     async def close(self) -> None:
         conns, self._conns = self._conns, {}
@@ -131,31 +132,24 @@ class LiveClient:
 
     # -- queries --------------------------------------------------------------------------------
     async def top(self, k: int, last: str) -> dict:
-        """Every owner's top-K of the same window, merged; owners that do not answer are named as missing."""
-        at = int(time.time() * 1000)
-        timeout = self.settings.live_query_timeout
-        answers, missing = [], []
-
-        async def one(i: int) -> None:
+        """The whole cluster's answer, from one worker: at once from the owners' pushed answers when they hold
+        it, else that worker asks every owner over its links and names the ones that do not answer.  A
+        worker that cannot be reached is passed over for the next."""
+        n = len(self.addrs)
+        errors = []
+        for j in range(n):
+            i = (self._asked + j) % n
+            msg = make("live_top", seq=next(self._seq), k=k, last=last, whole=True)
             try:
-                reply = await self.ask(i, make("live_top", seq=next(self._seq), k=k, last=last, at_ms=at), timeout)
+                reply = await self.ask(i, msg, self.settings.live_query_timeout + self.settings.connect_timeout)
             except CONNECT_ERRORS as exc:
-                missing.append({"worker": i, "addr": self.addrs[i], "error": _why(exc)})
-                return
+                errors.append(f"worker {i}: {_why(exc)}")
+                continue
+            self._asked = i                     # the same worker next time: its connection is open
             if "error" in reply:
                 raise UsageError(reply["error"])
-            answers.append(reply)
-
-        async with _first_error():
-            async with asyncio.TaskGroup() as tg:
-                for i in range(len(self.addrs)):
-                    tg.create_task(one(i))
-        if not answers:
-            raise ClusterUnavailable("no worker answered: " + "; ".join(f"worker {m['worker']}: {m['error']}"
-                                                                          for m in missing))
-        answers.sort(key=lambda a: a["worker"])
-        missing.sort(key=lambda m: m["worker"])
-        return merge(answers, missing, k, last, int(self.settings.live_allowance * 1000))
+            return reply["whole"]
+        raise ClusterUnavailable("no worker answered: " + "; ".join(errors))
 
     async def stats(self) -> list[dict]:
         rows: list[dict] = []

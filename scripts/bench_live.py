@@ -203,7 +203,7 @@ def main() -> int:
         ev = np.load(out)
         ids, times = ev["ids"], ev["times"]
         sent, accepted, late, elapsed, max_lag = ev["meta"].tolist()
-        time.sleep(2 * DEFAULTS.live_flush_interval + 1)
+        time.sleep(3 * DEFAULTS.live_flush_interval + 1)       # the last flush, then the owners' pushes
 
         async def final():
             async with LiveClient(info.workers, info.token.encode()) as cl:

@@ -38,11 +38,18 @@ def ref(events, k, start, end):
 
 
 async def settle(servers) -> None:
-    """Every worker flushes now, then waits until each owner holds every pair flushed to it."""
+    """Every worker flushes now, waits until each owner holds every pair flushed to it, then every owner pushes
+    its answers and every worker has them (what the flush and push loops do within two intervals)."""
     await asyncio.gather(*(s.live.flush() for s in servers))
     async with asyncio.timeout(10):
         while sum(s.live.pairs_received + s.live.pairs_own for s in servers) < \
                 sum(s.live.counters.pairs_flushed for s in servers):
+            await asyncio.sleep(0.01)
+        t = int(time.time() * 1000)
+        for s in servers:
+            s.live._push(t)
+        while not all(len(s.live._tops) == len(servers) and min(e["at_ms"] for e in s.live._tops.values()) >= t
+                      for s in servers):
             await asyncio.sleep(0.01)
 
 
@@ -80,6 +87,20 @@ def test_in_process_cluster_answers_equal_brute_force_with_hot_late_and_out_of_o
                         assert ans["items"] == ref(events, k, w["from_ms"], w["to_ms"]), (last, k)
                         assert ans["complete"] and not ans["warnings"] and ans["late"] == 9 and ans["early"] == 4
                         assert (w["from_ms"], w["to_ms"]) == parse_last(last).span(w["to_ms"] - 1)
+                        assert ans["source"] == "pushed"                   # one worker answered alone
+                # beyond what the owners push (k > live_push_k, another window): the owners are asked
+                for last, k in (("5m", 150), ("7m", 10), ("90s", 3)):
+                    ans = await cl.top(k, last)
+                    w = ans["window"]
+                    assert ans["source"] == "asked" and ans["items"] == ref(events, k, w["from_ms"], w["to_ms"])
+                live0 = c.servers[0].live
+                assert live0.cached_top(10, "5m") is not None
+                assert live0.cached_top(10, "5m", at=now + 120_000) is None     # a minute later: other buckets
+                live0._tops[3]["received"] -= 4 * int(st.live_flush_interval * 1000)   # not heard from for 3 intervals
+                assert live0.cached_top(10, "5m") is None
+                ans = await live0.whole_top(10, "5m")
+                w = ans["window"]
+                assert ans["source"] == "asked" and ans["items"] == ref(events, 10, w["from_ms"], w["to_ms"])
                 rows = await cl.stats()
                 # the hot key's saving: 6,000 events became at most a pair per worker and minute
                 assert sum(r["received"] for r in rows) == len(events)
@@ -262,6 +283,7 @@ def test_http_events_and_top_equal_brute_force_and_bad_requests_change_nothing(t
             gone = {k for k, o in zip(keys, owners(keys, 3).tolist()) if o == 1}
             w = ans["window"]
             assert status == 200 and not ans["complete"] and [m["worker"] for m in ans["missing"]] == [1]
+            assert ans["source"] == "asked"           # its pushed answers went with its link
             assert ans["items"] == ref([e for e in truth if e[0] not in gone], 1000, w["from_ms"], w["to_ms"])
             assert any("worker 1" in x for x in ans["warnings"])
             status, text = await call(ports[0], "GET", "/metrics", None, None)

@@ -281,6 +281,8 @@ class WorkerServer:
 
         ``only``: the jobs that depended on the broken connection (an inbound one); None for our own link.
         """
+        if only is None:
+            self.live.peer_lost(peer_id)      # its pushed top-K answers no longer stand for it
         for job in self.jobs.values():
             if only is not None and job.id not in only:
                 continue

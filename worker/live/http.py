@@ -64,7 +64,7 @@ def attach(live, http) -> None:
             parse_last(last)
         except ValueError as exc:
             return _bad(400, f"last: {exc}")
-        return _json(200, await live.ask_owners(k, last))
+        return _json(200, await live.whole_top(k, last))
 
     http.route("POST", "/events", events, auth=True)
     http.route("GET", "/top", top, auth=True)

@@ -34,6 +34,7 @@ from shardstats.worker.live.events import ARRIVAL, MAX_TIME_MS
 from shardstats.worker.live.ingest import LocalCounters
 
 MAX_K = 10_000
+PUSHED = ("5m", "1h", "24h")          # the windows each owner pushes its top of (settings.live_push_k)
 GAP_KEEP_MS = 26 * 3600 * 1000       # a gap older than the coarsest level's window can no longer matter
 
 
@@ -86,6 +87,11 @@ class LiveService:
         self.refused = 0
         self.query_seconds: collections.deque = collections.deque(maxlen=1000)   # this owner's part of each query
         self._queries: dict[int, list] = {}   # GET /top fan-outs waiting for owners: [answers, done, need]
+        self._tops: dict[int, dict] = {}      # worker -> its last pushed answers {"at_ms", "received", "answers"}
+        self._pushing: set[int] = set()       # peers whose last push is still on its way
+        self._dirty = False                   # the buckets took counts since the last push
+        self._pushed_minute = 0
+        self._tg: asyncio.TaskGroup | None = None
         self._qids = 0
         self._restore()
         self._marked = self.restored is not None     # a checkpoint of this worker is on disk
@@ -167,11 +173,14 @@ class LiveService:
             # The owners' hash needs pyarrow: imported now, on a thread, not in the first flush (~1 s on the loop).
             await asyncio.to_thread(_warm)
             async with asyncio.TaskGroup() as tg:
+                self._tg = tg
                 tg.create_task(self._every(self.settings.live_flush_interval, self.flush))
+                tg.create_task(self._every(self.settings.live_flush_interval / 2, self._push_if_changed))
                 for owner in self.server.links:
                     tg.create_task(self._sender(owner))
                 tg.create_task(self._every(self.settings.live_checkpoint_interval, self.checkpoint))
         finally:
+            self._tg = None
             self._final_checkpoint()
 
     async def _every(self, seconds: float, step) -> None:
@@ -203,6 +212,8 @@ class LiveService:
                 self._outbox_since[owner] = since if since is not None else now
             box.update(dict(zip(zip(keys, minutes), counts)))
             self._outbox_ready.setdefault(owner, asyncio.Event()).set()
+        if mine is not None:
+            self._dirty = True
 
     async def _sender(self, owner: int) -> None:
         """Sends what the flushes left for ``owner``, one owner per task: a slow or unreachable owner delays
@@ -247,13 +258,16 @@ class LiveService:
     def deliver(self, peer_id: int, msg: dict) -> None:
         """A ``live`` message from a peer; a malformed one is the peer's protocol error (its link is closed)."""
         kind = msg["kind"]
-        if kind not in ("flush", "query", "answer") or msg["src"] != peer_id:
+        if kind not in ("flush", "query", "answer", "tops") or msg["src"] != peer_id:
             raise ProtocolError(f"worker {peer_id} sent a live {kind!r} message as worker {msg['src']}")
         if kind == "query":
             self._answer_peer(peer_id, msg)
             return
         if kind == "answer":
             self._answered(peer_id, msg)
+            return
+        if kind == "tops":
+            self._pushed(peer_id, msg)
             return
         import numpy as np
         keys, minutes, counts = msg.get("keys"), msg.get("minutes"), msg.get("counts")
@@ -268,7 +282,83 @@ class LiveService:
         self.buckets.add(keys, minutes.tolist(), counts.tolist())
         self.pairs_received += len(keys)
         self.frames_received += 1
+        self._dirty = True
         self.max_frame_pairs = max(self.max_frame_pairs, len(keys))
+
+    # -- pushed answers: a query one worker answers alone ------------------------------------------------
+    async def _push_if_changed(self) -> None:
+        """Pushes when the buckets took counts since the last push, or a minute began (the windows moved)."""
+        now = now_ms()
+        if self._dirty or now // MINUTE_MS != self._pushed_minute:
+            self._push(now)
+
+    def _push(self, now: int) -> None:
+        """This owner's top ``live_push_k`` of the usual windows, to every worker (itself included); a peer
+        whose previous push is still queued is skipped (the next one supersedes it)."""
+        k = self.settings.live_push_k
+        if k <= 0:
+            return
+        self._dirty = False
+        self._pushed_minute = now // MINUTE_MS
+        answers = {last: self.top(k, last, now) for last in PUSHED}
+        self._tops[self.id] = {"at_ms": now, "received": now, "answers": answers}
+        if self._tg is None:
+            return
+        frame = encode_frame(make("live", kind="tops", src=self.id, at_ms=now, answers=answers), self.settings.max_frame)
+        for pid, link in self.server.links.items():
+            if pid not in self._pushing:
+                self._pushing.add(pid)
+                self._tg.create_task(self._push_one(pid, link, frame))
+
+    async def _push_one(self, pid: int, link, frame: bytes) -> None:
+        try:
+            async with asyncio.timeout(self.settings.live_flush_interval):
+                await link.send(frame)
+        except (PeerFailure, TimeoutError):
+            pass                      # a slow or lost peer: it answers by asking the owners instead
+        finally:
+            self._pushing.discard(pid)
+
+    def _pushed(self, peer_id: int, msg: dict) -> None:
+        answers = msg.get("answers")
+        if not (isinstance(answers, dict) and isinstance(msg.get("at_ms"), int)
+                and all(last in answers for last in PUSHED)):
+            raise ProtocolError(f"worker {peer_id} pushed malformed answers")
+        for last in PUSHED:
+            self._check_answer(peer_id, answers[last])
+        self._tops[peer_id] = {"at_ms": msg["at_ms"], "received": now_ms(), "answers": answers}
+
+    def peer_lost(self, peer_id: int) -> None:
+        """A link to ``peer_id`` broke: its pushed answers no longer stand for it (queries ask the owners)."""
+        self._tops.pop(peer_id, None)
+
+    def cached_top(self, k: int, last: str, at: int | None = None) -> dict | None:
+        """The whole cluster's answer from the owners' pushed answers, or None when they cannot give it exactly
+        as asked: k beyond what was pushed, another window, an owner not heard from for three flush
+        intervals, or a bucket boundary passed since an owner's push."""
+        from shardstats.worker.live.query import merge
+        if last not in PUSHED or not 1 <= k <= self.settings.live_push_k:
+            return None
+        now = now_ms()
+        at = now if at is None else at
+        span = parse_last(last).span(at)
+        stale = now - 3 * int(self.settings.live_flush_interval * 1000)
+        answers = []
+        for i in range(self.workers):
+            entry = self._tops.get(i)
+            if entry is None or entry["received"] < stale:
+                return None
+            ans = entry["answers"][last]
+            if (ans["top"]["from_ms"], ans["top"]["to_ms"]) != span:
+                return None
+            answers.append({**ans, "top": {**ans["top"], "items": ans["top"]["items"][:k]}})
+        out = merge(answers, [], k, last, self.allowance_ms)
+        out.update(source="pushed", as_of=min(self._tops[i]["at_ms"] for i in range(self.workers)))
+        return out
+
+    async def whole_top(self, k: int, last: str) -> dict:
+        """The cluster's answer: from the pushed answers when they hold it, else by asking every owner."""
+        return self.cached_top(k, last) or {**await self.ask_owners(k, last), "source": "asked"}
 
     # -- GET /top: this worker asks every owner over its peer links -------------------------------------
     async def ask_owners(self, k: int, last: str) -> dict:
@@ -321,13 +411,17 @@ class LiveService:
         except PeerFailure as exc:
             logs.event("live_answer_dropped", logging.WARNING, peer=link.peer_id, error=exc)
 
-    def _answered(self, peer_id: int, msg: dict) -> None:
-        ans = msg.get("answer")
+    @staticmethod
+    def _check_answer(peer_id: int, ans: object) -> None:
         top = ans.get("top") if isinstance(ans, dict) else None
         if not (isinstance(top, dict) and isinstance(top.get("items"), list) and isinstance(top.get("total"), int)
                 and isinstance(top.get("from_ms"), int) and isinstance(top.get("to_ms"), int)
                 and ans.get("worker") == peer_id and isinstance(ans.get("gaps"), list)):
             raise ProtocolError(f"worker {peer_id} sent a malformed live answer")
+
+    def _answered(self, peer_id: int, msg: dict) -> None:
+        ans = msg.get("answer")
+        self._check_answer(peer_id, ans)
         waiting = self._queries.get(msg.get("qid"))
         if waiting is None:
             return                   # answered after the asker gave up
@@ -344,6 +438,14 @@ class LiveService:
             if t == "live_events":
                 got = self.ingest(msg["keys"], msg.get("times"))
                 reply(make("live_ack", seq=seq, accepted=got.accepted, late=got.late, early=got.early))
+            elif t == "live_top" and msg.get("whole"):
+                # the whole cluster's answer from this one worker: at once when pushed answers hold it
+                self._check_query(msg["k"], msg["last"])
+                cached = self.cached_top(msg["k"], msg["last"])
+                if cached is not None:
+                    reply(make("live_answer", seq=seq, whole=cached))
+                else:
+                    self.server.spawn(self._reply_whole(msg["k"], msg["last"], seq, reply))
             elif t == "live_top":
                 reply(make("live_answer", seq=seq, **self.top(msg["k"], msg["last"], msg.get("at_ms"))))
             else:
@@ -390,13 +492,20 @@ class LiveService:
         except OSError as exc:
             logs.event("live_checkpoint_failed", logging.WARNING, path=str(self.path), error=exc)
 
-    def top(self, k: object, last: object, at_ms: object = None) -> dict:
+    async def _reply_whole(self, k: int, last: str, seq: int, reply) -> None:
+        reply(make("live_answer", seq=seq, whole=await self.whole_top(k, last)))
+
+    @staticmethod
+    def _check_query(k: object, last: object):
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
             raise LiveError(f"top: k = {k!r} is not a whole number in 1..{MAX_K}")
         try:
-            window = parse_last(str(last))
+            return parse_last(str(last))
         except ValueError as exc:
             raise LiveError(f"top: last: {exc}") from None
+
+    def top(self, k: object, last: object, at_ms: object = None) -> dict:
+        window = self._check_query(k, last)
         now = now_ms()
         self.buckets.advance(now)
         at = now
