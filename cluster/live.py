@@ -2,9 +2,11 @@
 
 It speaks the cluster's own protocol as an authenticated client (the token, TLS when
 configured): ``live_events`` batches spread over every worker (any worker takes any
-event; its flush routes each key to its owner), ``live_top`` asked of every owner at
-once and merged (worker.live.query).  A worker that cannot be reached is reported, never
-silently skipped: an ingest batch goes to another worker, a query names it as missing.
+event; its flush routes each key to its owner), ``live_top`` asked of one worker, which
+answers for the whole cluster (from the owners' pushed answers, or by asking every owner;
+worker.live.service).  A worker that cannot be reached is passed over, never silently
+skipped: an ingest batch goes to another worker, a query to the next worker, and an owner
+that does not answer is named as missing in the answer.
 """
 from __future__ import annotations
 
