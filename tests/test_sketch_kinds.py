@@ -230,6 +230,18 @@ def test_distinct_sketches_hold_the_truth(kind, col):
         assert res["lower"] <= n <= res["upper"], (res, n)
 
 
+def test_sketch_op_options_out_of_range_are_usage_errors():
+    from shardstats.errors import UsageError
+    from shardstats.worker.ops import registry
+    build = registry.get("sketch").params.build
+    for given, said in (({"kind": "count_min", "hashes": 32, "buckets": 1 << 20}, "one message"),
+                        ({"bloom_bytes": 1000}, "power of two"), ({"lg_k": 30}, "--lg-k"),
+                        ({"kind": "kll", "count": ("3",)}, "count_min"), ({"quantiles": "2"}, "--quantiles"),
+                        ({"kind": "nope"}, "--kind")):
+        with pytest.raises(UsageError, match=said):
+            build(**given)
+
+
 def test_the_sketch_op_on_int64_shards_and_empty_ranks():
     from tests.conftest import run_op
     shards = [np.array([5, 5, 5, -1], np.int64), np.zeros(0, np.int64)]

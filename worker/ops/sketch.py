@@ -20,7 +20,7 @@ from shardstats.worker.ops.contract import Op, Params, column_reads, option
 # what the user names -> the file kind (frequent items: by the values' type)
 KINDS = {"kll": "kll_doubles", "tdigest": "tdigest_double", "frequent": None, "hll": "hll_registers",
          "theta": "theta", "cpc": "cpc", "count_min": "count_min", "bloom": "bloom"}
-QUESTIONS = {"kll": "quantiles", "tdigest": "quantiles", "frequent": "top", "count_min": "count", "bloom": "contains"}
+MAX_SKETCH_BYTES = 2 << 20      # a merged sketch travels the tree in one message (frames: 4 MiB)
 
 
 @dataclass(frozen=True)
@@ -40,18 +40,23 @@ class SketchParams(Params):
     contains: tuple = option((), "bloom: whether VALUE may be in the set (repeat it for more).", metavar="VALUE",
                              multiple=True)
     k: int = option(200, "kll, tdigest: k (bigger: more accurate and bigger).", min=10, max=65535)
-    lg_max_k: int = option(10, "frequent: the map holds 3/4 of 2**LG items.", min=3, max=26, metavar="LG")
+    lg_max_k: int = option(10, "frequent: the map holds 3/4 of 2**LG items.", min=3, max=17, metavar="LG")
     precision: int = option(12, "hll: 2**precision registers.", min=4, max=16)
-    lg_k: int = option(12, "theta, cpc: 2**lg_k nominal entries.", min=5, max=26, metavar="LG")
+    lg_k: int = option(12, "theta, cpc: 2**lg_k nominal entries (theta: up to 8 B each on the wire).", min=5, max=18,
+                       metavar="LG")
     hashes: int = option(5, "count_min: rows (confidence 1 - e**-hashes).", min=1, max=32)
     buckets: int = option(1024, "count_min: columns (the error: e/buckets of the values).", min=2, max=1 << 24)
     bloom_bytes: int = option(1 << 15, "bloom: the filter's size in bytes, a power of two (7 probes a value; about "
                               "1% false positives at 1.25 bytes a distinct value: 32 KiB for 26,000).", min=8,
-                              max=1 << 28)
+                              max=1 << 21)
 
     def check(self) -> None:
         if self.bloom_bytes & (self.bloom_bytes - 1):
             raise UsageError(f"--bloom-bytes: {self.bloom_bytes} is not a power of two")
+        cm = self.hashes * self.buckets * 8
+        if self.kind == "count_min" and cm > MAX_SKETCH_BYTES:
+            raise UsageError(f"--hashes x --buckets: a count-min sketch of {cm:,} bytes; a sketch travels the tree "
+                             f"in one message of at most {MAX_SKETCH_BYTES:,}")
         if self.count and self.kind != "count_min":
             raise UsageError("--count: asks a count_min sketch; add --kind count_min")
         if self.contains and self.kind != "bloom":
@@ -72,8 +77,6 @@ class SketchParams(Params):
                   {"precision": self.precision}, "theta": {"lg_k": self.lg_k}, "cpc": {"lg_k": self.lg_k},
                   "count_min": {"hashes": self.hashes, "buckets": self.buckets, "seed": kinds.CM_SEED},
                   "bloom": {"bytes": self.bloom_bytes, "hashes": HASHES}}.get(kind, {"lg_max_k": self.lg_max_k})
-        if self.kind == "tdigest" and self.k > 65535:
-            raise UsageError("--k: t-digest's k is at most 65535")
         return kind, params
 
 
