@@ -67,10 +67,11 @@ def _slots(b: np.ndarray, passes: int) -> np.ndarray:
 def partition(values: np.ndarray, passes: int, spill) -> list:
     """Grace partitioning: one walk over ``values`` writes each hash slice to its own spill file, so pass
     ``p`` reads back only its slice (the input is read once, not once per pass).  Returns the files."""
+    from shardstats.worker.spill import SpillFile
     paths = [spill.new_file(f"slice-{p:04d}.i64") for p in range(passes)]
     files = []
     try:
-        files = [open(path, "wb") for path in paths]
+        files = [SpillFile(path) for path in paths]
         for b in blocks(values):
             slot = _slots(b, passes)
             order = np.argsort(slot, kind="stable")          # a radix sort for 16-bit keys: linear
@@ -79,13 +80,18 @@ def partition(values: np.ndarray, passes: int, spill) -> list:
             start = 0
             for p, end in enumerate(ends.tolist()):
                 if end > start:
-                    grouped[start:end].tofile(files[p])
+                    files[p].write(grouped[start:end])
                 start = end
+        for f in files:
+            f.close()
     except OSError as exc:
         raise spill.failure(exc) from None
     finally:
         for f in files:
-            f.close()
+            try:
+                f.close()
+            except OSError:
+                pass
     spill.count_written(len(values) * 8)
     return paths
 
@@ -158,27 +164,36 @@ def load(refs: list[ShardRef], where: list[str], column, header, spill, progress
             if progress is not None:
                 progress.done = 1
             return m
+    from shardstats.worker.spill import SpillFile
     path = spill.new_file("values.i64")
     n = 0
+    out = None
     try:
-        with open(path, "wb") as out:
-            for i, (ref, real) in enumerate(zip(refs, where)):
-                if Path(ref.path).suffix.lower() == ".npy":
-                    m = map_npy(ref, real)
-                    for at in range(0, len(m), BLOCK):
-                        b = _as_int64(np.asarray(m[at:at + BLOCK]), ref.path, at)
-                        b.tofile(out)
-                        n += len(b)
-                    del m
-                else:
-                    b = read_shard(ref, column, real_path=real, header=header)
-                    b.tofile(out)
+        out = SpillFile(path)
+        for i, (ref, real) in enumerate(zip(refs, where)):
+            if Path(ref.path).suffix.lower() == ".npy":
+                m = map_npy(ref, real)
+                for at in range(0, len(m), BLOCK):
+                    b = _as_int64(np.asarray(m[at:at + BLOCK]), ref.path, at)
+                    out.write(b)
                     n += len(b)
-                    del b
-                if progress is not None:
-                    progress.done = i + 1
+                del m
+            else:
+                b = read_shard(ref, column, real_path=real, header=header)
+                out.write(b)
+                n += len(b)
+                del b
+            if progress is not None:
+                progress.done = i + 1
+        out.close()
     except OSError as exc:
         raise spill.failure(exc) from None
+    finally:
+        if out is not None:
+            try:
+                out.close()
+            except OSError:
+                pass
     spill.count_written(n * 8)
     if n == 0:
         return np.zeros(0, np.int64)
