@@ -135,23 +135,47 @@ class LiveClient:
     # -- queries --------------------------------------------------------------------------------
     async def top(self, k: int, last: str) -> dict:
         """The whole cluster's answer, from one worker: at once from the owners' pushed answers when they hold
-        it, else that worker asks every owner over its links and names the ones that do not answer.  A
-        worker that cannot be reached is passed over for the next."""
+        it, else that worker asks every owner over its links and names the ones that do not answer.
+
+        A hedged request (as in "The Tail at Scale"): when the worker asked has not answered within
+        ``live_query_hedge``, the next one is asked too and the first answer wins -- on a busy machine one
+        worker's turn on a core can come late.  A worker that cannot be reached is passed over."""
         n = len(self.addrs)
-        errors = []
-        for j in range(n):
-            i = (self._asked + j) % n
-            msg = make("live_top", seq=next(self._seq), k=k, last=last, whole=True)
-            try:
-                reply = await self.ask(i, msg, self.settings.live_query_timeout + self.settings.connect_timeout)
-            except CONNECT_ERRORS as exc:
-                errors.append(f"worker {i}: {_why(exc)}")
-                continue
-            self._asked = i                     # the same worker next time: its connection is open
-            if "error" in reply:
-                raise UsageError(reply["error"])
-            return reply["whole"]
-        raise ClusterUnavailable("no worker answered: " + "; ".join(errors))
+        order = [(self._asked + j) % n for j in range(n)]
+        timeout = self.settings.live_query_timeout + self.settings.connect_timeout
+        errors: list[str] = []
+
+        async def one(i: int) -> tuple[int, dict]:
+            return i, await self.ask(i, make("live_top", seq=next(self._seq), k=k, last=last, whole=True), timeout)
+
+        pending: set[asyncio.Task] = set()
+        asked: dict[asyncio.Task, int] = {}
+        hedge = False
+        try:
+            while True:
+                if order and (not pending or hedge):
+                    task = asyncio.create_task(one(order[0]))
+                    asked[task] = order.pop(0)
+                    pending.add(task)
+                if not pending:
+                    raise ClusterUnavailable("no worker answered: " + "; ".join(errors))
+                done, pending = await asyncio.wait(pending, timeout=self.settings.live_query_hedge if order else None,
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                hedge = not done
+                for task in done:
+                    try:
+                        i, reply = task.result()
+                    except CONNECT_ERRORS as exc:
+                        errors.append(f"worker {asked[task]}: {_why(exc)}")
+                        continue
+                    self._asked = i                     # the same worker next time: its connection is open
+                    if "error" in reply:
+                        raise UsageError(reply["error"])
+                    return reply["whole"]
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def stats(self) -> list[dict]:
         rows: list[dict] = []

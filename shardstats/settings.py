@@ -82,6 +82,8 @@ class Settings:
     live_max_key_bytes: int = 1024        # a key longer than this (UTF-8) is a malformed event
     live_flush_frame_bytes: int = 1 << 20  # a flush to one owner is cut into frames of about this size
     live_query_timeout: float = 2.0       # an owner that does not answer a top query within this is reported missing
+    live_query_hedge: float = 0.02        # a worker asked for the top that has not answered within this: ask the next
+                                          # one too, the first answer wins (a hedged request)
     live_push_k: int = 100                # each owner pushes its top this-many of 5m, 1h and 24h to every worker (when
                                           # its counts changed, every live_flush_interval / 2); a query within them is
                                           # answered by the one worker asked (0: every query asks every owner)

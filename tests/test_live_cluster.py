@@ -401,3 +401,20 @@ def test_a_stalled_owner_delays_only_its_own_counts_which_merge_while_they_wait(
             # what waits for worker 2 is one count per pair, merged, not three flushes' worth
             assert 0 < unsent <= sum(1 for k in keys if own[k] == 2)
     asyncio.run(main())
+
+
+def test_a_worker_slow_to_answer_is_hedged_by_the_next(tmp_path):
+    st = dataclasses.replace(DEFAULTS, live_dir=str(tmp_path), live_flush_interval=3600.0, live_query_timeout=5.0)
+
+    async def main():
+        async with in_process_cluster(3, settings=st) as c:
+            async with LiveClient(c.addrs, c.token, settings=st) as cl:
+                await cl.ingest(batches([("a", int(time.time() * 1000))] * 5, 5))
+                await settle(c.servers)
+                c.servers[1].live.request = lambda msg, reply: None        # worker 1 never answers
+                cl._asked = 1
+                t = time.perf_counter()
+                ans = await cl.top(3, "5m")
+                assert ans["items"] == [{"key": "a", "count": 5}] and time.perf_counter() - t < 2.0
+                assert cl._asked == 2                                       # the next one answered first
+    asyncio.run(main())
