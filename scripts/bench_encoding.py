@@ -123,7 +123,7 @@ def table(where: str, cells: dict[str, dict], v: dict) -> str:
             link = "too fast to time" if ch["link_mbit"] is None else f"{ch['link_mbit']:g} Mbit/s"
             lines.append(f"  auto run {i + 1}: {ch['encoding']} -- link {ch['link']} {link} "
                          f"(slowest {ch['slowest_link_mbit']}), coding {ch['coding_mvalues_per_s']:g} Mvalues/s "
-                         f"at {ch['ranks_per_cpu']:g} workers a core, predicted plain {ch['predicted_plain_s']:.2f} s"
+                         f"at a load of {ch['load_per_cpu']:g} a core, predicted plain {ch['predicted_plain_s']:.2f} s"
                          f" / compact {ch['predicted_compact_s']:.2f} s; "
                          f"choosing took {cells['auto']['choice_seconds'][i]:.3f} s")
         elif ch:

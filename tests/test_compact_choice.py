@@ -34,7 +34,7 @@ def ten(link_mbit: float, *, one_host: bool = True, **kw) -> list[dict]:
 def test_ten_ranks_on_two_cores_pick_compact_only_on_slow_links(link, want):
     encoding, why, job = cc.decide(ten(link))
     assert encoding == want, job
-    assert job["ranks_per_cpu"] == 5.0
+    assert job["load_per_cpu"] == 5.0
     assert ("slow" in why) == (want == "compact")
 
 
@@ -42,7 +42,7 @@ def test_the_same_link_and_cpu_pay_for_compact_only_when_each_rank_has_its_own_c
     """100 Mbit/s: ten ranks sharing two cores code five times slower than ten on their own machines."""
     assert cc.decide(ten(100, one_host=True))[0] == "plain"
     encoding, _, job = cc.decide(ten(100, one_host=False))
-    assert encoding == "compact" and job["ranks_per_cpu"] == 0.5
+    assert encoding == "compact" and job["load_per_cpu"] == 0.5
 
 
 def test_predictions_follow_the_formula():
@@ -131,10 +131,12 @@ def test_the_sample_codes_at_the_jobs_bytes_a_value(kind):
     for o in range(w):                                  # what this rank would send each owner
         fps = np.sort(enc.fingerprints(values[owners == o], bits))
         coded += sum(len(p["fq"]) + len(p["fr"]) + 24 for p in enc.encode_chunks(fps, 1 << 20))
-    secs, nbytes, smp = cc.coding_sample(values, len(values) / w, bits, 1 << 20)
+    smp = cc.sample_of(values)
+    assert len(smp) == cc.CODING_SAMPLE and np.isin(smp, values).all()
+    secs, nbytes = cc.coding_sample(smp, len(values) / w, bits, 1 << 20)
     assert nbytes == pytest.approx(coded / len(values), rel=0.1)
-    assert secs > 0 and len(smp) == cc.CODING_SAMPLE and np.isin(smp, values).all()
-    assert cc.coding_sample(values[:0], 1, bits, 1 << 20)[:2] == (0.0, 0.0)
+    assert secs > 0
+    assert cc.coding_sample(values[:0], 1, bits, 1 << 20) == (0.0, 0.0)
 
 
 def _job(shards, params, host):
@@ -217,3 +219,13 @@ def test_allgather_brings_every_ranks_item_to_every_rank_in_rank_order(size):
     want = [{"r": r, "x": [r] * (r % 3)} for r in range(size)]
     assert all(got == want for got in asyncio.run(main()))
     assert all(c.stats.messages_sent == tree_depth(size) for c in net.comms)     # one message a round
+
+
+def test_other_work_on_the_machine_stretches_the_coding():
+    """Ten ranks each on its own 2-core machine pick compact at 100 Mbit/s, unless those machines are busy."""
+    idle = ten(100, one_host=False)
+    busy = [{**r, "load": 16.0} for r in idle]
+    assert cc.decide(idle)[0] == "compact"
+    encoding, _, job = cc.decide(busy)
+    assert encoding == "plain" and job["load_per_cpu"] == 8.0
+    assert cc.decide([{**r, "load": 0.5} for r in idle])[2]["load_per_cpu"] == 0.5     # its own ranks count anyway

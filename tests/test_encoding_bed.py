@@ -61,7 +61,7 @@ def test_auto_picks_compact_on_a_slow_link_and_measures_it(dataset):
     choice = rep.workers[0]["encoding_choice"]
     assert choice["link"] == "probed" and "slow" in choice["why"]
     assert 0.5 * RATE_MBIT <= choice["link_mbit"] <= 1.3 * RATE_MBIT      # the probe measured the shaping
-    assert choice["ranks_per_cpu"] == round(HOSTS / usable_cpus(), 2)        # four hosts on one machine
+    assert choice["load_per_cpu"] >= round(HOSTS / usable_cpus(), 2)         # four hosts on one machine, at least
     assert choice["predicted_compact_s"] < choice["predicted_plain_s"]
 
 

@@ -5,7 +5,8 @@ Rice-coding and decoding cost CPU that plain does not spend.  Which one finishes
 first depends on what only the running job can know: how fast its links carry
 bytes, how fast a worker codes values, and how many workers share each machine's
 cores (ten workers on two cores code five times slower than one).  So ``auto``
-measures at the start of the shuffle, on every rank at once:
+measures once the values are counted and split (before that, its barrier would
+hold back the count, and then every rank would count at once), on every rank at once:
 
 - the link: ``worker.comm.linkprobe.probe_ring`` streams ~1.5% of this rank's plain
   shuffle (48 KiB to 1 MiB) to the next rank and times what arrives from the one
@@ -14,9 +15,10 @@ measures at the start of the shuffle, on every rank at once:
   decoded and fingerprinted again (what sender and owner do per value), on a
   thread while the probe runs, timed in CPU seconds (``coding_sample``), at the
   job's fingerprint density, so its bytes a value are the job's too;
-- the machine: its boot id and usable CPUs, so the ranks sharing one machine (a
-  bed of namespaces, containers, a local cluster) are counted, not guessed from
-  addresses.
+- the machine: its boot id, usable CPUs and load average, so the ranks sharing one
+  machine (a bed of namespaces, containers, a local cluster) are counted, not
+  guessed from addresses, and so is other work on its cores (the coding is timed
+  in CPU seconds; the larger of the two stretches it into wall seconds).
 
 An allgather brings every rank's figures (a few numbers each) to every rank; ``decide`` -- a
 pure function, the same on every rank -- predicts each rank's cost of the parts
@@ -67,6 +69,7 @@ class Measured:
     repeats: bool                     # this rank's sample shows repeated values
     host: str = ""                    # which machine (its kernel's boot id): ranks on one machine share its CPUs
     cpus: int = 1                     # the CPUs this rank may run on
+    load: float = 0.0                 # the machine's load average (1 minute): other work on its CPUs
 
     def entry(self) -> dict:
         """As it travels in the allgather that brings every rank's to every rank."""
@@ -96,18 +99,19 @@ def _median(xs: list[float]) -> float:
 def summary(ranks: list[dict]) -> dict:
     """The job's figures from every rank's (``Measured.entry``): each rank's predictions with its host's
     sharing, then medians (one rank's probe disturbed by a busy CPU does not decide), the slowest link,
-    any repeats, all values leaving, the most ranks on one core."""
+    any repeats, all values leaving, the most runnable work a core has."""
     on_host: dict[str, int] = {}
     for r in ranks:
         on_host[r["host"]] = on_host.get(r["host"], 0) + 1
-    sharing = [on_host[r["host"]] / max(1, r["cpus"]) for r in ranks]
+    # a core's share: the job's workers on that machine, or its load average when other work loads it more
+    sharing = [max(on_host[r["host"]], r.get("load", 0.0)) / max(1, r["cpus"]) for r in ranks]
     preds = [predict(r, s) for r, s in zip(ranks, sharing)]
     return {"plain_s": _median([p["plain_s"] for p in preds]), "compact_s": _median([p["compact_s"] for p in preds]),
             "coding_s": _median([p["coding_s"] for p in preds]),
             "link_rate": _median([r["link_rate"] for r in ranks]),
             "slowest_link_rate": min(r["link_rate"] for r in ranks),
             "compact_bytes": _median([r["compact_bytes"] for r in ranks]),
-            "ranks_per_cpu": round(max(sharing), 2),
+            "load_per_cpu": round(max(sharing), 2),
             "repeats": sum(int(r["repeats"]) for r in ranks), "leaving": sum(r["leaving"] for r in ranks)}
 
 
@@ -135,7 +139,7 @@ def report(encoding: str, why: str, job: dict | None, source: str, probe: dict |
         out.update({
             "link_mbit": mbit(job["link_rate"]), "slowest_link_mbit": mbit(job["slowest_link_rate"]),
             "coding_mvalues_per_s": round(1e-6 / job["coding_s"], 2) if job["coding_s"] > 0 else None,
-            "ranks_per_cpu": job["ranks_per_cpu"],
+            "load_per_cpu": job["load_per_cpu"],
             "compact_bytes_per_value": round(job["compact_bytes"], 2),
             "predicted_plain_s": round(job["plain_s"], 3),
             "predicted_compact_s": round(job["compact_s"], 3)})
@@ -144,21 +148,17 @@ def report(encoding: str, why: str, job: dict | None, source: str, probe: dict |
     return out
 
 
-def coding_sample(values: np.ndarray, leaving_per_owner: float, bits: int,
-                  chunk_bytes: int) -> tuple[float, float, np.ndarray]:
-    """(CPU seconds a value, bytes a value, the sample) of compact's per-value work on a sample of ``values``.
+def coding_sample(smp: np.ndarray, leaving_per_owner: float, bits: int, chunk_bytes: int) -> tuple[float, float]:
+    """(CPU seconds a value, bytes a value) of compact's per-value work on ``smp``, a sample of the values.
 
     CPU time of this thread, not wall time: the sample is too short to see how many
     workers compete for the cores (``summary`` counts them instead).
-
     The sample's fingerprints get fewer bits, so their gaps are those of the job's
     per-owner chunks (``leaving_per_owner`` values at ``bits`` bits): the Rice code's
     length, and the time to make it, are the job's.
     """
-    from shardstats.worker.ops.counting import sample
-    if len(values) == 0:
-        return 0.0, 0.0, values[:0]
-    smp = sample(values, CODING_SAMPLE)
+    if len(smp) == 0:
+        return 0.0, 0.0
     shift = math.log2(max(1.0, leaving_per_owner) / len(smp))
     sbits = int(min(64, max(8, round(bits - shift))))
     t = time.thread_time()
@@ -172,7 +172,7 @@ def coding_sample(values: np.ndarray, leaving_per_owner: float, bits: int,
         decode(c)
         nbytes += c["fq"].nbytes + c["fr"].nbytes + 8 + 16
     fingerprints(kept, sbits)
-    return (time.thread_time() - t) / len(smp), nbytes / len(smp), smp
+    return (time.thread_time() - t) / len(smp), nbytes / len(smp)
 
 
 @dataclass(frozen=True)
@@ -184,11 +184,18 @@ class Choice:
     stats: dict
 
 
-async def choose(comm: Communicator, asked: str, values: np.ndarray, link_mbit: float, chunk_bytes: int,
-                 repeat_share: float, tree: bool = False) -> Choice:
+def sample_of(values: np.ndarray) -> np.ndarray:
+    """The values ``choose`` codes to time the coding (a copy: the values themselves may be let go)."""
+    from shardstats.worker.ops.counting import sample
+    return sample(values, CODING_SAMPLE)
+
+
+async def choose(comm: Communicator, asked: str, n: int, leaving: int, smp: np.ndarray | None, link_mbit: float,
+                 chunk_bytes: int, repeat_share: float, tree: bool = False) -> Choice:
     """The job's encoding, the same on every rank: ``asked`` unless ``auto``, which measures (module doc).
 
-    A sample of this rank's values with a distinct share below ``repeat_share`` repeats (the mode's test).
+    This rank holds ``n`` values, ``leaving`` of them (or pairs) go to other ranks; ``smp`` is a sample of
+    them (``sample_of``; needed for ``auto``), which repeats when its distinct share is below ``repeat_share``.
     A ``tree`` job (one chunk in all) is plain whatever was asked.
     Plain asked: no round; compact asked: one allreduce (the job's value count sizes the
     fingerprints); auto off loopback: the probe round and an allgather of every rank's figures.
@@ -200,7 +207,7 @@ async def choose(comm: Communicator, asked: str, values: np.ndarray, link_mbit: 
     if asked == "plain":
         return Choice("plain", None, 0, report("plain", "asked for", None, "none"))
     if asked == "compact":
-        total = await allreduce(comm, {"n": len(values)}, sum_ints, "mode.plan")
+        total = await allreduce(comm, {"n": n}, sum_ints, "mode.plan")
         return Choice("compact", fingerprint_bits(total["n"], comm.size), 2 * depth,
                       report("compact", "asked for", None, "none"))
     if all_loopback(comm):
@@ -208,11 +215,11 @@ async def choose(comm: Communicator, asked: str, values: np.ndarray, link_mbit: 
                                                "copying memory, which the coding would only slow", None, "loopback"))
     t0 = time.perf_counter()
     size = comm.size
-    leaving = len(values) * (size - 1) // size
-    bits = fingerprint_bits(comm.total if comm.total is not None else len(values) * size, size)
+    bits = fingerprint_bits(comm.total if comm.total is not None else n * size, size)
+    assert smp is not None, "auto needs a sample of the values (sample_of)"
 
     def measure_cpu() -> tuple[float, float, bool]:
-        secs, nbytes, smp = coding_sample(values, leaving / max(1, size - 1), bits, chunk_bytes)
+        secs, nbytes = coding_sample(smp, leaving / max(1, size - 1), bits, chunk_bytes)
         return secs, nbytes, bool(len(smp)) and len(np.unique(smp)) < repeat_share * len(smp)
 
     probe = None
@@ -229,8 +236,8 @@ async def choose(comm: Communicator, asked: str, values: np.ndarray, link_mbit: 
         probe = {"bytes": p.received, "seconds": round(p.seconds, 4),
                  "mbit": mbit(p.rate)}
     m = Measured(leaving=leaving, link_rate=rate, coding_cpu=secs, compact_bytes=nbytes, repeats=rep,
-                 host=host_id(), cpus=usable_cpus())
-    ranks = await allgather(comm, {**m.entry(), "values": len(values)}, "mode.plan")
+                 host=host_id(), cpus=usable_cpus(), load=load_average())
+    ranks = await allgather(comm, {**m.entry(), "values": n}, "mode.plan")
     encoding, why, job = decide(ranks)
     bits = fingerprint_bits(sum(r["values"] for r in ranks), size) if encoding == "compact" else None
     stats = {**report(encoding, why, job, source, probe), "seconds": round(time.perf_counter() - t0, 4)}
@@ -245,6 +252,14 @@ def host_id() -> str:
             return f.read().strip()
     except OSError:
         return socket.gethostname()
+
+
+def load_average() -> float:
+    """The machine's 1-minute load average (0 where the platform has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
 
 
 def usable_cpus() -> int:

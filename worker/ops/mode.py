@@ -264,10 +264,10 @@ async def prune_heavy(comm: Communicator, box: list[np.ndarray], prune: str, tie
         "best_candidate_count": verdict["count"]}}
 
 
-def _count_and_pack(w: int, rank: int, box: list[np.ndarray], combine: str, counting: str, cfg: ShuffleConfig,
-                    fp_bits: int | None) -> tuple[list, list | None, bool, str, int]:
-    """The outgoing chunks per rank, the values kept for the compact rounds (``fp_bits`` set), whether values
-    were counted locally first ("combined"), how, and how many (value or pair) rows leave this rank."""
+def _count_and_split(w: int, rank: int, box: list[np.ndarray], combine: str, counting: str,
+                     cfg: ShuffleConfig) -> tuple[list, list, bool, str, int]:
+    """Per owner the chunks of bare values and of (value, count) pairs, whether values were counted locally
+    first ("combined"), how, and how many (value or pair) rows leave this rank."""
     values = box.pop()
     share = sample_share(values, COMBINE_SAMPLE) if len(values) > COMBINE_SAMPLE else None   # None: small, count
     if counting == "auto":
@@ -287,10 +287,14 @@ def _count_and_pack(w: int, rank: int, box: list[np.ndarray], combine: str, coun
         del values             # the chunks replace it
         counting = "none"
     leaving = sum(len(next(iter(c.values()))) for r in range(w) if r != rank for c in s_chunks[r] + m_chunks[r])
+    return s_chunks, m_chunks, combined, counting, leaving
+
+
+def _pack(s_chunks: list, m_chunks: list, fp_bits: int | None, chunk_bytes: int) -> tuple[list, list | None]:
+    """The outgoing chunks per owner, and the values kept for the compact rounds (``fp_bits`` set)."""
     if fp_bits is not None:
-        outgoing, kept = pack_fingerprints(s_chunks, m_chunks, fp_bits, cfg.chunk_bytes)
-        return outgoing, kept, combined, counting, leaving
-    return [s + m for s, m in zip(s_chunks, m_chunks)], None, combined, counting, leaving
+        return pack_fingerprints(s_chunks, m_chunks, fp_bits, chunk_bytes)
+    return [s + m for s, m in zip(s_chunks, m_chunks)], None
 
 
 def _aggregate(singles: list[np.ndarray], mvals: list[np.ndarray], mcounts: list[np.ndarray], tie_limit: int,
@@ -321,10 +325,11 @@ class ModeParams(ShuffleParams):
     counting: str = option("auto", "How to count: auto (a dense bincount when the value span is small, else a sort), "
                            "sort, dense, hash (Polars' value_counts).", choices=COUNTINGS, advanced=True)
     encoding: str = option("auto", "Shuffle encoding: compact (hash fingerprints, Rice-coded, ~2.3 bytes a value; "
-                           "full values only for candidate repeats), plain (8 bytes a value), auto (measures the links and "
-                           "the coding's speed at the start of the shuffle and picks compact where the links are "
+                           "full values only for candidate repeats), plain (8 bytes a value), auto (measures the "
+                           "links and the coding's speed before the shuffle and picks compact where the links are "
                            "slow for the bytes and values do not repeat; plain on loopback).", choices=ENCODINGS)
-    link_mbit: float = option(0.0, "Each worker's link rate in Mbit/s, for --encoding auto instead of measuring it (0: measure).",
+    link_mbit: float = option(0.0, "Each worker's link rate in Mbit/s, for --encoding auto instead of measuring it "
+                              "(0: measure).",
                               min=0, max=1e6)
     prune: str = option("auto", "Settle the mode from sampled heavy hitters (exact counts) and per-slot bounds for "
                         "every other value, shuffling only what the bounds cannot rule out: auto (jobs of at least "
@@ -389,11 +394,17 @@ async def _mode_once(comm: Communicator, values: np.ndarray, params: ModeParams)
             del left
         t = time.perf_counter()
         comm.progress.set("count")
-    choice = await compact_choice.choose(comm, params.encoding, box[0], params.link_mbit, cfg.chunk_bytes,
+    # auto chooses the encoding after the count (whose CPU it would otherwise hold back behind a barrier, all
+    # ranks then counting at once) from a sample taken now, while the values are still whole
+    n = len(box[0])
+    smp = compact_choice.sample_of(box[0]) if params.encoding == "auto" else None
+    s_chunks, m_chunks, combined, local_counting, leaving = await numpy_step(
+        n, _count_and_split, comm.size, comm.rank, box, combine, params.counting, cfg)
+    choice = await compact_choice.choose(comm, params.encoding, n, leaving, smp, params.link_mbit, cfg.chunk_bytes,
                                          COMBINE_BELOW, tree=cfg.strategy == "tree")   # one chunk: nothing to code
     encoding, fp_bits = choice.encoding, choice.bits
-    outgoing, kept, combined, local_counting, leaving = await numpy_step(
-        len(box[0]), _count_and_pack, comm.size, comm.rank, box, combine, params.counting, cfg, fp_bits)
+    outgoing, kept = await numpy_step(n if fp_bits else 0, _pack, s_chunks, m_chunks, fp_bits, cfg.chunk_bytes)
+    del s_chunks, m_chunks
     phases["count"] = time.perf_counter() - t
     peaks = {"count": memory.peak_rss_bytes()}
 
