@@ -368,6 +368,11 @@ def test_a_worker_killed_before_its_first_checkpoint_still_states_its_gap(tmp_pa
             assert t0 <= g0 <= g1 and again.buckets.added == 0
             ans = again.top(5, "5m")
             assert ans["gaps"] == again.gaps
+            live.path.write_bytes(b"\x00 not a checkpoint")          # damaged: all it held is gone, and said so
+            damaged = LiveService(c.servers[0])
+            assert damaged.restored["unusable"] and damaged.buckets.added == 0
+            (g0, g1), = damaged.gaps
+            assert g1 - g0 >= 25 * 3600_000 and damaged.top(5, "24h")["gaps"] == damaged.gaps
     asyncio.run(main())
 
 

@@ -9,12 +9,15 @@ It is not a batch job: it lives as long as the worker.  What it does, and where:
   delays only its own counts, which meanwhile merge in its outbox (bounded by distinct
   (key, minute) pairs, not by events); an owner adds what it receives to its buckets
   (worker.live.buckets) at once;
-* queries (``top``): this owner's top-K of a window; the client merges (worker.live.query);
+* queries: each owner pushes its top ``live_push_k`` of 5m, 1h and 24h to every worker when
+  its counts changed, so the one worker a client asks merges those at once
+  (worker.live.query); any other query, or one an owner's push cannot answer (stale, another
+  window), makes that worker ask every owner over its links (``top``: one owner's top-K);
 * checkpoints (every ``live_checkpoint_interval``, and at shutdown): the buckets to
   local disk (worker.live.store), restored at start with the gap stated.
 
 Requests are answered inline (no task per request): each is a bounded amount of work
-(``live_max_batch`` events, ``k`` keys).
+(``live_max_batch`` events, ``k`` keys); only a query that must ask the owners waits, in a task.
 """
 from __future__ import annotations
 
@@ -111,6 +114,7 @@ class LiveService:
             state = store.read(self.path)
         except (OSError, ValueError) as exc:
             logs.event("live_checkpoint_unreadable", logging.WARNING, path=str(self.path), error=exc)
+            self._lost_everything()
             return
         if state is None:
             return
@@ -122,12 +126,19 @@ class LiveService:
             gaps = [[int(a), int(b)] for a, b in state.get("gaps", [])]
         except (KeyError, TypeError, ValueError) as exc:
             logs.event("live_checkpoint_ignored", logging.WARNING, path=str(self.path), error=exc)
+            self._lost_everything()
             return
         self.buckets = buckets
         self.buckets.advance(self.started_ms)
         self.gaps = gaps + [[saved, self.started_ms]]
         self.restored = {"saved_ms": saved, "restarted_ms": self.started_ms, "path": str(self.path)}
         logs.event("live_restored", path=str(self.path), saved_ms=saved, gap_seconds=round((self.started_ms - saved) / 1e3, 1))
+
+    def _lost_everything(self) -> None:
+        """A previous life left a checkpoint that cannot be used: whatever it held is gone, and said so (a gap
+        over everything the buckets could hold) rather than answered as lower counts."""
+        self.gaps = [[self.started_ms - GAP_KEEP_MS, self.started_ms]]
+        self.restored = {"saved_ms": None, "restarted_ms": self.started_ms, "path": str(self.path), "unusable": True}
 
     def _state(self, saved_ms: int) -> dict:
         """A consistent snapshot (the buckets' dicts copied, on the loop); encoding it may happen elsewhere."""
