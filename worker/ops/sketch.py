@@ -109,8 +109,9 @@ async def sketch(comm: Communicator, values, params: SketchParams) -> tuple[dict
 
 def render(r: dict) -> list[str]:
     from shardstats.sketchkinds import render_answer
-    head = f"{r['kind']} sketch of {r['values']} values" + (f" (column {r['column']}" if r.get("column") else " (") + \
-        (f", {r['skipped']:,} nulls skipped)" if r.get("skipped") else ")")
+    said = ([f"column {r['column']}"] if r.get("column") else []) + \
+        ([f"{r['skipped']:,} nulls/NaN skipped"] if r.get("skipped") else [])
+    head = f"{r['kind']} sketch of {r['values']} values" + (f" ({', '.join(said)})" if said else "")
     lines = [head, *render_answer(r["kind"], r)]
     if "saved" in r:
         lines.append(f"sketch saved to {r['saved']}")
