@@ -93,11 +93,14 @@ class LiveService:
         self._tops: dict[int, dict] = {}      # worker -> its last pushed answers {"at_ms", "received", "answers"}
         self._pushing: set[int] = set()       # peers whose last push is still on its way
         self._dirty = False                   # the buckets took counts since the last push
+        self._active = False                  # events came here, or a peer pushed: this worker pushes too
         self._pushed_minute = 0
         self._tg: asyncio.TaskGroup | None = None
+        self._warm = False                    # the owners' hash (pyarrow) imported
         self._qids = 0
         self._restore()
         self._marked = self.restored is not None     # a checkpoint of this worker is on disk
+        self._active = self.restored is not None
         from shardstats.worker.live import http
         if getattr(server, "http", None) is not None:
             http.attach(self, server.http)
@@ -181,8 +184,6 @@ class LiveService:
         """The flush and checkpoint loops and a sender per peer; owned by the worker's task group (cancelled at
         shutdown, when a last checkpoint is written)."""
         try:
-            # The owners' hash needs pyarrow: imported now, on a thread, not in the first flush (~1 s on the loop).
-            await asyncio.to_thread(_warm)
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 tg.create_task(self._every(self.settings.live_flush_interval, self.flush))
@@ -204,6 +205,11 @@ class LiveService:
 
     async def flush(self) -> None:
         """Hands every pending count to its owner: this worker's own into its buckets, the rest as frames."""
+        if self.counters.pending and not self._warm:
+            # The owners' hash needs pyarrow: imported on a thread (~1 s), not on the loop, and only by a
+            # worker that gets events (a worker that never does never pays for it).
+            await asyncio.to_thread(_warm)
+            self._warm = True
         now = now_ms()
         self.buckets.advance(now)
         since = self.counters.pending_since
@@ -298,9 +304,10 @@ class LiveService:
 
     # -- pushed answers: a query one worker answers alone ------------------------------------------------
     async def _push_if_changed(self) -> None:
-        """Pushes when the buckets took counts since the last push, or a minute began (the windows moved)."""
+        """Pushes when the buckets took counts since the last push, or a minute began (the windows moved); only
+        once the live service is in use here (events, or a peer's push), so an idle cluster stays silent."""
         now = now_ms()
-        if self._dirty or now // MINUTE_MS != self._pushed_minute:
+        if self._active and (self._dirty or now // MINUTE_MS != self._pushed_minute):
             self._push(now)
 
     def _push(self, now: int) -> None:
@@ -338,6 +345,7 @@ class LiveService:
         for last in PUSHED:
             self._check_answer(peer_id, answers[last])
         self._tops[peer_id] = {"at_ms": msg["at_ms"], "received": now_ms(), "answers": answers}
+        self._active = True
 
     def peer_lost(self, peer_id: int) -> None:
         """A link to ``peer_id`` broke: its pushed answers no longer stand for it (queries ask the owners)."""
@@ -495,6 +503,7 @@ class LiveService:
     def _first_data(self, now: int) -> None:
         """The first counts this worker holds: a checkpoint (empty) goes to disk at once, so a worker killed
         before its first scheduled checkpoint still finds one at restart and states the gap since."""
+        self._active = True
         if self._marked:
             return
         self._marked = True
