@@ -171,9 +171,13 @@ def main() -> int:
     out = os.path.join(state, "events.npz")
     try:
         async def warm():
-            # Every worker's service up (its first flush done: pyarrow imported for the owners' hash) before the load.
+            # Every worker warm before the load: one event each ("warm-up", far from the top 10) makes its next
+            # flush import pyarrow for the owners' hash, which a worker does only once it has events.
+            from shardstats.cluster.live import IngestTotals
             async with LiveClient(info.workers, info.token.encode()) as cl:
-                while not all(r["up"] and r["flushes"] > 0 for r in await cl.stats()):
+                for i in range(a.workers):
+                    await cl.send_batch(["warm-up"], None, IngestTotals(), i)
+                while not all(r["up"] and r["pairs_flushed"] > 0 for r in await cl.stats()):
                     await asyncio.sleep(0.2)
         asyncio.run(warm())
         ctx = mp.get_context("spawn")
