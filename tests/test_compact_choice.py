@@ -121,7 +121,7 @@ def test_every_rank_probes_its_predecessors_link(size):
 def test_the_sample_codes_at_the_jobs_bytes_a_value(kind):
     """The sample's fingerprints are given the job's density: its bytes a value are what the job's chunks cost."""
     rng = np.random.default_rng(5)
-    w, n = 10, 400_000
+    w, n = 10, 200_000
     values = {"unique-dup": generate(n * w, w, "unique-dup", 3)[0],
               "full-range": rng.integers(I64_MIN, I64_MAX, n, dtype=np.int64),
               "narrow": rng.permutation(n).astype(np.int64) - n // 2}[kind]
