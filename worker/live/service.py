@@ -419,10 +419,10 @@ class LiveService:
         except LiveError as exc:
             raise ProtocolError(f"worker {peer_id} sent a bad live query: {exc}") from None
         link = self.server.links.get(peer_id)
-        if link is not None:
+        if link is not None and self._tg is not None:       # None: this worker is stopping
             frame = encode_frame(make("live", kind="answer", src=self.id, qid=msg.get("qid"), answer=body),
                                  self.settings.max_frame)
-            self.server.spawn(self._send_answer(link, frame))
+            self._tg.create_task(self._send_answer(link, frame))
 
     async def _send_answer(self, link, frame: bytes) -> None:
         try:
@@ -463,8 +463,10 @@ class LiveService:
                 cached = self.cached_top(msg["k"], msg["last"])
                 if cached is not None:
                     reply(make("live_answer", seq=seq, whole=cached))
+                elif self._tg is None:
+                    raise LiveError(f"worker {self.id} is stopping")
                 else:
-                    self.server.spawn(self._reply_whole(msg["k"], msg["last"], seq, reply))
+                    self._tg.create_task(self._reply_whole(msg["k"], msg["last"], seq, reply))
             elif t == "live_top":
                 reply(make("live_answer", seq=seq, **self.top(msg["k"], msg["last"], msg.get("at_ms"))))
             else:
@@ -513,7 +515,13 @@ class LiveService:
             logs.event("live_checkpoint_failed", logging.WARNING, path=str(self.path), error=exc)
 
     async def _reply_whole(self, k: int, last: str, seq: int, reply) -> None:
-        reply(make("live_answer", seq=seq, whole=await self.whole_top(k, last)))
+        try:
+            answer = await self.whole_top(k, last)
+        except Exception as exc:  # noqa: BLE001 - the request's boundary: its client hears it, the service goes on
+            logs.event("live_query_failed", logging.ERROR, error=repr(exc))
+            reply(make("live_answer", seq=seq, error=f"worker {self.id}: {exc!r}"))
+            return
+        reply(make("live_answer", seq=seq, whole=answer))
 
     @staticmethod
     def _check_query(k: object, last: object):
