@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from shardstats.coordinator.client import WorkerClient
 from shardstats.coordinator.job import CONNECT_ERRORS
-from shardstats.errors import ClusterUnavailable, ShardstatsError, UsageError
+from shardstats.errors import ClusterUnavailable, ShardstatsError, from_kind
 from shardstats.protocol.messages import make
 from shardstats.settings import DEFAULTS, Settings
 
@@ -99,7 +99,7 @@ class LiveClient:
                 continue
             totals.lost_workers.discard(i)
             if "error" in reply:
-                raise UsageError(f"worker {i} refused a batch: {reply['error']}")
+                raise from_kind(str(reply.get("kind", "usage")), f"worker {i} refused a batch: {reply['error']}")
             totals.sent += len(keys)
             totals.batches += 1
             totals.accepted += reply["accepted"]
@@ -170,7 +170,7 @@ class LiveClient:
                         continue
                     self._asked = i                     # the same worker next time: its connection is open
                     if "error" in reply:
-                        raise UsageError(reply["error"])
+                        raise from_kind(str(reply.get("kind", "usage")), reply["error"])
                     return reply["whole"]
         finally:
             for task in pending:

@@ -52,7 +52,12 @@ def _warm() -> None:
 
 
 class LiveError(ValueError):
-    """A request the service refuses (the message says what and where); nothing was changed."""
+    """A request the service refuses (the message says what and where); nothing was changed.  ``kind`` is the
+    error family the client raises (shardstats.errors.from_kind): the request's fault, or the worker's."""
+
+    def __init__(self, message: str, kind: str = "usage") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class LiveService:
@@ -464,7 +469,7 @@ class LiveService:
                 if cached is not None:
                     reply(make("live_answer", seq=seq, whole=cached))
                 elif self._tg is None:
-                    raise LiveError(f"worker {self.id} is stopping")
+                    raise LiveError(f"worker {self.id} is stopping", kind="job")
                 else:
                     self._tg.create_task(self._reply_whole(msg["k"], msg["last"], seq, reply))
             elif t == "live_top":
@@ -473,7 +478,7 @@ class LiveService:
                 reply(make("live_answer", seq=seq, **self.stats()))
         except LiveError as exc:
             self.refused += 1
-            reply(make("live_ack" if t == "live_events" else "live_answer", seq=seq, error=str(exc)))
+            reply(make("live_ack" if t == "live_events" else "live_answer", seq=seq, error=str(exc), kind=exc.kind))
 
     def ingest(self, keys: object, times: object = None, arrival_ms: int | None = None):
         """Checks a whole batch first (a bad one changes nothing: LiveError), then counts it."""
@@ -519,7 +524,7 @@ class LiveService:
             answer = await self.whole_top(k, last)
         except Exception as exc:  # noqa: BLE001 - the request's boundary: its client hears it, the service goes on
             logs.event("live_query_failed", logging.ERROR, error=repr(exc))
-            reply(make("live_answer", seq=seq, error=f"worker {self.id}: {exc!r}"))
+            reply(make("live_answer", seq=seq, error=f"worker {self.id}: {exc!r}", kind="job"))
             return
         reply(make("live_answer", seq=seq, whole=answer))
 
