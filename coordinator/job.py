@@ -297,11 +297,11 @@ async def _attempt(clients: list[WorkerClient], job: str, spec: JobSpec, files: 
             extra_run = {"schema": unify([m.get("schema") or [] for m in loaded])}
         else:
             extra_run = {}
-        t1 = time.perf_counter()
-        ranks = [c.worker_id for c in clients]
         passes = max((m.get("passes") or 1 for m in loaded), default=1)
         if passes > 1:      # a worker keeps its values on disk: every rank takes that many passes over them
             extra_run["passes"] = passes
+        t1 = time.perf_counter()
+        ranks = [c.worker_id for c in clients]
         for c in clients:
             await _send(c, make("run", job=job, op=spec.op, params=spec.params.to_wire(), ranks=ranks, total=total,
                                  timeout=spec.timeout, **extra_run))

@@ -85,7 +85,7 @@ def ours(data: Path, workers: int, cgroup: int | None, spill: Path) -> dict:
             t = time.perf_counter()
             r = run("submit", op, "--input", str(data), "--json", "--cluster-file", cf, "--timeout", "3000")
             secs = time.perf_counter() - t
-            assert r.returncode == 0, r.stderr
+            assert r.returncode == 0, f"{op}: {r.stderr}"
             d = json.loads(r.stdout)
             per = d["stats"]["per_worker"]
             out[op] = {"seconds": secs, "result": d["result"], "values": d["stats"]["values"],

@@ -89,5 +89,4 @@ class Settings:
                                           # answered by the one worker asked (0: every query asks every owner)
 
 
-
 DEFAULTS = Settings()

@@ -56,7 +56,8 @@ def in_memory_limit(budget: int | None, reserved: int = 0) -> int | None:
     if budget is None:
         return None
     from shardstats.worker.io.ondisk import WORKING_COPIES
-    return max(MIN_IN_MEMORY, (budget - memory.rss_bytes() - reserved) // WORKING_COPIES)
+    # A quarter of the budget is left to the page cache a job reads and writes through (a cgroup charges it).
+    return max(MIN_IN_MEMORY, (budget * 3 // 4 - memory.rss_bytes() - reserved) // WORKING_COPIES)
 
 
 def load_files(files: list[ShardRef | str], root: str | Access, column: str | int | None = None,

@@ -302,6 +302,7 @@ class Op:
     examples: tuple[str, ...] = ()                # command lines shown in `cluster submit <op> --help`
     summarize: Callable[[list[dict]], dict] = _no_summary   # op-specific job stats from the per-worker stats
     view: Callable[[dict], dict] = _same          # the result as the API's Result attributes read it
+    out_of_core: bool = False     # works from values kept on disk (worker/io/ondisk.py): passes or blocks
     # Keyed ops read records: the reader options for these params ({"kind": "table"|"documents", "columns": [...],
     # "text": COL, "id": COL, "cache": NAME}); None: the int64 values of today's statistics.
     reads: Callable[[Any], dict] | None = None
@@ -315,4 +316,3 @@ class Op:
     def __post_init__(self) -> None:
         if not self.name.isidentifier() or self.name.startswith("_"):
             raise ValueError(f"op name {self.name!r} must be a Python identifier (it becomes an API method)")
-    out_of_core: bool = False     # works from values kept on disk (worker/io/ondisk.py): passes or blocks
