@@ -52,7 +52,7 @@ from shardstats.worker.comm.linkprobe import FAST, probe_ring
 PLAIN_BYTES = 8.0              # a value on the plain wire (its msgpack framing is a few bytes a chunk)
 CODING_SAMPLE = 1 << 13        # values coded to time the coding: ~1.5 ms of a core
 # Calibrated on the netns bed (10 hosts sharing 2 cores; 15M unique values; 1 Gbit/s, 100 and 20 Mbit/s links):
-CODING_FACTOR = 3.0            # compact's extra CPU a value in the job (both ends, three rounds), over the sample's
+CODING_FACTOR = 2.5            # compact's extra CPU a value in the job (both ends, three rounds), over the sample's
 LINK_SHARE = 0.6               # the share of a link's probed rate a shuffle sustains (staggered rounds, credits)
 COMPACT_MARGIN = 0.9           # compact must be predicted to take at most this share of plain's time
 PROBE_SHARE = 1 / 64           # the probe's bytes, as a share of this rank's plain shuffle ...

@@ -31,6 +31,7 @@ is None).
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -394,14 +395,18 @@ async def _mode_once(comm: Communicator, values: np.ndarray, params: ModeParams)
             del left
         t = time.perf_counter()
         comm.progress.set("count")
-    # auto chooses the encoding after the count (whose CPU it would otherwise hold back behind a barrier, all
-    # ranks then counting at once) from a sample taken now, while the values are still whole
+    # The encoding is chosen while the values are counted and split (on a thread): its probe and allgather
+    # wait on the network, not on the slowest rank's count, from a sample taken now, while they are whole.
     n = len(box[0])
     smp = compact_choice.sample_of(box[0]) if params.encoding == "auto" else None
-    s_chunks, m_chunks, combined, local_counting, leaving = await numpy_step(
-        n, _count_and_split, comm.size, comm.rank, box, combine, params.counting, cfg)
-    choice = await compact_choice.choose(comm, params.encoding, n, leaving, smp, params.link_mbit, cfg.chunk_bytes,
-                                         COMBINE_BELOW, tree=cfg.strategy == "tree")   # one chunk: nothing to code
+    async with asyncio.TaskGroup() as tg:
+        split = tg.create_task(numpy_step(n, _count_and_split, comm.size, comm.rank, box, combine, params.counting,
+                                          cfg))
+        chosen = tg.create_task(compact_choice.choose(
+            comm, params.encoding, n, n * (comm.size - 1) // comm.size, smp, params.link_mbit, cfg.chunk_bytes,
+            COMBINE_BELOW, tree=cfg.strategy == "tree"))    # one chunk: nothing to code
+    s_chunks, m_chunks, combined, local_counting, leaving = split.result()
+    choice = chosen.result()
     encoding, fp_bits = choice.encoding, choice.bits
     outgoing, kept = await numpy_step(n if fp_bits else 0, _pack, s_chunks, m_chunks, fp_bits, cfg.chunk_bytes)
     del s_chunks, m_chunks
