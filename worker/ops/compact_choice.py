@@ -5,8 +5,9 @@ Rice-coding and decoding cost CPU that plain does not spend.  Which one finishes
 first depends on what only the running job can know: how fast its links carry
 bytes, how fast a worker codes values, and how many workers share each machine's
 cores (ten workers on two cores code five times slower than one).  So ``auto``
-measures once the values are counted and split (before that, its barrier would
-hold back the count, and then every rank would count at once), on every rank at once:
+measures while the values are counted and split (on a thread: the probe and the
+allgather wait on the network beside the count, not after the slowest rank's), on
+every rank at once:
 
 - the link: ``worker.comm.linkprobe.probe_ring`` streams ~1.5% of this rank's plain
   shuffle (48 KiB to 1 MiB) to the next rank and times what arrives from the one
