@@ -8,8 +8,9 @@ links, and within 10% of plain on loopback, where the "link" is a memory copy.  
 runs the mode of the problem's hard dataset (``unique-dup``: every value unique but
 one, so nearly all values cross the network) with each encoding, median of
 ``--repeat`` runs interleaved (run 1 of each encoding, then run 2, ...) so a load
-change on a shared machine hits all three alike, after one uncounted warm-up job,
-and prints per link:
+change on a shared machine hits all three alike, in a rotating order (a run right
+after compact's found its workers slower: auto always followed it), after one
+uncounted warm-up job, and prints per link:
 
     seconds (median, and every run), / best  (time over the better of plain and compact),
     MB sent (all workers), and what auto chose each run with its figures
@@ -85,7 +86,7 @@ def sweep(addrs: list[str], token: str, path: str | Path, want: tuple[int, int],
     runs: dict[str, list[dict]] = {e: [] for e in ENCODINGS}
     job(addrs, token, path, "plain", timeout)      # warm-up, not counted: fresh workers' first job pays imports
     for i in range(repeat):
-        for enc in ENCODINGS:
+        for enc in ENCODINGS[i % 3:] + ENCODINGS[:i % 3]:    # each encoding after each other one in turn
             m = measure(job(addrs, token, path, enc, timeout), want)
             runs[enc].append(m)
             log(f"  run {i + 1} {enc:8s} {m['seconds']:6.2f} s  {m['bytes_sent'] / 1e6:7.1f} MB  "
