@@ -182,11 +182,12 @@ def alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:  # a zombie child of ours counts as gone
+    try:  # a zombie child of ours counts as gone (reaped here)
         done, _ = os.waitpid(pid, os.WNOHANG)
         return done == 0
     except ChildProcessError:
-        return True
+        from shardstats.worker.spill import alive as running
+        return running(pid)          # anyone's zombie counts as gone too
 
 
 def start_time(pid: int) -> int | None:

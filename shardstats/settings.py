@@ -39,6 +39,10 @@ class Settings:
     read_timeout: float = 120.0           # a load that finishes no file within this is stuck: the worker is unhealthy
     memory_limit: int | None = None       # the memory a worker keeps within (values held, spill beyond); None: the
                                           # cgroup's limit or the physical memory (worker/memory.py machine_budget)
+    keyed_overhead: int = 200 << 20       # what a keyed job takes on a worker beside its rows: the idle worker
+                                          # (~45 MiB), DuckDB, Arrow and Polars loaded (~100) and their pools
+                                          # (measured: q10 in 15 thin slices peaked at ~300 MB); a budget whose
+                                          # three quarters leave less (with the links' queues) is refused, not killed
     spill_dir: str | None = None          # where a job keeps what exceeds memory_limit (worker/spill.py); None: the
                                           # system's temporary folder /shardstats-spill
     user_code: bool = True                # run mapreduce jobs' own functions (in a child process); False refuses them

@@ -61,7 +61,9 @@ def _write(d: Path, shards: list[np.ndarray], text_last: bool = False) -> None:
 
 def _settings(tmp_path) -> DEFAULTS.__class__:
     # Below the test process's own size: every rank may hold jobs.MIN_IN_MEMORY (4 MiB) of values at once.
-    return dataclasses.replace(DEFAULTS, memory_limit=16 << 20, spill_dir=str(tmp_path / "spill"))
+    # keyed_overhead 0: in one test process the engine's imports are shared, and slices as thin as 4 MiB are
+    # what these tests exercise (test_a_budget_below_the_engine... checks the default's refusal)
+    return dataclasses.replace(DEFAULTS, memory_limit=64 << 20, spill_dir=str(tmp_path / "spill"), keyed_overhead=0)
 
 
 def test_grace_slices_partition_the_values_and_each_spreads_over_every_owner(tmp_path):
@@ -360,9 +362,30 @@ async def test_an_op_that_loads_its_share_whole_is_refused_before_it_could_be_ki
     pacsv.write_csv(pa.table({"w": words}), t / "w.csv")
     async with in_process_cluster(3, root=str(tmp_path), settings=_settings(tmp_path)) as c:
         with pytest.raises(InputError, match=r"this worker's share of the input \(~\d+ MiB in memory\) is more than "
-                                             r"its memory budget \(16 MiB, --memory-limit\) holds for a job that "
+                                             r"its memory budget \(64 MiB, --memory-limit\) holds for a job that "
                                              r"loads it whole; group-by and join go beyond memory"):
             await run_job(c.addrs, c.token, job_spec("wordcount", str(d), {}))
         rep = await run_job(c.addrs, c.token, job_spec("groupby", str(t), {"by": "w", "agg": ["count()"]}))
         assert max(w.get("passes", 1) for w in rep.workers) > 1
         assert sorted(map(tuple, rep.result["data"])) == sorted(Counter(words.tolist()).items())
+
+
+async def test_a_budget_below_what_the_engine_needs_refuses_a_keyed_job_in_one_line(tmp_path):
+    """With the default keyed overhead (DuckDB, Arrow and Polars loaded beside the rows), a 64 MiB budget
+    cannot hold even the thinnest slice: refused with exit 2 and one line, and the next job runs."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    t = tmp_path / "t"
+    t.mkdir()
+    words = np.array(["a", "b", "c"])[np.random.default_rng(1).integers(0, 3, 1_500_000)]
+    pacsv.write_csv(pa.table({"w": words}), t / "w.csv")
+    settings = dataclasses.replace(_settings(tmp_path), keyed_overhead=DEFAULTS.keyed_overhead)
+    async with in_process_cluster(3, root=str(tmp_path), settings=settings) as c:
+        with pytest.raises(InputError, match=r"this worker's memory budget \(64 MiB, --memory-limit\) is too small "
+                                             r"for this share of a keyed job \(~\d+ MiB in memory\): a keyed job "
+                                             r"needs about \d+ MiB on a worker even in its thinnest slices"):
+            await run_job(c.addrs, c.token, job_spec("groupby", str(t), {"by": "w", "agg": ["count()"]}))
+        small = tmp_path / "small"
+        _write(small, [np.array([4, 4, 5], np.int64)])
+        rep = await run_job(c.addrs, c.token, job_spec("mode", str(small), {}))
+        assert (rep.result["value"], rep.result["count"]) == (4, 2)

@@ -43,6 +43,7 @@ class Access:
     cache: object = None          # the worker's DatasetCache (worker/cache.py): keyed jobs' warm inputs
     spill_dir: str | None = None  # where jobs' spill folders go (worker/spill.py); None: the system's temp folder
     reserved: int = 0             # what the links may hold beside a job's values: frames queued to every peer
+    keyed_overhead: int = 0       # what a keyed job takes beside its rows (Settings.keyed_overhead)
 
 
 MIN_IN_MEMORY = 4 << 20      # a pass holds at least this much: below it, passes cost more than memory saves
@@ -337,9 +338,17 @@ def _plan_slices(job: Job, root: str | Access, read: dict):
         return None
     guess = slices.estimate_bytes((_size(resolve(r.path, access.root, access.confined)),
                                    PurePath(r.path).suffix.lower()) for r in job.files)
-    limit = in_memory_limit(access.budget, access.reserved)
+    limit = in_memory_limit(access.budget, access.reserved + access.keyed_overhead)
     if guess <= limit:
         return None
+    from shardstats.worker.io.ondisk import WORKING_COPIES
+    from shardstats.worker.io.source import mib
+    need = access.reserved + access.keyed_overhead + WORKING_COPIES * MIN_IN_MEMORY
+    if access.budget * 3 // 4 < need:
+        # Slices as thin as we allow would still not fit beside the engine: refused, not started and killed.
+        raise InputError(f"this worker's memory budget ({mib(access.budget)}, --memory-limit) is too small for "
+                         f"this share of a keyed job (~{mib(guess)} in memory): a keyed job needs about "
+                         f"{mib(need * 4 // 3)} on a worker even in its thinnest slices; raise the limit or add workers")
     if not slice_on or read.get("cache"):
         # An op that holds its whole share (word count, the index, sort, MapReduce, a cached dataset): refused
         # at twice what a pass may hold, rather than killed by the kernel halfway through the job.

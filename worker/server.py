@@ -68,7 +68,8 @@ class WorkerServer:
         from shardstats.worker.comm.shuffle import DEFAULT_CHUNK_BYTES
         self.access = jobs.Access(root, confine, settings.memory_limit or memory.machine_budget(), DatasetCache(),
                                   settings.spill_dir,
-                                  reserved=settings.send_queue_frames * DEFAULT_CHUNK_BYTES * (len(peers) - 1))
+                                  reserved=settings.send_queue_frames * DEFAULT_CHUNK_BYTES * (len(peers) - 1),
+                                  keyed_overhead=settings.keyed_overhead)
         spill.sweep(settings.spill_dir or spill.default_base())    # what a killed worker of this machine left
         from shardstats.worker.engine import aggregate
         aggregate.configure(self.access.budget, settings.spill_dir or spill.default_base())
@@ -384,6 +385,8 @@ class WorkerServer:
                 job.task = asyncio.current_task()
                 job.op = msg["op"]
                 out = await self._run(job, msg)
+                if job.spill is not None:
+                    job.spill.close()       # before the answer: whoever hears "done" finds no spill file left
                 self.jobs_run += 1
                 self.last_job = {"job": job_id, "op": msg["op"], "seconds": out["stats"]["seconds"],
                                  "bytes_sent": sum(out["stats"]["bytes_sent"])}

@@ -30,14 +30,20 @@ def default_base() -> str:
     return os.path.join(tempfile.gettempdir(), "shardstats-spill")
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs: a zombie (killed, not yet reaped: a detached worker's parent is init,
+    which may reap it late) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:         # someone else's process: alive
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def sweep(base: str | os.PathLike) -> list[str]:
@@ -49,7 +55,7 @@ def sweep(base: str | os.PathLike) -> list[str]:
         return removed
     for e in entries:
         m = re.fullmatch(rf"(?:{PREFIX}.*|duckdb)-p(\d+)", e.name)     # a job's folder, or a process's DuckDB's
-        if m and e.is_dir(follow_symlinks=False) and not _alive(int(m.group(1))):
+        if m and e.is_dir(follow_symlinks=False) and not alive(int(m.group(1))):
             shutil.rmtree(e.path, ignore_errors=True)
             removed.append(e.name)
     return removed

@@ -126,6 +126,7 @@ async def run_in_slices(comm, sliced: Sliced, op, params) -> tuple[dict | None, 
             comm.pass_index = p
             got, st = await op.run(comm, values, params)
             del values
+            _release()
             stats = add_stats(stats, st)
             if got is not None:
                 answer = got if answer is None else combine_rows(answer, got, getattr(params, "limit", 0))
@@ -134,6 +135,15 @@ async def run_in_slices(comm, sliced: Sliced, op, params) -> tuple[dict | None, 
     stats.setdefault("phases", {})["read"] = read_s
     stats["passes"] = passes
     return answer, stats
+
+
+def _release() -> None:
+    """A pass's memory back to the OS before the next: Arrow's pool (mimalloc) and the C heap keep freed
+    pages otherwise, and a worker taking forty passes would hold forty passes' worth."""
+    import pyarrow as pa
+    from shardstats.worker import memory
+    pa.default_memory_pool().release_unused()
+    memory.release()
 
 
 def combine_rows(a: dict, b: dict, limit: int) -> dict:
