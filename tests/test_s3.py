@@ -7,6 +7,7 @@ checked against numpy / collections.Counter; every bad object is one line naming
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -68,8 +69,10 @@ def _env(endpoint: str, key: str = "testing", secret: str = "testing") -> dict[s
             "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_EC2_METADATA_DISABLED": "true"}
 
 
-@pytest.fixture(scope="module")
-def s3():
+@contextlib.contextmanager
+def moto_store():
+    """A moto S3 server on a free port, and this process's environment seeing only it (processes started
+    inside inherit it): yields that environment. Skips the test where the server cannot start."""
     try:
         srv = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         srv.start()
@@ -77,13 +80,21 @@ def s3():
         pytest.skip(f"the S3 test server (moto) cannot start on 127.0.0.1: {exc}")
     _, port = srv.get_host_and_port()
     env = _env(f"http://127.0.0.1:{port}")
-    with pytest.MonkeyPatch.context() as mp:      # workers started below inherit it
-        for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
-            mp.delenv(k, raising=False)
-        for k, v in env.items():
-            mp.setenv(k, v)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+                mp.delenv(k, raising=False)
+            for k, v in env.items():
+                mp.setenv(k, v)
+            yield env
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def s3():
+    with moto_store() as env:
         yield Store(env["AWS_ENDPOINT_URL"], env)
-    srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -20,29 +20,14 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture(scope="module")
 def bucket():
     import boto3
-    try:
-        srv = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        srv.start()
-    except OSError as exc:
-        pytest.skip(f"the S3 test server (moto) cannot start on 127.0.0.1: {exc}")
-    _, port = srv.get_host_and_port()
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": os.devnull,
-           "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_EC2_METADATA_DISABLED": "true"}
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
-                mp.delenv(k, raising=False)
-            for k, v in env.items():
-                mp.setenv(k, v)
-            from shardstats.worker.io import objects
-            objects._shared.clear()          # a client made before this environment would not see the server
-            boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1").create_bucket(
-                Bucket="sketches")
-            yield "s3://sketches"
-            objects._shared.clear()
-    finally:
-        srv.stop()
+    from tests.test_s3 import moto_store
+    with moto_store() as env:
+        from shardstats.worker.io import objects
+        objects._shared.clear()          # a client made before this environment would not see the server
+        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1").create_bucket(
+            Bucket="sketches")
+        yield "s3://sketches"
+        objects._shared.clear()
 
 
 def _show(*args):

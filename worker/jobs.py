@@ -74,7 +74,7 @@ def load_files(files: list[ShardRef | str], root: str | Access, column: str | in
             counts = [ondisk.npy_values(r, w) for r, w in zip(refs, where)]
             guess = sum(8 * c if c is not None else _size(w) for c, w in zip(counts, where))
             if guess > in_memory_limit(access.budget, access.reserved):
-                return ondisk.load(refs, where, column, header, spill, progress)
+                return ondisk.load(refs, where, column, header, spill, progress, access.budget)
     arrays = []
     held = 0
     objects = None                   # one object-store client per load, made only when an s3:// shard comes

@@ -155,9 +155,11 @@ def npy_values(ref: ShardRef, real_path: str) -> int | None:
         return None
 
 
-def load(refs: list[ShardRef], where: list[str], column, header, spill, progress=None) -> np.ndarray:
+def load(refs: list[ShardRef], where: list[str], column, header, spill, progress=None,
+         budget: int | None = None) -> np.ndarray:
     """Every shard's values as one read-only int64 map: a lone native-int64 .npy where it lies, else one
-    spill file the shards are appended to, one at a time (each file is read whole, so each must fit)."""
+    spill file the shards are appended to, one at a time (a file other than .npy is read whole, so each must
+    fit ``budget``: a larger one is refused before it is read, as in memory)."""
     if len(refs) == 1 and Path(refs[0].path).suffix.lower() == ".npy":
         m = map_npy(refs[0], where[0])
         if m.dtype == np.dtype("<i8") or len(m) == 0:
@@ -179,7 +181,7 @@ def load(refs: list[ShardRef], where: list[str], column, header, spill, progress
                     n += len(b)
                 del m
             else:
-                b = read_shard(ref, column, real_path=real, header=header)
+                b = read_shard(ref, column, real_path=real, header=header, budget=budget)
                 out.write(b)
                 n += len(b)
                 del b
