@@ -33,6 +33,13 @@ def _peak_new_bytes(fn, *args, make=None):
         tracemalloc.stop()
 
 
+def _count_and_pack(w, rank, box, combine, counting, cfg, fp_bits):
+    """The mode's local step as the job runs it: count and split per owner, then pack the chunks."""
+    s_chunks, m_chunks, combined, how, leaving = mode_op._count_and_split(w, rank, box, combine, counting, cfg)
+    outgoing, kept = mode_op._pack(s_chunks, m_chunks, fp_bits, cfg.chunk_bytes)
+    return outgoing, kept, combined, how, leaving
+
+
 @pytest.mark.parametrize("workers", [1, 3, 8, 40])
 def test_partitioning_for_the_shuffle_holds_the_data_about_once(workers):
     """Every owner's chunks are made without a second full copy (partitioned blocks, then chunks) next to them."""
@@ -43,7 +50,7 @@ def test_partitioning_for_the_shuffle_holds_the_data_about_once(workers):
     cfg = ShuffleConfig()
     box = [values.copy()]
     (outgoing, kept, combined, _, _), peak = _peak_new_bytes(
-        mode_op._count_and_pack, workers, 0, box, "never", "sort", cfg, None)
+        _count_and_pack, workers, 0, box, "never", "sort", cfg, None)
     assert kept is None and not combined
     assert peak < 1.3 * share, f"partitioning held {peak / share:.2f}x the data at once"
     got = []
@@ -75,10 +82,10 @@ def test_only_a_handed_over_input_is_given_back_as_it_is_partitioned():
     rng = np.random.default_rng(3)
     theirs = rng.integers(-(2 ** 62), 2 ** 62, 4_000_000)
     keep = theirs.copy()
-    mode_op._count_and_pack(4, 0, [theirs], "never", "sort", ShuffleConfig(), None)
+    _count_and_pack(4, 0, [theirs], "never", "sort", ShuffleConfig(), None)
     assert np.array_equal(theirs, keep)
     given = memory.hand_over(keep.copy())
-    outgoing = mode_op._count_and_pack(4, 0, [given], "never", "sort", ShuffleConfig(), None)[0]
+    outgoing = _count_and_pack(4, 0, [given], "never", "sort", ShuffleConfig(), None)[0]
     # the released pages of the array (still referenced here) read as zeros: most of it went back
     assert np.count_nonzero(given) < len(given) // 4
     got = np.concatenate([c["s"] for chunks in outgoing for c in chunks])

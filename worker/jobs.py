@@ -137,14 +137,14 @@ def load_table(files: list[ShardRef], root: str | Access, read: dict, progress: 
         else:
             t = readers.read_table(ref, where, read.get("columns"), budget,
                                    None if keep is None else (lambda piece, side=side: keep(piece, side)))
-        described.append([[f.name, str(f.type), ref.path] for f in t.schema])
-        if keep is not None and kind == "documents":
-            t = keep(t, side)
         if read.get("ordinals") is not None:
             # where each row stands in the input (the file's place in the listing, the row's in the file):
-            # a sort's hidden last key, so equal keys keep the input's order
+            # a sort's hidden last key, so equal keys keep the input's order (an op with ordinals takes no slices)
             t = t.append_column("__sort_file", pa.array(np.full(t.num_rows, read["ordinals"][i], np.int64)))
             t = t.append_column("__sort_row", pa.array(np.arange(t.num_rows, dtype=np.int64)))
+        described.append([[f.name, str(f.type), ref.path] for f in t.schema])     # the hidden columns too
+        if keep is not None and kind == "documents":
+            t = keep(t, side)
         held += t.nbytes
         tables.append(t)
         if progress is not None:
@@ -426,26 +426,26 @@ async def run(job: Job, comm: TcpComm, op: Op, params: Params) -> dict:
     async with reporting(job.id, comm.progress, job.report, job.progress_interval, lambda: sum(cs.bytes_sent)):
         # The op gets the only reference to the data (no local name here), handed over so it may give
         # the memory back as it consumes the values (``memory.hand_over``).
-        values = job.take_values()
+        box = [job.take_values()]           # popped into the call: no name here keeps the values alive
         from shardstats.worker.engine import slices
         if comm.passes > 1 and job.read is not None:     # a keyed job some worker takes in key slices
             slice_on = (job.read or {}).get("slice_on")
             if not slice_on:
                 raise JobError(f"{op.name}: a worker's share was planned in slices the op does not take")
-            if not isinstance(values, slices.Sliced):
-                values = slices.in_memory(values, slice_on)
-            result, opstats = await slices.run_in_slices(comm, values, op, params)
-            values = None
-        elif isinstance(values, np.memmap) and not op.out_of_core:
+            sliced = box.pop()
+            if not isinstance(sliced, slices.Sliced):
+                sliced = slices.in_memory(sliced, slice_on)
+            result, opstats = await slices.run_in_slices(comm, sliced, op, params)
+            del sliced
+        elif isinstance(box[0], np.memmap) and not op.out_of_core:
             from shardstats.worker.io.source import mib
             from shardstats.worker.ops import registry
             beyond = ", ".join(sorted(n for n, o in registry.ops().items() if o.out_of_core))
-            raise InputError(f"{op.name}: this worker's values take {mib(values.nbytes)}, more than its memory "
+            raise InputError(f"{op.name}: this worker's values take {mib(box[0].nbytes)}, more than its memory "
                              f"budget holds (--memory-limit); {op.name} works in memory only (beyond memory: "
                              f"{beyond}); add workers or raise the limit")
         else:
-            result, opstats = await op.run(comm, memory.hand_over(values), params)
-        del values
+            result, opstats = await op.run(comm, memory.hand_over(box.pop()), params)
     stats = {
         "id": my_id, "rank": comm.rank, "values": n, "files": len(job.files),
         "seconds": time.perf_counter() - t, "load_seconds": job.load_seconds,

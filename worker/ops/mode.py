@@ -348,9 +348,11 @@ async def mode(comm: Communicator, values: np.ndarray, params: ModeParams) -> tu
     Values kept on disk (``comm.passes`` > 1, worker/io/ondisk.py) are counted in passes: each pass
     holds the values of one hash slice, a dataset of its own whose values no other pass has, so the
     passes' bests combine exactly as the owners' do."""
+    box = [values]              # no name in this frame may keep the values alive while the count frees them
+    del values
     if comm.passes > 1:
-        return await _in_passes(comm, values, params)
-    return await _mode_once(comm, values, params)
+        return await _in_passes(comm, box.pop(), params)
+    return await _mode_once(comm, box.pop(), params)
 
 
 async def _in_passes(comm: Communicator, values: np.ndarray, params: ModeParams) -> tuple[dict | None, dict]:
@@ -407,6 +409,7 @@ async def _mode_once(comm: Communicator, values: np.ndarray, params: ModeParams)
             COMBINE_BELOW, tree=cfg.strategy == "tree"))    # one chunk: nothing to code
     s_chunks, m_chunks, combined, local_counting, leaving = split.result()
     choice = chosen.result()
+    del split, chosen          # a done task keeps its result: the chunks would outlive their sending
     encoding, fp_bits = choice.encoding, choice.bits
     outgoing, kept = await numpy_step(n if fp_bits else 0, _pack, s_chunks, m_chunks, fp_bits, cfg.chunk_bytes)
     del s_chunks, m_chunks
