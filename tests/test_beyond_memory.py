@@ -363,7 +363,7 @@ async def test_an_op_that_loads_its_share_whole_is_refused_before_it_could_be_ki
     async with in_process_cluster(3, root=str(tmp_path), settings=_settings(tmp_path)) as c:
         with pytest.raises(InputError, match=r"this worker's share of the input \(~\d+ MiB in memory\) is more than "
                                              r"its memory budget \(64 MiB, --memory-limit\) holds for a job that "
-                                             r"loads it whole; group-by and join go beyond memory"):
+                                             r"loads it whole; group-by, join and sort go beyond memory"):
             await run_job(c.addrs, c.token, job_spec("wordcount", str(d), {}))
         rep = await run_job(c.addrs, c.token, job_spec("groupby", str(t), {"by": "w", "agg": ["count()"]}))
         assert max(w.get("passes", 1) for w in rep.workers) > 1
@@ -389,3 +389,42 @@ async def test_a_budget_below_what_the_engine_needs_refuses_a_keyed_job_in_one_l
         _write(small, [np.array([4, 4, 5], np.int64)])
         rep = await run_job(c.addrs, c.token, job_spec("mode", str(small), {}))
         assert (rep.result["value"], rep.result["count"]) == (4, 2)
+
+
+async def test_a_sort_beyond_the_budget_runs_in_ranges_and_equals_duckdb(tmp_path):
+    """A sort whose share exceeds the budget: ranges of its own order agreed from every worker's sample, one a
+    pass, parts named pass first -- their concatenation in name order is DuckDB's order, ties in input order,
+    NULLs where asked; with --partition-by every value's rows stay in one part."""
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    rng = np.random.default_rng(21)
+    t = tmp_path / "t"
+    t.mkdir()
+    start = 0
+    for i, n in enumerate((150_000, 150_000, 900)):
+        k = rng.zipf(1.3, n) % 500
+        pq.write_table(pa.table({"k": pa.array(k, mask=rng.random(n) < 0.01),
+                                 "s": pa.array([f"u{x:03d}" for x in rng.integers(0, 40, n)]),
+                                 "p": np.arange(start, start + n)}), t / f"p{i}.parquet")
+        start += n
+    con = duckdb.connect()
+    async with in_process_cluster(3, root=str(tmp_path), settings=_settings(tmp_path)) as c:
+        rep = await run_job(c.addrs, c.token, job_spec("sort", str(t), {"by": "k,s", "desc": "s", "nulls": "first",
+                                                                       "out": str(tmp_path / "a")}))
+        assert max(w.get("passes", 1) for w in rep.workers) > 1
+        names = sorted(x.name for x in (tmp_path / "a").iterdir())
+        assert names[0] == "part-0000-00000.parquet" and len(names) == rep.result["parts"]
+        got = pa.concat_tables([pq.read_table(tmp_path / "a" / n) for n in names])
+        want = con.sql(f"select p from '{t}/*.parquet' order by k nulls first, s desc, p").fetchall()
+        assert got.column("p").to_pylist() == [r[0] for r in want]          # every row once, in order, ties stable
+        rep = await run_job(c.addrs, c.token, job_spec("sort", str(t), {"by": "s,k", "partition_by": "s",
+                                                                       "out": str(tmp_path / "b")}))
+        parts = [pq.read_table(f) for f in sorted((tmp_path / "b").iterdir())]
+        owner = {}
+        for i, part in enumerate(parts):
+            for v in set(part.column("s").to_pylist()):
+                assert owner.setdefault(v, i) == i                           # one part per value of s
+        got = pa.concat_tables(parts)
+        want = con.sql(f"select p from '{t}/*.parquet' order by s, k nulls last, p").fetchall()
+        assert got.column("p").to_pylist() == [r[0] for r in want]

@@ -135,15 +135,16 @@ def load_table(files: list[ShardRef], root: str | Access, read: dict, progress: 
         if kind == "documents":
             t = readers.read_documents(ref, where, read.get("text"), read.get("id"), budget)
         else:
+            ordinals = read.get("ordinals") is not None      # row positions must be the whole file's
             t = readers.read_table(ref, where, read.get("columns"), budget,
-                                   None if keep is None else (lambda piece, side=side: keep(piece, side)))
+                                   None if keep is None or ordinals else (lambda piece, side=side: keep(piece, side)))
         if read.get("ordinals") is not None:
             # where each row stands in the input (the file's place in the listing, the row's in the file):
             # a sort's hidden last key, so equal keys keep the input's order (an op with ordinals takes no slices)
             t = t.append_column("__sort_file", pa.array(np.full(t.num_rows, read["ordinals"][i], np.int64)))
             t = t.append_column("__sort_row", pa.array(np.arange(t.num_rows, dtype=np.int64)))
         described.append([[f.name, str(f.type), ref.path] for f in t.schema])     # the hidden columns too
-        if keep is not None and kind == "documents":
+        if keep is not None and (kind == "documents" or read.get("ordinals") is not None):
             t = keep(t, side)
         held += t.nbytes
         tables.append(t)
@@ -350,24 +351,27 @@ def _plan_slices(job: Job, root: str | Access, read: dict):
                          f"this share of a keyed job (~{mib(guess)} in memory): a keyed job needs about "
                          f"{mib(need * 4 // 3)} on a worker even in its thinnest slices; raise the limit or add workers")
     if not slice_on or read.get("cache"):
-        # An op that holds its whole share (word count, the index, sort, MapReduce, a cached dataset): refused
+        # An op that holds its whole share (word count, the index, MapReduce, a cached dataset): refused
         # at twice what a pass may hold, rather than killed by the kernel halfway through the job.
         if guess > 2 * limit:
             from shardstats.worker.io.source import mib
             raise InputError(f"this worker's share of the input (~{mib(guess)} in memory) is more than its memory "
                              f"budget ({mib(access.budget)}, --memory-limit) holds for a job that loads it whole"
-                             f"{' (--cache keeps it in memory)' if read.get('cache') else ''}; group-by and join "
-                             f"go beyond memory, this op does not yet: add workers or raise the limit")
+                             f"{' (--cache keeps it in memory)' if read.get('cache') else ''}; group-by, join and "
+                             f"sort go beyond memory, this op does not yet: add workers or raise the limit")
         return None
     from shardstats.worker.io.ondisk import passes_for
     passes = passes_for(guess, limit)
 
-    def reader(p: int, n: int):
-        keep = lambda t, side: slices.keep_slice(t, slice_on.get(side) or slice_on["main"], p, n)  # noqa: E731
+    def read_with(keep):
         return load_table(job.files, access, read, None, keep)
-    first, described = reader(0, passes)
     job.passes = passes
-    return slices.Sliced(reader, passes, first), described
+    if read.get("slice_ranges"):       # a sort: ranges of its order, agreed from samples at the run
+        sample, described = read_with(slices.sample_rows)
+        return slices.Sliced(read_with, passes, sample=sample), described
+    keep_for = slices.hash_keep(slice_on)
+    first, described = read_with(keep_for(0, passes))
+    return slices.Sliced(read_with, passes, first, keep_for=keep_for), described
 
 
 async def _read_in_thread(job: Job, root: str | Access, progress: Progress, read_timeout: float | None,
@@ -434,7 +438,7 @@ async def run(job: Job, comm: TcpComm, op: Op, params: Params) -> dict:
                 raise JobError(f"{op.name}: a worker's share was planned in slices the op does not take")
             sliced = box.pop()
             if not isinstance(sliced, slices.Sliced):
-                sliced = slices.in_memory(sliced, slice_on)
+                sliced = slices.in_memory(sliced, job.read)
             result, opstats = await slices.run_in_slices(comm, sliced, op, params)
             del sliced
         elif isinstance(box[0], np.memmap) and not op.out_of_core:

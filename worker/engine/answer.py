@@ -154,8 +154,9 @@ def out_dir(comm: Communicator, out: str) -> str:
 
 
 def part_name(rank: int, pass_index: int | None = None) -> str:
-    """A reducer's part file; a job taken in key slices (worker/engine/slices.py) writes one a pass."""
-    return f"part-{rank:05d}.parquet" if pass_index is None else f"part-{rank:05d}-{pass_index:04d}.parquet"
+    """A reducer's part file; a job taken in slices (worker/engine/slices.py) writes one a pass, named pass
+    first, so a sort's parts in name order are still its rows in order (pass by pass, reducer by reducer)."""
+    return f"part-{rank:05d}.parquet" if pass_index is None else f"part-{pass_index:04d}-{rank:05d}.parquet"
 
 
 async def write_parts(comm: Communicator, table, out: str, job: str, overwrite: bool = False) -> dict:

@@ -64,16 +64,27 @@ def estimate_bytes(sizes_and_suffixes) -> int:
 
 
 class Sliced:
-    """A worker's share of a keyed job, read one slice a pass: ``reader(p, passes)`` -> (table or Sides,
-    described).  Pass 0's rows are read at the load (the schema agreement needs every file's types); the
-    job's passes are the most any worker needs, so a worker that planned fewer reads its slices anew."""
+    """A worker's share of a keyed job, read one slice a pass.
 
-    def __init__(self, reader, passes: int, first=None) -> None:
-        self.reader = reader
+    ``read_with(keep)`` reads the share keeping, of each file, the rows ``keep(table, side)`` returns, and
+    gives (table or Sides, described); ``keep_for(p, passes)`` is pass ``p``'s keep: a hash slice of the keys
+    (known at the load), or, for a sort, a range between boundaries the ranks agree on at the run
+    (``ranges``: ``sample`` holds this worker's sample of the rows for that).  A hash job reads pass 0 at the
+    load (the schema agreement needs every file's types); the job's passes are the most any worker needs,
+    so a worker that planned fewer reads its slices anew."""
+
+    def __init__(self, read_with, passes: int, first=None, keep_for=None, sample=None) -> None:
+        self.read_with = read_with
         self.passes = passes
         self.first = first
+        self.keep_for = keep_for
+        self.sample = sample           # a range-sliced job's sample of this worker's rows
         self.schema = None
-        self.num_rows = getattr(first, "num_rows", 0)
+        self.num_rows = getattr(first if first is not None else sample, "num_rows", 0)
+
+    @property
+    def ranges(self) -> bool:
+        return self.sample is not None
 
     def conform(self, schema) -> "Sliced":
         self.schema = schema
@@ -92,23 +103,40 @@ class Sliced:
         if p == 0 and first is not None and passes == self.passes:
             return self._conformed(first)
         del first
-        values, _ = await asyncio.to_thread(self.reader, p, passes)
+        values, _ = await asyncio.to_thread(self.read_with, self.keep_for(p, passes))
         return self._conformed(values)
 
     def __len__(self) -> int:
         return self.num_rows
 
 
-def in_memory(values, slice_on: dict) -> Sliced:
+def hash_keep(slice_on: dict):
+    """``keep_for`` of a hash-sliced job: slice ``p`` of each side's key hash."""
+    return lambda p, n: lambda t, side: keep_slice(t, slice_on.get(side) or slice_on["main"], p, n)
+
+
+SAMPLE_EVERY = 50       # a range-sliced job samples one row in this many of each file at the load
+
+
+def sample_rows(t, side=None):
+    """About one row in ``SAMPLE_EVERY``, spread over the table (a regular sample: no randomness to agree on)."""
+    import pyarrow as pa
+    if t.num_rows <= SAMPLE_EVERY:
+        return t.slice(0, min(1, t.num_rows))
+    return t.take(pa.array(np.arange(SAMPLE_EVERY // 2, t.num_rows, SAMPLE_EVERY)))
+
+
+def in_memory(values, read: dict) -> Sliced:
     """A share that fit in memory, sliced there, for a job whose other workers take passes."""
     from shardstats.worker import jobs
 
-    def reader(p: int, passes: int):
+    def read_with(keep):
         if isinstance(values, jobs.Sides):
-            return jobs.Sides({name: None if t is None else keep_slice(t, slice_on[name], p, passes)
-                               for name, t in values.items()}), None
-        return keep_slice(values, slice_on["main"], p, passes), None
-    return Sliced(reader, 1)
+            return jobs.Sides({name: None if t is None else keep(t, name) for name, t in values.items()}), None
+        return keep(values, "main"), None
+    if read.get("slice_ranges"):
+        return Sliced(read_with, 1, sample=sample_rows(values))
+    return Sliced(read_with, 1, keep_for=hash_keep(read["slice_on"]))
 
 
 async def run_in_slices(comm, sliced: Sliced, op, params) -> tuple[dict | None, dict]:
@@ -117,6 +145,10 @@ async def run_in_slices(comm, sliced: Sliced, op, params) -> tuple[dict | None, 
     answer, stats = None, {}
     read_s = 0.0
     passes = comm.passes
+    total, comm.total = comm.total, None     # the load counted a slice or a sample, not the rows
+    if sliced.ranges:      # a sort: every rank's sample gives the passes' boundaries (the op's own order)
+        sliced.keep_for = await op.slice_ranges(comm, sliced.sample, params, passes)
+        sliced.sample = None
     try:
         for p in range(passes):
             t = time.perf_counter()
@@ -129,9 +161,11 @@ async def run_in_slices(comm, sliced: Sliced, op, params) -> tuple[dict | None, 
             _release()
             stats = add_stats(stats, st)
             if got is not None:
-                answer = got if answer is None else combine_rows(answer, got, getattr(params, "limit", 0))
+                combine = op.combine_passes or (lambda a, b: combine_rows(a, b, getattr(params, "limit", 0)))
+                answer = got if answer is None else combine(answer, got)
     finally:
         comm.pass_index = None
+        comm.total = total
     stats.setdefault("phases", {})["read"] = read_s
     stats["passes"] = passes
     return answer, stats

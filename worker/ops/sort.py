@@ -67,7 +67,50 @@ class SortParams(KeyedParams):
 
 
 def reads(p: SortParams) -> dict:
-    return {"kind": "table", "columns": None, "cache": p.cache, "ordinals": True}
+    # beyond memory: ranges of the sort's own order, one a pass (worker/engine/slices.py, plan_ranges below)
+    return {"kind": "table", "columns": None, "cache": p.cache, "ordinals": True,
+            "slice_on": {"main": column_list(p.by)}, "slice_ranges": True}
+
+
+async def plan_ranges(comm: Communicator, sample, params: SortParams, passes: int):
+    """A sort taken in passes beyond memory: every rank's sample of its rows goes up the tree, rank 0 picks
+    ``passes - 1`` boundaries at ranks floor(j*m/passes) of the sorted sample (the job's own order, hidden
+    input position included, as the split points), and every rank keeps, in pass ``p``, the rows that route
+    to range ``p``.  Each pass then sorts its range as a whole job, and parts named pass first concatenate
+    into the input sorted."""
+    import pyarrow as pa
+    from shardstats.worker.data import codec
+    from shardstats.worker.engine.exchange import plain
+    keys = column_list(params.by)
+    part_keys = column_list(params.partition_by)
+    route_order = _order(params, part_keys, False) if part_keys else _order(params, keys, True)
+    cols = [c for c, _, _ in route_order]
+    mine = plain(sample).select(cols)
+    got = await tree_reduce(comm, {"p": [codec.encode(mine)]}, lambda a, b: {"p": a["p"] + b["p"]}, "sort.ranges")
+    plan = None
+    if got is not None:
+        s = pa.concat_tables([codec.decode(x) for x in got["p"]], promote_options="permissive")
+        ordered = s.take(_sort_indices(s, route_order))
+        m = ordered.num_rows
+        picks = [j * m // passes for j in range(1, passes)] if m else []
+        bounds = ordered.take(pa.array(picks, pa.int64())) if picks else ordered.slice(0, 0)
+        plan = {"b": codec.encode(bounds)}
+    bounds = codec.decode((await broadcast(comm, plan, "sort.ranges.b"))["b"])
+
+    def keep_for(p: int, n: int):
+        def keep(t, side):
+            if not bounds.num_rows:
+                return t if p == 0 else t.slice(0, 0)
+            routed = plain(t).select(cols).cast(bounds.schema)
+            return t.filter(pa.array(_route(routed, bounds, route_order) == p))
+        return keep
+    return keep_for
+
+
+def combine_passes(a: dict, b: dict) -> dict:
+    """Two passes' answers: their parts together, the later pass's split points after the earlier's."""
+    return {**a, "parts": a["parts"] + b["parts"], "splits": a["splits"] + b["splits"],
+            "sample": a["sample"] + b["sample"]}
 
 
 def _order(p: SortParams, keys: tuple[str, ...], tiebreak: bool) -> list[tuple[str, str, str]]:
@@ -220,4 +263,6 @@ OP = Op(
               "cluster submit sort --input logs/ --partition-by user --by user,ts --out by-user/"),
     summarize=summarize,
     reads=reads,
+    slice_ranges=plan_ranges,
+    combine_passes=combine_passes,
 )
