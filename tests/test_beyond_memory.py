@@ -428,3 +428,14 @@ async def test_a_sort_beyond_the_budget_runs_in_ranges_and_equals_duckdb(tmp_pat
         got = pa.concat_tables(parts)
         want = con.sql(f"select p from '{t}/*.parquet' order by s, k nulls last, p").fetchall()
         assert got.column("p").to_pylist() == [r[0] for r in want]
+
+
+def test_a_spill_folder_closed_under_a_running_thread_is_not_made_again(tmp_path):
+    """An abort removes a job's spill folder while its partitioning thread may still run (a thread cannot be
+    cancelled): the thread's next file fails instead of making the folder again, so nothing is left."""
+    box = spill.SpillDir(tmp_path, "j9", 2)
+    box.new_file("values.i64").write_bytes(b"x" * 8)
+    box.close()
+    with pytest.raises(JobError, match=r"^worker 2: the job ended; its spill folder is gone$"):
+        ondisk.partition(np.arange(10_000, dtype=np.int64), 3, box)
+    assert list(tmp_path.iterdir()) == []

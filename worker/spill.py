@@ -114,9 +114,13 @@ class SpillDir:
         self.written = 0
         self.read = 0
         self.files = 0
+        self.closed = False
         self._on_bytes = on_bytes
 
     def new_file(self, name: str) -> Path:
+        if self.closed:
+            # the job ended (an abort) while a thread of it still spills: it must not make the folder again
+            raise JobError(f"worker {self.worker}: the job ended; its spill folder is gone")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -145,6 +149,7 @@ class SpillDir:
             self._on_bytes(read=n)
 
     def close(self) -> None:
+        self.closed = True
         shutil.rmtree(self.path, ignore_errors=True)
 
     def stats(self) -> dict:
