@@ -29,10 +29,7 @@ and the largest number of bytes any rank sent (the goal: <= 64 KiB per worker).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -53,17 +50,8 @@ WIRE_GOAL = 64 << 10
 
 def run_sketch(parts: list, params: dict) -> tuple[dict, int]:
     """The ``sketch`` op on one in-memory rank per part; (rank 0's result, the most bytes any rank sent)."""
-    from shardstats.worker.comm.inmemory import InMemoryNetwork
-    from shardstats.worker.ops import registry
-    op = registry.get("sketch")
-    typed = op.params.from_wire(params)
-    net = InMemoryNetwork(len(parts), timeout=60)
-
-    async def main():
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(op.run(net.comms[r], parts[r], typed)) for r in range(len(parts))]
-        return [t.result() for t in tasks]
-    out = asyncio.run(main())
+    from shardstats.testing import run_on_ranks
+    out, net = run_on_ranks("sketch", parts, params, timeout=60)
     return out[0][0], max(sum(c.stats.bytes_sent) for c in net.comms)
 
 

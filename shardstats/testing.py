@@ -67,3 +67,20 @@ async def in_process_cluster(workers: int = 3, *, root: str = "/", settings: Set
             s.stop()
         async with asyncio.timeout(start_timeout):
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def run_on_ranks(op, parts: list, params: dict, *, net=None, timeout: float = 20.0):
+    """``op`` (an ``Op`` or its name) on one rank of an in-memory network per part, every rank's share given:
+    ([(result, stats) per rank], the network, whose comms hold each rank's traffic).  No sockets, no
+    processes: for tests and benchmarks of an op itself (params validated as a worker validates them)."""
+    from shardstats.worker.comm.inmemory import InMemoryNetwork
+    from shardstats.worker.ops import registry
+    op = registry.get(op) if isinstance(op, str) else op
+    typed = op.params.from_wire(dict(params or {}))
+    net = net or InMemoryNetwork(len(parts), timeout=timeout)
+
+    async def main():
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(op.run(net.comms[r], parts[r], typed)) for r in range(len(parts))]
+        return [t.result() for t in tasks]
+    return asyncio.run(main()), net

@@ -1,7 +1,6 @@
 """Shared fixtures: datasets (including the nasty ones) and runners for ops over the in-memory transport."""
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from pathlib import Path
@@ -65,21 +64,14 @@ def run_op(op, shards: list[np.ndarray], workers: int, params: dict | None = Non
     ``params`` is a mapping of the op's parameters, validated by the op's own ``Params`` (as on a worker).
     ``known_total`` tells every rank the job's value count, as the coordinator's ``run`` message does (then
     ``--shuffle auto`` may pick the tree for a job of one chunk); without it the ops shuffle as told."""
+    from shardstats.testing import run_on_ranks
     from shardstats.worker.comm.inmemory import InMemoryNetwork
-    op = find_op(op)
-    typed = op.params.from_wire(dict(params or {}))
     net = net or InMemoryNetwork(workers, timeout=20)
     parts = split_for(shards, workers)
     if known_total:
         for c in net.comms:
             c.total = sum(map(len, parts))
-
-    async def main():
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(op.run(net.comms[r], parts[r], typed)) for r in range(workers)]
-        return [t.result() for t in tasks]
-
-    out = asyncio.run(main())
+    out, net = run_on_ranks(find_op(op), parts, params, net=net)
     return out[0][0], [o[1] for o in out], net
 
 

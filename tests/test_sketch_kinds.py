@@ -3,9 +3,7 @@ sketch`` (count-min, Bloom, theta, CPC, t-digest, ...) against exact answers fro
 their files merged, intersected, refused when mismatched or crafted."""
 from __future__ import annotations
 
-import asyncio
 import json
-import math
 from collections import Counter
 
 import numpy as np
@@ -22,17 +20,8 @@ pytestmark = pytest.mark.timeout(120)
 
 def run_tables(opname: str, tables: list, params: dict):
     """``opname`` on one in-memory rank per table; rank 0's result."""
-    from shardstats.worker.comm.inmemory import InMemoryNetwork
-    from shardstats.worker.ops import registry
-    op = registry.get(opname)
-    typed = op.params.from_wire(params)
-    net = InMemoryNetwork(len(tables), timeout=20)
-
-    async def main():
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(op.run(net.comms[r], tables[r], typed)) for r in range(len(tables))]
-        return [t.result() for t in tasks]
-    return asyncio.run(main())[0][0]
+    from shardstats.testing import run_on_ranks
+    return run_on_ranks(opname, tables, params)[0][0][0]
 
 
 def split(col: str, values, parts: int) -> list:

@@ -73,7 +73,6 @@ class SpillFile:
     def __init__(self, path: Path) -> None:
         self.f = open(path, "wb")
         self.unflushed = 0
-        self.done = 0
 
     def write(self, a) -> None:
         a.tofile(self.f)
@@ -87,7 +86,6 @@ class SpillFile:
         os.fdatasync(fd)
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        self.done += self.unflushed
         self.unflushed = 0
 
     def close(self) -> None:
