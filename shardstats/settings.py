@@ -39,10 +39,11 @@ class Settings:
     read_timeout: float = 120.0           # a load that finishes no file within this is stuck: the worker is unhealthy
     memory_limit: int | None = None       # the memory a worker keeps within (values held, spill beyond); None: the
                                           # cgroup's limit or the physical memory (worker/memory.py machine_budget)
-    keyed_overhead: int = 200 << 20       # what a keyed job takes on a worker beside its rows: the idle worker
-                                          # (~45 MiB), DuckDB, Arrow and Polars loaded (~100) and their pools
-                                          # (measured: q10 in 15 thin slices peaked at ~300 MB); a budget whose
-                                          # three quarters leave less (with the links' queues) is refused, not killed
+    keyed_overhead: int = 54 << 20        # what a keyed job takes on a worker beside its rows, its link queues and
+                                          # its thinnest slices: DuckDB's, Arrow's and Polars' pools (measured with
+                                          # runs on disk: db-benchmark q10, 1e7 unique groups, in 16 slices ran in
+                                          # 200 MiB cgroups and was killed in 170 MiB); a budget whose three quarters
+                                          # leave less is refused in one line, not killed
     spill_dir: str | None = None          # where a job keeps what exceeds memory_limit (worker/spill.py); None: the
                                           # system's temporary folder /shardstats-spill
     user_code: bool = True                # run mapreduce jobs' own functions (in a child process); False refuses them

@@ -184,6 +184,13 @@ async def test_a_full_spill_disk_fails_the_job_in_one_line_and_the_cluster_serve
         _write(small, [np.array([1, 2, 2], np.int64), np.array([2, 3], np.int64)])
         rep = await run_job(c.addrs, c.token, job_spec("mode", str(small), {}))
         assert (rep.result["value"], rep.result["count"]) == (2, 3)
+        # a keyed job's runs (worker/engine/runs.py) fill the disk the same way: one line, nothing left
+        t, _ = _tables(tmp_path, np.random.default_rng(8))
+        with pytest.raises(JobError, match=rf"^worker \d: spilling to {small_disk}: the disk is full \(--spill-dir\)$"):
+            await run_job(c.addrs, c.token, job_spec("groupby", str(t), {"by": "s", "agg": ["sum(v)"]}))
+        assert list(small_disk.iterdir()) == []
+        rep = await run_job(c.addrs, c.token, job_spec("mode", str(small), {}))
+        assert (rep.result["value"], rep.result["count"]) == (2, 3)
 
 
 def test_the_budget_is_the_cgroup_the_worker_runs_in(tmp_path):
@@ -300,7 +307,10 @@ async def test_groupby_and_join_beyond_the_budget_equal_duckdb(tmp_path):
                            f"on l.k = r.k order by all").fetchall()
             assert got == want, how
             assert max(w.get("passes", 1) for w in rep.workers) > 1
-    assert not (tmp_path / "spill").exists()         # key slices re-read the files: nothing spilled
+            # each side read once into runs on disk, each run read back once (worker/engine/runs.py)
+            assert sum(w.get("spill_bytes_written", 0) for w in rep.workers) > 0
+            assert all(w.get("spill_bytes_read", 0) <= w.get("spill_bytes_written", 0) * 2 for w in rep.workers)
+    assert list((tmp_path / "spill").iterdir()) == []        # every job's runs removed when it ended
 
 
 def test_a_worker_killed_mid_spill_loses_nothing_and_its_files_go_when_it_restarts(tmp_path):
@@ -348,9 +358,9 @@ def test_a_worker_killed_mid_spill_loses_nothing_and_its_files_go_when_it_restar
         cli("down", "--cluster-file", str(cf), timeout=30)
 
 
-async def test_an_op_that_loads_its_share_whole_is_refused_before_it_could_be_killed(tmp_path):
-    """Word count holds its whole share: over twice what a pass may hold it is refused (exit 2, one line),
-    not started and killed; a group-by of the same size runs in slices; the cluster serves the next job."""
+async def test_a_job_that_loads_its_share_whole_is_refused_before_it_could_be_killed(tmp_path):
+    """A cached dataset is held whole: over twice what a pass may hold it is refused (exit 2, one line), not
+    started and killed; the same text without --cache is counted in word slices; the cluster serves the next job."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
     d = tmp_path / "docs"
@@ -363,11 +373,60 @@ async def test_an_op_that_loads_its_share_whole_is_refused_before_it_could_be_ki
     async with in_process_cluster(3, root=str(tmp_path), settings=_settings(tmp_path)) as c:
         with pytest.raises(InputError, match=r"this worker's share of the input \(~\d+ MiB in memory\) is more than "
                                              r"its memory budget \(64 MiB, --memory-limit\) holds for a job that "
-                                             r"loads it whole; group-by, join and sort go beyond memory"):
-            await run_job(c.addrs, c.token, job_spec("wordcount", str(d), {}))
+                                             r"loads it whole \(--cache keeps it in memory\); group-by, join, sort, "
+                                             r"word count and the index go beyond memory"):
+            await run_job(c.addrs, c.token, job_spec("wordcount", str(d), {"cache": "docs"}))
+        rep = await run_job(c.addrs, c.token, job_spec("wordcount", str(d), {}))
+        assert max(w.get("passes", 1) for w in rep.workers) > 1
+        assert sorted(map(tuple, rep.result["top"])) == sorted(Counter(words.tolist()).items())
         rep = await run_job(c.addrs, c.token, job_spec("groupby", str(t), {"by": "w", "agg": ["count()"]}))
         assert max(w.get("passes", 1) for w in rep.workers) > 1
         assert sorted(map(tuple, rep.result["data"])) == sorted(Counter(words.tolist()).items())
+
+
+def _corpus(d: Path, rng) -> dict[str, str]:
+    """Text files of mixed scripts and cases, two over the tests' pass size (4 MiB), one tiny, one empty."""
+    import re
+    d.mkdir()
+    vocab = np.array(["Straße", "STRASSE", "naïve", "Ωmega", "ωmega", "日本語", "x_1", "42", "the", "The", "a",
+                      "İstanbul", "ǅemal", "über", "zebra"] + [f"w{i}" for i in range(20_000)])
+    texts = {}
+    for name, n in (("big1.txt", 900_000), ("big2.txt", 800_000), ("tiny.txt", 7), ("empty.txt", 0)):
+        toks = vocab[rng.zipf(1.2, n) % len(vocab)]
+        seps = np.array([" ", ", ", "\n", " -- ", ".\n"])[rng.integers(0, 5, n)]
+        texts[name] = "".join(np.char.add(toks, seps).tolist())
+        (d / name).write_text(texts[name], encoding="utf-8")
+    assert all(re.findall(r"\w+", t.lower()) is not None for t in texts.values())
+    return texts
+
+
+async def test_wordcount_and_the_index_beyond_the_budget_equal_counter(tmp_path):
+    """Text over the budget is tokenized as it is read, its (word, count) or (word, document) pairs kept in runs
+    by the word's hash slice; each pass counts one slice: the answers equal collections.Counter over Python's
+    own \\w+ on the lowercased text, with a worker whose share fit in memory slicing its pairs there."""
+    import re
+    texts = _corpus(tmp_path / "docs", np.random.default_rng(11))
+    want = Counter(w for t in texts.values() for w in re.findall(r"\w+", t.lower()))
+    async with in_process_cluster(3, root=str(tmp_path), settings=_settings(tmp_path)) as c:
+        rep = await run_job(c.addrs, c.token, job_spec("wordcount", str(tmp_path / "docs"), {"top": 50_000}))
+        assert max(w.get("passes", 1) for w in rep.workers) > 1
+        assert sum(w.get("spill_bytes_written", 0) for w in rep.workers) > 0
+        assert rep.result["tokens"] == sum(want.values()) and rep.result["distinct"] == len(want)
+        assert dict(map(tuple, rep.result["top"])) == dict(want)
+        top = sorted(want.items(), key=lambda kv: (-kv[1], kv[0]))[:7]
+        rep = await run_job(c.addrs, c.token, job_spec("wordcount", str(tmp_path / "docs"), {"top": 7}))
+        assert [tuple(r) for r in rep.result["top"]] == top
+        rep = await run_job(c.addrs, c.token, job_spec("index", str(tmp_path / "docs"), {"limit": 0}))
+        assert max(w.get("passes", 1) for w in rep.workers) > 1
+        docs = {}
+        for name, t in texts.items():
+            for w in set(re.findall(r"\w+", t.lower())):
+                docs.setdefault(w, []).append(name)
+        assert rep.result["words"] == len(docs) and rep.result["tokens"] == sum(want.values())
+        got = {w: sorted(Path(x).name for x in ds) for w, ds in rep.result["data"]}
+        assert got == {w: sorted(ds) for w, ds in docs.items()}
+        assert [r[0] for r in rep.result["data"]] == sorted(docs)
+    assert list((tmp_path / "spill").iterdir()) == []
 
 
 async def test_a_budget_below_what_the_engine_needs_refuses_a_keyed_job_in_one_line(tmp_path):
@@ -439,3 +498,64 @@ def test_a_spill_folder_closed_under_a_running_thread_is_not_made_again(tmp_path
     with pytest.raises(JobError, match=r"^worker 2: the job ended; its spill folder is gone$"):
         ondisk.partition(np.arange(10_000, dtype=np.int64), 3, box)
     assert list(tmp_path.iterdir()) == []
+
+
+# -- runs: a keyed share partitioned once (worker/engine/runs.py) --------------------------------------------
+
+def test_covering_slices_hold_every_hash_of_the_pass():
+    """Runs cut in ``cut`` slices read as pass p of ``passes``: the slices named hold every 32-bit hash of the
+    pass (checked at the pass's edges, where rounding would drop or add one)."""
+    from shardstats.worker.engine.runs import covering
+    from shardstats.worker.engine.slices import slot_of
+    for cut, passes in [(1, 1), (3, 3), (3, 7), (5, 41), (7, 8), (40, 41), (1, 13)]:
+        edges = []
+        for p in range(passes):
+            lo = -(-p * (1 << 32) // passes)
+            edges += [lo, lo - 1, lo + 1]
+        h = np.array([e for e in edges if 0 <= e < 1 << 32] + [0, (1 << 32) - 1], np.uint64)
+        in_pass, in_cut = slot_of(h, passes), slot_of(h, cut)
+        for p in range(passes):
+            first, last = covering(p, passes, cut)
+            held = in_cut[in_pass == p]
+            assert held.size == 0 or (first <= held.min() and held.max() <= last), (cut, passes, p)
+
+
+@pytest.mark.parametrize("cut,passes", [(4, 4), (4, 9), (1, 3)])
+def test_runs_give_each_pass_its_slice_once_in_input_order(tmp_path, cut, passes):
+    """Pieces of two types (an int32 file, an int64 one, one with its strings as a dictionary), written in
+    several flushes: each pass reads exactly the rows the in-memory filter keeps (in input order when the
+    runs were cut in the job's passes), and the passes together are every row once."""
+    import pyarrow as pa
+    from shardstats.worker import jobs
+    from shardstats.worker.engine import slices
+    from shardstats.worker.engine.runs import Runs
+    rng = np.random.default_rng(3)
+    pieces = []
+    for i in range(6):
+        n = int(rng.integers(0, 3000))
+        k = pa.array(rng.integers(-500, 500, n).astype(np.int32 if i % 2 else np.int64), mask=rng.random(n) < .05)
+        s = pa.array([f"s{x}" for x in rng.integers(0, 50, n)])
+        pieces.append(pa.table({"k": k, "s": s.dictionary_encode() if i == 4 else s,
+                                "row": np.arange(i * 10_000, i * 10_000 + n)}))
+    slots = slices.hash_slots({"main": ["k"]})
+    box = spill.SpillDir(tmp_path, "j1", 0)
+    runs = Runs(box, cut, slots, flush_bytes=40_000)
+    for t in pieces:
+        assert runs.keep(t, "main").num_rows == 0
+    runs.finish()
+    assert len(runs.runs) > 2 and runs.rows == sum(t.num_rows for t in pieces)
+    target = pa.schema([("k", pa.int64()), ("s", pa.large_string()), ("row", pa.int64())])
+    seen = []
+    for p in range(passes):
+        got = runs.read(p, passes, lambda piece, side: jobs.conform(piece, target))
+        runs_rows = [piece.column("row").to_pylist() for piece in got.get("main", [])]
+        if cut == passes:        # within a run's slice, rows keep their input order
+            assert all(r == sorted(r) for r in runs_rows)
+        rows = [r for rr in runs_rows for r in rr]
+        keep = slices.keeper(slots)(p, passes)
+        want = [r for t in pieces for r in keep(t, "main").column("row").to_pylist()]
+        assert sorted(rows) == sorted(want)
+        seen += rows
+    assert sorted(seen) == sorted(r for t in pieces for r in t.column("row").to_pylist())
+    assert box.written > 0 and box.read > 0
+    box.close()

@@ -319,7 +319,8 @@ async def _read_table(job: Job, root: str | Access, progress: Progress):
         if cache is None:
             raise InputError(f"cache:{read['from_cache']}: this worker keeps no datasets")
         return cache.get(read["from_cache"])
-    sliced = _plan_slices(job, root, read)
+    # on a thread: beyond memory this reads the whole share once into runs (the event loop answers meanwhile)
+    sliced = await asyncio.to_thread(_plan_slices, job, root, read)
     if sliced is not None:
         return sliced
     table, described = await asyncio.to_thread(load_table, job.files, root, read, progress)
@@ -350,15 +351,16 @@ def _plan_slices(job: Job, root: str | Access, read: dict):
         raise InputError(f"this worker's memory budget ({mib(access.budget)}, --memory-limit) is too small for "
                          f"this share of a keyed job (~{mib(guess)} in memory): a keyed job needs about "
                          f"{mib(need * 4 // 3)} on a worker even in its thinnest slices; raise the limit or add workers")
-    if not slice_on or read.get("cache"):
+    if not slice_on or read.get("cache") or (read.get("premap") and job.spill is None):
         # An op that holds its whole share (word count, the index, MapReduce, a cached dataset): refused
         # at twice what a pass may hold, rather than killed by the kernel halfway through the job.
         if guess > 2 * limit:
             from shardstats.worker.io.source import mib
             raise InputError(f"this worker's share of the input (~{mib(guess)} in memory) is more than its memory "
                              f"budget ({mib(access.budget)}, --memory-limit) holds for a job that loads it whole"
-                             f"{' (--cache keeps it in memory)' if read.get('cache') else ''}; group-by, join and "
-                             f"sort go beyond memory, this op does not yet: add workers or raise the limit")
+                             f"{' (--cache keeps it in memory)' if read.get('cache') else ''}; group-by, join, "
+                             f"sort, word count and the index go beyond memory, this does not: add workers or "
+                             f"raise the limit")
         return None
     from shardstats.worker.io.ondisk import passes_for
     passes = passes_for(guess, limit)
@@ -366,12 +368,22 @@ def _plan_slices(job: Job, root: str | Access, read: dict):
     def read_with(keep):
         return load_table(job.files, access, read, None, keep)
     job.passes = passes
+    # Runs are written a flush at a time: what a pass may hold, at least a megabyte (fewer, larger runs).
+    flush = max(1 << 20, limit) if job.spill is not None else 0
     if read.get("slice_ranges"):       # a sort: ranges of its order, agreed from samples at the run
         sample, described = read_with(slices.sample_rows)
-        return slices.Sliced(read_with, passes, sample=sample), described
-    keep_for = slices.hash_keep(slice_on)
-    first, described = read_with(keep_for(0, passes))
-    return slices.Sliced(read_with, passes, first, keep_for=keep_for), described
+        return slices.Sliced(read_with, passes, sample=sample, flush_bytes=flush), described
+    premap = None
+    if read.get("premap"):           # a text op: its documents read once into runs of (word, ...) pairs
+        from shardstats.worker.engine.tokens import Premap
+        premap = Premap(read["premap"])
+    sliced = slices.Sliced(read_with, passes, slots=slices.hash_slots(slice_on), flush_bytes=flush, premap=premap)
+    if job.spill is None:               # no spill folder (an embedded worker): each pass reads the files again
+        _, described = read_with(slices.keeper(sliced.slots)(0, passes))
+        return sliced, described
+    sliced.partition(job.spill, passes)
+    sliced.num_rows = sliced.runs.rows
+    return sliced, sliced.described
 
 
 async def _read_in_thread(job: Job, root: str | Access, progress: Progress, read_timeout: float | None,

@@ -55,6 +55,9 @@ class Communicator:
         self.passes = 1
         self.spill = None          # the job's SpillDir on this worker (worker/spill.py), when it has one
         self.pass_index: int | None = None   # which key-slice pass a keyed job is in (worker/engine/slices.py)
+        # A text op's share already tokenized into pairs as it was read (worker/engine/tokens.py Premap): the
+        # tokens this pass counts (all of them in pass 0); None: the op gets documents.
+        self.premapped: int | None = None
         self._seq = 0
 
     def new_tag(self, name: str) -> str:

@@ -50,13 +50,21 @@ def slot_of(h: np.ndarray, passes: int) -> np.ndarray:
     return (((h & np.uint64(0xFFFFFFFF)) * np.uint64(passes)) >> np.uint64(32)).astype(np.uint32)
 
 
-def keep_slice(table, keys, p: int, passes: int):
-    """The rows of ``table`` in slice ``p`` of ``passes`` (all rows for one pass)."""
-    import pyarrow as pa
-    if passes <= 1 or table.num_rows == 0:
-        return table
-    mask = slot_of(slice_hash(table, keys), passes) == p
-    return table.filter(pa.array(mask))
+def hash_slots(slice_on: dict):
+    """``slots(table, side, passes)`` of a hash-sliced job: each row's slice of its side's key hash."""
+    return lambda t, side, n: slot_of(slice_hash(t, slice_on.get(side) or slice_on["main"]), n)
+
+
+def keeper(slots):
+    """``keep_for(p, passes)`` from ``slots``: the rows of each piece in slice ``p`` (all rows for one pass)."""
+    def keep_for(p: int, n: int):
+        def keep(t, side):
+            import pyarrow as pa
+            if n <= 1 or t.num_rows == 0:
+                return t
+            return t.filter(pa.array(slots(t, side, n) == p))
+        return keep
+    return keep_for
 
 
 def estimate_bytes(sizes_and_suffixes) -> int:
@@ -67,28 +75,73 @@ class Sliced:
     """A worker's share of a keyed job, read one slice a pass.
 
     ``read_with(keep)`` reads the share keeping, of each file, the rows ``keep(table, side)`` returns, and
-    gives (table or Sides, described); ``keep_for(p, passes)`` is pass ``p``'s keep: a hash slice of the keys
-    (known at the load), or, for a sort, a range between boundaries the ranks agree on at the run
-    (``ranges``: ``sample`` holds this worker's sample of the rows for that).  A hash job reads pass 0 at the
-    load (the schema agreement needs every file's types); the job's passes are the most any worker needs,
-    so a worker that planned fewer reads its slices anew."""
+    gives (table or Sides, described).  Each row's slice is ``slots(table, side, passes)``: a hash slice of
+    the keys (known at the load), or, for a sort, a range between boundaries the ranks agree on at the run
+    (``ranges``: ``sample`` holds this worker's sample of the rows for that).
 
-    def __init__(self, read_with, passes: int, first=None, keep_for=None, sample=None) -> None:
+    Beyond memory the share is read once into ``runs`` on disk (``worker/engine/runs.py``): at the load for a
+    hash job (which also gives every file's types for the schema agreement), at the first pass for a sort.
+    A share that fit in memory (``in_memory``) is filtered there each pass instead.  The job's passes are the
+    most any worker needs; runs cut in fewer are read by ranges of the hash."""
+
+    def __init__(self, read_with, passes: int, slots=None, sample=None, runs=None, flush_bytes: int = 0,
+                 num_rows: int = 0, premap=None) -> None:
         self.read_with = read_with
+        self.premap = premap           # a text op's Premap (worker/engine/tokens.py): runs of pairs, not documents
         self.passes = passes
-        self.first = first
-        self.keep_for = keep_for
+        self.slots = slots
         self.sample = sample           # a range-sliced job's sample of this worker's rows
+        self.runs = runs
+        self.flush_bytes = flush_bytes  # > 0: partition into runs (in the job's spill folder) before the passes
         self.schema = None
-        self.num_rows = getattr(first if first is not None else sample, "num_rows", 0)
+        self.described = None          # every file's types, as the partitioning read them
+        self.num_rows = num_rows or getattr(sample, "num_rows", 0)
 
     @property
     def ranges(self) -> bool:
         return self.sample is not None
 
     def conform(self, schema) -> "Sliced":
-        self.schema = schema
+        if self.premap is None:        # pairs have the op's own types; the agreed schema is the documents'
+            self.schema = schema
         return self
+
+    def partition(self, spill, passes: int) -> None:
+        """Reads the share once, each row to the runs of its slice (on a thread: it reads and writes files)."""
+        from shardstats.worker.engine.runs import Runs
+        runs = Runs(spill, passes, self.slots, self.flush_bytes, self.premap,
+                    self.premap.merge if self.premap is not None else None)
+        _, self.described = self.read_with(runs.keep)
+        self.runs = runs.finish()
+
+    def _target(self, side: str):
+        from shardstats.worker import jobs
+        described = self.schema.get(side) if isinstance(self.schema, dict) else self.schema
+        return None if described is None else jobs.arrow_schema(described)
+
+    def _from_runs(self, p: int, passes: int):
+        import pyarrow as pa
+        from shardstats.worker import jobs
+        targets: dict = {}
+
+        def conform(piece, side):
+            if side not in targets:
+                targets[side] = self._target(side)
+            return piece if targets[side] is None else jobs.conform(piece, targets[side])
+        got = self.runs.read(p, passes, conform)
+        sides = list(self.schema) if isinstance(self.schema, dict) else ["main"]
+        out = {}
+        for side in sides:
+            pieces = got.get(side)
+            if pieces:
+                out[side] = jobs._concat(pieces) if self._target(side) is not None else \
+                    pa.concat_tables(pieces, promote_options="permissive")
+            elif self.premap is not None:
+                out[side] = self.premap.empty()
+            else:
+                target = self._target(side)
+                out[side] = target.empty_table() if target is not None else pa.table({})
+        return jobs.Sides(out) if isinstance(self.schema, dict) else out["main"]
 
     def _conformed(self, values):
         from shardstats.worker import jobs
@@ -99,20 +152,13 @@ class Sliced:
         return jobs.conform(values, jobs.arrow_schema(self.schema))
 
     async def read(self, p: int, passes: int):
-        first, self.first = self.first, None
-        if p == 0 and first is not None and passes == self.passes:
-            return self._conformed(first)
-        del first
-        values, _ = await asyncio.to_thread(self.read_with, self.keep_for(p, passes))
+        if self.runs is not None:
+            return await asyncio.to_thread(self._from_runs, p, passes)
+        values, _ = await asyncio.to_thread(self.read_with, keeper(self.slots)(p, passes))
         return self._conformed(values)
 
     def __len__(self) -> int:
         return self.num_rows
-
-
-def hash_keep(slice_on: dict):
-    """``keep_for`` of a hash-sliced job: slice ``p`` of each side's key hash."""
-    return lambda p, n: lambda t, side: keep_slice(t, slice_on.get(side) or slice_on["main"], p, n)
 
 
 SAMPLE_EVERY = 50       # a range-sliced job samples one row in this many of each file at the load
@@ -127,8 +173,14 @@ def sample_rows(t, side=None):
 
 
 def in_memory(values, read: dict) -> Sliced:
-    """A share that fit in memory, sliced there, for a job whose other workers take passes."""
+    """A share that fit in memory, sliced there, for a job whose other workers take passes (a text op's
+    documents tokenized first: its slices are of the words)."""
     from shardstats.worker import jobs
+    premap = None
+    if read.get("premap"):
+        from shardstats.worker.engine.tokens import Premap
+        premap = Premap(read["premap"])
+        values = premap(values)
 
     def read_with(keep):
         if isinstance(values, jobs.Sides):
@@ -136,7 +188,7 @@ def in_memory(values, read: dict) -> Sliced:
         return keep(values, "main"), None
     if read.get("slice_ranges"):
         return Sliced(read_with, 1, sample=sample_rows(values))
-    return Sliced(read_with, 1, keep_for=hash_keep(read["slice_on"]))
+    return Sliced(read_with, 1, slots=hash_slots(read["slice_on"]), premap=premap)
 
 
 async def run_in_slices(comm, sliced: Sliced, op, params) -> tuple[dict | None, dict]:
@@ -147,8 +199,13 @@ async def run_in_slices(comm, sliced: Sliced, op, params) -> tuple[dict | None, 
     passes = comm.passes
     total, comm.total = comm.total, None     # the load counted a slice or a sample, not the rows
     if sliced.ranges:      # a sort: every rank's sample gives the passes' boundaries (the op's own order)
-        sliced.keep_for = await op.slice_ranges(comm, sliced.sample, params, passes)
+        sliced.slots = await op.slice_ranges(comm, sliced.sample, params, passes)
         sliced.sample = None
+    if sliced.runs is None and sliced.flush_bytes and comm.spill is not None:
+        t = time.perf_counter()
+        comm.progress.set("partition")
+        await asyncio.to_thread(sliced.partition, comm.spill, passes)
+        read_s += time.perf_counter() - t
     try:
         for p in range(passes):
             t = time.perf_counter()
@@ -156,15 +213,18 @@ async def run_in_slices(comm, sliced: Sliced, op, params) -> tuple[dict | None, 
             values = await sliced.read(p, passes)
             read_s += time.perf_counter() - t
             comm.pass_index = p
+            if sliced.premap is not None:
+                comm.premapped = sliced.premap.tokens if p == 0 else 0
             got, st = await op.run(comm, values, params)
             del values
             _release()
             stats = add_stats(stats, st)
             if got is not None:
-                combine = op.combine_passes or (lambda a, b: combine_rows(a, b, getattr(params, "limit", 0)))
-                answer = got if answer is None else combine(answer, got)
+                combine = op.combine_passes or (lambda a, b, params: combine_rows(a, b, getattr(params, "limit", 0)))
+                answer = got if answer is None else combine(answer, got, params)
     finally:
         comm.pass_index = None
+        comm.premapped = None
         comm.total = total
     stats.setdefault("phases", {})["read"] = read_s
     stats["passes"] = passes

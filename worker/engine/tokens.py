@@ -87,6 +87,52 @@ def check_pattern(pattern: str) -> str | None:
     return None
 
 
+class Premap:
+    """A text op's map side run as the share is read, for a share beyond memory: documents become (word, count)
+    pairs (word count, combined again over each run with ``merge``) or distinct (word, doc) pairs (the index),
+    which the runs keep by the word's hash slice (worker/engine/runs.py).  So the text is never held whole: a
+    pass holds one slice of the pairs.  ``tokens`` counts the tokens read."""
+
+    def __init__(self, spec: dict) -> None:
+        from shardstats.errors import UsageError
+        self.op, self.pattern, self.lower = spec["op"], spec["pattern"], spec["lower"]
+        self.combine = spec.get("combine", True)
+        bad = check_pattern(self.pattern)
+        if bad:
+            raise UsageError(f"--pattern {self.pattern}: not a regular expression ({bad})")
+        self.tokens = 0
+
+    def __call__(self, table, side=None):
+        if self.op == "count":
+            pairs, n = count_words(table, self.pattern, self.lower, self.combine)
+        else:
+            pairs, n = doc_words(table, self.pattern, self.lower)
+        self.tokens += n
+        return pairs
+
+    def empty(self):
+        """No pairs, in the pairs' types (a pass whose slice of the words is empty on this worker)."""
+        import pyarrow as pa
+        second = ("count", pa.int64()) if self.op == "count" else ("doc", pa.large_string())
+        return pa.schema([("word", pa.large_string()), second]).empty_table()
+
+    def merge(self, pairs):
+        """A run's pairs combined: one row a word (counts added), or a (word, doc) pair once."""
+        import polars as pl
+        if self.op == "count" and not self.combine:
+            return pairs
+        df = pl.from_arrow(pairs)
+        df = df.group_by("word").agg(pl.col("count").sum()) if self.op == "count" else df.unique(["word", "doc"])
+        return _arrow(df)
+
+
+def premap_reads(op: str, params) -> dict:
+    """The reader options of a text op that may go beyond memory: its pairs sliced by the word."""
+    return {"slice_on": {"main": ["word"]},
+            "premap": {"op": op, "pattern": params.pattern, "lower": params.lower,
+                       "combine": getattr(params, "combine", True)}}
+
+
 async def tokens_to_reducers(comm, table, params, tokenize, *args):
     """The text ops' map side and shuffle: check the pattern, tokenize on a thread (``tokenize(table, pattern,
     lower, *args)`` -> (pairs keyed by ``word``, tokens read)), move the pairs to each word's reducer.
@@ -102,7 +148,10 @@ async def tokens_to_reducers(comm, table, params, tokenize, *args):
         raise UsageError(f"--pattern {params.pattern}: not a regular expression ({bad})")
     t0 = time.perf_counter()
     comm.progress.set("tokenize")
-    pairs, tokens = await numpy_step(table.num_rows * 64, tokenize, table, params.pattern, params.lower, *args)
+    if getattr(comm, "premapped", None) is not None:      # tokenized as it was read (Premap): this pass's slice of the pairs
+        pairs, tokens = table, comm.premapped
+    else:
+        pairs, tokens = await numpy_step(table.num_rows * 64, tokenize, table, params.pattern, params.lower, *args)
     del table
     combined = pairs.num_rows
     t1 = time.perf_counter()

@@ -304,9 +304,9 @@ class Op:
     view: Callable[[dict], dict] = _same          # the result as the API's Result attributes read it
     out_of_core: bool = False     # works from values kept on disk (worker/io/ondisk.py): passes or blocks
     # A keyed op taken in range slices beyond memory (the sort): (comm, this rank's sample, params, passes) ->
-    # keep_for(p, passes); and how two passes' answers combine when they are not rows (None: as rows).
+    # slots(table, side, passes), each row's range; and how two passes' answers combine when they are not rows (None: as rows).
     slice_ranges: Callable[..., Any] | None = None
-    combine_passes: Callable[[dict, dict], dict] | None = None
+    combine_passes: Callable[[dict, dict, Any], dict] | None = None     # (a, b, params)
     # Keyed ops read records: the reader options for these params ({"kind": "table"|"documents", "columns": [...],
     # "text": COL, "id": COL, "cache": NAME}); None: the int64 values of today's statistics.
     reads: Callable[[Any], dict] | None = None

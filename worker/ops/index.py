@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from shardstats.worker.comm.collectives import sum_ints, tree_reduce
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.engine import counter
+from shardstats.worker.engine.tokens import premap_reads
 from shardstats.worker.ops.contract import Op, TextParams, text_reads
 from shardstats.worker.steps import numpy_step
 
@@ -50,6 +51,14 @@ async def index(comm: Communicator, table, params: IndexParams) -> tuple[dict | 
     return result, stats
 
 
+def combine_passes(a: dict, b: dict, params: IndexParams) -> dict:
+    """Two passes' answers (disjoint words): counts added, the first words of both heads."""
+    out = {**a, **{k: a[k] + b[k] for k in ("words", "postings", "tokens", "rows")}}
+    if not a.get("out"):
+        out["data"] = sorted(a["data"] + b["data"], key=lambda r: r[0])[:params.limit or None]
+    return out
+
+
 def render(r: dict) -> list[str]:
     lines = [f"{r['words']:,} words in {r['postings']:,} (word, document) postings from {r['tokens']:,} tokens"]
     for w, docs in r["data"]:
@@ -71,5 +80,6 @@ OP = Op(
     phases=("load", "tokenize", "partition", "shuffle", "reduce"),
     examples=("cluster submit index --input docs/ --limit 20", "cluster submit index --input docs/ --out index/"),
     summarize=counter.summarize,
-    reads=text_reads,
+    reads=lambda p: {**text_reads(p), **premap_reads("postings", p)},
+    combine_passes=combine_passes,
 )

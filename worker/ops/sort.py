@@ -77,7 +77,7 @@ async def plan_ranges(comm: Communicator, sample, params: SortParams, passes: in
     ``passes - 1`` boundaries at ranks floor(j*m/passes) of the sorted sample (the job's own order, hidden
     input position included, as the split points), and every rank keeps, in pass ``p``, the rows that route
     to range ``p``.  Each pass then sorts its range as a whole job, and parts named pass first concatenate
-    into the input sorted."""
+    into the input sorted.  Returns ``slots(table, side, passes)``: each row's range."""
     import pyarrow as pa
     from shardstats.worker.data import codec
     from shardstats.worker.engine.exchange import plain
@@ -97,17 +97,14 @@ async def plan_ranges(comm: Communicator, sample, params: SortParams, passes: in
         plan = {"b": codec.encode(bounds)}
     bounds = codec.decode((await broadcast(comm, plan, "sort.ranges.b"))["b"])
 
-    def keep_for(p: int, n: int):
-        def keep(t, side):
-            if not bounds.num_rows:
-                return t if p == 0 else t.slice(0, 0)
-            routed = plain(t).select(cols).cast(bounds.schema)
-            return t.filter(pa.array(_route(routed, bounds, route_order) == p))
-        return keep
-    return keep_for
+    def slots(t, side, n):
+        if not bounds.num_rows:
+            return np.zeros(t.num_rows, np.int64)
+        return _route(plain(t).select(cols).cast(bounds.schema), bounds, route_order)
+    return slots
 
 
-def combine_passes(a: dict, b: dict) -> dict:
+def combine_passes(a: dict, b: dict, params=None) -> dict:
     """Two passes' answers: their parts together, the later pass's split points after the earlier's."""
     return {**a, "parts": a["parts"] + b["parts"], "splits": a["splits"] + b["splits"],
             "sample": a["sample"] + b["sample"]}

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from shardstats.worker.comm.collectives import sum_ints, tree_reduce
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.engine import counter
+from shardstats.worker.engine.tokens import premap_reads
 from shardstats.worker.ops.contract import Op, TextParams, option, text_reads
 from shardstats.worker.steps import numpy_step
 
@@ -48,6 +49,12 @@ async def wordcount(comm: Communicator, table, params: WordcountParams) -> tuple
     return result, stats
 
 
+def combine_passes(a: dict, b: dict, params: WordcountParams) -> dict:
+    """Two passes' answers (disjoint words): tokens and words added, the top of both tops."""
+    top = sorted(a["top"] + b["top"], key=lambda r: (-r[1], r[0]))[:params.top]
+    return {**a, "tokens": a["tokens"] + b["tokens"], "distinct": a["distinct"] + b["distinct"], "top": top}
+
+
 def render(r: dict) -> list[str]:
     lines = [f"{r['tokens']:,} tokens, {r['distinct']:,} distinct words"]
     width = max([len(w) for w, _ in r["top"]] + [4])
@@ -67,5 +74,6 @@ OP = Op(
     examples=("cluster submit wordcount --input docs/ --top 20",
               "cluster submit wordcount --input reviews.parquet --text body --out counts/"),
     summarize=counter.summarize,
-    reads=text_reads,
+    reads=lambda p: {**text_reads(p), **premap_reads("count", p)},
+    combine_passes=combine_passes,
 )
