@@ -10,6 +10,7 @@ files, on the workers that are left, so the answer stays exact.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import ssl
@@ -297,6 +298,9 @@ async def _attempt(clients: list[WorkerClient], job: str, spec: JobSpec, files: 
             extra_run = {"schema": unify([m.get("schema") or [] for m in loaded])}
         else:
             extra_run = {}
+        facts = [m.get("facts") for m in loaded]
+        if op.merge_facts is not None and loaded and all(isinstance(f, dict) for f in facts):
+            extra_run["facts"] = functools.reduce(op.merge_facts, facts)   # every rank's load's, combined once
         passes = max((m.get("passes") or 1 for m in loaded), default=1)
         if passes > 1:      # a worker keeps its values on disk: every rank takes that many passes over them
             extra_run["passes"] = passes

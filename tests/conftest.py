@@ -62,15 +62,22 @@ def run_op(op, shards: list[np.ndarray], workers: int, params: dict | None = Non
     """Runs ``op`` on every rank of an in-memory network; returns (rank 0 result, per-rank stats, network).
 
     ``params`` is a mapping of the op's parameters, validated by the op's own ``Params`` (as on a worker).
-    ``known_total`` tells every rank the job's value count, as the coordinator's ``run`` message does (then
-    ``--shuffle auto`` may pick the tree for a job of one chunk); without it the ops shuffle as told."""
+    ``known_total`` tells every rank the job's value count and the op's load facts combined, as the
+    coordinator's ``run`` message does (then ``--shuffle auto`` may pick the tree for a job of one chunk);
+    without it the ops shuffle as told and reduce any facts themselves."""
+    import functools
     from shardstats.testing import run_on_ranks
     from shardstats.worker.comm.inmemory import InMemoryNetwork
     net = net or InMemoryNetwork(workers, timeout=20)
     parts = split_for(shards, workers)
     if known_total:
-        for c in net.comms:
+        the_op = find_op(op)
+        own = [the_op.load_facts(p) for p in parts] if the_op.load_facts is not None else None
+        for r, c in enumerate(net.comms):
             c.total = sum(map(len, parts))
+            if own is not None:
+                c.facts = functools.reduce(the_op.merge_facts, [f for f, _ in own])
+                c.own_facts, c.kept = own[r]
     out, net = run_on_ranks(find_op(op), parts, params, net=net)
     return out[0][0], [o[1] for o in out], net
 

@@ -257,6 +257,7 @@ class Job:
     timeline: Timeline = field(default_factory=Timeline)   # starts when the load message arrives
     spill: object = None                        # the job's SpillDir (worker/spill.py): values kept on disk
     passes: int = 1                             # passes over values kept on disk, for what fits in memory
+    facts: tuple | None = None                  # what the op learned of this share at the load (Op.load_facts)
 
     def take_values(self) -> np.ndarray:
         values, self.values = self.values, None

@@ -377,6 +377,9 @@ class WorkerServer:
                 extra = {"schema": job.schema} if job.schema is not None else {}
                 if job.passes > 1:
                     extra["passes"] = job.passes
+                job.facts = await _load_facts(job)
+                if job.facts is not None:
+                    extra["facts"] = job.facts[0]          # what the op keeps (job.facts[1]) stays here
                 reply(make("loaded", job=job_id, values=n, seconds=job.load_seconds, **extra))
             elif t == "run":
                 job = self.jobs.get(job_id)
@@ -422,6 +425,9 @@ class WorkerServer:
         ranks = [int(r) for r in msg["ranks"]]
         job.comm = jobs.make_comm(job, self.id, ranks, self.links, self.settings.job_timeout)
         job.comm.total = msg["total"]
+        if isinstance(msg.get("facts"), dict) and job.facts is not None and msg["op"] == job.op:
+            job.comm.facts = msg["facts"]                  # every rank's load's, combined
+            job.comm.own_facts, job.comm.kept = job.facts  # ours, and what the op kept of it
         job.comm.passes = int(msg.get("passes") or 1)
         job.comm.spill = job.spill
         job.comm.addrs = [self.peers[r] for r in ranks]     # where each rank listens: the same list on every rank
@@ -466,6 +472,17 @@ def _read(value: object) -> dict | None:
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise JobError(f"load.read has type {type(value).__name__}, expected a map")
     return value
+
+
+async def _load_facts(job: jobs.Job) -> tuple[dict, object] | None:
+    """What the job's op learns of this worker's int64 share at the load (``Op.load_facts``: the facts for the
+    coordinator to combine, what the op keeps for its run): none for an op that declares none, a keyed or an
+    on-disk share."""
+    op = registry.find(job.op) if job.op else None
+    if op is None or op.load_facts is None or job.read is not None or job.passes > 1 or job.values is None:
+        return None
+    from shardstats.worker.steps import numpy_step
+    return await numpy_step(len(job.values), op.load_facts, job.values)
 
 
 def _op(value: object) -> str | None:

@@ -55,6 +55,11 @@ class Communicator:
         self.passes = 1
         self.spill = None          # the job's SpillDir on this worker (worker/spill.py), when it has one
         self.pass_index: int | None = None   # which key-slice pass a keyed job is in (worker/engine/slices.py)
+        # What every rank's load learned, combined at the coordinator (``Op.load_facts``/``merge_facts``), this
+        # rank's own and what it kept; None where no coordinator took part (an op that wants them reduces them).
+        self.facts: dict | None = None
+        self.own_facts: dict | None = None
+        self.kept = None
         # A text op's share already tokenized into pairs as it was read (worker/engine/tokens.py Premap): the
         # tokens this pass counts (all of them in pass 0); None: the op gets documents.
         self.premapped: int | None = None

@@ -316,6 +316,14 @@ class Op:
     # Run where the job is asked for (CLI, API), before it is sent: params -> the params that travel (a
     # mapreduce job's file read, its functions pickled). None: the params travel as given.
     prepare: Callable[[Any], Any] | None = None
+    # What a worker learns of its int64 share while it loads: values -> (a small map of plain numbers and lists,
+    # e.g. count, min, max, a sample's heaviest repeats; anything the rank keeps for its run, never sent), and
+    # how two ranks' maps combine.  The coordinator combines every rank's (it waits for all the loads anyway)
+    # and hands the result to every rank with the run (``comm.facts``; this rank's own: ``comm.own_facts``,
+    # ``comm.kept``): a decision read from it costs no round between the workers.  Without a coordinator (the
+    # in-memory tests) the op reduces them itself.
+    load_facts: Callable[[Any], tuple[dict, Any]] | None = None
+    merge_facts: Callable[[dict, dict], dict] | None = None
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier() or self.name.startswith("_"):

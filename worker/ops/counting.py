@@ -327,18 +327,37 @@ def slot_counts(values: np.ndarray, table: np.ndarray) -> np.ndarray:
     if len(values) == 0:
         return bins
     u = values.view(np.uint64)
-    buf = np.empty(min(_SLOT_BLOCK, len(values)), dtype=np.uint64)
+    m = min(_SLOT_BLOCK, len(values))
+    hb, tb, eq = np.empty(m, dtype=np.uint64), np.empty(m, dtype=np.int64), np.empty(m, dtype=bool)
     for start in range(0, len(values), _SLOT_BLOCK):
         x = u[start:start + _SLOT_BLOCK]
-        h = buf[:len(x)]
+        k = len(x)
+        h, t, e = hb[:k], tb[:k], eq[:k]
         np.multiply(x, np.uint64(_FIBONACCI), out=h)
         np.right_shift(h, np.uint64(64 - SLOT_BITS), out=h)
         s = h.view(np.int64)
-        hit = table.take(s) == values[start:start + _SLOT_BLOCK]
+        table.take(s, out=t, mode="clip")       # every slot is in range; "raise" would buffer a copy
+        np.equal(t, values[start:start + _SLOT_BLOCK], out=e)
         np.left_shift(s, 1, out=s)
-        np.bitwise_or(s, hit, out=s)
+        np.bitwise_or(s, e, out=s)
         bins += np.bincount(s, minlength=2 * SLOTS)
     return bins
+
+
+def candidate_counts(values: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Occurrences of each of a few ``candidates``: one comparison a value per candidate, a block at a time
+    (in cache), ~0.3 ns a value each here -- a dozen of them cost what one ``slot_counts`` pass does."""
+    out = np.zeros(len(candidates), dtype=np.int64)
+    if len(values) == 0 or len(candidates) == 0:
+        return out
+    eq = np.empty(min(_SLOT_BLOCK, len(values)), dtype=bool)
+    for start in range(0, len(values), _SLOT_BLOCK):
+        x = values[start:start + _SLOT_BLOCK]
+        e = eq[:len(x)]
+        for i, c in enumerate(candidates.tolist()):     # a few candidates, not the values
+            np.equal(x, c, out=e)
+            out[i] += np.count_nonzero(e)
+    return out
 
 
 def in_slots(values: np.ndarray, table: np.ndarray, slots: np.ndarray) -> np.ndarray:
@@ -358,6 +377,8 @@ def in_slots(values: np.ndarray, table: np.ndarray, slots: np.ndarray) -> np.nda
 def span_counts(values: np.ndarray, lo: int, span: int) -> np.ndarray:
     """Occurrences of each value lo .. lo+span-1 (every value must lie there), a block at a time: one
     subtraction and one ``bincount`` a value, no n-long temporary."""
+    if len(values) and 0 <= lo <= span:      # small non-negative values (ranks, codes): their own offsets,
+        return np.bincount(values, minlength=lo + span)[lo:]    # no subtraction (1.2 ns a value, not 1.4)
     bins = np.zeros(span, dtype=np.int64)
     if len(values) == 0:
         return bins

@@ -11,23 +11,34 @@ Heavy hitters (``--prune``, ``auto`` on jobs of at least ``PRUNE_MIN_VALUES``): 
 skewed data (Zipf) a few values hold most of the data, and counting every value
 (a sort, ~30 ns a value) is what the job costs.  Instead:
 
-1. every rank samples its values; the values seen more than once in the samples,
-   summed over the ranks (one allreduce), are the candidates, heaviest first; the
-   same numbers tell every rank whether pruning is likely to settle the job;
-2. each candidate takes a slot of 16,384 (a multiplicative hash of the value); one
-   pass over the data counts, per slot, the occurrences of its candidate (exact)
-   and of everything else in it (``counting.slot_counts``, ~4 ns a value), summed
-   up the tree;
-3. rank 0 takes the best candidate count B.  Any other value's total is at most
-   its slot's "everything else" sum, so only slots whose sum reaches B can hide a
-   value that ties or beats it.  When there are none (the usual case on skewed
-   data: the slot sums are the long tail spread 16,384 ways) the answer is final,
-   exact ties and tie count included, and nothing was shuffled.  Otherwise the
-   values of those slots (candidates excepted) go through the shuffle below and
-   their best meets B at the final reduce: exact either way.
+1. every rank samples its values while it loads (``load_facts``: its count, min,
+   max, and the values seen more than once in the sample); the coordinator, which
+   waits for every load anyway, combines them (``merge_facts``) and hands the
+   result to every rank with the run -- no round between the workers (without a
+   coordinator, one allreduce).  The candidates are the heaviest sampled repeats;
+   the same numbers tell every rank which way below is likely to settle the job,
+   or that none is (nearly unique data: straight to the shuffle, no round spent);
+2. steep data over a wider span: when the heaviest estimate beats everything else's estimated total,
+   a few heaviest candidates are counted exactly (``candidate_counts``, one
+   comparison a value each) and summed up the tree; if the best of them beats the
+   count of every other value together, that is the answer (ties exact);
+3. all values within ``DIRECT_SPAN`` of the smallest (known from the facts): every
+   value was counted at the load (``span_counts``, one ``bincount``, instead of the
+   sample), the counts are summed up the tree; final at rank 0, no verdict back;
+4. otherwise each candidate takes a slot of 16,384 (a multiplicative hash of the
+   value); one pass over the data counts, per slot, the occurrences of its
+   candidate (exact) and of everything else in it (``counting.slot_counts``, ~4 ns
+   a value), summed up the tree; rank 0 takes the best candidate count B.  Any
+   other value's total is at most its slot's "everything else" sum, so only slots
+   whose sum reaches B can hide a value that ties or beats it.  When there are
+   none (the usual case on skewed data: the slot sums are the long tail spread
+   16,384 ways) the answer is final, exact ties and tie count included, and
+   nothing was shuffled.  Otherwise the values of those slots (candidates
+   excepted) go through the shuffle below and their best meets B at the final
+   reduce: exact either way.
 
-A pruned job does not learn how many distinct values there are (``distinct_keys``
-is None).
+A job settled by candidates does not learn how many distinct values there are
+(``distinct_keys`` is None); the direct count does.
 """
 from __future__ import annotations
 
@@ -45,10 +56,10 @@ from shardstats.worker.comm.collectives import allreduce, broadcast, tree_depth,
 from shardstats.worker.ops import compact_choice
 from shardstats.worker.ops.compact import compact_exchange, pack_fingerprints
 from shardstats.worker.comm.communicator import Communicator
-from shardstats.worker.ops.counting import (COUNTINGS, SLOTS, choose_counting, choose_local, count_values,
-                                            dense_bins, dense_fits, heavy_table, in_slots, merge_repeats,
-                                            run_lengths, sample, sample_share, slot_counts, slot_of, span_counts,
-                                            sum_by_value)
+from shardstats.worker.ops.counting import (COUNTINGS, SLOTS, candidate_counts, choose_counting, choose_local,
+                                            count_values, dense_bins, dense_fits, heavy_table, in_slots,
+                                            merge_repeats, run_lengths, sample, sample_share, slot_counts, slot_of,
+                                            span_counts)
 from shardstats.worker.comm.partition import partition_chunks
 from shardstats.worker.comm.shuffle import ShuffleConfig, chunk_pieces, shuffle
 from shardstats.worker.ops.contract import Op, ShuffleParams, option
@@ -64,6 +75,11 @@ PRUNE_MIN_VALUES = 1 << 20     # auto prunes a job of at least this many values 
 PRUNE_CANDIDATES = 2048        # candidates per rank and in the union: the heaviest sampled repeats
 PRUNE_MARGIN = 8               # auto: the heaviest candidate's estimate must be this many average slot sums
 DIRECT_SPAN = SLOTS            # all values within this span: every value is its own slot, counted exactly
+# Steep data (a few values hold most of it): the heaviest candidates' exact counts alone settle the job when
+# the best of them beats everything else put together, and counting a few values (``candidate_counts``,
+# ~0.3 ns a value each) is cheaper than the slot pass (~3.5).  (A small span is counted at the load already.)
+TOP_MAX = 8                    # at most this many candidates counted so
+TOP_MARGIN = 1.25              # the heaviest estimate must beat the estimated rest by this factor
 
 
 def _split(w: int, sv: np.ndarray, mv: np.ndarray, mc: np.ndarray, cfg: ShuffleConfig, sv_owned: bool):
@@ -136,39 +152,60 @@ def merge_counting(counting: str, singles: list[np.ndarray], mvals: list[np.ndar
     return choose_counting(keys, weight)
 
 
-def sample_heavy(values: np.ndarray) -> dict:
-    """This rank's candidates: the values its sample holds more than once, with their estimated local counts."""
+def load_facts(values: np.ndarray) -> tuple[dict, tuple[int, np.ndarray] | None]:
+    """This rank's facts, taken while it loads (``Op.load_facts``): its count, smallest and largest value, the
+    share of distinct values (whether counting locally pays), and its repeated values with their (estimated)
+    local counts -- heavy-hitter candidates, the heaviest ``PRUNE_CANDIDATES`` -- as plain numbers and lists:
+    the coordinator combines every rank's (``merge_facts``) without numpy.
+
+    Values within ``DIRECT_SPAN`` of their smallest are counted outright (one ``bincount``, about what the
+    sample costs): the candidates and share are exact, and the counts are kept, (lo, bins), so a job whose
+    whole span is that small settles without another pass.  Others are sampled (``COMBINE_SAMPLE``)."""
+    t = time.perf_counter()
     n = len(values)
-    smp = sample(values, COMBINE_SAMPLE)
-    smp.sort()
-    v, c = run_lengths(smp)
-    rep = c >= 2
-    v, est = v[rep], (c[rep] * (n / max(len(smp), 1))).astype(np.int64)
     lo, hi = (int(values.min()), int(values.max())) if n else (None, None)
-    return _heaviest({"n": n, "v": v, "e": est, "lo": lo, "hi": hi})
-
-
-def _heaviest(part: dict) -> dict:
-    """``part`` with at most ``PRUNE_CANDIDATES`` candidates, the heaviest (ascending values, as given)."""
-    v, e = part["v"], part["e"]
+    kept = None
+    if n and hi - lo < DIRECT_SPAN:
+        bins = span_counts(values, lo, hi - lo + 1)
+        kept = (lo, bins)
+        v = np.flatnonzero(bins)
+        share, c = len(v) / n, bins[v]
+        v = v + np.int64(lo)
+        rep = c >= 2
+        v, est = v[rep], c[rep]
+    else:
+        smp = sample(values, COMBINE_SAMPLE)
+        smp.sort()
+        v, c = run_lengths(smp)
+        share = len(v) / len(smp) if len(smp) else 1.0
+        rep = c >= 2
+        v, est = v[rep], (c[rep] * (n / max(len(smp), 1))).astype(np.int64)
     if len(v) > PRUNE_CANDIDATES:
-        keep = np.sort(np.argpartition(-e, PRUNE_CANDIDATES - 1)[:PRUNE_CANDIDATES])
-        v, e = v[keep], e[keep]
-    return {**part, "v": v, "e": e}
+        keep = np.sort(np.argpartition(-est, PRUNE_CANDIDATES - 1)[:PRUNE_CANDIDATES])
+        v, est = v[keep], est[keep]
+    return {"n": n, "lo": lo, "hi": hi, "v": v.tolist(), "e": est.tolist(), "share": share,
+            "seconds": time.perf_counter() - t}, kept
 
 
-def _union_candidates(a: dict, b: dict) -> dict:
-    """Candidates of two parts, estimates summed (cutting any off only loosens the slot bounds)."""
-    v, e = sum_by_value(np.concatenate((a["v"], b["v"])), np.concatenate((a["e"], b["e"])))
-    lo = min((x["lo"] for x in (a, b) if x["lo"] is not None), default=None)
-    hi = max((x["hi"] for x in (a, b) if x["hi"] is not None), default=None)
-    return _heaviest({"n": a["n"] + b["n"], "v": v, "e": e, "lo": lo, "hi": hi})
+def merge_facts(a: dict, b: dict) -> dict:
+    """Two ranks' facts (or two merged groups') as one: counts summed, the span widened, the candidates'
+    estimates summed by value and cut to the heaviest ``PRUNE_CANDIDATES`` (ties: the smaller value; a cut
+    only loosens the slot bounds, the answer stays exact).  Plain Python over at most twice that many
+    candidates, not the data: the coordinator runs it for every rank's load, without numpy."""
+    est = dict(zip(a["v"], a["e"]))
+    for v, e in zip(b["v"], b["e"]):
+        est[v] = est.get(v, 0) + e
+    top = sorted(sorted(est.items(), key=lambda ve: (-ve[1], ve[0]))[:PRUNE_CANDIDATES])
+    los = [x["lo"] for x in (a, b) if x["lo"] is not None]
+    his = [x["hi"] for x in (a, b) if x["hi"] is not None]
+    return {"n": a["n"] + b["n"], "lo": min(los, default=None), "hi": max(his, default=None),
+            "v": [v for v, _ in top], "e": [e for _, e in top]}
 
 
 def prune_candidates(total: dict, prune: str) -> np.ndarray | None:
     """The candidates heaviest first, or None when pruning is off or unlikely to settle the job (the same
     answer on every rank: it reads only the allreduced samples)."""
-    n, v, e = total["n"], total["v"], total["e"]
+    n, v, e = total["n"], np.asarray(total["v"], dtype=np.int64), np.asarray(total["e"], dtype=np.int64)
     if prune == "never" or n == 0:
         return None
     order = np.lexsort((v, -e))
@@ -177,6 +214,43 @@ def prune_candidates(total: dict, prune: str) -> np.ndarray | None:
         if n < PRUNE_MIN_VALUES or len(v) == 0 or int(e.max()) < PRUNE_MARGIN * max(rest, 1.0):
             return None
     return v[order]
+
+
+def top_cut(total: dict, cands: np.ndarray, limit: int) -> int:
+    """How many of the heaviest candidates (at most ``limit``; 0: none) are likely to settle the job by their
+    counts alone: the fewest whose heaviest estimate beats ``TOP_MARGIN`` times the estimated count of every
+    other value together.  Read from the combined facts only: the same on every rank."""
+    if limit < 1 or cands is None or not len(cands):
+        return 0
+    est = dict(zip(total["v"], total["e"]))
+    e = np.array([est[v] for v in cands[:limit].tolist()], dtype=np.float64)     # heaviest first
+    ok = np.flatnonzero(e[0] >= TOP_MARGIN * (total["n"] - np.cumsum(e)))
+    return int(ok[0]) + 1 if len(ok) else 0
+
+
+def _sum_counts(a: dict, b: dict) -> dict:
+    return {"c": a["c"] + b["c"]}
+
+
+async def _top(comm: Communicator, values: np.ndarray, cands: np.ndarray, n: int, tie_limit: int,
+               phases: dict) -> dict:
+    """The exact counts of a few heaviest candidates, summed up the tree; rank 0's verdict, broadcast: settled
+    when the best count beats all other values together (none of them can reach it), else not."""
+    t = time.perf_counter()
+    counts = await numpy_step(len(values), candidate_counts, values, cands)
+    phases["top"] = time.perf_counter() - t
+    t = time.perf_counter()
+    summed = await tree_reduce(comm, {"c": counts}, _sum_counts, "mode.top")
+    verdict = None
+    if summed is not None:
+        c = summed["c"]
+        best = int(c.max())
+        tied = np.sort(cands[c == best])
+        verdict = {"settled": n - int(c.sum()) < best, "count": best, "ties": tied[:tie_limit].tolist(),
+                   "tie_count": int(len(tied)), "distinct": None}
+    verdict = await broadcast(comm, verdict, "mode.top.verdict")
+    phases["settle"] = time.perf_counter() - t
+    return verdict
 
 
 def _narrow(a: np.ndarray) -> np.ndarray:
@@ -198,11 +272,26 @@ def settle(placed: np.ndarray, hits: np.ndarray, rest: np.ndarray, tie_limit: in
             "open": open_slots.astype(np.int32), "distinct": None}
 
 
+def _rebase(kept: tuple[int, np.ndarray], lo: int, span: int) -> np.ndarray:
+    """This rank's counts kept at its load (from its own smallest value) placed in the job's span from ``lo``."""
+    mine, counts = kept
+    bins = np.zeros(span, dtype=np.int64)
+    bins[mine - lo:mine - lo + len(counts)] = counts
+    return bins
+
+
 async def _direct(comm: Communicator, values: np.ndarray, lo: int, hi: int, tie_limit: int, phases: dict,
-                  rounds: int) -> tuple[dict, None, dict]:
-    """Every value within ``DIRECT_SPAN`` of the smallest: exact counts of all of them, summed up the tree."""
+                  rounds: int, kept: tuple[int, np.ndarray] | None) -> tuple[dict | None, None, dict]:
+    """Every value within ``DIRECT_SPAN`` of the smallest: exact counts of all of them, summed up the tree --
+    counted at the load already when this rank's own span was that small (``kept``), else now.
+
+    The answer is final at rank 0 and every rank knows nothing is left to shuffle (they all read the same
+    span), so no verdict comes back down: the other ranks return None."""
     t = time.perf_counter()
-    bins = await numpy_step(len(values), span_counts, values, lo, hi - lo + 1)
+    if kept is not None:
+        bins = _rebase(kept, lo, hi - lo + 1)
+    else:
+        bins = await numpy_step(len(values), span_counts, values, lo, hi - lo + 1)
     phases["slots"] = time.perf_counter() - t
     t = time.perf_counter()
     summed = await tree_reduce(comm, {"h": _narrow(bins), "r": _narrow(bins[:0])}, _sum_slots, "mode.slots")
@@ -211,11 +300,10 @@ async def _direct(comm: Communicator, values: np.ndarray, lo: int, hi: int, tie_
         counts = summed["h"].astype(np.int64)
         verdict = settle(np.arange(len(counts), dtype=np.int64) + np.int64(lo), counts, counts[:0], tie_limit)
         verdict["distinct"] = int(np.count_nonzero(counts))
-    verdict = await broadcast(comm, verdict, "mode.verdict")
     phases["settle"] = time.perf_counter() - t
-    return verdict, None, {"rounds": rounds + 3 * tree_depth(comm.size), "heavy": {
+    return verdict, None, {"rounds": rounds + tree_depth(comm.size), "settled": True, "heavy": {
         "pruned": True, "direct": True, "candidates": hi - lo + 1, "open_slots": 0,
-        "best_candidate_count": verdict["count"]}}
+        "best_candidate_count": None if verdict is None else verdict["count"]}}
 
 
 async def prune_heavy(comm: Communicator, box: list[np.ndarray], prune: str, tie_limit: int,
@@ -223,24 +311,40 @@ async def prune_heavy(comm: Communicator, box: list[np.ndarray], prune: str, tie
     """Steps 1-3 of the heavy-hitter pruning (module docstring).
 
     Returns (the candidates' verdict, the values left to count exactly or None when
-    none are, stats); (None, None, stats) when pruning does not run, the values
-    untouched in ``box``.  Every rank takes the same branch: each decision reads only
-    allreduced or broadcast numbers.
+    none are, stats, whose ``settled`` says nothing is left to shuffle); (None, None,
+    stats) when pruning does not run, the values untouched in ``box``.  Every rank
+    takes the same branch: each decision reads only numbers every rank holds alike --
+    the facts of every rank's load, combined by the coordinator (``comm.facts``, no
+    round) or here by an allreduce -- or broadcast ones.
     """
     t = time.perf_counter()
     comm.progress.set("prune")
     values = box[0]
-    mine = await numpy_step(len(values), sample_heavy, values)
-    phases["sample"] = time.perf_counter() - t
-    total = await allreduce(comm, mine, _union_candidates, "mode.heavy")
     depth = tree_depth(comm.size)
-    phases["candidates"] = time.perf_counter() - t - phases["sample"]
-    if prune != "never" and total["n"] and total["hi"] - total["lo"] < DIRECT_SPAN and (
-            prune == "always" or total["n"] >= PRUNE_MIN_VALUES):
-        return await _direct(comm, values, total["lo"], total["hi"], tie_limit, phases, 2 * depth)
+    if comm.facts is not None:         # every rank's sample was taken at its load and combined at the coordinator
+        total, rounds, kept = comm.facts, 0, comm.kept
+    else:
+        mine, kept = await numpy_step(len(values), load_facts, values)
+        phases["sample"] = time.perf_counter() - t
+        total = await allreduce(comm, mine, merge_facts, "mode.heavy")
+        rounds = 2 * depth
+        phases["candidates"] = time.perf_counter() - t - phases["sample"]
+    direct = prune != "never" and total["n"] and total["hi"] - total["lo"] < DIRECT_SPAN and (
+        prune == "always" or total["n"] >= PRUNE_MIN_VALUES)
     cands = prune_candidates(total, prune)
+    k = 0 if direct else top_cut(total, cands, TOP_MAX)     # direct: every rank counted its values at its load
+    if k:
+        top = await _top(comm, values, cands[:k], total["n"], tie_limit, phases)
+        rounds += 2 * depth
+        if top["settled"]:
+            return top, None, {"rounds": rounds, "settled": True, "heavy": {
+                "pruned": True, "direct": False, "top": k, "candidates": k, "open_slots": 0,
+                "best_candidate_count": top["count"]}}
+    if direct:
+        return await _direct(comm, values, total["lo"], total["hi"], tie_limit, phases, rounds, kept)
     if cands is None:
-        return None, None, {"rounds": 2 * depth, "heavy": {"pruned": False, "candidates": len(total["v"])}}
+        return None, None, {"rounds": rounds, "settled": False,
+                            "heavy": {"pruned": False, "candidates": len(total["v"])}}
     t = time.perf_counter()
     table, placed = heavy_table(cands)
     bins = await numpy_step(len(values), slot_counts, values, table)
@@ -260,17 +364,22 @@ async def prune_heavy(comm: Communicator, box: list[np.ndarray], prune: str, tie
         t = time.perf_counter()
         left = await numpy_step(len(values), in_slots, values, table, open_slots)
         phases["open"] = time.perf_counter() - t
-    return verdict, left, {"rounds": 5 * depth, "heavy": {
+    return verdict, left, {"rounds": rounds + 2 * depth, "settled": left is None, "heavy": {
         "pruned": True, "direct": False, "candidates": int(len(placed)), "open_slots": int(len(open_slots)),
         "best_candidate_count": verdict["count"]}}
 
 
 def _count_and_split(w: int, rank: int, box: list[np.ndarray], combine: str, counting: str,
-                     cfg: ShuffleConfig) -> tuple[list, list, bool, str, int]:
+                     cfg: ShuffleConfig, known_share: float | None = None) -> tuple[list, list, bool, str, int]:
     """Per owner the chunks of bare values and of (value, count) pairs, whether values were counted locally
     first ("combined"), how, and how many (value or pair) rows leave this rank."""
     values = box.pop()
-    share = sample_share(values, COMBINE_SAMPLE) if len(values) > COMBINE_SAMPLE else None   # None: small, count
+    if len(values) <= COMBINE_SAMPLE:
+        share = None                   # small: count
+    elif known_share is None:
+        share = sample_share(values, COMBINE_SAMPLE)
+    else:
+        share = known_share            # the load's sample of these very values (load_facts): the same sample
     if counting == "auto":
         counting = choose_local(values, 1.0 if share is None else share)
     # a dense count is one cheap pass and only chosen where values repeat a lot: it always pays
@@ -390,7 +499,7 @@ async def _mode_once(comm: Communicator, values: np.ndarray, params: ModeParams)
     if params.prune == "always" or (params.prune == "auto" and cfg.strategy != "tree" and comm.total is not None
                                     and comm.total >= PRUNE_MIN_VALUES):
         prior, left, heavy = await prune_heavy(comm, box, params.prune, tie_limit, phases)
-        if prior is not None and left is None:          # settled by the candidates: nothing to shuffle
+        if heavy["settled"]:                             # settled by the candidates: nothing to shuffle
             return _settled(comm, prior, phases, heavy)
         if prior is not None:
             box[0] = left                                # only the open slots' values are counted below
@@ -401,9 +510,10 @@ async def _mode_once(comm: Communicator, values: np.ndarray, params: ModeParams)
     # wait on the network, not on the slowest rank's count, from a sample taken now, while they are whole.
     n = len(box[0])
     smp = compact_choice.sample_of(box[0]) if params.encoding == "auto" else None
+    share = comm.own_facts["share"] if comm.own_facts is not None and prior is None else None
     async with asyncio.TaskGroup() as tg:
         split = tg.create_task(numpy_step(n, _count_and_split, comm.size, comm.rank, box, combine, params.counting,
-                                          cfg))
+                                          cfg, share))
         chosen = tg.create_task(compact_choice.choose(
             comm, params.encoding, n, n * (comm.size - 1) // comm.size, smp, params.link_mbit, cfg.chunk_bytes,
             COMBINE_BELOW, tree=cfg.strategy == "tree"))    # one chunk: nothing to code
@@ -492,13 +602,16 @@ async def _finish(comm: Communicator, cfg: ShuffleConfig, local: dict, phases: d
             "tie_count": best["tie_count"]}, stats
 
 
-def _settled(comm: Communicator, verdict: dict, phases: dict, heavy: dict) -> tuple[dict | None, dict]:
-    """The pruned job's answer (rank 0) and stats, when no slot was left open: nothing was shuffled."""
-    distinct = verdict["distinct"]            # known (at rank 0) when every value was counted directly
-    stats = {"phases": phases, "peak_rss_after": {"prune": memory.peak_rss_bytes()},
-             "distinct_keys": None if distinct is None else distinct if comm.rank == 0 else 0,
-             "combined": False, "counting": {"local": "direct" if heavy["heavy"]["direct"] else "heavy",
-                                             "merge": "none"}, "encoding": "plain",
+def _settled(comm: Communicator, verdict: dict | None, phases: dict, heavy: dict) -> tuple[dict | None, dict]:
+    """The pruned job's answer (rank 0) and stats, when no slot was left open: nothing was shuffled.
+    ``verdict`` is None on the other ranks of a direct count (only rank 0 needs it)."""
+    distinct = None                    # unknown: the candidates' values were counted, not the others
+    if heavy["heavy"]["direct"]:       # every value counted: rank 0 holds them all
+        distinct = verdict["distinct"] if comm.rank == 0 else 0
+    stats = {"phases": phases, "peak_rss_after": {"prune": memory.peak_rss_bytes()}, "distinct_keys": distinct,
+             "combined": False, "counting": {"local": "direct" if heavy["heavy"]["direct"] else "top"
+                                             if heavy["heavy"].get("top") else "heavy", "merge": "none"},
+             "encoding": "plain",
              "encoding_choice": {"encoding": "plain", "why": "nothing to shuffle: the heavy hitters settled the job"},
              "shuffle": "none", "shuffled_values": 0, "shuffle_bytes": 0, "shuffle_bytes_per_value": None,
              "chunks_sent": 0, "chunks_received": 0, "shuffle_send_seconds": 0.0, "shuffle_receive_seconds": 0.0,
@@ -542,4 +655,6 @@ OP = Op(
     examples=("cluster submit mode --input shards/", "cluster submit mode --input 'shards/*.npy' --ties all --json"),
     summarize=summarize,
     out_of_core=True,
+    load_facts=load_facts,
+    merge_facts=merge_facts,
 )
