@@ -229,18 +229,28 @@ def test_load_facts_and_their_merge_match_numpy():
     parts = [rng.zipf(1.3, 100_000).astype(np.int64) * -3, np.zeros(0, np.int64), np.array([I64_MIN, I64_MAX]),
              rng.integers(0, 5, 70_000)]
     own = [mode_mod.load_facts(p)[0] for p in parts]
-    assert [(f["n"], f["lo"], f["hi"]) for f in own] == [
-        (len(p), int(p.min()) if len(p) else None, int(p.max()) if len(p) else None) for p in parts]
+    for f, p in zip(own, parts):       # the exact span where it is small, else one within it and still too wide
+        assert f["n"] == len(p) and (f["lo"], f["hi"]) == ((int(p.min()), int(p.max())) if len(p) else (None, None)) \
+            or int(p.min()) <= f["lo"] and f["hi"] <= int(p.max()) and f["hi"] - f["lo"] >= mode_mod.DIRECT_SPAN
     total = own[0]
     for f in own[1:]:
         total = mode_mod.merge_facts(total, f)
     allv = np.concatenate(parts)
-    assert (total["n"], total["lo"], total["hi"]) == (len(allv), int(allv.min()), int(allv.max()))
+    assert (total["n"], total["lo"], total["hi"]) == (len(allv), int(allv.min()), int(allv.max()))   # ends in part 2
     assert total["v"] == sorted(total["v"]) and len(total["v"]) <= mode_mod.PRUNE_CANDIDATES
     truth = Counter(allv.tolist())
     heaviest = sorted(zip(total["e"], total["v"]), reverse=True)[:5]
     assert {v for _, v in heaviest} == {v for v, _ in truth.most_common(5)}
     assert all(abs(e - truth[v]) <= 0.1 * truth[v] for e, v in heaviest)
+    hidden = np.arange(1_000_000, dtype=np.int64) % 100
+    hidden[12_345] = 10 ** 15                          # between the probe's strides: min/max find it
+    probed = np.arange(1_000_000, dtype=np.int64) % 100
+    probed[::1_000_000 // 4096][7] = -(10 ** 15)         # the probe sees it; no sample position may
+    for p, want in ((hidden, (0, 10 ** 15)), (probed, None)):
+        f, k = mode_mod.load_facts(p)
+        assert k is None and f["hi"] - f["lo"] >= mode_mod.DIRECT_SPAN and (want is None or (f["lo"], f["hi"]) == want)
+        assert f["lo"] >= int(p.min()) and f["hi"] <= int(p.max())
+        check([p[:500_000], p[500_000:]], 3, {"prune": "always"}, known_total=True)
     facts, kept = mode_mod.load_facts(parts[3])          # a small span: counted outright, exact, and kept
     assert dict(zip(facts["v"], facts["e"])) == Counter(parts[3].tolist()) and facts["share"] == 5 / 70_000
     assert kept[0] == 0 and kept[1].tolist() == np.bincount(parts[3]).tolist()

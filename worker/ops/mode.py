@@ -56,7 +56,7 @@ from shardstats.worker.comm.collectives import allreduce, broadcast, tree_depth,
 from shardstats.worker.ops import compact_choice
 from shardstats.worker.ops.compact import compact_exchange, pack_fingerprints
 from shardstats.worker.comm.communicator import Communicator
-from shardstats.worker.ops.counting import (COUNTINGS, SLOTS, candidate_counts, choose_counting, choose_local,
+from shardstats.worker.ops.counting import (COUNTINGS, SLOTS, SPAN_PROBE, candidate_counts, choose_counting, choose_local,
                                             count_values, dense_bins, dense_fits, heavy_table, in_slots,
                                             merge_repeats, run_lengths, sample, sample_share, slot_counts, slot_of,
                                             span_counts)
@@ -160,12 +160,18 @@ def load_facts(values: np.ndarray) -> tuple[dict, tuple[int, np.ndarray] | None]
 
     Values within ``DIRECT_SPAN`` of their smallest are counted outright (one ``bincount``, about what the
     sample costs): the candidates and share are exact, and the counts are kept, (lo, bins), so a job whose
-    whole span is that small settles without another pass.  Others are sampled (``COMBINE_SAMPLE``)."""
+    whole span is that small settles without another pass.  Others are sampled (``COMBINE_SAMPLE``).  The
+    span decides only that direct count, so where a few thousand evenly spaced values already span more,
+    ``lo``/``hi`` are the sample's smallest and largest (a narrower span, still too wide: two passes saved)."""
     t = time.perf_counter()
     n = len(values)
-    lo, hi = (int(values.min()), int(values.max())) if n else (None, None)
+    lo = hi = None
+    probe = values[::max(1, n // SPAN_PROBE)]
+    wide = bool(n) and int(probe.max()) - int(probe.min()) >= DIRECT_SPAN
+    if n and not wide:
+        lo, hi = int(values.min()), int(values.max())
     kept = None
-    if n and hi - lo < DIRECT_SPAN:
+    if lo is not None and hi - lo < DIRECT_SPAN:
         bins = span_counts(values, lo, hi - lo + 1)
         kept = (lo, bins)
         v = np.flatnonzero(bins)
@@ -176,6 +182,8 @@ def load_facts(values: np.ndarray) -> tuple[dict, tuple[int, np.ndarray] | None]
     else:
         smp = sample(values, COMBINE_SAMPLE)
         smp.sort()
+        if wide:                       # the probe's span is already too wide; the sample's may be narrower
+            lo, hi = min(int(probe.min()), int(smp[0])), max(int(probe.max()), int(smp[-1]))
         v, c = run_lengths(smp)
         share = len(v) / len(smp) if len(smp) else 1.0
         rep = c >= 2
