@@ -15,7 +15,6 @@ import contextlib
 import itertools
 import random
 import ssl
-import time
 from dataclasses import dataclass, field
 
 from shardstats.coordinator.client import WorkerClient
@@ -177,12 +176,14 @@ class LiveClient:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def stats(self) -> list[dict]:
+    async def stats(self, detail: bool = False) -> list[dict]:
+        """Every worker's live figures; ``detail``: with its event loop's recent slow events (worker.live.watch)."""
         rows: list[dict] = []
 
         async def one(i: int) -> None:
             try:
-                reply = await self.ask(i, make("live_stats", seq=next(self._seq)), self.settings.status_timeout)
+                reply = await self.ask(i, make("live_stats", seq=next(self._seq), **({"detail": True} if detail else {})),
+                                       self.settings.status_timeout)
                 rows.append({"up": True, **{k: v for k, v in reply.items() if k not in ("t", "v", "seq")}})
             except CONNECT_ERRORS as exc:
                 rows.append({"worker": i, "up": False, "error": _why(exc)})

@@ -143,6 +143,66 @@ def test_local_counters_late_early_and_the_hot_key_saving():
     assert lc.drain() == {}
 
 
+def test_counting_and_draining_in_bulk_equal_one_event_at_a_time():
+    """Times as an int64 array or a list, late and early among them: the pending pairs, the split by owner and
+    a merge of several drains equal a Counter over the events one at a time (what the vectorised code replaced)."""
+    import numpy as np
+    from shardstats.worker.live.ingest import merge_pairs
+    rng = random.Random(5)
+    allowance = 60_000
+    lc = LocalCounters(workers=7, allowance_ms=allowance)
+    want, late, early = Counter(), 0, 0
+    drains = []
+    for batch in range(30):
+        n = rng.randrange(1, 400)
+        keys = [rng.choice(["hot", "hot", "é", ""]) if rng.random() < 0.3 else f"k{rng.randrange(300)}"
+                for _ in range(n)]
+        times = [rng.choice([ARRIVAL, T0 - rng.randrange(-70_000, 70_000)]) for _ in range(n)]
+        for k, t in zip(keys, times):
+            if t == ARRIVAL:
+                want[(k, T0 // MINUTE_MS)] += 1
+            elif t < T0 - allowance:
+                late += 1
+            elif t > T0 + allowance:
+                early += 1
+            else:
+                want[(k, t // MINUTE_MS)] += 1
+        lc.add(keys, np.asarray(times, dtype=np.int64) if batch % 2 else times, T0)
+        if batch % 10 == 9:
+            drains.append(lc.drain())
+    assert (lc.late, lc.early, lc.received) == (late, early, sum(want.values()))
+    got = Counter()
+    for parts in drains:
+        for o, (ks, ms, ns) in parts.items():
+            assert owners(ks, 7).tolist() == [o] * len(ks)          # each pair went to its key's owner
+            assert ms.dtype == ns.dtype == np.int64
+            got.update(dict(zip(zip(ks, ms.tolist()), ns.tolist())))
+    assert got == want
+    owner = next(iter(drains[0]))
+    merged = merge_pairs([d[owner] for d in drains if owner in d])
+    assert len(set(zip(*merged[:2]))) == len(merged[0])                     # each (key, minute) once
+    assert Counter(dict(zip(zip(merged[0], merged[1].tolist()), merged[2].tolist()))) == \
+        Counter({p: n for p, n in want.items() if owners([p[0]], 7)[0] == owner})
+
+
+def test_buckets_take_repeated_pairs_in_one_batch():
+    """A batch naming a (key, minute) more than once (a peer's frames never do; the code must not rely on it)
+    counts every one."""
+    rng = random.Random(8)
+    tb = TimeBuckets()
+    tb.advance(T0)
+    events = [(f"r{rng.randrange(20)}", T0 - rng.randrange(600_000)) for _ in range(3000)]
+    for i in range(0, len(events), 500):
+        part = events[i:i + 500]
+        tb.add([k for k, _ in part], [t // MINUTE_MS for _, t in part], [1] * len(part))
+    for last in ("5m", "1h"):
+        w = parse_last(last)
+        start, end = w.span(T0)
+        want, total = ref_top(events, 20, start, end)
+        got = tb.top(20, w)
+        assert got["items"] == want and got["total"] == total, last
+
+
 def test_owner_is_the_keyed_engines_partition():
     import pyarrow as pa
     from shardstats.worker.data.hashing import hash_array, owners_of
@@ -234,6 +294,78 @@ def test_checkpoint_round_trip_answers_the_same(tmp_path, approx):
     with pytest.raises(ValueError):
         store.read(path)
     assert store.read(tmp_path / "none.ckpt") is None
+
+
+def test_a_checkpoint_written_while_another_is_under_way_is_the_one_left(tmp_path, monkeypatch):
+    """The last checkpoint at shutdown (on the loop) may begin while the scheduled one's thread is still writing
+    the same temporary file: the later state must be the one on disk, whole."""
+    import builtins
+    import threading
+    path = store.checkpoint_path(tmp_path, b"token", 0)
+    older = store.encode({"buckets": TimeBuckets().dump(), "saved_ms": 1, "gaps": [[0, 1]] * 500})
+    newer = store.encode({"buckets": TimeBuckets().dump(), "saved_ms": 2})
+    opened, go = threading.Event(), threading.Event()
+    real_open = builtins.open
+
+    def held_open(file, mode="r", *args, **kwargs):        # the scheduled checkpoint's thread, paused mid-write
+        f = real_open(file, mode, *args, **kwargs)
+        if threading.current_thread() is not threading.main_thread():
+            opened.set()
+            assert go.wait(10)
+        return f
+    monkeypatch.setattr(store, "open", held_open, raising=False)
+    scheduled = threading.Thread(target=store.write, args=(path, older))
+    scheduled.start()
+    assert opened.wait(10)
+    threading.Timer(0.3, go.set).start()                    # the thread goes on (while, or after, the last write)
+    store.write(path, newer)
+    scheduled.join(10)
+    assert path.read_bytes() == newer and store.read(path)["saved_ms"] == 2
+
+
+def test_json_lines_read_by_arrow_equal_the_line_by_line_parser():
+    """``POST /events`` bodies: Arrow's reading (when it vouches for one) equals ``json.loads`` line by line, and
+    a body it cannot vouch for gets the same answer or the same refusal from the line-by-line parser."""
+    import json
+    from shardstats.worker.live.events import arrow_lines, parse_lines
+    edges = [b'{"q":"a","ts":1}\n{"q":"b","ts":2.5}\n', b'{"q":"a"}{"q":"b"}\n', b'{"q":"a"}\n\n{"q":"b"}',
+             b'{"q":"a"}\n  \n{"q":"b"}\n', b'{"q":"a","q":"b"}\n', b'{"q":"a","ts":NaN}\n', b'{"q":"a","x":NaN}\n',
+             b'{"q":"a","ts":true}\n', b'{"q":"a","ts":-1}\n', b'{"q":"a","ts":1e20}\n', b'{"q":1}\n{"q":"b"}\n',
+             b'{"q":"\\u00e9"}\n', b'{"q":"\\ud800"}\n', b'{"q":"a\\"b\\n"}\n', '{"q":"\u00e9\u65e5"}\n'.encode(),
+             b'{"q":"a"},\n', b'{"q":"a"} x\n', b'{"q":"a", }\n', b'{"q":"a"}\r\n{"q":"b"}\r\n',
+             b'{"q":"a","ts":0.0005}\n{"q":"b","ts":0.0015}\n{"q":"c","ts":0.0025}\n', b'{"q":"' + b"x" * 70 + b'"}\n',
+             b'{"q":"a","n":{"x":1}}\n{"q":"b","n":{"x":2}}\n', b'{"q":"a","ts":"2026-12-07T14:05:00Z"}\n',
+             b'{"q":null}\n', b'{"r":"a"}\n', b'  {"q":"a"}\n', b'{"q":"a","ts":123456789012345678901234567890}\n',
+             b'{"q":"a","ts":253402300799}\n{"q":"b","ts":253402300800}\n', b'{"q":"a","ts":null}\n{"q":"b","ts":5}\n']
+    rng = random.Random(4)
+    bodies = list(edges)
+    for _ in range(200):
+        events = [{"q": rng.choice(["a", "é", "", "x y", "日本", f"k{rng.randrange(9)}"])} for _ in range(rng.randrange(1, 40))]
+        other = rng.choice([None, 1, "s", [1, 2], {"a": 1}])        # a field of one type, in some bodies
+        for ev in events:
+            if rng.random() < 0.7:
+                ev["ts"] = rng.choice([rng.randrange(2_000_000_000), rng.random() * 2e9, round(rng.random() * 2e9, 3)])
+            if other is not None and rng.random() < 0.5:
+                ev["other"] = other
+        bodies.append("\n".join(json.dumps(e, ensure_ascii=rng.random() < 0.3) for e in events).encode()
+                      + rng.choice([b"", b"\n"]))
+    fast = 0
+    for body in bodies:
+        for time_field in ("ts", None):
+            try:
+                want = parse_lines(body.decode(), "q", time_field, 64)
+            except EventError as exc:
+                want = str(exc)
+            try:
+                keys, times = parse_body(body, "q", time_field, 64)
+                got = (list(keys), [int(t) for t in times])
+            except EventError as exc:
+                got = str(exc)
+            assert got == want, (body, time_field)
+            fast += arrow_lines(body, "q", time_field, 64) is not None
+    assert fast > 100                     # many bodies took Arrow's way
+    keys, times = arrow_lines(b'{"q": "a", "ts": 1.5}\n{"q": "b", "ts": 2}\n{"q": "c"}\n', "q", "ts", 64)
+    assert keys == ["a", "b", "c"] and times.tolist() == [1500, 2000, ARRIVAL]
 
 
 def test_event_parsing_names_what_and_where():

@@ -26,7 +26,7 @@ from shardstats.protocol.errors import ProtocolError
 from shardstats.protocol.messages import make
 from shardstats.settings import DEFAULTS
 from shardstats.testing import in_process_cluster
-from shardstats.worker.live.buckets import parse_last
+from shardstats.worker.live.buckets import MINUTE_MS, parse_last
 from shardstats.worker.live.events import ARRIVAL
 
 pytestmark = pytest.mark.timeout(120)
@@ -288,6 +288,7 @@ def test_http_events_and_top_equal_brute_force_and_bad_requests_change_nothing(t
             assert any("worker 1" in x for x in ans["warnings"])
             status, text = await call(ports[0], "GET", "/metrics", None, None)
             assert 'shardstats_live_events_total' in text and "shardstats_live_bucket_bytes" in text
+            assert 'shardstats_live_loop_lag_seconds{q="0.99"}' in text and "shardstats_live_gc_pause_seconds_total" in text
     asyncio.run(main())
 
 
@@ -423,3 +424,98 @@ def test_a_worker_slow_to_answer_is_hedged_by_the_next(tmp_path):
                 assert ans["items"] == [{"key": "a", "count": 5}] and time.perf_counter() - t < 2.0
                 assert cl._asked == 2                                       # the next one answered first
     asyncio.run(main())
+
+
+def test_a_fresh_pushed_answer_asks_no_owner_and_is_merged_once(tmp_path, monkeypatch):
+    """``cluster top`` within what the owners pushed: no owner is asked (no round trip on the peer links, so
+    no wait for the slowest of them), and the merge of the pushed answers is made once per push, not per query."""
+    from shardstats.worker.live import query
+    st = dataclasses.replace(DEFAULTS, live_dir=str(tmp_path), live_flush_interval=3600.0)
+    merges = []
+    real_merge = query.merge
+    monkeypatch.setattr(query, "merge", lambda *a, **kw: merges.append(a[3]) or real_merge(*a, **kw))
+
+    async def main():
+        async with in_process_cluster(3, settings=st) as c:
+            asked = []
+            for s in c.servers:
+                s.live._answer_peer = lambda peer, msg, real=s.live._answer_peer: asked.append(peer) or real(peer, msg)
+            async with LiveClient(c.addrs, c.token, settings=st) as cl:
+                now = int(time.time() * 1000)
+                events = [(f"k{i % 37}", now - 1000 * (i % 50)) for i in range(3000)]
+                await cl.ingest(batches(events, 300))
+                await settle(c.servers)
+                merges.clear()
+                for _ in range(20):
+                    ans = await cl.top(10, "5m")
+                    w = ans["window"]
+                    assert ans["source"] == "pushed" and ans["items"] == ref(events, 10, w["from_ms"], w["to_ms"])
+                assert asked == []
+                assert 1 <= len(merges) <= 2          # 2: a minute began meanwhile, and the owners pushed again
+                ans = await cl.top(150, "5m")         # beyond what the owners push: each peer owner is asked once
+                assert ans["source"] == "asked" and len(asked) == 2
+    asyncio.run(main())
+
+
+def test_owners_push_as_a_minute_begins(tmp_path, monkeypatch):
+    """A pushed answer names its buckets, so after a minute begins only new pushes can answer: every owner
+    pushes at once then (before, nothing pushed until the next half-interval tick; here an hour away)."""
+    from shardstats.worker.live import service
+    st = dataclasses.replace(DEFAULTS, live_dir=str(tmp_path), live_flush_interval=3600.0)
+    real = time.time()
+    boundary = (int(real * 1000) // MINUTE_MS + 1) * MINUTE_MS      # where the next minute begins, on a clock
+    offset = boundary - 4000 - int(real * 1000)                      # that reaches it 4 s from now
+    monkeypatch.setattr(service, "now_ms", lambda: int(time.time() * 1000) + offset)
+
+    async def main():
+        async with in_process_cluster(3, settings=st) as c:
+            for s in c.servers:
+                s.live.ingest(["a", "b"])                      # in use: the service pushes
+            async with asyncio.timeout(30):
+                while not all(len(s.live._tops) == 3 and min(e["at_ms"] for e in s.live._tops.values()) >= boundary
+                              for s in c.servers):
+                    await asyncio.sleep(0.05)
+            assert all(s.live.cached_top(10, "5m") is not None for s in c.servers)
+    asyncio.run(main())
+
+
+def test_periodic_work_is_spread_over_the_workers(tmp_path):
+    """Workers started together flush, push and checkpoint at their own phase of each interval, not all at once."""
+    st = dataclasses.replace(DEFAULTS, live_dir=str(tmp_path), live_flush_interval=3600.0)
+
+    async def main():
+        async with in_process_cluster(4, settings=st) as c:
+            assert sorted(s.live._phase(2.0) for s in c.servers) == [0.0, 0.5, 1.0, 1.5]
+    asyncio.run(main())
+
+
+def test_flushes_cut_into_small_frames_arrive_whole(tmp_path):
+    st = dataclasses.replace(DEFAULTS, live_dir=str(tmp_path), live_flush_interval=3600.0, live_flush_frame_bytes=100)
+
+    async def main():
+        async with in_process_cluster(3, settings=st) as c:
+            async with LiveClient(c.addrs, c.token, settings=st) as cl:
+                now = int(time.time() * 1000)
+                events = [(f"key{i % 700}", now - 1000 * (i % 40)) for i in range(5000)]
+                await cl.ingest(batches(events, 1000))
+                await settle(c.servers)
+                ans = await cl.top(100, "5m")
+                w = ans["window"]
+                assert ans["items"] == ref(events, 100, w["from_ms"], w["to_ms"]) and ans["total"] == len(events)
+                assert 0 < max(s.live.max_frame_pairs for s in c.servers) <= 100 // (len("key000") + 24) + 1
+    asyncio.run(main())
+
+
+def test_a_worker_daemon_freezes_what_it_holds_at_start(tmp_path, monkeypatch):
+    """Its modules and server are out of every full garbage collection's walk (each walk paused its loop)."""
+    from shardstats.cluster import launcher
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    info = launcher.start(1, log_dir=str(tmp_path / "logs"))
+    try:
+        async def stats():
+            async with LiveClient(info.workers, info.token.encode()) as cl:
+                return await cl.stats()
+        row, = asyncio.run(stats())
+        assert row["loop"]["gc_frozen"] > 10_000
+    finally:
+        launcher.stop(info)

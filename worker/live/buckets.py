@@ -11,6 +11,10 @@ window it covers, ``[start, end)`` in epoch milliseconds, bucket-aligned.
 
 Nothing here reads a clock: ``advance(now_ms)`` moves time, so tests drive it.
 
+An owner adds what it receives on the worker's event loop, where a query waits behind it: a
+batch is split by minute (numpy), and each minute's keys go into a bucket's dict by C loops
+(``map(dict.get)``, ``dict.update``), not a Python loop per key.
+
 Exact buckets hold a dict key -> count each.  Approximate buckets (``approx=True``)
 hold a DataSketches count-min sketch and a frequent-items sketch (the heavy hitters):
 memory per bucket is fixed whatever the keys, and an answer gives each key's
@@ -18,9 +22,14 @@ guaranteed bounds (the frequent-items sketch's) and the count-min estimate.
 """
 from __future__ import annotations
 
+import collections
 import heapq
+import operator
 import re
 from dataclasses import dataclass
+from itertools import compress, repeat
+
+import numpy as np
 
 MINUTE_MS = 60_000
 # (bucket width in ms, buckets kept): 6 x 1 min, 13 x 5 min, 25 x 1 h -- the seeds' schedule.
@@ -40,6 +49,33 @@ class Window:
         """``[start, end)`` in ms: the ``count`` aligned buckets ending with the one holding ``now_ms``."""
         cur = now_ms // self.width_ms
         return (cur - self.count + 1) * self.width_ms, (cur + 1) * self.width_ms
+
+
+def add_counts(counts: dict[str, int], keys: list[str], ns: list[int]) -> int:
+    """``counts[key] += n`` for each pair (``keys`` distinct), in C loops; returns the bytes of the new keys."""
+    old = list(map(counts.get, keys, repeat(0)))
+    new_bytes = sum(map(len, compress(keys, map(operator.not_, old)))) if 0 in old else 0
+    counts.update(zip(keys, map(operator.add, old, ns)))
+    return new_bytes
+
+
+def subtract_counts(counts: dict[str, int], keys: list[str], ns: list[int]) -> None:
+    """``counts[key] -= n`` for each pair (``keys`` distinct and all present); a key left at 0 is removed."""
+    left = list(map(operator.sub, map(counts.__getitem__, keys), ns))
+    counts.update(zip(keys, left))
+    if 0 in left:
+        collections.deque(map(counts.__delitem__, compress(keys, map(operator.not_, left))), maxlen=0)
+
+
+def distinct(keys: list[str], ns: list[int]) -> tuple[list[str], list[int]]:
+    """The pairs with each key once, its counts summed (a batch from a peer has each (key, minute) once, so
+    this is the rare path: Arrow's hash group-by)."""
+    if len(set(keys)) == len(keys):
+        return keys, ns
+    import pyarrow as pa
+    got = pa.table({"k": pa.array(keys, pa.large_string()), "n": pa.array(ns, pa.int64())}) \
+        .group_by("k", use_threads=False).aggregate([("n", "sum")])
+    return got["k"].to_pylist(), got["n_sum"].to_pylist()
 
 
 def parse_last(text: str, levels: tuple[tuple[int, int], ...] = LEVELS) -> Window:
@@ -73,13 +109,9 @@ class _Exact:
         self.counts: dict[str, int] = {}
         self.key_bytes = 0
 
-    def add(self, key: str, n: int) -> None:
-        c = self.counts
-        if key in c:
-            c[key] += n
-        else:
-            c[key] = n
-            self.key_bytes += len(key)
+    def add_many(self, keys: list[str], ns: list[int]) -> None:
+        """``keys`` distinct."""
+        self.key_bytes += add_counts(self.counts, keys, ns)
 
     def memory(self) -> int:
         return self.key_bytes + ENTRY_BYTES * len(self.counts)
@@ -112,9 +144,10 @@ class _Approx:
         self.cm = cm if cm is not None else ds.count_min_sketch(p.cm_hashes, p.cm_buckets)
         self.hh = hh if hh is not None else ds.frequent_strings_sketch(p.hh_lg_k)
 
-    def add(self, key: str, n: int) -> None:
-        self.cm.update(key, n)
-        self.hh.update(key, n)
+    def add_many(self, keys: list[str], ns: list[int]) -> None:
+        for key, n in zip(keys, ns):          # the sketches take one key at a time
+            self.cm.update(key, n)
+            self.hh.update(key, n)
 
     def memory(self) -> int:
         return self.cm.get_serialized_size_bytes() + self.hh.get_serialized_size_bytes()
@@ -142,27 +175,20 @@ class _WindowSum:
         self.total = 0
         self.included: set[int] = set()      # bucket indices whose counts are in the sum
 
-    def add(self, idx: int, key: str, n: int) -> None:
-        c = self.counts
-        c[key] = c.get(key, 0) + n
-        self.total += n
+    def add_many(self, idx: int, keys: list[str], ns: list[int], total: int) -> None:
+        """``keys`` distinct; ``total``: the sum of ``ns``."""
+        add_counts(self.counts, keys, ns)
+        self.total += total
         self.included.add(idx)
 
     def slide(self, entering, e: int, leaving, lv: int | None) -> None:
-        c = self.counts
         if entering is not None:
-            for key, n in entering.counts.items():
-                c[key] = c.get(key, 0) + n
-                self.total += n
+            add_counts(self.counts, list(entering.counts), list(entering.counts.values()))
+            self.total += sum(entering.counts.values())
             self.included.add(e)
         if leaving is not None:
-            for key, n in leaving.counts.items():
-                left = c[key] - n
-                if left:
-                    c[key] = left
-                else:
-                    del c[key]
-                self.total -= n
+            subtract_counts(self.counts, list(leaving.counts), list(leaving.counts.values()))
+            self.total -= sum(leaving.counts.values())
         self.included.discard(lv)
         self.end = max(self.end, e)
 
@@ -230,25 +256,39 @@ class TimeBuckets:
         per_minute = [w // MINUTE_MS for w, _ in self.levels]
         oldest = [self._oldest(lv) for lv in range(len(self.levels))]
         sums = [[s for s in self._sums.values() if s.level == lv] for lv in range(len(self.levels))]
+        m = np.asarray(minutes, dtype=np.int64)
+        if not len(m):
+            return 0
+        n = np.asarray(counts, dtype=np.int64)
+        # One group per minute (a flush holds a few): its keys go into one bucket per level.
+        order = np.argsort(m, kind="stable")
+        m, n = m[order], n[order]
+        karr = np.empty(len(keys), dtype=object)
+        karr[:] = keys
+        karr = karr[order]
+        uniq, starts = np.unique(m, return_index=True)
+        ends = np.append(starts[1:], len(m))
         lost = 0
-        for key, minute, n in zip(keys, minutes, counts):
-            self.added += n
+        for minute, a, b in zip(uniq.tolist(), starts.tolist(), ends.tolist()):
+            ks, ns = distinct(karr[a:b].tolist(), n[a:b].tolist())
+            total = int(n[a:b].sum())
+            self.added += total
             kept = False
             for lv, per in enumerate(self.buckets):
                 idx = minute // per_minute[lv]
                 if idx < oldest[lv]:
-                    self.late[lv] += n
+                    self.late[lv] += total
                     continue
-                b = per.get(idx)
-                if b is None:
-                    b = per[idx] = self._new()
-                b.add(key, n)
+                bucket = per.get(idx)
+                if bucket is None:
+                    bucket = per[idx] = self._new()
+                bucket.add_many(ks, ns)
                 kept = True
                 for s in sums[lv]:
                     if s.end - s.count < idx <= s.end:
-                        s.add(idx, key, n)
+                        s.add_many(idx, ks, ns, total)
             if not kept:
-                lost += n
+                lost += total
         return lost
 
     def memory(self) -> int:

@@ -7,7 +7,8 @@
 * ``GET /top?k=10&last=5m``: this worker asks every owner over its peer links and merges
   (worker.live.query); owners that do not answer within ``live_query_timeout`` are named.
 * metrics (read when scraped): events received, late and early events, pairs flushed and
-  received (the pre-aggregation's saving), flush lag, bucket memory, checkpoint age.
+  received (the pre-aggregation's saving), flush lag, bucket memory, checkpoint age, the event
+  loop's lag and garbage-collection pauses (worker.live.watch).
 """
 from __future__ import annotations
 
@@ -109,3 +110,15 @@ class LiveCollector:
             yield GaugeMetricFamily("shardstats_live_checkpoint_age_seconds", "Seconds since the last checkpoint "
                                     "of the buckets.", value=(self.live.clock() - s["checkpoint_ms"]) / 1000)
         yield CounterMetricFamily("shardstats_live_queries", "Top-K queries this owner answered.", value=s["queries"])
+        watch = self.live.watch
+        lag = GaugeMetricFamily("shardstats_live_loop_lag_seconds", "How late the worker's event loop ran (a "
+                                "request arriving then waited as long): over its recent samples.", labels=["q"])
+        got = watch.lag.summary()
+        lag.add_metric(["0.99"], got["p99_ms"] / 1000)
+        lag.add_metric(["1"], max(watch.lag.recent, default=0.0))
+        yield lag
+        pauses = CounterMetricFamily("shardstats_live_gc_pause_seconds", "Time the worker's loop stood still in "
+                                     "garbage collections, by generation.", labels=["generation"])
+        for g, t in enumerate(watch.gc):
+            pauses.add_metric([str(g)], t.total)
+        yield pauses

@@ -9,11 +9,18 @@ bounded by the distinct pairs its senders saw, not by the events (``received`` v
 Lateness is decided here, where the arrival time is known: an event more than
 ``allowance_ms`` older than its arrival is late (counted, not kept); one more than
 ``allowance_ms`` in the future is early (counted, not kept).  Pure: times are given.
+
+All of it runs on the worker's event loop, where a query waits behind it: no Python loop per
+event or pair -- a batch's times are checked by numpy, counted by ``Counter.update`` (a C
+loop), and a drain splits the pairs by owner with one sort.
 """
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from itertools import chain, compress, repeat
+
+import numpy as np
 
 from shardstats.worker.live.buckets import MINUTE_MS
 from shardstats.worker.live.events import ARRIVAL
@@ -46,32 +53,27 @@ class LocalCounters:
         self.pairs_flushed = 0
 
     def add(self, keys: list[str], times_ms, arrival_ms: int) -> Accepted:
-        """Counts a batch (``times_ms[i]`` is ``ARRIVAL`` or None for arrival time); returns what it kept."""
+        """Counts a batch (``times_ms``: epoch ms or ``ARRIVAL`` each, a list or an int64 array; None: every
+        event arrives now); returns what it kept."""
         got = Accepted()
         if not keys:
             return got
         minute_now = arrival_ms // MINUTE_MS
         if times_ms is None:
-            self.pending.update(zip(keys, [minute_now] * len(keys)))
+            self.pending.update(zip(keys, repeat(minute_now, len(keys))))
             got.accepted = len(keys)
         else:
-            lo, hi = arrival_ms - self.allowance_ms, arrival_ms + self.allowance_ms
-            minutes = []
-            kept = []
-            for k, t in zip(keys, times_ms):
-                if t == ARRIVAL:
-                    minutes.append(minute_now)
-                elif t < lo:
-                    got.late += 1
-                    continue
-                elif t > hi:
-                    got.early += 1
-                    continue
-                else:
-                    minutes.append(t // MINUTE_MS)
-                kept.append(k)
-            self.pending.update(zip(kept, minutes))
-            got.accepted = len(kept)
+            t = np.asarray(times_ms, dtype=np.int64)
+            now = t == ARRIVAL
+            late = ~now & (t < arrival_ms - self.allowance_ms)
+            early = ~now & (t > arrival_ms + self.allowance_ms)
+            minutes = np.where(now, minute_now, t // MINUTE_MS)
+            got.late, got.early = int(late.sum()), int(early.sum())
+            if got.late or got.early:
+                keep = ~(late | early)
+                keys, minutes = list(compress(keys, keep.tolist())), minutes[keep]
+            self.pending.update(zip(keys, minutes.tolist()))
+            got.accepted = len(keys)
         if got.accepted and self.pending_since is None:
             self.pending_since = arrival_ms
         self.received += got.accepted
@@ -79,19 +81,43 @@ class LocalCounters:
         self.early += got.early
         return got
 
-    def drain(self) -> dict[int, tuple[list[str], list[int], list[int]]]:
-        """Everything counted since the last drain, split by owner: owner -> (keys, minutes, counts)."""
+    def drain(self) -> dict[int, tuple[list[str], np.ndarray, np.ndarray]]:
+        """Everything counted since the last drain, split by owner: owner -> (keys, minutes, counts), the
+        minutes and counts int64 arrays."""
         pending, self.pending, self.pending_since = self.pending, Counter(), None
         if not pending:
             return {}
-        pairs = list(pending.items())
-        self.pairs_flushed += len(pairs)
-        keys = [k for (k, _), _ in pairs]
-        own = owners(keys, self.workers).tolist()
-        out: dict[int, tuple[list[str], list[int], list[int]]] = {}
-        for o, ((k, m), n) in zip(own, pairs):
-            ks, ms, ns = out.get(o) or out.setdefault(o, ([], [], []))
-            ks.append(k)
-            ms.append(m)
-            ns.append(n)
-        return out
+        n = len(pending)
+        self.pairs_flushed += n
+        keys, minutes = zip(*pending)
+        counts = np.fromiter(pending.values(), dtype=np.int64, count=n)
+        return split_by_owner(list(keys), np.fromiter(minutes, dtype=np.int64, count=n), counts,
+                              owners(keys, self.workers))
+
+
+def split_by_owner(keys: list[str], minutes: np.ndarray, counts: np.ndarray, own: np.ndarray
+                   ) -> dict[int, tuple[list[str], np.ndarray, np.ndarray]]:
+    """(key, minute, count) pairs grouped by their owner (``own[i]``), one sort for all."""
+    order = np.argsort(own, kind="stable")
+    ranked = own[order]
+    present = np.unique(ranked)
+    starts = np.searchsorted(ranked, present, side="left")
+    ends = np.searchsorted(ranked, present, side="right")
+    karr = np.empty(len(keys), dtype=object)
+    karr[:] = keys
+    karr, minutes, counts = karr[order], minutes[order], counts[order]
+    return {int(o): (karr[a:b].tolist(), minutes[a:b], counts[a:b])
+            for o, a, b in zip(present.tolist(), starts.tolist(), ends.tolist())}
+
+
+def merge_pairs(parts: list[tuple[list[str], np.ndarray, np.ndarray]]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Several (keys, minutes, counts) of the same owner as one, each (key, minute) once with its summed count:
+    what waits for a slow owner stays bounded by the distinct pairs, not by the flushes (Arrow's hash group-by)."""
+    if len(parts) == 1:
+        return parts[0]
+    import pyarrow as pa
+    table = pa.table({"k": pa.array(list(chain.from_iterable(p[0] for p in parts)), pa.large_string()),
+                      "m": np.concatenate([p[1] for p in parts]), "n": np.concatenate([p[2] for p in parts])})
+    got = table.group_by(["k", "m"], use_threads=False).aggregate([("n", "sum")])
+    return (got["k"].to_pylist(), got["m"].to_numpy().astype(np.int64, copy=False),
+            got["n_sum"].to_numpy().astype(np.int64, copy=False))

@@ -10,21 +10,31 @@ It is not a batch job: it lives as long as the worker.  What it does, and where:
   (key, minute) pairs, not by events); an owner adds what it receives to its buckets
   (worker.live.buckets) at once;
 * queries: each owner pushes its top ``live_push_k`` of 5m, 1h and 24h to every worker when
-  its counts changed, so the one worker a client asks merges those at once
-  (worker.live.query); any other query, or one an owner's push cannot answer (stale, another
-  window), makes that worker ask every owner over its links (``top``: one owner's top-K);
+  its counts changed, and as each minute begins (the windows moved), so the one worker a
+  client asks merges those at once (worker.live.query; the merge made once per push); any
+  other query, or one an owner's push cannot answer (stale, another window), makes that
+  worker ask every owner over its links (``top``: one owner's top-K);
 * checkpoints (every ``live_checkpoint_interval``, and at shutdown): the buckets to
   local disk (worker.live.store), restored at start with the gap stated.
 
 Requests are answered inline (no task per request): each is a bounded amount of work
 (``live_max_batch`` events, ``k`` keys); only a query that must ask the owners waits, in a task.
+
+Why the loop matters: a query's latency is the time the loop was busy with something else when
+it arrived, plus the time the process waited for a core.  So everything on the loop is short
+and vectorised (no Python loop per event or pair), each worker's periodic work runs at its own
+phase of the interval (``_phase``: ten workers no longer flush, push, checkpoint and collect
+garbage at the same instants), and ``watch`` (worker.live.watch) records the loop's lag, each
+step's wall and CPU time and the garbage collector's pauses (``stats()["loop"]``).
 """
 from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import logging
 import time
+from itertools import compress
 
 from shardstats import logs
 from shardstats.errors import PeerFailure
@@ -34,7 +44,8 @@ from shardstats.protocol.messages import make
 from shardstats.worker.live import store
 from shardstats.worker.live.buckets import MINUTE_MS, ApproxParams, TimeBuckets, parse_last
 from shardstats.worker.live.events import ARRIVAL, MAX_TIME_MS
-from shardstats.worker.live.ingest import LocalCounters
+from shardstats.worker.live.ingest import LocalCounters, merge_pairs
+from shardstats.worker.live.watch import LoopWatch
 
 MAX_K = 10_000
 PUSHED = ("5m", "1h", "24h")          # the windows each owner pushes its top of (settings.live_push_k)
@@ -82,7 +93,7 @@ class LiveService:
         self.pairs_dropped = 0              # flushed pairs an unreachable owner never got
         self.flushes = 0
         self.last_flush_ms = self.started_ms
-        self._outbox: dict[int, collections.Counter] = {}   # owner -> (key, minute) -> count flushed, not yet sent
+        self._outbox: dict[int, tuple] = {}   # owner -> (keys, minutes, counts) flushed, not yet sent (merged)
         self._outbox_since: dict[int, int] = {}              # owner -> arrival (ms) of its oldest unsent event
         self._outbox_ready: dict[int, asyncio.Event] = {}
         self.last_flush_lag_ms = 0
@@ -96,6 +107,8 @@ class LiveService:
         self.query_seconds: collections.deque = collections.deque(maxlen=1000)   # this owner's part of each query
         self._queries: dict[int, list] = {}   # GET /top fan-outs waiting for owners: [answers, done, need]
         self._tops: dict[int, dict] = {}      # worker -> its last pushed answers {"at_ms", "received", "answers"}
+        self._tops_version = 0                # bumped whenever _tops changes: the merged answers below are then old
+        self._merged: dict[tuple, tuple] = {}   # (k, last, span) -> (_tops_version, the merged answer)
         self._pushing: set[int] = set()       # peers whose last push is still on its way
         self._dirty = False                   # the buckets took counts since the last push
         self._active = False                  # events came here, or a peer pushed: this worker pushes too
@@ -103,6 +116,7 @@ class LiveService:
         self._tg: asyncio.TaskGroup | None = None
         self._warm = False                    # the owners' hash (pyarrow) imported
         self._qids = 0
+        self.watch = LoopWatch()                # loop lag, the service's steps and GC pauses (stats)
         self._restore()
         self._marked = self.restored is not None     # a checkpoint of this worker is on disk
         self._active = self.restored is not None
@@ -168,8 +182,9 @@ class LiveService:
             return
         t = time.perf_counter()
         saved = now_ms()
-        state = self._state(self._vouched(saved))
-        data = await store.encode_async(state)
+        with self.watch.step("checkpoint_state"):
+            state = self._state(self._vouched(saved))
+        data = await store.encode_async(state, self.watch.step)
         await asyncio.to_thread(store.write, self.path, data)
         self.checkpoints += 1
         self.checkpoint_bytes = len(data)
@@ -191,8 +206,10 @@ class LiveService:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
+                tg.create_task(self.watch.run())
                 tg.create_task(self._every(self.settings.live_flush_interval, self.flush))
                 tg.create_task(self._every(self.settings.live_flush_interval / 2, self._push_if_changed))
+                tg.create_task(self._push_at_minutes())
                 for owner in self.server.links:
                     tg.create_task(self._sender(owner))
                 tg.create_task(self._every(self.settings.live_checkpoint_interval, self.checkpoint))
@@ -200,7 +217,16 @@ class LiveService:
             self._tg = None
             self._final_checkpoint()
 
+    def _phase(self, seconds: float) -> float:
+        """Where in a period of ``seconds`` this worker's periodic work falls: worker i of n at i/n of it.
+
+        Why: workers started together would otherwise flush (and push, and checkpoint, and so collect
+        garbage) at the same instants, all ten wanting the machine's cores at once; a query arriving then
+        waits for all of them, and its hedge to the next worker finds that one busy too."""
+        return seconds * (self.id % max(1, self.workers)) / max(1, self.workers)
+
     async def _every(self, seconds: float, step) -> None:
+        await asyncio.sleep(self._phase(seconds))
         while True:
             await asyncio.sleep(seconds)
             try:
@@ -215,6 +241,15 @@ class LiveService:
             # worker that gets events (a worker that never does never pays for it).
             await asyncio.to_thread(_warm)
             self._warm = True
+            if gc.get_freeze_count():
+                # The process froze what it had at start (the worker daemon does: cluster.cli); pyarrow's
+                # import joins it, so no full collection walks those objects again (they were tens of
+                # milliseconds of every full collection, each a pause of every query on this worker).
+                gc.freeze()
+        with self.watch.step("flush"):
+            self._flush()
+
+    def _flush(self) -> None:
         now = now_ms()
         self.buckets.advance(now)
         since = self.counters.pending_since
@@ -225,14 +260,16 @@ class LiveService:
         self.max_flush_lag_ms = max(self.max_flush_lag_ms, self.last_flush_lag_ms)
         mine = parts.pop(self.id, None)
         if mine is not None:
-            self.buckets.add(*mine)
-            self.pairs_own += len(mine[0])
-        for owner, (keys, minutes, counts) in parts.items():
+            keys, minutes, counts = mine
+            self.buckets.add(keys, minutes.tolist(), counts.tolist())
+            self.pairs_own += len(keys)
+        for owner, part in parts.items():
             box = self._outbox.get(owner)
             if box is None:
-                box = self._outbox[owner] = collections.Counter()
+                self._outbox[owner] = part
                 self._outbox_since[owner] = since if since is not None else now
-            box.update(dict(zip(zip(keys, minutes), counts)))
+            else:
+                self._outbox[owner] = merge_pairs([box, part])     # its sender is still busy with the last one
             self._outbox_ready.setdefault(owner, asyncio.Event()).set()
         if mine is not None:
             self._dirty = True
@@ -245,27 +282,26 @@ class LiveService:
             await ready.wait()
             ready.clear()
             box = self._outbox.pop(owner, None)
-            if not box:
+            if not box or not box[0]:
                 continue
-            pairs = list(box.items())
-            await self._send(owner, [k for (k, _), _ in pairs], [m for (_, m), _ in pairs], [n for _, n in pairs])
+            await self._send(owner, *box)
             if owner not in self._outbox:
                 self._outbox_since.pop(owner, None)
 
-    async def _send(self, owner: int, keys: list[str], minutes: list[int], counts: list[int]) -> None:
+    async def _send(self, owner: int, keys: list[str], minutes, counts) -> None:
+        """``minutes``, ``counts``: int64 arrays; cut into frames of about ``live_flush_frame_bytes``."""
         import numpy as np
         link = self.server.links.get(owner)
         budget = self.settings.live_flush_frame_bytes
+        size = np.cumsum(np.fromiter(map(len, keys), dtype=np.int64, count=len(keys)) + 24)
+        ends = np.searchsorted(size, np.arange(budget, int(size[-1]) + budget, budget), side="left") + 1
+        ends = np.unique(np.minimum(ends, len(keys))).tolist()
         start = 0
-        while start < len(keys):
-            size, end = 0, start
-            while end < len(keys) and (size < budget or end == start):
-                size += len(keys[end]) + 24
-                end += 1
-            frame = encode_frame(make("live", kind="flush", src=self.id, keys=keys[start:end],
-                                      minutes=np.asarray(minutes[start:end], dtype=np.int64),
-                                      counts=np.asarray(counts[start:end], dtype=np.int64)),
-                                 self.settings.max_frame)
+        for end in ends:
+            with self.watch.step("send_encode"):
+                frame = encode_frame(make("live", kind="flush", src=self.id, keys=keys[start:end],
+                                          minutes=minutes[start:end], counts=counts[start:end]),
+                                     self.settings.max_frame)
             try:
                 if link is None:
                     raise PeerFailure(f"no link to worker {owner}")
@@ -282,6 +318,10 @@ class LiveService:
         kind = msg["kind"]
         if kind not in ("flush", "query", "answer", "tops") or msg["src"] != peer_id:
             raise ProtocolError(f"worker {peer_id} sent a live {kind!r} message as worker {msg['src']}")
+        with self.watch.step(f"peer_{kind}"):
+            self._deliver(peer_id, kind, msg)
+
+    def _deliver(self, peer_id: int, kind: str, msg: dict) -> None:
         if kind == "query":
             self._answer_peer(peer_id, msg)
             return
@@ -315,16 +355,30 @@ class LiveService:
         if self._active and (self._dirty or now // MINUTE_MS != self._pushed_minute):
             self._push(now)
 
+    async def _push_at_minutes(self) -> None:
+        """A push just after every minute begins: a pushed answer names its buckets, so until each owner has
+        pushed for the new minute every query must ask all the owners (a fan-out that waits for the slowest
+        of them); the half-interval tick alone left up to a second of those after each boundary."""
+        while True:
+            now = now_ms()
+            await asyncio.sleep((MINUTE_MS - now % MINUTE_MS) / 1000 + 0.002 * (1 + self.id % 8))
+            await self._push_if_changed()
+
     def _push(self, now: int) -> None:
         """This owner's top ``live_push_k`` of the usual windows, to every worker (itself included); a peer
         whose previous push is still queued is skipped (the next one supersedes it)."""
         k = self.settings.live_push_k
         if k <= 0:
             return
+        with self.watch.step("push"):
+            self._push_now(k, now)
+
+    def _push_now(self, k: int, now: int) -> None:
         self._dirty = False
         self._pushed_minute = now // MINUTE_MS
         answers = {last: self.top(k, last, now) for last in PUSHED}
         self._tops[self.id] = {"at_ms": now, "received": now, "answers": answers}
+        self._tops_version += 1
         if self._tg is None:
             return
         frame = encode_frame(make("live", kind="tops", src=self.id, at_ms=now, answers=answers), self.settings.max_frame)
@@ -350,11 +404,13 @@ class LiveService:
         for last in PUSHED:
             self._check_answer(peer_id, answers[last])
         self._tops[peer_id] = {"at_ms": msg["at_ms"], "received": now_ms(), "answers": answers}
+        self._tops_version += 1
         self._active = True
 
     def peer_lost(self, peer_id: int) -> None:
         """A link to ``peer_id`` broke: its pushed answers no longer stand for it (queries ask the owners)."""
         self._tops.pop(peer_id, None)
+        self._tops_version += 1
 
     def cached_top(self, k: int, last: str, at: int | None = None) -> dict | None:
         """The whole cluster's answer from the owners' pushed answers, or None when they cannot give it exactly
@@ -375,10 +431,18 @@ class LiveService:
             ans = entry["answers"][last]
             if (ans["top"]["from_ms"], ans["top"]["to_ms"]) != span:
                 return None
-            answers.append({**ans, "top": {**ans["top"], "items": ans["top"]["items"][:k]}})
+            answers.append(ans)
+        # The same question since the last push came: the same merge (a copy: callers add to it).
+        memo = self._merged.get((k, last, span))
+        if memo is not None and memo[0] == self._tops_version:
+            return dict(memo[1])
+        answers = [{**ans, "top": {**ans["top"], "items": ans["top"]["items"][:k]}} for ans in answers]
         out = merge(answers, [], k, last, self.allowance_ms)
         out.update(source="pushed", as_of=min(self._tops[i]["at_ms"] for i in range(self.workers)))
-        return out
+        if len(self._merged) >= 64:
+            self._merged.clear()
+        self._merged[(k, last, span)] = (self._tops_version, out)
+        return dict(out)
 
     async def whole_top(self, k: int, last: str) -> dict:
         """The cluster's answer: from the pushed answers when they hold it, else by asking every owner."""
@@ -458,6 +522,10 @@ class LiveService:
     def request(self, msg: dict, reply) -> None:
         """``live_events`` / ``live_top`` / ``live_stats`` from an authenticated client, answered inline."""
         t, seq = msg["t"], msg["seq"]
+        with self.watch.step(t):
+            self._request(t, seq, msg, reply)
+
+    def _request(self, t: str, seq: int, msg: dict, reply) -> None:
         try:
             if t == "live_events":
                 got = self.ingest(msg["keys"], msg.get("times"))
@@ -465,17 +533,19 @@ class LiveService:
             elif t == "live_top" and msg.get("whole"):
                 # the whole cluster's answer from this one worker: at once when pushed answers hold it
                 self._check_query(msg["k"], msg["last"])
+                at = time.time()
                 cached = self.cached_top(msg["k"], msg["last"])
                 if cached is not None:
+                    cached["served"] = {"worker": self.id, "at": at, "ms": round((time.time() - at) * 1000, 3)}
                     reply(make("live_answer", seq=seq, whole=cached))
                 elif self._tg is None:
                     raise LiveError(f"worker {self.id} is stopping", kind="job")
                 else:
-                    self._tg.create_task(self._reply_whole(msg["k"], msg["last"], seq, reply))
+                    self._tg.create_task(self._reply_whole(msg["k"], msg["last"], seq, reply, at))
             elif t == "live_top":
                 reply(make("live_answer", seq=seq, **self.top(msg["k"], msg["last"], msg.get("at_ms"))))
             else:
-                reply(make("live_answer", seq=seq, **self.stats()))
+                reply(make("live_answer", seq=seq, **self.stats(detail=msg.get("detail") is True)))
         except LiveError as exc:
             self.refused += 1
             reply(make("live_ack" if t == "live_events" else "live_answer", seq=seq, error=str(exc), kind=exc.kind))
@@ -489,20 +559,24 @@ class LiveService:
         if len(keys) > st.live_max_batch:
             raise LiveError(f"events: {len(keys)} events in one batch (limit {st.live_max_batch})")
         limit = st.live_max_key_bytes
-        for i, k in enumerate(keys):
-            if type(k) is not str or len(k) > limit // 4 and len(k.encode("utf-8", "surrogatepass")) > limit:
-                raise LiveError(f"events: key {i} is " + (f"a {type(k).__name__}, not a string" if type(k) is not str
-                                                         else f"longer than {limit} bytes"))
+        # C loops over the batch (map, set, max); the Python one below runs only to name a bad key.
+        if keys and (set(map(type, keys)) != {str} or max(map(len, keys)) > limit // 4):
+            for i in compress(range(len(keys)), map(lambda k: type(k) is not str or len(k) > limit // 4, keys)):
+                k = keys[i]
+                if type(k) is not str or len(k.encode("utf-8", "surrogatepass")) > limit:
+                    raise LiveError(f"events: key {i} is " + (f"a {type(k).__name__}, not a string"
+                                                             if type(k) is not str else f"longer than {limit} bytes"))
         if times is not None:
             if not isinstance(times, np.ndarray) or times.dtype != np.int64 or len(times) != len(keys):
                 raise LiveError("events: times is not an int64 array of one time per key")
             if ((times != ARRIVAL) & ((times < 0) | (times > MAX_TIME_MS))).any():
                 raise LiveError("events: a time is outside 1970 .. 9999")
-            times = None if (times == ARRIVAL).all() else times.tolist()
+            times = None if (times == ARRIVAL).all() else times
         return self.count(keys, times, arrival_ms)
 
-    def count(self, keys: list[str], times: list[int] | None, arrival_ms: int | None = None):
-        """Counts checked events locally (``times``: epoch ms or ``ARRIVAL`` each, or None: all arrive now)."""
+    def count(self, keys: list[str], times, arrival_ms: int | None = None):
+        """Counts checked events locally (``times``: epoch ms or ``ARRIVAL`` each, a list or an int64 array, or
+        None: all arrive now)."""
         arrival = now_ms() if arrival_ms is None else arrival_ms
         self._first_data(arrival)
         return self.counters.add(keys, times, arrival)
@@ -519,9 +593,10 @@ class LiveService:
         except OSError as exc:
             logs.event("live_checkpoint_failed", logging.WARNING, path=str(self.path), error=exc)
 
-    async def _reply_whole(self, k: int, last: str, seq: int, reply) -> None:
+    async def _reply_whole(self, k: int, last: str, seq: int, reply, at: float) -> None:
         try:
             answer = await self.whole_top(k, last)
+            answer["served"] = {"worker": self.id, "at": at, "ms": round((time.time() - at) * 1000, 3)}
         except Exception as exc:  # noqa: BLE001 - the request's boundary: its client hears it, the service goes on
             logs.event("live_query_failed", logging.ERROR, error=repr(exc))
             reply(make("live_answer", seq=seq, error=f"worker {self.id}: {exc!r}", kind="job"))
@@ -552,10 +627,11 @@ class LiveService:
                 "gaps": self.gaps, "late": self.counters.late, "early": self.counters.early, "as_of_ms": now,
                 "last_flush_ms": self.last_flush_ms}
 
-    def stats(self) -> dict:
+    def stats(self, detail: bool = False) -> dict:
+        """``detail``: the loop's recent slow events and every step's percentiles too (LoopWatch.summary)."""
         return {"worker": self.id, "received": self.counters.received, "late": self.counters.late,
                 "early": self.counters.early, "pending_pairs": len(self.counters.pending),
-                "unsent_pairs": sum(len(b) for b in self._outbox.values()),
+                "unsent_pairs": sum(len(b[0]) for b in self._outbox.values()),
                 "pairs_flushed": self.counters.pairs_flushed, "pairs_received": self.pairs_received,
                 "pairs_own": self.pairs_own,
                 "frames_received": self.frames_received, "max_frame_pairs": self.max_frame_pairs,
@@ -568,7 +644,7 @@ class LiveService:
                 "checkpoint_path": str(self.path), "restored": self.restored, "gaps": self.gaps,
                 "queries": self.queries, "refused": self.refused,
                 "query_ms_p50": _ms(self.query_seconds, 50), "query_ms_p99": _ms(self.query_seconds, 99),
-                "query_ms_max": _ms(self.query_seconds, 100)}
+                "query_ms_max": _ms(self.query_seconds, 100), "loop": self.watch.summary(slow=detail)}
 
 
 def _encode_and_write(path, state: dict) -> bytes:

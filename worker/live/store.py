@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 import msgpack
 
 FORMAT = 2            # 2: each bucket packed on its own
+# One write at a time: the scheduled checkpoint writes on a thread, and the last one at shutdown on the loop
+# may start while that thread is still writing the same temporary file (its task was cancelled, the thread
+# was not): both writing through the one inode could leave the older state, or a mix, as the checkpoint.
+_WRITING = threading.Lock()
 
 
 def default_root() -> Path:
@@ -45,29 +50,36 @@ def encode(state: dict) -> bytes:
     return _with_packed_buckets(state, packed)
 
 
-async def encode_async(state: dict) -> bytes:
+async def encode_async(state: dict, step=None) -> bytes:
     """``encode``, yielding to the event loop after every bucket: msgpack holds the GIL while it packs, so
-    packing a whole owner at once (a million counts: tens of ms) on any thread would stall the loop."""
+    packing a whole owner at once (a million counts: tens of ms) on any thread would stall the loop.
+    ``step(name)``: a context manager timing each piece held on the loop (LoopWatch.step)."""
     import asyncio
+    import contextlib
+    step = step or (lambda name: contextlib.nullcontext())
     packed = []
     for per in state["buckets"]["buckets"]:
         level = {}
         for idx, b in per.items():
-            level[idx] = _pack(b)
+            with step("checkpoint_pack"):
+                level[idx] = _pack(b)
             await asyncio.sleep(0)
         packed.append(level)
-    return _with_packed_buckets(state, packed)
+    with step("checkpoint_pack"):
+        return _with_packed_buckets(state, packed)
 
 
 def write(path: Path, data: bytes) -> None:
-    """Atomically replaces the checkpoint at ``path`` (blocking: run it on a thread)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Atomically replaces the checkpoint at ``path`` (blocking: run it on a thread); a write already under
+    way finishes first, so the later call's state is the one left."""
+    with _WRITING:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 def read(path: Path) -> dict | None:
