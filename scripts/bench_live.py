@@ -2,7 +2,10 @@
 """Live top-K under load: issue 27's goals, measured in one run on this machine.
 
     python scripts/bench_live.py [--rate 50000] [--seconds 120] [--workers 10] [--keys 100000] [--hot 0.5]
-                                 [--approx] [--json out.json]
+                                 [--approx] [--json out.json] [--base-port P] [--code DIR]
+
+``--code DIR`` runs the workers from another checkout of the project (``git worktree add DIR REV``): an
+A/B of two versions of the worker under the same load and harness.
 
 What it does:
 
@@ -15,11 +18,14 @@ What it does:
    (out of order), and 0.1% are late (allowance + 30 s old: counted late, never kept).  It
    records every event (key id, time) for the brute force;
 3. meanwhile the prober asks ``top --k 10 --last 5m`` (the client's fan-out over persistent
-   connections, as ``cluster top``) every 0.25 s and records the latency, and samples every
-   worker's live stats (pairs received by the hot key's owner, its largest flush, pending
-   pairs, bucket memory) and RSS every 5 s;
+   connections, as ``cluster top``) every 0.25 s and records the latency (and, from the answer's ``served``, which worker answered, when the
+   request reached it and how long it held it), while a sampler process reads every worker's live
+   stats (pairs received by the hot key's owner, its largest flush, pending pairs, bucket memory)
+   and RSS every 5 s;
 4. after the load, waits two flush intervals, asks top-10 for 5m, 1h and 24h and compares each
-   with a brute-force count (numpy over the recorded events in the answer's window).
+   with a brute-force count (numpy over the recorded events in the answer's window);
+5. matches every query slower than ``--slow-ms`` with what the worker that answered it was doing
+   then (its ``loop`` stats: loop lag, the live service's steps and GC pauses over 5 ms).
 
 Exit status 1 when an answer differs from the brute force or the rate fell short by more than 5%.
 """
@@ -105,7 +111,8 @@ def generator(addrs: list[str], token: str, args: dict, out: str, allowance_ms: 
     totals = asyncio.run(run())
     elapsed = time.perf_counter() - t
     np.savez(out, ids=np.concatenate(ids_all), times=np.concatenate(times_all),
-             meta=np.array([totals.sent, totals.accepted, totals.late, elapsed, max(lag, default=0.0)]))
+             meta=np.array([totals.sent, totals.accepted, totals.late, elapsed, max(lag, default=0.0),
+                            sum(os.times()[:2])]))
 
 
 def brute(ids: np.ndarray, times: np.ndarray, names: list[str], k: int, start: int, end: int) -> list[dict]:
@@ -115,29 +122,95 @@ def brute(ids: np.ndarray, times: np.ndarray, names: list[str], k: int, start: i
     return [{"key": names[i], "count": int(counts[i])} for i in order]
 
 
-async def probe(addrs, token, stop: asyncio.Event, lat: list, samples: list, hot_owner: int) -> None:
+async def probe(addrs, token, stop: asyncio.Event, lat: list, detail: list, watch, settings) -> None:
+    """``cluster top --k 10 --last 5m`` every 0.25 s; nothing else runs in this loop (the stats sampler is a
+    process of its own) but ``watch`` (a LoopWatch: when this process itself waited for a core, a query's
+    latency is the prober's, not the cluster's)."""
     from shardstats.cluster.live import LiveClient
-    from shardstats.coordinator.job import ping_all
-    async with LiveClient(addrs, token.encode()) as cl:
-        async def queries():
-            while not stop.is_set():
-                t = time.perf_counter()
-                await cl.top(10, "5m")
-                lat.append(time.perf_counter() - t)
-                await asyncio.sleep(0.25)
+    async with LiveClient(addrs, token.encode(), settings=settings) as cl, asyncio.TaskGroup() as tg:
+        sampling = tg.create_task(watch.run())
+        while not stop.is_set():
+            t0 = time.time()
+            t = time.perf_counter()
+            ans = await cl.top(10, "5m")
+            took = time.perf_counter() - t
+            lat.append(took)
+            served = ans.get("served") or {}
+            detail.append({"t0": t0, "ms": round(took * 1000, 2), "source": ans.get("source"),
+                           "worker": served.get("worker"),
+                           "to_worker_ms": round((served["at"] - t0) * 1000, 2) if "at" in served else None,
+                           "in_worker_ms": served.get("ms")})
+            await asyncio.sleep(0.25)
+        sampling.cancel()
 
-        async def stats():
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time used: by process ``pid`` (user + system), or by the whole machine (every core's busy time)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        if pid is None:
+            f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+            return (sum(f[:8]) - f[3] - f[4]) / tick           # all but idle and iowait
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / tick
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def sampler(addrs: list[str], token: str, pids: list[int], out: str, stop, others: dict) -> None:
+    """Every worker's live stats and RSS every 5 s until ``stop`` (a process of its own: see ``probe``), and the
+    CPU time the workers, ``others`` (name -> pid) and the whole machine used meanwhile."""
+    from shardstats.cluster.live import LiveClient
+
+    def rss(pid: int) -> int:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def cpu() -> dict:
+        return {"workers": sum(cpu_seconds(p) for p in pids), "machine": cpu_seconds(),
+                **{name: cpu_seconds(pid) for name, pid in others.items()}, "t": time.perf_counter()}
+
+    async def run() -> list:
+        samples = []
+        first = cpu()
+        async with LiveClient(addrs, token.encode()) as cl:
             while not stop.is_set():
                 rows = await cl.stats()
-                pings = await ping_all(addrs, token.encode())
-                samples.append({"t": time.time(), "rows": rows, "rss": [p.get("rss_bytes", 0) for p in pings]})
-                try:
-                    await asyncio.wait_for(stop.wait(), 5.0)
-                except TimeoutError:
-                    pass
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(queries())
-            tg.create_task(stats())
+                for r in rows:
+                    r.pop("loop", None)
+                samples.append({"t": time.time(), "rows": rows, "rss": [rss(p) for p in pids]})
+                await asyncio.to_thread(stop.wait, 5.0)
+        last = cpu()
+        samples.append({"cpu": {k: round(last[k] - first[k], 1) for k in first}})
+        return samples
+    Path(out).write_text(json.dumps(asyncio.run(run())))
+
+
+def slow_report(detail: list[dict], rows: list[dict], slow_ms: float, prober: list) -> list[dict]:
+    """Each query over ``slow_ms``: where its time went (to the worker, in it, back), the answering worker's
+    slow events (loop lag, steps, GC pauses over 5 ms) and the prober's own loop lag during it."""
+    events = {r["worker"]: r.get("loop", {}).get("slow", []) for r in rows if r.get("up")}
+    events["prober"] = prober
+    out = []
+    for d in detail:
+        if d["ms"] < slow_ms:
+            continue
+        t0, t1 = d["t0"], d["t0"] + d["ms"] / 1000
+        w = d["worker"]
+        during = [e for e in events.get(w, []) if e[0] + e[2] / 1000 >= t0 - 0.005 and e[0] <= t1]
+        back = None if d["to_worker_ms"] is None else round(d["ms"] - d["to_worker_ms"] - (d["in_worker_ms"] or 0), 2)
+        mine = [e for e in prober if e[0] + e[2] / 1000 >= t0 - 0.005 and e[0] <= t1]
+        out.append({**d, "back_ms": back, "worker_events": during, "prober_lag": mine})
+    return out
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -156,7 +229,16 @@ def main() -> int:
     ap.add_argument("--approx", action="store_true")
     ap.add_argument("--json", dest="json_out")
     ap.add_argument("--keep", action="store_true", help="keep the worker logs, checkpoints and recorded events")
+    ap.add_argument("--base-port", type=int, help="worker i listens on BASE_PORT + i (default: free ports)")
+    ap.add_argument("--code", help="run the workers from this checkout of the project (an A/B of two versions)")
+    ap.add_argument("--slow-ms", type=float, default=50.0, help="queries slower than this are explained")
+    ap.add_argument("--hedge", type=float, help="the prober's live_query_hedge in seconds (default: the setting's)")
     a = ap.parse_args()
+    if a.code:
+        # A worker runs ``python -m``: its first import path is its working directory, then PYTHONPATH.
+        os.environ["PYTHONPATH"] = os.path.abspath(a.code) + (":" + os.environ["PYTHONPATH"]
+                                                               if os.environ.get("PYTHONPATH") else "")
+        os.chdir(a.code)
     from shardstats.cluster import launcher
     from shardstats.cluster.live import LiveClient
     from shardstats.settings import DEFAULTS
@@ -164,7 +246,8 @@ def main() -> int:
     state = tempfile.mkdtemp(prefix="bench-live-")
     os.environ["XDG_STATE_HOME"] = state
     extra = ["--live-approx"] if a.approx else []
-    info = launcher.start(a.workers, log_dir=os.path.join(state, "logs"), extra_args=extra)
+    info = launcher.start(a.workers, base_port=a.base_port, log_dir=os.path.join(state, "logs"), extra_args=extra)
+    load_before = loadavg()
     names = key_names(a.keys)
     hot_owner = int(owners([HOT], a.workers)[0])
     allowance_ms = int(DEFAULTS.live_allowance * 1000)
@@ -187,8 +270,15 @@ def main() -> int:
             out, allowance_ms, started))
         gen.start()
         started.wait(60)
+        from shardstats.worker.live.watch import LoopWatch
         lat: list[float] = []
-        samples: list[dict] = []
+        detail: list[dict] = []
+        prober_watch = LoopWatch(interval=0.005)
+        stop_sampling = ctx.Event()
+        samples_out = os.path.join(state, "samples.json")
+        samp = ctx.Process(target=sampler, args=(info.workers, info.token, info.pids, samples_out, stop_sampling,
+                                                 {"prober": os.getpid()}))
+        samp.start()
 
         async def during():
             stop = asyncio.Event()
@@ -198,21 +288,28 @@ def main() -> int:
                 stop.set()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(watch())
-                tg.create_task(probe(info.workers, info.token, stop, lat, samples, hot_owner))
+                import dataclasses
+                st = DEFAULTS if a.hedge is None else dataclasses.replace(DEFAULTS, live_query_hedge=a.hedge)
+                tg.create_task(probe(info.workers, info.token, stop, lat, detail, prober_watch, st))
         asyncio.run(during())
+        load_during = loadavg()
         gen.join()
+        stop_sampling.set()
+        samp.join(30)
+        samples = json.loads(Path(samples_out).read_text()) if samp.exitcode == 0 else [{}]
+        cpu_used = samples.pop().get("cpu", {})
         if gen.exitcode != 0:
             print(f"the load generator failed (exit {gen.exitcode})", file=sys.stderr)
             return 1
         ev = np.load(out)
         ids, times = ev["ids"], ev["times"]
-        sent, accepted, late, elapsed, max_lag = ev["meta"].tolist()
+        sent, accepted, late, elapsed, max_lag, cpu_used["generator"] = ev["meta"].tolist()
         time.sleep(3 * DEFAULTS.live_flush_interval + 1)       # the last flush, then the owners' pushes
 
         async def final():
             async with LiveClient(info.workers, info.token.encode()) as cl:
                 answers = {last: await cl.top(10, last) for last in ("5m", "1h", "24h")}
-                return answers, await cl.stats()
+                return answers, await cl.stats(detail=True)
         answers, rows = asyncio.run(final())
         checks = {}
         for last, ans in answers.items():
@@ -247,7 +344,16 @@ def main() -> int:
             "bucket_bytes": {"max": max(r["bucket_bytes"] for r in rows), "sum": sum(r["bucket_bytes"] for r in rows)},
             "peak_worker_rss_mb": round(peak_rss / 2 ** 20),
             "checkpoint_bytes_max": max(r["checkpoint_bytes"] for r in rows),
-            "approx": a.approx,
+            "approx": a.approx, "code": a.code or "this checkout",
+            "hedge_s": DEFAULTS.live_query_hedge if a.hedge is None else a.hedge,
+            "loadavg": {"before": load_before, "end_of_load": load_during, "after": loadavg()},
+            # CPU seconds used during the load (of 2 cores x "t" seconds): the workers, the generator, the
+            # prober, and the whole machine (everyone's, this run's included)
+            "cpu_s": cpu_used,
+            "sources": {s: sum(d["source"] == s for d in detail) for s in {d["source"] for d in detail}},
+            "loop": {r["worker"]: {k: v for k, v in r["loop"].items() if k != "slow"} for r in rows if "loop" in r},
+            "prober_loop_lag": prober_watch.summary()["lag_bins_ms"],
+            "slow_queries": slow_report(detail, rows, a.slow_ms, list(prober_watch.slow)),
         }
         print(json.dumps(result, indent=1))
         if a.json_out:
