@@ -146,10 +146,11 @@ def test_auto_leaves_nearly_unique_and_small_jobs_alone(monkeypatch):
     rng = np.random.default_rng(1)
     uniq = list(np.array_split(rng.permutation(60_000).astype(np.int64), 6))
     monkeypatch.setattr(mode_mod, "PRUNE_MIN_VALUES", 1000)
-    stats = check(uniq, 4, {"chunk_bytes": 4096}, known_total=True)             # no candidates: one allreduce, then the shuffle
-    assert all(s["heavy"]["pruned"] is False for s in stats)
+    stats = check(uniq, 4, {"chunk_bytes": 4096}, known_total=True)   # no candidates: straight to the shuffle
+    never = check(uniq, 4, {"chunk_bytes": 4096, "prune": "never"}, known_total=True)
+    assert all(s["heavy"]["pruned"] is False for s in stats) and stats[0]["rounds"] == never[0]["rounds"]
     monkeypatch.setattr(mode_mod, "PRUNE_MIN_VALUES", 10 ** 9)
-    stats = check(heavy_zipf(20_000, 1.3, 10 ** 12), 4, {"chunk_bytes": 4096}, known_total=True)   # too small a job: not tried
+    stats = check(heavy_zipf(20_000, 1.3, 10 ** 12), 4, {"chunk_bytes": 4096}, known_total=True)   # too small a job
     assert all("heavy" not in s for s in stats)
 
 

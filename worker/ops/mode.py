@@ -18,10 +18,11 @@ skewed data (Zipf) a few values hold most of the data, and counting every value
    coordinator, one allreduce).  The candidates are the heaviest sampled repeats;
    the same numbers tell every rank which way below is likely to settle the job,
    or that none is (nearly unique data: straight to the shuffle, no round spent);
-2. steep data over a wider span: when the heaviest estimate beats everything else's estimated total,
-   a few heaviest candidates are counted exactly (``candidate_counts``, one
-   comparison a value each) and summed up the tree; if the best of them beats the
-   count of every other value together, that is the answer (ties exact);
+2. steep data over a wider span: when the heaviest estimate beats everything
+   else's estimated total, a few heaviest candidates are counted exactly
+   (``candidate_counts``, one comparison a value each) and summed up the tree; if
+   the best of them beats the count of every other value together, that is the
+   answer (ties exact);
 3. all values within ``DIRECT_SPAN`` of the smallest (known from the facts): every
    value was counted at the load (``span_counts``, one ``bincount``, instead of the
    sample), the counts are summed up the tree; final at rank 0, no verdict back;
@@ -56,10 +57,10 @@ from shardstats.worker.comm.collectives import allreduce, broadcast, tree_depth,
 from shardstats.worker.ops import compact_choice
 from shardstats.worker.ops.compact import compact_exchange, pack_fingerprints
 from shardstats.worker.comm.communicator import Communicator
-from shardstats.worker.ops.counting import (COUNTINGS, SLOTS, SPAN_PROBE, candidate_counts, choose_counting, choose_local,
-                                            count_values, dense_bins, dense_fits, heavy_table, in_slots,
-                                            merge_repeats, run_lengths, sample, sample_share, slot_counts, slot_of,
-                                            span_counts)
+from shardstats.worker.ops.counting import (COUNTINGS, SLOTS, SPAN_PROBE, candidate_counts, choose_counting,
+                                            choose_local, count_values, dense_bins, dense_fits, heavy_table,
+                                            in_slots, merge_repeats, run_lengths, sample, sample_share, slot_counts,
+                                            slot_of, span_counts)
 from shardstats.worker.comm.partition import partition_chunks
 from shardstats.worker.comm.shuffle import ShuffleConfig, chunk_pieces, shuffle
 from shardstats.worker.ops.contract import Op, ShuffleParams, option
@@ -163,7 +164,6 @@ def load_facts(values: np.ndarray) -> tuple[dict, tuple[int, np.ndarray] | None]
     whole span is that small settles without another pass.  Others are sampled (``COMBINE_SAMPLE``).  The
     span decides only that direct count, so where a few thousand evenly spaced values already span more,
     ``lo``/``hi`` are the sample's smallest and largest (a narrower span, still too wide: two passes saved)."""
-    t = time.perf_counter()
     n = len(values)
     lo = hi = None
     probe = values[::max(1, n // SPAN_PROBE)]
@@ -191,8 +191,7 @@ def load_facts(values: np.ndarray) -> tuple[dict, tuple[int, np.ndarray] | None]
     if len(v) > PRUNE_CANDIDATES:
         keep = np.sort(np.argpartition(-est, PRUNE_CANDIDATES - 1)[:PRUNE_CANDIDATES])
         v, est = v[keep], est[keep]
-    return {"n": n, "lo": lo, "hi": hi, "v": v.tolist(), "e": est.tolist(), "share": share,
-            "seconds": time.perf_counter() - t}, kept
+    return {"n": n, "lo": lo, "hi": hi, "v": v.tolist(), "e": est.tolist(), "share": share}, kept
 
 
 def merge_facts(a: dict, b: dict) -> dict:
