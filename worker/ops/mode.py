@@ -66,6 +66,7 @@ from shardstats.worker.comm.shuffle import ShuffleConfig, chunk_pieces, shuffle
 from shardstats.worker.ops.contract import Op, ShuffleParams, option
 
 COMBINE_SAMPLE = 65536     # values sampled to decide whether local counting pays
+HEAVY_SAMPLE = 16384       # values sampled at the load for heavy hitters (0.5 ms of a 3M share; 65,536: 2.8)
 COMBINE_BELOW = 0.9        # combine when fewer than this share of sampled values are distinct
 DEFAULT_TIE_LIMIT = 10
 TIES = ("smallest", "all")
@@ -154,14 +155,16 @@ def merge_counting(counting: str, singles: list[np.ndarray], mvals: list[np.ndar
 
 
 def load_facts(values: np.ndarray) -> tuple[dict, tuple[int, np.ndarray] | None]:
-    """This rank's facts, taken while it loads (``Op.load_facts``): its count, smallest and largest value, the
-    share of distinct values (whether counting locally pays), and its repeated values with their (estimated)
-    local counts -- heavy-hitter candidates, the heaviest ``PRUNE_CANDIDATES`` -- as plain numbers and lists:
-    the coordinator combines every rank's (``merge_facts``) without numpy.
+    """This rank's facts, taken while it loads (``Op.load_facts``): its count, smallest and largest value, and
+    its repeated values with their (estimated) local counts -- heavy-hitter candidates, the heaviest
+    ``PRUNE_CANDIDATES`` -- as plain numbers and lists: the coordinator combines every rank's (``merge_facts``)
+    without numpy.
 
     Values within ``DIRECT_SPAN`` of their smallest are counted outright (one ``bincount``, about what the
-    sample costs): the candidates and share are exact, and the counts are kept, (lo, bins), so a job whose
-    whole span is that small settles without another pass.  Others are sampled (``COMBINE_SAMPLE``).  The
+    sample costs): the candidates are exact, so is the share of distinct values (whether counting locally
+    pays, else None: a larger sample decides it if the job shuffles), and the counts are kept, (lo, bins), so
+    a job whose whole span is that small settles without another pass.  Others are sampled (``HEAVY_SAMPLE``:
+    enough for values that hold a share of the data worth pruning on; 65,536 cost 2.3 ms more a rank).  The
     span decides only that direct count, so where a few thousand evenly spaced values already span more,
     ``lo``/``hi`` are the sample's smallest and largest (a narrower span, still too wide: two passes saved)."""
     n = len(values)
@@ -180,12 +183,12 @@ def load_facts(values: np.ndarray) -> tuple[dict, tuple[int, np.ndarray] | None]
         rep = c >= 2
         v, est = v[rep], c[rep]
     else:
-        smp = sample(values, COMBINE_SAMPLE)
+        smp = sample(values, HEAVY_SAMPLE)
         smp.sort()
         if wide:                       # the probe's span is already too wide; the sample's may be narrower
             lo, hi = min(int(probe.min()), int(smp[0])), max(int(probe.max()), int(smp[-1]))
         v, c = run_lengths(smp)
-        share = len(v) / len(smp) if len(smp) else 1.0
+        share = None
         rep = c >= 2
         v, est = v[rep], (c[rep] * (n / max(len(smp), 1))).astype(np.int64)
     if len(v) > PRUNE_CANDIDATES:
@@ -386,7 +389,7 @@ def _count_and_split(w: int, rank: int, box: list[np.ndarray], combine: str, cou
     elif known_share is None:
         share = sample_share(values, COMBINE_SAMPLE)
     else:
-        share = known_share            # the load's sample of these very values (load_facts): the same sample
+        share = known_share            # these very values' exact share, counted at the load (load_facts)
     if counting == "auto":
         counting = choose_local(values, 1.0 if share is None else share)
     # a dense count is one cheap pass and only chosen where values repeat a lot: it always pays
@@ -517,7 +520,7 @@ async def _mode_once(comm: Communicator, values: np.ndarray, params: ModeParams)
     # wait on the network, not on the slowest rank's count, from a sample taken now, while they are whole.
     n = len(box[0])
     smp = compact_choice.sample_of(box[0]) if params.encoding == "auto" else None
-    share = comm.own_facts["share"] if comm.own_facts is not None and prior is None else None
+    share = comm.own_facts["share"] if comm.own_facts is not None and prior is None else None   # exact, or None
     async with asyncio.TaskGroup() as tg:
         split = tg.create_task(numpy_step(n, _count_and_split, comm.size, comm.rank, box, combine, params.counting,
                                           cfg, share))
