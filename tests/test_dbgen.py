@@ -88,3 +88,47 @@ def test_bench_check_sees_a_wrong_answer():
     assert "1 rows differ in largest2_v3" in bk.compare(ref, off, ["id6"])
     assert set(bk.OURS_SPECS) == set(bk.QUESTIONS) == set(bk.DUCKDB_SQL) == set(bk.SPARK_SQL)
     assert bk.ours("q2") == ("groupby", {"by": "id1,id2", "agg": ("v1=sum(v1)",), "limit": 0})
+
+
+def test_permute_is_a_bijection():
+    keys = dbgen.round_keys(108, "t")
+    for n in (1, 2, 3, 7, 10, 110, 1_000, 12_345, 65_537):
+        p = dbgen.permute(np.arange(n), n, keys)
+        assert np.array_equal(np.sort(p), np.arange(n)), n
+    p = dbgen.permute(np.arange(1_000), 1_000, keys)
+    assert not np.array_equal(p, np.arange(1_000)) and np.array_equal(p, dbgen.permute(np.arange(1_000), 1_000, keys))
+    assert not np.array_equal(p, dbgen.permute(np.arange(1_000), 1_000, dbgen.round_keys(108, "u")))
+
+
+def test_join_data_follows_the_r_script(tmp_path):
+    n = 20_000                                  # small: 200 rows over 220 id1 keys, medium 2,000 over 2,200 id2
+    out = dbgen.generate_join(tmp_path / "j", n, shards=3, chunk_rows=3_000, ratios=(100, 10), quiet=True)
+    names = {t: name for t, (name, _) in dbgen.join_names(n, (100, 10)).items()}
+    assert names == {"x": "J1_2e4_NA_0_0", "small": "J1_2e4_2e2_0_0", "medium": "J1_2e4_2e3_0_0", "big": "J1_2e4_2e4_0_0"}
+    t = {k: _read(out / name) for k, name in names.items()}
+    assert [len(dbgen.shard_files(out / names[k], ".parquet")) for k in names] == [3, 1, 1, 3]
+    assert {k: v.num_rows for k, v in t.items()} == {"x": n, "small": 200, "medium": 2_000, "big": n}
+    assert t["x"].column_names == ["id1", "id2", "id3", "id4", "id5", "id6", "v1"]
+    assert t["big"].column_names == ["id1", "id2", "id3", "id4", "id5", "id6", "v2"]
+    assert t["medium"].column_names == ["id1", "id2", "id4", "id5", "v2"]
+    assert t["small"].column_names == ["id1", "id4", "v2"]
+    assert str(t["big"].schema.field("id3").type) == "int32" and str(t["big"].schema.field("id6").type) == "string"
+    col = {k: {c: v[c].to_numpy(zero_copy_only=False) for c in v.column_names} for k, v in t.items()}
+    for k, c, d in (("x", "id1", "id4"), ("big", "id3", "id6"), ("small", "id1", "id4"), ("medium", "id2", "id5")):
+        assert list(col[k][d]) == [f"id{i}" for i in col[k][c]]                     # sprintf("id%.0f", ...)
+    # split_xlr(m): keys 1..1.1m, 0.9m on both sides, 0.1m left only, 0.1m right only
+    for c, m, right in (("id1", n // 100, ("small", "medium", "big")), ("id2", n // 10, ("medium", "big")),
+                        ("id3", n, ("big",))):
+        left = set(col["x"][c].tolist())
+        assert len(left) == m and min(left) >= 1 and max(left) <= m * 11 // 10, c     # sample_all: every key
+        for r in right:
+            keys = set(col[r][c].tolist())
+            assert len(keys) == m and len(keys & left) == m * 9 // 10, (c, r)
+    assert len(set(col["x"]["id3"].tolist())) == n and len(set(col["big"]["id3"].tolist())) == n   # unique
+    assert len(set(col["medium"]["id2"].tolist())) == 2_000 and len(set(col["small"]["id1"].tolist())) == 200
+    v = col["x"]["v1"]
+    assert 0 <= v.min() and v.max() < 100 and np.array_equal(np.round(v, 6), v) and abs(v.mean() - 50) < 1
+    again = dbgen.generate_join(tmp_path / "j2", n, shards=3, chunk_rows=3_000, ratios=(100, 10), quiet=True)
+    assert _read(again / names["big"]).equals(t["big"])
+    with pytest.raises(ValueError):
+        dbgen.generate_join(tmp_path / "bad", 12_345, ratios=(100, 10), quiet=True)
