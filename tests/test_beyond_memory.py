@@ -520,6 +520,83 @@ def test_covering_slices_hold_every_hash_of_the_pass():
             assert held.size == 0 or (first <= held.min() and held.max() <= last), (cut, passes, p)
 
 
+def test_runs_keep_returns_a_table_that_holds_nothing_of_the_piece(tmp_path):
+    """What ``Runs.keep`` gives back to the reader owns no buffer of the piece: the reader keeps every piece's
+    return until the file ends, and a zero-row slice held each piece whole (a 240 MB Parquet file's batches on
+    a 200 MiB worker: killed).  Arrow's pool is the reference: the piece gone, its bytes are gone."""
+    import gc
+    import pyarrow as pa
+    from shardstats.worker.engine import slices
+    from shardstats.worker.engine.runs import Runs
+    box = spill.SpillDir(tmp_path, "j1", 0)
+    runs = Runs(box, 4, slices.hash_slots({"main": ["k"]}), flush_bytes=1)       # every piece written at once
+    piece = pa.table({"k": pa.array(np.arange(200_000)), "s": pa.array([f"v{i}" for i in range(200_000)])})
+    held = piece.nbytes
+    before = pa.total_allocated_bytes()
+    back = runs.keep(piece, "main")
+    assert back.num_rows == 0 and back.schema == piece.schema
+    del piece
+    gc.collect()
+    assert before - pa.total_allocated_bytes() > held // 2          # the piece's string buffers were freed
+    runs.finish()
+    box.close()
+
+
+_PROBE = """
+import sys
+from shardstats.worker import jobs, memory, spill
+from shardstats.worker.engine import slices
+from shardstats.worker.engine.runs import Runs
+from shardstats.worker.io.listing import ShardRef
+import os
+path, op, base = sys.argv[1:4]
+box = spill.SpillDir(base, "probe", 0)
+slots = slices.hash_slots({"main": ["k"]})
+runs = Runs(box, 8, slots, flush_bytes=4 << 20)
+read = {"kind": "table", "columns": None, "ordinals": [0] if op == "sort" else None}
+warm = Runs(box, 8, slots, flush_bytes=1)        # the first read imports the hashing's and the reader's libraries
+jobs.load_table([ShardRef(sys.argv[5], os.path.getsize(sys.argv[5]))], base, read, None, warm.keep)
+warm.finish()
+memory.release()
+memory.reset_peak()
+start = memory.rss_bytes()
+t, described = jobs.load_table([ShardRef(path, os.path.getsize(path))], base, read, None, runs.keep)
+runs.finish()
+assert t.num_rows == 0 and runs.rows == int(sys.argv[4]), (t.num_rows, runs.rows)
+assert [d[0] for d in described][-2:] == (["__sort_file", "__sort_row"] if op == "sort" else ["k", "s"])
+print(memory.peak_rss_bytes() - start)
+box.close()
+"""
+
+
+@pytest.mark.parametrize("op", ["groupby", "sort"])
+def test_a_parquet_file_read_into_runs_is_held_a_batch_at_a_time(tmp_path, op):
+    """A keyed load beyond memory holds a batch of a Parquet file, not the file: pyarrow's default pre-buffers
+    every column chunk it will read (the whole file), a sort read its files whole to number their rows, and
+    Runs.keep's slices held every batch -- each grew a worker by the file's size (db-benchmark at 1e8 rows,
+    10 workers in 200-790 MiB cgroups: OOM-killed).  Measured in a child process (its peak over its size
+    once the libraries are loaded) against the file's size, about its size in memory."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    n = 6_000_000
+    rng = np.random.default_rng(5)
+    path = tmp_path / "f.parquet"
+    with pq.ParquetWriter(path, pa.schema([("k", pa.int64()), ("s", pa.string())])) as w:
+        for a in range(0, n, 500_000):              # random ints and strings: about as large on disk as in memory
+            k = rng.integers(0, 1 << 52, 500_000)
+            w.write_table(pa.table({"k": k, "s": pc.cast(pa.array(k), pa.string())}))
+    pq.write_table(pa.table({"k": np.arange(10), "s": [str(i) for i in range(10)]}), tmp_path / "warm.parquet")
+    size = path.stat().st_size
+    assert size > 120 << 20
+    r = subprocess.run([sys.executable, "-c", _PROBE, str(path), op, str(tmp_path / "spill"), str(n),
+                        str(tmp_path / "warm.parquet")],
+                       capture_output=True, text=True, timeout=100)
+    assert r.returncode == 0, r.stderr
+    grew = int(r.stdout.split()[-1])
+    assert grew < size, (grew >> 20, size >> 20)        # measured: ~95 MiB at 65 and at 131 MB; was 3x the file
+
+
 @pytest.mark.parametrize("cut,passes", [(4, 4), (4, 9), (1, 3)])
 def test_runs_give_each_pass_its_slice_once_in_input_order(tmp_path, cut, passes):
     """Pieces of two types (an int32 file, an int64 one, one with its strings as a dictionary), written in

@@ -100,6 +100,7 @@ def read_table(ref: ShardRef, real_path: str, columns: list[str] | None, budget:
 
 
 PARQUET_BATCH = 1 << 16       # rows decoded at a time when a Parquet file is read for a slice of its rows
+PARQUET_BUFFER = 1 << 20      # bytes of a column chunk read at a time then
 
 
 def _parquet_kept(ref: ShardRef, real_path: str, columns: list[str] | None, keep):
@@ -108,13 +109,16 @@ def _parquet_kept(ref: ShardRef, real_path: str, columns: list[str] | None, keep
     name = ref.path
     with opened(ref, real_path) as (f, _):
         try:
-            pf = pq.ParquetFile(f)
+            # pyarrow pre-buffers (pre_buffer=True, its default) every column chunk of the row groups a reader
+            # iterates: the whole file in memory, outside its pool (a 240 MB file: +250 MB resident), where
+            # this reader is meant to hold one batch; unbuffered, it reads a row group's pages 1 MiB at a time
+            pf = pq.ParquetFile(f, pre_buffer=False, buffer_size=PARQUET_BUFFER)
             _check_columns(pf.schema_arrow.names, columns, name)
             text = [c.name for c in pf.schema_arrow if (pa.types.is_string(c.type) or pa.types.is_large_string(c.type))
                     and (columns is None or c.name in columns) and _dictionary_stored(pf.metadata, c.name)]
             if text:
                 f.seek(0)
-                pf = pq.ParquetFile(f, read_dictionary=text)
+                pf = pq.ParquetFile(f, read_dictionary=text, pre_buffer=False, buffer_size=PARQUET_BUFFER)
             kept = [keep(pa.Table.from_batches([b])) for b in pf.iter_batches(PARQUET_BATCH, columns=columns)]
             schema = pf.schema_arrow if columns is None else pa.schema([pf.schema_arrow.field(c) for c in columns])
             if text:
