@@ -7,6 +7,7 @@ Prints, in one run: our time on the capped cluster (and its passes and spill byt
 value on a tenth of the data uncapped (fits in memory), and DuckDB over the same values as Parquet
 under a memory_limit equal to the workers' cgroups together (its spilling GROUP BY and median), with
 every answer checked against the others. Needs root (memory cgroups: scripts/cgroups.py).
+Keyed jobs (group-by, join, sort) beyond memory: scripts/bench_beyond.py.
 """
 from __future__ import annotations
 
@@ -121,71 +122,6 @@ def duckdb_run(pq_dir: Path, limit: int, tmp: Path) -> dict:
     return out
 
 
-KEYED = {   # db-benchmark's group-by q3 and q10 (scripts/bench_keyed.py), as `cluster submit groupby` options
-    "q3": ["--by", "id3", "--agg", "sum(v1)", "--agg", "mean(v3)"],
-    "q10": ["--by", "id1,id2,id3,id4,id5,id6", "--agg", "sum(v3)", "--agg", "count()"],
-}
-
-
-def keyed(data: Path, workers: int, fraction: float, floor: int, spill: Path) -> None:
-    """q3 and q10 uncapped (each worker's peak RSS measured), then with every worker in a cgroup of
-    ``fraction`` of that peak (at least ``floor``: a worker with DuckDB and Arrow loaded is ~100 MiB before
-    it reads a row): time, passes, and the written answers compared row for row with the uncapped run's."""
-    import duckdb
-    print(f"keyed: {data.name} on {workers} workers; capped at {fraction:g} of the uncapped peak "
-          f"(at least {floor >> 20} MiB)")
-    print(f"{'q':4} {'uncapped s':>10} {'peak MiB':>8} {'cap MiB':>7} {'capped s':>8} {'passes':>6} "
-          f"{'oom':>3}  answers equal")
-    for q, args in KEYED.items():
-        runs = {}
-        for capped in (False, True):
-            cf = str(spill / "cluster.json")
-            cap = max(floor, int(runs[False]["peak"] * fraction)) if capped else None
-            limit = ["--memory-limit", str(cap)] if cap else []
-            r = run("up", "--workers", str(workers), "--detach", "--cluster-file", cf, "--spill-dir", str(spill),
-                    *limit)
-            assert r.returncode == 0, r.stderr
-            groups = []
-            out = spill / f"out-{q}-{int(capped)}"
-            shutil.rmtree(out, ignore_errors=True)
-            try:
-                if cap:
-                    for pid in json.loads(Path(cf).read_text())["pids"]:
-                        g = MemoryCgroup(cap).__enter__()
-                        groups.append(g)
-                        g.add(pid)
-                t = time.perf_counter()
-                r = run("submit", "groupby", "--input", str(data), *args, "--out", str(out), "--json",
-                        "--cluster-file", cf, "--timeout", "3000")
-                secs = time.perf_counter() - t
-                ok = r.returncode == 0
-                per = json.loads(r.stdout)["stats"]["per_worker"] if ok else []
-                runs[capped] = {"seconds": secs, "ok": ok, "err": r.stderr.strip().splitlines()[-1:] if not ok else "",
-                                "peak": max((w["peak_rss_bytes"] for w in per), default=0), "cap": cap,
-                                "passes": max((w.get("passes", 1) for w in per), default=0),
-                                "oom": sum(g.oom_kills() for g in groups), "out": out}
-            finally:
-                run("down", "--cluster-file", cf)
-                for g in groups:
-                    g.__exit__(None, None, None)
-        a, b = runs[False], runs[True]
-        same = "failed: " + " ".join(b["err"]) if not b["ok"] else None
-        if same is None:
-            con = duckdb.connect()
-            cols = con.sql(f"select * from '{a['out']}/*.parquet' limit 0").columns
-            keys = [c for c in cols if c.startswith("id")]
-            # float sums and means added in another order differ in the last bits: equal within 1e-9, relative
-            cmp = " or ".join(f"abs(x.{c} - y.{c}) > 1e-9 * greatest(1, abs(x.{c}))" if "v3" in c else
-                              f"x.{c} is distinct from y.{c}" for c in cols if c not in keys)
-            n = con.sql(f"select count(*) from '{a['out']}/*.parquet' x full join '{b['out']}/*.parquet' y "
-                        f"using ({', '.join(keys)}) where x.{cols[-1]} is null or y.{cols[-1]} is null or {cmp}"
-                        ).fetchall()[0][0]
-            rows = con.sql(f"select count(*) from '{a['out']}/*.parquet'").fetchall()[0][0]
-            same = f"yes ({rows:,} rows)" if not n else f"NO ({n} of {rows:,} rows differ)"
-        print(f"{q:4} {a['seconds']:10.1f} {a['peak'] >> 20:8} {b['cap'] >> 20:7} {b['seconds']:8.1f} "
-              f"{b['passes']:6} {b['oom']:3}  {same}")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=float, default=1e9)
@@ -193,20 +129,11 @@ def main() -> None:
     ap.add_argument("--cgroup", default="300M", help="each worker's memory cgroup (and --memory-limit)")
     ap.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "shardstats-bench-memory"))
     ap.add_argument("--no-duckdb", action="store_true")
-    ap.add_argument("--keyed", metavar="DIR", help="instead: db-benchmark q3 and q10 on this G1 folder "
-                    "(scripts/dbgen.py), uncapped and capped at --fraction of the uncapped peak")
-    ap.add_argument("--fraction", type=float, default=0.1)
-    ap.add_argument("--floor", default="160M", help="the smallest cap --keyed gives a worker")
     a = ap.parse_args()
     if not available():
         sys.exit("needs root and a writable memory cgroup hierarchy")
     rows, cg = int(a.rows), parse_size(a.cgroup)
     base = Path(a.dir)
-    if a.keyed:
-        spill = base / "spill-keyed"
-        spill.mkdir(parents=True, exist_ok=True)
-        keyed(Path(a.keyed), a.workers, a.fraction, parse_size(a.floor), spill)
-        return
     big, small = base / f"u{rows}", base / f"u{rows // 10}"
     gen(big, rows, a.workers)
     gen(small, rows // 10, a.workers)
