@@ -636,3 +636,69 @@ def test_runs_give_each_pass_its_slice_once_in_input_order(tmp_path, cut, passes
     assert sorted(seen) == sorted(r for t in pieces for r in t.column("row").to_pylist())
     assert box.written > 0 and box.read > 0
     box.close()
+
+
+async def test_mapreduce_beyond_the_budget_maps_as_it_reads_and_equals_python(tmp_path):
+    """A MapReduce job over a share larger than the budget: its records mapped (and combined) in the job's child
+    process piece by piece as they are read, the pairs kept in runs by the key's slice, one slice shuffled and
+    reduced a pass -- word count in the batch form with its combiner, and records with a partitioner and a
+    secondary sort --
+    all equal plain Python; a chained job is refused in one line and the next job runs."""
+    import re
+    import textwrap
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    texts = _corpus(tmp_path / "docs", np.random.default_rng(12))
+    want = Counter(w for t in texts.values() for w in re.findall(r"\w+", t.lower()))
+    rng = np.random.default_rng(4)
+    ev = tmp_path / "ev"
+    ev.mkdir()
+    n = 300_000
+    users, ts = rng.integers(0, 3000, n), rng.permutation(n)
+    for i, (a, b) in enumerate(((0, n // 2), (n // 2, n))):
+        pq.write_table(pa.table({"user": users[a:b], "ts": ts[a:b]}), ev / f"e{i}.parquet")
+    job = tmp_path / "sess.py"
+    job.write_text(textwrap.dedent('''
+        def mapper(rec):
+            yield rec["user"], rec["ts"]
+
+        def partitioner(key, n):
+            return key % n
+
+        def sort_values(v):
+            return v
+
+        def reducer(user, ts):
+            yield user, [len(ts), ts[0], ts[-1], int(all(a < b for a, b in zip(ts, ts[1:])))]
+    '''))
+    chained = tmp_path / "chain.py"
+    chained.write_text(textwrap.dedent('''
+        def m1(rec):
+            yield rec["user"], 1
+        stages = [dict(mapper=m1)]
+        stages = stages * 2
+    '''))
+    # 160 MiB: the job's child process may use the worker's budget, and Python's objects for a 4 MiB run of pairs
+    # take more than the other tests' 64 MiB (the slices stay at 4 MiB: the test process itself is larger)
+    settings = dataclasses.replace(_settings(tmp_path), memory_limit=160 << 20)
+    async with in_process_cluster(3, root=str(tmp_path), settings=settings) as c:
+        with pytest.raises(InputError, match=r"a chained job \(stages\) runs in memory only"):
+            await run_job(c.addrs, c.token, job_spec("mapreduce", str(ev), {"job": str(chained)}))
+        rep = await run_job(c.addrs, c.token, job_spec("mapreduce", str(ev), {"job": str(job), "out": str(tmp_path / "o")}))
+        assert max(w.get("passes", 1) for w in rep.workers) > 1
+        got = pq.read_table(tmp_path / "o").to_pylist()
+        by_user = {}
+        for u, t in zip(users.tolist(), ts.tolist()):
+            by_user.setdefault(u, []).append(t)
+        assert {r["key"]: r["value"] for r in got} == {u: [len(t), min(t), max(t), 1] for u, t in by_user.items()}
+        for f in (tmp_path / "o").iterdir():          # each user on the reducer the partitioner named
+            reducer = int(f.name.split("-")[-1].split(".")[0])
+            assert all(r["key"] % 3 == reducer for r in pq.read_table(f).to_pylist())
+        rep = await run_job(c.addrs, c.token, job_spec("mapreduce", str(tmp_path / "docs"),
+                                                       {"limit": 0, "job": str(examples / "wordcount_batch.py")}))
+        assert max(w.get("passes", 1) for w in rep.workers) > 1
+        assert sum(w.get("spill_bytes_written", 0) for w in rep.workers) > 0
+        assert {k: v for k, v in rep.result["data"]} == dict(want)
+        assert sum(w["map_pairs"] for w in rep.workers) == sum(want.values())
+    assert list((tmp_path / "spill").iterdir()) == []

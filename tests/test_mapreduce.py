@@ -224,3 +224,38 @@ async def test_a_chained_job_reports_each_stage(tmp_path, docs):
     assert sum(s[1]["map_pairs"] for s in stages) == len(want)          # stage 2 reads stage 1's pairs
     assert sum(s[1]["combined_pairs"] for s in stages) <= 3 * 3         # each mapper's top 3
     assert all(w["rounds"] >= 2 for w in rep.workers)
+
+
+async def test_a_worker_with_a_memory_budget_runs_user_code_within_it(tmp_path, docs):
+    """The child's address-space limit is the worker's budget on top of what its interpreter and libraries
+    map: with the limit set to the bare budget, a 300 MiB worker failed every job at the child's load."""
+    want = Counter(w for line in LINES for w in re.findall(r"\w+", line.lower()))
+    hog = job_file(tmp_path, '''
+        def mapper(rec):
+            x = bytearray(700 << 20)
+            yield "n", len(x)
+    ''')
+    settings = Settings(memory_limit=300 << 20)
+    async with in_process_cluster(3, root=str(tmp_path), settings=settings) as c:
+        rep = await mr(c, docs, job=str(EXAMPLES / "wordcount.py"))
+        assert pairs(rep) == dict(want)
+        with pytest.raises(UsageError, match=r"ran out of memory in its map \(the job's code may use 300 MiB"):
+            await mr(c, docs, job=hog)
+
+
+async def test_a_job_that_prints_more_than_a_pipe_holds_finishes(tmp_path, docs):
+    """The user's prints go to the child's stderr; in a pipe nobody read before the child died, 64 KiB of them
+    blocked the child (and its job) until the deadline."""
+    chatty = job_file(tmp_path, '''
+        def mapper(rec):
+            print("x" * 200_000)
+            for w in rec["text"].lower().split():
+                yield w, 1
+
+        def reducer(w, ones):
+            yield w, sum(ones)
+    ''')
+    want = Counter(w for line in LINES for w in line.lower().split())
+    async with in_process_cluster(3, root=str(tmp_path)) as c:
+        rep = await run_job(c.addrs, c.token, job_spec("mapreduce", str(docs), {"limit": 0, "job": chatty}, timeout=60))
+    assert pairs(rep) == dict(want)

@@ -396,9 +396,8 @@ def _plan_slices(job: Job, root: str | Access, read: dict):
         sample, described = read_with(slices.sample_rows)
         return slices.Sliced(read_with, passes, sample=sample, flush_bytes=flush), described
     premap = None
-    if read.get("premap"):           # a text op: its documents read once into runs of (word, ...) pairs
-        from shardstats.worker.engine.tokens import Premap
-        premap = Premap(read["premap"])
+    if read.get("premap"):           # text into (word, ...) pairs, a MapReduce job's records into (key, value)
+        premap = slices.premap_for(read["premap"], access.budget)
     sliced = slices.Sliced(read_with, passes, slots=slices.hash_slots(slice_on), flush_bytes=flush, premap=premap)
     if job.spill is None:               # no spill folder (an embedded worker): each pass reads the files again
         _, described = read_with(slices.keeper(sliced.slots)(0, passes))

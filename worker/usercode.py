@@ -27,6 +27,9 @@ HEADER = struct.Struct(">Q")
 FUNCTIONS = ("mapper", "combiner", "reducer", "partitioner", "sort_values", "map_batch", "combine_batch",
              "reduce_batch")
 BATCH_ROWS = 65_536
+# Arrow's own allocator reserves address space in large arenas, which a child under RLIMIT_AS cannot get (a
+# 64 MiB budget failed its first 16k-record map): the C heap, so the limit measures what the job's code uses.
+CHILD_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "system"}
 
 
 # -- the child --------------------------------------------------------------------------------------------
@@ -125,15 +128,21 @@ def _map(job: _Job, table, combine: bool, reducers: int | None) -> tuple[object,
             values.append(_pack(v2))
     cols = {"key": pa.array(keys, pa.binary()), "value": pa.array(values, pa.binary())}
     if "partitioner" in f and reducers:
-        part, dest = f["partitioner"], {}
-        for kb in set(keys):
-            d = part(_unpack(kb), reducers)
-            if not isinstance(d, int) or not 0 <= d < reducers:
-                raise _UserError(f"{job.filename}: partitioner({_unpack(kb)!r}, {reducers}) returned {d!r}, not a "
-                                 f"reducer from 0 to {reducers - 1}")
-            dest[kb] = d
-        cols["dest"] = pa.array([dest[k] for k in keys], pa.int32())
+        cols["dest"] = _dest(job, keys, reducers)
     return pa.table(cols), {"map_pairs": n, "combined_pairs": len(keys), "batch": False}
+
+
+def _dest(job: _Job, keys: list, reducers: int):
+    """Each packed key's reducer, by the job's partitioner (called once per distinct key)."""
+    import pyarrow as pa
+    part, dest = job.fn["partitioner"], {}
+    for kb in set(keys):
+        d = part(_unpack(kb), reducers)
+        if not isinstance(d, int) or not 0 <= d < reducers:
+            raise _UserError(f"{job.filename}: partitioner({_unpack(kb)!r}, {reducers}) returned {d!r}, not a "
+                             f"reducer from 0 to {reducers - 1}")
+        dest[kb] = d
+    return pa.array([dest[k] for k in keys], pa.int32())
 
 
 def _output(keys: list, values: list):
@@ -219,13 +228,25 @@ def _check(job: _Job, table, seed: int) -> str | None:
     return None
 
 
+def _mapped_bytes() -> int:
+    """The child's data now (VmData: its heap and private writable mappings), in bytes."""
+    with open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"VmData:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def main() -> None:
     """The child: load the job, then answer requests until stdin closes."""
     import pyarrow as pa
     limit = int(sys.argv[1]) if len(sys.argv) > 1 else 0
     if limit:
+        # The budget on top of what the child's interpreter and libraries already map: a bare RLIMIT_AS of the
+        # worker's budget left no room to load them (a 300 MiB budget failed every MapReduce job at its load).
         import resource
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        cap = _mapped_bytes() + limit
+        resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr                    # a user's print() must not corrupt the frames
     job = None
@@ -235,14 +256,7 @@ def main() -> None:
         out.write(HEADER.pack(len(body)) + body)
         out.flush()
 
-    def table(b: bytes):
-        return pa.ipc.open_stream(pa.py_buffer(b)).read_all()
-
-    def ipc(t) -> bytes:
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, t.schema) as w:
-            w.write_table(t)
-        return sink.getvalue().to_pybytes()
+    table, ipc = _table, _ipc
     while True:
         head = inp.read(HEADER.size)
         if len(head) < HEADER.size:
@@ -261,6 +275,10 @@ def main() -> None:
             elif op == "map":
                 pairs, counts = _map(job, table(req["ipc"]), req["combine"], req.get("reducers"))
                 reply({"ok": True, "ipc": ipc(pairs), **counts})
+            elif op == "dest":         # pairs mapped earlier (a share beyond memory): their reducers now
+                pairs = table(req["ipc"])
+                dest = _dest(job, pairs.column("key").to_pylist(), req["reducers"])
+                reply({"ok": True, "ipc": ipc(pairs.append_column("dest", dest))})
             elif op == "reduce":
                 reply({"ok": True, "ipc": ipc(_reduce(job, table(req["ipc"]), req.get("stage", "reducer")))})
             elif op == "check":
@@ -282,18 +300,20 @@ class UserCode:
     def __init__(self, memory_limit: int | None = None) -> None:
         self.limit = memory_limit or 0
         self.proc: asyncio.subprocess.Process | None = None
+        self.err = _stderr()
 
     async def __aenter__(self) -> "UserCode":
-        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **CHILD_ENV}
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "shardstats.worker.usercode", str(self.limit),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=self.err,
             env=env, limit=1 << 20)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         proc = self.proc
         if proc is None:
+            self.err.close()
             return
         if proc.returncode is None:
             try:
@@ -308,9 +328,9 @@ class UserCode:
             transport = getattr(proc, "_transport", None)     # its pipes closed now, not by the collector later
             if transport is not None:
                 transport.close()
+            self.err.close()
 
     async def call(self, req: dict) -> dict:
-        from shardstats.errors import UsageError
         proc = self.proc
         assert proc is not None and proc.stdin is not None and proc.stdout is not None
         body = _pack(req)
@@ -321,13 +341,167 @@ class UserCode:
             rep = _unpack(await proc.stdout.readexactly(HEADER.unpack(head)[0]))
         except (asyncio.IncompleteReadError, BrokenPipeError, ConnectionResetError):
             code = await proc.wait()
-            err = (await proc.stderr.read()).decode("utf-8", "replace").strip().splitlines() if proc.stderr else []
-            why = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
-            raise UsageError(f"the job's code died in its {req['op']} ({why}"
-                             f"{'; out of memory?' if code == -9 else ''}){': ' + err[-1] if err else ''}") from None
-        if not rep.get("ok"):
-            raise UsageError(rep.get("error", "the job's code failed"))
-        return rep
+            raise _died(req["op"], code, _tail(self.err)) from None
+        return _answer(rep)
+
+
+def _stderr():
+    """Where the child's stderr (and the user's prints) go: a file, not a pipe -- nobody reads a pipe until the
+    child dies, and a child that wrote 64 KiB into one (a chatty job, an allocator's warnings) blocked forever."""
+    import tempfile
+    return tempfile.TemporaryFile()
+
+
+def _tail(f, size: int = 4096) -> bytes:
+    """The end of what the child wrote to stderr."""
+    f.seek(0, os.SEEK_END)
+    f.seek(max(0, f.tell() - size))
+    return f.read()
+
+
+def _died(op: str, code: int, err: bytes):
+    from shardstats.errors import UsageError
+    lines = err.decode("utf-8", "replace").strip().splitlines()
+    why = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+    return UsageError(f"the job's code died in its {op} ({why}{'; out of memory?' if code == -9 else ''})"
+                      f"{': ' + lines[-1] if lines else ''}")
+
+
+def _answer(rep: dict) -> dict:
+    from shardstats.errors import UsageError
+    if not rep.get("ok"):
+        raise UsageError(rep.get("error", "the job's code failed"))
+    return rep
+
+
+def _ipc(t) -> bytes:
+    import pyarrow as pa
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, t.schema) as w:
+        w.write_table(t)
+    return sink.getvalue().to_pybytes()
+
+
+def _table(b: bytes):
+    import pyarrow as pa
+    return pa.ipc.open_stream(pa.py_buffer(b)).read_all()
+
+
+class SyncUserCode:
+    """The same child, called from a worker's load thread (no event loop there): a share beyond memory is
+    mapped piece by piece as it is read (``MapPremap``)."""
+
+    def __init__(self, memory_limit: int | None = None) -> None:
+        import subprocess
+        self.err = _stderr()
+        self.proc = subprocess.Popen([sys.executable, "-m", "shardstats.worker.usercode", str(memory_limit or 0)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err,
+                                     env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **CHILD_ENV})
+
+    def call(self, req: dict) -> dict:
+        body = _pack(req)
+        try:
+            self.proc.stdin.write(HEADER.pack(len(body)) + body)
+            self.proc.stdin.flush()
+            head = self.proc.stdout.read(HEADER.size)
+            if len(head) < HEADER.size:
+                raise BrokenPipeError
+            size = HEADER.unpack(head)[0]
+            body = self.proc.stdout.read(size)
+            if len(body) < size:
+                raise BrokenPipeError
+        except (BrokenPipeError, ConnectionResetError):
+            self.proc.kill()
+            code = self.proc.wait(5)
+            raise _died(req["op"], code, _tail(self.err)) from None
+        return _answer(_unpack(body))
+
+    def close(self) -> None:
+        import subprocess
+        if self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        for f in (self.proc.stdin, self.proc.stdout, self.err):
+            f.close()
+
+
+MAP_ROWS = 16_384      # records a child maps at a time beyond memory (its pairs of them held at once)
+
+
+class MapPremap:
+    """A MapReduce job's map side (and its combiner) run as a share beyond memory is read: each piece's
+    (key, value) pairs go to runs by the key's hash slice (worker/engine/runs.py), and each pass then shuffles
+    and reduces one slice.  A chained job (stages) or one with --side tables is refused beyond memory: a later
+    stage's input is the whole previous stage's output, and a side table is whole only after the run's
+    broadcast."""
+
+    def __init__(self, spec: dict, memory_limit: int | None = None) -> None:
+        from shardstats.errors import InputError
+        self.code = SyncUserCode(memory_limit)
+        try:
+            req = {"op": "load", "filename": spec["code_name"]}
+            if spec["code_kind"] == "pickle":
+                import base64
+                req["pickled"] = base64.b64decode(spec["code"])
+            else:
+                req["source"] = spec["code"]
+            loaded = self.code.call(req)
+            if len(loaded["stages"]) > 1:
+                raise InputError(f"{spec['code_name']}: a chained job (stages) runs in memory only; this worker's "
+                                 f"share is over its memory budget (--memory-limit): add workers or raise the limit")
+            has = set(loaded["stages"][0])
+            self.combine = bool(spec.get("combine", True) and has & {"combiner", "combine_batch"})
+            self.check = bool(spec.get("check_combiner"))
+        except BaseException:
+            self.code.close()
+            raise
+        self.map_pairs = self.combined_pairs = 0
+        self.batch = False
+        self.schema = None
+
+    def __call__(self, table, side="main"):
+        from shardstats.errors import InputError
+        if side != "main":
+            raise InputError("--side: a job with side tables runs in memory only; this worker's share is over its "
+                             "memory budget (--memory-limit): add workers or raise the limit")
+        if self.check:            # --check-combiner on the first records, before any is mapped
+            self.check = False
+            problem = self.code.call({"op": "check", "ipc": _ipc(table.slice(0, 2_000)), "seed": 0})["problem"]
+            if problem:
+                from shardstats.errors import UsageError
+                raise UsageError(problem)
+        out = []
+        for start in range(0, max(1, table.num_rows), MAP_ROWS):     # the child holds one bounded piece's pairs
+            rep = self.code.call({"op": "map", "ipc": _ipc(table.slice(start, MAP_ROWS)), "combine": self.combine,
+                                  "reducers": None})
+            self.map_pairs += rep["map_pairs"]
+            self.combined_pairs += rep["combined_pairs"]
+            self.batch = rep["batch"]
+            out.append(_table(rep["ipc"]))
+        import pyarrow as pa
+        pairs = pa.concat_tables(out) if len(out) > 1 else out[0]
+        self.schema = pairs.schema
+        return pairs
+
+    def merge(self, pairs):
+        """A run's pairs combined again (the combiner may run any number of times)."""
+        if not self.combine:
+            return pairs
+        return _table(self.code.call({"op": "reduce", "ipc": _ipc(pairs), "stage": "combiner"})["ipc"])
+
+    def counts(self, first: bool) -> dict:
+        n = (lambda x: x if first else 0)
+        return {"map_pairs": n(self.map_pairs), "combined_pairs": n(self.combined_pairs), "batch": self.batch}
+
+    def empty(self):
+        import pyarrow as pa
+        return (self.schema or pa.schema([("key", pa.binary()), ("value", pa.binary())])).empty_table()
+
+    def close(self) -> None:
+        self.code.close()
 
 
 if __name__ == "__main__":

@@ -111,8 +111,12 @@ class Sliced:
         from shardstats.worker.engine.runs import Runs
         runs = Runs(spill, passes, self.slots, self.flush_bytes, self.premap,
                     self.premap.merge if self.premap is not None else None)
-        _, self.described = self.read_with(runs.keep)
-        self.runs = runs.finish()
+        try:
+            _, self.described = self.read_with(runs.keep)
+            self.runs = runs.finish()
+        finally:
+            if self.premap is not None:
+                self.premap.close()
 
     def _target(self, side: str):
         from shardstats.worker import jobs
@@ -172,15 +176,28 @@ def sample_rows(t, side=None):
     return t.take(pa.array(np.arange(SAMPLE_EVERY // 2, t.num_rows, SAMPLE_EVERY)))
 
 
+def premap_for(spec: dict, memory_limit: int | None = None):
+    """What a share's records become as they are read, for an op whose keys exist only after its map: a text
+    op's tokens (worker/engine/tokens.py), a MapReduce job's mapper in its child process (worker/usercode.py).
+    Each has ``__call__(table, side)``, ``merge``, ``counts(first)``, ``empty()`` and ``close()``."""
+    if spec["op"] == "mapreduce":
+        from shardstats.worker.usercode import MapPremap
+        return MapPremap(spec, memory_limit)
+    from shardstats.worker.engine.tokens import Premap
+    return Premap(spec)
+
+
 def in_memory(values, read: dict) -> Sliced:
     """A share that fit in memory, sliced there, for a job whose other workers take passes (a text op's
     documents tokenized first: its slices are of the words)."""
     from shardstats.worker import jobs
     premap = None
     if read.get("premap"):
-        from shardstats.worker.engine.tokens import Premap
-        premap = Premap(read["premap"])
-        values = premap(values)
+        premap = premap_for(read["premap"])
+        try:
+            values = premap(values)
+        finally:
+            premap.close()
 
     def read_with(keep):
         if isinstance(values, jobs.Sides):
@@ -214,7 +231,7 @@ async def run_in_slices(comm, sliced: Sliced, op, params) -> tuple[dict | None, 
             read_s += time.perf_counter() - t
             comm.pass_index = p
             if sliced.premap is not None:
-                comm.premapped = sliced.premap.tokens if p == 0 else 0
+                comm.premapped = sliced.premap.counts(p == 0)
             got, st = await op.run(comm, values, params)
             del values
             _release()

@@ -110,6 +110,13 @@ class Premap:
         self.tokens += n
         return pairs
 
+    def counts(self, first: bool) -> dict:
+        """What a pass's op reports as read (``comm.premapped``): every token in the first pass."""
+        return {"tokens": self.tokens if first else 0}
+
+    def close(self) -> None:
+        pass
+
     def empty(self):
         """No pairs, in the pairs' types (a pass whose slice of the words is empty on this worker)."""
         import pyarrow as pa
@@ -149,7 +156,7 @@ async def tokens_to_reducers(comm, table, params, tokenize, *args):
     t0 = time.perf_counter()
     comm.progress.set("tokenize")
     if getattr(comm, "premapped", None) is not None:      # tokenized as it was read (Premap): this pass's slice of the pairs
-        pairs, tokens = table, comm.premapped
+        pairs, tokens = table, comm.premapped["tokens"]
     else:
         pairs, tokens = await numpy_step(table.num_rows * 64, tokenize, table, params.pattern, params.lower, *args)
     del table

@@ -119,6 +119,10 @@ def reads(p: MapreduceParams) -> dict:
     out = {"kind": "auto", "columns": None, "cache": p.cache}
     if sides:
         out["sides"] = sides
+    else:       # beyond memory: records mapped (and combined) as they are read, pairs kept in runs by key slice
+        out["slice_on"] = {"main": ["key"]}
+        out["premap"] = {"op": "mapreduce", "code": p.code, "code_kind": p.code_kind, "code_name": p.code_name,
+                         "combine": p.combine, "check_combiner": p.check_combiner}
     return out
 
 
@@ -179,17 +183,24 @@ async def _stage(comm: Communicator, code, table, params: MapreduceParams, index
     from shardstats.worker.engine.hot import find_hot, hot_rows
     t0 = time.perf_counter()
     at = {"stage_index": index}
-    if params.check_combiner:
-        got = await code.call({"op": "check", "ipc": _ipc(table.slice(0, CHECK_SAMPLE)), "seed": comm.rank, **at})
-        problems = await allreduce(comm, {"p": [got["problem"]] if got["problem"] else []},
-                                   lambda a, b: {"p": a["p"] + b["p"]}, "mapreduce.check")
-        if problems["p"]:
-            raise UsageError(problems["p"][0])
-    comm.progress.set("map")
     combine = params.combine and bool(has & {"combiner", "combine_batch"})
-    mapped = await code.call({"op": "map", "ipc": _ipc(table), "combine": combine,
-                              "reducers": reducers if "partitioner" in has else None, **at})
-    pairs = _table(mapped["ipc"])
+    premapped = getattr(comm, "premapped", None)
+    if premapped is not None:     # mapped as the share was read beyond memory (usercode.MapPremap): one slice
+        mapped, pairs = premapped, table
+        if "partitioner" in has:
+            pairs = _table((await code.call({"op": "dest", "ipc": _ipc(pairs), "reducers": reducers, **at}))["ipc"])
+    else:
+        if params.check_combiner:
+            got = await code.call({"op": "check", "ipc": _ipc(table.slice(0, CHECK_SAMPLE)), "seed": comm.rank,
+                                   **at})
+            problems = await allreduce(comm, {"p": [got["problem"]] if got["problem"] else []},
+                                       lambda a, b: {"p": a["p"] + b["p"]}, "mapreduce.check")
+            if problems["p"]:
+                raise UsageError(problems["p"][0])
+        comm.progress.set("map")
+        mapped = await code.call({"op": "map", "ipc": _ipc(table), "combine": combine,
+                                  "reducers": reducers if "partitioner" in has else None, **at})
+        pairs = _table(mapped["ipc"])
     del table
     phases = {"map": time.perf_counter() - t0}
     batch = mapped["batch"]
@@ -264,16 +275,13 @@ def _show(kb):
 
 
 def _ipc(table) -> bytes:
-    import pyarrow as pa
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    return sink.getvalue().to_pybytes()
+    from shardstats.worker.usercode import _ipc
+    return _ipc(table)
 
 
 def _table(b: bytes):
-    import pyarrow as pa
-    return pa.ipc.open_stream(pa.py_buffer(b)).read_all()
+    from shardstats.worker.usercode import _table
+    return _table(b)
 
 
 def render(r: dict) -> list[str]:
