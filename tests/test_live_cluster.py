@@ -519,3 +519,18 @@ def test_a_worker_daemon_freezes_what_it_holds_at_start(tmp_path, monkeypatch):
         assert row["loop"]["gc_frozen"] > 10_000
     finally:
         launcher.stop(info)
+
+
+def test_a_cluster_stopping_just_after_a_flush_stops(tmp_path):
+    """A worker told to stop while a flush's frame is being handed to its peer link stops (the hand-over's
+    wait_for swallowed the cancellation on Python 3.11: the sender waited for the next flush forever, the
+    worker never ended and never wrote its last checkpoint)."""
+    st = dataclasses.replace(DEFAULTS, live_dir=str(tmp_path), live_flush_interval=3600.0)
+
+    async def main():
+        async with asyncio.timeout(30):
+            async with in_process_cluster(2, settings=st) as c:
+                c.servers[0].live.ingest([f"k{i}" for i in range(100)])
+                await c.servers[0].live.flush()
+        assert c.servers[0].live.path.exists()          # the last checkpoint was written
+    asyncio.run(main())

@@ -55,7 +55,10 @@ class PeerLink:
         self.queued_bytes += len(frame)
         self.peak_queued_bytes = max(self.peak_queued_bytes, self.queued_bytes)
         try:
-            await asyncio.wait_for(self.queue.put((job, frame)), DEFAULTS.send_timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that comes as the
+            # put completes, and the caller (a live sender at shutdown) then waited forever
+            async with asyncio.timeout(DEFAULTS.send_timeout):
+                await self.queue.put((job, frame))
         except TimeoutError:
             self.queued_bytes -= len(frame)
             raise PeerFailure(f"worker {self.peer_id} at {self.addr} accepted nothing for {DEFAULTS.send_timeout:g}s") from None
@@ -87,7 +90,8 @@ class PeerLink:
                     await self._connect()
                 assert self._writer is not None
                 self._writer.write(frame)
-                await asyncio.wait_for(self._writer.drain(), DEFAULTS.send_timeout)
+                async with asyncio.timeout(DEFAULTS.send_timeout):     # not wait_for: see send
+                    await self._writer.drain()
                 self.bytes_written += len(frame)
                 return
             except (OSError, TimeoutError, ProtocolError, ConnectionError) as exc:
