@@ -702,3 +702,95 @@ async def test_mapreduce_beyond_the_budget_maps_as_it_reads_and_equals_python(tm
         assert {k: v for k, v in rep.result["data"]} == dict(want)
         assert sum(w["map_pairs"] for w in rep.workers) == sum(want.values())
     assert list((tmp_path / "spill").iterdir()) == []
+
+
+# -- text formats read in blocks of lines beyond memory (worker/data/readers.py line_blocks) -------------------
+
+def _ref(path: Path):
+    from shardstats.worker.io.listing import ShardRef
+    return ShardRef(str(path), path.stat().st_size, None)
+
+
+def _whole_and_blocks(monkeypatch, path: Path, reader):
+    """(the whole-file answer or its error, the block-at-a-time answer or its error, how many pieces were kept)."""
+    import pyarrow as pa
+    from shardstats.worker.data import readers
+    pieces = []
+
+    def keep(t):
+        pieces.append(t.num_rows)
+        return t
+    out = []
+    for k in (None, keep):
+        monkeypatch.setattr(readers, "STREAM_BLOCK", 4096)
+        try:
+            got = reader(path, k)
+            out.append(got.combine_chunks() if isinstance(got, pa.Table) else got)
+        except InputError as exc:
+            out.append(str(exc))
+    return out[0], out[1], len(pieces)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+def test_a_table_file_read_in_blocks_equals_the_whole_and_names_the_same_line(tmp_path, monkeypatch, fmt):
+    """A CSV/TSV/JSON-lines file read a block of whole lines at a time (each parsed with the header before it)
+    gives the rows the whole-file read gives, and a bad row deep in the file -- ragged, not JSON, invalid
+    UTF-8 -- the same one-line error, its line and byte offset counted in the whole file."""
+    import json
+    from shardstats.worker.data import readers
+    rng = np.random.default_rng(9)
+    n = 3000
+    rows = [{"k": f"k{int(x)}", "v": int(y), "f": float(z)} for x, y, z in
+            zip(rng.integers(0, 50, n), rng.integers(-10**12, 10**12, n), rng.random(n))]
+    sep = "\t" if fmt == "tsv" else ","
+    if fmt == "jsonl":
+        lines = [json.dumps(r) for r in rows]
+    else:
+        lines = [sep.join(["k", "v", "f"])] + [sep.join([r["k"], str(r["v"]), repr(r["f"])]) for r in rows]
+    good = tmp_path / f"good.{fmt}"
+    good.write_text("\n".join(lines) + "\n")
+
+    def read(path, keep):
+        return readers.read_table(_ref(path), str(path), None, None, keep)
+    whole, blocks, pieces = _whole_and_blocks(monkeypatch, good, read)
+    assert pieces > 10 and not isinstance(blocks, str) and blocks.equals(whole)
+    for bad_line, kind in ((2500, "broken"), (2700, "utf8")):
+        broken = list(lines)
+        if kind == "utf8":
+            data = ("\n".join(broken[:bad_line - 1]) + "\n").encode() + b"k\xff" + \
+                ("\n" + "\n".join(broken[bad_line:]) + "\n").encode()
+        else:
+            broken[bad_line - 1] = "{not json" if fmt == "jsonl" else sep.join(["k1", "2"])
+            data = ("\n".join(broken) + "\n").encode()
+        bad = tmp_path / f"bad-{kind}.{fmt}"
+        bad.write_bytes(data)
+        whole, blocks, _ = _whole_and_blocks(monkeypatch, bad, read)
+        assert isinstance(whole, str) and whole == blocks, (whole, blocks)
+        assert whole.startswith(f"{bad}:{bad_line}: ")
+
+
+def test_text_documents_read_in_blocks_equal_the_whole(tmp_path, monkeypatch):
+    """A text file's lines and a table's text column as documents, read in blocks: the same (doc, line, text)
+    rows as the whole-file read, lines and rows numbered in the whole file; invalid UTF-8 named at its line."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from shardstats.worker.data import readers
+    rng = np.random.default_rng(2)
+    words = np.array(["ünï", "code", "日本", "x"])
+    text = "\n".join(" ".join(words[rng.integers(0, 4, int(rng.integers(0, 9)))]) for _ in range(4000))
+    plain = tmp_path / "a.txt"
+    plain.write_text(text)          # no newline at the end
+
+    def docs(path, keep, **kw):
+        return readers.read_documents(_ref(path), str(path), keep=keep, **kw)
+    whole, blocks, pieces = _whole_and_blocks(monkeypatch, plain, docs)
+    assert pieces > 5 and blocks.cast(whole.schema).equals(whole)
+    t = pa.table({"body": text.split("\n"), "n": np.arange(4000)})
+    pq.write_table(t, tmp_path / "t.parquet", row_group_size=700)
+    for kw in ({"text_column": "body"}, {"text_column": "body", "id_column": "n"}):
+        whole, blocks, _ = _whole_and_blocks(monkeypatch, tmp_path / "t.parquet", lambda p, k: docs(p, k, **kw))
+        assert blocks.equals(whole)
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(text.encode()[:30_000] + b"\xc3(" + text.encode()[30_000:])
+    whole, blocks, _ = _whole_and_blocks(monkeypatch, bad, docs)
+    assert isinstance(whole, str) and whole == blocks and "invalid UTF-8 at byte offset 30,000" in whole

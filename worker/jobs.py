@@ -132,8 +132,9 @@ def load_table(files: list[ShardRef], root: str | Access, read: dict, progress: 
         if kind == "auto":            # a mapreduce job's records: a table's rows, or a text file's lines
             kind = "table" if side != "main" or Path(ref.path).suffix.lower() in readers.TABLE_SUFFIXES \
                 else "documents"
-        if kind == "documents":
-            t = readers.read_documents(ref, where, read.get("text"), read.get("id"), budget)
+        if kind == "documents":         # beyond memory, a batch or a block of lines at a time
+            t = readers.read_documents(ref, where, read.get("text"), read.get("id"), budget,
+                                       None if keep is None else (lambda piece, side=side: keep(piece, side)))
         else:
             piece_keep = None
             if keep is not None and read.get("ordinals") is not None:
@@ -144,8 +145,6 @@ def load_table(files: list[ShardRef], root: str | Access, read: dict, progress: 
         if read.get("ordinals") is not None and "__sort_row" not in t.column_names:    # read whole, or none kept
             t = _with_ordinals(t, read["ordinals"][i], 0)
         described.append([[f.name, str(f.type), ref.path] for f in t.schema])     # the hidden columns too
-        if keep is not None and kind == "documents":
-            t = keep(t, side)
         held += t.nbytes
         tables.append(t)
         if progress is not None:

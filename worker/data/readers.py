@@ -68,7 +68,7 @@ def read_table(ref: ShardRef, real_path: str, columns: list[str] | None, budget:
     if keep is not None and suffix == ".parquet":
         return _parquet_kept(ref, real_path, columns, keep)
     if keep is not None:
-        return keep(read_table(ref, real_path, columns, budget))
+        return _text_kept(ref, real_path, columns, keep, suffix)
     with opened(ref, real_path, budget) as (f, size):
         data = read_exactly(f, size, name)
     if suffix == ".parquet":
@@ -130,6 +130,90 @@ def _parquet_kept(ref: ShardRef, real_path: str, columns: list[str] | None, keep
     if not kept:
         return schema.empty_table()
     return pa.concat_tables(kept, promote_options="permissive") if len(kept) > 1 else kept[0]
+
+
+STREAM_BLOCK = 8 << 20      # bytes of whole lines parsed at a time when a text file is read for a slice of its rows
+
+
+def line_blocks(ref: ShardRef, real_path: str):
+    """The file as (bytes of whole lines, the number of its first line, its first byte's offset), about
+    ``STREAM_BLOCK`` at a time: a worker reading a CSV, JSON-lines or text file beyond its memory holds one
+    block, not the file."""
+    name = ref.path
+    with opened(ref, real_path) as (f, size):
+        line, rest, read = 1, b"", 0
+        while True:
+            chunk = f.read(STREAM_BLOCK)
+            read += len(chunk)
+            if not chunk:
+                if rest:
+                    yield rest, line, read - len(rest)
+                break
+            data = rest + chunk
+            cut = data.rfind(b"\n") + 1
+            if not cut:                  # no newline yet: the line goes on into the next chunk
+                if len(data) > MAX_LINE_BYTES:
+                    raise InputError(f"{name}:{line}: a line of over {MAX_LINE_BYTES:,} bytes, over the limit of "
+                                     f"{MAX_LINE_BYTES:,} bytes per line (16 MiB)")
+                rest = data
+                continue
+            block, rest = data[:cut], data[cut:]
+            del data
+            yield block, line, read - len(rest) - len(block)
+            line += block.count(b"\n")
+        if read != size:
+            raise InputError(f"{name}: changed since the job listed it (read {read:,} of {size:,} bytes)")
+
+
+def shifted(exc: InputError, name: str, lines: int, offset: int) -> InputError:
+    """An error naming ``name:LINE`` (and a byte offset) within a block, as the file's: ``lines`` lines and
+    ``offset`` bytes before the block."""
+    import re
+    text = str(exc)
+    m = re.match(rf"{re.escape(name)}:(\d+)(.*)", text, re.S)
+    if not m or not (lines or offset):
+        return exc
+    rest = re.sub(r"at byte offset ([\d,]+)", lambda b: f"at byte offset {int(b.group(1).replace(',', '')) + offset:,}",
+                  m.group(2))
+    return InputError(f"{name}:{int(m.group(1)) + lines}{rest}")
+
+
+def _text_kept(ref: ShardRef, real_path: str, columns: list[str] | None, keep, suffix: str):
+    """A CSV/TSV or JSON-lines file read a block of lines at a time, each block parsed (with the header row
+    before it) and given to ``keep``; the kept rows, in the types every block agrees on."""
+    import pyarrow as pa
+    name = ref.path
+    header, kept = None, []
+    for block, first, start in line_blocks(ref, real_path):
+        if suffix in (".csv", ".tsv"):
+            if header is None:
+                header = block[:block.find(b"\n") + 1] if b"\n" in block else block
+                data, before, skip = block, 0, 0
+            else:      # the header's line and bytes stand before the block's
+                data, before, skip = header + block, first - 2, start - len(header)
+        else:
+            data, before, skip = block, first - 1, start
+        try:
+            bad = _utf8_error(data, name) or _long_line(data, name)
+            if bad:
+                raise bad
+            t = _csv(data, name, "\t" if suffix == ".tsv" else ",", columns) if suffix in (".csv", ".tsv") \
+                else _jsonl(data, name, columns)
+        except InputError as exc:
+            raise shifted(exc, name, before, skip) from None
+        del data
+        kept.append(keep(t))
+        del t
+    if header is None and suffix in (".csv", ".tsv"):
+        raise InputError(f"{name}: empty file (a table needs at least a header row)")
+    if not kept:
+        raise InputError(f"{name}: empty file")
+    try:
+        return pa.concat_tables(kept, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise InputError(f"{name}: its columns change type within the file (read in blocks of "
+                         f"{STREAM_BLOCK >> 20} MiB beyond memory, each typed by its own rows: {_short(exc)})") \
+            from None
 
 
 def _dictionary_stored(meta, name: str) -> bool:
@@ -213,34 +297,62 @@ def _raise(message: str):
 
 
 def read_documents(ref: ShardRef, real_path: str, text_column: str | None = None, id_column: str | None = None,
-                   budget: int | None = None):
+                   budget: int | None = None, keep=None):
     """A shard as text rows ``(doc, text)``: a plain file is one document (its lines), a table's rows are
-    documents when ``text_column`` names their text (``id_column`` their ids, else ``file#row``)."""
+    documents when ``text_column`` names their text (``id_column`` their ids, else ``file#row``).
+
+    ``keep(table)``: the rows to keep of each piece (beyond memory): the file is then read a batch or a block of
+    lines at a time, rows and lines numbered as in the whole file."""
     import pyarrow as pa
-    import pyarrow.compute as pc
     name = ref.path
     suffix = Path(name).suffix.lower()
     if text_column is not None and suffix in TABLE_SUFFIXES:
-        import numpy as np
         cols = [text_column] + ([id_column] if id_column else [])
-        t = read_table(ref, real_path, cols, budget)
-        text = t.column(text_column)
-        if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
-            text = text.cast(pa.large_string())
-        if id_column:
-            doc = t.column(id_column).cast(pa.large_string())
-        else:
-            # file#row for each row, vectorised: no Python string per row
-            rows = pa.array(np.arange(t.num_rows, dtype=np.int64)).cast(pa.large_string())
-            doc = pc.binary_join_element_wise(pa.scalar(f"{name}#", pa.large_string()), rows,
-                                              pa.scalar("", pa.large_string()))
-        return pa.table({"doc": doc, "line": pa.array(np.arange(1, t.num_rows + 1, dtype=np.int64)),
-                         "text": text.cast(pa.large_string())})
-    with opened(ref, real_path, budget) as (f, size):
-        data = read_exactly(f, size, name)
+        if keep is None:
+            return _table_documents(read_table(ref, real_path, cols, budget), name, text_column, id_column, 0)
+        seen = [0]
+
+        def piece(t):
+            out = _table_documents(t, name, text_column, id_column, seen[0])
+            seen[0] += t.num_rows
+            return keep(out)
+        return read_table(ref, real_path, cols, budget, piece)
     if suffix == ".parquet":
         raise InputError(f"{name}: a Parquet file is a table; name its text column with --text COL")
+    if keep is None:
+        with opened(ref, real_path, budget) as (f, size):
+            data = read_exactly(f, size, name)
+        return _lines(data, name, 1, 0)
+    kept = [keep(_lines(block, name, first, start)) for block, first, start in line_blocks(ref, real_path)]
+    if len({k.schema for k in kept}) > 1:        # a one-line block's doc is plain text, the others' a dictionary
+        kept = [k.set_column(0, "doc", k.column("doc").cast(pa.large_string())) for k in kept]
+    return pa.concat_tables(kept) if kept else _lines(b"", name, 1, 0)
+
+
+def _table_documents(t, name: str, text_column: str, id_column: str | None, first_row: int):
+    """A table's rows as documents (doc, line, text); rows numbered from ``first_row``."""
     import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    text = t.column(text_column)
+    if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
+        text = text.cast(pa.large_string())
+    rows = np.arange(first_row, first_row + t.num_rows, dtype=np.int64)
+    if id_column:
+        doc = t.column(id_column).cast(pa.large_string())
+    else:
+        # file#row for each row, vectorised: no Python string per row
+        doc = pc.binary_join_element_wise(pa.scalar(f"{name}#", pa.large_string()), pa.array(rows).cast(pa.large_string()),
+                                          pa.scalar("", pa.large_string()))
+    return pa.table({"doc": doc, "line": pa.array(rows + 1), "text": text.cast(pa.large_string())})
+
+
+def _lines(data: bytes, name: str, first: int, start: int):
+    """A text file's lines (or a block of them: the first is line ``first``, at byte ``start``) as (doc, line,
+    text) rows."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
     # The lines straight from the file's bytes: offsets at the newlines (numpy), Arrow's own UTF-8 check, and
     # no Python string in between (a 20 MB file: 0.59 -> 0.1 s CPU; pa.array of one str took 0.2 s alone).
     raw = np.frombuffer(data, dtype=np.uint8)
@@ -251,8 +363,8 @@ def read_documents(ref: ShardRef, real_path: str, text_column: str | None = None
     widths = np.diff(offsets) - 1
     if len(widths) and int(widths.max()) > MAX_LINE_BYTES:
         i = int(np.argmax(widths > MAX_LINE_BYTES))
-        raise InputError(f"{name}:{i + 1}: a line of {int(widths[i]):,} bytes, over the limit of {MAX_LINE_BYTES:,} "
-                         f"bytes per line (16 MiB)")
+        raise InputError(f"{name}:{first + i}: a line of {int(widths[i]):,} bytes, over the limit of "
+                         f"{MAX_LINE_BYTES:,} bytes per line (16 MiB)")
     lines = pa.LargeStringArray.from_buffers(len(ends), pa.py_buffer(offsets), pa.py_buffer(data))
     try:
         lines.validate(full=True)
@@ -260,11 +372,11 @@ def read_documents(ref: ShardRef, real_path: str, text_column: str | None = None
         try:
             data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise InputError(f"{name}:{_line_of(data, exc.start)}: invalid UTF-8 at byte offset {exc.start:,}") \
-                from None
+            raise InputError(f"{name}:{first - 1 + _line_of(data, exc.start)}: invalid UTF-8 at byte offset "
+                             f"{start + exc.start:,}") from None
         raise
     lines = pc.utf8_rtrim(lines, characters="\n")        # a newline ends its line; it is no part of it
     n = len(lines)
     doc = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([name], pa.large_string()))
     return pa.table({"doc": doc.cast(pa.large_string()) if n < 2 else doc,
-                     "line": pa.array(np.arange(1, n + 1, dtype=np.int64)), "text": lines})
+                     "line": pa.array(np.arange(first, first + n, dtype=np.int64)), "text": lines})
