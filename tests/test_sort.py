@@ -136,3 +136,31 @@ async def test_bad_sort_input(tmp_path):
     assert got.column("k").to_pylist() == sorted(got.column("k").to_pylist(), reverse=True)
     with pytest.raises(UsageError, match="--out: a sort writes Parquet parts"):
         job_spec("sort", str(d), {"by": "k"})
+
+
+def test_range_samples_larger_than_a_frame_are_thinned_alike_and_still_split_evenly():
+    """The ranks' samples reach rank 0 up a tree in frames of at most 4 MiB: samples of 1e8 rows (72 MB)
+    failed the sort ("refusing to send a 7245116-byte frame").  Each rank now thins its sample by one stride;
+    the ranges still cut the rows evenly (within 25% of an equal share; numpy's sort as the reference) and
+    in order, with one rank holding three times the others' rows."""
+    import asyncio
+    from shardstats.worker.comm.inmemory import InMemoryNetwork
+    from shardstats.worker.ops.sort import FILE_COL, ROW_COL, SortParams, plan_ranges
+    rng = np.random.default_rng(8)
+    sizes = [150_000, 150_000, 150_000, 450_000]      # 8 bytes x 3 columns: 21.6 MB of samples in all
+    samples = [pa.table({"k": rng.integers(-10**9, 10**9, n), FILE_COL: np.full(n, r, np.int64),
+                         ROW_COL: np.arange(n, dtype=np.int64)}) for r, n in enumerate(sizes)]
+    net = InMemoryNetwork(len(sizes), timeout=60)
+    params = SortParams.from_wire({"by": "k", "out": "unused"})      # the routing only: nothing is written
+    passes = 8
+
+    async def main():
+        return await asyncio.gather(*(plan_ranges(net.comms[r], samples[r], params, passes) for r in range(len(sizes))))
+    slots = asyncio.run(main())
+    rows = pa.concat_tables(samples)
+    got = np.asarray(slots[1](rows, "main", passes))
+    assert all(np.array_equal(np.asarray(s(rows, "main", passes)), got) for s in slots)   # every rank routes alike
+    counts = np.bincount(got, minlength=passes)
+    assert counts.sum() == rows.num_rows and counts.min() > 0.75 * rows.num_rows / passes, counts
+    k = rows.column("k").to_numpy()
+    assert all(k[got == p].max() <= k[got == p + 1].min() for p in range(passes - 1))  # ranges in key order
