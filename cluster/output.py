@@ -42,6 +42,17 @@ def summarize_stats(rep: JobReport, startup_seconds: float | None = None) -> dic
     stats.update(op.summarize(ws))
     if rep.spec is not None:
         stats.update(rep.spec.params.stats_fields())
+    if any(w.get("spill_bytes_written") for w in ws):      # beyond memory: what went to disk, by phase
+        stats["spill_bytes_written"] = sum(w.get("spill_bytes_written", 0) for w in ws)
+        stats["spill_bytes_read"] = sum(w.get("spill_bytes_read", 0) for w in ws)
+        by_phase: dict = {}
+        for w in ws:
+            for phase, b in (w.get("spill_by_phase") or {}).items():
+                got = by_phase.setdefault(phase, {"written": 0, "read": 0})
+                got["written"] += b["written"]
+                got["read"] += b["read"]
+        stats["spill_by_phase"] = by_phase
+        stats["passes"] = max(w.get("passes", 1) for w in ws)
     if ws and all("shuffle" in w for w in ws):      # what ran (``auto`` picks per job), not what was asked
         stats["shuffle"] = ws[0]["shuffle"]
     if startup_seconds is not None:
@@ -51,6 +62,14 @@ def summarize_stats(rep: JobReport, startup_seconds: float | None = None) -> dic
          if k not in ("bytes_sent",)} | {"bytes_sent": sum(w["bytes_sent"])}
         for w in ws]
     return stats
+
+
+def spill_line(s: dict) -> str:
+    """What a job beyond memory kept on disk: written and read back, in how many passes, by phase."""
+    phases = ", ".join(f"{k} {human_bytes(v['written'])} written / {human_bytes(v['read'])} read"
+                       for k, v in (s.get("spill_by_phase") or {}).items())
+    return (f"spilled {human_bytes(s['spill_bytes_written'])} to disk and read {human_bytes(s['spill_bytes_read'])} "
+            f"back in {s.get('passes', 1)} pass{'' if s.get('passes', 1) == 1 else 'es'} ({phases})")
 
 
 def json_document(rep: JobReport, startup_seconds: float | None = None, pretty: bool = False) -> str:
@@ -82,6 +101,8 @@ def human(rep: JobReport, startup_seconds: float | None = None) -> str:
              f"busiest link {human_bytes(s['busiest_link_bytes'])}",
              f"  max inbound streams {s['max_inbound_streams']}, peak buffered {human_bytes(s['peak_buffered_bytes'])}"
              f", peak worker RSS {human_bytes(s['peak_worker_rss_bytes'])}"]
+    if s.get("spill_bytes_written"):
+        lines.append(f"  {spill_line(s)}")
     from shardstats.worker.engine.counter import line as counter_line
     counter = counter_line(s)
     if counter:

@@ -111,6 +111,9 @@ def _answer(doc: dict) -> str:
             ("most workers sending to one worker at once", _num(s.get("max_inbound_streams", 0))),
             ("largest memory use of a worker", human_bytes(s.get("peak_worker_rss_bytes", 0))),
             ("rounds of messages", _num(s.get("rounds", 0)))]
+    if s.get("spill_bytes_written"):
+        from shardstats.cluster.output import spill_line
+        rows.append(("beyond memory", spill_line(s)))
     if s.get("attempts", 1) > 1:
         lost = ", ".join(f"worker {w.get('id')} ({w.get('reason')})" for w in s.get("lost_workers", []))
         rows.append(("attempts", f"{s['attempts']} (lost: {lost})"))
@@ -286,12 +289,14 @@ def memory_svg(workers: list[dict]) -> str:
         y = 10 + r * (bar + 4)
         wd = max(1.0, p / top * (CHART_W - 330))
         data = int(w.get("values") or 0) * 8
+        spilled = (f'; spilled {human_bytes(w["spill_bytes_written"])}, read back {human_bytes(w.get("spill_bytes_read", 0))}'
+                   if w.get("spill_bytes_written") else "")
         out.append(f'<text x="{LABEL_W - 6}" y="{y + 12}" text-anchor="end">w{w.get("id", r)}</text>'
                    f'<rect x="{LABEL_W}" y="{y}" width="{wd:.1f}" height="{bar}" fill="#009E73">'
                    f'<title>w{w.get("id", r)}: peak resident memory {human_bytes(p)}; its values take '
                    f'{human_bytes(data)}</title></rect>'
                    f'<text x="{LABEL_W + wd + 6:.1f}" y="{y + 12}">{human_bytes(p)} '
-                   f'(its {int(w.get("values") or 0):,} values: {human_bytes(data)})</text>')
+                   f'(its {int(w.get("values") or 0):,} values: {human_bytes(data)}{spilled})</text>')
     out.append("</svg>")
     return "".join(out)
 

@@ -288,6 +288,17 @@ async def test_groupby_and_join_beyond_the_budget_equal_duckdb(tmp_path):
         rep = await run_job(c.addrs, c.token, job_spec("groupby", str(t), {"by": "s", "agg": ["sum(v)", "count()",
                                                                                            "max(k)"], "limit": 50}))
         assert max(w.get("passes", 1) for w in rep.workers) > 1
+        # the spill is visible: per worker and per phase in the stats, a line in the output, a row in the report
+        from shardstats.cluster import report
+        from shardstats.cluster.output import human, summarize_stats
+        st = summarize_stats(rep)
+        assert st["spill_bytes_written"] == sum(w.get("spill_bytes_written", 0) for w in rep.workers) > 0
+        assert st["spill_by_phase"]["load"]["written"] == st["spill_bytes_written"]      # runs written at the load
+        assert st["spill_by_phase"]["read"]["read"] == st["spill_bytes_read"] > 0         # and read back a pass each
+        line = next(x for x in human(rep).splitlines() if "spilled" in x)
+        assert f"in {st['passes']} passes (load " in line and "read back" not in line
+        page = report.fragment({"op": rep.op, "result": rep.result, "stats": st})
+        assert "beyond memory" in page and "spilled" in page
         want = con.sql(f"select s, sum(v), count(*), max(k::double) from {src} group by s "
                        f"order by s nulls last limit 50").fetchall()
         assert rep.result["rows"] == con.execute(f"select count(distinct coalesce(s, '<null>')) from {src}").fetchall()[0][0]

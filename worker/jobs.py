@@ -313,6 +313,8 @@ async def load(job: Job, root: str | Access, read_timeout: float | None = None,
     progress = Progress("load", job.timeline)
     progress.set("load", 0, len(job.files))
     progress.sizes = [max(0, f.size) for f in job.files]     # the listing's sizes: bytes read of total
+    if job.spill is not None:
+        job.spill.phase_of = lambda: progress.phase
     async with reporting(job.id, progress, job.report, job.progress_interval):
         if job.read is not None:
             job.values, job.schema = await _read_table(job, root, progress)
@@ -459,6 +461,8 @@ async def run(job: Job, comm: TcpComm, op: Op, params: Params) -> dict:
     cs = comm.stats
     comm.progress.timeline = job.timeline
     comm.progress.set(op.name)  # the op names its phases as it goes (count, shuffle, select, ...)
+    if job.spill is not None:
+        job.spill.phase_of = lambda: comm.progress.phase
     async with reporting(job.id, comm.progress, job.report, job.progress_interval, lambda: sum(cs.bytes_sent)):
         # The op gets the only reference to the data (no local name here), handed over so it may give
         # the memory back as it consumes the values (``memory.hand_over``).

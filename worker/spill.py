@@ -114,6 +114,8 @@ class SpillDir:
         self.files = 0
         self.closed = False
         self._on_bytes = on_bytes
+        self.phase_of = lambda: "load"      # the job's phase now (set by the load and the run): bytes per phase
+        self.by_phase: dict[str, list[int]] = {}
 
     def new_file(self, name: str) -> Path:
         if self.closed:
@@ -138,11 +140,13 @@ class SpillDir:
 
     def count_written(self, n: int) -> None:
         self.written += n
+        self.by_phase.setdefault(self.phase_of(), [0, 0])[0] += n
         if self._on_bytes is not None:
             self._on_bytes(written=n)
 
     def count_read(self, n: int) -> None:
         self.read += n
+        self.by_phase.setdefault(self.phase_of(), [0, 0])[1] += n
         if self._on_bytes is not None:
             self._on_bytes(read=n)
 
@@ -151,4 +155,5 @@ class SpillDir:
         shutil.rmtree(self.path, ignore_errors=True)
 
     def stats(self) -> dict:
-        return {"spill_bytes_written": self.written, "spill_bytes_read": self.read, "spill_files": self.files}
+        return {"spill_bytes_written": self.written, "spill_bytes_read": self.read, "spill_files": self.files,
+                "spill_by_phase": {k: {"written": w, "read": r} for k, (w, r) in self.by_phase.items()}}
