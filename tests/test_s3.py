@@ -476,3 +476,27 @@ def test_sigkill_mid_job_the_survivors_reread_the_lost_workers_objects(s3, clust
         if len(retried) >= 3:
             break
     assert retried, "no kill landed during a job: recovery was not exercised"
+
+
+async def test_objects_beyond_the_budget_are_kept_on_disk_and_answered_exactly(s3, tmp_path):
+    """A worker whose s3:// shards together exceed its budget appends them, one object at a time, to its
+    spill file, and the mode and the median run in passes from there: equal to numpy; the spill goes with
+    the job."""
+    import dataclasses
+    from shardstats.settings import DEFAULTS
+    from shardstats.testing import in_process_cluster
+    rng = np.random.default_rng(31)
+    shards = [rng.integers(-10**6, 10**6, 900_000), rng.integers(-10**6, 10**6, 700_000), np.array([7, 7, 7])]
+    for i, a in enumerate(shards):
+        s3.put("big", f"v/s{i}.{'npy' if i % 2 == 0 else 'txt'}", _npy(a) if i % 2 == 0 else _txt(a))
+    allv = np.concatenate(shards)
+    settings = dataclasses.replace(DEFAULTS, memory_limit=64 << 20, spill_dir=str(tmp_path / "spill"),
+                                   keyed_overhead=0)
+    async with in_process_cluster(2, root=str(tmp_path), settings=settings) as c:
+        rep = await run_job(c.addrs, c.token, _spec("mode", "s3://big/v/"))
+        assert (rep.result["value"], rep.result["count"]) == _mode(allv)
+        assert max(w.get("passes", 1) for w in rep.workers) > 1
+        assert sum(w.get("spill_bytes_written", 0) for w in rep.workers) >= 8 * 400_000
+        rep = await run_job(c.addrs, c.token, _spec("median", "s3://big/v/"))
+        assert (rep.result["lower"], rep.result["upper"]) == _median(allv)
+    assert list((tmp_path / "spill").iterdir()) == []

@@ -24,7 +24,7 @@ from shardstats.lazy import numpy as np
 
 from shardstats.errors import InputError
 from shardstats.worker.comm.partition import splitmix64
-from shardstats.worker.io.listing import ShardRef
+from shardstats.worker.io.listing import ShardRef, is_object_url
 from shardstats.worker.io.shards import read_shard
 from shardstats.worker.io.source import opened
 from shardstats.worker.io.text import INT64_MAX
@@ -158,9 +158,9 @@ def npy_values(ref: ShardRef, real_path: str) -> int | None:
 def load(refs: list[ShardRef], where: list[str], column, header, spill, progress=None,
          budget: int | None = None) -> np.ndarray:
     """Every shard's values as one read-only int64 map: a lone native-int64 .npy where it lies, else one
-    spill file the shards are appended to, one at a time (a file other than .npy is read whole, so each must
-    fit ``budget``: a larger one is refused before it is read, as in memory)."""
-    if len(refs) == 1 and Path(refs[0].path).suffix.lower() == ".npy":
+    spill file the shards are appended to, one at a time (a file other than .npy, and an ``s3://`` object, is
+    read whole, so each must fit ``budget``: a larger one is refused before it is read, as in memory)."""
+    if len(refs) == 1 and Path(refs[0].path).suffix.lower() == ".npy" and not is_object_url(refs[0].path):
         m = map_npy(refs[0], where[0])
         if m.dtype == np.dtype("<i8") or len(m) == 0:
             if progress is not None:
@@ -172,8 +172,21 @@ def load(refs: list[ShardRef], where: list[str], column, header, spill, progress
     out = None
     try:
         out = SpillFile(path)
+        objects = None
         for i, (ref, real) in enumerate(zip(refs, where)):
-            if Path(ref.path).suffix.lower() == ".npy":
+            if is_object_url(ref.path):           # an object: fetched whole (it must fit the budget), appended
+                if budget is not None and ref.size > budget:
+                    from shardstats.worker.io.source import mib
+                    raise InputError(f"{ref.path}: {mib(ref.size)} does not fit the worker's memory budget of "
+                                     f"{mib(budget)} (--memory-limit); split the shard into smaller objects")
+                if objects is None:
+                    from shardstats.worker.io.objects import ObjectReader
+                    objects = ObjectReader()
+                b = objects.read(ref, column, header)
+                out.write(b)
+                n += len(b)
+                del b
+            elif Path(ref.path).suffix.lower() == ".npy":
                 m = map_npy(ref, real)
                 for at in range(0, len(m), BLOCK):
                     b = _as_int64(np.asarray(m[at:at + BLOCK]), ref.path, at)
