@@ -14,9 +14,10 @@ copies it.  One file a flush: Arrow's file format keeps one dictionary per colum
 its own.  Rows of different types (an int32 file and an int64 one) go to different runs; the pass conforms
 each piece to the job's agreed schema.
 
-``slots(table, side, passes)`` gives each row's slice.  A job taken in more passes than this worker planned
-(another worker needed more) reads the runs' slices covering pass ``p``'s range of the hash and keeps the
-rows ``slots`` puts in ``p``: the hash slices of any count are ranges of the same 32 bits.
+``slots(table, side, passes)`` gives each row's slice.  A job taken in another number of passes than the runs
+were cut in (another worker needed more; or fewer, once the runs' own size is known) reads the runs' slices
+covering pass ``p``'s range of the hash and keeps the rows ``slots`` puts in ``p``: the hash slices of any
+count are ranges of the same 32 bits.
 
 ``premap(table, side)`` turns what was read into the rows the passes need before they are buffered (word
 count: text into (word, count) pairs, combined again over each flush with ``merge``), so text of any size
@@ -47,6 +48,7 @@ class Runs:
     merge: object = None         # (table) -> table: a flush's premapped rows combined (word count's sum)
     runs: list = field(default_factory=list)
     rows: int = 0
+    bytes: int = 0               # the runs' size: Arrow's buffers, so the rows' size in memory
     _buffer: dict = field(default_factory=dict)
     _buffered: int = 0
 
@@ -101,6 +103,7 @@ class Runs:
         except OSError as exc:
             raise self.spill.failure(exc) from None
         self.spill.count_written(buf.size)
+        self.bytes += buf.size
         self.runs.append(Run(side, path, offsets))
 
     def finish(self) -> "Runs":
@@ -129,8 +132,8 @@ class Runs:
 
 
 def covering(p: int, passes: int, cut: int) -> tuple[int, int]:
-    """The slices (first, last) of runs cut in ``cut`` slices that hold pass ``p`` of ``passes`` (>= ``cut``):
-    slice s of n holds the low 32 hash bits h with floor(h * n / 2**32) == s."""
+    """The slices (first, last) of runs cut in ``cut`` slices that hold pass ``p`` of ``passes`` (more or fewer
+    than ``cut``): slice s of n holds the low 32 hash bits h with floor(h * n / 2**32) == s."""
     if passes == cut:
         return p, p
     first = -(-p * (1 << 32) // passes)                 # the least h of pass p
