@@ -86,13 +86,10 @@ def load_files(files: list[ShardRef | str], root: str | Access, column: str | in
             raise InputError(f"{ref.path}: the job's files on this worker already take {mib(held)}, the worker's "
                              f"memory budget (--memory-limit); add workers or split the shards")
         if is_object_url(ref.path):
-            if budget is not None and ref.size > budget:
-                raise InputError(f"{ref.path}: {mib(ref.size)} does not fit the worker's memory budget of "
-                                 f"{mib(budget)} (--memory-limit); split the shard into smaller objects")
             if objects is None:
                 from shardstats.worker.io.objects import ObjectReader
                 objects = ObjectReader()
-            a = objects.read(ref, column, header)
+            a = objects.read(ref, column, header, budget)
         else:
             a = read_shard(ref, column, real_path=resolve(ref.path, access.root, access.confined), budget=budget,
                            header=header)

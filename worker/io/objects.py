@@ -157,7 +157,14 @@ class ObjectReader:
         self.settings = settings
         self._fs: Any = fs
 
-    def read(self, ref: ShardRef, column: str | int | None = None, header: bool | None = None) -> np.ndarray:
+    def read(self, ref: ShardRef, column: str | int | None = None, header: bool | None = None,
+             budget: int | None = None) -> np.ndarray:
+        """The object's int64 values; one larger than ``budget`` (bytes: a worker's memory left) is refused
+        before it is fetched."""
+        if budget is not None and ref.size > budget:
+            from shardstats.worker.io.source import mib
+            raise InputError(f"{ref.path}: {mib(ref.size)} does not fit the worker's memory budget of "
+                             f"{mib(budget)} (--memory-limit); split the shard into smaller objects")
         suffix = PurePosixPath(ref.path).suffix.lower()
         if suffix not in SUFFIXES:
             raise InputError(f"{ref.path}: unsupported file type {suffix or '(none)'!r} ({EXPECTED})")

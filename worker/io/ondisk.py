@@ -175,14 +175,10 @@ def load(refs: list[ShardRef], where: list[str], column, header, spill, progress
         objects = None
         for i, (ref, real) in enumerate(zip(refs, where)):
             if is_object_url(ref.path):           # an object: fetched whole (it must fit the budget), appended
-                if budget is not None and ref.size > budget:
-                    from shardstats.worker.io.source import mib
-                    raise InputError(f"{ref.path}: {mib(ref.size)} does not fit the worker's memory budget of "
-                                     f"{mib(budget)} (--memory-limit); split the shard into smaller objects")
                 if objects is None:
                     from shardstats.worker.io.objects import ObjectReader
                     objects = ObjectReader()
-                b = objects.read(ref, column, header)
+                b = objects.read(ref, column, header, budget)
                 out.write(b)
                 n += len(b)
                 del b
