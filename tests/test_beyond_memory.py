@@ -609,34 +609,6 @@ def test_a_parquet_file_read_into_runs_is_held_a_batch_at_a_time(tmp_path, op):
     assert grew < size, (grew >> 20, size >> 20)        # measured: ~95 MiB at 65 and at 131 MB; was 3x the file
 
 
-async def test_a_keyed_job_takes_the_passes_its_runs_need_not_the_files_guess(tmp_path):
-    """The passes are planned again from the runs' bytes (the rows' size in memory) once they are written: a
-    Parquet file of random numbers is as large on disk as in memory, and the load's guess (4x the file) took
-    four times the passes (db-benchmark q3 at 1e8 in 200 MiB workers: 229 passes of 4 MiB where 64 hold the
-    runs); fewer passes than the runs were cut in, and the answer still DuckDB's."""
-    import duckdb
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    rng = np.random.default_rng(9)
-    d = tmp_path / "t"
-    d.mkdir()
-    for i in range(3):
-        n = 1_000_000
-        pq.write_table(pa.table({"k": rng.integers(0, 50_000, n), "v": rng.random(n)}), d / f"p{i}.parquet",
-                       compression="none")
-    async with in_process_cluster(3, root=str(tmp_path), settings=_settings(tmp_path)) as c:
-        rep = await run_job(c.addrs, c.token, job_spec("groupby", str(d), {"by": "k", "agg": ["sum(v)", "count()"],
-                                                                         "out": str(tmp_path / "o")}))
-    runs = max(w.get("spill_bytes_written", 0) for w in rep.workers)
-    passes = rep.workers[0]["passes"]
-    assert 1 < passes <= max(2, -(-runs // (4 << 20))), (passes, runs)      # a pass holds at least 4 MiB
-    con = duckdb.connect()
-    bad = con.sql(f"select count(*) from '{tmp_path}/o/*.parquet' x full join (select k, sum(v) s, count(*) c "
-                  f"from '{d}/*.parquet' group by k) y using (k) where x.count is distinct from y.c "
-                  f"or abs(x.sum_v - y.s) > 1e-9 * abs(y.s) or x.sum_v is null").fetchall()[0][0]
-    assert bad == 0
-
-
 @pytest.mark.parametrize("cut,passes", [(4, 4), (4, 9), (1, 3), (9, 4), (5, 1)])
 def test_runs_give_each_pass_its_slice_once_in_input_order(tmp_path, cut, passes):
     """Pieces of two types (an int32 file, an int64 one, one with its strings as a dictionary), written in

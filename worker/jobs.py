@@ -403,12 +403,12 @@ def _plan_slices(job: Job, root: str | Access, read: dict):
         return sliced, described
     sliced.partition(job.spill, passes)
     sliced.num_rows = sliced.runs.rows
-    # The passes were planned from the files' size in memory as guessed (EXPANSION: 4x a Parquet file's bytes);
-    # the runs hold the rows as Arrow buffers, their size in memory measured: the job takes as many passes as
-    # that needs (db-benchmark's G1 at 1e8: 267 MB of runs from a 240 MB file, guessed 960 MB -- 229 passes of
-    # 4 MiB in 200 MiB workers where 64 hold it; runs cut in more slices are read by ranges, runs.covering).
-    # At least two: a share on disk goes through the passes (every rank then slices, as planned at the load)
-    job.passes = max(2, passes_for(sliced.runs.bytes, limit))
+    # The runs' bytes (Arrow's buffers) are the rows' size in memory: more passes if the load's guess was short
+    # of them, never fewer.  What a pass takes beside its rows depends on the op: db-benchmark at 1e8 took ~2x
+    # its runs' bytes for q3 but ~14x for q10 (near-unique groups on six keys), whose workers in 792 MiB were
+    # OOM-killed when the passes were cut to what the runs need (13 -> ~6); the guess (4x a Parquet file,
+    # ~3.6x G1's runs) is what covers it today
+    job.passes = max(passes, passes_for(sliced.runs.bytes, limit))
     return sliced, sliced.described
 
 

@@ -15,7 +15,7 @@ its own.  Rows of different types (an int32 file and an int64 one) go to differe
 each piece to the job's agreed schema.
 
 ``slots(table, side, passes)`` gives each row's slice.  A job taken in another number of passes than the runs
-were cut in (another worker needed more; or fewer, once the runs' own size is known) reads the runs' slices
+were cut in (another worker needed more, or the runs held more than the load guessed) reads the runs' slices
 covering pass ``p``'s range of the hash and keeps the rows ``slots`` puts in ``p``: the hash slices of any
 count are ranges of the same 32 bits.
 
