@@ -606,7 +606,9 @@ def test_a_parquet_file_read_into_runs_is_held_a_batch_at_a_time(tmp_path, op):
                        capture_output=True, text=True, timeout=100)
     assert r.returncode == 0, r.stderr
     grew = int(r.stdout.split()[-1])
-    assert grew < size, (grew >> 20, size >> 20)        # measured: ~95 MiB at 65 and at 131 MB; was 3x the file
+    # measured: 95-135 MiB for a 131 MB file (the full suite's runs at the top; Arrow's pool keeps what it freed);
+    # each of the three holders made it about 3x the file
+    assert grew < 2 * size, (grew >> 20, size >> 20)
 
 
 @pytest.mark.parametrize("cut,passes", [(4, 4), (4, 9), (1, 3), (9, 4), (5, 1)])
