@@ -123,10 +123,25 @@ def _complete(out: Path, meta: dict) -> bool:
         return False
 
 
+def _write_chunks(path: Path, rows: int, chunk_rows: int, chunk) -> None:
+    """One Parquet file of ``rows`` rows, ``chunk(c, done, n)`` giving chunk ``c`` (``n`` rows after ``done``),
+    each written as a row group as it is made: never more than a chunk in memory."""
+    import pyarrow.parquet as pq
+    writer, done, c = None, 0, 0
+    while done < rows or writer is None:
+        n = min(chunk_rows, rows - done)
+        t = chunk(c, done, n)
+        if writer is None:
+            writer = pq.ParquetWriter(path, t.schema, compression="snappy")
+        writer.write_table(t, row_group_size=chunk_rows)
+        done += n
+        c += 1
+    writer.close()
+
+
 def generate_groupby(out: str | Path, rows: int, k: int = 100, shards: int = 10, seed: int = SEED,
                      chunk_rows: int = 1_000_000, force: bool = False, quiet: bool = False) -> Path:
     """Writes G1 data of ``rows`` rows to ``out/part-NN.parquet`` (``shards`` files); reuses a complete ``out``."""
-    import pyarrow.parquet as pq
     out = Path(out)
     meta = {"kind": "groupby", "rows": rows, "k": k, "shards": shards, "seed": seed, "chunk_rows": chunk_rows,
             "name": dataset_name(rows, k), "columns": list(COLUMNS)}
@@ -142,18 +157,9 @@ def generate_groupby(out: str | Path, rows: int, k: int = 100, shards: int = 10,
     width = max(2, len(str(shards - 1)))
     for s, n_shard in enumerate(per):
         path = tmp / f"part-{s:0{width}d}.parquet"
-        writer = None
-        done, c = 0, 0
-        while done < n_shard or writer is None:
-            n = min(chunk_rows, n_shard - done)
-            rng = np.random.default_rng(np.random.SeedSequence([seed, s, c]))
-            t = groupby_chunk(rng, n, rows, k, id12, id3)
-            if writer is None:
-                writer = pq.ParquetWriter(path, t.schema, compression="snappy")
-            writer.write_table(t, row_group_size=chunk_rows)
-            done += n
-            c += 1
-        writer.close()
+        _write_chunks(path, n_shard, chunk_rows,
+                      lambda c, done, n, s=s: groupby_chunk(np.random.default_rng(np.random.SeedSequence([seed, s, c])),
+                                                            n, rows, k, id12, id3))
         if not quiet:
             print(f"  {path.name}: {n_shard:,} rows", file=sys.stderr, flush=True)
     (tmp / MARKER).write_text(json.dumps(meta))
@@ -259,7 +265,6 @@ def generate_join(out: str | Path, rows: int, shards: int = 10, seed: int = SEED
     """Writes J1 data of ``rows`` rows to ``out/<name>/part-NN.parquet`` (x and big in ``shards`` files, small
     and medium in one); reuses a complete ``out``.  ``ratios``: N over small's and medium's rows (the R
     script's 1e6 and 1e3; smaller in tests)."""
-    import pyarrow.parquet as pq
     out = Path(out)
     names = join_names(rows, ratios)
     meta = {"kind": "join", "rows": rows, "shards": shards, "seed": seed, "chunk_rows": chunk_rows,
@@ -282,18 +287,10 @@ def generate_join(out: str | Path, rows: int, shards: int = 10, seed: int = SEED
         start = 0
         for s, n_shard in enumerate(per):
             path = tmp / name / f"part-{s:0{width}d}.parquet"
-            writer, done, c = None, 0, 0
-            while done < n_shard or writer is None:
-                n = min(chunk_rows, n_shard - done)
-                rng = np.random.default_rng(np.random.SeedSequence([seed, ti, s, c]))
-                t = join_chunk(rng, table, np.arange(start + done, start + done + n, dtype=np.uint64), n_table,
-                               sets, shuffle)
-                if writer is None:
-                    writer = pq.ParquetWriter(path, t.schema, compression="snappy")
-                writer.write_table(t, row_group_size=chunk_rows)
-                done += n
-                c += 1
-            writer.close()
+            _write_chunks(path, n_shard, chunk_rows, lambda c, done, n, s=s, start=start, ti=ti, table=table,
+                          n_table=n_table, shuffle=shuffle: join_chunk(
+                              np.random.default_rng(np.random.SeedSequence([seed, ti, s, c])), table,
+                              np.arange(start + done, start + done + n, dtype=np.uint64), n_table, sets, shuffle))
             start += n_shard
             if not quiet:
                 print(f"  {name}/{path.name}: {n_shard:,} rows", file=sys.stderr, flush=True)
