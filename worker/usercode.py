@@ -345,6 +345,14 @@ class UserCode:
         return _answer(rep)
 
 
+def load_request(code: str, kind: str, filename: str) -> dict:
+    """The child's request to load a job: its source, or its functions pickled (base64 on the wire)."""
+    if kind == "pickle":
+        import base64
+        return {"op": "load", "filename": filename, "pickled": base64.b64decode(code)}
+    return {"op": "load", "filename": filename, "source": code}
+
+
 def _stderr():
     """Where the child's stderr (and the user's prints) go: a file, not a pipe -- nobody reads a pipe until the
     child dies, and a child that wrote 64 KiB into one (a chatty job, an allocator's warnings) blocked forever."""
@@ -442,13 +450,7 @@ class MapPremap:
         from shardstats.errors import InputError
         self.code = SyncUserCode(memory_limit)
         try:
-            req = {"op": "load", "filename": spec["code_name"]}
-            if spec["code_kind"] == "pickle":
-                import base64
-                req["pickled"] = base64.b64decode(spec["code"])
-            else:
-                req["source"] = spec["code"]
-            loaded = self.code.call(req)
+            loaded = self.code.call(load_request(spec["code"], spec["code_kind"], spec["code_name"]))
             if len(loaded["stages"]) > 1:
                 raise InputError(f"{spec['code_name']}: a chained job (stages) runs in memory only; this worker's "
                                  f"share is over its memory budget (--memory-limit): add workers or raise the limit")

@@ -89,6 +89,11 @@ def read_table(ref: ShardRef, real_path: str, columns: list[str] | None, budget:
     if size == 0:
         raise InputError(f"{name}: empty file (a table needs at least a header row)") if suffix in (".csv", ".tsv") \
             else InputError(f"{name}: empty file") if columns else InputError(f"{name}: empty file")
+    return _text_table(data, name, suffix, columns)
+
+
+def _text_table(data: bytes, name: str, suffix: str, columns: list[str] | None):
+    """A CSV/TSV or JSON-lines file's bytes (or a block of its lines) as a table."""
     # Checked here, before pyarrow: its CSV and JSON readers let some invalid UTF-8 through (a JSON string
     # value, a CSV key column), which would fail later inside a worker instead of naming file and line.
     bad = _utf8_error(data, name) or _long_line(data, name)
@@ -194,11 +199,7 @@ def _text_kept(ref: ShardRef, real_path: str, columns: list[str] | None, keep, s
         else:
             data, before, skip = block, first - 1, start
         try:
-            bad = _utf8_error(data, name) or _long_line(data, name)
-            if bad:
-                raise bad
-            t = _csv(data, name, "\t" if suffix == ".tsv" else ",", columns) if suffix in (".csv", ".tsv") \
-                else _jsonl(data, name, columns)
+            t = _text_table(data, name, suffix, columns)
         except InputError as exc:
             raise shifted(exc, name, before, skip) from None
         del data

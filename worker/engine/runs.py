@@ -20,7 +20,7 @@ covering pass ``p``'s range of the hash and keeps the rows ``slots`` puts in ``p
 count are ranges of the same 32 bits.
 
 ``premap(table, side)`` turns what was read into the rows the passes need before they are buffered (word
-count: text into (word, count) pairs, combined again over each flush with ``merge``), so text of any size
+count: text into (word, count) pairs, combined again over each flush by its ``merge``), so text of any size
 becomes runs of pairs keyed by the word.
 """
 from __future__ import annotations
@@ -44,8 +44,8 @@ class Runs:
     passes: int                  # the slices the runs were cut in
     slots: object                # (table, side, passes) -> np.ndarray of slot numbers
     flush_bytes: int
-    premap: object = None        # (table, side) -> table: what a run holds of what was read
-    merge: object = None         # (table) -> table: a flush's premapped rows combined (word count's sum)
+    premap: object = None        # (table, side) -> table: what a run holds of what was read; its ``merge``
+                                 # combines a flush's premapped rows (word count's sum)
     runs: list = field(default_factory=list)
     rows: int = 0
     bytes: int = 0               # the runs' size: Arrow's buffers, so the rows' size in memory
@@ -73,8 +73,8 @@ class Runs:
             side, pieces = key[0], buffer.pop(key)
             t = pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
             del pieces
-            if self.merge is not None:
-                t = self.merge(t)
+            if self.premap is not None:
+                t = self.premap.merge(t)
             self._write(side, t)
             del t
 

@@ -109,8 +109,7 @@ class Sliced:
     def partition(self, spill, passes: int) -> None:
         """Reads the share once, each row to the runs of its slice (on a thread: it reads and writes files)."""
         from shardstats.worker.engine.runs import Runs
-        runs = Runs(spill, passes, self.slots, self.flush_bytes, self.premap,
-                    self.premap.merge if self.premap is not None else None)
+        runs = Runs(spill, passes, self.slots, self.flush_bytes, self.premap)
         try:
             _, self.described = self.read_with(runs.keep)
             self.runs = runs.finish()
@@ -136,14 +135,13 @@ class Sliced:
         sides = list(self.schema) if isinstance(self.schema, dict) else ["main"]
         out = {}
         for side in sides:
-            pieces = got.get(side)
+            pieces, target = got.get(side), targets.get(side, self._target(side))
             if pieces:
-                out[side] = jobs._concat(pieces) if self._target(side) is not None else \
+                out[side] = jobs._concat(pieces) if target is not None else \
                     pa.concat_tables(pieces, promote_options="permissive")
             elif self.premap is not None:
                 out[side] = self.premap.empty()
             else:
-                target = self._target(side)
                 out[side] = target.empty_table() if target is not None else pa.table({})
         return jobs.Sides(out) if isinstance(self.schema, dict) else out["main"]
 

@@ -129,7 +129,7 @@ def reads(p: MapreduceParams) -> dict:
 async def mapreduce(comm: Communicator, inputs, params: MapreduceParams) -> tuple[dict | None, dict]:
     from shardstats.worker.engine.answer import rows_answer
     from shardstats.worker.engine.exchange import broadcast_table
-    from shardstats.worker.usercode import UserCode
+    from shardstats.worker.usercode import UserCode, load_request
     if not getattr(comm, "user_code", True):
         raise UsageError("this cluster's workers run no user code (started with --no-user-code)")
     from shardstats.worker.jobs import Sides
@@ -140,12 +140,7 @@ async def mapreduce(comm: Communicator, inputs, params: MapreduceParams) -> tupl
     access = getattr(comm, "access", None)
     limit = access.budget if access is not None and access.budget else None
     async with UserCode(limit) as code:
-        req = {"op": "load", "filename": params.code_name}
-        if params.code_kind == "pickle":
-            req["pickled"] = base64.b64decode(params.code)
-        else:
-            req["source"] = params.code
-        loaded = await code.call(req)
+        loaded = await code.call(load_request(params.code, params.code_kind, params.code_name))
         for name in sorted(k for k in sides if k != "main"):
             whole, _ = await broadcast_table(comm, sides[name], cfg, compression=params.compression)
             await code.call({"op": "side", "name": name.split(":", 1)[1], "ipc": _ipc(whole)})
