@@ -123,6 +123,22 @@ def _complete(out: Path, meta: dict) -> bool:
         return False
 
 
+def _partial(out: Path) -> Path:
+    """An empty folder beside ``out`` to write into, so a half-written dataset never looks complete."""
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _commit(tmp: Path, out: Path, meta: dict) -> Path:
+    """The written dataset in place of ``out``, its marker (written last: what says it is complete) inside."""
+    (tmp / MARKER).write_text(json.dumps(meta))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
 def _write_chunks(path: Path, rows: int, chunk_rows: int, chunk) -> None:
     """One Parquet file of ``rows`` rows, ``chunk(c, done, n)`` giving chunk ``c`` (``n`` rows after ``done``),
     each written as a row group as it is made: never more than a chunk in memory."""
@@ -149,9 +165,7 @@ def generate_groupby(out: str | Path, rows: int, k: int = 100, shards: int = 10,
         return out
     if rows < k:
         raise ValueError("rows must be at least K")
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = _partial(out)
     id12, id3 = _labels("id%03d", k), _labels("id%010d", max(rows // k, 1))
     per = [rows // shards + (1 if s < rows % shards else 0) for s in range(shards)]
     width = max(2, len(str(shards - 1)))
@@ -162,10 +176,7 @@ def generate_groupby(out: str | Path, rows: int, k: int = 100, shards: int = 10,
                                                             n, rows, k, id12, id3))
         if not quiet:
             print(f"  {path.name}: {n_shard:,} rows", file=sys.stderr, flush=True)
-    (tmp / MARKER).write_text(json.dumps(meta))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
+    return _commit(tmp, out, meta)
 
 
 # -- join data (join-datagen.R) ------------------------------------------------------------------------
@@ -275,9 +286,7 @@ def generate_join(out: str | Path, rows: int, shards: int = 10, seed: int = SEED
         raise ValueError(f"rows must be a multiple of {10 * ratios[0]:,} (0.9 and 0.1 of N/{ratios[0]:g} whole)")
     sets = {"id1": KeySet(rows // ratios[0], seed, "key1"), "id2": KeySet(rows // ratios[1], seed, "key2"),
             "id3": KeySet(rows, seed, "key3")}
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = _partial(out)
     for ti, (table, (name, n_table)) in enumerate(names.items()):
         files = shards if table in ("x", "big") else 1
         shuffle = {c: round_keys(seed, f"{table}.{c}") for c in ("id1", "id2", "id3")}
@@ -294,10 +303,7 @@ def generate_join(out: str | Path, rows: int, shards: int = 10, seed: int = SEED
             start += n_shard
             if not quiet:
                 print(f"  {name}/{path.name}: {n_shard:,} rows", file=sys.stderr, flush=True)
-    (tmp / MARKER).write_text(json.dumps(meta))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
+    return _commit(tmp, out, meta)
 
 
 # -- word-count corpus ---------------------------------------------------------------------------------
@@ -348,9 +354,7 @@ def build_corpus(out: str | Path, size: int, files: int = 10, force: bool = Fals
     base = "".join(stdlib_texts()).encode("utf-8")
     if not base:
         raise RuntimeError("no standard-library text found")
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = _partial(out)
     per = max(size // files, 1)
     pos = 0                                         # where in `base` the next file starts (it wraps around)
     width = max(2, len(str(files - 1)))
@@ -367,10 +371,7 @@ def build_corpus(out: str | Path, size: int, files: int = 10, force: bool = Fals
                 pos = 0 if end >= len(base) else end
         if not quiet:
             print(f"  {path.name}: {written:,} bytes", file=sys.stderr, flush=True)
-    (tmp / MARKER).write_text(json.dumps(meta))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
+    return _commit(tmp, out, meta)
 
 
 def shard_files(d: str | Path, suffix: str) -> list[str]:
