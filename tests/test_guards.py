@@ -361,3 +361,28 @@ def test_a_stuck_read_makes_the_worker_report_itself_unhealthy_and_the_job_runs_
     assert sorted(r["healthy"] for r in stuck_rows) == [False, True]
     assert refused["t"] == "error" and refused["kind"] == "unhealthy"
     assert all(r["healthy"] for r in rows)
+
+
+# -- a worker's own settings reach its peer links ------------------------------------------------
+async def test_a_workers_settings_reach_its_peer_links():
+    """The queue per peer and the send deadline are the daemon's settings, not the global defaults: the
+    memory a worker reserves for its link queues (``send_queue_frames`` frames a peer) is what they hold."""
+    async with worker(peers=2, send_queue_frames=3, send_timeout=0.5, connect_timeout=1.5) as w:
+        link = w.links[1]
+        assert (link.queue.maxsize, link.send_timeout, link.connect_timeout) == (3, 0.5, 1.5)
+
+
+async def test_a_peer_that_accepts_nothing_fails_the_send_at_the_workers_deadline():
+    """A link whose sender never drains (a peer that takes nothing): the frames past the queue's length wait,
+    and the send fails at the configured deadline naming the peer -- not at the 30 s default."""
+    from shardstats.errors import PeerFailure
+    from shardstats.worker.net.links import PeerLink
+    settings = dataclasses.replace(DEFAULTS, send_queue_frames=2, send_timeout=0.2)
+    link = PeerLink(0, 1, "127.0.0.1:9", TOKEN, on_failure=lambda *_: None, settings=settings)
+    await link.send(b"a", "j")
+    await link.send(b"b", "j")
+    assert link.queued_bytes == 2
+    async with asyncio.timeout(5):
+        with pytest.raises(PeerFailure, match=r"worker 1 at 127\.0\.0\.1:9 accepted nothing for 0\.2s"):
+            await link.send(b"c", "j")
+    assert link.queued_bytes == 2          # the refused frame is not counted as held

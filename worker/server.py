@@ -140,7 +140,7 @@ class WorkerServer:
         for pid, addr in enumerate(self.peers):
             if pid != self.id:
                 link = PeerLink(self.id, pid, addr, self.token, self._peer_failed, self.failed.__contains__,
-                                tls=self._tls_client)
+                                settings=self.settings, tls=self._tls_client)
                 self.links[pid] = link
                 tg.create_task(link.run())
         tg.create_task(self.live.run())

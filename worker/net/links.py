@@ -15,8 +15,7 @@ from shardstats.protocol.errors import ProtocolError
 from shardstats import logs
 from shardstats.worker.net.dial import client_connect
 from shardstats.errors import PeerFailure
-from shardstats.settings import DEFAULTS
-
+from shardstats.settings import DEFAULTS, Settings
 
 
 class PeerLink:
@@ -28,21 +27,26 @@ class PeerLink:
     instead of vanishing into a dead socket, which is what makes a restarted
     worker rejoin) and reports the failure, so jobs using the peer fail promptly.
     Frames of jobs that failed on this worker are skipped, not sent.
+
+    Its queue length and its deadlines come from the worker's ``settings`` (not the global defaults), so a
+    daemon started with other values sends by them, and the memory it reserves for the queues
+    (``send_queue_frames``) is the memory they take.
     """
 
     def __init__(self, my_id: int, peer_id: int, addr: str, token: bytes,
                  on_failure: Callable[[int, BaseException], None],
                  job_failed: Callable[[str], bool] | None = None,
-                 connect_timeout: float = DEFAULTS.connect_timeout, tls: ssl.SSLContext | None = None) -> None:
+                 settings: Settings = DEFAULTS, tls: ssl.SSLContext | None = None) -> None:
         self.my_id = my_id
         self.peer_id = peer_id
         self.addr = addr
         self.token = token
         self.on_failure = on_failure
         self.job_failed = job_failed or (lambda job: False)
-        self.connect_timeout = connect_timeout
+        self.connect_timeout = settings.connect_timeout
+        self.send_timeout = settings.send_timeout
         self.tls = tls
-        self.queue: asyncio.Queue[tuple[str | None, bytes]] = asyncio.Queue(maxsize=DEFAULTS.send_queue_frames)
+        self.queue: asyncio.Queue[tuple[str | None, bytes]] = asyncio.Queue(maxsize=settings.send_queue_frames)
         self.queued_bytes = 0
         self.peak_queued_bytes = 0
         self.bytes_written = 0
@@ -57,11 +61,11 @@ class PeerLink:
         try:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that comes as the
             # put completes, and the caller (a live sender at shutdown) then waited forever
-            async with asyncio.timeout(DEFAULTS.send_timeout):
+            async with asyncio.timeout(self.send_timeout):
                 await self.queue.put((job, frame))
         except TimeoutError:
             self.queued_bytes -= len(frame)
-            raise PeerFailure(f"worker {self.peer_id} at {self.addr} accepted nothing for {DEFAULTS.send_timeout:g}s") from None
+            raise PeerFailure(f"worker {self.peer_id} at {self.addr} accepted nothing for {self.send_timeout:g}s") from None
         except asyncio.CancelledError:
             self.queued_bytes -= len(frame)
             raise
@@ -90,7 +94,7 @@ class PeerLink:
                     await self._connect()
                 assert self._writer is not None
                 self._writer.write(frame)
-                async with asyncio.timeout(DEFAULTS.send_timeout):     # not wait_for: see send
+                async with asyncio.timeout(self.send_timeout):     # not wait_for: see send
                     await self._writer.drain()
                 self.bytes_written += len(frame)
                 return
