@@ -5,7 +5,9 @@ Two phases so that bad input is caught before any worker starts exchanging data:
 (the op).  Any worker's error aborts the attempt on every worker.  Every wait has a
 deadline, and heartbeats (coordinator/liveness.py) tell a lost worker from a busy
 one within seconds.  A lost worker costs an attempt: the job runs again, from the
-files, on the workers that are left, so the answer stays exact.
+files, on the workers that are left, so the answer stays exact.  A worker that refuses
+the job because it is busy (``WorkerBusy``) costs a pause: the job is tried again on
+the same workers, with growing pauses, until the phase deadline.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from shardstats.protocol.errors import ProtocolError, TLSError
 from shardstats.protocol.messages import make
 from shardstats import logs
 from shardstats.errors import (UsageError, ClusterUnavailable, EmptyDataset, JobError, JobTimeout, PeerFailure,
-                               ShardstatsError, WorkerLost, from_kind)
+                               ShardstatsError, WorkerBusy, WorkerLost, from_kind)
 from shardstats.worker.io.listing import SUFFIXES, ShardRef, is_object_url, list_refs
 from shardstats.worker.ops import registry
 from shardstats.settings import DEFAULTS
@@ -321,6 +323,9 @@ def _lost(client: WorkerClient, why: str) -> WorkerLost:
     return WorkerLost(f"lost worker {client.worker_id} at {client.addr} ({why})", client.worker_id)
 
 
+BUSY_PAUSES = (0.05, 2.0)      # a busy cluster is tried again after 50 ms, the pause doubling up to 2 s
+
+
 def _retryable(exc: ShardstatsError) -> bool:
     """A lost worker, or a worker that lost a peer: the job can run again without it."""
     return isinstance(exc, (WorkerLost, PeerFailure))
@@ -354,13 +359,29 @@ async def run_job(addrs: list[str], token: bytes, spec: JobSpec, *, absolute_pat
         spec = _absolute_out(spec)
     clients, lost = await connect_reachable(addrs, token, tls=tls)
     base = os.urandom(6).hex()      # 48 random bits, as uuid4().hex[:12] gave (uuid imports platform: ~2 ms)
-    attempt = 0
+    attempt = tries = 0
+    busy_until, pause = None, BUSY_PAUSES[0]
     try:
         while True:
             attempt += 1
-            job = base if attempt == 1 else f"{base}.{attempt}"
+            tries += 1
+            job = base if tries == 1 else f"{base}.{tries}"
             try:
                 rep = await _attempt(clients, job, spec, files, live, on_progress, sides)
+            except WorkerBusy as exc:
+                # Refused at the load, before any work: not an attempt lost, a wait for a free slot.  The
+                # others hold the job's load: abort it there, pause, and ask again, within the phase deadline.
+                await _abort(clients, job)
+                now = time.monotonic()
+                busy_until = busy_until or now + spec.timeout
+                if now + pause > busy_until:
+                    raise WorkerBusy(f"{exc}; still busy after {tries} tries in {spec.timeout:g} s "
+                                     f"(--timeout): try later, or raise the workers' job limit") from None
+                logs.event("job_busy", logging.WARNING, job=base, tries=tries, pause=pause, error=str(exc))
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, BUSY_PAUSES[1])
+                attempt -= 1
+                continue
             except ShardstatsError as exc:
                 gone = await _find_lost(clients, exc, live) if _retryable(exc) else []
                 clients = [c for c in clients if all(c is not g for g, _ in gone)]

@@ -72,6 +72,13 @@ class WorkerUnhealthy(WorkerLost):
     kind = "unhealthy"
 
 
+class WorkerBusy(ClusterError):
+    """A worker refused a job because it already runs as many as it may (``max_jobs``, or its coordinator
+    connection's share): the coordinator tries the job again after a pause, within its ``--timeout``, and
+    says so in this error only when the workers stayed busy that long."""
+    kind = "busy"
+
+
 class JobTimeout(JobError):
     """A phase of the job did not finish within its deadline."""
     kind = "timeout"
@@ -98,7 +105,7 @@ class LaunchError(ClusterError):
 
 
 _BY_KIND = {c.kind: c for c in (JobError, InputError, EmptyDataset, UsageError, PeerFailure, WorkerLost,
-                                 WorkerUnhealthy, JobTimeout, ClusterUnavailable, StoreUnavailable)}
+                                 WorkerUnhealthy, WorkerBusy, JobTimeout, ClusterUnavailable, StoreUnavailable)}
 
 
 def from_kind(kind: str, message: str) -> ShardstatsError:
@@ -107,5 +114,5 @@ def from_kind(kind: str, message: str) -> ShardstatsError:
 
 
 __all__ = ["ShardstatsError", "UserError", "ClusterError", "JobError", "InputError", "EmptyDataset", "UsageError",
-           "PeerFailure", "WorkerLost", "WorkerUnhealthy", "JobTimeout", "ClusterUnavailable", "StoreUnavailable",
+           "PeerFailure", "WorkerLost", "WorkerUnhealthy", "WorkerBusy", "JobTimeout", "ClusterUnavailable", "StoreUnavailable",
            "ConfigError", "LaunchError", "from_kind"]

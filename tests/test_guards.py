@@ -386,3 +386,56 @@ async def test_a_peer_that_accepts_nothing_fails_the_send_at_the_workers_deadlin
         with pytest.raises(PeerFailure, match=r"worker 1 at 127\.0\.0\.1:9 accepted nothing for 0\.2s"):
             await link.send(b"c", "j")
     assert link.queued_bytes == 2          # the refused frame is not counted as held
+
+
+# -- a busy worker's refusal is tried again ----------------------------------------------------------
+def _busy_job(tmp_path, hold_for: float | None, timeout: float = 30.0):
+    """A mode job on a worker whose one job slot another client holds; the holder lets go after ``hold_for``
+    seconds (None: never).  Returns the job's report or the error it raised, and the worker's refusals."""
+    import numpy as np
+    from shardstats.coordinator.job import run_job
+    from shardstats.coordinator.spec import job_spec
+    values = np.array([5, -3, 5, 7, 7, 7, np.iinfo(np.int64).min], dtype=np.int64)
+    np.save(tmp_path / "a.npy", values)
+
+    async def main():
+        async with worker(max_jobs=1) as srv:
+            holder = await WorkerClient.connect(srv.addr, TOKEN)
+            await holder.send(make("load", job="held", files=[], dead_after=60))
+            assert [m["t"] for m in await replies(holder, 1)] == ["loaded"]
+            job = asyncio.create_task(run_job([srv.addr], TOKEN, job_spec("mode", str(tmp_path / "a.npy"),
+                                                                          timeout=timeout)))
+            try:
+                if hold_for is not None:
+                    await asyncio.sleep(hold_for)
+                    await holder.send(make("abort", job="held"))
+                async with asyncio.timeout(timeout + 10):
+                    try:
+                        out = await job
+                    except Exception as exc:  # noqa: BLE001 - the test inspects it
+                        out = exc
+            finally:
+                job.cancel()
+                await holder.close()
+            return out, srv.metrics
+    return asyncio.run(main())
+
+
+def test_a_busy_worker_is_asked_again_and_the_job_then_runs(tmp_path, caplog):
+    """Before, the refusal came back as a generic job error and the job failed at once; now the coordinator
+    pauses and asks again, and the job runs exactly once the slot is free."""
+    with caplog.at_level(logging.WARNING, logger="cluster"):
+        rep, _ = _busy_job(tmp_path, hold_for=0.4)
+    assert not isinstance(rep, BaseException), rep
+    assert (rep.result["value"], rep.result["count"]) == (7, 3)       # Counter over the values: 7 three times
+    assert rep.attempts == 1 and rep.lost_workers == []                 # a wait, not a lost attempt
+    assert any("event=job_busy" in r.getMessage() for r in caplog.records)
+
+
+def test_a_worker_busy_past_the_deadline_fails_the_job_in_one_line_with_exit_1(tmp_path):
+    from shardstats.errors import WorkerBusy
+    err, _ = _busy_job(tmp_path, hold_for=None, timeout=1.0)
+    assert isinstance(err, WorkerBusy) and err.exit_code == 1
+    assert "\n" not in str(err)
+    assert str(err).startswith("worker 0 is busy: 1 jobs active (limit 1); still busy after ")
+    assert "tries in 1 s (--timeout)" in str(err)
