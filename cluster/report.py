@@ -85,20 +85,13 @@ def _legend(items: list[tuple[str, str]]) -> str:
 def _answer(doc: dict) -> str:
     op, r, s = doc.get("op", "?"), doc.get("result") or {}, doc.get("stats") or {}
     said: list[str] = []
-    if op == "mode":
-        head = f"mode {_num(r.get('value'))}, seen {_num(r.get('count'))} times"
-        if (r.get("tie_count") or 0) > 1:
-            head += f" ({_num(r['tie_count'])} values tie; the smallest is shown)"
-    elif op == "median":
-        head = f"median {_num(r.get('value'))} (middle values {_num(r.get('lower'))} and {_num(r.get('upper'))})"
-    else:                      # any other registered op: its own words for its result
-        from shardstats.errors import ShardstatsError
-        from shardstats.worker.ops import registry
-        head = op
-        try:
-            said = [line.strip() for line in registry.get(op).render(r)]
-        except (ShardstatsError, KeyError, TypeError, ValueError):
-            said = [str(r)]
+    from shardstats.errors import ShardstatsError
+    from shardstats.worker.ops import registry
+    head = op
+    try:                       # every op, mode and median too, says its result in its own words (Op.render)
+        said = [line.strip() for line in registry.get(op).render(r)]
+    except (ShardstatsError, KeyError, TypeError, ValueError):
+        said = [str(r)]
     if len(said) > 12:            # a keyed job's rows: the head, not a page of them
         said = said[:11] + [f"... ({len(said) - 11} more lines in the job's output)"]
     rows = [("answer", line) for line in said]
@@ -372,6 +365,7 @@ def fragment(doc: dict) -> str:
     op = doc.get("op", "")
     workers = list(s.get("per_worker") or [])
     ids = [w.get("id", i) for i, w in enumerate(workers)]
+    rounds = any(span[0] == "round" for w in workers for span in (w.get("timeline") or []))
     matrix = s.get("traffic_matrix") or []
     parts = [f'<div class="ss-report"><style>{CSS}</style>', _answer(doc),
              "<h2>Who sent how much to whom</h2>",
@@ -389,7 +383,7 @@ def fragment(doc: dict) -> str:
     parts += ["<h2>What each worker did, and when</h2>",
              '<p class="note">One row per worker: the phases on top, then the shuffle\'s sending and receiving, '
              'and the moments a sender waited for the receiver\'s permission (a credit) to send more'
-             + (", and the selection rounds" if op == "median" else "") + '. Each worker\'s clock starts when '
+             + (", and the selection rounds" if rounds else "") + '. Each worker\'s clock starts when '
              'its read request arrived; a gap after "load" is the wait for the slowest worker\'s files. '
              'Hover for exact times.</p>',
              timeline_svg(workers, op),

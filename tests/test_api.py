@@ -163,7 +163,7 @@ def test_results_read_naturally_in_a_notebook(c3, data, tmp_path):
     text = repr(m)
     assert text.startswith("<Result median: ") and exact_text(m.value) in text and "/" not in text
     assert f"{len(allv):,} values on 3 workers" in text
-    assert f"median {exact_text(m.value)} (middle values" in m._repr_html_()
+    assert f"median: {exact_text(m.value)}  (lower " in m._repr_html_()      # the op's own words (Op.render)
     assert m.quantiles[0.9] == m.quantiles["0.9"] == m.quantiles["0.90"] == _quantile(s, "0.9")
     assert m.quantiles[0.25] == _quantile(s, "0.25") and 0.25 in m.quantiles and 0.5 not in m.quantiles
     with pytest.raises(KeyError, match="no quantile 0.5 .*0.9, 0.25"):
