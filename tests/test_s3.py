@@ -377,15 +377,16 @@ def test_cli_with_an_endpoint_nobody_listens_on_exits_1_naming_the_input(s3, tmp
     assert out.stderr.count("\n") == 1
 
 
-@pytest.fixture(scope="module")
-def auth_store(tmp_path_factory):
-    """A second server that checks signatures and IAM policies: a reader that may list but not get."""
+@contextlib.contextmanager
+def authenticating_store(tmp_path_factory, objects: dict[str, bytes]):
+    """A second server that checks signatures and IAM policies, holding ``objects`` (keys) in the bucket
+    "locked", and a reader that may list but not get: yields (endpoint, its key id, its secret)."""
     import boto3
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    # The first actions (bucket, object, user, key, policy) run before authentication is enforced.
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "5"}
+    # The first actions (bucket, objects, user, key, policy) run before authentication is enforced.
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(4 + len(objects))}
     log = open(tmp_path_factory.mktemp("authlog") / "moto.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
                             stdout=log, stderr=log, stdin=subprocess.DEVNULL)
@@ -404,7 +405,8 @@ def auth_store(tmp_path_factory):
                   aws_secret_access_key="admin")
         s3c, iam = boto3.client("s3", **kw), boto3.client("iam", **kw)
         s3c.create_bucket(Bucket="locked")
-        s3c.put_object(Bucket="locked", Key="p/a.npy", Body=_npy([1, 2, 2]))
+        for k, body in objects.items():
+            s3c.put_object(Bucket="locked", Key=k, Body=body)
         iam.create_user(UserName="lister")
         key = iam.create_access_key(UserName="lister")["AccessKey"]
         # AWS names the listing's permission s3:ListBucket; moto 5.2 checks ListObjectsV2 against
@@ -417,6 +419,12 @@ def auth_store(tmp_path_factory):
         launcher.terminate([proc.pid], 5.0)
         proc.wait(5)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def auth_store(tmp_path_factory):
+    with authenticating_store(tmp_path_factory, {"p/a.npy": _npy([1, 2, 2])}) as found:
+        yield found
 
 
 def test_wrong_credentials_and_access_denied_name_the_object_and_exit_2(auth_store, tmp_path):

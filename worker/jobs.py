@@ -70,7 +70,7 @@ def load_files(files: list[ShardRef | str], root: str | Access, column: str | in
         refs = [f if isinstance(f, ShardRef) else ShardRef(str(f), -1, None) for f in files]
         from shardstats.worker.io import ondisk
         # an object's size is the listing's (its bytes: 8 a value in a .npy, about as many as text or Parquet)
-        where = [r.path if is_object_url(r.path) else resolve(r.path, access.root, access.confined) for r in refs]
+        where = [_where(r, access) for r in refs]
         counts = [None if is_object_url(r.path) else ondisk.npy_values(r, w) for r, w in zip(refs, where)]
         guess = sum(8 * c if c is not None else max(r.size, 0) if is_object_url(r.path) else _size(w)
                     for c, r, w in zip(counts, refs, where))
@@ -103,6 +103,11 @@ def load_files(files: list[ShardRef | str], root: str | Access, column: str | in
     return memory.concat_releasing(arrays) if len(arrays) > 1 else arrays[0]
 
 
+def _where(ref: ShardRef, access: Access) -> str:
+    """Where a worker opens a shard: an ``s3://`` object by its URL, a file under the worker's root."""
+    return ref.path if is_object_url(ref.path) else resolve(ref.path, access.root, access.confined)
+
+
 def _size(path: str) -> int:
     try:
         return os.stat(path).st_size
@@ -121,10 +126,8 @@ def load_table(files: list[ShardRef], root: str | Access, read: dict, progress: 
     tables, described = [], []
     held = 0
     for i, ref in enumerate(files):
-        if is_object_url(ref.path):
-            raise InputError(f"{ref.path}: keyed jobs read local files for now (s3:// input is for the int64 ops)")
         budget = None if access.budget is None else access.budget - held
-        where = resolve(ref.path, access.root, access.confined)
+        where = _where(ref, access)
         side = (read.get("side_of") or ["main"] * len(files))[i]
         kind = read.get("kind")
         if kind == "auto":            # a mapreduce job's records: a table's rows, or a text file's lines
@@ -357,9 +360,10 @@ def _plan_slices(job: Job, root: str | Access, read: dict):
     from shardstats.worker.engine import slices
     access = root if isinstance(root, Access) else Access(root)
     slice_on = read.get("slice_on")
-    if access.budget is None or not job.files or any(is_object_url(r.path) for r in job.files):
+    if access.budget is None or not job.files:
         return None
-    guess = slices.estimate_bytes((_size(resolve(r.path, access.root, access.confined)),
+    # an object's size is the listing's (read in batches and blocks from the store like a file from disk)
+    guess = slices.estimate_bytes((max(r.size, 0) if is_object_url(r.path) else _size(_where(r, access)),
                                    PurePath(r.path).suffix.lower()) for r in job.files)
     limit = in_memory_limit(access.budget, access.reserved + access.keyed_overhead)
     if guess <= limit:

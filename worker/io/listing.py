@@ -43,7 +43,8 @@ def is_object_url(path: str) -> bool:
     return path.startswith("s3://")
 
 
-def _expected(suffixes: tuple[str, ...]) -> str:
+def expected_types(suffixes: tuple[str, ...]) -> str:
+    """The file types a listing takes as its errors say them ("expected .a, .b or .c"), for files and objects."""
     if suffixes == SUFFIXES:
         return EXPECTED
     return "expected " + ", ".join(suffixes[:-1]) + " or " + suffixes[-1]
@@ -56,7 +57,7 @@ def list_refs(path: str, suffixes: tuple[str, ...] | None = SUFFIXES) -> list[Sh
     (the int64 ops' by default; a keyed op's tables; None: any file, for text documents)."""
     if is_object_url(path):
         from shardstats.worker.io.objects import list_objects
-        return list_objects(path)
+        return list_objects(path, suffixes=suffixes)
     out = []
     for f in list_shards(path, suffixes):
         try:
@@ -88,7 +89,7 @@ def list_shards(path: str, suffixes: tuple[str, ...] | None = SUFFIXES) -> list[
         files = [str(f) for f in entries if f.is_file()]
         if not files:
             raise InputError(f"{path}: directory holds no shard files"
-                             f"{'' if suffixes is None else ' (' + _expected(suffixes)[9:] + ')'}")
+                             f"{'' if suffixes is None else ' (' + expected_types(suffixes)[9:] + ')'}")
     elif p.is_file():
         files = [path]
     elif p.exists():
@@ -97,7 +98,7 @@ def list_shards(path: str, suffixes: tuple[str, ...] | None = SUFFIXES) -> list[
         raise InputError(f"{path}: no such file or directory")
     wrong = [] if suffixes is None else [f for f in files if Path(f).suffix.lower() not in suffixes]
     if wrong:
-        raise InputError(f"{wrong[0]}: unsupported file type ({_expected(suffixes)})")
+        raise InputError(f"{wrong[0]}: unsupported file type ({expected_types(suffixes)})")
     return files
 
 

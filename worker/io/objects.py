@@ -1,8 +1,9 @@
 """Shards in object storage (``s3://bucket/...``): listing objects with sizes and ETags, reading one.
 
 The coordinator lists (``list_objects``: sizes and ETags, no data); each worker reads its own
-objects straight from the store (``ObjectReader``) through the same validating parsers as local
-files, so a bad line reads ``s3://b/k.txt:LINE: ...``.  Every worker can read every object, so
+objects straight from the store (``ObjectReader`` for the int64 ops; ``opened_object``, a file of
+ranged GETs, for the keyed readers) through the same validating parsers as local files, so a bad
+line reads ``s3://b/k.txt:LINE: ...``.  Every worker can read every object, so
 after a lost worker the survivors re-read its share with no shared filesystem.
 
 Client: s3fs (fsspec over aiobotocore/botocore).  Why not ``pyarrow.fs.S3FileSystem``: botocore
@@ -35,7 +36,7 @@ import numpy as np
 
 from shardstats.errors import InputError, ShardstatsError, StoreUnavailable
 from shardstats.settings import DEFAULTS, Settings
-from shardstats.worker.io.listing import EXPECTED, SUFFIXES, ShardRef
+from shardstats.worker.io.listing import SUFFIXES, ShardRef, expected_types
 from shardstats.worker.io.text import parse_text, short_error
 
 _GLOB = "*?["
@@ -83,9 +84,13 @@ def split_url(url: str) -> tuple[str, str]:
 
 
 # -- listing (the coordinator) ---------------------------------------------------------------------------
-def list_objects(url: str, settings: Settings = DEFAULTS) -> list[ShardRef]:
+def list_objects(url: str, settings: Settings = DEFAULTS,
+                 suffixes: tuple[str, ...] | None = SUFFIXES) -> list[ShardRef]:
     """The shard objects ``url`` names: a prefix (``s3://b/p/``, its direct children with a shard suffix,
-    like a local directory), one object, or a glob (``s3://b/p/*.npy``, ``**`` for sub-prefixes)."""
+    like a local directory), one object, or a glob (``s3://b/p/*.npy``, ``**`` for sub-prefixes).
+
+    ``suffixes``: the types a prefix is listed for and an object may have, as for local files
+    (``listing.list_refs``: the int64 ops' by default, a keyed op's tables, None for text documents)."""
     bucket, key = split_url(url)
     fs = store(settings)
     with explained(url, settings):
@@ -95,15 +100,23 @@ def list_objects(url: str, settings: Settings = DEFAULTS) -> list[ShardRef]:
             if not refs:
                 _bucket_exists(fs, bucket, url)
                 raise InputError(f"{url}: the pattern matches no objects")
-            return _suffixes_ok(sorted(refs, key=lambda r: r.path))
+            return _suffixes_ok(sorted(refs, key=lambda r: r.path), suffixes)
         if key and not key.endswith("/"):
             info = _info(fs, url, bucket)
             if info.get("type") == "file":
-                return _suffixes_ok([_ref(info)])
-        return _prefix(fs, url, bucket)
+                return _suffixes_ok([_ref(info)], suffixes)
+        return _prefix(fs, url, bucket, suffixes)
 
 
-def _prefix(fs: Any, url: str, bucket: str) -> list[ShardRef]:
+def _wanted(name: str, suffixes: tuple[str, ...] | None) -> bool:
+    """A prefix's object listed as a shard: its suffix is one of ``suffixes`` (None: any object not hidden)."""
+    base = PurePosixPath(name)
+    if name.endswith("/"):
+        return False
+    return not base.name.startswith(".") if suffixes is None else base.suffix.lower() in suffixes
+
+
+def _prefix(fs: Any, url: str, bucket: str, suffixes: tuple[str, ...] | None = SUFFIXES) -> list[ShardRef]:
     try:
         entries = fs.ls(url, detail=True)
     except FileNotFoundError as exc:
@@ -111,10 +124,11 @@ def _prefix(fs: Any, url: str, bucket: str) -> list[ShardRef]:
             raise
         _bucket_exists(fs, bucket, url)
         raise InputError(f"{url}: no such object or prefix") from None
-    refs = sorted((_ref(e) for e in entries if e.get("type") == "file"
-                   and PurePosixPath(e["name"]).suffix.lower() in SUFFIXES), key=lambda r: r.path)
+    refs = sorted((_ref(e) for e in entries if e.get("type") == "file" and _wanted(e["name"], suffixes)),
+                  key=lambda r: r.path)
     if not refs:
-        raise InputError(f"{url}: prefix holds no shard objects ({EXPECTED[9:]})")
+        raise InputError(f"{url}: prefix holds no shard objects"
+                         f"{'' if suffixes is None else ' (' + expected_types(suffixes)[9:] + ')'}")
     return refs
 
 
@@ -142,10 +156,11 @@ def _ref(info: dict) -> ShardRef:
     return ShardRef(name, int(info["size"]), str(etag) if etag else None)
 
 
-def _suffixes_ok(refs: list[ShardRef]) -> list[ShardRef]:
-    wrong = [r.path for r in refs if PurePosixPath(r.path).suffix.lower() not in SUFFIXES]
+def _suffixes_ok(refs: list[ShardRef], suffixes: tuple[str, ...] | None = SUFFIXES) -> list[ShardRef]:
+    wrong = [] if suffixes is None else [r.path for r in refs
+                                         if PurePosixPath(r.path).suffix.lower() not in suffixes]
     if wrong:
-        raise InputError(f"{wrong[0]}: unsupported file type ({EXPECTED})")
+        raise InputError(f"{wrong[0]}: unsupported file type ({expected_types(suffixes)})")
     return refs
 
 
@@ -161,13 +176,10 @@ class ObjectReader:
              budget: int | None = None) -> np.ndarray:
         """The object's int64 values; one larger than ``budget`` (bytes: a worker's memory left) is refused
         before it is fetched."""
-        if budget is not None and ref.size > budget:
-            from shardstats.worker.io.source import mib
-            raise InputError(f"{ref.path}: {mib(ref.size)} does not fit the worker's memory budget of "
-                             f"{mib(budget)} (--memory-limit); split the shard into smaller objects")
+        _fits(ref, budget)
         suffix = PurePosixPath(ref.path).suffix.lower()
         if suffix not in SUFFIXES:
-            raise InputError(f"{ref.path}: unsupported file type {suffix or '(none)'!r} ({EXPECTED})")
+            raise InputError(f"{ref.path}: unsupported file type {suffix or '(none)'!r} ({expected_types(SUFFIXES)})")
         with explained(ref.path, self.settings, on_worker=True):
             if self._fs is None:
                 self._fs = shared_store(self.settings)
@@ -176,7 +188,7 @@ class ObjectReader:
                 _same_version(ref, f.details)
                 if suffix == ".parquet":
                     from shardstats.worker.io.columns import read_parquet
-                    return read_parquet(f, column, ref.path, store_error=_from_store)
+                    return read_parquet(f, column, ref.path, store_error=is_store_error)
                 raw = f.read()
         if ref.size >= 0 and len(raw) != ref.size:
             raise InputError(f"{ref.path}: changed since the job listed it ({ref.size} bytes listed, "
@@ -190,7 +202,34 @@ class ObjectReader:
         return load_npy(io.BytesIO(raw), ref.path)
 
 
-def _from_store(exc: BaseException) -> bool:
+def _fits(ref: ShardRef, budget: int | None) -> None:
+    """Refuses, before any byte is fetched, an object larger than ``budget`` (bytes: a worker's memory left)."""
+    if budget is not None and ref.size > budget:
+        from shardstats.worker.io.source import mib
+        raise InputError(f"{ref.path}: {mib(ref.size)} does not fit the worker's memory budget of "
+                         f"{mib(budget)} (--memory-limit); split the shard into smaller objects")
+
+
+@contextmanager
+def opened_object(ref: ShardRef, budget: int | None = None,
+                  settings: Settings = DEFAULTS) -> Iterator[tuple[Any, int]]:
+    """The object as a seekable binary file and its size, for the keyed readers (``worker.data.readers``
+    through ``worker.io.source.opened``): each read is one ranged GET of what the reader asks for (no
+    read-ahead), so Parquet fetches its footer and the chunks of the columns it needs and a text file
+    arrives a block at a time.  The listed version is checked at the open and rides every GET
+    (If-Match); the store's errors inside the block come out as one line naming the object."""
+    _fits(ref, budget)
+    with explained(ref.path, settings, on_worker=True):
+        # cache_type "none": s3fs's default read-ahead (50 MiB blocks) would fetch the columns a Parquet
+        # reader skips and hold a block beside the batch the reader keeps
+        with shared_store(settings).open(ref.path, "rb", cache_type="none") as f:
+            _same_version(ref, f.details)
+            yield f, int(f.details.get("size", ref.size))
+
+
+def is_store_error(exc: BaseException) -> bool:
+    """Whether a reader's exception came from the store (a changed object, a refusal, a store that does not
+    answer), to be explained as such rather than called an unreadable file."""
     from s3fs.utils import FileExpired
     return isinstance(exc, FileExpired) or _client_error(exc) is not None
 

@@ -17,6 +17,9 @@ written once:
   naming the file; it never yields a mix of two versions or a truncated read.
 * **the budget**: a file whose size (or, for ``.npy``, whose values widened to
   int64) does not fit the worker's memory budget is refused before any byte is read.
+* **objects**: an ``s3://`` shard is opened by ``worker.io.objects.opened_object`` (the listed ETag
+  checked at the open and sent with every ranged GET, the store's errors as one line naming it), so the
+  keyed readers take objects and files alike.
 * **whose fault**: running out of descriptors or memory (``EMFILE``, ``ENFILE``,
   ``ENOMEM``, ``ENOBUFS``, ``MemoryError``) is the worker's failure
   (``WorkerUnhealthy``: the job runs again elsewhere), never the user's input.
@@ -31,7 +34,7 @@ from contextlib import contextmanager
 from typing import BinaryIO
 
 from shardstats.errors import InputError, WorkerUnhealthy
-from shardstats.worker.io.listing import ShardRef
+from shardstats.worker.io.listing import ShardRef, is_object_url
 
 RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
@@ -85,6 +88,11 @@ def _check_version(ref: ShardRef, st: os.stat_result, when: str) -> None:
 @contextmanager
 def opened(ref: ShardRef, real_path: str, budget: int | None = None) -> Iterator[tuple[BinaryIO, int]]:
     """The open file (a binary file object) and its size; checks the version again when the block ends."""
+    if is_object_url(ref.path):
+        from shardstats.worker.io.objects import opened_object
+        with opened_object(ref, budget) as opened_file:
+            yield opened_file
+        return
     try:
         fd = os.open(real_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
