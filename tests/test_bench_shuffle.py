@@ -14,7 +14,7 @@ import pytest
 
 from scripts import bench_shuffle
 from shardstats.cluster.gen import generate
-from shardstats.worker.ops.mode import COMBINE_SAMPLE
+from shardstats.worker.ops.counting import COMBINE_SAMPLE
 
 
 def test_loopback_grid_is_exact_and_auto_stays_plain(capsys, tmp_path):

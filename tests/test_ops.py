@@ -143,7 +143,7 @@ def test_mode_property(shards, workers, combine):
 
 def test_local_counting_is_skipped_for_nearly_unique_data_and_kept_for_repeats():
     from shardstats.cluster.gen import generate
-    from shardstats.worker.ops.mode import should_combine
+    from shardstats.worker.ops.counting import should_combine
     uniq = generate(400_000, 2, "unique-dup", seed=1)
     zipf = generate(400_000, 2, "zipf", seed=1)
     assert not should_combine(uniq[0]) and should_combine(zipf[0])

@@ -144,7 +144,7 @@ def test_cleanup_removes_leftovers_by_prefix():
 
 @pytest.fixture(scope="module")
 def bench_dataset(tmp_path_factory):
-    # More than mode.COMBINE_SAMPLE values a host, so the sample can tell the data does not repeat
+    # More than counting.COMBINE_SAMPLE values a host, so the sample can tell the data does not repeat
     # (below that ``auto`` counts locally and stays plain, whatever the links).
     parts = generate(4 * 75_000, HOSTS, "unique-dup", seed=11)
     out = tmp_path_factory.mktemp("benchshards")

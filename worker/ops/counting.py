@@ -27,6 +27,8 @@ DENSE_MIN_SPAN = 4096       # small arrays: a few KiB of bins are always cheap
 
 
 SPAN_PROBE = 4096           # values looked at (evenly spaced) before the exact min/max passes
+COMBINE_SAMPLE = 65536      # values sampled to decide whether local counting pays (``should_combine``)
+COMBINE_BELOW = 0.9         # combine when fewer than this share of sampled values are distinct
 HASH_BELOW = 0.4            # auto hashes where fewer than this share of sampled values are distinct
 
 
@@ -61,6 +63,16 @@ def sample_share(values: np.ndarray, size: int) -> float:
     smp = sample(values, size)
     smp.sort()
     return len(run_lengths(smp)[0]) / len(smp)
+
+
+def should_combine(values: np.ndarray) -> bool:
+    """Whether to count locally before a shuffle (the mode, distinct and the keyed combiner ask).  Local
+    counting costs a sort; it pays only when values repeat.  A random sample tells.
+
+    Without it every value travels as 8 bytes, duplicates included, and the owner
+    counts them: for nearly-unique data that is the same traffic and half the work.
+    """
+    return len(values) <= COMBINE_SAMPLE or sample_share(values, COMBINE_SAMPLE) < COMBINE_BELOW
 
 
 def choose_local(values: np.ndarray, share: float) -> str:

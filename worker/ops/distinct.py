@@ -32,7 +32,7 @@ from shardstats.worker.steps import numpy_step
 from shardstats.worker.ops.contract import Op, ShuffleParams, approx_only, column_reads, option
 from shardstats.worker.ops.keyed import owned_distinct
 from shardstats.worker.ops.counting import repeat_share
-from shardstats.worker.ops.mode import COMBINE_BELOW, COMBINE_SAMPLE, should_combine
+from shardstats.worker.ops.counting import COMBINE_BELOW, COMBINE_SAMPLE, should_combine
 
 DEFAULT_PRECISION = 12
 HLL_BLOCK = 1 << 20            # values hashed per step: temporaries stay at block size

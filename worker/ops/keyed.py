@@ -8,7 +8,7 @@ only a small partial result has to travel, up a tree.
 This is the mode's scheme (worker/ops/mode.py) written against the shuffle's
 public interface only: values seen once locally travel as their bare 8 bytes
 ("s"), repeated ones as (value, count) pairs ("v", "c"); local counting is skipped
-when a sample says the data is nearly unique (``mode.should_combine``).  ``dedup``
+when a sample says the data is nearly unique (``counting.should_combine``).  ``dedup``
 ships distinct values only (no counts), which is all the exact distinct count needs.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from shardstats.worker.comm.shuffle import ShuffleConfig, ShuffleStats, chunk_pi
 from shardstats.worker import memory
 from shardstats.worker.memory import Releaser, concat_releasing
 from shardstats.worker.ops.counting import merge_repeats, run_lengths
-from shardstats.worker.ops.mode import should_combine
+from shardstats.worker.ops.counting import should_combine
 from shardstats.worker.steps import numpy_step
 
 

@@ -57,17 +57,15 @@ from shardstats.worker.comm.collectives import allreduce, broadcast, tree_depth,
 from shardstats.worker.ops import compact_choice
 from shardstats.worker.ops.compact import compact_exchange, pack_fingerprints
 from shardstats.worker.comm.communicator import Communicator
-from shardstats.worker.ops.counting import (COUNTINGS, SLOTS, SPAN_PROBE, candidate_counts, choose_counting,
-                                            choose_local, count_values, dense_bins, dense_fits, heavy_table,
-                                            in_slots, merge_repeats, run_lengths, sample, sample_share, slot_counts,
-                                            slot_of, span_counts)
+from shardstats.worker.ops.counting import (COMBINE_BELOW, COMBINE_SAMPLE, COUNTINGS, SLOTS, SPAN_PROBE,
+                                            candidate_counts, choose_counting, choose_local, count_values, dense_bins,
+                                            dense_fits, heavy_table, in_slots, merge_repeats, run_lengths, sample,
+                                            sample_share, slot_counts, slot_of, span_counts)
 from shardstats.worker.comm.partition import partition_chunks
 from shardstats.worker.comm.shuffle import ShuffleConfig, chunk_pieces, shuffle
 from shardstats.worker.ops.contract import Op, ShuffleParams, option
 
-COMBINE_SAMPLE = 65536     # values sampled to decide whether local counting pays
 HEAVY_SAMPLE = 16384       # values sampled at the load for heavy hitters (0.5 ms of a 3M share; 65,536: 2.8)
-COMBINE_BELOW = 0.9        # combine when fewer than this share of sampled values are distinct
 DEFAULT_TIE_LIMIT = 10
 TIES = ("smallest", "all")
 ENCODINGS = ("auto", "compact", "plain")
@@ -100,15 +98,6 @@ def _split(w: int, sv: np.ndarray, mv: np.ndarray, mc: np.ndarray, cfg: ShuffleC
     m_chunks = partition_chunks(w, ("v", "c"), (mv, mc), cfg.chunk_bytes,
                                 lambda row: (mv_free.upto(row), mc_free.upto(row)))
     return s_chunks, m_chunks
-
-
-def should_combine(values: np.ndarray) -> bool:
-    """Local counting costs a sort; it pays only when values repeat.  A random sample tells.
-
-    Without it every value travels as 8 bytes, duplicates included, and the owner
-    counts them: for nearly-unique data that is the same traffic and half the work.
-    """
-    return len(values) <= COMBINE_SAMPLE or sample_share(values, COMBINE_SAMPLE) < COMBINE_BELOW
 
 
 def best_of(singles: np.ndarray, mvals: np.ndarray, mcounts: np.ndarray, tie_limit: int,

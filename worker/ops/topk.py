@@ -49,7 +49,7 @@ from shardstats.worker.comm.shuffle import ShuffleConfig
 from shardstats.worker.steps import numpy_step
 from shardstats.worker.ops.contract import Op, ShuffleParams, approx_only, column_reads, option
 from shardstats.worker.ops.keyed import Owned, empty, local_counts, owned_counts
-from shardstats.worker.ops.mode import COMBINE_SAMPLE
+from shardstats.worker.ops.counting import COMBINE_SAMPLE
 from shardstats.worker.ops.counting import run_lengths
 from shardstats.settings import DEFAULTS
 
