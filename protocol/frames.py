@@ -22,10 +22,11 @@ import msgpack
 
 from shardstats.protocol.arrays import default, object_hook
 from shardstats.protocol.errors import BadMessage, FrameTooLarge
+from shardstats.settings import DEFAULTS
 
 HEADER = struct.Struct(">I")
-DEFAULT_MAX_FRAME = 4 * 1024 * 1024
-DEFAULT_MAX_CONTAINERS = 1 << 16   # maps + arrays one frame may decode into (data travels as bins)
+DEFAULT_MAX_FRAME = DEFAULTS.max_frame    # the one default, in shardstats/settings.py
+DEFAULT_MAX_CONTAINERS = DEFAULTS.max_containers   # maps + arrays one frame may decode into (data travels as bins)
 DEFAULT_MAX_ARRAY = 1 << 20        # elements of any one msgpack array (a mode's tie list is <= 100,000)
 CONTAINER_COST = 256               # bytes a decoded dict or list costs at most, beyond its wire bytes
 

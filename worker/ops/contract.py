@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from shardstats.errors import UsageError
-from shardstats.worker.comm.shuffle import CHOICES, DEFAULT_CHUNK_BYTES
+from shardstats.worker.comm.shuffle import CHOICES, ShuffleConfig
 
 P = TypeVar("P", bound="Params")
 
@@ -183,9 +183,10 @@ class ShuffleParams(Params):
                           "receiver-driven admission; naive: everyone sends at once; gather: all to one (for "
                           "comparison); tree: up the binomial tree to one owner (a job of one chunk).",
                           choices=CHOICES)
-    fan_in: int = option(1, "Concurrent inbound streams per worker.", min=1, max=1024)
-    credits: int = option(4, "Chunks in flight per stream.", min=1, max=1024)
-    chunk_bytes: int = option(DEFAULT_CHUNK_BYTES, "Bytes per shuffle chunk (64 B to 2 MiB; frames stay under the 4 MiB limit).",
+    # The defaults are the shuffle's own (ShuffleConfig): one default per setting.
+    fan_in: int = option(ShuffleConfig.fan_in, "Concurrent inbound streams per worker.", min=1, max=1024)
+    credits: int = option(ShuffleConfig.credits, "Chunks in flight per stream.", min=1, max=1024)
+    chunk_bytes: int = option(ShuffleConfig.chunk_bytes, "Bytes per shuffle chunk (64 B to 2 MiB; frames stay under the 4 MiB limit).",
                               min=64, max=2 << 20)
 
     def stats_fields(self) -> dict:
