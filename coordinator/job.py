@@ -154,7 +154,7 @@ def _suffixes(spec: JobSpec) -> tuple[str, ...] | None:
 def _absolute_out(spec: JobSpec) -> JobSpec:
     """On a local cluster, ``--out`` as the user meant it: relative to where the command runs."""
     out = getattr(spec.params, "out", None)
-    if not out or os.path.isabs(out):
+    if not out or os.path.isabs(out) or is_object_url(out):      # s3://bucket/prefix/ is no path
         return spec
     return replace(spec, params=replace(spec.params, out=str(Path(out).resolve())))
 

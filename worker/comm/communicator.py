@@ -55,6 +55,7 @@ class Communicator:
         self.passes = 1
         self.spill = None          # the job's SpillDir on this worker (worker/spill.py), when it has one
         self.pass_index: int | None = None   # which key-slice pass a keyed job is in (worker/engine/slices.py)
+        self.out_parts = None      # this rank's --out parts written, not yet committed (worker/engine/answer.py)
         # What every rank's load learned, combined at the coordinator (``Op.load_facts``/``merge_facts``), this
         # rank's own and what it kept; None where no coordinator took part (an op that wants them reduces them).
         self.facts: dict | None = None

@@ -237,6 +237,10 @@ async def run_in_slices(comm, sliced: Sliced, op, params) -> tuple[dict | None, 
             if got is not None:
                 combine = op.combine_passes or (lambda a, b, params: combine_rows(a, b, getattr(params, "limit", 0)))
                 answer = got if answer is None else combine(answer, got, params)
+    except BaseException:
+        from shardstats.worker.engine.answer import discard_parts
+        discard_parts(comm)          # the parts of earlier passes, written but never committed
+        raise
     finally:
         comm.pass_index = None
         comm.premapped = None

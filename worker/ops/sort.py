@@ -8,8 +8,10 @@
    are sorted together with the job's own sort keys (so descending keys, null
    placement, NaN and strings in byte order all route exactly as they will sort),
    and a row's range is the number of split points before it.
-4. The credit shuffle moves each range to its reducer; the reducer sorts it and
-   writes ``part-NNNNN.parquet`` (rank order = range order), committed when all have.
+4. The credit shuffle moves each range to its reducer; the reducer sorts its indices and
+   writes ``part-NNNNN.parquet`` (rank order = range order) a row group at a time, taken
+   from its rows as it goes (the range is never held twice), to a folder or ``s3://``,
+   committed when all have.
 
 Ties: every row carries its place in the input (the file's position in the listing,
 the row's position in the file) as a last, hidden sort key, so one value repeated in
@@ -161,7 +163,7 @@ def _route(table, splits, order) -> "np.ndarray":
 async def sort(comm: Communicator, table, params: SortParams) -> tuple[dict | None, dict]:
     import pyarrow as pa
     from shardstats.worker.data import codec
-    from shardstats.worker.engine.answer import write_parts
+    from shardstats.worker.engine.answer import ROW_GROUP_ROWS, Pieces, write_parts
     from shardstats.worker.engine.exchange import exchange_to
     from shardstats.worker.engine.exchange import plain
     table = plain(table)          # sorting (and the wire) wants plain columns, not dictionaries
@@ -203,7 +205,7 @@ async def sort(comm: Communicator, table, params: SortParams) -> tuple[dict | No
     del table
     comm.progress.set("sort")
     t3 = time.perf_counter()
-    rows = await numpy_step(rows.num_rows, lambda t: t.take(_sort_indices(t, sort_order)), rows)
+    idx = await numpy_step(rows.num_rows, _sort_indices, rows, sort_order)
     out = rows.drop_columns([FILE_COL, ROW_COL])
     t4 = time.perf_counter()
     stats = {"map_pairs": out.num_rows, "combined_pairs": 0, **ex["counters"], "rounds": 3,
@@ -215,7 +217,14 @@ async def sort(comm: Communicator, table, params: SortParams) -> tuple[dict | No
         k = ", ".join(q(c) for c in part_keys)
         heavy = run_sql(f"SELECT {k}, count(*) AS n FROM t GROUP BY {k} ORDER BY n DESC LIMIT 3", out)
         stats["heaviest"] = [[*(_plain(v) for v in list(r.values())[:-1]), r["n"]] for r in heavy.to_pylist()]
-    stats.update(await write_parts(comm, out, params.out, comm.job, overwrite=params.overwrite))
+    del rows
+    # Streaming output: the range is sorted once (its indices), then taken and written a row group at a time,
+    # so a worker holds its rows once and one row group beside them, never the whole range twice
+    pieces = Pieces(out.schema, out.num_rows, lambda: (out.take(idx.slice(i, ROW_GROUP_ROWS))
+                                                       for i in range(0, out.num_rows, ROW_GROUP_ROWS)))
+    t5 = time.perf_counter()
+    stats.update(await write_parts(comm, pieces, params.out, comm.job, overwrite=params.overwrite))
+    stats["phases"]["write"] = time.perf_counter() - t5
     head = {"splits": _rows(splits.drop_columns([c for c in splits.column_names if c.startswith("__sort")])),
             "sample": plan["m"]}
     if comm.rank != 0:
@@ -261,7 +270,7 @@ OP = Op(
     params=SortParams,
     run=sort,
     render=render,
-    phases=("load", "sample", "route", "partition", "shuffle", "sort"),
+    phases=("load", "sample", "route", "partition", "shuffle", "sort", "write"),
     examples=("cluster submit sort --input events/ --by ts --out sorted/",
               "cluster submit sort --input logs/ --partition-by user --by user,ts --out by-user/"),
     summarize=summarize,
