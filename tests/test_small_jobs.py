@@ -14,7 +14,7 @@ import pytest
 from shardstats.coordinator.job import run_job
 from shardstats.coordinator.spec import job_spec
 from shardstats.errors import UsageError
-from shardstats.worker.comm.shuffle import TREE_BYTES_PER_VALUE
+from shardstats.worker.ops.contract import INT64_BYTES
 from tests.conftest import nasty_datasets, ref_mode, run_op
 from tests.test_topk import reference as ref_topk
 
@@ -61,7 +61,7 @@ def test_the_tree_is_exact_for_every_keyed_op(name, workers):
 def test_auto_takes_the_tree_exactly_when_the_job_fits_one_chunk(op):
     values = np.arange(100, dtype=np.int64) % 37           # 100 values: 800 bytes
     shards = list(np.array_split(values, 4))
-    fits = 100 * TREE_BYTES_PER_VALUE
+    fits = 100 * INT64_BYTES
     for chunk, want in ((fits, "tree"), (fits - 8, "credit")):
         res, stats, _ = run_op(op, shards, 5, {"chunk_bytes": chunk}, known_total=True)
         assert {s["shuffle"] for s in stats} == {want}, (op, chunk)
@@ -84,7 +84,7 @@ def test_a_one_value_mode_on_ten_workers_takes_two_trees_of_messages():
 
 async def test_asking_for_the_tree_on_a_job_over_one_chunk_is_a_usage_error(inproc, tmp_path):
     np.save(tmp_path / "v.npy", np.arange(1000, dtype=np.int64))
-    with pytest.raises(UsageError, match=r"--shuffle tree: only for a job of at most one chunk .* 1,000 values") as err:
+    with pytest.raises(UsageError, match=r"--shuffle tree: only for a job of at most one chunk \(4,096 bytes\); this one's pieces hold up to 8,000 bytes") as err:
         await run_job(inproc.addrs, inproc.token, job_spec("mode", str(tmp_path), {"shuffle": "tree",
                                                                                   "chunk_bytes": 4096}))
     assert err.value.exit_code == 2

@@ -35,7 +35,6 @@ from shardstats.worker.comm.communicator import Communicator
 DEFAULT_CHUNK_BYTES = 1 << 20
 STRATEGIES = ("credit", "naive", "gather", "tree")
 CHOICES = ("auto", *STRATEGIES)
-TREE_BYTES_PER_VALUE = 8    # what a value costs in the pieces at most (bare: 8; a pair stands for two or more)
 
 Piece = dict[str, "np.ndarray"]
 Consume = Callable[[int, Piece], Awaitable[None] | None]
@@ -56,22 +55,23 @@ class ShuffleConfig:
             raise ValueError("fan_in, credits and requests must be >= 1, chunk_bytes >= 64")
 
     @classmethod
-    def from_params(cls, params, total: int | None = None) -> "ShuffleConfig":
-        """From an op's validated shuffle options (``worker.ops.contract.ShuffleParams``) and the job's value count.
+    def from_params(cls, params, total_bytes: int | None = None) -> "ShuffleConfig":
+        """From an op's validated shuffle options (``worker.ops.contract.ShuffleParams``) and, when the op knows
+        it, the most its pieces can hold in all (the int64 ops: ``contract.int64_bytes`` of the job's count).
 
-        ``auto`` is the credit shuffle, except for a job whose every value fits in one
-        chunk (``total`` known, as the coordinator sends it): then the pieces go up the
+        ``auto`` is the credit shuffle, except for a job whose every piece fits in one
+        chunk (``total_bytes`` known, as the coordinator's count tells): then the pieces go up the
         binomial tree to rank 0 ("tree"), W-1 messages where the all-to-all takes W^2
         (a one-value job on ten workers: 102 messages, 15 ms of its run). No more than one
         chunk travels in any message, so no worker takes in more than the shuffle's unit.
         """
         strategy = params.shuffle
-        tiny = total is None or total * TREE_BYTES_PER_VALUE <= params.chunk_bytes
+        tiny = total_bytes is None or total_bytes <= params.chunk_bytes
         if strategy == "auto":
-            strategy = "tree" if tiny and total is not None else "credit"
+            strategy = "tree" if tiny and total_bytes is not None else "credit"
         elif strategy == "tree" and not tiny:
-            raise UsageError(f"--shuffle tree: only for a job of at most one chunk ({params.chunk_bytes:,} bytes, "
-                             f"{params.chunk_bytes // TREE_BYTES_PER_VALUE:,} values); this one has {total:,} values")
+            raise UsageError(f"--shuffle tree: only for a job of at most one chunk ({params.chunk_bytes:,} bytes); "
+                             f"this one's pieces hold up to {total_bytes:,} bytes")
         return cls(strategy=strategy, fan_in=params.fan_in, credits=params.credits, chunk_bytes=params.chunk_bytes)
 
     def rounds(self, size: int) -> int:

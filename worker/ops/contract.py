@@ -176,6 +176,16 @@ def _hints(params: type) -> dict[str, Any]:
     return typing.get_type_hints(params)
 
 
+INT64_BYTES = 8      # what an int64 op's value costs in its shuffle pieces at most (a (value, count) pair
+                     # stands for two or more values)
+
+
+def int64_bytes(total: int | None) -> int | None:
+    """The most an int64 op's pieces hold for a job of ``total`` values (None: not known), for
+    ``ShuffleConfig.from_params``: the shuffle itself does not know what it carries."""
+    return None if total is None else total * INT64_BYTES
+
+
 @dataclass(frozen=True)
 class ShuffleParams(Params):
     """The options every op that shuffles by key shares (the credit shuffle's knobs, see worker/comm/shuffle.py)."""

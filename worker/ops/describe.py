@@ -27,7 +27,7 @@ from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.shuffle import ShuffleConfig
 from shardstats.worker.ops import stats as stats_op
 from shardstats.worker.steps import numpy_step
-from shardstats.worker.ops.contract import Op, ShuffleParams, option
+from shardstats.worker.ops.contract import Op, ShuffleParams, int64_bytes, option
 from shardstats.worker.ops.counting import run_lengths
 from shardstats.worker.ops.keyed import owned_counts, sort_owned
 from shardstats.worker.engine.select import median_ranks, select_ranks
@@ -92,7 +92,7 @@ async def _on_disk(comm: Communicator, values: np.ndarray, params: DescribeParam
     one hash slice a pass (worker/ops/passes.py), the selection's counting rounds over the map."""
     from shardstats.worker.ops.passes import over_slices
     t = time.perf_counter()
-    cfg = ShuffleConfig.from_params(params, comm.total)
+    cfg = ShuffleConfig.from_params(params, int64_bytes(comm.total))
     kk = max(params.k, DEFAULT_TIE_LIMIT)
     sums = await numpy_step(len(values), stats_op.power_sums, values)
     summed = time.perf_counter() - t
@@ -140,7 +140,7 @@ async def describe(comm: Communicator, values: np.ndarray, params: DescribeParam
     phases["count"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    cfg = ShuffleConfig.from_params(params, comm.total)
+    cfg = ShuffleConfig.from_params(params, int64_bytes(comm.total))
     owned = await owned_counts(comm, cfg, counted=(uv, uc))
     del uv, uc
     phases["shuffle"] = time.perf_counter() - t

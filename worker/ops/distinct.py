@@ -29,7 +29,7 @@ from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.partition import splitmix64
 from shardstats.worker.comm.shuffle import ShuffleConfig
 from shardstats.worker.steps import numpy_step
-from shardstats.worker.ops.contract import Op, ShuffleParams, approx_only, column_reads, option
+from shardstats.worker.ops.contract import Op, ShuffleParams, int64_bytes, approx_only, column_reads, option
 from shardstats.worker.ops.keyed import owned_distinct
 from shardstats.worker.ops.counting import repeat_share
 from shardstats.worker.ops.counting import COMBINE_BELOW, COMBINE_SAMPLE, should_combine
@@ -144,7 +144,7 @@ async def distinct(comm: Communicator, values: np.ndarray, params: DistinctParam
 
 async def _exact(comm: Communicator, values: np.ndarray, params: DistinctParams) -> tuple[dict | None, dict]:
     t = time.perf_counter()
-    cfg = ShuffleConfig.from_params(params, comm.total)
+    cfg = ShuffleConfig.from_params(params, int64_bytes(comm.total))
     comm.progress.set("shuffle")
     combine = await numpy_step(len(values), _dedup_pays, values)
     owned, combined, st = await owned_distinct(comm, cfg, values, combine)

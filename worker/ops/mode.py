@@ -63,7 +63,7 @@ from shardstats.worker.ops.counting import (COMBINE_BELOW, COMBINE_SAMPLE, COUNT
                                             sample_share, slot_counts, slot_of, span_counts)
 from shardstats.worker.comm.partition import partition_chunks
 from shardstats.worker.comm.shuffle import ShuffleConfig, chunk_pieces, shuffle
-from shardstats.worker.ops.contract import Op, ShuffleParams, option
+from shardstats.worker.ops.contract import Op, ShuffleParams, int64_bytes, option
 
 HEAVY_SAMPLE = 16384       # values sampled at the load for heavy hitters (0.5 ms of a 3M share; 65,536: 2.8)
 DEFAULT_TIE_LIMIT = 10
@@ -481,7 +481,7 @@ async def _in_passes(comm: Communicator, values: np.ndarray, params: ModeParams)
 
 
 async def _mode_once(comm: Communicator, values: np.ndarray, params: ModeParams) -> tuple[dict | None, dict]:
-    cfg = ShuffleConfig.from_params(params, comm.total)       # a job of one chunk goes up the tree...
+    cfg = ShuffleConfig.from_params(params, int64_bytes(comm.total))       # a job of one chunk goes up the tree...
     if cfg.strategy == "tree" and params.shuffle == "auto" and params.encoding == "compact":
         cfg = dataclasses.replace(cfg, strategy="credit")      # ...unless compact fingerprints were asked for
     tie_limit = params.tie_limit

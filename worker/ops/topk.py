@@ -47,7 +47,7 @@ from shardstats.worker.comm.collectives import allreduce, broadcast, sum_ints, t
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.shuffle import ShuffleConfig
 from shardstats.worker.steps import numpy_step
-from shardstats.worker.ops.contract import Op, ShuffleParams, approx_only, column_reads, option
+from shardstats.worker.ops.contract import Op, ShuffleParams, int64_bytes, approx_only, column_reads, option
 from shardstats.worker.ops.keyed import Owned, empty, local_counts, owned_counts
 from shardstats.worker.ops.counting import COMBINE_SAMPLE
 from shardstats.worker.ops.counting import run_lengths
@@ -344,7 +344,7 @@ async def topk(comm: Communicator, values: np.ndarray, params: TopkParams) -> tu
     if params.approx:
         from shardstats.worker.ops import approx
         return await approx.topk(comm, values, params)
-    cfg = ShuffleConfig.from_params(params, comm.total)
+    cfg = ShuffleConfig.from_params(params, int64_bytes(comm.total))
     if comm.passes > 1:         # values kept on disk: one hash slice a pass (worker/ops/passes.py)
         from shardstats.worker.ops.passes import over_slices
         top, stats = await over_slices(comm, values, lambda c, part: run_topk(c, part, params.k, params.strategy, cfg,
