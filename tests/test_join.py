@@ -180,3 +180,32 @@ async def test_text_keys_held_as_a_dictionary_on_one_side_and_plain_on_the_other
     t = pa.table({"a": pa.array(["xx", "yyyy", None, "z"] * 500).dictionary_encode(),
                   "b": pa.array([1, 2, 3, 1] * 500).dictionary_encode(), "c": np.arange(2000)})
     assert abs(_plain_bytes(t) - plain(t).nbytes) <= 0.05 * plain(t).nbytes      # an estimate: bitmaps aside
+
+
+def test_hot_keys_of_a_large_share_are_found_from_a_sample():
+    """A rank holding more than hot.SAMPLE_ROWS rows counts candidates on every k-th row: the hot key is still
+    found (its count within 3% of the exact), salted, and the join's rows are DuckDB's."""
+    import duckdb
+
+    from shardstats.testing import run_on_ranks
+    from shardstats.worker.engine import hot
+    from shardstats.worker.jobs import Sides
+    rng = np.random.default_rng(31)
+    n = hot.SAMPLE_ROWS + 12_345          # every 2nd row counted
+    lefts, rights = [], []
+    for _ in range(5):                     # hot: over 2x a reducer's share, 2/5 of the side
+        k = rng.integers(0, 50_000, n)
+        k[rng.random(n) < 0.5] = 7
+        lefts.append(pa.table({"k": k, "v": rng.random(n)}))
+        rights.append(pa.table({"k": np.arange(r := 10_000) + _ * r, "w": rng.random(r)}))
+    out, _ = run_on_ranks("join", [Sides({"main": lo, "right": ro}) for lo, ro in zip(lefts, rights)],
+                          {"right": "r", "on": "k", "strategy": "shuffle", "limit": 5})
+    stats = [s for _, s in out]
+    L, R = pa.concat_tables(lefts), pa.concat_tables(rights)
+    exact = int(np.sum(L.column("k").to_numpy() == 7))
+    key, count = stats[0]["hot_keys"][0]
+    assert key == 7 and abs(count - exact) <= 0.03 * exact and stats[0]["salted_side"] == "left"
+    want = duckdb.sql("SELECT count(*) FROM L JOIN R USING (k)").fetchall()[0]
+    assert sum(s["output_rows"] for s in stats) == want[0]
+    rows = [s["reducer_pairs"] for s in stats]
+    assert max(rows) <= 1.5 * sum(rows) / len(rows)
