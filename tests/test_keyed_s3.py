@@ -313,3 +313,25 @@ def test_wrong_credentials_and_access_denied_exit_2_naming_the_object(locked, tm
     out = cli(*args, cwd=tmp_path, env=_env(endpoint, key, secret))
     assert out.returncode == 2, out.stderr
     assert re.fullmatch(r"error: s3://locked/p/a\.parquet: access denied \(.+\)\n", out.stderr), out.stderr
+
+
+async def test_a_worker_refused_credentials_its_coordinator_had_is_the_clusters_fault(locked, monkeypatch, tmp_path):
+    """The coordinator lists with good credentials, the workers' own client carries wrong ones: one line naming
+    the object and saying whose credentials, exit 1 (StoreUnavailable: the cluster, not the input)."""
+    import s3fs
+    from shardstats.errors import StoreUnavailable
+    from shardstats.settings import DEFAULTS
+    from shardstats.worker.io import objects
+    from tests.test_s3 import _env
+    endpoint, key, secret = locked
+    for k, v in _env(endpoint, key, secret).items():
+        monkeypatch.setenv(k, v)
+    wrong = s3fs.S3FileSystem(key="AKIAWRONGWRONGWRONG0", secret="nope", endpoint_url=endpoint,
+                              skip_instance_cache=True, client_kwargs={"region_name": "us-east-1"})
+    monkeypatch.setitem(objects._shared, DEFAULTS, wrong)        # what every in-process worker reads with
+    async with in_process_cluster(2, root=str(tmp_path)) as c:
+        with pytest.raises(StoreUnavailable) as err:
+            await run_job(c.addrs, c.token, job_spec("groupby", "s3://locked/p/", {"by": "s", "agg": ["count()"]}))
+    assert str(err.value) == ("s3://locked/p/a.parquet: the store refused this worker's credentials "
+                              "(InvalidAccessKeyId); workers read with their own AWS environment")
+    assert err.value.exit_code == 1

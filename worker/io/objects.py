@@ -184,7 +184,7 @@ class ObjectReader:
             if self._fs is None:
                 self._fs = shared_store(self.settings)
             # Opening HEADs the object; its ETag then rides every ranged GET as If-Match.
-            with self._fs.open(ref.path, "rb") as f:
+            with _open(self._fs, ref.path) as f:
                 _same_version(ref, f.details)
                 if suffix == ".parquet":
                     from shardstats.worker.io.columns import read_parquet
@@ -222,9 +222,24 @@ def opened_object(ref: ShardRef, budget: int | None = None,
     with explained(ref.path, settings, on_worker=True):
         # cache_type "none": s3fs's default read-ahead (50 MiB blocks) would fetch the columns a Parquet
         # reader skips and hold a block beside the batch the reader keeps
-        with shared_store(settings).open(ref.path, "rb", cache_type="none") as f:
+        with _open(shared_store(settings), ref.path, cache_type="none") as f:
             _same_version(ref, f.details)
             yield f, int(f.details.get("size", ref.size))
+
+
+def _open(fs: Any, path: str, **kw: Any) -> Any:
+    """``fs.open`` for reading, its refusal said with the store's reason: opening HEADs the object, and a HEAD's
+    403 has no body, so wrong credentials and a missing permission look alike; one GET of a byte brings the
+    error code that tells them apart (the credentials: the cluster's fault on a worker; a permission: the input's)."""
+    try:
+        return fs.open(path, "rb", **kw)
+    except PermissionError as refused:
+        try:
+            fs.cat_file(path, start=0, end=1)
+        except OSError as why:
+            if _code(why) is not None:
+                raise why           # its __cause__ is botocore's error, the code explain() reads
+        raise
 
 
 def is_store_error(exc: BaseException) -> bool:
