@@ -328,7 +328,9 @@ async def test_a_worker_refused_credentials_its_coordinator_had_is_the_clusters_
         monkeypatch.setenv(k, v)
     wrong = s3fs.S3FileSystem(key="AKIAWRONGWRONGWRONG0", secret="nope", endpoint_url=endpoint,
                               skip_instance_cache=True, client_kwargs={"region_name": "us-east-1"})
-    monkeypatch.setitem(objects._shared, DEFAULTS, wrong)        # what every in-process worker reads with
+    refs = objects.list_objects("s3://locked/p/", suffixes=None)        # listed with the environment's keys
+    monkeypatch.setattr(coordinator, "list_refs", lambda path, suffixes=None: refs)
+    monkeypatch.setattr(objects, "shared_store", lambda settings=DEFAULTS: wrong)    # what the workers read with
     async with in_process_cluster(2, root=str(tmp_path)) as c:
         with pytest.raises(StoreUnavailable) as err:
             await run_job(c.addrs, c.token, job_spec("groupby", "s3://locked/p/", {"by": "s", "agg": ["count()"]}))

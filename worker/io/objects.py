@@ -26,6 +26,7 @@ with jitter) or fails with a 5xx is ``StoreUnavailable`` (exit 1).
 from __future__ import annotations
 
 import io
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,17 +62,28 @@ def store(settings: Settings = DEFAULTS) -> Any:
     return fs
 
 
-_shared: dict[Settings, Any] = {}
+_shared: dict[tuple, Any] = {}
 _shared_lock = threading.Lock()
+_MOST_SHARED = 8         # clients kept at once: a process whose AWS environment keeps changing (tests) drops them
+
+
+def _aws_environment() -> tuple:
+    return tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
 
 
 def shared_store(settings: Settings = DEFAULTS) -> Any:
-    """One client per worker process: building one (botocore's models, the credential chain, the endpoint)
-    costs more than reading a small object, and a daemon's environment does not change under it."""
+    """One client per process, settings and AWS environment: building one (botocore's models, the credential
+    chain, the endpoint) costs more than reading a small object -- and than a listing: a coordinator that
+    lists for every job (the API's, a benchmark's) took 0.1-0.3 s of CPU a job making fresh ones.  No
+    listing cache (``store``), so every listing sees the store as it is now; keyed by the ``AWS_*`` variables,
+    so a process whose environment changes gets a client that sees the change."""
+    key = (settings, _aws_environment())
     with _shared_lock:
-        if settings not in _shared:
-            _shared[settings] = store(settings)
-        return _shared[settings]
+        if key not in _shared:
+            if len(_shared) >= _MOST_SHARED:
+                _shared.clear()
+            _shared[key] = store(settings)
+        return _shared[key]
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -92,7 +104,7 @@ def list_objects(url: str, settings: Settings = DEFAULTS,
     ``suffixes``: the types a prefix is listed for and an object may have, as for local files
     (``listing.list_refs``: the int64 ops' by default, a keyed op's tables, None for text documents)."""
     bucket, key = split_url(url)
-    fs = store(settings)
+    fs = shared_store(settings)
     with explained(url, settings):
         if any(ch in key for ch in _GLOB):
             found = fs.glob(url, detail=True)
@@ -233,7 +245,7 @@ def _open(fs: Any, path: str, **kw: Any) -> Any:
     error code that tells them apart (the credentials: the cluster's fault on a worker; a permission: the input's)."""
     try:
         return fs.open(path, "rb", **kw)
-    except PermissionError as refused:
+    except PermissionError:
         try:
             fs.cat_file(path, start=0, end=1)
         except OSError as why:
