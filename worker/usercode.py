@@ -15,7 +15,7 @@ carries (str, int, float, bool, None, bytes, tuples) hashes stably and sorts in 
 """
 from __future__ import annotations
 
-import asyncio
+import itertools
 import os
 import struct
 import sys
@@ -73,20 +73,180 @@ def _pack(x) -> bytes:
     return msgpack.packb(x, use_bin_type=True)
 
 
+# The child's packer for keys and values (msgpack.packb makes a Packer a call, which cost more than packing a
+# small value); only the child's one thread uses it -- the worker's threads call _pack.
+_pack_small = msgpack.Packer(use_bin_type=True).pack
+
+
 def _unpack(b: bytes):
     return msgpack.unpackb(b, raw=False, strict_map_key=False, use_list=False)
 
 
-def _sortable(keys: list) -> list:
+def _sort_pairs(items: list) -> list:
+    """(key, ...) items in the keys' order (only the keys compared)."""
     try:
-        return sorted(keys)
+        return sorted(items, key=lambda kv: kv[0])
     except TypeError:                 # keys of several types: by type name, then value
-        return sorted(keys, key=lambda k: (type(k).__name__, repr(k)))
+        return sorted(items, key=lambda kv: (type(kv[0]).__name__, repr(kv[0])))
+
+
+def _unpack_all(col) -> list:
+    """A binary column of packed values, decoded: its bytes are the values back to back, so one streaming
+    unpacker reads them all (a call per value cost more than the decoding)."""
+    import pyarrow as pa
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if col.null_count or not len(col):
+        return [None if b is None else _unpack(b) for b in col.to_pylist()]
+    offsets = col.buffers()[1]
+    import numpy as np
+    off = np.frombuffer(offsets, dtype=np.int64 if pa.types.is_large_binary(col.type) else np.int32,
+                        count=len(col) + 1, offset=col.offset * (8 if pa.types.is_large_binary(col.type) else 4))
+    data = col.buffers()[2][int(off[0]):int(off[-1])]
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, use_list=False, max_buffer_size=max(len(data), 1))
+    unpacker.feed(data)
+    out = list(unpacker)
+    if len(out) != len(col):
+        raise ValueError(f"{len(out)} packed values decoded from {len(col)} cells")
+    return out
+
+
+def _pylist(col) -> list:
+    """An Arrow column's values as Python objects, equal to ``col.to_pylist()``: a dictionary column by its
+    values once (each row then refers to its value's one str), numbers and bools without nulls through numpy.
+    Arrow's own to_pylist of the text reader's (doc, line) columns took 80% of building the records."""
+    import pyarrow as pa
+    t = col.type
+    if pa.types.is_dictionary(t) and col.indices.null_count == 0 and col.dictionary.null_count == 0:
+        return list(map(col.dictionary.to_pylist().__getitem__, col.indices.to_numpy().tolist()))
+    if col.null_count == 0 and (pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_float32(t)
+                                or pa.types.is_float64(t)):
+        return col.to_numpy(zero_copy_only=False).tolist()
+    return col.to_pylist()
+
+
+def _row_maker(names: list[str]):
+    """A function of a row's values returning its record, {name: value, ...}, written as a dict display for
+    these column names (the names are bound as arguments, never spliced into the code): a third of the cost
+    of dict(zip(names, row))."""
+    args = ", ".join(f"a{i}" for i in range(len(names)))
+    body = ", ".join(f"k{i}: a{i}" for i in range(len(names)))
+    src = f"lambda {', '.join(f'k{i}' for i in range(len(names)))}: lambda {args}: {{{body}}}"
+    return eval(src, {})(*names)        # noqa: S307 - the code is made here of argument names only
+
+
+def _record_batches(table):
+    """The rows of ``table``, BATCH_ROWS at a time, each row a new dict of its columns (a mapper may keep or
+    yield its record): the columns converted whole (``_pylist``), the dicts made by ``_row_maker``."""
+    names = table.column_names
+    make = _row_maker(names) if names else None
+    for batch in table.to_batches(BATCH_ROWS):
+        yield map(make, *[_pylist(c) for c in batch.columns]) if make else ({} for _ in range(batch.num_rows))
 
 
 def _records(table):
-    for batch in table.to_batches(BATCH_ROWS):
-        yield from batch.to_pylist()
+    return itertools.chain.from_iterable(_record_batches(table))
+
+
+FOLD_PAIRS = 1 << 20        # the pairs a mapper's child holds before its combiner folds them (per key)
+
+
+class _Groups:
+    """A mapper's pairs grouped by key as they come: str keys by themselves (the common case: one dict lookup
+    and an append a pair), other keys by (type, key) so that 1, 1.0 and True stay three keys, an unhashable
+    key (a list) by its packed bytes. (Inside a tuple, Python's 1 == True still groups the two together: a key
+    mixing them at one position should be made a str.)
+
+    With a combiner, ``fold`` runs it on every key holding several values once FOLD_PAIRS pairs are held and
+    keeps its output as the key's values, so a child holds about its distinct keys' pairs, not every token's
+    (the combiner may run any number of times, on its own output too)."""
+
+    def __init__(self) -> None:
+        import collections
+        self.strs: dict = collections.defaultdict(list)
+        self.others: dict = {}
+        self.mapped = 0          # map output pairs counted so far, for the shuffle counter
+        self.kept = 0            # the values held just after the last fold (the combiner's, not the mapper's)
+
+    def add_all(self, outputs) -> None:
+        """Every pair of every mapper call in ``outputs`` (a call's output may be None: no pairs)."""
+        strs, others = self.strs, self.others
+        for out in outputs:
+            if out is None:
+                continue
+            for k, v in out:
+                if type(k) is str:
+                    strs[k].append(v)
+                    continue
+                try:
+                    others.setdefault((type(k), k), []).append(v)
+                except TypeError:
+                    others.setdefault(("packed", _pack_small(k)), []).append(v)
+
+    def held(self) -> int:
+        return sum(map(len, self.strs.values())) + sum(map(len, self.others.values()))
+
+    def count(self) -> int:
+        """The map output pairs: those held beyond what the last fold kept, and those counted before it."""
+        return self.mapped + self.held() - self.kept
+
+    def items(self):
+        """(key as the combiner and reducer see it, its packed bytes or None, values)."""
+        yield from ((k, None, vs) for k, vs in self.strs.items())
+        for (kind, k), vs in self.others.items():
+            yield (_unpack(k), k, vs) if kind == "packed" else (k, None, vs)
+
+    def fold(self, combiner) -> None:
+        """The combiner over each key's values where it has several; its output replaces them (a pair it
+        gives under another key joins that key's group)."""
+        self.mapped = self.count()
+        moved, empty = [], []
+        for groups in (self.strs, self.others):
+            for gk, vs in groups.items():
+                if len(vs) < 2:
+                    continue
+                key = gk if groups is self.strs else _unpack(gk[1]) if gk[0] == "packed" else gk[1]
+                kept = []
+                for k2, v2 in combiner(key, vs) or ():
+                    if k2 is key or (type(k2) is type(key) and k2 == key):
+                        kept.append(v2)
+                    else:
+                        moved.append((k2, v2))
+                groups[gk] = kept                # a value replaced, the dict's size unchanged: safe mid-loop
+                if not kept:
+                    empty.append((groups, gk))
+        for groups, gk in empty:
+            del groups[gk]
+        self.add_all([moved])
+        self.kept = self.held()
+
+
+def _concat(tables: list):
+    """Tables of the job's making as one: types promoted where pieces differ (a piece's null column, string
+    beside large_string)."""
+    import pyarrow as pa
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
+
+
+def _map_batches(f: dict, table, combine: bool) -> tuple[object, dict]:
+    """The batch form a BATCH_ROWS piece at a time -- ``map_batch``, then ``combine_batch`` when declared --
+    with the combined pieces combined again once they hold FOLD_PAIRS rows and at the end. Mapping a whole
+    share at once held every token's row: a word count's child took ~1 GB for a 107 MB share."""
+    combiner = f.get("combine_batch") if combine else None
+    done, held, n = [], 0, 0
+    for start in range(0, max(1, table.num_rows), BATCH_ROWS):
+        pairs = f["map_batch"](table.slice(start, BATCH_ROWS))
+        n += pairs.num_rows
+        if combiner is not None:
+            pairs = combiner(pairs)
+        done.append(pairs)
+        held += pairs.num_rows
+        if combiner is not None and held >= FOLD_PAIRS and len(done) > 1:
+            done = [combiner(_concat(done))]
+            held = done[0].num_rows
+    pairs = _concat(done)
+    if combiner is not None and len(done) > 1:
+        pairs = combiner(pairs)
+    return pairs, {"map_pairs": n, "combined_pairs": pairs.num_rows, "batch": True}
 
 
 def _map(job: _Job, table, combine: bool, reducers: int | None) -> tuple[object, dict]:
@@ -95,41 +255,28 @@ def _map(job: _Job, table, combine: bool, reducers: int | None) -> tuple[object,
     import pyarrow as pa
     f = job.fn
     if "map_batch" in f:
-        pairs = f["map_batch"](table)
-        n = pairs.num_rows
-        if combine and "combine_batch" in f:
-            pairs = f["combine_batch"](pairs)
-        return pairs, {"map_pairs": n, "combined_pairs": pairs.num_rows, "batch": True}
-    # Pairs grouped by the key object and its type (packed once per distinct key, not once per pair); an
-    # unhashable key (a list) is grouped by its packed bytes. (Inside a tuple, Python's 1 == True still groups
-    # the two together: a key mixing them at one position should be made a str.)
-    groups: dict = {}
-    mapper, n = f["mapper"], 0
-    for rec in _records(table):
-        for k, v in mapper(rec) or ():
-            try:
-                groups[(type(k), k)].append(v)
-            except KeyError:
-                groups[(type(k), k)] = [v]
-            except TypeError:
-                groups.setdefault(("packed", _pack(k)), []).append(v)
-            n += 1
-    keys, values = [], []
+        return _map_batches(f, table, combine)
+    mapper = f["mapper"]
     combiner = f.get("combiner") if combine else None
-    for (kind, k), vs in groups.items():
-        kb = k if kind == "packed" else _pack(k)
-        key = _unpack(kb) if kind == "packed" else k
+    groups = _Groups()
+    for records in _record_batches(table):       # a batch at a time: the combiner may fold between them
+        groups.add_all(map(mapper, records))
+        if combiner is not None and groups.held() - groups.kept >= FOLD_PAIRS:
+            groups.fold(combiner)
+    keys, values = [], []
+    for key, kb, vs in groups.items():
+        kb = kb if kb is not None else _pack_small(key)
         if combiner is None:
             keys += [kb] * len(vs)
-            values += [_pack(v) for v in vs]
+            values += map(_pack_small, vs)          # the packer's own method: no Python call a value
             continue
         for k2, v2 in combiner(key, vs) or ():
-            keys.append(kb if k2 is key or (type(k2) is type(key) and k2 == key) else _pack(k2))
-            values.append(_pack(v2))
+            keys.append(kb if k2 is key or (type(k2) is type(key) and k2 == key) else _pack_small(k2))
+            values.append(_pack_small(v2))
     cols = {"key": pa.array(keys, pa.binary()), "value": pa.array(values, pa.binary())}
     if "partitioner" in f and reducers:
         cols["dest"] = _dest(job, keys, reducers)
-    return pa.table(cols), {"map_pairs": n, "combined_pairs": len(keys), "batch": False}
+    return pa.table(cols), {"map_pairs": groups.count(), "combined_pairs": len(keys), "batch": False}
 
 
 def _dest(job: _Job, keys: list, reducers: int):
@@ -165,15 +312,16 @@ def _reduce(job: _Job, pairs, stage: str = "reducer") -> object:
     if "map_batch" in f:
         fn = f.get("reduce_batch") if stage == "reducer" else f.get("combine_batch")
         return fn(pairs) if fn is not None else pairs
-    groups: dict[bytes, list] = {}
-    for kb, vb in zip(pairs.column("key").to_pylist(), pairs.column("value").to_pylist()):
-        groups.setdefault(kb, []).append(_unpack(vb))
-    decoded = {_unpack(kb): vs for kb, vs in groups.items()}
+    import collections
+    groups: dict[bytes, list] = collections.defaultdict(list)
+    for kb, v in zip(pairs.column("key").to_pylist(), _unpack_all(pairs.column("value"))):
+        groups[kb].append(v)
+    # by the packed key: 1 and True (or 1.0) are different keys here as on the map side, though equal in Python
+    decoded = _sort_pairs([(_unpack(kb), vs) for kb, vs in groups.items()])
     fn = f.get(stage)
     keys_out, values_out = [], []
     sv = f.get("sort_values")
-    for k in _sortable(list(decoded)):
-        vs = decoded[k]
+    for k, vs in decoded:
         if sv is not None:
             vs = sorted(vs, key=sv)
         if fn is None:                    # map-only (or no reducer): the pairs as they are
@@ -185,8 +333,8 @@ def _reduce(job: _Job, pairs, stage: str = "reducer") -> object:
             values_out.append(v2)
     if stage == "combiner":               # a salted first stage's output travels again: keep it packed
         import pyarrow as pa
-        return pa.table({"key": pa.array([_pack(k) for k in keys_out], pa.binary()),
-                         "value": pa.array([_pack(v) for v in values_out], pa.binary())})
+        return pa.table({"key": pa.array(list(map(_pack_small, keys_out)), pa.binary()),
+                         "value": pa.array(list(map(_pack_small, values_out)), pa.binary())})
     return _output(keys_out, values_out)
 
 
@@ -299,10 +447,11 @@ class UserCode:
 
     def __init__(self, memory_limit: int | None = None) -> None:
         self.limit = memory_limit or 0
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc = None          # the child (an asyncio.subprocess.Process) once entered
         self.err = _stderr()
 
     async def __aenter__(self) -> "UserCode":
+        import asyncio        # here, not at the top: the child imports this module and needs no event loop
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **CHILD_ENV}
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "shardstats.worker.usercode", str(self.limit),
@@ -315,6 +464,7 @@ class UserCode:
         if proc is None:
             self.err.close()
             return
+        import asyncio
         if proc.returncode is None:
             try:
                 proc.kill()
@@ -331,6 +481,7 @@ class UserCode:
             self.err.close()
 
     async def call(self, req: dict) -> dict:
+        import asyncio
         proc = self.proc
         assert proc is not None and proc.stdin is not None and proc.stdout is not None
         body = _pack(req)
