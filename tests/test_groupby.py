@@ -281,3 +281,30 @@ async def test_invalid_utf8_in_a_json_string_names_file_line_and_offset(tmp_path
         with pytest.raises(InputError, match=r"c\.jsonl:2: invalid UTF-8 at byte offset 22"):
             await run_job(c.addrs, c.token, job_spec("groupby", str(tmp_path / "c.jsonl"),
                                                      {"by": "g", "agg": ["count()"]}))
+
+
+async def test_keys_that_are_small_codes_combine_in_numpy_and_equal_duckdb(tmp_path):
+    """An integer key of a few thousand values with NULLs, and a dictionary-encoded text key with a small int: the
+    combiner takes the dense path (engine/dense.py) on every worker, and the answers still equal DuckDB's,
+    NULL keys, NULL values and negative sums included."""
+    rng = np.random.default_rng(23)
+    parts = []
+    for n in (6000, 4000, 1, 7000):
+        b = rng.integers(-1500, 1500, n)
+        bm = rng.random(n) < 0.05
+        v = rng.integers(-10**6, 10**6, n)
+        vm = rng.random(n) < 0.05
+        a = np.array([f"a{x:02d}" for x in rng.integers(0, 60, n)], dtype=object)
+        a[rng.random(n) < 0.03] = None
+        parts.append(pa.table({"a": pa.array(a, pa.string()).dictionary_encode(),
+                               "b": pa.array(b, pa.int32(), mask=bm), "c": pa.array(rng.integers(0, 100, n), pa.int8()),
+                               "v": pa.array(v, pa.int64(), mask=vm),
+                               "f": pa.array(rng.normal(0, 1e3, n))}))
+    d, files = shards(tmp_path, parts, "parquet")
+    exprs = ["count()", "count(v)", "sum(v)", "mean(v)", "min(v)", "max(f)", "var(f)", "std(v)"]
+    async with in_process_cluster(3, root=str(tmp_path)) as c:
+        for keys in (["b"], ["a", "c"]):
+            rep = await check(c, d, files, keys, exprs)
+            assert {w.get("combine_kernel") for w in rep.workers} == {"dense"}, keys
+        rep = await check(c, d, files, ["a"], exprs)                 # 61 groups: DuckDB's
+        assert {w.get("combine_kernel") for w in rep.workers} == {"duckdb"}

@@ -249,6 +249,19 @@ def combine_sql(keys, aggs: list[Agg], source: str = "t") -> str:
     return f"SELECT {', '.join(sel)} FROM {source} GROUP BY {k}"
 
 
+def combine(keys, aggs: list[Agg], table):
+    """The mergeable aggregates' combiner over ``table``, and which kernel ran: numpy over dense group codes
+    where the keys are small codes already (``worker.engine.dense``), else DuckDB's ``combine_sql``.  Both give
+    the same columns and types (dense casts to DuckDB's answer on no rows), so ranks may take either."""
+    from shardstats.worker.engine import dense
+    sql = combine_sql(keys, aggs)
+    if table.num_rows and all(a.func in dense.DENSE_FUNCS for a in aggs):
+        got = dense.combine(keys, aggs, table, lambda: run_sql(sql, table.slice(0, 0)))
+        if got is not None:
+            return got, "dense"
+    return run_sql(sql, table), "duckdb"
+
+
 def merge_sql(keys, aggs: list[Agg], source: str = "t") -> str:
     """The reducer of a combined job: states merged (Chan's formulas for the moments), then finished."""
     k = ", ".join(q(x) for x in keys)

@@ -184,8 +184,8 @@ async def groupby(comm: Communicator, table, params: GroupbyParams) -> tuple[dic
         # A combiner that cannot shrink the rows (every key unique, db-benchmark's q10) only costs: probe the
         # first rows, and when every rank finds them nearly all distinct, send the rows and let the reducers
         # aggregate them (Spark's partial-aggregation skipping).
-        probe = await numpy_step(min(map_pairs, PROBE_ROWS), agg.run_sql, agg.combine_sql(keys, aggs),
-                                 table.slice(0, PROBE_ROWS))
+        probe, kernel = await numpy_step(min(map_pairs, PROBE_ROWS), agg.combine, keys, aggs,
+                                         table.slice(0, PROBE_ROWS))
         useless = map_pairs >= PROBE_ROWS and probe.num_rows > SKIP_ABOVE * PROBE_ROWS
         vote = await allreduce(comm, {"skip": int(useless), "n": 1}, lambda a, b: {"skip": a["skip"] + b["skip"],
                                                                                  "n": a["n"] + b["n"]},
@@ -199,7 +199,9 @@ async def groupby(comm: Communicator, table, params: GroupbyParams) -> tuple[dic
         elif map_pairs <= PROBE_ROWS:
             sent = probe
         else:
-            sent = await numpy_step(map_pairs, agg.run_sql, agg.combine_sql(keys, aggs), table)
+            sent, kernel = await numpy_step(map_pairs, agg.combine, keys, aggs, table)
+        if combined_states:
+            extra["combine_kernel"] = kernel      # dense (numpy over group codes) or duckdb: see engine/dense.py
         if combined_states and approx:        # each key's gathered values as one sketch (a binary state)
             sent = await numpy_step(map_pairs, sketchagg.states, sent, aggs, agg._s)
     else:
