@@ -1,6 +1,6 @@
 """The progress line of ``cluster submit``: one self-overwriting line on stderr, built from workers' messages.
 
-Workers send ``progress`` messages (worker/progress.py) a few times per second;
+Workers send ``progress`` messages (``shardstats.worker.comm.progress``) a few times per second;
 ``coordinator.job.run_job`` hands each to ``ProgressLine.update``.  The line shows
 the newest phase any worker has reached, summed over the workers that reported
 it, e.g.::

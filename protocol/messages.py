@@ -37,7 +37,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
     "done": {"job": _STR, "stats": _MAP},
     "error": {"job": _STR, "kind": _STR, "message": _STR},
     "aborted": {"job": _STR},
-    # optional, only when the load message asked for it (worker/progress.py); at most a few per second
+    # optional, only when the load message asked for it (``worker.comm.progress``); at most a few per second
     "progress": {"job": _STR, "phase": _STR, "done": _INT, "total": _INT, "bytes": _INT},
     # worker <-> worker: everything inside a job travels as a tagged peer message
     "peer": {"job": _STR, "tag": _STR, "src": _INT, "body": _MAP},

@@ -1,4 +1,4 @@
-"""The .csv and .parquet readers (worker/formats.py), directly and through `cluster submit --column`."""
+"""The .csv and .parquet readers (``shardstats.worker.io.columns``), directly and through `cluster submit --column`."""
 from __future__ import annotations
 
 import json

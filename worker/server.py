@@ -4,7 +4,7 @@ An inbound connection is a small state machine: send a challenge, accept only a
 valid hello (under a small frame limit and a deadline, so garbage and slowloris
 clients cost nothing), then route messages: a peer's data goes to its job's
 mailbox, a coordinator's requests become tasks of the worker's task group.
-Outbound data to peers goes through ``PeerLink``s (worker/peers.py).
+Outbound data to peers goes through ``PeerLink``s (``worker.net.links``).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The communicator: the two primitives of the problem, ``send(peer, body)`` and ``recv(tag)``.
 
 Ops and collectives are written against ``Communicator`` only.  A transport
-supplies ``_transmit``; ``TcpComm`` (worker/peers.py) sends frames over TCP links,
+supplies ``_transmit``; ``TcpComm`` (``worker.comm.tcp``) sends frames over TCP links,
 ``InMemoryComm`` (below) passes them between communicators in one process, so the
 same op code runs in unit tests and in the cluster.  Ranks are positions in the
 job's list of workers, so a job re-run on survivors just gets a shorter list.
@@ -46,7 +46,7 @@ class Communicator:
         self.timeout = timeout
         self.mailbox = Mailbox()
         self.stats = CommStats(size)
-        self.progress = Progress()     # ops note their phase here; a worker may report it (worker/progress.py)
+        self.progress = Progress()     # ops note their phase here; a worker may report it (``worker.comm.progress``)
         # The job's value count over all ranks when the coordinator knows it (it learns it from the
         # load phase); an op that needs it and finds None reduces it itself.
         self.total: int | None = None
