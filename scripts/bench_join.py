@@ -29,6 +29,10 @@ Tools run in a rotated order per question and repeat, so a load that changes mid
 the table gives each one's best wall time (and that run's CPU). ``--baseline F``: a second cluster (another
 revision of the code, started from its own checkout) timed alternately with ours: an A/B in one run.
 
+``--skew``: issue 23's skew goal instead -- x JOIN big USING (id3) with big's id3 redrawn Zipf(1.2) over x's keys
+and uniformly (``skew_tables``), ours with ``--salt auto`` on both and ``off`` on Zipf, alternated: the join's
+wall against uniform keys, and per reducer its rows and its local join's seconds (slowest ÷ mean).
+
 Ports: Spark's driver and block manager take ``--port-base``+0/+1, Dask's scheduler +10 and its dashboard is off.
 """
 from __future__ import annotations
@@ -233,6 +237,83 @@ def same(a, b) -> bool:
     return a[0] == b[0] and all(abs(x - y) <= 1e-9 * max(1.0, abs(y)) for x, y in zip(a[1:], b[1:]))
 
 
+def skew_tables(t: dict, out: Path, s: float, seed: int = 5) -> dict:
+    """big's rows with id3 redrawn: Zipf(``s``) ranks over x's id3 keys (a seeded permutation of them, ranks past
+    the last wrapping), and the same drawn uniformly; every row of either meets exactly one row of x (x's id3 is
+    unique), so both joins answer the same number of rows. {"zipf"|"uniform": folder}, made once."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    done = {k: out / f"big_{k}" for k in ("zipf", "uniform")}
+    if (out / "_done").exists():
+        return {k: str(v) for k, v in done.items()}
+    import duckdb
+    keys = duckdb.sql(f"SELECT id3 FROM read_parquet('{t['x']}/*.parquet')").fetchnumpy()["id3"]
+    rng = np.random.default_rng(seed)
+    keys = keys[rng.permutation(len(keys))]
+    for kind, d in done.items():
+        d.mkdir(parents=True, exist_ok=True)
+        for i, f in enumerate(sorted(Path(t["big"]).glob("*.parquet"))):
+            b = pq.read_table(f)
+            n = b.num_rows
+            ranks = (rng.zipf(s, n) - 1) % len(keys) if kind == "zipf" else rng.integers(0, len(keys), n)
+            b = b.set_column(b.schema.get_field_index("id3"), "id3", pa.array(keys[ranks].astype(np.int32)))
+            pq.write_table(b, d / f"part-{i:02d}.parquet")
+    (out / "_done").write_text("ok")
+    return {k: str(v) for k, v in done.items()}
+
+
+def skew(a, t: dict) -> int:
+    """x JOIN big USING (id3) with big's keys Zipf(--zipf) and uniform, ours with --salt auto (and off, Zipf):
+    each run's wall and CPU, rows out, and per reducer its rows and its join time (slowest ÷ mean)."""
+    from shardstats import Cluster
+    sides = skew_tables(t, Path(a.scratch) / "skew", a.zipf)
+    c = Cluster.connect(a.cluster_file) if a.cluster_file else Cluster.local(a.workers)
+    tool = type("T", (), {"pids": list(getattr(c.info, "pids", None) or [])})()
+    runs = []
+    try:
+        for r in range(a.repeat):
+            for kind, salt in (("uniform", "auto"), ("zipf", "auto"), ("zipf", "off"))[::1 if r % 2 == 0 else -1]:
+                load = os.getloadavg()[0]
+                c0, w0 = cpu_now(tool), time.perf_counter()
+                res = c.submit("join", t["x"], right=sides[kind], on="id3", salt=salt, strategy="shuffle",
+                               limit=a.limit)
+                wall, used = time.perf_counter() - w0, cpu_now(tool) - c0
+                w = res.stats["per_worker"]
+                rows = [x["reducer_pairs"] for x in w]
+                join = [(x.get("phases") or {}).get("join", 0.0) for x in w]
+                runs.append({"keys": kind, "salt": salt, "wall": wall, "cpu": used, "load": load,
+                             "rows_out": res.rows, "hot_keys": (w[0].get("hot_keys") or [])[:3],
+                             "busiest_rows_share": max(rows) / (sum(rows) / len(rows)),
+                             "unsalted_share": w[0].get("busiest_reducer_share_unsalted"),
+                             "slowest_join_share": max(join) / (sum(join) / len(join)),
+                             "phases": _phases(res.stats)})
+                e = runs[-1]
+                print(f"{kind:7s} salt {salt:4s}: {wall:6.2f} s wall, {used:6.1f} s CPU, load {load:.1f}; "
+                      f"{e['rows_out']:,} rows; busiest reducer {e['busiest_rows_share']:.2f}x mean rows "
+                      f"(unsalted {e['unsalted_share']}), slowest join {e['slowest_join_share']:.2f}x mean; "
+                      f"hot {e['hot_keys']}", flush=True)
+    finally:
+        c.close()
+    best = {}
+    for e in runs:
+        k = (e["keys"], e["salt"])
+        if k not in best or e["wall"] < best[k]["wall"]:
+            best[k] = e
+    u = best[("uniform", "auto")]
+    print(f"\nZipf({a.zipf}) against uniform keys, x JOIN big USING (id3), best of {a.repeat}:\n")
+    print("| big's keys | salt | wall | CPU | ÷ uniform | rows out | busiest reducer rows ÷ mean | slowest "
+          "reducer's join ÷ mean | hot keys (key, rows) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (kind, salt), e in best.items():
+        print(f"| {kind} | {salt} | {e['wall']:.2f} | {e['cpu']:.1f} | {e['wall'] / u['wall']:.2f} | "
+              f"{e['rows_out']:,} | {e['busiest_rows_share']:.2f} | {e['slowest_join_share']:.2f} | "
+              f"{e['hot_keys']} |")
+    if a.json:
+        Path(a.json).write_text(json.dumps(runs, indent=1, default=str))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="/tmp/shardstats-bench/J1_1e7", help="scripts/dbgen.py join's folder")
@@ -249,8 +330,12 @@ def main() -> int:
     ap.add_argument("--dask-memory", default="4GiB", help="per Dask worker")
     ap.add_argument("--spark-memory", default="6g")
     ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--skew", action="store_true", help="instead: q5 with big's keys Zipf(--zipf) vs uniform")
+    ap.add_argument("--zipf", type=float, default=1.2)
     a = ap.parse_args()
     t = tables(Path(a.data))
+    if a.skew:
+        return skew(a, t)
     qs = a.questions.split(",")
     names = a.tools.split(",")
     scratch = Path(a.scratch)

@@ -23,8 +23,10 @@ CANDIDATES = 64
 SAMPLE_ROWS = 1 << 16
 
 
-async def find_hot(comm: Communicator, table, keys, skip_nulls: bool = False) -> list[list]:
-    """[[key tuple as a list, rows], ...] of every hot key, heaviest first; the same list on every rank."""
+async def find_hot(comm: Communicator, table, keys, skip_nulls: bool = False,
+                   above: float | None = None) -> list[list]:
+    """[[key tuple as a list, rows], ...] of every hot key, heaviest first; the same list on every rank.
+    ``above``: the rows that make a key hot (default ``HOT_SHARE`` x the table's rows over the ranks)."""
     from shardstats.worker.engine.aggregate import q, run_sql
     k = ", ".join(q(x) for x in keys)
     where = (" WHERE " + " AND ".join(f"{q(x)} IS NOT NULL" for x in keys)) if skip_nulls else ""
@@ -44,8 +46,8 @@ async def find_hot(comm: Communicator, table, keys, skip_nulls: bool = False) ->
             d[tuple(key)] = d.get(tuple(key), 0) + n
         return {"rows": a["rows"] + b["rows"], "cand": [[list(t), n] for t, n in d.items()]}
     total = await allreduce(comm, local, merge, "hot.keys")
-    share = total["rows"] / comm.size
-    return sorted(([key, n] for key, n in total["cand"] if n > HOT_SHARE * share and comm.size > 1),
+    limit = HOT_SHARE * total["rows"] / comm.size if above is None else above
+    return sorted(([key, n] for key, n in total["cand"] if n > limit and comm.size > 1),
                   key=lambda x: -x[1])
 
 

@@ -36,6 +36,7 @@ from shardstats.worker.engine.hot import find_hot, hot_rows
 from shardstats.worker.ops.contract import KeyedParams, Op, column_list, option, parse_salt
 
 HOWS = ("inner", "left", "right", "full", "semi", "anti")
+SALT_ABOVE = 0.5        # a key is hot above this fraction of a reducer's mean rows (both sides)
 
 
 def _size(text) -> int:
@@ -285,9 +286,14 @@ async def join(comm: Communicator, sides, params: JoinParams) -> tuple[dict | No
         if params.salt != "off" and params.how != "full":
             may = {"inner": ("left", "right"), "left": ("left",), "semi": ("left",), "anti": ("left",),
                    "right": ("right",)}[params.how]
+            # A reducer takes both sides: a key of n rows lifts its owner to about mean + n, so a key over half a
+            # reducer's mean load (both sides' rows / W) is split -- the busiest then stays near 1.5x the mean.
+            # (Over 2x one side's share, the group-by's rule, left Zipf(1.2)'s top key, 18% of big's rows, whole:
+            # its reducer took 2.03x the mean on db-benchmark's q5 keys, 10 workers.)
+            above = SALT_ABOVE * (sizes["left_rows"] + sizes["right_rows"]) / comm.size
             for side in may:
                 hot = await find_hot(comm, left if side == "left" else right, lk if side == "left" else rk,
-                                     skip_nulls=True)
+                                     skip_nulls=True, above=above)
                 if hot:
                     salt_side = side
                     break
