@@ -164,3 +164,26 @@ def test_range_samples_larger_than_a_frame_are_thinned_alike_and_still_split_eve
     assert counts.sum() == rows.num_rows and counts.min() > 0.75 * rows.num_rows / passes, counts
     k = rows.column("k").to_numpy()
     assert all(k[got == p].max() <= k[got == p + 1].min() for p in range(passes - 1))  # ranges in key order
+
+
+@pytest.mark.parametrize("kind", ["int", "str"])
+@pytest.mark.parametrize("direction", ["ascending", "descending"])
+def test_routing_by_binary_search_equals_routing_by_the_whole_order(kind, direction):
+    """The binary search of the split points by the first key (ties with a split point go the whole order's way)
+    gives every row the range the sort of rows and split points together gives it -- the reference here."""
+    import pyarrow.compute as pc
+    from shardstats.worker.ops.sort import FILE_COL, ROW_COL, _route, _route_all
+    rng = np.random.default_rng(3 if kind == "int" else 4)
+    n = 30_000
+    if kind == "int":
+        k = pa.array(rng.integers(-50, 50, n))                      # many rows tie with each split point
+    else:
+        words = np.array(["", "a", "ab", "abc", "b", "é", "éa", "z\u00ff", "Z", "\u4e2d", "a\u0000"], dtype=object)
+        k = pa.array(words[rng.integers(0, len(words), n)].tolist(), pa.string())
+    t = pa.table({"k": k, FILE_COL: rng.integers(0, 3, n), ROW_COL: rng.integers(0, 10**6, n)})
+    order = [("k", direction, "at_end"), (FILE_COL, "ascending", "at_end"), (ROW_COL, "ascending", "at_end")]
+    ordered = t.take(pc.sort_indices(t, sort_keys=order))
+    splits = ordered.take(pa.array([n // 7 * j for j in range(1, 7)]))
+    assert np.array_equal(_route(t, splits, order), _route_all(t, splits, order))
+    part = [order[0]]                                                # --partition-by: the key alone, no tiebreak
+    assert np.array_equal(_route(t, splits.select(["k"]), part), _route_all(t, splits.select(["k"]), part))

@@ -174,3 +174,18 @@ async def test_parts_go_to_s3_and_only_when_every_worker_has_written(tmp_path, s
     tables = [pq.read_table(io.BytesIO(parts[k])) for k in sorted(parts)]
     assert all(pq.ParquetFile(io.BytesIO(parts[k])).metadata.num_row_groups > 1 for k in parts)
     assert pa.concat_tables(tables).column("p").to_pylist() == _want(d)
+
+
+async def test_a_dictionary_only_for_columns_that_repeat(tmp_path):
+    """pyarrow tried a dictionary on every column (near-unique keys and payloads too, for nothing); parts now keep
+    one for the columns with few distinct values, as DuckDB does, and read back the same rows."""
+    d = _data(tmp_path)
+    async with in_process_cluster(2, root=str(tmp_path)) as c:
+        await run_job(c.addrs, c.token, job_spec("sort", str(d), {"by": "pay", "out": str(tmp_path / "o")}))
+    md = pq.read_metadata(tmp_path / "o" / "part-00000.parquet")
+    enc = {md.row_group(0).column(i).path_in_schema: md.row_group(0).column(i).has_dictionary_page
+           for i in range(md.num_columns)}
+    assert enc == {"k": True, "pay": False, "p": False}
+    got = pa.concat_tables([pq.read_table(tmp_path / "o" / n) for n in _left(tmp_path / "o")])
+    want = duckdb.sql(f"select p from read_parquet('{d}/*.parquet') order by pay, p").fetchall()
+    assert got.column("p").to_pylist() == [r[0] for r in want]

@@ -217,6 +217,27 @@ def pieces_of(table) -> Pieces:
                   lambda: (table.slice(i, ROW_GROUP_ROWS) for i in range(0, table.num_rows, ROW_GROUP_ROWS)))
 
 
+def _dictionary_columns(t) -> list[str] | bool:
+    """The columns worth a Parquet dictionary, judged on the first row group's first 16k rows: those with fewer
+    distinct values than half their rows (DuckDB decides alike).  pyarrow's default tries a dictionary on every
+    column and gives up only once its page passes 1 MiB: on near-unique 10-byte keys and 90-byte payloads that
+    doubled the write's CPU (0.27 s against 0.14 a million rows) for a larger file (25.8 MB against 22.7)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    head = t.slice(0, 1 << 14)
+    if not head.num_rows or any(pa.types.is_nested(f.type) for f in t.schema):
+        return True               # nested columns are named by their leaves' paths: pyarrow's default for all
+    keep = []
+    for name, col in zip(head.column_names, head.columns):
+        try:
+            few = pc.count_distinct(col, mode="all").as_py() < head.num_rows // 2
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+            few = True            # a type count_distinct does not take: pyarrow's default
+        if few:
+            keep.append(name)
+    return keep
+
+
 class _Parts:
     """This rank's parts of one ``--out``, written but not yet in place: local files in the job's hidden folder
     (renamed into ``--out`` at the commit), or ``s3://`` multipart uploads (completed at the commit; until then
@@ -257,15 +278,19 @@ class _Parts:
                 os.makedirs(self.tmp, exist_ok=True)
                 sink = os.path.join(self.tmp, name)
                 self.written.append((name, None))
-        w = pq.ParquetWriter(sink, pieces.schema)
+        w = None
         try:
             for t in pieces.make():
                 if self.dead:
                     break
                 with self._store(name):
+                    if w is None:
+                        w = pq.ParquetWriter(sink, pieces.schema, use_dictionary=_dictionary_columns(t))
                     w.write_table(t, row_group_size=ROW_GROUP_ROWS)
         finally:
             with self._store(name):
+                if w is None:
+                    w = pq.ParquetWriter(sink, pieces.schema)
                 w.close()
                 if self.remote and not self.dead:
                     sink.close()       # the last piece goes up; the upload stays open until commit()

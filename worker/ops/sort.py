@@ -138,6 +138,23 @@ def _sort_indices(table, order):
         raise UsageError(f"--by: a column of a type that cannot be sorted ({exc})") from None
 
 
+def _local_order(rows, order):
+    """The reducer's sort: the indices of ``rows`` in ``order``.  Keys all integers or strings go to DuckDB
+    (keys and a row number only), which sorted a million 10-byte keys with the two hidden ones in 0.14 s of CPU
+    against Arrow's 0.43 (0.19 against 0.20 for int64 keys); other types (floats: NaN's place differs when
+    descending) stay with Arrow."""
+    import pyarrow as pa
+    types = [rows.schema.field(c).type for c, _, _ in order]
+    if not all(_searchable(t) for t in types) or not rows.num_rows:
+        return _sort_indices(rows, order)
+    from shardstats.worker.engine.aggregate import q, run_sql
+    keys = rows.select([c for c, _, _ in order]).append_column(
+        "__sort_i", pa.array(np.arange(rows.num_rows, dtype=np.int64)))
+    by = ", ".join(f"{q(c)} {'DESC' if o == 'descending' else 'ASC'} NULLS {'FIRST' if p == 'at_start' else 'LAST'}"
+                   for c, o, p in order)
+    return run_sql(f"SELECT __sort_i FROM t ORDER BY {by}", keys).column(0).combine_chunks()
+
+
 def _sample(table, want: int, seed: int):
     n = table.num_rows
     if n <= want:
@@ -146,8 +163,51 @@ def _sample(table, want: int, seed: int):
     return table.take(np.sort(rng.choice(n, size=want, replace=False)))
 
 
+def _searchable(t) -> bool:
+    import pyarrow as pa
+    return pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
 def _route(table, splits, order) -> "np.ndarray":
-    """The range of each row: the number of split points that sort before it (ties: the split point first)."""
+    """The range of each row: the number of split points that sort before it (ties: the split point first).
+
+    Where the first key is an integer or a string without nulls, a binary search of the split points by that
+    key places every row whose key equals no split point's (numpy's searchsorted, Polars' for strings: byte
+    order); only rows tied with a split point on it go through the whole order (``_route_all``). Sorting every
+    row with the split points cost as much as the reducer's own sort (0.34 s of CPU a million 10-byte keys,
+    against 0.05)."""
+    c, direction, _ = order[0]
+    col, bounds = table.column(c), splits.column(c)
+    if not _searchable(col.type) or col.null_count or bounds.null_count or not splits.num_rows:
+        return _route_all(table, splits, order)
+    desc = direction == "descending"
+    if _is_string(col.type):
+        import polars as pl
+        keys = pl.Series(bounds.to_pylist()[::-1] if desc else bounds.to_pylist(), dtype=pl.String)
+        vals = pl.from_arrow(col.cast("large_string"))
+        left = keys.search_sorted(vals, side="left").to_numpy().astype(np.int64)
+        right = keys.search_sorted(vals, side="right").to_numpy().astype(np.int64)
+    else:
+        keys = bounds.to_numpy()[::-1] if desc else bounds.to_numpy()
+        vals = col.to_numpy()
+        left, right = np.searchsorted(keys, vals, "left"), np.searchsorted(keys, vals, "right")
+    r = splits.num_rows
+    lo, hi = (r - right, r - left) if desc else (left, right)
+    out = lo.astype(np.int64)
+    tied = np.flatnonzero(lo != hi)
+    if tied.size:
+        import pyarrow as pa
+        out[tied] = _route_all(table.take(pa.array(tied)), splits, order)
+    return out
+
+
+def _is_string(t) -> bool:
+    import pyarrow as pa
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _route_all(table, splits, order) -> "np.ndarray":
+    """``_route`` by sorting the rows with the split points in the job's whole order."""
     import pyarrow as pa
     cols = [c for c, _, _ in order]
     both = pa.concat_tables([splits.select(cols), table.select(cols)])
@@ -205,8 +265,12 @@ async def sort(comm: Communicator, table, params: SortParams) -> tuple[dict | No
     del table
     comm.progress.set("sort")
     t3 = time.perf_counter()
-    idx = await numpy_step(rows.num_rows, _sort_indices, rows, sort_order)
+    idx = await numpy_step(rows.num_rows, _local_order, rows, sort_order)
     out = rows.drop_columns([FILE_COL, ROW_COL])
+    del rows
+    # one chunk, not the shuffle's ~125: taking row groups from it cost 0.14 s of CPU a million rows, 0.41 from
+    # the chunks (where each take also concatenated them: Arrow's pool peaked higher than with this one copy)
+    out = await numpy_step(out.num_rows, out.combine_chunks)
     t4 = time.perf_counter()
     stats = {"map_pairs": out.num_rows, "combined_pairs": 0, **ex["counters"], "rounds": 3,
              "part_rows": out.num_rows, "part_bytes": out.nbytes,
@@ -217,9 +281,8 @@ async def sort(comm: Communicator, table, params: SortParams) -> tuple[dict | No
         k = ", ".join(q(c) for c in part_keys)
         heavy = run_sql(f"SELECT {k}, count(*) AS n FROM t GROUP BY {k} ORDER BY n DESC LIMIT 3", out)
         stats["heaviest"] = [[*(_plain(v) for v in list(r.values())[:-1]), r["n"]] for r in heavy.to_pylist()]
-    del rows
     # Streaming output: the range is sorted once (its indices), then taken and written a row group at a time,
-    # so a worker holds its rows once and one row group beside them, never the whole range twice
+    # so a worker never holds its range sorted beside it unsorted -- one row group at a time instead
     pieces = Pieces(out.schema, out.num_rows, lambda: (out.take(idx.slice(i, ROW_GROUP_ROWS))
                                                        for i in range(0, out.num_rows, ROW_GROUP_ROWS)))
     t5 = time.perf_counter()
