@@ -414,7 +414,8 @@ def report(res: dict, qs: list, names: list, a) -> int:
     ref = "duckdb" if "duckdb" in names else names[0]
     peers = [n for n in names if n not in ("ours", "base")]
     print(f"\nJ1 {a.data}; ours {a.workers} workers; {os.cpu_count()} cores; load average now "
-          f"{os.getloadavg()[0]:.1f}; best of {a.repeat} (seconds wall / CPU; ratios theirs ÷ ours: above 1 we lead)\n")
+          f"{os.getloadavg()[0]:.1f}; best of {a.repeat} (seconds wall / CPU; ratios theirs ÷ ours: above 1 we "
+          f"lead)\n")
     head = ["q", *[f"{n} wall/CPU" for n in names], *(["ours → Parquet"] if "ours" in names else []),
             *[f"{n} ÷ ours" for n in peers + (["base"] if "base" in names else [])], "rows", "= " + ref, "plan",
             "x rows shuffled", "right rows moved"]
@@ -429,7 +430,8 @@ def report(res: dict, qs: list, names: list, a) -> int:
         cells = [q, *[f"{r[n]['wall']:.2f} / {r[n]['cpu']:.1f}" for n in names]]
         if "ours" in names:
             cells.append(f"{o['wall_out']:.2f}")
-        cells += [f"{r[n]['wall'] / o['wall']:.2f}" if o else "—" for n in peers + (["base"] if "base" in names else [])]
+        cells += [f"{r[n]['wall'] / o['wall']:.2f}" if o else "—"
+                  for n in peers + (["base"] if "base" in names else [])]
         cells += [f"{want[0]:,}", "yes" if eq else "NO: " + "; ".join(f"{n} {r[n]['check']}" for n in names),
                   o.get("why", "—"), f"{o.get('shuffled_x', 0):,}" if o else "—",
                   f"{o.get('shuffled_right', 0):,}" if o else "—"]

@@ -8,9 +8,9 @@
 * **shuffle**: both sides go through the one credit shuffle by the stable key hash
   (``worker.data.hashing``: both sides' keys are cast to common types first, so equal
   keys hash alike) and each reducer joins what it owns.
-* **skew** (``--salt``): a key holding more than twice a reducer's share of the side it
-  is hot on is split over several reducers on that side, and the other side's rows
-  of that key are copied to each of them -- the same output rows, every pair once.
+* **skew** (``--salt``): a key holding more than half a reducer's mean load (both
+  sides' rows over the workers) is split over several reducers on the side it is hot on,
+  and the other side's rows of that key are copied to each of them -- the same output rows, every pair once.
   Only the side whose unmatched rows are not kept may be copied (inner: either;
   left/semi/anti: the right; right: the left; full joins are not salted).
 
@@ -59,8 +59,8 @@ class JoinParams(KeyedParams):
                            "shuffle), broadcast or shuffle.", choices=("auto", "broadcast", "shuffle"))
     broadcast_limit: int = option(64 << 20, "The largest side (in memory, all workers' shares) auto broadcasts; "
                                   "sizes like 64MiB.", parse=_size, metavar="SIZE")
-    salt: str = option("auto", "Hot keys of a shuffle join: auto (split a key over 2x a reducer's share), off, "
-                       "or N reducers per hot key.", parse=parse_salt, metavar="auto|off|N")
+    salt: str = option("auto", "Hot keys of a shuffle join: auto (split a key over half a reducer's mean rows), "
+                       "off, or N reducers per hot key.", parse=parse_salt, metavar="auto|off|N")
     bloom: bool = option(True, "Before a shuffle join, drop the rows of a side that cannot have a partner, by a "
                          "Bloom filter of the other side's keys (when those rows are not part of the answer).")
 
