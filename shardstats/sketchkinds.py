@@ -58,7 +58,7 @@ def hash64(values, vtype: str):
     import pyarrow as pa
     from shardstats.worker.data.hashing import hash_array
     if vtype == "int64":
-        from shardstats.worker.comm.partition import splitmix64
+        from shardstats.worker.data.partition import splitmix64
         return splitmix64(np.asarray(values, dtype=np.int64)).view(np.int64)
     arr = pa.array(values, type=pa.float64()) if vtype == "float64" else values
     return hash_array(arr).view(np.int64)

@@ -22,7 +22,7 @@ from shardstats.errors import InputError, JobError
 from shardstats.settings import DEFAULTS
 from shardstats.testing import in_process_cluster
 from shardstats.worker import spill
-from shardstats.worker.comm.partition import owners
+from shardstats.worker.data.partition import owners
 from shardstats.worker.io import ondisk
 from scripts import cgroups
 from tests.conftest import cli, free_base

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from shardstats.cluster.gen import generate
-from shardstats.worker.comm import encoding as enc
+from shardstats.worker.data import encoding as enc
 from shardstats.worker.comm.inmemory import InMemoryNetwork
 from shardstats.worker.comm.linkprobe import FAST, frames_for, probe_ring, rate_of
 from shardstats.worker.ops import compact_choice as cc

@@ -52,7 +52,7 @@ def test_registers_match_a_per_value_reference():
     # the vectorised registers against the textbook loop, on both of the build's paths
     rng = np.random.default_rng(1)
     v = np.concatenate([rng.integers(I64_MIN, I64_MAX, 3000), np.array([I64_MIN, I64_MAX, 0, -1], np.int64)])
-    from shardstats.worker.comm.partition import splitmix64
+    from shardstats.worker.data.partition import splitmix64
     for p in (4, 12, 16):
         q = 64 - p
         ref = [0] * (1 << p)

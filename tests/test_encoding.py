@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from shardstats.cluster.gen import generate
-from shardstats.worker.comm import encoding as enc
+from shardstats.worker.data import encoding as enc
 from shardstats.worker.ops import compact_choice
 from tests.conftest import I64_MAX, I64_MIN, nasty_datasets, ref_mode, run_op
 

@@ -12,7 +12,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from shardstats.worker.comm.partition import owners
+from shardstats.worker.data.partition import owners
 from shardstats.worker.comm.shuffle import ShuffleConfig
 from shardstats.worker.ops import mode as mode_op
 from shardstats.worker.ops.counting import repeated_runs, run_lengths
@@ -154,7 +154,7 @@ def test_the_compact_owner_finds_candidates_holding_the_fingerprints_about_once_
     """Round 1's owner side: the candidates (repeated fingerprints, and those a pair also has) and the count of
     single ones, checked against Counter, in at most ~1.3x the received fingerprints' bytes beyond them."""
     from collections import Counter
-    from shardstats.worker.comm.encoding import fingerprints
+    from shardstats.worker.data.encoding import fingerprints
     from shardstats.worker.ops.compact import _candidates
     bits = 24                                            # short: plenty of collisions, like a big job
     rng = np.random.default_rng(11)

@@ -21,7 +21,7 @@ import math
 
 from shardstats.lazy import numpy as np
 
-from shardstats.worker.comm.partition import splitmix64
+from shardstats.worker.data.partition import splitmix64
 
 FP_MARGIN = 13              # bits beyond log2(values per owner): ~n / 2**14 false candidates per owner
 _SALT = 0x5851F42D4C957F2D   # fingerprints independent of the partitioning hash (an int: no numpy at import)

@@ -6,7 +6,7 @@ is defined by this module alone, in numpy's wrapping uint64 arithmetic, vectoris
 
 * integers, booleans, dates, timestamps: the int64 value through the splitmix64
   finaliser -- the same function the int64 mode partitions with
-  (``worker.comm.partition.splitmix64``), so one engine has one hash;
+  (``worker.data.partition.splitmix64``), so one engine has one hash;
 * floats: the bits of the float64 (-0.0 as 0.0, every NaN as one NaN), mixed;
 * strings and binary: a polynomial over the UTF-8 bytes (mod 2**64), computed with
   ``np.add.reduceat`` over each value's byte range, then mixed with the length --
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from shardstats.lazy import numpy as np
 
-from shardstats.worker.comm.partition import splitmix64
+from shardstats.worker.data.partition import splitmix64
 
 NULL_HASH = 0x6A09E667F3BCC908        # any fixed constant: the fractional bits of sqrt(2)
 _P = 0x100000001B3                   # FNV's 64-bit prime: odd, so powers never vanish mod 2**64

@@ -12,7 +12,7 @@ what they work on (the mode's shuffle and counting), take them in ``passes``: pa
 ``P`` holds only the values whose hash falls in slice ``p`` (``pass_slice``).  A value lies
 in exactly one slice on every worker, so an answer per value (a count) is exact per pass and
 the passes combine like disjoint datasets.  The slice uses the hash's low 32 bits; the
-shuffle's owner uses its high 32 (``worker/comm/partition.py``), so each pass still spreads
+shuffle's owner uses its high 32 (``worker/data/partition.py``), so each pass still spreads
 over every owner.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 from shardstats.lazy import numpy as np
 
 from shardstats.errors import InputError
-from shardstats.worker.comm.partition import splitmix64
+from shardstats.worker.data.partition import splitmix64
 from shardstats.worker.io.listing import ShardRef, is_object_url
 from shardstats.worker.io.shards import read_shard
 from shardstats.worker.io.source import opened

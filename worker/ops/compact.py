@@ -1,7 +1,7 @@
 """The mode's compact shuffle: fingerprints first, full values only for the candidate repeats.
 
 Round 1 sends each owner its values' fingerprints, sorted and Rice-coded
-(``worker/comm/encoding.py``, ~2.2 bytes a value), plus the locally repeated
+(``worker/data/encoding.py``, ~2.2 bytes a value), plus the locally repeated
 values as plain (value, count) pairs.  A fingerprint the owner sees once (and
 not among the pairs) is exactly one occurrence of one value: count 1, nothing
 more to know.  Every other fingerprint is a candidate: round 2 asks the senders
@@ -18,7 +18,7 @@ import asyncio
 from shardstats.lazy import numpy as np
 
 from shardstats.worker.comm.communicator import Communicator
-from shardstats.worker.comm.encoding import decode, encode_chunks, fingerprints, is_fingerprint_piece
+from shardstats.worker.data.encoding import decode, encode_chunks, fingerprints, is_fingerprint_piece
 from shardstats.worker.comm.shuffle import ShuffleConfig, ShuffleStats, chunk_pieces, shuffle
 from shardstats.worker.memory import concat_releasing
 from shardstats.worker.ops.counting import repeated_runs, sum_by_value

@@ -47,7 +47,7 @@ from shardstats.lazy import numpy as np
 
 from shardstats.worker.comm.collectives import allgather, allreduce, sum_ints, tree_depth
 from shardstats.worker.comm.communicator import Communicator
-from shardstats.worker.comm.encoding import decode, encode_chunks, fingerprint_bits, fingerprints
+from shardstats.worker.data.encoding import decode, encode_chunks, fingerprint_bits, fingerprints
 from shardstats.worker.comm.linkprobe import FAST, probe_ring
 
 PLAIN_BYTES = 8.0              # a value on the plain wire (its msgpack framing is a few bytes a chunk)

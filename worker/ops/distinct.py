@@ -26,7 +26,7 @@ from shardstats.lazy import numpy as np
 
 from shardstats.worker.comm.collectives import tree_depth, tree_reduce
 from shardstats.worker.comm.communicator import Communicator
-from shardstats.worker.comm.partition import splitmix64
+from shardstats.worker.data.partition import splitmix64
 from shardstats.worker.comm.shuffle import ShuffleConfig
 from shardstats.worker.steps import numpy_step
 from shardstats.worker.ops.contract import Op, ShuffleParams, int64_bytes, approx_only, column_reads, option

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from shardstats.lazy import numpy as np
 
 from shardstats.worker.comm.communicator import Communicator
-from shardstats.worker.comm.partition import partition_chunks
+from shardstats.worker.data.partition import partition_chunks
 from shardstats.worker.comm.shuffle import ShuffleConfig, ShuffleStats, chunk_pieces, shuffle
 from shardstats.worker import memory
 from shardstats.worker.memory import Releaser, concat_releasing

@@ -61,7 +61,7 @@ from shardstats.worker.ops.counting import (COMBINE_BELOW, COMBINE_SAMPLE, COUNT
                                             candidate_counts, choose_counting, choose_local, count_values, dense_bins,
                                             dense_fits, heavy_table, in_slots, merge_repeats, run_lengths, sample,
                                             sample_share, slot_counts, slot_of, span_counts)
-from shardstats.worker.comm.partition import partition_chunks
+from shardstats.worker.data.partition import partition_chunks
 from shardstats.worker.comm.shuffle import ShuffleConfig, chunk_pieces, shuffle
 from shardstats.worker.ops.contract import Op, ShuffleParams, int64_bytes, option
 
