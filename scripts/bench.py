@@ -835,6 +835,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{', '.join(SWEEP_RANGES)} (with --datasets: those too); --ops defaults to mode")
     p.add_argument("--k", type=int, default=100, help="topk: how many values (default 100)")
     p.add_argument("--workers", type=int, default=10, help="our workers and Dask's worker processes (default 10)")
+    p.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=None,
+                   help="run every tool on one dataset before the next (default with --zipf-sweep): load changes "
+                        "during the run fall on all tools alike")
     p.add_argument("--repeat", type=int, default=3, help="timed runs after the first (default 3)")
     p.add_argument("--budget", type=float, default=120.0,
                    help="stop repeating an op once it has spent this many seconds (at least one timed run)")
@@ -864,17 +867,24 @@ def compare(args: argparse.Namespace) -> tuple[dict, str, bool]:
     rows: list[dict] = []
     startups: dict[str, float | None] = {}
     failed: dict[str, str] = {}
-    for t in runnable:
-        log(f"{t.name}: {t.what}")
-        spec = {"tool": t.name, "ops": args.ops, "repeat": args.repeat, "budget": args.budget,
-                "workers": args.workers, "k": args.k,
-                "datasets": [{"label": d.label, "dir": str(d.dir / t.fmt), "files": d.files(t.fmt)}
-                             for d in datasets.values()]}
-        cr = run_child(spec, args.data_dir / "logs", args.timeout)
-        startups[t.name] = cr.startup_seconds
-        if cr.error:
-            failed[t.name] = cr.error
-        rows += summarize(t.name, cr, datasets)
+    # --interleave: every tool on one dataset, then the next dataset, so a change in the machine's load during
+    # the run falls on every tool's cells alike rather than on whichever tool ran then (a child per dataset
+    # and tool; start-ups are timed apart and excluded as always)
+    groups = [[d] for d in datasets] if args.interleave else [list(datasets)]
+    for group in groups:
+        for t in runnable:
+            if t.name in failed:
+                continue
+            log(f"{t.name}: {t.what}" + (f" ({group[0]})" if args.interleave else ""))
+            spec = {"tool": t.name, "ops": args.ops, "repeat": args.repeat, "budget": args.budget,
+                    "workers": args.workers, "k": args.k,
+                    "datasets": [{"label": datasets[d].label, "dir": str(datasets[d].dir / t.fmt),
+                                  "files": datasets[d].files(t.fmt)} for d in group]}
+            cr = run_child(spec, args.data_dir / "logs", args.timeout)
+            startups[t.name] = cr.startup_seconds
+            if cr.error:
+                failed[t.name] = cr.error
+            rows += summarize(t.name, cr, {d: datasets[d] for d in group})
     bad = any(r["check"] == "MISMATCH" for r in rows) or any(
         r["tool"] in OURS and (r["error"] or r["check"] == "FAILED") for r in rows) or any(t in OURS for t in failed)
     doc = {"config": {"rows": args.rows, "shards": args.shards, "seed": args.seed, "workers": args.workers, "k": args.k,
@@ -952,6 +962,8 @@ def main(argv: list[str] | None = None) -> int:
     args.data_dir = args.data_dir.resolve()
     if args.ops is None:
         args.ops = ["mode"] if args.zipf_sweep else list(OPS)
+    if args.interleave is None:
+        args.interleave = args.zipf_sweep
     doc, text, bad = (scaling if args.scaling else compare)(args)
     if args.json_out:
         args.json_out.write_text(json.dumps(doc, indent=1, default=str) + "\n")

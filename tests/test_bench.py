@@ -104,3 +104,18 @@ def test_heavy_zipf_datasets(bench, tmp_path):
     assert bench.build_parser().parse_args(["--datasets", "hzipf-1.5-1e6,zipf"]).datasets == ["hzipf-1.5-1e6", "zipf"]
     with pytest.raises(SystemExit):
         bench.build_parser().parse_args(["--datasets", "hzipf-x-1e6"])
+
+
+def test_interleaved_runs_every_tool_per_dataset_and_answers_match(bench, tmp_path, capsys):
+    """--interleave: a child per (dataset, tool), datasets outermost; the rows are the same as a tool-by-tool run's
+    and every answer still matches the reference."""
+    pytest.importorskip("psutil")
+    rc = bench.main(["--rows", "20000", "--tools", "ours,numpy", "--repeat", "1", "--workers", "3", "--ops", "mode",
+                     "--datasets", "unique-dup,hzipf-1.5-1e3", "--interleave", "--data-dir", str(tmp_path), "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 0, doc
+    got = [(r["tool"], r["dataset"]) for r in doc["results"]]
+    assert got == [("ours", "unique-dup"), ("numpy", "unique-dup"), ("ours", "hzipf-1.5-1e3"),
+                   ("numpy", "hzipf-1.5-1e3")]
+    assert all(r["check"] == "match" for r in doc["results"])
+    assert bench.build_parser().parse_args(["--zipf-sweep"]).interleave is None      # main turns it on for a sweep
