@@ -33,9 +33,10 @@ def fail(message: str, code: int) -> None:
 def _common_options() -> list[click.Parameter]:
     return [
         click.Option(["--input", "input_paths"], multiple=True, metavar="PATH",
-                     help="A directory, file or glob of .txt/.npy/.csv/.parquet shards, or objects in S3 "
-                          "(s3://bucket/prefix/, s3://bucket/key, s3://bucket/prefix/*.npy); repeat it for more "
-                          "(an unquoted glob the shell expanded is taken whole)."),
+                     help="A directory, file or glob of shards (.txt/.npy/.csv/.parquet for the value ops; "
+                          ".csv/.tsv/.parquet/.jsonl/.ndjson tables or text documents for the keyed ops), or "
+                          "objects in S3 for any op (s3://bucket/prefix/, s3://bucket/key, s3://bucket/prefix/"
+                          "*.parquet); repeat it for more (an unquoted glob the shell expanded is taken whole)."),
         click.Argument(["more_inputs"], nargs=-1, required=False),
         click.Option(["--column"], help="Column of .csv/.parquet shards: a header name (implies --header yes) "
                      "or a 0-based index (default: the first column)."),
