@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -81,26 +80,9 @@ def polars_job(q: str, src: str, endpoint: str):
     return sorted(df.iter_rows()), wall, cpu
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_moto(log: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", COUNTING_MOTO, str(port)], stdout=out, stderr=out,
-                                stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"moto server did not start; see {log}") from None
-            time.sleep(0.1)
+    from scripts.bench_s3 import start_moto as started
+    return started(log, COUNTING_MOTO)
 
 
 def served(endpoint: str) -> tuple[int, int]:

@@ -40,11 +40,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_moto(log: Path) -> tuple[subprocess.Popen, str]:
+def start_moto(log: Path, server: str | None = None) -> tuple[subprocess.Popen, str]:
+    """A moto S3 server on a free loopback port, once it accepts connections: (its process, its endpoint).
+    ``server``: Python source to run instead of ``moto.server`` (given the port as its argument)."""
     port = _free_port()
+    argv = ["-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)] if server is None else ["-c", server, str(port)]
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen([sys.executable, *argv], stdout=out, stderr=out, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while True:
         try:
