@@ -109,7 +109,7 @@ def _dask(src: Path, key: str, out: Path) -> None:
                                                                     name_function=lambda i: f"part-{i:05d}.parquet")
 
 
-def terasort(rows: int, root: Path, workers: int, tools: list[str], keys: list[str]) -> None:
+def terasort(rows: int, root: Path, workers: int, tools: list[str], keys: list[str], dd_mib: int = 2048) -> None:
     import duckdb
     import polars as pl
     from shardstats import Cluster
@@ -122,18 +122,18 @@ def terasort(rows: int, root: Path, workers: int, tools: list[str], keys: list[s
     spark = dask = None
     if "dask" in tools:           # two processes of one thread, started before the clock (as our workers are)
         from dask.distributed import Client, LocalCluster
-        dask = Client(LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                   local_directory=str(root / "dask-tmp")))
+        dask = Client(LocalCluster(n_workers=2, threads_per_worker=1, processes=True, scheduler_port=7610,
+                                   dashboard_address=":7611", local_directory=str(root / "dask-tmp")))
     if "spark" in tools:
         from pyspark.sql import SparkSession
-        spark = (SparkSession.builder.master("local[2]").appName("terasort").config("spark.driver.memory", "6g")
+        spark = (SparkSession.builder.master("local[2]").appName("terasort").config("spark.driver.memory", "3g")
                  .config("spark.sql.shuffle.partitions", str(workers)).config("spark.ui.enabled", "false")
                  .config("spark.ui.showConsoleProgress", "false")
                  .config("spark.local.dir", str(root / "spark-tmp")).getOrCreate())
         spark.sparkContext.setLogLevel("ERROR")
         spark.read.parquet(str(src / "part-0000.parquet")).orderBy("k").count()      # the JVM's first job
-    rate0 = disk_rate(root)
-    print(f"dd (conv=fdatasync, 2 GiB): {rate0:.0f} MB/s", flush=True)
+    rate0 = disk_rate(root, dd_mib) if dd_mib else float("nan")
+    print(f"dd (conv=fdatasync, {dd_mib} MiB): {rate0:.0f} MB/s", flush=True)
     cluster = Cluster.local(workers) if "ours" in tools else None
     try:
         if cluster:
@@ -171,7 +171,7 @@ def terasort(rows: int, root: Path, workers: int, tools: list[str], keys: list[s
         if dask is not None:
             dask.cluster.close()
             dask.close()
-    rate1 = disk_rate(root)
+    rate1 = disk_rate(root, dd_mib) if dd_mib else float("nan")
     print(f"\n{rows:,} rows of ~100 B, {workers} workers, {os.cpu_count()} cores; input {in_bytes / 1e6:.0f} MB of "
           f"Parquet; dd write rate {rate0:.0f} / {rate1:.0f} MB/s (before / after)\n")
     print("| key | tool | seconds | theirs ÷ ours | M rows/s | MB/s written | share of dd's rate | load |")
@@ -198,9 +198,10 @@ def main() -> None:
     ap.add_argument("--tools", default="ours,duckdb,polars,dask,spark")
     ap.add_argument("--keys", default="k,id")
     ap.add_argument("--root", default="/tmp/shardstats-bench")
+    ap.add_argument("--dd-mib", type=int, default=2048, help="MiB dd writes for the disk's rate (0: no dd)")
     a = ap.parse_args()
     if a.terasort:
-        terasort(int(a.rows), Path(a.root), a.workers, a.tools.split(","), a.keys.split(","))
+        terasort(int(a.rows), Path(a.root), a.workers, a.tools.split(","), a.keys.split(","), a.dd_mib)
         return
     rows, small = int(a.rows), int(a.small)
     root = Path(f"/tmp/shardstats-bench/sj-{rows:.0e}".replace("+", ""))
