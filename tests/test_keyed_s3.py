@@ -302,28 +302,34 @@ def locked(tmp_path_factory):
         yield found
 
 
-def test_wrong_credentials_and_access_denied_exit_2_naming_the_object(locked, tmp_path):
+def test_access_denied_exits_2_naming_the_object(locked, tmp_path):
+    """The CLI, its workers real processes: the listing is allowed, each worker's read refused."""
     from tests.test_s3 import _env
     endpoint, key, secret = locked
     args = ("submit", "groupby", "--input", "s3://locked/p/", "--by", "s", "--agg", "count()", "--local", "2")
-    out = cli(*args, cwd=tmp_path, env=_env(endpoint, "AKIAWRONGWRONGWRONG0", "nope"))
-    assert out.returncode == 2, out.stderr
-    assert out.stderr.startswith("error: s3://locked/p/: the store refused the credentials (InvalidAccessKeyId)")
-    assert out.stderr.count("\n") == 1
     out = cli(*args, cwd=tmp_path, env=_env(endpoint, key, secret))
     assert out.returncode == 2, out.stderr
     assert re.fullmatch(r"error: s3://locked/p/a\.parquet: access denied \(.+\)\n", out.stderr), out.stderr
 
 
-async def test_a_worker_refused_credentials_its_coordinator_had_is_the_clusters_fault(locked, monkeypatch, tmp_path):
-    """The coordinator lists with good credentials, the workers' own client carries wrong ones: one line naming
-    the object and saying whose credentials, exit 1 (StoreUnavailable: the cluster, not the input)."""
+async def test_wrong_credentials_are_the_users_at_the_listing_and_the_clusters_on_a_worker(locked, monkeypatch,
+                                                                                           tmp_path):
+    """Wrong keys where the job is submitted: one line naming the input, exit 2. The coordinator lists with good
+    keys and the workers' own client carries wrong ones: one line naming the object and saying whose
+    credentials, exit 1 (StoreUnavailable: the cluster, not the input)."""
     import s3fs
     from shardstats.errors import StoreUnavailable
     from shardstats.settings import DEFAULTS
     from shardstats.worker.io import objects
     from tests.test_s3 import _env
     endpoint, key, secret = locked
+    for k, v in _env(endpoint, "AKIAWRONGWRONGWRONG0", "nope").items():
+        monkeypatch.setenv(k, v)
+    async with in_process_cluster(2, root=str(tmp_path)) as c:
+        with pytest.raises(InputError) as err:
+            await run_job(c.addrs, c.token, job_spec("groupby", "s3://locked/p/", {"by": "s", "agg": ["count()"]}))
+    assert str(err.value).startswith("s3://locked/p/: the store refused the credentials (InvalidAccessKeyId); "
+                                     "check AWS_ACCESS_KEY_ID") and err.value.exit_code == 2
     for k, v in _env(endpoint, key, secret).items():
         monkeypatch.setenv(k, v)
     wrong = s3fs.S3FileSystem(key="AKIAWRONGWRONGWRONG0", secret="nope", endpoint_url=endpoint,
