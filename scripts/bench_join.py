@@ -33,7 +33,7 @@ revision of the code, started from its own checkout) timed alternately with ours
 and uniformly (``skew_tables``), ours with ``--salt auto`` on both and ``off`` on Zipf, alternated: the join's
 wall against uniform keys, and per reducer its rows and its local join's seconds (slowest ÷ mean).
 
-Ports: Spark's driver and block manager take ``--port-base``+0/+1, Dask's scheduler +10 and its dashboard is off.
+Ports: Spark's driver and block manager take ``--port-base``+0/+1, Dask's scheduler +10 and its dashboard +11.
 """
 from __future__ import annotations
 
@@ -137,18 +137,24 @@ class Dask:
         from dask.distributed import Client, LocalCluster
         self.t = t
         self.cluster = LocalCluster(n_workers=a.dask_workers, threads_per_worker=1, processes=True,
-                                    scheduler_port=a.port_base + 10, dashboard_address=None,
+                                    scheduler_port=a.port_base + 10, dashboard_address=f":{a.port_base + 11}",
                                     memory_limit=a.dask_memory)
         self.client = Client(self.cluster)
+        self.last = None
 
     def run(self, q):
         import dask.dataframe as dd
         from dask.distributed import wait
         right, how, on, cols = QUESTIONS[q]
+        if self.last is not None:       # a persisted answer of the same graph would be handed back, not computed
+            self.client.cancel(self.last)
+            self.last = None
+            time.sleep(0.5)
         x = dd.read_parquet(f"{self.t['x']}/*.parquet")
         r = dd.read_parquet(f"{self.t[right]}/*.parquet", columns=[on, *cols])
         ans = x.merge(r, on=on, how=how, suffixes=("", f"_{right}")).persist()
         wait(ans)
+        self.last = ans
         return ans
 
     def check(self, ans):
@@ -361,6 +367,7 @@ def main() -> int:
                 order = tools[(r + qs.index(q)) % len(tools):] + tools[:(r + qs.index(q)) % len(tools)]
                 for tool in order:
                     load = os.getloadavg()[0]
+                    answers.pop(tool.name, None)     # the last answer goes first (Dask would reuse it)
                     c0, w0 = cpu_now(tool), time.perf_counter()
                     ans = tool.run(q)
                     wall, used = time.perf_counter() - w0, cpu_now(tool) - c0
@@ -393,6 +400,8 @@ def main() -> int:
                     shutil.rmtree(out, ignore_errors=True)
                 else:
                     e["check"] = tuple(tool.check(answers.pop(tool.name)))
+                print(f"{q} {tool.name:7s} check: {e['check'][0]:,} rows, sum(v1) {e['check'][1]}, sum(v2) "
+                      f"{e['check'][2]}", flush=True)       # kept in the log if a later step fails
     finally:
         for tool in tools:
             tool.close()
