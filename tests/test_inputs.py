@@ -95,3 +95,18 @@ def test_list_shards_directory_file_glob_and_errors(tmp_path):
                        (tmp_path / "*.csvx", "matches no files"), (tmp_path / "notes.md", "unsupported")]:
         with pytest.raises(InputError, match=what):
             list_shards(str(path))
+
+
+def test_bookkeeping_files_beside_the_data_are_not_listed(tmp_path):
+    """Names starting with ``_`` or ``.`` in a directory (``_SUCCESS``, a generator's ``_dbgen.json``,
+    ``.DS_Store``) are not data, for tables and for text documents alike, as in Hadoop and Spark; a file
+    named on its own is read whatever its name.  Before, a document directory's ``_dbgen.json`` was counted."""
+    from shardstats.worker.io.objects import _wanted
+    for name in ("a.npy", "_b.npy", ".c.npy", "_SUCCESS", "_dbgen.json", "doc.txt"):
+        (tmp_path / name).write_text("1\n")
+    names = lambda paths: [p.rsplit("/", 1)[1] for p in paths]      # noqa: E731
+    assert names(list_shards(str(tmp_path))) == ["a.npy", "doc.txt"]
+    assert names(list_shards(str(tmp_path), None)) == ["a.npy", "doc.txt"]           # documents: any type
+    assert list_shards(str(tmp_path / "_b.npy")) == [str(tmp_path / "_b.npy")]
+    assert [n for n in ("p/a.npy", "p/_b.npy", "p/.c.npy", "p/_SUCCESS", "p/doc.txt", "p/sub/")
+            if _wanted(n, None)] == ["p/a.npy", "p/doc.txt"]                          # an s3:// prefix alike

@@ -68,10 +68,17 @@ def list_refs(path: str, suffixes: tuple[str, ...] | None = SUFFIXES) -> list[Sh
     return out
 
 
+def bookkeeping(name: str) -> bool:
+    """A file a directory or prefix holds beside its data, never read as a shard: a name starting with ``.``
+    or ``_`` (``.DS_Store``, ``_SUCCESS``, ``_dbgen.json``, ``_metadata``), the rule Hadoop's and Spark's
+    file listings follow.  A file named on its own is read whatever its name."""
+    return name.startswith((".", "_"))
+
+
 def list_shards(path: str, suffixes: tuple[str, ...] | None = SUFFIXES) -> list[str]:
     """The local shard files a user's --input names: a directory, a file, or a glob."""
     def wanted(f: Path) -> bool:
-        return (not f.name.startswith(".")) if suffixes is None else f.suffix.lower() in suffixes
+        return not bookkeeping(f.name) and (suffixes is None or f.suffix.lower() in suffixes)
     import glob
     p = Path(path)
     if any(ch in path for ch in "*?["):

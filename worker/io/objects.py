@@ -37,7 +37,7 @@ import numpy as np
 
 from shardstats.errors import InputError, ShardstatsError, StoreUnavailable
 from shardstats.settings import DEFAULTS, Settings
-from shardstats.worker.io.listing import SUFFIXES, ShardRef, expected_types
+from shardstats.worker.io.listing import SUFFIXES, ShardRef, bookkeeping, expected_types
 from shardstats.worker.io.text import parse_text, short_error
 
 _GLOB = "*?["
@@ -121,11 +121,12 @@ def list_objects(url: str, settings: Settings = DEFAULTS,
 
 
 def _wanted(name: str, suffixes: tuple[str, ...] | None) -> bool:
-    """A prefix's object listed as a shard: its suffix is one of ``suffixes`` (None: any object not hidden)."""
+    """A prefix's object listed as a shard: not bookkeeping (``listing.bookkeeping``: ``_SUCCESS``, ``.keep``)
+    and its suffix one of ``suffixes`` (None: any)."""
     base = PurePosixPath(name)
-    if name.endswith("/"):
+    if name.endswith("/") or bookkeeping(base.name):
         return False
-    return not base.name.startswith(".") if suffixes is None else base.suffix.lower() in suffixes
+    return suffixes is None or base.suffix.lower() in suffixes
 
 
 def _prefix(fs: Any, url: str, bucket: str, suffixes: tuple[str, ...] | None = SUFFIXES) -> list[ShardRef]:
