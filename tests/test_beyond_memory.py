@@ -158,20 +158,6 @@ def test_sweep_removes_the_folders_of_dead_workers_only(tmp_path):
     assert not dead.exists() and alive.exists() and other.exists()
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 4 MiB tmpfs (root only): a spill disk that fills."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("needs root to mount a small tmpfs")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
 async def test_a_full_spill_disk_fails_the_job_in_one_line_and_the_cluster_serves_the_next(tmp_path, small_disk):
     d = tmp_path / "data"
     _write(d, [np.arange(BIG, dtype=np.int64)] * 2 + [np.arange(5, dtype=np.int64)])

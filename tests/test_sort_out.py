@@ -8,7 +8,6 @@ import dataclasses
 import errno
 import io
 import os
-import subprocess
 import time
 
 import duckdb
@@ -97,20 +96,6 @@ async def test_a_failed_part_in_a_later_pass_leaves_no_part_of_any_pass(tmp_path
     assert names[0] == "part-0000-00000.parquet" and all(n.startswith("part-") for n in names)
     got = pa.concat_tables([pq.read_table(tmp_path / "o" / n) for n in names])
     assert got.column("p").to_pylist() == _want(d)
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 4 MiB tmpfs (root only): an output disk that fills."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("needs root to mount a small tmpfs")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 async def test_a_full_output_disk_fails_naming_the_worker_and_path_and_leaves_no_part(tmp_path, small_disk):
