@@ -33,9 +33,10 @@ DENSE_FUNCS = frozenset({"count", "sum", "mean", "min", "max", "var", "std"})
 
 
 def max_groups(rows: int) -> int:
-    """The most group codes the bincount arrays may span: a few per row (so the arrays cost about what the
-    rows do), never above 16M (128 MiB an array)."""
-    return min(max(4 * rows, 1 << 16), 1 << 24)
+    """The most group codes the bincount arrays may span: one per row (each array of codes then costs 8 bytes a
+    row, about what a key and a value of the rows do, and a combine makes a handful of them: a pass planned for
+    a worker's budget stays within it), never above 4M (32 MiB an array)."""
+    return min(max(rows, 1 << 16), 1 << 22)
 
 
 def _np(x) -> "np.ndarray":
