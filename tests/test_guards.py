@@ -439,3 +439,27 @@ def test_a_worker_busy_past_the_deadline_fails_the_job_in_one_line_with_exit_1(t
     assert "\n" not in str(err)
     assert str(err).startswith("worker 0 is busy: 1 jobs active (limit 1); still busy after ")
     assert "tries in 1 s (--timeout)" in str(err)
+
+
+async def test_a_peer_hanging_up_while_the_worker_stops_is_no_lost_peer(caplog):
+    """Workers stopped together close their links in any order: once a worker is stopping, a peer's end
+    closing is the shutdown, not a fault -- no ``peer_link_lost`` after ``worker_stopping`` (a race the full
+    suite caught in tests/test_logs.py), and no job failed for it."""
+    from shardstats.worker.net.links import PeerLink
+
+    class Writer:
+        def close(self) -> None:
+            pass
+    failures = []
+    with caplog.at_level(logging.INFO, logger="cluster"):
+        for stopping in (False, True):
+            link = PeerLink(0, 1, "127.0.0.1:9", TOKEN, on_failure=lambda p, e, s=stopping: failures.append((s, p)))
+            link.stopping = stopping
+            reader = asyncio.StreamReader()
+            reader.feed_eof()
+            link._writer = writer = Writer()
+            async with asyncio.timeout(5):
+                await link._watch(reader, writer)
+            assert link._writer is None
+    assert failures == [(False, 1)]
+    assert sum("event=peer_link_lost" in r.getMessage() for r in caplog.records) == 1

@@ -154,6 +154,8 @@ class WorkerServer:
         try:
             await self._stop.wait()
         finally:
+            for link in self.links.values():     # from here a peer closing its end is the shutdown, not a fault:
+                link.stopping = True             # "worker_stopping" stays the log's last line
             logs.event("worker_stopping")
             server.close()
             for job in list(self.jobs.values()):

@@ -53,6 +53,7 @@ class PeerLink:
         self._writer: asyncio.StreamWriter | None = None
         self._watcher: asyncio.Task | None = None
         self._tg: asyncio.TaskGroup | None = None
+        self.stopping = False      # the worker is shutting down: a peer hanging up then is no failure
 
     async def send(self, frame: bytes, job: str | None = None) -> None:
         # Counted from hand-over until written out: the bytes this link holds in user space.
@@ -126,6 +127,8 @@ class PeerLink:
         if self._writer is writer:
             self._watcher = None
             self._close()
+            if self.stopping:      # peers stopping beside us close their ends: expected, not a lost peer
+                return
             logs.event("peer_link_lost", peer=self.peer_id, addr=self.addr, error=why)
             self.on_failure(self.peer_id, why)
 
