@@ -308,3 +308,19 @@ async def test_keys_that_are_small_codes_combine_in_numpy_and_equal_duckdb(tmp_p
             assert {w.get("combine_kernel") for w in rep.workers} == {"dense"}, keys
         rep = await check(c, d, files, ["a"], exprs)                 # 61 groups: DuckDB's
         assert {w.get("combine_kernel") for w in rep.workers} == {"duckdb"}
+
+
+def test_the_process_duckdb_follows_the_latest_workers_budget(tmp_path):
+    """A process that starts workers one after another (the in-process clusters) gets the latest one's DuckDB
+    limit: before, the first worker's stuck, and a 64 MiB cluster left every later cluster of the process a
+    64 MiB DuckDB (db-benchmark's joins at 1e6 then failed with DuckDB's out-of-memory error)."""
+    from shardstats.worker.engine import aggregate as agg
+    agg.configure(64 << 20, str(tmp_path))
+    con = agg._database()
+
+    def limit() -> str:
+        return con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    small = limit()
+    agg.configure(8 << 30, str(tmp_path))
+    assert limit() != small and agg._limits["memory_limit"] == "4096MiB"
+    assert agg.run_sql("SELECT count(*) AS n FROM range(10)").column("n").to_pylist() == [10]

@@ -316,14 +316,26 @@ _limits: dict = {}   # the worker's memory budget for DuckDB and where it spills
 def configure(memory_limit: int | None, spill_dir: str | None) -> None:
     """What this process's DuckDB may hold (half the worker's budget: the Arrow tables it reads are the other
     half) and where it spills beyond that (a folder of the worker's spill dir, not DuckDB's default ``.tmp``
-    in whatever folder the worker was started from).  Set before the first query; later calls are ignored."""
-    if _db or _limits:
-        return
+    in whatever folder the worker was started from).
+
+    A worker process configures it once, at its start.  A process that starts several workers one after
+    another (the in-process test clusters) gets the latest one's: an open database is reset to it, so a
+    cluster of 64 MiB workers does not leave every later cluster of the process a 64 MiB DuckDB."""
+    import os
+    _limits.clear()
     if memory_limit:
         _limits["memory_limit"] = f"{max(64, memory_limit // 2 >> 20)}MiB"
     if spill_dir:
-        import os
         _limits["temp_directory"] = os.path.join(spill_dir, f"duckdb-p{os.getpid()}")
+    if _db:
+        import duckdb
+        con = _db[0]
+        con.execute(f"SET memory_limit = '{_limits.get('memory_limit', '80%')}'")
+        if "temp_directory" in _limits:
+            try:
+                con.execute(f"SET temp_directory = '{_limits['temp_directory']}'")
+            except duckdb.Error:
+                pass           # DuckDB keeps a folder it already spills into; the next process takes the new one
 
 
 def _database():
