@@ -73,3 +73,18 @@ def test_the_hash_ignores_the_python_hash_seed(seed):
                          env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert eval(out.stdout) == PINNED_STRINGS
+
+
+@pytest.mark.parametrize("workers", [1, 3, 10, 70_000])
+def test_split_by_groups_rows_by_rank_in_their_order(workers):
+    """Each rank's part holds exactly the rows sent to it, in the table's order (a stable grouping), whatever
+    the rank's width: ranks that fit 16 bits are sorted as uint16 (a radix sort), wider ones as they are."""
+    from shardstats.worker.engine.exchange import split_by
+    rng = np.random.default_rng(workers)
+    n = 5000
+    dest = rng.integers(0, workers, n)
+    table = pa.table({"i": np.arange(n), "d": dest})
+    parts = split_by(table, dest, workers)
+    assert len(parts) == workers and sum(p.num_rows for p in parts) == n
+    for r in set(dest.tolist()) | {0}:
+        assert parts[r].column("i").to_pylist() == np.flatnonzero(dest == r).tolist()
