@@ -25,6 +25,19 @@ from shardstats.errors import JobError
 PREFIX = "job-"
 
 
+def write_failure(exc: OSError, folder: str | os.PathLike | None = None) -> str:
+    """What a failed write to disk says: "the disk is full" when it is (by the error, or by ``folder``'s free
+    space: numpy's tofile reports a short write without an errno, "N requested and M written"), else the OS's
+    words.  The spill and ``--out``'s part files say it alike."""
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not full and folder is not None:
+        try:
+            full = shutil.disk_usage(folder).free < 1 << 20
+        except OSError:
+            pass
+    return "the disk is full" if full else (exc.strerror or str(exc))
+
+
 def default_base() -> str:
     """Where spill folders go without ``--spill-dir``: the system's temporary folder."""
     return os.path.join(tempfile.gettempdir(), "shardstats-spill")
@@ -130,13 +143,8 @@ class SpillDir:
 
     def failure(self, exc: OSError) -> JobError:
         """The one line a failed spill write becomes."""
-        # numpy's tofile reports a short write without an errno ("N requested and M written"): ask the disk.
-        try:
-            full = shutil.disk_usage(self.base).free < 1 << 20
-        except OSError:
-            full = False
-        why = "the disk is full" if full or exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or str(exc))
-        return JobError(f"worker {self.worker}: spilling to {self.base}: {why} (--spill-dir)")
+        return JobError(f"worker {self.worker}: spilling to {self.base}: {write_failure(exc, self.base)} "
+                        f"(--spill-dir)")
 
     def count_written(self, n: int) -> None:
         self.written += n

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import shutil
 import threading
@@ -355,11 +354,10 @@ def _list_stale(out: str, where: str) -> list[str]:
 
 
 def _why(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return "the disk is full"
-    if isinstance(exc, ShardstatsError):
-        return str(exc).split(": ", 1)[-1]
-    return getattr(exc, "strerror", None) or str(exc)
+    if isinstance(exc, OSError):
+        from shardstats.worker.spill import write_failure
+        return write_failure(exc)
+    return str(exc).split(": ", 1)[-1]         # a store's error (ShardstatsError): its words after the name
 
 
 def discard_parts(comm: Communicator) -> None:
