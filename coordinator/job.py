@@ -359,11 +359,10 @@ async def run_job(addrs: list[str], token: bytes, spec: JobSpec, *, absolute_pat
         spec = _absolute_out(spec)
     clients, lost = await connect_reachable(addrs, token, tls=tls)
     base = os.urandom(6).hex()      # 48 random bits, as uuid4().hex[:12] gave (uuid imports platform: ~2 ms)
-    attempt = tries = 0
+    attempt, tries = 1, 0         # attempts lost to faults (max_retries); tries of any kind (the job's ids)
     busy_until, pause = None, BUSY_PAUSES[0]
     try:
         while True:
-            attempt += 1
             tries += 1
             job = base if tries == 1 else f"{base}.{tries}"
             try:
@@ -380,7 +379,6 @@ async def run_job(addrs: list[str], token: bytes, spec: JobSpec, *, absolute_pat
                 logs.event("job_busy", logging.WARNING, job=base, tries=tries, pause=pause, error=str(exc))
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, BUSY_PAUSES[1])
-                attempt -= 1
                 continue
             except ShardstatsError as exc:
                 gone = await _find_lost(clients, exc, live) if _retryable(exc) else []
@@ -399,6 +397,7 @@ async def run_job(addrs: list[str], token: bytes, spec: JobSpec, *, absolute_pat
                                    f"lost workers {', '.join(str(x['id']) for x in lost) or 'none'})") from None
                 logs.event("job_retry", logging.WARNING, job=base, attempt=attempt + 1, workers=len(clients),
                            error=str(exc))
+                attempt += 1
                 continue
             except BaseException:
                 await _abort(clients, job)
