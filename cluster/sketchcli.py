@@ -130,8 +130,10 @@ def merge(files: tuple[str, ...], out: str, set_op: str) -> None:
         parts = [{"file": os.path.basename(f), "created": h.get("created"), "input": h.get("input")}
                  for (h, _), f in zip(read, files)]
         fp = {"merged_from": parts} if set_op == "union" else {f"{set_op}_of": parts}
+        pops = [sk.sampling(h).get("population") for h, _ in read]
         head = sk.header(first["kind"], first["params"], payload, fp,
-                         first.get("column") if len(columns) == 1 else None)
+                         first.get("column") if len(columns) == 1 else None,
+                         sum(pops) if sk.sampling(first) and None not in pops else None)
         sk.write(out, head, payload)
     except ShardstatsError as exc:
         _fail(str(exc), exc.exit_code)
@@ -186,7 +188,9 @@ def show(file: str, quantiles: str | None, top: int | None, distinct: bool, coun
         ranks = [float(parse_quantile(q)) for q in (qs or ["0.5", "0.99"])]
         if kind == "kll_doubles":
             qs = qs or ["0.5", "0.99"]
-            ans = _guarded_parts(file, checked, sk.kll_answer, payload, ranks, vtype == "int64")
+            smp = sk.sampling(head)          # a sampled sketch's bound adds the sample's term
+            ans = _guarded_parts(file, checked, sk.kll_answer, payload, ranks, vtype == "int64",
+                                 smp.get("sample_rate", 1.0), smp.get("population"))
             ans["quantiles"] = {q: a for q, a in zip(qs, ans["quantiles"])}
         elif kind == "frequent_items_i64":
             ans = _guarded_parts(file, checked, sk.fi_answer, payload, top or 10)

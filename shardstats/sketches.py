@@ -67,13 +67,111 @@ def library_version() -> str:
 
 # ---- KLL quantiles --------------------------------------------------------------------------------
 
-def kll_build(values, k: int) -> bytes:
-    """The serialized KLL sketch of an int64 array; one vectorised update per block (no per-value loop)."""
+def kll_build(values, k: int, sample_rate: float = 1.0, rng=None) -> bytes:
+    """The serialized KLL sketch of an int64 (or float64) array; one vectorised update per block (no per-value
+    loop).  ``sample_rate`` < 1: of a Bernoulli sample of the values at that rate (``bernoulli_sample``)."""
     import numpy as np
+    if sample_rate < 1:
+        values = bernoulli_sample(values, sample_rate, rng if rng is not None else np.random.default_rng())
     s = ds().kll_doubles_sketch(k)
     for start in range(0, len(values), KLL_BLOCK):
         s.update(np.asarray(values[start:start + KLL_BLOCK], dtype=np.float64))
     return s.serialize()
+
+
+# ---- sampling: a KLL sketch of a uniform sample -------------------------------------------------------
+#
+# DataSketches' KLL costs ~29 ns a value; a sketch of a Bernoulli sample at rate p costs ~29p ns a value plus
+# the draw, which touches only the sampled positions (the gaps between them are geometric, so the draw costs
+# O(pN), not O(N)).  The price is a second, stated error term.  Given its size m the sample is uniform without
+# replacement, so for any fixed value x the share of the sample below x is off the population's by more than t
+# with probability <= exp(-2 m t**2 / (1 - (m - 1)/N)) (Hoeffding 1963, Serfling 1974).  A quantile answer is
+# wrong only if the sketch's own rank error is exceeded or, at the two fixed population values rank +- (eps + t)
+# away, the sample's share is off by t: so the answer's rank error is <= eps + t with probability
+# >= 1 - P(sketch) - SAMPLE_DELTA, per quantile, where t = sqrt(ln(2 / SAMPLE_DELTA) (1 - (m - 1)/N) / (2 m)).
+# The sample must be one rate for all the values: every rank of a job samples at the same p, and sketches of
+# different rates (or a sample and a full sketch) do not merge (``compatible``).
+
+SAMPLE_DELTA = 1e-6                 # the sampling term's failure probability, per quantile
+SAMPLE_MIN = 1 << 20                # an automatic sample holds at least this many values (expected)
+SAMPLE_SHARE = 0.25                 # ... and its own error is at most this share of the sketch's
+
+
+def sample_error(m: int, population: int | None = None, delta: float = SAMPLE_DELTA) -> float:
+    """The sampling term t of a sample of ``m`` of ``population`` values (None: unknown, no finite correction)."""
+    if m <= 0:
+        return 1.0
+    f = (m - 1) / population if population else 0.0
+    return math.sqrt(math.log(2 / delta) * max(0.0, 1 - f) / (2 * m))
+
+
+def auto_sample_rate(total: int, k: int) -> float:
+    """A power of two 2**-j, the smallest whose expected sample of ``total`` values holds max(SAMPLE_MIN, the size
+    at which the sampling term is SAMPLE_SHARE of the k-sketch's rank error) values; 1 (no sampling) below it."""
+    eps = ds().kll_doubles_sketch.get_normalized_rank_error(k, False)
+    want = max(SAMPLE_MIN, math.log(2 / SAMPLE_DELTA) / (2 * (SAMPLE_SHARE * eps) ** 2))
+    if total <= 2 * want:
+        return 1.0
+    return 2.0 ** -math.floor(math.log2(total / want))
+
+
+def parse_sample_rate(text: object) -> str:
+    """``auto``, ``1`` or a rate in (0, 1] as ``1/N`` or a decimal; kept as text, checked here."""
+    t = str(text).strip().lower()
+    if t == "auto":
+        return t
+    sample_rate_value(t)
+    return t
+
+
+def sample_rate_value(text: str) -> float:
+    t = str(text).strip()
+    try:
+        if "/" in t:
+            a, b = t.split("/", 1)
+            r = float(int(a)) / int(b)
+        else:
+            r = float(t)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"{t[:40]!r} is not a rate: auto, 1, 1/N or a number in (0, 1]") from None
+    if not 0 < r <= 1 or r != r:
+        raise ValueError(f"{t[:40]!r} is not a rate in (0, 1]")
+    return r
+
+
+def rate_text(p: float) -> str:
+    """1/64 for a power of two's reciprocal, else the decimal."""
+    inv = 1 / p
+    return f"1/{round(inv)}" if abs(inv - round(inv)) < 1e-9 else f"{p:g}"
+
+
+def sample_text(a: dict) -> str:
+    """A sampled answer's bound for people: which sample, and the two terms."""
+    n = f"~{a['n']:,}" if a.get("n_estimated") else f"{a['n']:,}"
+    return (f"from a {rate_text(a['sample_rate'])} sample ({a['sampled']:,} of {n} values): rank error <= "
+            f"{a['rank_error_bound']:.4%} = the sketch's {a['sketch_rank_error']:.4%} (99% confidence) + the "
+            f"sample's {a['sample_error']:.4%} (probability {1 - a['sample_confidence']:.0e} of more)")
+
+
+def bernoulli_sample(values, p: float, rng):
+    """Each value kept independently with probability ``p``: positions from geometric gaps, drawn a block of
+    ~pN at a time (a few rounds at most, no per-value loop); a copy of the kept values (a memory map is read
+    at those positions only)."""
+    import numpy as np
+    n = len(values)
+    if p >= 1 or n == 0:
+        return values
+    parts, pos = [], -1
+    while True:
+        want = int(max(n - pos, 0) * p * 1.05) + 64
+        at = pos + np.cumsum(rng.geometric(p, size=want))
+        inside = at[at < n]
+        parts.append(inside)
+        if len(inside) < len(at) or len(at) == 0:
+            break
+        pos = int(at[-1])
+    idx = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    return values[idx]
 
 
 def kll_load(data: bytes):
@@ -91,25 +189,36 @@ def to_int64(x: float) -> int:
     return max(I64_MIN, min(I64_MAX, int(x)))
 
 
-def kll_answer(data: bytes, ranks: list[float], as_int: bool = True) -> dict:
+def kll_answer(data: bytes, ranks: list[float], as_int: bool = True, sample_rate: float = 1.0,
+               population: int | None = None) -> dict:
     """Quantiles at normalized ``ranks`` from a serialized sketch, each with the interval of values the
     rank bound allows: the true quantile lies in [low, high] at the bound's confidence.  ``as_int``: the
-    sketch is of int64 values (answers clamped back into int64), else of float64 values (answered as such)."""
+    sketch is of int64 values (answers clamped back into int64), else of float64 values (answered as such).
+    ``sample_rate`` < 1: the sketch is of a Bernoulli sample of ``population`` values (None: unknown, then
+    estimated as sampled / rate), and the bound adds the sample's term (``sample_error``)."""
     conv = to_int64 if as_int else float
     s = kll_load(data)
     eps = s.normalized_rank_error(False)
     exact = not s.is_estimation_mode()
-    out = {"n": s.n, "k": s.k, "rank_error_bound": 0.0 if exact else eps, "library_rank_error": eps,
+    sketch_e = 0.0 if exact else eps
+    out = {"n": s.n, "k": s.k, "rank_error_bound": sketch_e, "library_rank_error": eps,
            "sketch_exact": exact, "sketch_bytes": len(data), "retained": s.num_retained,
            "min": conv(s.get_min_value()) if s.n else None, "max": conv(s.get_max_value()) if s.n else None,
-           "quantiles": []}
+           "confidence": 0.99, "quantiles": []}
+    if sample_rate < 1:
+        t = sample_error(s.n, population)
+        out.update(n=population if population is not None else round(s.n / sample_rate),
+                   n_estimated=population is None, sampled=s.n, sample_rate=sample_rate, sketch_rank_error=sketch_e,
+                   sample_error=t, sample_confidence=1 - SAMPLE_DELTA, rank_error_bound=min(1.0, sketch_e + t),
+                   sample_min=out.pop("min"), sample_max=out.pop("max"), min=None, max=None)
     if s.is_empty():
         return out
     e = out["rank_error_bound"]
     lo_v, hi_v = s.get_min_value(), s.get_max_value()
 
     def at(r: float) -> float:
-        # rank 0 and 1 are the minimum and maximum the sketch keeps exactly (its retained items may not hold them)
+        # rank 0 and 1 are the minimum and maximum the sketch keeps exactly (its retained items may not hold them;
+        # of a sample: the sample's, within the bound like any answer)
         return lo_v if r <= 0 else hi_v if r >= 1 else s.get_quantile(r, True)
     for r in ranks:
         q, lo, hi = at(r), at(r - e), at(r + e)
@@ -193,11 +302,26 @@ def hll_answer(data: bytes, precision: int) -> dict:
 
 # ---- the file format ---------------------------------------------------------------------------------
 
-def header(kind: str, params: dict, payload: bytes, fingerprint: dict | None, column=None) -> dict:
-    return {"magic": MAGIC, "version": FORMAT_VERSION, "kind": kind, "params": params, "column": column,
+def header(kind: str, params: dict, payload: bytes, fingerprint: dict | None, column=None,
+           population: int | None = None) -> dict:
+    """``population``: of a sampled sketch (``params["sample_rate"]``), the number of values it is a sample of
+    (the payload's n is the sample's): its answers state n and the sample's error term from it."""
+    head = {"magic": MAGIC, "version": FORMAT_VERSION, "kind": kind, "params": params, "column": column,
             "input": fingerprint or {}, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "library": library_version() if kind != "hll_registers" else "shardstats",
             "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+    if population is not None:
+        head["population"] = population
+    return head
+
+
+def sampling(head: dict) -> dict:
+    """A header's sample: {"sample_rate": p, "population": N or None} ({} for a sketch of every value)."""
+    rate = head["params"].get("sample_rate")
+    if rate is None:
+        return {}
+    pop = head.get("population")
+    return {"sample_rate": rate, "population": pop if isinstance(pop, int) and not isinstance(pop, bool) else None}
 
 
 def dump(head: dict, payload: bytes) -> bytes:
@@ -271,6 +395,9 @@ def parse(data: bytes, name: str) -> tuple[dict, bytes]:
         raise SketchFileError(f"{name}: truncated ({len(payload):,} of {size:,} payload bytes)")
     if len(payload) > size:
         raise SketchFileError(f"{name}: {len(payload) - size:,} bytes after the sketch (not a sketch file)")
+    pop = head.get("population")
+    if "population" in head and (isinstance(pop, bool) or not isinstance(pop, int) or pop < 0):
+        raise SketchFileError(f"{name}: header's population {str(pop)[:20]} is not a count of values")
     if hashlib.sha256(payload).hexdigest() != head.get("sha256"):
         raise SketchFileError(f"{name}: corrupt (the payload's SHA-256 does not match the header's)")
     if kind == "hll_registers":
@@ -295,6 +422,10 @@ def check_params(kind: str, params: object, name: str) -> dict:
                               f"{', '.join(kinds.KIND_TYPES.get(kind, kinds.VALUE_TYPES))})")
     if kind == "kll_doubles":
         num("k", *KLL_K)
+        rate = params.get("sample_rate", 1.0)
+        if "sample_rate" in params and (isinstance(rate, bool) or not isinstance(rate, float) or not 0 < rate < 1):
+            raise SketchFileError(f"{name}: kll_doubles parameter sample_rate = {str(rate)[:20]} is out of range "
+                                  f"(0, 1)")
     elif kind == "frequent_items_i64":
         num("lg_max_k", *LG_MAX_K)
     elif kind == "hll_registers":
@@ -327,6 +458,11 @@ def compatible(a: dict, b: dict, a_name: str, b_name: str) -> None:
     if a["kind"] != b["kind"]:
         raise SketchFileError(f"{b_name} is a {b['kind']} sketch and {a_name} a {a['kind']} sketch: only sketches "
                               f"of one kind merge")
+    ra, rb = a["params"].get("sample_rate"), b["params"].get("sample_rate")
+    if ra != rb:
+        say = lambda r: f"a {rate_text(r)} sample" if r else "a sketch of every value"  # noqa: E731
+        raise SketchFileError(f"{b_name} is {say(rb)} and {a_name} {say(ra)}: sampled sketches merge only with "
+                              f"sketches of the same --sample-rate (their ranks would weigh values unequally)")
     typed = lambda p: {"values": "int64", **p}  # noqa: E731 - files from before value types are of int64
     if typed(a["params"]) != typed(b["params"]):
         say = lambda p: ", ".join(f"{k}={v}" for k, v in sorted(typed(p).items()))  # noqa: E731
@@ -358,6 +494,9 @@ def validate_payload(head: dict, payload: bytes) -> dict:
         s = kll_load(payload)
         if s.k != params["k"]:
             raise ValueError(f"the payload's k is {s.k}, the header's {params['k']}")
+        pop = sampling(head).get("population")
+        if pop is not None and s.n > pop:
+            raise ValueError(f"a sample of {s.n:,} values from a population of {pop:,}")
         if not s.is_empty():
             qs = s.get_quantiles([i / 200 for i in range(201)], True)
             if any(x != x for x in qs) or any(b < a for a, b in zip(qs, qs[1:])):

@@ -234,7 +234,8 @@ def answer(kind: str, params: dict, data: bytes, question: dict) -> dict:
     if kind in ("kll_doubles", "frequent_items_i64", "hll_registers"):
         from shardstats import sketches as sk
         if kind == "kll_doubles":
-            out.update(sk.kll_answer(data, question.get("ranks", [0.5, 0.99]), vtype == "int64"))
+            out.update(sk.kll_answer(data, question.get("ranks", [0.5, 0.99]), vtype == "int64",
+                                     params.get("sample_rate", 1.0)))
         elif kind == "frequent_items_i64":
             out.update(sk.fi_answer(data, question.get("top", 10)))
         else:
@@ -379,9 +380,13 @@ def render_answer(kind: str, a: dict) -> list[str]:
     if kind in ("frequent_items_f64", "frequent_strings"):
         kind = "frequent_items_i64"
     if kind == "kll_doubles":
+        from shardstats.sketches import sample_text
         e = a["rank_error_bound"]
         say = f"rank error <= {e:.4%} at 99% confidence" if e else "exact (the sketch holds every value)"
-        lines = [f"{a['n']:,} values, min {a['min']}, max {a['max']}; {say}; {a['sketch_bytes']:,} B"]
+        if "sample_rate" in a:
+            lines = [f"{sample_text(a)}; sample min {a['sample_min']}, max {a['sample_max']}; {a['sketch_bytes']:,} B"]
+        else:
+            lines = [f"{a['n']:,} values, min {a['min']}, max {a['max']}; {say}; {a['sketch_bytes']:,} B"]
         lines += [f"  q{q}: ~{v['value']}  in [{v['low']}, {v['high']}]" for q, v in a["quantiles"].items()]
         return lines
     if kind == "frequent_items_i64":

@@ -140,16 +140,30 @@ async def fingerprint(comm: Communicator, values, vtype: str = "int64") -> dict 
 
 
 def save(comm: Communicator, path: str, kind: str, params: dict, payload: bytes, fp: dict | None,
-         column: str | None = None) -> str:
+         column: str | None = None, population: int | None = None) -> str:
     """Writes the merged sketch at rank 0 (a file under the worker's data root, or an ``s3://`` object written
-    with the worker's own AWS environment); where, as the worker resolved it."""
+    with the worker's own AWS environment); where, as the worker resolved it.  ``population``: of a sampled
+    sketch, how many values it samples."""
     from shardstats.worker.engine.answer import out_dir
     where = path if path.startswith("s3://") else out_dir(comm, path)
-    sk.write(where, sk.header(kind, params, payload, fp, column or getattr(comm, "column", None)), payload)
+    sk.write(where, sk.header(kind, params, payload, fp, column or getattr(comm, "column", None), population),
+             payload)
     return where
 
 
 # ---- quantiles: KLL ------------------------------------------------------------------------------------
+
+SAMPLE_KEYS = ("sampled", "sample_rate", "sketch_rank_error", "sample_error", "sample_confidence", "sample_min",
+               "sample_max")
+
+
+def sample_rate(params, total: int) -> float:
+    """The job's one sample rate (every rank computes it from the same total): the asked one; with auto, none
+    when the sketch is saved (saved sketches then merge with any other full one), else ``auto_sample_rate``."""
+    if params.sample_rate != "auto":
+        return sk.sample_rate_value(params.sample_rate)
+    return 1.0 if params.save_sketch else sk.auto_sample_rate(total, params.k)
+
 
 def _rank_counts(values: np.ndarray, points: list[float]) -> list[list[int]]:
     """For each point: how many values are below it and at or below it, compared as float64 (the sketch's order)."""
@@ -186,32 +200,37 @@ async def median(comm: Communicator, values: np.ndarray, params) -> tuple[dict |
                           quantiles={q: {"value": a["value"]} for q, a in zip(params.quantiles, qs[1:])})
         return result, stats
     t = time.perf_counter()
+    total = comm.total if not params.of else None        # --of: the coordinator counted rows, nulls among them
+    if total is None:
+        got = await tree_reduce(comm, {"n": len(values)}, lambda a, b: {"n": a["n"] + b["n"]}, "median.kll.n")
+        total = (await broadcast(comm, got, "median.kll.nb"))["n"]
+    if total == 0:
+        raise EmptyDataset("the dataset holds no values")
+    rate = sample_rate(params, total)
     comm.progress.set("sketch")
-    local = await asyncio.to_thread(sk.kll_build, values, params.k)
+    rng = np.random.default_rng(None if params.seed is None else [params.seed, comm.rank])
+    local = await asyncio.to_thread(sk.kll_build, values, params.k, rate, rng)
     sketched = time.perf_counter()
     comm.progress.set("reduce")
     got = await tree_reduce(comm, {"s": local}, lambda a, b: {"s": sk.kll_merge_bytes(a["s"], b["s"])},
                             "median.kll")
     reduced = time.perf_counter()
-    stats: dict = {"sketch_bytes": len(local), "rounds": tree_depth(comm.size),
+    stats: dict = {"sketch_bytes": len(local), "rounds": tree_depth(comm.size), "sample_rate": rate,
                    "phases": {"sketch": sketched - t, "reduce": reduced - sketched}}
     qs = list(params.quantiles)
     ranks = [0.5] + [float(exact_op.parse_quantile(q)) for q in qs]
     result = None
     if got is not None:
-        ans = await asyncio.to_thread(sk.kll_answer, got["s"], ranks, vtype == "int64")
-    if comm.total is None:        # no count from the coordinator: rank 0 tells every rank whether there is any
-        empty = (await broadcast(comm, {"e": int(ans["n"] == 0)} if got is not None else None, "median.kll.e"))["e"]
-    else:
-        empty = comm.total == 0
-    if empty:
-        raise EmptyDataset("the dataset holds no values")
-    if got is not None:
+        ans = await asyncio.to_thread(sk.kll_answer, got["s"], ranks, vtype == "int64", rate, total)
+        if ans.get("sampled") == 0:
+            raise InputError(f"--sample-rate {params.sample_rate}: the sample of {total:,} values is empty; "
+                             f"ask a higher rate (or auto)")
         m, rest = ans["quantiles"][0], ans["quantiles"][1:]
         result = {"value": m["value"], "low": m["low"], "high": m["high"], "exact": False, "approx": "kll",
                   "n": ans["n"], "k": ans["k"], "rank_error_bound": ans["rank_error_bound"], "confidence": 0.99,
                   "sketch_bytes": ans["sketch_bytes"], "retained": ans["retained"],
                   "min": ans["min"], "max": ans["max"], "values": vtype}
+        result.update({key: ans[key] for key in SAMPLE_KEYS if key in ans})
         if params.of:
             result.update(column=params.of, skipped=skipped)
         if qs:
@@ -222,8 +241,10 @@ async def median(comm: Communicator, values: np.ndarray, params) -> tuple[dict |
         fp = await fingerprint(comm, values, vtype)
         if got is not None:
             kp = {"k": params.k} if vtype == "int64" else {"k": params.k, "values": vtype}
+            if rate < 1:
+                kp["sample_rate"] = rate
             result["saved"] = await asyncio.to_thread(save, comm, params.save_sketch, "kll_doubles", kp, got["s"], fp,
-                                                      params.of)
+                                                      params.of, total if rate < 1 else None)
     if params.check:
         c0 = time.perf_counter()
         comm.progress.set("check")
@@ -263,8 +284,12 @@ def render_median(r: dict) -> list[str]:
         return lines + ([f"sketch saved to {r['saved']}"] if "saved" in r else [])
     e = r["rank_error_bound"]
     say = (f"rank error <= {e:.4%} at {r['confidence']:.0%} confidence" if e else "exact: the sketch holds every value")
-    lines = [f"median: ~{r['value']}  (KLL sketch, k={r['k']}, {r['n']:,} values; {say}: "
-             f"the median lies in [{r['low']}, {r['high']}]; sketch {r['sketch_bytes']:,} B)"]
+    if "sample_rate" in r:
+        lines = [f"median: ~{r['value']}  (KLL sketch, k={r['k']}, {sk.sample_text(r)}: the median lies in "
+                 f"[{r['low']}, {r['high']}]; sketch {r['sketch_bytes']:,} B)"]
+    else:
+        lines = [f"median: ~{r['value']}  (KLL sketch, k={r['k']}, {r['n']:,} values; {say}: "
+                 f"the median lies in [{r['low']}, {r['high']}]; sketch {r['sketch_bytes']:,} B)"]
     if r.get("column"):
         lines.append(f"  column {r['column']} ({r['values']}), {r.get('skipped') or 0:,} nulls/NaN skipped")
     for q, v in (r.get("quantiles") or {}).items():

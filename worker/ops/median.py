@@ -50,6 +50,11 @@ def _parse_quantiles(value: object) -> tuple[str, ...]:
     return qs
 
 
+def _sample_rate(value: object) -> str:
+    from shardstats.sketches import parse_sample_rate
+    return parse_sample_rate(value)
+
+
 @dataclass(frozen=True)
 class MedianParams(Params):
     even: str = option("mean", "For an even count: the exact mean of the two middle values, or one of them.",
@@ -74,9 +79,21 @@ class MedianParams(Params):
                          "no stated bound).", choices=("kll", "tdigest"))
     of: str | None = option(None, "With --approx: sketch column COL of table shards (.csv/.tsv/.parquet/.jsonl) "
                             "as the files type it, int64 or float64 (nulls and NaN skipped).", metavar="COL")
+    sample_rate: str = option("auto", "With --approx (KLL): sketch a uniform random sample of the values at this "
+                              "rate, every worker alike, and state the bound with the sample's error added (a "
+                              "second term, at 1 - 1e-6 per quantile). auto: a power of two leaving at least "
+                              "2**20 sampled values and the sample's term at most a quarter of the sketch's, 1 "
+                              "(every value) for small inputs and with --save-sketch, so saved sketches merge "
+                              "with each other; a saved sampled sketch records its rate and merges only with "
+                              "sketches of the same rate.", parse=_sample_rate, metavar="auto|1|1/N")
+    seed: int | None = option(None, "With --sample-rate: the sample's random seed (default: fresh entropy).",
+                              min=0, max=(1 << 63) - 1, advanced=True)
 
     def validate(self) -> None:          # the field ``check`` is the option --check: the rules go here
         approx_only(self)
+        if self.sample_rate != "auto" and (not self.approx or self.sketch != "kll"):
+            raise UsageError("--sample-rate: samples the values of the KLL sketch; add --approx (and keep "
+                             "--sketch kll)")
         if self.sketch == "tdigest" and (not self.approx or self.check):
             raise UsageError("--sketch tdigest: an approximate answer without a stated bound (add --approx; "
                              "--check is for the KLL sketch's bound)")
