@@ -62,6 +62,8 @@ def _same(a, b) -> bool:
         return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, str) and hasattr(b, "isoformat"):      # answers carry times as ISO text (answer.plain)
+        return a == b.isoformat()
     return a == b
 
 

@@ -324,3 +324,20 @@ def test_the_process_duckdb_follows_the_latest_workers_budget(tmp_path):
     agg.configure(8 << 30, str(tmp_path))
     assert limit() != small and agg._limits["memory_limit"] == "4096MiB"
     assert agg.run_sql("SELECT count(*) AS n FROM range(10)").column("n").to_pylist() == [10]
+
+
+async def test_a_hot_timestamp_key_is_salted_and_named_in_the_stats(tmp_path):
+    """Hot keys travel between ranks and into the stats: a timestamp (or date) key, which msgpack cannot carry
+    as a Python value, crashed the job ("cannot encode datetime") whenever it was hot and salting was on."""
+    rng = np.random.default_rng(5)
+    parts = []
+    for _ in range(3):
+        k = np.where(rng.random(3000) < 0.8, 5, rng.integers(0, 1000, 3000)) * 1_000_003
+        parts.append(pa.table({"t": pa.array(k, pa.timestamp("us")), "d": pa.array((k // 86_400_000_000).astype(np.int32), pa.date32()),
+                               "v": rng.integers(-50, 50, 3000)}))
+    d, files = shards(tmp_path, parts, "parquet")
+    async with in_process_cluster(3, root=str(tmp_path)) as c:
+        for keys in (["t"], ["d", "t"]):
+            rep = await check(c, d, files, keys, ["median(v)", "sum(v)", "count()"])
+            assert rep.workers[0]["salted_keys"] >= 1
+            assert rep.workers[0]["hot_keys"][0][keys.index("t")] == "1970-01-01T00:00:05.000015"

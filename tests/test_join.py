@@ -233,3 +233,25 @@ def test_a_zipf_keyed_big_side_keeps_every_reducer_within_1_5x_of_the_mean():
     rows = [s["reducer_pairs"] for s in stats]
     assert stats[0]["busiest_reducer_share_unsalted"] > 1.6 and stats[0]["salted_side"] == "right"
     assert max(rows) <= 1.5 * sum(rows) / len(rows), rows
+
+
+async def test_a_hot_timestamp_key_is_salted_and_the_rows_stay_the_same(tmp_path):
+    """A hot key that msgpack cannot carry as a Python value (a timestamp) crashed the salted join ("cannot
+    encode datetime"); the candidates now travel as Arrow and the stats show the key as ISO text."""
+    rng = np.random.default_rng(12)
+    L, R = tmp_path / "L", tmp_path / "R"
+    L.mkdir()
+    R.mkdir()
+    for i in range(3):
+        k = np.where(rng.random(4000) < 0.5, 7, rng.integers(0, 500, 4000)) * 1_000_000
+        pq.write_table(pa.table({"k": pa.array(k, pa.timestamp("us")), "v": rng.integers(0, 100, 4000)}),
+                       L / f"l{i}.parquet")
+    k = rng.integers(0, 500, 600) * 1_000_000
+    pq.write_table(pa.table({"k": pa.array(k, pa.timestamp("us")), "w": rng.random(600)}), R / "r.parquet")
+    _, want = duck(f"SELECT count(*), sum(l.v), sum(r.w) FROM read_parquet('{L}/*.parquet') l "
+                   f"JOIN read_parquet('{R}/*.parquet') r ON l.k = r.k")
+    async with in_process_cluster(4, root=str(tmp_path)) as c:
+        rep = await job(c, L, R, strategy="shuffle", out=str(tmp_path / "o"))
+    _, got = duck(f"SELECT count(*), sum(v), sum(w) FROM read_parquet('{tmp_path}/o/*.parquet')")
+    assert got[0][:2] == want[0][:2] and abs(got[0][2] - want[0][2]) <= 1e-9 * abs(want[0][2])
+    assert rep.workers[0]["hot_keys"][0][0] == "1970-01-01T00:00:07"

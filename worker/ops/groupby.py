@@ -24,7 +24,7 @@ from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.shuffle import ShuffleConfig
 from shardstats.worker.engine import aggregate as agg
 from shardstats.worker.engine import counter
-from shardstats.worker.engine.hot import find_hot, hot_rows, key_mask
+from shardstats.worker.engine.hot import find_hot, hot_rows, key_mask, shown
 from shardstats.worker.ops.contract import KeyedParams, Op, column_list, option, parse_salt
 from shardstats.worker.steps import numpy_step
 
@@ -211,7 +211,7 @@ async def groupby(comm: Communicator, table, params: GroupbyParams) -> tuple[dic
         if params.salt != "off" and comm.size > 1:
             hot = await find_hot(comm, sent, keys)
             if hot:
-                extra["hot_keys"] = [[*k, n] for k, n in hot[:10]]
+                extra["hot_keys"] = shown(hot)
                 if all(a.func in _RESALTABLE for a in aggs):
                     ways = comm.size if params.salt == "auto" else int(params.salt)
                     salt = _salt_column(sent, keys, hot, ways)

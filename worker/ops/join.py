@@ -32,7 +32,7 @@ from shardstats.worker.comm.collectives import allreduce
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.shuffle import ShuffleConfig
 from shardstats.worker.engine import counter
-from shardstats.worker.engine.hot import find_hot, hot_rows
+from shardstats.worker.engine.hot import find_hot, hot_rows, shown
 from shardstats.worker.ops.contract import KeyedParams, Op, column_list, option, parse_salt
 
 HOWS = ("inner", "left", "right", "full", "semi", "anti")
@@ -334,7 +334,7 @@ async def join(comm: Communicator, sides, params: JoinParams) -> tuple[dict | No
         mean = sum(total_before["b"]) / W if W else 0
         stats["busiest_reducer_share_unsalted"] = round(max(total_before["b"]) / mean, 4) if mean else 1.0
         if hot:
-            stats.update({"hot_keys": [[*k, n] for k, n in hot[:10]], "salted_side": salt_side, "salt": ways})
+            stats.update({"hot_keys": shown(hot), "salted_side": salt_side, "salt": ways})
     t1 = time.perf_counter()
     comm.progress.set("join")
     out = await numpy_step(left.num_rows + right.num_rows, _local_join, sql, left, right)
