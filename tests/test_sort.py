@@ -187,3 +187,24 @@ def test_routing_by_binary_search_equals_routing_by_the_whole_order(kind, direct
     assert np.array_equal(_route(t, splits, order), _route_all(t, splits, order))
     part = [order[0]]                                                # --partition-by: the key alone, no tiebreak
     assert np.array_equal(_route(t, splits.select(["k"]), part), _route_all(t, splits.select(["k"]), part))
+
+
+@pytest.mark.parametrize("desc", [False, True])
+@pytest.mark.parametrize("nulls", ["first", "last"])
+async def test_nan_sorts_above_every_number_in_either_direction_wherever_nulls_go(tmp_path, desc, nulls):
+    """NaN is the greatest float (DuckDB, Spark): last ascending, first descending, whatever --nulls says.
+    Arrow ties NaN to the null placement, which put NaN first ascending with nulls first and last descending
+    with nulls last -- in the sample, the routing and the reducers' sorts alike."""
+    rng = np.random.default_rng(31)
+    parts = []
+    for _ in range(3):
+        f = rng.choice([-2.5, -0.0, 0.0, 1.0, 7.25, np.nan], 400)
+        parts.append(pa.table({"f": pa.array(f, mask=rng.random(400) < 0.1), "g": rng.integers(0, 3, 400),
+                               "p": rng.integers(0, 10**9, 400)}))
+    d = write_parts(tmp_path, parts)
+    params = {"by": "f,g", "nulls": nulls, **({"desc": "f"} if desc else {})}
+    async with in_process_cluster(3, root=str(tmp_path)) as c:
+        await run_sort(c, d, tmp_path / "o", **params)
+    got, _ = read_parts(tmp_path / "o")
+    check_against_duckdb(d, got, f"f {'DESC' if desc else 'ASC'} NULLS {nulls.upper()}, g ASC NULLS {nulls.upper()}",
+                         ["f", "g"])

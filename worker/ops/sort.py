@@ -128,8 +128,22 @@ def _order(p: SortParams, keys: tuple[str, ...], tiebreak: bool) -> list[tuple[s
 
 
 def _sort_indices(table, order):
+    """The indices of ``table`` in ``order``, NaN above every number in either direction, as SQL has it.
+
+    Arrow places NaN with the nulls (``null_placement``): ascending with nulls first it put NaN before -1,
+    descending with nulls last after it, where DuckDB, Spark and the sort's contract put NaN last ascending and
+    first descending. A float key is therefore preceded by its is-NaN flag (null where the key is null, so nulls
+    still go where asked), sorted in the key's direction. The sample, the routing and the reducer all sort here."""
     import pyarrow as pa
     import pyarrow.compute as pc
+    flagged = []
+    for i, (c, o, p) in enumerate(order):
+        if pa.types.is_floating(table.schema.field(c).type):
+            flag = f"__sort_nan{i}"
+            table = table.append_column(flag, pc.is_nan(table.column(c)))
+            flagged.append((flag, o, p))
+        flagged.append((c, o, p))
+    order = flagged
     try:
         return pc.sort_indices(table, sort_keys=order)
     except (TypeError, ValueError):           # pyarrow < 25: one null placement for every key
