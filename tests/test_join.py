@@ -255,3 +255,37 @@ async def test_a_hot_timestamp_key_is_salted_and_the_rows_stay_the_same(tmp_path
     _, got = duck(f"SELECT count(*), sum(v), sum(w) FROM read_parquet('{tmp_path}/o/*.parquet')")
     assert got[0][:2] == want[0][:2] and abs(got[0][2] - want[0][2]) <= 1e-9 * abs(want[0][2])
     assert rep.workers[0]["hot_keys"][0][0] == "1970-01-01T00:00:07"
+
+
+async def test_a_join_taken_in_key_slice_passes_reports_the_unsalted_share_of_the_summed_counts(tmp_path):
+    """A shuffle join over the budget runs in key-slice passes; its passes' counts add, and the busiest reducer
+    unsalted is their sum's share (~1.0 on uniform keys), not the passes' shares added (it read 2.00)."""
+    from tests.test_beyond_memory import _settings
+    rng = np.random.default_rng(17)
+    L, R = tmp_path / "L", tmp_path / "R"
+    L.mkdir()
+    R.mkdir()
+    for i in range(3):
+        n = 150_000
+        pq.write_table(pa.table({"k": rng.integers(0, 10**6, n), "v": rng.random(n)}), L / f"l{i}.parquet")
+        pq.write_table(pa.table({"k": rng.integers(0, 10**6, n), "w": rng.random(n)}), R / f"r{i}.parquet")
+    async with in_process_cluster(3, root=str(tmp_path), settings=_settings(tmp_path)) as c:
+        rep = await job(c, L, R, strategy="shuffle", salt="off", limit=5)
+    assert max(w.get("passes", 1) for w in rep.workers) > 1
+    w0 = min(rep.workers, key=lambda w: w["rank"])
+    assert w0["busiest_reducer_share_unsalted"] < 1.1
+    per = w0["unsalted_reducer_pairs"]
+    assert per == [w["reducer_pairs"] for w in sorted(rep.workers, key=lambda w: w["rank"])]   # salt off: the load
+    assert w0["busiest_reducer_share_unsalted"] == round(max(per) / (sum(per) / 3), 4)
+
+
+def test_passes_add_counts_and_take_shares_of_the_sums():
+    from shardstats.worker.ops.passes import add_stats
+    a = {"unsalted_reducer_pairs": [10, 30], "busiest_reducer_share_unsalted": 1.5, "salt": 2,
+         "hot_keys": [["a", 7]], "shuffled_pairs": 5}
+    b = {"unsalted_reducer_pairs": [30, 10], "busiest_reducer_share_unsalted": 1.5, "salt": 2,
+         "hot_keys": [["b", 9]], "shuffled_pairs": 6}
+    out = add_stats(a, b)
+    assert out["unsalted_reducer_pairs"] == [40, 40] and out["busiest_reducer_share_unsalted"] == 1.0
+    assert out["salt"] == 2 and out["hot_keys"] == [["b", 9], ["a", 7]] and out["shuffled_pairs"] == 11
+    assert add_stats(a, {"shuffled_pairs": 1})["hot_keys"] == [["a", 7]]     # a pass without hot keys keeps them

@@ -11,13 +11,18 @@ from __future__ import annotations
 FIELDS = ("map_pairs", "combined_pairs", "shuffled_pairs", "shuffled_bytes")
 
 
+def share(counts: list) -> float:
+    """The busiest rank's load against the mean of ``counts`` (1.0 for none): the counter's imbalance figure."""
+    mean = sum(counts) / len(counts) if counts else 0
+    return round(max(counts) / mean, 4) if mean else 1.0
+
+
 def summarize(workers: list[dict]) -> dict:
     ws = sorted(workers, key=lambda w: w.get("rank", 0))
     out = {f: sum(w.get(f, 0) for w in ws) for f in FIELDS}
     per = [w.get("reducer_pairs", 0) for w in ws]
     out["reducer_pairs"] = per
-    mean = sum(per) / len(per) if per else 0
-    out["busiest_reducer_share"] = round(max(per) / mean, 4) if mean else 1.0
+    out["busiest_reducer_share"] = share(per)
     staged = [w["stages"] for w in ws if "stages" in w]
     if staged:                    # a chained job: each stage's counters summed over the workers
         out["stages"] = [{k: sum(s[i][k] for s in staged) for k in staged[0][i]} for i in range(len(staged[0]))]

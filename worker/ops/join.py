@@ -331,8 +331,10 @@ async def join(comm: Communicator, sides, params: JoinParams) -> tuple[dict | No
         # the busiest reducer had nothing been salted: every rank's own count of what the hash sends each rank
         total_before = await allreduce(comm, {"b": (before[0] + before[1]).tolist()},
                                        lambda a, b: {"b": [x + y for x, y in zip(a["b"], b["b"])]}, "join.before")
-        mean = sum(total_before["b"]) / W if W else 0
-        stats["busiest_reducer_share_unsalted"] = round(max(total_before["b"]) / mean, 4) if mean else 1.0
+        # with its counts: a job taken in key-slice passes adds each pass's counts and takes the share of the
+        # sums (passes.add_stats; the shares themselves, added, read 2.00 on uniform keys)
+        stats["unsalted_reducer_pairs"] = total_before["b"]
+        stats["busiest_reducer_share_unsalted"] = counter.share(total_before["b"])
         if hot:
             stats.update({"hot_keys": shown(hot), "salted_side": salt_side, "salt": ways})
     t1 = time.perf_counter()

@@ -20,6 +20,7 @@ from typing import Any
 from shardstats.lazy import numpy as np
 
 from shardstats.worker.comm.communicator import Communicator
+from shardstats.worker.engine import counter
 
 Once = Callable[[Communicator, "np.ndarray"], Awaitable[tuple[Any, dict]]]
 
@@ -55,22 +56,40 @@ async def over_slices(comm: Communicator, values: np.ndarray, once: Once,
     return answer, stats
 
 
+ELEMENTWISE = ("unsalted_reducer_pairs",)     # counts per rank: a pass's are added rank by rank
+KEPT = ("salt",)                              # a setting (reducers per hot key), the same in every pass that has it
+HOT = ("hot_keys",)                           # [*key, rows] of a pass: the passes' keys are disjoint (key slices)
+HOT_SHOWN = 10
+SHARES = {"busiest_reducer_share_unsalted": "unsalted_reducer_pairs"}    # a share: taken again of the summed counts
+
+
 def add_stats(a: dict, b: dict) -> dict:
-    """Two passes' stats as one job's: numbers and per-phase seconds add, peaks take the larger, the rest
-    (choices made) is the last pass's; an unknown count (None) stays unknown."""
+    """Two passes' stats as one job's: numbers and per-phase seconds add, peaks take the larger, counts per rank
+    add rank by rank, hot keys of both passes are listed (heaviest first), the rest (choices made) is the last
+    pass's, or the earlier one's where the last has none; an unknown count (None) stays unknown. A share
+    (``SHARES``) is taken again of the summed counts: two passes' shares of 1.0 once added up to 2.0."""
     if not a:
         return b
-    out = dict(b)
+    out = {**a, **b}
     for k, v in b.items():
         w = a.get(k)
         if k == "peak_rss_after":
             out[k] = {p: max(v.get(p, 0), w.get(p, 0)) for p in {*v, *w}} if w else v
         elif k == "phases":
             out[k] = {p: v.get(p, 0.0) + w.get(p, 0.0) for p in {*v, *(w or {})}}
+        elif k in ELEMENTWISE and isinstance(w, list) and len(w) == len(v):
+            out[k] = [x + y for x, y in zip(w, v)]
+        elif k in HOT and isinstance(w, list):
+            out[k] = sorted(w + v, key=lambda h: -h[-1])[:HOT_SHOWN]
+        elif k in KEPT:
+            out[k] = v
         elif isinstance(v, (int, float)) and not isinstance(v, bool) and isinstance(w, (int, float)):
             out[k] = v + w
         elif k == "distinct_keys":
             out[k] = None
+    for k, counts in SHARES.items():
+        if k in out and counts in out:
+            out[k] = counter.share(out[counts])
     if out.get("shuffled_values"):
         out["shuffle_bytes_per_value"] = round(out["shuffle_bytes"] / out["shuffled_values"], 3)
     return out
