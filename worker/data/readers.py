@@ -124,13 +124,22 @@ def _parquet_kept(ref: ShardRef, real_path: str, columns: list[str] | None, keep
             if text:
                 pf = pq.ParquetFile(f, read_dictionary=text, pre_buffer=False, buffer_size=PARQUET_BUFFER,
                                     metadata=pf.metadata)
-            kept = [keep(pa.Table.from_batches([b])) for b in pf.iter_batches(PARQUET_BATCH, columns=columns)]
+            batches = pf.iter_batches(PARQUET_BATCH, columns=columns)
             schema = pf.schema_arrow if columns is None else pa.schema([pf.schema_arrow.field(c) for c in columns])
             if text:
                 schema = pa.schema([fl.with_type(pa.dictionary(pa.int32(), fl.type)) if fl.name in text else fl
                                     for fl in schema])
         except (pa.ArrowInvalid, OSError) as exc:
             raise _parquet_error(name, exc) from None
+        kept = []
+        while True:     # only the file's decoding is the file's fault: what ``keep`` raises is not (a bug, a spill)
+            try:
+                b = next(batches, None)
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise _parquet_error(name, exc) from None
+            if b is None:
+                break
+            kept.append(keep(pa.Table.from_batches([b])))
     kept = [t for t in kept if t.num_rows]
     if not kept:
         return schema.empty_table()

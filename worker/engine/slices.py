@@ -30,12 +30,15 @@ EXPANSION = {".parquet": 4.0}    # a file's bytes in memory over its bytes on di
 
 def _key_hash(col) -> np.ndarray:
     import pyarrow as pa
+    import pyarrow.compute as pc
     t = col.type
     if pa.types.is_dictionary(t):
         col = col.cast(t.value_type)
         t = t.value_type
     if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_decimal(t):
-        col = col.cast(pa.float64())
+        # unsafe: an int64 beyond 2**53 rounds (Arrow's checked cast refused it, and the read failed as "not a
+        # readable Parquet file"); rounding only makes neighbours share a slice
+        col = pc.cast(col, pa.float64(), safe=False)
     return hash_array(col)
 
 
