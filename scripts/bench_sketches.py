@@ -16,13 +16,15 @@ with the exact one from numpy / collections.Counter, against the bound the answe
 
 and the largest number of bytes any rank sent (the goal: <= 64 KiB per worker).
 
-``median``: approximate median vs our exact median vs DuckDB's ``approx_quantile`` (and exact
-``quantile_disc``) vs Spark's ``percentile_approx``, all from the same Parquet files.
+``median``: approximate median (sampled, as auto picks, and of every value) vs our exact median
+vs DuckDB's ``approx_quantile`` (and exact ``quantile_disc``) vs Spark's ``percentile_approx``, all
+from the same Parquet files, ours also from .npy copies of them; interleaved rounds, wall and CPU.
 
-``merge30``: 30 daily KLL sketch files merged and asked p50/p99, in process and through the CLI.
+``merge30``: 30 daily KLL sketch files (of every value, or ``--sample-rate 1/N`` samples) merged and
+asked p50/p99, in process and through the CLI.
 
     python scripts/bench_sketches.py cases --cases 200 --max-size 200000
-    python scripts/bench_sketches.py median --rows 1e7 --workers 4
+    python scripts/bench_sketches.py median --rows 1e8 --workers 4 --rounds 3 --base-port 7600
     python scripts/bench_sketches.py merge30 --rows-per-day 1000000
     python scripts/bench_sketches.py groupby --data /tmp/shardstats-bench/G1_1e7_1e2_0_0 --by id3
 """
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -209,50 +212,141 @@ def _cli(*args: str, cwd: Path) -> tuple[float, dict]:
     return time.perf_counter() - t, json.loads(r.stdout)
 
 
-def bench_median(rows: int, workers: int, seed: int, spark: bool) -> dict:
-    import duckdb
-    base = Path(tempfile.gettempdir()) / "shardstats-bench" / f"sketch-median-{rows}-{workers}"
-    d = write_parquet(base, rows, workers, seed)
-    out: dict = {"rows": rows, "workers": workers, "files": str(d)}
-    env_cluster = ["--local", str(workers), "--column", "x", "--input", str(d)]
-    for name, extra in (("ours_approx", ["--approx"]), ("ours_exact", [])):
-        wall, doc = _cli("submit", "median", *env_cluster, *extra, cwd=d)
-        st = doc.get("stats") or {}
-        out[name] = {"value": doc["result"]["value"], "wall_seconds_with_startup": round(wall, 3),
-                     **{k: st.get(k) for k in ("seconds", "load_seconds", "run_seconds", "bytes_sent")},
-                     "max_bytes_sent_by_a_worker": max((w.get("bytes_sent", 0) for w in st.get("per_worker") or []),
-                                                       default=None)}
-    con = duckdb.connect()
-    for name, sql in (("duckdb_approx_quantile", "SELECT approx_quantile(x, 0.5) FROM read_parquet(?)"),
-                      ("duckdb_exact_quantile_disc", "SELECT quantile_disc(x, 0.5) FROM read_parquet(?)")):
-        t = time.perf_counter()
-        v = con.execute(sql, [str(d / "*.parquet")]).fetchone()[0]
-        out[name] = {"value": v, "seconds": round(time.perf_counter() - t, 3), "threads": con.execute(
-            "SELECT current_setting('threads')").fetchone()[0]}
-    if spark:
-        out["spark_percentile_approx"] = _spark(d)
+def _cpu(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes so far (0 for one that is gone)."""
+    import psutil
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _children_cpu() -> float:
+    import resource
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _self_cpu() -> float:
+    import resource
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+OURS = {"ours_approx": ["--approx"], "ours_approx_full": ["--approx", "--sample-rate", "1"], "ours_exact": []}
+OURS_NPY = {"ours_approx_npy": ["--approx"], "ours_exact_npy": []}
+
+
+def write_npy(parquet: Path) -> Path:
+    """The same values as .npy shards (the cluster's own int64 format, memory-mapped at the load), one per file."""
+    import pyarrow.parquet as pq
+    out = parquet.parent / (parquet.name + "-npy")
+    out.mkdir(exist_ok=True)
+    if not (out / "_done").exists():
+        for f in sorted(parquet.glob("*.parquet")):
+            np.save(out / (f.stem + ".npy"), pq.read_table(f, columns=["x"]).column("x").to_numpy())
+        (out / "_done").write_text("")
     return out
 
 
-def _spark(d: Path) -> dict:
+def bench_median(rows: int, workers: int, seed: int, spark: bool, rounds: int, base_port: int) -> dict:
+    """Every tool once per round, in an order rotated each round (a load change falls on all alike), from the same
+    Parquet files: ours on one ``cluster up`` (started once; job seconds from its stats, wall with the client's
+    start, CPU of the workers and the client), DuckDB in this process (its CPU: this process's), Spark
+    ``local[2]`` (session started once; CPU: the JVM's).  Medians over the rounds, and theirs / ours_approx.
+    Ours also runs on the same values as .npy shards (memory-mapped at the load, so the job is the op itself)."""
+    import duckdb
+    base = Path(tempfile.gettempdir()) / "shardstats-bench" / f"sketch-median-{rows}-{workers}"
+    d = write_parquet(base, rows, workers, seed)
+    out: dict = {"rows": rows, "workers": workers, "files": str(d), "rounds": rounds, "runs": {}}
+    cf = str(base.parent / f"bench-cluster-{base_port}.json")
+    subprocess.run([sys.executable, "-m", "shardstats.cluster.cli", "up", "--workers", str(workers), "--base-port",
+                    str(base_port), "--no-http", "--detach", "--cluster-file", cf, "--log-dir",
+                    str(base.parent / "logs"), "--spill-dir", str(base.parent / "spill")], check=True, timeout=120,
+                   capture_output=True)
+    sess = None
+    try:
+        pids = json.loads(Path(cf).read_text())["pids"]
+        con = duckdb.connect()
+        out["duckdb_threads"] = con.execute("SELECT current_setting('threads')").fetchone()[0]
+        files = str(d / "*.parquet")
+
+        npy = write_npy(d)
+
+        def ours(extra, where=d):
+            c0, k0 = _cpu(pids), _children_cpu()
+            column = ["--column", "x"] if where == d else []
+            wall, doc = _cli("submit", "median", "--cluster-file", cf, *column, "--input", str(where), *extra,
+                             cwd=d)
+            st = doc.get("stats") or {}
+            res = doc["result"]
+            return {"value": res["value"], "seconds": st.get("seconds"), "wall_with_client": round(wall, 3),
+                    "cpu": round(_cpu(pids) - c0, 3), "client_cpu": round(_children_cpu() - k0, 3),
+                    "load_seconds": st.get("load_seconds"),
+                    "run_seconds": st.get("run_seconds"),
+                    "max_bytes_sent_by_a_worker": max((w.get("bytes_sent", 0) for w in st.get("per_worker") or []),
+                                                      default=None),
+                    "bound": res.get("rank_error_bound"), "sample_rate": res.get("sample_rate", 1.0),
+                    "sampled": res.get("sampled")}
+
+        def duck(sql):
+            def run():
+                c0, t = _self_cpu(), time.perf_counter()
+                v = con.execute(sql, [files]).fetchone()[0]
+                return {"value": v, "seconds": round(time.perf_counter() - t, 3), "cpu": round(_self_cpu() - c0, 3)}
+            return run
+
+        tools = {name: (lambda e=extra: ours(e)) for name, extra in OURS.items()}
+        tools.update({name: (lambda e=extra: ours(e, npy)) for name, extra in OURS_NPY.items()})
+        tools["duckdb_approx_quantile"] = duck("SELECT approx_quantile(x, 0.5) FROM read_parquet(?)")
+        tools["duckdb_exact_quantile_disc"] = duck("SELECT quantile_disc(x, 0.5) FROM read_parquet(?)")
+        if spark:
+            sess, jvm = _spark_session()
+            out["spark_session_start_seconds"] = sess[1]
+
+            def spark_run():
+                from pyspark.sql import functions as F
+                c0, t = _cpu(jvm), time.perf_counter()
+                v = sess[0].read.parquet(str(d)).agg(F.percentile_approx("x", 0.5, 10000)).collect()[0][0]
+                return {"value": v, "seconds": round(time.perf_counter() - t, 3), "cpu": round(_cpu(jvm) - c0, 3),
+                        "accuracy": 10000}
+            tools["spark_percentile_approx"] = spark_run
+        ours(["--approx"])                               # warm: the workers import the sketch library once
+        names = list(tools)
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                out["runs"].setdefault(name, []).append(tools[name]())
+        out["load_average_after"] = os.getloadavg()
+    finally:
+        if sess is not None:
+            sess[0].stop()
+        subprocess.run([sys.executable, "-m", "shardstats.cluster.cli", "down", "--cluster-file", cf], timeout=120,
+                       capture_output=True)
+    med = lambda xs: float(np.median([x for x in xs if x is not None])) if xs else None  # noqa: E731
+    summary = {name: {"seconds": med([x["seconds"] for x in runs]), "cpu": med([x["cpu"] for x in runs]),
+                      "value": runs[-1]["value"]} for name, runs in out["runs"].items()}
+    ref = summary["ours_approx"]
+    for name, s in summary.items():
+        r = summary["ours_approx_npy"] if name.endswith("_npy") else ref       # .npy against .npy
+        s["seconds_ratio_to_ours_approx"] = round(s["seconds"] / r["seconds"], 2)
+        s["cpu_ratio_to_ours_approx"] = round(s["cpu"] / r["cpu"], 2) if r["cpu"] else None
+    out["summary"] = summary
+    return out
+
+
+def _spark_session():
+    """A local[2] Spark session, (session, its start seconds), and the JVM's pid(s) for its CPU."""
+    import psutil
     t0 = time.perf_counter()
     from pyspark.sql import SparkSession
-    from pyspark.sql import functions as F
     spark = SparkSession.builder.master("local[2]").appName("sketch-bench").config("spark.ui.enabled", "false") \
-        .config("spark.driver.memory", "2g").getOrCreate()
-    try:
-        started = time.perf_counter()
-        df = spark.read.parquet(str(d))
-        t = time.perf_counter()
-        v = df.agg(F.percentile_approx("x", 0.5, 10000)).collect()[0][0]
-        first = time.perf_counter() - t
-        t = time.perf_counter()
-        df.agg(F.percentile_approx("x", 0.5, 10000)).collect()
-        second = time.perf_counter() - t
-        return {"value": v, "seconds_first": round(first, 3), "seconds_warm": round(second, 3),
-                "session_start_seconds": round(started - t0, 3), "accuracy": 10000}
-    finally:
-        spark.stop()
+        .config("spark.driver.memory", "3g").getOrCreate()
+    jvm = [p.pid for p in psutil.Process().children(recursive=True) if "java" in (p.name() or "")]
+    return (spark, round(time.perf_counter() - t0, 3)), jvm
 
 
 # ---- groupby's approximate aggregates vs DuckDB's, on db-benchmark data ------------------------------------
@@ -287,22 +381,25 @@ def bench_groupby(data: Path, workers: int, by: str) -> dict:
 
 # ---- 30 daily sketches ------------------------------------------------------------------------------------
 
-def bench_merge30(rows_per_day: int, seed: int) -> dict:
+def bench_merge30(rows_per_day: int, seed: int, rate: float = 1.0) -> dict:
+    """``rate`` < 1: daily sketches of a sample at that rate (``--sample-rate``), answered with both terms."""
     from shardstats import sketches as sk
     d = Path(tempfile.mkdtemp(prefix="sketch-merge30-"))
     rng = np.random.default_rng(seed)
     days, files = [], []
+    params = {"k": 200, **({"sample_rate": rate} if rate < 1 else {})}
     for i in range(30):
         v = (rng.lognormal(3 + i / 30, 1, rows_per_day) * 1000).astype(np.int64)
         days.append(v)
-        payload = sk.kll_build(v, 200)
+        payload = sk.kll_build(v, 200, rate, rng)
         f = d / f"day{i:02d}.sketch"
-        sk.write(str(f), sk.header("kll_doubles", {"k": 200}, payload, {"values": len(v)}), payload)
+        sk.write(str(f), sk.header("kll_doubles", params, payload, {"values": len(v)}, None,
+                                   len(v) if rate < 1 else None), payload)
         files.append(str(f))
     t = time.perf_counter()
     read = [sk.read(f) for f in files]
     merged = sk.merge_payloads("kll_doubles", [p for _, p in read])
-    ans = sk.kll_answer(merged, [0.5, 0.99])
+    ans = sk.kll_answer(merged, [0.5, 0.99], True, rate, sum(h.get("population", 0) for h, _ in read) or None)
     in_process = time.perf_counter() - t
     allv = np.sort(np.concatenate(days).astype(np.float64))
     errs = []
@@ -320,7 +417,8 @@ def bench_merge30(rows_per_day: int, seed: int) -> dict:
     t = time.perf_counter()
     subprocess.run([sys.executable, "-c", "pass"], timeout=60)
     python_start = time.perf_counter() - t
-    return {"days": 30, "rows_per_day": rows_per_day, "merge_and_answer_in_process_ms": round(in_process * 1000, 2),
+    return {"days": 30, "rows_per_day": rows_per_day, "sample_rate": rate,
+            "merge_and_answer_in_process_ms": round(in_process * 1000, 2),
             "rank_errors": errs, "rank_error_bound": ans["rank_error_bound"], "within": all(e <= ans["rank_error_bound"]
                                                                                             for e in errs),
             "cli_merge_seconds": round(merge_cli, 3), "cli_show_seconds": round(show_cli, 3),
@@ -352,6 +450,8 @@ def main() -> None:
     m.add_argument("--workers", type=int, default=4)
     m.add_argument("--seed", type=int, default=1)
     m.add_argument("--no-spark", action="store_true")
+    m.add_argument("--rounds", type=int, default=3)
+    m.add_argument("--base-port", type=int, default=7600)
     gb = sub.add_parser("groupby")
     gb.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "shardstats-bench" / "G1_1e7_1e2_0_0")
     gb.add_argument("--workers", type=int, default=4)
@@ -359,6 +459,7 @@ def main() -> None:
     g = sub.add_parser("merge30")
     g.add_argument("--rows-per-day", type=float, default=1e6)
     g.add_argument("--seed", type=int, default=3)
+    g.add_argument("--sample-rate", default="1", help="1, or 1/N: daily sketches of a sample")
     a = ap.parse_args()
     if a.cmd == "cases":
         s = run_cases(a.cases, int(a.max_size), a.seed)
@@ -368,9 +469,11 @@ def main() -> None:
     elif a.cmd == "groupby":
         print(json.dumps(bench_groupby(a.data, a.workers, a.by), indent=2, default=str))
     elif a.cmd == "median":
-        print(json.dumps(bench_median(int(a.rows), a.workers, a.seed, not a.no_spark), indent=2, default=str))
+        print(json.dumps(bench_median(int(a.rows), a.workers, a.seed, not a.no_spark, a.rounds, a.base_port), indent=2,
+                         default=str))
     else:
-        print(json.dumps(bench_merge30(int(a.rows_per_day), a.seed), indent=2))
+        from shardstats.sketches import sample_rate_value
+        print(json.dumps(bench_merge30(int(a.rows_per_day), a.seed, sample_rate_value(a.sample_rate)), indent=2))
 
 
 if __name__ == "__main__":
