@@ -36,6 +36,9 @@ def test_same_key_same_hash_whatever_the_type_width_or_encoding():
     for form in (s, s.cast(pa.string_view()), s.dictionary_encode(), s.cast(pa.large_string()).slice(0)):
         assert (hash_array(form) == want).all()
     assert (hash_array(s.cast(pa.large_string()).slice(5, 100)) == want[5:105]).all()
+    assert (hash_array(s.slice(5, 100)) == want[5:105]).all()            # 32-bit offsets, hashed as they are
+    fixed = pa.array([f"id{x:03d}" for x in range(500)])
+    assert (hash_array(fixed.slice(3)) == hash_array(fixed.cast(pa.large_string()))[3:]).all()
     ints = [3, None, -7, 0]
     for t in (pa.int8(), pa.int16(), pa.int32(), pa.uint32()):
         got = hash_array(pa.array([3, None, 0], t))
@@ -88,3 +91,24 @@ def test_split_by_groups_rows_by_rank_in_their_order(workers):
     assert len(parts) == workers and sum(p.num_rows for p in parts) == n
     for r in set(dest.tolist()) | {0}:
         assert parts[r].column("i").to_pylist() == np.flatnonzero(dest == r).tolist()
+
+
+def test_text_travels_with_32_bit_offsets_and_a_receiver_takes_either_width(monkeypatch):
+    """``wire``: dictionaries decoded and large_string cast to string (a column too big for 32-bit offsets stays
+    large); a piece whose text offsets differ from the receiver's schema is taken as the receiver's type, and a
+    piece of another shape is still refused."""
+    import pytest
+    from shardstats.protocol.errors import ProtocolError
+    from shardstats.worker.data import codec
+    from shardstats.worker.engine import exchange
+    t = pa.table({"d": pa.array(["a", "bb", None, "a"]).dictionary_encode(),
+                  "s": pa.array(["x", None, "zz", ""], pa.large_string()), "n": [1, 2, 3, 4]})
+    w = exchange.wire(t)
+    assert w.schema.types == [pa.string(), pa.string(), pa.int64()]
+    assert w.to_pylist() == exchange.plain(t).to_pylist()
+    monkeypatch.setattr(exchange, "WIRE_STRING_BELOW", 8)
+    assert exchange.wire(t).schema.types == [pa.large_string(), pa.large_string(), pa.int64()]
+    got = codec.decode(codec.encode(w), exchange.plain(t).schema)         # string pieces, a large_string rank
+    assert got.schema == exchange.plain(t).schema and got.to_pylist() == w.to_pylist()
+    with pytest.raises(ProtocolError):
+        codec.decode(codec.encode(w), pa.schema([("d", pa.string()), ("s", pa.string()), ("n", pa.float64())]))

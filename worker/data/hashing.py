@@ -121,14 +121,16 @@ def hash_array(arr) -> np.ndarray:
                                       .astype(np.int64)] if len(arr.dictionary) else np.zeros(len(arr), np.uint64)
     elif pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) \
             or pa.types.is_large_binary(t) or pa.types.is_string_view(t) or pa.types.is_binary_view(t):
-        if not (pa.types.is_large_string(t) or pa.types.is_large_binary(t)):
+        if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+                or pa.types.is_large_binary(t)):          # views: to offsets and bytes
             arr = arr.cast(pa.large_binary() if "binary" in str(t) else pa.large_string())
         if len(arr) >= DICT_ABOVE and not _one_width(arr):
             enc = pc.dictionary_encode(arr)
             if len(enc.dictionary) * 2 <= len(arr):      # repeats: hash each distinct value once
                 return hash_array(enc)
         bufs = arr.buffers()
-        offsets = np.frombuffer(bufs[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
+        wide = pa.types.is_large_string(arr.type) or pa.types.is_large_binary(arr.type)
+        offsets = np.frombuffer(bufs[1], dtype=np.int64 if wide else np.int32)[arr.offset:arr.offset + len(arr) + 1]
         data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
         h = _string_hash(offsets, data)
     elif pa.types.is_floating(t):
