@@ -214,15 +214,8 @@ def _cli(*args: str, cwd: Path) -> tuple[float, dict]:
 
 def _cpu(pids: list[int]) -> float:
     """User + system CPU seconds of these processes so far (0 for one that is gone)."""
-    import psutil
-    total = 0.0
-    for pid in pids:
-        try:
-            t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            pass
-    return total
+    from scripts.bench_keyed_s3 import cpu_seconds
+    return cpu_seconds(pids)
 
 
 def _children_cpu() -> float:
