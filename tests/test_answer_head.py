@@ -45,3 +45,24 @@ def test_head_of_dictionary_keys_is_not_selected():
     t = pa.table({"d": pa.array(["b", "a", "c"] * 50).dictionary_encode(), "v": np.arange(150)})
     with pytest.raises((pa.ArrowNotImplementedError, pa.ArrowTypeError)):
         _head(t, [("d", "ascending")], 10)
+
+
+def test_answers_of_several_passes_together_still_fit_one_frame():
+    """Each pass's rows fit an answer frame; their union did not always (a group-by of collect_set over six
+    passes sent more than 65,536 containers, and the coordinator lost its only worker). The union is cut to
+    what fits, the row count kept."""
+    from shardstats.worker.engine.answer import ANSWER_CONTAINERS, _containers
+    from shardstats.worker.engine.slices import combine_rows
+    from shardstats.worker.ops.index import IndexParams, combine_passes
+    one = {"rows": 20_000, "columns": ["k", "set"], "data": [[i, ["a", "b"]] for i in range(20_000)]}
+    two = {"rows": 20_000, "columns": ["k", "set"], "data": [[-i, ["c"]] for i in range(20_000)]}
+    got = combine_rows(one, two, 0)
+    assert got["rows"] == 40_000 and 0 < len(got["data"]) < 40_000
+    assert 1 + sum(_containers(r) for r in got["data"]) <= ANSWER_CONTAINERS
+    assert got["data"] == (one["data"] + two["data"])[:len(got["data"])]
+    idx = {"words": 20_000, "postings": 1, "tokens": 1, "rows": 20_000, "columns": ["word", "docs"]}
+    a = {**idx, "data": [[f"a{i:05d}", ["d1", "d2"]] for i in range(20_000)]}
+    b = {**idx, "data": [[f"b{i:05d}", ["d3"]] for i in range(20_000)]}
+    got = combine_passes(a, b, IndexParams(limit=0))
+    assert got["words"] == 40_000 and 1 + sum(_containers(r) for r in got["data"]) <= ANSWER_CONTAINERS
+    assert got["data"] == (a["data"] + b["data"])[:len(got["data"])]

@@ -420,9 +420,11 @@ async def test_wordcount_and_the_index_beyond_the_budget_equal_counter(tmp_path)
             for w in set(re.findall(r"\w+", t.lower())):
                 docs.setdefault(w, []).append(name)
         assert rep.result["words"] == len(docs) and rep.result["tokens"] == sum(want.values())
+        # every word counted; those shown (the first that fit one answer: the passes' heads together are cut
+        # to it as one pass's are) with exactly their documents, in word order
         got = {w: sorted(Path(x).name for x in ds) for w, ds in rep.result["data"]}
-        assert got == {w: sorted(ds) for w, ds in docs.items()}
-        assert [r[0] for r in rep.result["data"]] == sorted(docs)
+        assert len(got) > 10_000 and got == {w: sorted(docs[w]) for w in sorted(docs)[:len(got)]}
+        assert [r[0] for r in rep.result["data"]] == sorted(docs)[:len(got)]
     assert list((tmp_path / "spill").iterdir()) == []
 
 

@@ -167,18 +167,23 @@ def _containers(v) -> int:
 
 def rows_of(table) -> list[list]:
     """The rows as plain lists, as many as fit one answer frame (``ANSWER_CONTAINERS``, ``ANSWER_BYTES``)."""
-    import msgpack
     cols = [table.column(i).to_pylist() for i in range(table.num_columns)]
-    rows, used = [], 1
-    for i in range(table.num_rows):
-        row = [plain(c[i]) for c in cols]
+    return fit(([plain(c[i]) for c in cols] for i in range(table.num_rows)))
+
+
+def fit(rows) -> list[list]:
+    """The first of ``rows`` (plain lists) that fit one answer frame. Also for answers put together from
+    several (a job's passes: each pass's rows fit, their union need not -- a group-by of collect_set over six
+    passes lost its only worker to a frame of more than 65,536 containers)."""
+    import msgpack
+    out, used, size = [], 1, 5
+    for row in rows:
         used += _containers(row)
-        if used > ANSWER_CONTAINERS:
+        size += len(msgpack.packb(row, default=str))
+        if used > ANSWER_CONTAINERS or size > ANSWER_BYTES:
             break
-        rows.append(row)
-    while rows and len(msgpack.packb(rows, default=str)) > ANSWER_BYTES:
-        rows = rows[: len(rows) // 2]
-    return rows
+        out.append(row)
+    return out
 
 
 def out_dir(comm: Communicator, out: str) -> str:

@@ -276,5 +276,6 @@ def combine_rows(a: dict, b: dict, limit: int) -> dict:
         present = [r for r in rows if r[i] is not None]
         present.sort(key=itemgetter(i), reverse=direction == "descending")     # stable either way
         rows = present + [r for r in rows if r[i] is None]
-    out["data"] = rows[:limit] if limit else rows
+    from shardstats.worker.engine.answer import fit
+    out["data"] = fit(rows[:limit] if limit else rows)
     return out

@@ -55,7 +55,8 @@ def combine_passes(a: dict, b: dict, params: IndexParams) -> dict:
     """Two passes' answers (disjoint words): counts added, the first words of both heads."""
     out = {**a, **{k: a[k] + b[k] for k in ("words", "postings", "tokens", "rows")}}
     if not a.get("out"):
-        out["data"] = sorted(a["data"] + b["data"], key=lambda r: r[0])[:params.limit or None]
+        from shardstats.worker.engine.answer import fit
+        out["data"] = fit(sorted(a["data"] + b["data"], key=lambda r: r[0])[:params.limit or None])
     return out
 
 
