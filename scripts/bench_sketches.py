@@ -20,6 +20,9 @@ and the largest number of bytes any rank sent (the goal: <= 64 KiB per worker).
 vs DuckDB's ``approx_quantile`` (and exact ``quantile_disc``) vs Spark's ``percentile_approx``, all
 from the same Parquet files, ours also from .npy copies of them; interleaved rounds, wall and CPU.
 
+``sampled``: the sampled median's answers on random datasets (unique-dup, Zipf, negatives, int64 extremes,
+all-equal, sorted, floats) of millions of values against numpy, each within the bound it states.
+
 ``merge30``: 30 daily KLL sketch files (of every value, or ``--sample-rate 1/N`` samples) merged and
 asked p50/p99, in process and through the CLI.
 
@@ -372,6 +375,83 @@ def bench_groupby(data: Path, workers: int, by: str) -> dict:
     return out
 
 
+# ---- the sampled median (``median --approx``, ``--sample-rate``): estimates against numpy at scale ----------
+
+SAMPLED_QS = ("0", "0.01", "0.25", "0.5", "0.9", "0.99", "1")
+
+
+def worst_rank_error(values: np.ndarray, res: dict) -> float:
+    """The largest true normalized rank error of the answer's median and quantiles, in the sketch's order (float64)."""
+    from shardstats.sketches import true_rank_error
+    s = np.sort(np.asarray(values, np.float64))
+    answers = [(0.5, res["value"])] + [(float(q), a["value"]) for q, a in (res.get("quantiles") or {}).items()]
+    worst = 0.0
+    for r, v in answers:
+        x = float(v) if abs(v) < 2 ** 63 - 1024 else float(np.float64(v))
+        lo, hi = np.searchsorted(s, x, "left"), np.searchsorted(s, x, "right")
+        worst = max(worst, true_rank_error(r, int(lo), int(hi), len(s)))
+    return worst
+
+
+def sampled_data(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    if kind == "unique-dup":
+        v = rng.permutation(n).astype(np.int64) * int(rng.integers(1, 1 << 20)) - int(rng.integers(0, 1 << 40))
+        v[rng.integers(0, n, max(1, n // 20))] = v[rng.integers(0, n)]
+        return v
+    if kind == "zipf":
+        return np.minimum(rng.zipf(float(rng.uniform(1.1, 2.5)), n), 1 << 50).astype(np.int64)
+    if kind == "negatives":
+        return -rng.integers(1, 10 ** int(rng.integers(1, 16)), n, dtype=np.int64)
+    if kind == "extremes":
+        v = rng.integers(np.iinfo(np.int64).min, np.iinfo(np.int64).max, n, endpoint=True, dtype=np.int64)
+        v[rng.integers(0, n, max(1, n // 10))] = rng.choice([np.iinfo(np.int64).min, np.iinfo(np.int64).max, np.iinfo(np.int64).min + 1, np.iinfo(np.int64).max - 1, 0])
+        return v
+    if kind == "all-equal":
+        return np.full(n, int(rng.integers(-5, 5)), np.int64)
+    if kind == "sorted":                  # an adversarial order: each rank holds one end of the range
+        return np.sort(rng.integers(-10 ** 9, 10 ** 9, n, dtype=np.int64))
+    return rng.normal(0, 10 ** float(rng.uniform(-3, 6)), n)          # floats
+
+
+SAMPLED_KINDS = ("unique-dup", "zipf", "negatives", "extremes", "all-equal", "sorted", "floats")
+
+
+def sampled_median(values: np.ndarray, shards: int, workers: int, params: dict) -> dict:
+    """median --approx on ``workers`` in-memory ranks holding ``shards`` contiguous pieces (floats: as --of tables)."""
+    pieces = np.array_split(values, shards)
+    from shardstats.testing import run_on_ranks
+    if values.dtype == np.float64:
+        import pyarrow as pa
+        parts = [pa.table({"c": np.concatenate(pieces[r::workers]) if pieces[r::workers] else np.zeros(0)})
+                 for r in range(workers)]
+        out, _ = run_on_ranks("median", parts, {**params, "of": "c"}, timeout=600)
+        return out[0][0]
+    parts = [np.concatenate(pieces[r::workers]).astype(np.int64) if pieces[r::workers] else np.zeros(0, np.int64)
+             for r in range(workers)]
+    out, _ = run_on_ranks("median", parts, params, timeout=600)
+    return out[0][0]
+
+
+def run_sampled(cases: int, min_size: int, max_size: int, seed: int, rate: str) -> dict:
+    """``cases`` random datasets of every kind through ``median --approx`` (``rate``: auto or 1/N) on 1-6
+    in-memory ranks: each answer's worst true rank error against the bound it states."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(cases):
+        kind = SAMPLED_KINDS[i % len(SAMPLED_KINDS)]
+        n = int(rng.integers(min_size, max_size + 1))
+        values = sampled_data(kind, n, rng)
+        shards, workers = int(rng.integers(1, 10)), int(rng.integers(1, 7))
+        res = sampled_median(values, shards, workers, {"approx": True, "quantiles": ",".join(SAMPLED_QS),
+                                                       "sample_rate": rate})
+        err = worst_rank_error(values, res)
+        rows.append({"kind": kind, "n": n, "workers": workers, "sample_rate": res.get("sample_rate", 1.0),
+                     "sampled": res.get("sampled"), "worst_rank_error": err, "bound": res["rank_error_bound"],
+                     "within": bool(err <= res["rank_error_bound"])})
+    return {"cases": cases, "within": sum(r["within"] for r in rows),
+            "max_error_over_bound": max(r["worst_rank_error"] / r["bound"] for r in rows), "rows": rows}
+
+
 # ---- 30 daily sketches ------------------------------------------------------------------------------------
 
 def bench_merge30(rows_per_day: int, seed: int, rate: float = 1.0) -> dict:
@@ -449,6 +529,12 @@ def main() -> None:
     gb.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "shardstats-bench" / "G1_1e7_1e2_0_0")
     gb.add_argument("--workers", type=int, default=4)
     gb.add_argument("--by", default="id3")
+    sp = sub.add_parser("sampled")
+    sp.add_argument("--cases", type=int, default=14)
+    sp.add_argument("--min-size", type=float, default=5e6)
+    sp.add_argument("--max-size", type=float, default=2e7)
+    sp.add_argument("--seed", type=int, default=77)
+    sp.add_argument("--sample-rate", default="auto")
     g = sub.add_parser("merge30")
     g.add_argument("--rows-per-day", type=float, default=1e6)
     g.add_argument("--seed", type=int, default=3)
@@ -459,6 +545,8 @@ def main() -> None:
         print(table(s))
         for f in s["failures"]:
             print("outside:", json.dumps(f))
+    elif a.cmd == "sampled":
+        print(json.dumps(run_sampled(a.cases, int(a.min_size), int(a.max_size), a.seed, a.sample_rate), indent=2))
     elif a.cmd == "groupby":
         print(json.dumps(bench_groupby(a.data, a.workers, a.by), indent=2, default=str))
     elif a.cmd == "median":

@@ -9,58 +9,13 @@ import math
 import numpy as np
 import pytest
 
+from scripts.bench_sketches import SAMPLED_KINDS as KINDS
+from scripts.bench_sketches import SAMPLED_QS as QS
+from scripts.bench_sketches import sampled_data as _dataset
+from scripts.bench_sketches import sampled_median as _run
+from scripts.bench_sketches import worst_rank_error as _worst_rank_error
 from shardstats import sketches as sk
-from shardstats.testing import run_on_ranks
-from tests.conftest import I64_MAX, I64_MIN, cli, find_op, run_op
-
-QS = ("0", "0.01", "0.25", "0.5", "0.9", "0.99", "1")
-
-
-def _worst_rank_error(values: np.ndarray, res: dict) -> float:
-    """The largest true normalized rank error of the answer's median and quantiles, in the sketch's order (float64)."""
-    s = np.sort(np.asarray(values, np.float64))
-    answers = [(0.5, res["value"])] + [(float(q), a["value"]) for q, a in (res.get("quantiles") or {}).items()]
-    worst = 0.0
-    for r, v in answers:
-        x = float(v) if abs(v) < 2 ** 63 - 1024 else float(np.float64(v))
-        lo, hi = np.searchsorted(s, x, "left"), np.searchsorted(s, x, "right")
-        worst = max(worst, sk.true_rank_error(r, int(lo), int(hi), len(s)))
-    return worst
-
-
-def _dataset(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
-    if kind == "unique-dup":
-        v = rng.permutation(n).astype(np.int64) * int(rng.integers(1, 1 << 20)) - int(rng.integers(0, 1 << 40))
-        v[rng.integers(0, n, max(1, n // 20))] = v[rng.integers(0, n)]
-        return v
-    if kind == "zipf":
-        return np.minimum(rng.zipf(float(rng.uniform(1.1, 2.5)), n), 1 << 50).astype(np.int64)
-    if kind == "negatives":
-        return -rng.integers(1, 10 ** int(rng.integers(1, 16)), n, dtype=np.int64)
-    if kind == "extremes":
-        v = rng.integers(I64_MIN, I64_MAX, n, endpoint=True, dtype=np.int64)
-        v[rng.integers(0, n, max(1, n // 10))] = rng.choice([I64_MIN, I64_MAX, I64_MIN + 1, I64_MAX - 1, 0])
-        return v
-    if kind == "all-equal":
-        return np.full(n, int(rng.integers(-5, 5)), np.int64)
-    if kind == "sorted":                  # an adversarial order: each rank holds one end of the range
-        return np.sort(rng.integers(-10 ** 9, 10 ** 9, n, dtype=np.int64))
-    return rng.normal(0, 10 ** float(rng.uniform(-3, 6)), n)          # floats
-
-
-KINDS = ("unique-dup", "zipf", "negatives", "extremes", "all-equal", "sorted", "floats")
-
-
-def _run(values: np.ndarray, shards: int, workers: int, params: dict) -> dict:
-    """median --approx on ``workers`` in-memory ranks holding ``shards`` contiguous pieces (floats: as --of tables)."""
-    pieces = np.array_split(values, shards)
-    if values.dtype == np.float64:
-        import pyarrow as pa
-        parts = [pa.table({"c": np.concatenate(pieces[r::workers]) if pieces[r::workers] else np.zeros(0)})
-                 for r in range(workers)]
-        out, _ = run_on_ranks(find_op("median"), parts, {**params, "of": "c"}, timeout=60)
-        return out[0][0]
-    return run_op("median", pieces, workers, params)[0]
+from tests.conftest import cli, run_op
 
 
 def test_sampled_estimates_within_their_stated_bound_on_random_datasets():
