@@ -106,6 +106,38 @@ def test_grouped_and_folded_pairs_give_counters_answer(monkeypatch, fold):
         assert len(calls) > len(want) + 1              # it did fold before the end
 
 
+@pytest.mark.parametrize("least", [2, 4])
+def test_a_fold_over_the_frequent_keys_keeps_the_answer_and_the_bound(monkeypatch, least):
+    """A fold combines the keys holding FOLD_MIN values or more, and every key holding several only when the
+    pairs held are still over FOLD_PAIRS: the answer is Counter's either way, and after every fold the child
+    holds at most max(FOLD_PAIRS, its distinct keys) pairs."""
+    monkeypatch.setattr(uc, "FOLD_PAIRS", 40)
+    monkeypatch.setattr(uc, "FOLD_MIN", least)
+    monkeypatch.setattr(uc, "BATCH_ROWS", 5)
+    rng = random.Random(4)
+    words = [f"w{int(rng.paretovariate(1.2))}" for _ in range(3000)]      # a few frequent keys, many rare ones
+    table = pa.table({"text": [" ".join(words[i:i + 6]) for i in range(0, len(words), 6)]})
+    after = []
+    fold = uc._Groups.fold
+
+    def watched(self, combiner):
+        fold(self, combiner)
+        after.append((self.held(), len(self.strs)))
+    monkeypatch.setattr(uc._Groups, "fold", watched)
+
+    def combiner(k, vs):
+        yield k, sum(vs)
+    pairs, counts = uc._map(job(mapper=lambda rec: ((w, 1) for w in rec["text"].split()), combiner=combiner),
+                            table, True, None)
+    assert dict(unpacked(pairs)) == Counter(words)
+    assert counts == {"map_pairs": len(words), "combined_pairs": len(Counter(words)), "batch": False}
+    assert len(after) > 5 and all(held <= max(40, keys) for held, keys in after)
+    if least == 2:      # every fold a full one: one value a key after it
+        assert all(held == keys for held, keys in after)
+    else:               # some folds left the rare keys' few values for later
+        assert any(held > keys for held, keys in after)
+
+
 def test_keys_python_calls_equal_stay_apart():
     """1, True and 1.0 are three keys on the map side and on the reduce side (the reducer once merged 1 and
     True, keeping one's values only); a list key travels packed."""
