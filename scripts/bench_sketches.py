@@ -23,6 +23,9 @@ from the same Parquet files, ours also from .npy copies of them; interleaved rou
 ``sampled``: the sampled median's answers on random datasets (unique-dup, Zipf, negatives, int64 extremes,
 all-equal, sorted, floats) of millions of values against numpy, each within the bound it states.
 
+``sample-cost``: one rank's ns a value for KLL of every value, of a sample drawn three ways, and numpy's exact
+partition, from a memory-mapped .npy.
+
 ``merge30``: 30 daily KLL sketch files (of every value, or ``--sample-rate 1/N`` samples) merged and
 asked p50/p99, in process and through the CLI.
 
@@ -452,6 +455,50 @@ def run_sampled(cases: int, min_size: int, max_size: int, seed: int, rate: str) 
             "max_error_over_bound": max(r["worst_rank_error"] / r["bound"] for r in rows), "rows": rows}
 
 
+def sample_costs(rows: int, rate: float, repeats: int, seed: int) -> dict:
+    """ns a value, wall and CPU, of one rank's ways to a quantile sketch of ``rows`` int64 values read from a .npy
+    memory map (mapped afresh each time, so the page faults of the read count; the page cache is warm): KLL of
+    every value, KLL of a Bernoulli sample by a uniform draw per value (``random(n) < p``), by ``choice`` without
+    replacement, by geometric gaps (``sketches.bernoulli_sample``), and numpy's exact ``partition``; each method
+    once a round in turn, the median over ``repeats`` rounds."""
+    from shardstats import sketches as sk
+    d = Path(tempfile.mkdtemp(prefix="sample-cost-"))
+    f = d / "v.npy"
+    np.save(f, np.random.default_rng(seed).permutation(rows).astype(np.int64))
+    rng = np.random.default_rng(seed + 1)
+
+    def kll(v):
+        return sk.kll_build(v, 200)
+    ways = {
+        "kll_every_value": lambda v: kll(v),
+        "kll_of_mask_random_lt_p": lambda v: kll(v[rng.random(len(v)) < rate]),
+        "kll_of_choice_no_replacement": lambda v: kll(v[np.sort(rng.choice(len(v), rng.binomial(len(v), rate),
+                                                                           replace=False))]),
+        "kll_of_geometric_gaps": lambda v: sk.kll_build(v, 200, rate, rng),
+        "exact_partition": lambda v: np.partition(np.array(v), len(v) // 2)[len(v) // 2],
+    }
+    import resource
+
+    def cpu():
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+    got: dict = {name: [] for name in ways}
+    try:
+        for _ in range(repeats):
+            for name, fn in ways.items():
+                v = np.load(f, mmap_mode="r")
+                c, t = cpu(), time.perf_counter()
+                fn(v)
+                got[name].append(((time.perf_counter() - t) * 1e9 / rows, (cpu() - c) * 1e9 / rows))
+                del v
+    finally:
+        f.unlink()
+        d.rmdir()
+    return {"rows": rows, "rate": rate, "repeats": repeats, "load_average": os.getloadavg(),
+            "ns_per_value": {name: {"wall": round(float(np.median([w for w, _ in xs])), 2),
+                                    "cpu": round(float(np.median([c for _, c in xs])), 2)} for name, xs in got.items()}}
+
+
 # ---- 30 daily sketches ------------------------------------------------------------------------------------
 
 def bench_merge30(rows_per_day: int, seed: int, rate: float = 1.0) -> dict:
@@ -535,6 +582,11 @@ def main() -> None:
     sp.add_argument("--max-size", type=float, default=2e7)
     sp.add_argument("--seed", type=int, default=77)
     sp.add_argument("--sample-rate", default="auto")
+    sc = sub.add_parser("sample-cost")
+    sc.add_argument("--rows", type=float, default=2.5e7)
+    sc.add_argument("--sample-rate", default="1/64")
+    sc.add_argument("--repeats", type=int, default=3)
+    sc.add_argument("--seed", type=int, default=5)
     g = sub.add_parser("merge30")
     g.add_argument("--rows-per-day", type=float, default=1e6)
     g.add_argument("--seed", type=int, default=3)
@@ -547,6 +599,9 @@ def main() -> None:
             print("outside:", json.dumps(f))
     elif a.cmd == "sampled":
         print(json.dumps(run_sampled(a.cases, int(a.min_size), int(a.max_size), a.seed, a.sample_rate), indent=2))
+    elif a.cmd == "sample-cost":
+        from shardstats.sketches import sample_rate_value
+        print(json.dumps(sample_costs(int(a.rows), sample_rate_value(a.sample_rate), a.repeats, a.seed), indent=2))
     elif a.cmd == "groupby":
         print(json.dumps(bench_groupby(a.data, a.workers, a.by), indent=2, default=str))
     elif a.cmd == "median":
