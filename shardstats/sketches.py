@@ -220,11 +220,18 @@ def kll_answer(data: bytes, ranks: list[float], as_int: bool = True, sample_rate
         # rank 0 and 1 are the minimum and maximum the sketch keeps exactly (its retained items may not hold them;
         # of a sample: the sample's, within the bound like any answer)
         return lo_v if r <= 0 else hi_v if r >= 1 else s.get_quantile(r, True)
+    sampled = sample_rate < 1
     for r in ranks:
         q, lo, hi = at(r), at(r - e), at(r + e)
-        out["quantiles"].append({"rank": r, "value": conv(q), "low": conv(lo), "high": conv(hi),
-                                 "raw": q})
+        # a sample's minimum and maximum are not the data's: an interval reaching past them is open (None) there
+        out["quantiles"].append({"rank": r, "value": conv(q), "low": None if sampled and r - e <= 0 else conv(lo),
+                                 "high": None if sampled and r + e >= 1 else conv(hi), "raw": q})
     return out
+
+
+def interval_text(low, high) -> str:
+    """[low, high], an open end (None: below a sample's minimum or above its maximum) as -inf / +inf."""
+    return f"{'(-inf' if low is None else f'[{low}'}, {'+inf)' if high is None else f'{high}]'}"
 
 
 def true_rank_error(rank: float, below: int, at_or_below: int, n: int) -> float:

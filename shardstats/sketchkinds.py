@@ -387,7 +387,8 @@ def render_answer(kind: str, a: dict) -> list[str]:
             lines = [f"{sample_text(a)}; sample min {a['sample_min']}, max {a['sample_max']}; {a['sketch_bytes']:,} B"]
         else:
             lines = [f"{a['n']:,} values, min {a['min']}, max {a['max']}; {say}; {a['sketch_bytes']:,} B"]
-        lines += [f"  q{q}: ~{v['value']}  in [{v['low']}, {v['high']}]" for q, v in a["quantiles"].items()]
+        from shardstats.sketches import interval_text
+        lines += [f"  q{q}: ~{v['value']}  in {interval_text(v['low'], v['high'])}" for q, v in a["quantiles"].items()]
         return lines
     if kind == "frequent_items_i64":
         lines = [f"{a['total']:,} values; each count within [lower, upper], maximum error {a['max_error']:,}; "

@@ -18,6 +18,25 @@ from shardstats import sketches as sk
 from tests.conftest import cli, run_op
 
 
+def _assert_intervals_hold(values: np.ndarray, res: dict, sampled: bool) -> None:
+    """Each stated [low, high] holds a value whose rank interval contains the asked rank (float64 order); a sample's
+    interval is open (None) where it would reach past the sample's minimum or maximum."""
+    s = np.sort(np.asarray(values, np.float64))
+    n = len(s)
+    f = lambda v: float(v) if abs(v) < 2 ** 63 - 1024 else float(np.float64(v))  # noqa: E731
+    asked = [(0.5, res)] + [(float(q), a) for q, a in (res.get("quantiles") or {}).items()]
+    e = res["rank_error_bound"]
+    for r, a in asked:
+        if a["low"] is not None:
+            assert np.searchsorted(s, f(a["low"]), "left") <= r * n + 1e-9, (r, a)
+        else:
+            assert sampled and r - e <= 0, (r, a)
+        if a["high"] is not None:
+            assert np.searchsorted(s, f(a["high"]), "right") >= r * n - 1e-9, (r, a)
+        else:
+            assert sampled and r + e >= 1, (r, a)
+
+
 def test_sampled_estimates_within_their_stated_bound_on_random_datasets():
     """60 random cases: every kind of data, 1 to 120k values, 1-9 shards on 1-6 ranks (more ranks than shards
     too), a forced rate of 1/2 to 1/256 or auto (no sampling at these sizes): every answer within its bound."""
@@ -36,6 +55,7 @@ def test_sampled_estimates_within_their_stated_bound_on_random_datasets():
         err = _worst_rank_error(values, res)
         assert res["n"] == n, (case, kind)
         assert err <= res["rank_error_bound"] + 1e-12, (case, kind, n, rate, err, res["rank_error_bound"])
+        _assert_intervals_hold(values, res, "sample_rate" in res)
         if rate == "auto":
             assert "sample_rate" not in res                # small inputs are sketched whole
         else:

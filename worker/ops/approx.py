@@ -286,14 +286,14 @@ def render_median(r: dict) -> list[str]:
     say = (f"rank error <= {e:.4%} at {r['confidence']:.0%} confidence" if e else "exact: the sketch holds every value")
     if "sample_rate" in r:
         lines = [f"median: ~{r['value']}  (KLL sketch, k={r['k']}, {sk.sample_text(r)}: the median lies in "
-                 f"[{r['low']}, {r['high']}]; sketch {r['sketch_bytes']:,} B)"]
+                 f"{sk.interval_text(r['low'], r['high'])}; sketch {r['sketch_bytes']:,} B)"]
     else:
         lines = [f"median: ~{r['value']}  (KLL sketch, k={r['k']}, {r['n']:,} values; {say}: "
                  f"the median lies in [{r['low']}, {r['high']}]; sketch {r['sketch_bytes']:,} B)"]
     if r.get("column"):
         lines.append(f"  column {r['column']} ({r['values']}), {r.get('skipped') or 0:,} nulls/NaN skipped")
     for q, v in (r.get("quantiles") or {}).items():
-        lines.append(f"  q{q}: ~{v['value']}  in [{v['low']}, {v['high']}]")
+        lines.append(f"  q{q}: ~{v['value']}  in {sk.interval_text(v['low'], v['high'])}")
     if "check" in r:
         c = r["check"]
         lines.append(f"check against the exact job: max rank error {c['max_rank_error']:.4%} vs bound {e:.4%} "
