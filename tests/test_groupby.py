@@ -153,8 +153,8 @@ async def test_bad_input_names_file_and_columns(tmp_path):
         with pytest.raises(UsageError, match=r"sum\(s\): column 's' holds"):
             await run_job(c.addrs, c.token, job_spec("groupby", str(d), {"by": "g", "agg": ["sum(s)"]}))
         (d / "part02.csv").write_text("g,n,v,f,s\nx,1,notanumber,2.0,a\n")
-        with pytest.raises(InputError, match=r"column 'v' is int64 in .*part0[01]\.csv but large_string in "
-                                             r".*part02\.csv|column 'v' is large_string in .*part02\.csv but int64"):
+        with pytest.raises(InputError, match=r"column 'v' is int64 in .*part0[01]\.csv but text \(string\) in "
+                                             r".*part02\.csv|column 'v' is text \(string\) in .*part02\.csv but int64"):
             await run_job(c.addrs, c.token, job_spec("groupby", str(d), {"by": "g", "agg": ["sum(v)"]}))
         (d / "part02.csv").write_text("g,n,v,f,s\nx,1,2,2.0,a\ny,1,2\n")
         with pytest.raises(InputError, match=r"part02\.csv:3: a row of 3 fields where the header has 5"):

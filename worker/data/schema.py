@@ -40,6 +40,13 @@ def canonical(t: str) -> str:
     return t
 
 
+def type_name(t) -> str:
+    """A column type as a user's error names it: text, not the engine's ``large_string`` (the files hold
+    strings; the engine widens their offsets), ``bytes`` likewise; every other type in Arrow's own words."""
+    c = canonical(str(t))
+    return {"large_string": "text (string)", "large_binary": "bytes (binary)"}.get(c, str(t))
+
+
 def _meet(a: str, b: str) -> str | None:
     """The common type of two canonical types, or None when they do not meet."""
     if a == b:
@@ -76,8 +83,8 @@ def unify(parts: list[Described]) -> Described:
             have = out[name]
             met = _meet(have[1], typ)
             if met is None:
-                raise InputError(f"column {name!r} is {have[1]} in {have[2]} but {typ} in {where}: the files' "
-                                 f"schemas disagree (convert one, or read them in separate jobs)")
+                raise InputError(f"column {name!r} is {type_name(have[1])} in {have[2]} but {type_name(typ)} in "
+                                 f"{where}: the files' schemas disagree (convert one, or read them in separate jobs)")
             if met != have[1]:
                 out[name] = [name, met, where if met == typ else have[2]]
     return list(out.values())

@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass
 
 from shardstats.errors import UsageError
+from shardstats.worker.data.schema import type_name
 
 # name: (argument kinds after the column(s)); "c" a column, "q" a fraction, "k" a positive integer
 FUNCS = {
@@ -136,13 +137,13 @@ def check_types(aggs: list[Agg], schema) -> None:
             t = schema.field(c).type
             if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
                     or pa.types.is_boolean(t) and a.func == "sum" or pa.types.is_null(t)):
-                raise UsageError(f"--agg {a.func}({', '.join(a.cols)}): column {c!r} holds {t}, "
+                raise UsageError(f"--agg {a.func}({', '.join(a.cols)}): column {c!r} holds {type_name(t)}, "
                                  f"and {a.func} needs numbers")
     for a in aggs:
         t = schema.field(a.cols[0]).type if a.func == "approx_top" else None
         if t is not None and not (pa.types.is_integer(t) and not pa.types.is_uint64(t) or pa.types.is_floating(t)
                                   or pa.types.is_string(t) or pa.types.is_large_string(t)):
-            raise UsageError(f"--agg approx_top({a.cols[0]}, {a.arg}): column {a.cols[0]!r} holds {t}; approx_top "
+            raise UsageError(f"--agg approx_top({a.cols[0]}, {a.arg}): column {a.cols[0]!r} holds {type_name(t)}; approx_top "
                              f"takes integers, floats or strings")
 
 

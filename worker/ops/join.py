@@ -32,6 +32,7 @@ from shardstats.worker.comm.collectives import allreduce
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.shuffle import ShuffleConfig
 from shardstats.worker.engine import counter
+from shardstats.worker.data.schema import type_name
 from shardstats.worker.engine.hot import find_hot, hot_rows, shown
 from shardstats.worker.ops.contract import KeyedParams, Op, column_list, option, parse_salt
 
@@ -114,7 +115,8 @@ def _common_keys(left, right, lk, rk):
         elif pa.types.is_null(ta) or pa.types.is_null(tb):
             target = tb if pa.types.is_null(ta) else ta
         else:
-            raise UsageError(f"join keys of incompatible types: left {a!r} is {ta}, right {b!r} is {tb}")
+            raise UsageError(f"join keys of incompatible types: left {a!r} is {type_name(ta)}, "
+                             f"right {b!r} is {type_name(tb)}")
         left = left.set_column(left.schema.get_field_index(a), a, left.column(a).cast(target))
         right = right.set_column(right.schema.get_field_index(b), b, right.column(b).cast(target))
     return left, right
