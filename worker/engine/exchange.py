@@ -21,6 +21,7 @@ from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.shuffle import ShuffleConfig, shuffle
 from shardstats.worker.data import codec
 from shardstats.worker.data.hashing import hash_columns, owners_of
+from shardstats.worker import memory
 from shardstats.worker.steps import numpy_step
 
 
@@ -107,10 +108,11 @@ async def exchange(comm: Communicator, table, keys, cfg: ShuffleConfig, *, compr
     """Moves every row of ``table`` to the rank owning its key; returns (the rows this rank owns, counters)."""
     t0 = time.perf_counter()
     comm.progress.set("partition")
-    parts = await numpy_step(table.num_rows, lambda t=table: partition(wire(t), list(keys), comm.size, cfg.to_one,
-                                                               salt))
-    del table
-    return await _move(comm, parts, cfg, compression, t0)
+    with memory.reusing_heap():
+        parts = await numpy_step(table.num_rows, lambda t=table: partition(wire(t), list(keys), comm.size,
+                                                                           cfg.to_one, salt))
+        del table
+        return await _move(comm, parts, cfg, compression, t0)
 
 
 async def exchange_to(comm: Communicator, table, dest, cfg: ShuffleConfig, *,
@@ -118,9 +120,10 @@ async def exchange_to(comm: Communicator, table, dest, cfg: ShuffleConfig, *,
     """Moves row i of ``table`` to rank ``dest[i]`` (a range partitioner's choice); as ``exchange``."""
     t0 = time.perf_counter()
     comm.progress.set("partition")
-    parts = await numpy_step(table.num_rows, lambda t=table: split_by(wire(t), dest, comm.size))
-    del table
-    return await _move(comm, parts, cfg, compression, t0)
+    with memory.reusing_heap():
+        parts = await numpy_step(table.num_rows, lambda t=table: split_by(wire(t), dest, comm.size))
+        del table
+        return await _move(comm, parts, cfg, compression, t0)
 
 
 async def broadcast_table(comm: Communicator, table, cfg: ShuffleConfig, *,
