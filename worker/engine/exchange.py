@@ -133,18 +133,19 @@ async def broadcast_table(comm: Communicator, table, cfg: ShuffleConfig, *,
     more than ``fan_in`` streams; the pieces are encoded once and sent W - 1 times."""
     t0 = time.perf_counter()
     comm.progress.set("broadcast")
-    table = wire(table)
-    schema = table.schema
-    pieces = await numpy_step(table.num_rows, lambda: [codec.encode(s, compression)
-                                                       for s in codec.cut(table, cfg.chunk_bytes)])
-    outgoing = [[] if d == comm.rank else list(pieces) for d in range(comm.size)]
-    sent_bytes = sum(int(x[codec.KEY].nbytes) for x in pieces) * (comm.size - 1)
-    got: list = [table]
     cfg = cfg if not cfg.to_one else ShuffleConfig(fan_in=cfg.fan_in, credits=cfg.credits,
                                                    chunk_bytes=cfg.chunk_bytes)
-    await shuffle(comm, outgoing, lambda src, piece: got.append(codec.decode(piece, schema)), cfg)
-    import pyarrow as pa
-    whole = pa.concat_tables(got) if len(got) > 1 else table
+    with memory.reusing_heap():      # its frames and decoded pieces are freed and taken again a chunk at a time
+        table = wire(table)
+        schema = table.schema
+        pieces = await numpy_step(table.num_rows, lambda: [codec.encode(s, compression)
+                                                           for s in codec.cut(table, cfg.chunk_bytes)])
+        outgoing = [[] if d == comm.rank else list(pieces) for d in range(comm.size)]
+        sent_bytes = sum(int(x[codec.KEY].nbytes) for x in pieces) * (comm.size - 1)
+        got: list = [table]
+        await shuffle(comm, outgoing, lambda src, piece: got.append(codec.decode(piece, schema)), cfg)
+        import pyarrow as pa
+        whole = pa.concat_tables(got) if len(got) > 1 else table
     counters = {"shuffled_pairs": table.num_rows * (comm.size - 1), "shuffled_bytes": sent_bytes,
                 "reducer_pairs": whole.num_rows}
     return whole, {"counters": counters, "phases": {"broadcast": time.perf_counter() - t0}}
