@@ -289,3 +289,55 @@ def test_passes_add_counts_and_take_shares_of_the_sums():
     assert out["unsalted_reducer_pairs"] == [40, 40] and out["busiest_reducer_share_unsalted"] == 1.0
     assert out["salt"] == 2 and out["hot_keys"] == [["b", 9], ["a", 7]] and out["shuffled_pairs"] == 11
     assert add_stats(a, {"shuffled_pairs": 1})["hot_keys"] == [["a", 7]]     # a pass without hot keys keeps them
+
+
+@pytest.mark.parametrize("how", list(HOWS))
+@pytest.mark.parametrize("using", [True, False])
+def test_the_local_join_of_pairs_and_takes_equals_duckdb_on_whole_rows(how, using):
+    """The local join pairs row numbers by the keys in DuckDB and takes every column in Arrow: against DuckDB
+    joining the whole rows, on two keys (an int and dictionary-encoded text, NULLs in both, many-to-many),
+    dictionary and chunked columns on both sides, names that clash twice, and empty sides; the answer's names,
+    its types (text as ``string``, as DuckDB returns it) and its rows as a multiset."""
+    from shardstats.worker.ops.join import _local_join
+    rng = np.random.default_rng(11)
+
+    def side(n, prefix, extra):
+        k1 = rng.integers(0, 6, n).astype(object)
+        k1[rng.random(n) < 0.1] = None
+        k2 = np.array([f"t{x}" for x in rng.integers(0, 3, n)], dtype=object)
+        k2[rng.random(n) < 0.1] = None
+        cols = {"a": pa.array(k1, pa.int64()), "b": pa.array(k2, pa.string()).dictionary_encode(),
+                "v": pa.array(rng.random(n)),
+                "name": pa.array([f"{prefix}{x % 7}" for x in range(n)]).dictionary_encode()}
+        cols.update(extra(n))
+        t = pa.table(cols)
+        return pa.concat_tables([t.slice(0, n // 2), t.slice(n // 2)])      # two chunks
+    left = side(300, "l", lambda n: {"v_right": pa.array(rng.integers(0, 9, n))})
+    right = side(80, "r", lambda n: {"label": pa.array([f"x{x}" for x in range(n)], pa.large_string())})
+    if not using:
+        right = right.rename_columns(["ra", "rb", "v", "name", "label"])
+    lk, rk = ("a", "b"), (("a", "b") if using else ("ra", "rb"))
+    for L, R, what in ((left, right, "both"), (left.slice(0, 0), right, "empty left"),
+                       (left, right.slice(0, 0), "empty right")):
+        got = _local_join(how, lk, rk, L, R, using)
+        cond = " AND ".join(f"l.{a} = r.{b}" for a, b in zip(lk, rk))
+        if how in ("semi", "anti"):
+            sql = f"SELECT l.* FROM L l {HOWS[how]} R r ON {cond}"
+        else:
+            keys = [f"coalesce(l.{c}, r.{c}) AS {c}" if using and how in ("right", "full") else f"l.{c}"
+                    for c in lk]
+            sql = (f"SELECT {', '.join(keys)}, l.v, l.name, l.v_right, r.v AS v_right_right, r.name AS name_right, "
+                   f"r.label FROM L l {HOWS[how]} R r ON {cond}")
+        want = _duck_tables(sql, L, R)
+        assert got.column_names == want.column_names, (what, got.column_names)
+        assert got.schema.types == want.schema.types, (what, got.schema, want.schema)
+        assert_rows_equal([list(r.values()) for r in got.to_pylist()],
+                          [tuple(r.values()) for r in want.to_pylist()], len(lk), f"{how} {what}")
+
+
+def _duck_tables(sql, L, R):
+    import duckdb
+    con = duckdb.connect()
+    con.register("L", L)
+    con.register("R", R)
+    return con.sql(sql).to_arrow_table()
