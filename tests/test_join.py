@@ -332,7 +332,7 @@ def test_the_local_join_of_pairs_and_takes_equals_duckdb_on_whole_rows(how, usin
         assert got.column_names == want.column_names, (what, got.column_names)
         assert got.schema.types == want.schema.types, (what, got.schema, want.schema)
         assert_rows_equal([list(r.values()) for r in got.to_pylist()],
-                          [tuple(r.values()) for r in want.to_pylist()], len(lk), f"{how} {what}")
+                          [tuple(r.values()) for r in want.to_pylist()], want.num_columns, f"{how} {what}")
 
 
 def _duck_tables(sql, L, R):
