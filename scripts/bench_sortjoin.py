@@ -2,6 +2,7 @@
 
     python scripts/bench_sortjoin.py [--rows 1e7] [--small 1e4] [--workers 10]
     python scripts/bench_sortjoin.py --terasort [--rows 1e7] [--tools ours,duckdb,polars,dask,spark] [--keys k,id]
+        [--rounds N] [--ports BASE] [--cluster-file FILE]
 
 Data (made once under /tmp/shardstats-bench/): ``sj-<rows>/x`` -- ``rows`` rows in 10 Parquet files, an int64
 key ``id`` (uniform over rows/10 values), a 10-byte string ``k``, a 90-byte payload ``p``; ``sj-<rows>/small`` --
@@ -109,78 +110,156 @@ def _dask(src: Path, key: str, out: Path) -> None:
                                                                     name_function=lambda i: f"part-{i:05d}.parquet")
 
 
-def terasort(rows: int, root: Path, workers: int, tools: list[str], keys: list[str], dd_mib: int = 2048) -> None:
+def _proc_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system, reaped children too) of processes this one does not reap: our workers,
+    Spark's JVM, Dask's worker processes (/proc/<pid>/stat fields 14-17)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        total += sum(int(x) for x in stat[stat.rfind(b")") + 2:].split()[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class _Peer:
+    """One tool's engine, up only around its own runs (Spark's JVM and Dask's processes beside ten workers ran
+    the machine out of memory): ``up`` before the clock (with a first job that loads its code), ``down`` after;
+    ``pids`` are the processes whose CPU the run adds to this one's."""
+
+    def __init__(self, tool: str, src: Path, root: Path, workers: int, ports: int | None, cluster_file: str | None):
+        self.tool, self.src, self.root, self.workers, self.ports, self.cluster_file = \
+            tool, src, root, workers, ports, cluster_file
+        self.handle, self.pids = None, []
+
+    def up(self) -> None:
+        if self.handle is not None:
+            return
+        if self.tool == "ours":
+            import json
+            from shardstats import Cluster
+            if self.cluster_file:
+                self.handle = Cluster.connect(self.cluster_file)
+                self.pids = json.loads(Path(self.cluster_file).read_text())["pids"]
+            else:
+                self.handle = Cluster.local(self.workers)
+                self.pids = list(self.handle.info.pids)
+            self.handle.submit("groupby", str(self.src / "part-0000.parquet"), by="id", agg=("count()",), limit=1)
+        elif self.tool == "spark":
+            from pyspark.sql import SparkSession
+            b = (SparkSession.builder.master("local[2]").appName("terasort").config("spark.driver.memory", "3g")
+                 .config("spark.sql.shuffle.partitions", str(self.workers)).config("spark.ui.enabled", "false")
+                 .config("spark.ui.showConsoleProgress", "false")
+                 .config("spark.local.dir", str(self.root / "spark-tmp")))
+            if self.ports:
+                b = b.config("spark.driver.port", str(self.ports + 2)).config("spark.blockManager.port",
+                                                                               str(self.ports + 3))
+            self.handle = b.getOrCreate()
+            self.handle.sparkContext.setLogLevel("ERROR")
+            self.handle.read.parquet(str(self.src / "part-0000.parquet")).orderBy("k").count()  # the JVM's first job
+            self.pids = [self.handle.sparkContext._gateway.proc.pid]
+        elif self.tool == "dask":        # two processes of one thread, started before the clock (as our workers are)
+            from dask.distributed import Client, LocalCluster
+            base = self.ports or 7610
+            self.handle = Client(LocalCluster(n_workers=2, threads_per_worker=1, processes=True, scheduler_port=base,
+                                              dashboard_address=f":{base + 1}",
+                                              local_directory=str(self.root / "dask-tmp")))
+            self.pids = list(self.handle.run(os.getpid).values())
+
+    def down(self) -> None:
+        if self.handle is None or self.tool in ("duckdb", "polars"):
+            return
+        if self.tool == "ours":
+            self.handle.close()           # a connected cluster stays up (its owner stops it)
+        elif self.tool == "spark":
+            self.handle.stop()
+        elif self.tool == "dask":
+            self.handle.cluster.close()
+            self.handle.close()
+        self.handle, self.pids = None, []
+
+    def run(self, key: str, d: Path):
+        """The sort by ``key`` into folder ``d``; our stats (or None)."""
+        import duckdb
+        import polars as pl
+        src = self.src
+        if self.tool == "ours":
+            return self.handle.submit("sort", str(src), by=key, out=str(d), overwrite=True).stats
+        if self.tool == "duckdb":
+            duckdb.sql(f"COPY (SELECT * FROM read_parquet('{src}/*.parquet') ORDER BY {key}) "
+                       f"TO '{d}/sorted.parquet' (FORMAT parquet)")
+        elif self.tool == "polars":          # Polars writes zstd unless told: all snappy
+            pl.scan_parquet(f"{src}/*.parquet").sort(key).sink_parquet(d / "sorted.parquet", compression="snappy")
+        elif self.tool == "dask":
+            _dask(src, key, d)
+        elif self.tool == "spark":
+            self.handle.read.parquet(f"{src}/*.parquet").orderBy(key).write.mode("overwrite").parquet(str(d))
+        return None
+
+
+def terasort(rows: int, root: Path, workers: int, tools: list[str], keys: list[str], dd_mib: int = 2048,
+             rounds: int = 1, ports: int | None = None, cluster_file: str | None = None) -> None:
+    """Every tool sorts by every key, interleaved (round r: each key, each tool in turn), so a change of load
+    falls on all alike. Seconds are wall; CPU is this process's (DuckDB, Polars, Dask's client) plus the
+    processes the tool runs (our workers, Spark's JVM, Dask's workers), read from /proc around the run."""
     import duckdb
-    import polars as pl
-    from shardstats import Cluster
+    import statistics
     src = root / f"tera-{rows:.0e}".replace("+", "")
     make_tera(src, rows)
     in_bytes = sum(p.stat().st_size for p in src.glob("*.parquet"))
     id_sum = int(duckdb.sql(f"select sum(id) from read_parquet('{src}/*.parquet')").fetchall()[0][0])
     out = root / "tera-out"
     res: dict = {}
-    spark = dask = None
-    if "dask" in tools:           # two processes of one thread, started before the clock (as our workers are)
-        from dask.distributed import Client, LocalCluster
-        dask = Client(LocalCluster(n_workers=2, threads_per_worker=1, processes=True, scheduler_port=7610,
-                                   dashboard_address=":7611", local_directory=str(root / "dask-tmp")))
-    if "spark" in tools:
-        from pyspark.sql import SparkSession
-        spark = (SparkSession.builder.master("local[2]").appName("terasort").config("spark.driver.memory", "3g")
-                 .config("spark.sql.shuffle.partitions", str(workers)).config("spark.ui.enabled", "false")
-                 .config("spark.ui.showConsoleProgress", "false")
-                 .config("spark.local.dir", str(root / "spark-tmp")).getOrCreate())
-        spark.sparkContext.setLogLevel("ERROR")
-        spark.read.parquet(str(src / "part-0000.parquet")).orderBy("k").count()      # the JVM's first job
+    peers = {t: _Peer(t, src, root, workers, ports, cluster_file) for t in tools}
     rate0 = disk_rate(root, dd_mib) if dd_mib else float("nan")
     print(f"dd (conv=fdatasync, {dd_mib} MiB): {rate0:.0f} MB/s", flush=True)
-    cluster = Cluster.local(workers) if "ours" in tools else None
     try:
-        if cluster:
-            cluster.submit("groupby", str(src / "part-0000.parquet"), by="id", agg=("count()",), limit=1)   # imports
-        for key in keys:
-            jobs = {
-                "ours": lambda d: cluster.submit("sort", str(src), by=key, out=str(d), overwrite=True),
-                "duckdb": lambda d: duckdb.sql(f"COPY (SELECT * FROM read_parquet('{src}/*.parquet') ORDER BY {key}) "
-                                               f"TO '{d}/sorted.parquet' (FORMAT parquet)"),
-                "polars": lambda d: pl.scan_parquet(f"{src}/*.parquet").sort(key).sink_parquet(
-                    d / "sorted.parquet", compression="snappy"),      # Polars writes zstd unless told: all snappy
-                "dask": lambda d: _dask(src, key, d),
-                "spark": lambda d: spark.read.parquet(f"{src}/*.parquet").orderBy(key).write.mode("overwrite").parquet(str(d)),
-            }
-            for tool in tools:
-                d = out / f"{tool}-{key}"
-                shutil.rmtree(d, ignore_errors=True)
-                d.mkdir(parents=True)
-                c0 = sum(os.times()[:4])
-                t0 = time.perf_counter()
-                jobs[tool](d)
-                wall = time.perf_counter() - t0
-                cpu = sum(os.times()[:4]) - c0        # this process and its reaped children (not our workers, Spark's JVM)
-                n, size = verify(d, key, rows, id_sum)
-                res[(tool, key)] = (wall, size, os.getloadavg()[0])
-                print(f"{tool:7s} by {key:2s}: {wall:7.2f} s  {rows / wall / 1e6:5.2f} M rows/s  "
-                      f"{(in_bytes + size) / wall / 1e6:6.1f} MB/s read+written  out {size / 1e6:.0f} MB  "
-                      f"load {os.getloadavg()[0]:.1f}  (verified: {n:,} rows in order)", flush=True)
-                shutil.rmtree(d, ignore_errors=True)
+        for r in range(rounds):
+            for key in keys:
+                for tool in (tools if r % 2 == 0 else tools[::-1]):
+                    peer = peers[tool]
+                    if tool in ("spark", "dask"):
+                        for other in ("spark", "dask"):           # never both up at once
+                            if other != tool and other in peers:
+                                peers[other].down()
+                    peer.up()
+                    d = out / f"{tool}-{key}"
+                    shutil.rmtree(d, ignore_errors=True)
+                    d.mkdir(parents=True)
+                    c0 = sum(os.times()[:4]) + _proc_cpu(peer.pids)
+                    t0 = time.perf_counter()
+                    stats = peer.run(key, d)
+                    wall = time.perf_counter() - t0
+                    cpu = sum(os.times()[:4]) + _proc_cpu(peer.pids) - c0
+                    n, size = verify(d, key, rows, id_sum)
+                    sizes = [f.stat().st_size for f in d.rglob("*.parquet")]
+                    imb = (stats or {}).get("imbalance") or (max(sizes) / (sum(sizes) / len(sizes)))
+                    load = os.getloadavg()[0]
+                    res.setdefault((tool, key), []).append((wall, cpu, size, load, imb))
+                    print(f"round {r} {tool:7s} by {key:2s}: {wall:7.2f} s  CPU {cpu:6.2f} s  "
+                          f"{rows / wall / 1e6:5.2f} M rows/s  out {size / 1e6:.0f} MB in {len(sizes)} files "
+                          f"(largest/mean {imb:.2f})  load {load:.1f}  (verified: {n:,} rows in order)", flush=True)
+                    shutil.rmtree(d, ignore_errors=True)
     finally:
-        if cluster:
-            cluster.close()
-        if spark is not None:
-            spark.stop()
-        if dask is not None:
-            dask.cluster.close()
-            dask.close()
+        for peer in peers.values():
+            peer.down()
     rate1 = disk_rate(root, dd_mib) if dd_mib else float("nan")
     print(f"\n{rows:,} rows of ~100 B, {workers} workers, {os.cpu_count()} cores; input {in_bytes / 1e6:.0f} MB of "
-          f"Parquet; dd write rate {rate0:.0f} / {rate1:.0f} MB/s (before / after)\n")
-    print("| key | tool | seconds | theirs ÷ ours | M rows/s | MB/s written | share of dd's rate | load |")
-    print("|---|---|---|---|---|---|---|---|")
-    for (tool, key), (wall, size, load) in res.items():
-        ours = res.get(("ours", key), (None,))[0]
-        ratio = f"{wall / ours:.2f}" if ours else "—"
-        print(f"| {key} | {tool} | {wall:.2f} | {ratio} | {rows / wall / 1e6:.2f} | {size / wall / 1e6:.0f} | "
-              f"{size / wall / 1e6 / min(rate0, rate1):.1%} | {load:.1f} |")
+          f"Parquet; dd write rate {rate0:.0f} / {rate1:.0f} MB/s (before / after); medians of {rounds} round(s)\n")
+    print("| key | tool | seconds | theirs ÷ ours | CPU s | CPU theirs ÷ ours | M rows/s | MB/s written | "
+          "share of dd's rate | largest/mean file | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    med = {k: [statistics.median(x[i] for x in v) for i in range(5)] for k, v in res.items()}
+    for (tool, key), (wall, cpu, size, load, imb) in med.items():
+        ours = med.get(("ours", key))
+        ratio = f"{wall / ours[0]:.2f}" if ours else "—"
+        cratio = f"{cpu / ours[1]:.2f}" if ours else "—"
+        loads = [x[3] for x in res[(tool, key)]]
+        print(f"| {key} | {tool} | {wall:.2f} | {ratio} | {cpu:.1f} | {cratio} | {rows / wall / 1e6:.2f} | "
+              f"{size / wall / 1e6:.0f} | {size / wall / 1e6 / min(rate0, rate1):.1%} | {imb:.2f} | "
+              f"{min(loads):.0f}-{max(loads):.0f} |")
 
 
 def timed(fn):
@@ -199,9 +278,15 @@ def main() -> None:
     ap.add_argument("--keys", default="k,id")
     ap.add_argument("--root", default="/tmp/shardstats-bench")
     ap.add_argument("--dd-mib", type=int, default=2048, help="MiB dd writes for the disk's rate (0: no dd)")
+    ap.add_argument("--rounds", type=int, default=1, help="--terasort: rounds, every tool in each, interleaved")
+    ap.add_argument("--ports", type=int, default=None, help="--terasort: Dask's scheduler and dashboard at PORT "
+                    "and PORT+1, Spark's driver and block manager at PORT+2 and PORT+3 (default: 7610, 7611, any)")
+    ap.add_argument("--cluster-file", default=None, help="--terasort: our workers are this running cluster "
+                    "(`cluster up --cluster-file`), not ten started here on ports the OS picks")
     a = ap.parse_args()
     if a.terasort:
-        terasort(int(a.rows), Path(a.root), a.workers, a.tools.split(","), a.keys.split(","), a.dd_mib)
+        terasort(int(a.rows), Path(a.root), a.workers, a.tools.split(","), a.keys.split(","), a.dd_mib, a.rounds,
+                 a.ports, a.cluster_file)
         return
     rows, small = int(a.rows), int(a.small)
     root = Path(f"/tmp/shardstats-bench/sj-{rows:.0e}".replace("+", ""))
