@@ -3,6 +3,7 @@ files they write read back by DuckDB; the shuffle counter with and without the c
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import duckdb
 import pytest
@@ -130,3 +131,46 @@ def test_tokens_and_case_equal_python_on_every_assigned_code_point():
     assert wrong == []
     lower = s.str.to_lowercase().to_list()
     assert [hex(ord(c)) for c, lo in zip(chars, lower) if c.lower() != lo] == []
+
+
+def _edge_lines(n: int) -> str:
+    """Lines whose tokens and case mapping meet the line ends: a final sigma before a newline and a capital
+    after it, CRLF, a combining mark or a dotted İ opening a line, an apostrophe (case-ignorable) between Σ and
+    the newline; lines of every length, so the reader's 64 KiB blocks are cut at every kind of line."""
+    kinds = ["ΟΔΟΣ", "ΑΒΓ δέκα", "ΣΑΣ'", "\u0301ab c\u0301d", "İSTANBUL İ", "Straße STRASSE\r", "", "x² ½ 3.14 a_b",
+             "привет ΜΕΣΟΣ", "word " * 7]
+    return "\n".join(kinds[i % len(kinds)] + " w" * (i % 13) for i in range(n)) + "\nno newline at the end"
+
+
+async def test_blocks_of_lines_count_as_lines(tmp_path):
+    """The word count tokenizes blocks of whole lines (the reader's ``blocks``): over 300 KB of lines holding the
+    case-mapping and token edge cases at every line end, the counts equal Counter's over the whole text; a
+    user's pattern that could match a newline still reads lines (``[^,]+`` stops at a line's end), and so does
+    the index (every word with its file)."""
+    from shardstats.worker.data import readers
+    from shardstats.worker.io.listing import ShardRef
+    d = tmp_path / "edge"
+    d.mkdir()
+    texts = {"big.txt": _edge_lines(30_000), "small.txt": "ΟΔΟΣ\nΑΣ\r\n", "one.txt": "ΣΑΣ"}
+    for name, text in texts.items():
+        (d / name).write_bytes(text.encode())
+    big = (d / "big.txt")
+    t = readers.read_documents(ShardRef(path=str(big), size=big.stat().st_size), str(big), blocks=True)
+    assert t.num_rows > 4 and "".join(t.column("text").to_pylist()) == texts["big.txt"]
+    starts = [1] + [texts["big.txt"][:sum(map(len, t.column("text").to_pylist()[:i]))].count("\n") + 1
+                    for i in range(1, t.num_rows)]
+    assert t.column("line").to_pylist() == starts
+    want = word_counts(texts.values())
+    commas = Counter(w for text in texts.values() for line in text.split("\n") for w in re.findall(r"[^,]+", line))
+    async with in_process_cluster(3, root=str(tmp_path)) as c:
+        rep = await run_job(c.addrs, c.token, job_spec("wordcount", str(d), {"top": 100_000}))
+        assert rep.result["top"] == _top(want, 100_000)
+        rep = await run_job(c.addrs, c.token, job_spec("wordcount", str(d), {"top": 100_000, "pattern": "[^,]+",
+                                                                             "lower": False}))
+        assert rep.result["top"] == _top(commas, 100_000)
+        rep = await run_job(c.addrs, c.token, job_spec("index", str(d), {"limit": 0}))
+    docs_of: dict[str, set] = {}
+    for name, text in texts.items():
+        for w in re.findall(r"\w+", text.lower()):
+            docs_of.setdefault(w, set()).add(str(d / name))
+    assert rep.result["data"] == [[w, sorted(s)] for w, s in sorted(docs_of.items())]

@@ -134,8 +134,10 @@ def load_table(files: list[ShardRef], root: str | Access, read: dict, progress: 
             kind = "table" if side != "main" or Path(ref.path).suffix.lower() in readers.TABLE_SUFFIXES \
                 else "documents"
         if kind == "documents":         # beyond memory, a batch or a block of lines at a time
+            # blocks of lines only for a share no other op will see (a cached dataset keeps its lines)
             t = readers.read_documents(ref, where, read.get("text"), read.get("id"), budget,
-                                       None if keep is None else (lambda piece, side=side: keep(piece, side)))
+                                       None if keep is None else (lambda piece, side=side: keep(piece, side)),
+                                       blocks=bool(read.get("blocks")) and not read.get("cache"))
         else:
             piece_keep = None
             if keep is not None and read.get("ordinals") is not None:

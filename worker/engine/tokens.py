@@ -49,6 +49,14 @@ def count_words(table, pattern: str = DEFAULT_PATTERN, lower: bool = True, combi
     return _arrow(out.with_columns(pl.col("count").cast(pl.Int64))), tokens
 
 
+def sum_counts(pairs):
+    """(word, count) pairs summed per word: the word count's reducer. Polars, already loaded for the tokenizer,
+    not DuckDB: the same CPU on a 2M-pair share (10 against 12 ms), and a job that needs no DuckDB never
+    imports it (0.16 s of CPU a worker, 1.6 s of a cold 10-worker job's ~10)."""
+    import polars as pl
+    return _arrow(pl.from_arrow(pairs).group_by("word").agg(pl.col("count").sum().cast(pl.Int64)))
+
+
 def doc_words(table, pattern: str = DEFAULT_PATTERN, lower: bool = True):
     """Distinct (word, doc) rows: each document's vocabulary (the inverted index's map side, deduplicated), and
     the tokens read."""
@@ -135,7 +143,9 @@ class Premap:
 
 def premap_reads(op: str, params) -> dict:
     """The reader options of a text op that may go beyond memory: its pairs sliced by the word."""
-    return {"slice_on": {"main": ["word"]},
+    # Blocks of whole lines, not lines, when no token can hold a newline (the default pattern): fewer, longer
+    # rows tokenize faster and the same. A user's pattern may match one (\s, [^,]+) or anchor at a line (^, $).
+    return {"slice_on": {"main": ["word"]}, "blocks": params.pattern == DEFAULT_PATTERN,
             "premap": {"op": op, "pattern": params.pattern, "lower": params.lower,
                        "combine": getattr(params, "combine", True)}}
 
@@ -158,7 +168,7 @@ async def tokens_to_reducers(comm, table, params, tokenize, *args):
     if getattr(comm, "premapped", None) is not None:      # tokenized as it was read (Premap): this pass's slice of the pairs
         pairs, tokens = table, comm.premapped["tokens"]
     else:
-        pairs, tokens = await numpy_step(table.num_rows * 64, tokenize, table, params.pattern, params.lower, *args)
+        pairs, tokens = await numpy_step(max(table.num_rows * 64, table.nbytes // 4), tokenize, table, params.pattern, params.lower, *args)
     del table
     combined = pairs.num_rows
     t1 = time.perf_counter()

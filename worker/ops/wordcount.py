@@ -27,13 +27,11 @@ class WordcountParams(TextParams):
 
 async def wordcount(comm: Communicator, table, params: WordcountParams) -> tuple[dict | None, dict]:
     from shardstats.worker.engine import tokens as tok
-    from shardstats.worker.engine.aggregate import run_sql
     from shardstats.worker.engine.answer import gather_head, rows_of, write_parts
     t1 = time.perf_counter()
     mine, tokens, stats = await tok.tokens_to_reducers(comm, table, params, tok.count_words, params.combine)
     del table
-    counts = await numpy_step(mine.num_rows, run_sql, "SELECT word, sum(count)::BIGINT AS count FROM t GROUP BY word",
-                              mine)
+    counts = await numpy_step(mine.num_rows, tok.sum_counts, mine)
     stats["phases"]["reduce"] = time.perf_counter() - t1 - sum(stats["phases"].values())
     if params.out:
         stats.update(await write_parts(comm, counts, params.out, comm.job, params.overwrite))
