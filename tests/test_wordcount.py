@@ -174,3 +174,17 @@ async def test_blocks_of_lines_count_as_lines(tmp_path):
         for w in re.findall(r"\w+", text.lower()):
             docs_of.setdefault(w, set()).add(str(d / name))
     assert rep.result["data"] == [[w, sorted(s)] for w, s in sorted(docs_of.items())]
+
+
+def test_count_words_in_many_batches_equals_counter(monkeypatch):
+    """Blocks are tokenized a batch of about ``BATCH_BYTES`` at a time and the batches' counts added: with
+    batches of a few blocks, every word's count (and the tokens read) equal Counter's."""
+    from shardstats.worker.data import readers
+    from shardstats.worker.engine import tokens
+    text = _edge_lines(20_000)
+    monkeypatch.setattr(tokens, "BATCH_BYTES", 3 * readers.TEXT_BLOCK)
+    table = readers._lines(text.encode(), "x.txt", 1, 0, blocks=True)
+    assert tokens._batch_rows(table) < table.num_rows
+    pairs, n = tokens.count_words(table)
+    want = word_counts([text])
+    assert n == sum(want.values()) and dict(zip(*pairs.to_pydict().values())) == dict(want)

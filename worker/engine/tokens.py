@@ -15,6 +15,14 @@ from __future__ import annotations
 
 DEFAULT_PATTERN = r"[\p{L}\p{N}_]+"
 BATCH_LINES = 1 << 18
+BATCH_BYTES = 32 << 20    # of text a batch: its tokens (a list each, then one row each) are held at once
+
+
+def _batch_rows(table) -> int:
+    """Rows a batch: at most ``BATCH_LINES``, and about ``BATCH_BYTES`` of text (rows of 64 KiB blocks would
+    otherwise put a whole share's tokens in one batch: ~11M rows of a 100 MB share)."""
+    per_row = table.column("text").nbytes / max(1, table.num_rows)
+    return max(1, min(BATCH_LINES, int(BATCH_BYTES / max(per_row, 1.0))))
 
 
 def _frame(table, text: str = "text"):
@@ -29,10 +37,10 @@ def count_words(table, pattern: str = DEFAULT_PATTERN, lower: bool = True, combi
     if lower:
         col = col.str.to_lowercase()
     frames, tokens = [], 0
-    df = _frame(table.select(["text"]))
-    for start in range(0, max(1, df.height), BATCH_LINES):
+    df, rows = _frame(table.select(["text"])), _batch_rows(table)
+    for start in range(0, max(1, df.height), rows):
         # one lazy plan, tokens to counts: Polars fuses the steps (15% less CPU than eager on 20 MB of text)
-        words = (df.slice(start, BATCH_LINES).lazy().select(col.str.extract_all(pattern).alias("word"))
+        words = (df.slice(start, rows).lazy().select(col.str.extract_all(pattern).alias("word"))
                  .explode("word").drop_nulls())
         if combine:
             counted = words.group_by("word").len(name="count").collect()
@@ -64,10 +72,10 @@ def doc_words(table, pattern: str = DEFAULT_PATTERN, lower: bool = True):
     col = pl.col("text")
     if lower:
         col = col.str.to_lowercase()
-    df = _frame(table.select(["doc", "text"]))
+    df, rows = _frame(table.select(["doc", "text"])), _batch_rows(table)
     frames, tokens = [], 0
-    for start in range(0, max(1, df.height), BATCH_LINES):
-        w = df.slice(start, BATCH_LINES).select(col.str.extract_all(pattern).alias("word"), pl.col("doc"))
+    for start in range(0, max(1, df.height), rows):
+        w = df.slice(start, rows).select(col.str.extract_all(pattern).alias("word"), pl.col("doc"))
         w = w.explode("word").drop_nulls("word")
         tokens += w.height
         frames.append(w.unique(["word", "doc"]))
