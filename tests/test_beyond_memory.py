@@ -816,3 +816,49 @@ async def test_int64_keys_beyond_2_to_the_53_slice_and_group_beyond_the_budget(t
     assert max(w.get("passes", 1) for w in rep.workers) > 1
     want = duckdb.sql(f"SELECT k, sum(v), count(*) FROM read_parquet('{t}/*.parquet') GROUP BY k ORDER BY k").fetchall()
     assert sorted(tuple(r) for r in rep.result["data"]) == [(k, int(s), n) for k, s, n in want]
+
+
+def test_the_share_guess_counts_only_the_columns_a_job_reads(tmp_path):
+    """A job's share is guessed from the bytes it reads: a Parquet file's chunks of the projected columns, not
+    the whole file (db-benchmark's q1 reads 2 of 9 columns; at 1e8 rows the whole files' guess sent every
+    worker through passes and spill for rows that fit many times over)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from shardstats.worker.engine.slices import read_share
+    rng = np.random.default_rng(4)
+    n = 50_000
+    path = tmp_path / "wide.parquet"
+    pq.write_table(pa.table({"k": rng.integers(0, 10, n), "v": rng.integers(0, 100, n),
+                             "payload": pa.array(rng.integers(0, 2**62, n).astype(str))}), path,
+                   row_group_size=10_000)
+    meta = pq.read_metadata(path)
+    size = lambda names: sum(meta.row_group(g).column(c).total_compressed_size for g in range(meta.num_row_groups)
+                             for c in range(meta.num_columns) if meta.schema.column(c).name in names)
+    whole = size({"k", "v", "payload"})
+    assert read_share(str(path), ["k", "v"]) == pytest.approx(size({"k", "v"}) / whole)
+    assert read_share(str(path), ["k", "v"]) < 0.5
+    assert read_share(str(path), None) == 1.0 and read_share(str(tmp_path / "missing.parquet"), ["k"]) == 1.0
+
+
+async def test_a_group_by_reading_few_columns_of_wide_files_runs_in_one_pass(tmp_path):
+    """Under the budget the rows a group-by reads fit in one pass, though the files (a wide payload column it
+    never reads) would not: the old guess (4x the whole file) took it through passes and spill."""
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    rng = np.random.default_rng(8)
+    t = tmp_path / "t"
+    t.mkdir()
+    for i in range(2):
+        n = 40_000
+        pq.write_table(pa.table({"k": rng.integers(0, 50, n), "v": rng.integers(-100, 100, n),
+                                 "payload": pa.array([bytes(rng.integers(0, 256, 300, dtype=np.uint8)).hex()
+                                                      for _ in range(n)])}), t / f"p{i}.parquet")
+    settings = dataclasses.replace(_settings(tmp_path), memory_limit=160 << 20)
+    async with in_process_cluster(2, root=str(tmp_path), settings=settings) as c:
+        rep = await run_job(c.addrs, c.token, job_spec("groupby", str(t), {"by": "k", "agg": ["sum(v)", "count()"],
+                                                                         "limit": 0}))
+    assert max(w.get("passes", 1) for w in rep.workers) == 1
+    assert sum(w.get("spill_bytes_written", 0) for w in rep.workers) == 0
+    want = duckdb.sql(f"SELECT k, sum(v), count(*) FROM read_parquet('{t}/*.parquet') GROUP BY k ORDER BY k").fetchall()
+    assert sorted(tuple(r) for r in rep.result["data"]) == [(k, int(s), n) for k, s, n in want]

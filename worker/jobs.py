@@ -365,8 +365,13 @@ def _plan_slices(job: Job, root: str | Access, read: dict):
     if access.budget is None or not job.files:
         return None
     # an object's size is the listing's (read in batches and blocks from the store like a file from disk)
-    guess = slices.estimate_bytes((max(r.size, 0) if is_object_url(r.path) else _size(_where(r, access)),
-                                   PurePath(r.path).suffix.lower()) for r in job.files)
+    def on_disk(r: ShardRef) -> float:     # the bytes of a file the job reads (an object's: all, by its listing)
+        if is_object_url(r.path):
+            return max(r.size, 0)
+        where = _where(r, access)
+        share = slices.read_share(where, read.get("columns")) if where.lower().endswith(".parquet") else 1.0
+        return _size(where) * share
+    guess = slices.estimate_bytes((on_disk(r), PurePath(r.path).suffix.lower()) for r in job.files)
     limit = in_memory_limit(access.budget, access.reserved + access.keyed_overhead)
     if guess <= limit:
         return None
