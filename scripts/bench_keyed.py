@@ -378,7 +378,7 @@ def compare_on_disk(ref_path: Path, got_path: Path, q: Question) -> str | None:
                     + f" FROM read_parquet('{path}')")
     view(ref_path, "a")
     view(got_path, "b")
-    n_a, n_b = (con.sql(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("a", "b"))
+    n_a, n_b = (con.sql(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in ("a", "b"))
     if n_a != n_b:
         return f"{n_b:,} rows, expected {n_a:,}"
     on = " AND ".join(f'a."{k}" IS NOT DISTINCT FROM b."{k}"' for k in q.keys)
@@ -386,7 +386,7 @@ def compare_on_disk(ref_path: Path, got_path: Path, q: Question) -> str | None:
                         f'{REL_TOL} * greatest(abs(a."{v}"::DOUBLE), abs(b."{v}"::DOUBLE)) + {ABS_TOL})'
                         for v in q.values)
     missing, differ = con.sql(f"SELECT count(*) FILTER (WHERE b.\"{q.keys[0]}\" IS NULL AND a.\"{q.keys[0]}\" "
-                              f"IS NOT NULL), count(*) FILTER (WHERE {apart}) FROM a LEFT JOIN b ON {on}").fetchone()
+                              f"IS NOT NULL), count(*) FILTER (WHERE {apart}) FROM a LEFT JOIN b ON {on}").fetchall()[0]
     if missing or differ:
         return f"{missing:,} keys missing, {differ:,} rows differ (checked on disk by DuckDB)"
     return None
