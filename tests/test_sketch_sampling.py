@@ -16,6 +16,7 @@ from scripts.bench_sketches import sampled_median as _run
 from scripts.bench_sketches import worst_rank_error as _worst_rank_error
 from shardstats import sketches as sk
 from tests.conftest import cli, run_op
+from tests.test_sketches import merged_week
 
 
 def _assert_intervals_hold(values: np.ndarray, res: dict, sampled: bool) -> None:
@@ -150,11 +151,7 @@ def test_sampled_files_merge_at_one_rate_and_answer_within_the_bound(tmp_path):
     _kll_file(tmp_path / "full.sk", days[0])
     _kll_file(tmp_path / "s16.sk", days[1], 1 / 16)
     files = [str(tmp_path / f"s{d}.sk") for d in range(4)]
-    r = cli("sketch", "merge", *files, "-o", str(tmp_path / "week.sk"))
-    assert r.returncode == 0, r.stderr
-    r = cli("sketch", "show", str(tmp_path / "week.sk"), "--quantiles", "0.5,0.99,0.01", "--json")
-    assert r.returncode == 0, r.stderr
-    doc = json.loads(r.stdout)
+    doc = merged_week(tmp_path, files)
     ans, allv = doc["answer"], np.concatenate(days)
     assert doc["header"]["params"]["sample_rate"] == 1 / 8 and doc["header"]["population"] == len(allv)
     assert ans["n"] == len(allv) and not ans["n_estimated"] and ans["sample_rate"] == 1 / 8

@@ -141,17 +141,21 @@ def _kll_file(path, values, k=200):
     sk.write(str(path), sk.header("kll_doubles", {"k": k}, payload, {"values": len(values)}), payload)
 
 
+def merged_week(tmp_path, files: list[str]) -> dict:
+    """``cluster sketch merge FILES -o week.sk`` then ``sketch show week.sk --quantiles 0.5,0.99,0.01 --json``."""
+    r = cli("sketch", "merge", *files, "-o", str(tmp_path / "week.sk"))
+    assert r.returncode == 0, r.stderr
+    r = cli("sketch", "show", str(tmp_path / "week.sk"), "--quantiles", "0.5,0.99,0.01", "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
 def test_merged_files_answer_as_a_sketch_of_the_union(tmp_path):
     rng = np.random.default_rng(5)
     days = [rng.normal(1000 * d, 5000, 40_000).astype(np.int64) for d in range(7)]
     for d, v in enumerate(days):
         _kll_file(tmp_path / f"d{d}.sk", v)
-    files = [str(tmp_path / f"d{d}.sk") for d in range(7)]
-    r = cli("sketch", "merge", *files, "-o", str(tmp_path / "week.sk"))
-    assert r.returncode == 0, r.stderr
-    r = cli("sketch", "show", str(tmp_path / "week.sk"), "--quantiles", "0.5,0.99,0.01", "--json")
-    assert r.returncode == 0, r.stderr
-    doc = json.loads(r.stdout)
+    doc = merged_week(tmp_path, [str(tmp_path / f"d{d}.sk") for d in range(7)])
     ans = doc["answer"]
     allv = np.sort(np.concatenate(days).astype(np.float64))
     assert ans["n"] == len(allv) and len(doc["header"]["input"]["merged_from"]) == 7
