@@ -143,8 +143,8 @@ def check_types(aggs: list[Agg], schema) -> None:
         t = schema.field(a.cols[0]).type if a.func == "approx_top" else None
         if t is not None and not (pa.types.is_integer(t) and not pa.types.is_uint64(t) or pa.types.is_floating(t)
                                   or pa.types.is_string(t) or pa.types.is_large_string(t)):
-            raise UsageError(f"--agg approx_top({a.cols[0]}, {a.arg}): column {a.cols[0]!r} holds {type_name(t)}; approx_top "
-                             f"takes integers, floats or strings")
+            raise UsageError(f"--agg approx_top({a.cols[0]}, {a.arg}): column {a.cols[0]!r} holds {type_name(t)}; "
+                             f"approx_top takes integers, floats or strings")
 
 
 def _direct(a: Agg) -> str:

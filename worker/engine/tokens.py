@@ -177,10 +177,11 @@ async def tokens_to_reducers(comm, table, params, tokenize, *args):
         raise UsageError(f"--pattern {params.pattern}: not a regular expression ({bad})")
     t0 = time.perf_counter()
     comm.progress.set("tokenize")
-    if getattr(comm, "premapped", None) is not None:      # tokenized as it was read (Premap): this pass's slice of the pairs
-        pairs, tokens = table, comm.premapped["tokens"]
+    if getattr(comm, "premapped", None) is not None:
+        pairs, tokens = table, comm.premapped["tokens"]      # tokenized as it was read (Premap): this pass's pairs
     else:
-        pairs, tokens = await numpy_step(max(table.num_rows * 64, table.nbytes // 4), tokenize, table, params.pattern, params.lower, *args)
+        pairs, tokens = await numpy_step(max(table.num_rows * 64, table.nbytes // 4), tokenize, table,
+                                         params.pattern, params.lower, *args)
     del table
     combined = pairs.num_rows
     t1 = time.perf_counter()

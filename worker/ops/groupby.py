@@ -77,9 +77,9 @@ def reads(p: GroupbyParams) -> dict:
 # the parts of one key are reduced again with the same aggregate.
 _RESALTABLE = frozenset({"count", "sum", "min", "max", "largest", "smallest", "collect", "collect_set",
                          "median", "quantile"})
-_SELECTED = frozenset({"median", "quantile"})
+_SELECTED = frozenset({"median", "quantile"})     # a hot key's are found by exact selection over its salted parts
 PROBE_ROWS = 100_000        # the rows a mapper combines first to see whether combining pays
-SKIP_ABOVE = 0.9            # ... it does not when they hold more distinct keys than this share      # a hot key's are found by exact selection over its salted parts
+SKIP_ABOVE = 0.9            # ... it does not when the share holds more distinct keys than this share of its rows
 
 
 def distinct_estimate(seen: int, rows: int) -> float:
