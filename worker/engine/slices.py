@@ -147,6 +147,16 @@ class Sliced:
             if self.premap is not None:
                 self.premap.close()
 
+    def from_table(self, table, spill, passes: int) -> None:
+        """Runs of a share already read into memory, a flush of its rows at a time (``partition`` writes them
+        as the files are read; this is for a share loaded whole to be measured first: jobs._combining_share)."""
+        from shardstats.worker.engine.runs import Runs
+        runs = Runs(spill, passes, self.slots, self.flush_bytes)
+        step = max(1, int(table.num_rows * self.flush_bytes / max(1, table.nbytes)))
+        for start in range(0, table.num_rows, step):
+            runs.keep(table.slice(start, step), "main")
+        self.runs = runs.finish()
+
     def _target(self, side: str):
         from shardstats.worker import jobs
         described = self.schema.get(side) if isinstance(self.schema, dict) else self.schema

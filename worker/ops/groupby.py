@@ -24,6 +24,7 @@ from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.shuffle import ShuffleConfig
 from shardstats.worker.engine import aggregate as agg
 from shardstats.worker.engine import counter
+from shardstats.worker.engine.keycount import distinct_estimate
 from shardstats.worker.engine.hot import find_hot, hot_rows, key_mask, shown
 from shardstats.worker.ops.contract import KeyedParams, Op, column_list, option, parse_salt
 from shardstats.worker.steps import numpy_step
@@ -69,8 +70,13 @@ class GroupbyParams(KeyedParams):
 
 def reads(p: GroupbyParams) -> dict:
     aggs = agg.parse_all(p.agg, p.keys)
-    return {"kind": "table", "columns": None if p.cache else agg.columns_needed(p.keys, aggs), "cache": p.cache,
-            "slice_on": {"main": list(p.keys)}}     # beyond memory: one key slice a pass (worker/engine/slices.py)
+    out = {"kind": "table", "columns": None if p.cache else agg.columns_needed(p.keys, aggs), "cache": p.cache,
+           "slice_on": {"main": list(p.keys)}}     # beyond memory: one key slice a pass (worker/engine/slices.py)
+    if all(a.mergeable and a.func not in agg.APPROX for a in aggs):
+        # combined into a state row of a few numbers per key: what the job holds beside its rows grows with the
+        # share's distinct keys, which the load measures before it chooses passes (jobs._combining_share)
+        out["combines"] = list(p.keys)
+    return out
 
 
 # A value-needing job may salt only when its parts merge exactly: each salted part is reduced as usual, then
@@ -80,29 +86,6 @@ _RESALTABLE = frozenset({"count", "sum", "min", "max", "largest", "smallest", "c
 _SELECTED = frozenset({"median", "quantile"})     # a hot key's are found by exact selection over its salted parts
 PROBE_ROWS = 100_000        # the rows a mapper combines first to see whether combining pays
 SKIP_ABOVE = 0.9            # ... it does not when the share holds more distinct keys than this share of its rows
-
-
-def distinct_estimate(seen: int, rows: int) -> float:
-    """The distinct keys of a whole share whose first ``rows`` rows held ``seen``: the D for which ``rows`` draws
-    from D equally likely keys are expected to show ``seen`` (D(1 - e^(-rows/D)) = seen, by bisection), infinite
-    when every row was distinct. Comparing the probe's own share (``seen / rows``) with the bar skipped the
-    combiner for db-benchmark's id3 at 1e8 rows: 1e6 keys show ~95k in 100k rows, yet a worker's 1e7 rows
-    combine 10x (q7 shuffled 2.7 GB instead of 0.28)."""
-    import math
-    if seen >= rows:
-        return math.inf
-    if seen <= 0:
-        return 0.0
-    lo, hi = float(seen), float(seen)
-    while hi * -math.expm1(-rows / hi) < seen:
-        hi *= 2
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if mid * -math.expm1(-rows / mid) < seen:
-            lo = mid
-        else:
-            hi = mid
-    return hi
 
 
 def _salt_column(table, keys, hot: list, ways: int):
