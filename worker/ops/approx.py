@@ -323,13 +323,16 @@ def _item_counts(values: np.ndarray, wanted: list[int]) -> list[int]:
 
 
 def _typed_counts(values, vtype: str, wanted: list) -> list[int]:
-    """Exact local counts of ``wanted`` float64 or string values (Arrow's hash kernels, no per-row loop)."""
+    """Exact local counts of ``wanted`` float64 or string values (Arrow's hash kernels, no per-row loop).  Floats
+    are counted as they compare: -0.0 is 0.0 (adding 0.0 makes it so), as the sketch and the hashes count it;
+    Arrow's kernels would count the two signs apart."""
     import pyarrow as pa
     import pyarrow.compute as pc
     if not wanted:
         return []
-    arr = pa.array(values) if vtype == "float64" else values
-    hit = arr.filter(pc.is_in(arr, value_set=pa.array(wanted, type=arr.type)))
+    arr = pa.array(np.asarray(values, np.float64) + 0.0) if vtype == "float64" else values
+    want = pa.array([w + 0.0 for w in wanted] if vtype == "float64" else wanted, type=arr.type)
+    hit = arr.filter(pc.is_in(arr, value_set=want))
     vc = hit.value_counts()
     by = dict(zip(vc.field(0).to_pylist(), vc.field(1).to_pylist()))
     return [by.get(v, 0) for v in wanted]
