@@ -102,8 +102,8 @@ def sketch() -> None:
 
 
 @sketch.command("merge")
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="The merged sketch file to write.")
+@click.argument("files", nargs=-1, required=True)
+@click.option("-o", "--out", required=True, help="The merged sketch file to write.")
 @click.option("--op", "set_op", type=click.Choice(["union", "intersect", "minus"]), default="union", show_default=True,
               help="union: every kind; intersect (values in all) and minus (in the first, in none of the others): "
               "theta sketches.")
@@ -150,7 +150,7 @@ def _quantiles(value: str | None) -> list[str]:
 
 
 @sketch.command("show")
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file")
 @click.option("--quantiles", metavar="Q,Q,...", help="A quantile sketch: these quantiles (default 0.5,0.99).")
 @click.option("--top", type=click.IntRange(1, 1_000_000), help="A frequent-items sketch: the N most frequent values "
               "(default 10).")

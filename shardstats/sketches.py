@@ -32,6 +32,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import time
 
 from shardstats.errors import InputError, UsageError
@@ -446,7 +447,12 @@ def read(path: str) -> tuple[dict, bytes]:
     if path.startswith("s3://"):
         return parse(_get_object(path), path)
     try:
-        size = os.path.getsize(path)
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError
+        if not stat.S_ISREG(st.st_mode):     # a FIFO would block the read forever, a device read 256 MiB
+            raise SketchFileError(f"{path}: not a regular file, so not a sketch file")
+        size = st.st_size
         if size > MAX_HEADER + MAX_PAYLOAD:
             raise SketchFileError(f"{path}: {size:,} bytes is too large for a sketch file")
         with open(path, "rb") as f:

@@ -227,6 +227,23 @@ def test_bad_files_exit_2_with_one_line(tmp_path):
     assert r.returncode == 2 and "--quantiles" in r.stderr
 
 
+def test_a_directory_or_a_fifo_is_one_line_exit_2(tmp_path):
+    """A directory was refused by click's usage error (four lines); a FIFO blocked the read forever."""
+    import os
+    good = tmp_path / "good.sk"
+    _kll_file(good, np.arange(1000, dtype=np.int64))
+    (tmp_path / "dir.sk").mkdir()
+    os.mkfifo(tmp_path / "fifo.sk")
+    for args, said in [(["show", "dir.sk"], "is a directory"), (["merge", "good.sk", "dir.sk", "-o", "o.sk"],
+                                                                  "is a directory"),
+                       (["show", "fifo.sk"], "not a regular file"), (["merge", "good.sk", "good.sk", "-o", "dir.sk"],
+                                                                     "cannot write")]:
+        r = cli("sketch", *[str(tmp_path / a) if a.endswith(".sk") else a for a in args], timeout=60)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and said in lines[0], (args, r.stderr)
+    assert not (tmp_path / "o.sk").exists()
+
+
 def test_tampered_resigned_payloads_never_crash_the_command():
     """A payload changed and re-signed (a valid SHA-256): DataSketches' KLL reader segfaults on some of these;
     the library reads them in a forked child, so a crash is a SketchFileError (one line, exit 2) here."""
