@@ -197,3 +197,87 @@ def test_the_batch_form_in_pieces_answers_as_over_the_whole_table(monkeypatch):
         for k, v in zip(pairs.column("key").to_pylist(), pairs.column("value").to_pylist()):
             got[k] += v
         assert got == want and counts["combined_pairs"] == sum(want.values())
+
+
+def failure(fn, *args) -> str:
+    """The one-line error the child would reply with for ``fn(*args)`` (file:line, exception, the call)."""
+    with pytest.raises(Exception) as info:
+        fn(*args)
+    return str(info.value) if isinstance(info.value, uc._UserError) else uc._where(info.value, "job.py")
+
+
+def test_an_error_names_the_call_the_record_or_key_and_the_line():
+    """A raise in the mapper names the record it failed on, in the combiner, partitioner, sort_values or
+    reducer the key, with the line of the user's function shipped by cloudpickle (whose file name is
+    "<dynamic-code>": the line was lost, "job.py: KeyError"); a mapper yielding no pair, a partitioner
+    returning True, a batch function returning a list or a table without key: a clear _UserError, not the
+    engine's own TypeError, ArrowTypeError or KeyError."""
+    import cloudpickle
+
+    def mapper(rec):
+        if rec["v"] == 3:
+            raise ValueError("three")
+        yield rec["k"], rec["v"]
+
+    def bad(k, vs):
+        if k == "b":
+            raise KeyError("bee")
+        yield k, sum(vs)
+
+    def shipped(**fns):
+        return uc._Job(None, "job.py", cloudpickle.dumps(fns))
+    line = mapper.__code__.co_firstlineno
+    table = pa.table({"k": ["a", "b", "a", "b"], "v": [1, 2, 3, 4]})
+    assert failure(uc._map, shipped(mapper=mapper), table, False, None) == \
+        f"job.py:{line + 2} in mapper: ValueError: three (mapper on record {{'k': 'a', 'v': 3}})"
+    good = pa.table({"k": ["a", "b"], "v": [1, 2]})
+    assert failure(uc._map, shipped(mapper=mapper, combiner=bad), good, True, None).endswith(
+        "KeyError: 'bee' (combiner on key 'b')")
+    pairs, _ = uc._map(shipped(mapper=mapper), good, False, None)
+    assert failure(uc._reduce, shipped(mapper=mapper, reducer=bad), pairs).endswith("(reducer on key 'b')")
+    assert failure(uc._reduce, shipped(mapper=mapper, sort_values=lambda v: 1 / 0), pairs).endswith(
+        "ZeroDivisionError: division by zero (sort_values on key 'a')")
+    assert failure(uc._dest, shipped(mapper=mapper, partitioner=lambda k, n: {}[k]), [uc._pack("a")], 2).endswith(
+        "(partitioner on key 'a')")
+    assert failure(uc._dest, shipped(mapper=mapper, partitioner=lambda k, n: True), [uc._pack("a")], 2) == \
+        "job.py: partitioner('a', 2) returned True, not a reducer from 0 to 1"
+    import numpy as np
+    dest = uc._dest(shipped(mapper=mapper, partitioner=lambda k, n: np.int64(ord(k) % n)), [uc._pack("a")] * 2, 2)
+    assert dest.to_pylist() == [1, 1]                    # numpy's ints are ints
+    assert failure(uc._map, shipped(mapper=lambda r: [r["k"]]), good, False, None) == \
+        "job.py: the mapper yielded 'a' on record {'k': 'a', 'v': 1}, not a (key, value) pair"
+    assert "the key {1, 2} cannot travel between workers" in \
+        failure(uc._map, shipped(mapper=lambda r: [({1, 2}, 1)]), good, False, None)
+    assert "the key 1180591620717411303424 cannot travel" in \
+        failure(uc._map, shipped(mapper=lambda r: [(2 ** 70, 1)]), good, False, None)
+    assert failure(uc._map, shipped(map_batch=lambda t: [1]), good, False, None) == \
+        "job.py: map_batch returned list, not an Arrow table with key and value columns " \
+        "(pyarrow.table({'key': ..., 'value': ...}))"
+    assert failure(uc._map, shipped(map_batch=lambda t: t), good, False, None) == \
+        "job.py: map_batch returned a table of columns ['k', 'v']; it must have key and value columns"
+
+
+def test_keys_of_several_types_reach_the_reducer_each_type_in_its_order():
+    """Ints and strs in one job: by type, then each type in its own order (the ints by their repr had -10
+    before -2 and 10 before 9)."""
+    keys = [10, "b", 9, -2, "a", -10, 0, "10"]
+    table = pa.table({"k": pa.array([msgpack.packb(k) for k in keys])})
+    seen = []
+
+    def reducer(k, vs):
+        seen.append(k)
+        yield k, len(vs)
+    j = job(mapper=lambda r: [(uc._unpack(r["k"]), 1)], reducer=reducer)
+    pairs, _ = uc._map(j, table, False, None)
+    uc._reduce(j, pairs)
+    assert seen == sorted(k for k in keys if isinstance(k, int)) + sorted(k for k in keys if isinstance(k, str))
+
+
+def test_check_combiner_says_a_combiner_changes_the_key():
+    """A combiner yielding pairs under another key than it was given: said as it is (it showed as the key's
+    answer turning into [(key, 0)])."""
+    j = job(mapper=lambda r: [(r["k"], 1)], combiner=lambda k, vs: [(k.upper(), sum(vs))],
+            reducer=lambda k, vs: [(k, sum(vs))])
+    assert uc._check(j, pa.table({"k": ["a", "a", "b"]}), 0) == \
+        "--check-combiner: the combiner, given key 'a', yields key 'A': a combiner must yield each pair under the " \
+        "key it was given"

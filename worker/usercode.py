@@ -63,11 +63,63 @@ class _UserError(Exception):
     pass
 
 
+# cloudpickle (3.x) ships a notebook function's code with this file name, its line numbers kept
+PICKLED_FILE = "<dynamic-code>"
+
+
 def _where(exc: BaseException, filename: str) -> str:
-    """The innermost frame of the user's file, as file:line in function, then the exception."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == filename]
-    at = f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}: " if frames else f"{filename}: "
-    return f"{at}{type(exc).__name__}: {exc}"
+    """The innermost frame of the user's file, as file:line in function, then the exception, then which call
+    of which of the job's functions raised it (``_blame``: the record or the key), so the user can find the
+    input that breaks their code. A notebook's functions arrive with cloudpickle's file name: their frames are
+    shown under the file the client named."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename in (filename, PICKLED_FILE)]
+    at = f"{filename}:{frames[-1].lineno} in {frames[-1].name}: " if frames else f"{filename}: "
+    call = getattr(exc, "shardstats_call", None)
+    return f"{at}{type(exc).__name__}: {exc}{f' ({call})' if call else ''}"
+
+
+def _show_value(x) -> str:
+    """A record, key or value in an error message: bounded (a record may hold a whole line of text)."""
+    import reprlib
+    r = reprlib.Repr()
+    r.maxstring, r.maxother, r.maxdict, r.maxlist, r.maxtuple = 80, 80, 8, 8, 8
+    return r.repr(x)
+
+
+def _blame(exc: BaseException, call: str) -> BaseException:
+    """``exc`` marked with the call of the user's code that raised it (the innermost mark wins)."""
+    if getattr(exc, "shardstats_call", None) is None:
+        try:
+            exc.shardstats_call = call
+        except AttributeError:        # an exception type with __slots__: no mark
+            pass
+    return exc
+
+
+def _carried(x, what: str) -> bytes:
+    """``x`` packed, or a _UserError saying which key or value msgpack cannot carry (a set, an object, an int
+    beyond 64 bits), instead of the packer's bare TypeError."""
+    try:
+        return _pack_small(x)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise _UserError(f"{what} {_show_value(x)} cannot travel between workers ({exc}): keys and values are "
+                         f"str, int (64 bits), float, bool, None, bytes, or lists/tuples/dicts of those") from None
+
+
+def _map_failure(exc: BaseException, filename: str, mapper, batch) -> BaseException:
+    """Why ``mapper`` failed on ``batch`` (a table of BATCH_ROWS rows at most): its records mapped again one
+    at a time to find the first that raises -- nothing is spent on this on the way that works -- naming that
+    record; a call whose output is not (key, value) pairs is a _UserError saying what it yielded."""
+    for rec in _records(batch):
+        try:
+            out = list(mapper(rec) or ())
+        except Exception as again:  # noqa: BLE001 - the user's code: the first record that raises
+            return _blame(again, f"mapper on record {_show_value(rec)}")
+        for item in out:
+            if not (isinstance(item, (tuple, list)) and len(item) == 2):
+                return _UserError(f"{filename}: the mapper yielded {_show_value(item)} on record "
+                                  f"{_show_value(rec)}, not a (key, value) pair")
+    return exc          # not raised again record by record (the code depends on state): as it was
 
 
 def _pack(x) -> bytes:
@@ -84,11 +136,25 @@ def _unpack(b: bytes):
 
 
 def _sort_pairs(items: list) -> list:
-    """(key, ...) items in the keys' order (only the keys compared)."""
+    """(key, ...) items in the keys' order (only the keys compared). Keys of several types (ints and strs in
+    one job) go by type name, then in their own type's order (ints as numbers: by their repr, -10 came before
+    -2 and 10 before 9); keys of one type that still do not compare (tuples mixing types) by their repr."""
     try:
         return sorted(items, key=lambda kv: kv[0])
-    except TypeError:                 # keys of several types: by type name, then value
-        return sorted(items, key=lambda kv: (type(kv[0]).__name__, repr(kv[0])))
+    except TypeError:
+        pass
+    by_type: dict = {}
+    for kv in items:
+        by_type.setdefault(type(kv[0]).__name__, []).append(kv)
+    out = []
+    for name in sorted(by_type):
+        group = by_type[name]
+        try:
+            group.sort(key=lambda kv: kv[0])
+        except TypeError:
+            group.sort(key=lambda kv: repr(kv[0]))
+        out += group
+    return out
 
 
 def _unpack_all(col) -> list:
@@ -182,7 +248,7 @@ class _Groups:
                 try:
                     others.setdefault((type(k), k), []).append(v)
                 except TypeError:
-                    others.setdefault(("packed", _pack_small(k)), []).append(v)
+                    others.setdefault(("packed", _carried(k, "the key")), []).append(v)
 
     def held(self) -> int:
         return sum(map(len, self.strs.values())) + sum(map(len, self.others.values()))
@@ -219,11 +285,14 @@ class _Groups:
                     continue
                 key = gk if groups is self.strs else _unpack(gk[1]) if gk[0] == "packed" else gk[1]
                 kept = []
-                for k2, v2 in combiner(key, vs) or ():
-                    if k2 is key or (type(k2) is type(key) and k2 == key):
-                        kept.append(v2)
-                    else:
-                        moved.append((k2, v2))
+                try:
+                    for k2, v2 in combiner(key, vs) or ():
+                        if k2 is key or (type(k2) is type(key) and k2 == key):
+                            kept.append(v2)
+                        else:
+                            moved.append((k2, v2))
+                except Exception as exc:  # noqa: BLE001 - the user's combiner: name the key
+                    raise _blame(exc, f"combiner on key {_show_value(key)}")
                 groups[gk] = kept                # a value replaced, the dict's size unchanged: safe mid-loop
                 if not kept:
                     empty.append((groups, gk))
@@ -239,10 +308,30 @@ def _concat(tables: list):
     return tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
 
 
-def _map_batches(f: dict, table, combine: bool) -> tuple[object, dict]:
+def _batch_out(got, name: str, filename: str, pairs: bool = True):
+    """A batch function's output as an Arrow table -- a record batch is taken as one -- or a _UserError saying
+    what it returned instead: a list, a DataFrame, or (``pairs``: what the shuffle hashes and the next stage
+    reads) a table without ``key`` and ``value`` columns. The shuffle's own KeyError said neither the function
+    nor the file, and failed as the cluster's fault (exit 1)."""
+    import pyarrow as pa
+    if isinstance(got, pa.RecordBatch):
+        got = pa.Table.from_batches([got])
+    if not isinstance(got, pa.Table):
+        raise _UserError(f"{filename}: {name} returned {type(got).__name__}, not an Arrow table"
+                         f"{' with key and value columns' if pairs else ''} (pyarrow.table({{'key': ..., "
+                         f"'value': ...}}))")
+    if pairs and not {"key", "value"} <= set(got.column_names):
+        raise _UserError(f"{filename}: {name} returned a table of columns {got.column_names}; it must have key "
+                         f"and value columns")
+    return got
+
+
+def _map_batches(f: dict, table, combine: bool, filename: str = "the job") -> tuple[object, dict]:
     """The batch form a BATCH_ROWS piece at a time -- ``map_batch``, then ``combine_batch`` when declared --
     with the combined pieces combined again once they hold FOLD_PAIRS rows and at the end. Mapping a whole
     share at once held every token's row: a word count's child took ~1 GB for a 107 MB share."""
+    f = {k: (lambda fn, k: lambda t: _batch_out(fn(t), k, filename))(fn, k) for k, fn in f.items()
+         if k in ("map_batch", "combine_batch")}
     combiner = f.get("combine_batch") if combine else None
     done, held, n = [], 0, 0
     for start in range(0, max(1, table.num_rows), BATCH_ROWS):
@@ -267,24 +356,40 @@ def _map(job: _Job, table, combine: bool, reducers: int | None) -> tuple[object,
     import pyarrow as pa
     f = job.fn
     if "map_batch" in f:
-        return _map_batches(f, table, combine)
+        return _map_batches(f, table, combine, job.filename)
     mapper = f["mapper"]
     combiner = f.get("combiner") if combine else None
     groups = _Groups()
-    for records in _record_batches(table):       # a batch at a time: the combiner may fold between them
-        groups.add_all(map(mapper, records))
+    for batch in table.to_batches(BATCH_ROWS):   # a batch at a time: the combiner may fold between them
+        piece = pa.Table.from_batches([batch])
+        try:
+            for records in _record_batches(piece):
+                groups.add_all(map(mapper, records))
+        except _UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the user's mapper: which record, found again (_map_failure)
+            raise _map_failure(exc, job.filename, mapper, piece) from None
         if combiner is not None and groups.held() - groups.kept >= FOLD_PAIRS:
             groups.fold(combiner)
     keys, values = [], []
     for key, kb, vs in groups.items():
-        kb = kb if kb is not None else _pack_small(key)
+        kb = kb if kb is not None else _carried(key, "the key")
         if combiner is None:
+            try:
+                values += map(_pack_small, vs)          # the packer's own method: no Python call a value
+            except (TypeError, ValueError, OverflowError):
+                [_carried(v, f"a value of key {_show_value(key)}") for v in vs]   # raises, naming the value
+                raise
             keys += [kb] * len(vs)
-            values += map(_pack_small, vs)          # the packer's own method: no Python call a value
             continue
-        for k2, v2 in combiner(key, vs) or ():
-            keys.append(kb if k2 is key or (type(k2) is type(key) and k2 == key) else _pack_small(k2))
-            values.append(_pack_small(v2))
+        try:
+            for k2, v2 in combiner(key, vs) or ():
+                keys.append(kb if k2 is key or (type(k2) is type(key) and k2 == key) else _carried(k2, "the key"))
+                values.append(_carried(v2, f"the combiner's value for key {_show_value(k2)}"))
+        except _UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the user's combiner: name the key
+            raise _blame(exc, f"combiner on key {_show_value(key)}")
     cols = {"key": pa.array(keys, pa.binary()), "value": pa.array(values, pa.binary())}
     if "partitioner" in f and reducers:
         cols["dest"] = _dest(job, keys, reducers)
@@ -295,11 +400,20 @@ def _dest(job: _Job, keys: list, reducers: int):
     """Each packed key's reducer, by the job's partitioner (called once per distinct key)."""
     import pyarrow as pa
     part, dest = job.fn["partitioner"], {}
+    import operator
     for kb in set(keys):
-        d = part(_unpack(kb), reducers)
-        if not isinstance(d, int) or not 0 <= d < reducers:
-            raise _UserError(f"{job.filename}: partitioner({_unpack(kb)!r}, {reducers}) returned {d!r}, not a "
-                             f"reducer from 0 to {reducers - 1}")
+        key = _unpack(kb)
+        try:
+            got = part(key, reducers)
+        except Exception as exc:  # noqa: BLE001 - the user's partitioner: name the key
+            raise _blame(exc, f"partitioner on key {_show_value(key)}")
+        try:           # any int (numpy's too, e.g. from a hash of numpy's), but not a bool, a float or a str
+            d = None if isinstance(got, bool) else operator.index(got)
+        except TypeError:
+            d = None
+        if d is None or not 0 <= d < reducers:
+            raise _UserError(f"{job.filename}: partitioner({_show_value(key)}, {reducers}) returned "
+                             f"{_show_value(got)}, not a reducer from 0 to {reducers - 1}")
         dest[kb] = d
     return pa.array([dest[k] for k in keys], pa.int32())
 
@@ -322,8 +436,9 @@ def _reduce(job: _Job, pairs, stage: str = "reducer") -> object:
     job's first stage, the combiner), keys in sorted order."""
     f = job.fn
     if "map_batch" in f:
-        fn = f.get("reduce_batch") if stage == "reducer" else f.get("combine_batch")
-        return fn(pairs) if fn is not None else pairs
+        name = "reduce_batch" if stage == "reducer" else "combine_batch"
+        fn = f.get(name)
+        return _batch_out(fn(pairs), name, job.filename, pairs=stage != "reducer") if fn is not None else pairs
     import collections
     groups: dict[bytes, list] = collections.defaultdict(list)
     for kb, v in zip(pairs.column("key").to_pylist(), _unpack_all(pairs.column("value"))):
@@ -333,16 +448,22 @@ def _reduce(job: _Job, pairs, stage: str = "reducer") -> object:
     fn = f.get(stage)
     keys_out, values_out = [], []
     sv = f.get("sort_values")
-    for k, vs in decoded:
-        if sv is not None:
-            vs = sorted(vs, key=sv)
-        if fn is None:                    # map-only (or no reducer): the pairs as they are
-            keys_out += [k] * len(vs)
-            values_out += vs
-            continue
-        for k2, v2 in fn(k, vs) or ():
-            keys_out.append(k2)
-            values_out.append(v2)
+    doing = "sort_values"
+    try:
+        for k, vs in decoded:
+            if sv is not None:
+                doing = "sort_values"
+                vs = sorted(vs, key=sv)
+            if fn is None:                    # map-only (or no reducer): the pairs as they are
+                keys_out += [k] * len(vs)
+                values_out += vs
+                continue
+            doing = stage
+            for k2, v2 in fn(k, vs) or ():
+                keys_out.append(k2)
+                values_out.append(v2)
+    except Exception as exc:  # noqa: BLE001 - the user's reducer, combiner or sort_values: name the key
+        raise _blame(exc, f"{doing} on key {_show_value(k)}")
     if stage == "combiner":               # a salted first stage's output travels again: keep it packed
         import pyarrow as pa
         return pa.table({"key": pa.array(list(map(_pack_small, keys_out)), pa.binary()),
@@ -375,7 +496,12 @@ def _check(job: _Job, table, seed: int) -> str | None:
             cuts = sorted(rng.sample(range(1, len(shuffled)), min(len(shuffled) - 1, rng.randint(1, 3)))) \
                 if len(shuffled) > 1 else []
             parts = [shuffled[a:b] for a, b in zip([0, *cuts], [*cuts, len(shuffled)])]
-            combined = [v for p in parts for k2, v in (f["combiner"](key, p) or ()) if _pack(k2) == kb]
+            out = [kv for p in parts for kv in (f["combiner"](key, p) or ())]
+            moved = next((k2 for k2, _ in out if _pack(k2) != kb), kb)
+            if moved is not kb:     # said as it is: the answer for key it only showed as ``[(key, 0)]``
+                return (f"--check-combiner: the combiner, given key {_show_value(key)}, yields key "
+                        f"{_show_value(moved)}: a combiner must yield each pair under the key it was given")
+            combined = [v for _, v in out]
             if len(combined) > 1 and rng.random() < 0.5:      # and a combiner over combined values
                 combined = [v for k2, v in (f["combiner"](key, combined) or ()) if _pack(k2) == kb]
             got = answer(key, combined)
