@@ -190,7 +190,7 @@ def show(file: str, quantiles: str | None, top: int | None, distinct: bool, coun
             qs = qs or ["0.5", "0.99"]
             smp = sk.sampling(head)          # a sampled sketch's bound adds the sample's term
             ans = _guarded_parts(file, checked, sk.kll_answer, payload, ranks, vtype == "int64",
-                                 smp.get("sample_rate", 1.0), smp.get("population"))
+                                 smp.get("sample_rate", 1.0), smp.get("population"), head["params"].get("offset", 0))
             ans["quantiles"] = {q: a for q, a in zip(qs, ans["quantiles"])}
         elif kind == "frequent_items_i64":
             ans = _guarded_parts(file, checked, sk.fi_answer, payload, top or 10)

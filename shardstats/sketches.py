@@ -11,10 +11,10 @@ Kinds
                          bound (``normalized_rank_error(False)``: the single-sided error the library fits
                          to the 99th percentile of measured errors, so a bound at 99% confidence).  int64
                          values go in as float64 (DataSketches' ``kll_ints_sketch`` is 32-bit): exact for
-                         |v| < 2**53; beyond, each value is rounded to the nearest double (at most 1024 away
-                         near 2**63), the sketch orders the rounded values, and an answer is clamped back
-                         into int64 (2**63 - 1 reads as 2**63 in float64).  The bound holds for the
-                         rounded values; values that round to the same double are ties for it.
+                         |v| <= 2**53, and beyond it when the job's values lie within 2**53 of one another
+                         (less an ``offset`` parameter, ``kll_offset``); values spread wider and beyond are
+                         rounded to the nearest double (at most 1024 away near 2**63), their answers'
+                         intervals widened by that, and clamped back into int64.
   ``frequent_items_i64`` DataSketches ``frequent_items_sketch(lg_max_k)`` over Python ints (serde
                          ``PyLongsSerDe``, 8 bytes per item): every listed item has lower <= true count <=
                          upper, upper - lower = the sketch's maximum error, and every value whose count
@@ -68,16 +68,46 @@ def library_version() -> str:
 
 # ---- KLL quantiles --------------------------------------------------------------------------------
 
-def kll_build(values, k: int, sample_rate: float = 1.0, rng=None) -> bytes:
+def kll_build(values, k: int, sample_rate: float = 1.0, rng=None, offset: int = 0) -> bytes:
     """The serialized KLL sketch of an int64 (or float64) array; one vectorised update per block (no per-value
-    loop).  ``sample_rate`` < 1: of a Bernoulli sample of the values at that rate (``bernoulli_sample``)."""
+    loop).  ``sample_rate`` < 1: of a Bernoulli sample of the values at that rate (``bernoulli_sample``).
+    ``offset`` (int64 values, ``kll_offset``): the sketch holds ``value - offset``, exact as a double."""
     import numpy as np
     if sample_rate < 1:
         values = bernoulli_sample(values, sample_rate, rng if rng is not None else np.random.default_rng())
     s = ds().kll_doubles_sketch(k)
     for start in range(0, len(values), KLL_BLOCK):
-        s.update(np.asarray(values[start:start + KLL_BLOCK], dtype=np.float64))
+        block = values[start:start + KLL_BLOCK]
+        if offset:
+            block = np.asarray(block, dtype=np.int64) - np.int64(offset)      # in [0, 2**53]: no overflow
+        s.update(np.asarray(block, dtype=np.float64))
     return s.serialize()
+
+
+# ---- int64 beyond 2**53 --------------------------------------------------------------------------------------
+#
+# The sketch orders doubles; an int64 beyond +-2**53 is rounded to one (up to 1024 away near 2**63), so values
+# that differ there tie in the sketch, and a cluster of them (all near 2**62, or near INT64_MAX) was answered
+# with a rank error of 9% against a 1.3% bound, a minimum and maximum that are not in the data, and a --check
+# that counted in the same rounded order and reported 0.  When every value of the job lies within 2**53 of
+# one another the sketch holds ``value - offset`` instead, exact as a double: answers, minimum and maximum
+# are exact again.  The offset is on a grid of 2**52 where it can be (two days of values near one place
+# choose the same offset and merge); it is a parameter of the sketch (sketches of other offsets do not merge).
+# Only values spread wider than 2**53 and beyond it still round: their answers' intervals are widened by the
+# rounding (``kll_answer``), and --check counts in the int64 order, so it reports what the rounding costs.
+
+EXACT_SPAN = 1 << 53                # doubles hold every integer in [-2**53, 2**53]
+OFFSET_GRID = 1 << 52
+
+
+def kll_offset(lo: int | None, hi: int | None) -> int:
+    """The offset a KLL sketch of int64 values in [lo, hi] holds them from: 0 when they are exact as doubles
+    already (or cannot be made so: spread wider than 2**53), else a multiple of 2**52 at or below ``lo`` if the
+    values fit above it, else ``lo``."""
+    if lo is None or hi is None or (lo >= -EXACT_SPAN and hi <= EXACT_SPAN) or hi - lo > EXACT_SPAN:
+        return 0
+    grid = (lo // OFFSET_GRID) * OFFSET_GRID
+    return grid if hi - grid <= EXACT_SPAN else lo
 
 
 # ---- sampling: a KLL sketch of a uniform sample -------------------------------------------------------
@@ -191,14 +221,24 @@ def to_int64(x: float) -> int:
 
 
 def kll_answer(data: bytes, ranks: list[float], as_int: bool = True, sample_rate: float = 1.0,
-               population: int | None = None) -> dict:
+               population: int | None = None, offset: int = 0) -> dict:
     """Quantiles at normalized ``ranks`` from a serialized sketch, each with the interval of values the
     rank bound allows: the true quantile lies in [low, high] at the bound's confidence.  ``as_int``: the
     sketch is of int64 values (answers clamped back into int64), else of float64 values (answered as such).
     ``sample_rate`` < 1: the sketch is of a Bernoulli sample of ``population`` values (None: unknown, then
-    estimated as sampled / rate), and the bound adds the sample's term (``sample_error``)."""
-    conv = to_int64 if as_int else float
+    estimated as sampled / rate), and the bound adds the sample's term (``sample_error``).  ``offset``: the
+    sketch holds int64 values less the offset (``kll_offset``).  int64 values the sketch rounded (beyond +-2**53,
+    offset 0): each interval end moves out by half the doubles' spacing there, ``rounding`` says how far."""
     s = kll_load(data)
+    rounded = as_int and s.n and max(abs(s.get_min_value()), abs(s.get_max_value())) > EXACT_SPAN
+
+    def conv(x: float, widen: int = 0) -> int | float:
+        if not as_int:
+            return float(x)
+        if rounded and widen:
+            import numpy as np
+            return to_int64(offset + int(x) + widen * int(np.spacing(abs(x))) // 2)
+        return to_int64(offset + int(x))
     eps = s.normalized_rank_error(False)
     exact = not s.is_estimation_mode()
     sketch_e = 0.0 if exact else eps
@@ -206,6 +246,11 @@ def kll_answer(data: bytes, ranks: list[float], as_int: bool = True, sample_rate
            "sketch_exact": exact, "sketch_bytes": len(data), "retained": s.num_retained,
            "min": conv(s.get_min_value()) if s.n else None, "max": conv(s.get_max_value()) if s.n else None,
            "confidence": 0.99, "quantiles": []}
+    if offset:
+        out["offset"] = offset
+    if rounded:
+        import numpy as np
+        out["rounding"] = int(np.spacing(max(abs(s.get_min_value()), abs(s.get_max_value())))) // 2
     if sample_rate < 1:
         t = sample_error(s.n, population)
         out.update(n=population if population is not None else round(s.n / sample_rate),
@@ -225,8 +270,8 @@ def kll_answer(data: bytes, ranks: list[float], as_int: bool = True, sample_rate
     for r in ranks:
         q, lo, hi = at(r), at(r - e), at(r + e)
         # a sample's minimum and maximum are not the data's: an interval reaching past them is open (None) there
-        out["quantiles"].append({"rank": r, "value": conv(q), "low": None if sampled and r - e <= 0 else conv(lo),
-                                 "high": None if sampled and r + e >= 1 else conv(hi), "raw": q})
+        out["quantiles"].append({"rank": r, "value": conv(q), "low": None if sampled and r - e <= 0 else conv(lo, -1),
+                                 "high": None if sampled and r + e >= 1 else conv(hi, 1), "raw": q})
     return out
 
 
@@ -430,6 +475,10 @@ def check_params(kind: str, params: object, name: str) -> dict:
                               f"{', '.join(kinds.KIND_TYPES.get(kind, kinds.VALUE_TYPES))})")
     if kind == "kll_doubles":
         num("k", *KLL_K)
+        if "offset" in params:
+            num("offset", I64_MIN, I64_MAX)
+            if vtype != "int64":
+                raise SketchFileError(f"{name}: a kll_doubles sketch of {vtype} values with an offset")
         rate = params.get("sample_rate", 1.0)
         if "sample_rate" in params and (isinstance(rate, bool) or not isinstance(rate, float) or not 0 < rate < 1):
             raise SketchFileError(f"{name}: kll_doubles parameter sample_rate = {str(rate)[:20]} is out of range "

@@ -99,7 +99,7 @@ def build(kind: str, params: dict, values) -> bytes:
     if kind in ("kll_doubles", "frequent_items_i64", "hll_registers"):
         from shardstats import sketches as sk
         if kind == "kll_doubles":
-            return sk.kll_build(values, params["k"])
+            return sk.kll_build(values, params["k"], offset=params.get("offset", 0))
         if kind == "frequent_items_i64":
             return sk.fi_build(values, params["lg_max_k"])
         from shardstats.worker.ops.distinct import hll_registers
@@ -235,7 +235,7 @@ def answer(kind: str, params: dict, data: bytes, question: dict) -> dict:
         from shardstats import sketches as sk
         if kind == "kll_doubles":
             out.update(sk.kll_answer(data, question.get("ranks", [0.5, 0.99]), vtype == "int64",
-                                     params.get("sample_rate", 1.0)))
+                                     params.get("sample_rate", 1.0), offset=params.get("offset", 0)))
         elif kind == "frequent_items_i64":
             out.update(sk.fi_answer(data, question.get("top", 10)))
         else:
