@@ -281,3 +281,17 @@ def test_check_combiner_says_a_combiner_changes_the_key():
     assert uc._check(j, pa.table({"k": ["a", "a", "b"]}), 0) == \
         "--check-combiner: the combiner, given key 'a', yields key 'A': a combiner must yield each pair under the " \
         "key it was given"
+
+
+def test_float_keys_zero_and_nan_are_one_key_each_across_mappers():
+    """-0.0 and 0.0 (equal in Python, one key in the keyed ops) and NaNs of either sign reach one reducer call
+    each, as Counter counts them (NaN: one key); packed as they came, two mappers' -0.0 and 0.0 were two
+    keys."""
+    import math
+    nan, neg_nan = float("nan"), math.copysign(float("nan"), -1)
+    j = job(mapper=lambda r: [(r["k"], 1)], reducer=lambda k, vs: [(k, sum(vs))])
+    first, _ = uc._map(j, pa.table({"k": [-0.0, neg_nan, 1.5]}), False, None)
+    second, _ = uc._map(j, pa.table({"k": [0.0, nan, 0.0]}), False, None)
+    out = uc._reduce(j, pa.concat_tables([first, second])).to_pylist()
+    assert len(out) == 3 and {r["key"]: r["value"] for r in out if r["key"] == r["key"]} == {0.0: 3, 1.5: 1}
+    assert [r["value"] for r in out if r["key"] != r["key"]] == [2]

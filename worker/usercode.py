@@ -106,6 +106,16 @@ def _carried(x, what: str) -> bytes:
                          f"str, int (64 bits), float, bool, None, bytes, or lists/tuples/dicts of those") from None
 
 
+def _key_bytes(k) -> bytes:
+    """A key packed as it travels: a float key's zero and NaN in one form each, as Python's dict and the keyed
+    ops take them (-0.0 == 0.0; every NaN one key) -- packed as they came, -0.0 and 0.0 reached two reducer
+    calls, and so did NaNs of either sign (a mapper's groups already held -0.0 with 0.0: the answer depended on
+    which came first where). Only a key that is a float itself: a float inside a tuple packs as it is."""
+    if type(k) is float and (k == 0.0 or k != k):
+        k = 0.0 if k == 0.0 else float("nan")
+    return _carried(k, "the key")
+
+
 def _map_failure(exc: BaseException, filename: str, mapper, batch) -> BaseException:
     """Why ``mapper`` failed on ``batch`` (a table of BATCH_ROWS rows at most): its records mapped again one
     at a time to find the first that raises -- nothing is spent on this on the way that works -- naming that
@@ -373,7 +383,7 @@ def _map(job: _Job, table, combine: bool, reducers: int | None) -> tuple[object,
             groups.fold(combiner)
     keys, values = [], []
     for key, kb, vs in groups.items():
-        kb = kb if kb is not None else _carried(key, "the key")
+        kb = kb if kb is not None else _key_bytes(key)
         if combiner is None:
             try:
                 values += map(_pack_small, vs)          # the packer's own method: no Python call a value
@@ -384,7 +394,7 @@ def _map(job: _Job, table, combine: bool, reducers: int | None) -> tuple[object,
             continue
         try:
             for k2, v2 in combiner(key, vs) or ():
-                keys.append(kb if k2 is key or (type(k2) is type(key) and k2 == key) else _carried(k2, "the key"))
+                keys.append(kb if k2 is key or (type(k2) is type(key) and k2 == key) else _key_bytes(k2))
                 values.append(_carried(v2, f"the combiner's value for key {_show_value(k2)}"))
         except _UserError:
             raise
