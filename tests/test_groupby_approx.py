@@ -129,3 +129,21 @@ def test_a_key_sketched_on_one_rank_and_kept_whole_on_another():
     row = dict(zip(res["columns"], res["data"][0]))
     assert row["k"] == "a" and row["approx_median_v_err"] > 0
     assert dict(zip(res["columns"], res["data"][1]))["approx_median_v_err"] == 0
+
+
+def test_approx_top_of_a_dictionary_encoded_text_column():
+    """Parquet's text columns are read dictionary-encoded: approx_top refused them ("holds text (string);
+    approx_top takes integers, floats or strings")."""
+    words = ["", "é", "日本", "x", "x", "x", "é"] * 300
+    keys = ["a", "b", "c"] * 700
+    t = pa.table({"k": keys, "s": pa.array(words).dictionary_encode()})
+    res = run_tables("groupby", [t.slice(0, 1000), t.slice(1000)], {"by": "k", "agg": ["approx_top(s, 2)"],
+                                                                    "limit": 0})
+    cols = res["columns"]
+    for r in res["data"]:
+        row = dict(zip(cols, r))
+        counts = Counter(w for w, k in zip(words, keys) if k == row["k"])
+        err = row["approx_top_s_err"]
+        assert [it["value"] for it in row["approx_top_s"]] == [w for w, _ in counts.most_common(2)]
+        for it in row["approx_top_s"]:
+            assert it["count"] - err <= counts[it["value"]] <= it["count"]

@@ -141,8 +141,11 @@ def check_types(aggs: list[Agg], schema) -> None:
                                  f"and {a.func} needs numbers")
     for a in aggs:
         t = schema.field(a.cols[0]).type if a.func == "approx_top" else None
+        if t is not None and pa.types.is_dictionary(t):      # Parquet's text columns are read dictionary-encoded
+            t = t.value_type
         if t is not None and not (pa.types.is_integer(t) and not pa.types.is_uint64(t) or pa.types.is_floating(t)
-                                  or pa.types.is_string(t) or pa.types.is_large_string(t)):
+                                  or pa.types.is_string(t) or pa.types.is_large_string(t)
+                                  or pa.types.is_string_view(t)):
             raise UsageError(f"--agg approx_top({a.cols[0]}, {a.arg}): column {a.cols[0]!r} holds {type_name(t)}; "
                              f"approx_top takes integers, floats or strings")
 
