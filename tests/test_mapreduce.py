@@ -259,3 +259,27 @@ async def test_a_job_that_prints_more_than_a_pipe_holds_finishes(tmp_path, docs)
     async with in_process_cluster(3, root=str(tmp_path)) as c:
         rep = await run_job(c.addrs, c.token, job_spec("mapreduce", str(docs), {"limit": 0, "job": chatty}, timeout=60))
     assert pairs(rep) == dict(want)
+
+
+async def test_mixed_type_keys_leave_the_values_column_alone(tmp_path):
+    """Keys of several types (ints and strs) become JSON text, encoded once on every reducer, and the counts
+    stay ints: with one reducer's keys all str and another's mixed, every column became JSON text (counts as
+    "3") and the mixed reducer's keys were encoded twice ('"\\\\"a\\\\""')."""
+    keys = [1, "a", "a", "b", 1, 1, "b", 2]
+    pq.write_table(pa.table({"i": list(range(len(keys)))}), tmp_path / "t.parquet")
+
+    def mapper(rec):
+        yield keys[rec["i"]], 1
+
+    def partitioner(k, n):
+        return 1 if k == "b" else 0
+
+    def reducer(k, vs):
+        yield k, sum(vs)
+    async with in_process_cluster(3, root=str(tmp_path)) as c:
+        rep = await mr(c, tmp_path / "t.parquet", mapper=mapper, partitioner=partitioner, reducer=reducer,
+                       out=str(tmp_path / "o"))
+    import json
+    got = {r["key"]: r["value"] for r in pq.read_table(tmp_path / "o").to_pylist()}
+    want = {json.dumps(k): n for k, n in Counter(keys).items()}
+    assert got == want and rep.result["rows"] == 4

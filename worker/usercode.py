@@ -428,17 +428,25 @@ def _dest(job: _Job, keys: list, reducers: int):
     return pa.array([dest[k] for k in keys], pa.int32())
 
 
+# The field metadata of an output column written as JSON text (its values of several types): the ranks' outputs
+# then agree to write that column as JSON text everywhere (ops/mapreduce._agree), and no rank encodes it twice.
+JSON_FIELD = {b"shardstats.json": b"1"}
+
+
 def _output(keys: list, values: list):
-    """Output pairs as a (key, value) table in Arrow types where they are uniform, else as JSON text."""
+    """Output pairs as a (key, value) table in Arrow types where they are uniform, else (that column only) as
+    JSON text, marked JSON_FIELD."""
     import json
     import pyarrow as pa
 
-    def column(xs):
+    def column(name, xs):
         try:
-            return pa.array([list(x) if isinstance(x, tuple) else x for x in xs])
+            return pa.field(name, (a := pa.array([list(x) if isinstance(x, tuple) else x for x in xs])).type), a
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
-            return pa.array([json.dumps(x, default=repr) for x in xs], pa.large_string())
-    return pa.table({"key": column(keys), "value": column(values)})
+            return (pa.field(name, pa.large_string(), metadata=JSON_FIELD),
+                    pa.array([json.dumps(x, default=repr) for x in xs], pa.large_string()))
+    (kf, k), (vf, v) = column("key", keys), column("value", values)
+    return pa.Table.from_arrays([k, v], schema=pa.schema([kf, vf]))
 
 
 def _reduce(job: _Job, pairs, stage: str = "reducer") -> object:

@@ -240,10 +240,14 @@ async def _stage(comm: Communicator, code, table, params: MapreduceParams, index
 
 async def _agree(comm: Communicator, table):
     """``table`` in the types every rank's output agrees on: the non-empty ranks' common schema (an empty
-    rank takes it), else the readers' promotions (int with float...), else JSON text for every column."""
+    rank takes it), else column by column the readers' promotions (int with float...), else JSON text for
+    that column on every rank (a column some rank already wrote as JSON text, ``usercode.JSON_FIELD``, is
+    JSON text everywhere, encoded once). Every column became JSON text when one disagreed: a mixed-type key
+    turned the reducers' int counts into strings, and a rank's JSON text was encoded again."""
     import pyarrow as pa
     from shardstats.worker.data.schema import unify
     from shardstats.worker.jobs import arrow_schema, conform
+    from shardstats.worker.usercode import JSON_FIELD
     mine = {"n": table.num_rows, "schema": table.schema.serialize().to_pybytes(),
             "desc": [[f.name, str(f.type), f"worker {comm.rank}"] for f in table.schema]}
     every = await allreduce(comm, {"s": [mine]}, lambda a, b: {"s": a["s"] + b["s"]}, "mapreduce.schema")
@@ -252,13 +256,37 @@ async def _agree(comm: Communicator, table):
         if not full or table.num_rows:
             return table
         return pa.Table.from_batches([], schema=pa.ipc.read_schema(pa.py_buffer(full[0]["schema"])))
-    try:
-        return conform(table, arrow_schema(unify([x["desc"] for x in full])))
-    except Exception:  # noqa: BLE001 - types no reader would agree (lists, structs, or text vs numbers)
-        import json
-        cols = [pa.array([json.dumps(x, default=repr) for x in c.to_pylist()], pa.large_string())
-                for c in table.columns]
-        return pa.Table.from_arrays(cols, names=table.column_names)
+    schemas = [pa.ipc.read_schema(pa.py_buffer(x["schema"])) for x in full]
+    fields: dict[str, list] = {}
+    for sch in schemas:
+        for f in sch:
+            fields.setdefault(f.name, []).append(f)
+    target = []
+    for name, fs in fields.items():
+        text = pa.field(name, pa.large_string(), metadata=JSON_FIELD)
+        if any(f.metadata and f.metadata.get(b"shardstats.json") for f in fs):
+            target.append(text)
+            continue
+        try:
+            target.append(arrow_schema(unify([[[name, str(f.type), f"worker {i}"]] for i, f in enumerate(fs)]))[0])
+        except Exception:  # noqa: BLE001 - types no reader would agree (lists, structs, or text vs numbers)
+            target.append(text)
+    cols = []
+    for f in target:
+        if f.name not in table.column_names:
+            cols.append(pa.nulls(table.num_rows, f.type))
+            continue
+        col = table.column(f.name)
+        mine_json = bool(table.schema.field(f.name).metadata and
+                         table.schema.field(f.name).metadata.get(b"shardstats.json"))
+        if f.metadata and f.metadata.get(b"shardstats.json"):
+            if not mine_json:
+                import json
+                col = pa.array([json.dumps(x, default=repr) for x in col.to_pylist()], pa.large_string())
+        else:
+            col = conform(pa.table({f.name: col}), pa.schema([f])).column(0)
+        cols.append(col)
+    return pa.Table.from_arrays(cols, schema=pa.schema(target))
 
 
 def _show(kb):
