@@ -226,10 +226,12 @@ async def median(comm: Communicator, values: np.ndarray, params) -> tuple[dict |
     if total == 0:
         raise EmptyDataset("the dataset holds no values")
     rate = sample_rate(params, total)
-    offset = await int_offset(comm, values) if vtype == "int64" else 0
     comm.progress.set("sketch")
     rng = np.random.default_rng(None if params.seed is None else [params.seed, comm.rank])
-    local = await asyncio.to_thread(sk.kll_build, values, params.k, rate, rng, offset)
+    # the sample first: the offset is of the values the sketch holds, so its range scan reads only those
+    sketched_values = await asyncio.to_thread(sk.bernoulli_sample, values, rate, rng) if rate < 1 else values
+    offset = await int_offset(comm, sketched_values) if vtype == "int64" else 0
+    local = await asyncio.to_thread(sk.kll_build, sketched_values, params.k, 1.0, None, offset)
     sketched = time.perf_counter()
     comm.progress.set("reduce")
     got = await tree_reduce(comm, {"s": local}, lambda a, b: {"s": sk.kll_merge_bytes(a["s"], b["s"])},
