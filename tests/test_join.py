@@ -375,3 +375,20 @@ async def test_nan_keys_match_each_other_and_zero_matches_minus_zero(tmp_path, s
             assert_rows_equal(got, want, len(want[0]) if want else 2, f"{how} {strategy}")
             if how == "inner":       # 2 NaN rows on the left x 2 on the right, 3 zeros of either sign x 1
                 assert sum(1 for r in got if r[0] != r[0]) == 4 and sum(1 for r in got if r[0] == 0) == 3
+
+
+def test_a_many_to_many_join_over_2_gib_of_text_on_one_worker_is_taken_in_64_bit_offsets():
+    """One left row of 1 MiB of text meeting 2,100 right rows: 2.1 GB in one answer column. The received sides
+    hold text as ``string`` (32-bit offsets), whose take Arrow refuses past 2 GiB ("overflowed binary array
+    capacity"): the join failed. It now takes such a column as ``large_string``; every row is there."""
+    import pyarrow.compute as pc
+    from shardstats.worker.ops.join import _local_join
+    payload = "x" * (1 << 20)
+    left = pa.table({"k": pa.array([1, 2], pa.int64()), "text": pa.array([payload, "y"], pa.string())})
+    right = pa.table({"k": pa.array(np.ones(2100, np.int64)), "w": pa.array(np.arange(2100))})
+    got = _local_join("inner", ("k",), ("k",), left, right, True)
+    assert got.num_rows == 2100 and got.column_names == ["k", "text", "w"]
+    assert pa.types.is_large_string(got.schema.field("text").type)
+    assert pc.sum(pc.binary_length(got.column("text"))).as_py() == 2100 << 20
+    assert pc.all(pc.equal(got.column("text"), payload)).as_py()
+    assert sorted(got.column("w").to_pylist()) == list(range(2100))

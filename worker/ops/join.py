@@ -189,16 +189,26 @@ def _local_join(how: str, lk, rk, left, right, using: bool):
         cols = {f"k{n}": t.column(k) for n, k in enumerate(keys)}
         cols[idx] = pa.array(np.arange(t.num_rows, dtype=np.int64))
         return pa.table(cols)
+    def take(col, idx):
+        """``col``'s rows at ``idx``; text or bytes in 64-bit offsets when 32 overflow (a many-to-many join's
+        column over 2 GiB on one worker: Arrow refuses the take in the received ``string``)."""
+        try:
+            return col.take(idx)
+        except pa.ArrowInvalid as exc:
+            wide = {pa.string(): pa.large_string(), pa.binary(): pa.large_binary()}.get(col.type)
+            if wide is None or "overflow" not in str(exc):
+                raise
+            return col.cast(wide).take(idx)
     pairs = run_sql(_pairs_sql(how, len(lk)), l=keyed(left, lk, "i"), r=keyed(right, rk, "j"))
     i = pairs.column("i")
     j = pairs.column("j") if "j" in pairs.column_names else None
     names, cols = [], []
     for name, lc, rc in _columns(how, lk, rk, left.column_names, right.column_names, using):
         if lc and rc is not None:        # USING's key of a right or full join: the left's, else the right's
-            a, b = wire(pa.table({"a": left.column(lc).take(i), "b": right.column(rc).take(j)})).columns
+            a, b = wire(pa.table({"a": take(left.column(lc), i), "b": take(right.column(rc), j)})).columns
             col = pc.coalesce(a, b.cast(a.type))
         else:
-            col = left.column(lc).take(i) if lc else right.column(rc).take(j)
+            col = take(left.column(lc), i) if lc else take(right.column(rc), j)
         names.append(name)
         cols.append(col)
     return wire(pa.Table.from_arrays(cols, names=names))
