@@ -245,11 +245,22 @@ def _most_telling(eg: BaseExceptionGroup) -> BaseException:
     return min(leaves, key=lambda e: (e.exit_code != 2, not isinstance(e, WorkerLost)))  # type: ignore[attr-defined]
 
 
+ABORT_WAIT = 5.0        # seconds a worker has to confirm an abort (it drops the job and its spill folder at once)
+
+
 async def _abort(clients: list[WorkerClient], job: str) -> None:
+    """Aborts the job everywhere and waits (``ABORT_WAIT`` at most) for each worker's "aborted": the worker
+    removes the job's spill folder before it answers, so a failed job's command returns with no spill file
+    left on any worker that answers (without the wait a listing right after the command found two of them)."""
     async def one(c: WorkerClient) -> None:
         try:
             await c.send(make("abort", job=job))
-        except (OSError, TimeoutError, ConnectionError):
+            async with asyncio.timeout(ABORT_WAIT):
+                while True:           # the job's own late messages (progress, its error) may come first
+                    msg = await c.recv(ABORT_WAIT)
+                    if msg["t"] == "aborted" and msg.get("job") == job:
+                        return
+        except (OSError, TimeoutError, ConnectionError, ProtocolError):
             pass
     await asyncio.gather(*(one(c) for c in clients))
 

@@ -366,6 +366,9 @@ class WorkerServer:
                     self.metrics.job(msg.get("op"), "refused")
                     raise WorkerUnhealthy(f"worker {self.id} is unhealthy: {len(self.stuck.tasks)} reads stuck "
                                           f"past {self.settings.read_timeout:g}s; it takes no new jobs")
+                # a worker of this machine killed since (kill -9, the OOM killer) left its job's spill folder:
+                # the next job anywhere on this spill dir removes it, not only that worker's restart
+                spill.sweep(self.access.spill_dir or spill.default_base())
                 job = jobs.Job(job_id, _files(msg["files"]), column=_column(msg.get("column")),
                                header=_header(msg.get("header")), read=_read(msg.get("read")), op=_op(msg.get("op")),
                                report=reply, progress_interval=progress.interval_from(msg.get("progress")),

@@ -2,8 +2,9 @@
 
 Why a folder per job, named for the worker's process: a job's files are removed when the
 job ends however it ends (``close`` runs in the job's ``finally``), and a worker that was
-killed mid-spill cannot do that, so the next worker started on the same ``--spill-dir``
-removes every ``job-*-p<PID>`` (and ``duckdb-p<PID>``) folder whose process is gone (``sweep``).  Nothing else in
+killed mid-spill cannot do that, so a worker started on the same ``--spill-dir``, and every job
+a worker there loads, removes every ``job-*-p<PID>`` (and ``duckdb-p<PID>``) folder whose process
+is gone (``sweep``).  Nothing else in
 the folder is touched: the spill dir may be shared by several workers of one machine.
 
 A full disk (or a folder that cannot be written) fails the job with one line naming the
@@ -18,6 +19,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 from shardstats.errors import JobError
@@ -25,11 +27,17 @@ from shardstats.errors import JobError
 PREFIX = "job-"
 
 
+# numpy's tofile reserves a file's room first (fallocate) and says so without an errno when there is none; by the
+# time the free space is looked at, another worker's aborted job may have freed the disk (seen: "spilling to
+# /spill: Not enough free space to write 18969378 bytes after offset 0")
+NUMPY_NO_SPACE = "Not enough free space to write"
+
+
 def write_failure(exc: OSError, folder: str | os.PathLike | None = None) -> str:
     """What a failed write to disk says: "the disk is full" when it is (by the error, or by ``folder``'s free
     space: numpy's tofile reports a short write without an errno, "N requested and M written"), else the OS's
     words.  The spill and ``--out``'s part files say it alike."""
-    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT) or str(exc).startswith(NUMPY_NO_SPACE)
     if not full and folder is not None:
         try:
             full = shutil.disk_usage(folder).free < 1 << 20
@@ -84,7 +92,9 @@ class SpillFile:
     300 MiB cgroups were killed; the same job without the cgroups peaked at 115 MB of their own memory)."""
 
     def __init__(self, path: Path) -> None:
-        self.f = open(path, "wb")
+        # the file ``SpillDir.new_file`` made, opened without creating it: once the job's folder is gone (an
+        # abort) a thread still spilling gets ENOENT here instead of leaving a file (and its folder) behind
+        self.f = open(path, "r+b")
         self.unflushed = 0
 
     def write(self, a) -> None:
@@ -127,19 +137,28 @@ class SpillDir:
         self.files = 0
         self.closed = False
         self._on_bytes = on_bytes
+        # new_file (a job's thread) and close (the event loop, at an abort) exclude each other: without it a
+        # thread could make the folder or a file after close had checked, and the rmtree left both (seen
+        # with a sort beyond memory aborted when another worker's disk filled: a 6 MB run stayed for good)
+        self._lock = threading.Lock()
         self.phase_of = lambda: "load"      # the job's phase now (set by the load and the run): bytes per phase
         self.by_phase: dict[str, list[int]] = {}
 
     def new_file(self, name: str) -> Path:
-        if self.closed:
-            # the job ended (an abort) while a thread of it still spills: it must not make the folder again
-            raise JobError(f"worker {self.worker}: the job ended; its spill folder is gone")
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise self.failure(exc) from None
+        """A new empty file of the job's folder, made here (under the lock) so that ``close`` removes it whenever
+        it comes; writers open it without creating it (``SpillFile``)."""
+        with self._lock:
+            if self.closed:
+                # the job ended (an abort) while a thread of it still spills: it must not make the folder again
+                raise JobError(f"worker {self.worker}: the job ended; its spill folder is gone")
+            path = self.path / name
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                path.touch()
+            except OSError as exc:
+                raise self.failure(exc) from None
         self.files += 1
-        return self.path / name
+        return path
 
     def failure(self, exc: OSError) -> JobError:
         """The one line a failed spill write becomes."""
@@ -159,8 +178,9 @@ class SpillDir:
             self._on_bytes(read=n)
 
     def close(self) -> None:
-        self.closed = True
-        shutil.rmtree(self.path, ignore_errors=True)
+        with self._lock:
+            self.closed = True
+            shutil.rmtree(self.path, ignore_errors=True)
 
     def stats(self) -> dict:
         return {"spill_bytes_written": self.written, "spill_bytes_read": self.read, "spill_files": self.files,
