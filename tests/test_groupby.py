@@ -212,6 +212,26 @@ async def test_a_hot_key_is_salted_over_the_reducers_and_stays_exact(tmp_path, e
     assert auto.workers[0]["hot_keys"][0][0] == "hot" and auto.workers[0]["salt"] == 5
 
 
+async def test_a_salted_collect_set_keeps_the_null_a_hot_key_collected(tmp_path):
+    """``collect_set`` keeps one NULL (last, as DuckDB's ``list(DISTINCT c ORDER BY c)`` does); salted over the
+    reducers, the second stage merged the parts with ``list_distinct``, which drops it (found by the sweep)."""
+    rng = np.random.default_rng(22)
+    parts = []
+    for i in range(3):
+        n = 6_000
+        g = np.where(rng.random(n) < 0.8, "hot", np.array([f"k{x}" for x in rng.integers(0, 30, n)], dtype=object))
+        s = np.array([f"s{x}" for x in rng.integers(0, 9, n)], dtype=object)
+        s[rng.random(n) < 0.05] = None
+        parts.append(pa.table({"g": pa.array(g, pa.string()), "s": pa.array(s, pa.string()),
+                               "v": pa.array(rng.integers(0, 9, n))}))
+    d, files = shards(tmp_path, parts, "parquet")
+    async with in_process_cluster(4, root=str(tmp_path)) as c:
+        rep = await check(c, d, files, ["g"], ["collect_set(s)", "collect(v)", "count()"])
+    assert rep.workers[0]["salted_keys"] == 1
+    hot = next(r for r in rep.result["data"] if r[0] == "hot")
+    assert hot[1][-1] is None and None not in hot[1][:-1]
+
+
 async def test_a_result_bigger_than_one_answer_is_cut_and_counted(tmp_path):
     """limit 0 asks for every row: as many as one answer frame holds come back, the count is exact, and the
     job does not fail on the frame limits (--out writes them all)."""
