@@ -24,6 +24,7 @@ parameters; ``exit_code`` 2) or ``ClusterError`` (``exit_code`` 1).
 """
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -171,10 +172,21 @@ class Cluster:
 
     @classmethod
     def local(cls, workers: int = 4, *, log_level: str = "warning", log_dir: str | None = None,
-              timeout: float = DEFAULTS.phase_timeout, tls_dir: str | None = None) -> "Cluster":
+              timeout: float = DEFAULTS.phase_timeout, tls_dir: str | None = None,
+              memory_limit: str | int | None = None, spill_dir: str | None = None) -> "Cluster":
         """Starts ``workers`` worker processes on 127.0.0.1 (ports chosen by the OS); with mutual TLS when
-        ``tls_dir`` holds what ``cluster tls init`` wrote."""
-        info = in_sync(lambda: launcher.start(workers, "127.0.0.1", None, log_dir, log_level, tls_dir=tls_dir))
+        ``tls_dir`` holds what ``cluster tls init`` wrote; each worker keeping within ``memory_limit`` (bytes,
+        or "300M"; default: its share of the machine) and spilling under ``spill_dir``, as `cluster up` has it."""
+        from shardstats.errors import UsageError
+        from shardstats.worker.memory import parse_size
+        try:
+            args = ["--memory-limit", str(memory_limit if isinstance(memory_limit, int) else
+                                          parse_size(memory_limit))] if memory_limit is not None else []
+        except ValueError as exc:
+            raise UsageError(f"memory_limit: {exc}") from None
+        args += ["--spill-dir", os.path.abspath(spill_dir)] if spill_dir is not None else []
+        info = in_sync(lambda: launcher.start(workers, "127.0.0.1", None, log_dir, log_level, extra_args=args,
+                                              tls_dir=tls_dir))
         return cls(info, owned=True, timeout=timeout, source="local")
 
     @classmethod

@@ -21,7 +21,7 @@ from shardstats.errors import ShardstatsError, UsageError
 from shardstats.settings import DEFAULTS
 
 _COMMON = ("input_paths", "more_inputs", "column", "header", "local_workers", "as_json", "timeout", "cluster_file",
-           "max_retries", "heartbeat", "dead_after", "quiet", "report_path", "pretty")
+           "max_retries", "heartbeat", "dead_after", "quiet", "report_path", "pretty", "memory_limit", "spill_dir")
 
 
 def fail(message: str, code: int) -> None:
@@ -45,6 +45,13 @@ def _common_options() -> list[click.Parameter]:
                      "a column; a first row that is not an integer is otherwise an error naming file:1)."),
         click.Option(["--local", "local_workers"], type=int, metavar="N",
                      help="Run on an ephemeral local cluster of N workers, stopped afterwards."),
+        click.Option(["--memory-limit"], metavar="SIZE",
+                     help="With --local: memory each worker keeps within, e.g. 300M (default: the machine's memory "
+                     "or its cgroup's limit, shared by the workers); what exceeds it stays on disk (see `cluster "
+                     "worker`). A running cluster's workers are given theirs by `cluster up` or `cluster worker`."),
+        click.Option(["--spill-dir"], type=click.Path(file_okay=False),
+                     help="With --local: where the workers keep what exceeds --memory-limit (default: the "
+                     "temporary folder's shardstats-spill)."),
         click.Option(["--json", "as_json"], is_flag=True, help="Print exactly one JSON object on stdout (indented "
                      "on a terminal, one line when piped)."),
         click.Option(["--pretty/--one-line"], default=None,
@@ -127,7 +134,8 @@ def _typed(op, name: str, value):
 
 
 def run_submit(op, params, inputs: tuple[str, ...], *, column, header=None, local_workers, as_json, timeout,
-               cluster_file, max_retries, heartbeat, dead_after, quiet, report_path=None, pretty=None) -> None:
+               cluster_file, max_retries, heartbeat, dead_after, quiet, report_path=None, pretty=None,
+               memory_limit=None, spill_dir=None) -> None:
     from shardstats.cluster.config import find_cluster
     from shardstats.cluster.notices import NoticeHandler
     from shardstats.cluster.output import human, json_document
@@ -145,6 +153,7 @@ def run_submit(op, params, inputs: tuple[str, ...], *, column, header=None, loca
         fail(str(exc), 2)
     if local_workers is not None and local_workers < 1:
         fail("--local: needs at least 1 worker", 2)
+    worker_args = _local_worker_args(local_workers, memory_limit, spill_dir)
     if report_path and not Path(report_path).resolve().parent.is_dir():
         fail(f"--report {report_path}: the folder {Path(report_path).resolve().parent} does not exist", 2)
     startup = None
@@ -154,7 +163,7 @@ def run_submit(op, params, inputs: tuple[str, ...], *, column, header=None, loca
     try:
         if local_workers is not None:
             t = time.perf_counter()
-            info = launcher.start(local_workers, "127.0.0.1", None, None, "warning")
+            info = launcher.start(local_workers, "127.0.0.1", None, None, "warning", extra_args=worker_args)
             startup = time.perf_counter() - t
         else:
             info, _ = find_cluster(cluster_file)
@@ -195,6 +204,28 @@ def run_submit(op, params, inputs: tuple[str, ...], *, column, header=None, loca
         click.echo(human(rep, startup))
     if report_path:
         _write_report(json_document(rep, startup), report_path)
+
+
+def _local_worker_args(local_workers, memory_limit: str | None, spill_dir: str | None) -> list[str]:
+    """The ephemeral cluster's worker options, as `cluster up` gives them: a budget a job beyond memory is
+    tried under without starting a cluster first.  Without --local they would silently do nothing (the
+    workers' budget is theirs), so they are refused."""
+    if local_workers is None:
+        given = [n for n, v in (("--memory-limit", memory_limit), ("--spill-dir", spill_dir)) if v]
+        if given:
+            fail(f"{given[0]}: only with --local N (a running cluster's workers take theirs from `cluster up` "
+                 f"or `cluster worker`)", 2)
+        return []
+    from shardstats.worker.memory import parse_size
+    args = []
+    if memory_limit:
+        try:
+            args += ["--memory-limit", str(parse_size(memory_limit))]
+        except ValueError as exc:
+            fail(f"--memory-limit: {exc}", 2)
+    if spill_dir:
+        args += ["--spill-dir", str(Path(spill_dir).absolute())]
+    return args
 
 
 def _write_report(document: str, path: str) -> None:

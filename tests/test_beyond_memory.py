@@ -999,3 +999,33 @@ def test_a_combining_group_by_measures_its_share_before_it_chooses_passes(tmp_pa
         assert union.sort_by(order).equals(whole.sort_by(order))
     job.spill.close()
 
+
+def test_local_takes_a_memory_limit_and_a_spill_dir_from_the_cli_and_the_api(tmp_path):
+    """``submit --local N --memory-limit SIZE --spill-dir DIR`` and ``Cluster.local(memory_limit=, spill_dir=)``
+    give the ephemeral workers a budget, as `cluster up` does: the mode of 2M values in 12M workers goes
+    through passes and spills under DIR, and equals numpy's.  Without --local the options are refused (they
+    would do nothing), a size that is none is one line.  The old CLI had neither option."""
+    from shardstats import Cluster
+    d, allv = _npy_shards(tmp_path, 2, 1_000_000, planted=(1, 4242, 7), seed=3)
+    sp = tmp_path / "spill"
+    r = cli("submit", "mode", "--input", str(d), "--local", "2", "--memory-limit", "12M", "--spill-dir", str(sp),
+            "--json", timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert (got["result"]["value"], got["result"]["count"]) == (4242, 7)
+    assert max(w.get("passes", 1) for w in got["stats"]["per_worker"]) > 1
+    assert sum(w.get("spill_bytes_written", 0) for w in got["stats"]["per_worker"]) > 0
+    assert sp.is_dir() and list(sp.iterdir()) == []          # spilled there, and nothing left
+    r = cli("submit", "mode", "--input", str(d), "--memory-limit", "40M", "--cluster-file", str(tmp_path / "x.json"))
+    assert r.returncode == 2 and r.stderr.strip() == ("error: --memory-limit: only with --local N (a running "
+                                                      "cluster's workers take theirs from `cluster up` or "
+                                                      "`cluster worker`)")
+    r = cli("submit", "mode", "--input", str(d), "--local", "1", "--memory-limit", "lots")
+    assert r.returncode == 2 and r.stderr.startswith("error: --memory-limit: 'lots' is not a size"), r.stderr
+    sp2 = tmp_path / "spill2"
+    with Cluster.local(2, memory_limit="12M", spill_dir=str(sp2)) as c:
+        res = c.mode(str(d))
+        assert (res.value, res.count) == (4242, 7) and max(w.get("passes", 1) for w in res.stats["per_worker"]) > 1
+    assert sp2.is_dir() and list(sp2.iterdir()) == []
+    vals, counts = np.unique(allv, return_counts=True)
+    assert (int(vals[counts.argmax()]), int(counts.max())) == (4242, 7)
