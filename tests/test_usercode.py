@@ -295,3 +295,18 @@ def test_float_keys_zero_and_nan_are_one_key_each_across_mappers():
     out = uc._reduce(j, pa.concat_tables([first, second])).to_pylist()
     assert len(out) == 3 and {r["key"]: r["value"] for r in out if r["key"] == r["key"]} == {0.0: 3, 1.5: 1}
     assert [r["value"] for r in out if r["key"] != r["key"]] == [2]
+
+
+async def test_a_mapper_filling_memory_with_pairs_is_said_to_run_out():
+    """A mapper yielding pairs until the child's limit: one line saying so, and the next call answers. The
+    reply was made inside the MemoryError's handler while the mapper's pairs were still held: it raised again,
+    and the child died saying "exit status 1: Exception ignored in sys.unraisablehook"."""
+    from shardstats.errors import UsageError
+    src = "def mapper(r):\n    for i in range(10**8):\n        yield (r['k'], i), 'x' * 100\n"
+    async with uc.UserCode(100 << 20) as code:
+        await code.call(uc.load_request(src, "source", "hog.py"))
+        with pytest.raises(UsageError, match=r"^hog\.py: ran out of memory in its map \(the job's code may use 100"):
+            await code.call({"op": "map", "ipc": uc._ipc(pa.table({"k": ["a"], "v": [1], "u": [2]})),
+                             "combine": False, "reducers": None})
+        rep = await code.call({"op": "check", "ipc": uc._ipc(pa.table({"k": ["a"]})), "seed": 0})
+        assert rep["problem"] is None

@@ -375,7 +375,7 @@ def _map(job: _Job, table, combine: bool, reducers: int | None) -> tuple[object,
         try:
             for records in _record_batches(piece):
                 groups.add_all(map(mapper, records))
-        except _UserError:
+        except (_UserError, MemoryError):        # a memory hog is not mapped again to find its record
             raise
         except Exception as exc:  # noqa: BLE001 - the user's mapper: which record, found again (_map_failure)
             raise _map_failure(exc, job.filename, mapper, piece) from None
@@ -569,6 +569,7 @@ def main() -> None:
         if "ipc_bytes" in req:
             req["ipc"] = inp.read(req.pop("ipc_bytes"))
         op = req["op"]
+        failed = None
         try:
             if job is not None and "stage_index" in req:
                 job.fn = job.stages[req["stage_index"]]
@@ -590,13 +591,17 @@ def main() -> None:
             elif op == "check":
                 reply({"ok": True, "problem": _check(job, table(req["ipc"]), req.get("seed", 0))})
         except _UserError as exc:
-            reply({"ok": False, "error": str(exc), "user": True})
+            failed = str(exc)
         except MemoryError:
-            reply({"ok": False, "error": f"{job.filename if job else 'the job'}: ran out of memory in its "
-                   f"{op} (the job's code may use {limit >> 20:,} MiB on each worker)", "user": True})
+            failed = MemoryError        # said below, once the frames holding the memory are gone with the error
         except Exception as exc:  # noqa: BLE001 - the user's code raised: report where, in their file
-            name = job.filename if job else req.get("filename", "the job")
-            reply({"ok": False, "error": _where(exc, name), "user": True})
+            failed = _where(exc, job.filename if job else req.get("filename", "the job"))
+        if failed is not None:
+            if failed is MemoryError:    # replying inside the handler, a hog's mapper still held its pairs: the
+                # reply's own allocations raised MemoryError again and the child died with a garbled stderr
+                failed = (f"{job.filename if job else req.get('filename', 'the job')}: ran out of memory in its "
+                          f"{op} (the job's code may use {limit >> 20:,} MiB on each worker)")
+            reply({"ok": False, "error": failed, "user": True})
 
 
 # -- the parent -------------------------------------------------------------------------------------------
@@ -682,6 +687,8 @@ def _died(op: str, code: int, err: bytes):
     from shardstats.errors import UsageError
     lines = err.decode("utf-8", "replace").strip().splitlines()
     why = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+    if b"MemoryError" in err:       # it could not even say so: its last lines are the interpreter's own
+        return UsageError(f"the job's code ran out of memory in its {op} and died ({why})")
     return UsageError(f"the job's code died in its {op} ({why}{'; out of memory?' if code == -9 else ''})"
                       f"{': ' + lines[-1] if lines else ''}")
 
