@@ -35,6 +35,10 @@ equal it); on the big corpus each peer's full table is checked against the first
 ``[\\p{L}\\p{N}_]+`` (Python's ``\\w`` is letters, numbers and underscore).  Ours:
 ``cluster submit wordcount --input DIR --top 10`` (its top 10 is checked).
 
+Environment: ``BENCH_SPARK_MEMORY`` (Spark's driver memory, default 8g), ``BENCH_DUCKDB_MEMORY`` (DuckDB's
+memory_limit, default DuckDB's own; it then spills under the answers folder).  Each peer's report is rewritten
+after every question, so a peer past ``--timeout`` keeps the questions it finished.
+
 Each peer runs in a process of its own (its peak RSS, with its children — Dask's workers, Spark's JVM,
 ours' workers — summed, sampled every 50 ms).  Data are cached under /tmp/shardstats-bench/ and reused.
 Output: markdown tables; ``ours ÷`` columns are theirs/ours (above 1: ours faster).
@@ -371,6 +375,7 @@ def compare_on_disk(ref_path: Path, got_path: Path, q: Question) -> str | None:
     con = duckdb.connect(config={"memory_limit": "4GB", "threads": 2})
 
     def view(path: Path, alias: str) -> None:
+        path = f"{path}/*.parquet" if Path(path).is_dir() else path
         cols = con.sql(f"SELECT * FROM read_parquet('{path}') LIMIT 0").columns
         if len(cols) != len(names):
             raise ValueError(f"{q.name}: {len(cols)} columns {cols}, expected {names}")
@@ -394,11 +399,18 @@ def compare_on_disk(ref_path: Path, got_path: Path, q: Question) -> str | None:
 
 # -- group-by peers (each runs in its own process: `_run groupby PEER`) ----------------------------------------
 def run_groupby_peer(peer: str, data: str, questions: list[str], modes: list[str], runs: int, answers: Path,
-                     rss: PeakRSS, ours_out: str | None = None) -> dict:
+                     rss: PeakRSS, ours_out: str | None = None, report: str | None = None) -> dict:
     files = dbgen.shard_files(data, ".parquet")
     if not files:
         raise FileNotFoundError(f"no part-*.parquet in {data}")
     out: dict = {"times": {}, "notes": [], "stats": {}, "errors": {}}
+
+    def checkpoint() -> None:
+        """The report so far, after every question: a peer past the parent's timeout (Spark, Dask at 1e8) or
+        killed keeps the questions it finished (the parent reads this file on a timeout)."""
+        if report:
+            rss.sample()
+            Path(report).write_text(json.dumps({**out, "peak_rss": rss.peak, "partial": True}, default=str))
 
     @contextlib.contextmanager
     def guarded(mode: str, q: str):
@@ -408,6 +420,7 @@ def run_groupby_peer(peer: str, data: str, questions: list[str], modes: list[str
         except Exception as e:  # noqa: BLE001
             out["errors"].setdefault(mode, {})[q] = f"{type(e).__name__}: {e}".strip()[:600]
             traceback.print_exc()
+        checkpoint()
 
     def record(mode: str, q: str, seconds: float, df) -> None:
         out["times"].setdefault(mode, {})[q] = seconds
@@ -423,6 +436,9 @@ def run_groupby_peer(peer: str, data: str, questions: list[str], modes: list[str
             return con.execute(sql).fetchall()
         run("SET enable_progress_bar = false")
         run(f"PRAGMA threads={os.cpu_count()}")
+        if os.environ.get("BENCH_DUCKDB_MEMORY"):   # e.g. 8GB beside other people's jobs (default: DuckDB's 80%)
+            run(f"SET memory_limit = '{os.environ['BENCH_DUCKDB_MEMORY']}'")
+            run(f"SET temp_directory = '{answers / 'duckdb-tmp'}'")
         out["version"] = duckdb.__version__
         lst = "[" + ", ".join(f"'{f}'" for f in files) + "]"
         for mode in modes:
@@ -501,10 +517,15 @@ def run_groupby_peer(peer: str, data: str, questions: list[str], modes: list[str
                             t0 = time.perf_counter()
                             ans = go()
                             best = min(best, time.perf_counter() - t0)
-                            if df is None:
+                            if df is None and ans.count() > CHECK_IN_MEMORY_ROWS:
+                                # q10 at 1e8 (~1e8 rows): toPandas would hold it as Python strings (~20 GB)
+                                big = answers / f"{peer}-{mode}-{q}.parquet"
+                                ans.write.mode("overwrite").parquet(str(big))
+                                df = False
+                            elif df is None:
                                 df = pl.from_pandas(ans.toPandas())
                             ans.unpersist()
-                        record(mode, q, best, df)
+                        record(mode, q, best, df if df is not False else None)
                 if mode == "warm":
                     x.unpersist()
         finally:
@@ -726,7 +747,11 @@ def spawn(section: str, peer: str, args: list[str], timeout: float) -> dict:
         if p.returncode and "error" not in out:
             out["error"] = f"exit {p.returncode}: {p.stderr.strip()[-2000:]}"
     except subprocess.TimeoutExpired:
-        out = {"error": f"timed out after {timeout:.0f} s"}
+        try:
+            out = json.loads(Path(report).read_text())       # the questions it finished (checkpoint)
+        except (OSError, ValueError):
+            out = {}
+        out["error"] = f"timed out after {timeout:.0f} s"
     finally:
         Path(report).unlink(missing_ok=True)
     out["wall"] = time.perf_counter() - t0
@@ -742,7 +767,7 @@ def child(a) -> int:
         try:
             if a.section == "groupby":
                 out = run_groupby_peer(a.peer, a.data, a.questions.split(","), a.modes.split(","), a.runs, answers,
-                                       rss, a.ours_out)
+                                       rss, a.ours_out, a.report)
             else:
                 out = run_wordcount_peer(a.peer, a.data, a.check, a.runs, answers, rss)
         except BaseException as e:     # noqa: BLE001 (the parent reports it)
