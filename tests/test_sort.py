@@ -222,3 +222,28 @@ async def test_every_wire_compression_sorts_the_same_rows(tmp_path, compression)
     got, _ = read_parts(tmp_path / "o")
     check_against_duckdb(d, got, "s NULLS LAST, k", ["s", "k"])
     assert all(set(w["phase_cpu"]) == {"sample", "route", "exchange", "sort", "write"} for w in rep.workers)
+
+
+async def test_partition_by_closes_a_part_after_a_heavy_value_when_that_is_nearer_the_even_split(tmp_path):
+    """--partition-by keeps a value's rows in one part, so a split point can only fall between values.  User 1
+    holds 30% of the rows and sits where the first of four parts should end (25%): the old split point, the
+    value at that rank, opened a part with it, after the 1% of user 0 -- 0.01, then 0.30 + ~0.2 = 2x the mean.
+    The boundary now goes to the nearer end of the value: user 1 closes the first part (1.24x)."""
+    rng = np.random.default_rng(6)
+    n = 40_000
+    users = rng.integers(2, 2000, n)
+    pick = rng.random(n)
+    users[pick < 0.30] = 1
+    users[pick > 0.99] = 0
+    t = pa.table({"user": users, "ts": rng.integers(0, 10**6, n), "v": rng.random(n)})
+    d = write_parts(tmp_path, [t.slice(0, n // 2), t.slice(n // 2)])
+    async with in_process_cluster(4, root=str(tmp_path)) as c:
+        rep = await run_sort(c, d, tmp_path / "o", by="user,ts", partition_by="user")
+    got, sizes = read_parts(tmp_path / "o")
+    check_against_duckdb(d, got, "user, ts", ["user", "ts"])
+    users_of = [set(pq.read_table(tmp_path / "o" / f"part-{i:05d}.parquet").column("user").to_pylist())
+                for i in range(4)]
+    assert all(not (a & b) for i, a in enumerate(users_of) for b in users_of[i + 1:])
+    assert {0, 1} <= users_of[0]
+    assert max(sizes) <= 1.3 * (n / 4), sizes
+    assert sorted(w["part_rows"] for w in rep.workers) == sorted(sizes)

@@ -106,7 +106,7 @@ async def plan_ranges(comm: Communicator, sample, params: SortParams, passes: in
         s = pa.concat_tables([codec.decode(x) for x in got["p"]], promote_options="permissive")
         ordered = s.take(_sort_indices(s, route_order))
         m = ordered.num_rows
-        picks = [j * m // passes for j in range(1, passes)] if m else []
+        picks = _picks(ordered, route_order, passes, whole_values=bool(part_keys))
         bounds = ordered.take(pa.array(picks, pa.int64())) if picks else ordered.slice(0, 0)
         plan = {"b": codec.encode(bounds)}
     bounds = codec.decode((await broadcast(comm, plan, "sort.ranges.b"))["b"])
@@ -116,6 +116,32 @@ async def plan_ranges(comm: Communicator, sample, params: SortParams, passes: in
             return np.zeros(t.num_rows, np.int64)
         return _route(plain(t).select(cols).cast(bounds.schema), bounds, route_order)
     return slots
+
+
+def _picks(ordered, order, r: int, whole_values: bool) -> list[int]:
+    """The ranks in the sorted sample ``ordered`` of the ``r - 1`` split points: floor(j*m/r).
+
+    With ``--partition-by`` (``whole_values``) a value's rows stay in one part, so a split point at rank t
+    means "the value at t starts a part": a heavy value there pushed all of its rows into the part above, after
+    whatever that part already held (a user with 25% of the rows, first split at 20%: 1.8x the mean where 1.27x
+    can be had). Each boundary moves instead to the nearer end of the value it falls in -- before the value
+    (its first rank) or after it (the next value's first rank) -- so the heavy value closes the part below."""
+    m = ordered.num_rows
+    picks = [j * m // r for j in range(1, r)] if m else []
+    if not whole_values or not picks:
+        return picks
+    import pyarrow.compute as pc
+    new = np.zeros(m, dtype=bool)
+    new[0] = True
+    for c, _, _ in order:         # equal by Arrow's dense rank: nulls equal, NaN equal, -0.0 = 0.0, as they sort
+        rank = pc.rank(ordered.column(c).combine_chunks(), tiebreaker="dense").to_numpy()
+        new[1:] |= rank[1:] != rank[:-1]
+    starts = np.flatnonzero(new)                  # each value's first rank in the sample
+    k = np.searchsorted(starts, picks, "right") - 1
+    before = starts[k]
+    after = np.append(starts, m)[k + 1]
+    # after == m: the last value cannot close a part (no split point follows it); it opens one
+    return [int(a) if (t - a <= b - t or b == m) else int(b) for t, a, b in zip(picks, before, after)]
 
 
 def combine_passes(a: dict, b: dict, params=None) -> dict:
@@ -270,7 +296,7 @@ async def sort(comm: Communicator, table, params: SortParams) -> tuple[dict | No
         sample = pa.concat_tables([codec.decode(p) for p in got["p"]])
         ordered = sample.take(_sort_indices(sample, route_order))
         m, r = ordered.num_rows, comm.size
-        picks = [j * m // r for j in range(1, r)] if m else []
+        picks = _picks(ordered, route_order, r, whole_values=bool(part_keys))
         splits = ordered.take(pa.array(picks, pa.int64())) if picks else ordered.slice(0, 0)
         plan = {"p": codec.encode(splits), "m": m}
     plan = await broadcast(comm, plan, "sort.splits")
