@@ -477,6 +477,12 @@ async def test_a_sort_beyond_the_budget_runs_in_ranges_and_equals_duckdb(tmp_pat
         got = pa.concat_tables([pq.read_table(tmp_path / "a" / n) for n in names])
         want = con.sql(f"select p from '{t}/*.parquet' order by k nulls first, s desc, p").fetchall()
         assert got.column("p").to_pylist() == [r[0] for r in want]          # every row once, in order, ties stable
+        # the stats give every part of every pass, in name order (they gave each worker's sum over its passes)
+        from shardstats.cluster.output import summarize_stats
+        st = summarize_stats(rep)
+        sizes = [pq.read_metadata(tmp_path / "a" / n).num_rows for n in names]
+        assert st["part_rows"] == sizes and st["imbalance"] == round(max(sizes) / (sum(sizes) / len(sizes)), 4)
+        assert len(st["part_bytes"]) == len(names)
         rep = await run_job(c.addrs, c.token, job_spec("sort", str(t), {"by": "s,k", "partition_by": "s",
                                                                        "out": str(tmp_path / "b")}))
         parts = [pq.read_table(f) for f in sorted((tmp_path / "b").iterdir())]

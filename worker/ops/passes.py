@@ -60,6 +60,7 @@ ELEMENTWISE = ("unsalted_reducer_pairs",)     # counts per rank: a pass's are ad
 KEPT = ("salt",)                              # a setting (reducers per hot key), the same in every pass that has it
 HOT = ("hot_keys",)                           # [*key, rows] of a pass: the passes' keys are disjoint (key slices)
 HOT_SHOWN = 10
+EACH_PASS = ("pass_part_rows", "pass_part_bytes")   # one entry a pass (a sort's part of each pass): the passes' in order
 SHARES = {"busiest_reducer_share_unsalted": "unsalted_reducer_pairs"}    # a share: taken again of the summed counts
 
 
@@ -79,6 +80,8 @@ def add_stats(a: dict, b: dict) -> dict:
             out[k] = {p: v.get(p, 0.0) + w.get(p, 0.0) for p in {*v, *(w or {})}}
         elif k in ELEMENTWISE and isinstance(w, list) and len(w) == len(v):
             out[k] = [x + y for x, y in zip(w, v)]
+        elif k in EACH_PASS and isinstance(w, list):
+            out[k] = w + v
         elif k in HOT and isinstance(w, list):
             out[k] = sorted(w + v, key=lambda h: -h[-1])[:HOT_SHOWN]
         elif k in KEPT:
