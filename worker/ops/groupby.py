@@ -275,11 +275,12 @@ async def _quantile_offsets(comm: Communicator, table, approx, value_types: dict
         mm = pc.min_max(table.column(c))
         ranges[c] = None if mm["min"].as_py() is None else (mm["min"].as_py(), mm["max"].as_py())
     got = await int_offsets(comm, ranges, "groupby.range")
-    rounded = [c for c, (o, lo, hi) in got.items() if not o and lo is not None and (lo < -EXACT_SPAN or hi > EXACT_SPAN)]
-    if rounded:
-        extra["approx_rounded"] = {c: f"values beyond +-2**53 spread over more than 2**53: sketched as doubles "
-                                      f"(ties within {int(np.spacing(float(max(abs(got[c][1]), abs(got[c][2]))))) // 2:,}), "
-                                      f"the _err of groups out there widened by the ties" for c in rounded}
+    for c, (offset, lo, hi) in got.items():
+        if not offset and lo is not None and (lo < -EXACT_SPAN or hi > EXACT_SPAN):
+            ties = int(np.spacing(float(max(abs(lo), abs(hi))))) // 2
+            extra.setdefault("approx_rounded", {})[c] = (
+                f"values beyond +-2**53 spread over more than 2**53: sketched as doubles (ties within {ties:,}), "
+                f"the _err of groups out there widened by the ties")
     return {a.name: got[a.cols[0]][0] for a in approx if a.cols[0] in got}, kinds
 
 
