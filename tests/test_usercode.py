@@ -323,3 +323,22 @@ def test_check_combiner_takes_a_float_sum_and_still_catches_an_average_of_averag
     naive = lambda k, vs: [(k, sum(vs) / len(vs))]
     assert uc._check(job(mapper=mapper, combiner=naive, reducer=naive), table, 0).startswith(
         "--check-combiner: the combiner changes the answer for key")
+
+
+def test_check_combiner_checks_a_batch_combiner():
+    """combine_batch in random groupings against none: the batch average of averages is caught (it passed
+    unchecked), a batch float sum is not."""
+    import pyarrow.compute as pc
+    rnd = random.Random(6)
+    table = pa.table({"k": [f"k{i % 3}" for i in range(600)], "v": [rnd.random() * 100 for _ in range(600)]})
+
+    def by_key(how):
+        def fn(t):
+            g = t.group_by("key").aggregate([("value", how)])
+            return pa.table({"key": g["key"], "value": g[f"value_{how}"]})
+        return fn
+    map_batch = lambda t: pa.table({"key": t["k"], "value": pc.multiply(t["v"], 1.0)})
+    assert uc._check(job(map_batch=map_batch, combine_batch=by_key("mean"), reduce_batch=by_key("mean")),
+                     table, 0).startswith("--check-combiner: combine_batch changes the answer")
+    assert all(uc._check(job(map_batch=map_batch, combine_batch=by_key("sum"), reduce_batch=by_key("sum")),
+                         table, seed) is None for seed in range(5))

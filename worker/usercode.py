@@ -518,11 +518,46 @@ def _close(a, b) -> bool:
     return type(a) is type(b) and a == b
 
 
+def _check_batch(job: _Job, table, seed: int) -> str | None:
+    """The batch form's check: ``reduce_batch`` of the mapped sample against ``reduce_batch`` of its rows
+    split at random into 2 to 4 parts, each through ``combine_batch`` (and the parts' output once more, half the
+    time). --check-combiner said nothing of a batch job's combiner: an average of averages passed."""
+    import random
+    import numpy as np
+    import pyarrow as pa
+    f, name = job.fn, job.filename
+    rng = random.Random(seed)
+    pairs = _batch_out(f["map_batch"](table), "map_batch", name)
+    if pairs.num_rows < 2:
+        return None
+    reduce = f.get("reduce_batch")
+
+    def answer(t):
+        out = _batch_out(reduce(t), "reduce_batch", name, pairs=False) if reduce is not None else t
+        return sorted(out.to_pylist(), key=lambda row: _pack(_rounded(list(row.values()))))
+    plain = answer(pairs)
+    for _ in range(3):
+        order = np.random.default_rng(rng.randrange(1 << 32)).permutation(pairs.num_rows)
+        cuts = sorted(rng.sample(range(1, pairs.num_rows), min(pairs.num_rows - 1, rng.randint(1, 3))))
+        parts = [pairs.take(order[a:b]) for a, b in zip([0, *cuts], [*cuts, pairs.num_rows])]
+        combined = _concat([_batch_out(f["combine_batch"](p), "combine_batch", name) for p in parts])
+        if rng.random() < 0.5:
+            combined = _batch_out(f["combine_batch"](combined), "combine_batch", name)
+        got = answer(combined)
+        if not _close(got, plain):
+            return (f"--check-combiner: combine_batch changes the answer: {_show_value(plain[:3])} without it, "
+                    f"{_show_value(got[:3])} with the rows combined in {len(parts)} groups (a combiner must be "
+                    f"associative and commutative, e.g. (sum, count) rather than an average)")
+    return None
+
+
 def _check(job: _Job, table, seed: int) -> str | None:
     """Why the combiner changes the answer on this sample (None: it does not): the reducer's answer with no
     combiner, against the combiner applied to random groupings of each key's values, twice over."""
     import random
     f = job.fn
+    if "combine_batch" in f and "map_batch" in f:
+        return _check_batch(job, table, seed)
     if "combiner" not in f or "mapper" not in f:
         return None
     rng = random.Random(seed)
