@@ -191,6 +191,12 @@ def run_submit(op, params, inputs: tuple[str, ...], *, column, header=None, loca
         if line is not None:
             line.close()
         fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        # asyncio.run cancelled the job, whose abort the workers confirmed (their spill folders gone): one
+        # line and the shell's code for SIGINT, not click's "Aborted!" with exit 1 (a cluster failure's code)
+        if line is not None:
+            line.close()
+        fail("interrupted: the job was aborted on every worker", 130)
     finally:
         log.removeHandler(handler)
         if line is not None:

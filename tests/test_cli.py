@@ -211,3 +211,34 @@ def test_the_console_script_keeps_exit_codes_and_output_with_its_fast_exit(runni
                        text=True, timeout=60, env={**os.environ, **env})
     assert p.stdout == "m" and "Traceback" not in p.stderr
     assert run("status").returncode == 0
+
+
+def test_ctrl_c_during_a_job_is_one_line_and_the_shells_code(tmp_path):
+    """SIGINT while the job runs (here: while it dials a worker that never answers) ends the job -- its abort is
+    sent and confirmed where a worker answers -- with one line and exit 130.  The old code printed click's
+    "Aborted!" with exit 1, a cluster failure's code."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    (tmp_path / "a.txt").write_text("1\n")
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        srv.settimeout(60)
+        env = {**os.environ, "CLUSTER_WORKERS": f"127.0.0.1:{srv.getsockname()[1]}", "CLUSTER_TOKEN": "x" * 32}
+        p = subprocess.Popen([sys.executable, "-m", "shardstats.cluster.cli", "submit", "mode", "--input",
+                              str(tmp_path), "-q"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, stdin=subprocess.DEVNULL)
+        try:
+            conn, _ = srv.accept()            # the job is dialing: inside the run, past the imports
+            with conn:
+                time.sleep(0.2)
+                p.send_signal(signal.SIGINT)
+                out, err = p.communicate(timeout=30)
+        finally:
+            p.kill()
+            p.wait()
+    assert p.returncode == 130, err
+    assert err.strip() == "error: interrupted: the job was aborted on every worker"
