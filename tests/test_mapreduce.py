@@ -283,3 +283,14 @@ async def test_mixed_type_keys_leave_the_values_column_alone(tmp_path):
     got = {r["key"]: r["value"] for r in pq.read_table(tmp_path / "o").to_pylist()}
     want = {json.dumps(k): n for k, n in Counter(keys).items()}
     assert got == want and rep.result["rows"] == 4
+
+
+def test_a_function_that_does_not_pickle_is_named():
+    """A notebook function capturing a lock: a UsageError naming it (exit 2), not cloudpickle's bare
+    TypeError."""
+    import threading
+    from shardstats.worker.ops.mapreduce import MapreduceParams, prepare
+    lock = threading.Lock()
+    params = MapreduceParams(mapper=lambda r: [(r["k"], 1)], reducer=lambda k, vs: [(k, str(lock))])
+    with pytest.raises(UsageError, match=r"^reducer: cannot be shipped to the workers \(TypeError: cannot pickle "):
+        prepare(params)

@@ -108,10 +108,27 @@ def prepare(p: MapreduceParams) -> MapreduceParams:
         return replace(p, code=source, code_kind="source", code_name=os.path.abspath(p.job))
     import cloudpickle
     fns = {f: getattr(p, f) for f in FUNCTIONS if getattr(p, f) is not None}
-    blob = base64.b64encode(cloudpickle.dumps(fns)).decode("ascii")
+    try:
+        pickled = cloudpickle.dumps(fns)
+    except Exception as exc:  # noqa: BLE001 - what a function captured (a lock, a socket, an open file...)
+        # cloudpickle's own TypeError ("cannot pickle '_thread.lock' object") named neither the function nor
+        # that it is the user's to fix: the first function that does not pickle, and why
+        bad = next((f for f, fn in fns.items() if not _pickles(cloudpickle, fn)), "a function")
+        raise UsageError(f"{bad}: cannot be shipped to the workers ({type(exc).__name__}: {exc}); a function "
+                         f"may use only what pickles (no locks, sockets, open files or connections: make them "
+                         f"inside it)") from None
+    blob = base64.b64encode(pickled).decode("ascii")
     name = getattr(next(iter(fns.values())), "__code__", None)
     return replace(p, code=blob, code_kind="pickle", code_name=name.co_filename if name else "<functions>",
                    **{f: None for f in FUNCTIONS})
+
+
+def _pickles(cloudpickle, fn) -> bool:
+    try:
+        cloudpickle.dumps(fn)
+    except Exception:  # noqa: BLE001 - any failure of the pickler: this function is the one
+        return False
+    return True
 
 
 def reads(p: MapreduceParams) -> dict:
