@@ -2,9 +2,9 @@
 DuckDB's exact per-group ranks in int64 order.
 
 The state SQL cast int64 values to DOUBLE: a group of ``INT64_MAX - randint(0, 5000)`` got a median whose rank error
-in int64 order was 8.9% against a stated 1.3% bound.  Now a job's integer column is sketched less one offset (from
-every rank's min/max), exactly when its values lie within 2**53 of one another; wider-spread columns are sketched
-rounded and the ``_err`` of a group out there is widened by the ties.  Each test fails on the old code."""
+in int64 order was 8.9% against a stated 1.3% bound.  Now each group is sketched less its own offset, exactly when its
+values lie within 2**53 of one another; a group spread wider is sketched rounded and its ``_err`` widened by the ties.
+Each test fails on the old code."""
 from __future__ import annotations
 
 import duckdb
@@ -89,28 +89,73 @@ def test_a_cluster_beyond_2_53_is_ranked_within_the_stated_bound(center, spread)
     _check(t, rows, exact_values=True)
     big = next(r for r in rows if r["k"] == "big")
     assert 0 < big["approx_median_v_err"] < 0.02
-    assert not any("approx_rounded" in s for s in stats)
+    assert not any("approx_rounded_groups" in s for s in stats)
 
 
-def test_int64_min_and_max_in_one_job_widen_only_the_groups_out_there():
-    """Groups near INT64_MIN, INT64_MAX, negatives and small values in one job: the column spreads over 2**64, so
-    it is sketched as doubles; the groups beyond 2**53 state a bound widened by the ties (and meet it in int64
-    order), the ones near zero keep the plain bound; the job's stats say which column rounded."""
+def test_int64_min_and_max_in_one_job_each_group_exact():
+    """Groups near INT64_MIN, INT64_MAX, negatives and small values in one job (the column spreads over 2**64):
+    each group is sketched less its own offset, so each is exact in int64 order within the plain KLL bound,
+    and its answers are its values (the extremes themselves included)."""
     rng = np.random.default_rng(5)
     t = _groups({"max": I64_MAX - rng.integers(0, 5000, 30_000), "min": I64_MIN + rng.integers(0, 5000, 30_000),
                  "neg": rng.integers(-10 ** 6, 0, 20_000), "small": rng.integers(-50, 50, 3_000),
                  "edge": np.array([I64_MIN, I64_MAX, I64_MIN, I64_MAX, 0])}, 2)
     rows, stats = _run(t, 3, 5)
+    _check(t, rows, exact_values=True)
+    by = {r["k"]: r for r in rows}
+    assert all(by[k]["approx_median_v_err"] < 0.02 for k in ("max", "min", "neg", "small"))
+    assert by["edge"]["approx_quantile_v_0"] == I64_MIN and by["edge"]["approx_quantile_v_1"] == I64_MAX
+    assert not any("approx_rounded_groups" in s for s in stats)
+
+
+def test_ranks_of_one_group_that_chose_other_offsets_merge_exactly():
+    """Shards cut by value: one rank holds a group's values below 2**62 (offset 2**62 - 2**52 on the grid),
+    another those above (offset 2**62), a third the values near INT64_MAX: the states are moved to one offset
+    before they merge, exactly."""
+    rng = np.random.default_rng(6)
+    below, above = (1 << 62) - rng.integers(1, 10 ** 6, 20_000), (1 << 62) + rng.integers(0, 10 ** 6, 20_000)
+    top = I64_MAX - rng.integers(0, 10 ** 12, 20_000)
+    parts = [pa.table({"k": ["a"] * 20_000, "v": below}), pa.table({"k": ["a"] * 20_000, "v": above}),
+             pa.table({"k": ["a"] * 10_000 + ["b"] * 10_000, "v": np.concatenate([above[:10_000], top[:10_000]])}),
+             pa.table({"k": ["b"] * 10_000 + ["a"] * 30, "v": np.concatenate([top[10_000:], below[:30]])})]
+    ranks, _ = run_on_ranks("groupby", parts, {"by": "k", "agg": AGGS, "limit": 0}, timeout=60)
+    res = ranks[0][0]
+    rows = [dict(zip(res["columns"], r)) for r in res["data"]]
+    t = pa.concat_tables(parts)
+    _check(t, rows, exact_values=True)
+    assert all(r["approx_median_v_err"] < 0.02 for r in rows)
+
+
+def test_a_group_spread_wider_than_2_53_beyond_it_states_a_widened_bound():
+    """A group of values both near INT64_MIN and near INT64_MAX, clustered (many values round to one double): no
+    offset makes it exact, so it is sketched rounded; its _err is widened by the ties and holds in int64 order,
+    and the job's stats count the group.  The group near zero in the same job keeps the plain bound."""
+    rng = np.random.default_rng(7)
+    wide = np.concatenate([I64_MAX - rng.integers(0, 5000, 30_000), I64_MIN + rng.integers(0, 5000, 10_000)])
+    t = _groups({"wide": wide, "zero": rng.integers(-1000, 1000, 20_000)}, 4)
+    rows, stats = _run(t, 3, 4)
     _check(t, rows, exact_values=False)
     by = {r["k"]: r for r in rows}
-    assert by["max"]["approx_median_v_err"] > 0.05 and by["min"]["approx_median_v_err"] > 0.05
-    assert by["neg"]["approx_median_v_err"] < 0.02 and by["small"]["approx_median_v_err"] < 0.02
-    assert by["edge"]["approx_quantile_v_0"] == I64_MIN and by["edge"]["approx_quantile_v_1"] == I64_MAX
-    assert all("v" in s["approx_rounded"] for s in stats)
+    assert by["wide"]["approx_median_v_err"] > 0.05 and by["zero"]["approx_median_v_err"] < 0.02
+    assert sum(s.get("approx_rounded_groups", {}).get("approx_median_v", 0) for s in stats) == 1
+
+
+def test_uint64_beyond_2_63():
+    """uint64 values near 2**64 (past int64): answered exactly in uint64, within the bound in their own order."""
+    rng = np.random.default_rng(12)
+    v = (np.uint64(2 ** 64 - 1) - rng.integers(0, 5000, 20_000).astype(np.uint64))
+    t = pa.table({"k": ["u"] * len(v), "v": pa.array(v, pa.uint64())})
+    ranks, _ = run_on_ranks("groupby", [t.slice(0, 7000), t.slice(7000)], {"by": "k", "agg": ["approx_median(v)"],
+                                                                         "limit": 0})
+    row = dict(zip(ranks[0][0]["columns"], ranks[0][0]["data"][0]))
+    s = np.sort(v)
+    x = np.uint64(row["approx_median_v"])
+    lo, hi = np.searchsorted(s, x, "left") / len(s), np.searchsorted(s, x, "right") / len(s)
+    assert x in set(v.tolist()) and (lo <= 0.5 <= hi or min(abs(0.5 - lo), abs(0.5 - hi)) <= row["approx_median_v_err"])
 
 
 def test_the_rows_path_uses_the_same_offset():
-    """A job mixing an exact median sends its rows; the reducer sketches them less the job's offset too."""
+    """A job mixing an exact median sends its rows; the reducer sketches each group less its offset too."""
     rng = np.random.default_rng(8)
     t = _groups({"a": I64_MAX - rng.integers(0, 5000, 20_000), "b": I64_MAX - rng.integers(0, 3, 20_000)}, 3)
     rows, _ = _run(t, 2, 3, AGGS + ["median(v)"])

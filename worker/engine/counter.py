@@ -30,6 +30,9 @@ def summarize(workers: list[dict]) -> dict:
         vals = [w[extra] for w in ws if extra in w]
         if vals:
             out[extra] = vals[0]
+    rounded = [w["approx_rounded_groups"] for w in ws if "approx_rounded_groups" in w]
+    if rounded:                   # groupby's groups sketched rounded (sketchagg._kll_answer), counted by each reducer
+        out["approx_rounded_groups"] = {k: sum(r.get(k, 0) for r in rounded) for k in sorted(set().union(*rounded))}
     return out
 
 
@@ -38,9 +41,13 @@ def line(s: dict) -> str | None:
     if "shuffled_pairs" not in s:
         return None
     from shardstats.cluster.progress import human_bytes
-    return (f"  shuffle counter: map {s['map_pairs']:,} pairs, after the combiner {s['combined_pairs']:,}, "
-            f"shuffled {s['shuffled_pairs']:,} ({human_bytes(s['shuffled_bytes'])}), "
-            f"busiest reducer {s['busiest_reducer_share']:.2f}x the mean")
+    out = (f"  shuffle counter: map {s['map_pairs']:,} pairs, after the combiner {s['combined_pairs']:,}, "
+           f"shuffled {s['shuffled_pairs']:,} ({human_bytes(s['shuffled_bytes'])}), "
+           f"busiest reducer {s['busiest_reducer_share']:.2f}x the mean")
+    for name, groups in (s.get("approx_rounded_groups") or {}).items():
+        out += (f"\n  {name}: {groups:,} group{'' if groups == 1 else 's'} of integers beyond +-2**53 spread wider "
+                f"than 2**53, sketched as doubles: {name}_err widened by the values tied there")
+    return out
 
 
 def sum_phases(dicts) -> dict:

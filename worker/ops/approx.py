@@ -82,24 +82,13 @@ async def skipped_total(comm: Communicator, skipped: int, name: str) -> int | No
 async def int_offset(comm: Communicator, values) -> int:
     """The job's one offset for a KLL sketch of int64 values (``sketches.kll_offset``), from every rank's minimum
     and maximum (one small tree reduction and broadcast; a scan of ~1 ns a value, against KLL's ~30)."""
-    local = (int(values.min()), int(values.max())) if len(values) else None
-    return (await int_offsets(comm, {"v": local}, "kll"))["v"][0]
-
-
-async def int_offsets(comm: Communicator, ranges: dict, name: str) -> dict:
-    """Each named column's ``(offset, min, max)`` over every rank (``sketches.kll_offset``; min and max None for
-    a column no rank holds a value of) from each rank's ``(min, max)`` of it (None: none here), all columns in
-    one small tree reduction and broadcast; every rank calls it with the same names.  ``median --approx`` asks
-    for one column, ``groupby`` for each quantile aggregate's."""
-    def merge(a: dict, b: dict) -> dict:
-        return {c: b[c] if a[c] is None else a[c] if b[c] is None else [min(a[c][0], b[c][0]), max(a[c][1], b[c][1])]
-                for c in a}
-
-    local = {c: None if r is None else [int(r[0]), int(r[1])] for c, r in ranges.items()}
-    got = await tree_reduce(comm, local, merge, f"{name}.range")
-    got = await broadcast(comm, {"o": {c: [sk.kll_offset(*r), *r] if r else [0, None, None] for c, r in got.items()}}
-                          if got is not None else None, f"{name}.offset")
-    return {c: tuple(v) for c, v in got["o"].items()}
+    local = {"lo": int(values.min()), "hi": int(values.max())} if len(values) else {"lo": None, "hi": None}
+    pick = lambda f, x, y: x if y is None else y if x is None else f(x, y)  # noqa: E731
+    got = await tree_reduce(comm, local, lambda a, b: {"lo": pick(min, a["lo"], b["lo"]),
+                                                       "hi": pick(max, a["hi"], b["hi"])}, "kll.range")
+    got = await broadcast(comm, {"o": sk.kll_offset(got["lo"], got["hi"])} if got is not None else None,
+                          "kll.offset")
+    return got["o"]
 
 
 async def sketch_job(comm: Communicator, values, vtype: str, kind: str, kparams: dict, question: dict,

@@ -181,7 +181,7 @@ async def groupby(comm: Communicator, table, params: GroupbyParams) -> tuple[dic
     if approx:
         from shardstats.worker.engine import sketchagg
         value_types = {a.name: table.schema.field(a.cols[0]).type for a in approx}
-        offsets, kinds = await _quantile_offsets(comm, table, approx, value_types, extra)
+        kinds = {a.name: sketchagg.quantile_kind(value_types[a.name]) for a in approx if a.func in sketchagg.QUANTILES}
     comm.progress.set("combine")
     mergeable = all(a.mergeable for a in aggs)
     salt = None
@@ -210,7 +210,7 @@ async def groupby(comm: Communicator, table, params: GroupbyParams) -> tuple[dic
         if combined_states:
             extra["combine_kernel"] = kernel      # dense (numpy over group codes) or duckdb: see engine/dense.py
         if combined_states and approx:        # each key's gathered values as one sketch (a binary state)
-            sent = await numpy_step(map_pairs, sketchagg.states, sent, aggs, agg._s, kinds, offsets)
+            sent = await numpy_step(map_pairs, sketchagg.states, sent, aggs, agg._s, kinds)
     else:
         from shardstats.worker.engine.exchange import plain
         drop = agg.drop_sql(keys, aggs)
@@ -243,7 +243,10 @@ async def groupby(comm: Communicator, table, params: GroupbyParams) -> tuple[dic
         ex["counters"]["shuffled_pairs"] += ex2["counters"]["shuffled_pairs"]
         ex["counters"]["shuffled_bytes"] += ex2["counters"]["shuffled_bytes"]
     if approx:
-        result = await numpy_step(mine.num_rows, sketchagg.finish, result, aggs, agg._s, value_types, offsets)
+        rounded: dict = {}
+        result = await numpy_step(mine.num_rows, sketchagg.finish, result, aggs, agg._s, value_types, rounded)
+        if rounded:                 # groups of integers spread wider than 2**53 beyond it: their _err is widened
+            extra["approx_rounded_groups"] = rounded
     from shardstats.worker.comm.collectives import allreduce
     wide = await allreduce(comm, {"w": agg.wide_sums(result)}, lambda a, b: {"w": sorted(set(a["w"]) | set(b["w"]))},
                            "groupby.wide")
@@ -254,34 +257,6 @@ async def groupby(comm: Communicator, table, params: GroupbyParams) -> tuple[dic
              "rounds": 1 + (salt is not None), "groups": result.num_rows}
     result = await rows_answer(comm, result, [(k, "ascending") for k in keys], params, stats)
     return result, stats
-
-
-async def _quantile_offsets(comm: Communicator, table, approx, value_types: dict, extra: dict) -> tuple[dict, dict]:
-    """Each integer quantile aggregate's offset, the job's for its column (``approx.int_offsets``: one small
-    reduction of every rank's min/max, before any state is built, so every rank's sketches of a key hold the
-    same ``value - offset`` and merge), and each quantile aggregate's value kind.  A column whose values lie
-    beyond +-2**53 and spread wider than it is sketched rounded: ``extra`` says so (the groups out there have
-    their ``_err`` widened by it, ``sketchagg._kll_answer``)."""
-    import pyarrow.compute as pc
-    from shardstats.sketches import EXACT_SPAN
-    from shardstats.worker.engine import sketchagg
-    from shardstats.worker.ops.approx import int_offsets
-    kinds = {a.name: sketchagg.quantile_kind(value_types[a.name]) for a in approx if a.func in sketchagg.QUANTILES}
-    cols = sorted({a.cols[0] for a in approx if kinds.get(a.name, "float64") != "float64"})
-    if not cols:
-        return {}, kinds
-    ranges = {}
-    for c in cols:
-        mm = pc.min_max(table.column(c))
-        ranges[c] = None if mm["min"].as_py() is None else (mm["min"].as_py(), mm["max"].as_py())
-    got = await int_offsets(comm, ranges, "groupby.range")
-    for c, (offset, lo, hi) in got.items():
-        if not offset and lo is not None and (lo < -EXACT_SPAN or hi > EXACT_SPAN):
-            ties = int(np.spacing(float(max(abs(lo), abs(hi))))) // 2
-            extra.setdefault("approx_rounded", {})[c] = (
-                f"values beyond +-2**53 spread over more than 2**53: sketched as doubles (ties within {ties:,}), "
-                f"the _err of groups out there widened by the ties")
-    return {a.name: got[a.cols[0]][0] for a in approx if a.cols[0] in got}, kinds
 
 
 def _resalt_sql(keys, aggs) -> str:
