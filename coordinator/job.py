@@ -400,6 +400,10 @@ async def run_job(addrs: list[str], token: bytes, spec: JobSpec, *, absolute_pat
                     logs.event("worker_lost", logging.WARNING, job=job, worker=c.worker_id, reason=why)
                     await c.close()
                 if not _retryable(exc):
+                    if isinstance(exc, JobTimeout) and spec.op == "mapreduce":
+                        # the user's own code is the likely cause, and the worker's log says nothing of it
+                        raise JobTimeout(f"{exc}; a mapreduce job's own functions (mapper, reducer...) may loop or "
+                                         f"wait: their process on every worker was killed") from None
                     raise
                 if not clients:
                     raise JobError(f"no workers left after attempt {attempt}: {exc}") from None

@@ -172,7 +172,8 @@ async def test_user_code_that_raises_hangs_or_hogs_fails_its_job_only(tmp_path, 
                 while True:
                     pass
         ''')
-        with pytest.raises(JobTimeout):
+        with pytest.raises(JobTimeout, match=r"within the --timeout of 3 s; .* a mapreduce job's own functions "
+                           r"\(mapper, reducer...\) may loop or wait: their process on every worker was killed"):
             await run_job(c.addrs, c.token, job_spec("mapreduce", str(docs), {"job": hang}, timeout=3))
         rep = await mr(c, docs, job=str(EXAMPLES / "wordcount.py"))   # and the next job runs
         assert pairs(rep)["car"] == 3
