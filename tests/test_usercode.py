@@ -281,6 +281,9 @@ def test_check_combiner_says_a_combiner_changes_the_key():
     assert uc._check(j, pa.table({"k": ["a", "a", "b"]}), 0) == \
         "--check-combiner: the combiner, given key 'a', yields key 'A': a combiner must yield each pair under the " \
         "key it was given"
+    raising = job(mapper=lambda r: [(r["nope"], 1)], combiner=lambda k, vs: [(k, sum(vs))])
+    assert failure(uc._check, raising, pa.table({"k": ["a"]}), 0).endswith(
+        "KeyError: 'nope' (mapper on record {'k': 'a'})")          # the check's mapper names its record too
 
 
 def test_float_keys_zero_and_nan_are_one_key_each_across_mappers():

@@ -563,8 +563,11 @@ def _check(job: _Job, table, seed: int) -> str | None:
     rng = random.Random(seed)
     groups: dict = {}
     for rec in _records(table):
-        for k, v in f["mapper"](rec) or ():
-            groups.setdefault(_pack(k), []).append(v)
+        try:
+            for k, v in f["mapper"](rec) or ():
+                groups.setdefault(_pack(k), []).append(v)
+        except Exception as exc:  # noqa: BLE001 - the user's mapper on the check's sample: name the record
+            raise _blame(exc, f"mapper on record {_show_value(rec)}")
     reducer = f.get("reducer") or (lambda k, vs: [(k, v) for v in vs])
 
     def answer(key, vs):       # the reducer's output pairs, in an order float rounding does not change
