@@ -295,3 +295,16 @@ def test_a_function_that_does_not_pickle_is_named():
     params = MapreduceParams(mapper=lambda r: [(r["k"], 1)], reducer=lambda k, vs: [(k, str(lock))])
     with pytest.raises(UsageError, match=r"^reducer: cannot be shipped to the workers \(TypeError: cannot pickle "):
         prepare(params)
+
+
+def test_functions_capturing_more_than_a_message_holds_are_refused_in_one_line(tmp_path):
+    """A closure over 12 MB of data: a UsageError naming the function and what to do, not the protocol's
+    "FrameTooLarge refusing to send a 15055563-byte frame"; a job file over the limit likewise."""
+    from shardstats.worker.ops.mapreduce import MapreduceParams, prepare
+    big = {f"k{i}": f"{i:0100d}" for i in range(100_000)}
+    params = MapreduceParams(mapper=lambda r: [(r["k"], 1)], reducer=lambda k, vs: [(k, len(big))])
+    with pytest.raises(UsageError, match=r"^reducer: pickles to 1\d\.\d\d MiB with what it captures; .* at most 3 MiB"):
+        prepare(params)
+    job = job_file(tmp_path, "DATA = " + repr("x" * (4 << 20)) + "\ndef mapper(r):\n    yield 1, 1\n")
+    with pytest.raises(UsageError, match=r"job\.py: 4\.00 MiB of code; a job file may be at most 3 MiB"):
+        prepare(MapreduceParams(job=job))

@@ -36,6 +36,9 @@ from shardstats.worker.ops.contract import KeyedParams, Op, option
 FUNCTIONS = ("mapper", "combiner", "reducer", "partitioner", "sort_values", "map_batch", "combine_batch",
              "reduce_batch")
 CHECK_SAMPLE = 2_000
+# The most a job's code (its source, or its functions pickled, base64) may weigh: it travels inside the job's
+# messages, whose frames stop at 4 MiB (settings.max_frame); the rest of a message is its other fields.
+MAX_CODE = 3 << 20
 
 
 def _sides(items) -> tuple:
@@ -105,6 +108,10 @@ def prepare(p: MapreduceParams) -> MapreduceParams:
             compile(source, p.job, "exec")
         except SyntaxError as exc:
             raise UsageError(f"--job {p.job}:{exc.lineno}: {exc.msg}") from None
+        if len(source.encode("utf-8")) > MAX_CODE:
+            raise UsageError(f"--job {p.job}: {len(source.encode('utf-8')) / 2**20:.2f} MiB of code; a job file may "
+                             f"be at most {MAX_CODE >> 20} MiB: keep data in a file (--side NAME=PATH, or read "
+                             f"inside the function)")
         return replace(p, code=source, code_kind="source", code_name=os.path.abspath(p.job))
     import cloudpickle
     fns = {f: getattr(p, f) for f in FUNCTIONS if getattr(p, f) is not None}
@@ -118,6 +125,15 @@ def prepare(p: MapreduceParams) -> MapreduceParams:
                          f"may use only what pickles (no locks, sockets, open files or connections: make them "
                          f"inside it)") from None
     blob = base64.b64encode(pickled).decode("ascii")
+    if len(blob) > MAX_CODE:
+        # what a function captures travels with it: a 12 MB dict failed as the protocol's "FrameTooLarge
+        # refusing to send a 15055563-byte frame", naming neither the function nor what to do
+        sizes = {f: len(cloudpickle.dumps(fn)) for f, fn in fns.items()}
+        big = max(sizes, key=sizes.get)
+        raise UsageError(f"{big}: pickles to {sizes[big] / 2**20:.2f} MiB with what it captures; a job's "
+                         f"functions may be at most {MAX_CODE >> 20} MiB in all (base64): keep data in a file "
+                         f"(side=[\"NAME=PATH\"] gives every mapper a table as sides[NAME]), or read it inside the "
+                         f"function")
     name = getattr(next(iter(fns.values())), "__code__", None)
     return replace(p, code=blob, code_kind="pickle", code_name=name.co_filename if name else "<functions>",
                    **{f: None for f in FUNCTIONS})
