@@ -55,7 +55,9 @@ def _sides(items) -> tuple:
 class MapreduceParams(KeyedParams):
     job: str | None = option(None, "The job's Python file: mapper(record) and optionally combiner, reducer, "
                              "partitioner, sort_values (or map_batch/combine_batch/reduce_batch).", metavar="FILE.py")
-    reducers: int | None = option(None, "Reducers (default: every worker).", min=1, max=65_536)
+    reducers: int | None = option(None, "Reducers (default: every worker). At most one per worker: a larger N "
+                                  "runs on the workers there are, and a partitioner's n is their count.",
+                                  min=1, max=65_536)
     side: tuple = option((), "A small table every mapper sees as sides[NAME] (a list of rows): NAME=PATH. "
                          "Repeat it for more.", metavar="NAME=PATH", multiple=True, parse=_sides)
     check_combiner: bool = option(False, "Before the job, run each worker's first records with the combiner in "
