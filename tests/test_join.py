@@ -90,6 +90,38 @@ async def test_empty_side_and_mismatched_key_types(tmp_path):
                                                                       "right_on": "k2"}))
 
 
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+async def test_a_file_lacking_a_key_column_is_named_not_read_as_nulls(tmp_path, fmt):
+    """One file of several lacks the key: its rows were read as NULL keys (the files' schemas are united by
+    name), which a sort placed with the NULLs and an inner join matched to nothing -- rows lost, exit 0. Now the
+    job is refused naming the file (and the file that has the key), as group-by refuses it; the next job runs.
+    Where no file has the key, the op says so in its own words (--by: no column ...)."""
+    from shardstats.errors import InputError
+    d = tmp_path / "in"
+    d.mkdir()
+    a, b = pa.table({"k": [1, 2, 2], "v": [1, 2, 3]}), pa.table({"v": [10, 20]})
+    if fmt == "parquet":
+        pq.write_table(a, d / "a.parquet")
+        pq.write_table(b, d / "b.parquet")
+    else:
+        import pyarrow.csv as pcsv
+        pcsv.write_csv(a, d / "a.csv")
+        pcsv.write_csv(b, d / "b.csv")
+    other = tmp_path / "r.parquet"
+    pq.write_table(pa.table({"k": [1, 2], "w": [5, 6]}), other)
+    import re
+    lacking = re.escape(f"{d / ('b.' + fmt)}: no column 'k'")
+    async with in_process_cluster(2, root=str(tmp_path)) as c:
+        for spec in (job_spec("sort", str(d), {"by": "k", "out": str(tmp_path / "o")}),
+                     job_spec("join", str(d), {"right": str(other), "on": "k"}),
+                     job_spec("join", str(other), {"right": str(d), "on": "k"}),
+                     job_spec("groupby", str(d), {"by": "k", "agg": ["sum(v)"]})):
+            with pytest.raises(InputError, match=lacking):
+                await run_job(c.addrs, c.token, spec)
+        rep = await run_job(c.addrs, c.token, job_spec("join", str(d / f"a.{fmt}"), {"right": str(other), "on": "k"}))
+        assert rep.result["rows"] == 3
+
+
 async def test_a_hot_key_is_salted_and_the_rows_stay_the_same(tmp_path):
     """Half the big side holds one key: salted, no reducer above 1.5x the mean; unsalted, one takes it."""
     rng = np.random.default_rng(9)

@@ -145,9 +145,12 @@ def load_table(files: list[ShardRef], root: str | Access, read: dict, progress: 
             elif keep is not None:
                 piece_keep = lambda piece, side=side: keep(piece, side)      # noqa: E731
             t = readers.read_table(ref, where, read.get("columns"), budget, piece_keep)
+        lacking = [] if kind == "documents" or read.get("premap") else \
+            [k for k in (read.get("slice_on") or {}).get(side) or () if k not in t.column_names]
         if read.get("ordinals") is not None and "__sort_row" not in t.column_names:    # read whole, or none kept
             t = _with_ordinals(t, read["ordinals"][i], 0)
-        described.append([[f.name, str(f.type), ref.path] for f in t.schema])     # the hidden columns too
+        described.append([[f.name, str(f.type), ref.path] for f in t.schema]       # the hidden columns too
+                         + [[k, schema.ABSENT, ref.path] for k in lacking])       # refused if a file has it
         held += t.nbytes
         tables.append(t)
         if progress is not None:
@@ -219,10 +222,8 @@ class Sides(dict):
 def arrow_schema(described: list[list]):
     """The Arrow schema of a described one (``worker.data.schema``)."""
     import pyarrow as pa
-    fields = []
-    for name, typ, _ in described:
-        fields.append(pa.field(name, _arrow_type(typ)))
-    return pa.schema(fields)
+    from shardstats.worker.data.schema import ABSENT
+    return pa.schema([pa.field(name, _arrow_type(typ)) for name, typ, _ in described if typ != ABSENT])
 
 
 def _arrow_type(typ: str):

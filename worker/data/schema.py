@@ -67,16 +67,26 @@ def _meet(a: str, b: str) -> str | None:
     return None
 
 
+ABSENT = "absent"    # the type of a key column a file lacks (jobs.load_table): refused where another file has it
+
+
 def unify(parts: list[Described]) -> Described:
     """One schema from many files' (or workers') descriptions; an ``InputError`` naming both files when two disagree.
 
     Columns keep the order of their first appearance. A column missing from one file is
-    not an error here: the reader already refused files that lack a column the job reads.
+    not an error here: the reader already refused files that lack a column the job reads --
+    except a key column of a job that reads every column (a sort, a join), which such a file
+    describes as ``ABSENT``: refused, naming the file, where another file has it (read as NULLs, a sort
+    placed its rows with the NULLs and an inner join matched none); kept as ``ABSENT`` where no file has
+    it, for the op to name (``arrow_schema`` leaves it out).
     """
     out: dict[str, list] = {}
     for part in parts:
         for name, typ, where in part:
-            typ = canonical(typ)
+            typ = canonical(typ) if typ != ABSENT else typ
+            if name in out and ABSENT in (typ, out[name][1]) and typ != out[name][1]:
+                lacking, having = (where, out[name][2]) if typ == ABSENT else (out[name][2], where)
+                raise InputError(f"{lacking}: no column {name!r}, a key of this job, which {having} has")
             if name not in out:
                 out[name] = [name, typ, where]
                 continue
