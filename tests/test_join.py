@@ -321,6 +321,9 @@ def test_passes_add_counts_and_take_shares_of_the_sums():
     assert out["unsalted_reducer_pairs"] == [40, 40] and out["busiest_reducer_share_unsalted"] == 1.0
     assert out["salt"] == 2 and out["hot_keys"] == [["b", 9], ["a", 7]] and out["shuffled_pairs"] == 11
     assert add_stats(a, {"shuffled_pairs": 1})["hot_keys"] == [["a", 7]]     # a pass without hot keys keeps them
+    # groups whose approximate quantiles were rounded, counted per aggregate in each pass: added, not the last's
+    got = add_stats({"approx_rounded_groups": {"m": 2, "p": 1}}, {"approx_rounded_groups": {"m": 3}})
+    assert got["approx_rounded_groups"] == {"m": 5, "p": 1}
 
 
 @pytest.mark.parametrize("how", list(HOWS))

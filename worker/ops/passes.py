@@ -60,14 +60,16 @@ ELEMENTWISE = ("unsalted_reducer_pairs",)     # counts per rank: a pass's are ad
 KEPT = ("salt",)                              # a setting (reducers per hot key), the same in every pass that has it
 HOT = ("hot_keys",)                           # [*key, rows] of a pass: the passes' keys are disjoint (key slices)
 HOT_SHOWN = 10
+COUNTED = ("approx_rounded_groups",)           # {name: groups} of a pass: the passes' groups are disjoint, added
 EACH_PASS = ("pass_part_rows", "pass_part_bytes")   # one entry a pass (a sort's part of each pass): the passes' in order
 SHARES = {"busiest_reducer_share_unsalted": "unsalted_reducer_pairs"}    # a share: taken again of the summed counts
 
 
 def add_stats(a: dict, b: dict) -> dict:
     """Two passes' stats as one job's: numbers and per-phase seconds add, peaks take the larger, counts per rank
-    add rank by rank, hot keys of both passes are listed (heaviest first), the rest (choices made) is the last
-    pass's, or the earlier one's where the last has none; an unknown count (None) stays unknown. A share
+    add rank by rank, counts by name (``COUNTED``) name by name, hot keys of both passes are listed (heaviest
+    first), the rest (choices made) is the last pass's, or the earlier one's where the last has none; an unknown
+    count (None) stays unknown. A share
     (``SHARES``) is taken again of the summed counts: two passes' shares of 1.0 once added up to 2.0."""
     if not a:
         return b
@@ -86,6 +88,8 @@ def add_stats(a: dict, b: dict) -> dict:
             out[k] = sorted(w + v, key=lambda h: -h[-1])[:HOT_SHOWN]
         elif k in KEPT:
             out[k] = v
+        elif k in COUNTED and isinstance(w, dict) and isinstance(v, dict):
+            out[k] = {n: w.get(n, 0) + v.get(n, 0) for n in {*w, *v}}
         elif isinstance(v, (int, float)) and not isinstance(v, bool) and isinstance(w, (int, float)):
             out[k] = v + w
         elif k == "distinct_keys":
