@@ -283,7 +283,7 @@ def _check_columns(have: list[str], want: list[str] | None, name: str) -> None:
 def _csv(data: bytes, name: str, sep: str, columns: list[str] | None):
     import pyarrow as pa
     import pyarrow.csv as pcsv
-    header = data.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8")
+    header = data.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8-sig")     # a BOM is no part of the first name
     have = next(__import__("csv").reader([header], delimiter=sep)) if header else []
     _check_columns(have, columns, name)
     try:

@@ -1,0 +1,22 @@
+"""Keyed ops over inputs as users write them (a BOM, mixed formats, junk beside the data), each answer against
+DuckDB reading the same files: cases a QA pass found wrong, kept so they stay right."""
+from __future__ import annotations
+
+from shardstats.coordinator.job import run_job
+from shardstats.coordinator.spec import job_spec
+from shardstats.testing import in_process_cluster
+from tests.keyed_ref import assert_rows_equal, duck
+
+
+async def test_a_csv_with_a_byte_order_mark_names_its_first_column_as_written(tmp_path):
+    # Excel's "CSV UTF-8" starts with a BOM; the header check read it as part of the first name and refused
+    # 'k' ("it has: \ufeffk, v"), where pyarrow and DuckDB both read the column as k.
+    d = tmp_path / "bom"
+    d.mkdir()
+    (d / "a.csv").write_bytes("\ufeffk,v\nx,1\ny,2\nx,3\n".encode())
+    (d / "b.tsv").write_bytes("\ufeffk\tv\nx\t10\n".encode())
+    async with in_process_cluster(2, root=str(tmp_path)) as c:
+        rep = await run_job(c.addrs, c.token, job_spec("groupby", str(d), {"by": "k", "agg": ["sum(v)"]}))
+    _, want = duck(f"select k, sum(v) from (select * from read_csv('{d}/a.csv') union all "
+                   f"select * from read_csv('{d}/b.tsv', delim='\t')) group by k")
+    assert_rows_equal(rep.result["data"], want, 1)
