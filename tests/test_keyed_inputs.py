@@ -2,6 +2,8 @@
 DuckDB reading the same files: cases a QA pass found wrong, kept so they stay right."""
 from __future__ import annotations
 
+import pytest
+
 from shardstats.coordinator.job import run_job
 from shardstats.coordinator.spec import job_spec
 from shardstats.testing import in_process_cluster
@@ -20,3 +22,14 @@ async def test_a_csv_with_a_byte_order_mark_names_its_first_column_as_written(tm
     _, want = duck(f"select k, sum(v) from (select * from read_csv('{d}/a.csv') union all "
                    f"select * from read_csv('{d}/b.tsv', delim='\t')) group by k")
     assert_rows_equal(rep.result["data"], want, 1)
+
+
+@pytest.mark.parametrize("pattern, why", [("(", "unclosed group at character 1"),
+                                          ("[a-", "unclosed character class at character 1"),
+                                          ("a{2,1}", "invalid repetition count range")])
+def test_a_bad_pattern_says_why_in_one_line(pattern, why):
+    # Polars' message begins "regex error: regex parse error:" and gives the reason on later lines: the user
+    # saw only that first line, "not a regular expression (regex error: regex parse error:)"
+    from shardstats.worker.engine.tokens import check_pattern
+    bad = check_pattern(pattern)
+    assert why in bad and "\n" not in bad

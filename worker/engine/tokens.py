@@ -103,8 +103,20 @@ def check_pattern(pattern: str) -> str | None:
     try:
         pl.DataFrame({"t": ["x"]}).select(pl.col("t").str.extract_all(pattern))
     except Exception as exc:  # noqa: BLE001 - Polars raises its own compute error for a bad pattern
-        return str(exc).strip().splitlines()[0][:200]
+        return _regex_reason(str(exc))
     return None
+
+
+def _regex_reason(text: str) -> str:
+    """The regex crate's reason and place from Polars' message, on one line: its first line alone said only
+    "regex error: regex parse error:", the reason (``error: unclosed group``) and a caret under the pattern
+    being the lines after it."""
+    lines = text.strip().splitlines()
+    reason = next((ln[len("error: "):] for ln in lines if ln.startswith("error: ")), None)
+    if reason is None:
+        return lines[0][:200] if lines else "not accepted"
+    caret = next((ln.index("^") - 4 for ln in lines if ln.strip() and set(ln.strip()) == {"^"}), None)
+    return reason[:200] + (f" at character {caret + 1}" if caret is not None and caret >= 0 else "")
 
 
 class Premap:
