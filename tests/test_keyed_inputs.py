@@ -33,3 +33,33 @@ def test_a_bad_pattern_says_why_in_one_line(pattern, why):
     from shardstats.worker.engine.tokens import check_pattern
     bad = check_pattern(pattern)
     assert why in bad and "\n" not in bad
+
+
+async def test_empty_files_beside_others_are_zero_rows(tmp_path):
+    # A 0-byte JSON-lines or CSV shard (an hour with no events), or one of blank lines, failed the whole job
+    # ("empty file", exit 2) where DuckDB reads it as zero rows; a job over nothing but empty files names the
+    # column it cannot find.
+    from shardstats.errors import UsageError
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "a.jsonl").write_bytes(b"")
+    (d / "b.jsonl").write_text('{"k": "x", "v": 1}\n{"k": "y", "v": 2}\n')
+    (d / "c.ndjson").write_text("\n\n")
+    (d / "d.csv").write_bytes(b"")
+    (d / "e.csv").write_text("k,v\nx,5\n")
+    right = tmp_path / "right"
+    right.mkdir()
+    (right / "r.jsonl").write_text('{"k": "x", "w": 7}\n')
+    (right / "s.jsonl").write_bytes(b"")
+    nothing = tmp_path / "nothing"
+    nothing.mkdir()
+    (nothing / "a.jsonl").write_bytes(b"")
+    async with in_process_cluster(2, root=str(tmp_path)) as c:
+        rep = await run_job(c.addrs, c.token, job_spec("groupby", str(d), {"by": "k", "agg": ["sum(v)", "count()"]}))
+        assert_rows_equal(rep.result["data"], [("x", 6, 2), ("y", 2, 1)], 1)
+        rep = await run_job(c.addrs, c.token, job_spec("join", str(d), {"right": str(right), "on": "k"}))
+        assert_rows_equal(rep.result["data"], [("x", 1, 7), ("x", 5, 7)], 2)
+        with pytest.raises(UsageError, match=r"no column 'k' in the input \(it has: none: every file of it is empty"):
+            await run_job(c.addrs, c.token, job_spec("groupby", str(nothing), {"by": "k", "agg": ["sum(v)"]}))
+        rep = await run_job(c.addrs, c.token, job_spec("groupby", str(d), {"by": "k", "agg": ["count()"]}))
+        assert rep.result["rows"] == 2        # and the cluster serves the next job

@@ -145,7 +145,7 @@ def load_table(files: list[ShardRef], root: str | Access, read: dict, progress: 
             elif keep is not None:
                 piece_keep = lambda piece, side=side: keep(piece, side)      # noqa: E731
             t = readers.read_table(ref, where, read.get("columns"), budget, piece_keep)
-        lacking = [] if kind == "documents" or read.get("premap") else \
+        lacking = [] if kind == "documents" or read.get("premap") or not t.num_columns else \
             [k for k in (read.get("slice_on") or {}).get(side) or () if k not in t.column_names]
         if read.get("ordinals") is not None and "__sort_row" not in t.column_names:    # read whole, or none kept
             t = _with_ordinals(t, read["ordinals"][i], 0)

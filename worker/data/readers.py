@@ -77,9 +77,16 @@ def read_table(ref: ShardRef, real_path: str, columns: list[str] | None, budget:
     with opened(ref, real_path, budget) as (f, size):
         data = read_exactly(f, size, name)
     if size == 0:
-        raise InputError(f"{name}: empty file (a table needs at least a header row)") if suffix in (".csv", ".tsv") \
-            else InputError(f"{name}: empty file") if columns else InputError(f"{name}: empty file")
+        return empty_table()
     return _text_table(data, name, suffix, columns)
+
+
+def empty_table():
+    """An empty file's table: no rows and no columns, which every column of the job's other files fills with
+    nulls (``worker.jobs.load_table``).  An hour with no events leaves a 0-byte JSON-lines shard; DuckDB, Polars
+    and Spark read it (and a 0-byte CSV) as zero rows, so a job over it must not fail."""
+    import pyarrow as pa
+    return pa.table({})
 
 
 def _text_table(data: bytes, name: str, suffix: str, columns: list[str] | None):
@@ -243,10 +250,8 @@ def _text_kept(ref: ShardRef, real_path: str, columns: list[str] | None, keep, s
         del data
         kept.append(keep(t))
         del t
-    if header is None and suffix in (".csv", ".tsv"):
-        raise InputError(f"{name}: empty file (a table needs at least a header row)")
     if not kept:
-        raise InputError(f"{name}: empty file")
+        return empty_table()
     try:
         return pa.concat_tables(kept, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -327,6 +332,8 @@ def _jsonl(data: bytes, name: str, columns: list[str] | None):
                 except ValueError as jexc:
                     raise InputError(f"{name}:{i}: not valid JSON ({jexc})") from None
         raise InputError(f"{name}: {msg}") from None
+    if t.num_columns == 0:          # blank lines only: no record, as an empty file
+        return empty_table()
     _check_columns(t.column_names, columns, name)
     return t.select(columns) if columns else t
 

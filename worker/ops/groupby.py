@@ -171,6 +171,11 @@ async def groupby(comm: Communicator, table, params: GroupbyParams) -> tuple[dic
     from shardstats.worker.engine.exchange import exchange
     keys = list(params.keys)
     aggs = agg.parse_all(params.agg, keys)
+    # every file read was checked for these columns; only a job whose files are all empty has none of them
+    missing = [c for c in agg.columns_needed(keys, aggs) if c not in table.column_names]
+    if missing:
+        raise UsageError(f"no column {missing[0]!r} in the input (it has: "
+                         f"{', '.join(table.column_names) or 'none: every file of it is empty'})")
     agg.check_types(aggs, table.schema)
     cfg = ShuffleConfig.from_params(params, None)
     t0 = time.perf_counter()
