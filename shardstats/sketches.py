@@ -35,7 +35,7 @@ import os
 import stat
 import time
 
-from shardstats.errors import InputError, UsageError
+from shardstats.errors import InputError
 
 MAGIC = "shardstats-sketch"
 FORMAT_VERSION = 1

@@ -968,7 +968,6 @@ def test_a_combining_group_by_measures_its_share_before_it_chooses_passes(tmp_pa
     whole and counts its keys: with few keys it runs in one pass from memory (db-benchmark's q4 at 1e8 took 2
     passes and 1.9 GiB of spill for 200 MB of rows a worker); near-unique keys still take passes, from runs
     written once from memory; a job whose rows travel keeps the guess's passes."""
-    from shardstats.coordinator.spec import job_spec
     from shardstats.worker import jobs
     from shardstats.worker.engine import slices
     from shardstats.worker.ops import registry

@@ -105,7 +105,6 @@ async def plan_ranges(comm: Communicator, sample, params: SortParams, passes: in
     if got is not None:
         s = pa.concat_tables([codec.decode(x) for x in got["p"]], promote_options="permissive")
         ordered = s.take(_sort_indices(s, route_order))
-        m = ordered.num_rows
         picks = _picks(ordered, route_order, passes, whole_values=bool(part_keys))
         bounds = ordered.take(pa.array(picks, pa.int64())) if picks else ordered.slice(0, 0)
         plan = {"b": codec.encode(bounds)}
