@@ -133,6 +133,12 @@ def reader_options(spec: JobSpec) -> dict | None:
         return None
     read = dict(read)
     cached = [i for i in spec.inputs if i.startswith(CACHE_PREFIX)]
+    side_cached = [p for paths in (read.get("sides") or {}).values() for p in paths if p.startswith(CACHE_PREFIX)]
+    if read.get("sides") and (cached or side_cached):
+        # a join's workers describe one schema per side, a cached dataset one schema: the coordinator failed
+        # on it with a traceback (exit 1), or looked for a file named cache:NAME
+        raise UsageError(f"{(cached or side_cached)[0]}: a job of several inputs (a join, a MapReduce job with "
+                         f"--side) reads them from their files; a cached dataset is a one-input job's input")
     if cached:
         if len(spec.inputs) > 1:
             raise UsageError(f"--input {cached[0]}: a cached dataset is the job's only input")

@@ -63,3 +63,23 @@ async def test_empty_files_beside_others_are_zero_rows(tmp_path):
             await run_job(c.addrs, c.token, job_spec("groupby", str(nothing), {"by": "k", "agg": ["sum(v)"]}))
         rep = await run_job(c.addrs, c.token, job_spec("groupby", str(d), {"by": "k", "agg": ["count()"]}))
         assert rep.result["rows"] == 2        # and the cluster serves the next job
+
+
+async def test_a_cached_table_used_where_it_cannot_serve_is_one_clear_error(tmp_path):
+    # Word count over a group-by's cached table crashed in the tokenizer (KeyError 'text', exit 1); a join or a
+    # MapReduce job with --side from a cached dataset crashed the coordinator (AttributeError, a traceback).
+    from shardstats.errors import InputError, UsageError
+    d = tmp_path / "t"
+    d.mkdir()
+    (d / "a.csv").write_text("k,v\nx,1\ny,2\n")
+    async with in_process_cluster(2, root=str(tmp_path)) as c:
+        await run_job(c.addrs, c.token, job_spec("groupby", str(d), {"by": "k", "agg": ["count()"], "cache": "t"}))
+        for op in ("wordcount", "index"):
+            with pytest.raises(InputError, match=r"cache:t: a table's rows \(columns: k, v\), not text documents"):
+                await run_job(c.addrs, c.token, job_spec(op, "cache:t", {}))
+        with pytest.raises(UsageError, match=r"cache:t: a job of several inputs"):
+            await run_job(c.addrs, c.token, job_spec("join", "cache:t", {"right": str(d), "on": "k"}))
+        with pytest.raises(UsageError, match=r"cache:t: a job of several inputs"):
+            await run_job(c.addrs, c.token, job_spec("join", str(d), {"right": "cache:t", "on": "k"}))
+        rep = await run_job(c.addrs, c.token, job_spec("groupby", "cache:t", {"by": "k", "agg": ["sum(v)"]}))
+        assert_rows_equal(rep.result["data"], [("x", 1), ("y", 2)], 1)

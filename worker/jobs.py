@@ -345,7 +345,14 @@ async def _read_table(job: Job, root: str | Access, progress: Progress):
     if read.get("from_cache"):
         if cache is None:
             raise InputError(f"cache:{read['from_cache']}: this worker keeps no datasets")
-        return cache.get(read["from_cache"])
+        table, described = cache.get(read["from_cache"])
+        if read.get("kind") == "documents" and table.column_names[:3] != ["doc", "line", "text"]:
+            # a table job's rows are no documents: the text ops' tokenizer failed on them (KeyError 'text', exit 1)
+            raise InputError(f"cache:{read['from_cache']}: a table's rows (columns: "
+                             f"{', '.join(table.column_names) or 'none'}), not text documents: word count and the "
+                             f"index read the documents a text job cached (wordcount --cache NAME), or a table's "
+                             f"text column from its files (--text COL)")
+        return table, described
     # on a thread: beyond memory this reads the whole share once into runs (the event loop answers meanwhile)
     sliced = await asyncio.to_thread(_plan_slices, job, root, read, progress)
     if sliced is not None:
