@@ -252,7 +252,13 @@ class Cluster:
         if op is None:
             raise AttributeError(f"Cluster has no attribute {name!r} (ops: {', '.join(sorted(registry.ops()))})")
 
-        def method(path: str | list[str], **kw: Any):
+        def method(path: str | list[str], *more: Any, **kw: Any):
+            # a join's two inputs read as ``c.join(left, right, on=...)``; every other parameter goes by name
+            if more:
+                if len(more) > 1 or "right" not in {f.name for f in _fields(op)} or "right" in kw:
+                    raise TypeError(f"{name}(path, **params): pass {op_name}'s parameters by name "
+                                    f"({', '.join(f.name for f in _fields(op) if not f.name.startswith('_'))})")
+                kw["right"] = more[0]
             return self.submit_async(op_name, path, **kw) if is_async else self.submit(op_name, path, **kw)
         method.__name__ = name
         method.__doc__ = f"{op.summary}\n\nParameters: {', '.join(f.name for f in _fields(op))}; job options: " \

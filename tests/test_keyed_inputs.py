@@ -83,3 +83,16 @@ async def test_a_cached_table_used_where_it_cannot_serve_is_one_clear_error(tmp_
             await run_job(c.addrs, c.token, job_spec("join", str(d), {"right": "cache:t", "on": "k"}))
         rep = await run_job(c.addrs, c.token, job_spec("groupby", "cache:t", {"by": "k", "agg": ["sum(v)"]}))
         assert_rows_equal(rep.result["data"], [("x", 1), ("y", 2)], 1)
+
+
+def test_the_api_takes_a_joins_right_side_by_position(tmp_path):
+    # c.join(left, right, on=...) failed with "method() takes 1 positional argument but 2 were given"
+    from shardstats import Cluster
+    (tmp_path / "l.csv").write_text("k,a\n1,x\n2,y\n")
+    (tmp_path / "r.csv").write_text("k,b\n2,z\n2,w\n3,q\n")
+    with Cluster.local(2) as c:
+        got = c.join(str(tmp_path / "l.csv"), str(tmp_path / "r.csv"), on="k").to_arrow()
+        with pytest.raises(TypeError, match="pass groupby's parameters by name"):
+            c.groupby(str(tmp_path / "l.csv"), "k")
+    _, want = duck(f"select * from '{tmp_path}/l.csv' join '{tmp_path}/r.csv' using (k)")
+    assert_rows_equal([list(r.values()) for r in got.to_pylist()], want, 3)
