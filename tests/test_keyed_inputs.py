@@ -96,3 +96,25 @@ def test_the_api_takes_a_joins_right_side_by_position(tmp_path):
             c.groupby(str(tmp_path / "l.csv"), "k")
     _, want = duck(f"select * from '{tmp_path}/l.csv' join '{tmp_path}/r.csv' using (k)")
     assert_rows_equal([list(r.values()) for r in got.to_pylist()], want, 3)
+
+
+async def test_json_lines_dates_and_zoned_times_are_typed_as_csv_and_duckdb_type_them(tmp_path):
+    # pyarrow's JSON reader typed a date as a midnight timestamp and "...Z" as a time of no zone (so a JSON
+    # and a CSV file of the same columns were refused as disagreeing), and left "+02:00" offsets or
+    # fractional seconds as text (max() then compared strings: 11:00+02:00 above 10:00Z).
+    d = tmp_path / "t"
+    d.mkdir()
+    (d / "a.csv").write_text("k,ts,d\na,2024-01-01T10:00:00+02:00,2024-01-01\nb,2024-06-01T00:00:00Z,\n")
+    (d / "b.jsonl").write_text('{"k": "a", "ts": "2024-01-01T11:00:00+02:00", "d": "2024-01-03", "n": 1}\n'
+                               '{"k": "a", "ts": "2024-01-01T08:30:00.5Z", "d": null, "n": 2}\n'
+                               '{"k": "b", "ts": null, "d": "2024-01-02"}\n')
+    (d / "c.jsonl").write_text('{"k": "b", "ts": "2024-01-01T10:00:00Z", "d": "2023-12-31"}\n')
+    async with in_process_cluster(2, root=str(tmp_path)) as c:
+        rep = await run_job(c.addrs, c.token, job_spec("groupby", str(d), {
+            "by": "k", "agg": ["max(ts)", "min(ts)", "min(d)", "max(d)", "count(ts)"]}))
+    _, want = duck(f"select k, max(ts), min(ts), min(d), max(d), count(ts) from (select * from "
+                   f"read_csv('{d}/a.csv') union all by name select * from read_json('{d}/*.jsonl')) group by k")
+    import datetime
+    iso = [tuple(v.isoformat() if isinstance(v, (datetime.date, datetime.datetime)) else v for v in r) for r in want]
+    got = [[v.replace("+00:00", "") if isinstance(v, str) else v for v in r] for r in rep.result["data"]]
+    assert_rows_equal(got, [tuple(v.replace("+00:00", "") if isinstance(v, str) else v for v in r) for r in iso], 1)

@@ -335,7 +335,47 @@ def _jsonl(data: bytes, name: str, columns: list[str] | None):
     if t.num_columns == 0:          # blank lines only: no record, as an empty file
         return empty_table()
     _check_columns(t.column_names, columns, name)
-    return t.select(columns) if columns else t
+    t = t.select(columns) if columns else t
+    if any(pa.types.is_timestamp(f.type) for f in t.schema):
+        # pyarrow's JSON reader types whole-second text as timestamp[s] and drops what it said: a date became
+        # a midnight, "...Z" a time of no zone. Read those columns again as the text they are, and type them
+        # as the CSV reader and DuckDB do
+        texts = pa.schema([f.with_type(pa.string()) if pa.types.is_timestamp(f.type) else f
+                           for f in pj.read_json(pa.BufferReader(data), read_options=pj.ReadOptions(
+                               block_size=CSV_BLOCK)).schema])
+        t = pj.read_json(pa.BufferReader(data), read_options=pj.ReadOptions(block_size=CSV_BLOCK),
+                         parse_options=pj.ParseOptions(explicit_schema=texts))
+        t = t.select(columns) if columns else t
+    return _times_typed(t)
+
+
+_DATE_LIKE = r"^\d{4}-\d{2}-\d{2}"
+
+
+def _times_typed(t):
+    """A JSON table's text columns of ISO dates as ``date32``, of ISO date-times as timestamps (``tz=UTC`` when
+    each names its zone offset; the CSV reader's types, and DuckDB's DATE, TIMESTAMP and TIMESTAMPTZ); other
+    text stays text. Only a column whose first value starts like a date is looked at further (vectorised)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    for i, f in enumerate(t.schema):
+        if not (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)):
+            continue
+        col = t.column(i)
+        first = col.drop_null()
+        if not len(first) or not pc.match_substring_regex(first[:1], _DATE_LIKE)[0].as_py():
+            continue
+        if pc.all(pc.match_substring_regex(first, _DATE_LIKE + "$")).as_py():
+            targets = [pa.date32()]
+        else:
+            targets = [pa.timestamp("us"), pa.timestamp("us", tz="UTC")]
+        for target in targets:
+            try:
+                t = t.set_column(i, f.name, col.cast(target))
+                break
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                continue
+    return t
 
 
 def _raise(message: str):
