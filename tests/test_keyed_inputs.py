@@ -118,3 +118,20 @@ async def test_json_lines_dates_and_zoned_times_are_typed_as_csv_and_duckdb_type
     iso = [tuple(v.isoformat() if isinstance(v, (datetime.date, datetime.datetime)) else v for v in r) for r in want]
     got = [[v.replace("+00:00", "") if isinstance(v, str) else v for v in r] for r in rep.result["data"]]
     assert_rows_equal(got, [tuple(v.replace("+00:00", "") if isinstance(v, str) else v for v in r) for r in iso], 1)
+
+
+def test_a_compressed_shard_is_refused_by_name_not_skipped(tmp_path):
+    # A folder's data.csv.gz beside other.csv was passed over like a README: the job answered over part of the
+    # data, exit 0, without a word.
+    from shardstats.errors import InputError
+    from shardstats.worker.data.readers import TABLE_SUFFIXES
+    from shardstats.worker.io.listing import list_shards
+    (tmp_path / "other.csv").write_text("k,v\na,1\n")
+    (tmp_path / "data.csv.gz").write_bytes(b"\x1f\x8b")
+    (tmp_path / "README").write_text("about the data\n")
+    (tmp_path / ".hidden.csv.gz").write_bytes(b"\x1f\x8b")
+    for suffixes in (TABLE_SUFFIXES, None):
+        with pytest.raises(InputError, match=r"data\.csv\.gz: a compressed file, which is not read"):
+            list_shards(str(tmp_path), suffixes)
+    (tmp_path / "data.csv.gz").unlink()
+    assert list_shards(str(tmp_path), TABLE_SUFFIXES) == [str(tmp_path / "other.csv")]

@@ -89,7 +89,7 @@ def list_shards(path: str, suffixes: tuple[str, ...] | None = SUFFIXES) -> list[
             raise InputError(f"{path}: the pattern matches no files")
     elif p.is_dir():
         try:
-            entries = sorted(f for f in p.iterdir() if wanted(f))
+            entries = sorted(f for f in p.iterdir() if wanted(f) or _compressed(f, suffixes))
         except PermissionError:
             raise InputError(f"{path}: permission denied") from None
         _refuse_special(entries)
@@ -103,10 +103,26 @@ def list_shards(path: str, suffixes: tuple[str, ...] | None = SUFFIXES) -> list[
         raise InputError(f"{path}: not a regular file or directory")
     else:
         raise InputError(f"{path}: no such file or directory")
+    packed = [f for f in files if _compressed(Path(f), suffixes)]
+    if packed:
+        raise InputError(f"{packed[0]}: a compressed file, which is not read (decompress it, e.g. gunzip; Parquet "
+                         f"compresses inside the file)")
     wrong = [] if suffixes is None else [f for f in files if Path(f).suffix.lower() not in suffixes]
     if wrong:
         raise InputError(f"{wrong[0]}: unsupported file type ({expected_types(suffixes)})")
     return files
+
+
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zstd", ".lz4", ".zip", ".snappy")
+
+
+def _compressed(f: Path, suffixes: tuple[str, ...] | None) -> bool:
+    """A shard of a type the job reads, compressed whole (``a.csv.gz``): refused by name, never skipped -- a
+    directory's other files are passed over, and its compressed data with them would have been, silently."""
+    if bookkeeping(f.name) or f.suffix.lower() not in COMPRESSED:
+        return False
+    inner = Path(f.stem).suffix.lower()
+    return bool(inner) and (suffixes is None or inner in suffixes)
 
 
 def _refuse_special(entries: list[Path]) -> None:
