@@ -135,3 +135,32 @@ def test_a_compressed_shard_is_refused_by_name_not_skipped(tmp_path):
             list_shards(str(tmp_path), suffixes)
     (tmp_path / "data.csv.gz").unlink()
     assert list_shards(str(tmp_path), TABLE_SUFFIXES) == [str(tmp_path / "other.csv")]
+
+
+async def test_a_refused_file_is_not_kept_resident_by_its_error(tmp_path):
+    # The bytes of a file refused for a line over the limit stayed resident after the job (its exception and
+    # traceback are a reference cycle, freed only when Python's cycle collector next ran): an idle worker held
+    # 1 GiB per refused 1 GiB file. Collection is switched off here, so only the worker's own collect frees them.
+    import asyncio
+    import gc
+
+    from shardstats.errors import InputError
+    from shardstats.worker import memory
+    from shardstats.worker.data.readers import MAX_LINE_BYTES
+    d = tmp_path / "big"
+    d.mkdir()
+    with open(d / "a.jsonl", "wb") as f:
+        f.write(b'{"k": "a", "v": 1}\n')
+        f.truncate(4 * MAX_LINE_BYTES)          # a sparse 64 MiB line of NUL bytes
+    gc.collect()
+    gc.disable()
+    try:
+        async with in_process_cluster(1, root=str(tmp_path)) as c:
+            memory.release()
+            before = memory.rss_bytes()
+            with pytest.raises(InputError, match="over the limit"):
+                await run_job(c.addrs, c.token, job_spec("groupby", str(d), {"by": "k", "agg": ["count()"]}))
+            await asyncio.sleep(0.2)
+            assert memory.rss_bytes() - before < 2 * MAX_LINE_BYTES
+    finally:
+        gc.enable()
