@@ -89,19 +89,22 @@ def verify(out: Path, key: str, rows: int, id_sum: int) -> tuple[int, int]:
     files = _natural([str(p) for p in (out.rglob("*.parquet") if out.is_dir() else [out])])
     n = total = size = 0
     last = None
-    for f in files:
+    for f in files:               # batch by batch: at 1e8 rows one file (DuckDB's) read whole held ~5 GB
         size += os.path.getsize(f)
-        t = pq.read_table(f, columns=list(dict.fromkeys([key, "id"])))
-        col = t.column(key).combine_chunks()
-        n += t.num_rows
-        total += pc.sum(t.column("id")).as_py() or 0
-        if not t.num_rows:
-            continue
-        assert pc.all(pc.less_equal(col[:-1], col[1:])).as_py() in (True, None), f"{f}: out of order"
-        assert last is None or last <= col[0].as_py(), f"{f}: starts before the previous file ends"
-        last = col[-1].as_py()
+        for t in pq.ParquetFile(f).iter_batches(batch_size=1 << 20, columns=list(dict.fromkeys([key, "id"]))):
+            col = t.column(key)
+            n += t.num_rows
+            total += pc.sum(t.column("id")).as_py() or 0
+            if not t.num_rows:
+                continue
+            assert pc.all(pc.less_equal(col[:-1], col[1:])).as_py() in (True, None), f"{f}: out of order"
+            assert last is None or last <= col[0].as_py(), f"{f}: starts before the previous batch ends"
+            last = col[-1].as_py()
     assert n == rows and total == id_sum, f"{out}: {n} rows (want {rows}), id sum {total} (want {id_sum})"
     return n, size
+
+
+DUCKDB_LIMITS = {"memory": None, "threads": None}     # --duckdb-memory, --duckdb-threads (default: DuckDB's)
 
 
 def _dask(src: Path, key: str, out: Path) -> None:
@@ -188,7 +191,10 @@ class _Peer:
         if self.tool == "ours":
             return self.handle.submit("sort", str(src), by=key, out=str(d), overwrite=True).stats
         if self.tool == "duckdb":
-            duckdb.sql(f"COPY (SELECT * FROM read_parquet('{src}/*.parquet') ORDER BY {key}) "
+            con = duckdb.connect(config={"temp_directory": str(self.root / "duckdb-tmp"),
+                                         **({"memory_limit": DUCKDB_LIMITS["memory"]} if DUCKDB_LIMITS["memory"] else {}),
+                                         **({"threads": DUCKDB_LIMITS["threads"]} if DUCKDB_LIMITS["threads"] else {})})
+            con.execute(f"COPY (SELECT * FROM read_parquet('{src}/*.parquet') ORDER BY {key}) "
                        f"TO '{d}/sorted.parquet' (FORMAT parquet)")
         elif self.tool == "polars":          # Polars writes zstd unless told: all snappy
             pl.scan_parquet(f"{src}/*.parquet").sort(key).sink_parquet(d / "sorted.parquet", compression="snappy")
@@ -237,6 +243,10 @@ def terasort(rows: int, root: Path, workers: int, tools: list[str], keys: list[s
                     sizes = [f.stat().st_size for f in d.rglob("*.parquet")]
                     imb = (stats or {}).get("imbalance") or (max(sizes) / (sum(sizes) / len(sizes)))
                     load = os.getloadavg()[0]
+                    if stats:
+                        import json
+                        print("  ours' stats: " + json.dumps({k: v for k, v in stats.items() if not isinstance(
+                            v, (list, dict)) or k in ("phases", "phase_cpu", "part_rows")}, default=str), flush=True)
                     res.setdefault((tool, key), []).append((wall, cpu, size, load, imb))
                     print(f"round {r} {tool:7s} by {key:2s}: {wall:7.2f} s  CPU {cpu:6.2f} s  "
                           f"{rows / wall / 1e6:5.2f} M rows/s  out {size / 1e6:.0f} MB in {len(sizes)} files "
@@ -283,7 +293,10 @@ def main() -> None:
                     "and PORT+1, Spark's driver and block manager at PORT+2 and PORT+3 (default: 7610, 7611, any)")
     ap.add_argument("--cluster-file", default=None, help="--terasort: our workers are this running cluster "
                     "(`cluster up --cluster-file`), not ten started here on ports the OS picks")
+    ap.add_argument("--duckdb-memory", default=None, help="--terasort: DuckDB's memory_limit, e.g. 12GB")
+    ap.add_argument("--duckdb-threads", type=int, default=None, help="--terasort: DuckDB's threads")
     a = ap.parse_args()
+    DUCKDB_LIMITS.update(memory=a.duckdb_memory, threads=a.duckdb_threads)
     if a.terasort:
         terasort(int(a.rows), Path(a.root), a.workers, a.tools.split(","), a.keys.split(","), a.dd_mib, a.rounds,
                  a.ports, a.cluster_file)
