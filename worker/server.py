@@ -33,6 +33,8 @@ from shardstats.tls import TLSFiles
 from shardstats._version import __version__
 from shardstats.settings import DEFAULTS, Settings
 
+COLLECT_AFTER = 0.1       # seconds after a failed job's drop that its garbage is collected (WorkerServer._drop)
+
 # A coordinator pings every worker during its jobs (coordinator/job.py); a worker whose
 # coordinator stays silent this long (unless the load message says otherwise) drops its jobs.
 
@@ -319,9 +321,10 @@ class WorkerServer:
         if not self.jobs:
             memory.release()
             if exc is not None:
-                # after the failing request's handler returns, when its exception is no one's any more
+                # a moment after the failing request's handler is done: until then its frames (and the task that
+                # ran the read) still hold the exception; collected on the next loop turn, it was at times still held
                 try:
-                    asyncio.get_running_loop().call_soon(self._collect_garbage)
+                    asyncio.get_running_loop().call_later(COLLECT_AFTER, self._collect_garbage)
                 except RuntimeError:        # no loop: nothing is handling the exception now
                     self._collect_garbage()
 
