@@ -223,7 +223,15 @@ def arrow_schema(described: list[list]):
     """The Arrow schema of a described one (``worker.data.schema``)."""
     import pyarrow as pa
     from shardstats.worker.data.schema import ABSENT
-    return pa.schema([pa.field(name, _arrow_type(typ)) for name, typ, _ in described if typ != ABSENT])
+    fields = []
+    for name, typ, where in described:
+        if typ == ABSENT:
+            continue
+        try:
+            fields.append(pa.field(name, _arrow_type(typ)))
+        except InputError as exc:     # which column of which file: a sort or a join reads every column
+            raise InputError(f"{where}: column {name!r}: {exc}") from None
+    return pa.schema(fields)
 
 
 def _arrow_type(typ: str):
