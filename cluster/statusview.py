@@ -45,7 +45,12 @@ def table(rows: list[dict], source: str) -> list[str]:
             held[1] += c["bytes"]
             held[2] += 1
     for name, (n, b, workers) in cached.items():
-        lines.append(f"cached: cache:{name}  {n:,} rows, {human_bytes(b)} on {workers} worker{'s' * (workers != 1)}")
+        # a job reads cache:NAME only where every worker holds its part: one that evicted it (or found its
+        # part too big) leaves the others' parts listed but of no use, which the listing said nothing of
+        short = f" of {up}: evicted or too big on the others, so no job can read it (run --cache {name} again)" \
+            if workers < up else ""
+        lines.append(f"cached: cache:{name}  {n:,} rows, {human_bytes(b)} on {workers} worker{'s' * (workers != 1)}"
+                     f"{short}")
     return lines
 
 

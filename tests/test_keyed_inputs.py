@@ -178,3 +178,16 @@ async def test_a_column_of_a_type_keyed_jobs_cannot_hold_names_its_file_and_colu
             await run_job(c.addrs, c.token, job_spec("sort", str(d), {"by": "k", "out": str(tmp_path / "o")}))
         rep = await run_job(c.addrs, c.token, job_spec("groupby", str(d), {"by": "k", "agg": ["count()"]}))
     assert rep.result["data"] == [["a", 1]]
+
+
+def test_status_says_a_dataset_held_by_only_some_workers_cannot_be_read():
+    # A worker that evicted its part of cache:NAME (or found it too big) makes the dataset unreadable
+    # ("not cached on every worker"), yet status listed it as cached on the others, as if it could serve.
+    from shardstats.cluster.statusview import table
+    row = {"up": True, "addr": "127.0.0.1:1", "version": "x", "jobs_run": 1, "jobs_failed": 0, "active_jobs": 0}
+    rows = [{**row, "id": 0, "cached": [{"name": "a", "rows": 5, "bytes": 50}, {"name": "b", "rows": 1, "bytes": 8}]},
+            {**row, "id": 1, "cached": [{"name": "a", "rows": 3, "bytes": 30}]}]
+    lines = table(rows, "test")
+    assert "cached: cache:a  8 rows, 80 B on 2 workers" in lines
+    assert any(ln.startswith("cached: cache:b  1 rows, 8 B on 1 worker of 2: evicted or too big on the others, "
+                             "so no job can read it") for ln in lines), lines
