@@ -536,10 +536,12 @@ def run_groupby_peer(peer: str, data: str, questions: list[str], modes: list[str
         workers = 10
         with Cluster.local(workers) as c:
             rss.extra.update(getattr(c.info, "pids", None) or [])
-            out["notes"].append(f"Cluster.local({workers}); one untimed job first (the workers import "
-                                f"pyarrow, DuckDB and Polars on their first keyed job, as the peers import theirs "
-                                f"before their clocks start)")
+            out["notes"].append(f"Cluster.local({workers}); two untimed jobs first (the workers import "
+                                f"pyarrow, DuckDB and Polars on their first keyed job, and pyarrow imports pandas "
+                                f"where it is installed on its first numpy conversion, ~0.2 s of CPU a worker: "
+                                f"the peers import theirs before their clocks start)")
             ours_submit(c, "groupby", data, by="id4", agg=("count()",), limit=1)
+            ours_submit(c, "groupby", data, by="id1,id2", agg=("count()",), limit=1)     # the dense kernel's numpy
             for mode in modes:
                 src = data
                 if mode == "warm":
