@@ -308,3 +308,14 @@ def test_functions_capturing_more_than_a_message_holds_are_refused_in_one_line(t
     job = job_file(tmp_path, "DATA = " + repr("x" * (4 << 20)) + "\ndef mapper(r):\n    yield 1, 1\n")
     with pytest.raises(UsageError, match=r"job\.py: 4\.00 MiB of code; a job file may be at most 3 MiB"):
         prepare(MapreduceParams(job=job))
+
+
+def test_a_side_name_given_twice_is_refused(tmp_path):
+    """`--side u=a.csv --side u=b.csv`: the last table silently won; now one line, exit 2, before any worker."""
+    from tests.conftest import cli
+    (tmp_path / "in.csv").write_text("k\na\n")
+    (tmp_path / "u.csv").write_text("k\nb\n")
+    job = job_file(tmp_path, "def mapper(r):\n    yield r['k'], 1\n")
+    r = cli("submit", "mapreduce", "--job", str(job), "--input", str(tmp_path / "in.csv"),
+            "--side", f"u={tmp_path / 'u.csv'}", "--side", f"u={tmp_path / 'in.csv'}", "--local", "1")
+    assert r.returncode == 2 and r.stderr.strip() == "error: --side: 'u' names two tables: give each its own NAME"

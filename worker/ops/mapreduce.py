@@ -42,11 +42,14 @@ MAX_CODE = 3 << 20
 
 
 def _sides(items) -> tuple:
-    out = []
+    out, seen = [], set()
     for item in items or ():
         name, sep, path = str(item).partition("=")
         if not sep or not name.strip().isidentifier() or not path.strip():
             raise ValueError(f"{item!r} is not NAME=PATH (e.g. users=users.csv)")
+        if name.strip() in seen:         # the last one silently won
+            raise ValueError(f"{name.strip()!r} names two tables: give each its own NAME")
+        seen.add(name.strip())
         out.append(f"{name.strip()}={path.strip()}")
     return tuple(out)
 
