@@ -980,7 +980,12 @@ def test_a_combining_group_by_measures_its_share_before_it_chooses_passes(tmp_pa
     guess = slices.estimate_bytes((os.path.getsize(f) * slices.read_share(str(f), read["columns"]), ".parquet")
                                   for f in files)
     limit = guess // 2                     # over the limit, within COMBINING_FIT of it
+    slices_guess = -(-guess // limit)      # the guess's passes
     monkeypatch.setattr(jobs, "in_memory_limit", lambda budget, reserved=0: limit)
+    monkeypatch.setattr(jobs, "MIN_IN_MEMORY", 1 << 10)     # these files are small: the limit is above the floor
+    measured = []
+    measure = jobs._combining_share
+    monkeypatch.setattr(jobs, "_combining_share", lambda *a: measured.append(1) or measure(*a))
     job = jobs.Job("j", [jobs.ShardRef(str(f), os.path.getsize(f), None) for f in files], read=read)
     job.spill = SpillDir(str(tmp_path / "spill"), "j", 0)
     got = jobs._plan_slices(job, jobs.Access(str(tmp_path), budget=1 << 30), read)
@@ -989,6 +994,7 @@ def test_a_combining_group_by_measures_its_share_before_it_chooses_passes(tmp_pa
     import pyarrow as pa
     import pyarrow.parquet as pq
     whole = pa.concat_tables([pq.read_table(f, columns=read["columns"]) for f in files])
+    assert bool(measured) == ("median(w)" not in aggs)        # a combining job measured its share
     if loaded:
         assert isinstance(values, pa.Table) and job.passes == 1
         assert values.sort_by("k").equals(whole.select(values.column_names).sort_by("k"))
@@ -1003,6 +1009,13 @@ def test_a_combining_group_by_measures_its_share_before_it_chooses_passes(tmp_pa
         order = [(c, "ascending") for c in whole.column_names]
         assert union.sort_by(order).equals(whole.sort_by(order))
     job.spill.close()
+    if not loaded and "median(w)" not in aggs:
+        # without a spill folder (an embedded worker) the passes read the files again: as many as it measured,
+        # not the guess's (the measure set them, then the fall-through put the guess's back)
+        monkeypatch.setattr(jobs, "COMBINED_HOLDS", (2.0, 200.0))
+        job = jobs.Job("j", job.files, read=read)
+        got, _ = jobs._plan_slices(job, jobs.Access(str(tmp_path), budget=1 << 30), read)
+        assert isinstance(got, slices.Sliced) and job.passes > slices_guess
 
 
 def test_local_takes_a_memory_limit_and_a_spill_dir_from_the_cli_and_the_api(tmp_path):

@@ -419,7 +419,7 @@ def _plan_slices(job: Job, root: str | Access, read: dict, progress: Progress | 
         loaded = _combining_share(job, access, read, limit, passes, progress)
         if loaded is not None:
             return loaded
-    job.passes = passes
+    job.passes = max(job.passes, passes)       # a combining share measured over its guess keeps its passes
     # Runs are written a flush at a time: what a pass may hold, at least a megabyte (fewer, larger runs).
     flush = max(1 << 20, limit) if job.spill is not None else 0
     if read.get("slice_ranges"):       # a sort: ranges of its order, agreed from samples at the run
