@@ -354,13 +354,13 @@ def test_the_local_join_of_pairs_and_takes_equals_duckdb_on_whole_rows(how, usin
     lk, rk = ("a", "b"), (("a", "b") if using else ("ra", "rb"))
     for L, R, what in ((left, right, "both"), (left.slice(0, 0), right, "empty left"),
                        (left, right.slice(0, 0), "empty right")):
-        got = _local_join(how, lk, rk, L, R, using)
+        got = _local_join(how, lk, rk, L, R)
         cond = " AND ".join(f"l.{a} = r.{b}" for a, b in zip(lk, rk))
         if how in ("semi", "anti"):
             sql = f"SELECT l.* FROM L l {HOWS[how]} R r ON {cond}"
         else:
-            keys = [f"coalesce(l.{c}, r.{c}) AS {c}" if using and how in ("right", "full") else f"l.{c}"
-                    for c in lk]
+            keys = [f"coalesce(l.{c}, r.{d}) AS {c}" if how in ("right", "full") else f"l.{c}"
+                    for c, d in zip(lk, rk)]
             sql = (f"SELECT {', '.join(keys)}, l.v, l.name, l.v_right, r.v AS v_right_right, r.name AS name_right, "
                    f"r.label FROM L l {HOWS[how]} R r ON {cond}")
         want = _duck_tables(sql, L, R)
@@ -421,9 +421,29 @@ def test_a_many_to_many_join_over_2_gib_of_text_on_one_worker_is_taken_in_64_bit
     payload = "x" * (1 << 20)
     left = pa.table({"k": pa.array([1, 2], pa.int64()), "text": pa.array([payload, "y"], pa.string())})
     right = pa.table({"k": pa.array(np.ones(2100, np.int64)), "w": pa.array(np.arange(2100))})
-    got = _local_join("inner", ("k",), ("k",), left, right, True)
+    got = _local_join("inner", ("k",), ("k",), left, right)
     assert got.num_rows == 2100 and got.column_names == ["k", "text", "w"]
     assert pa.types.is_large_string(got.schema.field("text").type)
     assert pc.sum(pc.binary_length(got.column("text"))).as_py() == 2100 << 20
     assert pc.all(pc.equal(got.column("text"), payload)).as_py()
     assert sorted(got.column("w").to_pylist()) == list(range(2100))
+
+
+@pytest.mark.parametrize("how", ["right", "full"])
+async def test_left_on_right_on_keeps_a_right_only_rows_key(tmp_path, how):
+    """``--left-on a --right-on b``: the answer keeps the left key column and not the right's, so a right-only
+    row's key was NULL -- lost. It is now the left key's COALESCE with the right's (``USING``, as ``--on``), for
+    broadcast and shuffle alike; DuckDB's ``ON`` gives the same rows as ``COALESCE(l.a, r.b)``."""
+    pq.write_table(pa.table({"a": pa.array([1, 2, None, 2], pa.int64()), "lv": ["x", "y", "n", "z"]}),
+                   tmp_path / "L.parquet")
+    pq.write_table(pa.table({"b": pa.array([2, 3, None, 4], pa.int32()), "rv": ["p", "q", "m", "s"]}),
+                   tmp_path / "R.parquet")
+    want = duck(f"SELECT coalesce(l.a, r.b) AS a, l.lv, r.rv FROM '{tmp_path}/L.parquet' l {HOWS[how]} "
+                f"'{tmp_path}/R.parquet' r ON l.a = r.b")[1]
+    async with in_process_cluster(2, root=str(tmp_path)) as c:
+        for strategy in ("auto", "shuffle"):
+            rep = await run_job(c.addrs, c.token, job_spec("join", str(tmp_path / "L.parquet"), {
+                "right": str(tmp_path / "R.parquet"), "left_on": "a", "right_on": "b", "how": how,
+                "strategy": strategy, "limit": 0}))
+            assert rep.result["columns"] == ["a", "lv", "rv"]
+            assert_rows_equal(rep.result["data"], want, 3, f"{how} {strategy}")

@@ -17,9 +17,10 @@
 The local join is DuckDB's hash join (one thread per worker) of the keys and row numbers alone; every
 answer column is then an Arrow take of its side's rows (``_local_join``). Output: every left
 column, then the right side's non-key columns (a clashing name gets ``_right``); with
-``--on`` the key columns are the join's keys (SQL ``USING``: a right-only row of a
-right or full join shows its key), with ``--left-on/--right-on`` the left's. NULL keys
-never match. Semi and anti joins return left columns only.
+the key columns named as the left's: a right-only row of a right or full join shows its key there (SQL
+``USING`` for ``--on``; with ``--left-on/--right-on`` too, as Polars' ``coalesce=True``: DuckDB's ``ON`` keeps
+both sides' key columns, whose ``COALESCE`` this is -- dropping the right key left such a row's key NULL, lost).
+NULL keys never match. Semi and anti joins return left columns only.
 """
 from __future__ import annotations
 
@@ -52,8 +53,9 @@ class JoinParams(KeyedParams):
                               metavar="PATH")
     right: str | None = option(None, "The right side: a directory, file or glob of table shards.", metavar="PATH")
     on: str | None = option(None, "Key columns both sides share, comma-separated.", metavar="COLS")
-    left_on: str | None = option(None, "The left side's key columns (with --right-on, when the names differ).",
-                                 metavar="COLS")
+    left_on: str | None = option(None, "The left side's key columns (with --right-on, when the names differ); "
+                                 "the answer's key columns, holding a right-only row's key in a right or full join "
+                                 "(as --on does; the right key columns are not repeated).", metavar="COLS")
     right_on: str | None = option(None, "The right side's key columns, in the order of --left-on.", metavar="COLS")
     how: str = option("inner", "inner, left, right, full (outer), semi (left rows with a partner) or anti "
                       "(left rows without).", choices=HOWS)
@@ -144,14 +146,15 @@ def _plain_bytes(table) -> int:
     return total
 
 
-def _columns(how: str, lk, rk, lcols, rcols, using: bool) -> list[tuple[str, str, str | None]]:
-    """The answer's columns as (output name, left column or "", right column or None): every left column (with
-    ``--on``, a right or full join's key is the left's or else the right's -- SQL ``USING``), then the right's
+def _columns(how: str, lk, rk, lcols, rcols) -> list[tuple[str, str, str | None]]:
+    """The answer's columns as (output name, left column or "", right column or None): every left column (a right
+    or full join's key is the left's or else the right's -- SQL ``USING``, for ``--left-on/--right-on`` too: the
+    right key is not in the answer, so a right-only row's key would be lost), then the right's
     non-key columns, a name the answer holds already suffixed ``_right``. Semi and anti joins: the left's only."""
     if how in ("semi", "anti"):
         return [(c, c, None) for c in lcols]
     taken = set(lcols)
-    out = [(c, c, rk[lk.index(c)] if using and c in lk and how in ("right", "full") else None) for c in lcols]
+    out = [(c, c, rk[lk.index(c)] if c in lk and how in ("right", "full") else None) for c in lcols]
     for c in rcols:
         if c in rk:
             continue
@@ -173,7 +176,7 @@ def _pairs_sql(how: str, nkeys: int) -> str:
     return f"SELECT l.i, r.j FROM l {kind} JOIN r ON {cond}"
 
 
-def _local_join(how: str, lk, rk, left, right, using: bool):
+def _local_join(how: str, lk, rk, left, right):
     """DuckDB's hash join of the key columns and row numbers only, then every answer column an Arrow take of its
     side's rows: the columns that are not keys never pass through DuckDB, and a dictionary column is taken as its
     indices and decoded once at the end (``exchange.wire``: text as ``string``, as DuckDB returned it). Its
@@ -203,7 +206,7 @@ def _local_join(how: str, lk, rk, left, right, using: bool):
     i = pairs.column("i")
     j = pairs.column("j") if "j" in pairs.column_names else None
     names, cols = [], []
-    for name, lc, rc in _columns(how, lk, rk, left.column_names, right.column_names, using):
+    for name, lc, rc in _columns(how, lk, rk, left.column_names, right.column_names):
         if lc and rc is not None:        # USING's key of a right or full join: the left's, else the right's
             a, b = wire(pa.table({"a": take(left.column(lc), i), "b": take(right.column(rc), j)})).columns
             col = pc.coalesce(a, b.cast(a.type))
@@ -295,7 +298,6 @@ async def join(comm: Communicator, sides, params: JoinParams) -> tuple[dict | No
     lk, rk = params.keys
     left, right = _common_keys(left, right, lk, rk)
     loaded_rows = left.num_rows + right.num_rows
-    using = bool(column_list(params.on))
     cfg = ShuffleConfig.from_params(params, None)
     sizes = await allreduce(comm, {"left": _plain_bytes(left), "right": _plain_bytes(right),
                                    "left_rows": left.num_rows, "right_rows": right.num_rows},
@@ -381,7 +383,7 @@ async def join(comm: Communicator, sides, params: JoinParams) -> tuple[dict | No
             stats.update({"hot_keys": shown(hot), "salted_side": salt_side, "salt": ways})
     t1 = time.perf_counter()
     comm.progress.set("join")
-    out = await numpy_step(left.num_rows + right.num_rows, _local_join, params.how, lk, rk, left, right, using)
+    out = await numpy_step(left.num_rows + right.num_rows, _local_join, params.how, lk, rk, left, right)
     t2 = time.perf_counter()
     phases["join"] = t2 - t1
     stats.update({"map_pairs": loaded_rows, "combined_pairs": loaded_rows,
