@@ -19,7 +19,7 @@ and Arrow types -- taken from DuckDB's answer on no rows -- and the same NULLs),
 rank on this path and a rank on DuckDB's send one schema and the reducer cannot tell
 them apart; the rows' order differs (any order is allowed).  Anything else returns
 None and DuckDB combines: a key of another type or a wide span, more groups than
-``max_groups`` or fewer than ``MIN_GROUPS``, an aggregate outside count/sum/mean/min/max/var/std, a float NaN
+``max_groups`` or fewer than ``MIN_GROUPS``, an aggregate outside count/sum/mean/min/max/var/std/corr, a float NaN
 under min/max (SQL orders NaN above every number; numpy's minimum propagates it),
 and an integer sum that float64 could not hold exactly (``max|v| * rows >= 2**53``).
 """
@@ -29,7 +29,7 @@ from shardstats.lazy import numpy as np
 
 MIN_GROUPS = 2048          # fewer possible groups: DuckDB's hash table sits in cache and is as fast (q1, q4: 8-12 ms)
 EXACT = float(1 << 53)     # integers below this in magnitude are exact in float64, and so are their partial sums
-DENSE_FUNCS = frozenset({"count", "sum", "mean", "min", "max", "var", "std"})
+DENSE_FUNCS = frozenset({"count", "sum", "mean", "min", "max", "var", "std", "corr"})
 
 
 def max_groups(rows: int) -> int:
@@ -85,13 +85,23 @@ def _key_codes(col, plan):
         arr = col.unify_dictionaries().combine_chunks() if col.num_chunks != 1 else col.chunk(0)
         card = len(arr.dictionary)
         idx = pc.fill_null(arr.indices, card) if arr.null_count else arr.indices
-        return _np(idx).astype(np.int64, copy=False), card + (arr.null_count > 0), ("dict", arr.dictionary, card)
+        return _np(idx), card + (arr.null_count > 0), ("dict", arr.dictionary, card)
     _, smallest, lo, span = plan
-    codes = _np(pc.fill_null(col, smallest) if col.null_count else col).astype(np.int64) - lo
+    raw = _np(pc.fill_null(col, smallest) if col.null_count else col)
+    # the codes in int32 when the column's values are (span <= max_groups): x - lo then fits too
+    codes = raw - np.int32(lo) if raw.dtype == np.int32 else raw.astype(np.int64) - lo
     valid = _valid(col)
     if valid is not None:
         codes[~valid] = span
     return codes, span + (valid is not None), ("int", lo, span, col.type)
+
+
+def _both_valid(a, b) -> "np.ndarray | None":
+    """The rows where both columns hold a value (a correlation's pairs); None: all of them."""
+    va, vb = _valid(a), _valid(b)
+    if va is None or vb is None:
+        return vb if va is None else va
+    return va & vb
 
 
 def _numbers(col) -> "np.ndarray":
@@ -127,9 +137,10 @@ def combine(keys, aggs, table, expected):
     if n == 0 or any(a.func not in DENSE_FUNCS for a in aggs):
         return None
     for a in aggs:             # numbers only: text, decimals and times go to DuckDB
-        t = table.schema.field(a.cols[0]).type if a.cols else None
-        if a.func != "count" and not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
-            return None
+        for c in a.cols if a.func != "count" else ():
+            t = table.schema.field(c).type
+            if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
+                return None
     limit = max_groups(n)
     plans = []
     most = 1
@@ -148,9 +159,13 @@ def combine(keys, aggs, table, expected):
         size *= parts[-1][1]
         if size > limit:
             return None
-    code = parts[0][0]
+    # the keys' codes mixed in int32 (size <= max_groups < 2**31: half the bytes of int64), then made int64
+    # once: np.bincount casts any other index type to intp on every call, and a combine makes several
+    code = parts[0][0].astype(np.int32 if len(parts) > 1 else np.intp)
     for codes, card, _ in parts[1:]:
-        code = code * card + codes
+        code *= np.int32(card)
+        code += codes
+    code = code.astype(np.intp, copy=False)
     rows = np.bincount(code, minlength=size)
     used = np.flatnonzero(rows)
     cols: dict = {}
@@ -210,6 +225,20 @@ def combine(keys, aggs, table, expected):
             (np.minimum if a.func == "min" else np.maximum).at(acc, code if valid is None else code[valid],
                                                                v if valid is None else v[valid])
             out.append(pa.array(acc[used], mask=none if none.any() else None))
+        elif a.func == "corr":     # (n, mean a, mean b, M2 a, M2 b, co-moment) over rows holding both
+            va, vb = _numbers(table.column(a.cols[0])), _numbers(table.column(a.cols[1]))
+            valid = _both_valid(table.column(a.cols[0]), table.column(a.cols[1]))
+            cnt = rows if valid is None else np.bincount(code[valid], minlength=size)
+            none = cnt[used] == 0
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):   # as DuckDB: inf, NaN
+                ma, mb = per_group(va, valid) / cnt, per_group(vb, valid) / cnt
+                da = va.astype(np.float64) - ma[code]
+                db = vb.astype(np.float64) - mb[code]
+                m2a, m2b = per_group(da, valid, da * da), per_group(db, valid, db * db)
+                co = per_group(da, valid, da * db)
+            mask = none if none.any() else None
+            out += [cnt[used], pa.array(ma[used], mask=mask), pa.array(mb[used], mask=mask), m2a[used], m2b[used],
+                    co[used]]
         else:                  # var, std: (n, mean, M2), M2 by a second pass around each group's mean
             s = per_group(v, valid)
             with np.errstate(invalid="ignore", divide="ignore"):
