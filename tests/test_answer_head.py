@@ -66,3 +66,46 @@ def test_answers_of_several_passes_together_still_fit_one_frame():
     got = combine_passes(a, b, IndexParams(limit=0))
     assert got["words"] == 40_000 and 1 + sum(_containers(r) for r in got["data"]) <= ANSWER_CONTAINERS
     assert got["data"] == (a["data"] + b["data"])[:len(got["data"])]
+
+
+def _rows_reference(t: pa.Table) -> list[list]:
+    """The answer's rows the plain way: every value through ``plain``, rows added while they fit one frame."""
+    import msgpack
+    from shardstats.worker.engine.answer import ANSWER_BYTES, ANSWER_CONTAINERS, _containers, plain
+    out, used, size = [], 1, 5
+    for r in t.to_pylist():
+        row = [plain(v) for v in r.values()]
+        used += _containers(row)
+        size += len(msgpack.packb(row, default=str))
+        if used > ANSWER_CONTAINERS or size > ANSWER_BYTES:
+            break
+        out.append(row)
+    return out
+
+
+def test_rows_of_equals_the_per_value_rows_and_cuts_where_they_stop_fitting():
+    """rows_of takes number and text columns as they are and measures a flat answer at once; its rows equal
+    the per-value reference's: decimals, times, bytes, lists, nulls, and answers cut by bytes or containers."""
+    import datetime
+    import decimal
+    from shardstats.worker.engine.answer import rows_of
+    rng = np.random.default_rng(3)
+    n = 1000
+    mixed = pa.table({
+        "i": pa.array(rng.integers(-5, 5, n), mask=rng.random(n) < 0.1),
+        "f": pa.array(rng.random(n)), "s": pa.array([f"ß{i}" for i in range(n)]).dictionary_encode(),
+        "b": pa.array([i % 3 == 0 for i in range(n)]),
+        "d": pa.array([decimal.Decimal(i) / 4 for i in range(n)], pa.decimal128(12, 2)),
+        "t": pa.array([datetime.datetime(2026, 1, 1) + datetime.timedelta(seconds=i) for i in range(n)]),
+        "y": pa.array([bytes([i % 256]) for i in range(n)]),
+        "l": pa.array([[i, None] for i in range(n)])})
+    assert rows_of(mixed) == _rows_reference(mixed)
+    flat = mixed.drop_columns(["l"])
+    assert rows_of(flat) == _rows_reference(flat)
+    wide = pa.table({"s": ["x" * 200] * 40_000})                  # 8 MB: cut by bytes
+    got = rows_of(wide)
+    assert got == _rows_reference(wide) and 0 < len(got) < 40_000
+    many = pa.table({"k": np.arange(60_000)})                       # cut by containers (a row is one)
+    got = rows_of(many)
+    assert got == _rows_reference(many) and len(got) == 49_999
+    assert rows_of(pa.table({"k": pa.array([], pa.int64())})) == []
