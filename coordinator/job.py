@@ -310,11 +310,12 @@ async def _attempt(clients: list[WorkerClient], job: str, spec: JobSpec, files: 
             raise EmptyDataset(f"{', '.join(spec.inputs)}: the input holds no values")
         if read is not None and sides:      # one agreed schema per side
             from shardstats.worker.data.schema import unify
-            extra_run = {"schema": {name: unify([(m.get("schema") or {}).get(name) or [] for m in loaded])
+            extra_run = {"schema": {name: unify([(m.get("schema") or {}).get(name) or [] for m in loaded],
+                                          final=True)
                                     for name in ["main", *sides]}}
         elif read is not None:       # the workers' schemas agreed into one (exit 2 naming two files if they differ)
             from shardstats.worker.data.schema import unify
-            extra_run = {"schema": unify([m.get("schema") or [] for m in loaded])}
+            extra_run = {"schema": unify([m.get("schema") or [] for m in loaded], final=True)}
         else:
             extra_run = {}
         facts = [m.get("facts") for m in loaded]

@@ -390,3 +390,45 @@ async def test_a_combiner_is_kept_where_the_share_repeats_keys_its_probe_barely_
     _, diff = duck(f"SELECT count(*) FROM ((SELECT g, sum(v)::BIGINT, count(*) FROM {duck_source(files)} GROUP BY g) "
                    f"EXCEPT (SELECT g, sum_v, count FROM read_parquet('{tmp_path}/o/*.parquet')))")
     assert diff == [(0,)]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+async def test_a_value_column_some_files_lack_reads_as_nulls(tmp_path, fmt):
+    """A folder whose older files lack a column the newer ones have (the aggregated ``s``, not a key): refused
+    before (``no column 's'``), now read as DuckDB's ``union_by_name`` reads it -- NULLs, which sum/mean skip and
+    count() still counts -- read from the files and from a cache. A value column no file
+    has is still refused naming a file and its columns; a key a file lacks still is (never a NULL group)."""
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+    d = tmp_path / "in"
+    d.mkdir()
+    rng = np.random.default_rng(8)
+    parts = [pa.table({"k": pa.array(rng.choice(["x", "y", None], 50)), "t": rng.integers(0, 9, 50),
+                       **({"s": rng.integers(-5, 5, 50), "f": rng.random(50)} if i % 2 else {})}) for i in range(4)]
+    files = []
+    for i, t in enumerate(parts):
+        f = d / f"p{i}.{fmt}"
+        if fmt == "parquet":
+            pq.write_table(t, f)
+        elif fmt == "csv":
+            pcsv.write_csv(t, f)
+        else:
+            f.write_text("".join(__import__("json").dumps(r) + "\n" for r in t.to_pylist()))
+        files.append(f)
+    src = {"parquet": "read_parquet", "csv": "read_csv", "jsonl": "read_json"}[fmt]
+    want = duck(f"SELECT k, sum(s), count(*), avg(f), max(t) FROM {src}('{d}/*.{fmt}', union_by_name=true) "
+                f"GROUP BY k")[1]
+    aggs = ["sum(s)", "count()", "mean(f)", "max(t)"]
+    async with in_process_cluster(3, root=str(tmp_path)) as c:
+        rep = await run_job(c.addrs, c.token, job_spec("groupby", str(d), {"by": "k", "agg": aggs, "limit": 0}))
+        assert_rows_equal(rep.result["data"], want, 5, fmt)
+        rep = await run_job(c.addrs, c.token, job_spec("groupby", str(d), {"by": "k", "agg": aggs, "limit": 0,
+                                                                           "cache": "h1"}))
+        rep = await run_job(c.addrs, c.token, job_spec("groupby", "cache:h1", {"by": "k", "agg": aggs, "limit": 0}))
+        assert_rows_equal(rep.result["data"], want, 5, f"{fmt} cached")
+        with pytest.raises(InputError, match=r"p\d\.\w+: no column 'nope' \(it has: k, t"):
+            await run_job(c.addrs, c.token, job_spec("groupby", str(d), {"by": "k", "agg": ["sum(nope)"]}))
+        with pytest.raises(InputError, match=r"p[02]\.\w+: no column 's' \(it has: k, t\)"):
+            await run_job(c.addrs, c.token, job_spec("groupby", str(d), {"by": "s", "agg": ["count()"]}))
+        rep = await run_job(c.addrs, c.token, job_spec("groupby", str(d), {"by": "k", "agg": aggs, "limit": 0}))
+        assert_rows_equal(rep.result["data"], want, 5, f"{fmt} after refusals")

@@ -133,6 +133,7 @@ def load_table(files: list[ShardRef], root: str | Access, read: dict, progress: 
         if kind == "auto":            # a mapreduce job's records: a table's rows, or a text file's lines
             kind = "table" if side != "main" or Path(ref.path).suffix.lower() in readers.TABLE_SUFFIXES \
                 else "documents"
+        values_lacking = []
         if kind == "documents":         # beyond memory, a batch or a block of lines at a time
             # blocks of lines only for a share no other op will see (a cached dataset keeps its lines)
             t = readers.read_documents(ref, where, read.get("text"), read.get("id"), budget,
@@ -144,13 +145,19 @@ def load_table(files: list[ShardRef], root: str | Access, read: dict, progress: 
                 piece_keep = _numbered(keep, read["ordinals"][i], side)
             elif keep is not None:
                 piece_keep = lambda piece, side=side: keep(piece, side)      # noqa: E731
-            t = readers.read_table(ref, where, read.get("columns"), budget, piece_keep)
+            # a value column a file lacks is read as NULLs (DuckDB's union_by_name), a key refused (a misnamed
+            # or foreign file's rows would form a NULL group): keys as a sort and a join read them (ABSENT)
+            info = {"required": list((read.get("slice_on") or {}).get(side) or ())}
+            t = readers.read_table(ref, where, read.get("columns"), budget, piece_keep,
+                                   lacking=info if read.get("columns") is not None else None)
+            values_lacking = [[c, schema.LACKING, ref.path, info["has"]] for c in info.get("columns", ())]
         lacking = [] if kind == "documents" or read.get("premap") or not t.num_columns else \
             [k for k in (read.get("slice_on") or {}).get(side) or () if k not in t.column_names]
         if read.get("ordinals") is not None and "__sort_row" not in t.column_names:    # read whole, or none kept
             t = _with_ordinals(t, read["ordinals"][i], 0)
         described.append([[f.name, str(f.type), ref.path] for f in t.schema]       # the hidden columns too
-                         + [[k, schema.ABSENT, ref.path] for k in lacking])       # refused if a file has it
+                         + [[k, schema.ABSENT, ref.path] for k in lacking]        # refused if a file has it
+                         + values_lacking)      # read as NULLs; refused where no file has it (schema.unify)
         held += t.nbytes
         tables.append(t)
         if progress is not None:
@@ -222,10 +229,10 @@ class Sides(dict):
 def arrow_schema(described: list[list]):
     """The Arrow schema of a described one (``worker.data.schema``)."""
     import pyarrow as pa
-    from shardstats.worker.data.schema import ABSENT
+    from shardstats.worker.data.schema import ABSENT, LACKING
     fields = []
-    for name, typ, where in described:
-        if typ == ABSENT:
+    for name, typ, where, *_ in described:
+        if typ in (ABSENT, LACKING):
             continue
         try:
             fields.append(pa.field(name, _arrow_type(typ)))

@@ -57,11 +57,17 @@ def _long_line(data: bytes, name: str) -> InputError | None:
                       f"bytes per line (16 MiB)")
 
 
-def read_table(ref: ShardRef, real_path: str, columns: list[str] | None, budget: int | None = None, keep=None):
+def read_table(ref: ShardRef, real_path: str, columns: list[str] | None, budget: int | None = None, keep=None,
+               lacking: dict | None = None):
     """One table shard, only ``columns`` (all when None), in the file's own types.
 
     ``keep(table)``: the rows to keep of each piece read (a key slice of a job taken in passes); a Parquet
-    file is then decoded in batches, so the worker holds one batch and the kept rows, not the file."""
+    file is then decoded in batches, so the worker holds one batch and the kept rows, not the file.
+
+    ``lacking``: where a file without some of ``columns`` is read without them (``lacking["columns"]``, with the
+    file's own in ``lacking["has"]``) instead of refused -- but those in ``lacking["required"]`` (a job's keys):
+    a folder whose files gained a column over time, read as DuckDB's ``union_by_name`` reads it (the missing
+    values NULL, ``worker.jobs.load_table``)."""
     import pyarrow as pa
     name = ref.path
     suffix = Path(name).suffix.lower()
@@ -69,16 +75,16 @@ def read_table(ref: ShardRef, real_path: str, columns: list[str] | None, budget:
         raise InputError(f"{name}: unsupported file type {suffix or '(none)'!r} for a table "
                          f"(expected .csv, .tsv, .parquet, .jsonl or .ndjson)")
     if keep is not None and suffix == ".parquet":
-        return _parquet_kept(ref, real_path, columns, keep)
+        return _parquet_kept(ref, real_path, columns, keep, lacking)
     if keep is not None:
-        return _text_kept(ref, real_path, columns, keep, suffix)
+        return _text_kept(ref, real_path, columns, keep, suffix, lacking)
     if suffix == ".parquet":
-        return _parquet_opened(ref, real_path, columns, budget)
+        return _parquet_opened(ref, real_path, columns, budget, lacking)
     with opened(ref, real_path, budget) as (f, size):
         data = read_exactly(f, size, name)
     if size == 0:
         return empty_table()
-    return _text_table(data, name, suffix, columns)
+    return _text_table(data, name, suffix, columns, lacking)
 
 
 def empty_table():
@@ -89,7 +95,7 @@ def empty_table():
     return pa.table({})
 
 
-def _text_table(data: bytes, name: str, suffix: str, columns: list[str] | None):
+def _text_table(data: bytes, name: str, suffix: str, columns: list[str] | None, lacking: dict | None = None):
     """A CSV/TSV or JSON-lines file's bytes (or a block of its lines) as a table."""
     # Checked here, before pyarrow: its CSV and JSON readers let some invalid UTF-8 through (a JSON string
     # value, a CSV key column), which would fail later inside a worker instead of naming file and line.
@@ -97,15 +103,15 @@ def _text_table(data: bytes, name: str, suffix: str, columns: list[str] | None):
     if bad:
         raise bad
     if suffix in (".csv", ".tsv"):
-        return _csv(data, name, "\t" if suffix == ".tsv" else ",", columns)
-    return _jsonl(data, name, columns)
+        return _csv(data, name, "\t" if suffix == ".tsv" else ",", columns, lacking)
+    return _jsonl(data, name, columns, lacking)
 
 
 PARQUET_BATCH = 1 << 16       # rows decoded at a time when a Parquet file is read for a slice of its rows
 PARQUET_BUFFER = 1 << 20      # bytes of a column chunk read at a time then
 
 
-def _parquet_kept(ref: ShardRef, real_path: str, columns: list[str] | None, keep):
+def _parquet_kept(ref: ShardRef, real_path: str, columns: list[str] | None, keep, lacking: dict | None = None):
     import pyarrow as pa
     import pyarrow.parquet as pq
     name = ref.path
@@ -116,7 +122,7 @@ def _parquet_kept(ref: ShardRef, real_path: str, columns: list[str] | None, keep
             # this reader is meant to hold one batch; unbuffered, it reads a row group's pages 1 MiB at a time
             # (from an s3:// object, a ranged GET each: only the columns read travel)
             pf = pq.ParquetFile(f, pre_buffer=False, buffer_size=PARQUET_BUFFER)
-            _check_columns(pf.schema_arrow.names, columns, name)
+            columns = _check_columns(pf.schema_arrow.names, columns, name, lacking)
             text = _text_columns(pf, columns)
             if text:
                 pf = pq.ParquetFile(f, read_dictionary=text, pre_buffer=False, buffer_size=PARQUET_BUFFER,
@@ -143,7 +149,8 @@ def _parquet_kept(ref: ShardRef, real_path: str, columns: list[str] | None, keep
     return pa.concat_tables(kept, promote_options="permissive") if len(kept) > 1 else kept[0]
 
 
-def _parquet_opened(ref: ShardRef, real_path: str, columns: list[str] | None, budget: int | None):
+def _parquet_opened(ref: ShardRef, real_path: str, columns: list[str] | None, budget: int | None,
+                    lacking: dict | None = None):
     """A Parquet file or ``s3://`` object read whole into memory, fetching only its footer and the chunks of
     ``columns`` (pyarrow coalesces them: from a store, into few ranged GETs). A local file was read whole into
     bytes first: db-benchmark's q1 at 1e8 rows (2 of 9 columns) then copied 230 MB a worker to decode 12 MB of
@@ -154,7 +161,7 @@ def _parquet_opened(ref: ShardRef, real_path: str, columns: list[str] | None, bu
     with opened(ref, real_path, budget) as (f, _):
         try:
             pf = pq.ParquetFile(f)
-            _check_columns(pf.schema_arrow.names, columns, name)
+            columns = _check_columns(pf.schema_arrow.names, columns, name, lacking)
             text = _text_columns(pf, columns)
             if text:
                 pf = pq.ParquetFile(f, read_dictionary=text, metadata=pf.metadata)
@@ -228,7 +235,8 @@ def shifted(exc: InputError, name: str, lines: int, offset: int) -> InputError:
     return InputError(f"{name}:{int(m.group(1)) + lines}{rest}")
 
 
-def _text_kept(ref: ShardRef, real_path: str, columns: list[str] | None, keep, suffix: str):
+def _text_kept(ref: ShardRef, real_path: str, columns: list[str] | None, keep, suffix: str,
+               lacking: dict | None = None):
     """A CSV/TSV or JSON-lines file read a block of lines at a time, each block parsed (with the header row
     before it) and given to ``keep``; the kept rows, in the types every block agrees on."""
     import pyarrow as pa
@@ -244,7 +252,7 @@ def _text_kept(ref: ShardRef, real_path: str, columns: list[str] | None, keep, s
         else:
             data, before, skip = block, first - 1, start
         try:
-            t = _text_table(data, name, suffix, columns)
+            t = _text_table(data, name, suffix, columns, lacking)
         except InputError as exc:
             raise shifted(exc, name, before, skip) from None
         del data
@@ -277,20 +285,30 @@ def _short(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
-def _check_columns(have: list[str], want: list[str] | None, name: str) -> None:
+def _check_columns(have: list[str], want: list[str] | None, name: str, lacking: dict | None = None):
+    """The columns of ``want`` to read from a file that has ``have``: all of them, else refused naming the file --
+    or, with ``lacking``, the ones it has (what it lacks and has noted there, for the job to decide)."""
     if not want:
-        return
+        return want
     missing = [c for c in want if c not in have]
-    if missing:
+    if missing and (lacking is None or any(c in lacking.get("required", ()) for c in missing)):
+        missing = [c for c in missing if lacking is None or c in lacking.get("required", ())]
         raise InputError(f"{name}: no column {missing[0]!r} (it has: {', '.join(have) or 'none'})")
+    if missing:
+        lacking["columns"] = missing
+        lacking["has"] = list(have)
+        return [c for c in want if c in have]
+    return want
 
 
-def _csv(data: bytes, name: str, sep: str, columns: list[str] | None):
+def _csv(data: bytes, name: str, sep: str, columns: list[str] | None, lacking: dict | None = None):
     import pyarrow as pa
     import pyarrow.csv as pcsv
     header = data.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8-sig")     # a BOM is no part of the first name
     have = next(__import__("csv").reader([header], delimiter=sep)) if header else []
-    _check_columns(have, columns, name)
+    columns = _check_columns(have, columns, name, lacking)
+    if columns == [] and have:        # none of them (pyarrow reads every column for no column): the rows alone
+        return _csv(data, name, sep, have[:1]).select([])
     try:
         return pcsv.read_csv(pa.BufferReader(data), read_options=pcsv.ReadOptions(block_size=CSV_BLOCK),
                              parse_options=pcsv.ParseOptions(delimiter=sep),
@@ -316,7 +334,7 @@ def _csv_error(data: bytes, name: str, sep: str, exc: Exception) -> str:
     return f"{name}: {_short(exc)}"
 
 
-def _jsonl(data: bytes, name: str, columns: list[str] | None):
+def _jsonl(data: bytes, name: str, columns: list[str] | None, lacking: dict | None = None):
     import pyarrow as pa
     import pyarrow.json as pj
     try:
@@ -334,8 +352,8 @@ def _jsonl(data: bytes, name: str, columns: list[str] | None):
         raise InputError(f"{name}: {msg}") from None
     if t.num_columns == 0:          # blank lines only: no record, as an empty file
         return empty_table()
-    _check_columns(t.column_names, columns, name)
-    t = t.select(columns) if columns else t
+    columns = _check_columns(t.column_names, columns, name, lacking)
+    t = t.select(columns) if columns is not None else t
     if any(pa.types.is_timestamp(f.type) for f in t.schema):
         # pyarrow's JSON reader types whole-second text as timestamp[s] and drops what it said: a date became
         # a midnight, "...Z" a time of no zone. Read those columns again as the text they are, and type them
@@ -345,7 +363,7 @@ def _jsonl(data: bytes, name: str, columns: list[str] | None):
                                block_size=CSV_BLOCK)).schema])
         t = pj.read_json(pa.BufferReader(data), read_options=pj.ReadOptions(block_size=CSV_BLOCK),
                          parse_options=pj.ParseOptions(explicit_schema=texts))
-        t = t.select(columns) if columns else t
+        t = t.select(columns) if columns is not None else t
     return _times_typed(t)
 
 

@@ -68,27 +68,35 @@ def _meet(a: str, b: str) -> str | None:
 
 
 ABSENT = "absent"    # the type of a key column a file lacks (jobs.load_table): refused where another file has it
+LACKING = "lacking"  # a value column a file lacks, [name, LACKING, file, [its columns]]: NULLs there, as DuckDB's
+                     # union_by_name reads it; refused naming the file where no file has it (``unify(final=True)``)
 
 
-def unify(parts: list[Described]) -> Described:
+def unify(parts: list[Described], final: bool = False) -> Described:
     """One schema from many files' (or workers') descriptions; an ``InputError`` naming both files when two disagree.
 
     Columns keep the order of their first appearance. A column missing from one file is
-    not an error here: the reader already refused files that lack a column the job reads --
+    not an error here: the reader already refused files that lack a key the job reads --
     except a key column of a job that reads every column (a sort, a join), which such a file
     describes as ``ABSENT``: refused, naming the file, where another file has it (read as NULLs, a sort
     placed its rows with the NULLs and an inner join matched none); kept as ``ABSENT`` where no file has
-    it, for the op to name (``arrow_schema`` leaves it out).
+    it, for the op to name (``arrow_schema`` leaves it out). A value column a file lacks (``LACKING``) takes the
+    type another file gives it, its rows NULL there; ``final`` (the coordinator's unify of every worker's): one no
+    file has is refused, naming a file and its columns (on one worker it may be another worker's file that has it).
     """
     out: dict[str, list] = {}
     for part in parts:
-        for name, typ, where in part:
-            typ = canonical(typ) if typ != ABSENT else typ
+        for name, typ, where, *has in part:
+            typ = canonical(typ) if typ not in (ABSENT, LACKING) else typ
+            if name in out and LACKING in (typ, out[name][1]):      # the other file's type, or still lacking
+                if out[name][1] == LACKING and typ != LACKING:
+                    out[name] = [name, typ, where, *has]
+                continue
             if name in out and ABSENT in (typ, out[name][1]) and typ != out[name][1]:
                 lacking, having = (where, out[name][2]) if typ == ABSENT else (out[name][2], where)
                 raise InputError(f"{lacking}: no column {name!r}, a key of this job, which {having} has")
             if name not in out:
-                out[name] = [name, typ, where]
+                out[name] = [name, typ, where, *has] if typ == LACKING else [name, typ, where]
                 continue
             have = out[name]
             met = _meet(have[1], typ)
@@ -97,4 +105,8 @@ def unify(parts: list[Described]) -> Described:
                                  f"{where}: the files' schemas disagree (convert one, or read them in separate jobs)")
             if met != have[1]:
                 out[name] = [name, met, where if met == typ else have[2]]
+    if final:
+        for name, typ, where, *has in out.values():
+            if typ == LACKING:
+                raise InputError(f"{where}: no column {name!r} (it has: {', '.join(has[0]) or 'none'})")
     return list(out.values())
