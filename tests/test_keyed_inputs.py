@@ -191,3 +191,23 @@ def test_status_says_a_dataset_held_by_only_some_workers_cannot_be_read():
     assert "cached: cache:a  8 rows, 80 B on 2 workers" in lines
     assert any(ln.startswith("cached: cache:b  1 rows, 8 B on 1 worker of 2: evicted or too big on the others, "
                              "so no job can read it") for ln in lines), lines
+
+
+@pytest.mark.parametrize("value, why", [("1000", "is less than 1 MiB"), ("lots", "is not a size")])
+async def test_a_bad_cache_size_names_its_variable(tmp_path, monkeypatch, value, why):
+    # SHARDSTATS_CACHE_BYTES under 1 MiB (or not a size) failed every --cache job as a bare
+    # ValueError("'1000' is less than 1 MiB"), naming no variable; the next job must still run
+    from shardstats.errors import JobError
+    d = tmp_path / "t"
+    d.mkdir()
+    (d / "a.csv").write_text("k,v\nx,1\ny,2\n")
+    monkeypatch.setenv("SHARDSTATS_CACHE_BYTES", value)
+    async with in_process_cluster(2, root=str(tmp_path)) as c:
+        with pytest.raises(JobError, match=rf"SHARDSTATS_CACHE_BYTES='{value}' in this worker's environment: "
+                                           rf"'{value}' {why}.*at least 1 MiB"):
+            await run_job(c.addrs, c.token, job_spec("groupby", str(d), {"by": "k", "agg": ["count()"],
+                                                                         "cache": "t"}))
+        monkeypatch.setenv("SHARDSTATS_CACHE_BYTES", "2M")
+        await run_job(c.addrs, c.token, job_spec("groupby", str(d), {"by": "k", "agg": ["count()"], "cache": "t"}))
+        rep = await run_job(c.addrs, c.token, job_spec("groupby", "cache:t", {"by": "k", "agg": ["sum(v)"]}))
+        assert_rows_equal(rep.result["data"], [("x", 1), ("y", 2)], 1)

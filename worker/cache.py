@@ -12,13 +12,23 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 
-from shardstats.errors import InputError
+from shardstats.errors import InputError, JobError
 
 
 def budget() -> int:
+    """The bytes a worker's cache may hold: ``SHARDSTATS_CACHE_BYTES``, else a sixteenth of the machine's budget.
+
+    A value that is not a size of at least 1 MiB fails the job in one line naming the variable (the worker's
+    setting, so the cluster's error: exit 1); it was a bare ``ValueError("'1000' is less than 1 MiB")``."""
     env = os.environ.get("SHARDSTATS_CACHE_BYTES")
     from shardstats.worker.memory import machine_budget, parse_size
-    return parse_size(env) if env else machine_budget() // 16
+    if not env:
+        return machine_budget() // 16
+    try:
+        return parse_size(env)
+    except ValueError as exc:
+        raise JobError(f"SHARDSTATS_CACHE_BYTES={env!r} in this worker's environment: {exc}; give a size of at "
+                       f"least 1 MiB (512M, 2G), or unset it (a sixteenth of the memory)") from None
 
 
 class DatasetCache:
