@@ -351,3 +351,21 @@ def test_check_combiner_checks_a_batch_combiner():
                      table, 0).startswith("--check-combiner: combine_batch changes the answer")
     assert all(uc._check(job(map_batch=map_batch, combine_batch=by_key("sum"), reduce_batch=by_key("sum")),
                          table, seed) is None for seed in range(5))
+
+
+def test_output_columns_equal_arrows_own_of_the_values_tuples_as_lists():
+    """The reducer's output pairs as Arrow columns: a column with no tuple goes to Arrow as it is, tuples (a
+    namedtuple too) become lists, a column of mixed types becomes JSON text -- as the per-value conversion made
+    them before it was skipped for columns holding no tuple."""
+    import collections
+    import json
+    Pair = collections.namedtuple("Pair", "a b")
+    keys, values = ["a", "b", "c"], [(1, 2), Pair(3, 4), [5, 6]]
+    t = uc._output(keys, values)
+    assert t.column("key").to_pylist() == keys and t.column("value").to_pylist() == [[1, 2], [3, 4], [5, 6]]
+    t = uc._output([("x", 1), ("y", 2)], [1.5, None])       # a tuple of mixed types is no Arrow list: JSON
+    assert t.column("key").to_pylist() == ['["x", 1]', '["y", 2]'] and t.column("value").to_pylist() == [1.5, None]
+    t = uc._output(["a", "b"], [(1, "x"), 2])
+    assert t.column("value").to_pylist() == [json.dumps([1, "x"]), "2"]
+    assert t.schema.field("value").metadata == uc.JSON_FIELD
+    assert uc._output([], []).num_rows == 0

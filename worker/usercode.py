@@ -445,8 +445,12 @@ def _output(keys: list, values: list):
     import pyarrow as pa
 
     def column(name, xs):
+        # tuples as lists (Arrow takes a list for a list column); a column holding no tuple goes as it is (the
+        # common case: a list comprehension over every value was a third of a word count's reduce)
+        if any(issubclass(t, tuple) for t in set(map(type, xs))):
+            xs = [list(x) if isinstance(x, tuple) else x for x in xs]
         try:
-            return pa.field(name, (a := pa.array([list(x) if isinstance(x, tuple) else x for x in xs])).type), a
+            return pa.field(name, (a := pa.array(xs)).type), a
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
             return (pa.field(name, pa.large_string(), metadata=JSON_FIELD),
                     pa.array([json.dumps(x, default=repr) for x in xs], pa.large_string()))
@@ -466,8 +470,10 @@ def _reduce(job: _Job, pairs, stage: str = "reducer") -> object:
     groups: dict[bytes, list] = collections.defaultdict(list)
     for kb, v in zip(pairs.column("key").to_pylist(), _unpack_all(pairs.column("value"))):
         groups[kb].append(v)
-    # by the packed key: 1 and True (or 1.0) are different keys here as on the map side, though equal in Python
-    decoded = _sort_pairs([(_unpack(kb), vs) for kb, vs in groups.items()])
+    # by the packed key: 1 and True (or 1.0) are different keys here as on the map side, though equal in Python;
+    # the distinct keys decoded by one streaming unpacker (a msgpack call a key was 1-2 us, half the reduce)
+    import pyarrow as pa
+    decoded = _sort_pairs(list(zip(_unpack_all(pa.array(list(groups), pa.large_binary())), groups.values())))
     fn = f.get(stage)
     keys_out, values_out = [], []
     sv = f.get("sort_values")
@@ -626,6 +632,11 @@ def main() -> None:
         resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr                    # a user's print() must not corrupt the frames
+    # A young collection every 50,000 allocations, not 700: grouping holds a list a key and a tuple a pair, and
+    # the default's collections over them were 30% of a word count's reduce (0.19 -> 0.13 s CPU for 80k keys)
+    # and 4% of its map. Cycles are still collected, a little later.
+    import gc
+    gc.set_threshold(50_000, 20, 20)
     job = None
 
     def reply(obj: dict) -> None:
