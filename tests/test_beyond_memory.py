@@ -472,6 +472,11 @@ async def test_a_sort_beyond_the_budget_runs_in_ranges_and_equals_duckdb(tmp_pat
         rep = await run_job(c.addrs, c.token, job_spec("sort", str(t), {"by": "k,s", "desc": "s", "nulls": "first",
                                                                        "out": str(tmp_path / "a")}))
         assert max(w.get("passes", 1) for w in rep.workers) > 1
+        # its runs hold whole rows, compressed (runs.py): the old plain runs wrote ~their rows' bytes, every column
+        # and the hidden two (file, row); these small keys, short strings and counters take a fraction of that
+        written = sum(w.get("spill_bytes_written", 0) for w in rep.workers)
+        rows_bytes = sum(pq.read_table(f).nbytes + 16 * pq.read_metadata(f).num_rows for f in t.iterdir())
+        assert 0 < written < rows_bytes / 2, (written, rows_bytes)
         names = sorted(x.name for x in (tmp_path / "a").iterdir())
         assert names[0] == "part-0000-00000.parquet" and len(names) == rep.result["parts"]
         got = pa.concat_tables([pq.read_table(tmp_path / "a" / n) for n in names])
@@ -678,11 +683,13 @@ def test_a_parquet_file_read_into_runs_is_held_a_batch_at_a_time(tmp_path, op):
     assert grew < 2 * size, (grew >> 20, size >> 20)
 
 
+@pytest.mark.parametrize("compression", [None, "lz4"])
 @pytest.mark.parametrize("cut,passes", [(4, 4), (4, 9), (1, 3), (9, 4), (5, 1)])
-def test_runs_give_each_pass_its_slice_once_in_input_order(tmp_path, cut, passes):
+def test_runs_give_each_pass_its_slice_once_in_input_order(tmp_path, cut, passes, compression):
     """Pieces of two types (an int32 file, an int64 one, one with its strings as a dictionary), written in
     several flushes: each pass reads exactly the rows the in-memory filter keeps (in input order when the
-    runs were cut in the job's passes), and the passes together are every row once."""
+    runs were cut in the job's passes), and the passes together are every row once -- plain, and compressed
+    (a sort's runs: a batch a slot), whose read counter is the file's bytes of the slots a pass read."""
     import pyarrow as pa
     from shardstats.worker import jobs
     from shardstats.worker.engine import slices
@@ -697,7 +704,7 @@ def test_runs_give_each_pass_its_slice_once_in_input_order(tmp_path, cut, passes
                                 "row": np.arange(i * 10_000, i * 10_000 + n)}))
     slots = slices.hash_slots({"main": ["k"]})
     box = spill.SpillDir(tmp_path, "j1", 0)
-    runs = Runs(box, cut, slots, flush_bytes=40_000)
+    runs = Runs(box, cut, slots, flush_bytes=40_000, compression=compression)
     for t in pieces:
         assert runs.keep(t, "main").num_rows == 0
     runs.finish()
@@ -716,6 +723,10 @@ def test_runs_give_each_pass_its_slice_once_in_input_order(tmp_path, cut, passes
         seen += rows
     assert sorted(seen) == sorted(r for t in pieces for r in t.column("row").to_pylist())
     assert box.written > 0 and box.read > 0
+    if compression:
+        assert runs.disk_bytes == box.written < runs.bytes       # "s1".."s49" and small ints: compressible
+        if cut == passes:
+            assert box.read <= box.written                       # each slot's batch read once
     box.close()
 
 

@@ -11,8 +11,11 @@ A run is what the reader gave, buffered up to ``flush_bytes`` and written in one
 sorted by slot (stably: rows keep their input order within a slot) with the slots' row offsets beside it,
 so a slice is one contiguous range of each run -- read through a memory map, a view until the pass
 copies it.  One file a flush: Arrow's file format keeps one dictionary per column, and each flush unifies
-its own.  Rows of different types (an int32 file and an int64 one) go to different runs; the pass conforms
-each piece to the job's agreed schema.
+its own.  With ``compression`` (a sort's runs: whole rows, every column) a run holds one batch a slot, its
+buffers compressed (Arrow IPC's LZ4 frames), so a pass decompresses its own slots and no other: the spill
+is written through to the disk (``SpillFile``), and TeraSort's rows took a quarter of the bytes.  Rows of
+different types (an int32 file and an int64 one) go to different runs; the pass conforms each piece to the
+job's agreed schema.
 
 ``slots(table, side, passes)`` gives each row's slice.  A job taken in another number of passes than the runs
 were cut in (another worker needed more, or the runs held more than the load guessed) reads the runs' slices
@@ -36,6 +39,7 @@ class Run:
     side: str
     path: Path
     offsets: np.ndarray          # offsets[s] .. offsets[s + 1]: slot s's rows
+    sizes: np.ndarray | None = None     # compressed: slot s is batch s, of sizes[s] bytes in the file
 
 
 @dataclass
@@ -46,9 +50,11 @@ class Runs:
     flush_bytes: int
     premap: object = None        # (table, side) -> table: what a run holds of what was read; its ``merge``
                                  # combines a flush's premapped rows (word count's sum)
+    compression: str | None = None   # "lz4": a batch a slot, its buffers compressed (see above)
     runs: list = field(default_factory=list)
     rows: int = 0
     bytes: int = 0               # the runs' size: Arrow's buffers, so the rows' size in memory
+    disk_bytes: int = 0          # what the files hold (less than ``bytes`` when compressed)
     _buffer: dict = field(default_factory=dict)
     _buffered: int = 0
 
@@ -88,8 +94,20 @@ class Runs:
         np.cumsum(np.bincount(slots, minlength=self.passes), out=offsets[1:])
         del slots, order
         sink = pa.BufferOutputStream()
-        with pa.ipc.new_file(sink, t.schema) as w:
-            w.write_table(t)
+        sizes = None
+        if self.compression:
+            whole = t.to_batches()[0] if t.num_rows else pa.RecordBatch.from_pylist([], schema=t.schema)
+            sizes = np.zeros(self.passes, np.int64)        # each slot's bytes in the file, for the read counter
+            with pa.ipc.new_file(sink, t.schema, options=pa.ipc.IpcWriteOptions(compression=self.compression)) as w:
+                for s in range(self.passes):         # batch s is slot s (empty ones too: zero rows, a few bytes)
+                    at = sink.tell()
+                    w.write_batch(whole.slice(int(offsets[s]), int(offsets[s + 1] - offsets[s])))
+                    sizes[s] = sink.tell() - at
+            del whole
+            self.bytes += t.nbytes
+        else:
+            with pa.ipc.new_file(sink, t.schema) as w:
+                w.write_table(t)
         self.rows += t.num_rows
         del t
         buf = sink.getvalue()
@@ -103,8 +121,10 @@ class Runs:
         except OSError as exc:
             raise self.spill.failure(exc) from None
         self.spill.count_written(buf.size)
-        self.bytes += buf.size
-        self.runs.append(Run(side, path, offsets))
+        self.disk_bytes += buf.size
+        if sizes is None:
+            self.bytes += buf.size
+        self.runs.append(Run(side, path, offsets, sizes))
 
     def finish(self) -> "Runs":
         self.flush()
@@ -121,11 +141,18 @@ class Runs:
             a, b = int(run.offsets[lo]), int(run.offsets[hi + 1])
             if a == b:
                 continue
-            # a view of the map (the map lives as long as the view): the pass's own work copies what it keeps
-            piece = pa.Table.from_batches([pa.ipc.open_file(pa.memory_map(str(run.path))).get_batch(0).slice(a, b - a)])
+            reader = pa.ipc.open_file(pa.memory_map(str(run.path)))
+            if run.sizes is not None:       # this pass's slots only, decompressed
+                piece = pa.Table.from_batches([reader.get_batch(s) for s in range(lo, hi + 1)
+                                               if run.offsets[s + 1] > run.offsets[s]], reader.schema)
+                read += int(run.sizes[lo:hi + 1].sum())
+            else:
+                # a view of the map (the map lives as long as the view): the pass's own work copies what it keeps
+                piece = pa.Table.from_batches([reader.get_batch(0).slice(a, b - a)])
             if passes != self.passes:
                 piece = piece.filter(pa.array(self.slots(piece, run.side, passes) == p))
-            read += piece.nbytes
+            if run.sizes is None:
+                read += piece.nbytes
             out.setdefault(run.side, []).append(conform(piece, run.side))
         self.spill.count_read(read)
         return out

@@ -121,6 +121,7 @@ class Sliced:
         self.passes = passes
         self.slots = slots
         self.sample = sample           # a range-sliced job's sample of this worker's rows
+        self.whole_rows = sample is not None   # a sort: its runs hold whole rows (compressed: RANGE_RUN_COMPRESSION)
         self.runs = runs
         self.flush_bytes = flush_bytes  # > 0: partition into runs (in the job's spill folder) before the passes
         self.schema = None
@@ -139,7 +140,9 @@ class Sliced:
     def partition(self, spill, passes: int) -> None:
         """Reads the share once, each row to the runs of its slice (on a thread: it reads and writes files)."""
         from shardstats.worker.engine.runs import Runs
-        runs = Runs(spill, passes, self.slots, self.flush_bytes, self.premap)
+        # a sort's runs hold whole rows (every column), compressed; a hash job's runs stay plain (not measured)
+        runs = Runs(spill, passes, self.slots, self.flush_bytes, self.premap,
+                    compression=RANGE_RUN_COMPRESSION if self.whole_rows else None)
         try:
             _, self.described = self.read_with(runs.keep)
             self.runs = runs.finish()
@@ -203,6 +206,8 @@ class Sliced:
         return self.num_rows
 
 
+RANGE_RUN_COMPRESSION = "lz4"    # a sort's runs (Runs.compression): TeraSort at 1e7 rows in 900 MiB workers,
+                                 # 1.32 GB spilled (written through to the disk) became ~0.35 GB
 SAMPLE_EVERY = 50       # a range-sliced job samples one row in this many of each file at the load
 
 
