@@ -324,6 +324,10 @@ def test_passes_add_counts_and_take_shares_of_the_sums():
     # groups whose approximate quantiles were rounded, counted per aggregate in each pass: added, not the last's
     got = add_stats({"approx_rounded_groups": {"m": 2, "p": 1}}, {"approx_rounded_groups": {"m": 3}})
     assert got["approx_rounded_groups"] == {"m": 5, "p": 1}
+    # a sort's CPU seconds per phase add over its passes like its wall seconds (they were the last pass's)
+    got = add_stats({"phases": {"sort": 1.0}, "phase_cpu": {"sort": 0.5, "write": 0.25}},
+                    {"phases": {"sort": 2.0}, "phase_cpu": {"sort": 0.75}})
+    assert got["phases"] == {"sort": 3.0} and got["phase_cpu"] == {"sort": 1.25, "write": 0.25}
 
 
 @pytest.mark.parametrize("how", list(HOWS))

@@ -78,7 +78,7 @@ def add_stats(a: dict, b: dict) -> dict:
         w = a.get(k)
         if k == "peak_rss_after":
             out[k] = {p: max(v.get(p, 0), w.get(p, 0)) for p in {*v, *w}} if w else v
-        elif k == "phases":
+        elif k in ("phases", "phase_cpu"):        # seconds (a sort's CPU seconds) per phase: every pass's
             out[k] = {p: v.get(p, 0.0) + w.get(p, 0.0) for p in {*v, *(w or {})}}
         elif k in ELEMENTWISE and isinstance(w, list) and len(w) == len(v):
             out[k] = [x + y for x, y in zip(w, v)]
