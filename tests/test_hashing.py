@@ -112,3 +112,57 @@ def test_text_travels_with_32_bit_offsets_and_a_receiver_takes_either_width(monk
     assert got.schema == exchange.plain(t).schema and got.to_pylist() == w.to_pylist()
     with pytest.raises(ProtocolError):
         codec.decode(codec.encode(w), pa.schema([("d", pa.string()), ("s", pa.string()), ("n", pa.float64())]))
+
+
+def _owner_cases():
+    rng = np.random.default_rng(11)
+    n = 4000
+    ints = rng.integers(-3, 40, n)
+    mask = rng.random(n) < 0.1
+
+    def chunked_dict(values):
+        half = len(values) // 2          # two row groups, each with its own dictionary (as Parquet reads them)
+        return pa.chunked_array([pa.array(values[:half]).dictionary_encode(),
+                                 pa.array(values[half:]).dictionary_encode()])
+    words = [None if m else f"w{x % 17}" for x, m in zip(ints, mask)]
+    yield "int32 span 43 with negatives", pa.table({"k": pa.array(ints, pa.int32())}), ["k"]
+    yield "int8 with nulls", pa.table({"k": pa.array(ints, pa.int8(), mask=mask)}), ["k"]
+    yield "uint16", pa.table({"k": pa.array(ints + 3, pa.uint16())}), ["k"]
+    yield "int64 at its top", pa.table({"k": pa.array(2**63 - 1 - (ints + 3), pa.int64())}), ["k"]
+    yield "int64 at its bottom, nulls", pa.table({"k": pa.array(-2**63 + ints + 3, pa.int64(), mask=mask)}), ["k"]
+    yield "dictionary, two chunks, nulls", pa.table({"k": chunked_dict(words)}), ["k"]
+    yield "composite: dictionary and two ints", pa.table({
+        "a": chunked_dict(words), "b": pa.array(ints % 7, pa.int32(), mask=~mask & (ints > 30)),
+        "c": pa.array(ints % 3 - 5, pa.int64())}), ["b", "a", "c"]
+    yield "composite with a plain text key (no grid)", pa.table({
+        "a": pa.array(words), "b": pa.array(ints, pa.int32())}), ["b", "a"]
+    yield "a wide span (no grid)", pa.table({"k": pa.array(rng.integers(-10**15, 10**15, n))}), ["k"]
+    yield "bool and float keys (no grid)", pa.table({"b": pa.array(ints > 5), "f": pa.array(ints / 2)}), ["b", "f"]
+    yield "all one value", pa.table({"k": pa.array(np.full(n, 7), pa.int64())}), ["k"]
+    yield "one row", pa.table({"k": pa.array([5], pa.int32())}), ["k"]
+    yield "no rows", pa.table({"k": pa.array([], pa.int32())}), ["k"]
+    yield "only nulls", pa.table({"k": pa.nulls(10, pa.int32())}), ["k"]
+    yield "a key named twice", pa.table({"k": pa.array(ints, pa.int32())}), ["k", "k"]
+
+
+@pytest.mark.parametrize("workers", [1, 3, 10, 300])
+@pytest.mark.parametrize("name,table,keys", list(_owner_cases()), ids=[c[0] for c in _owner_cases()])
+def test_owners_by_key_equals_owners_of_every_rows_hash(name, table, keys, workers):
+    """The grid of the keys' values hashed once and looked up gives every row the owner its own hash gives."""
+    want = owners_of(hash_columns(table, keys), workers)
+    got = H.owners_by_key(table, keys, workers)
+    assert got.dtype == want.dtype and got.tolist() == want.tolist()
+
+
+def test_owners_by_key_hashes_each_combination_once_where_keys_are_small_codes(monkeypatch):
+    hashed = []
+    real = H.hash_columns
+    monkeypatch.setattr(H, "hash_columns", lambda t, keys, *a: hashed.append(t.num_rows) or real(t, keys, *a))
+    cases = {name: (table, keys) for name, table, keys in _owner_cases()}
+    H.owners_by_key(*cases["composite: dictionary and two ints"], 10)
+    table, _ = cases["composite: dictionary and two ints"]
+    a = table.column("a").unify_dictionaries().combine_chunks()
+    assert hashed == [8 * (len(a.dictionary) + 1) * 3]       # b: 0..6, NULL; a: its words, NULL; c: -5..-3
+    hashed.clear()
+    H.owners_by_key(*cases["a wide span (no grid)"], 10)
+    assert hashed == [4000]

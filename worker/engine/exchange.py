@@ -20,7 +20,7 @@ from shardstats.lazy import numpy as np
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.shuffle import ShuffleConfig, shuffle
 from shardstats.worker.data import codec
-from shardstats.worker.data.hashing import hash_columns, owners_of
+from shardstats.worker.data.hashing import owners_by_key
 from shardstats.worker import memory
 from shardstats.worker.steps import numpy_step
 
@@ -33,12 +33,12 @@ def partition(table, keys, workers: int, to_one: bool = False, salt=None):
     reducers; rows with salt 0 go to their key's owner (``worker.ops.groupby`` decides which).
     """
     if to_one or workers == 1:
-        return [table] + [table.slice(0, 0)] * (workers - 1)
-    o = owners_of(hash_columns(table, keys), workers)
+        return [wire(table)] + [wire(table.slice(0, 0))] * (workers - 1)
+    o = owners_by_key(table, keys, workers)        # before ``wire``: a dictionary key's codes look owners up
     if salt is not None:
         salted = salt > 0
         o[salted] = ((o[salted].astype(np.uint64) + salt[salted]) % np.uint64(workers)).astype(o.dtype)
-    return split_by(table, o, workers)
+    return split_by(wire(table), o, workers)
 
 
 def plain(table):
@@ -109,7 +109,7 @@ async def exchange(comm: Communicator, table, keys, cfg: ShuffleConfig, *, compr
     t0 = time.perf_counter()
     comm.progress.set("partition")
     with memory.reusing_heap():
-        parts = await numpy_step(table.num_rows, lambda t=table: partition(wire(t), list(keys), comm.size,
+        parts = await numpy_step(table.num_rows, lambda t=table: partition(t, list(keys), comm.size,
                                                                            cfg.to_one, salt))
         del table
         return await _move(comm, parts, cfg, compression, t0)

@@ -286,7 +286,7 @@ def _plan(p: JoinParams, sizes: dict) -> tuple[str, str | None, str]:
 
 async def join(comm: Communicator, sides, params: JoinParams) -> tuple[dict | None, dict]:
     import pyarrow as pa
-    from shardstats.worker.data.hashing import hash_columns, owners_of
+    from shardstats.worker.data.hashing import owners_by_key
     from shardstats.worker.engine.answer import rows_answer
     from shardstats.worker.engine.exchange import broadcast_table, exchange_to, plain
     from shardstats.worker.steps import numpy_step
@@ -347,7 +347,7 @@ async def join(comm: Communicator, sides, params: JoinParams) -> tuple[dict | No
         ways = W if params.salt in ("auto", "off") else min(W, int(params.salt))
         before = []
         for side, t, keys in (("left", left, lk), ("right", right, rk)):
-            o = await numpy_step(t.num_rows, lambda t=t, keys=keys: owners_of(hash_columns(t, list(keys)), W))
+            o = await numpy_step(t.num_rows, lambda t=t, keys=keys: owners_by_key(t, list(keys), W))
             before.append(np.bincount(o, minlength=W) if t.num_rows else np.zeros(W, np.int64))
             if salt_side is None:
                 moved, ex = await exchange_to(comm, t, o, cfg, compression=params.compression)
