@@ -203,6 +203,8 @@ def run_submit(op, params, inputs: tuple[str, ...], *, column, header=None, loca
             line.close()
         if local_workers is not None:
             launcher.stop(info)
+    for warning in (rep.result or {}).get("warnings") or ():     # what the job did other than asked (--json too)
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
         indent = sys.stdout.isatty() if pretty is None else pretty
         click.echo(json_document(rep, startup, pretty=indent))

@@ -184,9 +184,41 @@ async def test_user_code_that_raises_hangs_or_hogs_fails_its_job_only(tmp_path, 
 
 
 async def test_a_worker_without_user_code_refuses(tmp_path, docs):
+    # refused at the load, before reading: it read the input first (an unreadable file's error came instead of
+    # the refusal; beyond memory its mapper ran as the share was read), and the cluster serves the next job
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.txt").write_bytes(b"fine\n\xff\xfe not utf-8\n")
     async with in_process_cluster(2, root=str(tmp_path), settings=Settings(user_code=False)) as c:
-        with pytest.raises(UsageError, match="started with --no-user-code"):
-            await mr(c, docs, job=str(EXAMPLES / "wordcount.py"))
+        for inp in (docs, bad):
+            with pytest.raises(UsageError, match="started with --no-user-code"):
+                await mr(c, inp, job=str(EXAMPLES / "wordcount.py"))
+        rep = await run_job(c.addrs, c.token, job_spec("wordcount", str(docs), {}))
+        assert rep.result["tokens"] > 0
+
+
+async def test_more_reducers_than_workers_is_said_not_silent(tmp_path, docs):
+    """--reducers above the worker count runs one reducer a worker, as the help says; the cap was silent (a
+    partitioner's n changed unseen): the stats give reducers run and asked, the result a warning (stderr)."""
+    job = job_file(tmp_path, '''
+        def mapper(rec):
+            for w in rec["text"].split():
+                yield w, 1
+        def partitioner(key, n):
+            return len(key) % n
+        def reducer(k, vs):
+            yield k, sum(vs)
+        ''')
+    async with in_process_cluster(2, root=str(tmp_path)) as c:
+        from shardstats.cluster.output import summarize_stats
+        rep = await mr(c, docs, job=job, reducers=5)
+        st = summarize_stats(rep)
+        assert st["reducers"] == 2 and st["reducers_asked"] == 5
+        assert rep.result["warnings"] == ["--reducers 5: ran 2, one a worker on the 2 workers there are "
+                                          "(a partitioner's n was 2)"]
+        rep = await mr(c, docs, job=job, reducers=2)
+        st = summarize_stats(rep)
+        assert st["reducers"] == 2 and "reducers_asked" not in st and "warnings" not in rep.result
 
 
 async def test_a_hot_key_with_a_combiner_is_salted(tmp_path):

@@ -21,7 +21,7 @@ from shardstats import logs
 from shardstats.worker import memory, spill
 from shardstats.worker.spill import SpillDir
 from shardstats.worker.comm import progress
-from shardstats.errors import JobError, JobTimeout, PeerFailure, ShardstatsError, WorkerUnhealthy
+from shardstats.errors import JobError, JobTimeout, PeerFailure, ShardstatsError, UsageError, WorkerUnhealthy
 from shardstats.worker.io.listing import ShardRef
 from shardstats.worker.ops import registry
 from shardstats.worker.net.inbound import InboundConnection
@@ -384,6 +384,11 @@ class WorkerServer:
                     self.metrics.job(msg.get("op"), "refused")
                     raise WorkerUnhealthy(f"worker {self.id} is unhealthy: {len(self.stuck.tasks)} reads stuck "
                                           f"past {self.settings.read_timeout:g}s; it takes no new jobs")
+                spec = registry.find(msg.get("op")) if msg.get("op") else None
+                if spec is not None and spec.user_code and not self.settings.user_code:
+                    self.metrics.job(msg.get("op"), "refused")
+                    raise UsageError(f"worker {self.id} runs no user code (started with --no-user-code): "
+                                     f"{spec.name} jobs run your functions")
                 # a worker of this machine killed since (kill -9, the OOM killer) left its job's spill folder:
                 # the next job anywhere on this spill dir removes it, not only that worker's restart
                 spill.sweep(self.access.spill_dir or spill.default_base())

@@ -26,7 +26,7 @@ def summarize(workers: list[dict]) -> dict:
     staged = [w["stages"] for w in ws if "stages" in w]
     if staged:                    # a chained job: each stage's counters summed over the workers
         out["stages"] = [{k: sum(s[i][k] for s in staged) for k in staged[0][i]} for i in range(len(staged[0]))]
-    for extra in ("hot_keys", "salted_keys", "salt", "combiner"):
+    for extra in ("hot_keys", "salted_keys", "salt", "combiner", "reducers", "reducers_asked"):
         vals = [w[extra] for w in ws if extra in w]
         if vals:
             out[extra] = vals[0]

@@ -335,6 +335,9 @@ class Op:
     # in-memory tests) the op reduces them itself.
     load_facts: Callable[[Any], tuple[dict, Any]] | None = None
     merge_facts: Callable[[dict, dict], dict] | None = None
+    # Runs the user's own functions: a worker started with --no-user-code refuses it at the load, before it reads
+    # a byte (beyond memory the mapper runs as the share is read: the run's refusal came after it had run)
+    user_code: bool = False
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier() or self.name.startswith("_"):

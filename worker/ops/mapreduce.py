@@ -59,7 +59,8 @@ class MapreduceParams(KeyedParams):
     job: str | None = option(None, "The job's Python file: mapper(record) and optionally combiner, reducer, "
                              "partitioner, sort_values (or map_batch/combine_batch/reduce_batch).", metavar="FILE.py")
     reducers: int | None = option(None, "Reducers (default: every worker). At most one per worker: a larger N "
-                                  "runs on the workers there are, and a partitioner's n is their count.",
+                                  "runs on the workers there are (a warning, and reducers_asked in the stats), and "
+                                  "a partitioner's n is their count.",
                                   min=1, max=65_536)
     side: tuple = option((), "A small table every mapper sees as sides[NAME] (a list of rows): NAME=PATH. "
                          "Repeat it for more.", metavar="NAME=PATH", multiple=True, parse=_sides)
@@ -174,6 +175,8 @@ async def mapreduce(comm: Communicator, inputs, params: MapreduceParams) -> tupl
     sides = inputs if isinstance(inputs, Sides) else {"main": inputs}
     table = sides["main"]
     cfg = ShuffleConfig.from_params(params, None)
+    # one reducer a worker: a larger --reducers runs on the workers there are, said in the stats and on stderr
+    # (a partitioner's n is then their count: a silent cap changed the user's routing unseen)
     reducers = min(params.reducers or comm.size, comm.size)
     access = getattr(comm, "access", None)
     limit = access.budget if access is not None and access.budget else None
@@ -197,7 +200,9 @@ async def mapreduce(comm: Communicator, inputs, params: MapreduceParams) -> tupl
              "reducer_pairs": first["reducer_pairs"],
              **{k: v for st in per_stage for k, v in st.items() if k in ("hot_keys", "salt")},
              "rounds": sum(st["rounds"] for st in per_stage), "phases": counter.sum_phases(st["phases"] for st in per_stage),
-             "output_rows": result.num_rows}
+             "output_rows": result.num_rows, "reducers": reducers}
+    if params.reducers and params.reducers > comm.size:
+        stats["reducers_asked"] = params.reducers
     if len(per_stage) > 1:
         stats["stages"] = [{k: st[k] for k in ("map_pairs", "combined_pairs", "shuffled_pairs", "shuffled_bytes",
                                                "reducer_pairs")} for st in per_stage]
@@ -205,7 +210,11 @@ async def mapreduce(comm: Communicator, inputs, params: MapreduceParams) -> tupl
     result = await _agree(comm, result)
     order = [(c, "ascending") for c in result.column_names if c in ("key",)] or \
         [(result.column_names[0], "ascending")]
-    return await rows_answer(comm, result, order, params, stats), stats
+    answer = await rows_answer(comm, result, order, params, stats)
+    if answer is not None and "reducers_asked" in stats:
+        answer["warnings"] = [f"--reducers {params.reducers}: ran {reducers}, one a worker on the {comm.size} workers "
+                              f"there are (a partitioner's n was {reducers})"]
+    return answer, stats
 
 
 async def _stage(comm: Communicator, code, table, params: MapreduceParams, index: int, has: set,
@@ -363,4 +372,5 @@ OP = Op(
     summarize=counter.summarize,
     reads=reads,
     prepare=prepare,
+    user_code=True,
 )
