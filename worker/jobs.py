@@ -249,6 +249,9 @@ def _arrow_type(typ: str):
         return pa.timestamp(unit, tz or None)
     if typ in ("date32[day]", "date32"):
         return pa.date32()
+    if typ.startswith("decimal128("):       # Parquet's DECIMAL(p, s) (DuckDB's, Spark's): exact, as read
+        p, s = (int(x) for x in typ[len("decimal128("):-1].split(","))
+        return pa.decimal128(p, s)
     if typ.startswith("list<") or typ.startswith("struct<") or typ.startswith("decimal"):
         raise InputError(f"columns of type {typ} cannot be read by keyed jobs yet")
     try:

@@ -140,6 +140,14 @@ def hash_array(arr) -> np.ndarray:
         h = mix(f.view(np.uint64) ^ np.uint64(_K))
     elif pa.types.is_null(t):
         return np.full(len(arr), NULL_HASH, dtype=np.uint64)
+    elif pa.types.is_decimal(t):              # the unscaled value's 128 (256) bits, low word first: equal in one type
+        words = t.bit_width // 64
+        width = t.bit_width // 8              # a buffer's size need not be a multiple of 8 (an IPC body's slice)
+        raw = np.frombuffer(arr.buffers()[1], dtype=np.uint8)[arr.offset * width:(arr.offset + len(arr)) * width]
+        w = raw.view(np.uint64).reshape(-1, words)
+        h = np.zeros(len(arr), dtype=np.uint64)
+        for i in range(words - 1, -1, -1):    # a loop over the words (2 or 4), not the values
+            h = mix(h ^ w[:, i] ^ np.uint64(_K))
     else:
         if pa.types.is_boolean(t) or pa.types.is_integer(t):
             ints = arr.cast(pa.int64()) if not pa.types.is_uint64(t) else arr.view(pa.int64())

@@ -58,6 +58,8 @@ def _meet(a: str, b: str) -> str | None:
     nums = {"int64", "double"}
     if a in nums and b in nums:
         return "double"
+    if a.startswith("decimal128(") or b.startswith("decimal128("):
+        return decimal_meet(a, b)
     if a.startswith("timestamp[") and b.startswith("timestamp["):
         ua, ub = a[10:].split(",")[0].rstrip("]"), b[10:].split(",")[0].rstrip("]")
         tza, tzb = a[10 + len(ua):], b[10 + len(ub):]
@@ -65,6 +67,25 @@ def _meet(a: str, b: str) -> str | None:
             return None
         return a if _TS_ORDER.index(ua) >= _TS_ORDER.index(ub) else b
     return None
+
+
+def decimal_meet(a: str, b: str) -> str | None:
+    """Two decimals (or a decimal and an integer, an int64's 19 digits) as one decimal128 holding both exactly
+    (DuckDB's rule: the larger integer part and the larger scale), or None past 38 digits or with any other type
+    (a float: a decimal is kept exact, never met as a double)."""
+    def digits(t: str):
+        if t == "int64":
+            return 19, 0
+        if t.startswith("decimal128("):
+            p, s = (int(x) for x in t[len("decimal128("):-1].split(","))
+            return p, s
+        return None
+    da, db = digits(a), digits(b)
+    if da is None or db is None:
+        return None
+    scale = max(da[1], db[1])
+    precision = max(da[0] - da[1], db[0] - db[1]) + scale
+    return f"decimal128({precision}, {scale})" if precision <= 38 else None
 
 
 ABSENT = "absent"    # the type of a key column a file lacks (jobs.load_table): refused where another file has it

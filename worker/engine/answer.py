@@ -133,10 +133,11 @@ async def rows_answer(comm: Communicator, table, order, params, stats: dict) -> 
 
 
 def plain(value):
-    """An Arrow value as JSON and msgpack carry it: decimals of integers as ints, times as ISO text."""
+    """An Arrow value as JSON and msgpack carry it: decimals of integers as ints, other decimals as their exact
+    text ("7693150.00", as DuckDB prints DECIMAL(38,2): a float would round it), times as ISO text."""
     import datetime
     if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
+        return int(value) if value == value.to_integral_value() and value.as_tuple().exponent >= 0 else str(value)
     if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
         return value.isoformat()
     if isinstance(value, datetime.timedelta):

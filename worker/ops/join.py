@@ -34,7 +34,7 @@ from shardstats.worker.comm.collectives import allreduce
 from shardstats.worker.comm.communicator import Communicator
 from shardstats.worker.comm.shuffle import ShuffleConfig
 from shardstats.worker.engine import counter
-from shardstats.worker.data.schema import type_name
+from shardstats.worker.data.schema import canonical, decimal_meet, type_name
 from shardstats.worker.engine.hot import find_hot, hot_rows, shown
 from shardstats.worker.ops.contract import KeyedParams, Op, column_list, option, parse_salt
 
@@ -117,6 +117,10 @@ def _common_keys(left, right, lk, rk):
             target = pa.float64() if pa.types.is_floating(ta) or pa.types.is_floating(tb) else pa.int64()
         elif pa.types.is_null(ta) or pa.types.is_null(tb):
             target = tb if pa.types.is_null(ta) else ta
+        elif (pa.types.is_decimal(ta) or pa.types.is_decimal(tb)) and \
+                decimal_meet(canonical(str(ta)), canonical(str(tb))) is not None:     # exact: never as doubles
+            p, s = decimal_meet(canonical(str(ta)), canonical(str(tb)))[len("decimal128("):-1].split(",")
+            target = pa.decimal128(int(p), int(s))
         else:
             raise UsageError(f"join keys of incompatible types: left {a!r} is {type_name(ta)}, "
                              f"right {b!r} is {type_name(tb)}")
