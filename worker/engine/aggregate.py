@@ -135,7 +135,10 @@ def check_types(aggs: list[Agg], schema) -> None:
             continue
         for c in a.cols:
             t = schema.field(c).type
-            if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+            # median and quantile of times and dates: DuckDB's, in the reducer as for numbers (an instant between
+            # the two middle ones, a timestamp as DuckDB answers it); the approximate ones sketch numbers only
+            temporal = a.func in ("median", "quantile") and (pa.types.is_timestamp(t) or pa.types.is_date(t))
+            if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or temporal
                     or pa.types.is_boolean(t) and a.func == "sum" or pa.types.is_null(t)):
                 raise UsageError(f"--agg {a.func}({', '.join(a.cols)}): column {c!r} holds {type_name(t)}, "
                                  f"and {a.func} needs numbers")

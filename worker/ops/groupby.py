@@ -96,6 +96,20 @@ def _salt_column(table, keys, hot: list, ways: int):
     return salt
 
 
+def _resaltable(a, schema) -> bool:
+    """Whether a hot key's aggregate ``a`` can be salted: its second stage merges the parts, or (a median or a
+    quantile) selects over them -- of integers and floats only (``_order_key``): of times, dates and decimals
+    DuckDB interpolates in the column's own type, which the selection's doubles would not give back exactly, so
+    such a key stays whole on its reducer (said in the stats' hot_keys, unsalted)."""
+    import pyarrow as pa
+    if a.func not in _RESALTABLE:
+        return False
+    if a.func not in _SELECTED:
+        return True
+    t = schema.field(a.cols[0]).type
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t)
+
+
 def _order_key(col) -> "np.ndarray":
     """Non-null values as int64 in the same order (floats by their bits: negatives flipped), for select_ranks."""
     import pyarrow as pa
@@ -224,7 +238,7 @@ async def groupby(comm: Communicator, table, params: GroupbyParams) -> tuple[dic
             hot = await find_hot(comm, sent, keys)
             if hot:
                 extra["hot_keys"] = shown(hot)
-                if all(a.func in _RESALTABLE for a in aggs):
+                if all(_resaltable(a, sent.schema) for a in aggs):
                     ways = comm.size if params.salt == "auto" else int(params.salt)
                     salt = _salt_column(sent, keys, hot, ways)
                     extra["salted_keys"] = len(hot)
