@@ -398,7 +398,7 @@ def _map(job: _Job, table, combine: bool, reducers: int | None) -> tuple[object,
                 try:
                     values.append(_pack_small(v2))
                 except (TypeError, ValueError, OverflowError):     # say which (the message made only now: it
-                    # cost 5 us a key, 5% of a word count's map, as an argument made for every key)
+                    # cost 5 us a key, 10% of a word count's map, as an argument made for every key)
                     _carried(v2, f"the combiner's value for key {_show_value(k2)}")
                     raise
         except _UserError:
