@@ -451,3 +451,42 @@ async def test_left_on_right_on_keeps_a_right_only_rows_key(tmp_path, how):
                 "strategy": strategy, "limit": 0}))
             assert rep.result["columns"] == ["a", "lv", "rv"]
             assert_rows_equal(rep.result["data"], want, 3, f"{how} {strategy}")
+
+
+@pytest.mark.parametrize("how", ["right", "full", "left"])
+async def test_an_outer_join_salts_a_hot_key_on_either_side(tmp_path, how):
+    """A key hot on the side whose partner's unmatched rows the join keeps (right and full joins, hot on the left;
+    a left join, hot on the right) stayed whole: the busiest reducer 2.03x the mean. Now it is split and the
+    other side's rows copied; a copy that finds none of the split rows on its reducer is dropped, not emitted as
+    unmatched. Sparse hot rows (every third, --salt 3) leave reducers with copies and no split rows."""
+    rng = np.random.default_rng(21)
+    L, R = sides(tmp_path, rng, nl=30_000, nr=3000, keys=3000, hot=0.5)
+    if how == "left":            # the hot side (30,000 rows) on the right
+        L, R = R, L
+        want = duck(f"SELECT l.k, l.v, l.label, r.v AS v_right, r.name FROM read_parquet('{L}/*.parquet') l "
+                    f"LEFT JOIN read_parquet('{R}/*.parquet') r ON l.k = r.k")[1]
+    else:
+        want = reference(L, R, how)
+    async with in_process_cluster(5, root=str(tmp_path)) as c:
+        salted = await job(c, L, R, how=how, strategy="shuffle", limit=0)
+        assert_rows_equal(salted.result["data"], want, 5, how)
+        share = lambda rep: max(w["reducer_pairs"] for w in rep.workers) / (     # noqa: E731
+            sum(w["reducer_pairs"] for w in rep.workers) / len(rep.workers))
+        assert share(salted) <= 1.5 and salted.workers[0]["busiest_reducer_share_unsalted"] > 2
+        assert salted.workers[0]["salted_side"] == ("left" if how != "left" else "right")
+    d = tmp_path / "sparse"
+    d.mkdir()
+    n = 6000
+    k = 100 + np.arange(n) % 50
+    k[::3] = 7                     # the hot rows 3 apart: one salt offset of 3 for all of them
+    pq.write_table(pa.table({"k": k, "v": np.arange(n)}), d / "l.parquet")
+    pq.write_table(pa.table({"k": np.array([7, 7, 108, 99]), "w": np.arange(4)}), d / "r.parquet")
+    l_, r_ = ("l", "r") if how != "left" else ("r", "l")
+    want = duck(f"SELECT {'coalesce(a.k, b.k)' if how != 'left' else 'a.k'}, a.* EXCLUDE (k), b.* EXCLUDE (k) "
+                f"FROM '{d}/{l_}.parquet' a {HOWS[how]} '{d}/{r_}.parquet' b ON a.k = b.k")[1]
+    async with in_process_cluster(3, root=str(tmp_path)) as c:
+        rep = await run_job(c.addrs, c.token, job_spec("join", str(d / f"{l_}.parquet"), {
+            "right": str(d / f"{r_}.parquet"), "on": "k", "how": how, "strategy": "shuffle", "salt": "3",
+            "bloom": False, "limit": 0}))      # (the Bloom filter would drop the rows between the hot ones)
+        assert rep.workers[0].get("salt") == 3
+        assert_rows_equal(rep.result["data"], want, 3, f"sparse {how}")

@@ -11,8 +11,12 @@
 * **skew** (``--salt``): a key holding more than half a reducer's mean load (both
   sides' rows over the workers) is split over several reducers on the side it is hot on,
   and the other side's rows of that key are copied to each of them -- the same output rows, every pair once.
-  Only the side whose unmatched rows are not kept may be copied (inner: either;
-  left/semi/anti: the right; right: the left; full joins are not salted).
+  A hot key is split on whichever side it is hot on, but for a semi or an anti join (whose left rows are the
+  answer: only the left is split). The copied side may be one whose unmatched rows the join keeps (an outer
+  join's): a copy of a hot key's row always has a partner somewhere -- the key is on the split side, not NULL --
+  so a copy found unmatched on a reducer (that got none of the split side's rows of its key) is dropped there
+  (``_local_join``'s ``hot_copies``), not emitted once per copy. (Only the side whose unmatched rows were not kept
+  was copied before: a right join's key hot on the left stayed whole, its reducer at 2.03x the mean.)
 
 The local join is DuckDB's hash join (one thread per worker) of the keys and row numbers alone; every
 answer column is then an Arrow take of its side's rows (``_local_join``). Output: every left
@@ -180,7 +184,7 @@ def _pairs_sql(how: str, nkeys: int) -> str:
     return f"SELECT l.i, r.j FROM l {kind} JOIN r ON {cond}"
 
 
-def _local_join(how: str, lk, rk, left, right):
+def _local_join(how: str, lk, rk, left, right, hot_copies: tuple | None = None):
     """DuckDB's hash join of the key columns and row numbers only, then every answer column an Arrow take of its
     side's rows: the columns that are not keys never pass through DuckDB, and a dictionary column is taken as its
     indices and decoded once at the end (``exchange.wire``: text as ``string``, as DuckDB returned it). Its
@@ -207,6 +211,17 @@ def _local_join(how: str, lk, rk, left, right):
                 raise
             return col.cast(wide).take(idx)
     pairs = run_sql(_pairs_sql(how, len(lk)), l=keyed(left, lk, "i"), r=keyed(right, rk, "j"))
+    if hot_copies is not None and pairs.num_rows:
+        # (copied side, hot keys): a copied row of a hot key unmatched here has its partners on another reducer
+        copied, hot = hot_copies
+        own, other = ("j", "i") if copied == "right" else ("i", "j")
+        flags = hot_rows(right if copied == "right" else left, rk if copied == "right" else lk, hot)
+        idx = pairs.column(own)
+        lone = pairs.column(other).is_null().to_numpy(zero_copy_only=False) & ~idx.is_null().to_numpy(
+            zero_copy_only=False)
+        if lone.any():
+            at = idx.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+            pairs = pairs.filter(pa.array(~(lone & flags[at])))
     i = pairs.column("i")
     j = pairs.column("j") if "j" in pairs.column_names else None
     names, cols = [], []
@@ -331,9 +346,8 @@ async def join(comm: Communicator, sides, params: JoinParams) -> tuple[dict | No
     else:
         salt_side = None
         hot: list = []
-        if params.salt != "off" and params.how != "full":
-            may = {"inner": ("left", "right"), "left": ("left",), "semi": ("left",), "anti": ("left",),
-                   "right": ("right",)}[params.how]
+        if params.salt != "off":
+            may = ("left",) if params.how in ("semi", "anti") else ("left", "right")
             # A reducer takes both sides: a key of n rows lifts its owner to about mean + n, so a key over half a
             # reducer's mean load (both sides' rows / W) is split -- the busiest then stays near 1.5x the mean.
             # (Over 2x one side's share, the group-by's rule, left Zipf(1.2)'s top key, 18% of big's rows, whole:
@@ -387,7 +401,10 @@ async def join(comm: Communicator, sides, params: JoinParams) -> tuple[dict | No
             stats.update({"hot_keys": shown(hot), "salted_side": salt_side, "salt": ways})
     t1 = time.perf_counter()
     comm.progress.set("join")
-    out = await numpy_step(left.num_rows + right.num_rows, _local_join, params.how, lk, rk, left, right)
+    copies = None
+    if strategy != "broadcast" and hot and params.how in ("left", "right", "full"):
+        copies = ("right" if salt_side == "left" else "left", hot)
+    out = await numpy_step(left.num_rows + right.num_rows, _local_join, params.how, lk, rk, left, right, copies)
     t2 = time.perf_counter()
     phases["join"] = t2 - t1
     stats.update({"map_pairs": loaded_rows, "combined_pairs": loaded_rows,
