@@ -30,7 +30,10 @@ FUNCTIONS = ("mapper", "combiner", "reducer", "partitioner", "sort_values", "map
 BATCH_ROWS = 65_536
 # Arrow's own allocator reserves address space in large arenas, which a child under RLIMIT_AS cannot get (a
 # 64 MiB budget failed its first 16k-record map): the C heap, so the limit measures what the job's code uses.
-CHILD_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "system"}
+CHILD_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "system",
+             # One str hash on every worker, as PySpark sets it: a partitioner of hash(key) % n, each worker's child
+             # hashing with its own random seed, sent one key to several reducers.
+             "PYTHONHASHSEED": "0"}
 
 
 # -- the child --------------------------------------------------------------------------------------------
@@ -620,17 +623,17 @@ def _mapped_bytes() -> int:
     return 0
 
 
-def main() -> None:
-    """The child: load the job, then answer requests until stdin closes."""
-    import pyarrow as pa
-    limit = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+def main(limit: int = 0, inp=None, out=None) -> None:
+    """The child: load the job, then answer requests until its input closes (stdin and stdout, or the frames'
+    socket of a child forked by the template)."""
+    import pyarrow as pa  # noqa: F401 - loaded before the limit is set: its mappings are not the job's budget
     if limit:
         # The budget on top of what the child's interpreter and libraries already map: a bare RLIMIT_AS of the
         # worker's budget left no room to load them (a 300 MiB budget failed every MapReduce job at its load).
         import resource
         cap = _mapped_bytes() + limit
         resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
-    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    inp, out = inp or sys.stdin.buffer, out or sys.stdout.buffer
     sys.stdout = sys.stderr                    # a user's print() must not corrupt the frames
     # A young collection every 50,000 allocations, not 700: grouping holds a list a key and a tuple a pair, and
     # the default's collections over them were 30% of a word count's reduce (0.19 -> 0.13 s CPU for 80k keys)
@@ -688,61 +691,375 @@ def main() -> None:
             reply({"ok": False, "error": failed, "user": True})
 
 
+# -- the template: a warm process that forks each job's child ---------------------------------------------
+# A job's child started as its own interpreter paid Python's and the libraries' start-up on every worker, for
+# every job: ~0.2 s of CPU a worker (0.35 s when the job imports Polars), ~3.4 s of a 10-worker job's CPU. Each
+# worker keeps one template process instead, started once with these imported, single-threaded in its own
+# code; a job's child is a fork of it (multiprocessing's forkserver pattern), so a job pays a fork. The fork is
+# a fresh process for every job: no job's globals, imports or monkeypatches reach the next (a child reused
+# across jobs would carry them).
+PRELOAD = ("numpy", "pyarrow", "pyarrow.ipc", "msgpack", "cloudpickle", "polars")
+STATUS = struct.Struct(">i")      # the template's word on a child's status socket: its pid, then its exit code
+
+
+def template_main(ctl_fd: int) -> None:
+    """The template: import the libraries a job uses, then fork a child for each request on ``ctl_fd`` (a
+    SOCK_SEQPACKET socket to its worker) until the worker closes it -- or dies: its end closes with it, and the
+    template kills its children and exits (they would otherwise outlive their worker).
+
+    A request is the child's memory limit, with three descriptors: the child's frames socket (its stdin and
+    stdout), its stderr file, and a status socket on which the template answers the child's pid, then its exit
+    code once reaped; the worker writing on the status socket, or closing it, has the child killed. Only the
+    template signals a child, and only until it reaps it: a pid is never killed after it could be reused."""
+    import gc
+    import importlib
+    import importlib.util
+    import selectors
+    import signal
+    import socket
+    for name in PRELOAD:       # polars when installed: its import is ~0.13 s of a job that uses it
+        try:
+            if importlib.util.find_spec(name.partition(".")[0]) is not None:
+                importlib.import_module(name)
+        except ImportError:
+            pass
+    import ctypes              # the child's prctl
+    gc.freeze()                # the libraries' objects out of the collector's reach: a child's collections do
+    # not write to (and so copy) the pages they share with the template
+    signal.signal(signal.SIGINT, signal.SIG_IGN)      # a Ctrl-C at the terminal is the worker's to handle
+    ctl = socket.socket(fileno=ctl_fd)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)     # a handler, so the wakeup fd hears of every exit
+    sel = selectors.DefaultSelector()
+    sel.register(ctl, selectors.EVENT_READ, "ctl")
+    sel.register(wake_r, selectors.EVENT_READ, "chld")
+    children: dict[int, socket.socket | None] = {}     # pid -> its status socket (None: the worker closed it)
+
+    def kill(pid: int) -> None:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    while True:
+        for key, _ in sel.select():
+            if key.data == "ctl":
+                try:
+                    msg, fds, _, _ = socket.recv_fds(ctl, 64, 3)
+                except OSError:
+                    msg, fds = b"", []
+                if not msg:           # the worker closed its end, or died: so do its children
+                    for pid in children:
+                        kill(pid)
+                    return
+                if len(fds) != 3:
+                    for fd in fds:
+                        os.close(fd)
+                    continue
+                data_fd, err_fd, status_fd = fds
+                status = socket.socket(fileno=status_fd)
+                sys.stderr.flush()
+                pid = os.fork()
+                if pid == 0:
+                    # what the template holds is not the child's: closed before any user code runs
+                    signal.set_wakeup_fd(-1)
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                    signal.signal(signal.SIGINT, signal.default_int_handler)
+                    for s in (ctl, status, sel, *(c for c in children.values() if c is not None)):
+                        s.close()
+                    os.close(wake_r)
+                    os.close(wake_w)
+                    _child(int(msg), data_fd, err_fd, ctypes)        # never returns
+                os.close(data_fd)
+                os.close(err_fd)
+                children[pid] = status
+                try:
+                    status.send(STATUS.pack(pid))
+                except OSError:       # the worker gave up on it already: the status socket reads EOF below
+                    pass
+                sel.register(status, selectors.EVENT_READ, pid)
+            elif key.data == "chld":
+                try:
+                    os.read(wake_r, 4096)
+                except BlockingIOError:
+                    pass
+                while children:
+                    try:
+                        pid, st = os.waitpid(-1, os.WNOHANG)
+                    except ChildProcessError:
+                        break
+                    if pid == 0:
+                        break
+                    status = children.pop(pid, None)
+                    if status is not None:
+                        sel.unregister(status)
+                        try:
+                            status.send(STATUS.pack(os.waitstatus_to_exitcode(st)))
+                        except OSError:
+                            pass
+                        status.close()
+            else:                     # a child's status socket: kill asked, or the worker closed it
+                pid, status = key.data, key.fileobj
+                try:
+                    asked = status.recv(16)
+                except OSError:
+                    asked = b""
+                kill(pid)
+                if not asked:
+                    sel.unregister(status)
+                    status.close()
+                    children[pid] = None
+
+
+def _child(limit: int, data_fd: int, err_fd: int, ctypes) -> None:
+    """A job's child, just forked from the template: it dies with the template (and so with the worker), its
+    frames on ``data_fd`` (its stdin and stdout too, as a child of its own interpreter had them), its stderr the
+    worker's file; then ``main``. It leaves by os._exit: the template's atexit handlers and finalizers are the
+    template's, not the child's."""
+    code = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9)      # PR_SET_PDEATHSIG: SIGKILL when the template dies
+        if os.getppid() == 1:      # it died before the prctl
+            os._exit(1)
+        os.dup2(data_fd, 0)
+        os.dup2(data_fd, 1)
+        os.dup2(err_fd, 2)
+        os.close(data_fd)
+        os.close(err_fd)
+        np = sys.modules.get("numpy")
+        if np is not None:   # numpy's global generator is not reseeded at a fork as random's is: every job's
+            np.random.seed()  # child drew the template's numbers
+        inp, out = open(0, "rb", closefd=False), open(1, "wb", closefd=False)
+        sys.stdin = open(os.devnull)
+        main(limit, inp, out)
+        code = 0
+    except SystemExit as exc:        # the user's code called sys.exit
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # noqa: BLE001 - the child's last word, then its exit (never back into the template)
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stderr.flush()
+            sys.__stderr__.flush()
+        finally:
+            os._exit(code)
+
+
+class _Template:
+    """The worker's handle on its template process (one a worker process, started at the worker's start, or by
+    the first job when it is gone: a dead template is replaced). Used from the event loop and from load threads
+    (``SyncUserCode``), hence the lock."""
+
+    def __init__(self) -> None:
+        import threading
+        self.lock = threading.Lock()
+        self.proc = None
+        self.ctl = None
+        self.started = 0          # templates started by this process (a replaced one counts again)
+
+    def start(self) -> None:
+        with self.lock:
+            self._ensure()
+
+    def stop(self) -> None:
+        with self.lock:
+            self._close()
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+    def _ensure(self) -> None:
+        import socket
+        import subprocess
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        self._close()
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "shardstats.worker.usercode", "--template", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=_child_env())
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        self.ctl = mine
+        self.started += 1
+
+    def _close(self) -> None:
+        import subprocess
+        if self.ctl is not None:
+            self.ctl.close()          # the template kills its children and exits
+            self.ctl = None
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+    def request(self, limit: int, data_fd: int, err_fd: int, status_fd: int) -> None:
+        """Asks the template for a child (a new template if it is gone)."""
+        import socket
+        with self.lock:
+            for attempt in range(2):
+                self._ensure()
+                try:
+                    socket.send_fds(self.ctl, [b"%d" % limit], [data_fd, err_fd, status_fd])
+                    return
+                except OSError:
+                    if attempt:
+                        raise
+                    self._close()      # it died: a fresh one
+
+
+TEMPLATE = _Template()
+
+
+def _child_env() -> dict:
+    return {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **CHILD_ENV}
+
+
+def _spawn(limit: int, err):
+    """A child forked by the template: its frames socket and its status socket (``_Child``), the pid read."""
+    import socket
+    data, data_child = socket.socketpair()
+    status, status_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        TEMPLATE.request(limit, data_child.fileno(), err.fileno(), status_child.fileno())
+    except BaseException:
+        data.close()
+        status.close()
+        raise
+    finally:
+        data_child.close()
+        status_child.close()
+    return data, status
+
+
+class _Child:
+    """A forked child's pid and exit code, from its status socket: ``kill`` asks the template to kill it (closing
+    the socket would too, after a ``wait`` that gets its code)."""
+
+    def __init__(self, status) -> None:
+        self.status = status
+        self.pid: int | None = None
+        self.returncode: int | None = None
+
+    def got(self, msg: bytes) -> bool:
+        """One word from the template: the pid, then the exit code; EOF (b""): the template is gone (and with
+        it, by PR_SET_PDEATHSIG, the child: killed)."""
+        if len(msg) != STATUS.size:
+            if self.pid is None:
+                return False
+            self.returncode = -9 if self.returncode is None else self.returncode
+            return True
+        if self.pid is None:
+            self.pid = STATUS.unpack(msg)[0]
+        else:
+            self.returncode = STATUS.unpack(msg)[0]
+        return True
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            try:
+                self.status.send(b"k")
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.status.close()
+
+
 # -- the parent -------------------------------------------------------------------------------------------
 class UserCode:
-    """The worker's handle on one job's child process: requests with replies, the child killed on exit."""
+    """The worker's handle on one job's child process (forked by the worker's template): requests with replies,
+    the child killed on exit."""
 
     def __init__(self, memory_limit: int | None = None) -> None:
         self.limit = memory_limit or 0
-        self.proc = None          # the child (an asyncio.subprocess.Process) once entered
+        self.proc: _Child | None = None      # the child once entered
+        self.reader = self.writer = None
         self.err = _stderr()
 
     async def __aenter__(self) -> "UserCode":
+        try:
+            return await self._enter()
+        except BaseException:
+            self.err.close()
+            raise
+
+    async def _enter(self) -> "UserCode":
         import asyncio        # here, not at the top: the child imports this module and needs no event loop
-        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **CHILD_ENV}
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "shardstats.worker.usercode", str(self.limit),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=self.err,
-            env=env, limit=1 << 20)
+        loop = asyncio.get_running_loop()
+        for attempt in range(2):
+            data, status = _spawn(self.limit, self.err)
+            status.setblocking(False)
+            child = _Child(status)
+            try:
+                # the template's first job waits for its imports; a loaded machine's start-up took seconds
+                got = await asyncio.wait_for(loop.sock_recv(status, 16), SPAWN_TIMEOUT)
+            except BaseException:
+                data.close()
+                status.close()        # the template kills the child, if it forked it
+                raise
+            if child.got(got):
+                break
+            data.close()
+            status.close()
+            if attempt:
+                raise RuntimeError("the worker's user-code template died twice before starting the job's child")
+        self.proc = child
+        self.reader, self.writer = await asyncio.open_unix_connection(sock=data, limit=1 << 20)
         return self
+
+    async def _wait(self, timeout: float) -> int | None:
+        import asyncio
+        proc = self.proc
+        while proc.returncode is None:
+            try:
+                got = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(proc.status, 16), timeout)
+            except (TimeoutError, OSError):
+                return None
+            proc.got(got or b"")
+        return proc.returncode
 
     async def __aexit__(self, *exc: object) -> None:
         proc = self.proc
-        if proc is None:
-            self.err.close()
-            return
-        import asyncio
-        if proc.returncode is None:
-            try:
-                proc.kill()
-            except ProcessLookupError:
-                pass
         try:
-            await asyncio.wait_for(proc.wait(), 5)
-        except (TimeoutError, ProcessLookupError):
-            pass
+            if proc is not None:
+                proc.kill()
+                await self._wait(5)
         finally:
-            transport = getattr(proc, "_transport", None)     # its pipes closed now, not by the collector later
-            if transport is not None:
-                transport.close()
+            if self.writer is not None:        # the frames' socket closed now, not by the collector later
+                self.writer.close()
+            if proc is not None:
+                proc.close()
             self.err.close()
 
     async def call(self, req: dict) -> dict:
         import asyncio
-        proc = self.proc
-        assert proc is not None and proc.stdin is not None and proc.stdout is not None
+        reader, writer = self.reader, self.writer
+        assert reader is not None and writer is not None
         try:
             for part in _frame(req):
-                proc.stdin.write(part)
-            await proc.stdin.drain()
-            head = await proc.stdout.readexactly(HEADER.size)
-            rep = _unpack(await proc.stdout.readexactly(HEADER.unpack(head)[0]))
+                writer.write(part)
+            await writer.drain()
+            head = await reader.readexactly(HEADER.size)
+            rep = _unpack(await reader.readexactly(HEADER.unpack(head)[0]))
             if "ipc_bytes" in rep:
-                rep["ipc"] = await proc.stdout.readexactly(rep.pop("ipc_bytes"))
+                rep["ipc"] = await reader.readexactly(rep.pop("ipc_bytes"))
         except (asyncio.IncompleteReadError, BrokenPipeError, ConnectionResetError):
-            code = await proc.wait()
-            raise _died(req["op"], code, _tail(self.err)) from None
+            code = await self._wait(5)
+            raise _died(req["op"], -9 if code is None else code, _tail(self.err)) from None
         return _answer(rep)
+
+
+SPAWN_TIMEOUT = 120.0     # seconds a job waits for its child's pid (a new template imports its libraries first)
 
 
 def load_request(code: str, kind: str, filename: str) -> dict:
@@ -816,41 +1133,70 @@ class SyncUserCode:
     mapped piece by piece as it is read (``MapPremap``)."""
 
     def __init__(self, memory_limit: int | None = None) -> None:
-        import subprocess
         self.err = _stderr()
-        self.proc = subprocess.Popen([sys.executable, "-m", "shardstats.worker.usercode", str(memory_limit or 0)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err,
-                                     env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **CHILD_ENV})
+        for attempt in range(2):
+            data, status = _spawn(memory_limit or 0, self.err)
+            status.settimeout(SPAWN_TIMEOUT)
+            self.proc = _Child(status)
+            try:
+                got = status.recv(16)
+            except BaseException:
+                data.close()
+                status.close()
+                self.err.close()
+                raise
+            if self.proc.got(got):
+                break
+            data.close()
+            status.close()
+            if attempt:
+                self.err.close()
+                raise RuntimeError("the worker's user-code template died twice before starting the job's child")
+        self.data = data
+        self.rf, self.wf = data.makefile("rb"), data.makefile("wb")
+
+    def _wait(self, timeout: float) -> int | None:
+        proc = self.proc
+        proc.status.settimeout(timeout)
+        while proc.returncode is None:
+            try:
+                proc.got(proc.status.recv(16))
+            except OSError:          # socket.timeout included
+                return None
+        return proc.returncode
 
     def call(self, req: dict) -> dict:
         def exactly(size: int) -> bytes:
-            got = self.proc.stdout.read(size)
+            got = self.rf.read(size)
             if len(got) < size:
                 raise BrokenPipeError
             return got
         try:
             for part in _frame(req):
-                self.proc.stdin.write(part)
-            self.proc.stdin.flush()
+                self.wf.write(part)
+            self.wf.flush()
             rep = _unpack(exactly(HEADER.unpack(exactly(HEADER.size))[0]))
             if "ipc_bytes" in rep:
                 rep["ipc"] = exactly(rep.pop("ipc_bytes"))
         except (BrokenPipeError, ConnectionResetError):
             self.proc.kill()
-            code = self.proc.wait(5)
-            raise _died(req["op"], code, _tail(self.err)) from None
+            code = self._wait(5)
+            raise _died(req["op"], -9 if code is None else code, _tail(self.err)) from None
         return _answer(rep)
 
     def close(self) -> None:
-        import subprocess
-        if self.proc.poll() is None:
-            self.proc.kill()
+        self.proc.kill()
         try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
-        for f in (self.proc.stdin, self.proc.stdout, self.err):
-            f.close()
+            self._wait(5)
+        finally:
+            for f in (self.rf, self.wf):
+                try:
+                    f.close()
+                except OSError:       # a write buffer the dead child never read: nothing to flush it to
+                    pass
+            self.data.close()
+            self.proc.close()
+            self.err.close()
 
 
 MAP_ROWS = 16_384      # records a child maps at a time beyond memory (its pairs of them held at once)
@@ -924,4 +1270,7 @@ class MapPremap:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--template"]:
+        template_main(int(sys.argv[2]))
+    else:       # a child of its own interpreter, LIMIT as its one argument
+        main(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
