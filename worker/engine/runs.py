@@ -51,6 +51,9 @@ class Runs:
     premap: object = None        # (table, side) -> table: what a run holds of what was read; its ``merge``
                                  # combines a flush's premapped rows (word count's sum)
     compression: str | None = None   # "lz4": a batch a slot, its buffers compressed (see above)
+    groups: object = None        # a sort's RangePlan: its slots are buckets between candidate boundaries, and
+                                 # pass p reads the buckets ``groups.first_last(p)`` (chosen once the runs are
+                                 # counted: ``bucket_rows``), not a range of the hash
     runs: list = field(default_factory=list)
     rows: int = 0
     bytes: int = 0               # the runs' size: Arrow's buffers, so the rows' size in memory
@@ -130,11 +133,18 @@ class Runs:
         self.flush()
         return self
 
+    def bucket_rows(self) -> "np.ndarray":
+        """The rows of each slot, over every run."""
+        out = np.zeros(self.passes, np.int64)
+        for run in self.runs:
+            out += np.diff(run.offsets)
+        return out
+
     def read(self, p: int, passes: int, conform) -> dict:
         """Pass ``p`` of ``passes``: each side's rows, conformed piece by piece (``conform(piece, side)``),
         as {side: [pieces]}."""
         import pyarrow as pa
-        lo, hi = covering(p, passes, self.passes)
+        lo, hi = self.groups.first_last(p) if self.groups is not None else covering(p, passes, self.passes)
         out: dict = {}
         read = 0
         for run in self.runs:
@@ -149,7 +159,7 @@ class Runs:
             else:
                 # a view of the map (the map lives as long as the view): the pass's own work copies what it keeps
                 piece = pa.Table.from_batches([reader.get_batch(0).slice(a, b - a)])
-            if passes != self.passes:
+            if passes != self.passes and self.groups is None:
                 piece = piece.filter(pa.array(self.slots(piece, run.side, passes) == p))
             if run.sizes is None:
                 read += piece.nbytes

@@ -122,15 +122,30 @@ class Sliced:
         self.slots = slots
         self.sample = sample           # a range-sliced job's sample of this worker's rows
         self.whole_rows = sample is not None   # a sort: its runs hold whole rows (compressed: RANGE_RUN_COMPRESSION)
+                                               # cut at the candidate boundaries of its RangePlan (``slots``)
         self.runs = runs
         self.flush_bytes = flush_bytes  # > 0: partition into runs (in the job's spill folder) before the passes
         self.schema = None
         self.described = None          # every file's types, as the partitioning read them
         self.num_rows = num_rows or getattr(sample, "num_rows", 0)
+        self.ranges_planned = False    # a sort whose RangePlan is in ``slots`` (its sample then dropped)
 
     @property
     def ranges(self) -> bool:
-        return self.sample is not None
+        return self.sample is not None or self.ranges_planned
+
+    def bucket_rows(self) -> "np.ndarray":
+        """A sort's rows between each two neighbouring candidate boundaries (``RangePlan.buckets``): counted as
+        the runs were cut, or, for a share without runs, by reading it once more (a share in memory: a filter)."""
+        if self.runs is not None:
+            return self.runs.bucket_rows()
+        counts = np.zeros(self.slots.buckets, np.int64)
+
+        def count(t, side):
+            counts[:] += np.bincount(self.slots.fine(t), minlength=self.slots.buckets)
+            return t.schema.empty_table()
+        self.read_with(count)
+        return counts
 
     def conform(self, schema) -> "Sliced":
         if self.premap is None:        # pairs have the op's own types; the agreed schema is the documents'
@@ -141,8 +156,11 @@ class Sliced:
         """Reads the share once, each row to the runs of its slice (on a thread: it reads and writes files)."""
         from shardstats.worker.engine.runs import Runs
         # a sort's runs hold whole rows (every column), compressed; a hash job's runs stay plain (not measured)
-        runs = Runs(spill, passes, self.slots, self.flush_bytes, self.premap,
-                    compression=RANGE_RUN_COMPRESSION if self.whole_rows else None)
+        if self.whole_rows:      # a sort: runs cut at every candidate boundary, the passes chosen from their counts
+            runs = Runs(spill, self.slots.buckets, self.slots.fine, self.flush_bytes,
+                        compression=RANGE_RUN_COMPRESSION, groups=self.slots)
+        else:
+            runs = Runs(spill, passes, self.slots, self.flush_bytes, self.premap)
         try:
             _, self.described = self.read_with(runs.keep)
             self.runs = runs.finish()
@@ -261,11 +279,17 @@ async def run_in_slices(comm, sliced: Sliced, op, params) -> tuple[dict | None, 
     if sliced.ranges:      # a sort: every rank's sample gives the passes' boundaries (the op's own order)
         sliced.slots = await op.slice_ranges(comm, sliced.sample, params, passes)
         sliced.sample = None
+        sliced.ranges_planned = True
     if sliced.runs is None and sliced.flush_bytes and comm.spill is not None:
         t = time.perf_counter()
         comm.progress.set("partition")
         await asyncio.to_thread(sliced.partition, comm.spill, passes)
         read_s += time.perf_counter() - t
+    if sliced.ranges:      # the passes' boundaries from the rows' exact counts between the candidates
+        counts = await asyncio.to_thread(sliced.bucket_rows)
+        from shardstats.worker.comm.collectives import allreduce
+        summed = await allreduce(comm, {"c": counts.tolist()}, _add_lists, "sort.ranges.counts")
+        sliced.slots.regroup(summed["c"])
     try:
         for p in range(passes):
             t = time.perf_counter()
@@ -292,7 +316,13 @@ async def run_in_slices(comm, sliced: Sliced, op, params) -> tuple[dict | None, 
         comm.total = total
     stats.setdefault("phases", {})["read"] = read_s
     stats["passes"] = passes
+    if answer is not None and getattr(sliced.slots, "planned", None) is not None:
+        answer["pass_rows"] = sliced.slots.planned      # a sort's rows a pass, counted before the first
     return answer, stats
+
+
+def _add_lists(a: dict, b: dict) -> dict:
+    return {"c": (np.asarray(a["c"], np.int64) + np.asarray(b["c"], np.int64)).tolist()}
 
 
 def _release() -> None:
