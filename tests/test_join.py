@@ -65,7 +65,11 @@ async def test_every_join_equals_duckdb_broadcast_and_shuffle(tmp_path, how):
             assert rep.result["rows"] == len(want)
             assert_rows_equal(rep.result["data"], want, len(rep.result["columns"]), f"{how} {strategy}")
             st = {k: sum(w.get(k, 0) for w in rep.workers) for k in ("shuffled_left_rows", "shuffled_right_rows")}
-            if strategy == "auto" and how != "full":
+            if strategy == "auto" and how == "right":
+                # the side a right join may broadcast is the left, 3000 rows against 400: sent to 3 other
+                # workers it would move more than shuffling both sides, so auto shuffles and says why
+                assert rep.result["strategy"] == "shuffle" and "would move more" in rep.result["why"]
+            elif strategy == "auto" and how != "full":
                 assert rep.result["strategy"] == "broadcast" and "limit" in rep.result["why"]
                 big = "left" if rep.workers[0]["broadcast_side"] == "right" else "right"
                 assert st[f"shuffled_{big}_rows"] == 0           # no row of the big side moved
@@ -490,3 +494,22 @@ async def test_an_outer_join_salts_a_hot_key_on_either_side(tmp_path, how):
             "bloom": False, "limit": 0}))      # (the Bloom filter would drop the rows between the hot ones)
         assert rep.workers[0].get("salt") == 3
         assert_rows_equal(rep.result["data"], want, 3, f"sparse {how}")
+
+
+def test_auto_broadcasts_a_side_only_where_it_moves_less_than_a_shuffle():
+    """Broadcasting S to W workers moves S x (W - 1), a shuffle (S + O) x (W - 1) / W: auto broadcasts a side under
+    the limit only while S x (W - 1) <= O (the old planner broadcast any side under the limit: two equal sides
+    of 58 MiB on 4 workers, db-benchmark's q5 at 1e6 rows, went by broadcast, 3x the bytes of the shuffle)."""
+    from shardstats.worker.ops.join import JoinParams, _plan
+    p = JoinParams(how="inner", right="R", on="k")
+    mib = 1 << 20
+    assert _plan(p, {"left": 58 * mib, "right": 58 * mib}, 4)[0] == "shuffle"
+    assert _plan(p, {"left": 300 * mib, "right": 58 * mib}, 4)[:2] == ("broadcast", "right")
+    assert _plan(p, {"left": 174 * mib, "right": 58 * mib}, 4)[:2] == ("broadcast", "right")     # equal: broadcast
+    assert _plan(p, {"left": 173 * mib, "right": 58 * mib}, 4)[0] == "shuffle"
+    assert _plan(p, {"left": 58 * mib, "right": 58 * mib}, 1)[:2] == ("broadcast", "right")     # nothing moves
+    assert _plan(p, {"left": 10 * mib, "right": 0}, 10)[:2] == ("broadcast", "right")
+    assert _plan(p, {"left": 10**12, "right": 65 * mib}, 10)[0] == "shuffle"                    # over the limit
+    assert _plan(JoinParams(how="right", right="R", on="k"), {"left": 3 * mib, "right": 1 * mib}, 4)[0] == "shuffle"
+    assert _plan(JoinParams(how="right", right="R", on="k"), {"left": 1 * mib, "right": 30 * mib}, 4)[:2] == ("broadcast", "left")
+    assert _plan(JoinParams(how="full", right="R", on="k"), {"left": 1, "right": 1}, 4)[0] == "shuffle"

@@ -269,8 +269,44 @@ def test_decimal_files_of_other_widths_meet_exactly():
     from shardstats.errors import InputError
     from shardstats.worker.data.schema import unify
     assert unify([[["x", "decimal128(18, 2)", "a"]], [["x", "decimal128(9, 3)", "b"]]])[0][1] == "decimal128(19, 3)"
-    assert unify([[["x", "int32", "a"]], [["x", "decimal128(9, 3)", "b"]]])[0][1] == "decimal128(22, 3)"
+    assert unify([[["x", "int32", "a"]], [["x", "decimal128(9, 3)", "b"]]])[0][1] == "decimal128(13, 3)"   # 10 digits
+    assert unify([[["x", "int64", "a"]], [["x", "decimal128(9, 3)", "b"]]])[0][1] == "decimal128(22, 3)"   # 19
     with pytest.raises(InputError, match=r"column 'x' is decimal128\(38, 2\) in a but double in b"):
         unify([[["x", "decimal128(38, 2)", "a"]], [["x", "double", "b"]]])
     with pytest.raises(InputError, match=r"column 'x' is decimal128\(38, 2\) in a but decimal128\(10, 4\) in b"):
         unify([[["x", "decimal128(38, 2)", "a"]], [["x", "decimal128(10, 4)", "b"]]])
+
+
+def test_signed_integers_keep_their_width_where_every_file_agrees():
+    """A Parquet int32 column stays int32 (DuckDB's INTEGER), meets int64 as int64, a smaller int as itself;
+    unsigned ones below 64 bits widen to int64; with a double, double. It was widened to int64 on every load."""
+    from shardstats.worker.data.schema import unify
+    meet = lambda a, b: unify([[["x", a, "f1"]], [["x", b, "f2"]]])[0][1]     # noqa: E731
+    assert meet("int32", "int32") == "int32"
+    assert meet("int32", "int64") == meet("int64", "int32") == "int64"
+    assert meet("int16", "int32") == "int32" and meet("int8", "int8") == "int8"
+    assert meet("uint32", "uint32") == "int64" and meet("uint16", "int32") == "int64"
+    assert meet("int32", "double") == "double"
+    assert meet("dictionary<values=string, indices=int32, ordered=0>", "string") == "large_string"
+
+
+async def test_a_sort_and_a_group_by_write_an_int32_column_as_int32(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(3):
+        pq.write_table(pa.table({"k": pa.array([3 - i, 7, -2**31, 2**31 - 1], pa.int32()),
+                                 "v": pa.array([1, 2, 3, 4], pa.int32())}), d / f"p{i}.parquet")
+    async with in_process_cluster(3, root=str(tmp_path)) as c:
+        await run_job(c.addrs, c.token, job_spec("sort", str(d), {"by": "k", "out": str(tmp_path / "s")}))
+        await run_job(c.addrs, c.token, job_spec("groupby", str(d), {"by": "k", "agg": ["m=max(v)", "s=sum(v)"],
+                                                                    "out": str(tmp_path / "g")}))
+    s = pq.read_table(tmp_path / "s")
+    assert s.schema.field("k").type == pa.int32() and s.schema.field("v").type == pa.int32()
+    assert s.column("k").to_pylist() == sorted([3, 7, -2**31, 2**31 - 1, 2, 7, -2**31, 2**31 - 1, 1, 7, -2**31,
+                                                 2**31 - 1])
+    g = pq.read_table(tmp_path / "g").sort_by("k")
+    assert g.schema.field("k").type == pa.int32() and g.schema.field("m").type == pa.int32()   # DuckDB's max(INTEGER)
+    assert g.column("k").to_pylist() == [-2**31, 1, 2, 3, 7, 2**31 - 1]
+    assert g.column("s").to_pylist() == [9, 1, 1, 1, 6, 12]

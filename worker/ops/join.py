@@ -280,8 +280,13 @@ def _no_null_keys(table, keys) -> "np.ndarray":
     return m
 
 
-def _plan(p: JoinParams, sizes: dict) -> tuple[str, str | None, str]:
-    """(strategy, the side broadcast or None, why) from both sides' sizes over every worker."""
+def _plan(p: JoinParams, sizes: dict, workers: int = 1) -> tuple[str, str | None, str]:
+    """(strategy, the side broadcast or None, why) from both sides' sizes over every worker.
+
+    auto broadcasts a side under ``--broadcast-limit`` that is also small beside the other: broadcasting S to
+    W workers moves S x (W - 1), a shuffle (S + O) x (W - 1) / W, so broadcast only while S x (W - 1) <= O
+    (db-benchmark's q5 joins two sides of 1e7 rows: at 1e6 rows its right side fell under the limit once
+    its int32 columns stayed 4 bytes, and a broadcast would have moved 3x what the shuffle does)."""
     from shardstats.cluster.progress import human_bytes
     can = {"inner": ("right", "left"), "left": ("right",), "semi": ("right",), "anti": ("right",),
            "right": ("left",), "full": ()}[p.how]
@@ -294,11 +299,16 @@ def _plan(p: JoinParams, sizes: dict) -> tuple[str, str | None, str]:
                              "cannot broadcast either; use shuffle")
         return "broadcast", small, f"broadcast: asked for (--strategy broadcast); {small} side " \
                                    f"{human_bytes(sizes[small])}"
-    if small is not None and sizes[small] <= p.broadcast_limit:
-        return "broadcast", small, (f"broadcast: {small} side {human_bytes(sizes[small])} <= "
-                                    f"{human_bytes(p.broadcast_limit)} limit")
     if small is None:
         return "shuffle", None, "shuffle: a full outer join broadcasts neither side"
+    other = "left" if small == "right" else "right"
+    if sizes[small] <= p.broadcast_limit and sizes[small] * (workers - 1) <= sizes[other]:
+        return "broadcast", small, (f"broadcast: {small} side {human_bytes(sizes[small])} <= "
+                                    f"{human_bytes(p.broadcast_limit)} limit")
+    if sizes[small] <= p.broadcast_limit:
+        return "shuffle", None, (f"shuffle: the {small} side ({human_bytes(sizes[small])}) sent to {workers - 1} "
+                                 f"other workers would move more than shuffling both sides "
+                                 f"({human_bytes(sizes[small] + sizes[other])})")
     return "shuffle", None, (f"shuffle: the smaller side it may broadcast ({small}) is "
                              f"{human_bytes(sizes[small])} > {human_bytes(p.broadcast_limit)} limit")
 
@@ -321,7 +331,7 @@ async def join(comm: Communicator, sides, params: JoinParams) -> tuple[dict | No
     sizes = await allreduce(comm, {"left": _plain_bytes(left), "right": _plain_bytes(right),
                                    "left_rows": left.num_rows, "right_rows": right.num_rows},
                             lambda a, b: {k: a[k] + b[k] for k in a}, "join.sizes")
-    strategy, small, why = _plan(params, sizes)
+    strategy, small, why = _plan(params, sizes, comm.size)
     if strategy == "shuffle":     # both sides go through the shuffle: keys of one type, hashed alike
         left, right = _common_keys(plain(left), plain(right), lk, rk)
     stats: dict = {"strategy": strategy, "why": why, "left_rows": sizes["left_rows"],
