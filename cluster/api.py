@@ -37,11 +37,11 @@ from shardstats.cluster.output import json_document, summarize_stats
 from shardstats.cluster.runner import in_sync, run_sync
 from shardstats.coordinator.job import JobReport, ping_all, run_job
 from shardstats.coordinator.spec import JobSpec
-from shardstats.errors import ShardstatsError
+from shardstats.errors import ClusterClosed, ShardstatsError
 from shardstats.settings import DEFAULTS
 from shardstats.worker.ops import registry
 
-_JOB_OPTIONS = ("column", "timeout", "max_retries", "heartbeat", "dead_after")
+_JOB_OPTIONS = ("column", "header", "timeout", "max_retries", "heartbeat", "dead_after")
 
 
 def _exact(x: Any) -> Any:
@@ -87,6 +87,55 @@ class Quantiles(dict):
         return self[q] if q in self else default
 
 
+def _column(values: list, type_: Any):
+    """One answer column back in its Arrow type.  Numbers, text and bools travel as they are; a decimal travels
+    as its exact text (an int when integral), a time or date as ISO text (``worker.engine.answer.plain``):
+    Arrow parses those back by a cast from text.  What no cast brings back (a duration's seconds) stays as it
+    travelled.  The per-value work here is over one answer's head (at most ~50,000 rows), never a dataset."""
+    import pyarrow as pa
+    if type_ is not None:
+        try:
+            return pa.array(values, type=type_)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            pass
+        try:
+            return pa.array(_texts(values), type=_as_text(type_)).cast(type_)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            pass
+    try:
+        return pa.array(values)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        return pa.array(_texts(values))        # mixed kinds (an int beside a decimal's text): as the text shows
+
+
+def _texts(values: list) -> list:
+    """Values as text, lists kept as lists and nulls as nulls: what a cast from text parses."""
+    return [v if v is None else _texts(v) if isinstance(v, list) else str(v) for v in values]
+
+
+def _as_text(type_: Any):
+    """``type_`` with every leaf type text (list<decimal> -> list<string>): the shape ``_texts`` gives."""
+    import pyarrow as pa
+    if pa.types.is_list(type_) or pa.types.is_large_list(type_):
+        return pa.list_(_as_text(type_.value_type))
+    return pa.string()
+
+
+def _read_parts(out: str, schema: Any):
+    """The part files a job wrote under ``out``, in name order, as one table (``schema``: the answer's)."""
+    import glob
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from shardstats.errors import UsageError
+    parts = sorted(glob.glob(os.path.join(glob.escape(out), "part-*.parquet")))
+    if "://" in out or not os.path.isdir(out):
+        raise UsageError(f"the rows were written to {out} on the workers, which this machine cannot read: "
+                         f"read its part-*.parquet there (DuckDB, Polars or pyarrow)")
+    if not parts:
+        return schema.empty_table() if schema is not None else pa.table({})
+    return pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default")
+
+
 @dataclass(frozen=True)
 class Result:
     """One job's answer.  ``result`` and ``stats`` are exactly the CLI's JSON ``result`` and ``stats``;
@@ -116,20 +165,34 @@ class Result:
         except (KeyError, TypeError, ValueError, ShardstatsError):
             said = f"{self.op}: {self.result!r}"
         s = self.stats
-        return (f"<Result {said} | {s.get('values', 0):,} values on {s.get('workers', 0)} "
+        unit = "rows" if registry.get(self.op).reads is not None else "values"     # as the CLI says it
+        return (f"<Result {said} | {s.get('values', 0):,} {unit} on {s.get('workers', 0)} "
                 f"worker{'' if s.get('workers') == 1 else 's'} "
                 f"in {s.get('seconds', 0):.3f} s>")
 
     def to_arrow(self):
-        """A keyed job's rows as a ``pyarrow.Table`` (what was returned: up to ``limit`` rows; wordcount's top
-        words as (word, count)). For every row of a big result, write ``out=DIR`` and read the part files."""
+        """A keyed job's rows as a ``pyarrow.Table``, typed as the job's answer was (a decimal, a timestamp or
+        a date column as such, not as the text the --json rows hold): up to ``limit`` rows; wordcount's top
+        words as (word, count).  A job run with ``out=DIR`` returns every row it wrote, read from DIR's part
+        files in name order (a sort's order) when DIR is on this machine."""
         import pyarrow as pa
         r = self.result
+        schema = pa.ipc.read_schema(pa.py_buffer(self.report.schema)) if self.report.schema else None
+        if isinstance(r.get("out"), str):
+            return _read_parts(r["out"], schema)
         if "columns" in r and "data" in r:
-            return pa.table({c: [row[i] for row in r["data"]] for i, c in enumerate(r["columns"])})
+            columns = list(r["columns"])
+            types = schema.types if schema is not None and schema.names == columns else [None] * len(columns)
+            return pa.Table.from_arrays([_column([row[i] for row in r["data"]], t) for i, t in enumerate(types)],
+                                        names=columns)
         if "top" in r and (not r["top"] or isinstance(r["top"][0], list) and isinstance(r["top"][0][0], str)):
-            return pa.table({"word": [w for w, _ in r["top"]], "count": [c for _, c in r["top"]]})
+            return pa.table({"word": pa.array([w for w, _ in r["top"]], pa.string()),
+                             "count": pa.array([c for _, c in r["top"]], pa.int64())})
         raise AttributeError(f"a {self.op} result is not a table")
+
+    def to_pandas(self):
+        """``to_arrow()`` as a pandas DataFrame (pandas must be installed)."""
+        return self.to_arrow().to_pandas()
 
     def json(self) -> str:
         """The document ``cluster submit ... --json`` prints for this job (exact numbers)."""
@@ -186,8 +249,12 @@ class Cluster:
             raise UsageError(f"memory_limit: {exc}") from None
         args += ["--spill-dir", os.path.abspath(spill_dir)] if spill_dir is not None else []
         info = in_sync(lambda: launcher.start(workers, "127.0.0.1", None, log_dir, log_level, extra_args=args,
-                                              tls_dir=tls_dir))
-        return cls(info, owned=True, timeout=timeout, source="local")
+                                              tls_dir=tls_dir), undo=launcher.stop)
+        try:
+            return cls(info, owned=True, timeout=timeout, source="local")
+        except BaseException:       # Ctrl-C before the handle owns the workers: nobody else would stop them
+            launcher.stop(info)
+            raise
 
     @classmethod
     def connect(cls, cluster_file: str | None = None, *, timeout: float = DEFAULTS.phase_timeout) -> "Cluster":
@@ -198,6 +265,11 @@ class Cluster:
     @property
     def workers(self) -> list[str]:
         return list(self.info.workers)
+
+    def _check_open(self) -> None:
+        if self._finalizer is not None and not self._finalizer.alive:
+            raise ClusterClosed(f"this cluster was closed (its {len(self.info.workers)} workers stopped): start "
+                                f"another with Cluster.local(n), or use a running one with Cluster.connect()")
 
     def close(self) -> None:
         """Stops the workers of a cluster this handle started; a connected cluster is left running."""
@@ -216,11 +288,14 @@ class Cluster:
     # -- jobs ------------------------------------------------------------------------------
     def spec(self, op: str, path: str | list[str], **kw: Any) -> JobSpec:
         """The job ``submit`` would run: ``kw`` holds the op's parameters and the job options
-        (``column``, ``timeout``, ``max_retries``, ``heartbeat``, ``dead_after``)."""
-        if self._finalizer is not None and not self._finalizer.alive:
-            raise RuntimeError("this cluster was closed")
-        options = {k: kw.pop(k) for k in _JOB_OPTIONS if kw.get(k) is not None}
+        (``column``, ``header``, ``timeout``, ``max_retries``, ``heartbeat``, ``dead_after``)."""
+        self._check_open()
+        options = {k: v for k in _JOB_OPTIONS if (v := kw.pop(k, None)) is not None}   # None: the default
+        if options.get("header") in ("yes", "no"):         # as the CLI spells it; True/False as Python does
+            options["header"] = options["header"] == "yes"
         options.setdefault("timeout", self.timeout)
+        # a notebook's paths are often pathlib.Path: right=, out=, save_sketch=, job= take them as the CLI's text
+        kw = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in kw.items()}
         params = registry.get(op).params.build(**kw)
         inputs = (str(path),) if isinstance(path, (str, bytes)) or not hasattr(path, "__iter__") \
             else tuple(str(p) for p in path)
@@ -271,6 +346,7 @@ class Cluster:
 
     def status(self, timeout: float = DEFAULTS.status_timeout) -> list[dict]:
         """One row per worker, as ``cluster status --json`` lists them."""
+        self._check_open()
         return run_sync(lambda: ping_all(self.info.workers, self.info.token.encode(), timeout=timeout,
                                          tls=self.info.client_tls()))
 

@@ -85,17 +85,23 @@ def start(workers: int, host: str = "127.0.0.1", base_port: int | None = None, l
         # Workers of one machine share it: each keeps to its share (worker/memory.py machine_budget).
         from shardstats.worker.memory import machine_budget
         extra_args = [*(extra_args or []), "--memory-limit", str(machine_budget() // workers)]
-    procs = [_spawn(i, addrs, token, logs, log_level, extra_args, tls_dir, http_ports[i] if http_ports else None)
-             for i in range(workers)]
-    pids = [p.pid for p in procs]
-    info = ClusterInfo(workers=addrs, token=token, local=True, pids=pids, log_dir=str(logs), root=os.getcwd(),
-                       tls=client_tls.as_dict() if client_tls is not None else None,
-                       starts=[start_time(p) for p in pids], own_logs=log_dir is None, http_ports=http_ports,
-                       worker_args=list(extra_args or []))
+    procs: list[subprocess.Popen] = []
     try:
+        for i in range(workers):
+            procs.append(_spawn(i, addrs, token, logs, log_level, extra_args, tls_dir,
+                                http_ports[i] if http_ports else None))
+        pids = [p.pid for p in procs]
+        info = ClusterInfo(workers=addrs, token=token, local=True, pids=pids, log_dir=str(logs),
+                           root=os.getcwd(), tls=client_tls.as_dict() if client_tls is not None else None,
+                           starts=[start_time(p) for p in pids], own_logs=log_dir is None, http_ports=http_ports,
+                           worker_args=list(extra_args or []))
         wait_ready(info, ready_timeout, procs)
-    except BaseException:
-        stop(info, keep_logs=True)      # the error names a log file: keep it
+    except BaseException as exc:
+        # Whatever ended the start -- a worker that failed, or Ctrl-C between two spawns (the workers have
+        # sessions of their own: the terminal's SIGINT never reaches them) -- no worker started is left behind.
+        terminate([p.pid for p in procs])
+        if log_dir is None and not isinstance(exc, LaunchError):   # a launch error names a log file: kept
+            shutil.rmtree(logs, ignore_errors=True)
         raise
     return info
 

@@ -45,27 +45,59 @@ def _drop_orphaned_tls_failure(loop, context: dict) -> None:
     loop.default_exception_handler(context)
 
 
-def in_sync(fn: Callable[[], T]) -> T:
-    """Calls ``fn`` (which may start its own event loop) here, or on a thread when a loop is already running."""
+# How long an interrupted call (Ctrl-C in a notebook) waits for its helper thread: a cancelled job's abort
+# (coordinator.job.ABORT_WAIT for each worker's confirmation), or a cluster's start (launcher: 30 s to be ready).
+INTERRUPT_WAIT = 35.0
+
+
+def in_sync(fn: Callable[[], T], cancel: Callable[[], None] | None = None,
+            undo: Callable[[T], None] | None = None) -> T:
+    """Calls ``fn`` (which may start its own event loop) here, or on a thread when a loop is already running.
+
+    On that thread an interrupt (Ctrl-C in Jupyter raises KeyboardInterrupt in the waiting thread, not in the
+    helper) must not leave the work going on behind the user's back -- a job still running on the cluster,
+    workers started that no handle owns -- so the waiting thread calls ``cancel`` (stop the work), waits for
+    the helper (``INTERRUPT_WAIT`` at most), hands what it made anyway to ``undo``, and re-raises."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return fn()
     box: dict[str, Any] = {}
+    done = threading.Event()        # not Thread.join: an interrupted join marks a running thread as stopped
 
     def target() -> None:
         try:
             box["value"] = fn()
         except BaseException as exc:   # handed to the caller's thread and re-raised there
             box["error"] = exc
-    t = threading.Thread(target=target, name="cluster-api")
-    t.start()
-    t.join()
+        finally:
+            done.set()
+    threading.Thread(target=target, name="cluster-api", daemon=True).start()
+    try:
+        done.wait()
+    except BaseException:
+        if cancel is not None:
+            cancel()
+        done.wait(INTERRUPT_WAIT)
+        if "value" in box and undo is not None:
+            undo(box["value"])
+        raise
     if "error" in box:
         raise box["error"]
     return box["value"]
 
 
 def run_sync(coro_fn: Callable[[], Awaitable[T]]) -> T:
-    """Runs the coroutine ``coro_fn()`` makes to completion, wherever we are called from."""
-    return in_sync(lambda: run_async(coro_fn()))
+    """Runs the coroutine ``coro_fn()`` makes to completion, wherever we are called from.  On a helper thread
+    (a running loop: Jupyter), an interrupt cancels the coroutine there -- a job's cancellation aborts it on
+    every worker -- as Ctrl-C does to ``asyncio.run`` in a plain script."""
+    where: dict[str, Any] = {}
+
+    async def main() -> T:
+        where["loop"], where["task"] = asyncio.get_running_loop(), asyncio.current_task()
+        return await coro_fn()
+
+    def cancel() -> None:
+        if "loop" in where:
+            where["loop"].call_soon_threadsafe(where["task"].cancel)
+    return in_sync(lambda: run_async(main()), cancel=cancel)

@@ -62,6 +62,7 @@ class JobReport:
     spec: JobSpec | None = None
     attempts: int = 1
     lost_workers: list[dict] = field(default_factory=list)   # {id, addr, attempt, reason}
+    schema: bytes | None = None     # a rows answer's Arrow schema (IPC bytes; the result's ``_schema``), for the API
 
 
 async def connect_reachable(addrs: list[str], token: bytes, timeout: float = DEFAULTS.connect_timeout,
@@ -333,8 +334,10 @@ async def _attempt(clients: list[WorkerClient], job: str, spec: JobSpec, files: 
     result = next((d["result"] for d in done if "result" in d), None)
     if result is None:
         raise JobError("no worker returned a result")
+    schema = result.pop("_schema", None)       # how the rows were typed: the API's, not the --json document's
     return JobReport(op=spec.op, job=job, result=result, workers=[d["stats"] for d in done],
-                     seconds=time.perf_counter() - t1, load_seconds=t1 - t0, spec=spec)
+                     seconds=time.perf_counter() - t1, load_seconds=t1 - t0, spec=spec,
+                     schema=schema if isinstance(schema, bytes) else None)
 
 
 def _lost(client: WorkerClient, why: str) -> WorkerLost:

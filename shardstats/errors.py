@@ -104,6 +104,13 @@ class LaunchError(ClusterError):
     kind = "launch"
 
 
+class ClusterClosed(UsageError, RuntimeError):
+    """A job or a status asked of a ``Cluster`` handle after ``close()`` (or its ``with`` block): the handle's
+    workers are gone, so it is the caller's usage (exit 2), one of the package's errors like every other;
+    still a ``RuntimeError`` for code written when it was only that."""
+    kind = "usage"
+
+
 _BY_KIND = {c.kind: c for c in (JobError, InputError, EmptyDataset, UsageError, PeerFailure, WorkerLost,
                                  WorkerUnhealthy, WorkerBusy, JobTimeout, ClusterUnavailable, StoreUnavailable)}
 
@@ -115,4 +122,4 @@ def from_kind(kind: str, message: str) -> ShardstatsError:
 
 __all__ = ["ShardstatsError", "UserError", "ClusterError", "JobError", "InputError", "EmptyDataset", "UsageError",
            "PeerFailure", "WorkerLost", "WorkerUnhealthy", "WorkerBusy", "JobTimeout", "ClusterUnavailable", "StoreUnavailable",
-           "ConfigError", "LaunchError", "from_kind"]
+           "ConfigError", "LaunchError", "ClusterClosed", "from_kind"]

@@ -127,12 +127,21 @@ async def rows_answer(comm: Communicator, table, order, params, stats: dict) -> 
         rows = await count_rows(comm, table)
         if rows is None:
             return None
-        return {"rows": rows, "columns": table.column_names, "data": [], "out": params.out}
+        return {"rows": rows, "columns": table.column_names, "data": [], "out": params.out,
+                "_schema": schema_of(table)}
     head = await gather_head(comm, table, order, params.limit)
     if head is None:
         return None
     t, rows = head
-    return {"rows": rows, "columns": t.column_names, "data": rows_of(t), "_order": order}
+    return {"rows": rows, "columns": t.column_names, "data": rows_of(t), "_order": order, "_schema": schema_of(t)}
+
+
+def schema_of(table) -> bytes:
+    """A rows answer's Arrow schema, as it travels beside its plain rows (``_schema``; the coordinator keeps it
+    on the ``JobReport``, out of the --json document): the rows hold a decimal or a time as text, and the API's
+    ``Result.to_arrow`` needs the type to give the column back as it was, not as that text."""
+    schema = table.schema if hasattr(table, "schema") else table
+    return schema.remove_metadata().serialize().to_pybytes()
 
 
 def plain(value):

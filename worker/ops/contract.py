@@ -108,8 +108,16 @@ def _wire(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+# The metavars of text options that hold a comma-separated list (--by k,ts; --quantiles 0.5,0.99)
+COMMA_LISTS = ("COLS", "Q,Q,...")
+
+
 def _check_field(f: dataclasses.Field, hint: Any, value: Any) -> Any:
     meta = f.metadata
+    if meta.get("multiple") and value is not None and not isinstance(value, (list, tuple)):
+        # a repeatable option given once from Python (``agg="sum(v)"``, ``contains=3``) is that one item, as
+        # ``--agg sum(v)`` is at the CLI; never a string's characters (an aggregate's own commas stay inside it)
+        value = (value,)
     if meta.get("parse") is not None:
         value = meta["parse"](value)
     base, optional = _base_type(hint)
@@ -136,6 +144,9 @@ def _check_field(f: dataclasses.Field, hint: Any, value: Any) -> Any:
         if value != value or value in (float("inf"), float("-inf")):
             raise ValueError(f"{value!r} is not a finite number")
     elif base is str:
+        if meta.get("metavar") in COMMA_LISTS and isinstance(value, (list, tuple)) and \
+                all(isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in value):
+            value = ",".join(map(str, value))   # from Python as a list (by=["k", "ts"]): the CLI's "k,ts"
         if not isinstance(value, str):
             raise ValueError(f"{value!r} is not text")
     elif base is tuple:

@@ -25,7 +25,7 @@ class IndexParams(TextParams):
 async def index(comm: Communicator, table, params: IndexParams) -> tuple[dict | None, dict]:
     from shardstats.worker.engine import tokens as tok
     from shardstats.worker.engine.aggregate import run_sql
-    from shardstats.worker.engine.answer import count_rows, gather_head, rows_of, write_parts
+    from shardstats.worker.engine.answer import count_rows, gather_head, rows_of, schema_of, write_parts
     t1 = time.perf_counter()
     mine, tokens, stats = await tok.tokens_to_reducers(comm, table, params, tok.doc_words)
     del table
@@ -45,7 +45,7 @@ async def index(comm: Communicator, table, params: IndexParams) -> tuple[dict | 
             return None, stats
         t, words = head
     result = {"words": words, "postings": total["postings"], "tokens": total["tokens"], "rows": words,
-              "columns": ["word", "docs"], "data": [] if params.out else rows_of(t)}
+              "columns": ["word", "docs"], "data": [] if params.out else rows_of(t), "_schema": schema_of(t)}
     if params.out:
         result["out"] = params.out
     return result, stats
