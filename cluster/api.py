@@ -249,7 +249,7 @@ class Cluster:
             raise UsageError(f"memory_limit: {exc}") from None
         args += ["--spill-dir", os.path.abspath(spill_dir)] if spill_dir is not None else []
         info = in_sync(lambda: launcher.start(workers, "127.0.0.1", None, log_dir, log_level, extra_args=args,
-                                              tls_dir=tls_dir), undo=launcher.stop)
+                                              tls_dir=tls_dir, exit_with_parent=True), undo=launcher.stop)
         try:
             return cls(info, owned=True, timeout=timeout, source="local")
         except BaseException:       # Ctrl-C before the handle owns the workers: nobody else would stop them

@@ -66,8 +66,11 @@ def tls_for(tls_dir: str | Path, workers: int) -> TLSFiles:
 
 def start(workers: int, host: str = "127.0.0.1", base_port: int | None = None, log_dir: str | None = None,
           log_level: str = "info", extra_args: list[str] | None = None, ready_timeout: float = 30.0,
-          tls_dir: str | Path | None = None, http_base: int | None = None) -> ClusterInfo:
-    """``http_base``: worker i serves HTTP (metrics) on ``http_base + i``; 0: on free ports; None: no HTTP."""
+          tls_dir: str | Path | None = None, http_base: int | None = None,
+          exit_with_parent: bool = False) -> ClusterInfo:
+    """``http_base``: worker i serves HTTP (metrics) on ``http_base + i``; 0: on free ports; None: no HTTP.
+    ``exit_with_parent``: the workers stop when this process is gone, however it ends (an ephemeral cluster:
+    the API's, --local's; never a detached `cluster up`, whose starter exits at once)."""
     if workers < 1:
         raise LaunchError("--workers must be at least 1")
     client_tls = tls_for(tls_dir, workers) if tls_dir is not None else None
@@ -89,7 +92,8 @@ def start(workers: int, host: str = "127.0.0.1", base_port: int | None = None, l
     try:
         for i in range(workers):
             procs.append(_spawn(i, addrs, token, logs, log_level, extra_args, tls_dir,
-                                http_ports[i] if http_ports else None))
+                                http_ports[i] if http_ports else None,
+                                parent=os.getpid() if exit_with_parent else None))
         pids = [p.pid for p in procs]
         info = ClusterInfo(workers=addrs, token=token, local=True, pids=pids, log_dir=str(logs),
                            root=os.getcwd(), tls=client_tls.as_dict() if client_tls is not None else None,
@@ -128,7 +132,7 @@ def _http_ports(host: str, base: int | None, workers: int, ports: list[int]) -> 
 
 def _spawn(i: int, addrs: list[str], token: str, logs: Path, log_level: str,
            extra_args: list[str] | None, tls_dir: str | Path | None = None,
-           http_port: int | None = None) -> subprocess.Popen:
+           http_port: int | None = None, parent: int | None = None) -> subprocess.Popen:
     """Worker ``i`` as a process of its own session (Ctrl-C at the shell does not reach it).
 
     The caller's own ``CLUSTER_TLS_*`` (a client's certificate) never reach a worker: it gets its own or none.
@@ -139,7 +143,8 @@ def _spawn(i: int, addrs: list[str], token: str, logs: Path, log_level: str,
         env.update(TLSFiles.in_dir(tls_dir, f"worker{i}").env())
     cmd = [sys.executable, "-m", "shardstats.cluster.cli", "worker", "--id", str(i), "--listen", addrs[i],
            "--peers", ",".join(addrs), "--log-level", log_level, "--allow-any-path",
-           *(["--http-port", str(http_port)] if http_port else ["--no-http"]), *(extra_args or [])]
+           *(["--http-port", str(http_port)] if http_port else ["--no-http"]), *(extra_args or []),
+           *(["--exit-with-parent", str(parent)] if parent is not None else [])]
     with open(logs / f"worker{i}.log", "ab") as log:
         return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True)

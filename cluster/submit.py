@@ -163,7 +163,8 @@ def run_submit(op, params, inputs: tuple[str, ...], *, column, header=None, loca
     try:
         if local_workers is not None:
             t = time.perf_counter()
-            info = launcher.start(local_workers, "127.0.0.1", None, None, "warning", extra_args=worker_args)
+            info = launcher.start(local_workers, "127.0.0.1", None, None, "warning", extra_args=worker_args,
+                                  exit_with_parent=True)
             startup = time.perf_counter() - t
         else:
             info, _ = find_cluster(cluster_file)

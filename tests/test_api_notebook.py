@@ -216,3 +216,30 @@ def test_ctrl_c_while_workers_start_leaves_none_running(monkeypatch):
             if launcher.alive(p.pid):
                 p.kill()
                 p.wait(10)
+
+
+def test_workers_of_a_killed_notebook_stop(tmp_path):
+    """A kernel killed (SIGKILL: no atexit, no finalizer) left its Cluster.local workers running for good, in
+    sessions of their own; they now see their parent gone and stop (the polling's second, plus shutdown)."""
+    import subprocess
+    import sys
+    script = ("import json, sys, time\nfrom shardstats import Cluster\nc = Cluster.local(2)\n"
+              "print(json.dumps(c.info.pids), flush=True)\ntime.sleep(120)\n")
+    kernel = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": os.getcwd()})
+    pids: list[int] = []
+    try:
+        pids = json.loads(kernel.stdout.readline())
+        assert len(pids) == 2 and all(launcher.alive(p) for p in pids)
+        kernel.kill()
+        kernel.wait(10)
+        deadline = time.monotonic() + 15
+        while any(launcher.alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(launcher.alive(p) for p in pids)
+    finally:
+        kernel.kill()
+        kernel.wait(10)
+        for p in pids:
+            if launcher.ours(p):
+                os.kill(p, signal.SIGKILL)
