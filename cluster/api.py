@@ -29,7 +29,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Any, TextIO
 
 from shardstats.cluster import launcher
 from shardstats.cluster.config import ClusterInfo, find_cluster
@@ -301,20 +301,32 @@ class Cluster:
             else tuple(str(p) for p in path)
         return JobSpec(op=op, params=params, inputs=inputs, **options)
 
-    async def submit_async(self, op: str, path: str | list[str], **kw: Any) -> Result:
+    async def submit_async(self, op: str, path: str | list[str], *, progress: bool | TextIO = False,
+                           **kw: Any) -> Result:
         spec = self.spec(op, path, **kw)
-        rep = await run_job(self.info.workers, self.info.token.encode(), spec, absolute_paths=self.info.local,
-                            tls=self.info.client_tls())
-        return Result.from_report(rep)
+        return await self._run_spec(spec, progress)
 
-    def submit(self, op: str, path: str | list[str], **kw: Any) -> Result:
-        """Runs ``op`` (any registered op) over the shards ``path`` names (a directory, file, glob, or a list)."""
+    def submit(self, op: str, path: str | list[str], *, progress: bool | TextIO = False, **kw: Any) -> Result:
+        """Runs ``op`` (any registered op) over the shards ``path`` names (a directory, file, glob, or a list).
+        ``progress``: draw the CLI's progress line (phase, files and bytes read, chunks shuffled) on stderr, or
+        on the stream given, while the job runs -- a notebook is no terminal, so it is never drawn unasked."""
         spec = self.spec(op, path, **kw)           # bad parameters raise here, in the caller's thread
-        return run_sync(lambda: self._run_spec(spec))
+        return run_sync(lambda: self._run_spec(spec, progress))
 
-    async def _run_spec(self, spec: JobSpec) -> Result:
-        rep = await run_job(self.info.workers, self.info.token.encode(), spec, absolute_paths=self.info.local,
-                            tls=self.info.client_tls())
+    async def _run_spec(self, spec: JobSpec, progress: bool | TextIO = False) -> Result:
+        line = None
+        if progress:
+            import sys
+            from shardstats.cluster.progress import ProgressLine
+            line = ProgressLine(sys.stderr if progress is True else progress, spec.op,
+                                workers=len(self.info.workers))
+        job = run_job(self.info.workers, self.info.token.encode(), spec, absolute_paths=self.info.local,
+                      tls=self.info.client_tls(), on_progress=line)
+        try:
+            rep = await (job if line is None else line.ticking(job))
+        finally:
+            if line is not None:
+                line.close()
         return Result.from_report(rep)
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
@@ -337,7 +349,7 @@ class Cluster:
             return self.submit_async(op_name, path, **kw) if is_async else self.submit(op_name, path, **kw)
         method.__name__ = name
         method.__doc__ = f"{op.summary}\n\nParameters: {', '.join(f.name for f in _fields(op))}; job options: " \
-                         f"{', '.join(_JOB_OPTIONS)}."
+                         f"{', '.join(_JOB_OPTIONS)}, progress."
         return method
 
     def __dir__(self) -> list[str]:

@@ -243,3 +243,20 @@ def test_workers_of_a_killed_notebook_stop(tmp_path):
         for p in pids:
             if launcher.ours(p):
                 os.kill(p, signal.SIGKILL)
+
+
+def test_progress_line_when_asked(c2, typed):
+    """progress= draws the CLI's progress line on the stream given (a notebook is not a terminal: never unasked)."""
+    import io
+    path, t = typed
+
+    def slow(record):
+        time.sleep(0.15)
+        yield record["k"], 1
+    shown = io.StringIO()
+    r = c2.mapreduce(path, mapper=slow, reducer=lambda k, vs: [(k, sum(vs))], progress=shown)
+    assert sorted(r.result["data"], key=str) == sorted(
+        [[k, n] for k, n in duckdb.sql(f"SELECT k, count(*) FROM '{path}/*.parquet' GROUP BY k").fetchall()], key=str)
+    drawn = shown.getvalue()
+    assert drawn.startswith("\rmapreduce ") and "s | map" in drawn
+    assert drawn.endswith("\r") and drawn.rstrip("\r ").count("\r") >= 1     # drawn, then erased
