@@ -40,6 +40,9 @@ FILE_COL, ROW_COL = "__sort_file", "__sort_row"
 SAMPLE_BYTES = 2 << 20      # the ranks' range samples together at most: they reach rank 0 in frames of at most 4 MiB
 DEFAULT_SAMPLE = 20_000
 CANDIDATES = 64             # candidate split points a part, chosen among by the rows' exact counts (``_cut``)
+PASS_CANDIDATES = 32        # candidate boundaries a pass beyond memory: each is a batch of every run (a pass reads
+                            # its own: ~0.13 ms of CPU each), so fewer than a part's; a pass still misses its share
+                            # by at most the rows between two neighbours, ~1/32 of a pass
 CANDIDATE_BYTES = 1 << 20   # the candidates' rows at most: one broadcast frame
 
 
@@ -85,7 +88,7 @@ def reads(p: SortParams) -> dict:
 
 async def plan_ranges(comm: Communicator, sample, params: SortParams, passes: int) -> "RangePlan":
     """A sort taken in passes beyond memory: every rank's sample of its rows goes up the tree, rank 0 picks
-    ``CANDIDATES`` candidate boundaries a pass, evenly spaced in the sorted sample (the job's own order, hidden
+    ``PASS_CANDIDATES`` candidate boundaries a pass, evenly spaced in the sorted sample (the job's own order, hidden
     input position included, as the split points), and the ranks agree on them.  The runs are cut at every
     candidate (``RangePlan.fine``), their rows between candidates counted and summed over the ranks, and the
     ``passes - 1`` boundaries chosen among the candidates by those exact counts (``RangePlan.regroup``) -- as a
@@ -110,7 +113,7 @@ async def plan_ranges(comm: Communicator, sample, params: SortParams, passes: in
     if got is not None:
         s = pa.concat_tables([codec.decode(x) for x in got["p"]], promote_options="permissive")
         ordered = s.take(_sort_indices(s, route_order))
-        picks = _candidates(ordered, route_order, CANDIDATES * passes, whole_values=bool(part_keys))
+        picks = _candidates(ordered, route_order, PASS_CANDIDATES * passes, whole_values=bool(part_keys))
         plan = {"b": codec.encode(ordered.take(pa.array(picks, pa.int64()))),
                 "c": np.diff(np.concatenate([[0], picks, [ordered.num_rows]])).tolist()}    # the sample's counts
     plan = await broadcast(comm, plan, "sort.ranges.b")
