@@ -117,13 +117,27 @@ async def exchange(comm: Communicator, table, keys, cfg: ShuffleConfig, *, compr
 
 async def exchange_to(comm: Communicator, table, dest, cfg: ShuffleConfig, *,
                       compression: str = "none") -> tuple[object, dict]:
-    """Moves row i of ``table`` to rank ``dest[i]`` (a range partitioner's choice); as ``exchange``."""
+    """Moves row i of ``table`` to rank ``dest[i]`` (a range partitioner's choice); as ``exchange``.
+
+    ``table`` may be a one-item list, emptied here: the caller then holds no reference to its rows, and they are
+    freed once split rather than after the whole shuffle (a sort's pass: its rows, their split copy and the
+    rows received were all alive at the end of the exchange).  This rank's own part is copied out of the split
+    (a slice would keep the whole split's buffers alive while the other parts travel, encoded)."""
     t0 = time.perf_counter()
     comm.progress.set("partition")
+    if isinstance(table, list):
+        table = table.pop()
     with memory.reusing_heap():
-        parts = await numpy_step(table.num_rows, lambda t=table: split_by(wire(t), dest, comm.size))
+        n = table.num_rows
+        parts = await numpy_step(n, lambda t=table: split_by(wire(t), dest, comm.size))
         del table
-        return await _move(comm, parts, cfg, compression, t0)
+        own = parts[comm.rank]
+        parts[comm.rank] = await numpy_step(own.num_rows, own.take, np.arange(own.num_rows)) \
+            if own.num_rows < n else own
+        del own
+        box = [parts]       # _move alone holds the parts, and drops them once encoded
+        del parts
+        return await _move(comm, box.pop(), cfg, compression, t0)
 
 
 async def broadcast_table(comm: Communicator, table, cfg: ShuffleConfig, *,

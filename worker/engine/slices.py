@@ -299,8 +299,9 @@ async def run_in_slices(comm, sliced: Sliced, op, params) -> tuple[dict | None, 
             comm.pass_index = p
             if sliced.premap is not None:
                 comm.premapped = sliced.premap.counts(p == 0)
-            got, st = await op.run(comm, values, params)
+            box = [values]        # the op holds the pass's rows alone (a sort frees them once split)
             del values
+            got, st = await op.run(comm, box.pop(), params)
             _release()
             stats = add_stats(stats, st)
             if got is not None:

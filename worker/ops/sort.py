@@ -385,9 +385,10 @@ async def sort(comm: Communicator, table, params: SortParams) -> tuple[dict | No
     del buckets
     splits = candidates.take(pa.array(cut, pa.int64()))
     t2, c2 = time.perf_counter(), _cpu()
-    rows, ex = await exchange_to(comm, table, ranges, ShuffleConfig.from_params(params, None),
-                                 compression=params.compression)
+    box = [table]          # handed over: the exchange frees the rows once split (the caller holds them no more)
     del table
+    rows, ex = await exchange_to(comm, box, ranges, ShuffleConfig.from_params(params, None),
+                                 compression=params.compression)
     comm.progress.set("sort")
     t3, c3 = time.perf_counter(), _cpu()
     idx = await numpy_step(rows.num_rows, _local_order, rows, sort_order)
