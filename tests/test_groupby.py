@@ -232,6 +232,30 @@ async def test_a_salted_collect_set_keeps_the_null_a_hot_key_collected(tmp_path)
     assert hot[1][-1] is None and None not in hot[1][:-1]
 
 
+def test_a_salted_quantile_interpolates_infinities_as_duckdb():
+    """A hot key's median from its salted parts interpolates between two order statistics; one value of -inf
+    gave -inf + (-inf - -inf) * 0 = NaN where DuckDB says -inf (found by the sweep)."""
+    import itertools
+    import math
+    from shardstats.worker.ops.groupby import _interpolate
+    inf = float("inf")
+    for lo, hi in itertools.combinations_with_replacement([-inf, -5.0, 0.0, 2.5, inf, float("nan")], 2):
+        for q in (0.0, 0.25, 0.5, 0.9):
+            want = duck(f"SELECT quantile_cont(x, {q}) FROM (SELECT unnest(['{lo}'::DOUBLE, '{hi}'::DOUBLE]) x)")[1][0][0]
+            a, b = sorted([lo, hi], key=lambda v: (math.isnan(v), v))         # DuckDB orders NaN last
+            got = _interpolate(a, b, q) if a != b or q == 0 else a
+            assert (math.isnan(got) and math.isnan(want)) or got == want, (lo, hi, q, got, want)
+
+
+async def test_a_hot_key_of_one_infinite_value_has_duckdbs_median(tmp_path):
+    parts = [pa.table({"g": pa.array(["h"] * 3000 + ["x", "y"]), "f": pa.array([-np.inf] * 3000 + [1.0, 2.0])}),
+             pa.table({"g": pa.array(["h"] * 2000 + ["z"]), "f": pa.array([np.inf] * 1000 + [-np.inf] * 1000 + [3.0])})]
+    d, files = shards(tmp_path, parts, "parquet")
+    async with in_process_cluster(3, root=str(tmp_path)) as c:
+        rep = await check(c, d, files, ["g"], ["median(f)", "quantile(f, 0.9)", "quantile(f, 0.0)", "count()"])
+    assert rep.workers[0].get("salted_keys") == 1
+
+
 async def test_a_result_bigger_than_one_answer_is_cut_and_counted(tmp_path):
     """limit 0 asks for every row: as many as one answer frame holds come back, the count is exact, and the
     job does not fail on the frame limits (--out writes them all)."""

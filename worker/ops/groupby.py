@@ -132,6 +132,15 @@ def _from_order(v: int, floating: bool) -> float:
     return float(np.array([x], dtype=np.int64).view(np.float64)[0])
 
 
+def _interpolate(lo: float, hi: float, d: float) -> float:
+    """quantile_cont between two order statistics as DuckDB answers it, ``lo * (1 - d) + hi * d`` (-5 and 0 at
+    0.9: -0.4999999999999999, where lo + (hi - lo) * d gives -0.5), infinities included: one value (or two
+    equal) is itself (-inf + (-inf - -inf) * 0 was NaN), -inf and 5 halfway -inf, -inf and inf NaN."""
+    if d == 0 or lo == hi:
+        return lo
+    return lo * (1 - d) + hi * d
+
+
 async def _hot_quantiles(comm: Communicator, mine, keys, hot: list, aggs) -> list[tuple[tuple, dict]]:
     """Every hot key's medians and quantiles, exact, from its salted parts on every rank: the engine's rank
     selection (``worker.engine.select``) over the parts, two order statistics per quantile, interpolated as
@@ -159,7 +168,7 @@ async def _hot_quantiles(comm: Communicator, mine, keys, hot: list, aggs) -> lis
             found = (await broadcast(comm, {"f": {str(k): x for k, x in found.items()}} if found is not None
                                      else None, "groupby.hotq"))["f"]
             x_lo, x_hi = _from_order(found[str(lo)], floating), _from_order(found[str(hi)], floating)
-            values[a.name] = x_lo + (x_hi - x_lo) * (h - lo)
+            values[a.name] = _interpolate(x_lo, x_hi, h - lo)
         out.append((tuple(key), values))
     return out
 
