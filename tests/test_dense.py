@@ -130,6 +130,15 @@ def test_dense_combine_equals_duckdbs(name, table, keys, exprs):
     _same(ref, got)
 
 
+@pytest.mark.parametrize("name,table,keys,exprs", list(_cases()), ids=[c[0] for c in _cases()])
+def test_dense_combine_in_chunks_equals_duckdbs(name, table, keys, exprs, monkeypatch):
+    """The same answers when the rows are aggregated a few at a time (chunks that cut the tables' own chunks,
+    the second pass of var/std/corr around means gathered over every chunk)."""
+    monkeypatch.setattr(dense, "CHUNK", 97)
+    ref, got, _ = _both(table, keys, exprs)
+    _same(ref, got)
+
+
 def _declines(table, keys, exprs):
     ref, got, _ = _both(table, keys, exprs)
     assert got is None

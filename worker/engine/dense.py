@@ -159,93 +159,12 @@ def combine(keys, aggs, table, expected):
         size *= parts[-1][1]
         if size > limit:
             return None
-    # the keys' codes mixed in int32 (size <= max_groups < 2**31: half the bytes of int64), then made int64
-    # once: np.bincount casts any other index type to intp on every call, and a combine makes several
-    code = parts[0][0].astype(np.int32 if len(parts) > 1 else np.intp)
-    for codes, card, _ in parts[1:]:
-        code *= np.int32(card)
-        code += codes
-    code = code.astype(np.intp, copy=False)
-    rows = np.bincount(code, minlength=size)
-    used = np.flatnonzero(rows)
-    cols: dict = {}
-    rest = used
-    for k, (_, card, kind) in reversed(list(zip(keys, parts))):
-        rest, mine = np.divmod(rest, card)
-        cols[k] = _key_values(kind, mine)
-    out = [cols[k] for k in keys]
-    cache: dict = {}
-
-    def counted(c):
-        """(validity, values per group) of column ``c``."""
-        if c not in cache:
-            valid = _valid(table.column(c))
-            cache[c] = (valid, rows if valid is None else np.bincount(code[valid], minlength=size))
-        return cache[c]
-
-    def numbers(c):
-        valid, cnt = counted(c)
-        return _numbers(table.column(c)), valid, cnt
-
-    def per_group(v, valid, weights=None):
-        w = v if weights is None else weights
-        return np.bincount(code if valid is None else code[valid],
-                           weights=(w if valid is None else w[valid]).astype(np.float64), minlength=size)
-
-    def total(v, valid):
-        if v.dtype.kind in "iu":
-            if len(v) and max(abs(float(v.min())), abs(float(v.max()))) * len(v) >= EXACT:
-                return None            # float64 would round it: DuckDB's HUGEINT sum
-            return np.rint(per_group(v, valid)).astype(np.int64)
-        return per_group(v, valid)
-
-    for a in aggs:
-        c = a.cols[0] if a.cols else None
-        if a.func == "count":
-            out.append(rows[used] if c is None else counted(c)[1][used])
-            continue
-        v, valid, cnt = numbers(c)
-        none = cnt[used] == 0
-        if a.func in ("sum", "mean"):
-            got = total(v, valid)
-            if got is None:
-                return None
-            s = got[used]
-            out.append(pa.array(s, mask=none if none.any() else None))
-            if a.func == "mean":
-                out.append(cnt[used])
-        elif a.func in ("min", "max"):
-            if v.dtype.kind == "f" and np.isnan(v if valid is None else v[valid]).any():
-                return None
-            if v.dtype.kind == "f":
-                fill = np.inf if a.func == "min" else -np.inf
-            else:
-                fill = np.iinfo(v.dtype).max if a.func == "min" else np.iinfo(v.dtype).min
-            acc = np.full(size, fill, dtype=v.dtype)
-            (np.minimum if a.func == "min" else np.maximum).at(acc, code if valid is None else code[valid],
-                                                               v if valid is None else v[valid])
-            out.append(pa.array(acc[used], mask=none if none.any() else None))
-        elif a.func == "corr":     # (n, mean a, mean b, M2 a, M2 b, co-moment) over rows holding both
-            va, vb = _numbers(table.column(a.cols[0])), _numbers(table.column(a.cols[1]))
-            valid = _both_valid(table.column(a.cols[0]), table.column(a.cols[1]))
-            cnt = rows if valid is None else np.bincount(code[valid], minlength=size)
-            none = cnt[used] == 0
-            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):   # as DuckDB: inf, NaN
-                ma, mb = per_group(va, valid) / cnt, per_group(vb, valid) / cnt
-                da = va.astype(np.float64) - ma[code]
-                db = vb.astype(np.float64) - mb[code]
-                m2a, m2b = per_group(da, valid, da * da), per_group(db, valid, db * db)
-                co = per_group(da, valid, da * db)
-            mask = none if none.any() else None
-            out += [cnt[used], pa.array(ma[used], mask=mask), pa.array(mb[used], mask=mask), m2a[used], m2b[used],
-                    co[used]]
-        else:                  # var, std: (n, mean, M2), M2 by a second pass around each group's mean
-            s = per_group(v, valid)
-            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):     # inf - inf: NaN, as DuckDB
-                mean = s / cnt
-                d = v.astype(np.float64) - mean[code]
-                m2 = per_group(d, valid, d * d)
-            out += [cnt[used], pa.array(mean[used], mask=none if none.any() else None), m2[used]]
+    from shardstats.worker import memory
+    with memory.reusing_heap():
+        got = _aggregate(keys, aggs, table, parts, size)
+    if got is None:
+        return None
+    out = got
     expected = expected()
     if len(out) != len(expected.schema):
         return None
@@ -255,3 +174,140 @@ def combine(keys, aggs, table, expected):
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
     return pa.Table.from_arrays(arrays, schema=expected.schema)
+
+
+CHUNK = 1 << 20    # rows aggregated at a time: each temporary is ~8 MB, taken again from the heap chunk after chunk
+
+
+def _aggregate(keys, aggs, table, parts, size):
+    """The combine's columns (keys, then each aggregate's states), a chunk of rows at a time, or None.
+
+    Whole-column temporaries (the codes, every value as float64, deviations, their squares: a dozen arrays of
+    80 MB a worker at 1e8 rows) were each a fresh mmap, faulted in and zeroed by the kernel: db-benchmark's q9
+    spent more CPU in the kernel than in numpy.  Chunks of ``CHUNK`` rows (at least as many as the groups, so
+    a chunk's per-group arrays are no larger than its rows) reuse the same heap blocks under
+    ``memory.reusing_heap``.  var/std/corr take a second pass over the chunks around the groups' means."""
+    import pyarrow as pa
+    n = table.num_rows
+    step = max(CHUNK, size)
+    spans = [(lo, min(lo + step, n)) for lo in range(0, n, step)]
+
+    def code_of(lo, hi):
+        code = None
+        for codes, card, _ in parts:
+            c = codes[lo:hi]
+            code = c.astype(np.intp) if code is None else code * card + c
+        return code
+
+    numeric = {c for a in aggs if a.func != "count" for c in a.cols}
+
+    def column(c, lo, hi):
+        """(numbers or None for a column only counted, validity or None) of column ``c`` for rows lo..hi."""
+        col = table.column(c).slice(lo, hi - lo)
+        return (_numbers(col) if c in numeric else None), _valid(col)
+
+    def bins(code, valid, w=None):
+        """Per-group counts (``w`` None) or float64 sums of ``w`` over the valid rows."""
+        idx = code if valid is None else code[valid]
+        if w is None:
+            return np.bincount(idx, minlength=size)
+        return np.bincount(idx, weights=(w if valid is None else w[valid]).astype(np.float64), minlength=size)
+
+    value_cols = sorted({c for a in aggs if a.func != "count" for c in a.cols} |
+                        {c for a in aggs if a.func == "count" for c in a.cols})
+    for c in value_cols:           # an integer sum float64 could round (max|v| * rows >= 2**53): DuckDB's HUGEINT
+        t = table.schema.field(c).type
+        if any(a.func in ("sum", "mean") and a.cols[0] == c for a in aggs) and pa.types.is_integer(t) and n:
+            import pyarrow.compute as pc
+            mm = pc.min_max(table.column(c))
+            lo_, hi_ = mm["min"].as_py(), mm["max"].as_py()
+            if lo_ is not None and max(abs(float(lo_)), abs(float(hi_))) * n >= EXACT:
+                return None
+    rows = np.zeros(size, np.int64)
+    cnt = {c: np.zeros(size, np.int64) for c in value_cols}
+    pairs = {i: [np.zeros(size, np.int64), np.zeros(size), np.zeros(size)] for i, a in enumerate(aggs)
+             if a.func == "corr"}                                     # n, sum a, sum b
+    sums = {i: np.zeros(size) for i, a in enumerate(aggs) if a.func in ("sum", "mean", "var", "std")}
+    extreme = {}
+    for i, a in enumerate(aggs):
+        if a.func in ("min", "max"):
+            t = table.schema.field(a.cols[0]).type
+            dt = np.dtype(np.int8) if pa.types.is_boolean(t) else np.dtype(t.to_pandas_dtype())
+            fill = (np.inf if a.func == "min" else -np.inf) if dt.kind == "f" else \
+                (np.iinfo(dt).max if a.func == "min" else np.iinfo(dt).min)
+            extreme[i] = np.full(size, fill, dtype=dt)
+    for lo, hi in spans:                                   # pass 1: counts, sums, extremes
+        code = code_of(lo, hi)
+        here = np.bincount(code, minlength=size)
+        rows += here
+        got = {c: column(c, lo, hi) for c in value_cols}
+        for c, (v, valid) in got.items():
+            cnt[c] += here if valid is None else bins(code, valid)
+        for i, a in enumerate(aggs):
+            if i in sums:
+                v, valid = got[a.cols[0]]
+                sums[i] += bins(code, valid, v)
+            elif i in extreme:
+                v, valid = got[a.cols[0]]
+                vv = v if valid is None else v[valid]
+                if v.dtype.kind == "f" and np.isnan(vv).any():
+                    return None            # SQL orders NaN above every number; numpy's minimum propagates it
+                (np.minimum if a.func == "min" else np.maximum).at(extreme[i], code if valid is None else
+                                                                   code[valid], vv)
+            elif i in pairs:
+                (va, xa), (vb, xb) = got[a.cols[0]], got[a.cols[1]]
+                valid = xb if xa is None else xa if xb is None else xa & xb
+                pairs[i][0] += here if valid is None else bins(code, valid)
+                pairs[i][1] += bins(code, valid, va)
+                pairs[i][2] += bins(code, valid, vb)
+    second = {i: a for i, a in enumerate(aggs) if a.func in ("var", "std", "corr")}
+    m2: dict = {i: [np.zeros(size) for _ in range(3 if a.func == "corr" else 1)] for i, a in second.items()}
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):     # inf - inf: NaN, as DuckDB
+        means = {i: (sums[i] / cnt[a.cols[0]],) if a.func != "corr" else
+                 (pairs[i][1] / pairs[i][0], pairs[i][2] / pairs[i][0]) for i, a in second.items()}
+        for lo, hi in spans if second else ():             # pass 2: squared deviations around the means
+            code = code_of(lo, hi)
+            for i, a in second.items():
+                if a.func == "corr":
+                    (va, xa), (vb, xb) = column(a.cols[0], lo, hi), column(a.cols[1], lo, hi)
+                    valid = xb if xa is None else xa if xb is None else xa & xb
+                    da = va.astype(np.float64) - means[i][0][code]
+                    db = vb.astype(np.float64) - means[i][1][code]
+                    m2[i][0] += bins(code, valid, da * da)
+                    m2[i][1] += bins(code, valid, db * db)
+                    m2[i][2] += bins(code, valid, da * db)
+                else:
+                    v, valid = column(a.cols[0], lo, hi)
+                    d = v.astype(np.float64) - means[i][0][code]
+                    m2[i][0] += bins(code, valid, d * d)
+    used = np.flatnonzero(rows)
+    cols: dict = {}
+    rest = used
+    for k, (_, card, kind) in reversed(list(zip(keys, parts))):
+        rest, mine = np.divmod(rest, card)
+        cols[k] = _key_values(kind, mine)
+    out = [cols[k] for k in keys]
+    for i, a in enumerate(aggs):
+        c = a.cols[0] if a.cols else None
+        if a.func == "count":
+            out.append(rows[used] if c is None else cnt[c][used])
+            continue
+        n_ = pairs[i][0] if a.func == "corr" else cnt[c]
+        none = n_[used] == 0
+        mask = none if none.any() else None
+        if a.func in ("sum", "mean"):
+            integral = table.schema.field(c).type
+            s_ = sums[i][used]
+            if pa.types.is_integer(integral) or pa.types.is_boolean(integral):
+                s_ = np.rint(s_).astype(np.int64)
+            out.append(pa.array(s_, mask=mask))
+            if a.func == "mean":
+                out.append(cnt[c][used])
+        elif a.func in ("min", "max"):
+            out.append(pa.array(extreme[i][used], mask=mask))
+        elif a.func == "corr":
+            out += [n_[used], pa.array(means[i][0][used], mask=mask), pa.array(means[i][1][used], mask=mask),
+                    m2[i][0][used], m2[i][1][used], m2[i][2][used]]
+        else:                  # var, std: (n, mean, M2)
+            out += [cnt[c][used], pa.array(means[i][0][used], mask=mask), m2[i][0][used]]
+    return out
