@@ -96,14 +96,6 @@ def _key_codes(col, plan):
     return codes, span + (valid is not None), ("int", lo, span, col.type)
 
 
-def _both_valid(a, b) -> "np.ndarray | None":
-    """The rows where both columns hold a value (a correlation's pairs); None: all of them."""
-    va, vb = _valid(a), _valid(b)
-    if va is None or vb is None:
-        return vb if va is None else va
-    return va & vb
-
-
 def _numbers(col) -> "np.ndarray":
     """A value column's numbers (NULLs as 0: callers take the valid rows), bools as 0/1."""
     import pyarrow as pa
