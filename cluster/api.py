@@ -366,3 +366,26 @@ class Cluster:
 def _fields(op) -> list:
     import dataclasses
     return list(dataclasses.fields(op.params))
+
+
+def show_sketch(file: str | os.PathLike, *, quantiles: str | list | None = None, top: int | None = None,
+                distinct: bool = False, count: Any = (), contains: Any = ()) -> dict:
+    """What ``cluster sketch show FILE --json`` prints, as a dict: ``{"file", "header", "answer"}`` -- a saved
+    sketch (``save_sketch=``) answered from the file alone, no cluster.  Ask what its kind answers:
+    ``quantiles=[0.5, 0.99]`` (kll, tdigest), ``top=10`` (frequent), ``distinct=True`` (hll, theta, cpc),
+    ``count=VALUE or [...]`` (count_min), ``contains=VALUE or [...]`` (bloom).  Errors as the CLI's, raised."""
+    from shardstats.cluster.sketchcli import answer_file
+    if isinstance(quantiles, (list, tuple)):
+        quantiles = ",".join(map(str, quantiles))
+    count, contains = (tuple(str(v) for v in (x if isinstance(x, (list, tuple)) else (x,)))
+                       for x in (count, contains))
+    head, ans = answer_file(os.fspath(file), quantiles, top, distinct, count, contains)
+    return {"file": os.fspath(file), "header": head, "answer": ans}
+
+
+def merge_sketches(files: list, out: str | os.PathLike, *, op: str = "union") -> dict:
+    """``cluster sketch merge FILES -o OUT [--op union|intersect|minus]``: compatible sketches merged (theta:
+    a set operation) into ``out``; returns the written header.  Incompatible ones raise, as the CLI refuses."""
+    from shardstats.cluster.sketchcli import merge_files
+    head, _ = merge_files([os.fspath(f) for f in files], os.fspath(out), op)
+    return head

@@ -109,36 +109,47 @@ def sketch() -> None:
               "theta sketches.")
 def merge(files: tuple[str, ...], out: str, set_op: str) -> None:
     """Merge sketch FILES of one kind and parameters into one (as if one job had sketched all their inputs)."""
-    from shardstats import sketches as sk
-    from shardstats import sketchkinds as kinds
     try:
-        read = [sk.read(f) for f in files]
-        for (h, _), f in zip(read[1:], files[1:]):
-            sk.compatible(read[0][0], h, files[0], f)
-        first = read[0][0]
-        if set_op != "union" and first["kind"] != "theta":
-            raise UsageError(f"--op {set_op}: set operations are for theta sketches; {files[0]} is a {first['kind']} "
-                             f"sketch (make one with `cluster submit sketch --kind theta`)")
-        parts = [(f, h, p) for (h, p), f in zip(read, files)]
-        if set_op != "union":
-            payload = _guarded_parts(" + ".join(files), parts, kinds.theta_set_op, set_op, first["params"]["lg_k"],
-                                     [p for _, p in read])
-        else:
-            payload = _guarded_parts(" + ".join(files), parts, sk.merge_payloads, first["kind"],
-                                     [p for _, p in read], first["params"])
-        columns = {json.dumps(h.get("column")) for h, _ in read}
-        parts = [{"file": os.path.basename(f), "created": h.get("created"), "input": h.get("input")}
-                 for (h, _), f in zip(read, files)]
-        fp = {"merged_from": parts} if set_op == "union" else {f"{set_op}_of": parts}
-        pops = [sk.sampling(h).get("population") for h, _ in read]
-        head = sk.header(first["kind"], first["params"], payload, fp,
-                         first.get("column") if len(columns) == 1 else None,
-                         sum(pops) if sk.sampling(first) and None not in pops else None)
-        sk.write(out, head, payload)
+        head, payload = merge_files(files, out, set_op)
     except ShardstatsError as exc:
         _fail(str(exc), exc.exit_code)
     said = "merged" if set_op == "union" else {"intersect": "intersected", "minus": "subtracted"}[set_op]
-    click.echo(f"{said} {len(files)} {first['kind']} sketches into {out} ({len(payload):,} B)")
+    click.echo(f"{said} {len(files)} {head['kind']} sketches into {out} ({len(payload):,} B)")
+
+
+def merge_files(files: list[str] | tuple[str, ...], out: str, set_op: str = "union") -> tuple[dict, bytes]:
+    """``cluster sketch merge``'s work (the API's ``merge_sketches`` too): FILES merged (or, for theta, a set
+    operation) and written to ``out``; returns the written header and payload. Raises ShardstatsError."""
+    from shardstats import sketches as sk
+    from shardstats import sketchkinds as kinds
+    if not files:
+        raise UsageError("name at least one sketch file to merge")
+    read = [sk.read(f) for f in files]
+    for (h, _), f in zip(read[1:], files[1:]):
+        sk.compatible(read[0][0], h, files[0], f)
+    first = read[0][0]
+    if set_op not in ("union", "intersect", "minus"):
+        raise UsageError(f"--op {set_op}: not union, intersect or minus")
+    if set_op != "union" and first["kind"] != "theta":
+        raise UsageError(f"--op {set_op}: set operations are for theta sketches; {files[0]} is a {first['kind']} "
+                         f"sketch (make one with `cluster submit sketch --kind theta`)")
+    parts = [(f, h, p) for (h, p), f in zip(read, files)]
+    if set_op != "union":
+        payload = _guarded_parts(" + ".join(files), parts, kinds.theta_set_op, set_op, first["params"]["lg_k"],
+                                 [p for _, p in read])
+    else:
+        payload = _guarded_parts(" + ".join(files), parts, sk.merge_payloads, first["kind"],
+                                 [p for _, p in read], first["params"])
+    columns = {json.dumps(h.get("column")) for h, _ in read}
+    parts = [{"file": os.path.basename(f), "created": h.get("created"), "input": h.get("input")}
+             for (h, _), f in zip(read, files)]
+    fp = {"merged_from": parts} if set_op == "union" else {f"{set_op}_of": parts}
+    pops = [sk.sampling(h).get("population") for h, _ in read]
+    head = sk.header(first["kind"], first["params"], payload, fp,
+                     first.get("column") if len(columns) == 1 else None,
+                     sum(pops) if sk.sampling(first) and None not in pops else None)
+    sk.write(out, head, payload)
+    return head, payload
 
 
 def _quantiles(value: str | None) -> list[str]:
@@ -164,51 +175,59 @@ def _quantiles(value: str | None) -> list[str]:
 def show(file: str, quantiles: str | None, top: int | None, distinct: bool, count: tuple[str, ...],
          contains: tuple[str, ...], as_json: bool) -> None:
     """Answer from a saved sketch FILE alone: its header, and the question its kind answers."""
-    from shardstats import sketches as sk
-    from shardstats import sketchkinds as kinds
     try:
-        qs = _quantiles(quantiles)
-        head, payload = sk.read(file)
-        checked = [(file, head, payload)]
-        kind = head["kind"]
-        asked = [name for name, given in (("--quantiles", quantiles is not None), ("--top", top is not None),
-                                          ("--distinct", distinct), ("--count", bool(count)),
-                                          ("--contains", bool(contains))) if given]
-        answers = ANSWERS[kind]
-        wrong = [a for a in asked if a != answers]
-        if wrong:
-            raise UsageError(f"{file} is a {kind} sketch: it answers {answers}, not {wrong[0]}")
-        vtype = kinds.values_type(head["params"])
-        for v in count + contains:
-            try:
-                kinds.parse_value(v, vtype)
-            except ValueError:
-                raise UsageError(f"{answers} {v[:40]!r}: {file} is a sketch of {vtype} values") from None
-        from shardstats.worker.ops.median import parse_quantile
-        ranks = [float(parse_quantile(q)) for q in (qs or ["0.5", "0.99"])]
-        if kind == "kll_doubles":
-            qs = qs or ["0.5", "0.99"]
-            smp = sk.sampling(head)          # a sampled sketch's bound adds the sample's term
-            ans = _guarded_parts(file, checked, sk.kll_answer, payload, ranks, vtype == "int64",
-                                 smp.get("sample_rate", 1.0), smp.get("population"), head["params"].get("offset", 0))
-            ans["quantiles"] = {q: a for q, a in zip(qs, ans["quantiles"])}
-        elif kind == "frequent_items_i64":
-            ans = _guarded_parts(file, checked, sk.fi_answer, payload, top or 10)
-        elif kind == "hll_registers":
-            ans = _guarded_parts(file, checked, sk.hll_answer, payload, head["params"]["precision"])
-        else:
-            ans = _guarded_parts(file, checked, kinds.answer, kind, head["params"], payload,
-                                 {"ranks": ranks, "top": top or 10, "count": list(count), "contains": list(contains)})
-            if kind == "tdigest_double":
-                ans["quantiles"] = {q: a for q, a in zip(qs or ["0.5", "0.99"], ans["quantiles"])}
+        head, ans = answer_file(file, quantiles, top, distinct, count, contains)
     except ShardstatsError as exc:
         _fail(str(exc), exc.exit_code)
     if as_json:
         click.echo(json.dumps({"file": file, "header": head, "answer": ans}))
         return
     from shardstats.sketchkinds import render_answer
-    for line in _describe(file, head) + render_answer(kind, ans):
+    for line in _describe(file, head) + render_answer(head["kind"], ans):
         click.echo(line)
+
+
+def answer_file(file: str, quantiles: str | None = None, top: int | None = None, distinct: bool = False,
+                count: tuple[str, ...] = (), contains: tuple[str, ...] = ()) -> tuple[dict, dict]:
+    """``cluster sketch show``'s work (the API's ``show_sketch`` too): (the file's header, the answer to the
+    question its kind answers). Raises ShardstatsError."""
+    from shardstats import sketches as sk
+    from shardstats import sketchkinds as kinds
+    qs = _quantiles(quantiles)
+    head, payload = sk.read(file)
+    checked = [(file, head, payload)]
+    kind = head["kind"]
+    asked = [name for name, given in (("--quantiles", quantiles is not None), ("--top", top is not None),
+                                      ("--distinct", distinct), ("--count", bool(count)),
+                                      ("--contains", bool(contains))) if given]
+    answers = ANSWERS[kind]
+    wrong = [a for a in asked if a != answers]
+    if wrong:
+        raise UsageError(f"{file} is a {kind} sketch: it answers {answers}, not {wrong[0]}")
+    vtype = kinds.values_type(head["params"])
+    for v in count + contains:
+        try:
+            kinds.parse_value(v, vtype)
+        except ValueError:
+            raise UsageError(f"{answers} {v[:40]!r}: {file} is a sketch of {vtype} values") from None
+    from shardstats.worker.ops.median import parse_quantile
+    ranks = [float(parse_quantile(q)) for q in (qs or ["0.5", "0.99"])]
+    if kind == "kll_doubles":
+        qs = qs or ["0.5", "0.99"]
+        smp = sk.sampling(head)          # a sampled sketch's bound adds the sample's term
+        ans = _guarded_parts(file, checked, sk.kll_answer, payload, ranks, vtype == "int64",
+                             smp.get("sample_rate", 1.0), smp.get("population"), head["params"].get("offset", 0))
+        ans["quantiles"] = {q: a for q, a in zip(qs, ans["quantiles"])}
+    elif kind == "frequent_items_i64":
+        ans = _guarded_parts(file, checked, sk.fi_answer, payload, top or 10)
+    elif kind == "hll_registers":
+        ans = _guarded_parts(file, checked, sk.hll_answer, payload, head["params"]["precision"])
+    else:
+        ans = _guarded_parts(file, checked, kinds.answer, kind, head["params"], payload,
+                             {"ranks": ranks, "top": top or 10, "count": list(count), "contains": list(contains)})
+        if kind == "tdigest_double":
+            ans["quantiles"] = {q: a for q, a in zip(qs or ["0.5", "0.99"], ans["quantiles"])}
+    return head, ans
 
 
 ANSWERS = {"kll_doubles": "--quantiles", "tdigest_double": "--quantiles", "frequent_items_i64": "--top",

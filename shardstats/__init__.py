@@ -27,11 +27,11 @@ from shardstats.errors import (ClusterError, ConfigError, EmptyDataset, InputErr
 
 def __getattr__(name: str):
     # The API pulls in asyncio and the coordinator; `import shardstats` for the version or the errors stays cheap.
-    if name in ("Cluster", "Result"):
+    if name in ("Cluster", "Result", "show_sketch", "merge_sketches"):
         from shardstats.cluster import api
         return getattr(api, name)
     raise AttributeError(name)
 
 
-__all__ = ["Cluster", "Result", "ShardstatsError", "UserError", "ClusterError", "InputError", "EmptyDataset",
+__all__ = ["Cluster", "Result", "show_sketch", "merge_sketches", "ShardstatsError", "UserError", "ClusterError", "InputError", "EmptyDataset",
            "UsageError", "ConfigError", "__version__"]

@@ -260,3 +260,30 @@ def test_progress_line_when_asked(c2, typed):
     drawn = shown.getvalue()
     assert drawn.startswith("\rmapreduce ") and "s | map" in drawn
     assert drawn.endswith("\r") and drawn.rstrip("\r ").count("\r") >= 1     # drawn, then erased
+
+
+def test_saved_sketches_are_shown_and_merged_from_python(c2, tmp_path):
+    """`cluster sketch show|merge` had no Python spelling: show_sketch and merge_sketches answer as the CLI's
+    --json does (the same document), within the sketch's bound of numpy's answer, and refuse as it refuses."""
+    import numpy as np
+    from shardstats import merge_sketches, show_sketch
+    rng = np.random.default_rng(5)
+    days = [rng.zipf(1.3, 20_000).astype(np.int64) % 1000 for _ in range(2)]
+    for i, d in enumerate(days):
+        np.save(tmp_path / f"d{i}.npy", d)
+        c2.median(tmp_path / f"d{i}.npy", approx=True, save_sketch=str(tmp_path / f"d{i}.kll"))
+    c2.sketch(tmp_path / "d0.npy", kind="count_min", save_sketch=str(tmp_path / "d0.cm"))
+    head = merge_sketches([tmp_path / "d0.kll", tmp_path / "d1.kll"], tmp_path / "week.kll")
+    assert head["kind"] == "kll_doubles" and len(head["input"]["merged_from"]) == 2
+    doc = show_sketch(tmp_path / "week.kll", quantiles=[0.5, 0.9])
+    out = cli("sketch", "show", str(tmp_path / "week.kll"), "--quantiles", "0.5,0.9", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout) == json.loads(json.dumps(doc))
+    both = np.sort(np.concatenate(days))
+    for q, a in doc["answer"]["quantiles"].items():
+        assert a["low"] <= np.quantile(both, float(q), method="lower") <= a["high"]
+    counts = show_sketch(tmp_path / "d0.cm", count=[3, 999])["answer"]["counts"]
+    assert [c["lower"] <= int((days[0] == int(c["value"])).sum()) <= c["upper"] for c in counts] == [True, True]
+    with pytest.raises(UserError, match="it answers --count, not --top"):
+        show_sketch(tmp_path / "d0.cm", top=3)
+    with pytest.raises(UserError, match="only sketches of one kind merge"):
+        merge_sketches([tmp_path / "d0.kll", tmp_path / "d0.cm"], tmp_path / "x")
