@@ -69,18 +69,10 @@ def test_answers_of_several_passes_together_still_fit_one_frame():
 
 
 def _rows_reference(t: pa.Table) -> list[list]:
-    """The answer's rows the plain way: every value through ``plain``, rows added while they fit one frame."""
-    import msgpack
-    from shardstats.worker.engine.answer import ANSWER_BYTES, ANSWER_CONTAINERS, _containers, plain
-    out, used, size = [], 1, 5
-    for r in t.to_pylist():
-        row = [plain(v) for v in r.values()]
-        used += _containers(row)
-        size += len(msgpack.packb(row, default=str))
-        if used > ANSWER_CONTAINERS or size > ANSWER_BYTES:
-            break
-        out.append(row)
-    return out
+    """The answer's rows the plain way: every value through ``plain``, then ``fit``'s row-by-row cut (not its
+    measure-the-whole-list path, which rows_of takes for flat answers)."""
+    from shardstats.worker.engine.answer import fit, plain
+    return fit([[plain(v) for v in r.values()] for r in t.to_pylist()], flat=False)
 
 
 def test_rows_of_equals_the_per_value_rows_and_cuts_where_they_stop_fitting():
