@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 from collections import Counter
+from pathlib import Path
 
 import psutil
 import pytest
@@ -114,7 +115,7 @@ def _worker(tmp_path, port: int, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "shardstats.cluster.cli", "worker", "--id", "0",
                              "--listen", f"127.0.0.1:{port}", "--peers", f"127.0.0.1:{port}",
                              "--token-file", str(token), "--allow-any-path", "--no-http", *extra],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "worker.log", "wb"))
 
 
 def _until(what, deadline: float = 60.0):
@@ -125,6 +126,16 @@ def _until(what, deadline: float = 60.0):
             return got
         time.sleep(0.05)
     raise AssertionError(f"not within {deadline} s: {what.__doc__}")
+
+
+def _listening(port: int) -> None:
+    import socket
+
+    def up():
+        """the worker listening"""
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+    _until(up)
 
 
 def _alive(pids) -> list:
@@ -144,11 +155,7 @@ async def test_a_killed_worker_leaves_no_template_and_no_child(tmp_path, docs):
     job = None
     try:
         me = psutil.Process(proc.pid)
-
-        def template():
-            """the worker's template started"""
-            return [p for p in me.children() if "--template" in p.cmdline()]
-        tpl = _until(template)[0]
+        _listening(port)
         hang = job_file(tmp_path, "hang.py", '''
             def mapper(rec):
                 while True:
@@ -159,10 +166,11 @@ async def test_a_killed_worker_leaves_no_template_and_no_child(tmp_path, docs):
                                           job_spec("mapreduce", str(docs), {"job": hang, "limit": 0}, timeout=120)))
 
         def child():
-            """the job's child, forked by the template"""
-            return tpl.children()
+            """the job's child, forked by the worker's template (started by this first job)"""
+            tpl = [p for p in me.children() if "--template" in p.cmdline()]
+            return tpl and tpl[0].children() and (tpl[0], tpl[0].children()[0])
         loop = asyncio.get_running_loop()
-        kid = (await loop.run_in_executor(None, _until, child))[0]
+        tpl, kid = await loop.run_in_executor(None, _until, child)
         assert kid.ppid() == tpl.pid and "--template" in kid.cmdline()
         everyone = [p.pid for p in me.children(recursive=True)]
         assert set(everyone) == {tpl.pid, kid.pid}
@@ -177,7 +185,6 @@ async def test_a_killed_worker_leaves_no_template_and_no_child(tmp_path, docs):
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
-        proc.stderr.close()
         if job is not None:
             job.cancel()
             with pytest.raises(BaseException):
@@ -188,16 +195,43 @@ def test_a_worker_without_user_code_starts_no_template(tmp_path):
     port = free_base(1)
     proc = _worker(tmp_path, port, "--no-user-code")
     try:
-        import socket
-
-        def listening():
-            """the worker listening"""
-            with socket.socket() as s:
-                return s.connect_ex(("127.0.0.1", port)) == 0
-        _until(listening)
-        time.sleep(0.5)       # a template would have been started before the port opened
+        _listening(port)
         assert psutil.Process(proc.pid).children(recursive=True) == []
     finally:
         proc.terminate()
         proc.wait(30)
-        proc.stderr.close()
+
+
+async def test_a_dead_template_is_replaced_and_a_job_it_took_along_fails_as_the_clusters(tmp_path, docs):
+    from shardstats.errors import JobError
+    hang = job_file(tmp_path, "hang.py", '''
+        def mapper(rec):
+            while True:
+                pass
+    ''')
+    wc = str(Path(__file__).resolve().parent.parent / "examples" / "wordcount.py")
+    async with in_process_cluster(2, root=str(tmp_path)) as c:
+        await mr(c, docs, job=wc)
+        first = usercode.TEMPLATE.pid
+        os.kill(first, signal.SIGKILL)            # between jobs: the next job starts a new one
+        assert values(await mr(c, docs, job=wc))["alpha"] == [Counter(
+            w for f in docs.iterdir() for w in f.read_text().split())["alpha"]]
+        second = usercode.TEMPLATE.pid
+        assert second not in (None, first)
+        job = asyncio.create_task(mr(c, docs, job=hang))
+
+        def running():
+            """the hanging job's children"""
+            return len(psutil.Process(second).children()) == 2
+        await asyncio.get_running_loop().run_in_executor(None, _until, running)
+        kids = psutil.Process(second).children()
+        os.kill(second, signal.SIGKILL)           # mid-job: its children die with it, the job fails as exit 1
+        with pytest.raises(JobError, match="the worker's user-code template process died"):
+            await asyncio.wait_for(job, 60)
+        pids = [k.pid for k in kids]
+
+        def dead():
+            """the template's children dead with it"""
+            return not _alive(pids)
+        await asyncio.get_running_loop().run_in_executor(None, _until, dead, 30.0)
+        assert values(await mr(c, docs, job=wc))["alpha"]   # and the next job runs

@@ -150,9 +150,6 @@ class WorkerServer:
         self.port = server.sockets[0].getsockname()[1]
         if self.http is not None:
             await self._start_http(tg, host)
-        if self.settings.user_code:       # the warm template that forks each mapreduce job's child (usercode.py)
-            from shardstats.worker.usercode import TEMPLATE
-            TEMPLATE.start()
         logs.event("worker_listening", addr=f"{host}:{self.port}", peers=len(self.peers))
         if ready is not None:
             ready.set()

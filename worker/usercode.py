@@ -694,10 +694,11 @@ def main(limit: int = 0, inp=None, out=None) -> None:
 # -- the template: a warm process that forks each job's child ---------------------------------------------
 # A job's child started as its own interpreter paid Python's and the libraries' start-up on every worker, for
 # every job: ~0.2 s of CPU a worker (0.35 s when the job imports Polars), ~3.4 s of a 10-worker job's CPU. Each
-# worker keeps one template process instead, started once with these imported, single-threaded in its own
-# code; a job's child is a fork of it (multiprocessing's forkserver pattern), so a job pays a fork. The fork is
-# a fresh process for every job: no job's globals, imports or monkeypatches reach the next (a child reused
-# across jobs would carry them).
+# worker keeps one template process instead, started by its first mapreduce job with these imported (not at the
+# worker's start: most clusters run no user code, and ten templates' imports slowed every `cluster up` of a
+# 2-core machine by ~2 s), single-threaded in its own code; a job's child is a fork of it (multiprocessing's
+# forkserver pattern), so a job pays a fork. The fork is a fresh process for every job: no job's globals,
+# imports or monkeypatches reach the next (one child reused across jobs would carry them).
 PRELOAD = ("numpy", "pyarrow", "pyarrow.ipc", "msgpack", "cloudpickle", "polars")
 STATUS = struct.Struct(">i")      # the template's word on a child's status socket: its pid, then its exit code
 
@@ -721,7 +722,7 @@ def template_main(ctl_fd: int) -> None:
         try:
             if importlib.util.find_spec(name.partition(".")[0]) is not None:
                 importlib.import_module(name)
-        except ImportError:
+        except Exception:  # noqa: BLE001 - a library that cannot load is not preloaded: a job importing it is told
             pass
     import ctypes              # the child's prctl
     gc.freeze()                # the libraries' objects out of the collector's reach: a child's collections do
@@ -760,6 +761,7 @@ def template_main(ctl_fd: int) -> None:
                 data_fd, err_fd, status_fd = fds
                 status = socket.socket(fileno=status_fd)
                 sys.stderr.flush()
+                template = os.getpid()
                 pid = os.fork()
                 if pid == 0:
                     # what the template holds is not the child's: closed before any user code runs
@@ -770,7 +772,7 @@ def template_main(ctl_fd: int) -> None:
                         s.close()
                     os.close(wake_r)
                     os.close(wake_w)
-                    _child(int(msg), data_fd, err_fd, ctypes)        # never returns
+                    _child(int(msg), data_fd, err_fd, ctypes, template)        # never returns
                 os.close(data_fd)
                 os.close(err_fd)
                 children[pid] = status
@@ -812,7 +814,7 @@ def template_main(ctl_fd: int) -> None:
                     children[pid] = None
 
 
-def _child(limit: int, data_fd: int, err_fd: int, ctypes) -> None:
+def _child(limit: int, data_fd: int, err_fd: int, ctypes, template: int) -> None:
     """A job's child, just forked from the template: it dies with the template (and so with the worker), its
     frames on ``data_fd`` (its stdin and stdout too, as a child of its own interpreter had them), its stderr the
     worker's file; then ``main``. It leaves by os._exit: the template's atexit handlers and finalizers are the
@@ -820,8 +822,8 @@ def _child(limit: int, data_fd: int, err_fd: int, ctypes) -> None:
     code = 1
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, 9)      # PR_SET_PDEATHSIG: SIGKILL when the template dies
-        if os.getppid() == 1:      # it died before the prctl
-            os._exit(1)
+        if os.getppid() != template:    # it died before the prctl (the orphan's new parent: init, or a
+            os._exit(1)                 # subreaper, which need not be pid 1)
         os.dup2(data_fd, 0)
         os.dup2(data_fd, 1)
         os.dup2(err_fd, 2)
@@ -847,8 +849,8 @@ def _child(limit: int, data_fd: int, err_fd: int, ctypes) -> None:
 
 
 class _Template:
-    """The worker's handle on its template process (one a worker process, started at the worker's start, or by
-    the first job when it is gone: a dead template is replaced). Used from the event loop and from load threads
+    """The worker's handle on its template process: one a worker process, started by its first mapreduce job
+    and kept; a dead one is replaced by the next job. Used from the event loop and from load threads
     (``SyncUserCode``), hence the lock."""
 
     def __init__(self) -> None:
@@ -941,6 +943,12 @@ def _spawn(limit: int, err):
     return data, status
 
 
+def _template_lost():
+    from shardstats.errors import JobError
+    return JobError("the worker's user-code template process died twice before starting the job's child (its "
+                    "stderr is in the worker's log)")
+
+
 class _Child:
     """A forked child's pid and exit code, from its status socket: ``kill`` asks the template to kill it (closing
     the socket would too, after a ``wait`` that gets its code)."""
@@ -949,6 +957,7 @@ class _Child:
         self.status = status
         self.pid: int | None = None
         self.returncode: int | None = None
+        self.orphaned = False     # its template died (and so, killed, the child)
 
     def got(self, msg: bytes) -> bool:
         """One word from the template: the pid, then the exit code; EOF (b""): the template is gone (and with
@@ -956,7 +965,8 @@ class _Child:
         if len(msg) != STATUS.size:
             if self.pid is None:
                 return False
-            self.returncode = -9 if self.returncode is None else self.returncode
+            if self.returncode is None:
+                self.returncode, self.orphaned = -9, True
             return True
         if self.pid is None:
             self.pid = STATUS.unpack(msg)[0]
@@ -1012,7 +1022,7 @@ class UserCode:
             data.close()
             status.close()
             if attempt:
-                raise RuntimeError("the worker's user-code template died twice before starting the job's child")
+                raise _template_lost()
         self.proc = child
         self.reader, self.writer = await asyncio.open_unix_connection(sock=data, limit=1 << 20)
         return self
@@ -1055,7 +1065,7 @@ class UserCode:
                 rep["ipc"] = await reader.readexactly(rep.pop("ipc_bytes"))
         except (asyncio.IncompleteReadError, BrokenPipeError, ConnectionResetError):
             code = await self._wait(5)
-            raise _died(req["op"], -9 if code is None else code, _tail(self.err)) from None
+            raise _died(req["op"], -9 if code is None else code, _tail(self.err), self.proc.orphaned) from None
         return _answer(rep)
 
 
@@ -1084,8 +1094,11 @@ def _tail(f, size: int = 4096) -> bytes:
     return f.read()
 
 
-def _died(op: str, code: int, err: bytes):
-    from shardstats.errors import UsageError
+def _died(op: str, code: int, err: bytes, orphaned: bool = False):
+    from shardstats.errors import JobError, UsageError
+    if orphaned:       # not the job's doing: the worker's (a template killed by hand or by the OOM killer): exit 1
+        return JobError(f"the job's code was killed in its {op}: the worker's user-code template process "
+                               f"died (the next job starts a new one)")
     lines = err.decode("utf-8", "replace").strip().splitlines()
     why = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
     if b"MemoryError" in err:       # it could not even say so: its last lines are the interpreter's own
@@ -1151,7 +1164,7 @@ class SyncUserCode:
             status.close()
             if attempt:
                 self.err.close()
-                raise RuntimeError("the worker's user-code template died twice before starting the job's child")
+                raise _template_lost()
         self.data = data
         self.rf, self.wf = data.makefile("rb"), data.makefile("wb")
 
@@ -1181,7 +1194,7 @@ class SyncUserCode:
         except (BrokenPipeError, ConnectionResetError):
             self.proc.kill()
             code = self._wait(5)
-            raise _died(req["op"], -9 if code is None else code, _tail(self.err)) from None
+            raise _died(req["op"], -9 if code is None else code, _tail(self.err), self.proc.orphaned) from None
         return _answer(rep)
 
     def close(self) -> None:
