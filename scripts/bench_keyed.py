@@ -885,8 +885,8 @@ def cmd_groupby(a) -> int:
         modes = ["warm"]
     answers = BENCH_DIR / "answers" / name
     answers.mkdir(parents=True, exist_ok=True)
-    for f in answers.glob("*.parquet"):
-        f.unlink()
+    for f in answers.glob("*.parquet"):       # Spark writes its answer as a folder of parts
+        shutil.rmtree(f) if f.is_dir() else f.unlink()
     common = ["--data", str(data), "--questions", ",".join(questions), "--modes", ",".join(modes),
               "--runs", str(a.runs), "--answers", str(answers)]
     if a.ours_out:
@@ -945,8 +945,8 @@ def cmd_wordcount(a) -> int:
     peers = [p for p in a.peers.split(",") if p]
     answers = BENCH_DIR / "answers" / data.name
     answers.mkdir(parents=True, exist_ok=True)
-    for f in answers.glob("*.parquet"):
-        f.unlink()
+    for f in answers.glob("*.parquet"):       # Spark writes its answer as a folder of parts
+        shutil.rmtree(f) if f.is_dir() else f.unlink()
     common = ["--data", str(data), "--check", str(check), "--runs", str(a.runs), "--answers", str(answers)]
     results = {p: spawn("wordcount", p, common, a.timeout) for p in peers + ([] if a.no_ours else ["ours"])}
     # the reference on the check corpus: collections.Counter, here
