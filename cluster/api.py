@@ -191,7 +191,13 @@ class Result:
         raise AttributeError(f"a {self.op} result is not a table")
 
     def to_pandas(self):
-        """``to_arrow()`` as a pandas DataFrame (pandas must be installed)."""
+        """``to_arrow()`` as a pandas DataFrame. pandas is no dependency of ours: without it, one line saying so
+        (pyarrow's own error is a ModuleNotFoundError deep in its shim)."""
+        import importlib.util
+        if importlib.util.find_spec("pandas") is None:
+            from shardstats.errors import UsageError
+            raise UsageError("to_pandas() needs pandas, which is not installed (pip install pandas), "
+                             "or use to_arrow()")
         return self.to_arrow().to_pandas()
 
     def json(self) -> str:
