@@ -246,6 +246,9 @@ def test_an_error_names_the_call_the_record_or_key_and_the_line():
     assert dest.to_pylist() == [1, 1]                    # numpy's ints are ints
     assert failure(uc._map, shipped(mapper=lambda r: [r["k"]]), good, False, None) == \
         "job.py: the mapper yielded 'a' on record {'k': 'a', 'v': 1}, not a (key, value) pair"
+    assert failure(uc._map, shipped(mapper=lambda r: (r["k"], r["v"])), good, False, None) == \
+        "job.py: the mapper yielded 'a' on record {'k': 'a', 'v': 1}, not a (key, value) pair (it returned one " \
+        "pair, ('a', 1): yield it, or return a list of pairs)"
     assert "the key {1, 2} cannot travel between workers" in \
         failure(uc._map, shipped(mapper=lambda r: [({1, 2}, 1)]), good, False, None)
     assert "the key 1180591620717411303424 cannot travel" in \

@@ -125,13 +125,17 @@ def _map_failure(exc: BaseException, filename: str, mapper, batch) -> BaseExcept
     record; a call whose output is not (key, value) pairs is a _UserError saying what it yielded."""
     for rec in _records(batch):
         try:
-            out = list(mapper(rec) or ())
+            res = mapper(rec)
+            out = list(res or ())
         except Exception as again:  # noqa: BLE001 - the user's code: the first record that raises
             return _blame(again, f"mapper on record {_show_value(rec)}")
         for item in out:
             if not (isinstance(item, (tuple, list)) and len(item) == 2):
+                one = isinstance(res, tuple) and len(res) == 2      # `return key, value`: its parts were iterated
                 return _UserError(f"{filename}: the mapper yielded {_show_value(item)} on record "
-                                  f"{_show_value(rec)}, not a (key, value) pair")
+                                  f"{_show_value(rec)}, not a (key, value) pair" +
+                                  (f" (it returned one pair, {_show_value(res)}: yield it, or return a list "
+                                   f"of pairs)" if one else ""))
     return exc          # not raised again record by record (the code depends on state): as it was
 
 
