@@ -153,10 +153,9 @@ def combine(keys, aggs, table, expected):
             return None
     from shardstats.worker import memory
     with memory.reusing_heap():
-        got = _aggregate(keys, aggs, table, parts, size)
-    if got is None:
+        out = _aggregate(keys, aggs, table, parts, size)
+    if out is None:
         return None
-    out = got
     expected = expected()
     if len(out) != len(expected.schema):
         return None
@@ -169,6 +168,11 @@ def combine(keys, aggs, table, expected):
 
 
 CHUNK = 1 << 20    # rows aggregated at a time: each temporary is ~8 MB, taken again from the heap chunk after chunk
+
+
+def _both(xa, xb):
+    """The rows where both columns hold a value (a correlation's pairs), from each one's validity (None: all)."""
+    return xb if xa is None else xa if xb is None else xa & xb
 
 
 def _aggregate(keys, aggs, table, parts, size):
@@ -205,11 +209,9 @@ def _aggregate(keys, aggs, table, parts, size):
             return np.bincount(idx, minlength=size)
         return np.bincount(idx, weights=(w if valid is None else w[valid]).astype(np.float64), minlength=size)
 
-    value_cols = sorted({c for a in aggs if a.func != "count" for c in a.cols} |
-                        {c for a in aggs if a.func == "count" for c in a.cols})
-    for c in value_cols:           # an integer sum float64 could round (max|v| * rows >= 2**53): DuckDB's HUGEINT
-        t = table.schema.field(c).type
-        if any(a.func in ("sum", "mean") and a.cols[0] == c for a in aggs) and pa.types.is_integer(t) and n:
+    value_cols = sorted({c for a in aggs for c in a.cols})
+    for c in {a.cols[0] for a in aggs if a.func in ("sum", "mean")}:   # an integer sum float64 could round
+        if pa.types.is_integer(table.schema.field(c).type):           # (max|v| * rows >= 2**53): DuckDB's HUGEINT
             import pyarrow.compute as pc
             mm = pc.min_max(table.column(c))
             lo_, hi_ = mm["min"].as_py(), mm["max"].as_py()
@@ -248,7 +250,7 @@ def _aggregate(keys, aggs, table, parts, size):
                                                                    code[valid], vv)
             elif i in pairs:
                 (va, xa), (vb, xb) = got[a.cols[0]], got[a.cols[1]]
-                valid = xb if xa is None else xa if xb is None else xa & xb
+                valid = _both(xa, xb)
                 pairs[i][0] += here if valid is None else bins(code, valid)
                 pairs[i][1] += bins(code, valid, va)
                 pairs[i][2] += bins(code, valid, vb)
@@ -262,7 +264,7 @@ def _aggregate(keys, aggs, table, parts, size):
             for i, a in second.items():
                 if a.func == "corr":
                     (va, xa), (vb, xb) = column(a.cols[0], lo, hi), column(a.cols[1], lo, hi)
-                    valid = xb if xa is None else xa if xb is None else xa & xb
+                    valid = _both(xa, xb)
                     da = va.astype(np.float64) - means[i][0][code]
                     db = vb.astype(np.float64) - means[i][1][code]
                     m2[i][0] += bins(code, valid, da * da)
