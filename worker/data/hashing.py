@@ -192,65 +192,33 @@ def owners_of(h: np.ndarray, workers: int) -> np.ndarray:
 GRID_MOST = 1 << 20        # distinct key combinations hashed once, then looked up (a row gathers one byte)
 
 
-def _small_code(col):
-    """(codes, values) of a key column whose distinct values are few codes already -- an integer column of a
-    small span (``lo..hi``) or a dictionary -- with NULL as the last code; None otherwise."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    t = col.type
-    n = len(col)
-    if n == 0 or col.null_count == n:
-        return None
-    if pa.types.is_dictionary(t):
-        arr = col
-        if isinstance(arr, pa.ChunkedArray):
-            arr = arr.unify_dictionaries().combine_chunks() if arr.num_chunks > 1 else arr.chunk(0)
-        if len(arr.dictionary) > n // 2:
-            return None
-        values = arr.dictionary
-        if arr.null_count:
-            values = pa.concat_arrays([values, pa.nulls(1, values.type)])
-        idx = pc.fill_null(arr.indices, len(values) - 1) if arr.null_count else arr.indices
-        return idx.to_numpy(zero_copy_only=False), values
-    if not pa.types.is_integer(t) or pa.types.is_uint64(t):
-        return None
-    mm = pc.min_max(col)
-    lo, hi = mm["min"].as_py(), mm["max"].as_py()
-    if hi - lo + 1 > n // 2:
-        return None
-    codes = np.asarray((pc.fill_null(col, lo) if col.null_count else col).to_numpy()).astype(np.int64) - lo
-    values = pa.array(np.arange(lo, hi + 1, dtype=np.int64))
-    if col.null_count:
-        codes[np.asarray(col.is_null().to_numpy())] = hi - lo + 1
-        values = pa.concat_arrays([values, pa.nulls(1, pa.int64())])
-    return codes, values
-
-
 def owners_by_key(table, keys: list[str] | tuple[str, ...], workers: int) -> np.ndarray:
     """``owners_of(hash_columns(table, keys), workers)``, the same ranks, cheaper where every key column is a
-    small code (db-benchmark's id4..id6, a dictionary-encoded id1): each combination of the keys' values
-    that can occur is hashed once (at most ``GRID_MOST``, at most half the rows) and every row looks its
-    owner up.  The combinations are the keys' own values, so their hashes are the rows' hashes by
+    small code (``worker.data.codes``: db-benchmark's id4..id6, a dictionary-encoded id1): each combination of
+    the keys' values that can occur is hashed once (at most ``GRID_MOST``, at most half the rows) and every row
+    looks its owner up.  The combinations are the keys' own values, so their hashes are the rows' hashes by
     definition (tests/test_hashing.py checks it)."""
     import pyarrow as pa
+    from shardstats.worker.data.codes import key_codes, key_plan, key_values
     n = table.num_rows
+    most = min(GRID_MOST, n // 2)
     coded: list = []
     size = 1
     for k in keys if n and workers > 1 and len(set(keys)) == len(keys) else ():
-        c = _small_code(table.column(k))
-        size *= len(c[1]) if c is not None else 0
-        if c is None or size > min(GRID_MOST, n // 2):
+        plan = key_plan(table.column(k), most, n)
+        if plan is None or size * plan[1] > most:
             return owners_of(hash_columns(table, keys), workers)
-        coded.append(c)
+        coded.append(key_codes(table.column(k), plan[0]))
+        size *= coded[-1][1]
     if not coded:
         return owners_of(hash_columns(table, keys), workers)
     code = coded[0][0].astype(np.int64)          # mixed radix, the first key the most significant
-    for codes, values in coded[1:]:
-        code = code * len(values) + codes
+    for codes, card, _ in coded[1:]:
+        code = code * card + codes
     columns = {}
     inner = size
-    for (_, values), k in zip(coded, keys):
-        card = len(values)
+    for (_, card, kind), k in zip(coded, keys):
         inner //= card
-        columns[k] = values.take(pa.array(np.tile(np.repeat(np.arange(card), inner), size // (inner * card))))
+        grid = np.tile(np.repeat(np.arange(card), inner), size // (inner * card))
+        columns[k] = key_values(kind, grid)
     return owners_of(hash_columns(pa.table(columns), keys), workers)[code]

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from shardstats.lazy import numpy as np
 
+from shardstats.worker.data.codes import key_codes, key_plan, key_values, to_numpy, validity
+
 MIN_GROUPS = 2048          # fewer possible groups: DuckDB's hash table sits in cache and is as fast (q1, q4: 8-12 ms)
 EXACT = float(1 << 53)     # integers below this in magnitude are exact in float64, and so are their partial sums
 DENSE_FUNCS = frozenset({"count", "sum", "mean", "min", "max", "var", "std", "corr"})
@@ -39,86 +41,14 @@ def max_groups(rows: int) -> int:
     return min(max(rows, 1 << 16), 1 << 22)
 
 
-def _np(x) -> "np.ndarray":
-    """An Arrow array or chunked array without NULLs as one numpy array."""
-    import pyarrow as pa
-    if isinstance(x, pa.ChunkedArray):
-        return x.to_numpy() if x.num_chunks else np.empty(0)
-    return x.to_numpy(zero_copy_only=False)
-
-
-def _valid(col) -> "np.ndarray | None":
-    """Which rows hold a value (None: all of them)."""
-    import pyarrow.compute as pc
-    return _np(pc.is_valid(col)) if col.null_count else None
-
-
-def _key_plan(col, limit: int, rows: int):
-    """What coding one key column takes, cheaply (no pass over its rows but a min/max): (plan, the most codes
-    it can need), or None when it is no small code."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    t = col.type
-    nulls = col.null_count > 0
-    if pa.types.is_dictionary(t):
-        most = sum(len(c.dictionary) for c in col.chunks)
-        if col.num_chunks == 0 or most > max(rows // 8, 4096):
-            return None            # large dictionaries: unifying them hashes about as much as DuckDB would
-        return ("dict",), most + nulls
-    if pa.types.is_integer(t) or pa.types.is_boolean(t):
-        if len(col) == 0 or col.null_count == len(col):
-            return None
-        mm = pc.min_max(col)
-        lo, hi = int(mm["min"].as_py()), int(mm["max"].as_py())
-        span = hi - lo + 1
-        if span > limit or hi >= 1 << 63:      # (a uint64 beyond int64: DuckDB's)
-            return None
-        return ("int", mm["min"], lo, span), span + nulls
-    return None
-
-
-def _key_codes(col, plan):
-    """One key column as (codes, cardinality, how to turn codes back into values) -- the last code stands for
-    NULL when the column has any."""
-    import pyarrow.compute as pc
-    if plan[0] == "dict":
-        arr = col.unify_dictionaries().combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-        card = len(arr.dictionary)
-        idx = pc.fill_null(arr.indices, card) if arr.null_count else arr.indices
-        return _np(idx), card + (arr.null_count > 0), ("dict", arr.dictionary, card)
-    _, smallest, lo, span = plan
-    raw = _np(pc.fill_null(col, smallest) if col.null_count else col)
-    # the codes in int32 when the column's values are (span <= max_groups): x - lo then fits too
-    codes = raw - np.int32(lo) if raw.dtype == np.int32 else raw.astype(np.int64) - lo
-    valid = _valid(col)
-    if valid is not None:
-        codes[~valid] = span
-    return codes, span + (valid is not None), ("int", lo, span, col.type)
-
-
 def _numbers(col) -> "np.ndarray":
     """A value column's numbers (NULLs as 0: callers take the valid rows), bools as 0/1."""
     import pyarrow as pa
     import pyarrow.compute as pc
     if pa.types.is_boolean(col.type):
         col = col.cast(pa.int8())
-    v = _np(pc.fill_null(col, 0) if col.null_count else col)
+    v = to_numpy(pc.fill_null(col, 0) if col.null_count else col)
     return v
-
-
-def _key_values(kind, codes: "np.ndarray"):
-    import pyarrow as pa
-    if kind[0] == "dict":
-        _, dictionary, card = kind
-        nulls = codes == card
-        idx = pa.array(np.where(nulls, 0, codes), mask=nulls if nulls.any() else None, type=pa.int64())
-        return dictionary.take(idx) if len(dictionary) else pa.nulls(len(codes), dictionary.type)
-    _, lo, span, t = kind
-    nulls = codes == span
-    vals = codes + lo
-    if pa.types.is_boolean(t):
-        return pa.array(vals.astype(bool), mask=nulls if nulls.any() else None)
-    return pa.array(vals, mask=nulls if nulls.any() else None, type=pa.int64())
 
 
 def combine(keys, aggs, table, expected):
@@ -137,7 +67,7 @@ def combine(keys, aggs, table, expected):
     plans = []
     most = 1
     for k in keys:
-        plan = _key_plan(table.column(k), limit, n)
+        plan = key_plan(table.column(k), limit, n)
         if plan is None:
             return None
         plans.append(plan[0])
@@ -147,7 +77,7 @@ def combine(keys, aggs, table, expected):
     parts = []
     size = 1
     for k, plan in zip(keys, plans):
-        parts.append(_key_codes(table.column(k), plan))
+        parts.append(key_codes(table.column(k), plan))
         size *= parts[-1][1]
         if size > limit:
             return None
@@ -200,7 +130,7 @@ def _aggregate(keys, aggs, table, parts, size):
     def column(c, lo, hi):
         """(numbers or None for a column only counted, validity or None) of column ``c`` for rows lo..hi."""
         col = table.column(c).slice(lo, hi - lo)
-        return (_numbers(col) if c in numeric else None), _valid(col)
+        return (_numbers(col) if c in numeric else None), validity(col)
 
     def bins(code, valid, w=None):
         """Per-group counts (``w`` None) or float64 sums of ``w`` over the valid rows."""
@@ -279,7 +209,7 @@ def _aggregate(keys, aggs, table, parts, size):
     rest = used
     for k, (_, card, kind) in reversed(list(zip(keys, parts))):
         rest, mine = np.divmod(rest, card)
-        cols[k] = _key_values(kind, mine)
+        cols[k] = key_values(kind, mine)
     out = [cols[k] for k in keys]
     for i, a in enumerate(aggs):
         c = a.cols[0] if a.cols else None
